@@ -1,0 +1,77 @@
+# Aquifer build. `make` builds bin/aqd, bin/aq, lib/libaq.so and the Python extension;
+# `make up` / `make down` start and stop a single-node Aquifer; `make test` runs every test.
+CC ?= cc
+ifeq ($(origin CC),default)
+CC := gcc
+endif
+OPT ?= -O2
+CFLAGS ?= $(OPT) -g
+CFLAGS += -std=gnu17 -Wall -Wextra -Werror -Wno-unused-parameter -fno-omit-frame-pointer -fPIC \
+	  -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -Isrc -Iinclude -I/usr/include/fuse3 -MMD -MP
+LDLIBS_CLIENT = -lssl -lcrypto -lpthread -lm
+LDLIBS_SERVER = -lrocksdb -luring -lssl -lcrypto -lpthread -lm
+LDLIBS_CLI = $(LDLIBS_CLIENT) -lfuse3 -lm
+
+B := build
+COMMON_SRC := $(wildcard src/common/*.c) $(wildcard src/proto/*.c)
+CLIENT_SRC := $(wildcard src/client/*.c)
+SERVER_SRC := $(filter-out src/server/main.c,$(wildcard src/net/*.c src/meta/*.c src/data/*.c src/tier/*.c src/server/*.c))
+CLI_SRC := $(wildcard src/cli/*.c src/fuse/*.c)
+UNIT_SRC := $(wildcard tests/unit/test_*.c)
+FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
+
+obj = $(patsubst %.c,$(B)/%.o,$(1))
+COMMON_OBJ := $(call obj,$(COMMON_SRC))
+CLIENT_OBJ := $(call obj,$(CLIENT_SRC))
+SERVER_OBJ := $(call obj,$(SERVER_SRC))
+CLI_OBJ := $(call obj,$(CLI_SRC))
+UNIT_BIN := $(patsubst tests/unit/%.c,$(B)/tests/%,$(UNIT_SRC))
+
+all: bin/aqd bin/aq lib/libaq.so include/aq.h $(UNIT_BIN) python
+
+$(B)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+bin/aqd: $(B)/src/server/main.o $(SERVER_OBJ) $(COMMON_OBJ)
+	@mkdir -p bin
+	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS_SERVER)
+
+bin/aq: $(CLI_OBJ) $(CLIENT_OBJ) $(COMMON_OBJ)
+	@mkdir -p bin
+	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS_CLI)
+
+lib/libaq.so: $(CLIENT_OBJ) $(COMMON_OBJ)
+	@mkdir -p lib
+	$(CC) $(CFLAGS) -shared -Wl,-soname,libaq.so -o $@ $^ $(LDLIBS_CLIENT)
+
+$(B)/tests/%: tests/unit/%.c $(SERVER_OBJ) $(CLIENT_OBJ) $(COMMON_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Itests -o $@ $(filter %.c %.o,$^) $(LDLIBS_SERVER) $(LDLIBS_CLIENT)
+
+# libFuzzer targets (clang only): make fuzz
+fuzz: $(patsubst tests/fuzz/%.c,$(B)/fuzz/%,$(FUZZ_SRC))
+$(B)/fuzz/%: tests/fuzz/%.c $(COMMON_SRC)
+	@mkdir -p $(dir $@)
+	clang -std=gnu17 -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -Isrc -Iinclude -o $@ $^ -lpthread -lcrypto -lm
+
+python: lib/libaq.so
+	@if [ -f python/setup.py ]; then cd python && python3 setup.py -q build_ext --inplace >/dev/null; fi
+
+deps:
+	@bash scripts/deps.sh
+
+up: deps all
+	./bin/aq up --data $(CURDIR)/var --mount $(CURDIR)/mnt
+
+down:
+	@if [ -x bin/aq ]; then ./bin/aq down --data $(CURDIR)/var --mount $(CURDIR)/mnt; fi
+
+test: deps all
+	bash tests/run.sh
+
+clean:
+	rm -rf $(B) bin lib python/build python/aquifer/*.so
+
+.PHONY: all fuzz python deps up down test clean
+-include $(shell find $(B) -name '*.d' 2>/dev/null)

@@ -1,0 +1,161 @@
+/*
+ * aq.h - the Aquifer client library (libaq), the one client every tool is built on:
+ * the FUSE mount, the aq command line and the Python binding all call these functions.
+ *
+ * Conventions: every function returns 0 (or a count) on success and a negative errno on
+ * failure (-ENOENT...), or one of Aquifer's own codes below -1000 (see aq_strerror).
+ * A struct aq_client is safe to share between threads; it pipelines their requests over
+ * pooled connections. It must not be used in a child after fork(): connect again there.
+ */
+#ifndef AQ_H
+#define AQ_H
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define AQ_ROOT 1ull /* inode number of the root directory */
+
+struct aq_attr {
+	uint64_t ino;
+	uint64_t size;        /* bytes */
+	uint64_t blocks;      /* 512-byte units allocated */
+	uint64_t generation;
+	int64_t atime_ns, mtime_ns, ctime_ns;
+	uint32_t mode;        /* type and permission bits, as st_mode */
+	uint32_t nlink;
+	uint32_t uid, gid;
+	uint32_t rdev;
+	uint32_t chunk_size;  /* bytes per chunk for this file's data */
+};
+
+/* Who is asking: the server checks permissions against this. */
+struct aq_cred {
+	uint32_t uid, gid;
+	uint32_t ngroups;
+	uint32_t groups[32];
+};
+
+struct aq_client;
+struct aq_file;
+
+/* Connects to the cluster described by cluster_file (NULL: $AQ_CLUSTER, else
+ * ./var/cluster.conf). On success *out owns the client; free it with aq_disconnect. */
+int aq_connect(const char *cluster_file, struct aq_client **out);
+void aq_disconnect(struct aq_client *c);
+/* The credentials used by calls that take none (default: the process's own). */
+void aq_set_cred(struct aq_client *c, const struct aq_cred *cred);
+const char *aq_strerror(int err);
+
+/* Inode-level calls (what the FUSE adapter uses). cred may be NULL: the client's. */
+int aq_lookup(struct aq_client *c, const struct aq_cred *cred, uint64_t parent, const char *name, struct aq_attr *out);
+int aq_getattr(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, struct aq_attr *out);
+
+#define AQ_SET_MODE (1u << 0)
+#define AQ_SET_UID (1u << 1)
+#define AQ_SET_GID (1u << 2)
+#define AQ_SET_SIZE (1u << 3)
+#define AQ_SET_ATIME (1u << 4)
+#define AQ_SET_MTIME (1u << 5)
+#define AQ_SET_ATIME_NOW (1u << 6)
+#define AQ_SET_MTIME_NOW (1u << 7)
+#define AQ_SET_CTIME (1u << 8)
+int aq_setattr(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, uint32_t mask,
+	       const struct aq_attr *in, struct aq_attr *out);
+
+#define AQ_CREATE_EXCL 1u
+int aq_mknod(struct aq_client *c, const struct aq_cred *cred, uint64_t parent, const char *name, uint32_t mode,
+	     uint32_t rdev, uint32_t flags, struct aq_attr *out);
+int aq_mkdir_at(struct aq_client *c, const struct aq_cred *cred, uint64_t parent, const char *name, uint32_t mode,
+		struct aq_attr *out);
+int aq_symlink_at(struct aq_client *c, const struct aq_cred *cred, uint64_t parent, const char *name,
+		  const char *target, struct aq_attr *out);
+/* Copies the link target into buf (NUL-terminated, truncated to size); returns its length. */
+int aq_readlink_ino(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, char *buf, size_t size);
+int aq_unlink_at(struct aq_client *c, const struct aq_cred *cred, uint64_t parent, const char *name);
+int aq_rmdir_at(struct aq_client *c, const struct aq_cred *cred, uint64_t parent, const char *name);
+#define AQ_RENAME_NOREPLACE 1u
+#define AQ_RENAME_EXCHANGE 2u
+int aq_rename_at(struct aq_client *c, const struct aq_cred *cred, uint64_t parent, const char *name,
+		 uint64_t newparent, const char *newname, uint32_t flags);
+int aq_link_at(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, uint64_t newparent,
+	       const char *newname, struct aq_attr *out);
+int aq_access_ino(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, uint32_t mask);
+
+/* One directory entry. cookie is where the listing resumes after this entry; entries
+ * that share a cookie must be delivered in the same page (hash collisions). */
+struct aq_dirent {
+	uint64_t ino;
+	uint64_t cookie;
+	uint32_t type;        /* DT_REG, DT_DIR... */
+	uint32_t name_len;
+	char name[256];
+	struct aq_attr attr;  /* filled when the listing asked for attributes */
+};
+#define AQ_READDIR_PLUS 1u
+/* Fills up to max entries starting at cookie (0: from the start). Returns the number
+ * filled; 0 at the end of the directory. */
+int aq_readdir_ino(struct aq_client *c, const struct aq_cred *cred, uint64_t dir, uint64_t cookie,
+		   uint32_t flags, struct aq_dirent *ents, uint32_t max);
+
+/* Extended attributes. getxattr/listxattr return the size; with size 0 they only measure. */
+#define AQ_XATTR_CREATE 1u
+#define AQ_XATTR_REPLACE 2u
+int aq_setxattr_ino(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, const char *name,
+		    const void *value, size_t size, uint32_t flags);
+int aq_getxattr_ino(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, const char *name, void *value,
+		    size_t size);
+int aq_listxattr_ino(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, char *list, size_t size);
+int aq_removexattr_ino(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, const char *name);
+
+struct aq_statfs {
+	uint64_t total_bytes, free_bytes, used_bytes;
+	uint64_t files;
+	uint32_t servers, buckets, targets, chunk_size;
+};
+int aq_statfs(struct aq_client *c, struct aq_statfs *out);
+
+/* Files. flags are open(2)'s (O_RDONLY, O_WRONLY, O_RDWR, O_APPEND, O_TRUNC). Writes are
+ * buffered per chunk and sent on chunk boundaries, aq_fsync and aq_close; aq_fsync returns
+ * when data and size are durable. */
+int aq_open_ino(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, int flags, struct aq_file **out);
+ssize_t aq_pread(struct aq_file *f, void *buf, size_t len, uint64_t off);
+ssize_t aq_pwrite(struct aq_file *f, const void *buf, size_t len, uint64_t off);
+/* Appends at the end of file; *off_out gets the offset written at. */
+ssize_t aq_append(struct aq_file *f, const void *buf, size_t len, uint64_t *off_out);
+int aq_flush(struct aq_file *f);
+int aq_fsync(struct aq_file *f, int datasync);
+int aq_close(struct aq_file *f);
+uint64_t aq_file_ino(const struct aq_file *f);
+/* Size as this client sees it (including its own unflushed writes). */
+int aq_file_getattr(struct aq_file *f, struct aq_attr *out);
+
+/* What's new: entries created in (or renamed into) a directory after cursor, oldest first,
+ * without listing the directory. Pass 0 to start from the beginning; *next gets the
+ * cursor for the next call. Returns the number filled (0: nothing new yet). */
+struct aq_change {
+	uint64_t ino;
+	uint64_t cursor;      /* this entry's position; resuming from it returns what follows */
+	char name[256];
+};
+int aq_changes_ino(struct aq_client *c, const struct aq_cred *cred, uint64_t dir, uint64_t cursor,
+		   struct aq_change *out, uint32_t max, uint64_t *next);
+int aq_changes(struct aq_client *c, const char *dir, uint64_t cursor, struct aq_change *out, uint32_t max,
+	       uint64_t *next);
+
+/* Path-based conveniences (paths inside Aquifer, '/' is its root). */
+int aq_resolve(struct aq_client *c, const char *path, struct aq_attr *out);
+int aq_stat(struct aq_client *c, const char *path, struct aq_attr *out);
+int aq_mkdir(struct aq_client *c, const char *path, uint32_t mode);
+int aq_unlink(struct aq_client *c, const char *path);
+int aq_rmdir(struct aq_client *c, const char *path);
+int aq_rename(struct aq_client *c, const char *from, const char *to);
+int aq_open(struct aq_client *c, const char *path, int flags, uint32_t mode, struct aq_file **out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,19 @@
+/* cli.h - the aq command line's subcommands. Each returns a process exit status. */
+#ifndef AQ_CLI_H
+#define AQ_CLI_H
+#include "aq.h"
+#include "common/common.h"
+
+int cmd_up(int argc, char **argv);
+int cmd_down(int argc, char **argv);
+int cmd_mount(int argc, char **argv);
+int cmd_umount(int argc, char **argv);
+int cmd_status(int argc, char **argv);
+int cmd_changes(int argc, char **argv);
+
+/* Connects as every command does: --cluster FILE, else $AQ_CLUSTER, else ./var/cluster.conf.
+ * Prints a clear message and returns NULL on failure. */
+struct aq_client *cli_connect(const char *cluster_file);
+/* Human-readable bytes ("1.5 GiB"). */
+const char *cli_bytes(uint64_t n, char *buf, size_t size);
+#endif

@@ -1,0 +1,453 @@
+/*
+ * cmd_cluster.c - aq up, down, mount, umount, status, changes: the commands that start,
+ * stop and inspect a cluster.
+ */
+#include "cli/cli.h"
+#include "common/cluster.h"
+#include "fuse/aqfuse.h"
+#include <getopt.h>
+#include <libgen.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/mount.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+const char *cli_bytes(uint64_t n, char *buf, size_t size)
+{
+	static const char *units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
+	double v = (double)n;
+	int u = 0;
+	while (v >= 1024 && u < 5) {
+		v /= 1024;
+		u++;
+	}
+	snprintf(buf, size, u ? "%.1f %s" : "%.0f %s", v, units[u]);
+	return buf;
+}
+
+struct aq_client *cli_connect(const char *cluster_file)
+{
+	struct aq_client *c;
+	const char *path = cluster_default_path(cluster_file);
+	int rc = aq_connect(path, &c);
+	if (rc) {
+		fprintf(stderr, "aq: cannot connect to the cluster of %s: %s\n", path, aq_strerror(rc));
+		return NULL;
+	}
+	return c;
+}
+
+static int free_port(void)
+{
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	socklen_t len = sizeof sa;
+	if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof sa) || getsockname(fd, (struct sockaddr *)&sa, &len)) {
+		if (fd >= 0)
+			close(fd);
+		return -1;
+	}
+	close(fd);
+	return ntohs(sa.sin_port);
+}
+
+/* bin/aqd next to this bin/aq */
+static void sibling_path(const char *name, char *out, size_t size)
+{
+	char self[PATH_MAX];
+	ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+	if (n <= 0) {
+		snprintf(out, size, "%s", name);
+		return;
+	}
+	self[n] = 0;
+	snprintf(out, size, "%s/%s", dirname(self), name);
+}
+
+static bool is_mounted(const char *mnt)
+{
+	char real[PATH_MAX];
+	if (!realpath(mnt, real))
+		return false;
+	FILE *f = fopen("/proc/self/mountinfo", "r");
+	if (!f)
+		return false;
+	char line[4096];
+	bool found = false;
+	while (!found && fgets(line, sizeof line, f)) {
+		char mp[PATH_MAX];
+		/* id parent maj:min root mountpoint ... */
+		if (sscanf(line, "%*s %*s %*s %*s %4095s", mp) == 1 && !strcmp(mp, real))
+			found = true;
+	}
+	fclose(f);
+	return found;
+}
+
+static pid_t read_pid(const char *data)
+{
+	char path[PATH_MAX];
+	snprintf(path, sizeof path, "%s/aqd.pid", data);
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return 0;
+	int pid = 0;
+	if (fscanf(f, "%d", &pid) != 1)
+		pid = 0;
+	fclose(f);
+	if (pid > 0 && kill(pid, 0) == 0)
+		return pid;
+	return 0;
+}
+
+static int run_wait(char *const argv[])
+{
+	pid_t pid = fork();
+	if (pid == 0) {
+		execv(argv[0], argv);
+		_exit(127);
+	}
+	int st;
+	if (pid < 0 || waitpid(pid, &st, 0) < 0)
+		return -1;
+	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+struct up_opts {
+	char data[PATH_MAX];
+	char mnt[PATH_MAX];
+	uint32_t targets, buckets, chunk_size;
+	bool no_mount;
+};
+
+static int parse_up(int argc, char **argv, struct up_opts *o, const char *cmd)
+{
+	const char *data = "./var", *mnt = "./mnt";
+	o->targets = 4;
+	o->buckets = AQ_BUCKETS_DEFAULT;
+	o->chunk_size = AQ_CHUNK_SIZE_DEFAULT;
+	static const struct option lopts[] = {{"data", required_argument, 0, 'd'}, {"mount", required_argument, 0, 'm'},
+					      {"targets", required_argument, 0, 't'}, {"buckets", required_argument, 0, 'b'},
+					      {"chunk-size", required_argument, 0, 'c'}, {"no-mount", no_argument, 0, 'n'},
+					      {0, 0, 0, 0}};
+	int c;
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "d:m:t:b:c:n", lopts, NULL)) != -1) {
+		switch (c) {
+		case 'd': data = optarg; break;
+		case 'm': mnt = optarg; break;
+		case 't': o->targets = (uint32_t)atoi(optarg); break;
+		case 'b': o->buckets = (uint32_t)atoi(optarg); break;
+		case 'c': o->chunk_size = (uint32_t)atoi(optarg); break;
+		case 'n': o->no_mount = true; break;
+		default:
+			fprintf(stderr, "usage: aq %s [--data DIR] [--mount DIR]\n", cmd);
+			return -1;
+		}
+	}
+	if (o->targets < 1 || o->targets > AQ_TARGETS_MAX || o->buckets < 1 || o->buckets > AQ_BUCKETS_MAX ||
+	    o->chunk_size < 65536 || o->chunk_size > AQ_CHUNK_SIZE_MAX || o->chunk_size % 4096) {
+		fprintf(stderr, "aq %s: --targets 1..%d, --buckets 1..%d, --chunk-size 64 KiB..8 MiB in 4 KiB steps\n",
+			cmd, AQ_TARGETS_MAX, AQ_BUCKETS_MAX);
+		return -1;
+	}
+	mkdir(data, 0700);
+	if (!realpath(data, o->data)) {
+		fprintf(stderr, "aq %s: cannot use data directory %s: %s\n", cmd, data, strerror(errno));
+		return -1;
+	}
+	if (!o->no_mount) {
+		mkdir(mnt, 0755);
+		if (!realpath(mnt, o->mnt)) {
+			fprintf(stderr, "aq %s: cannot use mount point %s: %s\n", cmd, mnt, strerror(errno));
+			return -1;
+		}
+	}
+	return 0;
+}
+
+int cmd_up(int argc, char **argv)
+{
+	struct up_opts o;
+	if (parse_up(argc, argv, &o, "up"))
+		return 2;
+	char conf[PATH_MAX + 32], path[PATH_MAX + 32];
+	snprintf(conf, sizeof conf, "%s/cluster.conf", o.data);
+	struct stat st;
+	if (stat(conf, &st) != 0) {
+		int port = free_port();
+		if (port <= 0) {
+			fprintf(stderr, "aq up: no free TCP port on 127.0.0.1\n");
+			return 1;
+		}
+		struct cluster_map m;
+		cluster_init_single(&m, "127.0.0.1", (uint16_t)port, o.targets, o.buckets, o.chunk_size);
+		int rc = cluster_save(conf, &m);
+		if (rc) {
+			fprintf(stderr, "aq up: cannot write %s: %s\n", conf, strerror(-rc));
+			return 1;
+		}
+		printf("formatted a single-node cluster in %s (%u buckets, %u targets, port %d)\n", o.data, o.buckets,
+		       o.targets, port);
+	}
+	pid_t pid = read_pid(o.data);
+	if (!pid) {
+		char aqd[PATH_MAX], logf[PATH_MAX + 16];
+		sibling_path("aqd", aqd, sizeof aqd);
+		snprintf(logf, sizeof logf, "%s/aqd.log", o.data);
+		pid = fork();
+		if (pid == 0) {
+			setsid();
+			int fd = open("/dev/null", O_RDWR);
+			dup2(fd, 0);
+			int lf = open(logf, O_WRONLY | O_CREAT | O_APPEND, 0600);
+			dup2(lf >= 0 ? lf : fd, 1);
+			dup2(lf >= 0 ? lf : fd, 2);
+			execl(aqd, "aqd", "--data", o.data, "--log", logf, (char *)NULL);
+			_exit(127);
+		}
+		/* wait until it answers */
+		struct aq_client *c = NULL;
+		for (int i = 0; i < 300; i++) {
+			int wst;
+			if (waitpid(pid, &wst, WNOHANG) == pid) {
+				fprintf(stderr, "aq up: aqd exited at start; see %s\n", logf);
+				return 1;
+			}
+			if (read_pid(o.data) && aq_connect(conf, &c) == 0)
+				break;
+			c = NULL;
+			usleep(100000);
+		}
+		if (!c) {
+			fprintf(stderr, "aq up: aqd did not answer within 30 s; see %s\n", logf);
+			return 1;
+		}
+		aq_disconnect(c);
+		printf("aqd running (pid %d), log %s\n", (int)pid, logf);
+	} else {
+		printf("aqd already running (pid %d)\n", (int)pid);
+	}
+	if (o.no_mount)
+		return 0;
+	if (is_mounted(o.mnt)) {
+		printf("already mounted at %s\n", o.mnt);
+		return 0;
+	}
+	char aq[PATH_MAX];
+	sibling_path("aq", aq, sizeof aq);
+	char *margv[] = {aq, "mount", o.mnt, "--cluster", conf, getuid() == 0 ? "--allow-other" : NULL, NULL};
+	int rc = run_wait(margv);
+	for (int i = 0; rc == 0 && i < 100 && !is_mounted(o.mnt); i++)
+		usleep(100000);
+	if (rc != 0 || !is_mounted(o.mnt)) {
+		fprintf(stderr, "aq up: mount at %s failed\n", o.mnt);
+		return 1;
+	}
+	snprintf(path, sizeof path, "%s", o.mnt);
+	printf("mounted at %s\n", path);
+	return 0;
+}
+
+static int unmount(const char *mnt)
+{
+	if (!is_mounted(mnt))
+		return 0;
+	if (getuid() == 0 && umount2(mnt, 0) == 0)
+		return 0;
+	char *argv[] = {"/bin/fusermount3", "-u", (char *)mnt, NULL};
+	if (run_wait(argv) == 0)
+		return 0;
+	/* busy: detach it so the daemon can exit once users let go */
+	if (getuid() == 0 && umount2(mnt, MNT_DETACH) == 0)
+		return 0;
+	char *argz[] = {"/bin/fusermount3", "-u", "-z", (char *)mnt, NULL};
+	return run_wait(argz) == 0 ? 0 : -1;
+}
+
+int cmd_down(int argc, char **argv)
+{
+	struct up_opts o;
+	if (parse_up(argc, argv, &o, "down"))
+		return 2;
+	int status = 0;
+	if (!o.no_mount && unmount(o.mnt)) {
+		fprintf(stderr, "aq down: cannot unmount %s\n", o.mnt);
+		status = 1;
+	}
+	pid_t pid = read_pid(o.data);
+	if (pid) {
+		kill(pid, SIGTERM);
+		int i;
+		for (i = 0; i < 300 && kill(pid, 0) == 0; i++)
+			usleep(100000);
+		if (kill(pid, 0) == 0) {
+			fprintf(stderr, "aq down: aqd (pid %d) did not stop in 30 s; killing it\n", (int)pid);
+			kill(pid, SIGKILL);
+		}
+		printf("aqd stopped\n");
+	}
+	return status;
+}
+
+int cmd_mount(int argc, char **argv)
+{
+	struct aqfuse_options o = {.attr_timeout_s = 1.0, .threads = 16};
+	static const struct option lopts[] = {
+		{"cluster", required_argument, 0, 'c'}, {"foreground", no_argument, 0, 'f'},
+		{"allow-other", no_argument, 0, 'a'}, {"ro", no_argument, 0, 'r'},
+		{"attr-timeout", required_argument, 0, 't'}, {"threads", required_argument, 0, 'T'},
+		{"debug", no_argument, 0, 'd'}, {0, 0, 0, 0}};
+	int c;
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "c:fart:T:d", lopts, NULL)) != -1) {
+		switch (c) {
+		case 'c': o.cluster_file = optarg; break;
+		case 'f': o.foreground = true; break;
+		case 'a': o.allow_other = true; break;
+		case 'r': o.read_only = true; break;
+		case 't': o.attr_timeout_s = atof(optarg); break;
+		case 'T': o.threads = (unsigned)atoi(optarg); break;
+		case 'd': o.debug = true; o.foreground = true; break;
+		default: goto usage;
+		}
+	}
+	if (optind != argc - 1)
+		goto usage;
+	o.mountpoint = argv[optind];
+	o.cluster_file = cluster_default_path(o.cluster_file);
+	char real[PATH_MAX];
+	if (realpath(o.cluster_file, real))
+		o.cluster_file = real; /* the daemon changes directory to / */
+	return aqfuse_main(&o);
+usage:
+	fprintf(stderr, "usage: aq mount MOUNTPOINT [--cluster FILE] [--foreground] [--allow-other] [--ro] "
+			"[--attr-timeout SECONDS] [--threads N]\n");
+	return 2;
+}
+
+int cmd_umount(int argc, char **argv)
+{
+	if (argc != 2) {
+		fprintf(stderr, "usage: aq umount MOUNTPOINT\n");
+		return 2;
+	}
+	if (unmount(argv[1])) {
+		fprintf(stderr, "aq umount: cannot unmount %s\n", argv[1]);
+		return 1;
+	}
+	return 0;
+}
+
+static const char *cluster_opt(int argc, char **argv, int *first_free)
+{
+	const char *cluster = NULL;
+	int j = 1;
+	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "--cluster") && i + 1 < argc)
+			cluster = argv[++i];
+		else
+			argv[j++] = argv[i];
+	}
+	*first_free = j;
+	return cluster;
+}
+
+int cmd_status(int argc, char **argv)
+{
+	int n;
+	const char *cluster = cluster_opt(argc, argv, &n);
+	bool json = n > 1 && !strcmp(argv[1], "--json");
+	struct aq_client *c = cli_connect(cluster);
+	if (!c)
+		return 1;
+	struct aq_statfs s;
+	int rc = aq_statfs(c, &s);
+	if (rc) {
+		fprintf(stderr, "aq status: %s\n", aq_strerror(rc));
+		aq_disconnect(c);
+		return 1;
+	}
+	struct cluster_map m;
+	char err[256], b1[32], b2[32], b3[32];
+	cluster_load(cluster_default_path(cluster), &m, err, sizeof err);
+	if (json) {
+		printf("{\"servers\":%u,\"buckets\":%u,\"targets\":%u,\"chunk_size\":%u,\"total_bytes\":%llu,"
+		       "\"used_bytes\":%llu,\"free_bytes\":%llu,\"files\":%llu}\n",
+		       s.servers, s.buckets, s.targets, s.chunk_size, (unsigned long long)s.total_bytes,
+		       (unsigned long long)s.used_bytes, (unsigned long long)s.free_bytes, (unsigned long long)s.files);
+	} else {
+		printf("cluster   %s\n", m.cluster_id);
+		for (uint32_t i = 0; i < m.nservers; i++)
+			printf("server    %u  %s:%u  up\n", m.servers[i].id, m.servers[i].addr, m.servers[i].port);
+		printf("buckets   %u\n", s.buckets);
+		printf("targets   %u\n", s.targets);
+		printf("chunk     %s\n", cli_bytes(s.chunk_size, b1, sizeof b1));
+		printf("space     %s used, %s free of %s\n", cli_bytes(s.used_bytes, b1, sizeof b1),
+		       cli_bytes(s.free_bytes, b2, sizeof b2), cli_bytes(s.total_bytes, b3, sizeof b3));
+		printf("files     %llu\n", (unsigned long long)s.files);
+	}
+	aq_disconnect(c);
+	return 0;
+}
+
+int cmd_changes(int argc, char **argv)
+{
+	int n;
+	const char *cluster = cluster_opt(argc, argv, &n);
+	const char *dir = NULL;
+	uint64_t cursor = 0;
+	long limit = -1;
+	for (int i = 1; i < n; i++) {
+		if (!strcmp(argv[i], "--since") && i + 1 < n)
+			cursor = strtoull(argv[++i], NULL, 10);
+		else if (!strcmp(argv[i], "--limit") && i + 1 < n)
+			limit = atol(argv[++i]);
+		else if (!dir && argv[i][0] != '-')
+			dir = argv[i];
+		else
+			dir = NULL, i = n;
+	}
+	if (!dir) {
+		fprintf(stderr, "usage: aq changes DIR [--since CURSOR] [--limit N] [--cluster FILE]\n"
+				"  prints one created entry per line (cursor, inode, name), then 'next CURSOR'\n");
+		return 2;
+	}
+	struct aq_client *c = cli_connect(cluster);
+	if (!c)
+		return 1;
+	struct aq_change *ch = aq_malloc(1024 * sizeof *ch);
+	int status = 0;
+	long printed = 0;
+	for (;;) {
+		uint32_t want = 1024;
+		if (limit >= 0 && limit - printed < want)
+			want = (uint32_t)(limit - printed);
+		if (want == 0)
+			break;
+		uint64_t next;
+		int got = aq_changes(c, dir, cursor, ch, want, &next);
+		if (got < 0) {
+			fprintf(stderr, "aq changes: %s: %s\n", dir, aq_strerror(got));
+			status = 1;
+			break;
+		}
+		for (int i = 0; i < got; i++)
+			printf("%llu %llu %s\n", (unsigned long long)ch[i].cursor, (unsigned long long)ch[i].ino,
+			       ch[i].name);
+		printed += got;
+		cursor = next;
+		if ((uint32_t)got < want)
+			break;
+	}
+	if (!status)
+		printf("next %llu\n", (unsigned long long)cursor);
+	free(ch);
+	aq_disconnect(c);
+	return status;
+}

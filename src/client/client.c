@@ -1,0 +1,870 @@
+/*
+ * client.c - libaq's calls: metadata requests go to the server that owns the bucket of
+ * the inode (or of the parent's entry), chunk reads and writes to the server of the
+ * target that rendezvous hashing picks. Writes are buffered one chunk per open inode and
+ * sent at chunk boundaries, flush, fsync and close; the file's size is committed to its
+ * metadata bucket after its data (close-to-open consistency, as NFS gives).
+ */
+#include "client/client_internal.h"
+#include "common/hash.h"
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static const struct aq_cred *cred_or_default(struct aq_client *c, const struct aq_cred *cr)
+{
+	return cr ? cr : &c->cred;
+}
+
+uint32_t client_meta_server(struct aq_client *c, uint64_t ino)
+{
+	return cluster_bucket_server(&c->map, aq_ino_bucket(ino) % c->map.nbuckets);
+}
+
+/* The server for a request about a name in parent: bucket hash(parent, name) lives there.
+ * With one server this is always server 0; the metadata store places the entry itself. */
+static uint32_t name_server(struct aq_client *c, uint64_t parent, const char *name)
+{
+	(void)name;
+	return client_meta_server(c, parent);
+}
+
+static int check_name(const char *name)
+{
+	size_t n = strlen(name);
+	if (n == 0)
+		return -ENOENT;
+	if (n > AQ_NAME_MAX)
+		return -ENAMETOOLONG;
+	if (strchr(name, '/'))
+		return -EINVAL;
+	return 0;
+}
+
+int aq_connect(const char *cluster_file, struct aq_client **out)
+{
+	struct aq_client *c = aq_calloc(1, sizeof *c);
+	char err[512];
+	const char *path = cluster_default_path(cluster_file);
+	int rc = cluster_load(path, &c->map, err, sizeof err);
+	if (rc) {
+		log_error("%s", err);
+		free(c);
+		return rc;
+	}
+	signal(SIGPIPE, SIG_IGN);
+	c->cred.uid = getuid();
+	c->cred.gid = getgid();
+	gid_t groups[32];
+	int ng = getgroups(32, groups);
+	for (int i = 0; i < ng && i < 32; i++)
+		c->cred.groups[c->cred.ngroups++] = groups[i];
+	pthread_mutex_init(&c->files_mu, NULL);
+	c->nconns = RPC_CONNS_DEFAULT;
+	const char *env = getenv("AQ_CONNS");
+	if (env && atoi(env) > 0 && atoi(env) <= 64)
+		c->nconns = (uint32_t)atoi(env);
+	c->conns = aq_calloc((size_t)c->nconns * c->map.nservers, sizeof *c->conns);
+	uint32_t done = 0;
+	for (uint32_t s = 0; s < c->map.nservers; s++)
+		for (uint32_t i = 0; i < c->nconns; i++) {
+			rc = rpc_conn_init(c, &c->conns[s * c->nconns + i], c->map.servers[s].id);
+			done++;
+			if (rc)
+				goto fail;
+		}
+	*out = c;
+	return 0;
+fail:
+	for (uint32_t i = 0; i < done; i++)
+		rpc_conn_fini(&c->conns[i]);
+	free(c->conns);
+	free(c);
+	return rc;
+}
+
+void aq_disconnect(struct aq_client *c)
+{
+	if (!c)
+		return;
+	for (uint32_t i = 0; i < c->nconns * c->map.nservers; i++)
+		rpc_conn_fini(&c->conns[i]);
+	free(c->conns);
+	for (int i = 0; i < 1024; i++)
+		while (c->files[i]) {
+			struct ino_state *st = c->files[i];
+			c->files[i] = st->next;
+			free(st->wbuf);
+			free(st);
+		}
+	free(c);
+}
+
+void aq_set_cred(struct aq_client *c, const struct aq_cred *cred) { c->cred = *cred; }
+
+/* ---- per-inode write state ---- */
+
+static struct ino_state *state_find_locked(struct aq_client *c, uint64_t ino)
+{
+	struct ino_state *st = c->files[ino % 1024];
+	while (st && st->ino != ino)
+		st = st->next;
+	return st;
+}
+
+static struct ino_state *state_get(struct aq_client *c, uint64_t ino, const struct aq_attr *attr)
+{
+	pthread_mutex_lock(&c->files_mu);
+	struct ino_state *st = state_find_locked(c, ino);
+	if (!st) {
+		st = aq_calloc(1, sizeof *st);
+		st->ino = ino;
+		pthread_mutex_init(&st->mu, NULL);
+		st->size = attr->size;
+		st->chunk_size = attr->chunk_size ? attr->chunk_size : c->map.chunk_size;
+		st->next = c->files[ino % 1024];
+		c->files[ino % 1024] = st;
+	} else {
+		pthread_mutex_lock(&st->mu);
+		if (!st->size_dirty && !st->wactive)
+			st->size = attr->size; /* close-to-open: take the server's size */
+		pthread_mutex_unlock(&st->mu);
+	}
+	st->refs++;
+	pthread_mutex_unlock(&c->files_mu);
+	return st;
+}
+
+static void state_put(struct aq_client *c, struct ino_state *st)
+{
+	pthread_mutex_lock(&c->files_mu);
+	if (--st->refs == 0) {
+		struct ino_state **pp = &c->files[st->ino % 1024];
+		while (*pp != st)
+			pp = &(*pp)->next;
+		*pp = st->next;
+		pthread_mutex_unlock(&c->files_mu);
+		free(st->wbuf);
+		pthread_mutex_destroy(&st->mu);
+		free(st);
+		return;
+	}
+	pthread_mutex_unlock(&c->files_mu);
+}
+
+/* Overlays this client's view of an open inode (unflushed size) on attributes. */
+static void overlay_local(struct aq_client *c, struct aq_attr *a)
+{
+	pthread_mutex_lock(&c->files_mu);
+	struct ino_state *st = state_find_locked(c, a->ino);
+	if (st) {
+		pthread_mutex_lock(&st->mu);
+		if (st->size_dirty || st->wactive) {
+			a->size = st->size;
+			if (st->mtime_ns > a->mtime_ns)
+				a->mtime_ns = a->ctime_ns = st->mtime_ns;
+		}
+		pthread_mutex_unlock(&st->mu);
+	}
+	pthread_mutex_unlock(&c->files_mu);
+}
+
+static int chunk_write(struct aq_client *c, uint64_t ino, uint32_t idx, uint32_t off, const void *buf, uint32_t len,
+		       bool sync)
+{
+	uint32_t target = cluster_chunk_target(&c->map, ino, idx);
+	const struct cluster_target *t = cluster_target_by_id(&c->map, target);
+	struct proto_req r = {.op = OP_CHUNK_WRITE, .target = target, .ino = ino, .idx = idx, .off = off,
+			      .flags = sync ? 1u : 0u, .data = buf, .data_len = len};
+	return rpc_do(c, t->server, &r, NULL, NULL);
+}
+
+/* Sends the buffered chunk. Called with st->mu held. */
+static int flush_locked(struct aq_client *c, struct ino_state *st)
+{
+	if (!st->wactive)
+		return 0;
+	int rc = chunk_write(c, st->ino, st->widx, st->wlo, st->wbuf + st->wlo, st->whi - st->wlo, false);
+	st->wactive = false;
+	if (rc && !st->err)
+		st->err = rc;
+	return rc;
+}
+
+static int commit_size_locked(struct aq_client *c, struct ino_state *st)
+{
+	if (!st->size_dirty)
+		return 0;
+	struct proto_req r = {.op = OP_COMMIT_SIZE, .cred = c->cred, .ino = st->ino, .size = st->size,
+			      .time_ns = st->mtime_ns};
+	struct proto_reply rep;
+	int rc = rpc_do(c, client_meta_server(c, st->ino), &r, &rep, NULL);
+	if (!rc)
+		st->size_dirty = false;
+	return rc;
+}
+
+/* ---- metadata calls ---- */
+
+static int attr_call(struct aq_client *c, uint32_t server, struct proto_req *r, struct aq_attr *out)
+{
+	struct proto_reply rep;
+	int rc = rpc_do(c, server, r, &rep, NULL);
+	if (!rc && out)
+		*out = rep.attr;
+	return rc;
+}
+
+int aq_lookup(struct aq_client *c, const struct aq_cred *cred, uint64_t parent, const char *name, struct aq_attr *out)
+{
+	size_t n = strlen(name);
+	if (n > AQ_NAME_MAX)
+		return -ENAMETOOLONG;
+	struct proto_req r = {.op = OP_LOOKUP, .cred = *cred_or_default(c, cred), .parent = parent, .name = name,
+			      .name_len = (uint32_t)n};
+	int rc = attr_call(c, name_server(c, parent, name), &r, out);
+	if (!rc && out)
+		overlay_local(c, out);
+	return rc;
+}
+
+int aq_getattr(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, struct aq_attr *out)
+{
+	struct proto_req r = {.op = OP_GETATTR, .cred = *cred_or_default(c, cred), .ino = ino};
+	int rc = attr_call(c, client_meta_server(c, ino), &r, out);
+	if (!rc)
+		overlay_local(c, out);
+	return rc;
+}
+
+int aq_setattr(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, uint32_t mask, const struct aq_attr *in,
+	       struct aq_attr *out)
+{
+	struct ino_state *st = NULL;
+	if (mask & AQ_SET_SIZE) {
+		/* buffered writes and the local size must not outlive a truncate */
+		pthread_mutex_lock(&c->files_mu);
+		st = state_find_locked(c, ino);
+		if (st)
+			st->refs++;
+		pthread_mutex_unlock(&c->files_mu);
+		if (st) {
+			pthread_mutex_lock(&st->mu);
+			flush_locked(c, st);
+		}
+	}
+	struct proto_req r = {.op = OP_SETATTR, .cred = *cred_or_default(c, cred), .ino = ino, .mask = mask,
+			      .attr = *in};
+	struct aq_attr a;
+	int rc = attr_call(c, client_meta_server(c, ino), &r, &a);
+	if (st) {
+		if (!rc) {
+			st->size = a.size;
+			st->size_dirty = false;
+		}
+		pthread_mutex_unlock(&st->mu);
+		state_put(c, st);
+	}
+	if (!rc) {
+		overlay_local(c, &a);
+		if (out)
+			*out = a;
+	}
+	return rc;
+}
+
+int aq_mknod(struct aq_client *c, const struct aq_cred *cred, uint64_t parent, const char *name, uint32_t mode,
+	     uint32_t rdev, uint32_t flags, struct aq_attr *out)
+{
+	int rc = check_name(name);
+	if (rc)
+		return rc;
+	struct proto_req r = {.op = OP_MKNOD, .cred = *cred_or_default(c, cred), .parent = parent, .name = name,
+			      .name_len = (uint32_t)strlen(name), .mode = mode, .rdev = rdev, .flags = flags};
+	return attr_call(c, name_server(c, parent, name), &r, out);
+}
+
+int aq_mkdir_at(struct aq_client *c, const struct aq_cred *cred, uint64_t parent, const char *name, uint32_t mode,
+		struct aq_attr *out)
+{
+	int rc = check_name(name);
+	if (rc)
+		return rc;
+	struct proto_req r = {.op = OP_MKDIR, .cred = *cred_or_default(c, cred), .parent = parent, .name = name,
+			      .name_len = (uint32_t)strlen(name), .mode = mode};
+	return attr_call(c, name_server(c, parent, name), &r, out);
+}
+
+int aq_symlink_at(struct aq_client *c, const struct aq_cred *cred, uint64_t parent, const char *name,
+		  const char *target, struct aq_attr *out)
+{
+	int rc = check_name(name);
+	if (rc)
+		return rc;
+	size_t tn = strlen(target);
+	if (tn == 0)
+		return -ENOENT;
+	if (tn >= AQ_PATH_MAX)
+		return -ENAMETOOLONG;
+	struct proto_req r = {.op = OP_SYMLINK, .cred = *cred_or_default(c, cred), .parent = parent, .name = name,
+			      .name_len = (uint32_t)strlen(name), .name2 = target, .name2_len = (uint32_t)tn};
+	return attr_call(c, name_server(c, parent, name), &r, out);
+}
+
+int aq_readlink_ino(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, char *buf, size_t size)
+{
+	struct proto_req r = {.op = OP_READLINK, .cred = *cred_or_default(c, cred), .ino = ino};
+	struct proto_reply rep;
+	struct rpc_call *call;
+	int rc = rpc_do(c, client_meta_server(c, ino), &r, &rep, &call);
+	if (rc)
+		return rc;
+	size_t n = MIN((size_t)rep.data_len, size ? size - 1 : 0);
+	memcpy(buf, rep.data, n);
+	if (size)
+		buf[n] = 0;
+	rc = (int)rep.data_len;
+	rpc_free(call);
+	return rc;
+}
+
+static int name_op(struct aq_client *c, const struct aq_cred *cred, uint16_t op, uint64_t parent, const char *name)
+{
+	size_t n = strlen(name);
+	if (n > AQ_NAME_MAX)
+		return -ENAMETOOLONG;
+	struct proto_req r = {.op = op, .cred = *cred_or_default(c, cred), .parent = parent, .name = name,
+			      .name_len = (uint32_t)n};
+	return rpc_do(c, name_server(c, parent, name), &r, NULL, NULL);
+}
+
+int aq_unlink_at(struct aq_client *c, const struct aq_cred *cred, uint64_t parent, const char *name)
+{
+	return name_op(c, cred, OP_UNLINK, parent, name);
+}
+
+int aq_rmdir_at(struct aq_client *c, const struct aq_cred *cred, uint64_t parent, const char *name)
+{
+	return name_op(c, cred, OP_RMDIR, parent, name);
+}
+
+int aq_rename_at(struct aq_client *c, const struct aq_cred *cred, uint64_t parent, const char *name,
+		 uint64_t newparent, const char *newname, uint32_t flags)
+{
+	if (strlen(name) > AQ_NAME_MAX || strlen(newname) > AQ_NAME_MAX)
+		return -ENAMETOOLONG;
+	struct proto_req r = {.op = OP_RENAME, .cred = *cred_or_default(c, cred), .parent = parent, .name = name,
+			      .name_len = (uint32_t)strlen(name), .newparent = newparent, .name2 = newname,
+			      .name2_len = (uint32_t)strlen(newname), .flags = flags};
+	return rpc_do(c, name_server(c, parent, name), &r, NULL, NULL);
+}
+
+int aq_link_at(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, uint64_t newparent,
+	       const char *newname, struct aq_attr *out)
+{
+	int rc = check_name(newname);
+	if (rc)
+		return rc;
+	struct proto_req r = {.op = OP_LINK, .cred = *cred_or_default(c, cred), .ino = ino, .newparent = newparent,
+			      .name2 = newname, .name2_len = (uint32_t)strlen(newname)};
+	rc = attr_call(c, client_meta_server(c, ino), &r, out);
+	if (!rc && out)
+		overlay_local(c, out);
+	return rc;
+}
+
+int aq_access_ino(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, uint32_t mask)
+{
+	struct proto_req r = {.op = OP_ACCESS, .cred = *cred_or_default(c, cred), .ino = ino, .mask = mask};
+	return rpc_do(c, client_meta_server(c, ino), &r, NULL, NULL);
+}
+
+int aq_readdir_ino(struct aq_client *c, const struct aq_cred *cred, uint64_t dir, uint64_t cookie, uint32_t flags,
+		   struct aq_dirent *ents, uint32_t max)
+{
+	if (max == 0)
+		return -EINVAL;
+	struct proto_req r = {.op = OP_READDIR, .cred = *cred_or_default(c, cred), .ino = dir, .cookie = cookie,
+			      .max = max, .flags = flags};
+	struct proto_reply rep;
+	struct rpc_call *call;
+	int rc = rpc_do(c, client_meta_server(c, dir), &r, &rep, &call);
+	if (rc)
+		return rc;
+	struct rbuf rb;
+	rbuf_init(&rb, rep.entries, rep.entries_len);
+	uint32_t n = 0;
+	bool plus = flags & AQ_READDIR_PLUS;
+	/* the server may exceed max to keep a hash group together: never write past ents */
+	for (; n < rep.count && n < max; n++) {
+		if (proto_dirent_get(&rb, &ents[n], plus)) {
+			rc = -EPROTO;
+			break;
+		}
+		if (plus)
+			overlay_local(c, &ents[n].attr);
+	}
+	if (!rc && rep.count > max) {
+		/* drop the incomplete group at the end; the caller resumes before it */
+		uint64_t last = ents[n - 1].cookie;
+		while (n > 0 && ents[n - 1].cookie == last)
+			n--;
+		if (n == 0)
+			rc = -EOVERFLOW;
+	}
+	rpc_free(call);
+	return rc ? rc : (int)n;
+}
+
+int aq_setxattr_ino(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, const char *name,
+		    const void *value, size_t size, uint32_t flags)
+{
+	size_t n = strlen(name);
+	if (n > AQ_XATTR_NAME_MAX)
+		return -ERANGE;
+	if (size > AQ_XATTR_VALUE_MAX)
+		return -E2BIG;
+	struct proto_req r = {.op = OP_SETXATTR, .cred = *cred_or_default(c, cred), .ino = ino, .name = name,
+			      .name_len = (uint32_t)n, .flags = flags, .data = value, .data_len = (uint32_t)size};
+	return rpc_do(c, client_meta_server(c, ino), &r, NULL, NULL);
+}
+
+static int xattr_read(struct aq_client *c, struct proto_req *r, void *value, size_t size)
+{
+	struct proto_reply rep;
+	struct rpc_call *call;
+	r->len = (uint32_t)MIN(size, (size_t)AQ_XATTR_VALUE_MAX);
+	int rc = rpc_do(c, client_meta_server(c, r->ino), r, &rep, &call);
+	if (rc)
+		return rc;
+	if (size) {
+		if (rep.data_len > size) {
+			rpc_free(call);
+			return -ERANGE;
+		}
+		memcpy(value, rep.data, rep.data_len);
+	}
+	rc = (int)rep.size;
+	rpc_free(call);
+	return rc;
+}
+
+int aq_getxattr_ino(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, const char *name, void *value,
+		    size_t size)
+{
+	size_t n = strlen(name);
+	if (n > AQ_XATTR_NAME_MAX)
+		return -ERANGE;
+	struct proto_req r = {.op = OP_GETXATTR, .cred = *cred_or_default(c, cred), .ino = ino, .name = name,
+			      .name_len = (uint32_t)n};
+	return xattr_read(c, &r, value, size);
+}
+
+int aq_listxattr_ino(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, char *list, size_t size)
+{
+	struct proto_req r = {.op = OP_LISTXATTR, .cred = *cred_or_default(c, cred), .ino = ino};
+	return xattr_read(c, &r, list, size);
+}
+
+int aq_removexattr_ino(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, const char *name)
+{
+	size_t n = strlen(name);
+	if (n > AQ_XATTR_NAME_MAX)
+		return -ERANGE;
+	struct proto_req r = {.op = OP_REMOVEXATTR, .cred = *cred_or_default(c, cred), .ino = ino, .name = name,
+			      .name_len = (uint32_t)n};
+	return rpc_do(c, client_meta_server(c, ino), &r, NULL, NULL);
+}
+
+int aq_statfs(struct aq_client *c, struct aq_statfs *out)
+{
+	memset(out, 0, sizeof *out);
+	for (uint32_t i = 0; i < c->map.nservers; i++) {
+		struct proto_req r = {.op = OP_STATFS, .cred = c->cred};
+		struct proto_reply rep;
+		int rc = rpc_do(c, c->map.servers[i].id, &r, &rep, NULL);
+		if (rc)
+			return rc;
+		out->total_bytes += rep.st.total_bytes;
+		out->free_bytes += rep.st.free_bytes;
+		out->used_bytes += rep.st.used_bytes;
+		out->files += rep.st.files;
+	}
+	out->servers = c->map.nservers;
+	out->buckets = c->map.nbuckets;
+	out->targets = c->map.ntargets;
+	out->chunk_size = c->map.chunk_size;
+	return 0;
+}
+
+/* ---- files ---- */
+
+int aq_open_ino(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, int flags, struct aq_file **out)
+{
+	struct proto_req r = {.op = OP_OPEN, .cred = *cred_or_default(c, cred), .ino = ino, .flags = (uint32_t)flags};
+	struct aq_attr a;
+	int rc = attr_call(c, client_meta_server(c, ino), &r, &a);
+	if (rc)
+		return rc;
+	struct aq_file *f = aq_calloc(1, sizeof *f);
+	f->c = c;
+	f->cred = r.cred;
+	f->flags = flags;
+	f->st = state_get(c, ino, &a);
+	if ((flags & O_TRUNC) && (flags & O_ACCMODE) != O_RDONLY && S_ISREG(a.mode) && a.size) {
+		struct aq_attr in = {.size = 0};
+		rc = aq_setattr(c, cred, ino, AQ_SET_SIZE, &in, NULL);
+		if (rc) {
+			aq_close(f);
+			return rc;
+		}
+	}
+	*out = f;
+	return 0;
+}
+
+uint64_t aq_file_ino(const struct aq_file *f) { return f->st->ino; }
+
+ssize_t aq_pwrite(struct aq_file *f, const void *buf, size_t len, uint64_t off)
+{
+	struct aq_client *c = f->c;
+	struct ino_state *st = f->st;
+	if ((f->flags & O_ACCMODE) == O_RDONLY)
+		return -EBADF;
+	if (len > SSIZE_MAX || off + len < off || off + len > (1ull << 50))
+		return -EFBIG;
+	const uint8_t *p = buf;
+	size_t done = 0;
+	int rc = 0;
+	pthread_mutex_lock(&st->mu);
+	uint32_t cs = st->chunk_size;
+	while (done < len) {
+		uint64_t pos = off + done;
+		uint32_t idx = (uint32_t)(pos / cs), in = (uint32_t)(pos % cs);
+		uint32_t n = (uint32_t)MIN((uint64_t)(cs - in), (uint64_t)(len - done));
+		/* a write that is not contiguous with the buffered range goes after a flush */
+		if (st->wactive && (idx != st->widx || in > st->whi || in + n < st->wlo)) {
+			rc = flush_locked(c, st);
+			if (rc)
+				break;
+		}
+		if (!st->wactive) {
+			st->wactive = true;
+			st->widx = idx;
+			st->wlo = st->whi = in;
+		}
+		if (st->wcap < in + n) {
+			uint32_t cap = st->wcap ? st->wcap : 65536;
+			while (cap < in + n)
+				cap *= 2;
+			st->wbuf = aq_realloc(st->wbuf, MIN(cap, cs));
+			st->wcap = MIN(cap, cs);
+		}
+		memcpy(st->wbuf + in, p + done, n);
+		st->wlo = MIN(st->wlo, in);
+		st->whi = MAX(st->whi, in + n);
+		done += n;
+		if (st->wlo == 0 && st->whi == cs) {
+			rc = flush_locked(c, st);
+			if (rc)
+				break;
+		}
+	}
+	if (done) {
+		if (off + done > st->size)
+			st->size = off + done;
+		st->size_dirty = true;
+		st->mtime_ns = aq_now_ns();
+	}
+	pthread_mutex_unlock(&st->mu);
+	return done ? (ssize_t)done : rc;
+}
+
+ssize_t aq_append(struct aq_file *f, const void *buf, size_t len, uint64_t *off_out)
+{
+	pthread_mutex_lock(&f->st->mu);
+	uint64_t off = f->st->size;
+	pthread_mutex_unlock(&f->st->mu);
+	if (off_out)
+		*off_out = off;
+	return aq_pwrite(f, buf, len, off);
+}
+
+ssize_t aq_pread(struct aq_file *f, void *buf, size_t len, uint64_t off)
+{
+	struct aq_client *c = f->c;
+	struct ino_state *st = f->st;
+	if ((f->flags & O_ACCMODE) == O_WRONLY)
+		return -EBADF;
+	pthread_mutex_lock(&st->mu);
+	int rc = flush_locked(c, st); /* read-your-writes */
+	uint64_t size = st->size;
+	uint32_t cs = st->chunk_size;
+	pthread_mutex_unlock(&st->mu);
+	if (rc)
+		return rc;
+	if (off >= size)
+		return 0;
+	len = (size_t)MIN((uint64_t)len, size - off);
+	/* all chunk reads in flight at once, then collected in order */
+	uint32_t nchunks = (uint32_t)((off + len - 1) / cs - off / cs + 1);
+	struct rpc_call *calls_small[8];
+	struct rpc_call **calls = nchunks <= 8 ? calls_small : aq_calloc(nchunks, sizeof *calls);
+	size_t pos = 0;
+	for (uint32_t i = 0; i < nchunks; i++) {
+		uint64_t at = off + pos;
+		uint32_t idx = (uint32_t)(at / cs), in = (uint32_t)(at % cs);
+		uint32_t n = (uint32_t)MIN((uint64_t)(cs - in), (uint64_t)(len - pos));
+		uint32_t target = cluster_chunk_target(&c->map, st->ino, idx);
+		struct proto_req r = {.op = OP_CHUNK_READ, .target = target, .ino = st->ino, .idx = idx, .off = in,
+				      .len = n};
+		struct wbuf w;
+		wbuf_init(&w, 64);
+		proto_req_encode(&w, &r);
+		int e = 0;
+		calls[i] = rpc_start(c, cluster_target_by_id(&c->map, target)->server, OP_CHUNK_READ, &w, &e);
+		wbuf_free(&w);
+		if (!calls[i] && !rc)
+			rc = e;
+		pos += n;
+	}
+	pos = 0;
+	for (uint32_t i = 0; i < nchunks; i++) {
+		uint64_t at = off + pos;
+		uint32_t n = (uint32_t)MIN((uint64_t)(cs - at % cs), (uint64_t)(len - pos));
+		if (calls[i]) {
+			int e = rpc_wait(calls[i]);
+			struct proto_reply rep;
+			if (!e)
+				e = proto_reply_decode(OP_CHUNK_READ, calls[i]->payload, calls[i]->len, &rep);
+			if (!e && rep.data_len != n)
+				e = -EPROTO;
+			if (!e)
+				memcpy((uint8_t *)buf + pos, rep.data, n);
+			if (e && !rc)
+				rc = e;
+			rpc_free(calls[i]);
+		}
+		pos += n;
+	}
+	if (calls != calls_small)
+		free(calls);
+	return rc ? rc : (ssize_t)len;
+}
+
+int aq_flush(struct aq_file *f)
+{
+	struct ino_state *st = f->st;
+	pthread_mutex_lock(&st->mu);
+	int rc = flush_locked(f->c, st);
+	if (!rc)
+		rc = commit_size_locked(f->c, st);
+	if (!rc && st->err) {
+		rc = st->err;
+		st->err = 0;
+	}
+	pthread_mutex_unlock(&st->mu);
+	return rc;
+}
+
+int aq_fsync(struct aq_file *f, int datasync)
+{
+	int rc = aq_flush(f);
+	if (rc)
+		return rc;
+	struct proto_req r = {.op = OP_FSYNC, .cred = f->cred, .ino = f->st->ino, .flags = (uint32_t)datasync};
+	/* data and metadata of one file may sit on every server: sync them all */
+	for (uint32_t i = 0; !rc && i < f->c->map.nservers; i++)
+		rc = rpc_do(f->c, f->c->map.servers[i].id, &r, NULL, NULL);
+	return rc;
+}
+
+int aq_file_getattr(struct aq_file *f, struct aq_attr *out)
+{
+	return aq_getattr(f->c, &f->cred, f->st->ino, out);
+}
+
+int aq_close(struct aq_file *f)
+{
+	if (!f)
+		return 0;
+	int rc = aq_flush(f);
+	struct proto_req r = {.op = OP_RELEASE, .cred = f->cred, .ino = f->st->ino};
+	rpc_do(f->c, client_meta_server(f->c, f->st->ino), &r, NULL, NULL);
+	state_put(f->c, f->st);
+	free(f);
+	return rc;
+}
+
+/* ---- paths ---- */
+
+/* Resolves path to its parent directory's attributes and the last component. */
+static int resolve_parent(struct aq_client *c, const char *path, struct aq_attr *parent, char *last)
+{
+	char buf[AQ_PATH_MAX];
+	if (strlen(path) >= sizeof buf)
+		return -ENAMETOOLONG;
+	snprintf(buf, sizeof buf, "%s", path);
+	int rc = aq_getattr(c, NULL, AQ_ROOT, parent);
+	if (rc)
+		return rc;
+	char *save = NULL, *comp = strtok_r(buf, "/", &save);
+	last[0] = 0;
+	while (comp) {
+		char *next = strtok_r(NULL, "/", &save);
+		if (!next) {
+			if (strlen(comp) > AQ_NAME_MAX)
+				return -ENAMETOOLONG;
+			strcpy(last, comp);
+			break;
+		}
+		if (strcmp(comp, ".")) {
+			struct aq_attr a;
+			rc = aq_lookup(c, NULL, parent->ino, comp, &a);
+			if (rc)
+				return rc;
+			if (!S_ISDIR(a.mode))
+				return -ENOTDIR;
+			*parent = a;
+		}
+		comp = next;
+	}
+	return 0;
+}
+
+int aq_resolve(struct aq_client *c, const char *path, struct aq_attr *out)
+{
+	struct aq_attr parent;
+	char last[AQ_NAME_MAX + 1];
+	int rc = resolve_parent(c, path, &parent, last);
+	if (rc)
+		return rc;
+	if (!last[0] || !strcmp(last, ".")) {
+		*out = parent;
+		return 0;
+	}
+	return aq_lookup(c, NULL, parent.ino, last, out);
+}
+
+int aq_stat(struct aq_client *c, const char *path, struct aq_attr *out) { return aq_resolve(c, path, out); }
+
+int aq_mkdir(struct aq_client *c, const char *path, uint32_t mode)
+{
+	struct aq_attr parent;
+	char last[AQ_NAME_MAX + 1];
+	int rc = resolve_parent(c, path, &parent, last);
+	if (rc)
+		return rc;
+	if (!last[0])
+		return -EEXIST;
+	return aq_mkdir_at(c, NULL, parent.ino, last, mode, NULL);
+}
+
+int aq_unlink(struct aq_client *c, const char *path)
+{
+	struct aq_attr parent;
+	char last[AQ_NAME_MAX + 1];
+	int rc = resolve_parent(c, path, &parent, last);
+	return rc ? rc : aq_unlink_at(c, NULL, parent.ino, last);
+}
+
+int aq_rmdir(struct aq_client *c, const char *path)
+{
+	struct aq_attr parent;
+	char last[AQ_NAME_MAX + 1];
+	int rc = resolve_parent(c, path, &parent, last);
+	if (rc)
+		return rc;
+	if (!last[0])
+		return -EBUSY;
+	return aq_rmdir_at(c, NULL, parent.ino, last);
+}
+
+int aq_rename(struct aq_client *c, const char *from, const char *to)
+{
+	struct aq_attr p1, p2;
+	char l1[AQ_NAME_MAX + 1], l2[AQ_NAME_MAX + 1];
+	int rc = resolve_parent(c, from, &p1, l1);
+	if (!rc)
+		rc = resolve_parent(c, to, &p2, l2);
+	if (rc)
+		return rc;
+	if (!l1[0] || !l2[0])
+		return -EBUSY;
+	return aq_rename_at(c, NULL, p1.ino, l1, p2.ino, l2, 0);
+}
+
+int aq_open(struct aq_client *c, const char *path, int flags, uint32_t mode, struct aq_file **out)
+{
+	struct aq_attr parent, a;
+	char last[AQ_NAME_MAX + 1];
+	int rc = resolve_parent(c, path, &parent, last);
+	if (rc)
+		return rc;
+	if (!last[0])
+		a = parent;
+	else
+		rc = aq_lookup(c, NULL, parent.ino, last, &a);
+	if (rc == -ENOENT && (flags & O_CREAT)) {
+		rc = aq_mknod(c, NULL, parent.ino, last, S_IFREG | (mode & 07777), 0,
+			      (flags & O_EXCL) ? AQ_CREATE_EXCL : 0, &a);
+		if (rc == -EEXIST && !(flags & O_EXCL))
+			rc = aq_lookup(c, NULL, parent.ino, last, &a);
+		else if (!rc)
+			flags &= ~O_TRUNC;
+	} else if (!rc && (flags & O_CREAT) && (flags & O_EXCL)) {
+		return -EEXIST;
+	}
+	if (rc)
+		return rc;
+	if (S_ISDIR(a.mode) && (flags & O_ACCMODE) != O_RDONLY)
+		return -EISDIR;
+	return aq_open_ino(c, NULL, a.ino, flags, out);
+}
+
+int aq_changes_ino(struct aq_client *c, const struct aq_cred *cred, uint64_t dir, uint64_t cursor,
+		   struct aq_change *out, uint32_t max, uint64_t *next)
+{
+	if (max == 0)
+		return -EINVAL;
+	struct proto_req r = {.op = OP_CHANGES, .cred = *cred_or_default(c, cred), .ino = dir, .cookie = cursor,
+			      .max = MIN(max, (uint32_t)PROTO_READDIR_MAX)};
+	struct proto_reply rep;
+	struct rpc_call *call;
+	int rc = rpc_do(c, client_meta_server(c, dir), &r, &rep, &call);
+	if (rc)
+		return rc;
+	struct rbuf rb;
+	rbuf_init(&rb, rep.entries, rep.entries_len);
+	uint32_t n = 0;
+	for (; n < rep.count && n < max; n++) {
+		struct proto_change ch;
+		if (proto_change_get(&rb, &ch) || ch.name_len > AQ_NAME_MAX) {
+			rc = -EPROTO;
+			break;
+		}
+		out[n].ino = ch.ino;
+		out[n].cursor = ch.ts;
+		memcpy(out[n].name, ch.name, ch.name_len);
+		out[n].name[ch.name_len] = 0;
+	}
+	if (!rc && rep.count > max)
+		rc = -EPROTO;
+	*next = rep.next;
+	rpc_free(call);
+	return rc ? rc : (int)n;
+}
+
+int aq_changes(struct aq_client *c, const char *dir, uint64_t cursor, struct aq_change *out, uint32_t max,
+	       uint64_t *next)
+{
+	struct aq_attr a;
+	int rc = aq_resolve(c, dir, &a);
+	if (rc)
+		return rc;
+	if (!S_ISDIR(a.mode))
+		return -ENOTDIR;
+	return aq_changes_ino(c, NULL, a.ino, cursor, out, max, next);
+}

@@ -1,0 +1,89 @@
+/*
+ * client_internal.h - libaq's private structures: pipelined RPC connections and the
+ * client's per-inode write state.
+ */
+#ifndef AQ_CLIENT_INTERNAL_H
+#define AQ_CLIENT_INTERNAL_H
+#include "aq.h"
+#include "common/cluster.h"
+#include "proto/proto.h"
+#include <pthread.h>
+#include <stdatomic.h>
+
+#define RPC_CONNS_DEFAULT 4
+#define RPC_PENDING_BUCKETS 256
+#define RPC_RECONNECT_S 60      /* how long a call waits for a restarting server */
+
+struct rpc_call {
+	uint64_t id;
+	uint16_t op;
+	bool done;
+	int status;            /* 0 or -errno */
+	uint8_t *payload;      /* reply payload, owned by the call */
+	uint32_t len;
+	pthread_cond_t cv;
+	struct rpc_call *next; /* pending chain */
+	struct rpc_conn *conn;
+};
+
+struct rpc_conn {
+	struct aq_client *client;
+	uint32_t server;
+	int fd;
+	uint32_t gen;          /* bumped on every reconnect */
+	bool up;
+	pthread_mutex_t mu;    /* guards pending, up, fd changes; lock order: mu before send_mu */
+	pthread_mutex_t send_mu;
+	pthread_t rx;
+	bool rx_running;
+	struct rpc_call *pending[RPC_PENDING_BUCKETS];
+	uint64_t next_id;
+};
+
+struct ino_state {
+	uint64_t ino;
+	uint32_t refs;             /* under client->files_mu */
+	struct ino_state *next;
+	pthread_mutex_t mu;        /* guards everything below */
+	uint64_t size;
+	bool size_dirty;
+	int64_t mtime_ns;
+	uint32_t chunk_size;
+	int err;                   /* first write-back error, reported at flush/fsync/close */
+	/* one chunk of buffered writes: [wlo, whi) of chunk widx */
+	bool wactive;
+	uint32_t widx, wlo, whi;
+	uint8_t *wbuf;
+	uint32_t wcap;
+};
+
+struct aq_file {
+	struct aq_client *c;
+	struct ino_state *st;
+	struct aq_cred cred;
+	int flags;
+};
+
+struct aq_client {
+	struct cluster_map map;
+	struct aq_cred cred;
+	uint32_t nconns;
+	struct rpc_conn *conns;    /* nconns per server */
+	atomic_uint rr;
+	pthread_mutex_t files_mu;
+	struct ino_state *files[1024];
+};
+
+int rpc_conn_init(struct aq_client *c, struct rpc_conn *rc, uint32_t server);
+void rpc_conn_fini(struct rpc_conn *rc);
+/* Sends a request to server; returns a call to wait on (NULL with *err on failure). */
+struct rpc_call *rpc_start(struct aq_client *c, uint32_t server, uint16_t op, const struct wbuf *payload, int *err);
+/* Waits for the reply. Returns 0 or -errno; the call keeps the payload until rpc_free. */
+int rpc_wait(struct rpc_call *call);
+void rpc_free(struct rpc_call *call);
+/* One request and its decoded reply (payload pointers stay valid until rpc_free(*call)). */
+int rpc_do(struct aq_client *c, uint32_t server, const struct proto_req *req, struct proto_reply *rep,
+	   struct rpc_call **call);
+uint32_t client_meta_server(struct aq_client *c, uint64_t ino);
+
+#endif

@@ -1,0 +1,370 @@
+/*
+ * rpc.c - libaq's connections: connect and authenticate (HMAC challenge), then pipeline
+ * requests. Any thread may send; one receiver thread per connection matches replies to
+ * waiting calls by request id, so replies may come back in any order. A connection that
+ * breaks fails its pending calls with -ENOTCONN; the next call reconnects (a restarted
+ * aqd is found again) and rpc_do retries for up to RPC_RECONNECT_S seconds.
+ */
+#include "client/client_internal.h"
+#include "common/auth.h"
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+static int read_full(int fd, void *buf, size_t n)
+{
+	uint8_t *p = buf;
+	while (n) {
+		ssize_t r = read(fd, p, n);
+		if (r == 0)
+			return -ECONNRESET;
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		p += r;
+		n -= (size_t)r;
+	}
+	return 0;
+}
+
+static int write_full(int fd, struct iovec *iov, int cnt)
+{
+	while (cnt > 0) {
+		ssize_t n = writev(fd, iov, cnt);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		while (n > 0 && cnt > 0) {
+			if ((size_t)n >= iov->iov_len) {
+				n -= (ssize_t)iov->iov_len;
+				iov++;
+				cnt--;
+			} else {
+				iov->iov_base = (uint8_t *)iov->iov_base + n;
+				iov->iov_len -= (size_t)n;
+				n = 0;
+			}
+		}
+	}
+	return 0;
+}
+
+static int send_frame(int fd, uint16_t op, uint64_t id, uint32_t epoch, const void *p, size_t len)
+{
+	struct proto_hdr h = {.magic = PROTO_MAGIC, .version = PROTO_VERSION, .op = op, .req_id = id,
+			      .epoch = epoch, .payload_len = (uint32_t)len};
+	uint8_t hb[PROTO_HDR_SIZE];
+	proto_hdr_encode(hb, &h);
+	struct iovec iov[2] = {{hb, sizeof hb}, {(void *)p, len}};
+	return write_full(fd, iov, len ? 2 : 1);
+}
+
+/* Reads one frame; *payload is malloc'ed (caller frees). */
+static int recv_frame(int fd, struct proto_hdr *h, uint8_t **payload)
+{
+	uint8_t hb[PROTO_HDR_SIZE];
+	int rc = read_full(fd, hb, sizeof hb);
+	if (rc)
+		return rc;
+	rc = proto_hdr_decode(hb, sizeof hb, h);
+	if (rc)
+		return rc;
+	*payload = aq_malloc(h->payload_len ? h->payload_len : 1);
+	rc = read_full(fd, *payload, h->payload_len);
+	if (rc) {
+		free(*payload);
+		*payload = NULL;
+	}
+	return rc;
+}
+
+static int dial(const struct cluster_server *sv)
+{
+	struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+	struct addrinfo *res, *ai;
+	char port[8];
+	snprintf(port, sizeof port, "%u", sv->port);
+	if (getaddrinfo(sv->addr, port, &hints, &res))
+		return -EHOSTUNREACH;
+	int fd = -ECONNREFUSED;
+	for (ai = res; ai; ai = ai->ai_next) {
+		fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (fd < 0) {
+			fd = -errno;
+			continue;
+		}
+		if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
+			break;
+		int e = errno;
+		close(fd);
+		fd = -e;
+	}
+	freeaddrinfo(res);
+	if (fd < 0)
+		return fd;
+	int one = 1;
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+	int buf = 4 << 20;
+	setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &buf, sizeof buf);
+	setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &buf, sizeof buf);
+	return fd;
+}
+
+/* Connects and answers the server's challenge. Returns an fd or -errno. */
+static int handshake(struct aq_client *c, uint32_t server)
+{
+	const struct cluster_server *sv = cluster_server_by_id(&c->map, server);
+	if (!sv)
+		return -EINVAL;
+	int fd = dial(sv);
+	if (fd < 0)
+		return fd;
+	struct timeval tv = {.tv_sec = 10};
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+	struct proto_hdr h;
+	uint8_t *p = NULL;
+	struct proto_reply rep;
+	int rc = recv_frame(fd, &h, &p);
+	if (!rc && (h.op != OP_HELLO || proto_reply_decode(OP_HELLO, p, h.payload_len, &rep) ||
+		    rep.data_len != PROTO_NONCE_SIZE))
+		rc = -EPROTO;
+	if (rc)
+		goto fail;
+	uint8_t mac[PROTO_MAC_SIZE];
+	auth_mac(c->map.secret, sizeof c->map.secret, rep.data, rep.data_len, mac);
+	free(p);
+	p = NULL;
+	struct wbuf w;
+	wbuf_init(&w, 64);
+	struct proto_req req = {.op = OP_AUTH, .data = mac, .data_len = sizeof mac};
+	proto_req_encode(&w, &req);
+	rc = send_frame(fd, OP_AUTH, 1, c->map.epoch, w.p, w.len);
+	wbuf_free(&w);
+	if (!rc)
+		rc = recv_frame(fd, &h, &p);
+	if (!rc && h.op != OP_AUTH)
+		rc = -EPROTO;
+	if (!rc && h.status)
+		rc = aq_err_from_status(h.status);
+	if (rc)
+		goto fail;
+	free(p);
+	tv.tv_sec = 0;
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+	return fd;
+fail:
+	free(p);
+	close(fd);
+	return rc;
+}
+
+static struct rpc_call **pending_slot(struct rpc_conn *rc, uint64_t id)
+{
+	struct rpc_call **pp = &rc->pending[id % RPC_PENDING_BUCKETS];
+	while (*pp && (*pp)->id != id)
+		pp = &(*pp)->next;
+	return pp;
+}
+
+static void fail_pending_locked(struct rpc_conn *rc, int err)
+{
+	for (int i = 0; i < RPC_PENDING_BUCKETS; i++) {
+		while (rc->pending[i]) {
+			struct rpc_call *call = rc->pending[i];
+			rc->pending[i] = call->next;
+			call->done = true;
+			call->status = err;
+			pthread_cond_signal(&call->cv);
+		}
+	}
+}
+
+static void *rx_main(void *arg)
+{
+	struct rpc_conn *rc = arg;
+	int fd = rc->fd;
+	for (;;) {
+		struct proto_hdr h;
+		uint8_t *p;
+		int err = recv_frame(fd, &h, &p);
+		if (err) {
+			pthread_mutex_lock(&rc->mu);
+			rc->up = false;
+			fail_pending_locked(rc, -ENOTCONN);
+			pthread_mutex_unlock(&rc->mu);
+			return NULL;
+		}
+		pthread_mutex_lock(&rc->mu);
+		struct rpc_call **pp = pending_slot(rc, h.req_id);
+		struct rpc_call *call = *pp;
+		if (call) {
+			*pp = call->next;
+			call->done = true;
+			call->status = h.status ? aq_err_from_status(h.status) : 0;
+			call->payload = p;
+			call->len = h.payload_len;
+			pthread_cond_signal(&call->cv);
+			p = NULL;
+		}
+		pthread_mutex_unlock(&rc->mu);
+		free(p);
+	}
+}
+
+/* Brings the connection up if it is down. Called with rc->mu held. */
+static int ensure_up_locked(struct rpc_conn *rc)
+{
+	if (rc->up)
+		return 0;
+	if (rc->rx_running) {
+		/* rx set up=false just before exiting and no longer needs mu */
+		pthread_join(rc->rx, NULL);
+		rc->rx_running = false;
+		close(rc->fd);
+		rc->fd = -1;
+	}
+	int fd = handshake(rc->client, rc->server);
+	if (fd < 0)
+		return fd;
+	rc->fd = fd;
+	rc->up = true;
+	rc->gen++;
+	pthread_create(&rc->rx, NULL, rx_main, rc);
+	rc->rx_running = true;
+	return 0;
+}
+
+int rpc_conn_init(struct aq_client *c, struct rpc_conn *rc, uint32_t server)
+{
+	memset(rc, 0, sizeof *rc);
+	rc->client = c;
+	rc->server = server;
+	rc->fd = -1;
+	rc->next_id = 1;
+	pthread_mutex_init(&rc->mu, NULL);
+	pthread_mutex_init(&rc->send_mu, NULL);
+	pthread_mutex_lock(&rc->mu);
+	int err = ensure_up_locked(rc);
+	pthread_mutex_unlock(&rc->mu);
+	return err;
+}
+
+void rpc_conn_fini(struct rpc_conn *rc)
+{
+	pthread_mutex_lock(&rc->mu);
+	if (rc->fd >= 0)
+		shutdown(rc->fd, SHUT_RDWR);
+	pthread_mutex_unlock(&rc->mu);
+	if (rc->rx_running)
+		pthread_join(rc->rx, NULL);
+	if (rc->fd >= 0)
+		close(rc->fd);
+	pthread_mutex_destroy(&rc->mu);
+	pthread_mutex_destroy(&rc->send_mu);
+}
+
+struct rpc_call *rpc_start(struct aq_client *c, uint32_t server, uint16_t op, const struct wbuf *payload, int *err)
+{
+	/* connections of one server are consecutive in c->conns */
+	uint32_t base = 0;
+	for (uint32_t i = 0; i < c->map.nservers; i++)
+		if (c->map.servers[i].id == server)
+			base = i * c->nconns;
+	struct rpc_conn *rc = &c->conns[base + atomic_fetch_add(&c->rr, 1) % c->nconns];
+	struct rpc_call *call = aq_calloc(1, sizeof *call);
+	pthread_cond_init(&call->cv, NULL);
+	call->op = op;
+	call->conn = rc;
+	pthread_mutex_lock(&rc->mu);
+	int e = ensure_up_locked(rc);
+	if (e) {
+		pthread_mutex_unlock(&rc->mu);
+		pthread_cond_destroy(&call->cv);
+		free(call);
+		*err = e;
+		return NULL;
+	}
+	call->id = rc->next_id++;
+	struct rpc_call **slot = &rc->pending[call->id % RPC_PENDING_BUCKETS];
+	call->next = *slot;
+	*slot = call;
+	int fd = rc->fd;
+	/* Take the send lock before dropping mu so frames leave in id order per sender and
+	 * a reconnect cannot swap the fd under us. */
+	pthread_mutex_lock(&rc->send_mu);
+	pthread_mutex_unlock(&rc->mu);
+	e = send_frame(fd, op, call->id, c->map.epoch, payload ? payload->p : NULL, payload ? payload->len : 0);
+	pthread_mutex_unlock(&rc->send_mu);
+	if (e) {
+		/* the receiver will notice the broken socket and fail the call */
+		shutdown(fd, SHUT_RDWR);
+	}
+	return call;
+}
+
+int rpc_wait(struct rpc_call *call)
+{
+	struct rpc_conn *rc = call->conn;
+	pthread_mutex_lock(&rc->mu);
+	while (!call->done)
+		pthread_cond_wait(&call->cv, &rc->mu);
+	pthread_mutex_unlock(&rc->mu);
+	return call->status;
+}
+
+void rpc_free(struct rpc_call *call)
+{
+	if (!call)
+		return;
+	pthread_cond_destroy(&call->cv);
+	free(call->payload);
+	free(call);
+}
+
+static bool retryable(int err)
+{
+	return err == -ENOTCONN || err == -ECONNREFUSED || err == -ECONNRESET || err == -EPIPE ||
+	       err == -EHOSTUNREACH || err == -ETIMEDOUT;
+}
+
+int rpc_do(struct aq_client *c, uint32_t server, const struct proto_req *req, struct proto_reply *rep,
+	   struct rpc_call **callp)
+{
+	struct wbuf w;
+	wbuf_init(&w, 128 + req->data_len + req->name_len + req->name2_len);
+	proto_req_encode(&w, req);
+	uint64_t deadline = aq_mono_ns() + (uint64_t)RPC_RECONNECT_S * 1000000000ull;
+	int err;
+	struct rpc_call *call = NULL;
+	for (int attempt = 0;; attempt++) {
+		call = rpc_start(c, server, req->op, &w, &err);
+		if (call)
+			err = rpc_wait(call);
+		if (!retryable(err) || aq_mono_ns() > deadline)
+			break;
+		rpc_free(call);
+		call = NULL;
+		usleep(attempt < 10 ? 50000 : 250000);
+	}
+	wbuf_free(&w);
+	if (!err && rep) {
+		err = proto_reply_decode(req->op, call->payload, call->len, rep);
+		if (err)
+			log_warn("malformed %s reply from server %u", proto_op_name(req->op), server);
+	}
+	if (err || !callp) {
+		rpc_free(call);
+		call = NULL;
+	}
+	if (callp)
+		*callp = call;
+	return err;
+}

@@ -1,0 +1,45 @@
+/* errors.c - the status table of errors.h turned into lookups. */
+#include "common/common.h"
+
+static int posix_of(int err) { return err < -1000 ? 0 : err; }
+
+int aq_status_from_err(int neg_err)
+{
+	int e = -neg_err;
+#define AQ_X(name, num, err, text) if (e == (err < 0 ? -(err) : (err))) return num;
+	AQ_STATUS_TABLE(AQ_X)
+#undef AQ_X
+	(void)posix_of;
+	return AQ_S_IO;
+}
+
+int aq_err_from_status(int status)
+{
+	switch (status) {
+#define AQ_X(name, num, err, text) case num: return -(err < 0 ? -(err) : (err));
+	AQ_STATUS_TABLE(AQ_X)
+#undef AQ_X
+	}
+	return -EIO;
+}
+
+const char *aq_strerror(int neg_err)
+{
+	int e = -neg_err;
+#define AQ_X(name, num, err, text) if (e == (err < 0 ? -(err) : (err))) return text;
+	AQ_STATUS_TABLE(AQ_X)
+#undef AQ_X
+	return strerror(e);
+}
+
+int aq_errno_posix(int neg_err)
+{
+	switch (-neg_err) {
+	case AQ_EAUTH: return EACCES;
+	case AQ_ESTALE_MAP: return EAGAIN;
+	case AQ_ENOT_OWNER: return EAGAIN;
+	case AQ_ECORRUPT: return EIO;
+	case AQ_EBAD_VERSION: return EPROTO;
+	}
+	return -neg_err;
+}

@@ -1,0 +1,67 @@
+/* util.c - assertion failure, logging and allocation helpers. */
+#include "common/common.h"
+#include <pthread.h>
+#include <stdarg.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+int log_min_level = LOG_INFO;
+static FILE *log_file;
+
+void log_set_file(const char *path)
+{
+	FILE *f = fopen(path, "a");
+	if (f) {
+		setvbuf(f, NULL, _IOLBF, 0);
+		log_file = f;
+	}
+}
+
+void log_msg(enum log_level level, const char *file, int line, const char *fmt, ...)
+{
+	static const char *names[] = {"debug", "info", "warn", "error"};
+	char msg[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	struct timeval tv;
+	gettimeofday(&tv, NULL);
+	struct tm tm;
+	gmtime_r(&tv.tv_sec, &tm);
+	const char *base = strrchr(file, '/');
+	fprintf(log_file ? log_file : stderr, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %s [%d] %s:%d: %s\n",
+		tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+		(long)tv.tv_usec / 1000, names[level], (int)getpid(), base ? base + 1 : file, line, msg);
+}
+
+_Noreturn void aq_assert_fail(const char *cond, const char *file, int line, const char *func)
+{
+	log_msg(LOG_ERROR, file, line, "assertion failed in %s: %s", func, cond);
+	abort();
+}
+
+void *aq_malloc(size_t n)
+{
+	void *p = malloc(n ? n : 1);
+	if (!p) { log_error("out of memory (%zu bytes)", n); abort(); }
+	return p;
+}
+void *aq_calloc(size_t n, size_t size)
+{
+	void *p = calloc(n ? n : 1, size ? size : 1);
+	if (!p) { log_error("out of memory (%zu x %zu bytes)", n, size); abort(); }
+	return p;
+}
+void *aq_realloc(void *p, size_t n)
+{
+	void *q = realloc(p, n ? n : 1);
+	if (!q) { log_error("out of memory (%zu bytes)", n); abort(); }
+	return q;
+}
+char *aq_strdup(const char *s)
+{
+	char *p = strdup(s);
+	if (!p) { log_error("out of memory"); abort(); }
+	return p;
+}

@@ -1,0 +1,147 @@
+/*
+ * data_internal.h - what the files of src/data share: the on-disk record header, the
+ * chunk index encoding, the in-memory target and segment tables, and the I/O helpers.
+ *
+ * Invariants (see README.md for the whole story):
+ *  - The chunk index is the truth. A record in a segment that no index entry points to is
+ *    dead space, never data.
+ *  - Records start at multiples of DATA_REC_ALIGN and take round_up(64 + length, 4096)
+ *    bytes, so sizes and offsets stay O_DIRECT-friendly.
+ *  - Only the active segment (the highest numbered) is appended to; sealed segments are
+ *    durable (fdatasync'ed when sealed) and only read, moved out of and unlinked.
+ *  - seg.live is the sum of the record sizes of the index entries that point into the
+ *    segment; it is rebuilt at open and kept exact under the target lock.
+ *
+ * Lock order: compact_lock -> lock -> seg_lock. `lock` serialises every change of a
+ * target (append position, index entries, accounting); `seg_lock` guards the segment
+ * table and the fds against removal: readers hold it shared from the index lookup to the
+ * end of their I/O; adding or removing a segment takes it exclusive (with `lock` held).
+ */
+#ifndef AQ_DATA_INTERNAL_H
+#define AQ_DATA_INTERNAL_H
+#include <pthread.h>
+#include <rocksdb/c.h>
+#include <limits.h>
+#include <sys/uio.h>
+
+#include "common/common.h"
+#include "common/hash.h"
+#include "data/data.h"
+
+#define DATA_REC_ALIGN 4096u
+#define DATA_REC_HDR_SIZE 64u
+#define DATA_REC_MAGIC 0x51534741u /* "AGSQ" little-endian: Aquifer SeGment record */
+#define DATA_REC_FORMAT 1u
+#define DATA_CHUNK_MAX AQ_CHUNK_SIZE_MAX
+#define DATA_BLOCKS_MAX (DATA_CHUNK_MAX / DATA_BLOCK_SIZE)
+#define DATA_KEY_SIZE 13u /* 'C' | ino u64 BE | idx u32 BE */
+#define DATA_VAL_FORMAT 1u
+#define DATA_VAL_FIXED 25u /* format u8, segment u32, offset u64, length u32, version u64 */
+#define DATA_VAL_MAX (DATA_VAL_FIXED + 4u * DATA_BLOCKS_MAX)
+#define DATA_RESERVE_MAX (64ull << 20)
+
+_Static_assert(DATA_CHUNK_MAX % DATA_BLOCK_SIZE == 0, "a chunk is whole blocks");
+_Static_assert(DATA_BLOCK_SIZE % DATA_REC_ALIGN == 0, "blocks are O_DIRECT-sized");
+_Static_assert(DATA_SEGMENT_SIZE % DATA_REC_ALIGN == 0, "segments hold whole records");
+_Static_assert(DATA_SEGMENT_SIZE >= 2 * (DATA_CHUNK_MAX + DATA_REC_ALIGN), "a segment holds a chunk");
+
+static inline uint64_t data_round_up(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
+/* Bytes one record of `length` bytes of chunk data takes in a segment. */
+static inline uint64_t data_rec_size(uint32_t length)
+{
+	return data_round_up(DATA_REC_HDR_SIZE + (uint64_t)length, DATA_REC_ALIGN);
+}
+static inline uint32_t data_nblocks(uint32_t length) { return (length + DATA_BLOCK_SIZE - 1) / DATA_BLOCK_SIZE; }
+
+/* The 64-byte header in front of every record; lets fsck rebuild the index. */
+struct data_rec_hdr {
+	uint64_t ino;
+	uint32_t idx;
+	uint32_t length;
+	uint64_t version;
+};
+void data_hdr_encode(uint8_t out[DATA_REC_HDR_SIZE], const struct data_rec_hdr *h);
+/* 0, or -EIO when the magic, format or header crc is wrong. */
+int data_hdr_decode(const uint8_t in[DATA_REC_HDR_SIZE], struct data_rec_hdr *h);
+
+/* One chunk index entry (the value under data_key()). */
+struct data_entry {
+	uint32_t seg;
+	uint64_t off;     /* of the record (its header) in the segment */
+	uint32_t length;  /* bytes of chunk data */
+	uint64_t version;
+	uint32_t crc[DATA_BLOCKS_MAX]; /* of each block of the data, the last one partial */
+};
+void data_key(uint8_t out[DATA_KEY_SIZE], uint64_t ino, uint32_t idx);
+/* Returns the encoded size (<= DATA_VAL_MAX). */
+size_t data_val_encode(uint8_t *out, const struct data_entry *e);
+/* 0, or -EIO when the value is malformed (lengths, format, field ranges). */
+int data_val_decode(const uint8_t *in, size_t len, struct data_entry *e);
+
+struct data_seg {
+	uint32_t no;      /* file dir/t<i>/seg-%08u */
+	int fd;
+	uint64_t total;   /* bytes of records (file size rounded to DATA_REC_ALIGN) */
+	uint64_t live;    /* bytes of records the index points to */
+};
+
+struct data_target {
+	uint32_t id;      /* cluster-wide */
+	char *dir;
+	pthread_mutex_t lock;
+	pthread_rwlock_t seg_lock;
+	pthread_mutex_t compact_lock; /* one compaction pass at a time per target */
+	rocksdb_t *db;
+	rocksdb_options_t *dbopt;
+	rocksdb_writeoptions_t *wopt, *wopt_sync;
+	rocksdb_readoptions_t *ropt;
+	struct data_seg *segs; /* sorted by no; the last one is active */
+	uint32_t nsegs, segs_cap;
+	uint64_t active_end;   /* append position in the active segment */
+	uint64_t capacity_bytes; /* 0: the file system's */
+	uint64_t segment_bytes;
+	uint64_t chunks;
+};
+
+struct data_store {
+	uint32_t ntargets;
+	struct data_target *targets;
+	pthread_t compactor;
+	bool compactor_running;
+	pthread_mutex_t bg_lock;
+	pthread_cond_t bg_cond;
+	bool bg_stop, bg_kick;
+};
+
+/* store.c, used by compact.c */
+struct data_target *data_target_get(struct data_store *ds, uint32_t target);
+struct data_seg *data_seg_find(struct data_target *t, uint32_t no);
+int data_index_get(struct data_target *t, uint64_t ino, uint32_t idx, struct data_entry *e, bool *found);
+/* Appends a prepared record (header + data, rec_size bytes, padded) to the active
+ * segment, rolling when needed. On success *seg and *off say where it went. With
+ * use_reserve the configured capacity and the file system reserve are not enforced (for
+ * compaction and truncation, which must work on a full target). Caller holds t->lock. */
+int data_append_locked(struct data_store *ds, struct data_target *t, const void *rec, uint64_t rec_size,
+		       bool use_reserve, uint32_t *seg, uint64_t *off);
+/* Syncs the active segment and the index WAL. Caller holds t->lock. */
+int data_sync_locked(struct data_target *t);
+void data_kick_compactor(struct data_store *ds);
+
+/* compact.c */
+int data_compactor_start(struct data_store *ds);
+void data_compactor_stop(struct data_store *ds);
+
+/* io.c: disk I/O through a per-thread io_uring (pread/pwrite when io_uring is not
+ * available). Each returns 0 or -errno; a short read past the end of file is -EIO, a
+ * short write is -ENOSPC (the disk took less than asked). */
+struct data_io {
+	int fd;
+	void *buf;
+	size_t len;
+	uint64_t off;
+};
+int data_io_read(struct data_io *reqs, unsigned n);
+int data_io_write(int fd, const void *buf, size_t len, uint64_t off);
+int data_io_fdatasync(int fd);
+
+#endif

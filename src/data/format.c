@@ -1,0 +1,87 @@
+/*
+ * format.c - the bytes the segment store persists: the 64-byte record header in segment
+ * files and the chunk index key and value in RocksDB. Pure encoding, no I/O. Every
+ * integer is little-endian except the key, which is big-endian so that RocksDB's bytewise
+ * order sorts the chunks of one inode together and by index.
+ *
+ * Record header (64 bytes, little-endian):
+ *   0 magic u32 | 4 format u16 | 6 flags u16 (0) | 8 ino u64 | 16 idx u32 | 20 length u32
+ *   24 version u64 | 32..59 zero | 60 crc32c of bytes 0..59
+ * Index value (format 1):
+ *   0 format u8 | 1 segment u32 | 5 offset u64 | 13 length u32 | 17 version u64
+ *   25 crc32c u32 per DATA_BLOCK_SIZE block of the data (ceil(length / block) of them)
+ */
+#include "data/data_internal.h"
+
+_Static_assert(DATA_REC_HDR_SIZE == 64, "the record header is 64 bytes");
+_Static_assert(DATA_VAL_FIXED == 1 + 4 + 8 + 4 + 8, "index value fixed part");
+
+void data_hdr_encode(uint8_t out[DATA_REC_HDR_SIZE], const struct data_rec_hdr *h)
+{
+	AQ_ASSERT(h->length <= DATA_CHUNK_MAX);
+	memset(out, 0, DATA_REC_HDR_SIZE);
+	put_le32(out + 0, DATA_REC_MAGIC);
+	put_le16(out + 4, DATA_REC_FORMAT);
+	put_le64(out + 8, h->ino);
+	put_le32(out + 16, h->idx);
+	put_le32(out + 20, h->length);
+	put_le64(out + 24, h->version);
+	put_le32(out + 60, crc32c(0, out, 60));
+}
+
+int data_hdr_decode(const uint8_t in[DATA_REC_HDR_SIZE], struct data_rec_hdr *h)
+{
+	if (get_le32(in + 0) != DATA_REC_MAGIC || get_le16(in + 4) != DATA_REC_FORMAT)
+		return -EIO;
+	if (get_le32(in + 60) != crc32c(0, in, 60))
+		return -EIO;
+	h->ino = get_le64(in + 8);
+	h->idx = get_le32(in + 16);
+	h->length = get_le32(in + 20);
+	h->version = get_le64(in + 24);
+	if (h->length > DATA_CHUNK_MAX)
+		return -EIO;
+	return 0;
+}
+
+void data_key(uint8_t out[DATA_KEY_SIZE], uint64_t ino, uint32_t idx)
+{
+	out[0] = 'C';
+	put_be64(out + 1, ino);
+	put_be32(out + 9, idx);
+}
+
+size_t data_val_encode(uint8_t *out, const struct data_entry *e)
+{
+	AQ_ASSERT(e->length <= DATA_CHUNK_MAX);
+	AQ_ASSERT(e->off % DATA_REC_ALIGN == 0);
+	uint32_t nb = data_nblocks(e->length);
+	out[0] = DATA_VAL_FORMAT;
+	put_le32(out + 1, e->seg);
+	put_le64(out + 5, e->off);
+	put_le32(out + 13, e->length);
+	put_le64(out + 17, e->version);
+	for (uint32_t b = 0; b < nb; b++)
+		put_le32(out + DATA_VAL_FIXED + 4 * b, e->crc[b]);
+	size_t n = DATA_VAL_FIXED + 4 * (size_t)nb;
+	AQ_ASSERT(n <= DATA_VAL_MAX);
+	return n;
+}
+
+int data_val_decode(const uint8_t *in, size_t len, struct data_entry *e)
+{
+	if (len < DATA_VAL_FIXED || in[0] != DATA_VAL_FORMAT)
+		return -EIO;
+	e->seg = get_le32(in + 1);
+	e->off = get_le64(in + 5);
+	e->length = get_le32(in + 13);
+	e->version = get_le64(in + 17);
+	if (e->length > DATA_CHUNK_MAX || e->off % DATA_REC_ALIGN || e->seg == 0)
+		return -EIO;
+	uint32_t nb = data_nblocks(e->length);
+	if (len != DATA_VAL_FIXED + 4 * (size_t)nb)
+		return -EIO;
+	for (uint32_t b = 0; b < nb; b++)
+		e->crc[b] = get_le32(in + DATA_VAL_FIXED + 4 * b);
+	return 0;
+}

@@ -1,0 +1,806 @@
+/*
+ * store.c - the segment store: opening targets (segment files + RocksDB chunk index),
+ * writing a chunk as a new record appended to the active segment, reading with a crc32c
+ * check of every block touched, truncate/delete, sync and stats.
+ *
+ * A write never changes bytes an index entry points to: it appends a whole new version of
+ * the chunk and then switches the index entry, so a crash at any point leaves either the
+ * old or the new version visible, never a mix. The index put is the commit point.
+ * Locks and invariants are described in data_internal.h.
+ */
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#include "data/data_internal.h"
+
+struct data_target *data_target_get(struct data_store *ds, uint32_t target)
+{
+	for (uint32_t i = 0; i < ds->ntargets; i++)
+		if (ds->targets[i].id == target)
+			return &ds->targets[i];
+	return NULL;
+}
+
+/* Binary search; caller holds t->lock or t->seg_lock (the table changes under both). */
+struct data_seg *data_seg_find(struct data_target *t, uint32_t no)
+{
+	uint32_t lo = 0, hi = t->nsegs;
+	while (lo < hi) {
+		uint32_t mid = lo + (hi - lo) / 2;
+		if (t->segs[mid].no == no)
+			return &t->segs[mid];
+		if (t->segs[mid].no < no)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return NULL;
+}
+
+static struct data_seg *seg_active(struct data_target *t)
+{
+	AQ_ASSERT(t->nsegs > 0);
+	return &t->segs[t->nsegs - 1];
+}
+
+static void seg_path(const struct data_target *t, uint32_t no, char *buf, size_t size)
+{
+	snprintf(buf, size, "%s/seg-%08u", t->dir, no);
+}
+
+static int dir_fsync(const char *dir)
+{
+	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	int rc = fsync(fd) ? -errno : 0;
+	close(fd);
+	return rc;
+}
+
+/* Inserts a segment into the table (kept sorted). Caller holds seg_lock exclusive or is
+ * the only thread that can see t (open). */
+static void seg_insert(struct data_target *t, const struct data_seg *s)
+{
+	if (t->nsegs == t->segs_cap) {
+		t->segs_cap = t->segs_cap ? 2 * t->segs_cap : 16;
+		t->segs = aq_realloc(t->segs, t->segs_cap * sizeof *t->segs);
+	}
+	uint32_t i = t->nsegs;
+	while (i > 0 && t->segs[i - 1].no > s->no) {
+		t->segs[i] = t->segs[i - 1];
+		i--;
+	}
+	t->segs[i] = *s;
+	t->nsegs++;
+}
+
+/* Creates segment file `no` and makes it the active one. The directory is fsync'ed so
+ * that a record the index points to never lives in a file that a crash forgets. */
+static int seg_create(struct data_target *t, uint32_t no)
+{
+	char path[PATH_MAX];
+	seg_path(t, no, path, sizeof path);
+	int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+	if (fd < 0) {
+		int rc = -errno;
+		log_error("target %u: create %s: %s", t->id, path, strerror(-rc));
+		return rc;
+	}
+	int rc = dir_fsync(t->dir);
+	if (rc) {
+		log_error("target %u: fsync %s: %s", t->id, t->dir, strerror(-rc));
+		close(fd);
+		unlink(path);
+		return rc;
+	}
+	struct data_seg s = {.no = no, .fd = fd};
+	pthread_rwlock_wrlock(&t->seg_lock);
+	AQ_ASSERT(t->nsegs == 0 || t->segs[t->nsegs - 1].no < no);
+	seg_insert(t, &s);
+	t->active_end = 0;
+	pthread_rwlock_unlock(&t->seg_lock);
+	return 0;
+}
+
+static uint64_t used_bytes(const struct data_target *t)
+{
+	uint64_t used = 0;
+	for (uint32_t i = 0; i < t->nsegs; i++)
+		used += t->segs[i].total;
+	return used;
+}
+
+/* The file system's size and what a target may still take from it (after the reserve). */
+static int fs_space(const struct data_target *t, bool use_reserve, uint64_t *size, uint64_t *avail)
+{
+	struct statvfs sv;
+	if (statvfs(t->dir, &sv))
+		return -errno;
+	*size = (uint64_t)sv.f_blocks * sv.f_frsize;
+	uint64_t free_bytes = (uint64_t)sv.f_bavail * sv.f_frsize;
+	/* Keep a little back so that RocksDB, logs and compaction can still write. */
+	uint64_t reserve = use_reserve ? 0 : MIN(*size / 100, DATA_RESERVE_MAX);
+	*avail = free_bytes > reserve ? free_bytes - reserve : 0;
+	return 0;
+}
+
+static int space_check(struct data_target *t, uint64_t rec_size, bool use_reserve)
+{
+	if (!use_reserve && t->capacity_bytes && used_bytes(t) + rec_size > t->capacity_bytes)
+		return -ENOSPC;
+	uint64_t size, avail;
+	int rc = fs_space(t, use_reserve, &size, &avail);
+	if (rc)
+		return rc;
+	return avail < rec_size ? -ENOSPC : 0;
+}
+
+int data_append_locked(struct data_store *ds, struct data_target *t, const void *rec, uint64_t rec_size,
+		       bool use_reserve, uint32_t *seg, uint64_t *off)
+{
+	AQ_ASSERT(rec_size % DATA_REC_ALIGN == 0 && rec_size <= t->segment_bytes);
+	int rc = space_check(t, rec_size, use_reserve);
+	if (rc)
+		return rc;
+	struct data_seg *s = seg_active(t);
+	if (t->active_end + rec_size > t->segment_bytes && t->active_end > 0) {
+		/* Seal: a sealed segment is durable, so compaction and crash recovery never
+		 * need to look at anything but the active segment's tail. */
+		rc = data_io_fdatasync(s->fd);
+		if (rc)
+			return rc;
+		rc = seg_create(t, s->no + 1);
+		if (rc)
+			return rc;
+		s = seg_active(t);
+		data_kick_compactor(ds);
+	}
+	uint64_t at = t->active_end;
+	rc = data_io_write(s->fd, rec, rec_size, at);
+	if (rc) {
+		/* Give back whatever part of the record reached the file: the index never
+		 * points past active_end, so nothing visible changes. */
+		if (ftruncate(s->fd, (off_t)at))
+			log_error("target %u: seg %u: truncate back to %llu: %s", t->id, s->no,
+				  (unsigned long long)at, strerror(errno));
+		if (rc == -EDQUOT || rc == -EFBIG)
+			rc = -ENOSPC;
+		if (rc != -ENOSPC)
+			log_error("target %u: seg %u: write %llu bytes at %llu: %s", t->id, s->no,
+				  (unsigned long long)rec_size, (unsigned long long)at, strerror(-rc));
+		return rc;
+	}
+	t->active_end += rec_size;
+	__atomic_store_n(&s->total, t->active_end, __ATOMIC_RELEASE);
+	*seg = s->no;
+	*off = at;
+	return 0;
+}
+
+/* Undoes the last append (its index put failed). Caller holds t->lock. */
+static void append_undo(struct data_target *t, uint32_t seg, uint64_t off, uint64_t rec_size)
+{
+	struct data_seg *s = seg_active(t);
+	AQ_ASSERT(s->no == seg && off + rec_size == t->active_end);
+	if (ftruncate(s->fd, (off_t)off) == 0) {
+		t->active_end = off;
+		__atomic_store_n(&s->total, off, __ATOMIC_RELEASE);
+	}
+}
+
+int data_sync_locked(struct data_target *t)
+{
+	int rc = data_io_fdatasync(seg_active(t)->fd);
+	if (rc)
+		return rc;
+	char *err = NULL;
+	rocksdb_flush_wal(t->db, 1, &err);
+	if (err) {
+		log_error("target %u: flush index WAL: %s", t->id, err);
+		rocksdb_free(err);
+		return -EIO;
+	}
+	return 0;
+}
+
+int data_index_get(struct data_target *t, uint64_t ino, uint32_t idx, struct data_entry *e, bool *found)
+{
+	uint8_t key[DATA_KEY_SIZE];
+	data_key(key, ino, idx);
+	char *err = NULL;
+	size_t vlen = 0;
+	char *val = rocksdb_get(t->db, t->ropt, (const char *)key, sizeof key, &vlen, &err);
+	if (err) {
+		log_error("target %u: index get ino %llx idx %u: %s", t->id, (unsigned long long)ino, idx, err);
+		rocksdb_free(err);
+		return -EIO;
+	}
+	*found = val != NULL;
+	if (!val)
+		return 0;
+	int rc = data_val_decode((const uint8_t *)val, vlen, e);
+	rocksdb_free(val);
+	if (rc)
+		log_error("target %u: malformed index entry for ino %llx idx %u (%zu bytes)", t->id,
+			  (unsigned long long)ino, idx, vlen);
+	return rc;
+}
+
+/* A run of whole blocks [b0, b1) of a chunk to read into dst (dst = data byte b0 * block). */
+struct block_range {
+	uint32_t b0, b1;
+	uint8_t *dst;
+};
+
+/* Reads the ranges of entry e in one batch and checks every block's crc32c. Caller holds
+ * t->lock or t->seg_lock shared, so the segment cannot go away. Returns 0, -EIO,
+ * -AQ_ECORRUPT (logged with the chunk's identity). */
+static int read_blocks(struct data_target *t, uint64_t ino, uint32_t idx, const struct data_entry *e,
+		       const struct block_range *r, unsigned n)
+{
+	struct data_seg *s = data_seg_find(t, e->seg);
+	if (!s) {
+		log_error("target %u: ino %llx idx %u v%llu: index points to missing segment %u", t->id,
+			  (unsigned long long)ino, idx, (unsigned long long)e->version, e->seg);
+		return -EIO;
+	}
+	/* Readers hold only seg_lock while writers grow total under t->lock: atomic. */
+	uint64_t total = __atomic_load_n(&s->total, __ATOMIC_ACQUIRE);
+	if (e->off + data_rec_size(e->length) > total) {
+		log_error("target %u: ino %llx idx %u v%llu: record at seg %u off %llu past segment end %llu",
+			  t->id, (unsigned long long)ino, idx, (unsigned long long)e->version, e->seg,
+			  (unsigned long long)e->off, (unsigned long long)total);
+		return -EIO;
+	}
+	struct data_io io[2];
+	AQ_ASSERT(n <= ARRAY_SIZE(io));
+	for (unsigned i = 0; i < n; i++) {
+		AQ_ASSERT(r[i].b0 < r[i].b1 && r[i].b1 <= data_nblocks(e->length));
+		uint64_t start = (uint64_t)r[i].b0 * DATA_BLOCK_SIZE;
+		uint64_t end = MIN((uint64_t)r[i].b1 * DATA_BLOCK_SIZE, e->length);
+		io[i] = (struct data_io){.fd = s->fd, .buf = r[i].dst, .len = end - start,
+					 .off = e->off + DATA_REC_HDR_SIZE + start};
+	}
+	int rc = data_io_read(io, n);
+	if (rc) {
+		log_error("target %u: ino %llx idx %u: read seg %u: %s", t->id, (unsigned long long)ino, idx,
+			  e->seg, strerror(-rc));
+		return rc;
+	}
+	for (unsigned i = 0; i < n; i++) {
+		for (uint32_t b = r[i].b0; b < r[i].b1; b++) {
+			uint64_t start = (uint64_t)b * DATA_BLOCK_SIZE;
+			uint64_t len = MIN(start + DATA_BLOCK_SIZE, e->length) - start;
+			uint8_t *p = r[i].dst + (start - (uint64_t)r[i].b0 * DATA_BLOCK_SIZE);
+			uint32_t crc = crc32c(0, p, len);
+			if (crc != e->crc[b]) {
+				log_error("target %u: chunk ino %llx idx %u v%llu block %u (seg %u record %llu): "
+					  "crc32c %08x, index says %08x: corrupt",
+					  t->id, (unsigned long long)ino, idx, (unsigned long long)e->version, b,
+					  e->seg, (unsigned long long)e->off, crc, e->crc[b]);
+				return -AQ_ECORRUPT;
+			}
+		}
+	}
+	return 0;
+}
+
+static void *rec_alloc(uint64_t rec_size)
+{
+	void *p = NULL;
+	/* Aligned so that the same buffer can go to an O_DIRECT file later. */
+	if (posix_memalign(&p, DATA_REC_ALIGN, rec_size))
+		p = NULL;
+	AQ_ASSERT(p);
+	return p;
+}
+
+/* Fills in the header and the block crcs of a record whose data (length bytes at rec +
+ * header) is in place, and zeroes the padding. */
+static void rec_seal(uint8_t *rec, uint64_t ino, uint32_t idx, struct data_entry *e)
+{
+	uint8_t *data = rec + DATA_REC_HDR_SIZE;
+	uint64_t rec_size = data_rec_size(e->length);
+	memset(data + e->length, 0, rec_size - DATA_REC_HDR_SIZE - e->length);
+	for (uint32_t b = 0; b < data_nblocks(e->length); b++) {
+		uint64_t start = (uint64_t)b * DATA_BLOCK_SIZE;
+		e->crc[b] = crc32c(0, data + start, MIN(start + DATA_BLOCK_SIZE, e->length) - start);
+	}
+	struct data_rec_hdr h = {.ino = ino, .idx = idx, .length = e->length, .version = e->version};
+	data_hdr_encode(rec, &h);
+}
+
+/* Appends the sealed record and points the index at it (e->seg/off are filled in). With
+ * old, that version's record becomes dead. Caller holds t->lock. */
+static int commit_record_locked(struct data_store *ds, struct data_target *t, uint64_t ino, uint32_t idx,
+				const uint8_t *rec, struct data_entry *e, const struct data_entry *old, bool sync)
+{
+	uint64_t rec_size = data_rec_size(e->length);
+	int rc = data_append_locked(ds, t, rec, rec_size, false, &e->seg, &e->off);
+	if (rc)
+		return rc;
+	if (sync) {
+		rc = data_io_fdatasync(seg_active(t)->fd);
+		if (rc) {
+			log_error("target %u: fdatasync seg %u: %s", t->id, e->seg, strerror(-rc));
+			append_undo(t, e->seg, e->off, rec_size);
+			return rc;
+		}
+	}
+	uint8_t key[DATA_KEY_SIZE], val[DATA_VAL_MAX];
+	data_key(key, ino, idx);
+	size_t vlen = data_val_encode(val, e);
+	char *err = NULL;
+	rocksdb_put(t->db, sync ? t->wopt_sync : t->wopt, (const char *)key, sizeof key, (const char *)val, vlen,
+		    &err);
+	if (err) {
+		log_error("target %u: index put ino %llx idx %u: %s", t->id, (unsigned long long)ino, idx, err);
+		rocksdb_free(err);
+		append_undo(t, e->seg, e->off, rec_size);
+		return -EIO;
+	}
+	data_seg_find(t, e->seg)->live += rec_size;
+	if (old) {
+		/* An entry into a missing segment (logged at open) was never counted. */
+		struct data_seg *os = data_seg_find(t, old->seg);
+		uint64_t old_size = data_rec_size(old->length);
+		AQ_ASSERT(!os || os->live >= old_size);
+		if (os)
+			os->live -= old_size;
+	} else {
+		t->chunks++;
+	}
+	return 0;
+}
+
+int data_write(struct data_store *ds, uint32_t target, uint64_t ino, uint32_t idx, uint32_t off, const void *buf,
+	       uint32_t len, bool sync)
+{
+	struct data_target *t = data_target_get(ds, target);
+	if (!t)
+		return -AQ_ENOT_OWNER;
+	if ((uint64_t)off + len > DATA_CHUNK_MAX)
+		return -EINVAL;
+	if (len == 0)
+		return 0;
+	AQ_ASSERT(buf);
+
+	pthread_mutex_lock(&t->lock);
+	struct data_entry *old = aq_malloc(sizeof *old), *e = aq_malloc(sizeof *e);
+	uint8_t *rec = NULL;
+	bool found = false;
+	int rc = data_index_get(t, ino, idx, old, &found);
+	if (rc)
+		goto out;
+	uint32_t old_len = found ? old->length : 0;
+	uint32_t new_len = MAX(old_len, off + len);
+	rec = rec_alloc(data_rec_size(new_len));
+	uint8_t *data = rec + DATA_REC_HDR_SIZE;
+
+	/* Read back only the old blocks that the write does not cover whole: the head
+	 * [0, off) and the tail [off + len, old_len). A whole-chunk write or an append at a
+	 * block boundary reads nothing. */
+	struct block_range r[2];
+	unsigned nr = 0;
+	uint32_t head_end = MIN(off, old_len);
+	if (head_end > 0)
+		r[nr++] = (struct block_range){.b0 = 0, .b1 = data_nblocks(head_end), .dst = data};
+	if (off + len < old_len) {
+		uint32_t b0 = (off + len) / DATA_BLOCK_SIZE, b1 = data_nblocks(old_len);
+		if (nr && r[0].b1 > b0)
+			r[0].b1 = b1; /* head and tail share a block: one read */
+		else
+			r[nr++] = (struct block_range){.b0 = b0, .b1 = b1,
+						       .dst = data + (uint64_t)b0 * DATA_BLOCK_SIZE};
+	}
+	if (nr) {
+		rc = read_blocks(t, ino, idx, old, r, nr);
+		if (rc)
+			goto out;
+	}
+	if (off > old_len)
+		memset(data + old_len, 0, off - old_len);
+	memcpy(data + off, buf, len);
+
+	e->length = new_len;
+	e->version = found ? old->version + 1 : 1;
+	rec_seal(rec, ino, idx, e);
+	rc = commit_record_locked(ds, t, ino, idx, rec, e, found ? old : NULL, sync);
+out:
+	pthread_mutex_unlock(&t->lock);
+	free(rec);
+	free(old);
+	free(e);
+	return rc;
+}
+
+int data_read(struct data_store *ds, uint32_t target, uint64_t ino, uint32_t idx, uint32_t off, void *buf,
+	      uint32_t len)
+{
+	struct data_target *t = data_target_get(ds, target);
+	if (!t)
+		return -AQ_ENOT_OWNER;
+	if ((uint64_t)off + len > DATA_CHUNK_MAX)
+		return -EINVAL;
+	if (len == 0)
+		return 0;
+	struct data_entry *e = aq_malloc(sizeof *e);
+	uint8_t *bounce = NULL;
+	bool found = false;
+
+	/* Shared from the lookup to the end of the I/O: compaction cannot unlink the
+	 * segment the entry points to in between. */
+	pthread_rwlock_rdlock(&t->seg_lock);
+	int rc = data_index_get(t, ino, idx, e, &found);
+	if (rc)
+		goto out;
+	uint32_t end = found ? MIN(off + len, e->length) : 0;
+	if (off >= end) {
+		memset(buf, 0, len);
+		goto out;
+	}
+	uint32_t b0 = off / DATA_BLOCK_SIZE, b1 = data_nblocks(end);
+	uint64_t span_start = (uint64_t)b0 * DATA_BLOCK_SIZE;
+	uint64_t span_len = MIN((uint64_t)b1 * DATA_BLOCK_SIZE, e->length) - span_start;
+	/* Straight into the caller's buffer when the blocks fit it exactly. */
+	bool direct = span_start == off && span_len <= len;
+	uint8_t *dst = direct ? buf : (bounce = aq_malloc(span_len));
+	struct block_range r = {.b0 = b0, .b1 = b1, .dst = dst};
+	rc = read_blocks(t, ino, idx, e, &r, 1);
+	if (rc)
+		goto out;
+	if (!direct)
+		memcpy(buf, bounce + (off - span_start), end - off);
+	memset((uint8_t *)buf + (end - off), 0, off + len - end);
+out:
+	pthread_rwlock_unlock(&t->seg_lock);
+	free(bounce);
+	free(e);
+	return rc;
+}
+
+/* Drops every chunk of ino from chunk cut_idx on; with cut_off > 0 chunk cut_idx keeps its
+ * first cut_off bytes instead (rewritten shortened, so that extending it again reads
+ * zeros). One RocksDB batch, so the cut is all or nothing. */
+static int drop_from(struct data_store *ds, struct data_target *t, uint64_t ino, uint32_t cut_idx, uint32_t cut_off)
+{
+	uint8_t start[DATA_KEY_SIZE];
+	data_key(start, ino, cut_idx);
+	struct dead { uint32_t seg; uint64_t size; } *dead = NULL;
+	size_t ndead = 0, dead_cap = 0;
+	struct data_entry *e = aq_malloc(sizeof *e), *ne = NULL;
+	uint8_t *rec = NULL;
+	int rc = 0;
+
+	pthread_mutex_lock(&t->lock);
+	rocksdb_writebatch_t *batch = rocksdb_writebatch_create();
+	rocksdb_iterator_t *it = rocksdb_create_iterator(t->db, t->ropt);
+	for (rocksdb_iter_seek(it, (const char *)start, sizeof start); rocksdb_iter_valid(it); rocksdb_iter_next(it)) {
+		size_t klen, vlen;
+		const uint8_t *key = (const uint8_t *)rocksdb_iter_key(it, &klen);
+		if (klen != DATA_KEY_SIZE || memcmp(key, start, 9) != 0)
+			break;
+		uint32_t idx = get_be32(key + 9);
+		const uint8_t *val = (const uint8_t *)rocksdb_iter_value(it, &vlen);
+		rc = data_val_decode(val, vlen, e);
+		if (rc) {
+			log_error("target %u: malformed index entry for ino %llx idx %u", t->id,
+				  (unsigned long long)ino, idx);
+			goto out;
+		}
+		if (idx == cut_idx && cut_off > 0) {
+			if (e->length <= cut_off)
+				continue;
+			ne = aq_malloc(sizeof *ne);
+			/* Room for the whole last block: it is read (and checked) whole. */
+			rec = rec_alloc(data_rec_size(MIN(data_nblocks(cut_off) * DATA_BLOCK_SIZE, e->length)));
+			struct block_range r = {.b0 = 0, .b1 = data_nblocks(cut_off), .dst = rec + DATA_REC_HDR_SIZE};
+			rc = read_blocks(t, ino, idx, e, &r, 1);
+			if (rc)
+				goto out;
+			ne->length = cut_off;
+			ne->version = e->version + 1;
+			rec_seal(rec, ino, idx, ne);
+			/* A truncate frees space: let it use the reserve on a full target. */
+			rc = data_append_locked(ds, t, rec, data_rec_size(cut_off), true, &ne->seg, &ne->off);
+			if (rc)
+				goto out;
+			uint8_t v[DATA_VAL_MAX];
+			size_t n = data_val_encode(v, ne);
+			rocksdb_writebatch_put(batch, (const char *)key, klen, (const char *)v, n);
+		} else {
+			rocksdb_writebatch_delete(batch, (const char *)key, klen);
+		}
+		if (ndead == dead_cap) {
+			dead_cap = dead_cap ? 2 * dead_cap : 64;
+			dead = aq_realloc(dead, dead_cap * sizeof *dead);
+		}
+		dead[ndead++] = (struct dead){.seg = e->seg, .size = data_rec_size(e->length)};
+	}
+	char *err = NULL;
+	rocksdb_iter_get_error(it, &err);
+	if (!err && ndead)
+		rocksdb_write(t->db, t->wopt, batch, &err);
+	if (err) {
+		log_error("target %u: truncate ino %llx: %s", t->id, (unsigned long long)ino, err);
+		rocksdb_free(err);
+		rc = -EIO;
+		goto out; /* a shortened record already appended is dead space, not counted live */
+	}
+	for (size_t i = 0; i < ndead; i++) {
+		struct data_seg *s = data_seg_find(t, dead[i].seg);
+		AQ_ASSERT(!s || s->live >= dead[i].size); /* missing: never counted */
+		if (s)
+			s->live -= dead[i].size;
+	}
+	t->chunks -= ndead;
+	if (ne) {
+		data_seg_find(t, ne->seg)->live += data_rec_size(ne->length);
+		t->chunks++;
+	}
+out:
+	rocksdb_iter_destroy(it);
+	rocksdb_writebatch_destroy(batch);
+	pthread_mutex_unlock(&t->lock);
+	free(dead);
+	free(rec);
+	free(ne);
+	free(e);
+	return rc;
+}
+
+int data_truncate(struct data_store *ds, uint32_t target, uint64_t ino, uint64_t new_size, uint32_t chunk_size)
+{
+	struct data_target *t = data_target_get(ds, target);
+	if (!t)
+		return -AQ_ENOT_OWNER;
+	if (chunk_size == 0 || chunk_size > DATA_CHUNK_MAX)
+		return -EINVAL;
+	uint64_t cut_idx = new_size / chunk_size;
+	if (cut_idx > UINT32_MAX)
+		return 0; /* every chunk index is below the cut */
+	return drop_from(ds, t, ino, (uint32_t)cut_idx, (uint32_t)(new_size % chunk_size));
+}
+
+int data_delete(struct data_store *ds, uint32_t target, uint64_t ino)
+{
+	struct data_target *t = data_target_get(ds, target);
+	if (!t)
+		return -AQ_ENOT_OWNER;
+	return drop_from(ds, t, ino, 0, 0);
+}
+
+int data_sync(struct data_store *ds, uint32_t target)
+{
+	struct data_target *t = data_target_get(ds, target);
+	if (!t)
+		return -AQ_ENOT_OWNER;
+	pthread_mutex_lock(&t->lock);
+	int rc = data_sync_locked(t);
+	pthread_mutex_unlock(&t->lock);
+	return rc;
+}
+
+int data_stat(struct data_store *ds, uint32_t target, struct data_target_stat *out)
+{
+	struct data_target *t = data_target_get(ds, target);
+	if (!t)
+		return -AQ_ENOT_OWNER;
+	memset(out, 0, sizeof *out);
+	out->target = target;
+	pthread_mutex_lock(&t->lock);
+	uint64_t fs_size = 0, fs_avail = 0;
+	int rc = fs_space(t, false, &fs_size, &fs_avail);
+	if (rc)
+		goto out;
+	out->used_bytes = used_bytes(t);
+	for (uint32_t i = 0; i < t->nsegs; i++)
+		out->live_bytes += t->segs[i].live;
+	out->chunks = t->chunks;
+	out->segments = t->nsegs;
+	if (t->capacity_bytes) {
+		out->capacity_bytes = t->capacity_bytes;
+		uint64_t left = t->capacity_bytes > out->used_bytes ? t->capacity_bytes - out->used_bytes : 0;
+		out->free_bytes = MIN(left, fs_avail);
+	} else {
+		out->capacity_bytes = fs_size;
+		out->free_bytes = fs_avail;
+	}
+out:
+	pthread_mutex_unlock(&t->lock);
+	return rc;
+}
+
+/* Finds the segment files, opens the index and rebuilds the per-segment accounting from
+ * it. The index is the truth: the active segment's end is past its last byte on disk and
+ * past every record the index points to, so no append can overwrite a live record. */
+static int target_open(struct data_target *t, bool create)
+{
+	char path[PATH_MAX];
+	int rc = 0;
+	DIR *d = opendir(t->dir);
+	if (!d)
+		return -errno;
+	struct dirent *de;
+	while ((de = readdir(d))) {
+		unsigned no;
+		char tail;
+		if (strlen(de->d_name) != 12 || sscanf(de->d_name, "seg-%8u%c", &no, &tail) != 1 || no == 0)
+			continue;
+		seg_path(t, no, path, sizeof path);
+		int fd = open(path, O_RDWR | O_CLOEXEC);
+		struct stat st;
+		if (fd < 0 || fstat(fd, &st)) {
+			rc = -errno;
+			log_error("target %u: open %s: %s", t->id, path, strerror(-rc));
+			if (fd >= 0)
+				close(fd);
+			break;
+		}
+		/* A record cut short by a crash leaves a ragged end: the next append starts
+		 * at the next aligned offset. */
+		struct data_seg s = {.no = no, .fd = fd, .total = data_round_up((uint64_t)st.st_size, DATA_REC_ALIGN)};
+		seg_insert(t, &s);
+	}
+	closedir(d);
+	if (rc)
+		return rc;
+
+	snprintf(path, sizeof path, "%s/index", t->dir);
+	char *err = NULL;
+	rocksdb_options_set_create_if_missing(t->dbopt, create);
+	t->db = rocksdb_open(t->dbopt, path, &err);
+	if (err) {
+		log_error("target %u: open index %s: %s", t->id, path, err);
+		rc = strstr(err, "does not exist") ? -ENOENT : -EIO;
+		rocksdb_free(err);
+		t->db = NULL;
+		return rc;
+	}
+	if (t->nsegs == 0) {
+		rc = seg_create(t, 1);
+		if (rc)
+			return rc;
+	}
+
+	struct data_entry *e = aq_malloc(sizeof *e);
+	uint64_t lost = 0;
+	rocksdb_iterator_t *it = rocksdb_create_iterator(t->db, t->ropt);
+	for (rocksdb_iter_seek(it, "C", 1); rocksdb_iter_valid(it); rocksdb_iter_next(it)) {
+		size_t klen, vlen;
+		const char *key = rocksdb_iter_key(it, &klen);
+		if (klen == 0 || key[0] != 'C')
+			break;
+		const uint8_t *val = (const uint8_t *)rocksdb_iter_value(it, &vlen);
+		struct data_seg *s = NULL;
+		if (klen != DATA_KEY_SIZE || data_val_decode(val, vlen, e) || !(s = data_seg_find(t, e->seg))) {
+			lost++; /* reads of it say -EIO; a scrub or fsck repairs it */
+			continue;
+		}
+		uint64_t rec_size = data_rec_size(e->length);
+		s->live += rec_size;
+		s->total = MAX(s->total, e->off + rec_size);
+		t->chunks++;
+	}
+	rocksdb_iter_get_error(it, &err);
+	rocksdb_iter_destroy(it);
+	free(e);
+	if (err) {
+		log_error("target %u: scan index: %s", t->id, err);
+		rocksdb_free(err);
+		return -EIO;
+	}
+	if (lost)
+		log_error("target %u: %llu index entries are malformed or point to missing segments", t->id,
+			  (unsigned long long)lost);
+	t->active_end = seg_active(t)->total;
+	for (uint32_t i = 0; i < t->nsegs; i++)
+		AQ_ASSERT(t->segs[i].live <= t->segs[i].total);
+	return 0;
+}
+
+static void target_close(struct data_target *t)
+{
+	if (t->db)
+		rocksdb_close(t->db);
+	for (uint32_t i = 0; i < t->nsegs; i++)
+		close(t->segs[i].fd);
+	free(t->segs);
+	if (t->dbopt)
+		rocksdb_options_destroy(t->dbopt);
+	if (t->wopt)
+		rocksdb_writeoptions_destroy(t->wopt);
+	if (t->wopt_sync)
+		rocksdb_writeoptions_destroy(t->wopt_sync);
+	if (t->ropt)
+		rocksdb_readoptions_destroy(t->ropt);
+	pthread_mutex_destroy(&t->lock);
+	pthread_mutex_destroy(&t->compact_lock);
+	pthread_rwlock_destroy(&t->seg_lock);
+	free(t->dir);
+}
+
+static int mkdir_ok(const char *path)
+{
+	return mkdir(path, 0755) == 0 || errno == EEXIST ? 0 : -errno;
+}
+
+int data_open(const char *dir, bool create, const struct data_options *opt, struct data_store **out)
+{
+	if (!dir || !opt || opt->ntargets == 0 || opt->ntargets > AQ_TARGETS_MAX || !opt->target_ids)
+		return -EINVAL;
+	for (uint32_t i = 0; i < opt->ntargets; i++)
+		for (uint32_t j = 0; j < i; j++)
+			if (opt->target_ids[i] == opt->target_ids[j])
+				return -EINVAL;
+	uint64_t segment_bytes = opt->segment_bytes ? opt->segment_bytes : DATA_SEGMENT_SIZE;
+	if (segment_bytes % DATA_REC_ALIGN || segment_bytes < data_rec_size(DATA_CHUNK_MAX))
+		return -EINVAL;
+	int rc = 0;
+	if (create && (rc = mkdir_ok(dir)))
+		return rc;
+
+	struct data_store *ds = aq_calloc(1, sizeof *ds);
+	ds->targets = aq_calloc(opt->ntargets, sizeof *ds->targets);
+	pthread_mutex_init(&ds->bg_lock, NULL);
+	pthread_cond_init(&ds->bg_cond, NULL);
+	pthread_rwlockattr_t rwa;
+	pthread_rwlockattr_init(&rwa);
+	/* Compaction must get its turn to unlink a segment under a steady stream of reads. */
+	pthread_rwlockattr_setkind_np(&rwa, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+	for (uint32_t i = 0; i < opt->ntargets; i++) {
+		struct data_target *t = &ds->targets[i];
+		char path[PATH_MAX];
+		snprintf(path, sizeof path, "%s/t%u", dir, i);
+		t->id = opt->target_ids[i];
+		t->dir = aq_strdup(path);
+		t->capacity_bytes = opt->capacity_bytes;
+		t->segment_bytes = segment_bytes;
+		pthread_mutex_init(&t->lock, NULL);
+		pthread_mutex_init(&t->compact_lock, NULL);
+		pthread_rwlock_init(&t->seg_lock, &rwa);
+		t->dbopt = rocksdb_options_create();
+		t->wopt = rocksdb_writeoptions_create();
+		t->wopt_sync = rocksdb_writeoptions_create();
+		rocksdb_writeoptions_set_sync(t->wopt_sync, 1);
+		t->ropt = rocksdb_readoptions_create();
+		ds->ntargets = i + 1;
+		struct stat st;
+		if (create)
+			rc = mkdir_ok(path);
+		else if (stat(path, &st))
+			rc = -errno;
+		if (!rc)
+			rc = target_open(t, create);
+		if (rc) {
+			log_error("open target %u at %s: %s", t->id, path, strerror(-rc));
+			break;
+		}
+	}
+	pthread_rwlockattr_destroy(&rwa);
+	if (!rc)
+		rc = data_compactor_start(ds);
+	if (rc) {
+		data_close(ds);
+		return rc;
+	}
+	*out = ds;
+	return 0;
+}
+
+void data_close(struct data_store *ds)
+{
+	if (!ds)
+		return;
+	data_compactor_stop(ds);
+	for (uint32_t i = 0; i < ds->ntargets; i++)
+		target_close(&ds->targets[i]);
+	free(ds->targets);
+	pthread_mutex_destroy(&ds->bg_lock);
+	pthread_cond_destroy(&ds->bg_cond);
+	free(ds);
+}

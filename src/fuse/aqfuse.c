@@ -1,0 +1,613 @@
+/*
+ * aqfuse.c - a thin libfuse3 low-level adapter over libaq. FUSE inode numbers are
+ * Aquifer's (the root maps to FUSE_ROOT_ID = 1 = AQ_ROOT), so no table is kept and forget
+ * is free. Permissions are checked twice: by the kernel (default_permissions, on cached
+ * attributes) and by the server on every request with the caller's uid, gid and groups.
+ */
+#define FUSE_USE_VERSION 34
+#include "fuse/aqfuse.h"
+#include "aq.h"
+#include "common/common.h"
+#include <fuse_lowlevel.h>
+#include <pthread.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+_Static_assert(FUSE_ROOT_ID == AQ_ROOT, "FUSE and Aquifer share the root inode number");
+
+static struct aq_client *g_client;
+static double g_timeout_s = 1.0;
+static bool g_read_only;
+
+static int posix_err(int rc) { return aq_errno_posix(rc); }
+
+static void cred_of(fuse_req_t req, struct aq_cred *cr)
+{
+	const struct fuse_ctx *ctx = fuse_req_ctx(req);
+	cr->uid = ctx->uid;
+	cr->gid = ctx->gid;
+	gid_t groups[32];
+	int n = fuse_req_getgroups(req, 32, groups);
+	cr->ngroups = 0;
+	for (int i = 0; i < n && i < 32; i++)
+		cr->groups[cr->ngroups++] = groups[i];
+}
+
+static void to_stat(const struct aq_attr *a, struct stat *st)
+{
+	memset(st, 0, sizeof *st);
+	st->st_ino = a->ino;
+	st->st_mode = a->mode;
+	st->st_nlink = a->nlink;
+	st->st_uid = a->uid;
+	st->st_gid = a->gid;
+	st->st_rdev = a->rdev;
+	st->st_size = (off_t)a->size;
+	st->st_blocks = (blkcnt_t)a->blocks;
+	st->st_blksize = 1 << 20;
+	st->st_atim.tv_sec = a->atime_ns / 1000000000;
+	st->st_atim.tv_nsec = a->atime_ns % 1000000000;
+	st->st_mtim.tv_sec = a->mtime_ns / 1000000000;
+	st->st_mtim.tv_nsec = a->mtime_ns % 1000000000;
+	st->st_ctim.tv_sec = a->ctime_ns / 1000000000;
+	st->st_ctim.tv_nsec = a->ctime_ns % 1000000000;
+}
+
+static void to_entry(const struct aq_attr *a, struct fuse_entry_param *e)
+{
+	memset(e, 0, sizeof *e);
+	e->ino = a->ino;
+	e->generation = a->generation;
+	e->attr_timeout = g_timeout_s;
+	e->entry_timeout = g_timeout_s;
+	to_stat(a, &e->attr);
+}
+
+static void reply_entry_or_err(fuse_req_t req, int rc, const struct aq_attr *a)
+{
+	if (rc) {
+		fuse_reply_err(req, posix_err(rc));
+		return;
+	}
+	struct fuse_entry_param e;
+	to_entry(a, &e);
+	fuse_reply_entry(req, &e);
+}
+
+#define RO_CHECK(req)                              \
+	do {                                       \
+		if (g_read_only) {                 \
+			fuse_reply_err(req, EROFS); \
+			return;                    \
+		}                                  \
+	} while (0)
+
+static void op_init(void *userdata, struct fuse_conn_info *conn)
+{
+	conn->max_write = 1 << 20;
+	conn->max_read = 1 << 20;
+	conn->max_readahead = 1 << 20;
+	if (conn->capable & FUSE_CAP_READDIRPLUS)
+		conn->want |= FUSE_CAP_READDIRPLUS;
+	if (conn->capable & FUSE_CAP_READDIRPLUS_AUTO)
+		conn->want &= ~FUSE_CAP_READDIRPLUS_AUTO; /* always plus: one round trip per page */
+	if (conn->capable & FUSE_CAP_ASYNC_READ)
+		conn->want |= FUSE_CAP_ASYNC_READ;
+	if (conn->capable & FUSE_CAP_PARALLEL_DIROPS)
+		conn->want |= FUSE_CAP_PARALLEL_DIROPS;
+	/* writeback caching would let the kernel reorder writes past fsync; keep it off */
+	conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
+}
+
+static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct aq_cred cr;
+	struct aq_attr a;
+	cred_of(req, &cr);
+	int rc = aq_lookup(g_client, &cr, parent, name, &a);
+	reply_entry_or_err(req, rc, &a);
+}
+
+static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct aq_attr a;
+	int rc = aq_getattr(g_client, NULL, ino, &a);
+	if (rc) {
+		fuse_reply_err(req, posix_err(rc));
+		return;
+	}
+	struct stat st;
+	to_stat(&a, &st);
+	fuse_reply_attr(req, &st, g_timeout_s);
+}
+
+static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set, struct fuse_file_info *fi)
+{
+	RO_CHECK(req);
+	struct aq_cred cr;
+	cred_of(req, &cr);
+	struct aq_attr in = {0}, out;
+	uint32_t mask = 0;
+	if (to_set & FUSE_SET_ATTR_MODE) { mask |= AQ_SET_MODE; in.mode = attr->st_mode; }
+	if (to_set & FUSE_SET_ATTR_UID) { mask |= AQ_SET_UID; in.uid = attr->st_uid; }
+	if (to_set & FUSE_SET_ATTR_GID) { mask |= AQ_SET_GID; in.gid = attr->st_gid; }
+	if (to_set & FUSE_SET_ATTR_SIZE) { mask |= AQ_SET_SIZE; in.size = (uint64_t)attr->st_size; }
+	if (to_set & FUSE_SET_ATTR_ATIME_NOW) mask |= AQ_SET_ATIME_NOW;
+	else if (to_set & FUSE_SET_ATTR_ATIME) {
+		mask |= AQ_SET_ATIME;
+		in.atime_ns = attr->st_atim.tv_sec * 1000000000ll + attr->st_atim.tv_nsec;
+	}
+	if (to_set & FUSE_SET_ATTR_MTIME_NOW) mask |= AQ_SET_MTIME_NOW;
+	else if (to_set & FUSE_SET_ATTR_MTIME) {
+		mask |= AQ_SET_MTIME;
+		in.mtime_ns = attr->st_mtim.tv_sec * 1000000000ll + attr->st_mtim.tv_nsec;
+	}
+	if (to_set & FUSE_SET_ATTR_CTIME) {
+		mask |= AQ_SET_CTIME;
+		in.ctime_ns = attr->st_ctim.tv_sec * 1000000000ll + attr->st_ctim.tv_nsec;
+	}
+	int rc = aq_setattr(g_client, &cr, ino, mask, &in, &out);
+	if (rc) {
+		fuse_reply_err(req, posix_err(rc));
+		return;
+	}
+	struct stat st;
+	to_stat(&out, &st);
+	fuse_reply_attr(req, &st, g_timeout_s);
+}
+
+static void op_readlink(fuse_req_t req, fuse_ino_t ino)
+{
+	char buf[AQ_PATH_MAX + 1];
+	int rc = aq_readlink_ino(g_client, NULL, ino, buf, sizeof buf);
+	if (rc < 0)
+		fuse_reply_err(req, posix_err(rc));
+	else
+		fuse_reply_readlink(req, buf);
+}
+
+static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev)
+{
+	RO_CHECK(req);
+	struct aq_cred cr;
+	struct aq_attr a;
+	cred_of(req, &cr);
+	int rc = aq_mknod(g_client, &cr, parent, name, mode, (uint32_t)rdev, AQ_CREATE_EXCL, &a);
+	reply_entry_or_err(req, rc, &a);
+}
+
+static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
+{
+	RO_CHECK(req);
+	struct aq_cred cr;
+	struct aq_attr a;
+	cred_of(req, &cr);
+	int rc = aq_mkdir_at(g_client, &cr, parent, name, mode, &a);
+	reply_entry_or_err(req, rc, &a);
+}
+
+static void op_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const char *name)
+{
+	RO_CHECK(req);
+	struct aq_cred cr;
+	struct aq_attr a;
+	cred_of(req, &cr);
+	int rc = aq_symlink_at(g_client, &cr, parent, name, link, &a);
+	reply_entry_or_err(req, rc, &a);
+}
+
+static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	RO_CHECK(req);
+	struct aq_cred cr;
+	cred_of(req, &cr);
+	fuse_reply_err(req, posix_err(aq_unlink_at(g_client, &cr, parent, name)));
+}
+
+static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	RO_CHECK(req);
+	struct aq_cred cr;
+	cred_of(req, &cr);
+	fuse_reply_err(req, posix_err(aq_rmdir_at(g_client, &cr, parent, name)));
+}
+
+static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
+		      const char *newname, unsigned int flags)
+{
+	RO_CHECK(req);
+	struct aq_cred cr;
+	cred_of(req, &cr);
+	uint32_t f = 0;
+	if (flags & RENAME_NOREPLACE)
+		f |= AQ_RENAME_NOREPLACE;
+	if (flags & RENAME_EXCHANGE)
+		f |= AQ_RENAME_EXCHANGE;
+	if (flags & ~(unsigned)(RENAME_NOREPLACE | RENAME_EXCHANGE)) {
+		fuse_reply_err(req, EINVAL);
+		return;
+	}
+	fuse_reply_err(req, posix_err(aq_rename_at(g_client, &cr, parent, name, newparent, newname, f)));
+}
+
+static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname)
+{
+	RO_CHECK(req);
+	struct aq_cred cr;
+	struct aq_attr a;
+	cred_of(req, &cr);
+	int rc = aq_link_at(g_client, &cr, ino, newparent, newname, &a);
+	reply_entry_or_err(req, rc, &a);
+}
+
+static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	if (g_read_only && (fi->flags & O_ACCMODE) != O_RDONLY) {
+		fuse_reply_err(req, EROFS);
+		return;
+	}
+	struct aq_cred cr;
+	cred_of(req, &cr);
+	struct aq_file *f;
+	/* O_APPEND offsets come from the kernel; the file is opened read-write so the
+	 * buffered chunk can be read back */
+	int rc = aq_open_ino(g_client, &cr, ino, fi->flags & ~O_APPEND, &f);
+	if (rc) {
+		fuse_reply_err(req, posix_err(rc));
+		return;
+	}
+	fi->fh = (uint64_t)(uintptr_t)f;
+	fuse_reply_open(req, fi);
+}
+
+static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, struct fuse_file_info *fi)
+{
+	RO_CHECK(req);
+	struct aq_cred cr;
+	struct aq_attr a;
+	cred_of(req, &cr);
+	int rc = aq_mknod(g_client, &cr, parent, name, S_IFREG | (mode & 07777), 0,
+			  (fi->flags & O_EXCL) ? AQ_CREATE_EXCL : 0, &a);
+	if (rc) {
+		fuse_reply_err(req, posix_err(rc));
+		return;
+	}
+	struct aq_file *f;
+	rc = aq_open_ino(g_client, &cr, a.ino, (fi->flags & ~(O_APPEND | O_TRUNC | O_CREAT | O_EXCL)), &f);
+	if (rc) {
+		fuse_reply_err(req, posix_err(rc));
+		return;
+	}
+	fi->fh = (uint64_t)(uintptr_t)f;
+	struct fuse_entry_param e;
+	to_entry(&a, &e);
+	fuse_reply_create(req, &e, fi);
+}
+
+static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
+{
+	struct aq_file *f = (struct aq_file *)(uintptr_t)fi->fh;
+	char *buf = aq_malloc(size);
+	ssize_t n = aq_pread(f, buf, size, (uint64_t)off);
+	if (n < 0)
+		fuse_reply_err(req, posix_err((int)n));
+	else
+		fuse_reply_buf(req, buf, (size_t)n);
+	free(buf);
+}
+
+static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
+		     struct fuse_file_info *fi)
+{
+	struct aq_file *f = (struct aq_file *)(uintptr_t)fi->fh;
+	ssize_t n = aq_pwrite(f, buf, size, (uint64_t)off);
+	if (n < 0)
+		fuse_reply_err(req, posix_err((int)n));
+	else
+		fuse_reply_write(req, (size_t)n);
+}
+
+static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct aq_file *f = (struct aq_file *)(uintptr_t)fi->fh;
+	fuse_reply_err(req, posix_err(aq_flush(f)));
+}
+
+static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct aq_file *f = (struct aq_file *)(uintptr_t)fi->fh;
+	fuse_reply_err(req, posix_err(aq_close(f)));
+}
+
+static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
+{
+	struct aq_file *f = (struct aq_file *)(uintptr_t)fi->fh;
+	fuse_reply_err(req, posix_err(aq_fsync(f, datasync)));
+}
+
+static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct aq_cred cr;
+	cred_of(req, &cr);
+	int rc = aq_access_ino(g_client, &cr, ino, R_OK);
+	if (rc) {
+		fuse_reply_err(req, posix_err(rc));
+		return;
+	}
+	fi->fh = 0;
+	fuse_reply_open(req, fi);
+}
+
+#define COOKIE_DOT 1
+#define COOKIE_DOTDOT 2
+
+/* Fills one readdir buffer starting at off. "." and ".." get offsets 1 and 2; server
+ * cookies start at 1 << 48. Entries sharing a cookie (hash collisions) never straddle
+ * two buffers: if one does not fit, its whole group is taken back. */
+static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool plus)
+{
+	struct aq_cred cr;
+	cred_of(req, &cr);
+	char *buf = aq_calloc(1, size);
+	size_t pos = 0, group_start = 0;
+	uint64_t group_cookie = 0;
+	uint64_t cookie = (uint64_t)off;
+	int rc = 0;
+	bool full = false;
+	for (int dot = 0; dot < 2 && !full; dot++) {
+		uint64_t next = dot ? COOKIE_DOTDOT : COOKIE_DOT;
+		if (cookie >= next)
+			continue;
+		struct stat st = {.st_ino = ino, .st_mode = S_IFDIR};
+		const char *name = dot ? ".." : ".";
+		size_t need;
+		if (plus) {
+			struct fuse_entry_param e = {.attr = st};
+			need = fuse_add_direntry_plus(req, buf + pos, size - pos, name, &e, (off_t)next);
+		} else {
+			need = fuse_add_direntry(req, buf + pos, size - pos, name, &st, (off_t)next);
+		}
+		if (need > size - pos) {
+			full = true;
+			break;
+		}
+		pos += need;
+		group_start = pos;
+		cookie = next;
+	}
+	if (cookie < (1ull << 48))
+		cookie = 0;
+	struct aq_dirent *ents = aq_malloc(128 * sizeof *ents);
+	while (!full) {
+		int n = aq_readdir_ino(g_client, &cr, ino, cookie, plus ? AQ_READDIR_PLUS : 0, ents, 128);
+		if (n < 0) {
+			rc = n;
+			break;
+		}
+		if (n == 0)
+			break;
+		for (int i = 0; i < n; i++) {
+			struct stat st = {.st_ino = ents[i].ino, .st_mode = ents[i].type << 12};
+			size_t need;
+			if (plus) {
+				struct fuse_entry_param e;
+				to_entry(&ents[i].attr, &e);
+				need = fuse_add_direntry_plus(req, buf + pos, size - pos, ents[i].name, &e,
+							      (off_t)ents[i].cookie);
+			} else {
+				need = fuse_add_direntry(req, buf + pos, size - pos, ents[i].name, &st,
+							 (off_t)ents[i].cookie);
+			}
+			if (need > size - pos) {
+				if (ents[i].cookie == group_cookie)
+					pos = group_start; /* do not split a collision group */
+				full = true;
+				break;
+			}
+			if (ents[i].cookie != group_cookie) {
+				group_start = pos;
+				group_cookie = ents[i].cookie;
+			}
+			pos += need;
+			cookie = ents[i].cookie;
+		}
+	}
+	free(ents);
+	if (rc && pos == 0)
+		fuse_reply_err(req, posix_err(rc));
+	else
+		fuse_reply_buf(req, buf, pos);
+	free(buf);
+}
+
+static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
+{
+	do_readdir(req, ino, size, off, false);
+}
+
+static void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
+{
+	do_readdir(req, ino, size, off, true);
+}
+
+static void op_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) { fuse_reply_err(req, 0); }
+
+static void op_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
+{
+	struct aq_file *f;
+	int rc = aq_open_ino(g_client, NULL, ino, O_RDONLY, &f);
+	if (!rc) {
+		rc = aq_fsync(f, datasync);
+		aq_close(f);
+	}
+	fuse_reply_err(req, posix_err(rc));
+}
+
+static void op_statfs(fuse_req_t req, fuse_ino_t ino)
+{
+	struct aq_statfs s;
+	int rc = aq_statfs(g_client, &s);
+	if (rc) {
+		fuse_reply_err(req, posix_err(rc));
+		return;
+	}
+	struct statvfs v = {0};
+	v.f_bsize = 4096;
+	v.f_frsize = 4096;
+	v.f_blocks = s.total_bytes / 4096;
+	v.f_bfree = s.free_bytes / 4096;
+	v.f_bavail = s.free_bytes / 4096;
+	v.f_files = s.files + (1ull << 40);
+	v.f_ffree = 1ull << 40;
+	v.f_favail = 1ull << 40;
+	v.f_namemax = AQ_NAME_MAX;
+	fuse_reply_statfs(req, &v);
+}
+
+static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value, size_t size, int flags)
+{
+	RO_CHECK(req);
+	struct aq_cred cr;
+	cred_of(req, &cr);
+	uint32_t f = 0;
+	if (flags & XATTR_CREATE)
+		f |= AQ_XATTR_CREATE;
+	if (flags & XATTR_REPLACE)
+		f |= AQ_XATTR_REPLACE;
+	fuse_reply_err(req, posix_err(aq_setxattr_ino(g_client, &cr, ino, name, value, size, f)));
+}
+
+static void reply_xattr_result(fuse_req_t req, int rc, const char *buf, size_t size)
+{
+	if (rc < 0)
+		fuse_reply_err(req, posix_err(rc));
+	else if (size == 0)
+		fuse_reply_xattr(req, (size_t)rc);
+	else
+		fuse_reply_buf(req, buf, (size_t)rc);
+}
+
+static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
+{
+	struct aq_cred cr;
+	cred_of(req, &cr);
+	char *buf = size ? aq_malloc(size) : NULL;
+	int rc = aq_getxattr_ino(g_client, &cr, ino, name, buf, size);
+	reply_xattr_result(req, rc, buf, size);
+	free(buf);
+}
+
+static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
+{
+	struct aq_cred cr;
+	cred_of(req, &cr);
+	char *buf = size ? aq_malloc(size) : NULL;
+	int rc = aq_listxattr_ino(g_client, &cr, ino, buf, size);
+	reply_xattr_result(req, rc, buf, size);
+	free(buf);
+}
+
+static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
+{
+	RO_CHECK(req);
+	struct aq_cred cr;
+	cred_of(req, &cr);
+	fuse_reply_err(req, posix_err(aq_removexattr_ino(g_client, &cr, ino, name)));
+}
+
+static void op_access(fuse_req_t req, fuse_ino_t ino, int mask)
+{
+	struct aq_cred cr;
+	cred_of(req, &cr);
+	if (g_read_only && (mask & W_OK)) {
+		fuse_reply_err(req, EROFS);
+		return;
+	}
+	fuse_reply_err(req, posix_err(aq_access_ino(g_client, &cr, ino, (uint32_t)mask)));
+}
+
+static const struct fuse_lowlevel_ops aq_ops = {
+	.init = op_init,
+	.lookup = op_lookup,
+	.getattr = op_getattr,
+	.setattr = op_setattr,
+	.readlink = op_readlink,
+	.mknod = op_mknod,
+	.mkdir = op_mkdir,
+	.symlink = op_symlink,
+	.unlink = op_unlink,
+	.rmdir = op_rmdir,
+	.rename = op_rename,
+	.link = op_link,
+	.open = op_open,
+	.create = op_create,
+	.read = op_read,
+	.write = op_write,
+	.flush = op_flush,
+	.release = op_release,
+	.fsync = op_fsync,
+	.opendir = op_opendir,
+	.readdir = op_readdir,
+	.readdirplus = op_readdirplus,
+	.releasedir = op_releasedir,
+	.fsyncdir = op_fsyncdir,
+	.statfs = op_statfs,
+	.setxattr = op_setxattr,
+	.getxattr = op_getxattr,
+	.listxattr = op_listxattr,
+	.removexattr = op_removexattr,
+	.access = op_access,
+};
+
+int aqfuse_main(const struct aqfuse_options *opt)
+{
+	/* Fail early, with the library's message, if the cluster cannot be reached. */
+	struct aq_client *probe;
+	int rc = aq_connect(opt->cluster_file, &probe);
+	if (rc) {
+		fprintf(stderr, "aq mount: cannot connect to the cluster: %s\n", aq_strerror(rc));
+		return 1;
+	}
+	aq_disconnect(probe);
+	g_timeout_s = opt->attr_timeout_s;
+	g_read_only = opt->read_only;
+
+	char optstr[256];
+	snprintf(optstr, sizeof optstr, "fsname=aquifer,subtype=aquifer,default_permissions,max_read=1048576%s%s",
+		 opt->allow_other ? ",allow_other" : "", opt->read_only ? ",ro" : "");
+	char *argv[] = {"aq", "-o", optstr, opt->debug ? "-d" : NULL, NULL};
+	struct fuse_args args = FUSE_ARGS_INIT(opt->debug ? 4 : 3, argv);
+	struct fuse_session *se = fuse_session_new(&args, &aq_ops, sizeof aq_ops, NULL);
+	if (!se) {
+		fprintf(stderr, "aq mount: cannot create FUSE session\n");
+		return 1;
+	}
+	int status = 1;
+	if (fuse_set_signal_handlers(se))
+		goto out_destroy;
+	if (fuse_session_mount(se, opt->mountpoint)) {
+		fprintf(stderr, "aq mount: cannot mount at %s\n", opt->mountpoint);
+		goto out_signals;
+	}
+	/* Connect after daemonizing: connections and their threads do not survive fork. */
+	fuse_daemonize(opt->foreground);
+	rc = aq_connect(opt->cluster_file, &g_client);
+	if (rc) {
+		log_error("aq mount: cannot connect to the cluster: %s", aq_strerror(rc));
+		goto out_unmount;
+	}
+	struct fuse_loop_config cfg = {.clone_fd = 0, .max_idle_threads = opt->threads ? opt->threads : 16};
+	status = fuse_session_loop_mt(se, &cfg) ? 1 : 0;
+	aq_disconnect(g_client);
+	g_client = NULL;
+out_unmount:
+	fuse_session_unmount(se);
+out_signals:
+	fuse_remove_signal_handlers(se);
+out_destroy:
+	fuse_session_destroy(se);
+	fuse_opt_free_args(&args);
+	return status;
+}

@@ -1,0 +1,19 @@
+/* aqfuse.h - the FUSE adapter: mounts an Aquifer cluster with libfuse3's low-level API. */
+#ifndef AQ_FUSE_H
+#define AQ_FUSE_H
+#include <stdbool.h>
+
+struct aqfuse_options {
+	const char *cluster_file;
+	const char *mountpoint;
+	bool foreground;
+	bool allow_other;
+	bool read_only;
+	bool debug;
+	double attr_timeout_s;   /* kernel attribute and entry cache */
+	unsigned threads;        /* FUSE worker threads */
+};
+
+/* Mounts and serves until unmounted. Returns a process exit status. */
+int aqfuse_main(const struct aqfuse_options *opt);
+#endif

@@ -1,0 +1,1262 @@
+/*
+ * meta.c - the metadata store: open/close, the shared helpers (locks, rows, partial-row
+ * merging, inode allocation) and the single-entry operations (lookup, getattr, create,
+ * unlink, rmdir, link, setattr, access, open, size commits, orphans).
+ *
+ * Invariants:
+ * - Every change is one RocksDB write batch, committed while the locks of every bucket it
+ *   writes (and of every bucket whose rows it checked) are held, in ascending order.
+ * - A directory's entry and subdirectory counts live only in its partial rows, one per
+ *   bucket, updated in the batch that adds or removes an entry in that bucket.
+ * - Inode numbers are never reused: the in-memory sequence of a bucket stays below the
+ *   committed 'S' reservation of that bucket.
+ * - rmdir holds every bucket lock, so a create (which holds its entry's bucket lock while it
+ *   checks that the parent exists and commits) either commits before it or sees ENOENT.
+ */
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "meta/meta_internal.h"
+
+#define INODE_BUF_LEN (META_INODE_FIXED_LEN + AQ_PATH_MAX)
+
+/* ---- locks ---------------------------------------------------------------------- */
+
+void meta_lockset_add(struct meta_lockset *ls, uint32_t bucket)
+{
+	for (size_t i = 0; i < ls->n; i++)
+		if (ls->b[i] == bucket)
+			return;
+	AQ_ASSERT(ls->n < ARRAY_SIZE(ls->b));
+	/* Insertion sort: the set is tiny and must be locked in ascending order. */
+	size_t i = ls->n++;
+	while (i > 0 && ls->b[i - 1] > bucket) {
+		ls->b[i] = ls->b[i - 1];
+		i--;
+	}
+	ls->b[i] = bucket;
+}
+
+void meta_lockset_lock(struct meta_store *m, struct meta_lockset *ls)
+{
+	if (ls->all) {
+		for (uint32_t b = 0; b < m->nbuckets; b++)
+			pthread_mutex_lock(&m->locks[b]);
+		return;
+	}
+	for (size_t i = 0; i < ls->n; i++) {
+		AQ_ASSERT(ls->b[i] < m->nbuckets);
+		AQ_ASSERT(i == 0 || ls->b[i - 1] < ls->b[i]);
+		pthread_mutex_lock(&m->locks[ls->b[i]]);
+	}
+}
+
+void meta_lockset_unlock(struct meta_store *m, const struct meta_lockset *ls)
+{
+	if (ls->all) {
+		for (uint32_t b = m->nbuckets; b-- > 0;)
+			pthread_mutex_unlock(&m->locks[b]);
+		return;
+	}
+	for (size_t i = ls->n; i-- > 0;)
+		pthread_mutex_unlock(&m->locks[ls->b[i]]);
+}
+
+/* ---- rows ----------------------------------------------------------------------- */
+
+int meta_get(struct meta_store *m, const uint8_t *key, size_t klen, void *buf, size_t size, size_t *len)
+{
+	char *err = NULL;
+	size_t vlen = 0;
+	char *v = rocksdb_get(m->db, m->ropts, (const char *)key, klen, &vlen, &err);
+	if (err) {
+		log_error("meta: rocksdb get: %s", err);
+		rocksdb_free(err);
+		return -EIO;
+	}
+	if (!v)
+		return 0;
+	if (buf && size)
+		memcpy(buf, v, MIN(size, vlen));
+	if (len)
+		*len = vlen;
+	rocksdb_free(v);
+	return 1;
+}
+
+int meta_read_inode(struct meta_store *m, uint64_t ino, struct meta_inode *out)
+{
+	uint8_t key[META_INODE_KEY_LEN], buf[INODE_BUF_LEN];
+	size_t len = 0;
+	if (aq_ino_bucket(ino) >= m->nbuckets || ino == 0)
+		return -ENOENT;
+	int rc = meta_get(m, key, meta_key_inode(key, ino), buf, sizeof(buf), &len);
+	if (rc <= 0)
+		return rc == 0 ? -ENOENT : rc;
+	if (len > sizeof(buf))
+		return -EIO;
+	rc = meta_inode_decode(buf, len, ino, out);
+	if (rc)
+		log_error("meta: inode %llx: corrupt row (%zu bytes)", (unsigned long long)ino, len);
+	return rc;
+}
+
+void meta_put_inode(rocksdb_writebatch_t *wb, const struct meta_inode *ino)
+{
+	uint8_t key[META_INODE_KEY_LEN], buf[INODE_BUF_LEN];
+	size_t klen = meta_key_inode(key, ino->a.ino);
+	size_t vlen = meta_inode_encode(ino, buf, sizeof(buf));
+	rocksdb_writebatch_put(wb, (const char *)key, klen, (const char *)buf, vlen);
+}
+
+void meta_put_dentry(rocksdb_writebatch_t *wb, const uint8_t *key, size_t klen, const struct meta_dentry *d)
+{
+	uint8_t v[META_DENTRY_VAL_LEN];
+	meta_dentry_encode(d, v);
+	rocksdb_writebatch_put(wb, (const char *)key, klen, (const char *)v, sizeof(v));
+}
+
+int meta_get_dentry(struct meta_store *m, const uint8_t *key, size_t klen, struct meta_dentry *d)
+{
+	uint8_t v[META_DENTRY_VAL_LEN];
+	size_t len = 0;
+	int rc = meta_get(m, key, klen, v, sizeof(v), &len);
+	if (rc <= 0)
+		return rc;
+	if (meta_dentry_decode(v, len, d))
+		return -EIO;
+	return 1;
+}
+
+size_t meta_dentry_key(const struct meta_store *m, uint8_t *key, uint64_t parent, const char *name, size_t len,
+		       uint32_t *bucket)
+{
+	*bucket = meta_dentry_bucket(m, parent, name, len);
+	return meta_key_dentry(key, *bucket, parent, meta_dentry_pos(parent, name, len), name, len);
+}
+
+/* Changelog row value: ino64 then the name. */
+void meta_put_log(rocksdb_writebatch_t *wb, uint32_t bucket, uint64_t dir, uint64_t ts, uint64_t ino,
+		  const char *name, size_t len)
+{
+	uint8_t key[META_LOG_KEY_LEN], v[8 + AQ_NAME_MAX];
+	AQ_ASSERT(len <= AQ_NAME_MAX);
+	put_le64(v, ino);
+	memcpy(v + 8, name, len);
+	rocksdb_writebatch_put(wb, (const char *)key, meta_key_log(key, bucket, dir, ts), (const char *)v, 8 + len);
+}
+
+void meta_del_log(rocksdb_writebatch_t *wb, uint32_t bucket, uint64_t dir, uint64_t ts)
+{
+	uint8_t key[META_LOG_KEY_LEN];
+	rocksdb_writebatch_delete(wb, (const char *)key, meta_key_log(key, bucket, dir, ts));
+}
+
+int meta_commit(struct meta_store *m, rocksdb_writebatch_t *wb)
+{
+	char *err = NULL;
+	rocksdb_write(m->db, m->wopts, wb, &err);
+	if (err) {
+		log_error("meta: rocksdb write: %s", err);
+		rocksdb_free(err);
+		return -EIO;
+	}
+	return 0;
+}
+
+int meta_is_dot(const char *name, size_t len)
+{
+	if (len == 1 && name[0] == '.')
+		return 1;
+	if (len == 2 && name[0] == '.' && name[1] == '.')
+		return 2;
+	return 0;
+}
+
+int meta_check_name(const char *name, size_t len)
+{
+	if (name == NULL || len == 0)
+		return -EINVAL;
+	if (len > AQ_NAME_MAX)
+		return -ENAMETOOLONG;
+	if (memchr(name, '/', len) || memchr(name, '\0', len))
+		return -EINVAL;
+	return 0;
+}
+
+int meta_alloc_ino(struct meta_store *m, uint32_t bucket, rocksdb_writebatch_t *wb, uint64_t *ino)
+{
+	uint64_t seq = m->seq_next[bucket];
+	if (seq > AQ_INO_SEQ_MASK)
+		return -ENOSPC;
+	if (seq >= m->seq_reserved[bucket]) {
+		uint8_t key[META_SEQ_KEY_LEN], v[8];
+		uint64_t upto = MIN(seq + META_SEQ_BLOCK, AQ_INO_SEQ_MASK + 1);
+		put_le64(v, upto);
+		rocksdb_writebatch_put(wb, (const char *)key, meta_key_seq(key, bucket), (const char *)v, sizeof(v));
+		m->seq_reserved[bucket] = upto;
+	}
+	m->seq_next[bucket] = seq + 1;
+	*ino = aq_ino_make(bucket, seq);
+	AQ_ASSERT(*ino != AQ_ROOT_INO && *ino != 0);
+	return 0;
+}
+
+/* ---- directories' partial rows ------------------------------------------------------ */
+
+int meta_dir_totals(struct meta_store *m, uint64_t dir, struct meta_partial *sum)
+{
+	uint32_t n = m->nbuckets;
+	uint8_t *keys = aq_malloc((size_t)n * META_PARTIAL_KEY_LEN);
+	const char **klist = aq_malloc(n * sizeof(*klist));
+	size_t *ksizes = aq_malloc(n * sizeof(*ksizes));
+	char **vals = aq_calloc(n, sizeof(*vals));
+	size_t *vsizes = aq_calloc(n, sizeof(*vsizes));
+	char **errs = aq_calloc(n, sizeof(*errs));
+	int rc = 0;
+
+	memset(sum, 0, sizeof(*sum));
+	for (uint32_t b = 0; b < n; b++) {
+		uint8_t *k = keys + (size_t)b * META_PARTIAL_KEY_LEN;
+		ksizes[b] = meta_key_partial(k, b, dir);
+		klist[b] = (const char *)k;
+	}
+	rocksdb_multi_get(m->db, m->ropts, n, klist, ksizes, vals, vsizes, errs);
+	for (uint32_t b = 0; b < n; b++) {
+		if (errs[b]) {
+			log_error("meta: rocksdb multi_get: %s", errs[b]);
+			rocksdb_free(errs[b]);
+			rc = -EIO;
+		}
+		if (!vals[b])
+			continue;
+		struct meta_partial p;
+		if (meta_partial_decode((const uint8_t *)vals[b], vsizes[b], &p) == 0) {
+			sum->nentries += p.nentries;
+			sum->nsubdirs += p.nsubdirs;
+			sum->mtime_ns = MAX(sum->mtime_ns, p.mtime_ns);
+			sum->ctime_ns = MAX(sum->ctime_ns, p.ctime_ns);
+		} else {
+			rc = -EIO;
+		}
+		rocksdb_free(vals[b]);
+	}
+	AQ_ASSERT(rc != 0 || (sum->nentries >= 0 && sum->nsubdirs >= 0 && sum->nsubdirs <= sum->nentries));
+	free(keys);
+	free(klist);
+	free(ksizes);
+	free(vals);
+	free(vsizes);
+	free(errs);
+	return rc;
+}
+
+int meta_apply_partials(struct meta_store *m, rocksdb_writebatch_t *wb, const struct meta_pdelta *d, size_t n,
+			int64_t now_ns)
+{
+	for (size_t i = 0; i < n; i++) {
+		bool seen = false;
+		for (size_t j = 0; j < i; j++)
+			if (d[j].bucket == d[i].bucket && d[j].dir == d[i].dir)
+				seen = true;
+		if (seen)
+			continue;
+		int64_t dent = 0, dsub = 0;
+		for (size_t j = i; j < n; j++)
+			if (d[j].bucket == d[i].bucket && d[j].dir == d[i].dir)
+				dent += d[j].dentries, dsub += d[j].dsubdirs;
+
+		uint8_t key[META_PARTIAL_KEY_LEN], v[META_PARTIAL_VAL_LEN];
+		size_t klen = meta_key_partial(key, d[i].bucket, d[i].dir), len = 0;
+		struct meta_partial p = { 0 };
+		int rc = meta_get(m, key, klen, v, sizeof(v), &len);
+		if (rc < 0)
+			return rc;
+		if (rc == 1 && meta_partial_decode(v, len, &p))
+			return -EIO;
+		p.nentries += dent;
+		p.nsubdirs += dsub;
+		/* Counts are per bucket and every decrement follows an increment in this bucket. */
+		AQ_ASSERT(p.nentries >= 0 && p.nsubdirs >= 0);
+		p.mtime_ns = MAX(p.mtime_ns, now_ns);
+		p.ctime_ns = MAX(p.ctime_ns, now_ns);
+		meta_partial_encode(&p, v);
+		rocksdb_writebatch_put(wb, (const char *)key, klen, (const char *)v, sizeof(v));
+	}
+	return 0;
+}
+
+void meta_merge_dir(struct aq_attr *a, const struct meta_partial *sum)
+{
+	a->nlink = (uint32_t)(2 + sum->nsubdirs);
+	a->size = META_DIR_SIZE;
+	a->blocks = META_DIR_SIZE / 512;
+	a->mtime_ns = MAX(a->mtime_ns, sum->mtime_ns);
+	a->ctime_ns = MAX(a->ctime_ns, sum->ctime_ns);
+}
+
+int meta_attr_of(struct meta_store *m, uint64_t ino, struct aq_attr *out)
+{
+	struct meta_inode *in = aq_malloc(sizeof(*in));
+	int rc = meta_read_inode(m, ino, in);
+	if (rc)
+		goto out;
+	if (S_ISDIR(in->a.mode)) {
+		struct meta_partial sum;
+		rc = meta_dir_totals(m, ino, &sum);
+		if (rc)
+			goto out;
+		meta_merge_dir(&in->a, &sum);
+	}
+	*out = in->a;
+out:
+	free(in);
+	return rc;
+}
+
+int meta_del_xattrs(struct meta_store *m, rocksdb_writebatch_t *wb, uint64_t ino)
+{
+	uint8_t prefix[META_XATTR_KEY_MAX];
+	size_t plen = meta_key_xattr(prefix, ino, "", 0);
+	rocksdb_iterator_t *it = rocksdb_create_iterator(m->db, m->ropts);
+	char *err = NULL;
+	for (rocksdb_iter_seek(it, (const char *)prefix, plen); rocksdb_iter_valid(it); rocksdb_iter_next(it)) {
+		size_t klen;
+		const char *k = rocksdb_iter_key(it, &klen);
+		if (klen < plen || memcmp(k, prefix, plen) != 0)
+			break;
+		rocksdb_writebatch_delete(wb, k, klen);
+	}
+	rocksdb_iter_get_error(it, &err);
+	rocksdb_iter_destroy(it);
+	if (err) {
+		log_error("meta: xattr scan: %s", err);
+		rocksdb_free(err);
+		return -EIO;
+	}
+	return 0;
+}
+
+/* ---- open / close ------------------------------------------------------------------- */
+
+/* Scans rows of one key type at open: counts them, and for 'L' rows finds the largest ts. */
+static int scan_type(struct meta_store *m, uint8_t type, uint64_t *count, uint64_t *max_ts)
+{
+	rocksdb_iterator_t *it = rocksdb_create_iterator(m->db, m->ropts);
+	char *err = NULL;
+	const char start = (char)type;
+	*count = 0;
+	for (rocksdb_iter_seek(it, &start, 1); rocksdb_iter_valid(it); rocksdb_iter_next(it)) {
+		size_t klen;
+		const char *k = rocksdb_iter_key(it, &klen);
+		if (klen < 1 || (uint8_t)k[0] != type)
+			break;
+		(*count)++;
+		if (max_ts && klen == META_LOG_KEY_LEN)
+			*max_ts = MAX(*max_ts, get_be64((const uint8_t *)k + 11));
+	}
+	rocksdb_iter_get_error(it, &err);
+	rocksdb_iter_destroy(it);
+	if (err) {
+		log_error("meta: open scan: %s", err);
+		rocksdb_free(err);
+		return -EIO;
+	}
+	return 0;
+}
+
+/* Writes the superblock and the root directory into a new store. */
+static int format_store(struct meta_store *m)
+{
+	rocksdb_writebatch_t *wb = rocksdb_writebatch_create();
+	uint8_t sb[8];
+	sb[0] = META_FORMAT_VERSION;
+	sb[1] = sb[2] = sb[3] = 0;
+	put_le32(sb + 4, m->nbuckets);
+	rocksdb_writebatch_put(wb, "M", 1, (const char *)sb, sizeof(sb));
+
+	struct meta_inode *root = aq_calloc(1, sizeof(*root));
+	int64_t now = aq_now_ns();
+	root->a.ino = AQ_ROOT_INO;
+	root->a.mode = S_IFDIR | 0755;
+	root->a.nlink = 2;
+	root->a.atime_ns = root->a.mtime_ns = root->a.ctime_ns = now;
+	root->a.generation = 1;
+	root->a.chunk_size = m->chunk_size;
+	root->parent = AQ_ROOT_INO; /* the root's ".." is itself */
+	meta_put_inode(wb, root);
+	free(root);
+
+	int rc = meta_commit(m, wb);
+	rocksdb_writebatch_destroy(wb);
+	return rc;
+}
+
+static void free_store(struct meta_store *m)
+{
+	if (m->db)
+		rocksdb_close(m->db);
+	if (m->dbopts)
+		rocksdb_options_destroy(m->dbopts);
+	if (m->wopts)
+		rocksdb_writeoptions_destroy(m->wopts);
+	if (m->ropts)
+		rocksdb_readoptions_destroy(m->ropts);
+	if (m->locks) {
+		for (uint32_t b = 0; b < m->nbuckets; b++)
+			pthread_mutex_destroy(&m->locks[b]);
+		free(m->locks);
+	}
+	pthread_mutex_destroy(&m->rename_lock);
+	free(m->seq_next);
+	free(m->seq_reserved);
+	free(m);
+}
+
+int meta_open(const char *path, bool create, const struct meta_options *opt, struct meta_store **out)
+{
+	struct meta_store *m = aq_calloc(1, sizeof(*m));
+	char *err = NULL;
+	int rc = 0;
+
+	pthread_mutex_init(&m->rename_lock, NULL);
+	m->nbuckets = opt && opt->nbuckets ? opt->nbuckets : AQ_BUCKETS_DEFAULT;
+	m->chunk_size = opt && opt->chunk_size ? opt->chunk_size : AQ_CHUNK_SIZE_DEFAULT;
+	m->truncate_fn = opt ? opt->truncate_fn : NULL;
+	m->truncate_arg = opt ? opt->truncate_arg : NULL;
+	if (m->nbuckets > AQ_BUCKETS_MAX || m->chunk_size > AQ_CHUNK_SIZE_MAX) {
+		rc = -EINVAL;
+		goto err;
+	}
+
+	m->dbopts = rocksdb_options_create();
+	rocksdb_options_set_create_if_missing(m->dbopts, create);
+	rocksdb_options_increase_parallelism(m->dbopts, 4);
+	m->wopts = rocksdb_writeoptions_create();
+	rocksdb_writeoptions_set_sync(m->wopts, opt ? opt->sync : false);
+	m->ropts = rocksdb_readoptions_create();
+	m->db = rocksdb_open(m->dbopts, path, &err);
+	if (err) {
+		log_error("meta: open %s: %s", path, err);
+		rocksdb_free(err);
+		rc = create ? -EIO : -ENOENT;
+		goto err;
+	}
+
+	uint8_t sb[8];
+	size_t sblen = 0;
+	uint8_t mkey = MK_SUPER;
+	rc = meta_get(m, &mkey, 1, sb, sizeof(sb), &sblen);
+	if (rc < 0)
+		goto err;
+	if (rc == 0) {
+		if (!create) {
+			rc = -ENOENT;
+			goto err;
+		}
+		rc = format_store(m);
+		if (rc)
+			goto err;
+	} else {
+		if (sblen != sizeof(sb) || sb[0] != META_FORMAT_VERSION) {
+			log_error("meta: %s: unknown format", path);
+			rc = -EIO;
+			goto err;
+		}
+		/* An existing store keeps the bucket count it was formatted with. */
+		m->nbuckets = get_le32(sb + 4);
+		if (m->nbuckets == 0 || m->nbuckets > AQ_BUCKETS_MAX) {
+			rc = -EIO;
+			goto err;
+		}
+	}
+	rc = 0;
+
+	m->locks = aq_calloc(m->nbuckets, sizeof(*m->locks));
+	m->seq_next = aq_calloc(m->nbuckets, sizeof(*m->seq_next));
+	m->seq_reserved = aq_calloc(m->nbuckets, sizeof(*m->seq_reserved));
+	for (uint32_t b = 0; b < m->nbuckets; b++) {
+		pthread_mutex_init(&m->locks[b], NULL);
+		uint8_t key[META_SEQ_KEY_LEN], v[8];
+		size_t len = 0;
+		int got = meta_get(m, key, meta_key_seq(key, b), v, sizeof(v), &len);
+		if (got < 0 || (got == 1 && len != sizeof(v))) {
+			rc = -EIO;
+			goto err;
+		}
+		/* Sequence 0 is never used; bucket 0's sequence 1 is the root. */
+		uint64_t start = b == 0 ? 2 : 1;
+		uint64_t upto = got == 1 ? get_le64(v) : 0;
+		m->seq_next[b] = MAX(start, upto);
+		/* Nothing above seq_next is reserved as far as this run knows: the first
+		 * allocation writes a new 'S' row. */
+		m->seq_reserved[b] = m->seq_next[b];
+	}
+
+	uint64_t nfiles = 0, nlog = 0, max_ts = 0;
+	rc = scan_type(m, MK_INODE, &nfiles, NULL);
+	if (rc)
+		goto err;
+	rc = scan_type(m, MK_LOG, &nlog, &max_ts);
+	if (rc)
+		goto err;
+	atomic_store(&m->nfiles, nfiles);
+	atomic_store(&m->log_clock, MAX((uint64_t)aq_now_ns(), max_ts + 1));
+	atomic_store(&m->gen_next, (uint64_t)aq_now_ns());
+	*out = m;
+	return 0;
+err:
+	free_store(m);
+	return rc;
+}
+
+void meta_close(struct meta_store *m)
+{
+	if (m)
+		free_store(m);
+}
+
+uint32_t meta_nbuckets(const struct meta_store *m)
+{
+	return m->nbuckets;
+}
+
+int meta_sync(struct meta_store *m)
+{
+	char *err = NULL;
+	rocksdb_flush_wal(m->db, 1, &err);
+	if (err) {
+		log_error("meta: flush wal: %s", err);
+		rocksdb_free(err);
+		return -EIO;
+	}
+	return 0;
+}
+
+int meta_count_files(struct meta_store *m, uint64_t *files)
+{
+	*files = atomic_load(&m->nfiles);
+	return 0;
+}
+
+/* ---- lookup / getattr --------------------------------------------------------------- */
+
+int meta_getattr(struct meta_store *m, uint64_t ino, struct aq_attr *out)
+{
+	return meta_attr_of(m, ino, out);
+}
+
+int meta_lookup(struct meta_store *m, const struct aq_cred *cr, uint64_t parent, const char *name, size_t name_len,
+		struct aq_attr *out)
+{
+	int rc = meta_check_name(name, name_len);
+	if (rc)
+		return rc;
+	struct meta_inode *dir = aq_malloc(sizeof(*dir));
+	rc = meta_read_inode(m, parent, dir);
+	if (rc)
+		goto out;
+	if (!S_ISDIR(dir->a.mode)) {
+		rc = -ENOTDIR;
+		goto out;
+	}
+	rc = meta_perm(cr, &dir->a, X_OK);
+	if (rc)
+		goto out;
+	int dot = meta_is_dot(name, name_len);
+	if (dot) {
+		rc = meta_attr_of(m, dot == 1 ? parent : dir->parent, out);
+		goto out;
+	}
+	uint8_t key[META_DENTRY_KEY_MAX];
+	uint32_t b = meta_dentry_bucket(m, parent, name, name_len);
+	size_t klen = meta_key_dentry(key, b, parent, meta_dentry_pos(parent, name, name_len), name, name_len);
+	struct meta_dentry d;
+	rc = meta_get_dentry(m, key, klen, &d);
+	if (rc <= 0) {
+		rc = rc == 0 ? -ENOENT : rc;
+		goto out;
+	}
+	rc = meta_attr_of(m, d.ino, out);
+out:
+	free(dir);
+	return rc;
+}
+
+/* ---- create --------------------------------------------------------------------------- */
+
+static int create_node(struct meta_store *m, const struct aq_cred *cr, uint64_t parent, const char *name,
+		       size_t name_len, uint32_t mode, uint32_t rdev, const char *target, size_t target_len,
+		       uint32_t flags, struct aq_attr *out)
+{
+	int rc = meta_check_name(name, name_len);
+	if (rc)
+		return rc;
+	if (meta_is_dot(name, name_len))
+		return -EEXIST;
+
+	uint32_t b = meta_dentry_bucket(m, parent, name, name_len);
+	uint8_t key[META_DENTRY_KEY_MAX];
+	size_t klen = meta_key_dentry(key, b, parent, meta_dentry_pos(parent, name, name_len), name, name_len);
+	struct meta_inode *dir = aq_malloc(sizeof(*dir));
+	struct meta_inode *in = aq_calloc(1, sizeof(*in));
+	rocksdb_writebatch_t *wb = rocksdb_writebatch_create();
+	struct meta_lockset ls = { 0 };
+	uint64_t existing = 0;
+	meta_lockset_add(&ls, b);
+	meta_lockset_lock(m, &ls);
+
+	/* The parent's inode lives in another bucket, but it cannot be removed while we hold
+	 * bucket b: rmdir takes every bucket lock. */
+	rc = meta_read_inode(m, parent, dir);
+	if (rc)
+		goto unlock;
+	if (!S_ISDIR(dir->a.mode)) {
+		rc = -ENOTDIR;
+		goto unlock;
+	}
+	rc = meta_perm(cr, &dir->a, X_OK);
+	if (rc)
+		goto unlock;
+	struct meta_dentry d;
+	rc = meta_get_dentry(m, key, klen, &d);
+	if (rc < 0)
+		goto unlock;
+	if (rc == 1) {
+		/* open(O_CREAT) without O_EXCL on an existing regular file opens it. */
+		rc = -EEXIST;
+		if (S_ISREG(mode) && !(flags & AQ_CREATE_EXCL) && d.dtype == meta_dtype(S_IFREG)) {
+			existing = d.ino;
+			rc = 0;
+		}
+		goto unlock;
+	}
+	rc = meta_perm(cr, &dir->a, W_OK | X_OK);
+	if (rc)
+		goto unlock;
+
+	uint64_t ino;
+	rc = meta_alloc_ino(m, b, wb, &ino);
+	if (rc)
+		goto unlock;
+	int64_t now = aq_now_ns();
+	bool isdir = S_ISDIR(mode);
+	in->a.ino = ino;
+	in->a.mode = mode;
+	in->a.uid = cr ? cr->uid : 0;
+	in->a.gid = cr ? cr->gid : 0;
+	/* A setgid directory hands its group down, and its setgid bit to subdirectories. */
+	if (dir->a.mode & S_ISGID) {
+		in->a.gid = dir->a.gid;
+		if (isdir)
+			in->a.mode |= S_ISGID;
+	}
+	in->a.nlink = isdir ? 2 : 1;
+	in->a.size = target_len;
+	in->a.atime_ns = in->a.mtime_ns = in->a.ctime_ns = now;
+	in->a.rdev = rdev;
+	in->a.generation = atomic_fetch_add(&m->gen_next, 1);
+	in->a.chunk_size = m->chunk_size;
+	in->parent = isdir ? parent : 0;
+	in->target_len = (uint32_t)target_len;
+	if (target_len)
+		memcpy(in->target, target, target_len);
+	meta_put_inode(wb, in);
+
+	/* ts is taken under the bucket lock: meta_changes' barrier relies on it. */
+	uint64_t ts = atomic_fetch_add(&m->log_clock, 1);
+	d = (struct meta_dentry){ .ino = ino, .dtype = meta_dtype(mode), .created_ts = ts };
+	meta_put_dentry(wb, key, klen, &d);
+	meta_put_log(wb, b, parent, ts, ino, name, name_len);
+	struct meta_pdelta pd = { .bucket = b, .dir = parent, .dentries = 1, .dsubdirs = isdir };
+	rc = meta_apply_partials(m, wb, &pd, 1, now);
+	if (rc == 0)
+		rc = meta_commit(m, wb);
+	if (rc) {
+		meta_alloc_failed(m, b);
+		goto unlock;
+	}
+	atomic_fetch_add(&m->nfiles, 1);
+	if (out) {
+		*out = in->a;
+		if (isdir) {
+			struct meta_partial none = { 0 };
+			meta_merge_dir(out, &none);
+		}
+	}
+unlock:
+	meta_lockset_unlock(m, &ls);
+	if (rc == 0 && existing && out)
+		rc = meta_attr_of(m, existing, out);
+	rocksdb_writebatch_destroy(wb);
+	free(in);
+	free(dir);
+	return rc;
+}
+
+int meta_mknod(struct meta_store *m, const struct aq_cred *cr, uint64_t parent, const char *name, size_t name_len,
+	       uint32_t mode, uint32_t rdev, uint32_t flags, struct aq_attr *out)
+{
+	if ((mode & S_IFMT) == 0)
+		mode |= S_IFREG;
+	switch (mode & S_IFMT) {
+	case S_IFREG:
+	case S_IFIFO:
+	case S_IFSOCK:
+		rdev = 0;
+		break;
+	case S_IFCHR:
+	case S_IFBLK:
+		if (!meta_is_root(cr))
+			return -EPERM;
+		break;
+	default:
+		return -EINVAL;
+	}
+	return create_node(m, cr, parent, name, name_len, mode & (S_IFMT | 07777), rdev, NULL, 0, flags, out);
+}
+
+int meta_mkdir(struct meta_store *m, const struct aq_cred *cr, uint64_t parent, const char *name, size_t name_len,
+	       uint32_t mode, struct aq_attr *out)
+{
+	return create_node(m, cr, parent, name, name_len, S_IFDIR | (mode & 07777), 0, NULL, 0, AQ_CREATE_EXCL, out);
+}
+
+int meta_symlink(struct meta_store *m, const struct aq_cred *cr, uint64_t parent, const char *name, size_t name_len,
+		 const char *target, size_t target_len, struct aq_attr *out)
+{
+	if (target == NULL || target_len == 0)
+		return -ENOENT;
+	if (target_len >= AQ_PATH_MAX)
+		return -ENAMETOOLONG;
+	return create_node(m, cr, parent, name, name_len, S_IFLNK | 0777, 0, target, target_len, AQ_CREATE_EXCL,
+			   out);
+}
+
+int meta_readlink(struct meta_store *m, uint64_t ino, char *buf, size_t size)
+{
+	struct meta_inode *in = aq_malloc(sizeof(*in));
+	int rc = meta_read_inode(m, ino, in);
+	if (rc)
+		goto out;
+	if (!S_ISLNK(in->a.mode)) {
+		rc = -EINVAL;
+		goto out;
+	}
+	memcpy(buf, in->target, MIN(size, in->target_len));
+	rc = (int)in->target_len;
+out:
+	free(in);
+	return rc;
+}
+
+/* ---- unlink / rmdir / link ------------------------------------------------------------ */
+
+/* Drops one link of in (whose bucket lock the caller holds): nlink--, and at zero an
+ * orphan row that the collector turns into freed data and a deleted inode. */
+static void drop_link(rocksdb_writebatch_t *wb, struct meta_inode *in, int64_t now)
+{
+	AQ_ASSERT(in->a.nlink > 0);
+	in->a.nlink--;
+	in->a.ctime_ns = now;
+	meta_put_inode(wb, in);
+	if (in->a.nlink == 0) {
+		uint8_t key[META_ORPHAN_KEY_LEN], v[META_ORPHAN_VAL_LEN];
+		put_le64(v, in->a.size);
+		put_le32(v + 8, in->a.chunk_size);
+		rocksdb_writebatch_put(wb, (const char *)key, meta_key_orphan(key, in->a.ino), (const char *)v,
+				       sizeof(v));
+	}
+}
+
+int meta_unlink(struct meta_store *m, const struct aq_cred *cr, uint64_t parent, const char *name, size_t name_len)
+{
+	int rc = meta_check_name(name, name_len);
+	if (rc)
+		return rc;
+	if (meta_is_dot(name, name_len))
+		return -EISDIR;
+	uint32_t b = meta_dentry_bucket(m, parent, name, name_len);
+	uint8_t key[META_DENTRY_KEY_MAX];
+	size_t klen = meta_key_dentry(key, b, parent, meta_dentry_pos(parent, name, name_len), name, name_len);
+	struct meta_dentry peek, d;
+	rc = meta_get_dentry(m, key, klen, &peek);
+	if (rc <= 0)
+		return rc == 0 ? -ENOENT : rc;
+
+	struct meta_inode *dir = aq_malloc(sizeof(*dir));
+	struct meta_inode *in = aq_malloc(sizeof(*in));
+	rocksdb_writebatch_t *wb = rocksdb_writebatch_create();
+	struct meta_lockset ls = { 0 };
+	meta_lockset_add(&ls, b);
+	meta_lockset_add(&ls, aq_ino_bucket(peek.ino));
+retry:
+	meta_lockset_lock(m, &ls);
+	rc = meta_get_dentry(m, key, klen, &d);
+	if (rc <= 0) {
+		rc = rc == 0 ? -ENOENT : rc;
+		goto unlock;
+	}
+	if (!ls.all && d.ino != peek.ino) {
+		/* The name was replaced between the peek and the lock: its inode may live in
+		 * a bucket we do not hold. Rare; take them all. */
+		meta_lockset_unlock(m, &ls);
+		ls.all = true;
+		goto retry;
+	}
+	rc = meta_read_inode(m, parent, dir);
+	if (rc)
+		goto unlock;
+	rc = meta_perm(cr, &dir->a, W_OK | X_OK);
+	if (rc)
+		goto unlock;
+	rc = meta_read_inode(m, d.ino, in);
+	if (rc)
+		goto unlock;
+	if (S_ISDIR(in->a.mode)) {
+		rc = -EISDIR;
+		goto unlock;
+	}
+	rc = meta_sticky_ok(cr, &dir->a, &in->a);
+	if (rc)
+		goto unlock;
+	int64_t now = aq_now_ns();
+	rocksdb_writebatch_delete(wb, (const char *)key, klen);
+	meta_del_log(wb, b, parent, d.created_ts);
+	drop_link(wb, in, now);
+	struct meta_pdelta pd = { .bucket = b, .dir = parent, .dentries = -1 };
+	rc = meta_apply_partials(m, wb, &pd, 1, now);
+	if (rc == 0)
+		rc = meta_commit(m, wb);
+unlock:
+	meta_lockset_unlock(m, &ls);
+	rocksdb_writebatch_destroy(wb);
+	free(in);
+	free(dir);
+	return rc;
+}
+
+/* Adds deletes of every partial row of dir to wb (caller holds every bucket lock). */
+static void del_partials(struct meta_store *m, rocksdb_writebatch_t *wb, uint64_t dir)
+{
+	for (uint32_t b = 0; b < m->nbuckets; b++) {
+		uint8_t key[META_PARTIAL_KEY_LEN];
+		rocksdb_writebatch_delete(wb, (const char *)key, meta_key_partial(key, b, dir));
+	}
+}
+
+/* Adds the removal of the empty directory in (rows of every bucket) to wb. */
+int meta_del_dir_rows(struct meta_store *m, rocksdb_writebatch_t *wb, uint64_t ino)
+{
+	uint8_t key[META_INODE_KEY_LEN];
+	rocksdb_writebatch_delete(wb, (const char *)key, meta_key_inode(key, ino));
+	del_partials(m, wb, ino);
+	return meta_del_xattrs(m, wb, ino);
+}
+
+int meta_rmdir(struct meta_store *m, const struct aq_cred *cr, uint64_t parent, const char *name, size_t name_len)
+{
+	int rc = meta_check_name(name, name_len);
+	if (rc)
+		return rc;
+	int dot = meta_is_dot(name, name_len);
+	if (dot)
+		return dot == 1 ? -EINVAL : -ENOTEMPTY;
+	uint32_t b = meta_dentry_bucket(m, parent, name, name_len);
+	uint8_t key[META_DENTRY_KEY_MAX];
+	size_t klen = meta_key_dentry(key, b, parent, meta_dentry_pos(parent, name, name_len), name, name_len);
+	struct meta_inode *dir = aq_malloc(sizeof(*dir));
+	struct meta_inode *in = aq_malloc(sizeof(*in));
+	rocksdb_writebatch_t *wb = rocksdb_writebatch_create();
+	/* The fence: with every bucket held, no create can land in the directory between
+	 * the emptiness check and the commit. */
+	struct meta_lockset ls = { .all = true };
+	meta_lockset_lock(m, &ls);
+
+	rc = meta_read_inode(m, parent, dir);
+	if (rc)
+		goto unlock;
+	if (!S_ISDIR(dir->a.mode)) {
+		rc = -ENOTDIR;
+		goto unlock;
+	}
+	rc = meta_perm(cr, &dir->a, W_OK | X_OK);
+	if (rc)
+		goto unlock;
+	struct meta_dentry d;
+	rc = meta_get_dentry(m, key, klen, &d);
+	if (rc <= 0) {
+		rc = rc == 0 ? -ENOENT : rc;
+		goto unlock;
+	}
+	rc = meta_read_inode(m, d.ino, in);
+	if (rc)
+		goto unlock;
+	if (!S_ISDIR(in->a.mode)) {
+		rc = -ENOTDIR;
+		goto unlock;
+	}
+	rc = meta_sticky_ok(cr, &dir->a, &in->a);
+	if (rc)
+		goto unlock;
+	struct meta_partial sum;
+	rc = meta_dir_totals(m, d.ino, &sum);
+	if (rc)
+		goto unlock;
+	if (sum.nentries != 0) {
+		rc = -ENOTEMPTY;
+		goto unlock;
+	}
+	int64_t now = aq_now_ns();
+	rocksdb_writebatch_delete(wb, (const char *)key, klen);
+	meta_del_log(wb, b, parent, d.created_ts);
+	rc = meta_del_dir_rows(m, wb, d.ino);
+	if (rc)
+		goto unlock;
+	struct meta_pdelta pd = { .bucket = b, .dir = parent, .dentries = -1, .dsubdirs = -1 };
+	rc = meta_apply_partials(m, wb, &pd, 1, now);
+	if (rc == 0)
+		rc = meta_commit(m, wb);
+	if (rc == 0)
+		atomic_fetch_sub(&m->nfiles, 1);
+unlock:
+	meta_lockset_unlock(m, &ls);
+	rocksdb_writebatch_destroy(wb);
+	free(in);
+	free(dir);
+	return rc;
+}
+
+int meta_link(struct meta_store *m, const struct aq_cred *cr, uint64_t ino, uint64_t newparent, const char *newname,
+	      size_t newname_len, struct aq_attr *out)
+{
+	int rc = meta_check_name(newname, newname_len);
+	if (rc)
+		return rc;
+	if (meta_is_dot(newname, newname_len))
+		return -EEXIST;
+	if (aq_ino_bucket(ino) >= m->nbuckets)
+		return -ENOENT;
+	uint32_t b = meta_dentry_bucket(m, newparent, newname, newname_len);
+	uint8_t key[META_DENTRY_KEY_MAX];
+	size_t klen = meta_key_dentry(key, b, newparent, meta_dentry_pos(newparent, newname, newname_len), newname,
+				      newname_len);
+	struct meta_inode *dir = aq_malloc(sizeof(*dir));
+	struct meta_inode *in = aq_malloc(sizeof(*in));
+	rocksdb_writebatch_t *wb = rocksdb_writebatch_create();
+	struct meta_lockset ls = { 0 };
+	meta_lockset_add(&ls, b);
+	meta_lockset_add(&ls, aq_ino_bucket(ino));
+	meta_lockset_lock(m, &ls);
+
+	rc = meta_read_inode(m, ino, in);
+	if (rc)
+		goto unlock;
+	if (S_ISDIR(in->a.mode)) {
+		rc = -EPERM;
+		goto unlock;
+	}
+	if (in->a.nlink == 0) {
+		rc = -ENOENT;
+		goto unlock;
+	}
+	if (in->a.nlink >= META_NLINK_MAX) {
+		rc = -EMLINK;
+		goto unlock;
+	}
+	rc = meta_read_inode(m, newparent, dir);
+	if (rc)
+		goto unlock;
+	if (!S_ISDIR(dir->a.mode)) {
+		rc = -ENOTDIR;
+		goto unlock;
+	}
+	rc = meta_perm(cr, &dir->a, W_OK | X_OK);
+	if (rc)
+		goto unlock;
+	struct meta_dentry d;
+	rc = meta_get_dentry(m, key, klen, &d);
+	if (rc < 0)
+		goto unlock;
+	if (rc == 1) {
+		rc = -EEXIST;
+		goto unlock;
+	}
+	int64_t now = aq_now_ns();
+	in->a.nlink++;
+	in->a.ctime_ns = now;
+	meta_put_inode(wb, in);
+	uint64_t ts = atomic_fetch_add(&m->log_clock, 1);
+	d = (struct meta_dentry){ .ino = ino, .dtype = meta_dtype(in->a.mode), .created_ts = ts };
+	meta_put_dentry(wb, key, klen, &d);
+	meta_put_log(wb, b, newparent, ts, ino, newname, newname_len);
+	struct meta_pdelta pd = { .bucket = b, .dir = newparent, .dentries = 1 };
+	rc = meta_apply_partials(m, wb, &pd, 1, now);
+	if (rc == 0)
+		rc = meta_commit(m, wb);
+	if (rc == 0 && out)
+		*out = in->a;
+unlock:
+	meta_lockset_unlock(m, &ls);
+	rocksdb_writebatch_destroy(wb);
+	free(in);
+	free(dir);
+	return rc;
+}
+
+/* ---- setattr / access / open / size ----------------------------------------------------- */
+
+static bool is_owner(const struct aq_cred *cr, const struct aq_attr *a)
+{
+	return meta_is_root(cr) || cr->uid == a->uid;
+}
+
+/* Applies mask to in (already read, bucket locked). Returns 0 or -errno; *shrunk is set
+ * when the size went down. */
+static int apply_setattr(const struct aq_cred *cr, struct meta_inode *in, uint32_t mask, const struct aq_attr *req,
+			 bool *shrunk)
+{
+	struct aq_attr *a = &in->a;
+	bool root = meta_is_root(cr);
+	int64_t now = aq_now_ns();
+	int rc;
+
+	if (mask & AQ_SET_MODE) {
+		if (!is_owner(cr, a))
+			return -EPERM;
+	}
+	if ((mask & AQ_SET_UID) && req->uid != a->uid && !root)
+		return -EPERM;
+	if ((mask & AQ_SET_GID) && req->gid != a->gid && !root) {
+		if (cr->uid != a->uid || !meta_in_group(cr, req->gid))
+			return -EPERM;
+	}
+	if (mask & (AQ_SET_ATIME_NOW | AQ_SET_MTIME_NOW)) {
+		if (!is_owner(cr, a) && meta_perm(cr, a, W_OK) != 0)
+			return -EACCES;
+	}
+	if ((mask & (AQ_SET_ATIME | AQ_SET_MTIME | AQ_SET_CTIME)) && !is_owner(cr, a))
+		return -EPERM;
+	if (mask & AQ_SET_SIZE) {
+		if (S_ISDIR(a->mode))
+			return -EISDIR;
+		if (!S_ISREG(a->mode))
+			return -EINVAL;
+		rc = meta_perm(cr, a, W_OK);
+		if (rc)
+			return rc;
+	}
+
+	/* Checks passed: apply. */
+	if (mask & AQ_SET_MODE) {
+		uint32_t mode = (a->mode & S_IFMT) | (req->mode & 07777);
+		if (!root && !meta_in_group(cr, a->gid))
+			mode &= ~(uint32_t)S_ISGID;
+		a->mode = mode;
+	}
+	bool chown = ((mask & AQ_SET_UID) && req->uid != a->uid) || ((mask & AQ_SET_GID) && req->gid != a->gid);
+	if (mask & AQ_SET_UID)
+		a->uid = req->uid;
+	if (mask & AQ_SET_GID)
+		a->gid = req->gid;
+	if (chown && !S_ISDIR(a->mode)) {
+		/* As Linux: a changed owner drops setuid, and setgid when it means "setgid"
+		 * rather than mandatory locking (group exec set). */
+		a->mode &= ~(uint32_t)S_ISUID;
+		if (a->mode & S_IXGRP)
+			a->mode &= ~(uint32_t)S_ISGID;
+	}
+	if (mask & AQ_SET_SIZE) {
+		*shrunk = req->size < a->size;
+		a->mtime_ns = now;
+		a->size = req->size;
+		a->blocks = (a->size + 511) / 512;
+		if (!root)
+			a->mode &= ~(uint32_t)(S_ISUID | ((a->mode & S_IXGRP) ? S_ISGID : 0));
+	}
+	if (mask & AQ_SET_ATIME_NOW)
+		a->atime_ns = now;
+	else if (mask & AQ_SET_ATIME)
+		a->atime_ns = req->atime_ns;
+	if (mask & AQ_SET_MTIME_NOW)
+		a->mtime_ns = now;
+	else if (mask & AQ_SET_MTIME)
+		a->mtime_ns = req->mtime_ns;
+	a->ctime_ns = (mask & AQ_SET_CTIME) ? req->ctime_ns : now;
+	return 0;
+}
+
+int meta_setattr(struct meta_store *m, const struct aq_cred *cr, uint64_t ino, uint32_t mask, const struct aq_attr *in,
+		 struct aq_attr *out)
+{
+	if (aq_ino_bucket(ino) >= m->nbuckets)
+		return -ENOENT;
+	struct meta_inode *node = aq_malloc(sizeof(*node));
+	rocksdb_writebatch_t *wb = rocksdb_writebatch_create();
+	struct meta_lockset ls = { 0 };
+	bool shrunk = false;
+	meta_lockset_add(&ls, aq_ino_bucket(ino));
+	meta_lockset_lock(m, &ls);
+	int rc = meta_read_inode(m, ino, node);
+	if (rc)
+		goto unlock;
+	rc = apply_setattr(cr, node, mask, in, &shrunk);
+	if (rc)
+		goto unlock;
+	meta_put_inode(wb, node);
+	rc = meta_commit(m, wb);
+unlock:
+	meta_lockset_unlock(m, &ls);
+	/* Outside the locks: the data layer may take a while. */
+	if (rc == 0 && shrunk && m->truncate_fn) {
+		rc = m->truncate_fn(m->truncate_arg, ino, node->a.size, node->a.chunk_size);
+		if (rc)
+			log_warn("meta: truncate of %llx to %llu: %s", (unsigned long long)ino,
+				 (unsigned long long)node->a.size, aq_strerror(rc));
+	}
+	if (rc == 0 && out)
+		rc = meta_attr_of(m, ino, out);
+	rocksdb_writebatch_destroy(wb);
+	free(node);
+	return rc;
+}
+
+int meta_access(struct meta_store *m, const struct aq_cred *cr, uint64_t ino, uint32_t mask)
+{
+	struct aq_attr a;
+	int rc = meta_attr_of(m, ino, &a);
+	if (rc || mask == F_OK)
+		return rc;
+	return meta_perm(cr, &a, mask);
+}
+
+int meta_open_file(struct meta_store *m, const struct aq_cred *cr, uint64_t ino, int flags, struct aq_attr *out)
+{
+	struct aq_attr a;
+	int rc = meta_attr_of(m, ino, &a);
+	if (rc)
+		return rc;
+	uint32_t mask = 0;
+	switch (flags & O_ACCMODE) {
+	case O_RDONLY:
+		mask = R_OK;
+		break;
+	case O_WRONLY:
+		mask = W_OK;
+		break;
+	default:
+		mask = R_OK | W_OK;
+		break;
+	}
+	if (flags & O_TRUNC)
+		mask |= W_OK;
+	if (S_ISDIR(a.mode) && (mask & W_OK))
+		return -EISDIR;
+	rc = meta_perm(cr, &a, mask);
+	if (rc)
+		return rc;
+	if (out)
+		*out = a;
+	return 0;
+}
+
+int meta_commit_size(struct meta_store *m, uint64_t ino, uint64_t new_size, int64_t mtime_ns, struct aq_attr *out)
+{
+	if (aq_ino_bucket(ino) >= m->nbuckets)
+		return -ENOENT;
+	struct meta_inode *node = aq_malloc(sizeof(*node));
+	rocksdb_writebatch_t *wb = rocksdb_writebatch_create();
+	struct meta_lockset ls = { 0 };
+	meta_lockset_add(&ls, aq_ino_bucket(ino));
+	meta_lockset_lock(m, &ls);
+	int rc = meta_read_inode(m, ino, node);
+	if (rc)
+		goto unlock;
+	if (!S_ISREG(node->a.mode)) {
+		rc = S_ISDIR(node->a.mode) ? -EISDIR : -EINVAL;
+		goto unlock;
+	}
+	node->a.size = MAX(node->a.size, new_size);
+	node->a.blocks = (node->a.size + 511) / 512;
+	int64_t t = mtime_ns > 0 ? mtime_ns : aq_now_ns();
+	node->a.mtime_ns = t;
+	node->a.ctime_ns = MAX(node->a.ctime_ns, t);
+	meta_put_inode(wb, node);
+	rc = meta_commit(m, wb);
+	if (rc == 0 && out)
+		*out = node->a;
+unlock:
+	meta_lockset_unlock(m, &ls);
+	rocksdb_writebatch_destroy(wb);
+	free(node);
+	return rc;
+}
+
+/* ---- orphans ---------------------------------------------------------------------------- */
+
+int meta_orphans(struct meta_store *m, struct meta_orphan *out, uint32_t max, uint64_t after_ino)
+{
+	if (max == 0 || after_ino == UINT64_MAX)
+		return 0;
+	uint8_t start[META_ORPHAN_KEY_LEN];
+	uint64_t from = after_ino + 1;
+	if (aq_ino_bucket(from) >= m->nbuckets)
+		return 0;
+	size_t slen = meta_key_orphan(start, from);
+	rocksdb_iterator_t *it = rocksdb_create_iterator(m->db, m->ropts);
+	char *err = NULL;
+	int n = 0;
+	/* Keys sort by (bucket, ino) and an ino's top bits are its bucket: key order is
+	 * ino order. */
+	for (rocksdb_iter_seek(it, (const char *)start, slen); rocksdb_iter_valid(it) && (uint32_t)n < max;
+	     rocksdb_iter_next(it)) {
+		size_t klen, vlen;
+		const uint8_t *k = (const uint8_t *)rocksdb_iter_key(it, &klen);
+		if (klen != META_ORPHAN_KEY_LEN || k[0] != MK_ORPHAN)
+			break;
+		const uint8_t *v = (const uint8_t *)rocksdb_iter_value(it, &vlen);
+		if (vlen != META_ORPHAN_VAL_LEN)
+			continue;
+		out[n].ino = get_be64(k + 3);
+		out[n].size = get_le64(v);
+		out[n].chunk_size = get_le32(v + 8);
+		n++;
+	}
+	rocksdb_iter_get_error(it, &err);
+	rocksdb_iter_destroy(it);
+	if (err) {
+		log_error("meta: orphan scan: %s", err);
+		rocksdb_free(err);
+		return -EIO;
+	}
+	return n;
+}
+
+int meta_orphan_done(struct meta_store *m, uint64_t ino)
+{
+	if (aq_ino_bucket(ino) >= m->nbuckets)
+		return -ENOENT;
+	uint8_t okey[META_ORPHAN_KEY_LEN], ikey[META_INODE_KEY_LEN];
+	size_t oklen = meta_key_orphan(okey, ino);
+	rocksdb_writebatch_t *wb = rocksdb_writebatch_create();
+	struct meta_lockset ls = { 0 };
+	meta_lockset_add(&ls, aq_ino_bucket(ino));
+	meta_lockset_lock(m, &ls);
+	int rc = meta_get(m, okey, oklen, NULL, 0, NULL);
+	if (rc <= 0) {
+		rc = rc == 0 ? -ENOENT : rc;
+		goto unlock;
+	}
+	rocksdb_writebatch_delete(wb, (const char *)okey, oklen);
+	rocksdb_writebatch_delete(wb, (const char *)ikey, meta_key_inode(ikey, ino));
+	rc = meta_del_xattrs(m, wb, ino);
+	if (rc == 0)
+		rc = meta_commit(m, wb);
+	if (rc == 0)
+		atomic_fetch_sub(&m->nfiles, 1);
+unlock:
+	meta_lockset_unlock(m, &ls);
+	rocksdb_writebatch_destroy(wb);
+	return rc;
+}

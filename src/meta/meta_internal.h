@@ -1,0 +1,176 @@
+/*
+ * meta_internal.h - private to src/meta: the store's in-memory state, the RocksDB key
+ * layout and the row codecs. See src/meta/README.md for the layout and its invariants.
+ *
+ * Lock order (every operation): rename_lock (directory renames only), then bucket locks
+ * in ascending bucket order. No RocksDB call is ever made while waiting for a lock.
+ */
+#ifndef AQ_META_INTERNAL_H
+#define AQ_META_INTERNAL_H
+#include <pthread.h>
+#include <stdatomic.h>
+#include <sys/stat.h>
+#include <rocksdb/c.h>
+
+#include "common/common.h"
+#include "common/hash.h"
+#include "meta/meta.h"
+
+/* Key type bytes: the first byte of every key. */
+#define MK_INODE 'I'
+#define MK_DENTRY 'D'
+#define MK_PARTIAL 'P'
+#define MK_XATTR 'X'
+#define MK_ORPHAN 'O'
+#define MK_SEQ 'S'
+#define MK_LOG 'L'
+#define MK_SUPER 'M' /* "M": format version and bucket count; the only key without a bucket */
+
+#define META_FORMAT_VERSION 1
+#define META_INODE_VERSION 1
+#define META_SEQ_BLOCK 65536ull    /* inode numbers reserved per 'S' row write */
+#define META_POS_BITS 48
+#define META_POS_MASK ((1ull << META_POS_BITS) - 1)
+#define META_POS_SEED 0x6a09e667f3bcc909ull /* makes pos48 independent of the bucket hash */
+#define META_DIR_SIZE 4096          /* what a small directory shows, as ext4 */
+#define META_NLINK_MAX 65000u
+
+/* Key lengths. */
+#define META_INODE_KEY_LEN 11        /* 'I' bucket16 ino64 */
+#define META_DENTRY_PREFIX_LEN 11    /* 'D' bucket16 parent64 */
+#define META_DENTRY_KEY_MAX (META_DENTRY_PREFIX_LEN + 6 + AQ_NAME_MAX)
+#define META_PARTIAL_KEY_LEN 11
+#define META_XATTR_KEY_MAX (11 + AQ_XATTR_NAME_MAX)
+#define META_ORPHAN_KEY_LEN 11
+#define META_SEQ_KEY_LEN 3
+#define META_LOG_KEY_LEN 19          /* 'L' bucket16 dir64 ts64 */
+
+/* Row value lengths. */
+#define META_INODE_FIXED_LEN 81
+#define META_DENTRY_VAL_LEN 17       /* ino64 dtype8 created_ts64 */
+#define META_PARTIAL_VAL_LEN 32      /* nentries nsubdirs mtime ctime */
+#define META_ORPHAN_VAL_LEN 12       /* size64 chunk_size32 */
+
+struct meta_store {
+	rocksdb_t *db;
+	rocksdb_options_t *dbopts;
+	rocksdb_writeoptions_t *wopts;
+	rocksdb_readoptions_t *ropts;
+	uint32_t nbuckets;
+	uint32_t chunk_size;
+	meta_truncate_fn truncate_fn;
+	void *truncate_arg;
+	/* One mutex per bucket; seq_next/seq_reserved[b] are protected by locks[b]. */
+	pthread_mutex_t *locks;
+	uint64_t *seq_next;     /* next sequence number to hand out in bucket b */
+	uint64_t *seq_reserved; /* sequences below this are covered by a committed 'S' row */
+	pthread_mutex_t rename_lock; /* serializes directory renames (subtree check) */
+	_Atomic uint64_t log_clock;  /* next changelog ts; taken under a bucket lock */
+	_Atomic uint64_t nfiles;     /* inode rows in the store */
+	_Atomic uint64_t gen_next;   /* generation numbers for new inodes */
+};
+
+/* A decoded inode row. target holds a symlink's target (not NUL-terminated). */
+struct meta_inode {
+	struct aq_attr a;
+	uint64_t parent; /* directories: the parent directory (root: itself) */
+	uint32_t target_len;
+	char target[AQ_PATH_MAX];
+};
+
+struct meta_dentry {
+	uint64_t ino;
+	uint8_t dtype;
+	uint64_t created_ts; /* the ts of this entry's 'L' row */
+};
+
+struct meta_partial {
+	int64_t nentries, nsubdirs;
+	int64_t mtime_ns, ctime_ns;
+};
+
+/* keys.c: placement. */
+uint32_t meta_dentry_bucket(const struct meta_store *m, uint64_t parent, const char *name, size_t len);
+uint64_t meta_dentry_pos(uint64_t parent, const char *name, size_t len);
+
+/* keys.c: key builders; each returns the key length. buf must be big enough (see *_LEN). */
+size_t meta_key_inode(uint8_t *buf, uint64_t ino);
+size_t meta_key_dentry_prefix(uint8_t *buf, uint32_t bucket, uint64_t parent);
+size_t meta_key_dentry(uint8_t *buf, uint32_t bucket, uint64_t parent, uint64_t pos, const char *name, size_t len);
+size_t meta_key_partial(uint8_t *buf, uint32_t bucket, uint64_t dir);
+size_t meta_key_xattr(uint8_t *buf, uint64_t ino, const char *name, size_t len);
+size_t meta_key_orphan(uint8_t *buf, uint64_t ino);
+size_t meta_key_seq(uint8_t *buf, uint32_t bucket);
+size_t meta_key_log(uint8_t *buf, uint32_t bucket, uint64_t dir, uint64_t ts);
+
+/* keys.c: row codecs. Encoders return the encoded length; decoders return 0 or -EIO. */
+size_t meta_inode_encode(const struct meta_inode *ino, uint8_t *buf, size_t size);
+int meta_inode_decode(const uint8_t *buf, size_t len, uint64_t ino_nr, struct meta_inode *out);
+void meta_dentry_encode(const struct meta_dentry *d, uint8_t buf[META_DENTRY_VAL_LEN]);
+int meta_dentry_decode(const uint8_t *buf, size_t len, struct meta_dentry *out);
+void meta_partial_encode(const struct meta_partial *p, uint8_t buf[META_PARTIAL_VAL_LEN]);
+int meta_partial_decode(const uint8_t *buf, size_t len, struct meta_partial *out);
+
+/* meta.c: dentry rows. get returns 1 and fills d when present, 0 when absent, or -EIO. */
+int meta_get_dentry(struct meta_store *m, const uint8_t *key, size_t klen, struct meta_dentry *d);
+void meta_put_dentry(rocksdb_writebatch_t *wb, const uint8_t *key, size_t klen, const struct meta_dentry *d);
+/* Builds the key of (parent, name): returns its length and sets *bucket. */
+size_t meta_dentry_key(const struct meta_store *m, uint8_t *key, uint64_t parent, const char *name, size_t len,
+		       uint32_t *bucket);
+
+/* meta.c: helpers shared by the other files. */
+int meta_check_name(const char *name, size_t len);
+/* A set of bucket locks, taken in ascending order (or all of them). */
+struct meta_lockset {
+	bool all;
+	size_t n;
+	uint32_t b[8];
+};
+void meta_lockset_add(struct meta_lockset *ls, uint32_t bucket);
+void meta_lockset_lock(struct meta_store *m, struct meta_lockset *ls);
+void meta_lockset_unlock(struct meta_store *m, const struct meta_lockset *ls);
+/* A change to one directory's partial row in one bucket; meta_apply_partials merges
+ * deltas for the same row and writes each row once into the batch. */
+struct meta_pdelta {
+	uint32_t bucket;
+	uint64_t dir;
+	int64_t dentries, dsubdirs;
+};
+int meta_apply_partials(struct meta_store *m, rocksdb_writebatch_t *wb, const struct meta_pdelta *d, size_t n,
+			int64_t now_ns);
+int meta_is_dot(const char *name, size_t len); /* 1 for ".", 2 for "..", else 0 */
+/* Allocates an inode number in bucket (whose lock the caller holds), adding an 'S' row to wb
+ * when a new block must be reserved. */
+int meta_alloc_ino(struct meta_store *m, uint32_t bucket, rocksdb_writebatch_t *wb, uint64_t *ino);
+/* After a failed commit of a batch that allocated in bucket: force the next allocation
+ * to write a fresh 'S' row, since the reservation in the failed batch never landed. */
+static inline void meta_alloc_failed(struct meta_store *m, uint32_t bucket) { m->seq_reserved[bucket] = 0; }
+void meta_put_inode(rocksdb_writebatch_t *wb, const struct meta_inode *ino);
+/* Fills out from the inode row, merged with the partial rows for a directory. */
+int meta_attr_of(struct meta_store *m, uint64_t ino, struct aq_attr *out);
+void meta_merge_dir(struct aq_attr *a, const struct meta_partial *sum);
+void meta_put_log(rocksdb_writebatch_t *wb, uint32_t bucket, uint64_t dir, uint64_t ts, uint64_t ino,
+		  const char *name, size_t len);
+void meta_del_log(rocksdb_writebatch_t *wb, uint32_t bucket, uint64_t dir, uint64_t ts);
+/* Adds deletes of every xattr row of ino to wb (caller holds ino's bucket lock). */
+/* Adds the removal of an empty directory's inode, partial and xattr rows to wb (caller
+ * holds every bucket lock). */
+int meta_del_dir_rows(struct meta_store *m, rocksdb_writebatch_t *wb, uint64_t ino);
+int meta_del_xattrs(struct meta_store *m, rocksdb_writebatch_t *wb, uint64_t ino);
+/* Reads a row. Returns 1 and copies up to size bytes (*len = full length), 0 when absent,
+ * or -EIO. */
+int meta_get(struct meta_store *m, const uint8_t *key, size_t klen, void *buf, size_t size, size_t *len);
+int meta_read_inode(struct meta_store *m, uint64_t ino, struct meta_inode *out);
+int meta_commit(struct meta_store *m, rocksdb_writebatch_t *wb);
+/* Sum of a directory's partial rows (one multi-get over all buckets). */
+int meta_dir_totals(struct meta_store *m, uint64_t dir, struct meta_partial *sum);
+
+/* perm.c */
+bool meta_in_group(const struct aq_cred *cr, uint32_t gid);
+int meta_perm(const struct aq_cred *cr, const struct aq_attr *a, uint32_t mask);
+int meta_sticky_ok(const struct aq_cred *cr, const struct aq_attr *dir, const struct aq_attr *victim);
+
+static inline bool meta_is_root(const struct aq_cred *cr) { return cr == NULL || cr->uid == 0; }
+static inline uint8_t meta_dtype(uint32_t mode) { return (uint8_t)((mode & S_IFMT) >> 12); }
+
+#endif

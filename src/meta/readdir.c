@@ -1,0 +1,223 @@
+/*
+ * readdir.c - listing a directory bucket by bucket, and the "what's new" changelog.
+ *
+ * readdir cookies: (bucket + 1) << 48 | pos, where pos is the 48-bit in-bucket position
+ * (a hash of the name) to resume at. An entry's cookie points just past its position, so
+ * a listing resumed at it neither repeats that entry nor skips a later one, whatever was
+ * created or removed meanwhile. Cookies below 1 << 48 mean "from the start" (the server
+ * uses 1 and 2 for "." and ".."). Memory is bounded: one iterator, one entry at a time.
+ *
+ * changes: 'L' rows are keyed (bucket, dir, ts); ts comes from one clock taken under the
+ * bucket lock of the op that writes the row. Reading the clock (T) and then taking and
+ * releasing every bucket lock guarantees that every row with ts < T is committed, so a
+ * cursor of T - 1 never skips a row that lands later.
+ */
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "meta/meta_internal.h"
+
+#define DENTRY_SEEK_LEN (META_DENTRY_PREFIX_LEN + 6)
+
+static int check_dir(struct meta_store *m, const struct aq_cred *cr, uint64_t dir)
+{
+	struct meta_inode *in = aq_malloc(sizeof(*in));
+	int rc = meta_read_inode(m, dir, in);
+	if (rc)
+		goto out;
+	if (!S_ISDIR(in->a.mode)) {
+		rc = -ENOTDIR;
+		goto out;
+	}
+	rc = meta_perm(cr, &in->a, R_OK);
+out:
+	free(in);
+	return rc;
+}
+
+static int iter_error(rocksdb_iterator_t *it, const char *what)
+{
+	char *err = NULL;
+	rocksdb_iter_get_error(it, &err);
+	if (!err)
+		return 0;
+	log_error("meta: %s: %s", what, err);
+	rocksdb_free(err);
+	return -EIO;
+}
+
+static uint64_t entry_cookie(uint32_t bucket, uint64_t pos)
+{
+	if (pos + 1 > META_POS_MASK) /* the last position: resume at the next bucket */
+		return (uint64_t)(bucket + 2) << META_POS_BITS;
+	return (uint64_t)(bucket + 1) << META_POS_BITS | (pos + 1);
+}
+
+int meta_readdir(struct meta_store *m, const struct aq_cred *cr, uint64_t dir, uint64_t cookie, uint32_t max,
+		 bool with_attr, meta_dirent_fn fn, void *arg)
+{
+	int rc = check_dir(m, cr, dir);
+	if (rc)
+		return rc;
+	uint32_t b0 = 0;
+	uint64_t pos0 = 0;
+	if (cookie >= (1ull << META_POS_BITS)) {
+		b0 = (uint32_t)((cookie >> META_POS_BITS) - 1);
+		pos0 = cookie & META_POS_MASK;
+	}
+	rocksdb_iterator_t *it = rocksdb_create_iterator(m->db, m->ropts);
+	int count = 0;
+	bool stop = false, have_last = false;
+	uint64_t last_pos = 0;
+	uint32_t last_b = 0;
+
+	for (uint32_t b = b0; b < m->nbuckets && !stop; b++) {
+		uint8_t seek[DENTRY_SEEK_LEN];
+		uint64_t pos = b == b0 ? pos0 : 0;
+		meta_key_dentry_prefix(seek, b, dir);
+		for (int i = 0; i < 6; i++)
+			seek[META_DENTRY_PREFIX_LEN + i] = (uint8_t)(pos >> (40 - 8 * i));
+		/* One seek per bucket: an empty bucket costs one seek, not a scan. */
+		for (rocksdb_iter_seek(it, (const char *)seek, sizeof(seek)); rocksdb_iter_valid(it);
+		     rocksdb_iter_next(it)) {
+			size_t klen, vlen;
+			const uint8_t *k = (const uint8_t *)rocksdb_iter_key(it, &klen);
+			if (klen < DENTRY_SEEK_LEN || memcmp(k, seek, META_DENTRY_PREFIX_LEN) != 0)
+				break;
+			size_t nlen = klen - DENTRY_SEEK_LEN;
+			const uint8_t *v = (const uint8_t *)rocksdb_iter_value(it, &vlen);
+			struct meta_dentry d;
+			if (nlen == 0 || nlen > AQ_NAME_MAX || meta_dentry_decode(v, vlen, &d)) {
+				log_error("meta: corrupt dentry in dir %llx", (unsigned long long)dir);
+				rc = -EIO;
+				stop = true;
+				break;
+			}
+			uint64_t epos = 0;
+			for (int i = 0; i < 6; i++)
+				epos = epos << 8 | k[META_DENTRY_PREFIX_LEN + i];
+			/* Entries sharing a position share a cookie: finish the group even past max. */
+			bool same_group = have_last && last_b == b && last_pos == epos;
+			if ((uint32_t)count >= max && !same_group) {
+				stop = true;
+				break;
+			}
+			struct aq_attr attr, *ap = NULL;
+			if (with_attr) {
+				int arc = meta_attr_of(m, d.ino, &attr);
+				if (arc == -ENOENT) /* removed since our iterator's snapshot */
+					continue;
+				if (arc) {
+					rc = arc;
+					stop = true;
+					break;
+				}
+				ap = &attr;
+			}
+			int frc = fn(arg, (const char *)k + DENTRY_SEEK_LEN, nlen, d.ino, d.dtype, entry_cookie(b, epos),
+				     ap);
+			if (frc != 0) {
+				stop = true;
+				break;
+			}
+			count++;
+			have_last = true;
+			last_b = b;
+			last_pos = epos;
+		}
+		if (rc == 0)
+			rc = iter_error(it, "readdir");
+		if (rc)
+			stop = true;
+	}
+	rocksdb_iter_destroy(it);
+	return rc ? rc : count;
+}
+
+struct log_head {
+	rocksdb_iterator_t *it;
+	bool valid;
+	uint64_t ts;
+};
+
+/* Positions h on its next row of dir with ts < limit. */
+static void head_load(struct log_head *h, const uint8_t *prefix, uint64_t limit)
+{
+	h->valid = false;
+	if (!rocksdb_iter_valid(h->it))
+		return;
+	size_t klen;
+	const uint8_t *k = (const uint8_t *)rocksdb_iter_key(h->it, &klen);
+	if (klen != META_LOG_KEY_LEN || memcmp(k, prefix, 11) != 0)
+		return;
+	h->ts = get_be64(k + 11);
+	h->valid = h->ts < limit;
+}
+
+int meta_changes(struct meta_store *m, const struct aq_cred *cr, uint64_t dir, uint64_t cursor, uint32_t max,
+		 meta_change_fn fn, void *arg, uint64_t *next)
+{
+	int rc = check_dir(m, cr, dir);
+	if (rc)
+		return rc;
+	uint64_t limit = atomic_load(&m->log_clock);
+	/* The barrier: an op that took ts < limit holds its bucket lock until it committed. */
+	for (uint32_t b = 0; b < m->nbuckets; b++) {
+		pthread_mutex_lock(&m->locks[b]);
+		pthread_mutex_unlock(&m->locks[b]);
+	}
+	*next = cursor;
+	if (max == 0 || cursor == UINT64_MAX || cursor + 1 >= limit)
+		return 0;
+
+	uint32_t n = m->nbuckets;
+	struct log_head *heads = aq_calloc(n, sizeof(*heads));
+	uint8_t *prefixes = aq_malloc((size_t)n * META_LOG_KEY_LEN);
+	for (uint32_t b = 0; b < n; b++) {
+		uint8_t *p = prefixes + (size_t)b * META_LOG_KEY_LEN;
+		meta_key_log(p, b, dir, cursor + 1);
+		heads[b].it = rocksdb_create_iterator(m->db, m->ropts);
+		rocksdb_iter_seek(heads[b].it, (const char *)p, META_LOG_KEY_LEN);
+		head_load(&heads[b], p, limit);
+	}
+	/* Merge by ts: O(buckets) per entry, no allocation beyond the heads. */
+	int count = 0;
+	bool stopped = false;
+	uint64_t last = cursor;
+	while ((uint32_t)count < max) {
+		struct log_head *best = NULL;
+		uint32_t bb = 0;
+		for (uint32_t b = 0; b < n; b++)
+			if (heads[b].valid && (!best || heads[b].ts < best->ts))
+				best = &heads[b], bb = b;
+		if (!best)
+			break;
+		size_t vlen;
+		const uint8_t *v = (const uint8_t *)rocksdb_iter_value(best->it, &vlen);
+		if (vlen < 8 || vlen > 8 + AQ_NAME_MAX) {
+			rc = -EIO;
+			break;
+		}
+		AQ_ASSERT(best->ts > last);
+		if (fn(arg, (const char *)v + 8, vlen - 8, get_le64(v), best->ts) != 0) {
+			stopped = true;
+			break;
+		}
+		last = best->ts;
+		count++;
+		rocksdb_iter_next(best->it);
+		head_load(best, prefixes + (size_t)bb * META_LOG_KEY_LEN, limit);
+	}
+	for (uint32_t b = 0; b < n; b++) {
+		if (rc == 0)
+			rc = iter_error(heads[b].it, "changes");
+		rocksdb_iter_destroy(heads[b].it);
+	}
+	free(heads);
+	free(prefixes);
+	if (rc)
+		return rc;
+	/* Fewer than max and not stopped: everything below limit was seen. */
+	*next = ((uint32_t)count == max || stopped) ? last : MAX(cursor, limit - 1);
+	return count;
+}

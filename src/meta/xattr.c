@@ -1,0 +1,183 @@
+/*
+ * xattr.c - extended attributes: one 'X' row per (inode, name), in the inode's bucket.
+ * "user." needs read (get, list) or write (set, remove) permission on the inode;
+ * "trusted.", "security." and "system." are root's. Other namespaces are not supported.
+ */
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "meta/meta_internal.h"
+
+static bool has_prefix(const char *name, const char *prefix)
+{
+	return strncmp(name, prefix, strlen(prefix)) == 0;
+}
+
+/* Returns 0 when cr may read (write=false) or change the attribute name of a. */
+static int xattr_allowed(const struct aq_cred *cr, const struct aq_attr *a, const char *name, bool write)
+{
+	if (has_prefix(name, "user.")) {
+		/* As Linux: user attributes only on files and directories. */
+		if (!S_ISREG(a->mode) && !S_ISDIR(a->mode))
+			return write ? -EPERM : -ENODATA;
+		return meta_perm(cr, a, write ? W_OK : R_OK);
+	}
+	if (has_prefix(name, "trusted.") || has_prefix(name, "security.") || has_prefix(name, "system."))
+		return meta_is_root(cr) ? 0 : -EPERM;
+	return -EOPNOTSUPP;
+}
+
+static int check_xname(const char *name, size_t *len)
+{
+	if (name == NULL)
+		return -EINVAL;
+	*len = strnlen(name, AQ_XATTR_NAME_MAX + 1);
+	if (*len == 0)
+		return -EINVAL;
+	if (*len > AQ_XATTR_NAME_MAX)
+		return -ERANGE;
+	return 0;
+}
+
+/* set (value != NULL) or remove (value == NULL) under the inode's bucket lock. */
+static int xattr_change(struct meta_store *m, const struct aq_cred *cr, uint64_t ino, const char *name,
+			const void *value, size_t size, uint32_t flags)
+{
+	size_t nlen;
+	int rc = check_xname(name, &nlen);
+	if (rc)
+		return rc;
+	if (value && size > AQ_XATTR_VALUE_MAX)
+		return -E2BIG;
+	if (flags & ~(AQ_XATTR_CREATE | AQ_XATTR_REPLACE))
+		return -EINVAL;
+	if (aq_ino_bucket(ino) >= m->nbuckets)
+		return -ENOENT;
+	uint8_t key[META_XATTR_KEY_MAX];
+	size_t klen = meta_key_xattr(key, ino, name, nlen);
+	struct meta_inode *in = aq_malloc(sizeof(*in));
+	rocksdb_writebatch_t *wb = rocksdb_writebatch_create();
+	struct meta_lockset ls = { 0 };
+	meta_lockset_add(&ls, aq_ino_bucket(ino));
+	meta_lockset_lock(m, &ls);
+	rc = meta_read_inode(m, ino, in);
+	if (rc)
+		goto unlock;
+	rc = xattr_allowed(cr, &in->a, name, true);
+	if (rc)
+		goto unlock;
+	rc = meta_get(m, key, klen, NULL, 0, NULL);
+	if (rc < 0)
+		goto unlock;
+	bool exists = rc == 1;
+	rc = 0;
+	if (value) {
+		if ((flags & AQ_XATTR_CREATE) && exists) {
+			rc = -EEXIST;
+			goto unlock;
+		}
+		if ((flags & AQ_XATTR_REPLACE) && !exists) {
+			rc = -ENODATA;
+			goto unlock;
+		}
+		rocksdb_writebatch_put(wb, (const char *)key, klen, (const char *)value, size);
+	} else {
+		if (!exists) {
+			rc = -ENODATA;
+			goto unlock;
+		}
+		rocksdb_writebatch_delete(wb, (const char *)key, klen);
+	}
+	in->a.ctime_ns = aq_now_ns();
+	meta_put_inode(wb, in);
+	rc = meta_commit(m, wb);
+unlock:
+	meta_lockset_unlock(m, &ls);
+	rocksdb_writebatch_destroy(wb);
+	free(in);
+	return rc;
+}
+
+int meta_setxattr(struct meta_store *m, const struct aq_cred *cr, uint64_t ino, const char *name, const void *value,
+		  size_t size, uint32_t flags)
+{
+	static const char empty;
+	return xattr_change(m, cr, ino, name, value ? value : &empty, value ? size : 0, flags);
+}
+
+int meta_removexattr(struct meta_store *m, const struct aq_cred *cr, uint64_t ino, const char *name)
+{
+	return xattr_change(m, cr, ino, name, NULL, 0, 0);
+}
+
+int meta_getxattr(struct meta_store *m, const struct aq_cred *cr, uint64_t ino, const char *name, void *buf,
+		  size_t size)
+{
+	size_t nlen, vlen = 0;
+	int rc = check_xname(name, &nlen);
+	if (rc)
+		return rc;
+	struct aq_attr a;
+	rc = meta_attr_of(m, ino, &a);
+	if (rc)
+		return rc;
+	rc = xattr_allowed(cr, &a, name, false);
+	if (rc)
+		return rc;
+	uint8_t key[META_XATTR_KEY_MAX];
+	size_t klen = meta_key_xattr(key, ino, name, nlen);
+	rc = meta_get(m, key, klen, size ? buf : NULL, size, &vlen);
+	if (rc <= 0)
+		return rc == 0 ? -ENODATA : rc;
+	AQ_ASSERT(vlen <= AQ_XATTR_VALUE_MAX);
+	if (size && vlen > size)
+		return -ERANGE;
+	return (int)vlen;
+}
+
+int meta_listxattr(struct meta_store *m, const struct aq_cred *cr, uint64_t ino, char *buf, size_t size)
+{
+	struct aq_attr a;
+	int rc = meta_attr_of(m, ino, &a);
+	if (rc)
+		return rc;
+	rc = meta_perm(cr, &a, R_OK);
+	if (rc)
+		return rc;
+	uint8_t prefix[META_XATTR_KEY_MAX];
+	size_t plen = meta_key_xattr(prefix, ino, "", 0);
+	rocksdb_iterator_t *it = rocksdb_create_iterator(m->db, m->ropts);
+	size_t total = 0;
+	for (rocksdb_iter_seek(it, (const char *)prefix, plen); rocksdb_iter_valid(it); rocksdb_iter_next(it)) {
+		size_t klen;
+		const char *k = rocksdb_iter_key(it, &klen);
+		if (klen <= plen || memcmp(k, prefix, plen) != 0)
+			break;
+		size_t nlen = klen - plen;
+		AQ_ASSERT(nlen <= AQ_XATTR_NAME_MAX);
+		/* trusted.* is invisible to others, as on Linux. */
+		if (!meta_is_root(cr) && nlen >= 8 && memcmp(k + plen, "trusted.", 8) == 0)
+			continue;
+		if (size) {
+			if (total + nlen + 1 > size) {
+				rc = -ERANGE;
+				break;
+			}
+			memcpy(buf + total, k + plen, nlen);
+			buf[total + nlen] = '\0';
+		}
+		total += nlen + 1;
+	}
+	int irc = 0;
+	char *err = NULL;
+	rocksdb_iter_get_error(it, &err);
+	if (err) {
+		log_error("meta: listxattr: %s", err);
+		rocksdb_free(err);
+		irc = -EIO;
+	}
+	rocksdb_iter_destroy(it);
+	if (rc == 0)
+		rc = irc;
+	return rc ? rc : (int)total;
+}

@@ -1,0 +1,411 @@
+/*
+ * net.c - epoll event loop, frame reassembly, worker pool and reply sending.
+ *
+ * Threads: one loop thread owns every connection's read side (header and payload
+ * buffers) and the epoll set; workers own a frame from dequeue until on_frame returns.
+ * Lock order: queue lock and a connection's send lock are never held together.
+ */
+#include "net/net.h"
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+struct net_conn {
+	int fd;
+	atomic_int refs;
+	atomic_bool closed;
+	pthread_mutex_t send_mu;
+	struct net_server *srv;
+	struct net_conn *prev, *next; /* server's list, under srv->conns_mu */
+	void *data;
+	char peer[64];
+	/* read side: loop thread only */
+	uint8_t hdr[PROTO_HDR_SIZE];
+	size_t hdr_got;
+	struct proto_hdr h;
+	uint8_t *payload;
+	size_t payload_got;
+};
+
+struct job {
+	struct net_conn *c;
+	struct proto_hdr h;
+	uint8_t *payload;
+};
+
+struct net_server {
+	struct net_options opt;
+	struct net_ops ops;
+	void *arg;
+	int listen_fd, epfd, wake_fd;
+	atomic_bool stopping;
+	pthread_t loop_thread;
+	pthread_t *workers;
+	pthread_mutex_t q_mu;
+	pthread_cond_t q_nonempty, q_nonfull;
+	struct job *q;
+	uint32_t q_head, q_len;
+	bool q_stop;
+	pthread_mutex_t conns_mu;
+	struct net_conn *conns;
+	uint32_t nconns;
+};
+
+static void conn_unref(struct net_conn *c)
+{
+	if (atomic_fetch_sub(&c->refs, 1) != 1)
+		return;
+	struct net_server *s = c->srv;
+	if (s->ops.on_close)
+		s->ops.on_close(s->arg, c);
+	pthread_mutex_lock(&s->conns_mu);
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		s->conns = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	s->nconns--;
+	pthread_mutex_unlock(&s->conns_mu);
+	close(c->fd);
+	free(c->payload);
+	pthread_mutex_destroy(&c->send_mu);
+	free(c);
+}
+
+void *net_conn_data(struct net_conn *c) { return c->data; }
+void net_conn_set_data(struct net_conn *c, void *data) { c->data = data; }
+const char *net_conn_peer(struct net_conn *c) { return c->peer; }
+
+void net_close(struct net_conn *c)
+{
+	if (!atomic_exchange(&c->closed, true))
+		shutdown(c->fd, SHUT_RDWR); /* the loop sees EOF and lets go of its reference */
+}
+
+/* The loop's side of closing: stop watching, drop the loop's reference. */
+static void loop_drop(struct net_server *s, struct net_conn *c)
+{
+	atomic_store(&c->closed, true);
+	epoll_ctl(s->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+	shutdown(c->fd, SHUT_RDWR);
+	conn_unref(c);
+}
+
+static int send_all(int fd, struct iovec *iov, int iovcnt)
+{
+	while (iovcnt > 0) {
+		ssize_t n = writev(fd, iov, iovcnt);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno == EAGAIN) {
+				struct pollfd p = {.fd = fd, .events = POLLOUT};
+				if (poll(&p, 1, 30000) <= 0)
+					return -ETIMEDOUT; /* a peer that does not read for 30 s is dropped */
+				continue;
+			}
+			return -errno;
+		}
+		while (n > 0 && iovcnt > 0) {
+			if ((size_t)n >= iov->iov_len) {
+				n -= (ssize_t)iov->iov_len;
+				iov++;
+				iovcnt--;
+			} else {
+				iov->iov_base = (uint8_t *)iov->iov_base + n;
+				iov->iov_len -= (size_t)n;
+				n = 0;
+			}
+		}
+	}
+	return 0;
+}
+
+int net_send(struct net_conn *c, const struct proto_hdr *h, const void *payload, size_t len)
+{
+	uint8_t hb[PROTO_HDR_SIZE];
+	struct proto_hdr hh = *h;
+	AQ_ASSERT(len <= AQ_FRAME_MAX);
+	hh.payload_len = (uint32_t)len;
+	proto_hdr_encode(hb, &hh);
+	struct iovec iov[2] = {{hb, sizeof hb}, {(void *)payload, len}};
+	if (atomic_load(&c->closed))
+		return -ENOTCONN;
+	pthread_mutex_lock(&c->send_mu);
+	int rc = send_all(c->fd, iov, len ? 2 : 1);
+	pthread_mutex_unlock(&c->send_mu);
+	if (rc) {
+		log_debug("send to %s failed: %s", c->peer, strerror(-rc));
+		net_close(c);
+	}
+	return rc;
+}
+
+int net_reply(struct net_conn *c, const struct proto_hdr *req, int status, const void *payload, size_t len)
+{
+	struct proto_hdr h = {
+		.magic = PROTO_MAGIC, .version = PROTO_VERSION, .op = req->op, .req_id = req->req_id,
+		.epoch = req->epoch, .status = (uint16_t)status, .flags = PROTO_F_REPLY,
+	};
+	return net_send(c, &h, status ? NULL : payload, status ? 0 : len);
+}
+
+static void *worker_main(void *arg)
+{
+	struct net_server *s = arg;
+	for (;;) {
+		pthread_mutex_lock(&s->q_mu);
+		while (!s->q_len && !s->q_stop)
+			pthread_cond_wait(&s->q_nonempty, &s->q_mu);
+		if (!s->q_len) {
+			pthread_mutex_unlock(&s->q_mu);
+			return NULL;
+		}
+		struct job j = s->q[s->q_head];
+		s->q_head = (s->q_head + 1) % s->opt.queue_depth;
+		s->q_len--;
+		pthread_cond_signal(&s->q_nonfull);
+		pthread_mutex_unlock(&s->q_mu);
+		if (!atomic_load(&j.c->closed))
+			s->ops.on_frame(s->arg, j.c, &j.h, j.payload);
+		free(j.payload);
+		conn_unref(j.c);
+	}
+}
+
+static void enqueue(struct net_server *s, struct net_conn *c, uint8_t *payload)
+{
+	atomic_fetch_add(&c->refs, 1);
+	pthread_mutex_lock(&s->q_mu);
+	while (s->q_len == s->opt.queue_depth && !s->q_stop)
+		pthread_cond_wait(&s->q_nonfull, &s->q_mu);
+	if (s->q_stop) {
+		pthread_mutex_unlock(&s->q_mu);
+		free(payload);
+		conn_unref(c);
+		return;
+	}
+	s->q[(s->q_head + s->q_len) % s->opt.queue_depth] = (struct job){c, c->h, payload};
+	s->q_len++;
+	pthread_cond_signal(&s->q_nonempty);
+	pthread_mutex_unlock(&s->q_mu);
+}
+
+/* Reads what the socket has; returns false when the connection must go. */
+static bool conn_read(struct net_server *s, struct net_conn *c)
+{
+	for (int rounds = 0; rounds < 64; rounds++) {
+		ssize_t n;
+		if (c->hdr_got < PROTO_HDR_SIZE) {
+			n = read(c->fd, c->hdr + c->hdr_got, PROTO_HDR_SIZE - c->hdr_got);
+		} else {
+			n = read(c->fd, c->payload + c->payload_got, c->h.payload_len - c->payload_got);
+		}
+		if (n == 0)
+			return false;
+		if (n < 0)
+			return errno == EAGAIN || errno == EINTR;
+		if (c->hdr_got < PROTO_HDR_SIZE) {
+			c->hdr_got += (size_t)n;
+			if (c->hdr_got < PROTO_HDR_SIZE)
+				continue;
+			int rc = proto_hdr_decode(c->hdr, PROTO_HDR_SIZE, &c->h);
+			if (rc) {
+				log_warn("dropping connection from %s: bad frame header (%s)", c->peer, aq_strerror(rc));
+				return false;
+			}
+			c->payload = aq_malloc(c->h.payload_len ? c->h.payload_len : 1);
+			c->payload_got = 0;
+		} else {
+			c->payload_got += (size_t)n;
+		}
+		if (c->hdr_got == PROTO_HDR_SIZE && c->payload_got == c->h.payload_len) {
+			uint8_t *p = c->payload;
+			c->payload = NULL;
+			c->hdr_got = 0;
+			c->payload_got = 0;
+			enqueue(s, c, p);
+		}
+	}
+	return true; /* more may be waiting: level-triggered epoll calls us again */
+}
+
+static void do_accept(struct net_server *s)
+{
+	for (;;) {
+		struct sockaddr_storage sa;
+		socklen_t salen = sizeof sa;
+		int fd = accept4(s->listen_fd, (struct sockaddr *)&sa, &salen, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd < 0)
+			return;
+		if (s->nconns >= s->opt.max_conns) {
+			log_warn("refusing connection: %u connections open (limit)", s->nconns);
+			close(fd);
+			continue;
+		}
+		int one = 1;
+		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+		int buf = 4 << 20;
+		setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &buf, sizeof buf);
+		setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &buf, sizeof buf);
+		struct net_conn *c = aq_calloc(1, sizeof *c);
+		c->fd = fd;
+		c->srv = s;
+		atomic_init(&c->refs, 1);
+		pthread_mutex_init(&c->send_mu, NULL);
+		char host[64] = "?";
+		if (sa.ss_family == AF_INET)
+			inet_ntop(AF_INET, &((struct sockaddr_in *)&sa)->sin_addr, host, sizeof host);
+		else if (sa.ss_family == AF_INET6)
+			inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&sa)->sin6_addr, host, sizeof host);
+		snprintf(c->peer, sizeof c->peer, "%s", host);
+		pthread_mutex_lock(&s->conns_mu);
+		c->next = s->conns;
+		if (s->conns)
+			s->conns->prev = c;
+		s->conns = c;
+		s->nconns++;
+		pthread_mutex_unlock(&s->conns_mu);
+		if (s->ops.on_accept && !s->ops.on_accept(s->arg, c)) {
+			loop_drop(s, c);
+			continue;
+		}
+		struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP, .data.ptr = c};
+		if (epoll_ctl(s->epfd, EPOLL_CTL_ADD, fd, &ev))
+			loop_drop(s, c);
+	}
+}
+
+static void *loop_main(void *arg)
+{
+	struct net_server *s = arg;
+	struct epoll_event evs[64];
+	while (!atomic_load(&s->stopping)) {
+		int n = epoll_wait(s->epfd, evs, 64, 1000);
+		for (int i = 0; i < n; i++) {
+			void *p = evs[i].data.ptr;
+			if (p == &s->listen_fd) {
+				do_accept(s);
+				continue;
+			}
+			if (p == &s->wake_fd)
+				continue;
+			struct net_conn *c = p;
+			bool keep = !atomic_load(&c->closed);
+			if (keep && (evs[i].events & EPOLLIN))
+				keep = conn_read(s, c);
+			if (keep && (evs[i].events & (EPOLLERR | EPOLLHUP)) && !(evs[i].events & EPOLLIN))
+				keep = false;
+			if (!keep)
+				loop_drop(s, c);
+		}
+	}
+	return NULL;
+}
+
+static int listen_on(const char *host, uint16_t port)
+{
+	struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE};
+	struct addrinfo *res;
+	char ps[8];
+	snprintf(ps, sizeof ps, "%u", port);
+	int rc = getaddrinfo(host, ps, &hints, &res);
+	if (rc)
+		return -EINVAL;
+	int fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		rc = -errno;
+		goto out;
+	}
+	int one = 1;
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+	if (bind(fd, res->ai_addr, res->ai_addrlen) || listen(fd, 1024)) {
+		rc = -errno;
+		close(fd);
+		goto out;
+	}
+	rc = fd;
+out:
+	freeaddrinfo(res);
+	return rc;
+}
+
+int net_start(const struct net_options *opt, const struct net_ops *ops, void *arg, struct net_server **out)
+{
+	struct net_server *s = aq_calloc(1, sizeof *s);
+	s->opt = *opt;
+	if (!s->opt.workers)
+		s->opt.workers = 16;
+	if (!s->opt.queue_depth)
+		s->opt.queue_depth = 4096;
+	if (!s->opt.max_conns)
+		s->opt.max_conns = 4096;
+	s->ops = *ops;
+	s->arg = arg;
+	pthread_mutex_init(&s->q_mu, NULL);
+	pthread_cond_init(&s->q_nonempty, NULL);
+	pthread_cond_init(&s->q_nonfull, NULL);
+	pthread_mutex_init(&s->conns_mu, NULL);
+	s->q = aq_calloc(s->opt.queue_depth, sizeof *s->q);
+	int fd = listen_on(opt->host, opt->port);
+	if (fd < 0) {
+		int rc = fd;
+		free(s->q);
+		free(s);
+		return rc;
+	}
+	s->listen_fd = fd;
+	s->epfd = epoll_create1(EPOLL_CLOEXEC);
+	s->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &s->listen_fd};
+	epoll_ctl(s->epfd, EPOLL_CTL_ADD, s->listen_fd, &ev);
+	ev.data.ptr = &s->wake_fd;
+	epoll_ctl(s->epfd, EPOLL_CTL_ADD, s->wake_fd, &ev);
+	s->workers = aq_calloc(s->opt.workers, sizeof *s->workers);
+	for (uint32_t i = 0; i < s->opt.workers; i++)
+		pthread_create(&s->workers[i], NULL, worker_main, s);
+	pthread_create(&s->loop_thread, NULL, loop_main, s);
+	*out = s;
+	return 0;
+}
+
+void net_stop(struct net_server *s)
+{
+	atomic_store(&s->stopping, true);
+	uint64_t one = 1;
+	(void)!write(s->wake_fd, &one, sizeof one);
+	pthread_join(s->loop_thread, NULL);
+	close(s->listen_fd);
+	/* let the workers finish what is queued, then stop them */
+	pthread_mutex_lock(&s->q_mu);
+	s->q_stop = true;
+	pthread_cond_broadcast(&s->q_nonempty);
+	pthread_cond_broadcast(&s->q_nonfull);
+	pthread_mutex_unlock(&s->q_mu);
+	for (uint32_t i = 0; i < s->opt.workers; i++)
+		pthread_join(s->workers[i], NULL);
+	for (;;) {
+		pthread_mutex_lock(&s->conns_mu);
+		struct net_conn *c = s->conns;
+		pthread_mutex_unlock(&s->conns_mu);
+		if (!c)
+			break;
+		loop_drop(s, c);
+	}
+	close(s->epfd);
+	close(s->wake_fd);
+	free(s->workers);
+	free(s->q);
+	free(s);
+}

@@ -1,0 +1,49 @@
+/*
+ * net.h - the server's network layer: one epoll event loop thread reads frames from every
+ * connection and hands each complete frame to a fixed pool of worker threads through a
+ * bounded queue; workers send replies themselves (one send lock per connection), so
+ * requests on one connection run concurrently and complete out of order. A connection
+ * is reference counted: its fd is closed only when the loop and every worker holding a
+ * frame from it have let go, so a reply never goes to a reused descriptor.
+ */
+#ifndef AQ_NET_H
+#define AQ_NET_H
+#include "common/common.h"
+#include "proto/proto.h"
+
+struct net_conn;
+struct net_server;
+
+struct net_ops {
+	/* A new connection; return false to refuse it. */
+	bool (*on_accept)(void *arg, struct net_conn *c);
+	/* A complete frame. payload is owned by the callee's frame until return. */
+	void (*on_frame)(void *arg, struct net_conn *c, const struct proto_hdr *h, const uint8_t *payload);
+	/* The connection is gone (after its last frame was handled). */
+	void (*on_close)(void *arg, struct net_conn *c);
+};
+
+struct net_options {
+	const char *host;
+	uint16_t port;
+	uint32_t workers;       /* worker threads */
+	uint32_t queue_depth;   /* frames queued before the reader waits */
+	uint32_t max_conns;
+};
+
+int net_start(const struct net_options *opt, const struct net_ops *ops, void *arg, struct net_server **out);
+/* Stops accepting, closes every connection and joins all threads. */
+void net_stop(struct net_server *s);
+
+/* Sends one frame; thread-safe. Returns 0 or -errno (the connection is then closed). */
+int net_send(struct net_conn *c, const struct proto_hdr *h, const void *payload, size_t len);
+/* Sends a reply frame to request h with status and payload. */
+int net_reply(struct net_conn *c, const struct proto_hdr *req, int status, const void *payload, size_t len);
+/* Drops the connection after frames already queued from it are handled. */
+void net_close(struct net_conn *c);
+/* Per-connection slot for the layer above. */
+void *net_conn_data(struct net_conn *c);
+void net_conn_set_data(struct net_conn *c, void *data);
+const char *net_conn_peer(struct net_conn *c);
+
+#endif

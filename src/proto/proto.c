@@ -1,0 +1,430 @@
+/*
+ * proto.c - frame header and message codecs. Every opcode's payload is a fixed sequence
+ * of fields drawn from one ordered list; req_fields[] and reply_fields[] say which. The
+ * decoder reads through a bounds-checked cursor and rejects trailing bytes, so a frame
+ * either decodes completely or not at all.
+ */
+#include "proto/proto.h"
+
+_Static_assert(PROTO_HDR_SIZE == 32, "header layout");
+_Static_assert(OP_BATCH < OP_MAX_, "opcode table size");
+
+const char *proto_op_name(uint16_t op)
+{
+	switch (op) {
+#define PX(name, num) case num: return #name;
+	PROTO_OPS(PX)
+#undef PX
+	}
+	return "UNKNOWN";
+}
+
+void proto_hdr_encode(uint8_t out[PROTO_HDR_SIZE], const struct proto_hdr *h)
+{
+	put_le32(out, h->magic);
+	put_le16(out + 4, h->version);
+	put_le16(out + 6, h->op);
+	put_le64(out + 8, h->req_id);
+	put_le32(out + 16, h->epoch);
+	put_le16(out + 20, h->status);
+	put_le16(out + 22, h->flags);
+	put_le32(out + 24, h->payload_len);
+	put_le32(out + 28, 0);
+}
+
+int proto_hdr_decode(const uint8_t *in, size_t len, struct proto_hdr *h)
+{
+	if (len < PROTO_HDR_SIZE)
+		return -EPROTO;
+	h->magic = get_le32(in);
+	h->version = get_le16(in + 4);
+	h->op = get_le16(in + 6);
+	h->req_id = get_le64(in + 8);
+	h->epoch = get_le32(in + 16);
+	h->status = get_le16(in + 20);
+	h->flags = get_le16(in + 22);
+	h->payload_len = get_le32(in + 24);
+	if (h->magic != PROTO_MAGIC || get_le32(in + 28) != 0)
+		return -EPROTO;
+	if (h->version != PROTO_VERSION)
+		return -AQ_EBAD_VERSION;
+	if (h->payload_len > AQ_FRAME_MAX)
+		return -EPROTO;
+	return 0;
+}
+
+void wbuf_init(struct wbuf *w, size_t cap)
+{
+	w->cap = cap ? cap : 64;
+	w->p = aq_malloc(w->cap);
+	w->len = 0;
+}
+void wbuf_free(struct wbuf *w)
+{
+	free(w->p);
+	w->p = NULL;
+	w->len = w->cap = 0;
+}
+void wbuf_reserve(struct wbuf *w, size_t more)
+{
+	if (w->len + more <= w->cap)
+		return;
+	size_t cap = w->cap ? w->cap : 64;
+	while (cap < w->len + more)
+		cap *= 2;
+	w->p = aq_realloc(w->p, cap);
+	w->cap = cap;
+}
+void wbuf_put(struct wbuf *w, const void *data, size_t n)
+{
+	wbuf_reserve(w, n);
+	if (n)
+		memcpy(w->p + w->len, data, n);
+	w->len += n;
+}
+void wbuf_u8(struct wbuf *w, uint8_t v) { wbuf_put(w, &v, 1); }
+void wbuf_u16(struct wbuf *w, uint16_t v) { wbuf_reserve(w, 2); put_le16(w->p + w->len, v); w->len += 2; }
+void wbuf_u32(struct wbuf *w, uint32_t v) { wbuf_reserve(w, 4); put_le32(w->p + w->len, v); w->len += 4; }
+void wbuf_u64(struct wbuf *w, uint64_t v) { wbuf_reserve(w, 8); put_le64(w->p + w->len, v); w->len += 8; }
+void wbuf_str(struct wbuf *w, const void *s, size_t n)
+{
+	AQ_ASSERT(n <= UINT32_MAX);
+	wbuf_u32(w, (uint32_t)n);
+	wbuf_put(w, s, n);
+}
+
+const uint8_t *rbuf_bytes(struct rbuf *r, size_t n)
+{
+	if (r->err || n > r->len - r->pos) {
+		r->err = true;
+		return NULL;
+	}
+	const uint8_t *p = r->p + r->pos;
+	r->pos += n;
+	return p;
+}
+uint8_t rbuf_u8(struct rbuf *r) { const uint8_t *p = rbuf_bytes(r, 1); return p ? p[0] : 0; }
+uint16_t rbuf_u16(struct rbuf *r) { const uint8_t *p = rbuf_bytes(r, 2); return p ? get_le16(p) : 0; }
+uint32_t rbuf_u32(struct rbuf *r) { const uint8_t *p = rbuf_bytes(r, 4); return p ? get_le32(p) : 0; }
+uint64_t rbuf_u64(struct rbuf *r) { const uint8_t *p = rbuf_bytes(r, 8); return p ? get_le64(p) : 0; }
+const uint8_t *rbuf_str(struct rbuf *r, uint32_t *len, uint32_t max)
+{
+	uint32_t n = rbuf_u32(r);
+	if (r->err || n > max) {
+		r->err = true;
+		*len = 0;
+		return NULL;
+	}
+	*len = n;
+	const uint8_t *p = rbuf_bytes(r, n);
+	return p ? p : (const uint8_t *)"";
+}
+
+void proto_attr_put(struct wbuf *w, const struct aq_attr *a)
+{
+	size_t start = w->len;
+	wbuf_u64(w, a->ino);
+	wbuf_u64(w, a->size);
+	wbuf_u64(w, a->blocks);
+	wbuf_u64(w, a->generation);
+	wbuf_u64(w, (uint64_t)a->atime_ns);
+	wbuf_u64(w, (uint64_t)a->mtime_ns);
+	wbuf_u64(w, (uint64_t)a->ctime_ns);
+	wbuf_u32(w, a->mode);
+	wbuf_u32(w, a->nlink);
+	wbuf_u32(w, a->uid);
+	wbuf_u32(w, a->gid);
+	wbuf_u32(w, a->rdev);
+	wbuf_u32(w, a->chunk_size);
+	wbuf_u64(w, 0); /* reserved */
+	AQ_ASSERT(w->len - start == PROTO_ATTR_SIZE);
+}
+
+void proto_attr_get(struct rbuf *r, struct aq_attr *a)
+{
+	a->ino = rbuf_u64(r);
+	a->size = rbuf_u64(r);
+	a->blocks = rbuf_u64(r);
+	a->generation = rbuf_u64(r);
+	a->atime_ns = (int64_t)rbuf_u64(r);
+	a->mtime_ns = (int64_t)rbuf_u64(r);
+	a->ctime_ns = (int64_t)rbuf_u64(r);
+	a->mode = rbuf_u32(r);
+	a->nlink = rbuf_u32(r);
+	a->uid = rbuf_u32(r);
+	a->gid = rbuf_u32(r);
+	a->rdev = rbuf_u32(r);
+	a->chunk_size = rbuf_u32(r);
+	(void)rbuf_u64(r);
+}
+
+/* Request fields, in wire order. */
+enum {
+	F_CRED = 1u << 0, F_INO = 1u << 1, F_PARENT = 1u << 2, F_NAME = 1u << 3,
+	F_NEWPARENT = 1u << 4, F_NAME2 = 1u << 5, F_MODE = 1u << 6, F_RDEV = 1u << 7,
+	F_FLAGS = 1u << 8, F_MASK = 1u << 9, F_ATTR = 1u << 10, F_COOKIE = 1u << 11,
+	F_SIZE = 1u << 12, F_OFF = 1u << 13, F_TIME = 1u << 14, F_MAX = 1u << 15,
+	F_LEN = 1u << 16, F_TARGET = 1u << 17, F_IDX = 1u << 18, F_DATA = 1u << 19,
+	F_KNOWN = 1u << 31,
+};
+
+static uint32_t req_fields(uint16_t op)
+{
+	switch (op) {
+	case OP_AUTH: return F_KNOWN | F_DATA;
+	case OP_MAP: return F_KNOWN;
+	case OP_LOOKUP: return F_KNOWN | F_CRED | F_PARENT | F_NAME;
+	case OP_GETATTR: return F_KNOWN | F_CRED | F_INO;
+	case OP_SETATTR: return F_KNOWN | F_CRED | F_INO | F_MASK | F_ATTR;
+	case OP_MKNOD: return F_KNOWN | F_CRED | F_PARENT | F_NAME | F_MODE | F_RDEV | F_FLAGS;
+	case OP_MKDIR: return F_KNOWN | F_CRED | F_PARENT | F_NAME | F_MODE;
+	case OP_SYMLINK: return F_KNOWN | F_CRED | F_PARENT | F_NAME | F_NAME2;
+	case OP_READLINK: return F_KNOWN | F_CRED | F_INO;
+	case OP_UNLINK: return F_KNOWN | F_CRED | F_PARENT | F_NAME;
+	case OP_RMDIR: return F_KNOWN | F_CRED | F_PARENT | F_NAME;
+	case OP_RENAME: return F_KNOWN | F_CRED | F_PARENT | F_NAME | F_NEWPARENT | F_NAME2 | F_FLAGS;
+	case OP_LINK: return F_KNOWN | F_CRED | F_INO | F_NEWPARENT | F_NAME2;
+	case OP_ACCESS: return F_KNOWN | F_CRED | F_INO | F_MASK;
+	case OP_OPEN: return F_KNOWN | F_CRED | F_INO | F_FLAGS;
+	case OP_RELEASE: return F_KNOWN | F_CRED | F_INO;
+	case OP_COMMIT_SIZE: return F_KNOWN | F_CRED | F_INO | F_SIZE | F_TIME;
+	case OP_READDIR: return F_KNOWN | F_CRED | F_INO | F_COOKIE | F_MAX | F_FLAGS;
+	case OP_CHANGES: return F_KNOWN | F_CRED | F_INO | F_COOKIE | F_MAX;
+	case OP_SETXATTR: return F_KNOWN | F_CRED | F_INO | F_NAME | F_FLAGS | F_DATA;
+	case OP_GETXATTR: return F_KNOWN | F_CRED | F_INO | F_NAME | F_LEN;
+	case OP_LISTXATTR: return F_KNOWN | F_CRED | F_INO | F_LEN;
+	case OP_REMOVEXATTR: return F_KNOWN | F_CRED | F_INO | F_NAME;
+	case OP_STATFS: return F_KNOWN | F_CRED;
+	case OP_FSYNC: return F_KNOWN | F_CRED | F_INO | F_FLAGS;
+	case OP_CHUNK_WRITE: return F_KNOWN | F_TARGET | F_INO | F_IDX | F_OFF | F_FLAGS | F_DATA;
+	case OP_CHUNK_READ: return F_KNOWN | F_TARGET | F_INO | F_IDX | F_OFF | F_LEN;
+	case OP_BATCH: return F_KNOWN | F_MAX | F_DATA;
+	}
+	return 0;
+}
+
+void proto_req_encode(struct wbuf *w, const struct proto_req *r)
+{
+	uint32_t f = req_fields(r->op);
+	AQ_ASSERT(f & F_KNOWN);
+	if (f & F_CRED) {
+		AQ_ASSERT(r->cred.ngroups <= ARRAY_SIZE(r->cred.groups));
+		wbuf_u32(w, r->cred.uid);
+		wbuf_u32(w, r->cred.gid);
+		wbuf_u32(w, r->cred.ngroups);
+		for (uint32_t i = 0; i < r->cred.ngroups; i++)
+			wbuf_u32(w, r->cred.groups[i]);
+	}
+	if (f & F_INO) wbuf_u64(w, r->ino);
+	if (f & F_PARENT) wbuf_u64(w, r->parent);
+	if (f & F_NAME) wbuf_str(w, r->name, r->name_len);
+	if (f & F_NEWPARENT) wbuf_u64(w, r->newparent);
+	if (f & F_NAME2) wbuf_str(w, r->name2, r->name2_len);
+	if (f & F_MODE) wbuf_u32(w, r->mode);
+	if (f & F_RDEV) wbuf_u32(w, r->rdev);
+	if (f & F_FLAGS) wbuf_u32(w, r->flags);
+	if (f & F_MASK) wbuf_u32(w, r->mask);
+	if (f & F_ATTR) proto_attr_put(w, &r->attr);
+	if (f & F_COOKIE) wbuf_u64(w, r->cookie);
+	if (f & F_SIZE) wbuf_u64(w, r->size);
+	if (f & F_OFF) wbuf_u64(w, r->off);
+	if (f & F_TIME) wbuf_u64(w, (uint64_t)r->time_ns);
+	if (f & F_MAX) wbuf_u32(w, r->max);
+	if (f & F_LEN) wbuf_u32(w, r->len);
+	if (f & F_TARGET) wbuf_u32(w, r->target);
+	if (f & F_IDX) wbuf_u32(w, r->idx);
+	if (f & F_DATA) wbuf_str(w, r->data, r->data_len);
+}
+
+/* A name off the wire: bounded, and no NUL inside (the store keeps names as C strings
+ * at its edges). Overlong names are let through up to AQ_PATH_MAX so the server can
+ * answer ENAMETOOLONG rather than a protocol error. */
+static const char *get_name(struct rbuf *rb, uint32_t *len)
+{
+	const uint8_t *p = rbuf_str(rb, len, AQ_PATH_MAX);
+	if (p && memchr(p, 0, *len))
+		rb->err = true;
+	return (const char *)p;
+}
+
+int proto_req_decode(uint16_t op, const uint8_t *p, size_t len, struct proto_req *r)
+{
+	uint32_t f = req_fields(op);
+	if (!(f & F_KNOWN))
+		return -EPROTO;
+	memset(r, 0, sizeof *r);
+	r->op = op;
+	struct rbuf rb;
+	rbuf_init(&rb, p, len);
+	if (f & F_CRED) {
+		r->cred.uid = rbuf_u32(&rb);
+		r->cred.gid = rbuf_u32(&rb);
+		r->cred.ngroups = rbuf_u32(&rb);
+		if (r->cred.ngroups > ARRAY_SIZE(r->cred.groups))
+			return -EPROTO;
+		for (uint32_t i = 0; i < r->cred.ngroups; i++)
+			r->cred.groups[i] = rbuf_u32(&rb);
+	}
+	if (f & F_INO) r->ino = rbuf_u64(&rb);
+	if (f & F_PARENT) r->parent = rbuf_u64(&rb);
+	if (f & F_NAME) r->name = get_name(&rb, &r->name_len);
+	if (f & F_NEWPARENT) r->newparent = rbuf_u64(&rb);
+	if (f & F_NAME2) r->name2 = get_name(&rb, &r->name2_len);
+	if (f & F_MODE) r->mode = rbuf_u32(&rb);
+	if (f & F_RDEV) r->rdev = rbuf_u32(&rb);
+	if (f & F_FLAGS) r->flags = rbuf_u32(&rb);
+	if (f & F_MASK) r->mask = rbuf_u32(&rb);
+	if (f & F_ATTR) proto_attr_get(&rb, &r->attr);
+	if (f & F_COOKIE) r->cookie = rbuf_u64(&rb);
+	if (f & F_SIZE) r->size = rbuf_u64(&rb);
+	if (f & F_OFF) r->off = rbuf_u64(&rb);
+	if (f & F_TIME) r->time_ns = (int64_t)rbuf_u64(&rb);
+	if (f & F_MAX) r->max = rbuf_u32(&rb);
+	if (f & F_LEN) r->len = rbuf_u32(&rb);
+	if (f & F_TARGET) r->target = rbuf_u32(&rb);
+	if (f & F_IDX) r->idx = rbuf_u32(&rb);
+	if (f & F_DATA) r->data = rbuf_str(&rb, &r->data_len, AQ_FRAME_MAX);
+	if (rb.err || rb.pos != rb.len)
+		return -EPROTO;
+	return 0;
+}
+
+enum { R_ATTR = 1u << 0, R_SIZE = 1u << 1, R_DATA = 1u << 2, R_ENTRIES = 1u << 3, R_STATFS = 1u << 4,
+       R_KNOWN = 1u << 31 };
+
+static uint32_t reply_fields(uint16_t op)
+{
+	switch (op) {
+	case OP_LOOKUP: case OP_GETATTR: case OP_SETATTR: case OP_MKNOD: case OP_MKDIR:
+	case OP_SYMLINK: case OP_LINK: case OP_OPEN: case OP_COMMIT_SIZE:
+		return R_KNOWN | R_ATTR;
+	case OP_READLINK: case OP_CHUNK_READ: case OP_HELLO: case OP_MAP:
+		return R_KNOWN | R_DATA;
+	case OP_GETXATTR: case OP_LISTXATTR:
+		return R_KNOWN | R_SIZE | R_DATA;
+	case OP_READDIR: case OP_CHANGES: case OP_BATCH:
+		return R_KNOWN | R_ENTRIES;
+	case OP_STATFS:
+		return R_KNOWN | R_STATFS;
+	case OP_AUTH: case OP_UNLINK: case OP_RMDIR: case OP_RENAME: case OP_ACCESS: case OP_RELEASE:
+	case OP_SETXATTR: case OP_REMOVEXATTR: case OP_FSYNC: case OP_CHUNK_WRITE:
+		return R_KNOWN;
+	}
+	return 0;
+}
+
+void proto_reply_encode(struct wbuf *w, const struct proto_reply *r)
+{
+	uint32_t f = reply_fields(r->op);
+	AQ_ASSERT(f & R_KNOWN);
+	if (f & R_ATTR) proto_attr_put(w, &r->attr);
+	if (f & R_SIZE) wbuf_u32(w, r->size);
+	if (f & R_DATA) wbuf_str(w, r->data, r->data_len);
+	if (f & R_ENTRIES) {
+		wbuf_u32(w, r->count);
+		wbuf_u8(w, r->eof);
+		wbuf_u64(w, r->next);
+		wbuf_str(w, r->entries, r->entries_len);
+	}
+	if (f & R_STATFS) {
+		wbuf_u64(w, r->st.total_bytes);
+		wbuf_u64(w, r->st.free_bytes);
+		wbuf_u64(w, r->st.used_bytes);
+		wbuf_u64(w, r->st.files);
+		wbuf_u32(w, r->st.servers);
+		wbuf_u32(w, r->st.buckets);
+		wbuf_u32(w, r->st.targets);
+		wbuf_u32(w, r->st.chunk_size);
+	}
+}
+
+int proto_reply_decode(uint16_t op, const uint8_t *p, size_t len, struct proto_reply *r)
+{
+	uint32_t f = reply_fields(op);
+	if (!(f & R_KNOWN))
+		return -EPROTO;
+	memset(r, 0, sizeof *r);
+	r->op = op;
+	struct rbuf rb;
+	rbuf_init(&rb, p, len);
+	if (f & R_ATTR) proto_attr_get(&rb, &r->attr);
+	if (f & R_SIZE) r->size = rbuf_u32(&rb);
+	if (f & R_DATA) r->data = rbuf_str(&rb, &r->data_len, AQ_FRAME_MAX);
+	if (f & R_ENTRIES) {
+		r->count = rbuf_u32(&rb);
+		r->eof = rbuf_u8(&rb);
+		r->next = rbuf_u64(&rb);
+		r->entries = rbuf_str(&rb, &r->entries_len, AQ_FRAME_MAX);
+	}
+	if (f & R_STATFS) {
+		r->st.total_bytes = rbuf_u64(&rb);
+		r->st.free_bytes = rbuf_u64(&rb);
+		r->st.used_bytes = rbuf_u64(&rb);
+		r->st.files = rbuf_u64(&rb);
+		r->st.servers = rbuf_u32(&rb);
+		r->st.buckets = rbuf_u32(&rb);
+		r->st.targets = rbuf_u32(&rb);
+		r->st.chunk_size = rbuf_u32(&rb);
+	}
+	if (rb.err || rb.pos != rb.len)
+		return -EPROTO;
+	return 0;
+}
+
+void proto_dirent_put(struct wbuf *w, const struct aq_dirent *e, bool plus)
+{
+	wbuf_u64(w, e->ino);
+	wbuf_u64(w, e->cookie);
+	wbuf_u8(w, (uint8_t)e->type);
+	wbuf_str(w, e->name, e->name_len);
+	if (plus)
+		proto_attr_put(w, &e->attr);
+}
+
+int proto_dirent_get(struct rbuf *r, struct aq_dirent *e, bool plus)
+{
+	e->ino = rbuf_u64(r);
+	e->cookie = rbuf_u64(r);
+	e->type = rbuf_u8(r);
+	uint32_t n;
+	const uint8_t *name = rbuf_str(r, &n, AQ_NAME_MAX);
+	if (r->err || memchr(name, 0, n))
+		return -EPROTO;
+	memcpy(e->name, name, n);
+	e->name[n] = 0;
+	e->name_len = n;
+	if (plus)
+		proto_attr_get(r, &e->attr);
+	else
+		memset(&e->attr, 0, sizeof e->attr);
+	return r->err ? -EPROTO : 0;
+}
+
+void proto_change_put(struct wbuf *w, uint64_t ino, uint64_t ts, const char *name, size_t name_len)
+{
+	wbuf_u64(w, ino);
+	wbuf_u64(w, ts);
+	wbuf_str(w, name, name_len);
+}
+
+int proto_change_get(struct rbuf *r, struct proto_change *c)
+{
+	c->ino = rbuf_u64(r);
+	c->ts = rbuf_u64(r);
+	c->name = (const char *)rbuf_str(r, &c->name_len, AQ_NAME_MAX);
+	return r->err ? -EPROTO : 0;
+}
+
+int proto_batch_next(struct rbuf *r, struct proto_hdr *h, const uint8_t **payload)
+{
+	const uint8_t *hb = rbuf_bytes(r, PROTO_HDR_SIZE);
+	if (!hb)
+		return -EPROTO;
+	int rc = proto_hdr_decode(hb, PROTO_HDR_SIZE, h);
+	if (rc)
+		return rc;
+	if (h->op == OP_BATCH) /* no nesting */
+		return -EPROTO;
+	*payload = rbuf_bytes(r, h->payload_len);
+	return *payload ? 0 : -EPROTO;
+}

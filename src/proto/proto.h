@@ -1,0 +1,168 @@
+/*
+ * proto.h - Aquifer's wire format. Pure encoding and decoding, no I/O: the decoders are
+ * fuzzed and every one of them checks every length before it reads.
+ *
+ * A frame is a fixed 32-byte header followed by payload_len bytes of payload:
+ *   magic u32 | version u16 | opcode u16 | request id u64 | map epoch u32 |
+ *   status u16 | flags u16 | payload_len u32 | reserved u32 (zero)
+ * All integers little-endian. Requests carry status 0; a reply carries the request's
+ * opcode and id, and its status (Aquifer's own numbers, errors.h). Requests are pipelined:
+ * a connection may have many in flight and replies come back in any order.
+ *
+ * Each opcode's payload is a fixed sequence of fields chosen from one list (the field
+ * table in proto.c), so one encoder and one decoder serve every message.
+ */
+#ifndef AQ_PROTO_H
+#define AQ_PROTO_H
+#include "common/common.h"
+#include "aq.h"
+
+#define PROTO_MAGIC 0x31465141u /* "AQF1" */
+#define PROTO_VERSION 1
+#define PROTO_HDR_SIZE 32
+#define PROTO_NONCE_SIZE 32
+#define PROTO_MAC_SIZE 32
+#define PROTO_BATCH_MAX 1024      /* sub-requests in one batch frame */
+#define PROTO_READDIR_MAX 4096    /* entries in one readdir reply */
+
+#define PROTO_OPS(X)                 \
+	X(HELLO, 1)      /* server -> client: challenge nonce */ \
+	X(AUTH, 2)                   \
+	X(MAP, 3)                    \
+	X(LOOKUP, 10)                \
+	X(GETATTR, 11)               \
+	X(SETATTR, 12)               \
+	X(MKNOD, 13)                 \
+	X(MKDIR, 14)                 \
+	X(SYMLINK, 15)               \
+	X(READLINK, 16)              \
+	X(UNLINK, 17)                \
+	X(RMDIR, 18)                 \
+	X(RENAME, 19)                \
+	X(LINK, 20)                  \
+	X(ACCESS, 21)                \
+	X(OPEN, 22)                  \
+	X(RELEASE, 23)               \
+	X(COMMIT_SIZE, 24)           \
+	X(READDIR, 25)               \
+	X(CHANGES, 26)               \
+	X(SETXATTR, 27)              \
+	X(GETXATTR, 28)              \
+	X(LISTXATTR, 29)             \
+	X(REMOVEXATTR, 30)           \
+	X(STATFS, 31)                \
+	X(FSYNC, 32)                 \
+	X(CHUNK_WRITE, 40)           \
+	X(CHUNK_READ, 41)            \
+	X(BATCH, 50)
+
+enum proto_op {
+#define PX(name, num) OP_##name = num,
+	PROTO_OPS(PX)
+#undef PX
+	OP_MAX_ = 64
+};
+const char *proto_op_name(uint16_t op);
+
+struct proto_hdr {
+	uint32_t magic;
+	uint16_t version;
+	uint16_t op;
+	uint64_t req_id;
+	uint32_t epoch;
+	uint16_t status;
+	uint16_t flags;
+	uint32_t payload_len;
+};
+#define PROTO_F_REPLY 1u
+#define PROTO_F_SYNC 2u /* CHUNK_WRITE: durable before the reply */
+
+void proto_hdr_encode(uint8_t out[PROTO_HDR_SIZE], const struct proto_hdr *h);
+/* Checks magic, version, reserved bytes and payload_len <= AQ_FRAME_MAX.
+ * Returns 0 or -EPROTO (bad magic/length) or -AQ_EBAD_VERSION. */
+int proto_hdr_decode(const uint8_t *in, size_t len, struct proto_hdr *h);
+
+/* A growable output buffer. */
+struct wbuf {
+	uint8_t *p;
+	size_t len, cap;
+};
+void wbuf_init(struct wbuf *w, size_t cap);
+void wbuf_free(struct wbuf *w);
+void wbuf_reserve(struct wbuf *w, size_t more);
+void wbuf_put(struct wbuf *w, const void *data, size_t n);
+void wbuf_u8(struct wbuf *w, uint8_t v);
+void wbuf_u16(struct wbuf *w, uint16_t v);
+void wbuf_u32(struct wbuf *w, uint32_t v);
+void wbuf_u64(struct wbuf *w, uint64_t v);
+void wbuf_str(struct wbuf *w, const void *s, size_t n); /* u32 length + bytes */
+
+/* A bounds-checked input cursor. Any read past the end sets err and yields zeros. */
+struct rbuf {
+	const uint8_t *p;
+	size_t len, pos;
+	bool err;
+};
+static inline void rbuf_init(struct rbuf *r, const void *p, size_t len)
+{
+	r->p = p; r->len = len; r->pos = 0; r->err = false;
+}
+uint8_t rbuf_u8(struct rbuf *r);
+uint16_t rbuf_u16(struct rbuf *r);
+uint32_t rbuf_u32(struct rbuf *r);
+uint64_t rbuf_u64(struct rbuf *r);
+/* A u32-length-prefixed byte string of at most max bytes; points into the buffer. */
+const uint8_t *rbuf_str(struct rbuf *r, uint32_t *len, uint32_t max);
+const uint8_t *rbuf_bytes(struct rbuf *r, size_t n);
+
+void proto_attr_put(struct wbuf *w, const struct aq_attr *a);
+void proto_attr_get(struct rbuf *r, struct aq_attr *a);
+#define PROTO_ATTR_SIZE 88
+
+/* A request, decoded. Pointers point into the frame's payload (no copies). */
+struct proto_req {
+	uint16_t op;
+	struct aq_cred cred;
+	uint64_t ino, parent, newparent;
+	const char *name; uint32_t name_len;
+	const char *name2; uint32_t name2_len;
+	uint32_t mode, rdev, flags, mask;
+	struct aq_attr attr;
+	uint64_t cookie, size, off;
+	int64_t time_ns;
+	uint32_t max, len, target, idx;
+	const uint8_t *data; uint32_t data_len;
+};
+
+/* Encodes r's payload (the fields its opcode carries) onto w. */
+void proto_req_encode(struct wbuf *w, const struct proto_req *r);
+/* Decodes a payload for opcode op. Returns 0, or -EPROTO for an unknown opcode, a short
+ * or overlong payload, a length over its limit, a name with a NUL. */
+int proto_req_decode(uint16_t op, const uint8_t *p, size_t len, struct proto_req *r);
+
+/* Replies. Fixed fields per opcode; variable parts (entries) are encoded by the helpers. */
+struct proto_reply {
+	uint16_t op;
+	struct aq_attr attr;
+	const uint8_t *data; uint32_t data_len;    /* READLINK, GETXATTR, LISTXATTR, CHUNK_READ, HELLO, MAP */
+	uint32_t size;                             /* GETXATTR/LISTXATTR: the full size */
+	uint32_t count; uint8_t eof; uint64_t next;/* READDIR, CHANGES, BATCH */
+	const uint8_t *entries; uint32_t entries_len;
+	struct aq_statfs st;
+};
+void proto_reply_encode(struct wbuf *w, const struct proto_reply *r);
+int proto_reply_decode(uint16_t op, const uint8_t *p, size_t len, struct proto_reply *r);
+
+/* READDIR entries: ino u64, cookie u64, type u8, name (u32 len + bytes), attr if plus. */
+void proto_dirent_put(struct wbuf *w, const struct aq_dirent *e, bool plus);
+int proto_dirent_get(struct rbuf *r, struct aq_dirent *e, bool plus);
+/* CHANGES entries: ino u64, ts u64, name. */
+struct proto_change { uint64_t ino, ts; const char *name; uint32_t name_len; };
+void proto_change_put(struct wbuf *w, uint64_t ino, uint64_t ts, const char *name, size_t name_len);
+int proto_change_get(struct rbuf *r, struct proto_change *c);
+
+/* BATCH: the payload is count sub-frames (header + payload each) back to back; the reply
+ * likewise holds one reply frame per sub-request. */
+int proto_batch_next(struct rbuf *r, struct proto_hdr *h, const uint8_t **payload);
+
+#endif

@@ -1,0 +1,643 @@
+/*
+ * server.c - request dispatch for aqd. Each frame is decoded (proto_req_decode checks
+ * every length; a malformed frame never reaches the stores), authenticated connections
+ * only, then handed to the metadata or data layer. Replies carry Aquifer status codes.
+ */
+#include "server/server.h"
+#include "common/auth.h"
+#include <pthread.h>
+#include <stdatomic.h>
+#include <sys/stat.h>
+#include <dirent.h>
+#include <unistd.h>
+
+#define OPEN_TABLE_SIZE 4096
+
+struct open_ent {
+	uint64_t ino;
+	uint32_t count;
+	struct open_ent *next;
+};
+
+struct server {
+	struct server_options opt;
+	struct cluster_map map;
+	struct meta_store *meta;
+	struct data_store *data;
+	struct net_server *net;
+	uint32_t nlocal;                    /* targets of this server */
+	uint32_t local_targets[AQ_TARGETS_MAX];
+	pthread_mutex_t open_mu;            /* guards open_tab */
+	struct open_ent *open_tab[OPEN_TABLE_SIZE];
+	pthread_t gc_thread;
+	pthread_mutex_t gc_mu;
+	pthread_cond_t gc_cond;
+	bool gc_stop;
+};
+
+/* Per connection: authentication state and the inodes it holds open. */
+struct sconn {
+	bool authed;
+	uint8_t nonce[PROTO_NONCE_SIZE];
+	pthread_mutex_t mu;
+	uint64_t *opens;
+	uint32_t nopens, cap;
+};
+
+static void open_ref(struct server *s, uint64_t ino, int delta)
+{
+	pthread_mutex_lock(&s->open_mu);
+	struct open_ent **pp = &s->open_tab[ino % OPEN_TABLE_SIZE];
+	while (*pp && (*pp)->ino != ino)
+		pp = &(*pp)->next;
+	if (delta > 0) {
+		if (!*pp) {
+			*pp = aq_calloc(1, sizeof **pp);
+			(*pp)->ino = ino;
+		}
+		(*pp)->count++;
+	} else if (*pp && --(*pp)->count == 0) {
+		struct open_ent *e = *pp;
+		*pp = e->next;
+		free(e);
+	}
+	pthread_mutex_unlock(&s->open_mu);
+}
+
+static bool is_open(struct server *s, uint64_t ino)
+{
+	pthread_mutex_lock(&s->open_mu);
+	struct open_ent *e = s->open_tab[ino % OPEN_TABLE_SIZE];
+	while (e && e->ino != ino)
+		e = e->next;
+	pthread_mutex_unlock(&s->open_mu);
+	return e != NULL;
+}
+
+static void conn_track_open(struct server *s, struct sconn *sc, uint64_t ino)
+{
+	pthread_mutex_lock(&sc->mu);
+	if (sc->nopens == sc->cap) {
+		sc->cap = sc->cap ? 2 * sc->cap : 16;
+		sc->opens = aq_realloc(sc->opens, sc->cap * sizeof *sc->opens);
+	}
+	sc->opens[sc->nopens++] = ino;
+	pthread_mutex_unlock(&sc->mu);
+	open_ref(s, ino, +1);
+}
+
+static void conn_track_release(struct server *s, struct sconn *sc, uint64_t ino)
+{
+	bool found = false;
+	pthread_mutex_lock(&sc->mu);
+	for (uint32_t i = 0; i < sc->nopens; i++)
+		if (sc->opens[i] == ino) {
+			sc->opens[i] = sc->opens[--sc->nopens];
+			found = true;
+			break;
+		}
+	pthread_mutex_unlock(&sc->mu);
+	if (found)
+		open_ref(s, ino, -1);
+}
+
+static bool local_target(struct server *s, uint32_t target)
+{
+	for (uint32_t i = 0; i < s->nlocal; i++)
+		if (s->local_targets[i] == target)
+			return true;
+	return false;
+}
+
+static int truncate_data(void *arg, uint64_t ino, uint64_t new_size, uint32_t chunk_size)
+{
+	struct server *s = arg;
+	for (uint32_t i = 0; i < s->nlocal; i++) {
+		int rc = data_truncate(s->data, s->local_targets[i], ino, new_size, chunk_size);
+		if (rc)
+			return rc;
+	}
+	return 0;
+}
+
+struct dir_fill {
+	struct wbuf *w;
+	uint32_t count, max;
+	size_t max_bytes;
+	bool plus;
+	uint64_t last_cookie;
+};
+
+static int dir_fill_one(void *arg, const char *name, size_t name_len, uint64_t ino, uint32_t dtype, uint64_t cookie,
+			const struct aq_attr *attr)
+{
+	struct dir_fill *df = arg;
+	/* Never split entries that share a cookie: the store finishes a group past max. */
+	if ((df->count >= df->max || df->w->len >= df->max_bytes) && cookie != df->last_cookie)
+		return 1;
+	struct aq_dirent e = {.ino = ino, .cookie = cookie, .type = dtype, .name_len = (uint32_t)name_len};
+	AQ_ASSERT(name_len <= AQ_NAME_MAX);
+	memcpy(e.name, name, name_len);
+	if (attr)
+		e.attr = *attr;
+	proto_dirent_put(df->w, &e, df->plus);
+	df->count++;
+	df->last_cookie = cookie;
+	return 0;
+}
+
+struct change_fill {
+	struct wbuf *w;
+	uint32_t count;
+};
+
+static int change_fill_one(void *arg, const char *name, size_t name_len, uint64_t ino, uint64_t ts)
+{
+	struct change_fill *cf = arg;
+	proto_change_put(cf->w, ino, ts, name, name_len);
+	cf->count++;
+	return 0;
+}
+
+static int do_statfs(struct server *s, struct aq_statfs *st)
+{
+	memset(st, 0, sizeof *st);
+	for (uint32_t i = 0; i < s->nlocal; i++) {
+		struct data_target_stat ts;
+		int rc = data_stat(s->data, s->local_targets[i], &ts);
+		if (rc)
+			return rc;
+		st->total_bytes += ts.capacity_bytes;
+		st->free_bytes += ts.free_bytes;
+		st->used_bytes += ts.used_bytes;
+	}
+	int rc = meta_count_files(s->meta, &st->files);
+	st->servers = s->map.nservers;
+	st->buckets = s->map.nbuckets;
+	st->targets = s->map.ntargets;
+	st->chunk_size = s->map.chunk_size;
+	return rc;
+}
+
+/* Executes one decoded request; appends the reply payload to out. Returns 0 or -errno. */
+static int handle(struct server *s, struct sconn *sc, const struct proto_req *r, struct wbuf *out)
+{
+	struct proto_reply rep = {.op = r->op};
+	const struct aq_cred *cr = &r->cred;
+	int rc = 0;
+	switch (r->op) {
+	case OP_MAP: {
+		char text[256];
+		int n = snprintf(text, sizeof text, "epoch = %u\nbuckets = %u\nchunk_size = %u\n", s->map.epoch,
+				 s->map.nbuckets, s->map.chunk_size);
+		rep.data = (const uint8_t *)text;
+		rep.data_len = (uint32_t)n;
+		proto_reply_encode(out, &rep);
+		return 0;
+	}
+	case OP_LOOKUP:
+		rc = meta_lookup(s->meta, cr, r->parent, r->name, r->name_len, &rep.attr);
+		break;
+	case OP_GETATTR:
+		rc = meta_getattr(s->meta, r->ino, &rep.attr);
+		break;
+	case OP_SETATTR:
+		rc = meta_setattr(s->meta, cr, r->ino, r->mask, &r->attr, &rep.attr);
+		break;
+	case OP_MKNOD:
+		rc = meta_mknod(s->meta, cr, r->parent, r->name, r->name_len, r->mode, r->rdev, r->flags, &rep.attr);
+		break;
+	case OP_MKDIR:
+		rc = meta_mkdir(s->meta, cr, r->parent, r->name, r->name_len, r->mode, &rep.attr);
+		break;
+	case OP_SYMLINK:
+		rc = meta_symlink(s->meta, cr, r->parent, r->name, r->name_len, r->name2, r->name2_len, &rep.attr);
+		break;
+	case OP_READLINK: {
+		char buf[AQ_PATH_MAX];
+		rc = meta_readlink(s->meta, r->ino, buf, sizeof buf);
+		if (rc < 0)
+			return rc;
+		rep.data = (const uint8_t *)buf;
+		rep.data_len = (uint32_t)rc;
+		proto_reply_encode(out, &rep);
+		return 0;
+	}
+	case OP_UNLINK:
+		rc = meta_unlink(s->meta, cr, r->parent, r->name, r->name_len);
+		break;
+	case OP_RMDIR:
+		rc = meta_rmdir(s->meta, cr, r->parent, r->name, r->name_len);
+		break;
+	case OP_RENAME:
+		rc = meta_rename(s->meta, cr, r->parent, r->name, r->name_len, r->newparent, r->name2, r->name2_len,
+				 r->flags);
+		break;
+	case OP_LINK:
+		rc = meta_link(s->meta, cr, r->ino, r->newparent, r->name2, r->name2_len, &rep.attr);
+		break;
+	case OP_ACCESS:
+		rc = meta_access(s->meta, cr, r->ino, r->mask);
+		break;
+	case OP_OPEN:
+		rc = meta_open_file(s->meta, cr, r->ino, (int)r->flags, &rep.attr);
+		if (!rc)
+			conn_track_open(s, sc, r->ino);
+		break;
+	case OP_RELEASE:
+		conn_track_release(s, sc, r->ino);
+		break;
+	case OP_COMMIT_SIZE:
+		rc = meta_commit_size(s->meta, r->ino, r->size, r->time_ns, &rep.attr);
+		break;
+	case OP_READDIR: {
+		struct wbuf ents;
+		wbuf_init(&ents, 4096);
+		struct dir_fill df = {.w = &ents, .max = MIN(MAX(r->max, 1u), (uint32_t)PROTO_READDIR_MAX),
+				      .max_bytes = 1u << 20, .plus = r->flags & AQ_READDIR_PLUS,
+				      .last_cookie = UINT64_MAX};
+		rc = meta_readdir(s->meta, cr, r->ino, r->cookie, df.max, df.plus, dir_fill_one, &df);
+		if (rc >= 0) {
+			rep.count = df.count;
+			rep.eof = df.count < df.max;
+			rep.next = df.count ? df.last_cookie : r->cookie;
+			rep.entries = ents.p;
+			rep.entries_len = (uint32_t)ents.len;
+			proto_reply_encode(out, &rep);
+			rc = 0;
+		}
+		wbuf_free(&ents);
+		return rc;
+	}
+	case OP_CHANGES: {
+		struct wbuf ents;
+		wbuf_init(&ents, 4096);
+		struct change_fill cf = {.w = &ents};
+		uint64_t next = r->cookie;
+		rc = meta_changes(s->meta, cr, r->ino, r->cookie, MIN(MAX(r->max, 1u), (uint32_t)PROTO_READDIR_MAX),
+				  change_fill_one, &cf, &next);
+		if (rc >= 0) {
+			rep.count = cf.count;
+			rep.next = next;
+			rep.entries = ents.p;
+			rep.entries_len = (uint32_t)ents.len;
+			proto_reply_encode(out, &rep);
+			rc = 0;
+		}
+		wbuf_free(&ents);
+		return rc;
+	}
+	case OP_SETXATTR:
+	case OP_GETXATTR:
+	case OP_REMOVEXATTR: {
+		char name[AQ_XATTR_NAME_MAX + 1];
+		if (r->name_len > AQ_XATTR_NAME_MAX)
+			return -ERANGE;
+		if (r->name_len == 0)
+			return -EINVAL;
+		memcpy(name, r->name, r->name_len);
+		name[r->name_len] = 0;
+		if (r->op == OP_SETXATTR) {
+			if (r->data_len > AQ_XATTR_VALUE_MAX)
+				return -E2BIG;
+			rc = meta_setxattr(s->meta, cr, r->ino, name, r->data, r->data_len, r->flags);
+			break;
+		}
+		if (r->op == OP_REMOVEXATTR) {
+			rc = meta_removexattr(s->meta, cr, r->ino, name);
+			break;
+		}
+		uint8_t *buf = aq_malloc(AQ_XATTR_VALUE_MAX);
+		rc = meta_getxattr(s->meta, cr, r->ino, name, buf, MIN(r->len, (uint32_t)AQ_XATTR_VALUE_MAX));
+		if (rc >= 0) {
+			rep.size = (uint32_t)rc;
+			rep.data = buf;
+			rep.data_len = r->len ? (uint32_t)rc : 0;
+			proto_reply_encode(out, &rep);
+			rc = 0;
+		}
+		free(buf);
+		return rc;
+	}
+	case OP_LISTXATTR: {
+		uint32_t cap = MIN(r->len, (uint32_t)AQ_XATTR_VALUE_MAX);
+		char *buf = aq_malloc(AQ_XATTR_VALUE_MAX);
+		rc = meta_listxattr(s->meta, cr, r->ino, buf, cap);
+		if (rc >= 0) {
+			rep.size = (uint32_t)rc;
+			rep.data = (const uint8_t *)buf;
+			rep.data_len = cap ? (uint32_t)rc : 0;
+			proto_reply_encode(out, &rep);
+			rc = 0;
+		}
+		free(buf);
+		return rc;
+	}
+	case OP_STATFS:
+		rc = do_statfs(s, &rep.st);
+		break;
+	case OP_FSYNC:
+		rc = meta_sync(s->meta);
+		for (uint32_t i = 0; !rc && i < s->nlocal; i++)
+			rc = data_sync(s->data, s->local_targets[i]);
+		break;
+	case OP_CHUNK_WRITE:
+		if (!local_target(s, r->target))
+			return -AQ_ENOT_OWNER;
+		if (r->off > AQ_CHUNK_SIZE_MAX || r->data_len > AQ_CHUNK_SIZE_MAX - r->off)
+			return -EINVAL;
+		rc = data_write(s->data, r->target, r->ino, r->idx, (uint32_t)r->off, r->data, r->data_len,
+				r->flags & 1);
+		break;
+	case OP_CHUNK_READ: {
+		if (!local_target(s, r->target))
+			return -AQ_ENOT_OWNER;
+		if (r->off > AQ_CHUNK_SIZE_MAX || r->len > AQ_CHUNK_SIZE_MAX - r->off)
+			return -EINVAL;
+		/* Read straight into the reply buffer: u32 length, then the bytes. */
+		size_t at = out->len;
+		wbuf_u32(out, r->len);
+		wbuf_reserve(out, r->len);
+		rc = data_read(s->data, r->target, r->ino, r->idx, (uint32_t)r->off, out->p + out->len, r->len);
+		if (rc) {
+			out->len = at;
+			return rc;
+		}
+		out->len += r->len;
+		return 0;
+	}
+	default:
+		return -EPROTO;
+	}
+	if (rc < 0)
+		return rc;
+	proto_reply_encode(out, &rep);
+	return 0;
+}
+
+/* Decodes and runs one request; returns the wire status, reply payload in out. */
+static int run_one(struct server *s, struct sconn *sc, const struct proto_hdr *h, const uint8_t *payload,
+		   struct wbuf *out)
+{
+	struct proto_req r;
+	if (h->epoch && h->epoch != s->map.epoch)
+		return AQ_S_STALE_MAP;
+	int rc = proto_req_decode(h->op, payload, h->payload_len, &r);
+	if (rc) {
+		log_debug("malformed %s frame (%u bytes)", proto_op_name(h->op), h->payload_len);
+		return AQ_S_PROTO;
+	}
+	rc = handle(s, sc, &r, out);
+	if (rc && rc != -ENOENT && rc != -EEXIST && rc != -ENODATA && rc != -ENOTEMPTY && rc != -EACCES &&
+	    rc != -EPERM && rc != -ENAMETOOLONG && rc != -ENOTDIR && rc != -EISDIR && rc != -EINVAL)
+		log_warn("%s ino %llu: %s", proto_op_name(h->op), (unsigned long long)(r.ino ? r.ino : r.parent),
+			 aq_strerror(rc));
+	return rc ? aq_status_from_err(rc) : 0;
+}
+
+static void on_frame(void *arg, struct net_conn *c, const struct proto_hdr *h, const uint8_t *payload)
+{
+	struct server *s = arg;
+	struct sconn *sc = net_conn_data(c);
+	if (h->flags & PROTO_F_REPLY) {
+		log_warn("dropping %s: sent a reply frame", net_conn_peer(c));
+		net_close(c);
+		return;
+	}
+	if (!sc->authed) {
+		struct proto_req r;
+		uint8_t mac[PROTO_MAC_SIZE];
+		auth_mac(s->map.secret, sizeof s->map.secret, sc->nonce, sizeof sc->nonce, mac);
+		if (h->op != OP_AUTH || proto_req_decode(h->op, payload, h->payload_len, &r) ||
+		    r.data_len != PROTO_MAC_SIZE || !auth_equal(mac, r.data, PROTO_MAC_SIZE)) {
+			log_warn("refusing %s: authentication failed (wrong cluster secret or no AUTH)",
+				 net_conn_peer(c));
+			net_reply(c, h, AQ_S_AUTH, NULL, 0);
+			net_close(c);
+			return;
+		}
+		sc->authed = true;
+		net_reply(c, h, 0, NULL, 0);
+		return;
+	}
+	struct wbuf out;
+	wbuf_init(&out, 256);
+	if (h->op == OP_BATCH) {
+		struct proto_req br;
+		int st = 0;
+		if (proto_req_decode(OP_BATCH, payload, h->payload_len, &br) || br.max > PROTO_BATCH_MAX) {
+			st = AQ_S_PROTO;
+		} else {
+			/* reply: the batch reply fields, entries = one reply frame per sub-request */
+			struct wbuf subs, one;
+			wbuf_init(&subs, 1024);
+			wbuf_init(&one, 256);
+			struct rbuf rb;
+			rbuf_init(&rb, br.data, br.data_len);
+			uint32_t n = 0;
+			for (; n < br.max; n++) {
+				struct proto_hdr sh;
+				const uint8_t *sp;
+				if (proto_batch_next(&rb, &sh, &sp)) {
+					st = AQ_S_PROTO;
+					break;
+				}
+				one.len = 0;
+				int sst = run_one(s, sc, &sh, sp, &one);
+				struct proto_hdr rh = {.magic = PROTO_MAGIC, .version = PROTO_VERSION, .op = sh.op,
+						       .req_id = sh.req_id, .epoch = sh.epoch, .status = (uint16_t)sst,
+						       .flags = PROTO_F_REPLY, .payload_len = sst ? 0 : (uint32_t)one.len};
+				uint8_t hb[PROTO_HDR_SIZE];
+				proto_hdr_encode(hb, &rh);
+				wbuf_put(&subs, hb, sizeof hb);
+				if (!sst)
+					wbuf_put(&subs, one.p, one.len);
+			}
+			if (!st && rb.pos != rb.len)
+				st = AQ_S_PROTO;
+			if (!st && subs.len > AQ_FRAME_MAX - 64)
+				st = AQ_S_RANGE;
+			if (!st) {
+				struct proto_reply rep = {.op = OP_BATCH, .count = n, .entries = subs.p,
+							  .entries_len = (uint32_t)subs.len};
+				proto_reply_encode(&out, &rep);
+			}
+			wbuf_free(&one);
+			wbuf_free(&subs);
+		}
+		net_reply(c, h, st, out.p, out.len);
+	} else {
+		int st = run_one(s, sc, h, payload, &out);
+		net_reply(c, h, st, out.p, out.len);
+	}
+	wbuf_free(&out);
+}
+
+static bool on_accept(void *arg, struct net_conn *c)
+{
+	struct sconn *sc = aq_calloc(1, sizeof *sc);
+	pthread_mutex_init(&sc->mu, NULL);
+	random_bytes(sc->nonce, sizeof sc->nonce);
+	net_conn_set_data(c, sc);
+	struct proto_hdr h = {.magic = PROTO_MAGIC, .version = PROTO_VERSION, .op = OP_HELLO,
+			      .flags = PROTO_F_REPLY};
+	struct wbuf w;
+	wbuf_init(&w, 64);
+	struct proto_reply rep = {.op = OP_HELLO, .data = sc->nonce, .data_len = sizeof sc->nonce};
+	proto_reply_encode(&w, &rep);
+	int rc = net_send(c, &h, w.p, w.len);
+	wbuf_free(&w);
+	return rc == 0;
+}
+
+static void on_close(void *arg, struct net_conn *c)
+{
+	struct server *s = arg;
+	struct sconn *sc = net_conn_data(c);
+	if (!sc)
+		return;
+	for (uint32_t i = 0; i < sc->nopens; i++)
+		open_ref(s, sc->opens[i], -1);
+	free(sc->opens);
+	pthread_mutex_destroy(&sc->mu);
+	free(sc);
+	pthread_mutex_lock(&s->gc_mu);
+	pthread_cond_signal(&s->gc_cond); /* files unlinked while open may be collectable now */
+	pthread_mutex_unlock(&s->gc_mu);
+}
+
+/* The orphan collector: frees the data of inodes whose last link went away and that no
+ * client holds open, then drops their inode rows. */
+static void *gc_main(void *arg)
+{
+	struct server *s = arg;
+	struct meta_orphan orphans[128];
+	for (;;) {
+		pthread_mutex_lock(&s->gc_mu);
+		if (!s->gc_stop) {
+			struct timespec ts;
+			clock_gettime(CLOCK_REALTIME, &ts);
+			ts.tv_sec += 1;
+			pthread_cond_timedwait(&s->gc_cond, &s->gc_mu, &ts);
+		}
+		bool stop = s->gc_stop;
+		pthread_mutex_unlock(&s->gc_mu);
+		if (stop)
+			return NULL;
+		uint64_t after = 0;
+		for (;;) {
+			int n = meta_orphans(s->meta, orphans, ARRAY_SIZE(orphans), after);
+			if (n <= 0)
+				break;
+			for (int i = 0; i < n; i++) {
+				after = orphans[i].ino;
+				if (is_open(s, orphans[i].ino))
+					continue;
+				int rc = 0;
+				for (uint32_t t = 0; !rc && t < s->nlocal; t++)
+					rc = data_delete(s->data, s->local_targets[t], orphans[i].ino);
+				if (!rc)
+					rc = meta_orphan_done(s->meta, orphans[i].ino);
+				if (rc)
+					log_warn("collecting orphan %llu: %s", (unsigned long long)orphans[i].ino,
+						 aq_strerror(rc));
+			}
+			if (n < (int)ARRAY_SIZE(orphans))
+				break;
+		}
+	}
+}
+
+int server_start(const struct server_options *opt, struct server **out)
+{
+	struct server *s = aq_calloc(1, sizeof *s);
+	char path[4096], err[512];
+	int rc;
+	s->opt = *opt;
+	pthread_mutex_init(&s->open_mu, NULL);
+	pthread_mutex_init(&s->gc_mu, NULL);
+	pthread_cond_init(&s->gc_cond, NULL);
+	snprintf(path, sizeof path, "%s/cluster.conf", opt->data_dir);
+	rc = cluster_load(path, &s->map, err, sizeof err);
+	if (rc) {
+		log_error("%s", err);
+		goto err_free;
+	}
+	const struct cluster_server *me = cluster_server_by_id(&s->map, opt->server_id);
+	if (!me) {
+		log_error("server id %u is not in %s", opt->server_id, path);
+		rc = -EINVAL;
+		goto err_free;
+	}
+	for (uint32_t i = 0; i < s->map.ntargets; i++)
+		if (s->map.targets[i].server == opt->server_id)
+			s->local_targets[s->nlocal++] = s->map.targets[i].id;
+
+	snprintf(path, sizeof path, "%s/meta", opt->data_dir);
+	struct stat st;
+	bool create = stat(path, &st) != 0;
+	if (create && mkdir(path, 0700) && errno != EEXIST) {
+		rc = -errno;
+		log_error("cannot create %s: %s", path, strerror(errno));
+		goto err_free;
+	}
+	struct meta_options mo = {.nbuckets = s->map.nbuckets, .chunk_size = s->map.chunk_size,
+				  .sync = opt->meta_sync, .truncate_fn = truncate_data, .truncate_arg = s};
+	rc = meta_open(path, create, &mo, &s->meta);
+	if (rc) {
+		log_error("cannot open metadata store %s: %s", path, aq_strerror(rc));
+		goto err_free;
+	}
+	/* Targets are made together with the metadata store: a cluster whose metadata exists
+	 * but whose targets are gone must fail loudly, not start empty. targets/ itself may
+	 * already exist (a separate file system mounted there). */
+	snprintf(path, sizeof path, "%s/targets", opt->data_dir);
+	if (create && mkdir(path, 0700) && errno != EEXIST) {
+		rc = -errno;
+		goto err_meta;
+	}
+	struct data_options dop = {.ntargets = s->nlocal, .target_ids = s->local_targets};
+	rc = data_open(path, create, &dop, &s->data);
+	if (rc) {
+		log_error("cannot open storage targets under %s: %s", path, aq_strerror(rc));
+		goto err_meta;
+	}
+	struct net_options no = {.host = me->addr, .port = me->port, .workers = opt->workers};
+	struct net_ops ops = {.on_accept = on_accept, .on_frame = on_frame, .on_close = on_close};
+	rc = net_start(&no, &ops, s, &s->net);
+	if (rc) {
+		log_error("cannot listen on %s:%u: %s", me->addr, me->port, aq_strerror(rc));
+		goto err_data;
+	}
+	pthread_create(&s->gc_thread, NULL, gc_main, s);
+	log_info("aqd serving %u buckets and %u targets on %s:%u", s->map.nbuckets, s->nlocal, me->addr, me->port);
+	*out = s;
+	return 0;
+err_data:
+	data_close(s->data);
+err_meta:
+	meta_close(s->meta);
+err_free:
+	free(s);
+	return rc;
+}
+
+void server_stop(struct server *s)
+{
+	pthread_mutex_lock(&s->gc_mu);
+	s->gc_stop = true;
+	pthread_cond_signal(&s->gc_cond);
+	pthread_mutex_unlock(&s->gc_mu);
+	pthread_join(s->gc_thread, NULL);
+	net_stop(s->net);
+	meta_sync(s->meta);
+	data_close(s->data);
+	meta_close(s->meta);
+	for (uint32_t i = 0; i < OPEN_TABLE_SIZE; i++)
+		while (s->open_tab[i]) {
+			struct open_ent *e = s->open_tab[i];
+			s->open_tab[i] = e->next;
+			free(e);
+		}
+	free(s);
+}

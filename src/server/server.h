@@ -1,0 +1,24 @@
+/*
+ * server.h - aqd: the metadata buckets and storage targets of one host behind one
+ * network endpoint. server.c decodes requests and calls meta_* and data_*; it also
+ * tracks which inodes clients hold open (so the orphan collector keeps their data until
+ * the last close) and runs that collector.
+ */
+#ifndef AQ_SERVER_H
+#define AQ_SERVER_H
+#include "common/cluster.h"
+#include "data/data.h"
+#include "meta/meta.h"
+#include "net/net.h"
+
+struct server_options {
+	const char *data_dir;    /* holds cluster.conf, meta/, targets/ */
+	uint32_t server_id;
+	uint32_t workers;
+	bool meta_sync;          /* sync the metadata WAL on every commit */
+};
+
+struct server;
+int server_start(const struct server_options *opt, struct server **out);
+void server_stop(struct server *s);
+#endif

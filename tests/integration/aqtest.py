@@ -1,0 +1,136 @@
+"""Helpers for integration tests: a real single-node Aquifer (aqd + FUSE mount) in a
+temporary directory, and a tiny runner that calls every test_* function of a module.
+
+Each test file runs as its own process: `python3 tests/integration/test_x.py`."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+ROOT = os.environ.get("AQ_ROOT") or os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+AQ = os.path.join(ROOT, "bin", "aq")
+AQD = os.path.join(ROOT, "bin", "aqd")
+
+
+def run(*args, check=True, **kw):
+    """Runs a command; returns CompletedProcess with text output."""
+    p = subprocess.run(list(args), capture_output=True, text=True, **kw)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} exited {p.returncode}: {p.stdout}{p.stderr}")
+    return p
+
+
+class Cluster:
+    """A single-node cluster under a fresh temporary directory, mounted."""
+
+    def __init__(self, mount=True, targets_fs_size=None, extra_up=()):
+        self.base = tempfile.mkdtemp(prefix="aqtest.")
+        os.chmod(self.base, 0o755)
+        self.data = os.path.join(self.base, "var")
+        self.mnt = os.path.join(self.base, "mnt")
+        self.conf = os.path.join(self.data, "cluster.conf")
+        self.targets_mounted = False
+        os.makedirs(self.data)
+        if targets_fs_size:
+            tdir = os.path.join(self.data, "targets")
+            os.makedirs(tdir)
+            run("mount", "-t", "tmpfs", "-o", f"size={targets_fs_size}", "tmpfs", tdir)
+            self.targets_mounted = True
+        args = [AQ, "up", "--data", self.data, "--mount", self.mnt, *extra_up]
+        if not mount:
+            args.append("--no-mount")
+        run(*args)
+        self.mounted = mount
+
+    def path(self, *parts):
+        return os.path.join(self.mnt, *parts)
+
+    def pid(self):
+        with open(os.path.join(self.data, "aqd.pid")) as f:
+            return int(f.read())
+
+    def aq(self, *args, check=True):
+        return run(AQ, *args, "--cluster", self.conf, check=check)
+
+    def kill9(self):
+        """kill -9 aqd and wait until it is gone."""
+        pid = self.pid()
+        os.kill(pid, signal.SIGKILL)
+        for _ in range(200):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+        raise AssertionError("aqd did not die")
+
+    def restart(self):
+        """Starts aqd again (the mount reconnects by itself)."""
+        run(AQ, "up", "--data", self.data, "--mount", self.mnt)
+
+    def close(self):
+        run(AQ, "down", "--data", self.data, "--mount", self.mnt, check=False)
+        if self.targets_mounted:
+            run("umount", os.path.join(self.data, "targets"), check=False)
+        log = os.path.join(self.data, "aqd.log")
+        if os.environ.get("AQ_KEEP"):
+            print("kept", self.base)
+            return
+        if os.path.exists(log) and os.environ.get("AQ_SHOW_LOG"):
+            print(open(log).read())
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if exc[0] is not None:
+            log = os.path.join(self.data, "aqd.log")
+            if os.path.exists(log):
+                print("---- aqd.log (tail) ----")
+                print("".join(open(log).readlines()[-30:]))
+        self.close()
+
+
+def expect_errno(err, fn, *args, **kw):
+    """Asserts that fn(*args) raises OSError with errno err."""
+    try:
+        fn(*args, **kw)
+    except OSError as e:
+        assert e.errno == err, f"{fn.__name__}{args}: expected errno {err} ({os.strerror(err)}), got {e.errno} ({e})"
+        return
+    raise AssertionError(f"{fn.__name__}{args}: expected errno {err} ({os.strerror(err)}), succeeded")
+
+
+def main(module_globals, setup=None):
+    """Runs every test_* function in the module; each gets the shared fixture if setup is given."""
+    tests = [(n, f) for n, f in sorted(module_globals.items()) if n.startswith("test_") and callable(f)]
+    only = os.environ.get("AQ_ONLY")
+    if only:
+        tests = [(n, f) for n, f in tests if only in n]
+    fixture = setup() if setup else None
+    failed = 0
+    try:
+        for name, fn in tests:
+            t0 = time.time()
+            try:
+                fn(fixture) if setup else fn()
+                print(f"ok   {name} ({time.time() - t0:.1f}s)", flush=True)
+            except Exception:
+                failed += 1
+                print(f"FAIL {name}", flush=True)
+                traceback.print_exc()
+    finally:
+        if fixture is not None and hasattr(fixture, "close"):
+            if failed:
+                log = os.path.join(fixture.data, "aqd.log")
+                if os.path.exists(log):
+                    print("---- aqd.log (tail) ----")
+                    print("".join(open(log).readlines()[-40:]))
+            fixture.close()
+    print(f"{len(tests) - failed} passed, {failed} failed")
+    sys.exit(1 if failed or not tests else 0)

@@ -1,0 +1,120 @@
+"""Permission checks for a non-root user, with a real second uid (nobody, 65534) acting
+through the mount in a child process."""
+import errno
+import os
+import subprocess
+import sys
+
+from aqtest import Cluster, main
+
+NOBODY = 65534
+
+
+def as_user(code, uid=NOBODY, gid=NOBODY):
+    """Runs python code as uid/gid; returns the errno it reports (0 on success)."""
+    prog = ("import os, errno, sys\n"
+            "try:\n" + "".join("    " + l + "\n" for l in code.strip().splitlines()) +
+            "    print(0)\n"
+            "except OSError as e:\n    print(e.errno)\n")
+    def drop():
+        os.setgroups([])
+        os.setresgid(gid, gid, gid)
+        os.setresuid(uid, uid, uid)
+    p = subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True, preexec_fn=drop, cwd="/")
+    assert p.returncode == 0, p.stderr
+    return int(p.stdout.strip().splitlines()[-1])
+
+
+def setup():
+    c = Cluster()
+    os.chmod(c.mnt, 0o755)
+    return c
+
+
+def test_other_cannot_create_in_root_dir(c):
+    assert as_user(f"open('{c.path('nope')}', 'w')") == errno.EACCES
+
+
+def test_other_cannot_read_private_file(c):
+    p = c.path("private")
+    with open(p, "w") as f:
+        f.write("secret")
+    os.chmod(p, 0o600)
+    assert as_user(f"open('{p}').read()") == errno.EACCES
+    os.chmod(p, 0o644)
+    assert as_user(f"open('{p}').read()") == 0
+    assert as_user(f"open('{p}', 'a')") == errno.EACCES
+
+
+def test_other_can_work_in_open_dir(c):
+    d = c.path("pub")
+    os.mkdir(d)
+    os.chmod(d, 0o777)
+    assert as_user(f"open('{d}/mine', 'w').write('x')") == 0
+    st = os.stat(f"{d}/mine")
+    assert st.st_uid == NOBODY and st.st_gid == NOBODY
+    assert as_user(f"os.chmod('{d}/mine', 0o600)") == 0
+    assert as_user(f"os.unlink('{d}/mine')") == 0
+
+
+def test_sticky_dir(c):
+    d = c.path("sticky")
+    os.mkdir(d)
+    os.chmod(d, 0o1777)
+    with open(f"{d}/roots", "w") as f:
+        f.write("x")
+    os.chmod(f"{d}/roots", 0o666)
+    rc = as_user(f"os.unlink('{d}/roots')")
+    assert rc in (errno.EPERM, errno.EACCES), rc
+    assert os.path.exists(f"{d}/roots")
+
+
+def test_chmod_chown_by_non_owner(c):
+    p = c.path("owned-by-root")
+    open(p, "w").close()
+    os.chmod(p, 0o666)
+    assert as_user(f"os.chmod('{p}', 0o777)") == errno.EPERM
+    assert as_user(f"os.chown('{p}', {NOBODY}, {NOBODY})") == errno.EPERM
+    assert as_user(f"os.utime('{p}', (1, 1))") == errno.EPERM
+    assert as_user(f"os.utime('{p}', None)") == 0  # write permission suffices for "now"
+
+
+def test_no_search_permission(c):
+    d = c.path("closed")
+    os.mkdir(d)
+    open(f"{d}/inner", "w").close()
+    os.chmod(d, 0o700)
+    assert as_user(f"os.stat('{d}/inner')") == errno.EACCES
+    assert as_user(f"os.listdir('{d}')") == errno.EACCES
+
+
+def test_server_checks_too(c):
+    """The server refuses on its own, not only the kernel: a native client with nobody's
+    credentials asks directly."""
+    p = c.path("srvcheck")
+    open(p, "w").close()
+    os.chmod(p, 0o600)
+    env = dict(os.environ, AQ_CLUSTER=c.conf)
+    code = ("import ctypes, os\n"
+            f"lib = ctypes.CDLL('{os.environ.get('AQ_ROOT', '.')}/lib/libaq.so')\n"
+            "cl = ctypes.c_void_p()\n"
+            "assert lib.aq_connect(None, ctypes.byref(cl)) == 0\n"
+            "f = ctypes.c_void_p()\n"
+            "print(lib.aq_open(cl, b'/srvcheck', os.O_RDONLY, 0, ctypes.byref(f)))\n")
+    def drop():
+        os.setgroups([])
+        os.setresgid(NOBODY, NOBODY, NOBODY)
+        os.setresuid(NOBODY, NOBODY, NOBODY)
+    os.chmod(c.conf, 0o644)  # let nobody read the cluster file for this check only
+    os.chmod(c.data, 0o755)
+    try:
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, preexec_fn=drop,
+                           cwd="/")
+    finally:
+        os.chmod(c.conf, 0o600)
+    assert p.returncode == 0, p.stderr
+    assert int(p.stdout.strip()) == -errno.EACCES, p.stdout
+
+
+if __name__ == "__main__":
+    main(globals(), setup=setup)

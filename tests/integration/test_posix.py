@@ -1,0 +1,318 @@
+"""POSIX behaviour through a real FUSE mount of a real aqd: what cp, tar, ls and python's
+open rely on, and the errors ext4 gives."""
+import errno
+import hashlib
+import os
+import random
+import stat
+import subprocess
+import sys
+import tarfile
+import time
+
+from aqtest import Cluster, expect_errno, main, run
+
+
+def test_write_read_small(c):
+    p = c.path("small.bin")
+    data = os.urandom(110_000)
+    with open(p, "wb") as f:
+        f.write(data)
+    assert os.path.getsize(p) == len(data)
+    with open(p, "rb") as f:
+        assert f.read() == data
+
+
+def test_write_read_multi_chunk(c):
+    p = c.path("big.bin")
+    data = os.urandom(13 * 1024 * 1024 + 12345)  # spans 4 chunks of 4 MiB
+    with open(p, "wb") as f:
+        for i in range(0, len(data), 100_000):
+            f.write(data[i:i + 100_000])
+    with open(p, "rb") as f:
+        assert hashlib.sha256(f.read()).digest() == hashlib.sha256(data).digest()
+    with open(p, "rb") as f:  # random reads across chunk boundaries
+        rnd = random.Random(7)
+        for _ in range(50):
+            off = rnd.randrange(len(data))
+            n = rnd.randrange(1, 3 * 1024 * 1024)
+            f.seek(off)
+            assert f.read(n) == data[off:off + n]
+
+
+def test_sparse_holes_read_zeros(c):
+    p = c.path("sparse.bin")
+    with open(p, "wb") as f:
+        f.seek(10 * 1024 * 1024)
+        f.write(b"end")
+    with open(p, "rb") as f:
+        d = f.read()
+    assert len(d) == 10 * 1024 * 1024 + 3
+    assert d[:-3] == bytes(len(d) - 3) and d[-3:] == b"end"
+
+
+def test_file_larger_than_4gib(c):
+    p = c.path("huge.bin")
+    off = 5 * 1024 ** 3 + 17
+    with open(p, "wb") as f:
+        f.write(b"head")
+        f.seek(off)
+        f.write(b"tail-beyond-4GiB")
+    assert os.path.getsize(p) == off + 16
+    with open(p, "rb") as f:
+        f.seek(off - 4)
+        assert f.read() == bytes(4) + b"tail-beyond-4GiB"
+        f.seek(0)
+        assert f.read(4) == b"head"
+    os.truncate(p, 4)
+    assert os.path.getsize(p) == 4
+
+
+def test_append(c):
+    p = c.path("append.log")
+    for i in range(20):
+        with open(p, "a") as f:
+            f.write(f"line {i}\n")
+    with open(p) as f:
+        assert f.read() == "".join(f"line {i}\n" for i in range(20))
+    fd = os.open(p, os.O_WRONLY | os.O_APPEND)
+    os.write(fd, b"x")
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.write(fd, b"y")  # O_APPEND ignores the seek
+    os.close(fd)
+    with open(p, "rb") as f:
+        assert f.read().endswith(b"xy")
+
+
+def test_trunc_and_excl(c):
+    p = c.path("trunc.txt")
+    with open(p, "w") as f:
+        f.write("hello world")
+    fd = os.open(p, os.O_WRONLY | os.O_TRUNC)
+    os.close(fd)
+    assert os.path.getsize(p) == 0
+    expect_errno(errno.EEXIST, os.open, p, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    fd = os.open(c.path("excl-new"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    os.close(fd)
+    assert stat.S_IMODE(os.stat(c.path("excl-new")).st_mode) == 0o640
+
+
+def test_overwrite_middle(c):
+    p = c.path("over.bin")
+    data = bytearray(os.urandom(5 * 1024 * 1024))
+    with open(p, "wb") as f:
+        f.write(data)
+    with open(p, "r+b") as f:
+        f.seek(4 * 1024 * 1024 - 10)
+        f.write(b"Z" * 20)
+    data[4 * 1024 * 1024 - 10:4 * 1024 * 1024 + 10] = b"Z" * 20
+    with open(p, "rb") as f:
+        assert f.read() == bytes(data)
+
+
+def test_truncate_shrink_then_extend_reads_zeros(c):
+    p = c.path("shrink.bin")
+    with open(p, "wb") as f:
+        f.write(b"A" * 100_000)
+    os.truncate(p, 1000)
+    os.truncate(p, 50_000)
+    with open(p, "rb") as f:
+        d = f.read()
+    assert d == b"A" * 1000 + bytes(49_000)
+
+
+def test_directories(c):
+    d = c.path("d1")
+    os.mkdir(d)
+    expect_errno(errno.EEXIST, os.mkdir, d)
+    os.makedirs(c.path("d1", "a", "b", "c"))
+    open(c.path("d1", "f"), "w").close()
+    assert sorted(os.listdir(d)) == ["a", "f"]
+    expect_errno(errno.ENOTEMPTY, os.rmdir, d)
+    expect_errno(errno.ENOTDIR, os.rmdir, c.path("d1", "f"))
+    expect_errno(errno.ENOTDIR, os.listdir, c.path("d1", "f"))
+    expect_errno(errno.EISDIR, open, d, "w")
+    expect_errno(errno.ENOENT, os.stat, c.path("d1", "missing"))
+    expect_errno(errno.ENOENT, os.rmdir, c.path("nope"))
+    assert os.stat(d).st_nlink == 3  # ".", entry in parent, "a/.."
+    os.rmdir(c.path("d1", "a", "b", "c"))
+    os.rmdir(c.path("d1", "a", "b"))
+
+
+def test_unlink_dir_is_eisdir(c):
+    os.mkdir(c.path("ud"))
+    try:
+        os.unlink(c.path("ud"))
+        raise AssertionError("unlink of a directory succeeded")
+    except OSError as e:
+        assert e.errno in (errno.EISDIR, errno.EPERM), e
+
+
+def test_name_too_long(c):
+    expect_errno(errno.ENAMETOOLONG, open, c.path("n" * 256), "w")
+    expect_errno(errno.ENAMETOOLONG, os.mkdir, c.path("m" * 256))
+    p = c.path("k" * 255)
+    open(p, "w").close()
+    assert os.path.exists(p)
+
+
+def test_symlinks(c):
+    os.symlink("target/of/link", c.path("ln"))
+    assert os.readlink(c.path("ln")) == "target/of/link"
+    assert stat.S_ISLNK(os.lstat(c.path("ln")).st_mode)
+    with open(c.path("real"), "w") as f:
+        f.write("real")
+    os.symlink("real", c.path("ln2"))
+    with open(c.path("ln2")) as f:
+        assert f.read() == "real"
+
+
+def test_hard_links(c):
+    p = c.path("h1")
+    with open(p, "w") as f:
+        f.write("shared")
+    os.link(p, c.path("h2"))
+    assert os.stat(p).st_nlink == 2
+    assert os.stat(p).st_ino == os.stat(c.path("h2")).st_ino
+    os.unlink(p)
+    assert os.stat(c.path("h2")).st_nlink == 1
+    with open(c.path("h2")) as f:
+        assert f.read() == "shared"
+    os.mkdir(c.path("hd"))
+    expect_errno(errno.EPERM, os.link, c.path("hd"), c.path("hd2"))
+
+
+def test_rename(c):
+    with open(c.path("r1"), "w") as f:
+        f.write("one")
+    with open(c.path("r2"), "w") as f:
+        f.write("two")
+    os.rename(c.path("r1"), c.path("r2"))  # over an existing target
+    assert not os.path.exists(c.path("r1"))
+    with open(c.path("r2")) as f:
+        assert f.read() == "one"
+    os.makedirs(c.path("rd", "sub"))
+    expect_errno(errno.EINVAL, os.rename, c.path("rd"), c.path("rd", "sub", "inside"))
+    os.mkdir(c.path("rd2"))
+    os.rename(c.path("rd", "sub"), c.path("rd2", "sub"))
+    assert os.path.isdir(c.path("rd2", "sub"))
+    os.mkdir(c.path("empty"))
+    os.rename(c.path("rd2"), c.path("empty"))  # dir over empty dir
+    assert os.path.isdir(c.path("empty", "sub"))
+    os.mkdir(c.path("full"))
+    open(c.path("full", "x"), "w").close()
+    expect_errno(errno.ENOTEMPTY, os.rename, c.path("empty"), c.path("full"))
+    expect_errno(errno.ENOTDIR, os.rename, c.path("empty"), c.path("r2"))
+    expect_errno(errno.EISDIR, os.rename, c.path("r2"), c.path("full"))
+    # rename between directories keeps the file
+    os.rename(c.path("r2"), c.path("full", "moved"))
+    with open(c.path("full", "moved")) as f:
+        assert f.read() == "one"
+
+
+def test_chmod_chown_utimens_truncate(c):
+    p = c.path("attrs")
+    with open(p, "w") as f:
+        f.write("0123456789")
+    os.chmod(p, 0o600)
+    assert stat.S_IMODE(os.stat(p).st_mode) == 0o600
+    os.chown(p, 1234, 5678)
+    st = os.stat(p)
+    assert (st.st_uid, st.st_gid) == (1234, 5678)
+    os.utime(p, ns=(1_000_000_000_123, 2_000_000_000_456))
+    st = os.stat(p)
+    assert st.st_atime_ns == 1_000_000_000_123 and st.st_mtime_ns == 2_000_000_000_456
+    os.truncate(p, 4)
+    with open(p) as f:
+        assert f.read() == "0123"
+
+
+def test_mtime_changes_on_write(c):
+    p = c.path("mt")
+    open(p, "w").close()
+    os.utime(p, ns=(0, 0))
+    with open(p, "w") as f:
+        f.write("x")
+    assert os.stat(p).st_mtime_ns > 0
+
+
+def test_xattrs(c):
+    p = c.path("xa")
+    open(p, "w").close()
+    os.setxattr(p, "user.color", b"blue")
+    assert os.getxattr(p, "user.color") == b"blue"
+    assert "user.color" in os.listxattr(p)
+    expect_errno(errno.EEXIST, os.setxattr, p, "user.color", b"red", os.XATTR_CREATE)
+    expect_errno(errno.ENODATA, os.setxattr, p, "user.size", b"1", os.XATTR_REPLACE)
+    os.setxattr(p, "user.color", b"red", os.XATTR_REPLACE)
+    assert os.getxattr(p, "user.color") == b"red"
+    os.removexattr(p, "user.color")
+    expect_errno(errno.ENODATA, os.getxattr, p, "user.color")
+
+
+def test_statfs(c):
+    s = os.statvfs(c.mnt)
+    assert s.f_blocks > 0 and s.f_bfree > 0 and s.f_namemax == 255
+
+
+def test_readdir_many(c):
+    d = c.path("many")
+    os.mkdir(d)
+    names = {f"f{i:05d}" for i in range(3000)}
+    for n in names:
+        open(os.path.join(d, n), "w").close()
+    got = os.listdir(d)
+    assert len(got) == len(names) and set(got) == names
+    with os.scandir(d) as it:
+        assert sum(1 for e in it if e.is_file()) == 3000
+
+
+def test_cp_and_tar(c):
+    src = "/tmp/aqtest-tree"
+    subprocess.run(["rm", "-rf", src])
+    os.makedirs(os.path.join(src, "a", "b"))
+    for i in range(30):
+        with open(os.path.join(src, "a", f"f{i}"), "wb") as f:
+            f.write(os.urandom(random.randrange(1, 300_000)))
+    os.symlink("f1", os.path.join(src, "a", "link"))
+    run("cp", "-a", src, c.path("copied"))
+    run("diff", "-r", src, c.path("copied"))
+    run("tar", "-C", c.path("copied"), "-cf", c.path("t.tar"), ".")
+    os.mkdir(c.path("untar"))
+    run("tar", "-C", c.path("untar"), "-xf", c.path("t.tar"))
+    run("diff", "-r", src, c.path("untar"))
+    subprocess.run(["rm", "-rf", src])
+
+
+def test_unlink_while_open(c):
+    p = c.path("open-unlinked")
+    with open(p, "wb") as f:
+        f.write(b"still here")
+    f = open(p, "rb")
+    os.unlink(p)
+    time.sleep(1.5)  # past one pass of the orphan collector
+    assert f.read() == b"still here"
+    f.close()
+    assert not os.path.exists(p)
+
+
+def test_fsync(c):
+    p = c.path("synced")
+    fd = os.open(p, os.O_WRONLY | os.O_CREAT, 0o644)
+    os.write(fd, b"durable")
+    os.fsync(fd)
+    os.close(fd)
+    dfd = os.open(c.mnt, os.O_RDONLY)
+    os.fsync(dfd)
+    os.close(dfd)
+
+
+def test_status_command(c):
+    out = c.aq("status").stdout
+    for word in ("buckets", "targets", "files", "free"):
+        assert word in out, out
+    assert "secret" not in out
+
+
+if __name__ == "__main__":
+    main(globals(), setup=Cluster)

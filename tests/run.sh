@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Runs every test: unit test binaries (build/tests/test_*), then integration tests
+# (tests/integration/test_*), each against real aqd processes and a real FUSE mount.
+# Ends with "N passed, N failed"; exits non-zero if anything failed or nothing ran.
+# Usage: tests/run.sh [PATTERN]   (runs only tests whose name contains PATTERN)
+set -u
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+export AQ_ROOT=$ROOT PATH="$ROOT/bin:$PATH" PYTHONPATH="$ROOT/python:$ROOT/tests/integration${PYTHONPATH:+:$PYTHONPATH}"
+PY=/usr/bin/python3
+pattern=${1:-}
+passed=0 failed=0 failures=()
+logdir=$(mktemp -d /tmp/aq-test-logs.XXXXXX)
+
+run_one() { # name, command...
+  local name=$1; shift
+  [[ -n $pattern && $name != *"$pattern"* ]] && return
+  local log="$logdir/${name//\//_}.log" start=$SECONDS
+  printf '%-44s ' "$name"
+  if timeout 900 "$@" >"$log" 2>&1; then
+    passed=$((passed + 1)); echo "ok ($((SECONDS - start))s)"
+  else
+    failed=$((failed + 1)); failures+=("$name"); echo "FAIL ($((SECONDS - start))s)"
+    tail -n 40 "$log" | sed 's/^/    | /'
+  fi
+}
+
+for t in build/tests/test_*; do
+  [[ -x $t ]] && run_one "unit/$(basename "$t")" "$t"
+done
+for t in tests/integration/test_*; do
+  case $t in
+    *.py) run_one "integration/$(basename "$t")" "$PY" "$t" ;;
+    *.sh) run_one "integration/$(basename "$t")" bash "$t" ;;
+  esac
+done
+
+echo
+if ((failed)); then echo "failed: ${failures[*]}"; echo "logs in $logdir"; else rm -rf "$logdir"; fi
+echo "$passed passed, $failed failed"
+((failed == 0 && passed > 0))

@@ -1,0 +1,799 @@
+/*
+ * test_data.c - unit tests of the segment store (src/data): round trips against an
+ * in-memory model, sparse reads, overwrite, truncate, delete, reopen, corruption
+ * detection, compaction, ENOSPC and concurrent writers. Each case works in its own
+ * directory under a temporary root that is removed at the end.
+ */
+#include <fcntl.h>
+#include <ftw.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "common/common.h"
+#include "data/data.h"
+#include "data/data_internal.h"
+
+static char root[256];
+static char failmsg[512];
+static int case_no;
+
+#define CHECK(cond, ...)                                                                           \
+	do {                                                                                       \
+		if (!(cond)) {                                                                     \
+			int n_ = snprintf(failmsg, sizeof failmsg, "%s:%d: ", __FILE__, __LINE__); \
+			snprintf(failmsg + n_, sizeof failmsg - n_, __VA_ARGS__);                  \
+			goto fail;                                                                 \
+		}                                                                                  \
+	} while (0)
+
+static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
+static uint64_t rnd(uint64_t *s)
+{
+	*s ^= *s << 13;
+	*s ^= *s >> 7;
+	*s ^= *s << 17;
+	return *s;
+}
+static void fill_random(uint64_t *s, uint8_t *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		p[i] = (uint8_t)rnd(s);
+}
+
+static void case_dir(char *out, size_t size)
+{
+	snprintf(out, size, "%s/c%d", root, ++case_no);
+}
+
+static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+	(void)st; (void)flag; (void)ftw;
+	remove(path);
+	return 0;
+}
+
+static const uint32_t ids1[] = {7};
+static struct data_options opts1 = {.ntargets = 1, .target_ids = ids1};
+
+/* A model of chunks: what the store must return. */
+#define MCHUNK (1u << 20)
+#define MNCHUNKS 8
+struct model {
+	uint8_t *data[MNCHUNKS];
+};
+static void model_init(struct model *m)
+{
+	for (int i = 0; i < MNCHUNKS; i++)
+		m->data[i] = aq_calloc(1, MCHUNK);
+}
+static void model_free(struct model *m)
+{
+	for (int i = 0; i < MNCHUNKS; i++)
+		free(m->data[i]);
+}
+
+/* Random writes of ino into the model's chunks; returns 0 or the failing rc. */
+static int model_write_random(struct data_store *ds, uint32_t target, uint64_t ino, struct model *m, uint64_t *s,
+			      int nwrites, uint8_t *buf)
+{
+	for (int w = 0; w < nwrites; w++) {
+		uint32_t idx = rnd(s) % MNCHUNKS;
+		uint32_t off = rnd(s) % MCHUNK;
+		uint32_t maxlen = MIN(MCHUNK - off, 300000u);
+		uint32_t len = 1 + rnd(s) % maxlen;
+		if (rnd(s) % 8 == 0) { /* sometimes a whole chunk */
+			off = 0;
+			len = MCHUNK;
+		}
+		fill_random(s, buf, len);
+		int rc = data_write(ds, target, ino, idx, off, buf, len, rnd(s) % 4 == 0);
+		if (rc)
+			return rc;
+		memcpy(m->data[idx] + off, buf, len);
+	}
+	return 0;
+}
+
+static int model_check(struct data_store *ds, uint32_t target, uint64_t ino, struct model *m, uint8_t *buf)
+{
+	for (uint32_t idx = 0; idx < MNCHUNKS; idx++) {
+		memset(buf, 0xAA, MCHUNK);
+		int rc = data_read(ds, target, ino, idx, 0, buf, MCHUNK);
+		if (rc)
+			return rc;
+		if (memcmp(buf, m->data[idx], MCHUNK)) {
+			for (uint32_t i = 0; i < MCHUNK; i++)
+				if (buf[i] != m->data[idx][i]) {
+					fprintf(stderr, "ino %llx idx %u differs at %u\n", (unsigned long long)ino, idx, i);
+					break;
+				}
+			return -EILSEQ;
+		}
+	}
+	return 0;
+}
+
+/* Case roundtrip leaves its store here for case reopen. */
+static char rt_dir[300];
+static struct model rt_model;
+
+static int test_roundtrip(void)
+{
+	struct data_store *ds = NULL;
+	uint8_t *buf = aq_malloc(MCHUNK), *rb = aq_malloc(MCHUNK);
+	uint64_t s = 12345;
+	model_init(&rt_model);
+	case_dir(rt_dir, sizeof rt_dir);
+	int rc = data_open(rt_dir, true, &opts1, &ds);
+	CHECK(rc == 0, "open: %s", aq_strerror(rc));
+	for (int round = 0; round < 10; round++) {
+		rc = model_write_random(ds, 7, 100, &rt_model, &s, 20, buf);
+		CHECK(rc == 0, "write: %s", aq_strerror(rc));
+		for (int r = 0; r < 20; r++) { /* random partial reads */
+			uint32_t idx = rnd(&s) % MNCHUNKS, off = rnd(&s) % MCHUNK;
+			uint32_t len = 1 + rnd(&s) % (MCHUNK - off);
+			rc = data_read(ds, 7, 100, idx, off, rb, len);
+			CHECK(rc == 0, "read: %s", aq_strerror(rc));
+			CHECK(memcmp(rb, rt_model.data[idx] + off, len) == 0, "idx %u [%u, +%u) differs", idx, off, len);
+		}
+	}
+	rc = model_check(ds, 7, 100, &rt_model, rb);
+	CHECK(rc == 0, "check: %s", aq_strerror(rc));
+	CHECK(data_read(ds, 8, 100, 0, 0, rb, 10) == -AQ_ENOT_OWNER, "unknown target must be -AQ_ENOT_OWNER");
+	CHECK(data_write(ds, 7, 100, 0, AQ_CHUNK_SIZE_MAX, rb, 1, false) == -EINVAL, "write past chunk max");
+	struct data_target_stat st;
+	CHECK(data_stat(ds, 7, &st) == 0 && st.chunks == MNCHUNKS && st.live_bytes > 0 &&
+		      st.used_bytes >= st.live_bytes && st.segments >= 1 && st.capacity_bytes > 0,
+	      "stat: chunks %llu live %llu used %llu", (unsigned long long)st.chunks,
+	      (unsigned long long)st.live_bytes, (unsigned long long)st.used_bytes);
+	data_close(ds);
+	free(buf);
+	free(rb);
+	return 0;
+fail:
+	data_close(ds);
+	free(buf);
+	free(rb);
+	return -1;
+}
+
+static int test_reopen(void)
+{
+	struct data_store *ds = NULL;
+	uint8_t *rb = aq_malloc(MCHUNK);
+	char missing[300];
+	snprintf(missing, sizeof missing, "%s/nope", root);
+	int rc = data_open(missing, false, &opts1, &ds);
+	CHECK(rc == -ENOENT && !ds, "open of a missing store: %s", aq_strerror(rc));
+	rc = data_open(rt_dir, false, &opts1, &ds);
+	CHECK(rc == 0, "reopen: %s", aq_strerror(rc));
+	rc = model_check(ds, 7, 100, &rt_model, rb);
+	CHECK(rc == 0, "check after reopen: %s", aq_strerror(rc));
+	struct data_target_stat st;
+	CHECK(data_stat(ds, 7, &st) == 0 && st.chunks == MNCHUNKS, "chunks after reopen %llu",
+	      (unsigned long long)st.chunks);
+	/* Writes after reopen append past what is there and still read back. */
+	uint64_t s = 99;
+	rc = model_write_random(ds, 7, 100, &rt_model, &s, 10, rb);
+	CHECK(rc == 0, "write after reopen: %s", aq_strerror(rc));
+	rc = model_check(ds, 7, 100, &rt_model, rb);
+	CHECK(rc == 0, "check after reopen+write: %s", aq_strerror(rc));
+	data_close(ds);
+	ds = NULL;
+	rc = data_open(rt_dir, false, &opts1, &ds);
+	CHECK(rc == 0, "second reopen: %s", aq_strerror(rc));
+	rc = model_check(ds, 7, 100, &rt_model, rb);
+	CHECK(rc == 0, "check after second reopen: %s", aq_strerror(rc));
+	data_close(ds);
+	model_free(&rt_model);
+	free(rb);
+	return 0;
+fail:
+	data_close(ds);
+	free(rb);
+	return -1;
+}
+
+static bool all_bytes(const uint8_t *p, size_t n, uint8_t v)
+{
+	for (size_t i = 0; i < n; i++)
+		if (p[i] != v)
+			return false;
+	return true;
+}
+
+static int test_sparse(void)
+{
+	char dir[300];
+	struct data_store *ds = NULL;
+	uint8_t *rb = aq_malloc(MCHUNK);
+	case_dir(dir, sizeof dir);
+	int rc = data_open(dir, true, &opts1, &ds);
+	CHECK(rc == 0, "open: %s", aq_strerror(rc));
+	memset(rb, 0xAA, MCHUNK);
+	rc = data_read(ds, 7, 5, 3, 1000, rb, 200000);
+	CHECK(rc == 0 && all_bytes(rb, 200000, 0), "missing chunk must read zeros (%d)", rc);
+	uint8_t w[100];
+	memset(w, 0x5A, sizeof w);
+	rc = data_write(ds, 7, 5, 3, 300000, w, sizeof w, false);
+	CHECK(rc == 0, "write: %s", aq_strerror(rc));
+	memset(rb, 0xAA, MCHUNK);
+	rc = data_read(ds, 7, 5, 3, 0, rb, 400000);
+	CHECK(rc == 0, "read: %s", aq_strerror(rc));
+	CHECK(all_bytes(rb, 300000, 0), "gap before the write must be zeros");
+	CHECK(all_bytes(rb + 300000, 100, 0x5A), "written bytes");
+	CHECK(all_bytes(rb + 300100, 99900, 0), "past the end must be zeros");
+	/* A read that starts past the chunk's length. */
+	memset(rb, 0xAA, 1000);
+	rc = data_read(ds, 7, 5, 3, 500000, rb, 1000);
+	CHECK(rc == 0 && all_bytes(rb, 1000, 0), "read past length");
+	/* A second write past the end leaves a zero gap between the two. */
+	rc = data_write(ds, 7, 5, 3, 700000, w, sizeof w, true);
+	CHECK(rc == 0, "write 2: %s", aq_strerror(rc));
+	rc = data_read(ds, 7, 5, 3, 0, rb, MCHUNK);
+	CHECK(rc == 0 && all_bytes(rb, 300000, 0) && all_bytes(rb + 300000, 100, 0x5A) &&
+		      all_bytes(rb + 300100, 700000 - 300100, 0) && all_bytes(rb + 700000, 100, 0x5A) &&
+		      all_bytes(rb + 700100, MCHUNK - 700100, 0),
+	      "gap between writes");
+	data_close(ds);
+	free(rb);
+	return 0;
+fail:
+	data_close(ds);
+	free(rb);
+	return -1;
+}
+
+static int test_overwrite(void)
+{
+	char dir[300];
+	struct data_store *ds = NULL;
+	uint8_t *a = aq_malloc(MCHUNK), *rb = aq_malloc(MCHUNK), b[5000];
+	uint64_t s = 7;
+	case_dir(dir, sizeof dir);
+	int rc = data_open(dir, true, &opts1, &ds);
+	CHECK(rc == 0, "open: %s", aq_strerror(rc));
+	fill_random(&s, a, MCHUNK);
+	fill_random(&s, b, sizeof b);
+	rc = data_write(ds, 7, 9, 0, 0, a, MCHUNK, false);
+	CHECK(rc == 0, "write: %s", aq_strerror(rc));
+	rc = data_write(ds, 7, 9, 0, 100000, b, sizeof b, false);
+	CHECK(rc == 0, "overwrite: %s", aq_strerror(rc));
+	memcpy(a + 100000, b, sizeof b);
+	/* One that crosses a block boundary too. */
+	rc = data_write(ds, 7, 9, 0, DATA_BLOCK_SIZE - 10, b, 20, false);
+	CHECK(rc == 0, "overwrite 2: %s", aq_strerror(rc));
+	memcpy(a + DATA_BLOCK_SIZE - 10, b, 20);
+	rc = data_read(ds, 7, 9, 0, 0, rb, MCHUNK);
+	CHECK(rc == 0 && memcmp(a, rb, MCHUNK) == 0, "whole chunk after overwrites differs");
+	struct data_target_stat st;
+	CHECK(data_stat(ds, 7, &st) == 0 && st.chunks == 1 && st.live_bytes == MCHUNK + DATA_REC_ALIGN,
+	      "live bytes %llu", (unsigned long long)st.live_bytes);
+	data_close(ds);
+	free(a);
+	free(rb);
+	return 0;
+fail:
+	data_close(ds);
+	free(a);
+	free(rb);
+	return -1;
+}
+
+static int test_truncate_delete(void)
+{
+	char dir[300];
+	struct data_store *ds = NULL;
+	uint8_t *a[4], *rb = aq_malloc(MCHUNK);
+	uint64_t s = 11;
+	case_dir(dir, sizeof dir);
+	for (int i = 0; i < 4; i++) {
+		a[i] = aq_malloc(MCHUNK);
+		fill_random(&s, a[i], MCHUNK);
+	}
+	int rc = data_open(dir, true, &opts1, &ds);
+	CHECK(rc == 0, "open: %s", aq_strerror(rc));
+	for (uint32_t i = 0; i < 4; i++) {
+		rc = data_write(ds, 7, 200, i, 0, a[i], MCHUNK, false);
+		CHECK(rc == 0, "write: %s", aq_strerror(rc));
+	}
+	rc = data_write(ds, 7, 201, 0, 0, a[0], 1000, false); /* another file, untouched */
+	CHECK(rc == 0, "write: %s", aq_strerror(rc));
+	/* Cut in the middle of chunk 1. */
+	rc = data_truncate(ds, 7, 200, MCHUNK + MCHUNK / 2 + 3, MCHUNK);
+	CHECK(rc == 0, "truncate: %s", aq_strerror(rc));
+	rc = data_read(ds, 7, 200, 0, 0, rb, MCHUNK);
+	CHECK(rc == 0 && memcmp(rb, a[0], MCHUNK) == 0, "chunk 0 must be intact");
+	rc = data_read(ds, 7, 200, 1, 0, rb, MCHUNK);
+	CHECK(rc == 0 && memcmp(rb, a[1], MCHUNK / 2 + 3) == 0, "chunk 1 head must be intact");
+	CHECK(all_bytes(rb + MCHUNK / 2 + 3, MCHUNK / 2 - 3, 0), "chunk 1 past the cut must be zeros");
+	for (uint32_t i = 2; i < 4; i++) {
+		rc = data_read(ds, 7, 200, i, 0, rb, MCHUNK);
+		CHECK(rc == 0 && all_bytes(rb, MCHUNK, 0), "chunk %u must be gone", i);
+	}
+	struct data_target_stat st;
+	CHECK(data_stat(ds, 7, &st) == 0 && st.chunks == 3, "chunks after truncate %llu",
+	      (unsigned long long)st.chunks);
+	/* Extending again by a write far out reads zeros in between. */
+	uint8_t w[10];
+	memset(w, 0x77, sizeof w);
+	rc = data_write(ds, 7, 200, 1, 900000, w, sizeof w, false);
+	CHECK(rc == 0, "extend: %s", aq_strerror(rc));
+	rc = data_read(ds, 7, 200, 1, 0, rb, MCHUNK);
+	CHECK(rc == 0 && memcmp(rb, a[1], MCHUNK / 2 + 3) == 0 &&
+		      all_bytes(rb + MCHUNK / 2 + 3, 900000 - (MCHUNK / 2 + 3), 0) && all_bytes(rb + 900000, 10, 0x77) &&
+		      all_bytes(rb + 900010, MCHUNK - 900010, 0),
+	      "re-extended chunk 1");
+	/* Cut at a chunk boundary drops chunk 1 entirely. */
+	rc = data_truncate(ds, 7, 200, MCHUNK, MCHUNK);
+	CHECK(rc == 0, "truncate 2: %s", aq_strerror(rc));
+	rc = data_read(ds, 7, 200, 1, 0, rb, MCHUNK);
+	CHECK(rc == 0 && all_bytes(rb, MCHUNK, 0), "chunk 1 must be gone");
+	rc = data_delete(ds, 7, 200);
+	CHECK(rc == 0, "delete: %s", aq_strerror(rc));
+	rc = data_read(ds, 7, 200, 0, 0, rb, MCHUNK);
+	CHECK(rc == 0 && all_bytes(rb, MCHUNK, 0), "chunk 0 must be gone after delete");
+	rc = data_read(ds, 7, 201, 0, 0, rb, 1000);
+	CHECK(rc == 0 && memcmp(rb, a[0], 1000) == 0, "other file must be intact");
+	CHECK(data_stat(ds, 7, &st) == 0 && st.chunks == 1 && st.live_bytes == DATA_REC_ALIGN,
+	      "after delete: chunks %llu live %llu", (unsigned long long)st.chunks, (unsigned long long)st.live_bytes);
+	/* Survives a reopen. */
+	data_close(ds);
+	ds = NULL;
+	rc = data_open(dir, false, &opts1, &ds);
+	CHECK(rc == 0, "reopen: %s", aq_strerror(rc));
+	rc = data_read(ds, 7, 200, 0, 0, rb, MCHUNK);
+	CHECK(rc == 0 && all_bytes(rb, MCHUNK, 0), "chunk 0 must stay gone after reopen");
+	CHECK(data_stat(ds, 7, &st) == 0 && st.chunks == 1, "chunks after reopen %llu", (unsigned long long)st.chunks);
+	data_close(ds);
+	for (int i = 0; i < 4; i++)
+		free(a[i]);
+	free(rb);
+	return 0;
+fail:
+	data_close(ds);
+	for (int i = 0; i < 4; i++)
+		free(a[i]);
+	free(rb);
+	return -1;
+}
+
+static int test_corrupt(void)
+{
+	char dir[300], path[400];
+	struct data_store *ds = NULL;
+	uint32_t len = 3 * DATA_BLOCK_SIZE;
+	uint8_t *a = aq_malloc(len), *rb = aq_malloc(len);
+	uint64_t s = 3;
+	fill_random(&s, a, len);
+	case_dir(dir, sizeof dir);
+	int rc = data_open(dir, true, &opts1, &ds);
+	CHECK(rc == 0, "open: %s", aq_strerror(rc));
+	rc = data_write(ds, 7, 300, 0, 0, a, len, true);
+	CHECK(rc == 0, "write: %s", aq_strerror(rc));
+	struct data_entry e;
+	bool found = false;
+	rc = data_index_get(data_target_get(ds, 7), 300, 0, &e, &found);
+	CHECK(rc == 0 && found, "index entry");
+	/* Flip a byte in block 1 behind the store's back. */
+	snprintf(path, sizeof path, "%s/t0/seg-%08u", dir, e.seg);
+	int fd = open(path, O_RDWR);
+	CHECK(fd >= 0, "open %s", path);
+	uint64_t at = e.off + DATA_REC_HDR_SIZE + DATA_BLOCK_SIZE + 10;
+	uint8_t byte;
+	CHECK(pread(fd, &byte, 1, at) == 1, "pread");
+	byte ^= 0x01;
+	CHECK(pwrite(fd, &byte, 1, at) == 1, "pwrite");
+	close(fd);
+	rc = data_read(ds, 7, 300, 0, 0, rb, len);
+	CHECK(rc == -AQ_ECORRUPT, "whole read must be -AQ_ECORRUPT, got %s", aq_strerror(rc));
+	rc = data_read(ds, 7, 300, 0, DATA_BLOCK_SIZE + 5, rb, 1);
+	CHECK(rc == -AQ_ECORRUPT, "read in block 1 must be -AQ_ECORRUPT, got %s", aq_strerror(rc));
+	rc = data_read(ds, 7, 300, 0, 0, rb, DATA_BLOCK_SIZE);
+	CHECK(rc == 0 && memcmp(rb, a, DATA_BLOCK_SIZE) == 0, "block 0 must read fine");
+	rc = data_read(ds, 7, 300, 0, 2 * DATA_BLOCK_SIZE, rb, DATA_BLOCK_SIZE);
+	CHECK(rc == 0 && memcmp(rb, a + 2 * DATA_BLOCK_SIZE, DATA_BLOCK_SIZE) == 0, "block 2 must read fine");
+	/* A partial write that needs the corrupt block refuses; one that does not works. */
+	uint8_t w[10] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10};
+	rc = data_write(ds, 7, 300, 0, DATA_BLOCK_SIZE + 100, w, sizeof w, false);
+	CHECK(rc == -AQ_ECORRUPT, "RMW over the corrupt block must fail, got %s", aq_strerror(rc));
+	/* A whole-chunk rewrite needs no old data: it heals the chunk. */
+	rc = data_write(ds, 7, 300, 0, 0, a, len, false);
+	CHECK(rc == 0, "rewrite: %s", aq_strerror(rc));
+	rc = data_read(ds, 7, 300, 0, 0, rb, len);
+	CHECK(rc == 0 && memcmp(rb, a, len) == 0, "rewritten chunk must read fine");
+	data_close(ds);
+	free(a);
+	free(rb);
+	return 0;
+fail:
+	data_close(ds);
+	free(a);
+	free(rb);
+	return -1;
+}
+
+#define SMALL_SEG (8ull * 1024 * 1024 + 2 * DATA_REC_ALIGN)
+
+static int test_compact(void)
+{
+	char dir[300];
+	struct data_store *ds = NULL;
+	struct data_options o = {.ntargets = 1, .target_ids = ids1, .segment_bytes = SMALL_SEG};
+	uint32_t clen = 256 << 10;
+	uint8_t *cur[10], *rb = aq_malloc(clen);
+	uint64_t s = 5;
+	for (int i = 0; i < 10; i++)
+		cur[i] = aq_malloc(clen);
+	case_dir(dir, sizeof dir);
+	int rc = data_open(dir, true, &o, &ds);
+	CHECK(rc == 0, "open: %s", aq_strerror(rc));
+	uint64_t written = 0;
+	for (int round = 0; round < 12; round++) {
+		for (uint32_t i = 0; i < 10; i++) {
+			fill_random(&s, cur[i], clen);
+			rc = data_write(ds, 7, 400, i, 0, cur[i], clen, false);
+			CHECK(rc == 0, "write: %s", aq_strerror(rc));
+			written += data_rec_size(clen);
+		}
+	}
+	struct data_target_stat before, after;
+	CHECK(data_stat(ds, 7, &before) == 0, "stat");
+	int64_t got = data_compact(ds, 7, 0.5);
+	CHECK(got >= 0, "compact: %s", aq_strerror((int)got));
+	CHECK(data_stat(ds, 7, &after) == 0, "stat");
+	/* The background compactor may have done part of the work already: judge the end
+	 * state, not the return value. Left: the live records plus at most one active
+	 * segment's worth of dead ones. */
+	CHECK(after.used_bytes <= after.live_bytes + SMALL_SEG && after.used_bytes < written / 2,
+	      "used %llu live %llu written %llu", (unsigned long long)after.used_bytes,
+	      (unsigned long long)after.live_bytes, (unsigned long long)written);
+	CHECK(after.live_bytes == 10 * data_rec_size(clen) && after.chunks == 10, "live %llu",
+	      (unsigned long long)after.live_bytes);
+	for (uint32_t i = 0; i < 10; i++) {
+		rc = data_read(ds, 7, 400, i, 0, rb, clen);
+		CHECK(rc == 0 && memcmp(rb, cur[i], clen) == 0, "chunk %u after compaction", i);
+	}
+	data_close(ds);
+	ds = NULL;
+	rc = data_open(dir, false, &o, &ds);
+	CHECK(rc == 0, "reopen: %s", aq_strerror(rc));
+	CHECK(data_stat(ds, 7, &after) == 0 && after.live_bytes == 10 * data_rec_size(clen), "live after reopen");
+	for (uint32_t i = 0; i < 10; i++) {
+		rc = data_read(ds, 7, 400, i, 0, rb, clen);
+		CHECK(rc == 0 && memcmp(rb, cur[i], clen) == 0, "chunk %u after compaction+reopen", i);
+	}
+	data_close(ds);
+	for (int i = 0; i < 10; i++)
+		free(cur[i]);
+	free(rb);
+	return 0;
+fail:
+	data_close(ds);
+	for (int i = 0; i < 10; i++)
+		free(cur[i]);
+	free(rb);
+	return -1;
+}
+
+static int test_enospc(void)
+{
+	char dir[300];
+	struct data_store *ds = NULL;
+	struct data_options o = {.ntargets = 1, .target_ids = ids1, .capacity_bytes = 8ull << 20};
+	uint32_t clen = 300000;
+	enum { MAXC = 64 };
+	uint8_t *c[MAXC] = {0}, *rb = aq_malloc(clen);
+	uint64_t s = 17;
+	case_dir(dir, sizeof dir);
+	int rc = data_open(dir, true, &o, &ds);
+	CHECK(rc == 0, "open: %s", aq_strerror(rc));
+	int n = 0;
+	for (; n < MAXC; n++) {
+		c[n] = aq_malloc(clen);
+		fill_random(&s, c[n], clen);
+		rc = data_write(ds, 7, 500, (uint32_t)n, 0, c[n], clen, n % 2 == 0);
+		if (rc)
+			break;
+	}
+	CHECK(rc == -ENOSPC, "filling must end in -ENOSPC, got %s after %d chunks", aq_strerror(rc), n);
+	CHECK(n >= 20, "only %d chunks fit in 8 MiB", n);
+	struct data_target_stat st, st2;
+	CHECK(data_stat(ds, 7, &st) == 0 && st.used_bytes <= o.capacity_bytes && st.chunks == (uint64_t)n,
+	      "used %llu chunks %llu", (unsigned long long)st.used_bytes, (unsigned long long)st.chunks);
+	/* The failed chunk is not visible at all. */
+	rc = data_read(ds, 7, 500, (uint32_t)n, 0, rb, clen);
+	CHECK(rc == 0 && all_bytes(rb, clen, 0), "failed chunk must read zeros");
+	/* An overwrite on a full target fails and leaves the old version. */
+	uint8_t *w = aq_malloc(clen);
+	memset(w, 0xEE, clen);
+	rc = data_write(ds, 7, 500, 0, 0, w, clen, true);
+	free(w);
+	CHECK(rc == -ENOSPC, "overwrite on a full target: %s", aq_strerror(rc));
+	CHECK(data_stat(ds, 7, &st2) == 0 && st2.used_bytes == st.used_bytes, "used changed on ENOSPC");
+	for (int i = 0; i < n; i++) {
+		rc = data_read(ds, 7, 500, (uint32_t)i, 0, rb, clen);
+		CHECK(rc == 0 && memcmp(rb, c[i], clen) == 0, "chunk %d after ENOSPC", i);
+	}
+	/* Truncation still works on a full target, and deleting frees space again. */
+	rc = data_truncate(ds, 7, 500, 1000, clen);
+	CHECK(rc == 0, "truncate on a full target: %s", aq_strerror(rc));
+	rc = data_read(ds, 7, 500, 0, 0, rb, clen);
+	CHECK(rc == 0 && memcmp(rb, c[0], 1000) == 0 && all_bytes(rb + 1000, clen - 1000, 0), "truncated chunk 0");
+	data_close(ds);
+	ds = NULL;
+	rc = data_open(dir, false, &o, &ds);
+	CHECK(rc == 0, "reopen: %s", aq_strerror(rc));
+	rc = data_read(ds, 7, 500, 0, 0, rb, clen);
+	CHECK(rc == 0 && memcmp(rb, c[0], 1000) == 0 && all_bytes(rb + 1000, clen - 1000, 0), "chunk 0 after reopen");
+	data_close(ds);
+	for (int i = 0; i < MAXC; i++)
+		free(c[i]);
+	free(rb);
+	return 0;
+fail:
+	data_close(ds);
+	for (int i = 0; i < MAXC; i++)
+		free(c[i]);
+	free(rb);
+	return -1;
+}
+
+struct worker {
+	struct data_store *ds;
+	uint64_t ino;
+	struct model m;
+	int rc;
+};
+
+static void *writer_main(void *arg)
+{
+	struct worker *w = arg;
+	uint64_t s = 1000 + w->ino;
+	uint8_t *buf = aq_malloc(MCHUNK);
+	for (int i = 0; i < 10 && !w->rc; i++) {
+		w->rc = model_write_random(w->ds, 7, w->ino, &w->m, &s, 5, buf);
+		if (!w->rc)
+			w->rc = model_check(w->ds, 7, w->ino, &w->m, buf);
+	}
+	free(buf);
+	return NULL;
+}
+
+static bool compactor_stop; /* read and written with __atomic */
+static void *compact_main(void *arg)
+{
+	struct data_store *ds = arg;
+	while (!__atomic_load_n(&compactor_stop, __ATOMIC_RELAXED)) {
+		int64_t r = data_compact(ds, 7, 0.9);
+		if (r < 0 && r != -ENOSPC)
+			return (void *)1;
+		usleep(1000);
+	}
+	return NULL;
+}
+
+static int test_concurrent(void)
+{
+	char dir[300];
+	struct data_store *ds = NULL;
+	struct data_options o = {.ntargets = 1, .target_ids = ids1, .segment_bytes = SMALL_SEG};
+	struct worker w[4];
+	pthread_t th[4], ct;
+	uint8_t *buf = aq_malloc(MCHUNK);
+	memset(w, 0, sizeof w);
+	case_dir(dir, sizeof dir);
+	int rc = data_open(dir, true, &o, &ds);
+	CHECK(rc == 0, "open: %s", aq_strerror(rc));
+	__atomic_store_n(&compactor_stop, false, __ATOMIC_RELAXED);
+	CHECK(pthread_create(&ct, NULL, compact_main, ds) == 0, "thread");
+	for (int i = 0; i < 4; i++) {
+		w[i].ds = ds;
+		w[i].ino = 600 + i;
+		model_init(&w[i].m);
+		CHECK(pthread_create(&th[i], NULL, writer_main, &w[i]) == 0, "thread");
+	}
+	for (int i = 0; i < 4; i++)
+		pthread_join(th[i], NULL);
+	__atomic_store_n(&compactor_stop, true, __ATOMIC_RELAXED);
+	void *cres;
+	pthread_join(ct, &cres);
+	for (int i = 0; i < 4; i++)
+		CHECK(w[i].rc == 0, "writer %d: %s", i, aq_strerror(w[i].rc));
+	CHECK(cres == NULL, "concurrent compaction failed");
+	data_close(ds);
+	ds = NULL;
+	rc = data_open(dir, false, &o, &ds);
+	CHECK(rc == 0, "reopen: %s", aq_strerror(rc));
+	for (int i = 0; i < 4; i++) {
+		rc = model_check(ds, 7, w[i].ino, &w[i].m, buf);
+		CHECK(rc == 0, "writer %d after reopen: %s", i, aq_strerror(rc));
+	}
+	data_close(ds);
+	for (int i = 0; i < 4; i++)
+		model_free(&w[i].m);
+	free(buf);
+	return 0;
+fail:
+	data_close(ds);
+	free(buf);
+	return -1;
+}
+
+/* Two targets in one store are independent; ids map to their own directories. */
+static int test_two_targets(void)
+{
+	char dir[300];
+	struct data_store *ds = NULL;
+	static const uint32_t ids[] = {40, 41};
+	struct data_options o = {.ntargets = 2, .target_ids = ids};
+	uint8_t a[100], b[100], rb[100];
+	memset(a, 1, sizeof a);
+	memset(b, 2, sizeof b);
+	case_dir(dir, sizeof dir);
+	int rc = data_open(dir, true, &o, &ds);
+	CHECK(rc == 0, "open: %s", aq_strerror(rc));
+	CHECK(data_write(ds, 40, 1, 0, 0, a, sizeof a, false) == 0, "write 40");
+	CHECK(data_write(ds, 41, 1, 0, 0, b, sizeof b, false) == 0, "write 41");
+	CHECK(data_sync(ds, 40) == 0 && data_sync(ds, 41) == 0, "sync");
+	CHECK(data_read(ds, 40, 1, 0, 0, rb, sizeof rb) == 0 && memcmp(rb, a, sizeof a) == 0, "read 40");
+	CHECK(data_read(ds, 41, 1, 0, 0, rb, sizeof rb) == 0 && memcmp(rb, b, sizeof b) == 0, "read 41");
+	CHECK(data_write(ds, 7, 1, 0, 0, a, sizeof a, false) == -AQ_ENOT_OWNER, "unknown target");
+	data_close(ds);
+	return 0;
+fail:
+	data_close(ds);
+	return -1;
+}
+
+static int test_format(void)
+{
+	struct data_entry e = {.seg = 3, .off = 8192, .length = DATA_BLOCK_SIZE + 1, .version = 9}, d;
+	e.crc[0] = 0x11223344;
+	e.crc[1] = 0x55667788;
+	uint8_t v[DATA_VAL_MAX];
+	size_t n = data_val_encode(v, &e);
+	CHECK(n == DATA_VAL_FIXED + 8, "encoded %zu", n);
+	CHECK(data_val_decode(v, n, &d) == 0 && d.seg == 3 && d.off == 8192 && d.length == e.length &&
+		      d.version == 9 && d.crc[0] == e.crc[0] && d.crc[1] == e.crc[1],
+	      "round trip");
+	CHECK(data_val_decode(v, n - 1, &d) == -EIO, "short value must be -EIO");
+	CHECK(data_val_decode(v, n + 4, &d) == -EIO, "long value must be -EIO");
+	v[0] = 9;
+	CHECK(data_val_decode(v, n, &d) == -EIO, "unknown format must be -EIO");
+	struct data_rec_hdr h = {.ino = 1, .idx = 2, .length = 3, .version = 4}, hd;
+	uint8_t hb[DATA_REC_HDR_SIZE];
+	data_hdr_encode(hb, &h);
+	CHECK(data_hdr_decode(hb, &hd) == 0 && hd.ino == 1 && hd.idx == 2 && hd.length == 3 && hd.version == 4,
+	      "header round trip");
+	hb[9] ^= 1;
+	CHECK(data_hdr_decode(hb, &hd) == -EIO, "damaged header must be -EIO");
+	return 0;
+fail:
+	return -1;
+}
+
+/* kill -9 in the middle of synced writes: every acknowledged write reads back after
+ * reopen, and the store keeps working. */
+static int test_kill9(void)
+{
+	char dir[300];
+	struct data_store *ds = NULL;
+	uint32_t clen = 100000;
+	uint8_t *rb = aq_malloc(clen), *exp = aq_malloc(clen);
+	int pfd[2] = {-1, -1};
+	case_dir(dir, sizeof dir);
+	CHECK(pipe(pfd) == 0, "pipe");
+	pid_t pid = fork();
+	CHECK(pid >= 0, "fork");
+	if (pid == 0) {
+		close(pfd[0]);
+		struct data_options o = {.ntargets = 1, .target_ids = ids1, .segment_bytes = SMALL_SEG};
+		if (data_open(dir, true, &o, &ds))
+			_exit(2);
+		uint8_t *b = aq_malloc(clen);
+		for (uint32_t i = 0;; i++) {
+			/* Chunk i % 50 gets generation i: an overwrite whenever i >= 50. */
+			memset(b, (int)(i & 0xff), clen);
+			put_le32(b, i);
+			if (data_write(ds, 7, 700, i % 50, 0, b, clen, true))
+				_exit(3);
+			if (write(pfd[1], &i, sizeof i) != sizeof i)
+				_exit(4);
+		}
+	}
+	close(pfd[1]);
+	pfd[1] = -1;
+	uint32_t last = UINT32_MAX, v;
+	uint64_t t0 = aq_mono_ns();
+	while (aq_mono_ns() - t0 < 700000000ull && read(pfd[0], &v, sizeof v) == sizeof v)
+		last = v;
+	kill(pid, SIGKILL);
+	int status;
+	waitpid(pid, &status, 0);
+	/* Acknowledgements still in the pipe are acknowledged too. */
+	while (read(pfd[0], &v, sizeof v) == sizeof v)
+		last = v;
+	CHECK(WIFSIGNALED(status), "child exited by itself: status %d", status);
+	CHECK(last != UINT32_MAX && last >= 60, "child acknowledged only %u writes", last);
+	struct data_options o = {.ntargets = 1, .target_ids = ids1, .segment_bytes = SMALL_SEG};
+	int rc = data_open(dir, false, &o, &ds);
+	CHECK(rc == 0, "reopen after kill -9: %s", aq_strerror(rc));
+	for (uint32_t c = 0; c < 50; c++) {
+		/* The newest acknowledged generation of chunk c, or the one after it (written
+		 * but not yet acknowledged when the kill came). */
+		uint32_t g = last - ((last - c) % 50);
+		rc = data_read(ds, 7, 700, c, 0, rb, clen);
+		CHECK(rc == 0, "read chunk %u: %s", c, aq_strerror(rc));
+		uint32_t got = get_le32(rb);
+		CHECK(got == g || got == g + 50, "chunk %u has generation %u, acknowledged %u", c, got, g);
+		memset(exp, (int)(got & 0xff), clen);
+		put_le32(exp, got);
+		CHECK(memcmp(rb, exp, clen) == 0, "chunk %u generation %u content", c, got);
+	}
+	/* Still writable, and the new write does not clobber anything. */
+	memset(exp, 0x42, clen);
+	rc = data_write(ds, 7, 701, 0, 0, exp, clen, true);
+	CHECK(rc == 0, "write after reopen: %s", aq_strerror(rc));
+	rc = data_read(ds, 7, 701, 0, 0, rb, clen);
+	CHECK(rc == 0 && memcmp(rb, exp, clen) == 0, "read after reopen");
+	data_close(ds);
+	close(pfd[0]);
+	free(rb);
+	free(exp);
+	return 0;
+fail:
+	data_close(ds);
+	if (pfd[0] >= 0)
+		close(pfd[0]);
+	if (pfd[1] >= 0)
+		close(pfd[1]);
+	free(rb);
+	free(exp);
+	return -1;
+}
+
+int main(void)
+{
+	static const struct {
+		const char *name;
+		int (*fn)(void);
+	} cases[] = {
+		/* First: the child must fork from a process without RocksDB's threads. */
+		{"kill9", test_kill9},
+		{"format", test_format},
+		{"roundtrip", test_roundtrip},
+		{"reopen", test_reopen},
+		{"sparse", test_sparse},
+		{"overwrite", test_overwrite},
+		{"truncate_delete", test_truncate_delete},
+		{"corrupt", test_corrupt},
+		{"compact", test_compact},
+		{"enospc", test_enospc},
+		{"concurrent", test_concurrent},
+		{"two_targets", test_two_targets},
+	};
+	snprintf(root, sizeof root, "/tmp/aq_test_data.XXXXXX");
+	if (!mkdtemp(root)) {
+		perror("mkdtemp");
+		return 1;
+	}
+	(void)rng_state;
+	int passed = 0, failed = 0;
+	for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+		failmsg[0] = 0;
+		if (cases[i].fn() == 0) {
+			printf("ok %s\n", cases[i].name);
+			passed++;
+		} else {
+			printf("FAIL %s: %s\n", cases[i].name, failmsg);
+			failed++;
+		}
+		fflush(stdout);
+	}
+	nftw(root, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+	printf("%d passed, %d failed\n", passed, failed);
+	return failed ? 1 : 0;
+}

@@ -1,0 +1,950 @@
+/*
+ * test_meta.c - unit tests of the metadata store (src/meta) against a real RocksDB in a
+ * temporary directory: namespace operations, partial-row merging, readdir cookies under
+ * concurrency, the rmdir fence, rename rules, permissions, xattrs, the changelog and
+ * reopening. Prints one line per case and "N passed, N failed".
+ */
+#include <fcntl.h>
+#include <ftw.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "meta/meta.h"
+#include "meta/meta_internal.h"
+
+static char g_dir[256];
+static struct meta_store *g_m;
+static char g_why[512];
+static const struct aq_cred ROOT = { 0 };
+
+#define CHECK(cond, ...)                                                                      \
+	do {                                                                                  \
+		if (!(cond)) {                                                                \
+			snprintf(g_why, sizeof(g_why), "line %d: %s", __LINE__, #cond);       \
+			return -1;                                                            \
+		}                                                                             \
+	} while (0)
+#define CHECK_RC(expr, want)                                                                  \
+	do {                                                                                  \
+		int _rc = (expr);                                                             \
+		if (_rc != (want)) {                                                          \
+			snprintf(g_why, sizeof(g_why), "line %d: %s = %d (%s), want %d", __LINE__, \
+				 #expr, _rc, aq_strerror(_rc), (want));                       \
+			return -1;                                                            \
+		}                                                                             \
+	} while (0)
+
+static struct meta_options opts(void)
+{
+	return (struct meta_options){ .nbuckets = 64, .chunk_size = 1 << 20, .sync = false };
+}
+
+static int mk(uint64_t parent, const char *name, uint32_t mode, struct aq_attr *out)
+{
+	return meta_mknod(g_m, &ROOT, parent, name, strlen(name), mode, 0, AQ_CREATE_EXCL, out);
+}
+static int mkd(uint64_t parent, const char *name, struct aq_attr *out)
+{
+	return meta_mkdir(g_m, &ROOT, parent, name, strlen(name), 0755, out);
+}
+static int lk(uint64_t parent, const char *name, struct aq_attr *out)
+{
+	return meta_lookup(g_m, &ROOT, parent, name, strlen(name), out);
+}
+static int ul(uint64_t parent, const char *name)
+{
+	return meta_unlink(g_m, &ROOT, parent, name, strlen(name));
+}
+static int rmd(uint64_t parent, const char *name)
+{
+	return meta_rmdir(g_m, &ROOT, parent, name, strlen(name));
+}
+static int ren(uint64_t p, const char *a, uint64_t np, const char *b, uint32_t flags)
+{
+	return meta_rename(g_m, &ROOT, p, a, strlen(a), np, b, strlen(b), flags);
+}
+
+/* Counts dentry and partial rows of dir in every bucket (straight from RocksDB). */
+static void count_rows(uint64_t dir, uint64_t *dentries, uint64_t *partials)
+{
+	*dentries = *partials = 0;
+	rocksdb_iterator_t *it = rocksdb_create_iterator(g_m->db, g_m->ropts);
+	for (uint32_t b = 0; b < g_m->nbuckets; b++) {
+		uint8_t p[META_DENTRY_PREFIX_LEN];
+		meta_key_dentry_prefix(p, b, dir);
+		for (rocksdb_iter_seek(it, (const char *)p, sizeof(p)); rocksdb_iter_valid(it); rocksdb_iter_next(it)) {
+			size_t kl;
+			const char *k = rocksdb_iter_key(it, &kl);
+			if (kl < sizeof(p) || memcmp(k, p, sizeof(p)))
+				break;
+			(*dentries)++;
+		}
+		uint8_t pk[META_PARTIAL_KEY_LEN];
+		if (meta_get(g_m, pk, meta_key_partial(pk, b, dir), NULL, 0, NULL) == 1)
+			(*partials)++;
+	}
+	rocksdb_iter_destroy(it);
+}
+
+/* Pages through every orphan; returns how many times ino is listed, or -1 when the
+ * listing is out of order. */
+static int orphan_count(uint64_t ino)
+{
+	struct meta_orphan o[100];
+	uint64_t after = 0;
+	int found = 0, n;
+	while ((n = meta_orphans(g_m, o, 100, after)) > 0) {
+		for (int i = 0; i < n; i++) {
+			if (o[i].ino <= after)
+				return -1;
+			after = o[i].ino;
+			if (o[i].ino == ino)
+				found++;
+		}
+	}
+	return n < 0 ? -1 : found;
+}
+
+/* ---- basic ----------------------------------------------------------------------------- */
+
+static int t_create_lookup(void)
+{
+	struct aq_attr a, b;
+	CHECK_RC(meta_getattr(g_m, AQ_ROOT_INO, &a), 0);
+	CHECK(S_ISDIR(a.mode) && (a.mode & 07777) == 0755 && a.uid == 0 && a.nlink == 2);
+	CHECK_RC(mk(AQ_ROOT_INO, "hello", 0644, &a), 0);
+	CHECK(S_ISREG(a.mode) && a.nlink == 1 && a.size == 0 && a.ino != AQ_ROOT_INO);
+	CHECK(a.chunk_size == 1 << 20);
+	CHECK_RC(lk(AQ_ROOT_INO, "hello", &b), 0);
+	CHECK(b.ino == a.ino && b.mode == a.mode && b.generation == a.generation);
+	CHECK_RC(meta_getattr(g_m, a.ino, &b), 0);
+	CHECK(b.ino == a.ino);
+	CHECK_RC(mk(AQ_ROOT_INO, "hello", 0644, NULL), -EEXIST);
+	/* open(O_CREAT) without O_EXCL opens the existing file */
+	CHECK_RC(meta_mknod(g_m, &ROOT, AQ_ROOT_INO, "hello", 5, 0644, 0, 0, &b), 0);
+	CHECK(b.ino == a.ino);
+	CHECK_RC(lk(AQ_ROOT_INO, "nothere", &b), -ENOENT);
+	char longname[300];
+	memset(longname, 'x', 256);
+	longname[256] = 0;
+	CHECK_RC(mk(AQ_ROOT_INO, longname, 0644, NULL), -ENAMETOOLONG);
+	longname[255] = 0;
+	CHECK_RC(mk(AQ_ROOT_INO, longname, 0644, NULL), 0);
+	CHECK_RC(lk(AQ_ROOT_INO, longname, &b), 0);
+	CHECK_RC(mk(AQ_ROOT_INO, "a/b", 0644, NULL), -EINVAL);
+	CHECK_RC(meta_mknod(g_m, &ROOT, AQ_ROOT_INO, "", 0, 0644, 0, 0, NULL), -EINVAL);
+	CHECK_RC(mk(AQ_ROOT_INO, ".", 0644, NULL), -EEXIST);
+	CHECK_RC(mk(AQ_ROOT_INO, "..", 0644, NULL), -EEXIST);
+	CHECK_RC(mk(a.ino, "x", 0644, NULL), -ENOTDIR);
+	CHECK_RC(lk(AQ_ROOT_INO, ".", &b), 0);
+	CHECK(b.ino == AQ_ROOT_INO);
+	CHECK_RC(mk(AQ_ROOT_INO, "fifo", S_IFIFO | 0600, &b), 0);
+	CHECK(S_ISFIFO(b.mode));
+	return 0;
+}
+
+static int t_symlink(void)
+{
+	struct aq_attr a;
+	char buf[64];
+	CHECK_RC(meta_symlink(g_m, &ROOT, AQ_ROOT_INO, "sl", 2, "some/target", 11, &a), 0);
+	CHECK(S_ISLNK(a.mode) && a.size == 11);
+	CHECK_RC(meta_readlink(g_m, a.ino, buf, sizeof(buf)), 11);
+	CHECK(memcmp(buf, "some/target", 11) == 0);
+	struct aq_attr f;
+	CHECK_RC(lk(AQ_ROOT_INO, "hello", &f), 0);
+	CHECK_RC(meta_readlink(g_m, f.ino, buf, sizeof(buf)), -EINVAL);
+	CHECK_RC(meta_symlink(g_m, &ROOT, AQ_ROOT_INO, "sl", 2, "x", 1, NULL), -EEXIST);
+	return 0;
+}
+
+static int t_mkdir_rmdir(void)
+{
+	struct aq_attr root0, root1, d, f, sub;
+	CHECK_RC(meta_getattr(g_m, AQ_ROOT_INO, &root0), 0);
+	CHECK_RC(mkd(AQ_ROOT_INO, "dir1", &d), 0);
+	CHECK(S_ISDIR(d.mode) && d.nlink == 2 && d.size == 4096);
+	CHECK_RC(meta_getattr(g_m, AQ_ROOT_INO, &root1), 0);
+	CHECK(root1.nlink == root0.nlink + 1);
+	CHECK(root1.mtime_ns >= root0.mtime_ns);
+	CHECK_RC(mk(d.ino, "f", 0644, &f), 0);
+	CHECK_RC(mkd(d.ino, "sub", &sub), 0);
+	CHECK_RC(meta_getattr(g_m, d.ino, &d), 0);
+	CHECK(d.nlink == 3);
+	CHECK_RC(rmd(AQ_ROOT_INO, "dir1"), -ENOTEMPTY);
+	CHECK_RC(rmd(d.ino, "f"), -ENOTDIR);
+	CHECK_RC(ul(d.ino, "sub"), -EISDIR);
+	CHECK_RC(rmd(d.ino, "nope"), -ENOENT);
+	CHECK_RC(rmd(d.ino, "."), -EINVAL);
+	CHECK_RC(mkd(d.ino, "sub", NULL), -EEXIST);
+	struct aq_attr dd;
+	CHECK_RC(lk(sub.ino, "..", &dd), 0);
+	CHECK(dd.ino == d.ino);
+	CHECK_RC(rmd(d.ino, "sub"), 0);
+	CHECK_RC(meta_getattr(g_m, sub.ino, &sub), -ENOENT);
+	CHECK_RC(ul(d.ino, "f"), 0);
+	CHECK_RC(rmd(AQ_ROOT_INO, "dir1"), 0);
+	CHECK_RC(meta_getattr(g_m, AQ_ROOT_INO, &root1), 0);
+	CHECK(root1.nlink == root0.nlink);
+	CHECK_RC(lk(AQ_ROOT_INO, "dir1", &d), -ENOENT);
+	CHECK_RC(mk(d.ino, "late", 0644, NULL), -ENOENT);
+	uint64_t nd, np;
+	count_rows(d.ino, &nd, &np);
+	CHECK(nd == 0 && np == 0);
+	return 0;
+}
+
+/* ---- big directory + readdir ----------------------------------------------------------- */
+
+#define BIG_N 20000
+#define BIG_DIRS 10
+static uint64_t g_big;
+
+struct collect {
+	uint32_t n, cap;
+	char (*names)[32];
+	uint64_t *cookies;
+	uint8_t *seen; /* indexed by file number for names "f%d" */
+	uint32_t dups, unknown, badattr;
+	uint64_t last_cookie;
+};
+
+static int collect_fn(void *arg, const char *name, size_t len, uint64_t ino, uint32_t dtype, uint64_t cookie,
+		      const struct aq_attr *attr)
+{
+	struct collect *c = arg;
+	char tmp[32];
+	if (len >= sizeof(tmp))
+		return 0;
+	memcpy(tmp, name, len);
+	tmp[len] = 0;
+	if (c->n < c->cap) {
+		memcpy(c->names[c->n], tmp, len + 1);
+		c->cookies[c->n] = cookie;
+	}
+	c->n++;
+	c->last_cookie = cookie;
+	if (attr && attr->ino != ino)
+		c->badattr++;
+	int k;
+	if (sscanf(tmp, "f%d", &k) == 1 && k >= 0 && k < BIG_N) {
+		if (c->seen[k]++)
+			c->dups++;
+	} else if (tmp[0] != 'd' && tmp[0] != 't') {
+		c->unknown++;
+	}
+	return 0;
+}
+
+static int t_bigdir(void)
+{
+	struct aq_attr d, a;
+	char name[32];
+	CHECK_RC(mkd(AQ_ROOT_INO, "big", &d), 0);
+	g_big = d.ino;
+	for (int i = 0; i < BIG_N; i++) {
+		snprintf(name, sizeof(name), "f%d", i);
+		CHECK_RC(mk(g_big, name, 0644, NULL), 0);
+	}
+	for (int i = 0; i < BIG_DIRS; i++) {
+		snprintf(name, sizeof(name), "d%d", i);
+		CHECK_RC(mkd(g_big, name, NULL), 0);
+	}
+	CHECK_RC(meta_getattr(g_m, g_big, &a), 0);
+	CHECK(a.nlink == 2 + BIG_DIRS);
+	struct meta_partial sum;
+	CHECK_RC(meta_dir_totals(g_m, g_big, &sum), 0);
+	CHECK(sum.nentries == BIG_N + BIG_DIRS && sum.nsubdirs == BIG_DIRS);
+
+	/* Full listing in pages. */
+	struct collect c = { .cap = BIG_N + BIG_DIRS };
+	c.names = calloc(c.cap, 32);
+	c.cookies = calloc(c.cap, sizeof(uint64_t));
+	c.seen = calloc(BIG_N, 1);
+	uint64_t cookie = 0;
+	int pages = 0;
+	for (;;) {
+		int n = meta_readdir(g_m, &ROOT, g_big, cookie, 1000, pages % 2 == 1, collect_fn, &c);
+		CHECK(n >= 0);
+		if (n == 0)
+			break;
+		CHECK(c.last_cookie >= (1ull << 48) && c.last_cookie > cookie);
+		cookie = c.last_cookie;
+		pages++;
+	}
+	int rc = 0;
+	if (c.n != BIG_N + BIG_DIRS || c.dups || c.unknown || c.badattr) {
+		snprintf(g_why, sizeof(g_why), "listing: n=%u dups=%u unknown=%u badattr=%u", c.n, c.dups, c.unknown,
+			 c.badattr);
+		rc = -1;
+	}
+	for (int i = 0; rc == 0 && i < BIG_N; i++)
+		if (c.seen[i] != 1) {
+			snprintf(g_why, sizeof(g_why), "f%d seen %d times", i, c.seen[i]);
+			rc = -1;
+		}
+	/* Resume from every 100th cookie: the next entry must be the one after it. */
+	for (uint32_t i = 99; rc == 0 && i + 1 < c.n; i += 100) {
+		struct collect r = { .cap = 4 };
+		r.names = calloc(4, 32);
+		r.cookies = calloc(4, sizeof(uint64_t));
+		r.seen = calloc(BIG_N, 1);
+		int n = meta_readdir(g_m, &ROOT, g_big, c.cookies[i], 3, false, collect_fn, &r);
+		if (n < 1 || strcmp(r.names[0], c.names[i + 1]) != 0) {
+			snprintf(g_why, sizeof(g_why), "resume at %u: got %d entries, first %s want %s", i, n,
+				 n > 0 ? r.names[0] : "-", c.names[i + 1]);
+			rc = -1;
+		}
+		free(r.names);
+		free(r.cookies);
+		free(r.seen);
+	}
+	/* Server-reserved small cookies mean "from the start". */
+	if (rc == 0) {
+		struct collect r = { .cap = 4 };
+		r.names = calloc(4, 32);
+		r.cookies = calloc(4, sizeof(uint64_t));
+		r.seen = calloc(BIG_N, 1);
+		int n = meta_readdir(g_m, &ROOT, g_big, 2, 1, false, collect_fn, &r);
+		if (n != 1 || strcmp(r.names[0], c.names[0]) != 0) {
+			snprintf(g_why, sizeof(g_why), "cookie 2 did not restart");
+			rc = -1;
+		}
+		free(r.names);
+		free(r.cookies);
+		free(r.seen);
+	}
+	free(c.names);
+	free(c.cookies);
+	free(c.seen);
+	return rc;
+}
+
+struct churn {
+	uint64_t dir;
+	atomic_bool stop;
+	int err;
+};
+
+static void *churn_main(void *arg)
+{
+	struct churn *ch = arg;
+	char name[32];
+	for (unsigned i = 0; !atomic_load(&ch->stop); i++) {
+		snprintf(name, sizeof(name), "t%u", i % 500);
+		int rc = mk(ch->dir, name, 0644, NULL);
+		if (rc && rc != -EEXIST)
+			ch->err = rc;
+		snprintf(name, sizeof(name), "t%u", (i * 7 + 3) % 500);
+		rc = ul(ch->dir, name);
+		if (rc && rc != -ENOENT)
+			ch->err = rc;
+	}
+	return NULL;
+}
+
+static int dup_names(struct collect *c)
+{
+	/* Names are few enough to check by sorting a copy. */
+	int dups = 0;
+	uint32_t n = MIN(c->n, c->cap);
+	for (uint32_t i = 0; i < n; i++)
+		for (uint32_t j = i + 1; j < n; j++)
+			if (c->names[i][0] == 't' && strcmp(c->names[i], c->names[j]) == 0)
+				dups++;
+	return dups;
+}
+
+static int t_readdir_concurrent(void)
+{
+	struct aq_attr d;
+	char name[32];
+	CHECK_RC(mkd(AQ_ROOT_INO, "churn", &d), 0);
+	for (int i = 0; i < 2000; i++) {
+		snprintf(name, sizeof(name), "f%d", i);
+		CHECK_RC(mk(d.ino, name, 0644, NULL), 0);
+	}
+	struct churn ch = { .dir = d.ino };
+	pthread_t th;
+	pthread_create(&th, NULL, churn_main, &ch);
+	int rc = 0;
+	for (int round = 0; round < 5 && rc == 0; round++) {
+		struct collect c = { .cap = 3000 };
+		c.names = calloc(c.cap, 32);
+		c.cookies = calloc(c.cap, sizeof(uint64_t));
+		c.seen = calloc(BIG_N, 1);
+		uint64_t cookie = 0;
+		for (;;) {
+			int n = meta_readdir(g_m, &ROOT, d.ino, cookie, 37, round & 1, collect_fn, &c);
+			if (n < 0) {
+				rc = -1;
+				snprintf(g_why, sizeof(g_why), "readdir: %s", aq_strerror(n));
+				break;
+			}
+			if (n == 0)
+				break;
+			cookie = c.last_cookie;
+		}
+		for (int i = 0; rc == 0 && i < 2000; i++)
+			if (c.seen[i] != 1) {
+				snprintf(g_why, sizeof(g_why), "round %d: f%d seen %d times", round, i, c.seen[i]);
+				rc = -1;
+			}
+		if (rc == 0 && (c.dups || c.unknown || dup_names(&c))) {
+			snprintf(g_why, sizeof(g_why), "round %d: duplicates", round);
+			rc = -1;
+		}
+		free(c.names);
+		free(c.cookies);
+		free(c.seen);
+	}
+	atomic_store(&ch.stop, true);
+	pthread_join(th, NULL);
+	CHECK(rc == 0);
+	CHECK_RC(ch.err, 0);
+	return 0;
+}
+
+/* ---- rename --------------------------------------------------------------------------- */
+
+static int t_rename(void)
+{
+	struct aq_attr r, a, b, x, y, e, tmp;
+	CHECK_RC(mkd(AQ_ROOT_INO, "rn", &r), 0);
+	CHECK_RC(mk(r.ino, "a", 0644, &a), 0);
+	CHECK_RC(mk(r.ino, "b", 0644, &b), 0);
+	/* file over file: b is replaced and becomes an orphan */
+	CHECK_RC(ren(r.ino, "a", r.ino, "b", 0), 0);
+	CHECK_RC(lk(r.ino, "a", &tmp), -ENOENT);
+	CHECK_RC(lk(r.ino, "b", &tmp), 0);
+	CHECK(tmp.ino == a.ino);
+	CHECK_RC(meta_getattr(g_m, b.ino, &tmp), 0);
+	CHECK(tmp.nlink == 0);
+	CHECK_RC(orphan_count(b.ino), 1);
+	/* a directory cannot move under itself */
+	CHECK_RC(mkd(r.ino, "x", &x), 0);
+	CHECK_RC(mkd(x.ino, "y", &y), 0);
+	CHECK_RC(ren(r.ino, "x", y.ino, "x2", 0), -EINVAL);
+	CHECK_RC(ren(r.ino, "x", x.ino, "x2", 0), -EINVAL);
+	/* noreplace */
+	CHECK_RC(mk(r.ino, "c", 0644, NULL), 0);
+	CHECK_RC(ren(r.ino, "b", r.ino, "c", AQ_RENAME_NOREPLACE), -EEXIST);
+	CHECK_RC(ren(r.ino, "b", r.ino, "c2", AQ_RENAME_NOREPLACE), 0);
+	/* type rules */
+	CHECK_RC(ren(r.ino, "c", r.ino, "x", 0), -EISDIR);
+	CHECK_RC(ren(r.ino, "x", r.ino, "c", 0), -ENOTDIR);
+	CHECK_RC(mkd(r.ino, "e", &e), 0);
+	CHECK_RC(ren(r.ino, "e", r.ino, "x", 0), -ENOTEMPTY);
+	/* exchange a file and a directory living in different parents */
+	CHECK_RC(ren(r.ino, "c", y.ino, "nothere", AQ_RENAME_EXCHANGE), -ENOENT);
+	CHECK_RC(mk(y.ino, "yf", 0644, NULL), 0);
+	CHECK_RC(ren(r.ino, "e", y.ino, "yf", AQ_RENAME_EXCHANGE), 0);
+	CHECK_RC(lk(y.ino, "yf", &tmp), 0);
+	CHECK(tmp.ino == e.ino && S_ISDIR(tmp.mode));
+	CHECK_RC(lk(e.ino, "..", &tmp), 0);
+	CHECK(tmp.ino == y.ino);
+	CHECK_RC(lk(r.ino, "e", &tmp), 0);
+	CHECK(S_ISREG(tmp.mode));
+	CHECK_RC(meta_getattr(g_m, y.ino, &tmp), 0);
+	CHECK(tmp.nlink == 3);
+	uint32_t rlinks;
+	CHECK_RC(meta_getattr(g_m, r.ino, &tmp), 0);
+	rlinks = tmp.nlink;
+	/* empty dir over empty dir; the victim disappears */
+	CHECK_RC(mkd(r.ino, "e1", &a), 0);
+	CHECK_RC(mkd(r.ino, "e2", &b), 0);
+	CHECK_RC(ren(r.ino, "e1", r.ino, "e2", 0), 0);
+	CHECK_RC(meta_getattr(g_m, b.ino, &tmp), -ENOENT);
+	CHECK_RC(lk(r.ino, "e2", &tmp), 0);
+	CHECK(tmp.ino == a.ino);
+	CHECK_RC(meta_getattr(g_m, r.ino, &tmp), 0);
+	CHECK(tmp.nlink == rlinks + 1);
+	/* move a directory to another parent: counts follow it */
+	CHECK_RC(ren(r.ino, "e2", AQ_ROOT_INO, "moved", 0), 0);
+	CHECK_RC(meta_getattr(g_m, r.ino, &tmp), 0);
+	CHECK(tmp.nlink == rlinks);
+	CHECK_RC(lk(a.ino, "..", &tmp), 0);
+	CHECK(tmp.ino == AQ_ROOT_INO);
+	CHECK_RC(rmd(AQ_ROOT_INO, "moved"), 0);
+	CHECK_RC(ren(r.ino, "c", r.ino, "c", 0), 0);
+	CHECK_RC(ren(r.ino, "zz", r.ino, "c", 0), -ENOENT);
+	struct meta_partial sum;
+	CHECK_RC(meta_dir_totals(g_m, r.ino, &sum), 0);
+	uint64_t nd, np;
+	count_rows(r.ino, &nd, &np);
+	CHECK((uint64_t)sum.nentries == nd);
+	return 0;
+}
+
+/* ---- link / unlink / orphans -------------------------------------------------------------- */
+
+static int t_link(void)
+{
+	struct aq_attr d, f, t, dd;
+	uint64_t files0, files1;
+	CHECK_RC(mkd(AQ_ROOT_INO, "ln", &d), 0);
+	CHECK_RC(mkd(d.ino, "sub", &dd), 0);
+	CHECK_RC(mk(d.ino, "f", 0644, &f), 0);
+	CHECK_RC(meta_link(g_m, &ROOT, f.ino, dd.ino, "g", 1, &t), 0);
+	CHECK(t.nlink == 2);
+	CHECK_RC(meta_link(g_m, &ROOT, f.ino, dd.ino, "g", 1, &t), -EEXIST);
+	CHECK_RC(meta_link(g_m, &ROOT, dd.ino, d.ino, "dl", 2, &t), -EPERM);
+	CHECK_RC(ul(d.ino, "f"), 0);
+	CHECK_RC(meta_getattr(g_m, f.ino, &t), 0);
+	CHECK(t.nlink == 1);
+	CHECK_RC(orphan_count(f.ino), 0);
+	CHECK_RC(meta_count_files(g_m, &files0), 0);
+	CHECK_RC(ul(dd.ino, "g"), 0);
+	CHECK_RC(meta_getattr(g_m, f.ino, &t), 0);
+	CHECK(t.nlink == 0);
+	CHECK_RC(meta_link(g_m, &ROOT, f.ino, d.ino, "back", 4, &t), -ENOENT);
+	CHECK_RC(orphan_count(f.ino), 1);
+	struct meta_orphan o[4];
+	CHECK_RC(meta_orphans(g_m, o, 1, f.ino - 1), 1);
+	CHECK(o[0].ino == f.ino && o[0].chunk_size == 1 << 20 && o[0].size == 0);
+	int n = meta_orphans(g_m, o, 4, f.ino);
+	for (int i = 0; i < n; i++)
+		CHECK(o[i].ino > f.ino);
+	CHECK_RC(meta_setxattr(g_m, &ROOT, f.ino, "user.k", "v", 1, 0), 0);
+	CHECK_RC(meta_orphan_done(g_m, f.ino), 0);
+	CHECK_RC(meta_orphan_done(g_m, f.ino), -ENOENT);
+	CHECK_RC(meta_getattr(g_m, f.ino, &t), -ENOENT);
+	CHECK_RC(meta_count_files(g_m, &files1), 0);
+	CHECK(files1 == files0 - 1);
+	return 0;
+}
+
+/* ---- rmdir racing creates ------------------------------------------------------------------ */
+
+struct racer {
+	uint64_t dir;
+	int id;
+	pthread_barrier_t *bar;
+	atomic_int *done;
+	int err;
+};
+
+static void *racer_main(void *arg)
+{
+	struct racer *r = arg;
+	char name[32];
+	pthread_barrier_wait(r->bar);
+	for (int i = 0; i < 1000000; i++) {
+		snprintf(name, sizeof(name), "r%d_%d", r->id, i % 8);
+		int rc = mk(r->dir, name, 0644, NULL);
+		if (rc == -ENOENT)
+			break; /* the directory is gone */
+		if (rc) {
+			r->err = rc;
+			break;
+		}
+		rc = ul(r->dir, name);
+		if (rc) {
+			r->err = rc;
+			break;
+		}
+	}
+	return NULL;
+}
+
+static int t_rmdir_race(void)
+{
+	struct aq_attr base, d;
+	CHECK_RC(mkd(AQ_ROOT_INO, "race", &base), 0);
+	enum { THREADS = 4, ITERS = 60 };
+	int enotempty = 0;
+	for (int it = 0; it < ITERS; it++) {
+		CHECK_RC(mkd(base.ino, "d", &d), 0);
+		pthread_barrier_t bar;
+		pthread_barrier_init(&bar, NULL, THREADS + 1);
+		struct racer rs[THREADS];
+		pthread_t th[THREADS];
+		for (int i = 0; i < THREADS; i++) {
+			rs[i] = (struct racer){ .dir = d.ino, .id = i, .bar = &bar };
+			pthread_create(&th[i], NULL, racer_main, &rs[i]);
+		}
+		pthread_barrier_wait(&bar);
+		int rc;
+		while ((rc = rmd(base.ino, "d")) == -ENOTEMPTY)
+			enotempty++;
+		for (int i = 0; i < THREADS; i++)
+			pthread_join(th[i], NULL);
+		pthread_barrier_destroy(&bar);
+		CHECK_RC(rc, 0);
+		for (int i = 0; i < THREADS; i++)
+			CHECK_RC(rs[i].err, 0);
+		uint64_t nd, np;
+		count_rows(d.ino, &nd, &np);
+		CHECK(nd == 0 && np == 0);
+		struct aq_attr t;
+		CHECK_RC(lk(d.ino, "r0_0", &t), -ENOENT);
+		CHECK_RC(meta_getattr(g_m, d.ino, &t), -ENOENT);
+	}
+	struct aq_attr t;
+	CHECK_RC(meta_getattr(g_m, base.ino, &t), 0);
+	CHECK(t.nlink == 2);
+	if (getenv("TEST_META_VERBOSE"))
+		printf("  rmdir saw ENOTEMPTY %d times\n", enotempty);
+	return 0;
+}
+
+/* ---- permissions ----------------------------------------------------------------------------- */
+
+static int t_perms(void)
+{
+	struct aq_cred u1 = { .uid = 1000, .gid = 1000 }, u2 = { .uid = 1001, .gid = 1001 };
+	struct aq_cred g = { .uid = 1002, .gid = 5, .ngroups = 1, .groups = { 1000 } };
+	struct aq_attr d, p, f, t, in = { 0 };
+	CHECK_RC(mkd(AQ_ROOT_INO, "perm", &d), 0);
+	CHECK_RC(meta_mknod(g_m, &u1, d.ino, "no", 2, 0644, 0, 0, NULL), -EACCES);
+	/* a private directory owned by u1 */
+	CHECK_RC(mkd(AQ_ROOT_INO, "priv", &p), 0);
+	in.uid = 1000, in.gid = 1000, in.mode = 0700;
+	CHECK_RC(meta_setattr(g_m, &ROOT, p.ino, AQ_SET_UID | AQ_SET_GID | AQ_SET_MODE, &in, &p), 0);
+	CHECK(p.uid == 1000 && (p.mode & 07777) == 0700);
+	CHECK_RC(meta_mknod(g_m, &u1, p.ino, "mine", 4, 0640, 0, 0, &f), 0);
+	CHECK(f.uid == 1000 && f.gid == 1000);
+	CHECK_RC(meta_lookup(g_m, &u2, p.ino, "mine", 4, &t), -EACCES);
+	CHECK_RC(meta_lookup(g_m, &u1, p.ino, "mine", 4, &t), 0);
+	CHECK_RC(meta_readdir(g_m, &u2, p.ino, 0, 10, false, collect_fn, NULL), -EACCES);
+	/* chmod: owner or root only */
+	in.mode = 0777;
+	CHECK_RC(meta_setattr(g_m, &u2, f.ino, AQ_SET_MODE, &in, &t), -EPERM);
+	in.mode = 0644;
+	CHECK_RC(meta_setattr(g_m, &u1, f.ino, AQ_SET_MODE, &in, &t), 0);
+	CHECK((t.mode & 07777) == 0644);
+	/* chown: root only; owner may change the group to one of its own */
+	in.uid = 1001;
+	CHECK_RC(meta_setattr(g_m, &u1, f.ino, AQ_SET_UID, &in, &t), -EPERM);
+	in.gid = 7;
+	CHECK_RC(meta_setattr(g_m, &u1, f.ino, AQ_SET_GID, &in, &t), -EPERM);
+	struct aq_cred u1g = u1;
+	u1g.ngroups = 1, u1g.groups[0] = 7;
+	CHECK_RC(meta_setattr(g_m, &u1g, f.ino, AQ_SET_GID, &in, &t), 0);
+	CHECK(t.gid == 7);
+	/* setgid cleared on chmod by a non-member of the file's group */
+	in.mode = 02755;
+	CHECK_RC(meta_setattr(g_m, &u1, f.ino, AQ_SET_MODE, &in, &t), 0);
+	CHECK((t.mode & 07777) == 0755);
+	/* open and access */
+	in.mode = 0444;
+	CHECK_RC(meta_setattr(g_m, &u1, f.ino, AQ_SET_MODE, &in, &t), 0);
+	CHECK_RC(meta_open_file(g_m, &u1, f.ino, O_WRONLY, &t), -EACCES);
+	CHECK_RC(meta_open_file(g_m, &u1, f.ino, O_RDONLY | O_TRUNC, &t), -EACCES);
+	CHECK_RC(meta_open_file(g_m, &u1, f.ino, O_RDONLY, &t), 0);
+	CHECK_RC(meta_open_file(g_m, &ROOT, f.ino, O_RDWR, &t), 0);
+	CHECK_RC(meta_open_file(g_m, &ROOT, p.ino, O_RDWR, &t), -EISDIR);
+	CHECK_RC(meta_access(g_m, &u1, f.ino, W_OK), -EACCES);
+	CHECK_RC(meta_access(g_m, &u1, f.ino, R_OK), 0);
+	CHECK_RC(meta_access(g_m, &ROOT, f.ino, X_OK), -EACCES);
+	CHECK_RC(meta_access(g_m, &u2, f.ino, F_OK), 0);
+	in.size = 10;
+	CHECK_RC(meta_setattr(g_m, &u1, f.ino, AQ_SET_SIZE, &in, &t), -EACCES);
+	/* group permission through supplementary groups */
+	in.mode = 0750, in.gid = 1000;
+	CHECK_RC(meta_setattr(g_m, &ROOT, p.ino, AQ_SET_MODE | AQ_SET_GID, &in, &t), 0);
+	CHECK_RC(meta_lookup(g_m, &g, p.ino, "mine", 4, &t), 0);
+	CHECK_RC(meta_unlink(g_m, &g, p.ino, "mine", 4), -EACCES);
+	CHECK_RC(meta_unlink(g_m, &u2, p.ino, "mine", 4), -EACCES);
+	/* utimens: "now" needs owner or write; explicit times need the owner */
+	CHECK_RC(meta_setattr(g_m, &u2, f.ino, AQ_SET_MTIME_NOW, &in, &t), -EACCES);
+	in.mtime_ns = 12345;
+	CHECK_RC(meta_setattr(g_m, &u2, f.ino, AQ_SET_MTIME, &in, &t), -EPERM);
+	CHECK_RC(meta_setattr(g_m, &u1, f.ino, AQ_SET_MTIME, &in, &t), 0);
+	CHECK(t.mtime_ns == 12345);
+	CHECK_RC(meta_unlink(g_m, &u1, p.ino, "mine", 4), 0);
+	return 0;
+}
+
+static int t_sticky(void)
+{
+	struct aq_cred a = { .uid = 2000, .gid = 2000 }, b = { .uid = 2001, .gid = 2001 };
+	struct aq_attr d, t, in = { .mode = 01777 };
+	CHECK_RC(mkd(AQ_ROOT_INO, "tmp", &d), 0);
+	CHECK_RC(meta_setattr(g_m, &ROOT, d.ino, AQ_SET_MODE, &in, &t), 0);
+	CHECK_RC(meta_mknod(g_m, &a, d.ino, "af", 2, 0666, 0, 0, &t), 0);
+	CHECK_RC(meta_unlink(g_m, &b, d.ino, "af", 2), -EPERM);
+	CHECK_RC(meta_rename(g_m, &b, d.ino, "af", 2, d.ino, "bf", 2, 0), -EPERM);
+	CHECK_RC(meta_rename(g_m, &a, d.ino, "af", 2, d.ino, "af2", 3, 0), 0);
+	CHECK_RC(meta_unlink(g_m, &a, d.ino, "af2", 3), 0);
+	/* without the sticky bit b may remove a's file */
+	in.mode = 0777;
+	CHECK_RC(meta_setattr(g_m, &ROOT, d.ino, AQ_SET_MODE, &in, &t), 0);
+	CHECK_RC(meta_mknod(g_m, &a, d.ino, "af", 2, 0666, 0, 0, &t), 0);
+	CHECK_RC(meta_unlink(g_m, &b, d.ino, "af", 2), 0);
+	return 0;
+}
+
+/* ---- setattr / size ---------------------------------------------------------------------------- */
+
+static uint64_t g_trunc_ino, g_trunc_size;
+
+static int trunc_fn(void *arg, uint64_t ino, uint64_t new_size, uint32_t chunk_size)
+{
+	g_trunc_ino = ino;
+	g_trunc_size = new_size;
+	return 0;
+}
+
+static int t_size(void)
+{
+	struct aq_attr f, t, in = { 0 };
+	g_m->truncate_fn = trunc_fn;
+	CHECK_RC(mk(AQ_ROOT_INO, "sized", 0644, &f), 0);
+	CHECK_RC(meta_commit_size(g_m, f.ino, 5000, 0, &t), 0);
+	CHECK(t.size == 5000);
+	CHECK_RC(meta_commit_size(g_m, f.ino, 100, 0, &t), 0);
+	CHECK(t.size == 5000);
+	in.size = 10;
+	CHECK_RC(meta_setattr(g_m, &ROOT, f.ino, AQ_SET_SIZE, &in, &t), 0);
+	CHECK(t.size == 10 && g_trunc_ino == f.ino && g_trunc_size == 10);
+	g_trunc_ino = 0;
+	in.size = 100;
+	CHECK_RC(meta_setattr(g_m, &ROOT, f.ino, AQ_SET_SIZE, &in, &t), 0);
+	CHECK(t.size == 100 && g_trunc_ino == 0);
+	g_m->truncate_fn = NULL;
+	return 0;
+}
+
+/* ---- xattrs ------------------------------------------------------------------------------------ */
+
+static int t_xattr(void)
+{
+	struct aq_attr f;
+	struct aq_cred u = { .uid = 3000, .gid = 3000 };
+	char buf[128];
+	CHECK_RC(mk(AQ_ROOT_INO, "xa", 0644, &f), 0);
+	CHECK_RC(meta_setxattr(g_m, &ROOT, f.ino, "user.a", "one", 3, AQ_XATTR_CREATE), 0);
+	CHECK_RC(meta_setxattr(g_m, &ROOT, f.ino, "user.a", "two", 3, AQ_XATTR_CREATE), -EEXIST);
+	CHECK_RC(meta_setxattr(g_m, &ROOT, f.ino, "user.b", "x", 1, AQ_XATTR_REPLACE), -ENODATA);
+	CHECK_RC(meta_setxattr(g_m, &ROOT, f.ino, "user.a", "three", 5, AQ_XATTR_REPLACE), 0);
+	CHECK_RC(meta_setxattr(g_m, &ROOT, f.ino, "user.b", "", 0, 0), 0);
+	CHECK_RC(meta_setxattr(g_m, &ROOT, f.ino, "trusted.t", "t", 1, 0), 0);
+	CHECK_RC(meta_getxattr(g_m, &ROOT, f.ino, "user.a", NULL, 0), 5);
+	CHECK_RC(meta_getxattr(g_m, &ROOT, f.ino, "user.a", buf, 2), -ERANGE);
+	CHECK_RC(meta_getxattr(g_m, &ROOT, f.ino, "user.a", buf, sizeof(buf)), 5);
+	CHECK(memcmp(buf, "three", 5) == 0);
+	CHECK_RC(meta_getxattr(g_m, &ROOT, f.ino, "user.b", buf, sizeof(buf)), 0);
+	CHECK_RC(meta_getxattr(g_m, &ROOT, f.ino, "user.zz", buf, sizeof(buf)), -ENODATA);
+	CHECK_RC(meta_listxattr(g_m, &ROOT, f.ino, NULL, 0), 7 + 7 + 10);
+	CHECK_RC(meta_listxattr(g_m, &ROOT, f.ino, buf, 5), -ERANGE);
+	CHECK_RC(meta_listxattr(g_m, &ROOT, f.ino, buf, sizeof(buf)), 24);
+	CHECK(memcmp(buf, "trusted.t\0user.a\0user.b\0", 24) == 0);
+	CHECK_RC(meta_listxattr(g_m, &u, f.ino, buf, sizeof(buf)), 14);
+	CHECK_RC(meta_getxattr(g_m, &u, f.ino, "user.a", buf, sizeof(buf)), 5);
+	CHECK_RC(meta_setxattr(g_m, &u, f.ino, "user.c", "x", 1, 0), -EACCES);
+	CHECK_RC(meta_setxattr(g_m, &u, f.ino, "trusted.x", "x", 1, 0), -EPERM);
+	CHECK_RC(meta_getxattr(g_m, &u, f.ino, "trusted.t", buf, sizeof(buf)), -EPERM);
+	CHECK_RC(meta_setxattr(g_m, &ROOT, f.ino, "bogus.x", "x", 1, 0), -EOPNOTSUPP);
+	CHECK_RC(meta_removexattr(g_m, &ROOT, f.ino, "user.a"), 0);
+	CHECK_RC(meta_removexattr(g_m, &ROOT, f.ino, "user.a"), -ENODATA);
+	CHECK_RC(meta_getxattr(g_m, &ROOT, f.ino, "user.a", buf, sizeof(buf)), -ENODATA);
+	return 0;
+}
+
+/* ---- changes ------------------------------------------------------------------------------------ */
+
+#define CHG_N 3000
+struct chg {
+	uint64_t dir;
+	atomic_bool done;
+	int err;
+	uint8_t seen[CHG_N];
+	int dups, bad;
+	uint64_t last_ts;
+};
+
+static void *chg_creator(void *arg)
+{
+	struct chg *c = arg;
+	char name[32];
+	for (int i = 0; i < CHG_N; i++) {
+		snprintf(name, sizeof(name), "c%d", i);
+		int rc = mk(c->dir, name, 0644, NULL);
+		if (rc)
+			c->err = rc;
+	}
+	atomic_store(&c->done, true);
+	return NULL;
+}
+
+static int chg_fn(void *arg, const char *name, size_t len, uint64_t ino, uint64_t ts)
+{
+	struct chg *c = arg;
+	char tmp[64];
+	int k;
+	memcpy(tmp, name, MIN(len, sizeof(tmp) - 1));
+	tmp[MIN(len, sizeof(tmp) - 1)] = 0;
+	if (ts <= c->last_ts)
+		c->bad++;
+	c->last_ts = ts;
+	if (sscanf(tmp, "c%d", &k) != 1 || k < 0 || k >= CHG_N) {
+		c->bad++;
+		return 0;
+	}
+	if (c->seen[k]++)
+		c->dups++;
+	return 0;
+}
+
+static int t_changes(void)
+{
+	struct aq_attr d;
+	CHECK_RC(mkd(AQ_ROOT_INO, "chg", &d), 0);
+	struct chg *c = calloc(1, sizeof(*c));
+	c->dir = d.ino;
+	pthread_t th;
+	pthread_create(&th, NULL, chg_creator, c);
+	uint64_t cursor = 0;
+	int total = 0;
+	for (;;) {
+		bool done = atomic_load(&c->done);
+		uint64_t next;
+		int n = meta_changes(g_m, &ROOT, d.ino, cursor, 97, chg_fn, c, &next);
+		if (n < 0 || next < cursor) {
+			snprintf(g_why, sizeof(g_why), "changes: %d next %llu cursor %llu", n,
+				 (unsigned long long)next, (unsigned long long)cursor);
+			pthread_join(th, NULL);
+			free(c);
+			return -1;
+		}
+		total += n;
+		cursor = next;
+		if (done && n == 0)
+			break;
+	}
+	pthread_join(th, NULL);
+	int rc = 0;
+	if (c->err || c->dups || c->bad || total != CHG_N) {
+		snprintf(g_why, sizeof(g_why), "err=%d dups=%d bad=%d total=%d", c->err, c->dups, c->bad, total);
+		rc = -1;
+	}
+	for (int i = 0; rc == 0 && i < CHG_N; i++)
+		if (c->seen[i] != 1) {
+			snprintf(g_why, sizeof(g_why), "c%d seen %d times", i, c->seen[i]);
+			rc = -1;
+		}
+	/* An unlinked entry leaves the log; a renamed-in one enters it. */
+	if (rc == 0) {
+		uint64_t next;
+		memset(c, 0, sizeof(*c));
+		CHECK_RC(ul(d.ino, "c5"), 0);
+		CHECK_RC(ren(d.ino, "c6", d.ino, "c7", 0), 0);
+		CHECK_RC(meta_changes(g_m, &ROOT, d.ino, 0, 10000, chg_fn, c, &next), CHG_N - 2);
+		CHECK(c->seen[5] == 0 && c->seen[6] == 0 && c->seen[7] == 1);
+		CHECK_RC(meta_changes(g_m, &ROOT, d.ino, cursor, 10, chg_fn, c, &next), 1); /* c7 again */
+	}
+	free(c);
+	return rc;
+}
+
+/* ---- reopen ------------------------------------------------------------------------------------ */
+
+static int t_reopen(void)
+{
+	struct aq_attr before, after, t;
+	uint64_t files0, files1;
+	struct meta_options o = opts();
+	CHECK_RC(lk(AQ_ROOT_INO, "hello", &before), 0);
+	CHECK_RC(meta_count_files(g_m, &files0), 0);
+	/* The newest inode number per bucket before the close. */
+	uint64_t *maxseq = calloc(g_m->nbuckets, sizeof(uint64_t));
+	for (uint32_t b = 0; b < g_m->nbuckets; b++)
+		maxseq[b] = g_m->seq_next[b];
+	meta_close(g_m);
+	g_m = NULL;
+	o.nbuckets = 16; /* ignored: the store keeps its own */
+	CHECK_RC(meta_open(g_dir, false, &o, &g_m), 0);
+	CHECK(meta_nbuckets(g_m) == 64);
+	CHECK_RC(lk(AQ_ROOT_INO, "hello", &after), 0);
+	CHECK(after.ino == before.ino && after.mode == before.mode && after.generation == before.generation);
+	CHECK_RC(meta_count_files(g_m, &files1), 0);
+	CHECK(files1 == files0);
+	CHECK_RC(meta_getattr(g_m, g_big, &t), 0);
+	CHECK(t.nlink == 2 + BIG_DIRS);
+	CHECK_RC(meta_lookup(g_m, &ROOT, g_big, "f19999", 6, &t), 0);
+	struct aq_attr xa;
+	CHECK_RC(lk(AQ_ROOT_INO, "xa", &xa), 0);
+	CHECK_RC(meta_getxattr(g_m, &ROOT, xa.ino, "user.b", NULL, 0), 0);
+	struct aq_attr d;
+	CHECK_RC(mkd(AQ_ROOT_INO, "afterreopen", &d), 0);
+	char name[32];
+	for (int i = 0; i < 300; i++) {
+		snprintf(name, sizeof(name), "n%d", i);
+		CHECK_RC(mk(d.ino, name, 0644, &t), 0);
+		uint32_t b = aq_ino_bucket(t.ino);
+		CHECK((t.ino & AQ_INO_SEQ_MASK) >= maxseq[b]);
+	}
+	free(maxseq);
+	/* open(create=false) of a missing store fails */
+	struct meta_store *none = NULL;
+	char missing[300];
+	snprintf(missing, sizeof(missing), "%s/missing", g_dir);
+	CHECK(meta_open(missing, false, &o, &none) < 0 && none == NULL);
+	return 0;
+}
+
+/* ---- runner -------------------------------------------------------------------------------------- */
+
+static int rm_cb(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+	return remove(path);
+}
+
+int main(void)
+{
+	struct {
+		const char *name;
+		int (*fn)(void);
+	} tests[] = {
+		{ "create_lookup", t_create_lookup },
+		{ "symlink", t_symlink },
+		{ "mkdir_rmdir", t_mkdir_rmdir },
+		{ "bigdir_readdir_20000", t_bigdir },
+		{ "readdir_concurrent", t_readdir_concurrent },
+		{ "rename", t_rename },
+		{ "link_unlink_orphan", t_link },
+		{ "rmdir_race", t_rmdir_race },
+		{ "permissions", t_perms },
+		{ "sticky", t_sticky },
+		{ "size_truncate", t_size },
+		{ "xattr", t_xattr },
+		{ "changes", t_changes },
+		{ "reopen", t_reopen },
+	};
+	log_min_level = LOG_WARN;
+	snprintf(g_dir, sizeof(g_dir), "/tmp/test_meta.XXXXXX");
+	if (!mkdtemp(g_dir)) {
+		perror("mkdtemp");
+		return 1;
+	}
+	char dbpath[300];
+	snprintf(dbpath, sizeof(dbpath), "%s", g_dir);
+	struct meta_options o = opts();
+	int rc = meta_open(dbpath, true, &o, &g_m);
+	if (rc) {
+		printf("FAIL open: %s\n", aq_strerror(rc));
+		return 1;
+	}
+	int passed = 0, failed = 0;
+	for (size_t i = 0; i < ARRAY_SIZE(tests); i++) {
+		g_why[0] = 0;
+		uint64_t t0 = aq_mono_ns();
+		if (tests[i].fn() == 0) {
+			printf("ok %s (%.2fs)\n", tests[i].name, (aq_mono_ns() - t0) / 1e9);
+			passed++;
+		} else {
+			printf("FAIL %s: %s\n", tests[i].name, g_why);
+			failed++;
+		}
+		fflush(stdout);
+		if (!g_m)
+			break;
+	}
+	meta_close(g_m);
+	nftw(g_dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+	printf("%d passed, %d failed\n", passed, failed);
+	return failed ? 1 : 0;
+}

@@ -128,6 +128,7 @@ struct up_opts {
 static int parse_up(int argc, char **argv, struct up_opts *o, const char *cmd)
 {
 	const char *data = "./var", *mnt = "./mnt";
+	memset(o, 0, sizeof *o);
 	o->targets = 4;
 	o->buckets = AQ_BUCKETS_DEFAULT;
 	o->chunk_size = AQ_CHUNK_SIZE_DEFAULT;

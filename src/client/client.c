@@ -539,6 +539,12 @@ ssize_t aq_pwrite(struct aq_file *f, const void *buf, size_t len, uint64_t off)
 	size_t done = 0;
 	int rc = 0;
 	pthread_mutex_lock(&st->mu);
+	if (st->err) {
+		/* an earlier write-back failed (ENOSPC...): say so now, as a local fs would */
+		rc = st->err;
+		pthread_mutex_unlock(&st->mu);
+		return rc;
+	}
 	uint32_t cs = st->chunk_size;
 	while (done < len) {
 		uint64_t pos = off + done;

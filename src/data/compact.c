@@ -17,6 +17,7 @@
 
 #define COMPACT_INTERVAL_S 5
 #define COMPACT_RATIO_DEFAULT 0.5
+#define COMPACT_ACTIVE_MIN_DEAD (8ull << 20) /* dead bytes before an active segment is sealed */
 
 struct live_rec {
 	uint64_t ino;
@@ -86,6 +87,16 @@ static int64_t move_record(struct data_store *ds, struct data_target *t, const s
 	/* Only compaction removes segments and this thread holds compact_lock, but a
 	 * writer may grow the table: look the segment up under seg_lock. */
 	pthread_rwlock_rdlock(&t->seg_lock);
+	/* A record that died since the scan may already be punched out: check that the index
+	 * still points here while holding seg_lock, which a punch must wait for. */
+	struct data_entry now;
+	bool still = false;
+	rc = data_index_get(t, lr->ino, lr->idx, &now, &still);
+	if (rc || !still || now.seg != e->seg || now.off != e->off || now.version != e->version) {
+		pthread_rwlock_unlock(&t->seg_lock);
+		free(rec);
+		return 0;
+	}
 	struct data_seg *s = data_seg_find(t, e->seg);
 	struct data_io io = {.fd = s ? s->fd : -1, .buf = rec, .len = rec_size, .off = e->off};
 	rc = s ? data_io_read(&io, 1) : -EIO;
@@ -187,6 +198,16 @@ int64_t data_compact(struct data_store *ds, uint32_t target, double min_live_rat
 	struct live_rec *recs = NULL;
 
 	pthread_mutex_lock(&t->lock);
+	/* The active segment holds everything written since the last roll: on a small or
+	 * full target it may be the only segment. Seal it when it is mostly dead so its
+	 * space can come back too. */
+	const struct data_seg *act = &t->segs[t->nsegs - 1];
+	if (act->total >= COMPACT_ACTIVE_MIN_DEAD + act->live &&
+	    (double)act->live < min_live_ratio * (double)act->total) {
+		int src = data_seal_active_locked(t);
+		if (src)
+			log_warn("target %u: sealing the active segment for compaction: %s", t->id, aq_strerror(src));
+	}
 	cand = aq_calloc(t->nsegs, sizeof *cand);
 	for (uint32_t i = 0; i + 1 < t->nsegs; i++) {
 		const struct data_seg *s = &t->segs[i];

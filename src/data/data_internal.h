@@ -83,6 +83,7 @@ struct data_seg {
 	int fd;
 	uint64_t total;   /* bytes of records (file size rounded to DATA_REC_ALIGN) */
 	uint64_t live;    /* bytes of records the index points to */
+	uint64_t punched; /* bytes of dead records already given back (hole punch) */
 };
 
 struct data_target {
@@ -126,6 +127,13 @@ int data_append_locked(struct data_store *ds, struct data_target *t, const void 
 /* Syncs the active segment and the index WAL. Caller holds t->lock. */
 int data_sync_locked(struct data_target *t);
 void data_kick_compactor(struct data_store *ds);
+/* Seals the active segment and starts a new one (no-op when it is empty), so that
+ * compaction can reclaim a mostly dead active segment. Caller holds t->lock. */
+int data_seal_active_locked(struct data_target *t);
+/* Gives a dead record's space back to the file system now (FALLOC_FL_PUNCH_HOLE), so
+ * deleting or overwriting frees space even on a full disk where compaction has no room
+ * to copy. Waits for readers that may still read the record. Caller holds t->lock. */
+void data_punch_dead_locked(struct data_target *t, uint32_t seg, uint64_t off, uint64_t size);
 
 /* compact.c */
 int data_compactor_start(struct data_store *ds);

@@ -106,11 +106,29 @@ static int seg_create(struct data_target *t, uint32_t no)
 	return 0;
 }
 
+int data_seal_active_locked(struct data_target *t)
+{
+	struct data_seg *s = seg_active(t);
+	if (t->active_end == 0)
+		return 0;
+	int rc = data_io_fdatasync(s->fd);
+	return rc ? rc : seg_create(t, s->no + 1);
+}
+
+void data_punch_dead_locked(struct data_target *t, uint32_t seg, uint64_t off, uint64_t size)
+{
+	pthread_rwlock_wrlock(&t->seg_lock);
+	struct data_seg *s = data_seg_find(t, seg);
+	if (s && fallocate(s->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)size) == 0)
+		s->punched = MIN(s->punched + size, s->total);
+	pthread_rwlock_unlock(&t->seg_lock);
+}
+
 static uint64_t used_bytes(const struct data_target *t)
 {
 	uint64_t used = 0;
 	for (uint32_t i = 0; i < t->nsegs; i++)
-		used += t->segs[i].total;
+		used += t->segs[i].total - MIN(t->segs[i].punched, t->segs[i].total);
 	return used;
 }
 
@@ -144,8 +162,10 @@ int data_append_locked(struct data_store *ds, struct data_target *t, const void 
 {
 	AQ_ASSERT(rec_size % DATA_REC_ALIGN == 0 && rec_size <= t->segment_bytes);
 	int rc = space_check(t, rec_size, use_reserve);
-	if (rc)
+	if (rc) {
+		data_kick_compactor(ds); /* dead space may be waiting to be reclaimed */
 		return rc;
+	}
 	struct data_seg *s = seg_active(t);
 	if (t->active_end + rec_size > t->segment_bytes && t->active_end > 0) {
 		/* Seal: a sealed segment is durable, so compaction and crash recovery never
@@ -349,8 +369,10 @@ static int commit_record_locked(struct data_store *ds, struct data_target *t, ui
 		struct data_seg *os = data_seg_find(t, old->seg);
 		uint64_t old_size = data_rec_size(old->length);
 		AQ_ASSERT(!os || os->live >= old_size);
-		if (os)
+		if (os) {
 			os->live -= old_size;
+			data_punch_dead_locked(t, old->seg, old->off, old_size);
+		}
 	} else {
 		t->chunks++;
 	}
@@ -470,7 +492,7 @@ static int drop_from(struct data_store *ds, struct data_target *t, uint64_t ino,
 {
 	uint8_t start[DATA_KEY_SIZE];
 	data_key(start, ino, cut_idx);
-	struct dead { uint32_t seg; uint64_t size; } *dead = NULL;
+	struct dead { uint32_t seg; uint64_t off, size; } *dead = NULL;
 	size_t ndead = 0, dead_cap = 0;
 	struct data_entry *e = aq_malloc(sizeof *e), *ne = NULL;
 	uint8_t *rec = NULL;
@@ -519,7 +541,7 @@ static int drop_from(struct data_store *ds, struct data_target *t, uint64_t ino,
 			dead_cap = dead_cap ? 2 * dead_cap : 64;
 			dead = aq_realloc(dead, dead_cap * sizeof *dead);
 		}
-		dead[ndead++] = (struct dead){.seg = e->seg, .size = data_rec_size(e->length)};
+		dead[ndead++] = (struct dead){.seg = e->seg, .off = e->off, .size = data_rec_size(e->length)};
 	}
 	char *err = NULL;
 	rocksdb_iter_get_error(it, &err);
@@ -534,8 +556,10 @@ static int drop_from(struct data_store *ds, struct data_target *t, uint64_t ino,
 	for (size_t i = 0; i < ndead; i++) {
 		struct data_seg *s = data_seg_find(t, dead[i].seg);
 		AQ_ASSERT(!s || s->live >= dead[i].size); /* missing: never counted */
-		if (s)
+		if (s) {
 			s->live -= dead[i].size;
+			data_punch_dead_locked(t, dead[i].seg, dead[i].off, dead[i].size);
+		}
 	}
 	t->chunks -= ndead;
 	if (ne) {
@@ -571,7 +595,10 @@ int data_delete(struct data_store *ds, uint32_t target, uint64_t ino)
 	struct data_target *t = data_target_get(ds, target);
 	if (!t)
 		return -AQ_ENOT_OWNER;
-	return drop_from(ds, t, ino, 0, 0);
+	int rc = drop_from(ds, t, ino, 0, 0);
+	if (!rc)
+		data_kick_compactor(ds);
+	return rc;
 }
 
 int data_sync(struct data_store *ds, uint32_t target)
@@ -652,6 +679,16 @@ static int target_open(struct data_target *t, bool create)
 
 	snprintf(path, sizeof path, "%s/index", t->dir);
 	char *err = NULL;
+	/* The index is small and shares its disk with the segments: no preallocated WAL or
+	 * manifest (RocksDB would otherwise reserve about 70 MiB per target up front, and a
+	 * full disk would fail the index before the data). */
+	rocksdb_get_options_from_string(t->dbopt, "allow_fallocate=false;write_buffer_size=8388608;"
+				       "manifest_preallocation_size=65536", t->dbopt, &err);
+	if (err) {
+		log_warn("target %u: index options: %s", t->id, err);
+		rocksdb_free(err);
+		err = NULL;
+	}
 	rocksdb_options_set_create_if_missing(t->dbopt, create);
 	t->db = rocksdb_open(t->dbopt, path, &err);
 	if (err) {
@@ -698,8 +735,14 @@ static int target_open(struct data_target *t, bool create)
 		log_error("target %u: %llu index entries are malformed or point to missing segments", t->id,
 			  (unsigned long long)lost);
 	t->active_end = seg_active(t)->total;
-	for (uint32_t i = 0; i < t->nsegs; i++)
-		AQ_ASSERT(t->segs[i].live <= t->segs[i].total);
+	for (uint32_t i = 0; i < t->nsegs; i++) {
+		struct data_seg *s = &t->segs[i];
+		AQ_ASSERT(s->live <= s->total);
+		struct stat st;
+		/* holes punched before the restart: what the file no longer occupies */
+		if (fstat(s->fd, &st) == 0 && (uint64_t)st.st_blocks * 512 < s->total)
+			s->punched = s->total - (uint64_t)st.st_blocks * 512;
+	}
 	return 0;
 }
 

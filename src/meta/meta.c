@@ -433,6 +433,13 @@ int meta_open(const char *path, bool create, const struct meta_options *opt, str
 	m->dbopts = rocksdb_options_create();
 	rocksdb_options_set_create_if_missing(m->dbopts, create);
 	rocksdb_options_increase_parallelism(m->dbopts, 4);
+	rocksdb_get_options_from_string(m->dbopts, "allow_fallocate=false;manifest_preallocation_size=65536",
+					m->dbopts, &err);
+	if (err) {
+		log_warn("metadata store options: %s", err);
+		rocksdb_free(err);
+		err = NULL;
+	}
 	m->wopts = rocksdb_writeoptions_create();
 	rocksdb_writeoptions_set_sync(m->wopts, opt ? opt->sync : false);
 	m->ropts = rocksdb_readoptions_create();

@@ -49,8 +49,18 @@ $(B)/tests/%: tests/unit/%.c $(SERVER_OBJ) $(CLIENT_OBJ) $(COMMON_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests -o $@ $(filter %.c %.o,$^) $(LDLIBS_SERVER) $(LDLIBS_CLIENT)
 
-# libFuzzer targets (clang only): make fuzz
-fuzz: $(patsubst tests/fuzz/%.c,$(B)/fuzz/%,$(FUZZ_SRC))
+# libFuzzer targets (clang only): make fuzz; make fuzz-run [FUZZ_SECONDS=N] runs each for N
+# seconds, keeping its corpus in build/fuzz/corpus/NAME and any crash input in build/fuzz/.
+FUZZ_BIN := $(patsubst tests/fuzz/%.c,$(B)/fuzz/%,$(FUZZ_SRC))
+FUZZ_SECONDS ?= 30
+fuzz: $(FUZZ_BIN)
+fuzz-run: fuzz
+	@set -e; for f in $(FUZZ_BIN); do \
+	  n=$$(basename $$f); mkdir -p $(B)/fuzz/corpus/$$n; \
+	  echo "== $$n ($(FUZZ_SECONDS)s)"; \
+	  $$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -artifact_prefix=$(B)/fuzz/$$n- \
+	    $(B)/fuzz/corpus/$$n; \
+	done
 $(B)/fuzz/%: tests/fuzz/%.c $(COMMON_SRC)
 	@mkdir -p $(dir $@)
 	clang -std=gnu17 -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -Isrc -Iinclude -o $@ $^ -lpthread -lcrypto -lm
@@ -73,5 +83,5 @@ test: deps all
 clean:
 	rm -rf $(B) bin lib python/build python/aquifer/*.so
 
-.PHONY: all fuzz python deps up down test clean
+.PHONY: all fuzz fuzz-run python deps up down test clean
 -include $(shell find $(B) -name '*.d' 2>/dev/null)

@@ -146,6 +146,22 @@ int aq_changes_ino(struct aq_client *c, const struct aq_cred *cred, uint64_t dir
 int aq_changes(struct aq_client *c, const char *dir, uint64_t cursor, struct aq_change *out, uint32_t max,
 	       uint64_t *next);
 
+/* Asynchronous metadata calls: start many, then wait for each (in any order). Each start
+ * returns 0 and sets *out, or a negative error; aq_wait returns the call's result, fills
+ * attr when the call yields attributes (may be NULL) and frees the handle. Many calls in
+ * flight per thread is how a loader or a benchmark keeps a server busy. */
+struct aq_pending;
+int aq_lookup_start(struct aq_client *c, const struct aq_cred *cred, uint64_t parent, const char *name,
+		    struct aq_pending **out);
+int aq_getattr_start(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, struct aq_pending **out);
+int aq_mknod_start(struct aq_client *c, const struct aq_cred *cred, uint64_t parent, const char *name, uint32_t mode,
+		   uint32_t rdev, uint32_t flags, struct aq_pending **out);
+int aq_unlink_start(struct aq_client *c, const struct aq_cred *cred, uint64_t parent, const char *name,
+		    struct aq_pending **out);
+int aq_rename_start(struct aq_client *c, const struct aq_cred *cred, uint64_t parent, const char *name,
+		    uint64_t newparent, const char *newname, uint32_t flags, struct aq_pending **out);
+int aq_wait(struct aq_pending *p, struct aq_attr *attr);
+
 /* Path-based conveniences (paths inside Aquifer, '/' is its root). */
 int aq_resolve(struct aq_client *c, const char *path, struct aq_attr *out);
 int aq_stat(struct aq_client *c, const char *path, struct aq_attr *out);

@@ -118,6 +118,20 @@ static int run_wait(char *const argv[])
 	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
+/* mkdir -p */
+static void mkdir_p(const char *path, mode_t mode)
+{
+	char buf[PATH_MAX];
+	snprintf(buf, sizeof buf, "%s", path);
+	for (char *p = buf + 1; *p; p++)
+		if (*p == '/') {
+			*p = 0;
+			mkdir(buf, 0755);
+			*p = '/';
+		}
+	mkdir(buf, mode);
+}
+
 struct up_opts {
 	char data[PATH_MAX];
 	char mnt[PATH_MAX];
@@ -157,13 +171,13 @@ static int parse_up(int argc, char **argv, struct up_opts *o, const char *cmd)
 			cmd, AQ_TARGETS_MAX, AQ_BUCKETS_MAX);
 		return -1;
 	}
-	mkdir(data, 0700);
+	mkdir_p(data, 0700);
 	if (!realpath(data, o->data)) {
 		fprintf(stderr, "aq %s: cannot use data directory %s: %s\n", cmd, data, strerror(errno));
 		return -1;
 	}
 	if (!o->no_mount) {
-		mkdir(mnt, 0755);
+		mkdir_p(mnt, 0755);
 		if (!realpath(mnt, o->mnt)) {
 			fprintf(stderr, "aq %s: cannot use mount point %s: %s\n", cmd, mnt, strerror(errno));
 			return -1;

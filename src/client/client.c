@@ -874,3 +874,93 @@ int aq_changes(struct aq_client *c, const char *dir, uint64_t cursor, struct aq_
 		return -ENOTDIR;
 	return aq_changes_ino(c, NULL, a.ino, cursor, out, max, next);
 }
+
+/* ---- asynchronous calls ---- */
+
+struct aq_pending {
+	struct aq_client *c;
+	struct rpc_call *call;
+	uint16_t op;
+	int err; /* set when the request could not even be sent */
+};
+
+static int pending_start(struct aq_client *c, uint32_t server, const struct proto_req *r, struct aq_pending **out)
+{
+	struct aq_pending *p = aq_calloc(1, sizeof *p);
+	struct wbuf w;
+	wbuf_init(&w, 128 + r->name_len + r->name2_len);
+	proto_req_encode(&w, r);
+	p->c = c;
+	p->op = r->op;
+	p->call = rpc_start(c, server, r->op, &w, &p->err);
+	wbuf_free(&w);
+	*out = p;
+	return 0;
+}
+
+int aq_wait(struct aq_pending *p, struct aq_attr *attr)
+{
+	int rc = p->err;
+	if (p->call) {
+		rc = rpc_wait(p->call);
+		if (!rc && attr) {
+			struct proto_reply rep;
+			rc = proto_reply_decode(p->op, p->call->payload, p->call->len, &rep);
+			if (!rc)
+				*attr = rep.attr;
+		}
+		rpc_free(p->call);
+	}
+	free(p);
+	return rc;
+}
+
+int aq_lookup_start(struct aq_client *c, const struct aq_cred *cred, uint64_t parent, const char *name,
+		    struct aq_pending **out)
+{
+	size_t n = strlen(name);
+	if (n > AQ_NAME_MAX)
+		return -ENAMETOOLONG;
+	struct proto_req r = {.op = OP_LOOKUP, .cred = *cred_or_default(c, cred), .parent = parent, .name = name,
+			      .name_len = (uint32_t)n};
+	return pending_start(c, name_server(c, parent, name), &r, out);
+}
+
+int aq_getattr_start(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, struct aq_pending **out)
+{
+	struct proto_req r = {.op = OP_GETATTR, .cred = *cred_or_default(c, cred), .ino = ino};
+	return pending_start(c, client_meta_server(c, ino), &r, out);
+}
+
+int aq_mknod_start(struct aq_client *c, const struct aq_cred *cred, uint64_t parent, const char *name, uint32_t mode,
+		   uint32_t rdev, uint32_t flags, struct aq_pending **out)
+{
+	int rc = check_name(name);
+	if (rc)
+		return rc;
+	struct proto_req r = {.op = OP_MKNOD, .cred = *cred_or_default(c, cred), .parent = parent, .name = name,
+			      .name_len = (uint32_t)strlen(name), .mode = mode, .rdev = rdev, .flags = flags};
+	return pending_start(c, name_server(c, parent, name), &r, out);
+}
+
+int aq_unlink_start(struct aq_client *c, const struct aq_cred *cred, uint64_t parent, const char *name,
+		    struct aq_pending **out)
+{
+	size_t n = strlen(name);
+	if (n > AQ_NAME_MAX)
+		return -ENAMETOOLONG;
+	struct proto_req r = {.op = OP_UNLINK, .cred = *cred_or_default(c, cred), .parent = parent, .name = name,
+			      .name_len = (uint32_t)n};
+	return pending_start(c, name_server(c, parent, name), &r, out);
+}
+
+int aq_rename_start(struct aq_client *c, const struct aq_cred *cred, uint64_t parent, const char *name,
+		    uint64_t newparent, const char *newname, uint32_t flags, struct aq_pending **out)
+{
+	if (strlen(name) > AQ_NAME_MAX || strlen(newname) > AQ_NAME_MAX)
+		return -ENAMETOOLONG;
+	struct proto_req r = {.op = OP_RENAME, .cred = *cred_or_default(c, cred), .parent = parent, .name = name,
+			      .name_len = (uint32_t)strlen(name), .newparent = newparent, .name2 = newname,
+			      .name2_len = (uint32_t)strlen(newname), .flags = flags};
+	return pending_start(c, name_server(c, parent, name), &r, out);
+}

@@ -48,6 +48,8 @@ struct data_target_stat {
 	uint64_t capacity_bytes, used_bytes, free_bytes; /* used: bytes in segment files */
 	uint64_t live_bytes;                             /* bytes referenced by the index */
 	uint64_t chunks, segments;
+	uint64_t fs_id;                                  /* st_dev of the target's file system */
+	bool fs_shared_capacity;                         /* capacity is the file system's, not a quota */
 };
 int data_stat(struct data_store *ds, uint32_t target, struct data_target_stat *out);
 /* Runs one compaction pass on target: rewrites segments whose live share is below

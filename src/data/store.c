@@ -636,7 +636,11 @@ int data_stat(struct data_store *ds, uint32_t target, struct data_target_stat *o
 	} else {
 		out->capacity_bytes = fs_size;
 		out->free_bytes = fs_avail;
+		out->fs_shared_capacity = true;
 	}
+	struct stat st;
+	if (stat(t->dir, &st) == 0)
+		out->fs_id = (uint64_t)st.st_dev;
 out:
 	pthread_mutex_unlock(&t->lock);
 	return rc;

@@ -412,7 +412,9 @@ int proto_change_get(struct rbuf *r, struct proto_change *c)
 	c->ino = rbuf_u64(r);
 	c->ts = rbuf_u64(r);
 	c->name = (const char *)rbuf_str(r, &c->name_len, AQ_NAME_MAX);
-	return r->err ? -EPROTO : 0;
+	if (r->err || memchr(c->name, 0, c->name_len)) /* as dirents: names never hold a NUL */
+		return -EPROTO;
+	return 0;
 }
 
 int proto_batch_next(struct rbuf *r, struct proto_hdr *h, const uint8_t **payload)

@@ -162,14 +162,25 @@ static int change_fill_one(void *arg, const char *name, size_t name_len, uint64_
 static int do_statfs(struct server *s, struct aq_statfs *st)
 {
 	memset(st, 0, sizeof *st);
+	uint64_t seen_fs[AQ_TARGETS_MAX];
+	uint32_t nseen = 0;
 	for (uint32_t i = 0; i < s->nlocal; i++) {
 		struct data_target_stat ts;
 		int rc = data_stat(s->data, s->local_targets[i], &ts);
 		if (rc)
 			return rc;
+		st->used_bytes += ts.used_bytes;
+		/* Targets that share one file system (the single-node default) share its
+		 * space: count it once, or df would show four times the disk. */
+		bool dup = false;
+		for (uint32_t j = 0; ts.fs_shared_capacity && j < nseen; j++)
+			dup |= seen_fs[j] == ts.fs_id;
+		if (dup)
+			continue;
+		if (ts.fs_shared_capacity)
+			seen_fs[nseen++] = ts.fs_id;
 		st->total_bytes += ts.capacity_bytes;
 		st->free_bytes += ts.free_bytes;
-		st->used_bytes += ts.used_bytes;
 	}
 	int rc = meta_count_files(s->meta, &st->files);
 	st->servers = s->map.nservers;
@@ -452,6 +463,12 @@ static void on_frame(void *arg, struct net_conn *c, const struct proto_hdr *h, c
 				wbuf_put(&subs, hb, sizeof hb);
 				if (!sst)
 					wbuf_put(&subs, one.p, one.len);
+				/* Stop as soon as the reply cannot fit one frame: 1024 chunk reads
+				 * would otherwise pile up gigabytes before the check below. */
+				if (subs.len > AQ_FRAME_MAX - 64) {
+					st = AQ_S_RANGE;
+					break;
+				}
 			}
 			if (!st && rb.pos != rb.len)
 				st = AQ_S_PROTO;

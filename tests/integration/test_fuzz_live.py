@@ -1,0 +1,402 @@
+"""Throws garbage at a live aqd: unauthenticated junk, wrong MACs, and after a correct AUTH
+thousands of seeded random, truncated, oversized and bit-flipped frames. Every connection
+must get replies (AQ_S_PROTO for malformed payloads) or be dropped, never hang; afterwards
+the server is alive, `aq status` works, and the store holds only what well-formed requests
+created (the root directory, plus any bit-flipped MKNOD/MKDIR that still decoded cleanly).
+
+The client side is written here in Python (socket + struct + hmac) so that nothing in libaq
+can tidy a frame up before the server sees it."""
+import hashlib
+import hmac
+import json
+import os
+import random
+import socket
+import struct
+import time
+
+from aqtest import Cluster, main
+
+MAGIC = 0x31465141
+VERSION = 1
+HDR = struct.Struct("<IHHQIHHII")  # magic, version, op, req_id, epoch, status, flags, payload_len, reserved
+assert HDR.size == 32
+F_REPLY = 1
+FRAME_MAX = 16 << 20
+OP_HELLO, OP_AUTH, OP_MAP = 1, 2, 3
+OP_LOOKUP, OP_GETATTR, OP_MKNOD, OP_MKDIR, OP_SYMLINK = 10, 11, 13, 14, 15
+OP_BATCH = 50
+KNOWN_OPS = {2, 3} | set(range(10, 33)) | {40, 41, 50}
+S_OK, S_PROTO, S_AUTH = 0, 19, 100
+TIMEOUT_S = 5.0
+SEED = 20240611
+ITERATIONS = 8000
+DEADLINE_S = 50  # the whole garbage phase stops early rather than run past this
+
+state = {}  # what one test leaves for the next (they run in name order)
+
+
+class Dropped(Exception):
+    """The server closed the connection."""
+
+
+def setup():
+    c = Cluster(mount=False)
+    secret = port = None
+    with open(c.conf) as f:
+        for line in f:
+            k, _, v = line.partition("=")
+            k, v = k.strip(), v.strip()
+            if k == "secret":
+                secret = bytes.fromhex(v)
+            elif k == "server" and port is None:
+                port = int(v.split()[1].rsplit(":", 1)[1])
+    assert secret and len(secret) == 32 and port, "cannot read secret/server from cluster.conf"
+    c.secret, c.port = secret, port
+    return c
+
+
+def hdr(op, req_id=0, payload_len=0, magic=MAGIC, version=VERSION, flags=0, epoch=0, reserved=0, status=0):
+    return HDR.pack(magic, version, op, req_id, epoch, status, flags, payload_len, reserved)
+
+
+def recv_exact(s, n):
+    buf = b""
+    while len(buf) < n:
+        try:
+            chunk = s.recv(n - len(buf))
+        except (ConnectionResetError, BrokenPipeError):
+            raise Dropped()
+        except socket.timeout:
+            raise AssertionError(f"server hung: no reply or close within {TIMEOUT_S}s")
+        if not chunk:
+            raise Dropped()
+        buf += chunk
+    return buf
+
+
+def recv_frame(s):
+    h = HDR.unpack(recv_exact(s, 32))
+    magic, version, op, req_id, epoch, status, flags, plen, reserved = h
+    assert magic == MAGIC and version == VERSION and reserved == 0, f"bad reply header {h}"
+    assert flags & F_REPLY, f"reply without the reply flag {h}"
+    assert plen <= FRAME_MAX
+    return {"op": op, "req_id": req_id, "status": status, "payload": recv_exact(s, plen)}
+
+
+def send(s, data):
+    try:
+        s.sendall(data)
+    except (ConnectionResetError, BrokenPipeError):
+        raise Dropped()
+
+
+def expect_drop(s, what):
+    """The server must close s (perhaps after a reply or two) within the timeout."""
+    try:
+        for _ in range(4):
+            recv_frame(s)
+    except Dropped:
+        return
+    raise AssertionError(f"{what}: connection not dropped")
+
+
+def connect(c):
+    """A fresh connection; returns (socket, nonce) after reading the server's HELLO."""
+    s = socket.create_connection(("127.0.0.1", c.port), timeout=TIMEOUT_S)
+    s.settimeout(TIMEOUT_S)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    hello = recv_frame(s)
+    assert hello["op"] == OP_HELLO and hello["status"] == 0, hello
+    p = hello["payload"]
+    assert len(p) == 36 and struct.unpack_from("<I", p)[0] == 32, f"bad HELLO payload {p!r}"
+    return s, p[4:]
+
+
+def mac_for(secret, nonce):
+    return hmac.new(secret, b"aquifer-auth-v1" + nonce, hashlib.sha256).digest()
+
+
+def authed(c):
+    s, nonce = connect(c)
+    mac = mac_for(c.secret, nonce)
+    send(s, hdr(OP_AUTH, 1, 36) + struct.pack("<I", 32) + mac)
+    r = recv_frame(s)
+    assert r["op"] == OP_AUTH and r["status"] == S_OK, f"AUTH with the right secret failed: {r}"
+    return s
+
+
+def cred(uid=0, gid=0, groups=()):
+    return struct.pack("<III", uid, gid, len(groups)) + b"".join(struct.pack("<I", g) for g in groups)
+
+
+def string(b):
+    return struct.pack("<I", len(b)) + b
+
+
+def lookup_payload(name, parent=1):
+    return cred() + struct.pack("<Q", parent) + string(name)
+
+
+def mknod_payload(name, parent=1, mode=0o100644, rdev=0, flags=1):
+    return cred() + struct.pack("<Q", parent) + string(name) + struct.pack("<III", mode, rdev, flags)
+
+
+def parse_created(payload):
+    """(parent, name) of a MKNOD/MKDIR/SYMLINK payload that the server accepted."""
+    ng = struct.unpack_from("<I", payload, 8)[0]
+    at = 12 + 4 * ng
+    parent, n = struct.unpack_from("<QI", payload, at)
+    return parent, payload[at + 12:at + 12 + n]
+
+
+def test_a_unauthenticated(c):
+    rng = random.Random(SEED)
+    # garbage instead of a header: dropped without a word
+    for i in range(20):
+        s, _ = connect(c)
+        send(s, bytes(rng.getrandbits(8) for _ in range(rng.randrange(32, 200))))
+        expect_drop(s, f"garbage #{i}")
+        s.close()
+    # well-formed requests before AUTH: status 100, then dropped
+    for op, payload in [(OP_LOOKUP, lookup_payload(b"x")), (OP_MKNOD, mknod_payload(b"pre-auth")),
+                        (OP_MAP, b""), (OP_BATCH, b"\0" * 8), (999, b"zz")]:
+        s, _ = connect(c)
+        send(s, hdr(op, 7, len(payload)) + payload)
+        r = recv_frame(s)
+        assert r["status"] == S_AUTH, f"op {op} before AUTH: {r}"
+        expect_drop(s, f"op {op} before AUTH")
+        s.close()
+    # AUTH with the wrong MAC, a MAC for another nonce, a short MAC, a malformed payload
+    for i, kind in enumerate(["wrong_secret", "other_nonce", "short", "long", "bad_len", "empty"]):
+        s, nonce = connect(c)
+        if kind == "wrong_secret":
+            p = string(mac_for(bytes(32), nonce))
+        elif kind == "other_nonce":
+            p = string(mac_for(c.secret, bytes(32)))
+        elif kind == "short":
+            p = string(mac_for(c.secret, nonce)[:31])
+        elif kind == "long":
+            p = string(mac_for(c.secret, nonce) + b"\0")
+        elif kind == "bad_len":
+            p = struct.pack("<I", 64) + mac_for(c.secret, nonce)
+        else:
+            p = b""
+        send(s, hdr(OP_AUTH, i, len(p)) + p)
+        r = recv_frame(s)
+        assert r["op"] == OP_AUTH and r["status"] == S_AUTH, f"AUTH {kind}: {r}"
+        expect_drop(s, f"AUTH {kind}")
+        s.close()
+    # a "reply" frame from a client: dropped
+    s, nonce = connect(c)
+    p = string(mac_for(c.secret, nonce))
+    send(s, hdr(OP_AUTH, 1, len(p), flags=F_REPLY) + p)
+    expect_drop(s, "reply-flagged AUTH")
+    s.close()
+    # and a correct AUTH still works afterwards
+    authed(c).close()
+
+
+class Fuzzer:
+    def __init__(self, c):
+        self.c = c
+        self.rng = random.Random(SEED + 1)
+        self.s = None
+        self.created = set()  # (parent, name) of well-formed-after-flipping creates that succeeded
+        self.stats = {"replies": 0, "proto": 0, "drops": 0, "cutoffs": 0, "ok": 0}
+        self.req_id = 100
+
+    def sock(self):
+        if self.s is None:
+            self.s = authed(self.c)
+        return self.s
+
+    def close(self):
+        if self.s is not None:
+            self.s.close()
+            self.s = None
+
+    def rbytes(self, n):
+        return bytes(self.rng.getrandbits(8) for _ in range(n))
+
+    def name(self):
+        return bytes(self.rng.choice(b"abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(12))
+
+    def roundtrip(self, frame, expect_status=None, may_drop=False):
+        """Sends one frame and waits for its reply (or the drop, when that is allowed)."""
+        s = self.sock()
+        op, req_id = HDR.unpack_from(frame)[2:4]
+        try:
+            send(s, frame)
+            r = recv_frame(s)
+        except Dropped:
+            self.close()
+            self.stats["drops"] += 1
+            assert may_drop, f"dropped after a well-formed header (op {op}, {len(frame) - 32} byte payload)"
+            return None
+        assert r["op"] == op and r["req_id"] == req_id, f"reply {r['op']}/{r['req_id']} to {op}/{req_id}"
+        self.stats["replies"] += 1
+        self.stats["proto"] += r["status"] == S_PROTO
+        self.stats["ok"] += r["status"] == S_OK
+        if expect_status is not None:
+            assert r["status"] == expect_status, \
+                f"op {op} ({len(frame) - 32} byte payload): status {r['status']}, want {expect_status}"
+        if r["status"] == S_OK and op in (OP_MKNOD, OP_MKDIR, OP_SYMLINK):
+            self.created.add(parse_created(frame[32:]))
+        return r
+
+    def next_id(self):
+        self.req_id += 1
+        return self.req_id
+
+    def valid_request(self):
+        """A well-formed LOOKUP or MKNOD (a random name that will not clash)."""
+        if self.rng.random() < 0.5:
+            return OP_LOOKUP, lookup_payload(self.name())
+        return OP_MKNOD, mknod_payload(self.name())
+
+    def one(self):
+        rng = self.rng
+        kind = rng.randrange(10)
+        if kind == 0:  # a random opcode with a random payload
+            op = rng.choice([rng.randrange(0, 71), rng.randrange(0, 65536)])
+            p = self.rbytes(rng.randrange(0, 200))
+            if op in (OP_MKNOD, OP_MKDIR, OP_SYMLINK):
+                op = OP_GETATTR
+            self.roundtrip(hdr(op, self.next_id(), len(p)) + p, None if op in KNOWN_OPS else S_PROTO)
+        elif kind == 1:  # a valid request cut short, with a header that says so
+            op, p = self.valid_request()
+            p = p[:rng.randrange(0, len(p))]
+            self.roundtrip(hdr(op, self.next_id(), len(p)) + p, S_PROTO)
+        elif kind == 2:  # a valid request with trailing bytes
+            op, p = self.valid_request()
+            p += self.rbytes(rng.randrange(1, 16))
+            self.roundtrip(hdr(op, self.next_id(), len(p)) + p, S_PROTO)
+        elif kind in (3, 4, 5):  # bit flips in the payload of a valid request
+            op, p = self.valid_request()
+            b = bytearray(p)
+            for _ in range(rng.randrange(1, 6)):
+                bit = rng.randrange(len(b) * 8)
+                b[bit // 8] ^= 1 << (bit % 8)
+            self.roundtrip(hdr(op, self.next_id(), len(b)) + bytes(b))
+        elif kind == 6:  # bit flips in the header (not its length word: that is kind 7)
+            op, p = self.valid_request()
+            h = bytearray(hdr(op, self.next_id(), len(p)))
+            bit = rng.choice([b for b in range(256) if not 192 <= b < 224])
+            h[bit // 8] ^= 1 << (bit % 8)
+            fields = HDR.unpack(bytes(h))
+            bad = fields[0] != MAGIC or fields[1] != VERSION or fields[8] != 0 or fields[6] & F_REPLY
+            if bad:
+                s = self.sock()
+                send(s, bytes(h) + p)
+                expect_drop(s, f"header bit {bit} flipped")
+                self.close()
+                self.stats["drops"] += 1
+            else:
+                self.roundtrip(bytes(h) + p)
+        elif kind == 7:  # a frame cut off mid-way, then the socket closed
+            op, p = self.valid_request()
+            frame = hdr(op, self.next_id(), len(p) + rng.randrange(0, 4096)) + p
+            s = self.sock()
+            send(s, frame[:rng.randrange(1, len(frame))])
+            self.close()
+            self.stats["cutoffs"] += 1
+        elif kind == 8:  # a payload length over the frame limit, or bad magic: dropped
+            op, p = self.valid_request()
+            if rng.random() < 0.5:
+                h = hdr(op, self.next_id(), rng.choice([FRAME_MAX + 1, FRAME_MAX + rng.randrange(2, 1 << 30),
+                                                        0xFFFFFFFF]))
+            else:
+                h = hdr(op, self.next_id(), len(p), magic=rng.getrandbits(32) | 1)
+            s = self.sock()
+            send(s, h + p)
+            expect_drop(s, "oversized/bad-magic header")
+            self.close()
+            self.stats["drops"] += 1
+        else:  # a batch of sub-frames, some broken
+            subs = b""
+            n = rng.randrange(0, 5)
+            for i in range(n):
+                op, p = OP_LOOKUP, lookup_payload(self.name())
+                if rng.random() < 0.3:
+                    p = p[:rng.randrange(len(p))]
+                sub = hdr(op, i, len(p)) + p
+                if rng.random() < 0.2:
+                    sub = bytearray(sub)
+                    bit = rng.randrange(len(sub) * 8)
+                    sub[bit // 8] ^= 1 << (bit % 8)
+                    sub = bytes(sub)
+                subs += sub
+            if rng.random() < 0.3:
+                subs = subs[:rng.randrange(len(subs) + 1)]
+            p = struct.pack("<I", rng.choice([n, n + 1, rng.randrange(0, 2000)])) + string(subs)
+            self.roundtrip(hdr(OP_BATCH, self.next_id(), len(p)) + p)
+
+
+def test_b_garbage_after_auth(c):
+    fz = Fuzzer(c)
+    t0 = time.time()
+    done = 0
+    try:
+        for done in range(1, ITERATIONS + 1):
+            fz.one()
+            if time.time() - t0 > DEADLINE_S:
+                break
+    finally:
+        fz.close()
+    state["created"] = fz.created
+    st = fz.stats
+    print(f"     {done} frames in {time.time() - t0:.1f}s: {st['replies']} replies ({st['proto']} malformed, "
+          f"{st['ok']} ok), {st['drops']} drops, {st['cutoffs']} cut off; {len(fz.created)} flipped creates succeeded")
+    assert done >= 500, f"only {done} frames in {DEADLINE_S}s"
+    assert st["proto"] > done // 4, "too few AQ_S_PROTO replies: are malformed frames being rejected?"
+    assert st["drops"] > 0 and st["cutoffs"] > 0
+
+
+def test_c_server_survives(c):
+    os.kill(c.pid(), 0)  # still running
+    # a clean connection still works: LOOKUP of the root's child that nobody made
+    s = authed(c)
+    p = lookup_payload(b"never-created")
+    send(s, hdr(OP_LOOKUP, 5, len(p)) + p)
+    r = recv_frame(s)
+    assert r["status"] == 2, f"LOOKUP of a missing name: {r}"  # AQ_S_NOENT
+    s.close()
+    c.aq("status")
+    out = c.aq("status", "--json").stdout
+    st = json.loads(out)
+    created = state.get("created", set())
+    want = 1 + len(created)
+    assert st["files"] == want, f"store holds {st['files']} files, want {want} (root + {sorted(created)})"
+
+
+def vm_hwm_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+def test_d_batch_of_chunk_reads_bounded(c):
+    """Regression: a BATCH of 8 MiB CHUNK_READs piled every sub-reply up in memory before
+    checking the frame limit (1024 of them: 8 GiB). It must stop at the limit instead."""
+    chunk_max = 8 << 20
+    # wire order is the field table's (proto.c), not the opcode's list: ino, off, len, target, idx
+    read = struct.pack("<QQIII", 12345, 0, chunk_max, 0, 0)
+    subs = b"".join(hdr(41, i, len(read)) + read for i in range(48))  # 384 MiB of replies
+    p = struct.pack("<I", 48) + string(subs)
+    pid = c.pid()
+    before = vm_hwm_kib(pid)
+    s = authed(c)
+    send(s, hdr(OP_BATCH, 9, len(p)) + p)
+    r = recv_frame(s)
+    s.close()
+    grew_mib = (vm_hwm_kib(pid) - before) / 1024
+    assert r["status"] == 14, f"batch over the frame limit: {r['status']}, want AQ_S_RANGE"
+    assert grew_mib < 160, f"aqd peak memory grew {grew_mib:.0f} MiB for one over-limit batch"
+    os.kill(pid, 0)
+
+
+if __name__ == "__main__":
+    main(globals(), setup=setup)

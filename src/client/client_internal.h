@@ -18,6 +18,9 @@ struct rpc_call {
 	uint64_t id;
 	uint16_t op;
 	bool done;
+	bool is_batch;         /* a BATCH frame's own record: sub_ids, nobody waits on it */
+	uint64_t *sub_ids;
+	uint32_t nsubs;
 	int status;            /* 0 or -errno */
 	uint8_t *payload;      /* reply payload, owned by the call */
 	uint32_t len;
@@ -38,6 +41,15 @@ struct rpc_conn {
 	bool rx_running;
 	struct rpc_call *pending[RPC_PENDING_BUCKETS];
 	uint64_t next_id;
+	/* Outgoing frames wait here while another thread is sending; the sender takes them
+	 * all at once and, when they are small metadata requests, packs them into one BATCH
+	 * frame (one server job, one syscall). Lock order: mu before q_mu. */
+	pthread_mutex_t q_mu;
+	struct wbuf q;
+	uint64_t *q_ids;
+	uint32_t q_count, q_cap;
+	bool q_batchable;
+	bool sending;
 };
 
 struct ino_state {

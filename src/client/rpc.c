@@ -166,6 +166,8 @@ fail:
 	return rc;
 }
 
+static void enqueue_and_send(struct rpc_conn *rc, uint16_t op, uint64_t id, const struct wbuf *payload);
+
 static struct rpc_call **pending_slot(struct rpc_conn *rc, uint64_t id)
 {
 	struct rpc_call **pp = &rc->pending[id % RPC_PENDING_BUCKETS];
@@ -174,12 +176,60 @@ static struct rpc_call **pending_slot(struct rpc_conn *rc, uint64_t id)
 	return pp;
 }
 
+static void complete_locked(struct rpc_conn *rc, uint64_t id, int status, const uint8_t *p, uint32_t len)
+{
+	struct rpc_call **pp = pending_slot(rc, id);
+	struct rpc_call *call = *pp;
+	if (!call || call->is_batch)
+		return;
+	*pp = call->next;
+	call->done = true;
+	call->status = status;
+	if (!status) {
+		call->payload = aq_malloc(len ? len : 1);
+		memcpy(call->payload, p, len);
+		call->len = len;
+	}
+	pthread_cond_signal(&call->cv);
+}
+
+/* Hands each sub-reply of a BATCH reply to its call; a batch that failed as a whole (or a
+ * reply that does not parse) fails every call it carried. */
+static void complete_batch_locked(struct rpc_conn *rc, struct rpc_call *batch, const struct proto_hdr *h,
+				  const uint8_t *payload)
+{
+	int err = h->status ? aq_err_from_status(h->status) : 0;
+	struct proto_reply rep;
+	if (!err && proto_reply_decode(OP_BATCH, payload, h->payload_len, &rep))
+		err = -EPROTO;
+	if (!err) {
+		struct rbuf rb;
+		rbuf_init(&rb, rep.entries, rep.entries_len);
+		for (uint32_t i = 0; i < rep.count; i++) {
+			struct proto_hdr sh;
+			const uint8_t *sp;
+			if (proto_batch_next(&rb, &sh, &sp)) {
+				err = -EPROTO;
+				break;
+			}
+			complete_locked(rc, sh.req_id, sh.status ? aq_err_from_status(sh.status) : 0, sp, sh.payload_len);
+		}
+	}
+	/* whatever is still pending of this batch got no answer */
+	for (uint32_t i = 0; i < batch->nsubs; i++)
+		complete_locked(rc, batch->sub_ids[i], err ? err : -EPROTO, NULL, 0);
+}
+
 static void fail_pending_locked(struct rpc_conn *rc, int err)
 {
 	for (int i = 0; i < RPC_PENDING_BUCKETS; i++) {
 		while (rc->pending[i]) {
 			struct rpc_call *call = rc->pending[i];
 			rc->pending[i] = call->next;
+			if (call->is_batch) {
+				rpc_free(call);
+				continue;
+			}
 			call->done = true;
 			call->status = err;
 			pthread_cond_signal(&call->cv);
@@ -207,12 +257,17 @@ static void *rx_main(void *arg)
 		struct rpc_call *call = *pp;
 		if (call) {
 			*pp = call->next;
-			call->done = true;
-			call->status = h.status ? aq_err_from_status(h.status) : 0;
-			call->payload = p;
-			call->len = h.payload_len;
-			pthread_cond_signal(&call->cv);
-			p = NULL;
+			if (call->is_batch) {
+				complete_batch_locked(rc, call, &h, p);
+				rpc_free(call);
+			} else {
+				call->done = true;
+				call->status = h.status ? aq_err_from_status(h.status) : 0;
+				call->payload = p;
+				call->len = h.payload_len;
+				pthread_cond_signal(&call->cv);
+				p = NULL;
+			}
 		}
 		pthread_mutex_unlock(&rc->mu);
 		free(p);
@@ -231,6 +286,11 @@ static int ensure_up_locked(struct rpc_conn *rc)
 		close(rc->fd);
 		rc->fd = -1;
 	}
+	/* frames queued for the old connection belong to calls that already failed */
+	pthread_mutex_lock(&rc->q_mu);
+	rc->q.len = 0;
+	rc->q_count = 0;
+	pthread_mutex_unlock(&rc->q_mu);
 	int fd = handshake(rc->client, rc->server);
 	if (fd < 0)
 		return fd;
@@ -251,6 +311,8 @@ int rpc_conn_init(struct aq_client *c, struct rpc_conn *rc, uint32_t server)
 	rc->next_id = 1;
 	pthread_mutex_init(&rc->mu, NULL);
 	pthread_mutex_init(&rc->send_mu, NULL);
+	pthread_mutex_init(&rc->q_mu, NULL);
+	wbuf_init(&rc->q, 4096);
 	pthread_mutex_lock(&rc->mu);
 	int err = ensure_up_locked(rc);
 	pthread_mutex_unlock(&rc->mu);
@@ -269,6 +331,9 @@ void rpc_conn_fini(struct rpc_conn *rc)
 		close(rc->fd);
 	pthread_mutex_destroy(&rc->mu);
 	pthread_mutex_destroy(&rc->send_mu);
+	pthread_mutex_destroy(&rc->q_mu);
+	wbuf_free(&rc->q);
+	free(rc->q_ids);
 }
 
 struct rpc_call *rpc_start(struct aq_client *c, uint32_t server, uint16_t op, const struct wbuf *payload, int *err)
@@ -296,18 +361,121 @@ struct rpc_call *rpc_start(struct aq_client *c, uint32_t server, uint16_t op, co
 	struct rpc_call **slot = &rc->pending[call->id % RPC_PENDING_BUCKETS];
 	call->next = *slot;
 	*slot = call;
+	pthread_mutex_lock(&rc->q_mu);
+	pthread_mutex_unlock(&rc->mu);
+	enqueue_and_send(rc, op, call->id, payload);
+	return call;
+}
+
+static bool batchable(uint16_t op)
+{
+	return op != OP_CHUNK_READ && op != OP_CHUNK_WRITE && op != OP_BATCH;
+}
+
+/* Sends one drained queue: a BATCH frame when it holds several small requests, else the
+ * frames back to back. Called without locks; takes mu to register the batch. */
+static void send_drained(struct rpc_conn *rc, struct wbuf *frames, const uint64_t *ids, uint32_t n, bool all_batchable)
+{
+	struct aq_client *c = rc->client;
+	pthread_mutex_lock(&rc->mu);
+	if (!rc->up) {
+		pthread_mutex_unlock(&rc->mu);
+		return; /* the calls were failed when the connection went down */
+	}
 	int fd = rc->fd;
-	/* Take the send lock before dropping mu so frames leave in id order per sender and
-	 * a reconnect cannot swap the fd under us. */
+	uint8_t hb[PROTO_HDR_SIZE];
+	struct iovec iov[3];
+	int iovcnt;
+	struct wbuf bp = {0};
+	if (n > 1 && all_batchable) {
+		struct rpc_call *b = aq_calloc(1, sizeof *b);
+		pthread_cond_init(&b->cv, NULL);
+		b->is_batch = true;
+		b->op = OP_BATCH;
+		b->conn = rc;
+		b->id = rc->next_id++;
+		b->sub_ids = aq_malloc(n * sizeof *b->sub_ids);
+		memcpy(b->sub_ids, ids, n * sizeof *ids);
+		b->nsubs = n;
+		struct rpc_call **slot = &rc->pending[b->id % RPC_PENDING_BUCKETS];
+		b->next = *slot;
+		*slot = b;
+		/* the BATCH payload: max (u32) then the sub-frames as one string */
+		wbuf_init(&bp, 8);
+		wbuf_u32(&bp, n);
+		wbuf_u32(&bp, (uint32_t)frames->len);
+		struct proto_hdr h = {.magic = PROTO_MAGIC, .version = PROTO_VERSION, .op = OP_BATCH, .req_id = b->id,
+				      .epoch = c->map.epoch, .payload_len = (uint32_t)(bp.len + frames->len)};
+		proto_hdr_encode(hb, &h);
+		iov[0] = (struct iovec){hb, sizeof hb};
+		iov[1] = (struct iovec){bp.p, bp.len};
+		iov[2] = (struct iovec){frames->p, frames->len};
+		iovcnt = 3;
+	} else {
+		iov[0] = (struct iovec){frames->p, frames->len};
+		iovcnt = 1;
+	}
 	pthread_mutex_lock(&rc->send_mu);
 	pthread_mutex_unlock(&rc->mu);
-	e = send_frame(fd, op, call->id, c->map.epoch, payload ? payload->p : NULL, payload ? payload->len : 0);
+	int e = write_full(fd, iov, iovcnt);
 	pthread_mutex_unlock(&rc->send_mu);
-	if (e) {
-		/* the receiver will notice the broken socket and fail the call */
-		shutdown(fd, SHUT_RDWR);
+	wbuf_free(&bp);
+	if (e)
+		shutdown(fd, SHUT_RDWR); /* the receiver fails the calls */
+}
+
+/* Queues one frame; the first thread to find no sender active becomes the sender and
+ * drains the queue until it is empty. Called with q_mu held; returns with it released. */
+static void enqueue_and_send(struct rpc_conn *rc, uint16_t op, uint64_t id, const struct wbuf *payload)
+{
+	struct proto_hdr h = {.magic = PROTO_MAGIC, .version = PROTO_VERSION, .op = op, .req_id = id,
+			      .epoch = rc->client->map.epoch, .payload_len = payload ? (uint32_t)payload->len : 0};
+	uint8_t hb[PROTO_HDR_SIZE];
+	proto_hdr_encode(hb, &h);
+	if (rc->q_count == 0)
+		rc->q_batchable = true;
+	wbuf_put(&rc->q, hb, sizeof hb);
+	if (payload)
+		wbuf_put(&rc->q, payload->p, payload->len);
+	if (rc->q_count == rc->q_cap) {
+		rc->q_cap = rc->q_cap ? 2 * rc->q_cap : 64;
+		rc->q_ids = aq_realloc(rc->q_ids, rc->q_cap * sizeof *rc->q_ids);
 	}
-	return call;
+	rc->q_ids[rc->q_count++] = id;
+	rc->q_batchable &= batchable(op);
+	if (rc->sending) {
+		pthread_mutex_unlock(&rc->q_mu);
+		return;
+	}
+	rc->sending = true;
+	struct wbuf frames;
+	wbuf_init(&frames, 4096);
+	uint64_t *ids = NULL;
+	uint32_t ids_cap = 0;
+	while (rc->q_count) {
+		/* take at most PROTO_BATCH_MAX frames or ~1 MiB per send */
+		struct wbuf tmp = frames;
+		frames = rc->q;
+		rc->q = tmp;
+		rc->q.len = 0;
+		uint32_t n = rc->q_count;
+		bool all = rc->q_batchable;
+		if (n > ids_cap) {
+			ids_cap = n;
+			ids = aq_realloc(ids, ids_cap * sizeof *ids);
+		}
+		memcpy(ids, rc->q_ids, n * sizeof *ids);
+		rc->q_count = 0;
+		pthread_mutex_unlock(&rc->q_mu);
+		if (n > PROTO_BATCH_MAX)
+			all = false; /* too many for one batch: plain frames */
+		send_drained(rc, &frames, ids, n, all);
+		pthread_mutex_lock(&rc->q_mu);
+	}
+	rc->sending = false;
+	pthread_mutex_unlock(&rc->q_mu);
+	wbuf_free(&frames);
+	free(ids);
 }
 
 int rpc_wait(struct rpc_call *call)
@@ -324,6 +492,7 @@ void rpc_free(struct rpc_call *call)
 {
 	if (!call)
 		return;
+	free(call->sub_ids);
 	pthread_cond_destroy(&call->cv);
 	free(call->payload);
 	free(call);

@@ -23,17 +23,37 @@ static bool g_read_only;
 
 static int posix_err(int rc) { return aq_errno_posix(rc); }
 
+/* The caller's uid and gid. Supplementary groups cost a read of /proc per request, so
+ * they are fetched only when the server refused without them (WITH_GROUPS). */
 static void cred_of(fuse_req_t req, struct aq_cred *cr)
 {
 	const struct fuse_ctx *ctx = fuse_req_ctx(req);
 	cr->uid = ctx->uid;
 	cr->gid = ctx->gid;
+	cr->ngroups = 0;
+}
+
+/* Adds the caller's supplementary groups; false when it has none beyond its gid. */
+static bool cred_add_groups(fuse_req_t req, struct aq_cred *cr)
+{
 	gid_t groups[32];
 	int n = fuse_req_getgroups(req, 32, groups);
 	cr->ngroups = 0;
 	for (int i = 0; i < n && i < 32; i++)
-		cr->groups[cr->ngroups++] = groups[i];
+		if (groups[i] != cr->gid)
+			cr->groups[cr->ngroups++] = groups[i];
+	return cr->ngroups > 0;
 }
+
+/* Runs call with the caller's credentials; on a permission error retries once with the
+ * supplementary groups added. Nothing changed when the server said EACCES or EPERM. */
+#define WITH_GROUPS(req, cr, call)                                                          \
+	({                                                                                  \
+		int rc_ = (call);                                                           \
+		if ((rc_ == -EACCES || rc_ == -EPERM) && cred_add_groups(req, &(cr)))       \
+			rc_ = (call);                                                       \
+		rc_;                                                                        \
+	})
 
 static void to_stat(const struct aq_attr *a, struct stat *st)
 {
@@ -106,7 +126,7 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	struct aq_cred cr;
 	struct aq_attr a;
 	cred_of(req, &cr);
-	int rc = aq_lookup(g_client, &cr, parent, name, &a);
+	int rc = WITH_GROUPS(req, cr, aq_lookup(g_client, &cr, parent, name, &a));
 	reply_entry_or_err(req, rc, &a);
 }
 
@@ -148,7 +168,7 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 		mask |= AQ_SET_CTIME;
 		in.ctime_ns = attr->st_ctim.tv_sec * 1000000000ll + attr->st_ctim.tv_nsec;
 	}
-	int rc = aq_setattr(g_client, &cr, ino, mask, &in, &out);
+	int rc = WITH_GROUPS(req, cr, aq_setattr(g_client, &cr, ino, mask, &in, &out));
 	if (rc) {
 		fuse_reply_err(req, posix_err(rc));
 		return;
@@ -174,7 +194,7 @@ static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 	struct aq_cred cr;
 	struct aq_attr a;
 	cred_of(req, &cr);
-	int rc = aq_mknod(g_client, &cr, parent, name, mode, (uint32_t)rdev, AQ_CREATE_EXCL, &a);
+	int rc = WITH_GROUPS(req, cr, aq_mknod(g_client, &cr, parent, name, mode, (uint32_t)rdev, AQ_CREATE_EXCL, &a));
 	reply_entry_or_err(req, rc, &a);
 }
 
@@ -184,7 +204,7 @@ static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 	struct aq_cred cr;
 	struct aq_attr a;
 	cred_of(req, &cr);
-	int rc = aq_mkdir_at(g_client, &cr, parent, name, mode, &a);
+	int rc = WITH_GROUPS(req, cr, aq_mkdir_at(g_client, &cr, parent, name, mode, &a));
 	reply_entry_or_err(req, rc, &a);
 }
 
@@ -194,7 +214,7 @@ static void op_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, cons
 	struct aq_cred cr;
 	struct aq_attr a;
 	cred_of(req, &cr);
-	int rc = aq_symlink_at(g_client, &cr, parent, name, link, &a);
+	int rc = WITH_GROUPS(req, cr, aq_symlink_at(g_client, &cr, parent, name, link, &a));
 	reply_entry_or_err(req, rc, &a);
 }
 
@@ -203,7 +223,7 @@ static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 	RO_CHECK(req);
 	struct aq_cred cr;
 	cred_of(req, &cr);
-	fuse_reply_err(req, posix_err(aq_unlink_at(g_client, &cr, parent, name)));
+	fuse_reply_err(req, posix_err(WITH_GROUPS(req, cr, aq_unlink_at(g_client, &cr, parent, name))));
 }
 
 static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
@@ -211,7 +231,7 @@ static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 	RO_CHECK(req);
 	struct aq_cred cr;
 	cred_of(req, &cr);
-	fuse_reply_err(req, posix_err(aq_rmdir_at(g_client, &cr, parent, name)));
+	fuse_reply_err(req, posix_err(WITH_GROUPS(req, cr, aq_rmdir_at(g_client, &cr, parent, name))));
 }
 
 static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
@@ -229,7 +249,7 @@ static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_
 		fuse_reply_err(req, EINVAL);
 		return;
 	}
-	fuse_reply_err(req, posix_err(aq_rename_at(g_client, &cr, parent, name, newparent, newname, f)));
+	fuse_reply_err(req, posix_err(WITH_GROUPS(req, cr, aq_rename_at(g_client, &cr, parent, name, newparent, newname, f))));
 }
 
 static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname)
@@ -238,7 +258,7 @@ static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const 
 	struct aq_cred cr;
 	struct aq_attr a;
 	cred_of(req, &cr);
-	int rc = aq_link_at(g_client, &cr, ino, newparent, newname, &a);
+	int rc = WITH_GROUPS(req, cr, aq_link_at(g_client, &cr, ino, newparent, newname, &a));
 	reply_entry_or_err(req, rc, &a);
 }
 
@@ -253,7 +273,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	struct aq_file *f;
 	/* O_APPEND offsets come from the kernel; the file is opened read-write so the
 	 * buffered chunk can be read back */
-	int rc = aq_open_ino(g_client, &cr, ino, fi->flags & ~O_APPEND, &f);
+	int rc = WITH_GROUPS(req, cr, aq_open_ino(g_client, &cr, ino, fi->flags & ~O_APPEND, &f));
 	if (rc) {
 		fuse_reply_err(req, posix_err(rc));
 		return;
@@ -268,14 +288,14 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 	struct aq_cred cr;
 	struct aq_attr a;
 	cred_of(req, &cr);
-	int rc = aq_mknod(g_client, &cr, parent, name, S_IFREG | (mode & 07777), 0,
-			  (fi->flags & O_EXCL) ? AQ_CREATE_EXCL : 0, &a);
+	int rc = WITH_GROUPS(req, cr, aq_mknod(g_client, &cr, parent, name, S_IFREG | (mode & 07777), 0,
+			  (fi->flags & O_EXCL) ? AQ_CREATE_EXCL : 0, &a));
 	if (rc) {
 		fuse_reply_err(req, posix_err(rc));
 		return;
 	}
 	struct aq_file *f;
-	rc = aq_open_ino(g_client, &cr, a.ino, (fi->flags & ~(O_APPEND | O_TRUNC | O_CREAT | O_EXCL)), &f);
+	rc = WITH_GROUPS(req, cr, aq_open_ino(g_client, &cr, a.ino, (fi->flags & ~(O_APPEND | O_TRUNC | O_CREAT | O_EXCL)), &f));
 	if (rc) {
 		fuse_reply_err(req, posix_err(rc));
 		return;
@@ -331,7 +351,7 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 {
 	struct aq_cred cr;
 	cred_of(req, &cr);
-	int rc = aq_access_ino(g_client, &cr, ino, R_OK);
+	int rc = WITH_GROUPS(req, cr, aq_access_ino(g_client, &cr, ino, R_OK));
 	if (rc) {
 		fuse_reply_err(req, posix_err(rc));
 		return;
@@ -381,7 +401,7 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, b
 		cookie = 0;
 	struct aq_dirent *ents = aq_malloc(128 * sizeof *ents);
 	while (!full) {
-		int n = aq_readdir_ino(g_client, &cr, ino, cookie, plus ? AQ_READDIR_PLUS : 0, ents, 128);
+		int n = WITH_GROUPS(req, cr, aq_readdir_ino(g_client, &cr, ino, cookie, plus ? AQ_READDIR_PLUS : 0, ents, 128));
 		if (n < 0) {
 			rc = n;
 			break;
@@ -476,7 +496,7 @@ static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const 
 		f |= AQ_XATTR_CREATE;
 	if (flags & XATTR_REPLACE)
 		f |= AQ_XATTR_REPLACE;
-	fuse_reply_err(req, posix_err(aq_setxattr_ino(g_client, &cr, ino, name, value, size, f)));
+	fuse_reply_err(req, posix_err(WITH_GROUPS(req, cr, aq_setxattr_ino(g_client, &cr, ino, name, value, size, f))));
 }
 
 static void reply_xattr_result(fuse_req_t req, int rc, const char *buf, size_t size)
@@ -494,7 +514,7 @@ static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t
 	struct aq_cred cr;
 	cred_of(req, &cr);
 	char *buf = size ? aq_malloc(size) : NULL;
-	int rc = aq_getxattr_ino(g_client, &cr, ino, name, buf, size);
+	int rc = WITH_GROUPS(req, cr, aq_getxattr_ino(g_client, &cr, ino, name, buf, size));
 	reply_xattr_result(req, rc, buf, size);
 	free(buf);
 }
@@ -504,7 +524,7 @@ static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 	struct aq_cred cr;
 	cred_of(req, &cr);
 	char *buf = size ? aq_malloc(size) : NULL;
-	int rc = aq_listxattr_ino(g_client, &cr, ino, buf, size);
+	int rc = WITH_GROUPS(req, cr, aq_listxattr_ino(g_client, &cr, ino, buf, size));
 	reply_xattr_result(req, rc, buf, size);
 	free(buf);
 }
@@ -514,7 +534,7 @@ static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 	RO_CHECK(req);
 	struct aq_cred cr;
 	cred_of(req, &cr);
-	fuse_reply_err(req, posix_err(aq_removexattr_ino(g_client, &cr, ino, name)));
+	fuse_reply_err(req, posix_err(WITH_GROUPS(req, cr, aq_removexattr_ino(g_client, &cr, ino, name))));
 }
 
 static void op_access(fuse_req_t req, fuse_ino_t ino, int mask)
@@ -525,7 +545,7 @@ static void op_access(fuse_req_t req, fuse_ino_t ino, int mask)
 		fuse_reply_err(req, EROFS);
 		return;
 	}
-	fuse_reply_err(req, posix_err(aq_access_ino(g_client, &cr, ino, (uint32_t)mask)));
+	fuse_reply_err(req, posix_err(WITH_GROUPS(req, cr, aq_access_ino(g_client, &cr, ino, (uint32_t)mask))));
 }
 
 static const struct fuse_lowlevel_ops aq_ops = {

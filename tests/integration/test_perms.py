@@ -5,19 +5,19 @@ import os
 import subprocess
 import sys
 
-from aqtest import Cluster, main
+from aqtest import ROOT, Cluster, main
 
 NOBODY = 65534
 
 
-def as_user(code, uid=NOBODY, gid=NOBODY):
+def as_user(code, uid=NOBODY, gid=NOBODY, groups=()):
     """Runs python code as uid/gid; returns the errno it reports (0 on success)."""
     prog = ("import os, errno, sys\n"
             "try:\n" + "".join("    " + l + "\n" for l in code.strip().splitlines()) +
             "    print(0)\n"
             "except OSError as e:\n    print(e.errno)\n")
     def drop():
-        os.setgroups([])
+        os.setgroups(list(groups))
         os.setresgid(gid, gid, gid)
         os.setresuid(uid, uid, uid)
     p = subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True, preexec_fn=drop, cwd="/")
@@ -79,6 +79,23 @@ def test_chmod_chown_by_non_owner(c):
     assert as_user(f"os.utime('{p}', None)") == 0  # write permission suffices for "now"
 
 
+def test_supplementary_groups(c):
+    """Access through a supplementary group: the server learns the groups only when it
+    refused without them (the FUSE adapter retries once with them)."""
+    d = c.path("grpdir")
+    os.mkdir(d)
+    os.chown(d, 0, 4242)
+    os.chmod(d, 0o770)
+    with open(f"{d}/f", "w") as f:
+        f.write("members only")
+    os.chown(f"{d}/f", 0, 4242)
+    os.chmod(f"{d}/f", 0o640)
+    assert as_user(f"open('{d}/f').read()") == errno.EACCES
+    assert as_user(f"open('{d}/f').read()", groups=(4242,)) == 0
+    assert as_user(f"open('{d}/new', 'w').write('x')", groups=(4242,)) == 0
+    assert as_user(f"open('{d}/f', 'a')", groups=(4242,)) == errno.EACCES
+
+
 def test_no_search_permission(c):
     d = c.path("closed")
     os.mkdir(d)
@@ -96,7 +113,7 @@ def test_server_checks_too(c):
     os.chmod(p, 0o600)
     env = dict(os.environ, AQ_CLUSTER=c.conf)
     code = ("import ctypes, os\n"
-            f"lib = ctypes.CDLL('{os.environ.get('AQ_ROOT', '.')}/lib/libaq.so')\n"
+            f"lib = ctypes.CDLL('{ROOT}/lib/libaq.so')\n"
             "cl = ctypes.c_void_p()\n"
             "assert lib.aq_connect(None, ctypes.byref(cl)) == 0\n"
             "f = ctypes.c_void_p()\n"

@@ -630,7 +630,7 @@ ssize_t aq_pread(struct aq_file *f, void *buf, size_t len, uint64_t off)
 		wbuf_init(&w, 64);
 		proto_req_encode(&w, &r);
 		int e = 0;
-		calls[i] = rpc_start(c, cluster_target_by_id(&c->map, target)->server, OP_CHUNK_READ, &w, &e);
+		calls[i] = rpc_start(c, cluster_target_by_id(&c->map, target)->server, OP_CHUNK_READ, &w, 0, &e);
 		wbuf_free(&w);
 		if (!calls[i] && !rc)
 			rc = e;
@@ -892,7 +892,7 @@ static int pending_start(struct aq_client *c, uint32_t server, const struct prot
 	proto_req_encode(&w, r);
 	p->c = c;
 	p->op = r->op;
-	p->call = rpc_start(c, server, r->op, &w, &p->err);
+	p->call = rpc_start(c, server, r->op, &w, rpc_affinity(r), &p->err);
 	wbuf_free(&w);
 	*out = p;
 	return 0;

@@ -88,8 +88,14 @@ struct aq_client {
 
 int rpc_conn_init(struct aq_client *c, struct rpc_conn *rc, uint32_t server);
 void rpc_conn_fini(struct rpc_conn *rc);
-/* Sends a request to server; returns a call to wait on (NULL with *err on failure). */
-struct rpc_call *rpc_start(struct aq_client *c, uint32_t server, uint16_t op, const struct wbuf *payload, int *err);
+/* Sends a request to server; returns a call to wait on (NULL with *err on failure).
+ * affinity 0 spreads requests over the server's connections; any other value pins them
+ * to one connection (the server tracks open files per connection, so an inode's OPEN and
+ * RELEASE must travel together: affinity = ino). */
+struct rpc_call *rpc_start(struct aq_client *c, uint32_t server, uint16_t op, const struct wbuf *payload,
+			   uint64_t affinity, int *err);
+/* The affinity a request needs (see rpc_start). */
+uint64_t rpc_affinity(const struct proto_req *req);
 /* Waits for the reply. Returns 0 or -errno; the call keeps the payload until rpc_free. */
 int rpc_wait(struct rpc_call *call);
 void rpc_free(struct rpc_call *call);

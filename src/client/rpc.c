@@ -336,14 +336,23 @@ void rpc_conn_fini(struct rpc_conn *rc)
 	free(rc->q_ids);
 }
 
-struct rpc_call *rpc_start(struct aq_client *c, uint32_t server, uint16_t op, const struct wbuf *payload, int *err)
+uint64_t rpc_affinity(const struct proto_req *req)
+{
+	if (req->op == OP_OPEN || req->op == OP_RELEASE)
+		return req->ino;
+	return 0;
+}
+
+struct rpc_call *rpc_start(struct aq_client *c, uint32_t server, uint16_t op, const struct wbuf *payload,
+			   uint64_t affinity, int *err)
 {
 	/* connections of one server are consecutive in c->conns */
 	uint32_t base = 0;
 	for (uint32_t i = 0; i < c->map.nservers; i++)
 		if (c->map.servers[i].id == server)
 			base = i * c->nconns;
-	struct rpc_conn *rc = &c->conns[base + atomic_fetch_add(&c->rr, 1) % c->nconns];
+	uint64_t pick = affinity ? affinity : atomic_fetch_add(&c->rr, 1);
+	struct rpc_conn *rc = &c->conns[base + pick % c->nconns];
 	struct rpc_call *call = aq_calloc(1, sizeof *call);
 	pthread_cond_init(&call->cv, NULL);
 	call->op = op;
@@ -514,7 +523,7 @@ int rpc_do(struct aq_client *c, uint32_t server, const struct proto_req *req, st
 	int err;
 	struct rpc_call *call = NULL;
 	for (int attempt = 0;; attempt++) {
-		call = rpc_start(c, server, req->op, &w, &err);
+		call = rpc_start(c, server, req->op, &w, rpc_affinity(req), &err);
 		if (call)
 			err = rpc_wait(call);
 		if (!retryable(err) || aq_mono_ns() > deadline)

@@ -296,6 +296,26 @@ def test_unlink_while_open(c):
     assert not os.path.exists(p)
 
 
+def test_space_freed_after_open_close_then_unlink(c):
+    """Regression: OPEN and RELEASE of one file travelled on different connections, so
+    the server never saw the last close and never freed the data of a deleted file."""
+    import json
+    p = c.path("reclaim.bin")
+    with open(p, "wb") as f:
+        f.write(os.urandom(8 << 20))
+    for _ in range(12):
+        with open(p, "rb") as f:
+            f.read(10)
+    before = json.loads(c.aq("status", "--json").stdout)["used_bytes"]
+    os.unlink(p)
+    for _ in range(100):
+        used = json.loads(c.aq("status", "--json").stdout)["used_bytes"]
+        if used <= before - (7 << 20):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"used bytes {before} -> {used}: the deleted file's space was not freed")
+
+
 def test_fsync(c):
     p = c.path("synced")
     fd = os.open(p, os.O_WRONLY | os.O_CREAT, 0o644)

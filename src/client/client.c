@@ -251,8 +251,10 @@ int aq_setattr(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, ui
 			st->refs++;
 		pthread_mutex_unlock(&c->files_mu);
 		if (st) {
+			/* the server must know this client's size, or it takes a shrink for growth */
 			pthread_mutex_lock(&st->mu);
-			flush_locked(c, st);
+			if (!flush_locked(c, st))
+				commit_size_locked(c, st);
 		}
 	}
 	struct proto_req r = {.op = OP_SETATTR, .cred = *cred_or_default(c, cred), .ino = ino, .mask = mask,

@@ -214,6 +214,10 @@ static int handle(struct server *s, struct sconn *sc, const struct proto_req *r,
 		break;
 	case OP_SETATTR:
 		rc = meta_setattr(s->meta, cr, r->ino, r->mask, &r->attr, &rep.attr);
+		/* Data past the new size goes whatever size the metadata knew: another client
+		 * may have written chunks whose size it has not committed yet. */
+		if (!rc && (r->mask & AQ_SET_SIZE) && S_ISREG(rep.attr.mode))
+			rc = truncate_data(s, r->ino, r->attr.size, rep.attr.chunk_size);
 		break;
 	case OP_MKNOD:
 		rc = meta_mknod(s->meta, cr, r->parent, r->name, r->name_len, r->mode, r->rdev, r->flags, &rep.attr);

@@ -121,6 +121,21 @@ def test_truncate_shrink_then_extend_reads_zeros(c):
     assert d == b"A" * 1000 + bytes(49_000)
 
 
+def test_ftruncate_of_unflushed_writes(c):
+    """Regression: a truncate of data still buffered in the client looked like growth to
+    the server (it had not seen the size yet), so the cut bytes came back."""
+    p = c.path("ftrunc")
+    fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)
+    os.write(fd, b"x" * 100_000)
+    os.ftruncate(fd, 10)
+    assert os.fstat(fd).st_size == 10
+    os.write(fd, b"y")  # at the file offset, 100000: a hole from 10 on
+    assert os.pread(fd, 20, 0) == b"x" * 10 + bytes(10)
+    os.close(fd)
+    with open(p, "rb") as f:
+        assert f.read() == b"x" * 10 + bytes(99_990) + b"y"
+
+
 def test_directories(c):
     d = c.path("d1")
     os.mkdir(d)

@@ -10,6 +10,10 @@ int cmd_mount(int argc, char **argv);
 int cmd_umount(int argc, char **argv);
 int cmd_status(int argc, char **argv);
 int cmd_changes(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
+
+/* aq bench's subcommands (bench.c dispatches). */
+int bench_meta(int argc, char **argv);
 
 /* Connects as every command does: --cluster FILE, else $AQ_CLUSTER, else ./var/cluster.conf.
  * Prints a clear message and returns NULL on failure. */

@@ -12,6 +12,7 @@ static const struct {
 	{"umount", cmd_umount, "umount MOUNTPOINT"},
 	{"status", cmd_status, "status [--cluster FILE]          servers, buckets, targets, space, files"},
 	{"changes", cmd_changes, "changes DIR [--since CURSOR] [--limit N] [--cluster FILE]  entries created in DIR"},
+	{"bench", cmd_bench, "bench meta [--dir PATH] [--files N] [--threads T] [--via native|fuse] [--compare DIR] [--json]"},
 };
 
 static void usage(FILE *f)

@@ -1,0 +1,38 @@
+/*
+ * bench.c - `aq bench SUBCOMMAND`: the benchmarks that produce the figures in
+ * docs/performance.md. Each subcommand lives in its own bench_*.c file and returns a
+ * process exit status; a benchmark whose run is wrong (an operation fails, a listing
+ * misses an entry) exits non-zero rather than printing a number.
+ */
+#include "cli/cli.h"
+
+static const struct {
+	const char *name;
+	int (*fn)(int, char **);
+	const char *help;
+} benches[] = {
+	{"meta", bench_meta,
+	 "meta [--dir PATH] [--files N] [--threads T] [--via native|fuse] [--depth D] [--compare DIR] [--json]\n"
+	 "        create, stat, lookup of missing names, list, rename, unlink in one shared directory"},
+};
+
+static void bench_usage(FILE *f)
+{
+	fprintf(f, "usage: aq bench SUBCOMMAND [options]\n\nsubcommands:\n");
+	for (size_t i = 0; i < ARRAY_SIZE(benches); i++)
+		fprintf(f, "  aq bench %s\n", benches[i].help);
+}
+
+int cmd_bench(int argc, char **argv)
+{
+	if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
+		bench_usage(argc < 2 ? stderr : stdout);
+		return argc < 2 ? 2 : 0;
+	}
+	for (size_t i = 0; i < ARRAY_SIZE(benches); i++)
+		if (!strcmp(argv[1], benches[i].name))
+			return benches[i].fn(argc - 1, argv + 1);
+	fprintf(stderr, "aq bench: unknown benchmark '%s'\n", argv[1]);
+	bench_usage(stderr);
+	return 2;
+}

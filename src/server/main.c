@@ -11,18 +11,21 @@
 
 static void usage(void)
 {
-	fprintf(stderr, "usage: aqd --data DIR [--server-id N] [--workers N] [--log FILE] [--no-sync] [--debug]\n"
-			"  Serves the metadata buckets and storage targets of DIR/cluster.conf's server N.\n");
+	fprintf(stderr, "usage: aqd --data DIR [--server-id N] [--workers N] [--log FILE] [--sync-each-op] [--debug]\n"
+			"  Serves the metadata buckets and storage targets of DIR/cluster.conf's server N.\n"
+			"  Every change is in the write-ahead log before its reply (it survives a crash of\n"
+			"  aqd); the log reaches the disk on fsync and at least once a second, or before\n"
+			"  every reply with --sync-each-op.\n");
 }
 
 int main(int argc, char **argv)
 {
-	struct server_options opt = {.workers = 32, .meta_sync = true};
+	struct server_options opt = {.workers = 32, .meta_sync = false};
 	const char *log_path = NULL;
 	static const struct option lopts[] = {
 		{"data", required_argument, 0, 'd'}, {"server-id", required_argument, 0, 's'},
 		{"workers", required_argument, 0, 'w'}, {"log", required_argument, 0, 'l'},
-		{"no-sync", no_argument, 0, 'n'}, {"debug", no_argument, 0, 'D'},
+		{"sync-each-op", no_argument, 0, 'n'}, {"debug", no_argument, 0, 'D'},
 		{"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
 	int c;
 	while ((c = getopt_long(argc, argv, "d:s:w:l:nDh", lopts, NULL)) != -1) {
@@ -31,7 +34,7 @@ int main(int argc, char **argv)
 		case 's': opt.server_id = (uint32_t)atoi(optarg); break;
 		case 'w': opt.workers = (uint32_t)atoi(optarg); break;
 		case 'l': log_path = optarg; break;
-		case 'n': opt.meta_sync = false; break;
+		case 'n': opt.meta_sync = true; break;
 		case 'D': log_min_level = LOG_DEBUG; break;
 		default: usage(); return c == 'h' ? 0 : 2;
 		}

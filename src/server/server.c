@@ -545,6 +545,14 @@ static void *gc_main(void *arg)
 		pthread_mutex_unlock(&s->gc_mu);
 		if (stop)
 			return NULL;
+		/* The group commit of last resort: what was acknowledged from the write-ahead
+		 * logs (it survives a crash of aqd already) reaches the disk within a second,
+		 * as ext4's journal commit does every five. fsync does it at once. */
+		int src = meta_sync(s->meta);
+		for (uint32_t t = 0; !src && t < s->nlocal; t++)
+			src = data_sync(s->data, s->local_targets[t]);
+		if (src)
+			log_error("periodic sync: %s", aq_strerror(src));
 		uint64_t after = 0;
 		for (;;) {
 			int n = meta_orphans(s->meta, orphans, ARRAY_SIZE(orphans), after);

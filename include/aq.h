@@ -162,6 +162,37 @@ int aq_rename_start(struct aq_client *c, const struct aq_cred *cred, uint64_t pa
 		    uint64_t newparent, const char *newname, uint32_t flags, struct aq_pending **out);
 int aq_wait(struct aq_pending *p, struct aq_attr *attr);
 
+/* Batched asynchronous reads: the data loader's path (in the spirit of io_uring and 3FS's
+ * USRBIO). Submit many reads, reap completions in any order; each read becomes one
+ * request per chunk it touches, all in flight at once over the client's connections, and
+ * the data lands in the caller's buffer without a copy. A whole small file is one round
+ * trip once its inode and size are known (from aq_lookup, readdirplus or aq_file_ino):
+ * reads by inode number skip open, so a ring is for trusted loaders (anyone with the
+ * cluster file may read any inode, as with the server's own key). A ring belongs to one
+ * thread at a time. */
+struct aq_io {
+	uint64_t ino;
+	uint64_t off;
+	uint64_t len;          /* bytes wanted */
+	uint64_t file_size;    /* reads are clipped to it (what lookup/stat said) */
+	void *buf;             /* at least len bytes */
+	void *user;            /* the caller's, untouched */
+	int64_t result;        /* at completion: bytes read (short at end of file) or -errno */
+	/* private to the ring */
+	uint32_t pending_;
+	int err_;
+};
+struct aq_ioring;
+/* depth: reads in flight at most. */
+int aq_ioring_create(struct aq_client *c, uint32_t depth, struct aq_ioring **out);
+void aq_ioring_destroy(struct aq_ioring *r);
+/* Starts up to n reads; returns how many were taken (fewer when the ring is full) or -errno. */
+int aq_ioring_submit(struct aq_ioring *r, struct aq_io *const *ios, uint32_t n);
+/* Waits until at least min reads finished (min <= in flight), returns up to max of them. */
+int aq_ioring_reap(struct aq_ioring *r, struct aq_io **done, uint32_t max, uint32_t min);
+/* Reads in flight. */
+uint32_t aq_ioring_inflight(const struct aq_ioring *r);
+
 /* Path-based conveniences (paths inside Aquifer, '/' is its root). */
 int aq_resolve(struct aq_client *c, const char *path, struct aq_attr *out);
 int aq_stat(struct aq_client *c, const char *path, struct aq_attr *out);

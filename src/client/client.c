@@ -632,7 +632,8 @@ ssize_t aq_pread(struct aq_file *f, void *buf, size_t len, uint64_t off)
 		wbuf_init(&w, 64);
 		proto_req_encode(&w, &r);
 		int e = 0;
-		calls[i] = rpc_start(c, cluster_target_by_id(&c->map, target)->server, OP_CHUNK_READ, &w, 0, &e);
+		calls[i] = rpc_start_ex(c, cluster_target_by_id(&c->map, target)->server, OP_CHUNK_READ, &w, 0,
+					(uint8_t *)buf + pos, n, NULL, NULL, &e);
 		wbuf_free(&w);
 		if (!calls[i] && !rc)
 			rc = e;
@@ -643,14 +644,12 @@ ssize_t aq_pread(struct aq_file *f, void *buf, size_t len, uint64_t off)
 		uint64_t at = off + pos;
 		uint32_t n = (uint32_t)MIN((uint64_t)(cs - at % cs), (uint64_t)(len - pos));
 		if (calls[i]) {
+			const uint8_t *data;
 			int e = rpc_wait(calls[i]);
-			struct proto_reply rep;
 			if (!e)
-				e = proto_reply_decode(OP_CHUNK_READ, calls[i]->payload, calls[i]->len, &rep);
-			if (!e && rep.data_len != n)
-				e = -EPROTO;
-			if (!e)
-				memcpy((uint8_t *)buf + pos, rep.data, n);
+				e = rpc_read_result(calls[i], n, &data);
+			if (!e && data != (uint8_t *)buf + pos)
+				memcpy((uint8_t *)buf + pos, data, n);
 			if (e && !rc)
 				rc = e;
 			rpc_free(calls[i]);

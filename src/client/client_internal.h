@@ -14,6 +14,14 @@
 #define RPC_PENDING_BUCKETS 256
 #define RPC_RECONNECT_S 60      /* how long a call waits for a restarting server */
 
+/* Where finished calls are announced when a caller waits for any of many (the batched
+ * read ring). Lock order: a connection's mu before a cq's mu. */
+struct rpc_cq {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	struct rpc_call *head, *tail;
+};
+
 struct rpc_call {
 	uint64_t id;
 	uint16_t op;
@@ -27,6 +35,14 @@ struct rpc_call {
 	pthread_cond_t cv;
 	struct rpc_call *next; /* pending chain */
 	struct rpc_conn *conn;
+	/* CHUNK_READ: the receiver reads the data straight into rdest (no copy) when the
+	 * reply carries exactly rdest_len bytes; payload then stays NULL. */
+	void *rdest;
+	uint32_t rdest_len;
+	bool direct;           /* the data went to rdest */
+	struct rpc_cq *cq;     /* announce completion here too (NULL: no) */
+	void *cq_arg;
+	struct rpc_call *cq_next;
 };
 
 struct rpc_conn {
@@ -94,6 +110,17 @@ void rpc_conn_fini(struct rpc_conn *rc);
  * RELEASE must travel together: affinity = ino). */
 struct rpc_call *rpc_start(struct aq_client *c, uint32_t server, uint16_t op, const struct wbuf *payload,
 			   uint64_t affinity, int *err);
+/* As rpc_start, and also reads a CHUNK_READ reply's data into rdest and announces the
+ * completion on cq (either may be NULL). */
+struct rpc_call *rpc_start_ex(struct aq_client *c, uint32_t server, uint16_t op, const struct wbuf *payload,
+			      uint64_t affinity, void *rdest, uint32_t rdest_len, struct rpc_cq *cq, void *cq_arg,
+			      int *err);
+void rpc_cq_init(struct rpc_cq *cq);
+void rpc_cq_destroy(struct rpc_cq *cq);
+/* Takes one finished call off cq, waiting for one when wait is set; NULL if none. */
+struct rpc_call *rpc_cq_pop(struct rpc_cq *cq, bool wait);
+/* The data of a finished CHUNK_READ call: len bytes at *data (rdest or the payload). */
+int rpc_read_result(struct rpc_call *call, uint32_t len, const uint8_t **data);
 /* The affinity a request needs (see rpc_start). */
 uint64_t rpc_affinity(const struct proto_req *req);
 /* Waits for the reply. Returns 0 or -errno; the call keeps the payload until rpc_free. */

@@ -14,6 +14,14 @@ static const struct {
 	{"meta", bench_meta,
 	 "meta [--dir PATH] [--files N] [--threads T] [--via native|fuse] [--depth D] [--compare DIR] [--json]\n"
 	 "        create, stat, lookup of missing names, list, rename, unlink in one shared directory"},
+	{"gen", bench_gen,
+	 "gen [--kind images|shards] [--files N] [--file-size BYTES] [--dir PATH] [--via native|fuse|local]\n"
+	 "        [--local DIR] [--seed S]\n"
+	 "        writes a training dataset with a MANIFEST of every file's crc32c"},
+	{"train", bench_train,
+	 "train [--dir PATH] [--via native|fuse|local] [--workers W] [--accelerators S] [--batch B]\n"
+	 "        [--compute-us U] [--epochs E] [--cold] [--compare-local DIR] [--find-max] [--stage-to DIR] [--json]\n"
+	 "        a simulated training job: samples/s, MB/s and accelerator utilization, every sample verified"},
 };
 
 static void bench_usage(FILE *f)

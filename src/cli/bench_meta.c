@@ -18,7 +18,7 @@
  * counter; the thread whose completion reaches a tenth boundary N*k/10 stamps the time,
  * so decile k's rate is (N/10 ops) / (time between boundary k and k+1).
  */
-#include "cli/cli.h"
+#include "cli/bench.h"
 #include "common/cluster.h"
 #include <dirent.h>
 #include <fcntl.h>
@@ -27,19 +27,15 @@
 #include <libgen.h>
 #include <limits.h>
 #include <pthread.h>
-#include <stdarg.h>
-#include <stdatomic.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
-#include <sys/vfs.h>
 #include <unistd.h>
 
 #define BM_THREADS_MAX 256
 #define BM_DEPTH_MAX 4096
 #define BM_LIST_PAGE 4096         /* entries per aq_readdir_ino call (the server's limit) */
 #define BM_GETDENTS_BYTES (1u << 20)
-#define BM_FUSE_MAGIC 0x65735546  /* statfs f_type of a FUSE mount */
 
 enum bm_phase { PH_CREATE, PH_STAT, PH_MISS, PH_LIST, PH_RENAME, PH_UNLINK, PH_COUNT };
 static const char *const phase_key[PH_COUNT] = {"create", "stat", "lookup_miss", "list", "rename", "unlink"};
@@ -70,9 +66,7 @@ struct bm_run {
 	uint64_t bound[11];            /* ops completed at decile boundary k: files*k/10 */
 	_Atomic uint64_t done;
 	_Atomic uint64_t dec_ns[11];   /* monotonic time at which bound[k] was reached */
-	_Atomic bool failed;
-	pthread_mutex_t err_lock;
-	char err[512];
+	struct bench_err err;
 	pthread_barrier_t start;
 	uint64_t t0_ns;
 };
@@ -86,21 +80,6 @@ struct bm_worker {
 static void bm_name(char *buf, size_t size, char prefix, uint64_t i)
 {
 	snprintf(buf, size, "%c%09llu", prefix, (unsigned long long)i);
-}
-
-/* Records the first failure of a phase; later ones are dropped (they are usually echoes). */
-static void bm_fail(struct bm_run *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void bm_fail(struct bm_run *r, const char *fmt, ...)
-{
-	pthread_mutex_lock(&r->err_lock);
-	if (!atomic_load(&r->failed)) {
-		va_list ap;
-		va_start(ap, fmt);
-		vsnprintf(r->err, sizeof r->err, fmt, ap);
-		va_end(ap);
-		atomic_store(&r->failed, true);
-	}
-	pthread_mutex_unlock(&r->err_lock);
 }
 
 static void bm_count(struct bm_run *r)
@@ -158,7 +137,7 @@ static int native_finish(struct bm_run *r, struct aq_pending *p, uint64_t i)
 		rc = -EINVAL;
 	}
 	if (rc) {
-		bm_fail(r, "%s of name #%llu in %s: %s", phase_key[r->ph], (unsigned long long)i, r->side->path,
+		bench_fail(&r->err, "%s of name #%llu in %s: %s", phase_key[r->ph], (unsigned long long)i, r->side->path,
 			r->ph == PH_MISS && rc == -EEXIST ? "a name that was never created exists" : aq_strerror(rc));
 		return rc;
 	}
@@ -173,7 +152,7 @@ static void native_worker(struct bm_worker *w)
 	struct aq_pending **win = aq_calloc(depth, sizeof *win);
 	uint64_t *idx = aq_calloc(depth, sizeof *idx);
 	uint32_t head = 0, inflight = 0;
-	for (uint64_t i = w->lo; i < w->hi && !atomic_load(&r->failed); i++) {
+	for (uint64_t i = w->lo; i < w->hi && !bench_failed(&r->err); i++) {
 		if (inflight == depth) {
 			int rc = native_finish(r, win[head], idx[head]);
 			head = (head + 1) % depth;
@@ -184,7 +163,7 @@ static void native_worker(struct bm_worker *w)
 		uint32_t slot = (head + inflight) % depth;
 		int rc = native_start(r, i, &win[slot]);
 		if (rc) {
-			bm_fail(r, "%s of name #%llu in %s: cannot start: %s", phase_key[r->ph], (unsigned long long)i,
+			bench_fail(&r->err, "%s of name #%llu in %s: cannot start: %s", phase_key[r->ph], (unsigned long long)i,
 				r->side->path, aq_strerror(rc));
 			break;
 		}
@@ -246,7 +225,7 @@ static int sys_op(struct bm_run *r, uint64_t i)
 		AQ_ASSERT(!"not a per-name phase");
 	}
 	if (rc) {
-		bm_fail(r, "%s of name #%llu in %s: %s", phase_key[r->ph], (unsigned long long)i, r->side->path,
+		bench_fail(&r->err, "%s of name #%llu in %s: %s", phase_key[r->ph], (unsigned long long)i, r->side->path,
 			r->ph == PH_MISS && rc == -EEXIST ? "a name that was never created exists" : strerror(-rc));
 		return rc;
 	}
@@ -256,7 +235,7 @@ static int sys_op(struct bm_run *r, uint64_t i)
 
 static void sys_worker(struct bm_worker *w)
 {
-	for (uint64_t i = w->lo; i < w->hi && !atomic_load(&w->run->failed); i++)
+	for (uint64_t i = w->lo; i < w->hi && !bench_failed(&w->run->err); i++)
 		if (sys_op(w->run, i))
 			break;
 }
@@ -285,7 +264,7 @@ static int run_phase(struct bm_side *s, enum bm_phase ph, uint64_t files, int th
 	r->threads = threads;
 	for (int k = 0; k <= 10; k++)
 		r->bound[k] = files * (uint64_t)k / 10;
-	pthread_mutex_init(&r->err_lock, NULL);
+	bench_err_init(&r->err);
 	pthread_barrier_init(&r->start, NULL, (unsigned)threads + 1);
 	for (int t = 0; t < threads; t++) {
 		w[t].run = r;
@@ -301,8 +280,8 @@ static int run_phase(struct bm_side *s, enum bm_phase ph, uint64_t files, int th
 		pthread_join(w[t].tid, NULL);
 	uint64_t t1 = aq_mono_ns();
 	int status = 0;
-	if (atomic_load(&r->failed)) {
-		fprintf(stderr, "aq bench meta: %s\n", r->err);
+	if (bench_failed(&r->err)) {
+		fprintf(stderr, "aq bench meta: %s\n", r->err.msg);
 		status = -1;
 	} else {
 		AQ_ASSERT(atomic_load(&r->done) == files);
@@ -313,7 +292,7 @@ static int run_phase(struct bm_side *s, enum bm_phase ph, uint64_t files, int th
 		}
 	}
 	pthread_barrier_destroy(&r->start);
-	pthread_mutex_destroy(&r->err_lock);
+	bench_err_destroy(&r->err);
 	free(w);
 	free(r);
 	return status;
@@ -595,17 +574,6 @@ static int run_side(struct bm_side *s, const char *dir, const char *tag, uint64_
 
 /* ---- output ---- */
 
-static const char *rate_str(double r, char *buf, size_t size)
-{
-	if (r >= 1e6)
-		snprintf(buf, size, "%.2fM", r / 1e6);
-	else if (r >= 1e4)
-		snprintf(buf, size, "%.1fk", r / 1e3);
-	else
-		snprintf(buf, size, "%.0f", r);
-	return buf;
-}
-
 static void json_side(const struct bm_result *r)
 {
 	printf("{");
@@ -627,7 +595,7 @@ static void human_deciles(const char *what, const char *side, const double *v)
 	char b[32];
 	printf("%-6s deciles, %-7s:", what, side);
 	for (int k = 0; k < 10; k++)
-		printf(" %7s", rate_str(v[k], b, sizeof b));
+		printf(" %7s", bench_rate_str(v[k], b, sizeof b));
 	printf("   last/first %.2f\n", v[0] > 0 ? v[9] / v[0] : 0.0);
 }
 
@@ -644,9 +612,9 @@ static void print_human(const struct bm_result *aq, const struct bm_result *cmp,
 		printf("  compare: %s\n", cmp_path);
 	printf("\n%-12s %12s %12s %8s\n", "phase", "aquifer/s", "compare/s", "ratio");
 	for (int ph = 0; ph < PH_COUNT; ph++) {
-		printf("%-12s %12s", phase_key[ph], rate_str(aq->rate[ph], b1, sizeof b1));
+		printf("%-12s %12s", phase_key[ph], bench_rate_str(aq->rate[ph], b1, sizeof b1));
 		if (cmp)
-			printf(" %12s %8.2f", rate_str(cmp->rate[ph], b2, sizeof b2),
+			printf(" %12s %8.2f", bench_rate_str(cmp->rate[ph], b2, sizeof b2),
 			       cmp->rate[ph] > 0 ? aq->rate[ph] / cmp->rate[ph] : 0.0);
 		else
 			printf(" %12s %8s", "-", "-");
@@ -706,11 +674,12 @@ int bench_meta(int argc, char **argv)
 		default: usage(); return 2;
 		}
 	}
-	bool native = !strcmp(via, "native");
-	if (optind != argc || (!native && strcmp(via, "fuse"))) {
+	enum bench_via v;
+	if (optind != argc || bench_parse_via(via, &v) || v == VIA_LOCAL) {
 		usage();
 		return 2;
 	}
+	bool native = v == VIA_NATIVE;
 	if (files < 10 || files > 10000000000ull || threads < 1 || threads > BM_THREADS_MAX || depth < 1 ||
 	    depth > BM_DEPTH_MAX) {
 		fprintf(stderr, "aq bench meta: --files 10..10^10, --threads 1..%d, --depth 1..%d\n", BM_THREADS_MAX,
@@ -737,9 +706,7 @@ int bench_meta(int argc, char **argv)
 		if (!aqs.c)
 			return 1;
 	} else {
-		struct statfs sf;
-		if (statfs(dir, &sf) == 0 && (uint32_t)sf.f_type != BM_FUSE_MAGIC)
-			fprintf(stderr, "aq bench meta: warning: %s is not on a FUSE mount\n", dir);
+		bench_warn_not_fuse("aq bench meta", dir);
 	}
 
 	struct bm_result aqr = {0}, cmpr = {0};

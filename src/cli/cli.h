@@ -14,10 +14,14 @@ int cmd_bench(int argc, char **argv);
 
 /* aq bench's subcommands (bench.c dispatches). */
 int bench_meta(int argc, char **argv);
+int bench_gen(int argc, char **argv);
+int bench_train(int argc, char **argv);
 
 /* Connects as every command does: --cluster FILE, else $AQ_CLUSTER, else ./var/cluster.conf.
  * Prints a clear message and returns NULL on failure. */
 struct aq_client *cli_connect(const char *cluster_file);
+/* A TCP port on 127.0.0.1 that was free a moment ago, or -1. */
+int cli_free_port(void);
 /* Human-readable bytes ("1.5 GiB"). */
 const char *cli_bytes(uint64_t n, char *buf, size_t size);
 #endif

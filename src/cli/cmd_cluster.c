@@ -42,7 +42,7 @@ struct aq_client *cli_connect(const char *cluster_file)
 	return c;
 }
 
-static int free_port(void)
+int cli_free_port(void)
 {
 	int fd = socket(AF_INET, SOCK_STREAM, 0);
 	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
@@ -195,7 +195,7 @@ int cmd_up(int argc, char **argv)
 	snprintf(conf, sizeof conf, "%s/cluster.conf", o.data);
 	struct stat st;
 	if (stat(conf, &st) != 0) {
-		int port = free_port();
+		int port = cli_free_port();
 		if (port <= 0) {
 			fprintf(stderr, "aq up: no free TCP port on 127.0.0.1\n");
 			return 1;

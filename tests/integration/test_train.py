@@ -1,0 +1,162 @@
+"""aq bench gen and aq bench train against a real aqd and FUSE mount: the JSON a training
+run prints (native, through the mount, and a local copy in the same run), shards read as
+records, and "never wrong bytes": a byte flipped in a chunk record on disk makes reads fail
+with EIO through the mount and makes the benchmark fail, and aqd logs the chunk.
+
+Correctness only: speed is the benchmark's job (docs/performance.md). Runs as root (the FUSE
+mount, drop_caches)."""
+import errno
+import glob
+import json
+import os
+import struct
+
+import aqtest
+from aqtest import Cluster, expect_errno
+
+N_IMAGES = 500
+IMAGE_BYTES = 20000          # mean; sizes vary +-30%
+SHARD_BYTES = 32 << 20
+REC_MAGIC = 0x51534741       # segment record header (src/data/data_internal.h), little-endian
+REC_HDR = 64
+SIDE_KEYS = {"samples_per_s", "mb_per_s", "au", "max_accelerators", "samples", "bytes", "wall_s", "ttfb_s"}
+
+
+def drop_caches():
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
+def train_json(c, *args):
+    p = c.aq("bench", "train", "--json", *args)
+    lines = p.stdout.strip().splitlines()
+    assert len(lines) == 1, f"expected one JSON line, got {p.stdout!r}"
+    return json.loads(lines[0])
+
+
+def check_side(side, samples, nbytes):
+    assert set(side) == SIDE_KEYS, f"keys {sorted(side)}"
+    assert side["samples"] == samples and side["bytes"] == nbytes, side
+    assert side["samples_per_s"] > 0 and side["mb_per_s"] > 0, side
+    assert 0.0 <= side["au"] <= 1.0, side
+    assert side["wall_s"] > 0 and 0 <= side["ttfb_s"] <= side["wall_s"], side
+
+
+def manifest(path):
+    with open(os.path.join(path, "MANIFEST")) as f:
+        lines = f.read().splitlines()
+    assert lines[0].startswith("aquifer-dataset 1 "), lines[0]
+    return [(ln.split()[0], int(ln.split()[1])) for ln in lines[1:]]
+
+
+def test_images_native_fuse_and_local(c):
+    local = os.path.join(c.base, "img-local")
+    g = json.loads(c.aq("bench", "gen", "--kind", "images", "--files", str(N_IMAGES), "--file-size",
+                        str(IMAGE_BYTES), "--dir", "/img", "--local", local, "--json").stdout)
+    files = manifest(local)
+    nbytes = sum(size for _, size in files)
+    assert g["files"] == N_IMAGES == len(files) and g["bytes"] == nbytes, g
+    assert all(0.7 * IMAGE_BYTES <= s <= 1.3 * IMAGE_BYTES for _, s in files)
+    assert len({s for _, s in files}) > N_IMAGES // 4, "sizes should vary"
+    # the same bytes in Aquifer (read through the mount) and in the local copy
+    for name in (files[0][0], files[-1][0]):
+        with open(c.path("img", name), "rb") as a, open(os.path.join(local, name), "rb") as b:
+            assert a.read() == b.read()
+
+    stage = os.path.join(c.base, "stage")
+    os.makedirs(stage)
+    out = train_json(c, "--dir", "/img", "--compare-local", local, "--cold", "--find-max", "--compute-us", "50",
+                     "--stage-to", stage)
+    assert set(out) == {"kind", "via", "workers", "accelerators", "batch", "compute_us", "epochs", "cold",
+                        "aquifer", "local", "stage", "loopback_mb_per_s"}, sorted(out)
+    assert out["kind"] == "images" and out["via"] == "native" and out["workers"] == 4 and out["cold"] is True
+    for side in ("aquifer", "local"):
+        check_side(out[side], N_IMAGES, nbytes)
+        assert isinstance(out[side]["max_accelerators"], int) and out[side]["max_accelerators"] >= 0
+    st = out["stage"]
+    assert st["copy_s"] > 0 and st["ttfb_s"] >= st["copy_s"] and st["total_s"] >= st["ttfb_s"], st
+    assert st["direct_total_s"] == out["aquifer"]["wall_s"], st
+    assert os.listdir(stage) == [], "the staged copy is removed"
+    lb = out["loopback_mb_per_s"]
+    assert lb is None or lb > 0, lb
+
+    out = train_json(c, "--via", "fuse", "--dir", c.path("img"), "--compare-local", local, "--epochs", "2",
+                     "--workers", "3", "--no-loopback")
+    assert out["via"] == "fuse" and out["workers"] == 3 and out["loopback_mb_per_s"] is None
+    assert out["aquifer"]["max_accelerators"] is None and out["stage"] is None
+    for side in ("aquifer", "local"):
+        check_side(out[side], 2 * N_IMAGES, 2 * nbytes)
+
+
+def test_shards_native(c):
+    g = json.loads(c.aq("bench", "gen", "--kind", "shards", "--files", "2", "--file-size", str(SHARD_BYTES),
+                        "--dir", "/shards", "--json").stdout)
+    assert g["bytes"] == 2 * SHARD_BYTES, g
+    out = train_json(c, "--dir", "/shards", "--no-loopback", "--batch", "8", "--compute-us", "0")
+    assert out["kind"] == "shards" and out["local"] is None
+    check_side(out["aquifer"], 2 * SHARD_BYTES // (1 << 20), 2 * SHARD_BYTES)
+    # the same records through the mount, one shard kept open per loader
+    out = train_json(c, "--via", "fuse", "--dir", c.path("shards"), "--no-loopback", "--batch", "8")
+    check_side(out["aquifer"], 64, 2 * SHARD_BYTES)
+
+
+def find_on_disk(c, pattern):
+    """(segment path, offset) of the one place pattern is stored under var/targets."""
+    hits = []
+    for seg in sorted(glob.glob(os.path.join(c.data, "targets", "t*", "seg-*"))):
+        with open(seg, "rb") as f:
+            data = f.read()
+        pos = data.find(pattern)
+        while pos >= 0:
+            hits.append((seg, pos))
+            pos = data.find(pattern, pos + 1)
+    assert len(hits) == 1, f"pattern found {len(hits)} times on disk: {hits}"
+    return hits[0]
+
+
+def test_flipped_byte_is_eio_never_data(c):
+    """Regression guard for the crc32c check of every block read: a chunk changed on disk
+    behind aqd's back must fail the read (EIO through the mount, an error from the
+    benchmark), be logged with the chunk's identity, and never return the bad bytes."""
+    c.aq("bench", "gen", "--via", "fuse", "--dir", c.path("bad"), "--files", "20", "--file-size", "100000")
+    victim = c.path("bad", "img-00000007.bin")
+    with open(victim, "rb") as f:
+        good = f.read()
+    ino = os.stat(victim).st_ino
+    data_off = 66000                          # in the chunk's second 64 KiB block
+    assert len(good) >= 70000
+    seg, pos = find_on_disk(c, good[data_off:data_off + 32])
+    with open(seg, "r+b") as f:
+        f.seek(pos - data_off - REC_HDR)      # the record starts at the chunk's byte 0
+        magic, = struct.unpack("<I", f.read(4))
+        assert magic == REC_MAGIC, f"no record header before the data: {magic:#x}"
+        f.seek(pos)
+        b = f.read(1)
+        f.seek(pos)
+        f.write(bytes([b[0] ^ 0x5A]))
+        f.flush()
+        os.fsync(f.fileno())
+    drop_caches()
+
+    def read_all(path):
+        with open(path, "rb") as f:
+            return f.read()
+    expect_errno(errno.EIO, read_all, victim)
+    assert read_all(c.path("bad", "img-00000006.bin")), "the other files still read"
+
+    p = c.aq("bench", "train", "--dir", "/bad", "--no-loopback", check=False)
+    assert p.returncode != 0 and p.stdout == "", f"exit {p.returncode}, stdout {p.stdout!r}"
+    assert "img-00000007.bin" in p.stderr and f"ino {ino:x}" in p.stderr and "corrupt" in p.stderr, p.stderr
+    drop_caches()
+    p = c.aq("bench", "train", "--via", "fuse", "--dir", c.path("bad"), "--no-loopback", check=False)
+    assert p.returncode != 0 and p.stdout == "", f"exit {p.returncode}, stdout {p.stdout!r}"
+    assert "img-00000007.bin" in p.stderr and "input/output error" in p.stderr.lower(), p.stderr
+
+    with open(os.path.join(c.data, "aqd.log")) as f:
+        log = [ln for ln in f if "corrupt" in ln and f"ino {ino:x} idx 0" in ln]
+    assert log, f"aqd.log has no 'corrupt' line for ino {ino:x}"
+
+
+if __name__ == "__main__":
+    aqtest.main(globals(), setup=Cluster)

@@ -235,7 +235,14 @@ static bool conn_read(struct net_server *s, struct net_conn *c)
 			c->payload = NULL;
 			c->hdr_got = 0;
 			c->payload_got = 0;
-			enqueue(s, c, p);
+			if (s->ops.run_inline && s->ops.run_inline(s->arg, &c->h)) {
+				/* the loop's own reference keeps c alive through the call */
+				if (!atomic_load(&c->closed))
+					s->ops.on_frame(s->arg, c, &c->h, p);
+				free(p);
+			} else {
+				enqueue(s, c, p);
+			}
 		}
 	}
 	return true; /* more may be waiting: level-triggered epoll calls us again */

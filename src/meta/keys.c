@@ -62,6 +62,11 @@ size_t meta_key_partial(uint8_t *buf, uint32_t bucket, uint64_t dir)
 	return n + 8;
 }
 
+size_t meta_key_count(uint8_t *buf, uint32_t bucket)
+{
+	return key_head(buf, MK_COUNT, bucket);
+}
+
 /* Xattrs live in their inode's bucket so they move with it. */
 size_t meta_key_xattr(uint8_t *buf, uint64_t ino, const char *name, size_t len)
 {

@@ -160,9 +160,77 @@ int meta_commit(struct meta_store *m, rocksdb_writebatch_t *wb)
 	if (err) {
 		log_error("meta: rocksdb write: %s", err);
 		rocksdb_free(err);
+		/* The failed batch may have updated cached partial rows: drop them all. */
+		atomic_fetch_add(&m->pcache_epoch, 1);
+		atomic_store(&m->write_failed, true);
 		return -EIO;
 	}
 	return 0;
+}
+
+/* Writes a new 'T' row so that every ts below end is covered, if it is not yet. */
+static int reserve_clock(struct meta_store *m, uint64_t end)
+{
+	int rc = 0;
+	pthread_mutex_lock(&m->clock_lock);
+	if (end > atomic_load(&m->clock_reserved)) {
+		uint64_t upto = end + META_CLOCK_BLOCK;
+		uint8_t key = MK_CLOCK, v[8];
+		rocksdb_writebatch_t *wb = rocksdb_writebatch_create();
+		put_le64(v, upto);
+		rocksdb_writebatch_put(wb, (const char *)&key, 1, (const char *)v, sizeof(v));
+		/* Committed before any batch that uses a ts below upto (WAL order). */
+		rc = meta_commit(m, wb);
+		rocksdb_writebatch_destroy(wb);
+		if (rc == 0)
+			atomic_store(&m->clock_reserved, upto);
+	}
+	pthread_mutex_unlock(&m->clock_lock);
+	return rc;
+}
+
+int meta_take_ts(struct meta_store *m, uint32_t k, uint64_t *ts)
+{
+	AQ_ASSERT(k >= 1);
+	uint64_t first = atomic_fetch_add(&m->log_clock, k);
+	if (first + k > atomic_load(&m->clock_reserved)) {
+		int rc = reserve_clock(m, first + k);
+		if (rc)
+			return rc;
+	}
+	*ts = first;
+	return 0;
+}
+
+/* ---- inode counts ------------------------------------------------------------------- */
+
+static void put_count_row(rocksdb_writebatch_t *wb, uint32_t bucket, uint64_t live_below, uint64_t mark)
+{
+	uint8_t key[META_COUNT_KEY_LEN], v[META_COUNT_VAL_LEN];
+	put_le64(v, live_below);
+	put_le64(v + 8, mark);
+	rocksdb_writebatch_put(wb, (const char *)key, meta_key_count(key, bucket), (const char *)v, sizeof(v));
+}
+
+void meta_count_drop(struct meta_store *m, rocksdb_writebatch_t *wb, uint64_t ino)
+{
+	const struct meta_count *c = &m->counts[aq_ino_bucket(ino)];
+	AQ_ASSERT(c->nlive > 0);
+	/* Rows at or above the mark are counted by the scan at open; one below it must leave
+	 * the persisted count in the same batch. */
+	if ((ino & AQ_INO_SEQ_MASK) < c->mark) {
+		AQ_ASSERT(c->live_below > 0);
+		put_count_row(wb, aq_ino_bucket(ino), c->live_below - 1, c->mark);
+	}
+}
+
+void meta_count_dropped(struct meta_store *m, uint64_t ino)
+{
+	struct meta_count *c = &m->counts[aq_ino_bucket(ino)];
+	if ((ino & AQ_INO_SEQ_MASK) < c->mark)
+		c->live_below--;
+	c->nlive--;
+	atomic_fetch_sub(&m->nfiles, 1);
 }
 
 int meta_is_dot(const char *name, size_t len)
@@ -252,6 +320,44 @@ int meta_dir_totals(struct meta_store *m, uint64_t dir, struct meta_partial *sum
 	return rc;
 }
 
+/* The cached partial row of (bucket, dir), moved to the front of its bucket's slots (LRU),
+ * or NULL. Caller holds the bucket lock. */
+static struct meta_pslot *pcache_find(struct meta_store *m, uint32_t bucket, uint64_t dir)
+{
+	struct meta_pslot *set = m->pcache + (size_t)bucket * META_PCACHE_WAYS;
+	uint64_t epoch = atomic_load(&m->pcache_epoch);
+	for (int w = 0; w < META_PCACHE_WAYS; w++) {
+		if (set[w].dir != dir)
+			continue;
+		if (set[w].epoch != epoch)
+			return NULL;
+		struct meta_pslot hit = set[w];
+		memmove(set + 1, set, (size_t)w * sizeof(*set));
+		set[0] = hit;
+		return &set[0];
+	}
+	return NULL;
+}
+
+/* Caches p as (bucket, dir)'s row, evicting the least recently used slot. */
+static void pcache_put(struct meta_store *m, uint32_t bucket, uint64_t dir, const struct meta_partial *p)
+{
+	struct meta_pslot *set = m->pcache + (size_t)bucket * META_PCACHE_WAYS;
+	int w = 0;
+	while (w < META_PCACHE_WAYS - 1 && set[w].dir != dir)
+		w++;
+	memmove(set + 1, set, (size_t)w * sizeof(*set));
+	set[0] = (struct meta_pslot){ .dir = dir, .epoch = atomic_load(&m->pcache_epoch), .p = *p };
+}
+
+static void pcache_forget(struct meta_store *m, uint32_t bucket, uint64_t dir)
+{
+	struct meta_pslot *set = m->pcache + (size_t)bucket * META_PCACHE_WAYS;
+	for (int w = 0; w < META_PCACHE_WAYS; w++)
+		if (set[w].dir == dir)
+			set[w].dir = 0;
+}
+
 int meta_apply_partials(struct meta_store *m, rocksdb_writebatch_t *wb, const struct meta_pdelta *d, size_t n,
 			int64_t now_ns)
 {
@@ -270,11 +376,19 @@ int meta_apply_partials(struct meta_store *m, rocksdb_writebatch_t *wb, const st
 		uint8_t key[META_PARTIAL_KEY_LEN], v[META_PARTIAL_VAL_LEN];
 		size_t klen = meta_key_partial(key, d[i].bucket, d[i].dir), len = 0;
 		struct meta_partial p = { 0 };
-		int rc = meta_get(m, key, klen, v, sizeof(v), &len);
-		if (rc < 0)
-			return rc;
-		if (rc == 1 && meta_partial_decode(v, len, &p))
-			return -EIO;
+		struct meta_pslot *hit = pcache_find(m, d[i].bucket, d[i].dir);
+		if (hit) {
+			p = hit->p;
+		} else {
+			int rc = meta_get(m, key, klen, v, sizeof(v), &len);
+			if (rc == 1 && meta_partial_decode(v, len, &p))
+				rc = -EIO;
+			if (rc < 0) {
+				/* Rows cached above belong to a batch that will not commit. */
+				atomic_fetch_add(&m->pcache_epoch, 1);
+				return rc;
+			}
+		}
 		p.nentries += dent;
 		p.nsubdirs += dsub;
 		/* Counts are per bucket and every decrement follows an increment in this bucket. */
@@ -283,6 +397,8 @@ int meta_apply_partials(struct meta_store *m, rocksdb_writebatch_t *wb, const st
 		p.ctime_ns = MAX(p.ctime_ns, now_ns);
 		meta_partial_encode(&p, v);
 		rocksdb_writebatch_put(wb, (const char *)key, klen, (const char *)v, sizeof(v));
+		/* Ahead of the commit: a failed commit bumps the epoch, which drops it. */
+		pcache_put(m, d[i].bucket, d[i].dir, &p);
 	}
 	return 0;
 }
@@ -340,30 +456,127 @@ int meta_del_xattrs(struct meta_store *m, rocksdb_writebatch_t *wb, uint64_t ino
 
 /* ---- open / close ------------------------------------------------------------------- */
 
-/* Scans rows of one key type at open: counts them, and for 'L' rows finds the largest ts. */
-static int scan_type(struct meta_store *m, uint8_t type, uint64_t *count, uint64_t *max_ts)
+/* The changelog clock at open: above every ts handed out before, which the 'T' row
+ * bounds. A store without one (made before it existed) has its 'L' rows scanned once. */
+static int load_clock(struct meta_store *m)
+{
+	uint8_t key = MK_CLOCK, v[8];
+	size_t len = 0;
+	uint64_t above = 0;
+	int rc = meta_get(m, &key, 1, v, sizeof(v), &len);
+	if (rc == 1 && len != sizeof(v))
+		rc = -EIO;
+	if (rc < 0)
+		return rc;
+	if (rc == 1) {
+		above = get_le64(v);
+		atomic_store(&m->clock_reserved, above);
+	} else {
+		rocksdb_iterator_t *it = rocksdb_create_iterator(m->db, m->ropts);
+		char *err = NULL;
+		const char start = MK_LOG;
+		for (rocksdb_iter_seek(it, &start, 1); rocksdb_iter_valid(it); rocksdb_iter_next(it)) {
+			size_t klen;
+			const uint8_t *k = (const uint8_t *)rocksdb_iter_key(it, &klen);
+			if (klen < 1 || k[0] != MK_LOG)
+				break;
+			if (klen == META_LOG_KEY_LEN)
+				above = MAX(above, get_be64(k + 11) + 1);
+		}
+		rocksdb_iter_get_error(it, &err);
+		rocksdb_iter_destroy(it);
+		if (err) {
+			log_error("meta: changelog scan: %s", err);
+			rocksdb_free(err);
+			return -EIO;
+		}
+	}
+	/* The first ts taken writes a fresh 'T' row (clock_reserved <= the clock). */
+	atomic_store(&m->log_clock, MAX((uint64_t)aq_now_ns(), above));
+	return 0;
+}
+
+/* Counts the inode rows of bucket b whose seq is at least from (it is positioned on the
+ * bucket's range). */
+static uint64_t count_inodes_from(rocksdb_iterator_t *it, uint32_t b, uint64_t from)
+{
+	uint8_t start[META_INODE_KEY_LEN];
+	uint64_t n = 0;
+	if (from > AQ_INO_SEQ_MASK)
+		return 0;
+	rocksdb_iter_seek(it, (const char *)start, meta_key_inode(start, aq_ino_make(b, from)));
+	for (; rocksdb_iter_valid(it); rocksdb_iter_next(it)) {
+		size_t klen;
+		const uint8_t *k = (const uint8_t *)rocksdb_iter_key(it, &klen);
+		if (klen != META_INODE_KEY_LEN || k[0] != MK_INODE || get_be16(k + 1) != b)
+			break;
+		n++;
+	}
+	return n;
+}
+
+/* Rebuilds every bucket's inode count from its 'C' row and a scan of the rows at or above
+ * its mark (short: creates move the mark up every META_COUNT_MARK_EVERY inodes). A bucket
+ * whose scan was long (a store from before the 'C' rows) gets a fresh row. */
+static int load_counts(struct meta_store *m)
 {
 	rocksdb_iterator_t *it = rocksdb_create_iterator(m->db, m->ropts);
+	rocksdb_writebatch_t *wb = rocksdb_writebatch_create();
+	uint64_t total = 0;
 	char *err = NULL;
-	const char start = (char)type;
-	*count = 0;
-	for (rocksdb_iter_seek(it, &start, 1); rocksdb_iter_valid(it); rocksdb_iter_next(it)) {
-		size_t klen;
-		const char *k = rocksdb_iter_key(it, &klen);
-		if (klen < 1 || (uint8_t)k[0] != type)
+	int rc = 0;
+	for (uint32_t b = 0; b < m->nbuckets && rc == 0; b++) {
+		struct meta_count *c = &m->counts[b];
+		uint8_t key[META_COUNT_KEY_LEN], v[META_COUNT_VAL_LEN];
+		size_t len = 0;
+		rc = meta_get(m, key, meta_key_count(key, b), v, sizeof(v), &len);
+		if (rc == 1 && len != sizeof(v))
+			rc = -EIO;
+		if (rc < 0)
 			break;
-		(*count)++;
-		if (max_ts && klen == META_LOG_KEY_LEN)
-			*max_ts = MAX(*max_ts, get_be64((const uint8_t *)k + 11));
+		if (rc == 1) {
+			c->live_below = get_le64(v);
+			c->mark = get_le64(v + 8);
+		}
+		rc = 0;
+		uint64_t above = count_inodes_from(it, b, c->mark);
+		c->nlive = c->live_below + above;
+		if (above > META_COUNT_MARK_EVERY) {
+			c->live_below = c->nlive;
+			c->mark = m->seq_next[b]; /* every seq in use is below it */
+			put_count_row(wb, b, c->live_below, c->mark);
+		}
+		total += c->nlive;
 	}
 	rocksdb_iter_get_error(it, &err);
 	rocksdb_iter_destroy(it);
 	if (err) {
-		log_error("meta: open scan: %s", err);
+		log_error("meta: inode scan: %s", err);
 		rocksdb_free(err);
-		return -EIO;
+		rc = -EIO;
 	}
-	return 0;
+	if (rc == 0 && rocksdb_writebatch_count(wb) > 0)
+		rc = meta_commit(m, wb);
+	rocksdb_writebatch_destroy(wb);
+	atomic_store(&m->nfiles, total);
+	return rc;
+}
+
+/* At close: moves every bucket's mark to its sequence, so the next open scans nothing. */
+static void save_counts(struct meta_store *m)
+{
+	if (atomic_load(&m->write_failed))
+		return; /* after a failed write, memory may disagree with the store: let open recount */
+	rocksdb_writebatch_t *wb = rocksdb_writebatch_create();
+	for (uint32_t b = 0; b < m->nbuckets; b++) {
+		struct meta_count *c = &m->counts[b];
+		if (c->mark == m->seq_next[b] && c->live_below == c->nlive)
+			continue;
+		put_count_row(wb, b, c->nlive, m->seq_next[b]);
+	}
+	if (rocksdb_writebatch_count(wb) > 0 && meta_commit(m, wb) != 0)
+		log_warn("meta: could not save inode counts; the next open recounts");
+	rocksdb_writebatch_destroy(wb);
 }
 
 /* Writes the superblock and the root directory into a new store. */
@@ -399,6 +612,8 @@ static void free_store(struct meta_store *m)
 		rocksdb_close(m->db);
 	if (m->dbopts)
 		rocksdb_options_destroy(m->dbopts);
+	if (m->topts)
+		rocksdb_block_based_options_destroy(m->topts);
 	if (m->wopts)
 		rocksdb_writeoptions_destroy(m->wopts);
 	if (m->ropts)
@@ -409,6 +624,9 @@ static void free_store(struct meta_store *m)
 		free(m->locks);
 	}
 	pthread_mutex_destroy(&m->rename_lock);
+	pthread_mutex_destroy(&m->clock_lock);
+	free(m->counts);
+	free(m->pcache);
 	free(m->seq_next);
 	free(m->seq_reserved);
 	free(m);
@@ -421,6 +639,7 @@ int meta_open(const char *path, bool create, const struct meta_options *opt, str
 	int rc = 0;
 
 	pthread_mutex_init(&m->rename_lock, NULL);
+	pthread_mutex_init(&m->clock_lock, NULL);
 	m->nbuckets = opt && opt->nbuckets ? opt->nbuckets : AQ_BUCKETS_DEFAULT;
 	m->chunk_size = opt && opt->chunk_size ? opt->chunk_size : AQ_CHUNK_SIZE_DEFAULT;
 	m->truncate_fn = opt ? opt->truncate_fn : NULL;
@@ -433,7 +652,16 @@ int meta_open(const char *path, bool create, const struct meta_options *opt, str
 	m->dbopts = rocksdb_options_create();
 	rocksdb_options_set_create_if_missing(m->dbopts, create);
 	rocksdb_options_increase_parallelism(m->dbopts, 4);
-	rocksdb_get_options_from_string(m->dbopts, "allow_fallocate=false;manifest_preallocation_size=65536",
+	/* Creates look up names that mostly do not exist: bloom filters (in SST files and in
+	 * the memtable) answer those without a skiplist or block search. Larger memtables mean
+	 * fewer flushes and L0 files under a burst of small keys. */
+	m->topts = rocksdb_block_based_options_create();
+	rocksdb_block_based_options_set_filter_policy(m->topts, rocksdb_filterpolicy_create_bloom(10));
+	rocksdb_options_set_block_based_table_factory(m->dbopts, m->topts);
+	rocksdb_get_options_from_string(m->dbopts,
+					"allow_fallocate=false;manifest_preallocation_size=65536;"
+					"write_buffer_size=67108864;max_write_buffer_number=4;"
+					"memtable_prefix_bloom_size_ratio=0.1;memtable_whole_key_filtering=true",
 					m->dbopts, &err);
 	if (err) {
 		log_warn("metadata store options: %s", err);
@@ -483,6 +711,8 @@ int meta_open(const char *path, bool create, const struct meta_options *opt, str
 	m->locks = aq_calloc(m->nbuckets, sizeof(*m->locks));
 	m->seq_next = aq_calloc(m->nbuckets, sizeof(*m->seq_next));
 	m->seq_reserved = aq_calloc(m->nbuckets, sizeof(*m->seq_reserved));
+	m->counts = aq_calloc(m->nbuckets, sizeof(*m->counts));
+	m->pcache = aq_calloc((size_t)m->nbuckets * META_PCACHE_WAYS, sizeof(*m->pcache));
 	for (uint32_t b = 0; b < m->nbuckets; b++) {
 		pthread_mutex_init(&m->locks[b], NULL);
 		uint8_t key[META_SEQ_KEY_LEN], v[8];
@@ -501,15 +731,11 @@ int meta_open(const char *path, bool create, const struct meta_options *opt, str
 		m->seq_reserved[b] = m->seq_next[b];
 	}
 
-	uint64_t nfiles = 0, nlog = 0, max_ts = 0;
-	rc = scan_type(m, MK_INODE, &nfiles, NULL);
+	rc = load_counts(m);
+	if (rc == 0)
+		rc = load_clock(m);
 	if (rc)
 		goto err;
-	rc = scan_type(m, MK_LOG, &nlog, &max_ts);
-	if (rc)
-		goto err;
-	atomic_store(&m->nfiles, nfiles);
-	atomic_store(&m->log_clock, MAX((uint64_t)aq_now_ns(), max_ts + 1));
 	atomic_store(&m->gen_next, (uint64_t)aq_now_ns());
 	*out = m;
 	return 0;
@@ -520,8 +746,10 @@ err:
 
 void meta_close(struct meta_store *m)
 {
-	if (m)
-		free_store(m);
+	if (!m)
+		return;
+	save_counts(m);
+	free_store(m);
 }
 
 uint32_t meta_nbuckets(const struct meta_store *m)
@@ -593,64 +821,165 @@ out:
 
 /* ---- create --------------------------------------------------------------------------- */
 
-static int create_node(struct meta_store *m, const struct aq_cred *cr, uint64_t parent, const char *name,
-		       size_t name_len, uint32_t mode, uint32_t rdev, const char *target, size_t target_len,
-		       uint32_t flags, struct aq_attr *out)
-{
-	int rc = meta_check_name(name, name_len);
-	if (rc)
-		return rc;
-	if (meta_is_dot(name, name_len))
-		return -EEXIST;
+/* One request to create entries in one directory (every entry gets the same mode). */
+struct create_req {
+	uint64_t parent;
+	uint32_t n;
+	const char *const *names;
+	const size_t *lens;
+	uint32_t mode, rdev, flags;
+	const char *target; /* symlinks */
+	size_t target_len;
+};
 
-	uint32_t b = meta_dentry_bucket(m, parent, name, name_len);
+enum ent_state {
+	ENT_DONE,     /* rc says how it ended */
+	ENT_PENDING,  /* name valid, not looked at yet */
+	ENT_EXISTS,   /* the name is taken: ino/dtype are the existing entry's */
+	ENT_NEW,      /* created by this batch */
+	ENT_OPEN,     /* an existing regular file, returned as open(O_CREAT) does */
+};
+
+struct create_ent {
+	enum ent_state state;
+	int rc;
+	uint32_t bucket, slot; /* slot: index of bucket in the batch's bucket list */
+	uint64_t pos, ino, generation;
+	uint8_t dtype;
+	int32_t same_as; /* ENT_OPEN of a name created earlier in this batch: its index, else -1 */
+	size_t klen;
 	uint8_t key[META_DENTRY_KEY_MAX];
-	size_t klen = meta_key_dentry(key, b, parent, meta_dentry_pos(parent, name, name_len), name, name_len);
-	struct meta_inode *dir = aq_malloc(sizeof(*dir));
-	struct meta_inode *in = aq_calloc(1, sizeof(*in));
-	rocksdb_writebatch_t *wb = rocksdb_writebatch_create();
-	struct meta_lockset ls = { 0 };
-	uint64_t existing = 0;
-	meta_lockset_add(&ls, b);
-	meta_lockset_lock(m, &ls);
+};
 
-	/* The parent's inode lives in another bucket, but it cannot be removed while we hold
-	 * bucket b: rmdir takes every bucket lock. */
-	rc = meta_read_inode(m, parent, dir);
-	if (rc)
-		goto unlock;
-	if (!S_ISDIR(dir->a.mode)) {
-		rc = -ENOTDIR;
-		goto unlock;
-	}
-	rc = meta_perm(cr, &dir->a, X_OK);
-	if (rc)
-		goto unlock;
-	struct meta_dentry d;
-	rc = meta_get_dentry(m, key, klen, &d);
-	if (rc < 0)
-		goto unlock;
-	if (rc == 1) {
-		/* open(O_CREAT) without O_EXCL on an existing regular file opens it. */
-		rc = -EEXIST;
-		if (S_ISREG(mode) && !(flags & AQ_CREATE_EXCL) && d.dtype == meta_dtype(S_IFREG)) {
-			existing = d.ino;
-			rc = 0;
+struct create_bkt {
+	uint32_t bucket;
+	uint32_t created, subdirs;
+	uint64_t first_seq; /* first inode seq this batch took in the bucket */
+	bool marked;        /* the batch moves the bucket's count mark to first_seq */
+};
+
+/* Looks up every pending entry's dentry (one multi-get); the ones that exist become
+ * ENT_EXISTS. Returns 0 or -EIO. */
+static int find_existing(struct meta_store *m, struct create_ent *e, uint32_t n)
+{
+	if (n == 1) {
+		struct meta_dentry d;
+		if (e->state != ENT_PENDING)
+			return 0;
+		int rc = meta_get_dentry(m, e->key, e->klen, &d);
+		if (rc == 1) {
+			e->state = ENT_EXISTS;
+			e->ino = d.ino;
+			e->dtype = d.dtype;
 		}
-		goto unlock;
+		return rc < 0 ? rc : 0;
 	}
-	rc = meta_perm(cr, &dir->a, W_OK | X_OK);
-	if (rc)
-		goto unlock;
+	const char **klist = aq_malloc(n * sizeof(*klist));
+	size_t *ksizes = aq_malloc(n * sizeof(*ksizes));
+	uint32_t *idx = aq_malloc(n * sizeof(*idx));
+	char **vals = aq_calloc(n, sizeof(*vals));
+	size_t *vsizes = aq_calloc(n, sizeof(*vsizes));
+	char **errs = aq_calloc(n, sizeof(*errs));
+	uint32_t k = 0;
+	int rc = 0;
+	for (uint32_t i = 0; i < n; i++) {
+		if (e[i].state != ENT_PENDING)
+			continue;
+		klist[k] = (const char *)e[i].key;
+		ksizes[k] = e[i].klen;
+		idx[k++] = i;
+	}
+	if (k)
+		rocksdb_multi_get(m->db, m->ropts, k, klist, ksizes, vals, vsizes, errs);
+	for (uint32_t j = 0; j < k; j++) {
+		struct meta_dentry d;
+		if (errs[j]) {
+			log_error("meta: rocksdb multi_get: %s", errs[j]);
+			rocksdb_free(errs[j]);
+			rc = -EIO;
+		}
+		if (!vals[j])
+			continue;
+		if (meta_dentry_decode((const uint8_t *)vals[j], vsizes[j], &d) == 0) {
+			struct create_ent *x = &e[idx[j]];
+			x->state = ENT_EXISTS;
+			x->ino = d.ino;
+			x->dtype = d.dtype;
+		} else {
+			rc = -EIO;
+		}
+		rocksdb_free(vals[j]);
+	}
+	free(klist);
+	free(ksizes);
+	free(idx);
+	free(vals);
+	free(vsizes);
+	free(errs);
+	return rc;
+}
 
-	uint64_t ino;
-	rc = meta_alloc_ino(m, b, wb, &ino);
-	if (rc)
-		goto unlock;
-	int64_t now = aq_now_ns();
-	bool isdir = S_ISDIR(mode);
-	in->a.ino = ino;
-	in->a.mode = mode;
+/* The entry created earlier in this batch under the same name as e[i], or -1. */
+static int32_t created_before(const struct create_ent *e, uint32_t i)
+{
+	for (uint32_t j = 0; j < i; j++)
+		if (e[j].state == ENT_NEW && e[j].pos == e[i].pos && e[j].bucket == e[i].bucket &&
+		    e[j].klen == e[i].klen && memcmp(e[j].key, e[i].key, e[i].klen) == 0)
+			return (int32_t)j;
+	return -1;
+}
+
+/* Validates the names and collects the distinct buckets, ascending (the lock order).
+ * Returns the number of buckets. */
+static uint32_t plan_entries(struct meta_store *m, const struct create_req *rq, struct create_ent *e,
+			     struct create_bkt *bk)
+{
+	uint64_t bits[AQ_BUCKETS_MAX / 64] = { 0 };
+	uint32_t nb = 0;
+	for (uint32_t i = 0; i < rq->n; i++) {
+		const char *name = rq->names[i];
+		size_t len = rq->lens[i];
+		int rc = meta_check_name(name, len);
+		if (rc == 0 && meta_is_dot(name, len))
+			rc = -EEXIST;
+		e[i].same_as = -1;
+		e[i].rc = rc;
+		e[i].state = rc ? ENT_DONE : ENT_PENDING;
+		if (rc)
+			continue;
+		e[i].bucket = meta_dentry_bucket(m, rq->parent, name, len);
+		e[i].pos = meta_dentry_pos(rq->parent, name, len);
+		e[i].klen = meta_key_dentry(e[i].key, e[i].bucket, rq->parent, e[i].pos, name, len);
+		bits[e[i].bucket / 64] |= 1ull << (e[i].bucket % 64);
+	}
+	for (uint32_t w = 0; w < (m->nbuckets + 63) / 64; w++)
+		for (uint64_t x = bits[w]; x; x &= x - 1)
+			bk[nb++] = (struct create_bkt){ .bucket = w * 64 + (uint32_t)__builtin_ctzll(x) };
+	AQ_ASSERT(nb <= rq->n && nb <= m->nbuckets);
+	for (uint32_t i = 0; i < rq->n; i++) {
+		if (e[i].state != ENT_PENDING)
+			continue;
+		uint32_t lo = 0, hi = nb; /* binary search: bk is sorted */
+		while (hi - lo > 1) {
+			uint32_t mid = (lo + hi) / 2;
+			if (bk[mid].bucket <= e[i].bucket)
+				lo = mid;
+			else
+				hi = mid;
+		}
+		AQ_ASSERT(bk[lo].bucket == e[i].bucket);
+		e[i].slot = lo;
+	}
+	return nb;
+}
+
+/* The new inode every entry of rq gets, less its number and generation. */
+static void inode_template(const struct create_req *rq, const struct aq_cred *cr, const struct meta_inode *dir,
+			   int64_t now, struct meta_inode *in)
+{
+	bool isdir = S_ISDIR(rq->mode);
+	memset(&in->a, 0, sizeof(in->a));
+	in->a.mode = rq->mode;
 	in->a.uid = cr ? cr->uid : 0;
 	in->a.gid = cr ? cr->gid : 0;
 	/* A setgid directory hands its group down, and its setgid bit to subdirectories. */
@@ -660,58 +989,221 @@ static int create_node(struct meta_store *m, const struct aq_cred *cr, uint64_t 
 			in->a.mode |= S_ISGID;
 	}
 	in->a.nlink = isdir ? 2 : 1;
-	in->a.size = target_len;
+	in->a.size = rq->target_len;
 	in->a.atime_ns = in->a.mtime_ns = in->a.ctime_ns = now;
-	in->a.rdev = rdev;
-	in->a.generation = atomic_fetch_add(&m->gen_next, 1);
-	in->a.chunk_size = m->chunk_size;
-	in->parent = isdir ? parent : 0;
-	in->target_len = (uint32_t)target_len;
-	if (target_len)
-		memcpy(in->target, target, target_len);
-	meta_put_inode(wb, in);
+	in->a.rdev = rq->rdev;
+	in->parent = isdir ? rq->parent : 0;
+	in->target_len = (uint32_t)rq->target_len;
+	if (rq->target_len)
+		memcpy(in->target, rq->target, rq->target_len);
+}
 
-	/* ts is taken under the bucket lock: meta_changes' barrier relies on it. */
-	uint64_t ts = atomic_fetch_add(&m->log_clock, 1);
-	d = (struct meta_dentry){ .ino = ino, .dtype = meta_dtype(mode), .created_ts = ts };
-	meta_put_dentry(wb, key, klen, &d);
-	meta_put_log(wb, b, parent, ts, ino, name, name_len);
-	struct meta_pdelta pd = { .bucket = b, .dir = parent, .dentries = 1, .dsubdirs = isdir };
-	rc = meta_apply_partials(m, wb, &pd, 1, now);
-	if (rc == 0)
-		rc = meta_commit(m, wb);
-	if (rc) {
-		meta_alloc_failed(m, b);
-		goto unlock;
-	}
-	atomic_fetch_add(&m->nfiles, 1);
-	if (out) {
-		*out = in->a;
-		if (isdir) {
-			struct meta_partial none = { 0 };
-			meta_merge_dir(out, &none);
+/* Decides every pending entry (bucket locks held, parent checked): taken names become
+ * EEXIST or ENT_OPEN, the others get an inode number and an inode row in wb. Returns the
+ * number of entries to create. */
+static uint32_t decide_entries(struct meta_store *m, const struct create_req *rq, int w_rc, struct create_ent *e,
+			       struct create_bkt *bk, struct meta_inode *in, rocksdb_writebatch_t *wb)
+{
+	bool may_open = S_ISREG(rq->mode) && !(rq->flags & AQ_CREATE_EXCL);
+	uint32_t ncreate = 0;
+	for (uint32_t i = 0; i < rq->n; i++) {
+		if (e[i].state == ENT_PENDING && (e[i].same_as = created_before(e, i)) >= 0) {
+			e[i].state = ENT_EXISTS;
+			e[i].dtype = meta_dtype(rq->mode);
 		}
+		if (e[i].state == ENT_EXISTS) {
+			/* open(O_CREAT) without O_EXCL on an existing regular file opens it. */
+			bool open = may_open && e[i].dtype == meta_dtype(S_IFREG);
+			e[i].state = open ? ENT_OPEN : ENT_DONE;
+			e[i].rc = open ? 0 : -EEXIST;
+			continue;
+		}
+		if (e[i].state != ENT_PENDING)
+			continue;
+		e[i].state = ENT_DONE;
+		e[i].rc = w_rc;
+		if (w_rc)
+			continue;
+		struct create_bkt *b = &bk[e[i].slot];
+		e[i].rc = meta_alloc_ino(m, b->bucket, wb, &e[i].ino);
+		if (e[i].rc)
+			continue;
+		struct meta_count *c = &m->counts[b->bucket];
+		if (b->created == 0) {
+			b->first_seq = e[i].ino & AQ_INO_SEQ_MASK;
+			/* Keep the open-time scan of this bucket short. */
+			if (b->first_seq - c->mark >= META_COUNT_MARK_EVERY) {
+				uint8_t key[META_COUNT_KEY_LEN], v[META_COUNT_VAL_LEN];
+				put_le64(v, c->nlive);
+				put_le64(v + 8, b->first_seq);
+				rocksdb_writebatch_put(wb, (const char *)key, meta_key_count(key, b->bucket),
+						       (const char *)v, sizeof(v));
+				b->marked = true;
+			}
+		}
+		b->created++;
+		b->subdirs += S_ISDIR(rq->mode);
+		e[i].state = ENT_NEW;
+		e[i].generation = atomic_fetch_add(&m->gen_next, 1);
+		in->a.ino = e[i].ino;
+		in->a.generation = e[i].generation;
+		meta_put_inode(wb, in);
+		ncreate++;
+	}
+	return ncreate;
+}
+
+/* Adds the dentry, 'L' and partial rows of the ncreate new entries to wb and commits.
+ * Returns 0 or -errno. */
+static int commit_entries(struct meta_store *m, const struct create_req *rq, struct create_ent *e,
+			  struct create_bkt *bk, uint32_t nb, uint32_t ncreate, int64_t now,
+			  rocksdb_writebatch_t *wb)
+{
+	uint64_t ts;
+	/* ts is taken under the bucket locks: meta_changes' barrier relies on it. */
+	int rc = meta_take_ts(m, ncreate, &ts);
+	if (rc)
+		return rc;
+	for (uint32_t i = 0; i < rq->n; i++) {
+		if (e[i].state != ENT_NEW)
+			continue;
+		struct meta_dentry d = { .ino = e[i].ino, .dtype = meta_dtype(rq->mode), .created_ts = ts };
+		meta_put_dentry(wb, e[i].key, e[i].klen, &d);
+		meta_put_log(wb, e[i].bucket, rq->parent, ts, e[i].ino, rq->names[i], rq->lens[i]);
+		ts++;
+	}
+	struct meta_pdelta one, *pd = nb == 1 ? &one : aq_malloc(nb * sizeof(*pd));
+	uint32_t npd = 0;
+	for (uint32_t k = 0; k < nb; k++)
+		if (bk[k].created)
+			pd[npd++] = (struct meta_pdelta){ .bucket = bk[k].bucket, .dir = rq->parent,
+							  .dentries = bk[k].created, .dsubdirs = bk[k].subdirs };
+	rc = meta_apply_partials(m, wb, pd, npd, now);
+	if (pd != &one)
+		free(pd);
+	return rc ? rc : meta_commit(m, wb);
+}
+
+/* Bookkeeping after the batch's commit (locks still held): counts, or on failure the
+ * inode reservations that never landed. */
+static void finish_entries(struct meta_store *m, int rc, struct create_ent *e, uint32_t n, struct create_bkt *bk,
+			   uint32_t nb)
+{
+	uint64_t total = 0;
+	for (uint32_t k = 0; k < nb; k++) {
+		struct meta_count *c = &m->counts[bk[k].bucket];
+		if (bk[k].created == 0)
+			continue;
+		if (rc) {
+			meta_alloc_failed(m, bk[k].bucket);
+			continue;
+		}
+		if (bk[k].marked) {
+			c->live_below = c->nlive;
+			c->mark = bk[k].first_seq;
+		}
+		c->nlive += bk[k].created;
+		total += bk[k].created;
+	}
+	atomic_fetch_add(&m->nfiles, total);
+	for (uint32_t i = 0; rc && i < n; i++)
+		if (e[i].state == ENT_NEW)
+			e[i].state = ENT_DONE, e[i].rc = rc;
+}
+
+/* Creates rq's entries in one batch. Fills results[i] (0 or -errno) and, when outs is not
+ * NULL, outs[i] for each entry that succeeded. Returns 0, or -errno when the whole batch
+ * failed (every entry without an error of its own then has that error). */
+static int create_batch(struct meta_store *m, const struct aq_cred *cr, const struct create_req *rq,
+			struct aq_attr *outs, int *results)
+{
+	uint32_t n = rq->n;
+	AQ_ASSERT(n >= 1 && n <= META_BATCH_MAX);
+	struct create_ent *e = aq_malloc(n * sizeof(*e));
+	struct create_bkt *bk = aq_malloc(MIN(n, m->nbuckets) * sizeof(*bk));
+	struct meta_inode *dir = aq_malloc(sizeof(*dir));
+	struct meta_inode *in = aq_malloc(sizeof(*in));
+	rocksdb_writebatch_t *wb = rocksdb_writebatch_create();
+	uint32_t nb = plan_entries(m, rq, e, bk);
+	int rc = 0;
+
+	/* Lock order: buckets ascending (bk is sorted). */
+	for (uint32_t k = 0; k < nb; k++)
+		pthread_mutex_lock(&m->locks[bk[k].bucket]);
+	if (nb == 0)
+		goto unlock;
+	/* The parent's inode lives in another bucket, but it cannot be removed while we hold
+	 * one bucket: rmdir takes every bucket lock. */
+	rc = meta_read_inode(m, rq->parent, dir);
+	if (rc == 0 && !S_ISDIR(dir->a.mode))
+		rc = -ENOTDIR;
+	if (rc == 0)
+		rc = meta_perm(cr, &dir->a, X_OK);
+	if (rc == 0)
+		rc = find_existing(m, e, n);
+	if (rc)
+		goto unlock;
+	int64_t now = aq_now_ns();
+	inode_template(rq, cr, dir, now, in);
+	in->a.chunk_size = m->chunk_size;
+	uint32_t ncreate = decide_entries(m, rq, meta_perm(cr, &dir->a, W_OK | X_OK), e, bk, in, wb);
+	if (ncreate) {
+		rc = commit_entries(m, rq, e, bk, nb, ncreate, now, wb);
+		finish_entries(m, rc, e, n, bk, nb);
 	}
 unlock:
-	meta_lockset_unlock(m, &ls);
-	if (rc == 0 && existing && out)
-		rc = meta_attr_of(m, existing, out);
+	for (uint32_t k = nb; k-- > 0;)
+		pthread_mutex_unlock(&m->locks[bk[k].bucket]);
+	for (uint32_t i = 0; i < n; i++) {
+		if (e[i].state == ENT_PENDING || e[i].state == ENT_EXISTS)
+			e[i].state = ENT_DONE, e[i].rc = rc; /* the batch failed before deciding */
+		if (e[i].state == ENT_NEW && outs) {
+			outs[i] = in->a;
+			outs[i].ino = e[i].ino;
+			outs[i].generation = e[i].generation;
+			if (S_ISDIR(rq->mode)) {
+				struct meta_partial none = { 0 };
+				meta_merge_dir(&outs[i], &none);
+			}
+		} else if (e[i].state == ENT_OPEN && e[i].same_as >= 0) {
+			/* Opens the file created under the same name earlier in this batch. */
+			e[i].rc = e[e[i].same_as].rc;
+			if (e[i].rc == 0 && outs)
+				outs[i] = outs[e[i].same_as];
+		} else if (e[i].state == ENT_OPEN && outs) {
+			e[i].rc = meta_attr_of(m, e[i].ino, &outs[i]);
+		}
+		results[i] = e[i].rc;
+	}
 	rocksdb_writebatch_destroy(wb);
 	free(in);
 	free(dir);
+	free(bk);
+	free(e);
 	return rc;
 }
 
-int meta_mknod(struct meta_store *m, const struct aq_cred *cr, uint64_t parent, const char *name, size_t name_len,
-	       uint32_t mode, uint32_t rdev, uint32_t flags, struct aq_attr *out)
+static int create_node(struct meta_store *m, const struct aq_cred *cr, uint64_t parent, const char *name,
+		       size_t name_len, uint32_t mode, uint32_t rdev, const char *target, size_t target_len,
+		       uint32_t flags, struct aq_attr *out)
 {
-	if ((mode & S_IFMT) == 0)
-		mode |= S_IFREG;
-	switch (mode & S_IFMT) {
+	struct create_req rq = { .parent = parent, .n = 1, .names = &name, .lens = &name_len, .mode = mode,
+				 .rdev = rdev, .flags = flags, .target = target, .target_len = target_len };
+	int result;
+	int rc = create_batch(m, cr, &rq, out, &result);
+	return rc ? rc : result;
+}
+
+/* The mode and rdev mknod stores; returns 0 or -errno. */
+static int mknod_mode(const struct aq_cred *cr, uint32_t *mode, uint32_t *rdev)
+{
+	if ((*mode & S_IFMT) == 0)
+		*mode |= S_IFREG;
+	switch (*mode & S_IFMT) {
 	case S_IFREG:
 	case S_IFIFO:
 	case S_IFSOCK:
-		rdev = 0;
+		*rdev = 0;
 		break;
 	case S_IFCHR:
 	case S_IFBLK:
@@ -721,7 +1213,32 @@ int meta_mknod(struct meta_store *m, const struct aq_cred *cr, uint64_t parent, 
 	default:
 		return -EINVAL;
 	}
-	return create_node(m, cr, parent, name, name_len, mode & (S_IFMT | 07777), rdev, NULL, 0, flags, out);
+	*mode &= S_IFMT | 07777;
+	return 0;
+}
+
+int meta_mknod(struct meta_store *m, const struct aq_cred *cr, uint64_t parent, const char *name, size_t name_len,
+	       uint32_t mode, uint32_t rdev, uint32_t flags, struct aq_attr *out)
+{
+	int rc = mknod_mode(cr, &mode, &rdev);
+	if (rc)
+		return rc;
+	return create_node(m, cr, parent, name, name_len, mode, rdev, NULL, 0, flags, out);
+}
+
+int meta_mknod_many(struct meta_store *m, const struct aq_cred *cr, uint64_t parent, uint32_t n,
+		    const char *const *names, const size_t *name_lens, uint32_t mode, uint32_t rdev, uint32_t flags,
+		    struct aq_attr *outs, int *results)
+{
+	int rc = n == 0 || n > META_BATCH_MAX ? -EINVAL : mknod_mode(cr, &mode, &rdev);
+	if (rc) {
+		for (uint32_t i = 0; i < n && i < META_BATCH_MAX; i++)
+			results[i] = rc;
+		return rc;
+	}
+	struct create_req rq = { .parent = parent, .n = n, .names = names, .lens = name_lens, .mode = mode,
+				 .rdev = rdev, .flags = flags };
+	return create_batch(m, cr, &rq, outs, results);
 }
 
 int meta_mkdir(struct meta_store *m, const struct aq_cred *cr, uint64_t parent, const char *name, size_t name_len,
@@ -850,6 +1367,7 @@ static void del_partials(struct meta_store *m, rocksdb_writebatch_t *wb, uint64_
 	for (uint32_t b = 0; b < m->nbuckets; b++) {
 		uint8_t key[META_PARTIAL_KEY_LEN];
 		rocksdb_writebatch_delete(wb, (const char *)key, meta_key_partial(key, b, dir));
+		pcache_forget(m, b, dir);
 	}
 }
 
@@ -858,6 +1376,7 @@ int meta_del_dir_rows(struct meta_store *m, rocksdb_writebatch_t *wb, uint64_t i
 {
 	uint8_t key[META_INODE_KEY_LEN];
 	rocksdb_writebatch_delete(wb, (const char *)key, meta_key_inode(key, ino));
+	meta_count_drop(m, wb, ino);
 	del_partials(m, wb, ino);
 	return meta_del_xattrs(m, wb, ino);
 }
@@ -926,7 +1445,7 @@ int meta_rmdir(struct meta_store *m, const struct aq_cred *cr, uint64_t parent, 
 	if (rc == 0)
 		rc = meta_commit(m, wb);
 	if (rc == 0)
-		atomic_fetch_sub(&m->nfiles, 1);
+		meta_count_dropped(m, d.ino);
 unlock:
 	meta_lockset_unlock(m, &ls);
 	rocksdb_writebatch_destroy(wb);
@@ -994,7 +1513,10 @@ int meta_link(struct meta_store *m, const struct aq_cred *cr, uint64_t ino, uint
 	in->a.nlink++;
 	in->a.ctime_ns = now;
 	meta_put_inode(wb, in);
-	uint64_t ts = atomic_fetch_add(&m->log_clock, 1);
+	uint64_t ts;
+	rc = meta_take_ts(m, 1, &ts);
+	if (rc)
+		goto unlock;
 	d = (struct meta_dentry){ .ino = ino, .dtype = meta_dtype(in->a.mode), .created_ts = ts };
 	meta_put_dentry(wb, key, klen, &d);
 	meta_put_log(wb, b, newparent, ts, ino, newname, newname_len);
@@ -1257,11 +1779,12 @@ int meta_orphan_done(struct meta_store *m, uint64_t ino)
 	}
 	rocksdb_writebatch_delete(wb, (const char *)okey, oklen);
 	rocksdb_writebatch_delete(wb, (const char *)ikey, meta_key_inode(ikey, ino));
+	meta_count_drop(m, wb, ino);
 	rc = meta_del_xattrs(m, wb, ino);
 	if (rc == 0)
 		rc = meta_commit(m, wb);
 	if (rc == 0)
-		atomic_fetch_sub(&m->nfiles, 1);
+		meta_count_dropped(m, ino);
 unlock:
 	meta_lockset_unlock(m, &ls);
 	rocksdb_writebatch_destroy(wb);

@@ -43,6 +43,17 @@ int meta_setattr(struct meta_store *m, const struct aq_cred *cr, uint64_t ino, u
 /* Regular files, fifos, sockets, devices (mode carries the type; 0 type means regular). */
 int meta_mknod(struct meta_store *m, const struct aq_cred *cr, uint64_t parent, const char *name, size_t name_len,
 	       uint32_t mode, uint32_t rdev, uint32_t flags, struct aq_attr *out);
+/* Creates n (1..1024) entries of one mode in one directory with one RocksDB write batch
+ * (one WAL write; one sync when sync is on). Each entry behaves as meta_mknod would, in
+ * array order: results[i] gets 0 or -errno (EEXIST, ENAMETOOLONG, EINVAL, EACCES, ENOSPC),
+ * and outs[i] (outs may be NULL) the attributes of entry i when results[i] is 0. A name
+ * given twice sees its first occurrence (EEXIST, or that file without AQ_CREATE_EXCL).
+ * Returns 0, or -errno when the batch as a whole failed (n out of range, mode, a missing
+ * or unsearchable parent, an I/O error): then no entry was created and every results[i]
+ * not already an error of the entry's own holds that code. */
+int meta_mknod_many(struct meta_store *m, const struct aq_cred *cr, uint64_t parent, uint32_t n,
+		    const char *const *names, const size_t *name_lens, uint32_t mode, uint32_t rdev, uint32_t flags,
+		    struct aq_attr *outs, int *results);
 int meta_mkdir(struct meta_store *m, const struct aq_cred *cr, uint64_t parent, const char *name, size_t name_len,
 	       uint32_t mode, struct aq_attr *out);
 int meta_symlink(struct meta_store *m, const struct aq_cred *cr, uint64_t parent, const char *name, size_t name_len,

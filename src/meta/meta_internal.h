@@ -24,6 +24,8 @@
 #define MK_ORPHAN 'O'
 #define MK_SEQ 'S'
 #define MK_LOG 'L'
+#define MK_COUNT 'C'
+#define MK_CLOCK 'T' /* "T": changelog clock reservation; no bucket, like "M" */
 #define MK_SUPER 'M' /* "M": format version and bucket count; the only key without a bucket */
 
 #define META_FORMAT_VERSION 1
@@ -34,6 +36,10 @@
 #define META_POS_SEED 0x6a09e667f3bcc909ull /* makes pos48 independent of the bucket hash */
 #define META_DIR_SIZE 4096          /* what a small directory shows, as ext4 */
 #define META_NLINK_MAX 65000u
+#define META_BATCH_MAX 1024         /* entries in one meta_mknod_many */
+#define META_CLOCK_BLOCK (1ull << 30) /* changelog ts reserved per 'T' row write */
+#define META_COUNT_MARK_EVERY 1024  /* inode rows a crash-recovery scan reads per bucket, at most */
+#define META_PCACHE_WAYS 8          /* cached partial rows per bucket */
 
 /* Key lengths. */
 #define META_INODE_KEY_LEN 11        /* 'I' bucket16 ino64 */
@@ -44,16 +50,41 @@
 #define META_ORPHAN_KEY_LEN 11
 #define META_SEQ_KEY_LEN 3
 #define META_LOG_KEY_LEN 19          /* 'L' bucket16 dir64 ts64 */
+#define META_COUNT_KEY_LEN 3
 
 /* Row value lengths. */
 #define META_INODE_FIXED_LEN 81
 #define META_DENTRY_VAL_LEN 17       /* ino64 dtype8 created_ts64 */
 #define META_PARTIAL_VAL_LEN 32      /* nentries nsubdirs mtime ctime */
 #define META_ORPHAN_VAL_LEN 12       /* size64 chunk_size32 */
+#define META_COUNT_VAL_LEN 16        /* live_below64 mark64 */
+
+struct meta_partial {
+	int64_t nentries, nsubdirs;
+	int64_t mtime_ns, ctime_ns;
+};
+
+/* A bucket's inode count. The 'C' row holds (live_below, mark): the bucket has live_below
+ * inode rows whose seq is below mark, and every row at or above mark is found by a short
+ * scan at open. Creates move mark up every META_COUNT_MARK_EVERY inodes; deleting an inode
+ * below mark rewrites the row. nlive (memory only) is the committed row count. */
+struct meta_count {
+	uint64_t nlive;
+	uint64_t live_below, mark;
+};
+
+/* One cached partial row of (bucket, dir); valid while epoch == the store's pcache_epoch,
+ * which every failed commit bumps (a failed batch may have updated the cache). */
+struct meta_pslot {
+	uint64_t dir; /* 0: empty */
+	uint64_t epoch;
+	struct meta_partial p;
+};
 
 struct meta_store {
 	rocksdb_t *db;
 	rocksdb_options_t *dbopts;
+	rocksdb_block_based_table_options_t *topts;
 	rocksdb_writeoptions_t *wopts;
 	rocksdb_readoptions_t *ropts;
 	uint32_t nbuckets;
@@ -64,9 +95,20 @@ struct meta_store {
 	pthread_mutex_t *locks;
 	uint64_t *seq_next;     /* next sequence number to hand out in bucket b */
 	uint64_t *seq_reserved; /* sequences below this are covered by a committed 'S' row */
+	struct meta_count *counts;   /* counts[b] is protected by locks[b] */
+	/* Partial rows of recently written directories, META_PCACHE_WAYS per bucket; slots of
+	 * bucket b are protected by locks[b]. A miss reads the row. */
+	struct meta_pslot *pcache;
+	_Atomic uint64_t pcache_epoch;
 	pthread_mutex_t rename_lock; /* serializes directory renames (subtree check) */
 	_Atomic uint64_t log_clock;  /* next changelog ts; taken under a bucket lock */
-	_Atomic uint64_t nfiles;     /* inode rows in the store */
+	/* Every ts handed out is below the committed 'T' row; clock_reserved is that value.
+	 * clock_lock serializes rewrites (taken with bucket locks held; nothing is locked
+	 * after it). */
+	_Atomic uint64_t clock_reserved;
+	pthread_mutex_t clock_lock;
+	_Atomic uint64_t nfiles;     /* inode rows in the store: the sum of counts[].nlive */
+	atomic_bool write_failed;    /* a commit failed: counts are not written back at close */
 	_Atomic uint64_t gen_next;   /* generation numbers for new inodes */
 };
 
@@ -84,11 +126,6 @@ struct meta_dentry {
 	uint64_t created_ts; /* the ts of this entry's 'L' row */
 };
 
-struct meta_partial {
-	int64_t nentries, nsubdirs;
-	int64_t mtime_ns, ctime_ns;
-};
-
 /* keys.c: placement. */
 uint32_t meta_dentry_bucket(const struct meta_store *m, uint64_t parent, const char *name, size_t len);
 uint64_t meta_dentry_pos(uint64_t parent, const char *name, size_t len);
@@ -102,6 +139,7 @@ size_t meta_key_xattr(uint8_t *buf, uint64_t ino, const char *name, size_t len);
 size_t meta_key_orphan(uint8_t *buf, uint64_t ino);
 size_t meta_key_seq(uint8_t *buf, uint32_t bucket);
 size_t meta_key_log(uint8_t *buf, uint32_t bucket, uint64_t dir, uint64_t ts);
+size_t meta_key_count(uint8_t *buf, uint32_t bucket);
 
 /* keys.c: row codecs. Encoders return the encoded length; decoders return 0 or -EIO. */
 size_t meta_inode_encode(const struct meta_inode *ino, uint8_t *buf, size_t size);
@@ -149,6 +187,15 @@ void meta_put_inode(rocksdb_writebatch_t *wb, const struct meta_inode *ino);
 /* Fills out from the inode row, merged with the partial rows for a directory. */
 int meta_attr_of(struct meta_store *m, uint64_t ino, struct aq_attr *out);
 void meta_merge_dir(struct aq_attr *a, const struct meta_partial *sum);
+/* Takes k consecutive changelog ts (the first in *ts), with the bucket locks of the rows
+ * they go into held; writes a new 'T' reservation first when the clock passes it.
+ * Returns 0 or -EIO. */
+int meta_take_ts(struct meta_store *m, uint32_t k, uint64_t *ts);
+/* Inode counts. Before committing a batch that deletes inode ino (its bucket locked), add
+ * the count row change with meta_count_drop; after the commit succeeded, call
+ * meta_count_dropped (same locks still held). */
+void meta_count_drop(struct meta_store *m, rocksdb_writebatch_t *wb, uint64_t ino);
+void meta_count_dropped(struct meta_store *m, uint64_t ino);
 void meta_put_log(rocksdb_writebatch_t *wb, uint32_t bucket, uint64_t dir, uint64_t ts, uint64_t ino,
 		  const char *name, size_t len);
 void meta_del_log(rocksdb_writebatch_t *wb, uint32_t bucket, uint64_t dir, uint64_t ts);

@@ -152,7 +152,10 @@ static int rename_locked(struct meta_store *m, const struct aq_cred *cr, struct 
 		meta_del_log(wb, dst->bucket, dst->dir, dst->d.created_ts);
 
 	/* The moved entry, as a new entry of dst->dir (so the changelog reports it). */
-	uint64_t ts = atomic_fetch_add(&m->log_clock, 1);
+	uint64_t ts;
+	rc = meta_take_ts(m, exchange ? 2 : 1, &ts);
+	if (rc)
+		return rc;
 	struct meta_dentry nd = { .ino = src->d.ino, .dtype = src->d.dtype, .created_ts = ts };
 	meta_put_dentry(wb, dst->key, dst->klen, &nd);
 	meta_put_log(wb, dst->bucket, dst->dir, ts, nd.ino, dst->name, dst->len);
@@ -162,7 +165,7 @@ static int rename_locked(struct meta_store *m, const struct aq_cred *cr, struct 
 	meta_put_inode(wb, src->in);
 
 	if (exchange) {
-		ts = atomic_fetch_add(&m->log_clock, 1);
+		ts++;
 		nd = (struct meta_dentry){ .ino = dst->d.ino, .dtype = dst->d.dtype, .created_ts = ts };
 		meta_put_dentry(wb, src->key, src->klen, &nd);
 		meta_put_log(wb, src->bucket, src->dir, ts, nd.ino, src->name, src->len);
@@ -275,11 +278,11 @@ int meta_rename(struct meta_store *m, const struct aq_cred *cr, uint64_t parent,
 		ls.all = true;
 		dirlock = true;
 	}
+	if (rc == 0 && removed_dir)
+		meta_count_dropped(m, dst->d.ino); /* under the locks: counts[] is guarded by them */
 	meta_lockset_unlock(m, &ls);
 	if (dirlock)
 		pthread_mutex_unlock(&m->rename_lock);
-	if (rc == 0 && removed_dir)
-		atomic_fetch_sub(&m->nfiles, 1);
 out:
 	rocksdb_writebatch_destroy(wb);
 	free(src->parent);

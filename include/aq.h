@@ -149,7 +149,9 @@ int aq_changes(struct aq_client *c, const char *dir, uint64_t cursor, struct aq_
 /* Asynchronous metadata calls: start many, then wait for each (in any order). Each start
  * returns 0 and sets *out, or a negative error; aq_wait returns the call's result, fills
  * attr when the call yields attributes (may be NULL) and frees the handle. Many calls in
- * flight per thread is how a loader or a benchmark keeps a server busy. */
+ * flight per thread is how a loader or a benchmark keeps a server busy. A started call
+ * may be held back briefly so that a burst leaves as one BATCH frame: it is sent at the
+ * latest when it (or one started after it) is waited on, or when 128 are held. */
 struct aq_pending;
 int aq_lookup_start(struct aq_client *c, const struct aq_cred *cred, uint64_t parent, const char *name,
 		    struct aq_pending **out);

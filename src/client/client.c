@@ -633,7 +633,7 @@ ssize_t aq_pread(struct aq_file *f, void *buf, size_t len, uint64_t off)
 		proto_req_encode(&w, &r);
 		int e = 0;
 		calls[i] = rpc_start_ex(c, cluster_target_by_id(&c->map, target)->server, OP_CHUNK_READ, &w, 0,
-					(uint8_t *)buf + pos, n, NULL, NULL, &e);
+					(uint8_t *)buf + pos, n, NULL, NULL, false, &e);
 		wbuf_free(&w);
 		if (!calls[i] && !rc)
 			rc = e;
@@ -893,7 +893,12 @@ static int pending_start(struct aq_client *c, uint32_t server, const struct prot
 	proto_req_encode(&w, r);
 	p->c = c;
 	p->op = r->op;
-	p->call = rpc_start(c, server, r->op, &w, rpc_affinity(r), &p->err);
+	/* One thread's async calls share a connection and are held back briefly, so a burst
+	 * of them leaves as one BATCH frame (and a run of creates becomes one write batch). */
+	uint64_t affinity = rpc_affinity(r);
+	if (!affinity)
+		affinity = (uint64_t)pthread_self() | 1;
+	p->call = rpc_start_ex(c, server, r->op, &w, affinity, NULL, 0, NULL, NULL, true, &p->err);
 	wbuf_free(&w);
 	*out = p;
 	return 0;

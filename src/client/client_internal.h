@@ -13,6 +13,7 @@
 #define RPC_CONNS_DEFAULT 4
 #define RPC_PENDING_BUCKETS 256
 #define RPC_RECONNECT_S 60      /* how long a call waits for a restarting server */
+#define RPC_HOLD_MAX 128        /* held-back requests that force a send */
 
 /* Where finished calls are announced when a caller waits for any of many (the batched
  * read ring). Lock order: a connection's mu before a cq's mu. */
@@ -111,10 +112,12 @@ void rpc_conn_fini(struct rpc_conn *rc);
 struct rpc_call *rpc_start(struct aq_client *c, uint32_t server, uint16_t op, const struct wbuf *payload,
 			   uint64_t affinity, int *err);
 /* As rpc_start, and also reads a CHUNK_READ reply's data into rdest and announces the
- * completion on cq (either may be NULL). */
+ * completion on cq (either may be NULL). With hold, the request may wait in the
+ * connection's queue (up to RPC_HOLD_MAX of them) until a wait on it or on a later one,
+ * so that requests started back to back leave in one BATCH frame. */
 struct rpc_call *rpc_start_ex(struct aq_client *c, uint32_t server, uint16_t op, const struct wbuf *payload,
 			      uint64_t affinity, void *rdest, uint32_t rdest_len, struct rpc_cq *cq, void *cq_arg,
-			      int *err);
+			      bool hold, int *err);
 void rpc_cq_init(struct rpc_cq *cq);
 void rpc_cq_destroy(struct rpc_cq *cq);
 /* Takes one finished call off cq, waiting for one when wait is set; NULL if none. */

@@ -84,7 +84,7 @@ int aq_ioring_submit(struct aq_ioring *r, struct aq_io *const *ios, uint32_t n)
 			io->pending_++;
 			struct rpc_call *call =
 				rpc_start_ex(c, cluster_target_by_id(&c->map, target)->server, OP_CHUNK_READ, &w, 0,
-					     (uint8_t *)io->buf + (pos - io->off), len, &r->cq, io, &e);
+					     (uint8_t *)io->buf + (pos - io->off), len, &r->cq, io, false, &e);
 			wbuf_free(&w);
 			if (!call) {
 				io->pending_--;

@@ -166,7 +166,8 @@ fail:
 	return rc;
 }
 
-static void enqueue_and_send(struct rpc_conn *rc, uint16_t op, uint64_t id, const struct wbuf *payload);
+static void enqueue_and_send(struct rpc_conn *rc, uint16_t op, uint64_t id, const struct wbuf *payload, bool hold);
+static void drain_locked(struct rpc_conn *rc);
 
 static struct rpc_call **pending_slot(struct rpc_conn *rc, uint64_t id)
 {
@@ -441,12 +442,12 @@ uint64_t rpc_affinity(const struct proto_req *req)
 struct rpc_call *rpc_start(struct aq_client *c, uint32_t server, uint16_t op, const struct wbuf *payload,
 			   uint64_t affinity, int *err)
 {
-	return rpc_start_ex(c, server, op, payload, affinity, NULL, 0, NULL, NULL, err);
+	return rpc_start_ex(c, server, op, payload, affinity, NULL, 0, NULL, NULL, false, err);
 }
 
 struct rpc_call *rpc_start_ex(struct aq_client *c, uint32_t server, uint16_t op, const struct wbuf *payload,
 			      uint64_t affinity, void *rdest, uint32_t rdest_len, struct rpc_cq *cq, void *cq_arg,
-			      int *err)
+			      bool hold, int *err)
 {
 	/* connections of one server are consecutive in c->conns */
 	uint32_t base = 0;
@@ -478,7 +479,7 @@ struct rpc_call *rpc_start_ex(struct aq_client *c, uint32_t server, uint16_t op,
 	*slot = call;
 	pthread_mutex_lock(&rc->q_mu);
 	pthread_mutex_unlock(&rc->mu);
-	enqueue_and_send(rc, op, call->id, payload);
+	enqueue_and_send(rc, op, call->id, payload, hold);
 	return call;
 }
 
@@ -541,7 +542,7 @@ static void send_drained(struct rpc_conn *rc, struct wbuf *frames, const uint64_
 
 /* Queues one frame; the first thread to find no sender active becomes the sender and
  * drains the queue until it is empty. Called with q_mu held; returns with it released. */
-static void enqueue_and_send(struct rpc_conn *rc, uint16_t op, uint64_t id, const struct wbuf *payload)
+static void enqueue_and_send(struct rpc_conn *rc, uint16_t op, uint64_t id, const struct wbuf *payload, bool hold)
 {
 	struct proto_hdr h = {.magic = PROTO_MAGIC, .version = PROTO_VERSION, .op = op, .req_id = id,
 			      .epoch = rc->client->map.epoch, .payload_len = payload ? (uint32_t)payload->len : 0};
@@ -558,10 +559,17 @@ static void enqueue_and_send(struct rpc_conn *rc, uint16_t op, uint64_t id, cons
 	}
 	rc->q_ids[rc->q_count++] = id;
 	rc->q_batchable &= batchable(op);
-	if (rc->sending) {
+	if (rc->sending || (hold && rc->q_count < RPC_HOLD_MAX)) {
 		pthread_mutex_unlock(&rc->q_mu);
 		return;
 	}
+	drain_locked(rc);
+}
+
+/* Sends everything queued on rc, becoming its sender. Called with q_mu held and no
+ * sender active; returns with q_mu released. */
+static void drain_locked(struct rpc_conn *rc)
+{
 	rc->sending = true;
 	struct wbuf frames;
 	wbuf_init(&frames, 4096);
@@ -596,6 +604,15 @@ static void enqueue_and_send(struct rpc_conn *rc, uint16_t op, uint64_t id, cons
 int rpc_wait(struct rpc_call *call)
 {
 	struct rpc_conn *rc = call->conn;
+	/* A call still held in the queue goes out now (with whatever is queued beside it). */
+	pthread_mutex_lock(&rc->q_mu);
+	bool queued = false;
+	for (uint32_t i = 0; i < rc->q_count && !queued; i++)
+		queued = rc->q_ids[i] == call->id;
+	if (queued && !rc->sending)
+		drain_locked(rc);
+	else
+		pthread_mutex_unlock(&rc->q_mu);
 	pthread_mutex_lock(&rc->mu);
 	while (!call->done)
 		pthread_cond_wait(&call->cv, &rc->mu);

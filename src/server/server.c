@@ -410,6 +410,107 @@ static int run_one(struct server *s, struct sconn *sc, const struct proto_hdr *h
 	return rc ? aq_status_from_err(rc) : 0;
 }
 
+/* Appends one sub-reply frame to subs. */
+static void put_sub_reply(struct wbuf *subs, const struct proto_hdr *sh, int st, const struct wbuf *one)
+{
+	struct proto_hdr rh = {.magic = PROTO_MAGIC, .version = PROTO_VERSION, .op = sh->op, .req_id = sh->req_id,
+			       .epoch = sh->epoch, .status = (uint16_t)st, .flags = PROTO_F_REPLY,
+			       .payload_len = st ? 0 : (uint32_t)one->len};
+	uint8_t hb[PROTO_HDR_SIZE];
+	proto_hdr_encode(hb, &rh);
+	wbuf_put(subs, hb, sizeof hb);
+	if (!st)
+		wbuf_put(subs, one->p, one->len);
+}
+
+/* Creates that can share one metadata write batch: same directory, mode, flags and caller. */
+static bool same_create(const struct proto_req *a, const struct proto_req *b)
+{
+	return b->op == OP_MKNOD && a->parent == b->parent && a->mode == b->mode && a->rdev == b->rdev &&
+	       a->flags == b->flags && a->cred.uid == b->cred.uid && a->cred.gid == b->cred.gid &&
+	       a->cred.ngroups == b->cred.ngroups &&
+	       !memcmp(a->cred.groups, b->cred.groups, a->cred.ngroups * sizeof a->cred.groups[0]);
+}
+
+/* Runs a BATCH frame: every sub-request in order, replies packed into one frame. Runs of
+ * creates in one directory go to the metadata store as one write batch (one WAL write,
+ * one sync), which is what makes many small creates cheap. Returns the batch's status. */
+static int run_batch(struct server *s, struct sconn *sc, const struct proto_hdr *h, const uint8_t *payload,
+		     struct wbuf *out)
+{
+	struct proto_req br;
+	if (proto_req_decode(OP_BATCH, payload, h->payload_len, &br) || br.max > PROTO_BATCH_MAX)
+		return AQ_S_PROTO;
+	struct proto_hdr *shs = aq_calloc(br.max ? br.max : 1, sizeof *shs);
+	const uint8_t **sps = aq_calloc(br.max ? br.max : 1, sizeof *sps);
+	struct proto_req *reqs = aq_calloc(br.max ? br.max : 1, sizeof *reqs);
+	int *decoded = aq_calloc(br.max ? br.max : 1, sizeof *decoded);
+	int st = 0;
+	struct rbuf rb;
+	rbuf_init(&rb, br.data, br.data_len);
+	for (uint32_t i = 0; i < br.max && !st; i++) {
+		if (proto_batch_next(&rb, &shs[i], &sps[i]))
+			st = AQ_S_PROTO;
+		else
+			decoded[i] = shs[i].op == OP_MKNOD && (!shs[i].epoch || shs[i].epoch == s->map.epoch) &&
+				     !proto_req_decode(OP_MKNOD, sps[i], shs[i].payload_len, &reqs[i]);
+	}
+	if (!st && rb.pos != rb.len)
+		st = AQ_S_PROTO;
+	struct wbuf subs, one;
+	wbuf_init(&subs, 1024);
+	wbuf_init(&one, 256);
+	const char *names[PROTO_BATCH_MAX];
+	size_t lens[PROTO_BATCH_MAX];
+	struct aq_attr outs[64];
+	int results[64];
+	uint32_t n = 0;
+	while (!st && n < br.max) {
+		uint32_t run = 1;
+		if (decoded[n]) {
+			while (n + run < br.max && run < ARRAY_SIZE(outs) && decoded[n + run] &&
+			       same_create(&reqs[n], &reqs[n + run]))
+				run++;
+		}
+		if (run > 1) {
+			for (uint32_t k = 0; k < run; k++) {
+				names[k] = reqs[n + k].name;
+				lens[k] = reqs[n + k].name_len;
+			}
+			const struct proto_req *r0 = &reqs[n];
+			meta_mknod_many(s->meta, &r0->cred, r0->parent, run, names, lens, r0->mode, r0->rdev, r0->flags,
+					outs, results);
+			for (uint32_t k = 0; k < run; k++) {
+				one.len = 0;
+				struct proto_reply rep = {.op = OP_MKNOD, .attr = outs[k]};
+				if (!results[k])
+					proto_reply_encode(&one, &rep);
+				put_sub_reply(&subs, &shs[n + k], results[k] ? aq_status_from_err(results[k]) : 0, &one);
+			}
+		} else {
+			one.len = 0;
+			int sst = run_one(s, sc, &shs[n], sps[n], &one);
+			put_sub_reply(&subs, &shs[n], sst, &one);
+		}
+		n += run;
+		/* Stop as soon as the reply cannot fit one frame: 1024 chunk reads would
+		 * otherwise pile up gigabytes before the check below. */
+		if (subs.len > AQ_FRAME_MAX - 64)
+			st = AQ_S_RANGE;
+	}
+	if (!st) {
+		struct proto_reply rep = {.op = OP_BATCH, .count = n, .entries = subs.p, .entries_len = (uint32_t)subs.len};
+		proto_reply_encode(out, &rep);
+	}
+	wbuf_free(&one);
+	wbuf_free(&subs);
+	free(shs);
+	free(sps);
+	free(reqs);
+	free(decoded);
+	return st;
+}
+
 static void on_frame(void *arg, struct net_conn *c, const struct proto_hdr *h, const uint8_t *payload)
 {
 	struct server *s = arg;
@@ -438,54 +539,7 @@ static void on_frame(void *arg, struct net_conn *c, const struct proto_hdr *h, c
 	struct wbuf out;
 	wbuf_init(&out, 256);
 	if (h->op == OP_BATCH) {
-		struct proto_req br;
-		int st = 0;
-		if (proto_req_decode(OP_BATCH, payload, h->payload_len, &br) || br.max > PROTO_BATCH_MAX) {
-			st = AQ_S_PROTO;
-		} else {
-			/* reply: the batch reply fields, entries = one reply frame per sub-request */
-			struct wbuf subs, one;
-			wbuf_init(&subs, 1024);
-			wbuf_init(&one, 256);
-			struct rbuf rb;
-			rbuf_init(&rb, br.data, br.data_len);
-			uint32_t n = 0;
-			for (; n < br.max; n++) {
-				struct proto_hdr sh;
-				const uint8_t *sp;
-				if (proto_batch_next(&rb, &sh, &sp)) {
-					st = AQ_S_PROTO;
-					break;
-				}
-				one.len = 0;
-				int sst = run_one(s, sc, &sh, sp, &one);
-				struct proto_hdr rh = {.magic = PROTO_MAGIC, .version = PROTO_VERSION, .op = sh.op,
-						       .req_id = sh.req_id, .epoch = sh.epoch, .status = (uint16_t)sst,
-						       .flags = PROTO_F_REPLY, .payload_len = sst ? 0 : (uint32_t)one.len};
-				uint8_t hb[PROTO_HDR_SIZE];
-				proto_hdr_encode(hb, &rh);
-				wbuf_put(&subs, hb, sizeof hb);
-				if (!sst)
-					wbuf_put(&subs, one.p, one.len);
-				/* Stop as soon as the reply cannot fit one frame: 1024 chunk reads
-				 * would otherwise pile up gigabytes before the check below. */
-				if (subs.len > AQ_FRAME_MAX - 64) {
-					st = AQ_S_RANGE;
-					break;
-				}
-			}
-			if (!st && rb.pos != rb.len)
-				st = AQ_S_PROTO;
-			if (!st && subs.len > AQ_FRAME_MAX - 64)
-				st = AQ_S_RANGE;
-			if (!st) {
-				struct proto_reply rep = {.op = OP_BATCH, .count = n, .entries = subs.p,
-							  .entries_len = (uint32_t)subs.len};
-				proto_reply_encode(&out, &rep);
-			}
-			wbuf_free(&one);
-			wbuf_free(&subs);
-		}
+		int st = run_batch(s, sc, h, payload, &out);
 		net_reply(c, h, st, out.p, out.len);
 	} else {
 		int st = run_one(s, sc, h, payload, &out);

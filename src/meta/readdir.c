@@ -65,18 +65,26 @@ int meta_readdir(struct meta_store *m, const struct aq_cred *cr, uint64_t dir, u
 		b0 = (uint32_t)((cookie >> META_POS_BITS) - 1);
 		pos0 = cookie & META_POS_MASK;
 	}
-	rocksdb_iterator_t *it = rocksdb_create_iterator(m->db, m->ropts);
+	/* Each bucket's scan is bounded by the end of this directory's range in it, so a
+	 * seek never walks over deleted entries (tombstones) of the keys that follow. */
+	rocksdb_readoptions_t *ro = rocksdb_readoptions_create();
+	rocksdb_iterator_t *it = NULL;
 	int count = 0;
 	bool stop = false, have_last = false;
 	uint64_t last_pos = 0;
 	uint32_t last_b = 0;
 
 	for (uint32_t b = b0; b < m->nbuckets && !stop; b++) {
-		uint8_t seek[DENTRY_SEEK_LEN];
+		uint8_t seek[DENTRY_SEEK_LEN], upper[DENTRY_SEEK_LEN];
 		uint64_t pos = b == b0 ? pos0 : 0;
 		meta_key_dentry_prefix(seek, b, dir);
 		for (int i = 0; i < 6; i++)
 			seek[META_DENTRY_PREFIX_LEN + i] = (uint8_t)(pos >> (40 - 8 * i));
+		meta_key_dentry_prefix(upper, b, dir + 1);
+		rocksdb_readoptions_set_iterate_upper_bound(ro, (const char *)upper, META_DENTRY_PREFIX_LEN);
+		if (it)
+			rocksdb_iter_destroy(it);
+		it = rocksdb_create_iterator(m->db, ro);
 		/* One seek per bucket: an empty bucket costs one seek, not a scan. */
 		for (rocksdb_iter_seek(it, (const char *)seek, sizeof(seek)); rocksdb_iter_valid(it);
 		     rocksdb_iter_next(it)) {
@@ -130,7 +138,9 @@ int meta_readdir(struct meta_store *m, const struct aq_cred *cr, uint64_t dir, u
 		if (rc)
 			stop = true;
 	}
-	rocksdb_iter_destroy(it);
+	if (it)
+		rocksdb_iter_destroy(it);
+	rocksdb_readoptions_destroy(ro);
 	return rc ? rc : count;
 }
 

@@ -5,6 +5,7 @@ Each test file runs as its own process: `python3 tests/integration/test_x.py`.""
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -14,6 +15,8 @@ import traceback
 ROOT = os.environ.get("AQ_ROOT") or os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 AQ = os.path.join(ROOT, "bin", "aq")
 AQD = os.path.join(ROOT, "bin", "aqd")
+if os.path.join(ROOT, "python") not in sys.path:  # the aquifer package, when run without tests/run.sh
+    sys.path.insert(0, os.path.join(ROOT, "python"))
 
 
 def run(*args, check=True, **kw):
@@ -94,6 +97,32 @@ class Cluster:
                 print("---- aqd.log (tail) ----")
                 print("".join(open(log).readlines()[-30:]))
         self.close()
+
+
+NOBODY = 65534
+
+
+def run_as(code, uid=NOBODY, gid=NOBODY, groups=(), cluster=None):
+    """Runs `python3 -c code` from / as uid/gid with those supplementary groups; returns the
+    CompletedProcess. With a cluster, its cluster file is readable by all and $AQ_CLUSTER
+    names it for this run only (a native client as another user)."""
+    def drop():
+        os.setgroups(list(groups))
+        os.setresgid(gid, gid, gid)
+        os.setresuid(uid, uid, uid)
+    env = dict(os.environ)
+    restore = []
+    if cluster is not None:
+        env["AQ_CLUSTER"] = cluster.conf
+        for path, mode in ((cluster.data, 0o755), (cluster.conf, 0o644)):
+            restore.append((path, stat.S_IMODE(os.stat(path).st_mode)))
+            os.chmod(path, mode)
+    try:
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                              preexec_fn=drop, cwd="/", timeout=300)
+    finally:
+        for path, mode in reversed(restore):
+            os.chmod(path, mode)
 
 
 def expect_errno(err, fn, *args, **kw):

@@ -15,7 +15,8 @@ import threading
 import time
 
 import aqtest
-from aqtest import AQ, ROOT, Cluster, run
+from aqtest import AQ, Cluster, run
+from aquifer._lib import AQ_CREATE_EXCL, P, U64, Attr, Change, Dirent, lib  # libaq through ctypes
 
 N_BIG = int(os.environ.get("AQ_BIGDIR_FILES", "300000"))
 N_CHURN = 20000          # pre-created names that are unlinked while the big listing runs
@@ -23,49 +24,6 @@ M_CHANGES = 20000        # files created while another thread polls aq_changes_i
 RMDIR_ROUNDS = 200
 WINDOW = 256             # asynchronous calls in flight
 S_IFREG, S_IFDIR = 0o100000, 0o040000
-AQ_CREATE_EXCL = 1
-
-
-class Attr(ctypes.Structure):  # struct aq_attr
-    _fields_ = [("ino", ctypes.c_uint64), ("size", ctypes.c_uint64), ("blocks", ctypes.c_uint64),
-                ("generation", ctypes.c_uint64), ("atime_ns", ctypes.c_int64), ("mtime_ns", ctypes.c_int64),
-                ("ctime_ns", ctypes.c_int64), ("mode", ctypes.c_uint32), ("nlink", ctypes.c_uint32),
-                ("uid", ctypes.c_uint32), ("gid", ctypes.c_uint32), ("rdev", ctypes.c_uint32),
-                ("chunk_size", ctypes.c_uint32)]
-
-
-class Dirent(ctypes.Structure):  # struct aq_dirent
-    _fields_ = [("ino", ctypes.c_uint64), ("cookie", ctypes.c_uint64), ("type", ctypes.c_uint32),
-                ("name_len", ctypes.c_uint32), ("name", ctypes.c_char * 256), ("attr", Attr)]
-
-
-class Change(ctypes.Structure):  # struct aq_change
-    _fields_ = [("ino", ctypes.c_uint64), ("cursor", ctypes.c_uint64), ("name", ctypes.c_char * 256)]
-
-
-assert ctypes.sizeof(Attr) == 80 and ctypes.sizeof(Dirent) == 360 and ctypes.sizeof(Change) == 272
-
-P = ctypes.c_void_p
-U64, U32 = ctypes.c_uint64, ctypes.c_uint32
-lib = ctypes.CDLL(os.path.join(ROOT, "lib", "libaq.so"))
-for fn, args in {
-    "aq_connect": [ctypes.c_char_p, ctypes.POINTER(P)],
-    "aq_disconnect": [P],
-    "aq_strerror": [ctypes.c_int],
-    "aq_resolve": [P, ctypes.c_char_p, ctypes.POINTER(Attr)],
-    "aq_lookup": [P, P, U64, ctypes.c_char_p, ctypes.POINTER(Attr)],
-    "aq_mkdir_at": [P, P, U64, ctypes.c_char_p, U32, ctypes.POINTER(Attr)],
-    "aq_mknod": [P, P, U64, ctypes.c_char_p, U32, U32, U32, ctypes.POINTER(Attr)],
-    "aq_unlink_at": [P, P, U64, ctypes.c_char_p],
-    "aq_rmdir_at": [P, P, U64, ctypes.c_char_p],
-    "aq_readdir_ino": [P, P, U64, U64, U32, ctypes.POINTER(Dirent), U32],
-    "aq_changes_ino": [P, P, U64, U64, ctypes.POINTER(Change), U32, ctypes.POINTER(U64)],
-    "aq_mknod_start": [P, P, U64, ctypes.c_char_p, U32, U32, U32, ctypes.POINTER(P)],
-    "aq_unlink_start": [P, P, U64, ctypes.c_char_p, ctypes.POINTER(P)],
-    "aq_wait": [P, ctypes.POINTER(Attr)],
-}.items():
-    getattr(lib, fn).argtypes = args
-    getattr(lib, fn).restype = ctypes.c_char_p if fn == "aq_strerror" else (None if fn == "aq_disconnect" else ctypes.c_int)
 
 
 def err(rc):

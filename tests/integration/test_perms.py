@@ -2,12 +2,8 @@
 through the mount in a child process."""
 import errno
 import os
-import subprocess
-import sys
 
-from aqtest import ROOT, Cluster, main
-
-NOBODY = 65534
+from aqtest import NOBODY, ROOT, Cluster, main, run_as
 
 
 def as_user(code, uid=NOBODY, gid=NOBODY, groups=()):
@@ -16,11 +12,7 @@ def as_user(code, uid=NOBODY, gid=NOBODY, groups=()):
             "try:\n" + "".join("    " + l + "\n" for l in code.strip().splitlines()) +
             "    print(0)\n"
             "except OSError as e:\n    print(e.errno)\n")
-    def drop():
-        os.setgroups(list(groups))
-        os.setresgid(gid, gid, gid)
-        os.setresuid(uid, uid, uid)
-    p = subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True, preexec_fn=drop, cwd="/")
+    p = run_as(prog, uid, gid, groups)
     assert p.returncode == 0, p.stderr
     return int(p.stdout.strip().splitlines()[-1])
 
@@ -111,24 +103,13 @@ def test_server_checks_too(c):
     p = c.path("srvcheck")
     open(p, "w").close()
     os.chmod(p, 0o600)
-    env = dict(os.environ, AQ_CLUSTER=c.conf)
     code = ("import ctypes, os\n"
             f"lib = ctypes.CDLL('{ROOT}/lib/libaq.so')\n"
             "cl = ctypes.c_void_p()\n"
             "assert lib.aq_connect(None, ctypes.byref(cl)) == 0\n"
             "f = ctypes.c_void_p()\n"
             "print(lib.aq_open(cl, b'/srvcheck', os.O_RDONLY, 0, ctypes.byref(f)))\n")
-    def drop():
-        os.setgroups([])
-        os.setresgid(NOBODY, NOBODY, NOBODY)
-        os.setresuid(NOBODY, NOBODY, NOBODY)
-    os.chmod(c.conf, 0o644)  # let nobody read the cluster file for this check only
-    os.chmod(c.data, 0o755)
-    try:
-        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, preexec_fn=drop,
-                           cwd="/")
-    finally:
-        os.chmod(c.conf, 0o600)
+    p = run_as(code, cluster=c)  # nobody may read the cluster file for this check only
     assert p.returncode == 0, p.stderr
     assert int(p.stdout.strip()) == -errno.EACCES, p.stdout
 

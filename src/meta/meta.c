@@ -153,10 +153,99 @@ void meta_del_log(rocksdb_writebatch_t *wb, uint32_t bucket, uint64_t dir, uint6
 	rocksdb_writebatch_delete(wb, (const char *)key, meta_key_log(key, bucket, dir, ts));
 }
 
+/* Partial-row changes of the batch this thread is building, folded into the
+ * directory-sum cache once the batch commits. */
+struct dirsum_change {
+	struct meta_store *m;
+	uint64_t dir;
+	int64_t dentries, dsubdirs, now_ns;
+};
+static __thread struct dirsum_change tls_changes[32];
+static __thread uint32_t tls_nchanges;
+static __thread bool tls_changes_overflow;
+
+rocksdb_writebatch_t *meta_batch_new(void)
+{
+	tls_nchanges = 0;
+	tls_changes_overflow = false;
+	return rocksdb_writebatch_create();
+}
+
+static void dirsum_note(struct meta_store *m, uint64_t dir, int64_t dent, int64_t dsub, int64_t now_ns)
+{
+	if (tls_nchanges == ARRAY_SIZE(tls_changes)) {
+		tls_changes_overflow = true;
+		return;
+	}
+	tls_changes[tls_nchanges++] = (struct dirsum_change){m, dir, dent, dsub, now_ns};
+}
+
+static uint32_t dirsum_slot(uint64_t dir) { return (uint32_t)(aq_mix64(dir, 0x5157) % META_DIRSUM_SLOTS); }
+
+/* After a commit: fold each change into its directory's cached sum (committed), or move
+ * the stripe's generation so no reader caches a sum that may miss it. */
+static void dirsum_commit(struct meta_store *m, bool ok)
+{
+	if (tls_changes_overflow) {
+		for (uint32_t st = 0; st < META_DIRSUM_STRIPES; st++) {
+			pthread_mutex_lock(&m->dirsum_mu[st]);
+			m->dirsum_gen[st]++;
+			for (uint32_t i = st; i < META_DIRSUM_SLOTS; i += META_DIRSUM_STRIPES)
+				m->dirsum[i].valid = false;
+			pthread_mutex_unlock(&m->dirsum_mu[st]);
+		}
+	}
+	for (uint32_t i = 0; i < tls_nchanges; i++) {
+		const struct dirsum_change *c = &tls_changes[i];
+		if (c->m != m)
+			continue;
+		uint32_t slot = dirsum_slot(c->dir), st = slot % META_DIRSUM_STRIPES;
+		struct meta_dirsum *d = &m->dirsum[slot];
+		pthread_mutex_lock(&m->dirsum_mu[st]);
+		if (ok && d->valid && d->dir == c->dir) {
+			d->sum.nentries += c->dentries;
+			d->sum.nsubdirs += c->dsubdirs;
+			d->sum.mtime_ns = MAX(d->sum.mtime_ns, c->now_ns);
+			d->sum.ctime_ns = MAX(d->sum.ctime_ns, c->now_ns);
+		} else {
+			if (d->dir == c->dir)
+				d->valid = false;
+			m->dirsum_gen[st]++;
+		}
+		pthread_mutex_unlock(&m->dirsum_mu[st]);
+	}
+	tls_nchanges = 0;
+	tls_changes_overflow = false;
+}
+
+/* A directory's merged partial rows, from the cache or the store. */
+static int dirsum_get(struct meta_store *m, uint64_t dir, struct meta_partial *sum)
+{
+	uint32_t slot = dirsum_slot(dir), st = slot % META_DIRSUM_STRIPES;
+	struct meta_dirsum *d = &m->dirsum[slot];
+	pthread_mutex_lock(&m->dirsum_mu[st]);
+	if (d->valid && d->dir == dir) {
+		*sum = d->sum;
+		pthread_mutex_unlock(&m->dirsum_mu[st]);
+		return 0;
+	}
+	uint64_t gen = m->dirsum_gen[st];
+	pthread_mutex_unlock(&m->dirsum_mu[st]);
+	int rc = meta_dir_totals(m, dir, sum);
+	if (rc)
+		return rc;
+	pthread_mutex_lock(&m->dirsum_mu[st]);
+	if (m->dirsum_gen[st] == gen)
+		*d = (struct meta_dirsum){.dir = dir, .valid = true, .sum = *sum};
+	pthread_mutex_unlock(&m->dirsum_mu[st]);
+	return 0;
+}
+
 int meta_commit(struct meta_store *m, rocksdb_writebatch_t *wb)
 {
 	char *err = NULL;
 	rocksdb_write(m->db, m->wopts, wb, &err);
+	dirsum_commit(m, !err);
 	if (err) {
 		log_error("meta: rocksdb write: %s", err);
 		rocksdb_free(err);
@@ -176,7 +265,7 @@ static int reserve_clock(struct meta_store *m, uint64_t end)
 	if (end > atomic_load(&m->clock_reserved)) {
 		uint64_t upto = end + META_CLOCK_BLOCK;
 		uint8_t key = MK_CLOCK, v[8];
-		rocksdb_writebatch_t *wb = rocksdb_writebatch_create();
+		rocksdb_writebatch_t *wb = meta_batch_new();
 		put_le64(v, upto);
 		rocksdb_writebatch_put(wb, (const char *)&key, 1, (const char *)v, sizeof(v));
 		/* Committed before any batch that uses a ts below upto (WAL order). */
@@ -395,6 +484,7 @@ int meta_apply_partials(struct meta_store *m, rocksdb_writebatch_t *wb, const st
 		AQ_ASSERT(p.nentries >= 0 && p.nsubdirs >= 0);
 		p.mtime_ns = MAX(p.mtime_ns, now_ns);
 		p.ctime_ns = MAX(p.ctime_ns, now_ns);
+		dirsum_note(m, d[i].dir, dent, dsub, now_ns);
 		meta_partial_encode(&p, v);
 		rocksdb_writebatch_put(wb, (const char *)key, klen, (const char *)v, sizeof(v));
 		/* Ahead of the commit: a failed commit bumps the epoch, which drops it. */
@@ -420,7 +510,7 @@ int meta_attr_of(struct meta_store *m, uint64_t ino, struct aq_attr *out)
 		goto out;
 	if (S_ISDIR(in->a.mode)) {
 		struct meta_partial sum;
-		rc = meta_dir_totals(m, ino, &sum);
+		rc = dirsum_get(m, ino, &sum);
 		if (rc)
 			goto out;
 		meta_merge_dir(&in->a, &sum);
@@ -521,7 +611,7 @@ static uint64_t count_inodes_from(rocksdb_iterator_t *it, uint32_t b, uint64_t f
 static int load_counts(struct meta_store *m)
 {
 	rocksdb_iterator_t *it = rocksdb_create_iterator(m->db, m->ropts);
-	rocksdb_writebatch_t *wb = rocksdb_writebatch_create();
+	rocksdb_writebatch_t *wb = meta_batch_new();
 	uint64_t total = 0;
 	char *err = NULL;
 	int rc = 0;
@@ -567,7 +657,7 @@ static void save_counts(struct meta_store *m)
 {
 	if (atomic_load(&m->write_failed))
 		return; /* after a failed write, memory may disagree with the store: let open recount */
-	rocksdb_writebatch_t *wb = rocksdb_writebatch_create();
+	rocksdb_writebatch_t *wb = meta_batch_new();
 	for (uint32_t b = 0; b < m->nbuckets; b++) {
 		struct meta_count *c = &m->counts[b];
 		if (c->mark == m->seq_next[b] && c->live_below == c->nlive)
@@ -582,7 +672,7 @@ static void save_counts(struct meta_store *m)
 /* Writes the superblock and the root directory into a new store. */
 static int format_store(struct meta_store *m)
 {
-	rocksdb_writebatch_t *wb = rocksdb_writebatch_create();
+	rocksdb_writebatch_t *wb = meta_batch_new();
 	uint8_t sb[8];
 	sb[0] = META_FORMAT_VERSION;
 	sb[1] = sb[2] = sb[3] = 0;
@@ -623,6 +713,9 @@ static void free_store(struct meta_store *m)
 			pthread_mutex_destroy(&m->locks[b]);
 		free(m->locks);
 	}
+	for (uint32_t i = 0; i < META_DIRSUM_STRIPES; i++)
+		pthread_mutex_destroy(&m->dirsum_mu[i]);
+	free(m->dirsum);
 	pthread_mutex_destroy(&m->rename_lock);
 	pthread_mutex_destroy(&m->clock_lock);
 	free(m->counts);
@@ -708,6 +801,9 @@ int meta_open(const char *path, bool create, const struct meta_options *opt, str
 	}
 	rc = 0;
 
+	m->dirsum = aq_calloc(META_DIRSUM_SLOTS, sizeof(*m->dirsum));
+	for (uint32_t i = 0; i < META_DIRSUM_STRIPES; i++)
+		pthread_mutex_init(&m->dirsum_mu[i], NULL);
 	m->locks = aq_calloc(m->nbuckets, sizeof(*m->locks));
 	m->seq_next = aq_calloc(m->nbuckets, sizeof(*m->seq_next));
 	m->seq_reserved = aq_calloc(m->nbuckets, sizeof(*m->seq_reserved));
@@ -1123,7 +1219,7 @@ static int create_batch(struct meta_store *m, const struct aq_cred *cr, const st
 	struct create_bkt *bk = aq_malloc(MIN(n, m->nbuckets) * sizeof(*bk));
 	struct meta_inode *dir = aq_malloc(sizeof(*dir));
 	struct meta_inode *in = aq_malloc(sizeof(*in));
-	rocksdb_writebatch_t *wb = rocksdb_writebatch_create();
+	rocksdb_writebatch_t *wb = meta_batch_new();
 	uint32_t nb = plan_entries(m, rq, e, bk);
 	int rc = 0;
 
@@ -1311,7 +1407,7 @@ int meta_unlink(struct meta_store *m, const struct aq_cred *cr, uint64_t parent,
 
 	struct meta_inode *dir = aq_malloc(sizeof(*dir));
 	struct meta_inode *in = aq_malloc(sizeof(*in));
-	rocksdb_writebatch_t *wb = rocksdb_writebatch_create();
+	rocksdb_writebatch_t *wb = meta_batch_new();
 	struct meta_lockset ls = { 0 };
 	meta_lockset_add(&ls, b);
 	meta_lockset_add(&ls, aq_ino_bucket(peek.ino));
@@ -1394,7 +1490,7 @@ int meta_rmdir(struct meta_store *m, const struct aq_cred *cr, uint64_t parent, 
 	size_t klen = meta_key_dentry(key, b, parent, meta_dentry_pos(parent, name, name_len), name, name_len);
 	struct meta_inode *dir = aq_malloc(sizeof(*dir));
 	struct meta_inode *in = aq_malloc(sizeof(*in));
-	rocksdb_writebatch_t *wb = rocksdb_writebatch_create();
+	rocksdb_writebatch_t *wb = meta_batch_new();
 	/* The fence: with every bucket held, no create can land in the directory between
 	 * the emptiness check and the commit. */
 	struct meta_lockset ls = { .all = true };
@@ -1470,7 +1566,7 @@ int meta_link(struct meta_store *m, const struct aq_cred *cr, uint64_t ino, uint
 				      newname_len);
 	struct meta_inode *dir = aq_malloc(sizeof(*dir));
 	struct meta_inode *in = aq_malloc(sizeof(*in));
-	rocksdb_writebatch_t *wb = rocksdb_writebatch_create();
+	rocksdb_writebatch_t *wb = meta_batch_new();
 	struct meta_lockset ls = { 0 };
 	meta_lockset_add(&ls, b);
 	meta_lockset_add(&ls, aq_ino_bucket(ino));
@@ -1622,7 +1718,7 @@ int meta_setattr(struct meta_store *m, const struct aq_cred *cr, uint64_t ino, u
 	if (aq_ino_bucket(ino) >= m->nbuckets)
 		return -ENOENT;
 	struct meta_inode *node = aq_malloc(sizeof(*node));
-	rocksdb_writebatch_t *wb = rocksdb_writebatch_create();
+	rocksdb_writebatch_t *wb = meta_batch_new();
 	struct meta_lockset ls = { 0 };
 	bool shrunk = false;
 	meta_lockset_add(&ls, aq_ino_bucket(ino));
@@ -1695,7 +1791,7 @@ int meta_commit_size(struct meta_store *m, uint64_t ino, uint64_t new_size, int6
 	if (aq_ino_bucket(ino) >= m->nbuckets)
 		return -ENOENT;
 	struct meta_inode *node = aq_malloc(sizeof(*node));
-	rocksdb_writebatch_t *wb = rocksdb_writebatch_create();
+	rocksdb_writebatch_t *wb = meta_batch_new();
 	struct meta_lockset ls = { 0 };
 	meta_lockset_add(&ls, aq_ino_bucket(ino));
 	meta_lockset_lock(m, &ls);
@@ -1768,7 +1864,7 @@ int meta_orphan_done(struct meta_store *m, uint64_t ino)
 		return -ENOENT;
 	uint8_t okey[META_ORPHAN_KEY_LEN], ikey[META_INODE_KEY_LEN];
 	size_t oklen = meta_key_orphan(okey, ino);
-	rocksdb_writebatch_t *wb = rocksdb_writebatch_create();
+	rocksdb_writebatch_t *wb = meta_batch_new();
 	struct meta_lockset ls = { 0 };
 	meta_lockset_add(&ls, aq_ino_bucket(ino));
 	meta_lockset_lock(m, &ls);

@@ -64,6 +64,17 @@ struct meta_partial {
 	int64_t mtime_ns, ctime_ns;
 };
 
+#define META_DIRSUM_SLOTS 4096
+#define META_DIRSUM_STRIPES 64
+struct meta_dirsum {
+	uint64_t dir;
+	bool valid;
+	struct meta_partial sum;
+};
+/* A new write batch for this thread's next commit (forgets partial-row changes that an
+ * abandoned batch recorded for the directory-sum cache). */
+rocksdb_writebatch_t *meta_batch_new(void);
+
 /* A bucket's inode count. The 'C' row holds (live_below, mark): the bucket has live_below
  * inode rows whose seq is below mark, and every row at or above mark is found by a short
  * scan at open. Creates move mark up every META_COUNT_MARK_EVERY inodes; deleting an inode
@@ -100,6 +111,13 @@ struct meta_store {
 	 * bucket b are protected by locks[b]. A miss reads the row. */
 	struct meta_pslot *pcache;
 	_Atomic uint64_t pcache_epoch;
+	/* Merged partial rows of recently read directories (getattr of a directory would
+	 * otherwise read one row per bucket). Slot i is guarded by dirsum_mu[i % stripes];
+	 * dirsum_gen[stripe] moves whenever a committed change could not be folded into a
+	 * slot, so a reader that filled a slot from the store meanwhile does not keep it. */
+	struct meta_dirsum *dirsum;
+	pthread_mutex_t dirsum_mu[META_DIRSUM_STRIPES];
+	uint64_t dirsum_gen[META_DIRSUM_STRIPES];
 	pthread_mutex_t rename_lock; /* serializes directory renames (subtree check) */
 	_Atomic uint64_t log_clock;  /* next changelog ts; taken under a bucket lock */
 	/* Every ts handed out is below the committed 'T' row; clock_reserved is that value.

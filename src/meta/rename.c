@@ -222,7 +222,7 @@ int meta_rename(struct meta_store *m, const struct aq_cred *cr, uint64_t parent,
 
 	struct rename_side *src = aq_calloc(1, sizeof(*src)), *dst = aq_calloc(1, sizeof(*dst));
 	struct meta_inode *scratch = aq_malloc(sizeof(*scratch));
-	rocksdb_writebatch_t *wb = rocksdb_writebatch_create();
+	rocksdb_writebatch_t *wb = meta_batch_new();
 	struct meta_lockset ls = { 0 };
 	bool dirlock = false, removed_dir = false;
 

@@ -56,7 +56,7 @@ static int xattr_change(struct meta_store *m, const struct aq_cred *cr, uint64_t
 	uint8_t key[META_XATTR_KEY_MAX];
 	size_t klen = meta_key_xattr(key, ino, name, nlen);
 	struct meta_inode *in = aq_malloc(sizeof(*in));
-	rocksdb_writebatch_t *wb = rocksdb_writebatch_create();
+	rocksdb_writebatch_t *wb = meta_batch_new();
 	struct meta_lockset ls = { 0 };
 	meta_lockset_add(&ls, aq_ino_bucket(ino));
 	meta_lockset_lock(m, &ls);

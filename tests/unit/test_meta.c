@@ -1221,6 +1221,69 @@ static void *bench_main(void *arg)
 }
 
 /* Creates total entries in one fresh directory from 2 threads; returns creates/s or -1. */
+/* The directory-sum cache (getattr of a directory) stays equal to the rows in the store
+ * while creates, mkdirs, unlinks and rmdirs race getattrs of the same directory. */
+struct dirsum_arg {
+	uint64_t dir;
+	int id;
+	volatile bool *stop;
+};
+
+static void *dirsum_writer(void *p)
+{
+	struct dirsum_arg *a = p;
+	char name[64];
+	for (int i = 0; i < 1500; i++) {
+		snprintf(name, sizeof(name), "w%d_%d", a->id, i);
+		struct aq_attr o;
+		if (i % 3 == 0)
+			meta_mkdir(g_m, &ROOT, a->dir, name, strlen(name), 0755, &o);
+		else
+			meta_mknod(g_m, &ROOT, a->dir, name, strlen(name), S_IFREG | 0644, 0, 0, &o);
+		if (i % 5 == 4) {
+			snprintf(name, sizeof(name), "w%d_%d", a->id, i - 1);
+			if ((i - 1) % 3 == 0)
+				meta_rmdir(g_m, &ROOT, a->dir, name, strlen(name));
+			else
+				meta_unlink(g_m, &ROOT, a->dir, name, strlen(name));
+		}
+	}
+	return NULL;
+}
+
+static void *dirsum_reader(void *p)
+{
+	struct dirsum_arg *a = p;
+	while (!*a->stop) {
+		struct aq_attr o;
+		meta_getattr(g_m, a->dir, &o);
+	}
+	return NULL;
+}
+
+static int t_dirsum_cache(void)
+{
+	struct aq_attr d, got;
+	CHECK_RC(mkd(AQ_ROOT_INO, "dirsum", &d), 0);
+	volatile bool stop = false;
+	struct dirsum_arg w[2] = {{d.ino, 0, &stop}, {d.ino, 1, &stop}}, r = {d.ino, 9, &stop};
+	pthread_t tw[2], tr;
+	pthread_create(&tr, NULL, dirsum_reader, &r);
+	for (int i = 0; i < 2; i++)
+		pthread_create(&tw[i], NULL, dirsum_writer, &w[i]);
+	for (int i = 0; i < 2; i++)
+		pthread_join(tw[i], NULL);
+	stop = true;
+	pthread_join(tr, NULL);
+	struct meta_partial truth;
+	CHECK_RC(meta_dir_totals(g_m, d.ino, &truth), 0);
+	CHECK_RC(meta_getattr(g_m, d.ino, &got), 0);
+	CHECK(got.nlink == 2 + truth.nsubdirs);
+	CHECK(truth.nentries == 2 * (1500 - 300));
+	CHECK(got.mtime_ns >= truth.mtime_ns);
+	return 0;
+}
+
 static double bench_run(bool sync, int batch, int total)
 {
 	enum { THREADS = 2 };
@@ -1298,6 +1361,7 @@ int main(void)
 		{ "xattr", t_xattr },
 		{ "changes", t_changes },
 		{ "mknod_many", t_many },
+		{ "dirsum_cache", t_dirsum_cache },
 		{ "mknod_many_rmdir_race", t_many_rmdir_race },
 		{ "reopen", t_reopen },
 		{ "crash_reopen", t_crash_reopen },

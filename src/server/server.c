@@ -405,7 +405,7 @@ static int run_one(struct server *s, struct sconn *sc, const struct proto_hdr *h
 	rc = handle(s, sc, &r, out);
 	if (rc && rc != -ENOENT && rc != -EEXIST && rc != -ENODATA && rc != -ENOTEMPTY && rc != -EACCES &&
 	    rc != -EPERM && rc != -ENAMETOOLONG && rc != -ENOTDIR && rc != -EISDIR && rc != -EINVAL)
-		log_warn("%s ino %llu: %s", proto_op_name(h->op), (unsigned long long)(r.ino ? r.ino : r.parent),
+		log_warn("%s ino %llx: %s", proto_op_name(h->op), (unsigned long long)(r.ino ? r.ino : r.parent),
 			 aq_strerror(rc));
 	return rc ? aq_status_from_err(rc) : 0;
 }

@@ -117,6 +117,10 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 		conn->want |= FUSE_CAP_ASYNC_READ;
 	if (conn->capable & FUSE_CAP_PARALLEL_DIROPS)
 		conn->want |= FUSE_CAP_PARALLEL_DIROPS;
+	/* Files keep their page cache across opens (keep_cache); the kernel drops it when a
+	 * getattr shows another size or mtime, i.e. when someone else changed the file. */
+	if (conn->capable & FUSE_CAP_AUTO_INVAL_DATA)
+		conn->want |= FUSE_CAP_AUTO_INVAL_DATA;
 	/* writeback caching would let the kernel reorder writes past fsync; keep it off */
 	conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
 }
@@ -279,6 +283,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		return;
 	}
 	fi->fh = (uint64_t)(uintptr_t)f;
+	fi->keep_cache = 1; /* see op_init: stale pages go when the attributes change */
 	fuse_reply_open(req, fi);
 }
 

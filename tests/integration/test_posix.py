@@ -331,6 +331,26 @@ def test_space_freed_after_open_close_then_unlink(c):
     raise AssertionError(f"used bytes {before} -> {used}: the deleted file's space was not freed")
 
 
+def test_page_cache_kept_but_not_stale(c):
+    """Files keep the kernel's page cache across opens, yet a change made by another
+    client shows once the attribute timeout has passed (the kernel sees the new mtime
+    and size and drops the cached pages)."""
+    import aquifer
+    p = c.path("cached")
+    with open(p, "wb") as f:
+        f.write(b"A" * 100_000)
+    for _ in range(2):
+        with open(p, "rb") as f:
+            assert f.read() == b"A" * 100_000
+    cl = aquifer.connect(c.conf)
+    with cl.open("/cached", "r+b") as f:
+        f.write(b"B" * 100_001)
+    cl.close()
+    time.sleep(1.5)  # past the mount's 1 s attribute timeout
+    with open(p, "rb") as f:
+        assert f.read() == b"B" * 100_001
+
+
 def test_fsync(c):
     p = c.path("synced")
     fd = os.open(p, os.O_WRONLY | os.O_CREAT, 0o644)

@@ -1,4 +1,4 @@
-# Aquifer build. `make` builds bin/aqd, bin/aq, lib/libaq.so and the Python extension;
+# Aquifer build. `make` builds bin/aqd, bin/aq, lib/libaq.so and checks that python/aquifer imports;
 # `make up` / `make down` start and stop a single-node Aquifer; `make test` runs every test.
 CC ?= cc
 ifeq ($(origin CC),default)

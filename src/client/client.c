@@ -600,6 +600,22 @@ ssize_t aq_append(struct aq_file *f, const void *buf, size_t len, uint64_t *off_
 	return aq_pwrite(f, buf, len, off);
 }
 
+struct rpc_call *chunk_read_start(struct aq_client *c, uint64_t ino, uint32_t cs, uint64_t pos, uint32_t len,
+				  void *dest, struct rpc_cq *cq, void *cq_arg, int *err)
+{
+	uint32_t idx = (uint32_t)(pos / cs), in = (uint32_t)(pos % cs);
+	AQ_ASSERT(len <= cs - in);
+	uint32_t target = cluster_chunk_target(&c->map, ino, idx);
+	struct proto_req r = {.op = OP_CHUNK_READ, .target = target, .ino = ino, .idx = idx, .off = in, .len = len};
+	struct wbuf w;
+	wbuf_init(&w, 64);
+	proto_req_encode(&w, &r);
+	struct rpc_call *call = rpc_start_ex(c, cluster_target_by_id(&c->map, target)->server, OP_CHUNK_READ, &w, 0,
+					     dest, len, cq, cq_arg, false, err);
+	wbuf_free(&w);
+	return call;
+}
+
 ssize_t aq_pread(struct aq_file *f, void *buf, size_t len, uint64_t off)
 {
 	struct aq_client *c = f->c;
@@ -623,18 +639,9 @@ ssize_t aq_pread(struct aq_file *f, void *buf, size_t len, uint64_t off)
 	size_t pos = 0;
 	for (uint32_t i = 0; i < nchunks; i++) {
 		uint64_t at = off + pos;
-		uint32_t idx = (uint32_t)(at / cs), in = (uint32_t)(at % cs);
-		uint32_t n = (uint32_t)MIN((uint64_t)(cs - in), (uint64_t)(len - pos));
-		uint32_t target = cluster_chunk_target(&c->map, st->ino, idx);
-		struct proto_req r = {.op = OP_CHUNK_READ, .target = target, .ino = st->ino, .idx = idx, .off = in,
-				      .len = n};
-		struct wbuf w;
-		wbuf_init(&w, 64);
-		proto_req_encode(&w, &r);
+		uint32_t n = (uint32_t)MIN((uint64_t)(cs - at % cs), (uint64_t)(len - pos));
 		int e = 0;
-		calls[i] = rpc_start_ex(c, cluster_target_by_id(&c->map, target)->server, OP_CHUNK_READ, &w, 0,
-					(uint8_t *)buf + pos, n, NULL, NULL, false, &e);
-		wbuf_free(&w);
+		calls[i] = chunk_read_start(c, st->ino, cs, at, n, (uint8_t *)buf + pos, NULL, NULL, &e);
 		if (!calls[i] && !rc)
 			rc = e;
 		pos += n;

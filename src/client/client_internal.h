@@ -133,5 +133,9 @@ void rpc_free(struct rpc_call *call);
 int rpc_do(struct aq_client *c, uint32_t server, const struct proto_req *req, struct proto_reply *rep,
 	   struct rpc_call **call);
 uint32_t client_meta_server(struct aq_client *c, uint64_t ino);
+/* Starts one CHUNK_READ: len bytes at byte pos of ino (not crossing a chunk of cs bytes),
+ * received straight into dest; completion announced on cq when cq is set. */
+struct rpc_call *chunk_read_start(struct aq_client *c, uint64_t ino, uint32_t cs, uint64_t pos, uint32_t len,
+				  void *dest, struct rpc_cq *cq, void *cq_arg, int *err);
 
 #endif

@@ -72,20 +72,11 @@ int aq_ioring_submit(struct aq_ioring *r, struct aq_io *const *ios, uint32_t n)
 		/* one extra count while we submit, so an early completion cannot finish it */
 		io->pending_ = 1;
 		for (uint64_t pos = io->off; pos < end;) {
-			uint32_t idx = (uint32_t)(pos / cs), in = (uint32_t)(pos % cs);
-			uint32_t len = (uint32_t)MIN((uint64_t)(cs - in), end - pos);
-			uint32_t target = cluster_chunk_target(&c->map, io->ino, idx);
-			struct proto_req req = {.op = OP_CHUNK_READ, .target = target, .ino = io->ino, .idx = idx,
-						.off = in, .len = len};
-			struct wbuf w;
-			wbuf_init(&w, 64);
-			proto_req_encode(&w, &req);
+			uint32_t len = (uint32_t)MIN((uint64_t)(cs - pos % cs), end - pos);
 			int e = 0;
 			io->pending_++;
-			struct rpc_call *call =
-				rpc_start_ex(c, cluster_target_by_id(&c->map, target)->server, OP_CHUNK_READ, &w, 0,
-					     (uint8_t *)io->buf + (pos - io->off), len, &r->cq, io, false, &e);
-			wbuf_free(&w);
+			struct rpc_call *call = chunk_read_start(c, io->ino, cs, pos, len,
+								 (uint8_t *)io->buf + (pos - io->off), &r->cq, io, &e);
 			if (!call) {
 				io->pending_--;
 				if (!io->err_)

@@ -7,6 +7,7 @@
  */
 #include "client/client_internal.h"
 #include "common/auth.h"
+#include "common/fdio.h"
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -15,48 +16,6 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-static int read_full(int fd, void *buf, size_t n)
-{
-	uint8_t *p = buf;
-	while (n) {
-		ssize_t r = read(fd, p, n);
-		if (r == 0)
-			return -ECONNRESET;
-		if (r < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		p += r;
-		n -= (size_t)r;
-	}
-	return 0;
-}
-
-static int write_full(int fd, struct iovec *iov, int cnt)
-{
-	while (cnt > 0) {
-		ssize_t n = writev(fd, iov, cnt);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		while (n > 0 && cnt > 0) {
-			if ((size_t)n >= iov->iov_len) {
-				n -= (ssize_t)iov->iov_len;
-				iov++;
-				cnt--;
-			} else {
-				iov->iov_base = (uint8_t *)iov->iov_base + n;
-				iov->iov_len -= (size_t)n;
-				n = 0;
-			}
-		}
-	}
-	return 0;
-}
-
 static int send_frame(int fd, uint16_t op, uint64_t id, uint32_t epoch, const void *p, size_t len)
 {
 	struct proto_hdr h = {.magic = PROTO_MAGIC, .version = PROTO_VERSION, .op = op, .req_id = id,
@@ -64,21 +23,21 @@ static int send_frame(int fd, uint16_t op, uint64_t id, uint32_t epoch, const vo
 	uint8_t hb[PROTO_HDR_SIZE];
 	proto_hdr_encode(hb, &h);
 	struct iovec iov[2] = {{hb, sizeof hb}, {(void *)p, len}};
-	return write_full(fd, iov, len ? 2 : 1);
+	return fd_writev_full(fd, iov, len ? 2 : 1, -1);
 }
 
 /* Reads one frame; *payload is malloc'ed (caller frees). */
 static int recv_frame(int fd, struct proto_hdr *h, uint8_t **payload)
 {
 	uint8_t hb[PROTO_HDR_SIZE];
-	int rc = read_full(fd, hb, sizeof hb);
+	int rc = fd_read_full(fd, hb, sizeof hb);
 	if (rc)
 		return rc;
 	rc = proto_hdr_decode(hb, sizeof hb, h);
 	if (rc)
 		return rc;
 	*payload = aq_malloc(h->payload_len ? h->payload_len : 1);
-	rc = read_full(fd, *payload, h->payload_len);
+	rc = fd_read_full(fd, *payload, h->payload_len);
 	if (rc) {
 		free(*payload);
 		*payload = NULL;
@@ -308,7 +267,7 @@ static void *rx_main(void *arg)
 		struct proto_hdr h;
 		uint8_t *p = NULL;
 		uint8_t hb[PROTO_HDR_SIZE];
-		int err = read_full(fd, hb, sizeof hb);
+		int err = fd_read_full(fd, hb, sizeof hb);
 		if (!err)
 			err = proto_hdr_decode(hb, sizeof hb, &h);
 		if (!err && h.op == OP_CHUNK_READ && !h.status && h.payload_len >= 4) {
@@ -321,11 +280,11 @@ static void *rx_main(void *arg)
 			pthread_mutex_unlock(&rc->mu);
 			if (fits) {
 				uint8_t lenb[4];
-				err = read_full(fd, lenb, 4);
+				err = fd_read_full(fd, lenb, 4);
 				if (!err && get_le32(lenb) != call->rdest_len)
 					err = -EPROTO;
 				if (!err)
-					err = read_full(fd, dest, call->rdest_len);
+					err = fd_read_full(fd, dest, call->rdest_len);
 				if (!err) {
 					pthread_mutex_lock(&rc->mu);
 					struct rpc_call **pp = pending_slot(rc, h.req_id);
@@ -340,7 +299,7 @@ static void *rx_main(void *arg)
 		}
 		if (!err) {
 			p = aq_malloc(h.payload_len ? h.payload_len : 1);
-			err = read_full(fd, p, h.payload_len);
+			err = fd_read_full(fd, p, h.payload_len);
 		}
 		if (err) {
 			free(p);
@@ -533,7 +492,7 @@ static void send_drained(struct rpc_conn *rc, struct wbuf *frames, const uint64_
 	}
 	pthread_mutex_lock(&rc->send_mu);
 	pthread_mutex_unlock(&rc->mu);
-	int e = write_full(fd, iov, iovcnt);
+	int e = fd_writev_full(fd, iov, iovcnt, -1);
 	pthread_mutex_unlock(&rc->send_mu);
 	wbuf_free(&bp);
 	if (e)

@@ -1,15 +1,12 @@
 /* errors.c - the status table of errors.h turned into lookups. */
 #include "common/common.h"
 
-static int posix_of(int err) { return err < -1000 ? 0 : err; }
-
 int aq_status_from_err(int neg_err)
 {
 	int e = -neg_err;
 #define AQ_X(name, num, err, text) if (e == (err < 0 ? -(err) : (err))) return num;
 	AQ_STATUS_TABLE(AQ_X)
 #undef AQ_X
-	(void)posix_of;
 	return AQ_S_IO;
 }
 

@@ -6,6 +6,7 @@
  * Lock order: queue lock and a connection's send lock are never held together.
  */
 #include "net/net.h"
+#include "common/fdio.h"
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -102,36 +103,6 @@ static void loop_drop(struct net_server *s, struct net_conn *c)
 	conn_unref(c);
 }
 
-static int send_all(int fd, struct iovec *iov, int iovcnt)
-{
-	while (iovcnt > 0) {
-		ssize_t n = writev(fd, iov, iovcnt);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			if (errno == EAGAIN) {
-				struct pollfd p = {.fd = fd, .events = POLLOUT};
-				if (poll(&p, 1, 30000) <= 0)
-					return -ETIMEDOUT; /* a peer that does not read for 30 s is dropped */
-				continue;
-			}
-			return -errno;
-		}
-		while (n > 0 && iovcnt > 0) {
-			if ((size_t)n >= iov->iov_len) {
-				n -= (ssize_t)iov->iov_len;
-				iov++;
-				iovcnt--;
-			} else {
-				iov->iov_base = (uint8_t *)iov->iov_base + n;
-				iov->iov_len -= (size_t)n;
-				n = 0;
-			}
-		}
-	}
-	return 0;
-}
-
 int net_send(struct net_conn *c, const struct proto_hdr *h, const void *payload, size_t len)
 {
 	uint8_t hb[PROTO_HDR_SIZE];
@@ -143,7 +114,7 @@ int net_send(struct net_conn *c, const struct proto_hdr *h, const void *payload,
 	if (atomic_load(&c->closed))
 		return -ENOTCONN;
 	pthread_mutex_lock(&c->send_mu);
-	int rc = send_all(c->fd, iov, len ? 2 : 1);
+	int rc = fd_writev_full(c->fd, iov, len ? 2 : 1, 30000); /* a peer that does not read for 30 s goes */
 	pthread_mutex_unlock(&c->send_mu);
 	if (rc) {
 		log_debug("send to %s failed: %s", c->peer, strerror(-rc));

@@ -1,0 +1,12 @@
+/* fdio.h - whole reads and writes on sockets, for the client and the server alike. */
+#ifndef AQ_FDIO_H
+#define AQ_FDIO_H
+#include "common/common.h"
+#include <sys/uio.h>
+
+/* Reads exactly n bytes. Returns 0, -ECONNRESET at end of stream, or -errno. */
+int fd_read_full(int fd, void *buf, size_t n);
+/* Writes every byte of iov (which it consumes). On a non-blocking socket it waits up to
+ * block_ms for room (then -ETIMEDOUT: a peer that does not read is dropped). */
+int fd_writev_full(int fd, struct iovec *iov, int cnt, int block_ms);
+#endif

@@ -62,6 +62,7 @@ int aq_connect(const char *cluster_file, struct aq_client **out)
 	for (int i = 0; i < ng && i < 32; i++)
 		c->cred.groups[c->cred.ngroups++] = groups[i];
 	pthread_mutex_init(&c->files_mu, NULL);
+	pthread_mutex_init(&c->recent_mu, NULL);
 	c->nconns = RPC_CONNS_DEFAULT;
 	const char *env = getenv("AQ_CONNS");
 	if (env && atoi(env) > 0 && atoi(env) <= 64)
@@ -99,6 +100,8 @@ void aq_disconnect(struct aq_client *c)
 			free(st->wbuf);
 			free(st);
 		}
+	pthread_mutex_destroy(&c->files_mu);
+	pthread_mutex_destroy(&c->recent_mu);
 	free(c);
 }
 
@@ -114,7 +117,7 @@ static struct ino_state *state_find_locked(struct aq_client *c, uint64_t ino)
 	return st;
 }
 
-static struct ino_state *state_get(struct aq_client *c, uint64_t ino, const struct aq_attr *attr)
+static struct ino_state *state_get(struct aq_client *c, uint64_t ino, const struct aq_attr *attr, unsigned long epoch)
 {
 	pthread_mutex_lock(&c->files_mu);
 	struct ino_state *st = state_find_locked(c, ino);
@@ -128,7 +131,7 @@ static struct ino_state *state_get(struct aq_client *c, uint64_t ino, const stru
 		c->files[ino % 1024] = st;
 	} else {
 		pthread_mutex_lock(&st->mu);
-		if (!st->size_dirty && !st->wactive)
+		if (!st->size_dirty && !st->wactive && atomic_load(&c->size_epoch) == epoch)
 			st->size = attr->size; /* close-to-open: take the server's size */
 		pthread_mutex_unlock(&st->mu);
 	}
@@ -154,21 +157,51 @@ static void state_put(struct aq_client *c, struct ino_state *st)
 	pthread_mutex_unlock(&c->files_mu);
 }
 
-/* Overlays this client's view of an open inode (unflushed size) on attributes. */
-static void overlay_local(struct aq_client *c, struct aq_attr *a)
+/* Records that this client's size of st reached the server. Called with st->mu held,
+ * before the state stops looking dirty. */
+static void size_reached_server(struct aq_client *c, const struct ino_state *st)
+{
+	pthread_mutex_lock(&c->recent_mu);
+	unsigned long e = atomic_fetch_add(&c->size_epoch, 1) + 1;
+	c->recent[e % ARRAY_SIZE(c->recent)] =
+		(struct recent_size){.epoch = e, .ino = st->ino, .size = st->size, .mtime_ns = st->mtime_ns};
+	pthread_mutex_unlock(&c->recent_mu);
+}
+
+static void take_size(struct aq_attr *a, uint64_t size, int64_t mtime_ns)
+{
+	a->size = size;
+	if (mtime_ns > a->mtime_ns)
+		a->mtime_ns = a->ctime_ns = mtime_ns;
+}
+
+/* Overlays this client's view of an inode on attributes from a request sent at size
+ * epoch `epoch`: the unflushed size of an open file, or a size this client committed
+ * after the request left (the server may have answered before the commit). */
+static void overlay_local(struct aq_client *c, struct aq_attr *a, unsigned long epoch)
 {
 	pthread_mutex_lock(&c->files_mu);
 	struct ino_state *st = state_find_locked(c, a->ino);
 	if (st) {
 		pthread_mutex_lock(&st->mu);
-		if (st->size_dirty || st->wactive) {
-			a->size = st->size;
-			if (st->mtime_ns > a->mtime_ns)
-				a->mtime_ns = a->ctime_ns = st->mtime_ns;
-		}
+		if (st->size_dirty || st->wactive || atomic_load(&c->size_epoch) != epoch)
+			take_size(a, st->size, st->mtime_ns);
 		pthread_mutex_unlock(&st->mu);
 	}
 	pthread_mutex_unlock(&c->files_mu);
+	if (st || atomic_load(&c->size_epoch) == epoch)
+		return;
+	/* closed meanwhile: the newest size committed since the request left, if any */
+	pthread_mutex_lock(&c->recent_mu);
+	unsigned long now = atomic_load(&c->size_epoch);
+	for (unsigned long e = now; e > epoch && now - e < ARRAY_SIZE(c->recent); e--) {
+		const struct recent_size *r = &c->recent[e % ARRAY_SIZE(c->recent)];
+		if (r->epoch == e && r->ino == a->ino) {
+			take_size(a, r->size, r->mtime_ns);
+			break;
+		}
+	}
+	pthread_mutex_unlock(&c->recent_mu);
 }
 
 static int chunk_write(struct aq_client *c, uint64_t ino, uint32_t idx, uint32_t off, const void *buf, uint32_t len,
@@ -201,8 +234,10 @@ static int commit_size_locked(struct aq_client *c, struct ino_state *st)
 			      .time_ns = st->mtime_ns};
 	struct proto_reply rep;
 	int rc = rpc_do(c, client_meta_server(c, st->ino), &r, &rep, NULL);
-	if (!rc)
+	if (!rc) {
+		size_reached_server(c, st);
 		st->size_dirty = false;
+	}
 	return rc;
 }
 
@@ -224,18 +259,20 @@ int aq_lookup(struct aq_client *c, const struct aq_cred *cred, uint64_t parent, 
 		return -ENAMETOOLONG;
 	struct proto_req r = {.op = OP_LOOKUP, .cred = *cred_or_default(c, cred), .parent = parent, .name = name,
 			      .name_len = (uint32_t)n};
+	unsigned long epoch = atomic_load(&c->size_epoch);
 	int rc = attr_call(c, name_server(c, parent, name), &r, out);
 	if (!rc && out)
-		overlay_local(c, out);
+		overlay_local(c, out, epoch);
 	return rc;
 }
 
 int aq_getattr(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, struct aq_attr *out)
 {
 	struct proto_req r = {.op = OP_GETATTR, .cred = *cred_or_default(c, cred), .ino = ino};
+	unsigned long epoch = atomic_load(&c->size_epoch);
 	int rc = attr_call(c, client_meta_server(c, ino), &r, out);
 	if (!rc)
-		overlay_local(c, out);
+		overlay_local(c, out, epoch);
 	return rc;
 }
 
@@ -260,17 +297,21 @@ int aq_setattr(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, ui
 	struct proto_req r = {.op = OP_SETATTR, .cred = *cred_or_default(c, cred), .ino = ino, .mask = mask,
 			      .attr = *in};
 	struct aq_attr a;
+	unsigned long epoch = atomic_load(&c->size_epoch);
 	int rc = attr_call(c, client_meta_server(c, ino), &r, &a);
 	if (st) {
 		if (!rc) {
 			st->size = a.size;
+			st->mtime_ns = a.mtime_ns;
+			size_reached_server(c, st);
 			st->size_dirty = false;
+			epoch = atomic_load(&c->size_epoch); /* this reply is the newest size */
 		}
 		pthread_mutex_unlock(&st->mu);
 		state_put(c, st);
 	}
 	if (!rc) {
-		overlay_local(c, &a);
+		overlay_local(c, &a, epoch);
 		if (out)
 			*out = a;
 	}
@@ -371,9 +412,10 @@ int aq_link_at(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, ui
 		return rc;
 	struct proto_req r = {.op = OP_LINK, .cred = *cred_or_default(c, cred), .ino = ino, .newparent = newparent,
 			      .name2 = newname, .name2_len = (uint32_t)strlen(newname)};
+	unsigned long epoch = atomic_load(&c->size_epoch);
 	rc = attr_call(c, client_meta_server(c, ino), &r, out);
 	if (!rc && out)
-		overlay_local(c, out);
+		overlay_local(c, out, epoch);
 	return rc;
 }
 
@@ -392,6 +434,7 @@ int aq_readdir_ino(struct aq_client *c, const struct aq_cred *cred, uint64_t dir
 			      .max = max, .flags = flags};
 	struct proto_reply rep;
 	struct rpc_call *call;
+	unsigned long epoch = atomic_load(&c->size_epoch);
 	int rc = rpc_do(c, client_meta_server(c, dir), &r, &rep, &call);
 	if (rc)
 		return rc;
@@ -406,7 +449,7 @@ int aq_readdir_ino(struct aq_client *c, const struct aq_cred *cred, uint64_t dir
 			break;
 		}
 		if (plus)
-			overlay_local(c, &ents[n].attr);
+			overlay_local(c, &ents[n].attr, epoch);
 	}
 	if (!rc && rep.count > max) {
 		/* drop the incomplete group at the end; the caller resumes before it */
@@ -507,6 +550,7 @@ int aq_open_ino(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, i
 {
 	struct proto_req r = {.op = OP_OPEN, .cred = *cred_or_default(c, cred), .ino = ino, .flags = (uint32_t)flags};
 	struct aq_attr a;
+	unsigned long epoch = atomic_load(&c->size_epoch);
 	int rc = attr_call(c, client_meta_server(c, ino), &r, &a);
 	if (rc)
 		return rc;
@@ -514,7 +558,7 @@ int aq_open_ino(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, i
 	f->c = c;
 	f->cred = r.cred;
 	f->flags = flags;
-	f->st = state_get(c, ino, &a);
+	f->st = state_get(c, ino, &a, epoch);
 	if ((flags & O_TRUNC) && (flags & O_ACCMODE) != O_RDONLY && S_ISREG(a.mode) && a.size) {
 		struct aq_attr in = {.size = 0};
 		rc = aq_setattr(c, cred, ino, AQ_SET_SIZE, &in, NULL);
@@ -890,6 +934,7 @@ struct aq_pending {
 	struct rpc_call *call;
 	uint16_t op;
 	int err; /* set when the request could not even be sent */
+	unsigned long epoch; /* size epoch when sent, for overlay_local */
 };
 
 static int pending_start(struct aq_client *c, uint32_t server, const struct proto_req *r, struct aq_pending **out)
@@ -900,6 +945,7 @@ static int pending_start(struct aq_client *c, uint32_t server, const struct prot
 	proto_req_encode(&w, r);
 	p->c = c;
 	p->op = r->op;
+	p->epoch = atomic_load(&c->size_epoch);
 	/* One thread's async calls share a connection and are held back briefly, so a burst
 	 * of them leaves as one BATCH frame (and a run of creates becomes one write batch). */
 	uint64_t affinity = rpc_affinity(r);
@@ -919,8 +965,11 @@ int aq_wait(struct aq_pending *p, struct aq_attr *attr)
 		if (!rc && attr) {
 			struct proto_reply rep;
 			rc = proto_reply_decode(p->op, p->call->payload, p->call->len, &rep);
-			if (!rc)
+			if (!rc) {
 				*attr = rep.attr;
+				if (p->op == OP_LOOKUP || p->op == OP_GETATTR)
+					overlay_local(p->c, attr, p->epoch);
+			}
 		}
 		rpc_free(p->call);
 	}

@@ -101,6 +101,17 @@ struct aq_client {
 	atomic_uint rr;
 	pthread_mutex_t files_mu;
 	struct ino_state *files[1024];
+	/* Counts this client's size changes that reached a server (size commits, truncates).
+	 * An attribute reply is only as new as the moment its request left: if the count
+	 * moved meanwhile, the server may have answered with the size from before. */
+	atomic_ulong size_epoch;
+	/* the last RECENT_SIZES of those changes, for inodes no longer open (by epoch % N) */
+	pthread_mutex_t recent_mu; /* a leaf lock */
+	struct recent_size {
+		unsigned long epoch;
+		uint64_t ino, size;
+		int64_t mtime_ns;
+	} recent[64];
 };
 
 int rpc_conn_init(struct aq_client *c, struct rpc_conn *rc, uint32_t server);

@@ -118,6 +118,45 @@ def test_stat(fx):
     assert stat.S_ISDIR(fx.c.stat("/ds").st_mode) and stat.S_ISDIR(fx.c.stat("/").st_mode)
 
 
+def test_stat_while_size_commits(fx):
+    """A stat racing a size commit from another thread of the same client never goes
+    back to the size the server had before (regression: the server's older answer was
+    taken once the commit had cleared the client's unflushed size; through FUSE the
+    kernel then cut the file short). The writer grows a file one byte at a time, with
+    a flush per byte, or a close per byte (the file is not open when the stat returns)."""
+    import threading
+
+    def grow_open(written, path):
+        with fx.c.open(path, "wb") as f:
+            for _ in range(3000):
+                f.write(b"x")
+                written[0] = f.tell()  # this client's size from here on, flushed or not
+                f.flush()
+
+    def grow_reopen(written, path):
+        fx.c.open(path, "wb").close()
+        for i in range(1500):
+            with fx.c.open(path, "r+b") as f:
+                f.seek(i)
+                f.write(b"x")
+                written[0] = i + 1
+
+    for grow in (grow_open, grow_reopen):
+        path, written, seen = f"/grows-{grow.__name__}", [0], []
+        t = threading.Thread(target=grow, args=(written, path))
+        t.start()
+        while t.is_alive():
+            known = written[0]
+            try:
+                size = fx.c.stat(path).st_size
+            except FileNotFoundError:
+                continue
+            if size < known:
+                seen.append((known, size))
+        t.join()
+        assert not seen, f"{grow.__name__}: stat went back to an older size {len(seen)} times, e.g. {seen[:3]}"
+
+
 class CountingLib:
     """Stands in for libaq inside aquifer.client, counting aq_readdir_ino calls."""
 

@@ -9,14 +9,16 @@ CFLAGS ?= $(OPT) -g
 CFLAGS += -std=gnu17 -Wall -Wextra -Werror -Wno-unused-parameter -fno-omit-frame-pointer -fPIC \
 	  -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -Isrc -Iinclude -I/usr/include/fuse3 -MMD -MP
 LDLIBS_CLIENT = -lssl -lcrypto -lpthread -lm
-LDLIBS_SERVER = -lrocksdb -luring -lssl -lcrypto -lpthread -lm
-LDLIBS_CLI = $(LDLIBS_CLIENT) -lfuse3 -lm
+LDLIBS_S3 = -lcurl -lcrypto -lpthread
+LDLIBS_SERVER = -lrocksdb -luring $(LDLIBS_S3) -lssl -lcrypto -lpthread -lm
+LDLIBS_CLI = $(LDLIBS_CLIENT) $(LDLIBS_S3) -lfuse3 -lm
 
 B := build
 COMMON_SRC := $(wildcard src/common/*.c) $(wildcard src/proto/*.c)
 CLIENT_SRC := $(wildcard src/client/*.c)
 SERVER_SRC := $(filter-out src/server/main.c,$(wildcard src/net/*.c src/meta/*.c src/data/*.c src/tier/*.c src/server/*.c))
 CLI_SRC := $(wildcard src/cli/*.c src/fuse/*.c)
+S3_SRC := $(wildcard src/s3/*.c)
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 
@@ -25,19 +27,23 @@ COMMON_OBJ := $(call obj,$(COMMON_SRC))
 CLIENT_OBJ := $(call obj,$(CLIENT_SRC))
 SERVER_OBJ := $(call obj,$(SERVER_SRC))
 CLI_OBJ := $(call obj,$(CLI_SRC))
+S3_OBJ := $(call obj,$(S3_SRC))
 UNIT_BIN := $(patsubst tests/unit/%.c,$(B)/tests/%,$(UNIT_SRC))
+# Test programs that need a server, so not named test_* (tests/run.sh runs those alone).
+S3_SELFTEST := $(B)/tests/s3_selftest
+TIER_SELFTEST := $(B)/tests/tier_selftest
 
-all: bin/aqd bin/aq lib/libaq.so include/aq.h $(UNIT_BIN) python
+all: bin/aqd bin/aq lib/libaq.so include/aq.h $(UNIT_BIN) $(S3_SELFTEST) $(TIER_SELFTEST) python
 
 $(B)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
-bin/aqd: $(B)/src/server/main.o $(SERVER_OBJ) $(COMMON_OBJ)
+bin/aqd: $(B)/src/server/main.o $(SERVER_OBJ) $(S3_OBJ) $(COMMON_OBJ)
 	@mkdir -p bin
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS_SERVER)
 
-bin/aq: $(CLI_OBJ) $(CLIENT_OBJ) $(COMMON_OBJ)
+bin/aq: $(CLI_OBJ) $(CLIENT_OBJ) $(S3_OBJ) $(COMMON_OBJ)
 	@mkdir -p bin
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS_CLI)
 
@@ -45,9 +51,20 @@ lib/libaq.so: $(CLIENT_OBJ) $(COMMON_OBJ)
 	@mkdir -p lib
 	$(CC) $(CFLAGS) -shared -Wl,-soname,libaq.so -o $@ $^ $(LDLIBS_CLIENT)
 
-$(B)/tests/%: tests/unit/%.c $(SERVER_OBJ) $(CLIENT_OBJ) $(COMMON_OBJ)
+$(B)/tests/%: tests/unit/%.c $(SERVER_OBJ) $(CLIENT_OBJ) $(S3_OBJ) $(COMMON_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests -o $@ $(filter %.c %.o,$^) $(LDLIBS_SERVER) $(LDLIBS_CLIENT)
+
+# The S3 client's tests need nothing but src/s3 and src/common.
+$(B)/tests/test_s3url: tests/unit/test_s3url.c $(S3_OBJ) $(COMMON_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Itests -o $@ $(filter %.c %.o,$^) $(LDLIBS_S3) -lm
+$(S3_SELFTEST): tests/s3/s3_selftest.c $(S3_OBJ) $(COMMON_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $(filter %.c %.o,$^) $(LDLIBS_S3) -lm
+$(TIER_SELFTEST): tests/s3/tier_selftest.c $(SERVER_OBJ) $(S3_OBJ) $(COMMON_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $(filter %.c %.o,$^) $(LDLIBS_SERVER)
 
 # libFuzzer targets (clang only): make fuzz; make fuzz-run [FUZZ_SECONDS=N] runs each for N
 # seconds, keeping its corpus in build/fuzz/corpus/NAME and any crash input in build/fuzz/.
@@ -79,7 +96,10 @@ up: deps all
 down:
 	@if [ -x bin/aq ]; then ./bin/aq down --data $(CURDIR)/var --mount $(CURDIR)/mnt; fi
 
+# tests/s3/setup.sh installs the S3 test server (npm ci) when tests/s3/node_modules is
+# missing or older than its package-lock.json.
 test: deps all
+	bash tests/s3/setup.sh
 	bash tests/run.sh
 
 clean:

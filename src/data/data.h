@@ -57,4 +57,38 @@ int data_stat(struct data_store *ds, uint32_t target, struct data_target_stat *o
  * thread started by data_open calls it too. */
 int64_t data_compact(struct data_store *ds, uint32_t target, double min_live_ratio);
 
+/* ---- object tier (tier.c) ----
+ * A chunk lives on flash, in an S3 pack object, or both. Demote packs chunks (of many
+ * files) into objects of up to DATA_PACK_MAX bytes, uploads them, and only after S3
+ * confirmed frees their flash. A read of a cold chunk fetches it from S3, checks every
+ * block's crc32c and keeps it on flash again (both). Pack objects are accounted (bytes,
+ * live bytes) in the target's index; an object with nothing live is deleted from S3. */
+#define DATA_PACK_MAX (64u << 20)
+struct s3_client;
+/* Attaches the bucket (NULL detaches: reads of cold chunks then fail with -EHOSTUNREACH).
+ * Objects are named "<prefix>t<target id>/<object id, 16 hex digits>". The store does not
+ * own s3; detach before closing it. */
+void data_set_tier(struct data_store *ds, struct s3_client *s3, const char *prefix);
+/* Moves the chunks of inos (n of them) on target to S3. Chunks already in S3 just lose
+ * their flash copy. Returns bytes of chunk data freed from flash, or -errno (nothing of
+ * the failed pack freed: -EHOSTUNREACH, -EAGAIN, -EACCES from S3; -ENOTCONN: no tier). */
+int64_t data_demote(struct data_store *ds, uint32_t target, const uint64_t *inos, uint32_t n);
+/* Brings every cold chunk of ino on target back to flash, keeping the S3 copy. Returns
+ * bytes recalled, or -errno. */
+int64_t data_hydrate(struct data_store *ds, uint32_t target, uint64_t ino);
+/* Bytes of chunk data of ino on target: only on flash, only in S3, in both. */
+struct data_tier_usage {
+	uint64_t hot, cold, both;
+};
+int data_tier_usage(struct data_store *ds, uint32_t target, uint64_t ino, struct data_tier_usage *out);
+/* The target's pack objects: how many, their bytes, the bytes still referenced. */
+struct data_tier_stat {
+	uint64_t objects, object_bytes, live_bytes;
+};
+int data_tier_stat(struct data_store *ds, uint32_t target, struct data_tier_stat *out);
+/* When more than start_ratio of the target's object bytes is dead, rewrites the objects
+ * with the least live share (their live chunks go into new packs) until less than
+ * stop_ratio is. Returns object bytes reclaimed, or -errno. */
+int64_t data_tier_reclaim(struct data_store *ds, uint32_t target, double start_ratio, double stop_ratio);
+
 #endif

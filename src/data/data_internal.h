@@ -36,8 +36,11 @@
 #define DATA_BLOCKS_MAX (DATA_CHUNK_MAX / DATA_BLOCK_SIZE)
 #define DATA_KEY_SIZE 13u /* 'C' | ino u64 BE | idx u32 BE */
 #define DATA_VAL_FORMAT 1u
+#define DATA_VAL_FORMAT_TIER 2u /* format 1 + object id u64, offset in the object u64 */
 #define DATA_VAL_FIXED 25u /* format u8, segment u32, offset u64, length u32, version u64 */
-#define DATA_VAL_MAX (DATA_VAL_FIXED + 4u * DATA_BLOCKS_MAX)
+#define DATA_VAL_FIXED_TIER (DATA_VAL_FIXED + 16u)
+#define DATA_VAL_MAX (DATA_VAL_FIXED_TIER + 4u * DATA_BLOCKS_MAX)
+#define DATA_OBJ_KEY_SIZE 9u /* 'O' | object id u64 BE -> object size u64 LE */
 #define DATA_RESERVE_MAX (64ull << 20)
 
 _Static_assert(DATA_CHUNK_MAX % DATA_BLOCK_SIZE == 0, "a chunk is whole blocks");
@@ -64,10 +67,13 @@ void data_hdr_encode(uint8_t out[DATA_REC_HDR_SIZE], const struct data_rec_hdr *
 /* 0, or -EIO when the magic, format or header crc is wrong. */
 int data_hdr_decode(const uint8_t in[DATA_REC_HDR_SIZE], struct data_rec_hdr *h);
 
-/* One chunk index entry (the value under data_key()). */
+/* One chunk index entry (the value under data_key()). A chunk is on flash (seg != 0), in
+ * an S3 pack object (obj != 0), or both; never neither. */
 struct data_entry {
-	uint32_t seg;
+	uint32_t seg;     /* 0: not on flash */
 	uint64_t off;     /* of the record (its header) in the segment */
+	uint64_t obj;     /* 0: not in S3; else the pack object holding the data at obj_off */
+	uint64_t obj_off;
 	uint32_t length;  /* bytes of chunk data */
 	uint64_t version;
 	uint32_t crc[DATA_BLOCKS_MAX]; /* of each block of the data, the last one partial */
@@ -86,7 +92,14 @@ struct data_seg {
 	uint64_t punched; /* bytes of dead records already given back (hole punch) */
 };
 
+/* A pack object in S3: its size and the bytes of chunk data index entries still point to
+ * (rebuilt from the index at open). An object nothing points to is deleted. */
+struct data_obj {
+	uint64_t id, size, live;
+};
+
 struct data_target {
+	struct data_store *ds;
 	uint32_t id;      /* cluster-wide */
 	char *dir;
 	pthread_mutex_t lock;
@@ -102,6 +115,11 @@ struct data_target {
 	uint64_t capacity_bytes; /* 0: the file system's */
 	uint64_t segment_bytes;
 	uint64_t chunks;
+	/* pack objects, sorted by id; under lock */
+	struct data_obj *objs;
+	uint32_t nobjs, objs_cap;
+	uint64_t next_obj;
+	bool objs_dead;        /* some object has live == 0: tier_gc deletes it */
 };
 
 struct data_store {
@@ -112,12 +130,19 @@ struct data_store {
 	pthread_mutex_t bg_lock;
 	pthread_cond_t bg_cond;
 	bool bg_stop, bg_kick;
+	/* the object tier (tier.c): set and read under tier_lock */
+	pthread_rwlock_t tier_lock;
+	struct s3_client *s3;
+	char tier_prefix[256];
 };
 
 /* store.c, used by compact.c */
 struct data_target *data_target_get(struct data_store *ds, uint32_t target);
 struct data_seg *data_seg_find(struct data_target *t, uint32_t no);
 int data_index_get(struct data_target *t, uint64_t ino, uint32_t idx, struct data_entry *e, bool *found);
+/* Reads a whole chunk's data (from flash, or from S3 when only there) into dst and checks
+ * every crc. For a chunk on flash the caller holds t->lock or t->seg_lock shared. */
+int data_read_chunk(struct data_target *t, uint64_t ino, uint32_t idx, const struct data_entry *e, uint8_t *dst);
 /* Appends a prepared record (header + data, rec_size bytes, padded) to the active
  * segment, rolling when needed. On success *seg and *off say where it went. With
  * use_reserve the configured capacity and the file system reserve are not enforced (for
@@ -134,6 +159,19 @@ int data_seal_active_locked(struct data_target *t);
  * deleting or overwriting frees space even on a full disk where compaction has no room
  * to copy. Waits for readers that may still read the record. Caller holds t->lock. */
 void data_punch_dead_locked(struct data_target *t, uint32_t seg, uint64_t off, uint64_t size);
+
+/* tier.c, used by store.c */
+/* Reads blocks of a chunk that is only in S3 (e->seg == 0), checking every crc32c. */
+int tier_read_blocks(struct data_target *t, uint64_t ino, uint32_t idx, const struct data_entry *e, uint64_t start,
+		     uint64_t len, uint8_t *dst);
+/* Loads the object table ('O' keys) and counts live bytes from the index. Open only. */
+int tier_open_target(struct data_target *t);
+/* Drops len bytes of object obj from its live count (an entry stopped pointing to it).
+ * Caller holds t->lock. */
+void tier_unref_locked(struct data_target *t, uint64_t obj, uint32_t len);
+/* Brings a chunk that is only in S3 back to flash (keeping the S3 copy). 0 also when it
+ * is no longer cold; -ENOSPC when flash has no room; an S3 error. */
+int tier_recall_chunk(struct data_target *t, uint64_t ino, uint32_t idx);
 
 /* compact.c */
 int data_compactor_start(struct data_store *ds);

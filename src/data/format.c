@@ -10,6 +10,9 @@
  * Index value (format 1):
  *   0 format u8 | 1 segment u32 | 5 offset u64 | 13 length u32 | 17 version u64
  *   25 crc32c u32 per DATA_BLOCK_SIZE block of the data (ceil(length / block) of them)
+ * Index value (format 2, a chunk with a copy in S3): format 1's fixed part, then
+ *   25 object id u64 | 33 offset of the data in the object u64 | 41 the crcs
+ *   segment 0 means the chunk is only in S3.
  */
 #include "data/data_internal.h"
 
@@ -55,33 +58,46 @@ size_t data_val_encode(uint8_t *out, const struct data_entry *e)
 {
 	AQ_ASSERT(e->length <= DATA_CHUNK_MAX);
 	AQ_ASSERT(e->off % DATA_REC_ALIGN == 0);
+	AQ_ASSERT(e->seg || e->obj);
 	uint32_t nb = data_nblocks(e->length);
-	out[0] = DATA_VAL_FORMAT;
+	size_t fixed = e->obj ? DATA_VAL_FIXED_TIER : DATA_VAL_FIXED;
+	out[0] = e->obj ? DATA_VAL_FORMAT_TIER : DATA_VAL_FORMAT;
 	put_le32(out + 1, e->seg);
 	put_le64(out + 5, e->off);
 	put_le32(out + 13, e->length);
 	put_le64(out + 17, e->version);
+	if (e->obj) {
+		put_le64(out + 25, e->obj);
+		put_le64(out + 33, e->obj_off);
+	}
 	for (uint32_t b = 0; b < nb; b++)
-		put_le32(out + DATA_VAL_FIXED + 4 * b, e->crc[b]);
-	size_t n = DATA_VAL_FIXED + 4 * (size_t)nb;
+		put_le32(out + fixed + 4 * b, e->crc[b]);
+	size_t n = fixed + 4 * (size_t)nb;
 	AQ_ASSERT(n <= DATA_VAL_MAX);
 	return n;
 }
 
 int data_val_decode(const uint8_t *in, size_t len, struct data_entry *e)
 {
-	if (len < DATA_VAL_FIXED || in[0] != DATA_VAL_FORMAT)
+	if (len < DATA_VAL_FIXED || (in[0] != DATA_VAL_FORMAT && in[0] != DATA_VAL_FORMAT_TIER))
+		return -EIO;
+	size_t fixed = in[0] == DATA_VAL_FORMAT_TIER ? DATA_VAL_FIXED_TIER : DATA_VAL_FIXED;
+	if (len < fixed)
 		return -EIO;
 	e->seg = get_le32(in + 1);
 	e->off = get_le64(in + 5);
 	e->length = get_le32(in + 13);
 	e->version = get_le64(in + 17);
-	if (e->length > DATA_CHUNK_MAX || e->off % DATA_REC_ALIGN || e->seg == 0)
+	e->obj = fixed == DATA_VAL_FIXED_TIER ? get_le64(in + 25) : 0;
+	e->obj_off = fixed == DATA_VAL_FIXED_TIER ? get_le64(in + 33) : 0;
+	if (e->length > DATA_CHUNK_MAX || e->off % DATA_REC_ALIGN)
 		return -EIO;
+	if (fixed == DATA_VAL_FIXED_TIER ? e->obj == 0 : e->seg == 0)
+		return -EIO; /* format 2 names an object; a chunk is somewhere */
 	uint32_t nb = data_nblocks(e->length);
-	if (len != DATA_VAL_FIXED + 4 * (size_t)nb)
+	if (len != fixed + 4 * (size_t)nb)
 		return -EIO;
 	for (uint32_t b = 0; b < nb; b++)
-		e->crc[b] = get_le32(in + DATA_VAL_FIXED + 4 * b);
+		e->crc[b] = get_le32(in + fixed + 4 * b);
 	return 0;
 }

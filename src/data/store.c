@@ -262,6 +262,17 @@ struct block_range {
 static int read_blocks(struct data_target *t, uint64_t ino, uint32_t idx, const struct data_entry *e,
 		       const struct block_range *r, unsigned n)
 {
+	if (e->seg == 0) {
+		/* only in S3: ranged GETs, checked against the same crcs */
+		for (unsigned i = 0; i < n; i++) {
+			uint64_t start = (uint64_t)r[i].b0 * DATA_BLOCK_SIZE;
+			uint64_t end = MIN((uint64_t)r[i].b1 * DATA_BLOCK_SIZE, e->length);
+			int rc = tier_read_blocks(t, ino, idx, e, start, end - start, r[i].dst);
+			if (rc)
+				return rc;
+		}
+		return 0;
+	}
 	struct data_seg *s = data_seg_find(t, e->seg);
 	if (!s) {
 		log_error("target %u: ino %llx idx %u v%llu: index points to missing segment %u", t->id,
@@ -307,6 +318,14 @@ static int read_blocks(struct data_target *t, uint64_t ino, uint32_t idx, const 
 		}
 	}
 	return 0;
+}
+
+int data_read_chunk(struct data_target *t, uint64_t ino, uint32_t idx, const struct data_entry *e, uint8_t *dst)
+{
+	if (e->length == 0)
+		return 0;
+	struct block_range r = {.b0 = 0, .b1 = data_nblocks(e->length), .dst = dst};
+	return read_blocks(t, ino, idx, e, &r, 1);
 }
 
 static void *rec_alloc(uint64_t rec_size)
@@ -366,13 +385,15 @@ static int commit_record_locked(struct data_store *ds, struct data_target *t, ui
 	data_seg_find(t, e->seg)->live += rec_size;
 	if (old) {
 		/* An entry into a missing segment (logged at open) was never counted. */
-		struct data_seg *os = data_seg_find(t, old->seg);
+		struct data_seg *os = old->seg ? data_seg_find(t, old->seg) : NULL;
 		uint64_t old_size = data_rec_size(old->length);
 		AQ_ASSERT(!os || os->live >= old_size);
 		if (os) {
 			os->live -= old_size;
 			data_punch_dead_locked(t, old->seg, old->off, old_size);
 		}
+		if (old->obj)
+			tier_unref_locked(t, old->obj, old->length);
 	} else {
 		t->chunks++;
 	}
@@ -430,6 +451,7 @@ int data_write(struct data_store *ds, uint32_t target, uint64_t ino, uint32_t id
 
 	e->length = new_len;
 	e->version = found ? old->version + 1 : 1;
+	e->obj = e->obj_off = 0; /* a new version lives on flash only */
 	rec_seal(rec, ino, idx, e);
 	rc = commit_record_locked(ds, t, ino, idx, rec, e, found ? old : NULL, sync);
 out:
@@ -452,14 +474,27 @@ int data_read(struct data_store *ds, uint32_t target, uint64_t ino, uint32_t idx
 		return 0;
 	struct data_entry *e = aq_malloc(sizeof *e);
 	uint8_t *bounce = NULL;
-	bool found = false;
+	bool found = false, recalled = false;
+	int rc;
 
+again:
 	/* Shared from the lookup to the end of the I/O: compaction cannot unlink the
 	 * segment the entry points to in between. */
 	pthread_rwlock_rdlock(&t->seg_lock);
-	int rc = data_index_get(t, ino, idx, e, &found);
+	rc = data_index_get(t, ino, idx, e, &found);
 	if (rc)
 		goto out;
+	if (found && e->seg == 0 && !recalled && off < e->length) {
+		/* Cold: bring the whole chunk back to flash, then read it from there. With
+		 * no room on flash, read the blocks straight from S3 instead. */
+		pthread_rwlock_unlock(&t->seg_lock);
+		recalled = true;
+		rc = tier_recall_chunk(t, ino, idx);
+		if (rc == 0 || rc == -ENOSPC)
+			goto again;
+		free(e);
+		return rc;
+	}
 	uint32_t end = found ? MIN(off + len, e->length) : 0;
 	if (off >= end) {
 		memset(buf, 0, len);
@@ -492,7 +527,7 @@ static int drop_from(struct data_store *ds, struct data_target *t, uint64_t ino,
 {
 	uint8_t start[DATA_KEY_SIZE];
 	data_key(start, ino, cut_idx);
-	struct dead { uint32_t seg; uint64_t off, size; } *dead = NULL;
+	struct dead { uint32_t seg; uint64_t off, size, obj; uint32_t length; } *dead = NULL;
 	size_t ndead = 0, dead_cap = 0;
 	struct data_entry *e = aq_malloc(sizeof *e), *ne = NULL;
 	uint8_t *rec = NULL;
@@ -526,6 +561,7 @@ static int drop_from(struct data_store *ds, struct data_target *t, uint64_t ino,
 				goto out;
 			ne->length = cut_off;
 			ne->version = e->version + 1;
+			ne->obj = ne->obj_off = 0;
 			rec_seal(rec, ino, idx, ne);
 			/* A truncate frees space: let it use the reserve on a full target. */
 			rc = data_append_locked(ds, t, rec, data_rec_size(cut_off), true, &ne->seg, &ne->off);
@@ -541,7 +577,8 @@ static int drop_from(struct data_store *ds, struct data_target *t, uint64_t ino,
 			dead_cap = dead_cap ? 2 * dead_cap : 64;
 			dead = aq_realloc(dead, dead_cap * sizeof *dead);
 		}
-		dead[ndead++] = (struct dead){.seg = e->seg, .off = e->off, .size = data_rec_size(e->length)};
+		dead[ndead++] = (struct dead){.seg = e->seg, .off = e->off, .size = data_rec_size(e->length),
+					      .obj = e->obj, .length = e->length};
 	}
 	char *err = NULL;
 	rocksdb_iter_get_error(it, &err);
@@ -554,12 +591,14 @@ static int drop_from(struct data_store *ds, struct data_target *t, uint64_t ino,
 		goto out; /* a shortened record already appended is dead space, not counted live */
 	}
 	for (size_t i = 0; i < ndead; i++) {
-		struct data_seg *s = data_seg_find(t, dead[i].seg);
+		struct data_seg *s = dead[i].seg ? data_seg_find(t, dead[i].seg) : NULL;
 		AQ_ASSERT(!s || s->live >= dead[i].size); /* missing: never counted */
 		if (s) {
 			s->live -= dead[i].size;
 			data_punch_dead_locked(t, dead[i].seg, dead[i].off, dead[i].size);
 		}
+		if (dead[i].obj)
+			tier_unref_locked(t, dead[i].obj, dead[i].length);
 	}
 	t->chunks -= ndead;
 	if (ne) {
@@ -718,14 +757,16 @@ static int target_open(struct data_target *t, bool create)
 			break;
 		const uint8_t *val = (const uint8_t *)rocksdb_iter_value(it, &vlen);
 		struct data_seg *s = NULL;
-		if (klen != DATA_KEY_SIZE || data_val_decode(val, vlen, e) || !(s = data_seg_find(t, e->seg))) {
+		if (klen != DATA_KEY_SIZE || data_val_decode(val, vlen, e) || (e->seg && !(s = data_seg_find(t, e->seg)))) {
 			lost++; /* reads of it say -EIO; a scrub or fsck repairs it */
 			continue;
 		}
+		t->chunks++;
+		if (!s)
+			continue; /* only in S3: tier_open_target counts it */
 		uint64_t rec_size = data_rec_size(e->length);
 		s->live += rec_size;
 		s->total = MAX(s->total, e->off + rec_size);
-		t->chunks++;
 	}
 	rocksdb_iter_get_error(it, &err);
 	rocksdb_iter_destroy(it);
@@ -738,6 +779,9 @@ static int target_open(struct data_target *t, bool create)
 	if (lost)
 		log_error("target %u: %llu index entries are malformed or point to missing segments", t->id,
 			  (unsigned long long)lost);
+	rc = tier_open_target(t);
+	if (rc)
+		return rc;
 	t->active_end = seg_active(t)->total;
 	for (uint32_t i = 0; i < t->nsegs; i++) {
 		struct data_seg *s = &t->segs[i];
@@ -757,6 +801,7 @@ static void target_close(struct data_target *t)
 	for (uint32_t i = 0; i < t->nsegs; i++)
 		close(t->segs[i].fd);
 	free(t->segs);
+	free(t->objs);
 	if (t->dbopt)
 		rocksdb_options_destroy(t->dbopt);
 	if (t->wopt)
@@ -795,6 +840,7 @@ int data_open(const char *dir, bool create, const struct data_options *opt, stru
 	ds->targets = aq_calloc(opt->ntargets, sizeof *ds->targets);
 	pthread_mutex_init(&ds->bg_lock, NULL);
 	pthread_cond_init(&ds->bg_cond, NULL);
+	pthread_rwlock_init(&ds->tier_lock, NULL);
 	pthread_rwlockattr_t rwa;
 	pthread_rwlockattr_init(&rwa);
 	/* Compaction must get its turn to unlink a segment under a steady stream of reads. */
@@ -803,6 +849,7 @@ int data_open(const char *dir, bool create, const struct data_options *opt, stru
 		struct data_target *t = &ds->targets[i];
 		char path[PATH_MAX];
 		snprintf(path, sizeof path, "%s/t%u", dir, i);
+		t->ds = ds;
 		t->id = opt->target_ids[i];
 		t->dir = aq_strdup(path);
 		t->capacity_bytes = opt->capacity_bytes;
@@ -849,5 +896,6 @@ void data_close(struct data_store *ds)
 	free(ds->targets);
 	pthread_mutex_destroy(&ds->bg_lock);
 	pthread_cond_destroy(&ds->bg_cond);
+	pthread_rwlock_destroy(&ds->tier_lock);
 	free(ds);
 }

@@ -651,6 +651,7 @@ fail:
 static int test_format(void)
 {
 	struct data_entry e = {.seg = 3, .off = 8192, .length = DATA_BLOCK_SIZE + 1, .version = 9}, d;
+	memset(&d, 0, sizeof d);
 	e.crc[0] = 0x11223344;
 	e.crc[1] = 0x55667788;
 	uint8_t v[DATA_VAL_MAX];
@@ -663,6 +664,24 @@ static int test_format(void)
 	CHECK(data_val_decode(v, n + 4, &d) == -EIO, "long value must be -EIO");
 	v[0] = 9;
 	CHECK(data_val_decode(v, n, &d) == -EIO, "unknown format must be -EIO");
+	/* a chunk with a copy in S3: format 2, also without a flash copy (segment 0) */
+	e.obj = 77;
+	e.obj_off = 5000;
+	n = data_val_encode(v, &e);
+	CHECK(n == DATA_VAL_FIXED_TIER + 8 && v[0] == DATA_VAL_FORMAT_TIER, "tier encoded %zu", n);
+	CHECK(data_val_decode(v, n, &d) == 0 && d.seg == 3 && d.obj == 77 && d.obj_off == 5000 &&
+		      d.crc[1] == e.crc[1], "tier round trip");
+	e.seg = 0;
+	e.off = 0;
+	n = data_val_encode(v, &e);
+	CHECK(data_val_decode(v, n, &d) == 0 && d.seg == 0 && d.obj == 77, "cold-only round trip");
+	put_le64(v + 25, 0);
+	CHECK(data_val_decode(v, n, &d) == -EIO, "format 2 without an object must be -EIO");
+	e.obj = 0;
+	e.seg = 3;
+	n = data_val_encode(v, &e);
+	put_le32(v + 1, 0);
+	CHECK(data_val_decode(v, n, &d) == -EIO, "format 1 without a segment must be -EIO");
 	struct data_rec_hdr h = {.ino = 1, .idx = 2, .length = 3, .version = 4}, hd;
 	uint8_t hb[DATA_REC_HDR_SIZE];
 	data_hdr_encode(hb, &h);

@@ -195,6 +195,66 @@ int aq_ioring_reap(struct aq_ioring *r, struct aq_io **done, uint32_t max, uint3
 /* Reads in flight. */
 uint32_t aq_ioring_inflight(const struct aq_ioring *r);
 
+/* Object tier (S3). A file's chunks live on flash, in S3 pack objects, or both; a read
+ * of a cold chunk recalls it, so these calls only move bytes ahead of time or report
+ * where they are. On failure, aq_tier_last_error() says why in the servers' words (S3's
+ * own message when S3 refused or could not be reached). */
+struct aq_tier_config {
+	char endpoint[256];          /* http://host:port or https://host */
+	char bucket[64];
+	char region[32];             /* "": us-east-1 */
+	int virtual_host;            /* bucket.host/key instead of host/bucket/key */
+	char credentials_file[1024]; /* read by each aqd (mode 0600); "": aqd's environment */
+	double high, low;            /* capacity watermarks, shares of a target (0: 0.85, 0.70) */
+};
+/* Root only. Each server checks the bucket with its own keys before keeping the
+ * configuration; the first refusal is returned (-EACCES: credentials refused,
+ * -EHOSTUNREACH: S3 unreachable...). */
+int aq_tier_set(struct aq_client *c, const struct aq_tier_config *cfg);
+/* Moves the chunks of the n files in inos to S3 (any n: sent in requests of at most 4096
+ * inodes, to every server); *bytes gets what was freed from flash, *skipped (may be NULL)
+ * how many the caller may not read or that are gone. Flash is freed only after S3
+ * confirmed the upload. */
+int aq_tier_demote(struct aq_client *c, const uint64_t *inos, uint32_t n, uint64_t *bytes, uint64_t *skipped);
+/* Brings every cold chunk of ino back to flash (keeping the S3 copy); *bytes: recalled. */
+int aq_tier_hydrate(struct aq_client *c, uint64_t ino, uint64_t *bytes);
+struct aq_tier_usage {
+	uint64_t hot_bytes;          /* only on flash */
+	uint64_t cold_bytes;         /* only in S3 */
+	uint64_t both_bytes;         /* in both */
+};
+int aq_tier_usage(struct aq_client *c, uint64_t ino, struct aq_tier_usage *out);
+/* A directory's rule, inherited by everything below it unless a directory there has its
+ * own: files not read nor modified for cold_after_s seconds are demoted; pinned files are
+ * never demoted by rules or watermarks. */
+#define AQ_TIER_RULE_NONE 0u
+#define AQ_TIER_RULE_COLD_AFTER 1u
+#define AQ_TIER_RULE_PIN 2u
+struct aq_tier_rule {
+	uint32_t kind;
+	uint64_t cold_after_s;
+};
+/* set NULL only asks; set->kind AQ_TIER_RULE_NONE clears (root or the directory's owner).
+ * own and effective (either may be NULL) get the directory's own rule and the one that
+ * applies to it; *from (may be NULL) the directory the effective rule is set on. */
+int aq_tier_policy(struct aq_client *c, uint64_t dir, const struct aq_tier_rule *set, struct aq_tier_rule *own,
+		   struct aq_tier_rule *effective, uint64_t *from);
+struct aq_tier_status {
+	int configured, attached;    /* attached: a client to the bucket is open (not: reachable) */
+	char endpoint[256], bucket[64], region[32];
+	int virtual_host;
+	char credentials[1100];      /* "environment" or "file PATH": never a key */
+	double high, low;
+	uint32_t interval_s;
+	char check[256];             /* the servers' last check of the bucket */
+	char last_error[512];        /* why the last scanner pass stopped ("" if it did not) */
+	uint64_t passes, rule_demoted_files, watermark_demoted_files, demoted_bytes, reclaimed_bytes;
+	uint64_t objects, object_bytes, live_bytes; /* pack objects, summed over servers */
+};
+int aq_tier_status(struct aq_client *c, struct aq_tier_status *out);
+/* The calling thread's text for its last failed aq_tier_* call ("" if none). */
+const char *aq_tier_last_error(void);
+
 /* Path-based conveniences (paths inside Aquifer, '/' is its root). */
 int aq_resolve(struct aq_client *c, const char *path, struct aq_attr *out);
 int aq_stat(struct aq_client *c, const char *path, struct aq_attr *out);

@@ -22,6 +22,10 @@ static const struct {
 	 "train [--dir PATH] [--via native|fuse|local] [--workers W] [--accelerators S] [--batch B]\n"
 	 "        [--compute-us U] [--epochs E] [--cold] [--compare-local DIR] [--find-max] [--stage-to DIR] [--json]\n"
 	 "        a simulated training job: samples/s, MB/s and accelerator utilization, every sample verified"},
+	{"tier", bench_tier,
+	 "tier [--dir PATH] [--files N] [--file-size BYTES] [--threads T] [--rounds R] [--json]\n"
+	 "        demote, cold-read and prefetch MB/s through the object tier, each beside plain S3 PUTs/GETs\n"
+	 "        of the same bytes against the same server (curl --aws-sigv4), every file verified"},
 };
 
 static void bench_usage(FILE *f)

@@ -11,11 +11,14 @@ int cmd_umount(int argc, char **argv);
 int cmd_status(int argc, char **argv);
 int cmd_changes(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_tier(int argc, char **argv);
+int cmd_prefetch(int argc, char **argv);
 
 /* aq bench's subcommands (bench.c dispatches). */
 int bench_meta(int argc, char **argv);
 int bench_gen(int argc, char **argv);
 int bench_train(int argc, char **argv);
+int bench_tier(int argc, char **argv);
 
 /* Connects as every command does: --cluster FILE, else $AQ_CLUSTER, else ./var/cluster.conf.
  * Prints a clear message and returns NULL on failure. */

@@ -137,6 +137,8 @@ struct up_opts {
 	char mnt[PATH_MAX];
 	uint32_t targets, buckets, chunk_size;
 	bool no_mount;
+	char **aqd_args;       /* after "--": passed to aqd when up starts it */
+	int naqd_args;
 };
 
 static int parse_up(int argc, char **argv, struct up_opts *o, const char *cmd)
@@ -161,10 +163,16 @@ static int parse_up(int argc, char **argv, struct up_opts *o, const char *cmd)
 		case 'c': o->chunk_size = (uint32_t)atoi(optarg); break;
 		case 'n': o->no_mount = true; break;
 		default:
-			fprintf(stderr, "usage: aq %s [--data DIR] [--mount DIR]\n", cmd);
+			fprintf(stderr, "usage: aq %s [--data DIR] [--mount DIR] [-- AQD-OPTIONS...]\n", cmd);
 			return -1;
 		}
 	}
+	if (optind < argc && strcmp(argv[optind - 1], "--")) {
+		fprintf(stderr, "aq %s: unexpected argument %s (options for aqd go after --)\n", cmd, argv[optind]);
+		return -1;
+	}
+	o->aqd_args = argv + optind;
+	o->naqd_args = argc - optind;
 	if (o->targets < 1 || o->targets > AQ_TARGETS_MAX || o->buckets < 1 || o->buckets > AQ_BUCKETS_MAX ||
 	    o->chunk_size < 65536 || o->chunk_size > AQ_CHUNK_SIZE_MAX || o->chunk_size % 4096) {
 		fprintf(stderr, "aq %s: --targets 1..%d, --buckets 1..%d, --chunk-size 64 KiB..8 MiB in 4 KiB steps\n",
@@ -223,7 +231,16 @@ int cmd_up(int argc, char **argv)
 			int lf = open(logf, O_WRONLY | O_CREAT | O_APPEND, 0600);
 			dup2(lf >= 0 ? lf : fd, 1);
 			dup2(lf >= 0 ? lf : fd, 2);
-			execl(aqd, "aqd", "--data", o.data, "--log", logf, (char *)NULL);
+			char **args = aq_calloc((size_t)o.naqd_args + 6, sizeof *args);
+			int k = 0;
+			args[k++] = "aqd";
+			args[k++] = "--data";
+			args[k++] = o.data;
+			args[k++] = "--log";
+			args[k++] = logf;
+			for (int i = 0; i < o.naqd_args; i++)
+				args[k++] = o.aqd_args[i];
+			execv(aqd, args);
 			_exit(127);
 		}
 		/* wait until it answers */

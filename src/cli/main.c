@@ -6,12 +6,14 @@ static const struct {
 	int (*fn)(int, char **);
 	const char *help;
 } cmds[] = {
-	{"up", cmd_up, "up [--data DIR] [--mount DIR]   format if new, start aqd, mount"},
+	{"up", cmd_up, "up [--data DIR] [--mount DIR] [-- AQD-OPTIONS]  format if new, start aqd, mount"},
 	{"down", cmd_down, "down [--data DIR] [--mount DIR] unmount and stop aqd"},
 	{"mount", cmd_mount, "mount MOUNTPOINT [--cluster FILE] [--foreground] [--allow-other] [--ro] [--attr-timeout S]"},
 	{"umount", cmd_umount, "umount MOUNTPOINT"},
 	{"status", cmd_status, "status [--cluster FILE]          servers, buckets, targets, space, files"},
 	{"changes", cmd_changes, "changes DIR [--since CURSOR] [--limit N] [--cluster FILE]  entries created in DIR"},
+	{"tier", cmd_tier, "tier set|demote|status|policy|info ...  the S3 object tier (aq tier --help)"},
+	{"prefetch", cmd_prefetch, "prefetch PATH [--jobs N]         brings a tree back from S3 to flash, with progress"},
 	{"bench", cmd_bench, "bench meta [--dir PATH] [--files N] [--threads T] [--via native|fuse] [--compare DIR] [--json]"},
 };
 

@@ -214,6 +214,7 @@ static void complete_locked(struct rpc_conn *rc, uint64_t id, int status, const 
 		memcpy(call->payload, p, len);
 		call->len = len;
 	}
+	call->answered = p != NULL;
 	call_done_locked(call, status);
 }
 
@@ -291,6 +292,7 @@ static void *rx_main(void *arg)
 					AQ_ASSERT(*pp == call);
 					*pp = call->next;
 					call->direct = true;
+					call->answered = true;
 					call_done_locked(call, 0);
 					pthread_mutex_unlock(&rc->mu);
 					continue;
@@ -320,6 +322,7 @@ static void *rx_main(void *arg)
 			} else {
 				call->payload = p;
 				call->len = h.payload_len;
+				call->answered = true;
 				call_done_locked(call, h.status ? aq_err_from_status(h.status) : 0);
 				p = NULL;
 			}
@@ -444,7 +447,8 @@ struct rpc_call *rpc_start_ex(struct aq_client *c, uint32_t server, uint16_t op,
 
 static bool batchable(uint16_t op)
 {
-	return op != OP_CHUNK_READ && op != OP_CHUNK_WRITE && op != OP_BATCH;
+	/* TIER waits on S3: the server runs batches on its loop thread, so never in one */
+	return op != OP_CHUNK_READ && op != OP_CHUNK_WRITE && op != OP_BATCH && op != OP_TIER;
 }
 
 /* Sends one drained queue: a BATCH frame when it holds several small requests, else the
@@ -589,7 +593,7 @@ void rpc_free(struct rpc_call *call)
 	free(call);
 }
 
-static bool retryable(int err)
+bool rpc_retryable(int err)
 {
 	return err == -ENOTCONN || err == -ECONNREFUSED || err == -ECONNRESET || err == -EPIPE ||
 	       err == -EHOSTUNREACH || err == -ETIMEDOUT;
@@ -608,7 +612,9 @@ int rpc_do(struct aq_client *c, uint32_t server, const struct proto_req *req, st
 		call = rpc_start(c, server, req->op, &w, rpc_affinity(req), &err);
 		if (call)
 			err = rpc_wait(call);
-		if (!retryable(err) || aq_mono_ns() > deadline)
+		/* a server that answered ENOTCONN or EHOSTUNREACH (no object tier, S3 down) meant
+		 * it: only a connection that failed is worth trying again */
+		if (!rpc_retryable(err) || (call && call->answered) || aq_mono_ns() > deadline)
 			break;
 		rpc_free(call);
 		call = NULL;

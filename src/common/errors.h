@@ -40,6 +40,7 @@
 	X(NOTCONN, 29, ENOTCONN, "not connected")                                  \
 	X(ROFS, 30, EROFS, "read-only file system")                                \
 	X(TXTBSY, 31, ETXTBSY, "text file busy")                                   \
+	X(HOSTUNREACH, 32, EHOSTUNREACH, "host unreachable")                       \
 	/* Aquifer's own conditions, below -1000 when returned as -errno style */    \
 	X(AUTH, 100, -1001, "authentication failed: wrong cluster secret")         \
 	X(STALE_MAP, 101, -1002, "stale cluster map: refresh and retry")           \

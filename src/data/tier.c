@@ -357,12 +357,15 @@ static int pack_flush(struct pack *p)
 	bool *taken = aq_calloc(p->n, sizeof *taken);
 	uint64_t live = 0;
 	for (uint32_t i = 0; i < p->n; i++) {
-		const struct pack_member *m = &p->m[i];
+		struct pack_member *m = &p->m[i];
 		bool found = false;
 		if (data_index_get(t, m->ino, m->idx, cur, &found) || !found || cur->version != m->version)
 			continue; /* rewritten or gone meanwhile: its bytes in the object are dead */
-		if (m->from_obj ? cur->obj != m->from_obj : (cur->obj || cur->seg != m->seg || cur->off != m->off))
+		if (m->from_obj ? cur->obj != m->from_obj : (cur->obj || !cur->seg))
 			continue;
+		/* the same version may have moved (compaction): free where it is now */
+		m->seg = cur->seg;
+		m->off = cur->off;
 		cur->obj = obj;
 		cur->obj_off = m->pack_off;
 		if (!m->from_obj)

@@ -129,7 +129,7 @@ int net_reply(struct net_conn *c, const struct proto_hdr *req, int status, const
 		.magic = PROTO_MAGIC, .version = PROTO_VERSION, .op = req->op, .req_id = req->req_id,
 		.epoch = req->epoch, .status = (uint16_t)status, .flags = PROTO_F_REPLY,
 	};
-	return net_send(c, &h, status ? NULL : payload, status ? 0 : len);
+	return net_send(c, &h, payload, len);
 }
 
 static void *worker_main(void *arg)

@@ -40,7 +40,8 @@ void net_stop(struct net_server *s);
 
 /* Sends one frame; thread-safe. Returns 0 or -errno (the connection is then closed). */
 int net_send(struct net_conn *c, const struct proto_hdr *h, const void *payload, size_t len);
-/* Sends a reply frame to request h with status and payload. */
+/* Sends a reply frame to request h with status and payload (an error reply's payload is
+ * empty, or a text that says why: the caller decides). */
 int net_reply(struct net_conn *c, const struct proto_hdr *req, int status, const void *payload, size_t len);
 /* Drops the connection after frames already queued from it are handled. */
 void net_close(struct net_conn *c);

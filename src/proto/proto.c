@@ -7,7 +7,9 @@
 #include "proto/proto.h"
 
 _Static_assert(PROTO_HDR_SIZE == 32, "header layout");
-_Static_assert(OP_BATCH < OP_MAX_, "opcode table size");
+_Static_assert(OP_BATCH < OP_MAX_ && OP_TIER < OP_MAX_, "opcode table size");
+_Static_assert(PROTO_TIER_SIZE == 9 * 8, "struct proto_tier on the wire");
+_Static_assert(PROTO_TIER_INOS_MAX * 8ull <= AQ_FRAME_MAX, "a DEMOTE body fits a frame");
 
 const char *proto_op_name(uint16_t op)
 {
@@ -199,6 +201,7 @@ static uint32_t req_fields(uint16_t op)
 	case OP_CHUNK_WRITE: return F_KNOWN | F_TARGET | F_INO | F_IDX | F_OFF | F_FLAGS | F_DATA;
 	case OP_CHUNK_READ: return F_KNOWN | F_TARGET | F_INO | F_IDX | F_OFF | F_LEN;
 	case OP_BATCH: return F_KNOWN | F_MAX | F_DATA;
+	case OP_TIER: return F_KNOWN | F_CRED | F_INO | F_FLAGS | F_DATA;
 	}
 	return 0;
 }
@@ -290,7 +293,7 @@ int proto_req_decode(uint16_t op, const uint8_t *p, size_t len, struct proto_req
 }
 
 enum { R_ATTR = 1u << 0, R_SIZE = 1u << 1, R_DATA = 1u << 2, R_ENTRIES = 1u << 3, R_STATFS = 1u << 4,
-       R_KNOWN = 1u << 31 };
+       R_TIER = 1u << 5, R_KNOWN = 1u << 31 };
 
 static uint32_t reply_fields(uint16_t op)
 {
@@ -306,6 +309,8 @@ static uint32_t reply_fields(uint16_t op)
 		return R_KNOWN | R_ENTRIES;
 	case OP_STATFS:
 		return R_KNOWN | R_STATFS;
+	case OP_TIER:
+		return R_KNOWN | R_TIER | R_DATA;
 	case OP_AUTH: case OP_UNLINK: case OP_RMDIR: case OP_RENAME: case OP_ACCESS: case OP_RELEASE:
 	case OP_SETXATTR: case OP_REMOVEXATTR: case OP_FSYNC: case OP_CHUNK_WRITE:
 		return R_KNOWN;
@@ -336,6 +341,20 @@ void proto_reply_encode(struct wbuf *w, const struct proto_reply *r)
 		wbuf_u32(w, r->st.targets);
 		wbuf_u32(w, r->st.chunk_size);
 	}
+	if (f & R_TIER) {
+		size_t start = w->len;
+		const struct proto_tier *t = &r->tier;
+		wbuf_u64(w, t->bytes);
+		wbuf_u64(w, t->files);
+		wbuf_u64(w, t->skipped);
+		wbuf_u64(w, t->hot);
+		wbuf_u64(w, t->cold);
+		wbuf_u64(w, t->both);
+		wbuf_u64(w, t->objects);
+		wbuf_u64(w, t->object_bytes);
+		wbuf_u64(w, t->live_bytes);
+		AQ_ASSERT(w->len - start == PROTO_TIER_SIZE);
+	}
 }
 
 int proto_reply_decode(uint16_t op, const uint8_t *p, size_t len, struct proto_reply *r)
@@ -365,6 +384,18 @@ int proto_reply_decode(uint16_t op, const uint8_t *p, size_t len, struct proto_r
 		r->st.buckets = rbuf_u32(&rb);
 		r->st.targets = rbuf_u32(&rb);
 		r->st.chunk_size = rbuf_u32(&rb);
+	}
+	if (f & R_TIER) {
+		struct proto_tier *t = &r->tier;
+		t->bytes = rbuf_u64(&rb);
+		t->files = rbuf_u64(&rb);
+		t->skipped = rbuf_u64(&rb);
+		t->hot = rbuf_u64(&rb);
+		t->cold = rbuf_u64(&rb);
+		t->both = rbuf_u64(&rb);
+		t->objects = rbuf_u64(&rb);
+		t->object_bytes = rbuf_u64(&rb);
+		t->live_bytes = rbuf_u64(&rb);
 	}
 	if (rb.err || rb.pos != rb.len)
 		return -EPROTO;
@@ -415,6 +446,13 @@ int proto_change_get(struct rbuf *r, struct proto_change *c)
 	if (r->err || memchr(c->name, 0, c->name_len)) /* as dirents: names never hold a NUL */
 		return -EPROTO;
 	return 0;
+}
+
+int proto_tier_inos(const uint8_t *data, uint32_t len)
+{
+	if (len % 8 || len / 8 > PROTO_TIER_INOS_MAX || (len && !data))
+		return -EPROTO;
+	return (int)(len / 8);
 }
 
 int proto_batch_next(struct rbuf *r, struct proto_hdr *h, const uint8_t **payload)

@@ -24,6 +24,8 @@
 #define PROTO_MAC_SIZE 32
 #define PROTO_BATCH_MAX 1024      /* sub-requests in one batch frame */
 #define PROTO_READDIR_MAX 4096    /* entries in one readdir reply */
+#define PROTO_TIER_INOS_MAX 4096  /* inodes in one TIER DEMOTE request */
+#define PROTO_TIER_TEXT_MAX 4096  /* bytes of a TIER SET/POLICY body and of a reply's text */
 
 #define PROTO_OPS(X)                 \
 	X(HELLO, 1)      /* server -> client: challenge nonce */ \
@@ -54,7 +56,8 @@
 	X(FSYNC, 32)                 \
 	X(CHUNK_WRITE, 40)           \
 	X(CHUNK_READ, 41)            \
-	X(BATCH, 50)
+	X(BATCH, 50)                 \
+	X(TIER, 60)      /* object tier: sub-command in flags (PROTO_TIER_*) */
 
 enum proto_op {
 #define PX(name, num) OP_##name = num,
@@ -140,15 +143,46 @@ void proto_req_encode(struct wbuf *w, const struct proto_req *r);
  * or overlong payload, a length over its limit, a name with a NUL. */
 int proto_req_decode(uint16_t op, const uint8_t *p, size_t len, struct proto_req *r);
 
+/* TIER sub-commands (the request's flags). The request carries cred, ino and data:
+ *   SET      data: the tier configuration as "key = value" lines (PROTO_TIER_TEXT_MAX)
+ *   DEMOTE   data: inode numbers, u64 each (0..PROTO_TIER_INOS_MAX); ino unused
+ *   HYDRATE  ino: the file; data empty
+ *   USAGE    ino: the file; data empty
+ *   POLICY   ino: the directory; data: "cold-after SECONDS", "pin", "clear", or empty to ask
+ *   STATUS   data empty
+ * Every reply carries struct proto_tier and a text (SET, POLICY, STATUS: see server). An
+ * error reply to TIER may carry a text too (why S3 refused), never more than
+ * PROTO_TIER_TEXT_MAX bytes. */
+enum proto_tier_cmd {
+	PROTO_TIER_SET = 1,
+	PROTO_TIER_DEMOTE = 2,
+	PROTO_TIER_HYDRATE = 3,
+	PROTO_TIER_USAGE = 4,
+	PROTO_TIER_POLICY = 5,
+	PROTO_TIER_STATUS = 6,
+};
+struct proto_tier {
+	uint64_t bytes;                        /* DEMOTE: freed from flash; HYDRATE: recalled */
+	uint64_t files, skipped;               /* DEMOTE: inodes handled, refused (no read access, gone) */
+	uint64_t hot, cold, both;              /* USAGE: bytes only on flash, only in S3, in both */
+	uint64_t objects, object_bytes, live_bytes; /* STATUS: the pack objects of this server */
+};
+#define PROTO_TIER_SIZE 72
+/* The inode numbers of a DEMOTE body: checks the shape (a whole number of u64, at most
+ * PROTO_TIER_INOS_MAX) and returns how many, or -EPROTO. proto_tier_ino reads the i-th. */
+int proto_tier_inos(const uint8_t *data, uint32_t len);
+static inline uint64_t proto_tier_ino(const uint8_t *data, uint32_t i) { return get_le64(data + 8 * (size_t)i); }
+
 /* Replies. Fixed fields per opcode; variable parts (entries) are encoded by the helpers. */
 struct proto_reply {
 	uint16_t op;
 	struct aq_attr attr;
-	const uint8_t *data; uint32_t data_len;    /* READLINK, GETXATTR, LISTXATTR, CHUNK_READ, HELLO, MAP */
+	const uint8_t *data; uint32_t data_len;    /* READLINK, GETXATTR, LISTXATTR, CHUNK_READ, HELLO, MAP, TIER */
 	uint32_t size;                             /* GETXATTR/LISTXATTR: the full size */
 	uint32_t count; uint8_t eof; uint64_t next;/* READDIR, CHANGES, BATCH */
 	const uint8_t *entries; uint32_t entries_len;
 	struct aq_statfs st;
+	struct proto_tier tier;                    /* TIER */
 };
 void proto_reply_encode(struct wbuf *w, const struct proto_reply *r);
 int proto_reply_decode(uint16_t op, const uint8_t *p, size_t len, struct proto_reply *r);

@@ -12,23 +12,52 @@
 static void usage(void)
 {
 	fprintf(stderr, "usage: aqd --data DIR [--server-id N] [--workers N] [--log FILE] [--sync-each-op] [--debug]\n"
+			"           [--tier-interval SECONDS] [--target-capacity BYTES]\n"
 			"  Serves the metadata buckets and storage targets of DIR/cluster.conf's server N.\n"
 			"  Every change is in the write-ahead log before its reply (it survives a crash of\n"
 			"  aqd); the log reaches the disk on fsync and at least once a second, or before\n"
-			"  every reply with --sync-each-op.\n");
+			"  every reply with --sync-each-op.\n"
+			"  --tier-interval: how often the object tier applies rules and watermarks (60).\n"
+			"  --target-capacity: a quota per storage target (suffix K, M, G, T), instead of\n"
+			"  the size of the file system that holds it.\n"
+			"  S3 keys for the object tier: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or the\n"
+			"  credentials file that DIR/tier.conf names.\n");
+}
+
+/* "64M" -> 67108864; 0 on a malformed value. */
+static uint64_t parse_bytes(const char *s)
+{
+	char *end;
+	errno = 0;
+	unsigned long long v = strtoull(s, &end, 10);
+	if (errno || end == s)
+		return 0;
+	int shift = 0;
+	switch (*end) {
+	case 'k': case 'K': shift = 10; end++; break;
+	case 'm': case 'M': shift = 20; end++; break;
+	case 'g': case 'G': shift = 30; end++; break;
+	case 't': case 'T': shift = 40; end++; break;
+	}
+	if (*end || v > (UINT64_MAX >> shift))
+		return 0;
+	return (uint64_t)v << shift;
 }
 
 int main(int argc, char **argv)
 {
-	struct server_options opt = {.workers = 32, .meta_sync = false};
+	struct server_options opt = {.workers = 32, .meta_sync = false, .tier_interval_s = 60};
 	const char *log_path = NULL;
 	static const struct option lopts[] = {
 		{"data", required_argument, 0, 'd'}, {"server-id", required_argument, 0, 's'},
 		{"workers", required_argument, 0, 'w'}, {"log", required_argument, 0, 'l'},
 		{"sync-each-op", no_argument, 0, 'n'}, {"debug", no_argument, 0, 'D'},
+		{"tier-interval", required_argument, 0, 'i'}, {"target-capacity", required_argument, 0, 'C'},
 		{"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
 	int c;
-	while ((c = getopt_long(argc, argv, "d:s:w:l:nDh", lopts, NULL)) != -1) {
+	long interval = 60;
+	const char *capacity = NULL;
+	while ((c = getopt_long(argc, argv, "d:s:w:l:nDi:C:h", lopts, NULL)) != -1) {
 		switch (c) {
 		case 'd': opt.data_dir = optarg; break;
 		case 's': opt.server_id = (uint32_t)atoi(optarg); break;
@@ -36,6 +65,8 @@ int main(int argc, char **argv)
 		case 'l': log_path = optarg; break;
 		case 'n': opt.meta_sync = true; break;
 		case 'D': log_min_level = LOG_DEBUG; break;
+		case 'i': interval = atol(optarg); break;
+		case 'C': capacity = optarg; break;
 		default: usage(); return c == 'h' ? 0 : 2;
 		}
 	}
@@ -47,6 +78,15 @@ int main(int argc, char **argv)
 		log_set_file(log_path);
 	if (opt.workers < 1 || opt.workers > 1024) {
 		log_error("--workers must be 1..1024");
+		return 2;
+	}
+	if (interval < 1 || interval > 86400) {
+		log_error("--tier-interval must be 1..86400 seconds");
+		return 2;
+	}
+	opt.tier_interval_s = (uint32_t)interval;
+	if (capacity && (opt.target_capacity_bytes = parse_bytes(capacity)) < (1u << 20)) {
+		log_error("--target-capacity must be a size of at least 1M (e.g. 64M, 10G)");
 		return 2;
 	}
 	char path[4096];

@@ -33,6 +33,8 @@ struct server {
 	pthread_mutex_t gc_mu;
 	pthread_cond_t gc_cond;
 	bool gc_stop;
+	struct tier *tier;
+	atomic_uint tier_busy;              /* TIER requests that may wait on S3, running now */
 };
 
 /* Per connection: authentication state and the inodes it holds open. */
@@ -187,6 +189,88 @@ static int do_statfs(struct server *s, struct aq_statfs *st)
 	st->buckets = s->map.nbuckets;
 	st->targets = s->map.ntargets;
 	st->chunk_size = s->map.chunk_size;
+	return rc;
+}
+
+/* A TIER request (on a worker thread: DEMOTE, HYDRATE and SET wait on S3). At most half
+ * the workers wait on S3 at once; a request over that gets EBUSY, which the client retries,
+ * so metadata and chunk I/O always find a worker. On success out gets the reply; on
+ * failure it gets the text that says why (an error reply's payload, for TIER only). */
+static int handle_tier(struct server *s, const struct proto_req *r, struct wbuf *out)
+{
+	struct proto_reply rep = {.op = OP_TIER};
+	char *msg = aq_calloc(1, PROTO_TIER_TEXT_MAX);
+	_Static_assert(PROTO_TIER_TEXT_MAX <= TIER_TEXT_MAX, "tier texts fit a reply");
+	bool slow = r->flags == PROTO_TIER_SET || r->flags == PROTO_TIER_DEMOTE || r->flags == PROTO_TIER_HYDRATE;
+	uint64_t *inos = NULL;
+	struct tier_result res = {0};
+	int rc = 0;
+	if (slow && atomic_fetch_add(&s->tier_busy, 1) >= MAX(1u, s->opt.workers / 2)) {
+		rc = -EBUSY;
+		goto out;
+	}
+	switch (r->flags) {
+	case PROTO_TIER_SET:
+		rc = r->data_len > PROTO_TIER_TEXT_MAX ? -EINVAL
+						       : tier_set(s->tier, &r->cred, (const char *)r->data, r->data_len,
+								  msg, PROTO_TIER_TEXT_MAX);
+		break;
+	case PROTO_TIER_DEMOTE: {
+		int n = proto_tier_inos(r->data, r->data_len);
+		if (n < 0) {
+			rc = -EINVAL;
+			break;
+		}
+		inos = aq_malloc((size_t)(n ? n : 1) * sizeof *inos);
+		for (int i = 0; i < n; i++)
+			inos[i] = proto_tier_ino(r->data, (uint32_t)i);
+		rc = tier_demote(s->tier, &r->cred, inos, (uint32_t)n, &res, msg, PROTO_TIER_TEXT_MAX);
+		break;
+	}
+	case PROTO_TIER_HYDRATE:
+		rc = r->data_len ? -EINVAL : tier_hydrate(s->tier, &r->cred, r->ino, &res, msg, PROTO_TIER_TEXT_MAX);
+		break;
+	case PROTO_TIER_USAGE: {
+		struct data_tier_usage u;
+		rc = r->data_len ? -EINVAL : tier_usage(s->tier, &r->cred, r->ino, &u);
+		rep.tier.hot = u.hot;
+		rep.tier.cold = u.cold;
+		rep.tier.both = u.both;
+		break;
+	}
+	case PROTO_TIER_POLICY:
+		rc = r->data_len > 256 ? -EINVAL
+				       : tier_policy(s->tier, &r->cred, r->ino, (const char *)r->data, r->data_len, msg,
+						     PROTO_TIER_TEXT_MAX);
+		break;
+	case PROTO_TIER_STATUS: {
+		struct data_tier_stat st;
+		rc = r->data_len ? -EINVAL : tier_status(s->tier, &st, msg, PROTO_TIER_TEXT_MAX);
+		rep.tier.objects = st.objects;
+		rep.tier.object_bytes = st.object_bytes;
+		rep.tier.live_bytes = st.live_bytes;
+		break;
+	}
+	default:
+		rc = -EINVAL;
+		snprintf(msg, PROTO_TIER_TEXT_MAX, "unknown TIER sub-command %u", r->flags);
+	}
+out:
+	if (slow)
+		atomic_fetch_sub(&s->tier_busy, 1);
+	size_t msg_len = strnlen(msg, PROTO_TIER_TEXT_MAX - 1);
+	if (rc) {
+		wbuf_put(out, msg, msg_len);
+	} else {
+		rep.tier.bytes = res.bytes;
+		rep.tier.files = res.files;
+		rep.tier.skipped = res.skipped;
+		rep.data = (const uint8_t *)msg;
+		rep.data_len = (uint32_t)msg_len;
+		proto_reply_encode(out, &rep);
+	}
+	free(inos);
+	free(msg);
 	return rc;
 }
 
@@ -379,8 +463,11 @@ static int handle(struct server *s, struct sconn *sc, const struct proto_req *r,
 			return rc;
 		}
 		out->len += r->len;
+		tier_note_read(s->tier, r->ino);
 		return 0;
 	}
+	case OP_TIER:
+		return handle_tier(s, r, out);
 	default:
 		return -EPROTO;
 	}
@@ -403,8 +490,10 @@ static int run_one(struct server *s, struct sconn *sc, const struct proto_hdr *h
 		return AQ_S_PROTO;
 	}
 	rc = handle(s, sc, &r, out);
+	if (rc && r.op != OP_TIER)
+		out->len = 0; /* error replies carry no payload; TIER's carries why */
 	if (rc && rc != -ENOENT && rc != -EEXIST && rc != -ENODATA && rc != -ENOTEMPTY && rc != -EACCES &&
-	    rc != -EPERM && rc != -ENAMETOOLONG && rc != -ENOTDIR && rc != -EISDIR && rc != -EINVAL)
+	    rc != -EPERM && rc != -ENAMETOOLONG && rc != -ENOTDIR && rc != -EISDIR && rc != -EINVAL && rc != -EBUSY)
 		log_warn("%s ino %llx: %s", proto_op_name(h->op), (unsigned long long)(r.ino ? r.ino : r.parent),
 			 aq_strerror(rc));
 	return rc ? aq_status_from_err(rc) : 0;
@@ -489,7 +578,8 @@ static int run_batch(struct server *s, struct sconn *sc, const struct proto_hdr 
 			}
 		} else {
 			one.len = 0;
-			int sst = run_one(s, sc, &shs[n], sps[n], &one);
+			/* a batch runs on the loop thread: nothing in it may wait on S3 */
+			int sst = shs[n].op == OP_TIER ? AQ_S_INVAL : run_one(s, sc, &shs[n], sps[n], &one);
 			put_sub_reply(&subs, &shs[n], sst, &one);
 		}
 		n += run;
@@ -565,6 +655,7 @@ static bool run_inline(void *arg, const struct proto_hdr *h)
 	case OP_RENAME:
 	case OP_SETATTR: /* may truncate data */
 	case OP_STATFS:
+	case OP_TIER:
 		return false;
 	}
 	return true;
@@ -701,11 +792,22 @@ int server_start(const struct server_options *opt, struct server **out)
 		rc = -errno;
 		goto err_meta;
 	}
-	struct data_options dop = {.ntargets = s->nlocal, .target_ids = s->local_targets};
+	struct data_options dop = {.ntargets = s->nlocal, .target_ids = s->local_targets,
+				   .capacity_bytes = opt->target_capacity_bytes};
 	rc = data_open(path, create, &dop, &s->data);
 	if (rc) {
 		log_error("cannot open storage targets under %s: %s", path, aq_strerror(rc));
 		goto err_meta;
+	}
+	char prefix[128];
+	snprintf(prefix, sizeof prefix, "aquifer/%s/", s->map.cluster_id);
+	struct tier_options to = {.data_dir = opt->data_dir, .prefix = prefix, .meta = s->meta, .data = s->data,
+				  .ntargets = s->nlocal, .targets = s->local_targets,
+				  .interval_s = opt->tier_interval_s};
+	rc = tier_open(&to, &s->tier);
+	if (rc) {
+		log_error("cannot start the object tier: %s", aq_strerror(rc));
+		goto err_data;
 	}
 	struct net_options no = {.host = me->addr, .port = me->port, .workers = opt->workers};
 	struct net_ops ops = {.on_accept = on_accept, .on_frame = on_frame, .on_close = on_close,
@@ -713,12 +815,14 @@ int server_start(const struct server_options *opt, struct server **out)
 	rc = net_start(&no, &ops, s, &s->net);
 	if (rc) {
 		log_error("cannot listen on %s:%u: %s", me->addr, me->port, aq_strerror(rc));
-		goto err_data;
+		goto err_tier;
 	}
 	pthread_create(&s->gc_thread, NULL, gc_main, s);
 	log_info("aqd serving %u buckets and %u targets on %s:%u", s->map.nbuckets, s->nlocal, me->addr, me->port);
 	*out = s;
 	return 0;
+err_tier:
+	tier_close(s->tier);
 err_data:
 	data_close(s->data);
 err_meta:
@@ -736,6 +840,7 @@ void server_stop(struct server *s)
 	pthread_mutex_unlock(&s->gc_mu);
 	pthread_join(s->gc_thread, NULL);
 	net_stop(s->net);
+	tier_close(s->tier); /* after the last request, before the store it attached to */
 	meta_sync(s->meta);
 	data_close(s->data);
 	meta_close(s->meta);

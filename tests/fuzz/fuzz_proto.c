@@ -28,6 +28,11 @@ static void payload(uint16_t op, const uint8_t *p, size_t len)
 		touch(r.name, r.name_len);
 		touch(r.name2, r.name2_len);
 		touch(r.data, r.data_len);
+		/* a TIER DEMOTE body: inode numbers, read as the server does */
+		int n = op == OP_TIER ? proto_tier_inos(r.data, r.data_len) : -1;
+		AQ_ASSERT(n < 0 || ((uint32_t)n * 8 == r.data_len && n <= PROTO_TIER_INOS_MAX));
+		for (int i = 0; i < n; i++)
+			sink += proto_tier_ino(r.data, (uint32_t)i);
 	}
 	struct proto_reply rep;
 	if (proto_reply_decode(op, p, len, &rep) == 0) {

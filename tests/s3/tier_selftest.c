@@ -14,6 +14,8 @@
  * or cut the network in between. Each step prints "ok STEP" or "FAIL STEP: why"; the
  * exit status is 0 only if every step passed.
  */
+#include <pthread.h>
+
 #include "common/common.h"
 #include "data/data_internal.h"
 #include "s3/s3.h"
@@ -49,6 +51,28 @@ static void fill(uint8_t *buf, size_t len, uint64_t seed)
 		x ^= x << 17;
 		buf[i] = (uint8_t)(x >> 24);
 	}
+}
+
+struct compact_arg {
+	struct data_store *ds;
+	bool stop;
+	int passes;
+};
+
+static void *compact_loop(void *arg)
+{
+	struct compact_arg *a = arg;
+	uint8_t *junk = aq_malloc(1u << 20);
+	memset(junk, 0x5A, 1u << 20);
+	for (uint32_t i = 0; !__atomic_load_n(&a->stop, __ATOMIC_ACQUIRE); i++) {
+		/* churn: overwrites fill and seal segments and leave dead space in them, so
+		 * compaction keeps moving the live records out, the demoted ones included */
+		data_write(a->ds, ids[0], 9000 + i % 8, 0, 0, junk, 1u << 20, false);
+		data_compact(a->ds, ids[0], 0.99);
+		a->passes++;
+	}
+	free(junk);
+	return NULL;
 }
 
 static void wait_driver(const char *what)
@@ -237,6 +261,32 @@ int main(int argc, char **argv)
 	data_tier_usage(ds, ids[0], ino2, &u);
 	STEP("demote after S3 is back", n == SMALL && u.cold == SMALL && check_chunk(ds, ino2, 0, SMALL, ino2) == 0,
 	     "rc %lld cold %llu", (long long)n, (unsigned long long)u.cold);
+
+	/* compaction moving records while a demote uploads them: every chunk still goes
+	 * (regression: a chunk that had moved was silently left on flash) */
+	uint64_t mv[40];
+	for (uint32_t i = 0; i < 40; i++) {
+		mv[i] = 8000 + i;
+		fill(buf, 1u << 20, mv[i]);
+		data_write(ds, ids[0], mv[i], 0, 0, buf, 1u << 20, false);
+	}
+	for (uint32_t i = 0; i < 40; i += 2) /* dead space, so that compaction has work */
+		data_write(ds, ids[0], mv[i], 0, 0, buf, 1u << 20, false);
+	for (uint32_t i = 0; i < 40; i += 2)
+		fill(buf, 1u << 20, mv[i + 1]), data_write(ds, ids[0], mv[i], 0, 0, buf, 1u << 20, false);
+	struct compact_arg ca = {.ds = ds};
+	pthread_t th;
+	pthread_create(&th, NULL, compact_loop, &ca);
+	n = data_demote(ds, ids[0], mv, 40);
+	__atomic_store_n(&ca.stop, true, __ATOMIC_RELEASE);
+	pthread_join(th, NULL);
+	u = usage_sum(ds, mv, 40);
+	bad = 0;
+	for (uint32_t i = 1; i < 40; i += 2)
+		bad += check_chunk(ds, mv[i], 0, 1u << 20, mv[i]) != 0;
+	STEP("demote while compacting", n == 40ll << 20 && u.hot == 0 && bad == 0 && ca.passes > 0,
+	     "moved %lld, hot %llu, %d bad, %d compaction passes", (long long)n, (unsigned long long)u.hot, bad,
+	     ca.passes);
 
 	data_set_tier(ds, NULL, NULL);
 	data_close(ds);

@@ -704,6 +704,8 @@ static void free_store(struct meta_store *m)
 		rocksdb_options_destroy(m->dbopts);
 	if (m->topts)
 		rocksdb_block_based_options_destroy(m->topts);
+	if (m->block_cache)
+		rocksdb_cache_destroy(m->block_cache);
 	if (m->wopts)
 		rocksdb_writeoptions_destroy(m->wopts);
 	if (m->ropts)
@@ -750,6 +752,12 @@ int meta_open(const char *path, bool create, const struct meta_options *opt, str
 	 * fewer flushes and L0 files under a burst of small keys. */
 	m->topts = rocksdb_block_based_options_create();
 	rocksdb_block_based_options_set_filter_policy(m->topts, rocksdb_filterpolicy_create_bloom(10));
+	/* Lookups and stats of a big directory are point reads all over the key space: keep
+	 * the uncompressed blocks in a cache of bounded size (RocksDB's default is 8 MiB, so
+	 * each read went to the OS page cache and snappy), and find keys in a block by hash. */
+	m->block_cache = rocksdb_cache_create_lru(META_BLOCK_CACHE_BYTES);
+	rocksdb_block_based_options_set_block_cache(m->topts, m->block_cache);
+	rocksdb_block_based_options_set_data_block_index_type(m->topts, rocksdb_block_based_table_data_block_index_type_binary_search_and_hash);
 	rocksdb_options_set_block_based_table_factory(m->dbopts, m->topts);
 	rocksdb_get_options_from_string(m->dbopts,
 					"allow_fallocate=false;manifest_preallocation_size=65536;"

@@ -31,6 +31,7 @@
 #define META_FORMAT_VERSION 1
 #define META_INODE_VERSION 1
 #define META_SEQ_BLOCK 65536ull    /* inode numbers reserved per 'S' row write */
+#define META_BLOCK_CACHE_BYTES (512ull << 20) /* RocksDB block cache (uncompressed blocks) */
 #define META_POS_BITS 48
 #define META_POS_MASK ((1ull << META_POS_BITS) - 1)
 #define META_POS_SEED 0x6a09e667f3bcc909ull /* makes pos48 independent of the bucket hash */
@@ -96,6 +97,7 @@ struct meta_store {
 	rocksdb_t *db;
 	rocksdb_options_t *dbopts;
 	rocksdb_block_based_table_options_t *topts;
+	rocksdb_cache_t *block_cache;
 	rocksdb_writeoptions_t *wopts;
 	rocksdb_readoptions_t *ropts;
 	uint32_t nbuckets;

@@ -164,8 +164,12 @@ void data_punch_dead_locked(struct data_target *t, uint32_t seg, uint64_t off, u
 /* Reads blocks of a chunk that is only in S3 (e->seg == 0), checking every crc32c. */
 int tier_read_blocks(struct data_target *t, uint64_t ino, uint32_t idx, const struct data_entry *e, uint64_t start,
 		     uint64_t len, uint8_t *dst);
-/* Loads the object table ('O' keys) and counts live bytes from the index. Open only. */
+/* At open: tier_open_target loads the object table ('O' keys), the index scan calls
+ * tier_count_live for each entry with an object, then tier_note_dead marks objects with
+ * nothing live for deletion. */
 int tier_open_target(struct data_target *t);
+void tier_count_live(struct data_target *t, uint64_t ino, uint32_t idx, const struct data_entry *e);
+void tier_note_dead(struct data_target *t);
 /* Drops len bytes of object obj from its live count (an entry stopped pointing to it).
  * Caller holds t->lock. */
 void tier_unref_locked(struct data_target *t, uint64_t obj, uint32_t len);

@@ -747,6 +747,9 @@ static int target_open(struct data_target *t, bool create)
 			return rc;
 	}
 
+	rc = tier_open_target(t); /* the object table, before the scan counts its live bytes */
+	if (rc)
+		return rc;
 	struct data_entry *e = aq_malloc(sizeof *e);
 	uint64_t lost = 0;
 	rocksdb_iterator_t *it = rocksdb_create_iterator(t->db, t->ropt);
@@ -762,8 +765,10 @@ static int target_open(struct data_target *t, bool create)
 			continue;
 		}
 		t->chunks++;
+		if (e->obj)
+			tier_count_live(t, get_be64((const uint8_t *)key + 1), get_be32((const uint8_t *)key + 9), e);
 		if (!s)
-			continue; /* only in S3: tier_open_target counts it */
+			continue; /* only in S3 */
 		uint64_t rec_size = data_rec_size(e->length);
 		s->live += rec_size;
 		s->total = MAX(s->total, e->off + rec_size);
@@ -779,9 +784,7 @@ static int target_open(struct data_target *t, bool create)
 	if (lost)
 		log_error("target %u: %llu index entries are malformed or point to missing segments", t->id,
 			  (unsigned long long)lost);
-	rc = tier_open_target(t);
-	if (rc)
-		return rc;
+	tier_note_dead(t);
 	t->active_end = seg_active(t)->total;
 	for (uint32_t i = 0; i < t->nsegs; i++) {
 		struct data_seg *s = &t->segs[i];

@@ -145,18 +145,21 @@ static int each_entry(struct data_target *t, bool all, uint64_t ino,
 	return rc;
 }
 
-static int count_live(void *arg, uint64_t ino, uint32_t idx, const struct data_entry *e)
+void tier_count_live(struct data_target *t, uint64_t ino, uint32_t idx, const struct data_entry *e)
 {
-	struct data_target *t = arg;
-	if (!e->obj)
-		return 0;
 	struct data_obj *o = obj_find(t, e->obj);
 	if (o)
 		o->live += e->length;
 	else
 		log_error("target %u: ino %llx idx %u points to unrecorded object %llu", t->id,
 			  (unsigned long long)ino, idx, (unsigned long long)e->obj);
-	return 0;
+}
+
+void tier_note_dead(struct data_target *t)
+{
+	for (uint32_t i = 0; i < t->nobjs; i++)
+		if (t->objs[i].live == 0)
+			t->objs_dead = true;
 }
 
 int tier_open_target(struct data_target *t)
@@ -184,12 +187,8 @@ int tier_open_target(struct data_target *t)
 		rocksdb_free(err);
 		return -EIO;
 	}
-	t->objs_dead = false;
-	int rc = each_entry(t, true, 0, count_live, t);
-	for (uint32_t i = 0; i < t->nobjs; i++)
-		if (t->objs[i].live == 0)
-			t->objs_dead = true;
-	return rc;
+	t->objs_dead = false; /* tier_note_dead decides once live bytes are counted */
+	return 0;
 }
 
 /* ---- reading from S3 ---- */

@@ -241,10 +241,38 @@ static int dirsum_get(struct meta_store *m, uint64_t dir, struct meta_partial *s
 	return 0;
 }
 
+/* A directory's attributes and parent as stored (without the merged partial rows), for
+ * a lookup's permission check: from dircache when no commit happened since it was read. */
+static int dir_row(struct meta_store *m, uint64_t ino, struct meta_inode *out)
+{
+	uint32_t slot = (uint32_t)(aq_mix64(ino, 0xd1c) % META_DIRCACHE_SLOTS);
+	pthread_mutex_t *mu = &m->dirsum_mu[slot % META_DIRSUM_STRIPES];
+	struct meta_dirslot *d = &m->dircache[slot];
+	uint64_t gen = atomic_load(&m->dircache_gen);
+	pthread_mutex_lock(mu);
+	if (d->ino == ino && d->gen == gen) {
+		out->a = d->a;
+		out->parent = d->parent;
+		out->target_len = 0;
+		pthread_mutex_unlock(mu);
+		return 0;
+	}
+	pthread_mutex_unlock(mu);
+	int rc = meta_read_inode(m, ino, out);
+	if (rc || !S_ISDIR(out->a.mode))
+		return rc;
+	pthread_mutex_lock(mu);
+	*d = (struct meta_dirslot){.ino = ino, .gen = gen, .a = out->a, .parent = out->parent};
+	pthread_mutex_unlock(mu);
+	return 0;
+}
+
 int meta_commit(struct meta_store *m, rocksdb_writebatch_t *wb)
 {
 	char *err = NULL;
 	rocksdb_write(m->db, m->wopts, wb, &err);
+	/* after the write: a reader that took the old generation may have read the old row */
+	atomic_fetch_add(&m->dircache_gen, 1);
 	dirsum_commit(m, !err);
 	if (err) {
 		log_error("meta: rocksdb write: %s", err);
@@ -718,6 +746,7 @@ static void free_store(struct meta_store *m)
 	for (uint32_t i = 0; i < META_DIRSUM_STRIPES; i++)
 		pthread_mutex_destroy(&m->dirsum_mu[i]);
 	free(m->dirsum);
+	free(m->dircache);
 	pthread_mutex_destroy(&m->rename_lock);
 	pthread_mutex_destroy(&m->clock_lock);
 	free(m->counts);
@@ -810,6 +839,8 @@ int meta_open(const char *path, bool create, const struct meta_options *opt, str
 	rc = 0;
 
 	m->dirsum = aq_calloc(META_DIRSUM_SLOTS, sizeof(*m->dirsum));
+	m->dircache = aq_calloc(META_DIRCACHE_SLOTS, sizeof(*m->dircache));
+	atomic_store(&m->dircache_gen, 1); /* empty slots (generation 0) never match */
 	for (uint32_t i = 0; i < META_DIRSUM_STRIPES; i++)
 		pthread_mutex_init(&m->dirsum_mu[i], NULL);
 	m->locks = aq_calloc(m->nbuckets, sizeof(*m->locks));
@@ -893,7 +924,7 @@ int meta_lookup(struct meta_store *m, const struct aq_cred *cr, uint64_t parent,
 	if (rc)
 		return rc;
 	struct meta_inode *dir = aq_malloc(sizeof(*dir));
-	rc = meta_read_inode(m, parent, dir);
+	rc = dir_row(m, parent, dir);
 	if (rc)
 		goto out;
 	if (!S_ISDIR(dir->a.mode)) {

@@ -67,6 +67,7 @@ struct meta_partial {
 
 #define META_DIRSUM_SLOTS 4096
 #define META_DIRSUM_STRIPES 64
+#define META_DIRCACHE_SLOTS 1024
 struct meta_dirsum {
 	uint64_t dir;
 	bool valid;
@@ -120,6 +121,16 @@ struct meta_store {
 	struct meta_dirsum *dirsum;
 	pthread_mutex_t dirsum_mu[META_DIRSUM_STRIPES];
 	uint64_t dirsum_gen[META_DIRSUM_STRIPES];
+	/* The rows of recently looked-in directories (a lookup checks its parent's mode):
+	 * slot i is guarded by dirsum_mu[i % stripes]. Every commit moves dircache_gen, and a
+	 * slot holds only for the generation it was read at, so no write can be missed; the
+	 * cache serves runs of lookups and stats, not creates. */
+	struct meta_dirslot {
+		uint64_t ino, gen;
+		struct aq_attr a;
+		uint64_t parent;
+	} *dircache;
+	_Atomic uint64_t dircache_gen;
 	pthread_mutex_t rename_lock; /* serializes directory renames (subtree check) */
 	_Atomic uint64_t log_clock;  /* next changelog ts; taken under a bucket lock */
 	/* Every ts handed out is below the committed 'T' row; clock_reserved is that value.

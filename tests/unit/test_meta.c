@@ -593,6 +593,42 @@ static int t_rmdir_race(void)
 
 /* ---- permissions ----------------------------------------------------------------------------- */
 
+/* A lookup's parent row comes from a cache: every change of the directory (chmod, chown,
+ * rename of the directory, rmdir) shows in the very next lookup. */
+static int t_lookup_sees_dir_changes(void)
+{
+	struct aq_cred u1 = { .uid = 1000, .gid = 1000 };
+	struct aq_attr d, sub, t, in = { 0 };
+	CHECK_RC(mkd(AQ_ROOT_INO, "dc", &d), 0);
+	CHECK_RC(mkd(d.ino, "sub", &sub), 0);
+	CHECK_RC(meta_mknod(g_m, &ROOT, sub.ino, "f", 1, 0644, 0, 0, NULL), 0);
+	for (int round = 0; round < 3; round++) {
+		CHECK_RC(meta_lookup(g_m, &u1, sub.ino, "f", 1, &t), 0);
+		in.mode = 0700;
+		CHECK_RC(meta_setattr(g_m, &ROOT, sub.ino, AQ_SET_MODE, &in, &t), 0);
+		CHECK_RC(meta_lookup(g_m, &u1, sub.ino, "f", 1, &t), -EACCES);
+		in.uid = 1000;
+		CHECK_RC(meta_setattr(g_m, &ROOT, sub.ino, AQ_SET_UID, &in, &t), 0);
+		CHECK_RC(meta_lookup(g_m, &u1, sub.ino, "f", 1, &t), 0);
+		in.uid = 0, in.mode = 0755;
+		CHECK_RC(meta_setattr(g_m, &ROOT, sub.ino, AQ_SET_UID | AQ_SET_MODE, &in, &t), 0);
+	}
+	/* ".." follows a rename of the directory */
+	struct aq_attr d2;
+	CHECK_RC(mkd(AQ_ROOT_INO, "dc2", &d2), 0);
+	CHECK_RC(meta_lookup(g_m, &ROOT, sub.ino, "..", 2, &t), 0);
+	CHECK(t.ino == d.ino);
+	CHECK_RC(meta_rename(g_m, &ROOT, d.ino, "sub", 3, d2.ino, "sub", 3, 0), 0);
+	CHECK_RC(meta_lookup(g_m, &ROOT, sub.ino, "..", 2, &t), 0);
+	CHECK(t.ino == d2.ino);
+	/* a removed directory is gone for lookups at once */
+	CHECK_RC(meta_unlink(g_m, &ROOT, sub.ino, "f", 1), 0);
+	CHECK_RC(meta_lookup(g_m, &ROOT, sub.ino, "f", 1, &t), -ENOENT);
+	CHECK_RC(meta_rmdir(g_m, &ROOT, d2.ino, "sub", 3), 0);
+	CHECK_RC(meta_lookup(g_m, &ROOT, sub.ino, "f", 1, &t), -ENOENT);
+	return 0;
+}
+
 static int t_perms(void)
 {
 	struct aq_cred u1 = { .uid = 1000, .gid = 1000 }, u2 = { .uid = 1001, .gid = 1001 };
@@ -1358,6 +1394,7 @@ int main(void)
 		{ "link_unlink_orphan", t_link },
 		{ "rmdir_race", t_rmdir_race },
 		{ "permissions", t_perms },
+		{ "lookup_sees_dir_changes", t_lookup_sees_dir_changes },
 		{ "sticky", t_sticky },
 		{ "size_truncate", t_size },
 		{ "xattr", t_xattr },

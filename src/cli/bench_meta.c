@@ -554,18 +554,28 @@ static pid_t aqd_pid(const char *cluster_file)
 
 /* ---- one side, all phases ---- */
 
+/* With --stop-after, the phases after it do not run (rate -1) and the files stay. */
+static int g_last_phase = PH_COUNT - 1;
+
 static int run_side(struct bm_side *s, const char *dir, const char *tag, uint64_t files, int threads,
 		    struct bm_result *res)
 {
 	if (side_open(s, dir, tag))
 		return -1;
 	int rc = 0;
-	for (int ph = 0; ph < PH_COUNT && !rc; ph++) {
+	for (int ph = g_last_phase + 1; ph < PH_COUNT; ph++)
+		res->rate[ph] = -1;
+	for (int ph = 0; ph <= g_last_phase && !rc; ph++) {
 		if (ph == PH_LIST)
 			rc = run_list(s, files, &res->rate[ph]);
 		else
 			rc = run_phase(s, ph, files, threads, &res->rate[ph],
 				       ph == PH_CREATE ? res->create_dec : ph == PH_STAT ? res->stat_dec : NULL);
+	}
+	if (!rc && g_last_phase < PH_COUNT - 1) {
+		fprintf(stderr, "aq bench meta: --stop-after %s: the files stay in %s\n", phase_key[g_last_phase],
+			s->path);
+		return 0;
 	}
 	if (side_close(s, rc != 0))
 		rc = -1;
@@ -578,7 +588,10 @@ static void json_side(const struct bm_result *r)
 {
 	printf("{");
 	for (int ph = 0; ph < PH_COUNT; ph++)
-		printf("\"%s\":%.1f,", phase_key[ph], r->rate[ph]);
+		if (r->rate[ph] < 0)
+			printf("\"%s\":null,", phase_key[ph]);
+		else
+			printf("\"%s\":%.1f,", phase_key[ph], r->rate[ph]);
 	for (int d = 0; d < 2; d++) {
 		const double *v = d ? r->stat_dec : r->create_dec;
 		printf("\"%s_deciles\":[", d ? "stat" : "create");
@@ -612,6 +625,10 @@ static void print_human(const struct bm_result *aq, const struct bm_result *cmp,
 		printf("  compare: %s\n", cmp_path);
 	printf("\n%-12s %12s %12s %8s\n", "phase", "aquifer/s", "compare/s", "ratio");
 	for (int ph = 0; ph < PH_COUNT; ph++) {
+		if (aq->rate[ph] < 0) {
+			printf("%-12s %12s\n", phase_key[ph], "not run");
+			continue;
+		}
 		printf("%-12s %12s", phase_key[ph], bench_rate_str(aq->rate[ph], b1, sizeof b1));
 		if (cmp)
 			printf(" %12s %8.2f", bench_rate_str(cmp->rate[ph], b2, sizeof b2),
@@ -636,13 +653,15 @@ static void usage(void)
 {
 	fprintf(stderr,
 		"usage: aq bench meta [--dir PATH] [--files N] [--threads T] [--via native|fuse] [--depth D]\n"
-		"                     [--compare DIR] [--json] [--cluster FILE]\n"
+		"                     [--compare DIR] [--stop-after PHASE] [--json] [--cluster FILE]\n"
 		"  --dir PATH      native: a directory inside Aquifer (default /); fuse: a directory on the mount\n"
 		"  --files N       names in the one shared directory (default 100000)\n"
 		"  --threads T     threads on each side (default 2)\n"
 		"  --via           native: libaq, D calls in flight per thread; fuse: system calls on the mount\n"
 		"  --depth D       native calls in flight per thread (default 64)\n"
 		"  --compare DIR   run the same phases on a local directory (e.g. on ext4) in the same run\n"
+		"  --stop-after P  run the phases up to P (create, stat, lookup_miss, list, rename) and leave\n"
+		"                  the files in place (for very large runs; remove the directory yourself)\n"
 		"  --json          print one JSON object\n");
 }
 
@@ -657,11 +676,23 @@ int bench_meta(int argc, char **argv)
 		{"threads", required_argument, 0, 't'}, {"via", required_argument, 0, 'v'},
 		{"compare", required_argument, 0, 'C'}, {"json", no_argument, 0, 'j'},
 		{"depth", required_argument, 0, 'D'},   {"cluster", required_argument, 0, 'c'},
+		{"stop-after", required_argument, 0, 'S'},
 		{"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
 	int opt;
 	optind = 1;
-	while ((opt = getopt_long(argc, argv, "d:n:t:v:C:jD:c:h", lopts, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, "d:n:t:v:C:jD:c:S:h", lopts, NULL)) != -1) {
 		switch (opt) {
+		case 'S': {
+			int ph = 0;
+			while (ph < PH_COUNT - 1 && strcmp(optarg, phase_key[ph]))
+				ph++;
+			if (ph == PH_COUNT - 1) {
+				fprintf(stderr, "aq bench meta: --stop-after: create, stat, lookup_miss, list or rename\n");
+				return 2;
+			}
+			g_last_phase = ph;
+			break;
+		}
 		case 'd': dir = optarg; break;
 		case 'n': files = strtoull(optarg, NULL, 10); break;
 		case 't': threads = atoi(optarg); break;

@@ -391,5 +391,28 @@ def test_e_changes_cli(fx):
     assert p.returncode != 0 and "no such file" in p.stderr.lower(), p.stderr
 
 
+def test_f_bench_meta_runs(fx):
+    """`aq bench meta` end to end at a small size: every phase has a rate for both sides,
+    ten deciles each; `--stop-after list` runs the first four phases, reports the rest as
+    null and leaves the files (so a 10M-file run need not unlink them)."""
+    import json
+    import tempfile
+    with tempfile.TemporaryDirectory() as local:
+        p = run(AQ, "bench", "meta", "--files", "3000", "--compare", local, "--json", "--cluster", fx.conf)
+        r = json.loads(p.stdout)
+        phases = ("create", "stat", "lookup_miss", "list", "rename", "unlink")
+        for side in ("aquifer", "compare"):
+            assert all(r[side][k] > 0 for k in phases), r[side]
+            assert len(r[side]["create_deciles"]) == 10 and len(r[side]["stat_deciles"]) == 10
+        assert r["files"] == 3000 and os.listdir(local) == [], "the compare side must clean up"
+    p = run(AQ, "bench", "meta", "--files", "2000", "--stop-after", "list", "--json", "--cluster", fx.conf)
+    r = json.loads(p.stdout)["aquifer"]
+    assert all(r[k] > 0 for k in phases[:4]) and r["rename"] is None and r["unlink"] is None, r
+    left = [e for e in list_pages(fx.c, 1)[0] if e.startswith(b"bench-")]
+    assert len(left) == 1, left
+    p = run(AQ, "bench", "meta", "--stop-after", "unlink", "--cluster", fx.conf, check=False)
+    assert p.returncode == 2 and "--stop-after" in p.stderr
+
+
 if __name__ == "__main__":
     aqtest.main(globals(), setup=Fixture)

@@ -159,6 +159,10 @@ int data_seal_active_locked(struct data_target *t);
  * deleting or overwriting frees space even on a full disk where compaction has no room
  * to copy. Waits for readers that may still read the record. Caller holds t->lock. */
 void data_punch_dead_locked(struct data_target *t, uint32_t seg, uint64_t off, uint64_t size);
+/* A record no index entry points to any more (an overwrite, a delete, a demote): takes it
+ * off its segment's live count and punches it. Segment 0 (not on flash) and a missing
+ * segment (logged at open, never counted) are no-ops. Caller holds t->lock. */
+void data_drop_record_locked(struct data_target *t, uint32_t seg, uint64_t off, uint32_t length);
 
 /* tier.c, used by store.c */
 /* Reads blocks of a chunk that is only in S3 (e->seg == 0), checking every crc32c. */

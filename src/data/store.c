@@ -124,6 +124,17 @@ void data_punch_dead_locked(struct data_target *t, uint32_t seg, uint64_t off, u
 	pthread_rwlock_unlock(&t->seg_lock);
 }
 
+void data_drop_record_locked(struct data_target *t, uint32_t seg, uint64_t off, uint32_t length)
+{
+	struct data_seg *s = seg ? data_seg_find(t, seg) : NULL;
+	if (!s)
+		return;
+	uint64_t size = data_rec_size(length);
+	AQ_ASSERT(s->live >= size);
+	s->live -= size;
+	data_punch_dead_locked(t, seg, off, size);
+}
+
 static uint64_t used_bytes(const struct data_target *t)
 {
 	uint64_t used = 0;
@@ -384,14 +395,7 @@ static int commit_record_locked(struct data_store *ds, struct data_target *t, ui
 	}
 	data_seg_find(t, e->seg)->live += rec_size;
 	if (old) {
-		/* An entry into a missing segment (logged at open) was never counted. */
-		struct data_seg *os = old->seg ? data_seg_find(t, old->seg) : NULL;
-		uint64_t old_size = data_rec_size(old->length);
-		AQ_ASSERT(!os || os->live >= old_size);
-		if (os) {
-			os->live -= old_size;
-			data_punch_dead_locked(t, old->seg, old->off, old_size);
-		}
+		data_drop_record_locked(t, old->seg, old->off, old->length);
 		if (old->obj)
 			tier_unref_locked(t, old->obj, old->length);
 	} else {
@@ -527,7 +531,7 @@ static int drop_from(struct data_store *ds, struct data_target *t, uint64_t ino,
 {
 	uint8_t start[DATA_KEY_SIZE];
 	data_key(start, ino, cut_idx);
-	struct dead { uint32_t seg; uint64_t off, size, obj; uint32_t length; } *dead = NULL;
+	struct dead { uint32_t seg; uint64_t off, obj; uint32_t length; } *dead = NULL;
 	size_t ndead = 0, dead_cap = 0;
 	struct data_entry *e = aq_malloc(sizeof *e), *ne = NULL;
 	uint8_t *rec = NULL;
@@ -577,7 +581,7 @@ static int drop_from(struct data_store *ds, struct data_target *t, uint64_t ino,
 			dead_cap = dead_cap ? 2 * dead_cap : 64;
 			dead = aq_realloc(dead, dead_cap * sizeof *dead);
 		}
-		dead[ndead++] = (struct dead){.seg = e->seg, .off = e->off, .size = data_rec_size(e->length),
+		dead[ndead++] = (struct dead){.seg = e->seg, .off = e->off,
 					      .obj = e->obj, .length = e->length};
 	}
 	char *err = NULL;
@@ -591,12 +595,7 @@ static int drop_from(struct data_store *ds, struct data_target *t, uint64_t ino,
 		goto out; /* a shortened record already appended is dead space, not counted live */
 	}
 	for (size_t i = 0; i < ndead; i++) {
-		struct data_seg *s = dead[i].seg ? data_seg_find(t, dead[i].seg) : NULL;
-		AQ_ASSERT(!s || s->live >= dead[i].size); /* missing: never counted */
-		if (s) {
-			s->live -= dead[i].size;
-			data_punch_dead_locked(t, dead[i].seg, dead[i].off, dead[i].size);
-		}
+		data_drop_record_locked(t, dead[i].seg, dead[i].off, dead[i].length);
 		if (dead[i].obj)
 			tier_unref_locked(t, dead[i].obj, dead[i].length);
 	}

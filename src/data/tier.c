@@ -237,8 +237,9 @@ static uint8_t *rec_buf(uint32_t length)
 	return p;
 }
 
+/* Puts entry e of (ino, idx) into batch, or straight into the index (synced with sync). */
 static int index_put(struct data_target *t, uint64_t ino, uint32_t idx, const struct data_entry *e,
-		     rocksdb_writebatch_t *batch)
+		     rocksdb_writebatch_t *batch, bool sync)
 {
 	uint8_t key[DATA_KEY_SIZE], val[DATA_VAL_MAX];
 	data_key(key, ino, idx);
@@ -248,7 +249,7 @@ static int index_put(struct data_target *t, uint64_t ino, uint32_t idx, const st
 		return 0;
 	}
 	char *err = NULL;
-	rocksdb_put(t->db, t->wopt, (const char *)key, sizeof key, (const char *)val, vlen, &err);
+	rocksdb_put(t->db, sync ? t->wopt_sync : t->wopt, (const char *)key, sizeof key, (const char *)val, vlen, &err);
 	if (err) {
 		log_error("target %u: index put ino %llx idx %u: %s", t->id, (unsigned long long)ino, idx, err);
 		rocksdb_free(err);
@@ -277,7 +278,7 @@ int tier_recall_chunk(struct data_target *t, uint64_t ino, uint32_t idx)
 		uint64_t size = data_rec_size(e->length);
 		rc = data_append_locked(t->ds, t, rec, size, false, &cur->seg, &cur->off);
 		if (!rc) {
-			rc = index_put(t, ino, idx, cur, NULL);
+			rc = index_put(t, ino, idx, cur, NULL, false);
 			if (!rc)
 				data_seg_find(t, cur->seg)->live += size;
 			/* else: the appended record is dead space */
@@ -369,7 +370,7 @@ static int pack_flush(struct pack *p)
 		cur->obj_off = m->pack_off;
 		if (!m->from_obj)
 			cur->seg = 0, cur->off = 0;
-		index_put(t, m->ino, m->idx, cur, batch);
+		index_put(t, m->ino, m->idx, cur, batch, false);
 		taken[i] = true;
 		live += m->length;
 	}
@@ -390,12 +391,7 @@ static int pack_flush(struct pack *p)
 				tier_unref_locked(t, m->from_obj, m->length);
 				continue;
 			}
-			struct data_seg *s = data_seg_find(t, m->seg);
-			uint64_t size = data_rec_size(m->length);
-			if (s) {
-				s->live -= MIN(s->live, size);
-				data_punch_dead_locked(t, m->seg, m->off, size);
-			}
+			data_drop_record_locked(t, m->seg, m->off, m->length);
 		}
 	}
 	pthread_mutex_unlock(&t->lock);
@@ -462,25 +458,14 @@ static int drop_flash_copy(struct data_target *t, uint64_t ino, uint32_t idx, co
 	int rc = data_index_get(t, ino, idx, cur, &found);
 	if (!rc && found && cur->version == e->version && cur->seg && cur->obj) {
 		uint32_t seg = cur->seg;
-		uint64_t off = cur->off, size = data_rec_size(cur->length);
+		uint64_t off = cur->off;
 		cur->seg = 0;
 		cur->off = 0;
-		uint8_t key[DATA_KEY_SIZE], val[DATA_VAL_MAX];
-		data_key(key, ino, idx);
-		size_t vlen = data_val_encode(val, cur);
-		char *err = NULL;
 		/* synced: the flash record is punched right after */
-		rocksdb_put(t->db, t->wopt_sync, (const char *)key, sizeof key, (const char *)val, vlen, &err);
-		if (err) {
-			rocksdb_free(err);
-			rc = -EIO;
-		} else {
-			struct data_seg *s = data_seg_find(t, seg);
-			if (s) {
-				s->live -= MIN(s->live, size);
-				data_punch_dead_locked(t, seg, off, size);
-			}
-			rc = (int)MIN(cur->length, (uint32_t)INT32_MAX);
+		rc = index_put(t, ino, idx, cur, NULL, true);
+		if (!rc) {
+			data_drop_record_locked(t, seg, off, cur->length);
+			rc = (int)cur->length;
 		}
 	}
 	pthread_mutex_unlock(&t->lock);

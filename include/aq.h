@@ -67,6 +67,10 @@ int aq_setattr(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, ui
 	       const struct aq_attr *in, struct aq_attr *out);
 
 #define AQ_CREATE_EXCL 1u
+/* Creates a regular file (flags: AQ_CREATE_EXCL, or 0 to open one that exists) and opens
+ * it with open(2) flags, in one round trip; *out gets its attributes, *f the open file. */
+int aq_create_open(struct aq_client *c, const struct aq_cred *cred, uint64_t parent, const char *name,
+		   uint32_t mode, uint32_t flags, int open_flags, struct aq_attr *out, struct aq_file **f);
 int aq_mknod(struct aq_client *c, const struct aq_cred *cred, uint64_t parent, const char *name, uint32_t mode,
 	     uint32_t rdev, uint32_t flags, struct aq_attr *out);
 int aq_mkdir_at(struct aq_client *c, const struct aq_cred *cred, uint64_t parent, const char *name, uint32_t mode,
@@ -100,6 +104,17 @@ struct aq_dirent {
  * filled; 0 at the end of the directory. */
 int aq_readdir_ino(struct aq_client *c, const struct aq_cred *cred, uint64_t dir, uint64_t cookie,
 		   uint32_t flags, struct aq_dirent *ents, uint32_t max);
+/* A listing stream over a whole directory, for reading it fast: the directory's buckets
+ * are split into ranges, each with a page request in flight, so the server scans several
+ * at once while the caller consumes. Entries come in no particular order, each once (an
+ * entry that exists for the whole listing comes back exactly once, as with readdir), and
+ * a stream holds a few pages of memory whatever the directory's size. It has no cookies:
+ * to resume a listing, use aq_readdir_ino. flags: AQ_READDIR_PLUS or 0. */
+struct aq_dir;
+int aq_dir_open(struct aq_client *c, const struct aq_cred *cred, uint64_t dir, uint32_t flags, struct aq_dir **out);
+/* Up to max entries; 0 at the end of the listing; -errno. */
+int aq_dir_read(struct aq_dir *d, struct aq_dirent *ents, uint32_t max);
+void aq_dir_close(struct aq_dir *d);
 
 /* Extended attributes. getxattr/listxattr return the size; with size 0 they only measure. */
 #define AQ_XATTR_CREATE 1u
@@ -152,6 +167,26 @@ int aq_changes(struct aq_client *c, const char *dir, uint64_t cursor, struct aq_
  * flight per thread is how a loader or a benchmark keeps a server busy. A started call
  * may be held back briefly so that a burst leaves as one BATCH frame: it is sent at the
  * latest when it (or one started after it) is waited on, or when 128 are held. */
+/* What other clients changed, pushed by the servers: what a client that caches (the FUSE
+ * mount lets the kernel cache entries and attributes) must drop.
+ *   ino set:    that inode's attributes or data changed;
+ *   parent set: the name (parent, name) now means something else (created, removed,
+ *               renamed);
+ *   neither:    a connection to a server broke and was made again: changes made while it
+ *               was down were not heard.
+ * Changes made through this client itself are not echoed. The callback runs on a receiver
+ * thread: it must return quickly and must not call libaq. */
+struct aq_inval {
+	uint64_t ino, parent;
+	const char *name;
+	size_t name_len;
+};
+typedef void (*aq_inval_fn)(void *arg, const struct aq_inval *iv);
+int aq_watch(struct aq_client *c, aq_inval_fn fn, void *arg);
+/* Counts the invalidation frames received. A reply to a call that started before the
+ * count moved may describe the state from before a change. */
+uint64_t aq_inval_seq(struct aq_client *c);
+
 struct aq_pending;
 int aq_lookup_start(struct aq_client *c, const struct aq_cred *cred, uint64_t parent, const char *name,
 		    struct aq_pending **out);

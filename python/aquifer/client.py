@@ -152,17 +152,21 @@ class Client:
         return a.ino
 
     def _pages(self, path, flags):
-        """Yields the entries of the directory path, one aq_readdir_ino page at a time."""
+        """Yields the entries of the directory path from one listing stream (aq_dir_*:
+        the directory's bucket ranges read with pages in flight), PAGE at a time."""
         ino = self._dir_ino(path)
         ents = (Dirent * PAGE)()
-        cookie = 0
-        while True:
-            n = check(lib.aq_readdir_ino(self._handle(), None, ino, cookie, flags, ents, PAGE), path)
-            if n == 0:
-                return
-            for i in range(n):
-                yield ents[i]
-            cookie = ents[n - 1].cookie
+        d = ctypes.c_void_p()
+        check(lib.aq_dir_open(self._handle(), None, ino, flags, ctypes.byref(d)), path)
+        try:
+            while True:
+                n = check(lib.aq_dir_read(d, ents, PAGE), path)
+                if n == 0:
+                    return
+                for i in range(n):
+                    yield ents[i]
+        finally:
+            lib.aq_dir_close(d)
 
     def listdir(self, path="/"):
         """Yields the names (str) in directory path, a page of PAGE entries at a time: a

@@ -329,7 +329,7 @@ int cmd_down(int argc, char **argv)
 
 int cmd_mount(int argc, char **argv)
 {
-	struct aqfuse_options o = {.attr_timeout_s = 1.0, .threads = 16};
+	struct aqfuse_options o = {.attr_timeout_s = 3600, .threads = 16};
 	static const struct option lopts[] = {
 		{"cluster", required_argument, 0, 'c'}, {"foreground", no_argument, 0, 'f'},
 		{"allow-other", no_argument, 0, 'a'}, {"ro", no_argument, 0, 'r'},

@@ -90,6 +90,7 @@ void aq_disconnect(struct aq_client *c)
 {
 	if (!c)
 		return;
+	rpc_keeper_stop(c);
 	for (uint32_t i = 0; i < c->nconns * c->map.nservers; i++)
 		rpc_conn_fini(&c->conns[i]);
 	free(c->conns);
@@ -463,6 +464,168 @@ int aq_readdir_ino(struct aq_client *c, const struct aq_cred *cred, uint64_t dir
 	return rc ? rc : (int)n;
 }
 
+/* ---- listing streams ---- */
+
+#define DIR_RANGES 8 /* bucket ranges of one stream, each with a page in flight */
+
+struct dir_range {
+	uint64_t cookie;
+	uint32_t end;              /* bucket to stop before */
+	bool done;
+	int attempts;
+	struct rpc_call *call;     /* the page in flight */
+};
+
+struct aq_dir {
+	struct aq_client *c;
+	struct aq_cred cred;
+	uint64_t dir;
+	uint32_t flags, server, nranges, next;
+	unsigned long epoch;
+	struct dir_range r[DIR_RANGES];
+	struct rpc_call *page;     /* the page being handed out */
+	struct rbuf rb;
+	uint32_t left;             /* its entries not handed out yet */
+	int err;
+};
+
+static int dir_range_send(struct aq_dir *d, struct dir_range *r)
+{
+	struct proto_req q = {.op = OP_READDIR, .cred = d->cred, .ino = d->dir, .cookie = r->cookie,
+			      .max = PROTO_READDIR_MAX, .flags = d->flags | r->end << PROTO_READDIR_END_SHIFT};
+	struct wbuf w;
+	wbuf_init(&w, 128);
+	proto_req_encode(&w, &q);
+	int err = 0;
+	r->call = rpc_start(d->c, d->server, OP_READDIR, &w, 0, &err);
+	wbuf_free(&w);
+	return r->call ? 0 : err;
+}
+
+int aq_dir_open(struct aq_client *c, const struct aq_cred *cred, uint64_t dir, uint32_t flags, struct aq_dir **out)
+{
+	if (flags & ~AQ_READDIR_PLUS)
+		return -EINVAL;
+	struct aq_dir *d = aq_calloc(1, sizeof *d);
+	d->c = c;
+	d->cred = *cred_or_default(c, cred);
+	d->dir = dir;
+	d->flags = flags;
+	d->server = client_meta_server(c, dir);
+	d->epoch = atomic_load(&c->size_epoch);
+	uint32_t nb = c->map.nbuckets;
+	d->nranges = MIN((uint32_t)DIR_RANGES, nb);
+	int rc = 0;
+	for (uint32_t i = 0; i < d->nranges; i++) {
+		uint32_t start = (uint32_t)((uint64_t)nb * i / d->nranges);
+		d->r[i].end = (uint32_t)((uint64_t)nb * (i + 1) / d->nranges);
+		d->r[i].cookie = (uint64_t)(start + 1) << 48; /* bucket start, from its first position */
+		if (!rc)
+			rc = dir_range_send(d, &d->r[i]);
+		else
+			d->r[i].done = true;
+	}
+	if (rc) {
+		aq_dir_close(d);
+		return rc;
+	}
+	*out = d;
+	return 0;
+}
+
+/* Takes the next range's page (ranges in turn) and sends that range's next request before
+ * the caller sees a single entry, so the server is never idle. 0, or 1 at the end. */
+static int dir_next_page(struct aq_dir *d)
+{
+	struct dir_range *r = NULL;
+	for (uint32_t k = 0; k < d->nranges && !r; k++) {
+		struct dir_range *x = &d->r[(d->next + k) % d->nranges];
+		if (!x->done)
+			r = x;
+	}
+	if (!r)
+		return 1;
+	d->next = (uint32_t)(r - d->r + 1) % d->nranges;
+	int rc = rpc_wait(r->call);
+	if (rc && rpc_retryable(rc) && !r->call->answered && r->attempts++ < 600) {
+		/* the connection broke (a server restart): ask for the same page again */
+		rpc_free(r->call);
+		r->call = NULL;
+		usleep(100000);
+		rc = dir_range_send(d, r);
+		if (rc)
+			r->done = true;
+		return rc;
+	}
+	struct proto_reply rep;
+	if (!rc && proto_reply_decode(OP_READDIR, r->call->payload, r->call->len, &rep))
+		rc = -EPROTO;
+	if (rc) {
+		rpc_free(r->call);
+		r->call = NULL;
+		r->done = true;
+		return rc;
+	}
+	d->page = r->call;
+	r->call = NULL;
+	r->attempts = 0;
+	rbuf_init(&d->rb, rep.entries, rep.entries_len);
+	d->left = rep.count;
+	if (rep.eof || rep.count == 0)
+		r->done = true;
+	else {
+		r->cookie = rep.next;
+		rc = dir_range_send(d, r);
+		if (rc)
+			r->done = true;
+	}
+	return rc;
+}
+
+int aq_dir_read(struct aq_dir *d, struct aq_dirent *ents, uint32_t max)
+{
+	uint32_t n = 0;
+	bool plus = d->flags & AQ_READDIR_PLUS;
+	while (n < max && !d->err) {
+		if (d->left) {
+			if (proto_dirent_get(&d->rb, &ents[n], plus)) {
+				d->err = -EPROTO;
+				break;
+			}
+			if (plus)
+				overlay_local(d->c, &ents[n].attr, d->epoch);
+			n++;
+			if (--d->left == 0) {
+				rpc_free(d->page);
+				d->page = NULL;
+			}
+			continue;
+		}
+		if (n)
+			break; /* hand out what we have rather than wait for the next page */
+		int rc = dir_next_page(d);
+		if (rc == 1)
+			break;
+		if (rc < 0)
+			d->err = rc;
+	}
+	return n ? (int)n : d->err;
+}
+
+void aq_dir_close(struct aq_dir *d)
+{
+	if (!d)
+		return;
+	for (uint32_t i = 0; i < d->nranges; i++) {
+		if (d->r[i].call) {
+			rpc_wait(d->r[i].call);
+			rpc_free(d->r[i].call);
+		}
+	}
+	rpc_free(d->page);
+	free(d);
+}
+
 int aq_setxattr_ino(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, const char *name,
 		    const void *value, size_t size, uint32_t flags)
 {
@@ -546,22 +709,20 @@ int aq_statfs(struct aq_client *c, struct aq_statfs *out)
 
 /* ---- files ---- */
 
-int aq_open_ino(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, int flags, struct aq_file **out)
+/* The open file for a reply that said "opened": OPEN's, or MKNOD's with PROTO_MKNOD_OPEN. */
+static int file_new(struct aq_client *c, const struct aq_cred *cred, const struct aq_attr *a, int flags,
+		    unsigned long epoch, uint32_t server, uint64_t affinity, struct aq_file **out)
 {
-	struct proto_req r = {.op = OP_OPEN, .cred = *cred_or_default(c, cred), .ino = ino, .flags = (uint32_t)flags};
-	struct aq_attr a;
-	unsigned long epoch = atomic_load(&c->size_epoch);
-	int rc = attr_call(c, client_meta_server(c, ino), &r, &a);
-	if (rc)
-		return rc;
 	struct aq_file *f = aq_calloc(1, sizeof *f);
 	f->c = c;
-	f->cred = r.cred;
+	f->cred = *cred;
 	f->flags = flags;
-	f->st = state_get(c, ino, &a, epoch);
-	if ((flags & O_TRUNC) && (flags & O_ACCMODE) != O_RDONLY && S_ISREG(a.mode) && a.size) {
+	f->server = server;
+	f->affinity = affinity;
+	f->st = state_get(c, a->ino, a, epoch);
+	if ((flags & O_TRUNC) && (flags & O_ACCMODE) != O_RDONLY && S_ISREG(a->mode) && a->size) {
 		struct aq_attr in = {.size = 0};
-		rc = aq_setattr(c, cred, ino, AQ_SET_SIZE, &in, NULL);
+		int rc = aq_setattr(c, cred, a->ino, AQ_SET_SIZE, &in, NULL);
 		if (rc) {
 			aq_close(f);
 			return rc;
@@ -570,6 +731,68 @@ int aq_open_ino(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, i
 	*out = f;
 	return 0;
 }
+
+int aq_open_ino(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, int flags, struct aq_file **out)
+{
+	struct proto_req r = {.op = OP_OPEN, .cred = *cred_or_default(c, cred), .ino = ino, .flags = (uint32_t)flags};
+	struct aq_attr a;
+	unsigned long epoch = atomic_load(&c->size_epoch);
+	uint32_t server = client_meta_server(c, ino);
+	int rc = attr_call(c, server, &r, &a);
+	if (rc)
+		return rc;
+	return file_new(c, &r.cred, &a, flags, epoch, server, rpc_affinity(&r), out);
+}
+
+int aq_create_open(struct aq_client *c, const struct aq_cred *cred, uint64_t parent, const char *name,
+		   uint32_t mode, uint32_t flags, int open_flags, struct aq_attr *out, struct aq_file **f)
+{
+	int rc = check_name(name);
+	if (rc)
+		return rc;
+	if (flags & ~AQ_CREATE_EXCL)
+		return -EINVAL;
+	struct proto_req r = {.op = OP_MKNOD, .cred = *cred_or_default(c, cred), .parent = parent, .name = name,
+			      .name_len = (uint32_t)strlen(name), .mode = S_IFREG | (mode & 07777),
+			      .rdev = (uint32_t)open_flags, .flags = flags | PROTO_MKNOD_OPEN};
+	uint32_t server = name_server(c, parent, name);
+	/* any connection will do, as long as RELEASE takes the same one */
+	uint64_t affinity = atomic_fetch_add(&c->rr, 1) % c->nconns + c->nconns;
+	unsigned long epoch = atomic_load(&c->size_epoch);
+	struct proto_reply rep;
+	rc = rpc_do_on(c, server, &r, &rep, NULL, affinity);
+	if (rc)
+		return rc;
+	if (out)
+		*out = rep.attr;
+	return file_new(c, &r.cred, &rep.attr, open_flags, epoch, server, affinity, f);
+}
+
+int aq_watch(struct aq_client *c, aq_inval_fn fn, void *arg)
+{
+	uint64_t id = 0;
+	if (atomic_load(&c->watch_id))
+		return -EBUSY;
+	random_bytes(&id, sizeof id);
+	id |= 1;
+	c->watch_fn = fn;
+	c->watch_arg = arg;
+	atomic_store(&c->watch_id, id);
+	/* every connection says whose it is (so our own changes are not echoed back); the
+	 * first of each server's also takes the INVAL frames */
+	for (uint32_t s = 0; s < c->map.nservers; s++) {
+		for (uint32_t i = 0; i < c->nconns; i++) {
+			struct proto_req r = {.op = OP_WATCH, .cookie = id, .flags = i ? 0 : PROTO_WATCH_DELIVER};
+			int rc = rpc_do_on(c, c->map.servers[s].id, &r, NULL, NULL, i ? i : c->nconns);
+			if (rc)
+				return rc;
+		}
+	}
+	rpc_keeper_start(c);
+	return 0;
+}
+
+uint64_t aq_inval_seq(struct aq_client *c) { return atomic_load(&c->inval_seq); }
 
 uint64_t aq_file_ino(const struct aq_file *f) { return f->st->ino; }
 
@@ -750,7 +973,7 @@ int aq_close(struct aq_file *f)
 		return 0;
 	int rc = aq_flush(f);
 	struct proto_req r = {.op = OP_RELEASE, .cred = f->cred, .ino = f->st->ino};
-	rpc_do(f->c, client_meta_server(f->c, f->st->ino), &r, NULL, NULL);
+	rpc_do_on(f->c, f->server, &r, NULL, NULL, f->affinity);
 	state_put(f->c, f->st);
 	free(f);
 	return rc;

@@ -92,6 +92,8 @@ struct aq_file {
 	struct ino_state *st;
 	struct aq_cred cred;
 	int flags;
+	uint32_t server;           /* where it was opened, and RELEASE goes */
+	uint64_t affinity;         /* the connection it was opened on (see rpc_start) */
 };
 
 struct aq_client {
@@ -113,6 +115,15 @@ struct aq_client {
 		uint64_t ino, size;
 		int64_t mtime_ns;
 	} recent[64];
+	/* WATCH (aq_watch): a random id that tells the servers which connections are ours,
+	 * and where pushed invalidations go */
+	_Atomic uint64_t watch_id;
+	aq_inval_fn watch_fn;
+	void *watch_arg;
+	atomic_ulong inval_seq;
+	pthread_t keeper;          /* brings INVAL connections back at once (rpc_keeper_start) */
+	bool keeper_running;
+	atomic_bool keeper_stop;
 };
 
 int rpc_conn_init(struct aq_client *c, struct rpc_conn *rc, uint32_t server);
@@ -147,6 +158,12 @@ bool rpc_retryable(int err);
 /* One request and its decoded reply (payload pointers stay valid until rpc_free(*call)). */
 int rpc_do(struct aq_client *c, uint32_t server, const struct proto_req *req, struct proto_reply *rep,
 	   struct rpc_call **call);
+/* Starts/stops the thread that keeps a watching client's INVAL connections up. */
+void rpc_keeper_start(struct aq_client *c);
+void rpc_keeper_stop(struct aq_client *c);
+/* As rpc_do, on the connection affinity picks (see rpc_start). */
+int rpc_do_on(struct aq_client *c, uint32_t server, const struct proto_req *req, struct proto_reply *rep,
+	      struct rpc_call **call, uint64_t affinity);
 uint32_t client_meta_server(struct aq_client *c, uint64_t ino);
 /* Starts one CHUNK_READ: len bytes at byte pos of ino (not crossing a chunk of cs bytes),
  * received straight into dest; completion announced on cq when cq is set. */

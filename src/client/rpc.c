@@ -77,8 +77,29 @@ static int dial(const struct cluster_server *sv)
 	return fd;
 }
 
-/* Connects and answers the server's challenge. Returns an fd or -errno. */
-static int handshake(struct aq_client *c, uint32_t server)
+/* One request and its reply on a connection nobody else reads yet (the handshake). */
+static int handshake_call(int fd, uint32_t epoch, const struct proto_req *req)
+{
+	struct wbuf w;
+	wbuf_init(&w, 64);
+	proto_req_encode(&w, req);
+	int rc = send_frame(fd, req->op, 1, epoch, w.p, w.len);
+	wbuf_free(&w);
+	struct proto_hdr h;
+	uint8_t *p = NULL;
+	if (!rc)
+		rc = recv_frame(fd, &h, &p);
+	if (!rc && h.op != req->op)
+		rc = -EPROTO;
+	if (!rc && h.status)
+		rc = aq_err_from_status(h.status);
+	free(p);
+	return rc;
+}
+
+/* Connects and answers the server's challenge; a watching client also says who it is
+ * (and, on the connection that delivers, asks for INVAL frames). Returns an fd or -errno. */
+static int handshake(struct aq_client *c, uint32_t server, bool deliver)
 {
 	const struct cluster_server *sv = cluster_server_by_id(&c->map, server);
 	if (!sv)
@@ -101,21 +122,15 @@ static int handshake(struct aq_client *c, uint32_t server)
 	auth_mac(c->map.secret, sizeof c->map.secret, rep.data, rep.data_len, mac);
 	free(p);
 	p = NULL;
-	struct wbuf w;
-	wbuf_init(&w, 64);
 	struct proto_req req = {.op = OP_AUTH, .data = mac, .data_len = sizeof mac};
-	proto_req_encode(&w, &req);
-	rc = send_frame(fd, OP_AUTH, 1, c->map.epoch, w.p, w.len);
-	wbuf_free(&w);
-	if (!rc)
-		rc = recv_frame(fd, &h, &p);
-	if (!rc && h.op != OP_AUTH)
-		rc = -EPROTO;
-	if (!rc && h.status)
-		rc = aq_err_from_status(h.status);
+	rc = handshake_call(fd, c->map.epoch, &req);
+	uint64_t watch_id = atomic_load(&c->watch_id);
+	if (!rc && watch_id) {
+		struct proto_req wr = {.op = OP_WATCH, .cookie = watch_id, .flags = deliver ? PROTO_WATCH_DELIVER : 0};
+		rc = handshake_call(fd, c->map.epoch, &wr);
+	}
 	if (rc)
 		goto fail;
-	free(p);
 	tv.tv_sec = 0;
 	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
 	return fd;
@@ -260,6 +275,29 @@ static void fail_pending_locked(struct rpc_conn *rc, int err)
 	}
 }
 
+/* An INVAL frame: counted first (see aq_inval_seq), then each record to the callback. */
+static void deliver_invals(struct aq_client *c, const uint8_t *p, uint32_t len)
+{
+	atomic_fetch_add(&c->inval_seq, 1);
+	if (!c->watch_fn)
+		return;
+	struct rbuf rb;
+	rbuf_init(&rb, p, len);
+	uint8_t kind;
+	uint64_t ino;
+	const char *name;
+	uint32_t nlen;
+	int rc;
+	while ((rc = proto_inval_next(&rb, &kind, &ino, &name, &nlen)) > 0) {
+		struct aq_inval iv = {.ino = kind == PROTO_INVAL_INODE ? ino : 0,
+				      .parent = kind == PROTO_INVAL_ENTRY ? ino : 0, .name = name, .name_len = nlen};
+		if (iv.ino || iv.parent)
+			c->watch_fn(c->watch_arg, &iv);
+	}
+	if (rc < 0)
+		log_warn("malformed INVAL frame (%u bytes)", len);
+}
+
 static void *rx_main(void *arg)
 {
 	struct rpc_conn *rc = arg;
@@ -311,6 +349,11 @@ static void *rx_main(void *arg)
 			pthread_mutex_unlock(&rc->mu);
 			return NULL;
 		}
+		if (h.op == OP_INVAL && (h.flags & PROTO_F_PUSH)) {
+			deliver_invals(rc->client, p, h.payload_len);
+			free(p);
+			continue;
+		}
 		pthread_mutex_lock(&rc->mu);
 		struct rpc_call **pp = pending_slot(rc, h.req_id);
 		struct rpc_call *call = *pp;
@@ -349,15 +392,58 @@ static int ensure_up_locked(struct rpc_conn *rc)
 	rc->q.len = 0;
 	rc->q_count = 0;
 	pthread_mutex_unlock(&rc->q_mu);
-	int fd = handshake(rc->client, rc->server);
+	struct aq_client *c = rc->client;
+	bool deliver = (uint32_t)(rc - c->conns) % c->nconns == 0;
+	int fd = handshake(c, rc->server, deliver);
 	if (fd < 0)
 		return fd;
 	rc->fd = fd;
 	rc->up = true;
+	if (rc->gen && deliver && c->watch_fn) {
+		/* INVAL frames sent while the connection was down are lost: say so */
+		atomic_fetch_add(&c->inval_seq, 1);
+		struct aq_inval lost = {0};
+		c->watch_fn(c->watch_arg, &lost);
+	}
 	rc->gen++;
 	pthread_create(&rc->rx, NULL, rx_main, rc);
 	rc->rx_running = true;
 	return 0;
+}
+
+/* A watching client's keeper: the connections that take INVAL frames must not wait for
+ * the next call to come back after a server restarts, or changes go unheard meanwhile. */
+static void *keeper_main(void *arg)
+{
+	struct aq_client *c = arg;
+	while (!atomic_load(&c->keeper_stop)) {
+		usleep(50000);
+		for (uint32_t i = 0; i < c->map.nservers; i++) {
+			struct rpc_conn *rc = &c->conns[i * c->nconns];
+			pthread_mutex_lock(&rc->mu);
+			if (!rc->up)
+				ensure_up_locked(rc); /* fails while the server is down: try again */
+			pthread_mutex_unlock(&rc->mu);
+		}
+	}
+	return NULL;
+}
+
+void rpc_keeper_start(struct aq_client *c)
+{
+	if (!c->keeper_running) {
+		pthread_create(&c->keeper, NULL, keeper_main, c);
+		c->keeper_running = true;
+	}
+}
+
+void rpc_keeper_stop(struct aq_client *c)
+{
+	if (c->keeper_running) {
+		atomic_store(&c->keeper_stop, true);
+		pthread_join(c->keeper, NULL);
+		c->keeper_running = false;
+	}
 }
 
 int rpc_conn_init(struct aq_client *c, struct rpc_conn *rc, uint32_t server)
@@ -447,8 +533,9 @@ struct rpc_call *rpc_start_ex(struct aq_client *c, uint32_t server, uint16_t op,
 
 static bool batchable(uint16_t op)
 {
-	/* TIER waits on S3: the server runs batches on its loop thread, so never in one */
-	return op != OP_CHUNK_READ && op != OP_CHUNK_WRITE && op != OP_BATCH && op != OP_TIER;
+	/* TIER waits on S3: the server runs batches on its loop thread, so never in one;
+	 * READDIR pages are big and the server spreads them over its workers */
+	return op != OP_CHUNK_READ && op != OP_CHUNK_WRITE && op != OP_BATCH && op != OP_TIER && op != OP_READDIR;
 }
 
 /* Sends one drained queue: a BATCH frame when it holds several small requests, else the
@@ -602,6 +689,12 @@ bool rpc_retryable(int err)
 int rpc_do(struct aq_client *c, uint32_t server, const struct proto_req *req, struct proto_reply *rep,
 	   struct rpc_call **callp)
 {
+	return rpc_do_on(c, server, req, rep, callp, rpc_affinity(req));
+}
+
+int rpc_do_on(struct aq_client *c, uint32_t server, const struct proto_req *req, struct proto_reply *rep,
+	      struct rpc_call **callp, uint64_t affinity)
+{
 	struct wbuf w;
 	wbuf_init(&w, 128 + req->data_len + req->name_len + req->name2_len);
 	proto_req_encode(&w, req);
@@ -609,7 +702,7 @@ int rpc_do(struct aq_client *c, uint32_t server, const struct proto_req *req, st
 	int err;
 	struct rpc_call *call = NULL;
 	for (int attempt = 0;; attempt++) {
-		call = rpc_start(c, server, req->op, &w, rpc_affinity(req), &err);
+		call = rpc_start(c, server, req->op, &w, affinity, &err);
 		if (call)
 			err = rpc_wait(call);
 		/* a server that answered ENOTCONN or EHOSTUNREACH (no object tier, S3 down) meant

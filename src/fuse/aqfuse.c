@@ -3,6 +3,13 @@
  * Aquifer's (the root maps to FUSE_ROOT_ID = 1 = AQ_ROOT), so no table is kept and forget
  * is free. Permissions are checked twice: by the kernel (default_permissions, on cached
  * attributes) and by the server on every request with the caller's uid, gid and groups.
+ *
+ * The kernel caches entries (also negative ones), attributes and pages for
+ * --attr-timeout seconds, by default an hour: a stat of a cached file never reaches this
+ * process. It stays coherent with other clients because the servers push every change
+ * those make (aq_watch); a thread of its own turns them into the kernel's
+ * notify_inval_entry/notify_inval_inode (never a request thread: the kernel may hold the
+ * directory's lock while it waits on one of those).
  */
 #define FUSE_USE_VERSION 34
 #include "fuse/aqfuse.h"
@@ -20,6 +27,91 @@ _Static_assert(FUSE_ROOT_ID == AQ_ROOT, "FUSE and Aquifer share the root inode n
 static struct aq_client *g_client;
 static double g_timeout_s = 1.0;
 static bool g_read_only;
+static struct fuse_session *g_se;
+
+/* ---- invalidations pushed by the servers, applied by one thread ---- */
+
+struct inval_item {
+	struct inval_item *next;
+	uint64_t ino, parent;
+	size_t len;
+	char name[];
+};
+
+static struct {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	struct inval_item *head, *tail;
+	bool stop;
+} g_inval = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, NULL, false};
+
+static void inval_queue(uint64_t ino, uint64_t parent, const char *name, size_t len)
+{
+	struct inval_item *it = aq_malloc(sizeof *it + len + 1);
+	it->next = NULL;
+	it->ino = ino;
+	it->parent = parent;
+	it->len = len;
+	if (len)
+		memcpy(it->name, name, len);
+	it->name[len] = 0;
+	pthread_mutex_lock(&g_inval.mu);
+	if (g_inval.tail)
+		g_inval.tail->next = it;
+	else
+		g_inval.head = it;
+	g_inval.tail = it;
+	pthread_cond_signal(&g_inval.cv);
+	pthread_mutex_unlock(&g_inval.mu);
+}
+
+static void on_inval(void *arg, const struct aq_inval *iv)
+{
+	if (!iv->ino && !iv->parent) {
+		log_warn("aq mount: a connection to a server was made again; what other clients changed "
+			 "meanwhile may show only after --attr-timeout");
+		return;
+	}
+	inval_queue(iv->ino, iv->parent, iv->name, iv->name_len);
+}
+
+static void *inval_main(void *arg)
+{
+	pthread_mutex_lock(&g_inval.mu);
+	for (;;) {
+		while (!g_inval.head && !g_inval.stop)
+			pthread_cond_wait(&g_inval.cv, &g_inval.mu);
+		struct inval_item *it = g_inval.head;
+		if (!it)
+			break;
+		g_inval.head = it->next;
+		if (!g_inval.head)
+			g_inval.tail = NULL;
+		pthread_mutex_unlock(&g_inval.mu);
+		/* -ENOENT: the kernel did not have it cached, nothing to drop */
+		if (it->parent)
+			fuse_lowlevel_notify_inval_entry(g_se, it->parent, it->name, it->len);
+		else
+			fuse_lowlevel_notify_inval_inode(g_se, it->ino, 0, 0);
+		free(it);
+		pthread_mutex_lock(&g_inval.mu);
+	}
+	pthread_mutex_unlock(&g_inval.mu);
+	return NULL;
+}
+
+/* A reply built from a call that started at seq: if a change was pushed since, the
+ * reply may predate it, and the invalidation may have reached the kernel before the
+ * reply did. Drop what the reply put in the kernel's cache once more. */
+static void recheck(uint64_t seq, uint64_t parent, const char *name, uint64_t ino)
+{
+	if (aq_inval_seq(g_client) == seq)
+		return;
+	if (parent)
+		inval_queue(0, parent, name, strlen(name));
+	if (ino)
+		inval_queue(ino, 0, NULL, 0);
+}
 
 static int posix_err(int rc) { return aq_errno_posix(rc); }
 
@@ -130,13 +222,25 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	struct aq_cred cr;
 	struct aq_attr a;
 	cred_of(req, &cr);
+	uint64_t seq = aq_inval_seq(g_client);
 	int rc = WITH_GROUPS(req, cr, aq_lookup(g_client, &cr, parent, name, &a));
+	if (rc == -ENOENT) {
+		/* a negative entry: the kernel remembers the name is free (a create by another
+		 * client drops it, see inval_main) */
+		struct fuse_entry_param e = {.ino = 0, .entry_timeout = g_timeout_s};
+		fuse_reply_entry(req, &e);
+		recheck(seq, parent, name, 0);
+		return;
+	}
 	reply_entry_or_err(req, rc, &a);
+	if (!rc)
+		recheck(seq, parent, name, a.ino);
 }
 
 static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct aq_attr a;
+	uint64_t seq = aq_inval_seq(g_client);
 	int rc = aq_getattr(g_client, NULL, ino, &a);
 	if (rc) {
 		fuse_reply_err(req, posix_err(rc));
@@ -145,6 +249,7 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	struct stat st;
 	to_stat(&a, &st);
 	fuse_reply_attr(req, &st, g_timeout_s);
+	recheck(seq, 0, NULL, ino);
 }
 
 static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set, struct fuse_file_info *fi)
@@ -172,6 +277,7 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 		mask |= AQ_SET_CTIME;
 		in.ctime_ns = attr->st_ctim.tv_sec * 1000000000ll + attr->st_ctim.tv_nsec;
 	}
+	uint64_t seq = aq_inval_seq(g_client);
 	int rc = WITH_GROUPS(req, cr, aq_setattr(g_client, &cr, ino, mask, &in, &out));
 	if (rc) {
 		fuse_reply_err(req, posix_err(rc));
@@ -180,6 +286,7 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 	struct stat st;
 	to_stat(&out, &st);
 	fuse_reply_attr(req, &st, g_timeout_s);
+	recheck(seq, 0, NULL, ino);
 }
 
 static void op_readlink(fuse_req_t req, fuse_ino_t ino)
@@ -284,6 +391,10 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	}
 	fi->fh = (uint64_t)(uintptr_t)f;
 	fi->keep_cache = 1; /* see op_init: stale pages go when the attributes change */
+	/* nothing to write back through a read-only handle: close(2) need not wait for a
+	 * FLUSH round trip (a training loader closes every sample it reads) */
+	if ((fi->flags & O_ACCMODE) == O_RDONLY)
+		fi->noflush = 1;
 	fuse_reply_open(req, fi);
 }
 
@@ -293,14 +404,12 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 	struct aq_cred cr;
 	struct aq_attr a;
 	cred_of(req, &cr);
-	int rc = WITH_GROUPS(req, cr, aq_mknod(g_client, &cr, parent, name, S_IFREG | (mode & 07777), 0,
-			  (fi->flags & O_EXCL) ? AQ_CREATE_EXCL : 0, &a));
-	if (rc) {
-		fuse_reply_err(req, posix_err(rc));
-		return;
-	}
 	struct aq_file *f;
-	rc = WITH_GROUPS(req, cr, aq_open_ino(g_client, &cr, a.ino, (fi->flags & ~(O_APPEND | O_TRUNC | O_CREAT | O_EXCL)), &f));
+	uint64_t seq = aq_inval_seq(g_client);
+	/* create and open in one round trip (O_APPEND offsets come from the kernel) */
+	int rc = WITH_GROUPS(req, cr, aq_create_open(g_client, &cr, parent, name, mode & 07777,
+			  (fi->flags & O_EXCL) ? AQ_CREATE_EXCL : 0,
+			  fi->flags & ~(O_APPEND | O_TRUNC | O_CREAT | O_EXCL), &a, &f));
 	if (rc) {
 		fuse_reply_err(req, posix_err(rc));
 		return;
@@ -309,6 +418,7 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 	struct fuse_entry_param e;
 	to_entry(&a, &e);
 	fuse_reply_create(req, &e, fi);
+	recheck(seq, parent, name, a.ino);
 }
 
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
@@ -405,6 +515,9 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, b
 	if (cookie < (1ull << 48))
 		cookie = 0;
 	struct aq_dirent *ents = aq_malloc(128 * sizeof *ents);
+	uint64_t seq = aq_inval_seq(g_client);
+	uint64_t *given = NULL; /* the inodes whose attributes went to the kernel */
+	size_t ngiven = 0, given_cap = 0;
 	while (!full) {
 		int n = WITH_GROUPS(req, cr, aq_readdir_ino(g_client, &cr, ino, cookie, plus ? AQ_READDIR_PLUS : 0, ents, 128));
 		if (n < 0) {
@@ -435,6 +548,13 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, b
 				group_start = pos;
 				group_cookie = ents[i].cookie;
 			}
+			if (plus) {
+				if (ngiven == given_cap) {
+					given_cap = given_cap ? 2 * given_cap : 256;
+					given = aq_realloc(given, given_cap * sizeof *given);
+				}
+				given[ngiven++] = ents[i].ino;
+			}
 			pos += need;
 			cookie = ents[i].cookie;
 		}
@@ -444,6 +564,9 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, b
 		fuse_reply_err(req, posix_err(rc));
 	else
 		fuse_reply_buf(req, buf, pos);
+	for (size_t i = 0; i < ngiven; i++)
+		recheck(seq, 0, NULL, given[i]); /* an entry taken back above costs a spare drop */
+	free(given);
 	free(buf);
 }
 
@@ -623,8 +746,22 @@ int aqfuse_main(const struct aqfuse_options *opt)
 		log_error("aq mount: cannot connect to the cluster: %s", aq_strerror(rc));
 		goto out_unmount;
 	}
+	g_se = se;
+	pthread_t inval_thread;
+	pthread_create(&inval_thread, NULL, inval_main, NULL);
+	rc = aq_watch(g_client, on_inval, NULL);
+	if (rc && g_timeout_s > 1.0) {
+		/* without pushed changes, long caching would hide other clients' changes */
+		log_warn("aq mount: the servers do not push changes (%s); caching for 1 s only", aq_strerror(rc));
+		g_timeout_s = 1.0;
+	}
 	struct fuse_loop_config cfg = {.clone_fd = 0, .max_idle_threads = opt->threads ? opt->threads : 16};
 	status = fuse_session_loop_mt(se, &cfg) ? 1 : 0;
+	pthread_mutex_lock(&g_inval.mu);
+	g_inval.stop = true;
+	pthread_cond_signal(&g_inval.cv);
+	pthread_mutex_unlock(&g_inval.mu);
+	pthread_join(inval_thread, NULL);
 	aq_disconnect(g_client);
 	g_client = NULL;
 out_unmount:

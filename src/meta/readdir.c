@@ -56,6 +56,13 @@ static uint64_t entry_cookie(uint32_t bucket, uint64_t pos)
 int meta_readdir(struct meta_store *m, const struct aq_cred *cr, uint64_t dir, uint64_t cookie, uint32_t max,
 		 bool with_attr, meta_dirent_fn fn, void *arg)
 {
+	return meta_readdir_range(m, cr, dir, cookie, m->nbuckets, max, with_attr, fn, arg);
+}
+
+int meta_readdir_range(struct meta_store *m, const struct aq_cred *cr, uint64_t dir, uint64_t cookie,
+		       uint32_t end_bucket, uint32_t max, bool with_attr, meta_dirent_fn fn, void *arg)
+{
+	end_bucket = MIN(end_bucket, m->nbuckets);
 	int rc = check_dir(m, cr, dir);
 	if (rc)
 		return rc;
@@ -74,7 +81,7 @@ int meta_readdir(struct meta_store *m, const struct aq_cred *cr, uint64_t dir, u
 	uint64_t last_pos = 0;
 	uint32_t last_b = 0;
 
-	for (uint32_t b = b0; b < m->nbuckets && !stop; b++) {
+	for (uint32_t b = b0; b < end_bucket && !stop; b++) {
 		uint8_t seek[DENTRY_SEEK_LEN], upper[DENTRY_SEEK_LEN];
 		uint64_t pos = b == b0 ? pos0 : 0;
 		meta_key_dentry_prefix(seek, b, dir);

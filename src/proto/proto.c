@@ -198,6 +198,7 @@ static uint32_t req_fields(uint16_t op)
 	case OP_REMOVEXATTR: return F_KNOWN | F_CRED | F_INO | F_NAME;
 	case OP_STATFS: return F_KNOWN | F_CRED;
 	case OP_FSYNC: return F_KNOWN | F_CRED | F_INO | F_FLAGS;
+	case OP_WATCH: return F_KNOWN | F_COOKIE | F_FLAGS;
 	case OP_CHUNK_WRITE: return F_KNOWN | F_TARGET | F_INO | F_IDX | F_OFF | F_FLAGS | F_DATA;
 	case OP_CHUNK_READ: return F_KNOWN | F_TARGET | F_INO | F_IDX | F_OFF | F_LEN;
 	case OP_BATCH: return F_KNOWN | F_MAX | F_DATA;
@@ -312,7 +313,7 @@ static uint32_t reply_fields(uint16_t op)
 	case OP_TIER:
 		return R_KNOWN | R_TIER | R_DATA;
 	case OP_AUTH: case OP_UNLINK: case OP_RMDIR: case OP_RENAME: case OP_ACCESS: case OP_RELEASE:
-	case OP_SETXATTR: case OP_REMOVEXATTR: case OP_FSYNC: case OP_CHUNK_WRITE:
+	case OP_SETXATTR: case OP_REMOVEXATTR: case OP_FSYNC: case OP_CHUNK_WRITE: case OP_WATCH:
 		return R_KNOWN;
 	}
 	return 0;
@@ -467,4 +468,35 @@ int proto_batch_next(struct rbuf *r, struct proto_hdr *h, const uint8_t **payloa
 		return -EPROTO;
 	*payload = rbuf_bytes(r, h->payload_len);
 	return *payload ? 0 : -EPROTO;
+}
+
+void proto_inval_inode(struct wbuf *w, uint64_t ino)
+{
+	wbuf_u8(w, PROTO_INVAL_INODE);
+	wbuf_u64(w, ino);
+}
+
+void proto_inval_entry(struct wbuf *w, uint64_t parent, const char *name, uint32_t len)
+{
+	wbuf_u8(w, PROTO_INVAL_ENTRY);
+	wbuf_u64(w, parent);
+	wbuf_str(w, name, len);
+}
+
+int proto_inval_next(struct rbuf *r, uint8_t *kind, uint64_t *ino, const char **name, uint32_t *len)
+{
+	if (r->pos == r->len)
+		return 0;
+	*kind = rbuf_u8(r);
+	*ino = rbuf_u64(r);
+	*name = NULL;
+	*len = 0;
+	if (*kind == PROTO_INVAL_ENTRY) {
+		*name = (const char *)rbuf_str(r, len, AQ_NAME_MAX);
+		if (*name && memchr(*name, 0, *len))
+			return -EPROTO;
+	} else if (*kind != PROTO_INVAL_INODE) {
+		return -EPROTO;
+	}
+	return r->err ? -EPROTO : 1;
 }

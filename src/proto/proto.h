@@ -54,6 +54,8 @@
 	X(REMOVEXATTR, 30)           \
 	X(STATFS, 31)                \
 	X(FSYNC, 32)                 \
+	X(WATCH, 33)     /* client id in cookie; flags 1: push INVAL frames here */ \
+	X(INVAL, 34)     /* server -> client push (PROTO_F_PUSH): what changed */ \
 	X(CHUNK_WRITE, 40)           \
 	X(CHUNK_READ, 41)            \
 	X(BATCH, 50)                 \
@@ -79,6 +81,17 @@ struct proto_hdr {
 };
 #define PROTO_F_REPLY 1u
 #define PROTO_F_SYNC 2u /* CHUNK_WRITE: durable before the reply */
+#define PROTO_F_PUSH 4u /* INVAL: sent by the server unasked, request id 0 */
+
+/* MKNOD flags beyond AQ_CREATE_EXCL: also open the new (or existing) regular file for
+ * this connection, with the open(2) flags carried in rdev, as OPEN would. */
+#define PROTO_MKNOD_OPEN (1u << 30)
+/* READDIR flags beyond AQ_READDIR_PLUS: bits 16-31 say the bucket to stop before (0: list
+ * to the end), so that one listing split into bucket ranges is read by several streams */
+#define PROTO_READDIR_END_SHIFT 16
+/* WATCH flags */
+#define PROTO_WATCH_DELIVER 1u
+
 
 void proto_hdr_encode(uint8_t out[PROTO_HDR_SIZE], const struct proto_hdr *h);
 /* Checks magic, version, reserved bytes and payload_len <= AQ_FRAME_MAX.
@@ -194,6 +207,15 @@ int proto_dirent_get(struct rbuf *r, struct aq_dirent *e, bool plus);
 struct proto_change { uint64_t ino, ts; const char *name; uint32_t name_len; };
 void proto_change_put(struct wbuf *w, uint64_t ino, uint64_t ts, const char *name, size_t name_len);
 int proto_change_get(struct rbuf *r, struct proto_change *c);
+
+/* INVAL payload: records back to back, each kind u8 then
+ *   PROTO_INVAL_INODE: ino u64                 (its attributes or data changed)
+ *   PROTO_INVAL_ENTRY: parent u64, name str    (the name now means something else) */
+enum { PROTO_INVAL_INODE = 1, PROTO_INVAL_ENTRY = 2 };
+void proto_inval_inode(struct wbuf *w, uint64_t ino);
+void proto_inval_entry(struct wbuf *w, uint64_t parent, const char *name, uint32_t len);
+/* The next record of an INVAL payload: 1 and the record, 0 at the end, -EPROTO. */
+int proto_inval_next(struct rbuf *r, uint8_t *kind, uint64_t *ino, const char **name, uint32_t *len);
 
 /* BATCH: the payload is count sub-frames (header + payload each) back to back; the reply
  * likewise holds one reply frame per sub-request. */

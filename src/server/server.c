@@ -35,16 +35,111 @@ struct server {
 	bool gc_stop;
 	struct tier *tier;
 	atomic_uint tier_busy;              /* TIER requests that may wait on S3, running now */
+	pthread_mutex_t watch_mu;           /* guards the watchers list */
+	struct sconn *watchers;
+	atomic_uint nwatchers;
 };
 
-/* Per connection: authentication state and the inodes it holds open. */
+/* Per connection: authentication state, the inodes it holds open, and whether its
+ * client watches for changes (WATCH). */
 struct sconn {
 	bool authed;
 	uint8_t nonce[PROTO_NONCE_SIZE];
 	pthread_mutex_t mu;
 	uint64_t *opens;
 	uint32_t nopens, cap;
+	struct net_conn *nc;
+	uint64_t client_id;         /* from WATCH: every connection of one client says the same */
+	bool watching;              /* on the watchers list: INVAL frames go here */
+	struct sconn *wprev, *wnext;
 };
+
+/* ---- invalidations: what a request changed, pushed to the clients that cache ----
+ * A FUSE mount lets the kernel cache entries and attributes for a long time; it stays
+ * coherent because every change made through any other client is pushed to it. While a
+ * request runs, the names and inodes it changed collect in a per-thread buffer; before
+ * the reply leaves, they go to every watching connection of another client. Pushing
+ * first means that once a writer hears "done", the invalidation is already on its way. */
+static __thread struct wbuf t_inval;
+
+static bool someone_watches(struct server *s) { return atomic_load(&s->nwatchers) > 0; }
+
+static void inval_inode(struct server *s, uint64_t ino)
+{
+	if (!someone_watches(s))
+		return;
+	if (!t_inval.p)
+		wbuf_init(&t_inval, 256);
+	proto_inval_inode(&t_inval, ino);
+}
+
+static void inval_entry(struct server *s, uint64_t parent, const char *name, uint32_t len)
+{
+	if (!someone_watches(s))
+		return;
+	if (!t_inval.p)
+		wbuf_init(&t_inval, 256);
+	proto_inval_entry(&t_inval, parent, name, len);
+}
+
+/* The inode a name points at, when another client would want to hear about it. */
+static uint64_t victim_of(struct server *s, struct sconn *sc, uint64_t parent, const char *name, uint32_t len)
+{
+	if (atomic_load(&s->nwatchers) <= (sc->watching ? 1u : 0u))
+		return 0;
+	static const struct aq_cred root = {0};
+	struct aq_attr a;
+	return meta_lookup(s->meta, &root, parent, name, len, &a) ? 0 : a.ino;
+}
+
+static void inval_push(struct server *s, struct sconn *origin)
+{
+	if (!t_inval.len)
+		return;
+	struct proto_hdr h = {.magic = PROTO_MAGIC, .version = PROTO_VERSION, .op = OP_INVAL, .flags = PROTO_F_PUSH};
+	pthread_mutex_lock(&s->watch_mu);
+	for (struct sconn *w = s->watchers; w; w = w->wnext)
+		if (w != origin && !(origin->client_id && w->client_id == origin->client_id))
+			net_send(w->nc, &h, t_inval.p, t_inval.len); /* a failed send closes it */
+	pthread_mutex_unlock(&s->watch_mu);
+	t_inval.len = 0;
+	if (t_inval.cap > (1u << 20)) {
+		wbuf_free(&t_inval);
+		memset(&t_inval, 0, sizeof t_inval);
+	}
+}
+
+static void watch(struct server *s, struct sconn *sc, uint64_t client_id, bool deliver)
+{
+	pthread_mutex_lock(&s->watch_mu);
+	sc->client_id = client_id;
+	if (deliver && !sc->watching) {
+		sc->watching = true;
+		sc->wprev = NULL;
+		sc->wnext = s->watchers;
+		if (s->watchers)
+			s->watchers->wprev = sc;
+		s->watchers = sc;
+		atomic_fetch_add(&s->nwatchers, 1);
+	}
+	pthread_mutex_unlock(&s->watch_mu);
+}
+
+static void unwatch(struct server *s, struct sconn *sc)
+{
+	pthread_mutex_lock(&s->watch_mu);
+	if (sc->watching) {
+		if (sc->wprev)
+			sc->wprev->wnext = sc->wnext;
+		else
+			s->watchers = sc->wnext;
+		if (sc->wnext)
+			sc->wnext->wprev = sc->wprev;
+		sc->watching = false;
+		atomic_fetch_sub(&s->nwatchers, 1);
+	}
+	pthread_mutex_unlock(&s->watch_mu);
+}
 
 static void open_ref(struct server *s, uint64_t ino, int delta)
 {
@@ -298,19 +393,50 @@ static int handle(struct server *s, struct sconn *sc, const struct proto_req *r,
 		break;
 	case OP_SETATTR:
 		rc = meta_setattr(s->meta, cr, r->ino, r->mask, &r->attr, &rep.attr);
+		if (!rc)
+			inval_inode(s, r->ino);
 		/* Data past the new size goes whatever size the metadata knew: another client
 		 * may have written chunks whose size it has not committed yet. */
 		if (!rc && (r->mask & AQ_SET_SIZE) && S_ISREG(rep.attr.mode))
 			rc = truncate_data(s, r->ino, r->attr.size, rep.attr.chunk_size);
 		break;
 	case OP_MKNOD:
+		if (r->flags & ~(AQ_CREATE_EXCL | PROTO_MKNOD_OPEN))
+			return -EINVAL;
+		if (r->flags & PROTO_MKNOD_OPEN) {
+			/* create-and-open, one round trip for FUSE's create. A file this call
+			 * created opens whatever its mode (open(O_CREAT|O_WRONLY, 0444) works);
+			 * one that was there is opened as OPEN would, permissions checked. */
+			if (!S_ISREG(r->mode))
+				return -EINVAL;
+			rc = meta_mknod(s->meta, cr, r->parent, r->name, r->name_len, r->mode, 0, AQ_CREATE_EXCL,
+					&rep.attr);
+			if (!rc) {
+				inval_entry(s, r->parent, r->name, r->name_len);
+			} else if (rc == -EEXIST && !(r->flags & AQ_CREATE_EXCL)) {
+				rc = meta_lookup(s->meta, cr, r->parent, r->name, r->name_len, &rep.attr);
+				if (!rc && S_ISDIR(rep.attr.mode))
+					rc = -EISDIR;
+				if (!rc)
+					rc = meta_open_file(s->meta, cr, rep.attr.ino, (int)r->rdev, &rep.attr);
+			}
+			if (!rc)
+				conn_track_open(s, sc, rep.attr.ino);
+			break;
+		}
 		rc = meta_mknod(s->meta, cr, r->parent, r->name, r->name_len, r->mode, r->rdev, r->flags, &rep.attr);
+		if (!rc)
+			inval_entry(s, r->parent, r->name, r->name_len);
 		break;
 	case OP_MKDIR:
 		rc = meta_mkdir(s->meta, cr, r->parent, r->name, r->name_len, r->mode, &rep.attr);
+		if (!rc)
+			inval_entry(s, r->parent, r->name, r->name_len);
 		break;
 	case OP_SYMLINK:
 		rc = meta_symlink(s->meta, cr, r->parent, r->name, r->name_len, r->name2, r->name2_len, &rep.attr);
+		if (!rc)
+			inval_entry(s, r->parent, r->name, r->name_len);
 		break;
 	case OP_READLINK: {
 		char buf[AQ_PATH_MAX];
@@ -323,17 +449,41 @@ static int handle(struct server *s, struct sconn *sc, const struct proto_req *r,
 		return 0;
 	}
 	case OP_UNLINK:
-		rc = meta_unlink(s->meta, cr, r->parent, r->name, r->name_len);
+	case OP_RMDIR: {
+		uint64_t victim = victim_of(s, sc, r->parent, r->name, r->name_len);
+		rc = r->op == OP_UNLINK ? meta_unlink(s->meta, cr, r->parent, r->name, r->name_len)
+					: meta_rmdir(s->meta, cr, r->parent, r->name, r->name_len);
+		if (!rc) {
+			inval_entry(s, r->parent, r->name, r->name_len);
+			if (victim)
+				inval_inode(s, victim);
+		}
 		break;
-	case OP_RMDIR:
-		rc = meta_rmdir(s->meta, cr, r->parent, r->name, r->name_len);
-		break;
-	case OP_RENAME:
+	}
+	case OP_RENAME: {
+		uint64_t moved = victim_of(s, sc, r->parent, r->name, r->name_len);
+		uint64_t replaced = victim_of(s, sc, r->newparent, r->name2, r->name2_len);
 		rc = meta_rename(s->meta, cr, r->parent, r->name, r->name_len, r->newparent, r->name2, r->name2_len,
 				 r->flags);
+		if (!rc) {
+			inval_entry(s, r->parent, r->name, r->name_len);
+			inval_entry(s, r->newparent, r->name2, r->name2_len);
+			if (moved)
+				inval_inode(s, moved);
+			if (replaced)
+				inval_inode(s, replaced);
+		}
 		break;
+	}
 	case OP_LINK:
 		rc = meta_link(s->meta, cr, r->ino, r->newparent, r->name2, r->name2_len, &rep.attr);
+		if (!rc) {
+			inval_entry(s, r->newparent, r->name2, r->name2_len);
+			inval_inode(s, r->ino);
+		}
+		break;
+	case OP_WATCH:
+		watch(s, sc, r->cookie, r->flags & PROTO_WATCH_DELIVER);
 		break;
 	case OP_ACCESS:
 		rc = meta_access(s->meta, cr, r->ino, r->mask);
@@ -348,6 +498,8 @@ static int handle(struct server *s, struct sconn *sc, const struct proto_req *r,
 		break;
 	case OP_COMMIT_SIZE:
 		rc = meta_commit_size(s->meta, r->ino, r->size, r->time_ns, &rep.attr);
+		if (!rc)
+			inval_inode(s, r->ino);
 		break;
 	case OP_READDIR: {
 		struct wbuf ents;
@@ -355,7 +507,9 @@ static int handle(struct server *s, struct sconn *sc, const struct proto_req *r,
 		struct dir_fill df = {.w = &ents, .max = MIN(MAX(r->max, 1u), (uint32_t)PROTO_READDIR_MAX),
 				      .max_bytes = 1u << 20, .plus = r->flags & AQ_READDIR_PLUS,
 				      .last_cookie = UINT64_MAX};
-		rc = meta_readdir(s->meta, cr, r->ino, r->cookie, df.max, df.plus, dir_fill_one, &df);
+		uint32_t end = r->flags >> PROTO_READDIR_END_SHIFT;
+		rc = meta_readdir_range(s->meta, cr, r->ino, r->cookie, end ? end : UINT32_MAX, df.max, df.plus,
+					dir_fill_one, &df);
 		if (rc >= 0) {
 			rep.count = df.count;
 			rep.eof = df.count < df.max;
@@ -400,10 +554,14 @@ static int handle(struct server *s, struct sconn *sc, const struct proto_req *r,
 			if (r->data_len > AQ_XATTR_VALUE_MAX)
 				return -E2BIG;
 			rc = meta_setxattr(s->meta, cr, r->ino, name, r->data, r->data_len, r->flags);
+			if (!rc)
+				inval_inode(s, r->ino); /* ctime, and ACLs the kernel may cache */
 			break;
 		}
 		if (r->op == OP_REMOVEXATTR) {
 			rc = meta_removexattr(s->meta, cr, r->ino, name);
+			if (!rc)
+				inval_inode(s, r->ino);
 			break;
 		}
 		uint8_t *buf = aq_malloc(AQ_XATTR_VALUE_MAX);
@@ -570,6 +728,8 @@ static int run_batch(struct server *s, struct sconn *sc, const struct proto_hdr 
 			meta_mknod_many(s->meta, &r0->cred, r0->parent, run, names, lens, r0->mode, r0->rdev, r0->flags,
 					outs, results);
 			for (uint32_t k = 0; k < run; k++) {
+				if (!results[k])
+					inval_entry(s, r0->parent, names[k], (uint32_t)lens[k]);
 				one.len = 0;
 				struct proto_reply rep = {.op = OP_MKNOD, .attr = outs[k]};
 				if (!results[k])
@@ -628,13 +788,9 @@ static void on_frame(void *arg, struct net_conn *c, const struct proto_hdr *h, c
 	}
 	struct wbuf out;
 	wbuf_init(&out, 256);
-	if (h->op == OP_BATCH) {
-		int st = run_batch(s, sc, h, payload, &out);
-		net_reply(c, h, st, out.p, out.len);
-	} else {
-		int st = run_one(s, sc, h, payload, &out);
-		net_reply(c, h, st, out.p, out.len);
-	}
+	int st = h->op == OP_BATCH ? run_batch(s, sc, h, payload, &out) : run_one(s, sc, h, payload, &out);
+	inval_push(s, sc);
+	net_reply(c, h, st, out.p, out.len);
 	wbuf_free(&out);
 }
 
@@ -657,6 +813,10 @@ static bool run_inline(void *arg, const struct proto_hdr *h)
 	case OP_STATFS:
 	case OP_TIER:
 		return false;
+	case OP_READDIR:
+		/* a page is thousands of entries: worth a hand-off, and a listing read in
+		 * bucket ranges then runs on several workers at once */
+		return false;
 	}
 	return true;
 }
@@ -665,6 +825,7 @@ static bool on_accept(void *arg, struct net_conn *c)
 {
 	struct sconn *sc = aq_calloc(1, sizeof *sc);
 	pthread_mutex_init(&sc->mu, NULL);
+	sc->nc = c;
 	random_bytes(sc->nonce, sizeof sc->nonce);
 	net_conn_set_data(c, sc);
 	struct proto_hdr h = {.magic = PROTO_MAGIC, .version = PROTO_VERSION, .op = OP_HELLO,
@@ -684,6 +845,7 @@ static void on_close(void *arg, struct net_conn *c)
 	struct sconn *sc = net_conn_data(c);
 	if (!sc)
 		return;
+	unwatch(s, sc);
 	for (uint32_t i = 0; i < sc->nopens; i++)
 		open_ref(s, sc->opens[i], -1);
 	free(sc->opens);
@@ -751,6 +913,7 @@ int server_start(const struct server_options *opt, struct server **out)
 	int rc;
 	s->opt = *opt;
 	pthread_mutex_init(&s->open_mu, NULL);
+	pthread_mutex_init(&s->watch_mu, NULL);
 	pthread_mutex_init(&s->gc_mu, NULL);
 	pthread_cond_init(&s->gc_cond, NULL);
 	snprintf(path, sizeof path, "%s/cluster.conf", opt->data_dir);

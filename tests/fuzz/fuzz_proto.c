@@ -65,6 +65,14 @@ static void streams(const uint8_t *p, size_t len)
 	rbuf_init(&rb, p, len);
 	while (proto_change_get(&rb, &c) == 0)
 		AQ_ASSERT(c.name_len <= AQ_NAME_MAX && !memchr(c.name, 0, c.name_len));
+	/* an INVAL push, as a client's receiver reads it */
+	uint8_t kind;
+	uint64_t ino;
+	const char *name;
+	uint32_t nlen;
+	rbuf_init(&rb, p, len);
+	while (proto_inval_next(&rb, &kind, &ino, &name, &nlen) == 1)
+		AQ_ASSERT(nlen <= AQ_NAME_MAX && rb.pos <= rb.len && (!nlen || !memchr(name, 0, nlen)));
 	/* a batch: every sub-frame's payload through its opcode's decoders */
 	struct proto_hdr h;
 	const uint8_t *sp;

@@ -49,6 +49,21 @@ def test_other_can_work_in_open_dir(c):
     assert as_user(f"os.unlink('{d}/mine')") == 0
 
 
+def test_create_with_readonly_mode(c):
+    """open(O_CREAT|O_WRONLY, 0444) of a new file succeeds for its creator, and the
+    descriptor writes (POSIX: the mode applies to later opens). Regression: create used to
+    open the new file in a second request, which checked the 0444 mode and said EACCES."""
+    d = c.path("romode")
+    os.mkdir(d)
+    os.chmod(d, 0o777)
+    code = (f"fd = os.open('{d}/ro', os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o444)\n"
+            "os.write(fd, b'hi')\nos.close(fd)")
+    assert as_user(code) == 0
+    assert open(f"{d}/ro").read() == "hi"
+    assert os.stat(f"{d}/ro").st_mode & 0o777 == 0o444
+    assert as_user(f"open('{d}/ro', 'w')") == errno.EACCES  # a later open is checked
+
+
 def test_sticky_dir(c):
     d = c.path("sticky")
     os.mkdir(d)

@@ -158,14 +158,14 @@ def test_stat_while_size_commits(fx):
 
 
 class CountingLib:
-    """Stands in for libaq inside aquifer.client, counting aq_readdir_ino calls."""
+    """Stands in for libaq inside aquifer.client, counting aq_dir_read calls."""
 
     def __init__(self):
         self.readdirs = 0
 
     def __getattr__(self, name):
         fn = getattr(lib, name)
-        if name != "aq_readdir_ino":
+        if name != "aq_dir_read":
             return fn
 
         def counted(*args):

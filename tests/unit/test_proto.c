@@ -106,6 +106,7 @@ static uint32_t spec_req(uint16_t op)
 	case OP_REMOVEXATTR: return T_KNOWN | T_CRED | T_INO | T_NAME;
 	case OP_STATFS: return T_KNOWN | T_CRED;
 	case OP_FSYNC: return T_KNOWN | T_CRED | T_INO | T_FLAGS;
+	case OP_WATCH: return T_KNOWN | T_COOKIE | T_FLAGS;
 	case OP_CHUNK_WRITE: return T_KNOWN | T_TARGET | T_INO | T_IDX | T_OFF | T_FLAGS | T_DATA;
 	case OP_CHUNK_READ: return T_KNOWN | T_TARGET | T_INO | T_IDX | T_OFF | T_LEN;
 	case OP_BATCH: return T_KNOWN | T_MAX | T_DATA;
@@ -134,7 +135,7 @@ static uint32_t spec_reply(uint16_t op)
 	case OP_TIER:
 		return TR_KNOWN | TR_DATA | TR_TIER; /* nine u64 after the text */
 	case OP_AUTH: case OP_UNLINK: case OP_RMDIR: case OP_RENAME: case OP_ACCESS: case OP_RELEASE:
-	case OP_SETXATTR: case OP_REMOVEXATTR: case OP_FSYNC: case OP_CHUNK_WRITE:
+	case OP_SETXATTR: case OP_REMOVEXATTR: case OP_FSYNC: case OP_CHUNK_WRITE: case OP_WATCH:
 		return TR_KNOWN;
 	}
 	return 0;
@@ -791,6 +792,70 @@ static int t_change_roundtrip(void)
 	return 0;
 }
 
+/* ---- INVAL pushes ------------------------------------------------------------------------ */
+
+static int t_inval_roundtrip(void)
+{
+	struct wbuf w;
+	wbuf_init(&w, 4096);
+	static struct { uint8_t kind; uint64_t ino; char name[AQ_NAME_MAX]; uint32_t len; } in[200];
+	for (int i = 0; i < 200; i++) {
+		in[i].kind = rndn(2) ? PROTO_INVAL_INODE : PROTO_INVAL_ENTRY;
+		in[i].ino = rnd();
+		in[i].len = in[i].kind == PROTO_INVAL_INODE ? 0 : i % 50 == 1 ? AQ_NAME_MAX : 1 + rndn(AQ_NAME_MAX);
+		rnd_name(in[i].name, in[i].len);
+		if (in[i].kind == PROTO_INVAL_INODE)
+			proto_inval_inode(&w, in[i].ino);
+		else
+			proto_inval_entry(&w, in[i].ino, in[i].name, in[i].len);
+	}
+	uint8_t *x = exact(w.p, w.len);
+	struct rbuf rb;
+	rbuf_init(&rb, x, w.len);
+	uint8_t kind;
+	uint64_t ino;
+	const char *name;
+	uint32_t len;
+	int rc = 0;
+	for (int i = 0; i < 200 && !rc; i++) {
+		if (proto_inval_next(&rb, &kind, &ino, &name, &len) != 1 || kind != in[i].kind || ino != in[i].ino ||
+		    len != in[i].len || (len && memcmp(name, in[i].name, len)))
+			rc = -1, snprintf(g_why, sizeof g_why, "record %d differs", i);
+	}
+	if (!rc && proto_inval_next(&rb, &kind, &ino, &name, &len) != 0)
+		rc = -1, snprintf(g_why, sizeof g_why, "end of records not detected");
+	free(x);
+	if (rc) {
+		wbuf_free(&w);
+		return rc;
+	}
+	/* every cut short record, an unknown kind, a NUL or an overlong name: -EPROTO */
+	w.len = 0;
+	proto_inval_entry(&w, 7, "hello", 5);
+	for (size_t n = 1; n < w.len; n++) {
+		uint8_t *y = exact(w.p, n);
+		rbuf_init(&rb, y, n);
+		int r2 = proto_inval_next(&rb, &kind, &ino, &name, &len);
+		free(y);
+		CHECKF(r2 == -EPROTO, "prefix %zu", n);
+	}
+	w.p[0] = 9;
+	rbuf_init(&rb, w.p, w.len);
+	CHECK(proto_inval_next(&rb, &kind, &ino, &name, &len) == -EPROTO);
+	w.len = 0;
+	proto_inval_entry(&w, 7, "a\0b", 3);
+	rbuf_init(&rb, w.p, w.len);
+	CHECK(proto_inval_next(&rb, &kind, &ino, &name, &len) == -EPROTO);
+	char nm[AQ_NAME_MAX + 1];
+	memset(nm, 'n', sizeof nm);
+	w.len = 0;
+	proto_inval_entry(&w, 7, nm, AQ_NAME_MAX + 1);
+	rbuf_init(&rb, w.p, w.len);
+	CHECK(proto_inval_next(&rb, &kind, &ino, &name, &len) == -EPROTO);
+	wbuf_free(&w);
+	return 0;
+}
+
 /* ---- TIER bodies ------------------------------------------------------------------------ */
 
 static int t_tier_inos(void)
@@ -1262,6 +1327,7 @@ int main(void)
 		{ "reply_roundtrip_every_op", t_reply_roundtrip },
 		{ "dirent_roundtrip", t_dirent_roundtrip },
 		{ "change_roundtrip", t_change_roundtrip },
+		{ "inval_roundtrip", t_inval_roundtrip },
 		{ "batch", t_batch },
 		{ "tier_inos", t_tier_inos },
 		{ "cluster_roundtrip", t_cluster_roundtrip },

@@ -1,0 +1,202 @@
+"""Two mounts of one cluster (two clients, as on two GPU servers). Each lets its kernel
+cache entries, negative entries, attributes and pages for an hour (the default); what one
+mount changes must show on the other within moments, because the server pushes every
+change to the clients that cache (before it answers the writer; the other mount applies
+it asynchronously, typically well under a millisecond later). Each check looks on mount B
+right after mount A's call returned and allows B up to SOON seconds: without the push,
+B would show the old state for an hour."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from aqtest import AQ, Cluster, main, run
+
+ROUNDS = 50
+SOON = 0.5
+
+
+def soon(pred, what):
+    deadline = time.monotonic() + SOON
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"mount B still shows the old state after {SOON} s: {what}")
+        time.sleep(0.001)
+
+
+def size_of(p):
+    try:
+        return os.stat(p).st_size
+    except FileNotFoundError:
+        return None
+
+
+def read(p):
+    try:
+        with open(p, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+
+
+class TwoMounts(Cluster):
+    def __init__(self):
+        super().__init__()
+        self.mnt2 = os.path.join(self.base, "mnt2")
+        os.makedirs(self.mnt2)
+        run(AQ, "mount", self.mnt2, "--cluster", self.conf)
+
+    def close(self):
+        run("umount", self.mnt2, check=False)
+        super().close()
+
+
+def setup():
+    return TwoMounts()
+
+
+def both(c, *parts):
+    return c.path(*parts), os.path.join(c.mnt2, *parts)
+
+
+def test_cached_stat_needs_no_server(c):
+    """By default the kernel keeps entries and attributes (an hour): with aqd stopped, a
+    stat of a file this mount has seen still answers, from the kernel's cache."""
+    a, _ = both(c, "cached")
+    open(a, "w").close()
+    os.stat(a)
+    os.kill(c.pid(), signal.SIGSTOP)
+    try:
+        p = subprocess.run([sys.executable, "-c", f"import os; os.stat({a!r}); os.stat({c.mnt!r})"],
+                           timeout=10, capture_output=True)
+        assert p.returncode == 0, p.stderr
+    finally:
+        os.kill(c.pid(), signal.SIGCONT)
+
+
+def test_create_seen_through_negative_entry(c):
+    a, b = both(c, "neg")
+    os.mkdir(a)
+    for i in range(ROUNDS):
+        assert not os.path.exists(f"{b}/f{i}")  # B now caches "no such name"
+        with open(f"{a}/f{i}", "w") as f:
+            f.write("x" * i)
+        soon(lambda: size_of(f"{b}/f{i}") == i, f"round {i}: a name B had seen missing")
+
+
+def test_unlink_and_rename_seen(c):
+    a, b = both(c, "mv")
+    os.mkdir(a)
+    for i in range(ROUNDS):
+        with open(f"{a}/x{i}", "w") as f:
+            f.write("1")
+        assert os.stat(f"{b}/x{i}").st_size == 1  # B caches the entry
+        os.rename(f"{a}/x{i}", f"{a}/y{i}")
+        soon(lambda: not os.path.exists(f"{b}/x{i}"), f"round {i}: the old name of a renamed file")
+        soon(lambda: os.path.exists(f"{b}/y{i}"), f"round {i}: the new name")
+        os.unlink(f"{a}/y{i}")
+        soon(lambda: not os.path.exists(f"{b}/y{i}"), f"round {i}: an unlinked name")
+
+
+def test_rename_over_seen(c):
+    a, b = both(c, "over")
+    os.mkdir(a)
+    for i in range(ROUNDS):
+        with open(f"{a}/t", "w") as f:
+            f.write("old")
+        with open(f"{a}/s", "w") as f:
+            f.write("new!" * (i + 1))
+        soon(lambda: read(f"{b}/t") == b"old", f"round {i}: rewritten target")
+        os.rename(f"{a}/s", f"{a}/t")
+        soon(lambda: read(f"{b}/t") == b"new!" * (i + 1), f"round {i}: a name renamed over")
+
+
+def test_attributes_seen(c):
+    a, b = both(c, "attrs")
+    with open(a, "w") as f:
+        f.write("x")
+    for i in range(ROUNDS):
+        mode = 0o600 if i % 2 else 0o644
+        os.stat(b)
+        os.chmod(a, mode)
+        soon(lambda: os.stat(b).st_mode & 0o777 == mode, f"round {i}: chmod")
+        os.utime(a, ns=(i * 10**9, i * 10**9))
+        soon(lambda: os.stat(b).st_mtime_ns == i * 10**9, f"round {i}: utime")
+        os.truncate(a, i)
+        soon(lambda: os.stat(b).st_size == i, f"round {i}: truncate")
+
+
+def test_data_seen_after_close(c):
+    """Close-to-open: B's page cache of the file goes when A's new bytes land."""
+    a, b = both(c, "data")
+    for i in range(ROUNDS):
+        body = (b"%d-" % i) * 1000
+        with open(a, "wb") as f:
+            f.write(body)
+        soon(lambda: read(b) == body, f"round {i}: rewritten file")
+        with open(a, "r+b") as f:  # same size, new bytes
+            f.write(b"Z" * 10)
+        soon(lambda: read(b) == b"Z" * 10 + body[10:], f"round {i}: bytes overwritten in place")
+
+
+def test_hard_link_count_seen(c):
+    a, b = both(c, "hl")
+    os.mkdir(a)
+    with open(f"{a}/f", "w") as f:
+        f.write("x")
+    for i in range(ROUNDS // 5):
+        soon(lambda: os.stat(f"{b}/f").st_nlink == 1, f"round {i}: nlink after unlink")
+        os.link(f"{a}/f", f"{a}/g")
+        soon(lambda: os.stat(f"{b}/f").st_nlink == 2, f"round {i}: nlink after link")
+        os.unlink(f"{a}/g")
+
+
+def test_dir_listing_seen(c):
+    a, b = both(c, "ls")
+    os.mkdir(a)
+    names = set()
+    for i in range(ROUNDS // 5):
+        soon(lambda: set(os.listdir(b)) == names, f"round {i}: listing")
+        open(f"{a}/e{i}", "w").close()
+        names.add(f"e{i}")
+        soon(lambda: set(os.listdir(b)) == names, f"round {i}: listing after a create")
+        os.mkdir(f"{a}/d{i}")
+        os.rmdir(f"{a}/d{i}")
+
+
+def test_own_changes_still_fast_and_right(c):
+    """A's own changes are not echoed back to A (its kernel knows them), and nothing
+    above made A's view wrong."""
+    a, _ = both(c, "own")
+    os.mkdir(a)
+    for i in range(200):
+        with open(f"{a}/f{i}", "w") as f:
+            f.write("y" * i)
+    assert sorted(os.listdir(a)) == sorted(f"f{i}" for i in range(200))
+    assert all(os.stat(f"{a}/f{i}").st_size == i for i in range(200))
+
+
+def test_restart_keeps_mounts_working(c):
+    a, b = both(c, "rs")
+    os.mkdir(a)
+    c.kill9()
+    c.restart()
+    time.sleep(0.5)  # each mount's watching connection comes back within 50 ms
+    deadline = time.time() + 30
+    while True:
+        try:
+            with open(f"{a}/after", "w") as f:
+                f.write("ok")
+            break
+        except OSError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.2)
+    soon(lambda: read(f"{b}/after") == b"ok", "a file created after the restart")
+    os.unlink(f"{a}/after")
+    soon(lambda: not os.path.exists(f"{b}/after"), "a file unlinked after the restart")
+
+
+if __name__ == "__main__":
+    main(globals(), setup)

@@ -137,6 +137,14 @@ int aq_statfs(struct aq_client *c, struct aq_statfs *out);
  * buffered per chunk and sent on chunk boundaries, aq_fsync and aq_close; aq_fsync returns
  * when data and size are durable. */
 int aq_open_ino(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, int flags, struct aq_file **out);
+/* As aq_open_ino for O_RDONLY, but returns at once: the OPEN is in flight, and the first
+ * call on the file waits for it and reports its error (other flags: aq_open_ino). For a
+ * caller that already checked permissions (the FUSE mount's kernel does), it takes a
+ * round trip off every open. */
+int aq_open_ino_lazy(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, int flags, struct aq_file **out);
+/* A lazy open the server refused (EACCES, EPERM): asks again with cred (the FUSE mount
+ * adds the caller's supplementary groups). 0 once the file is open. */
+int aq_file_reopen(struct aq_file *f, const struct aq_cred *cred);
 ssize_t aq_pread(struct aq_file *f, void *buf, size_t len, uint64_t off);
 ssize_t aq_pwrite(struct aq_file *f, const void *buf, size_t len, uint64_t off);
 /* Appends at the end of file; *off_out gets the offset written at. */

@@ -719,6 +719,8 @@ static int file_new(struct aq_client *c, const struct aq_cred *cred, const struc
 	f->flags = flags;
 	f->server = server;
 	f->affinity = affinity;
+	f->ino = a->ino;
+	pthread_mutex_init(&f->open_mu, NULL);
 	f->st = state_get(c, a->ino, a, epoch);
 	if ((flags & O_TRUNC) && (flags & O_ACCMODE) != O_RDONLY && S_ISREG(a->mode) && a->size) {
 		struct aq_attr in = {.size = 0};
@@ -742,6 +744,87 @@ int aq_open_ino(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, i
 	if (rc)
 		return rc;
 	return file_new(c, &r.cred, &a, flags, epoch, server, rpc_affinity(&r), out);
+}
+
+int aq_open_ino_lazy(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, int flags, struct aq_file **out)
+{
+	if ((flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC))
+		return aq_open_ino(c, cred, ino, flags, out);
+	struct proto_req r = {.op = OP_OPEN, .cred = *cred_or_default(c, cred), .ino = ino, .flags = (uint32_t)flags};
+	struct aq_file *f = aq_calloc(1, sizeof *f);
+	f->c = c;
+	f->cred = r.cred;
+	f->flags = flags;
+	f->server = client_meta_server(c, ino);
+	f->affinity = rpc_affinity(&r);
+	f->ino = ino;
+	pthread_mutex_init(&f->open_mu, NULL);
+	f->open_epoch = atomic_load(&c->size_epoch);
+	struct wbuf w;
+	wbuf_init(&w, 192);
+	proto_req_encode(&w, &r);
+	int err = 0;
+	f->opening = rpc_start(c, f->server, OP_OPEN, &w, f->affinity, &err);
+	wbuf_free(&w);
+	if (!f->opening) {
+		pthread_mutex_destroy(&f->open_mu);
+		free(f);
+		return aq_open_ino(c, cred, ino, flags, out); /* the connection is down: the slow way */
+	}
+	*out = f;
+	return 0;
+}
+
+/* Waits for a lazy open's OPEN (once); 0, or the open's error for every later call. */
+static int file_ready(struct aq_file *f)
+{
+	if (f->st)
+		return 0;
+	pthread_mutex_lock(&f->open_mu);
+	if (f->opening) {
+		struct proto_reply rep;
+		struct aq_attr a;
+		int rc = rpc_wait(f->opening);
+		bool again = rc && rpc_retryable(rc) && !f->opening->answered;
+		if (!rc && proto_reply_decode(OP_OPEN, f->opening->payload, f->opening->len, &rep))
+			rc = -EPROTO;
+		a = rep.attr;
+		rpc_free(f->opening);
+		f->opening = NULL;
+		if (again) {
+			/* the connection broke: ask again, with rpc_do's retries */
+			struct proto_req r = {.op = OP_OPEN, .cred = f->cred, .ino = f->ino, .flags = (uint32_t)f->flags};
+			rc = attr_call(f->c, f->server, &r, &a);
+		}
+		if (!rc)
+			f->st = state_get(f->c, f->ino, &a, f->open_epoch);
+		f->open_err = rc;
+	}
+	int rc = f->open_err;
+	pthread_mutex_unlock(&f->open_mu);
+	return rc;
+}
+
+int aq_file_reopen(struct aq_file *f, const struct aq_cred *cred)
+{
+	int rc = file_ready(f);
+	if (!rc || (rc != -EACCES && rc != -EPERM))
+		return rc;
+	pthread_mutex_lock(&f->open_mu);
+	if (!f->st) {
+		struct proto_req r = {.op = OP_OPEN, .cred = *cred, .ino = f->ino, .flags = (uint32_t)f->flags};
+		struct aq_attr a;
+		unsigned long epoch = atomic_load(&f->c->size_epoch);
+		rc = attr_call(f->c, f->server, &r, &a);
+		if (!rc) {
+			f->cred = *cred;
+			f->st = state_get(f->c, f->ino, &a, epoch);
+		}
+		f->open_err = rc;
+	}
+	rc = f->open_err;
+	pthread_mutex_unlock(&f->open_mu);
+	return rc;
 }
 
 int aq_create_open(struct aq_client *c, const struct aq_cred *cred, uint64_t parent, const char *name,
@@ -794,10 +877,13 @@ int aq_watch(struct aq_client *c, aq_inval_fn fn, void *arg)
 
 uint64_t aq_inval_seq(struct aq_client *c) { return atomic_load(&c->inval_seq); }
 
-uint64_t aq_file_ino(const struct aq_file *f) { return f->st->ino; }
+uint64_t aq_file_ino(const struct aq_file *f) { return f->ino; }
 
 ssize_t aq_pwrite(struct aq_file *f, const void *buf, size_t len, uint64_t off)
 {
+	int rc = file_ready(f);
+	if (rc)
+		return rc;
 	struct aq_client *c = f->c;
 	struct ino_state *st = f->st;
 	if ((f->flags & O_ACCMODE) == O_RDONLY)
@@ -806,7 +892,6 @@ ssize_t aq_pwrite(struct aq_file *f, const void *buf, size_t len, uint64_t off)
 		return -EFBIG;
 	const uint8_t *p = buf;
 	size_t done = 0;
-	int rc = 0;
 	pthread_mutex_lock(&st->mu);
 	if (st->err) {
 		/* an earlier write-back failed (ENOSPC...): say so now, as a local fs would */
@@ -859,6 +944,9 @@ ssize_t aq_pwrite(struct aq_file *f, const void *buf, size_t len, uint64_t off)
 
 ssize_t aq_append(struct aq_file *f, const void *buf, size_t len, uint64_t *off_out)
 {
+	int rc = file_ready(f);
+	if (rc)
+		return rc;
 	pthread_mutex_lock(&f->st->mu);
 	uint64_t off = f->st->size;
 	pthread_mutex_unlock(&f->st->mu);
@@ -885,12 +973,15 @@ struct rpc_call *chunk_read_start(struct aq_client *c, uint64_t ino, uint32_t cs
 
 ssize_t aq_pread(struct aq_file *f, void *buf, size_t len, uint64_t off)
 {
+	int rc = file_ready(f);
+	if (rc)
+		return rc;
 	struct aq_client *c = f->c;
 	struct ino_state *st = f->st;
 	if ((f->flags & O_ACCMODE) == O_WRONLY)
 		return -EBADF;
 	pthread_mutex_lock(&st->mu);
-	int rc = flush_locked(c, st); /* read-your-writes */
+	rc = flush_locked(c, st); /* read-your-writes */
 	uint64_t size = st->size;
 	uint32_t cs = st->chunk_size;
 	pthread_mutex_unlock(&st->mu);
@@ -937,9 +1028,12 @@ ssize_t aq_pread(struct aq_file *f, void *buf, size_t len, uint64_t off)
 
 int aq_flush(struct aq_file *f)
 {
+	int rc = file_ready(f);
+	if (rc)
+		return rc;
 	struct ino_state *st = f->st;
 	pthread_mutex_lock(&st->mu);
-	int rc = flush_locked(f->c, st);
+	rc = flush_locked(f->c, st);
 	if (!rc)
 		rc = commit_size_locked(f->c, st);
 	if (!rc && st->err) {
@@ -955,7 +1049,7 @@ int aq_fsync(struct aq_file *f, int datasync)
 	int rc = aq_flush(f);
 	if (rc)
 		return rc;
-	struct proto_req r = {.op = OP_FSYNC, .cred = f->cred, .ino = f->st->ino, .flags = (uint32_t)datasync};
+	struct proto_req r = {.op = OP_FSYNC, .cred = f->cred, .ino = f->ino, .flags = (uint32_t)datasync};
 	/* data and metadata of one file may sit on every server: sync them all */
 	for (uint32_t i = 0; !rc && i < f->c->map.nservers; i++)
 		rc = rpc_do(f->c, f->c->map.servers[i].id, &r, NULL, NULL);
@@ -964,7 +1058,7 @@ int aq_fsync(struct aq_file *f, int datasync)
 
 int aq_file_getattr(struct aq_file *f, struct aq_attr *out)
 {
-	return aq_getattr(f->c, &f->cred, f->st->ino, out);
+	return aq_getattr(f->c, &f->cred, f->ino, out);
 }
 
 int aq_close(struct aq_file *f)
@@ -972,9 +1066,12 @@ int aq_close(struct aq_file *f)
 	if (!f)
 		return 0;
 	int rc = aq_flush(f);
-	struct proto_req r = {.op = OP_RELEASE, .cred = f->cred, .ino = f->st->ino};
-	rpc_do_on(f->c, f->server, &r, NULL, NULL, f->affinity);
-	state_put(f->c, f->st);
+	if (f->st) { /* the server holds it open (a lazy open that failed never was) */
+		struct proto_req r = {.op = OP_RELEASE, .cred = f->cred, .ino = f->ino};
+		rpc_do_on(f->c, f->server, &r, NULL, NULL, f->affinity);
+		state_put(f->c, f->st);
+	}
+	pthread_mutex_destroy(&f->open_mu);
 	free(f);
 	return rc;
 }

@@ -94,6 +94,13 @@ struct aq_file {
 	int flags;
 	uint32_t server;           /* where it was opened, and RELEASE goes */
 	uint64_t affinity;         /* the connection it was opened on (see rpc_start) */
+	uint64_t ino;
+	/* aq_open_ino_lazy: the OPEN still in flight; the first call on the file waits for it
+	 * (file_ready) and st is set then */
+	pthread_mutex_t open_mu;
+	struct rpc_call *opening;
+	unsigned long open_epoch;
+	int open_err;
 };
 
 struct aq_client {

@@ -382,9 +382,16 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	struct aq_cred cr;
 	cred_of(req, &cr);
 	struct aq_file *f;
-	/* O_APPEND offsets come from the kernel; the file is opened read-write so the
-	 * buffered chunk can be read back */
-	int rc = WITH_GROUPS(req, cr, aq_open_ino(g_client, &cr, ino, fi->flags & ~O_APPEND, &f));
+	int rc;
+	if ((fi->flags & O_ACCMODE) == O_RDONLY && !(fi->flags & O_TRUNC)) {
+		/* the kernel checked permissions (default_permissions): the OPEN need not be
+		 * waited for here; the first read waits (op_read retries with groups) */
+		rc = aq_open_ino_lazy(g_client, &cr, ino, fi->flags, &f);
+	} else {
+		/* O_APPEND offsets come from the kernel; the file is opened read-write so the
+		 * buffered chunk can be read back */
+		rc = WITH_GROUPS(req, cr, aq_open_ino(g_client, &cr, ino, fi->flags & ~O_APPEND, &f));
+	}
 	if (rc) {
 		fuse_reply_err(req, posix_err(rc));
 		return;
@@ -426,6 +433,12 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 	struct aq_file *f = (struct aq_file *)(uintptr_t)fi->fh;
 	char *buf = aq_malloc(size);
 	ssize_t n = aq_pread(f, buf, size, (uint64_t)off);
+	if (n == -EACCES || n == -EPERM) { /* a lazy open refused without the caller's groups */
+		struct aq_cred cr;
+		cred_of(req, &cr);
+		if (cred_add_groups(req, &cr) && aq_file_reopen(f, &cr) == 0)
+			n = aq_pread(f, buf, size, (uint64_t)off);
+	}
 	if (n < 0)
 		fuse_reply_err(req, posix_err((int)n));
 	else

@@ -174,6 +174,40 @@ class CountingLib:
         return counted
 
 
+class Cred(ctypes.Structure):  # struct aq_cred
+    _fields_ = [("uid", ctypes.c_uint32), ("gid", ctypes.c_uint32), ("ngroups", ctypes.c_uint32),
+                ("groups", ctypes.c_uint32 * 32)]
+
+
+def test_lazy_open_refusal_shows_at_first_read(fx):
+    """aq_open_ino_lazy (what the mount uses for read-only opens) returns before the
+    server answered: a refusal shows at the first read, and aq_file_reopen with other
+    credentials (the mount adds the caller's groups) opens it after all."""
+    h = fx.c._handle()
+    path = fx.cluster.path("lazy_secret")
+    with open(path, "wb") as f:
+        f.write(b"root only")
+    os.chmod(path, 0o600)
+    ino = os.stat(path).st_ino
+    lib.aq_open_ino_lazy.restype, lib.aq_open_ino_lazy.argtypes = \
+        ctypes.c_int, [P, ctypes.POINTER(Cred), ctypes.c_uint64, ctypes.c_int, ctypes.POINTER(P)]
+    lib.aq_file_reopen.restype, lib.aq_file_reopen.argtypes = ctypes.c_int, [P, ctypes.POINTER(Cred)]
+    nobody, root = Cred(65534, 65534, 0), Cred(0, 0, 0)
+    buf = ctypes.create_string_buffer(64)
+    f = P()
+    assert lib.aq_open_ino_lazy(h, ctypes.byref(nobody), ino, os.O_RDONLY, ctypes.byref(f)) == 0
+    assert lib.aq_pread(f, buf, 64, 0) == -errno.EACCES
+    assert lib.aq_pread(f, buf, 64, 0) == -errno.EACCES  # and stays refused
+    assert lib.aq_file_reopen(f, ctypes.byref(root)) == 0
+    assert lib.aq_pread(f, buf, 64, 0) == 9 and buf.raw[:9] == b"root only"
+    assert lib.aq_close(f) == 0
+    g = P()  # a lazy open of an inode that does not exist fails at its first call too
+    os.unlink(path)
+    assert lib.aq_open_ino_lazy(h, ctypes.byref(root), ino + 10**9, os.O_RDONLY, ctypes.byref(g)) == 0
+    assert lib.aq_pread(g, buf, 64, 0) == -errno.ENOENT
+    assert lib.aq_close(g) == -errno.ENOENT
+
+
 def test_listdir_streams_20k(fx):
     c = fx.c
     os.mkdir(fx.cluster.path("many"))

@@ -302,6 +302,7 @@ int aq_setattr(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, ui
 	int rc = attr_call(c, client_meta_server(c, ino), &r, &a);
 	if (st) {
 		if (!rc) {
+			atomic_fetch_add(&st->wgen, 1); /* read-ahead windows hold the old bytes */
 			st->size = a.size;
 			st->mtime_ns = a.mtime_ns;
 			size_reached_server(c, st);
@@ -721,6 +722,7 @@ static int file_new(struct aq_client *c, const struct aq_cred *cred, const struc
 	f->affinity = affinity;
 	f->ino = a->ino;
 	pthread_mutex_init(&f->open_mu, NULL);
+	pthread_mutex_init(&f->ra_mu, NULL);
 	f->st = state_get(c, a->ino, a, epoch);
 	if ((flags & O_TRUNC) && (flags & O_ACCMODE) != O_RDONLY && S_ISREG(a->mode) && a->size) {
 		struct aq_attr in = {.size = 0};
@@ -759,6 +761,7 @@ int aq_open_ino_lazy(struct aq_client *c, const struct aq_cred *cred, uint64_t i
 	f->affinity = rpc_affinity(&r);
 	f->ino = ino;
 	pthread_mutex_init(&f->open_mu, NULL);
+	pthread_mutex_init(&f->ra_mu, NULL);
 	f->open_epoch = atomic_load(&c->size_epoch);
 	struct wbuf w;
 	wbuf_init(&w, 192);
@@ -768,6 +771,7 @@ int aq_open_ino_lazy(struct aq_client *c, const struct aq_cred *cred, uint64_t i
 	wbuf_free(&w);
 	if (!f->opening) {
 		pthread_mutex_destroy(&f->open_mu);
+		pthread_mutex_destroy(&f->ra_mu);
 		free(f);
 		return aq_open_ino(c, cred, ino, flags, out); /* the connection is down: the slow way */
 	}
@@ -933,6 +937,7 @@ ssize_t aq_pwrite(struct aq_file *f, const void *buf, size_t len, uint64_t off)
 		}
 	}
 	if (done) {
+		atomic_fetch_add(&st->wgen, 1);
 		if (off + done > st->size)
 			st->size = off + done;
 		st->size_dirty = true;
@@ -990,6 +995,9 @@ ssize_t aq_pread(struct aq_file *f, void *buf, size_t len, uint64_t off)
 	if (off >= size)
 		return 0;
 	len = (size_t)MIN((uint64_t)len, size - off);
+	ssize_t ra = ra_read(f, buf, len, off, size, cs);
+	if (ra != RA_PASS)
+		return ra;
 	/* all chunk reads in flight at once, then collected in order */
 	uint32_t nchunks = (uint32_t)((off + len - 1) / cs - off / cs + 1);
 	struct rpc_call *calls_small[8];
@@ -1071,7 +1079,9 @@ int aq_close(struct aq_file *f)
 		rpc_do_on(f->c, f->server, &r, NULL, NULL, f->affinity);
 		state_put(f->c, f->st);
 	}
+	ra_free(f);
 	pthread_mutex_destroy(&f->open_mu);
+	pthread_mutex_destroy(&f->ra_mu);
 	free(f);
 	return rc;
 }

@@ -80,6 +80,7 @@ struct ino_state {
 	int64_t mtime_ns;
 	uint32_t chunk_size;
 	int err;                   /* first write-back error, reported at flush/fsync/close */
+	atomic_ulong wgen;         /* bumped by every write and truncate through this client */
 	/* one chunk of buffered writes: [wlo, whi) of chunk widx */
 	bool wactive;
 	uint32_t widx, wlo, whi;
@@ -101,7 +102,28 @@ struct aq_file {
 	struct rpc_call *opening;
 	unsigned long open_epoch;
 	int open_err;
+	/* read-ahead for a sequential reader (ra.c): two windows, the one being read and the
+	 * next, each a run of CHUNK_READs in flight into its own buffer */
+	pthread_mutex_t ra_mu;
+	uint64_t ra_expect;        /* where the next read starts if the reader is sequential */
+	uint32_t ra_seq;           /* sequential reads in a row */
+	unsigned long ra_wgen;     /* the inode's wgen when the windows were asked for */
+	struct ra_win {
+		uint8_t *buf;
+		uint64_t off;
+		uint32_t len;          /* 0: empty */
+		struct rpc_call **calls;
+		uint32_t ncalls;
+		int err;
+	} ra[2];
 };
+
+/* Read-ahead (ra.c): serves a read of a sequential reader from its windows and keeps the
+ * next window in flight. Returns the bytes read (the whole request), or RA_PASS when the
+ * caller should read directly (not sequential, too large, or a window failed). */
+#define RA_PASS (-100000)
+ssize_t ra_read(struct aq_file *f, void *buf, size_t len, uint64_t off, uint64_t size, uint32_t cs);
+void ra_free(struct aq_file *f);
 
 struct aq_client {
 	struct cluster_map map;

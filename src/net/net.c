@@ -17,6 +17,8 @@
 #include <stdatomic.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <linux/sockios.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -121,6 +123,24 @@ int net_send(struct net_conn *c, const struct proto_hdr *h, const void *payload,
 		net_close(c);
 	}
 	return rc;
+}
+
+int net_send_nowait(struct net_conn *c, const struct proto_hdr *h, const void *payload, size_t len)
+{
+	if (atomic_load(&c->closed))
+		return -ENOTCONN;
+	int sndbuf = 0, queued = 0;
+	socklen_t sl = sizeof sndbuf;
+	pthread_mutex_lock(&c->send_mu);
+	bool room = !getsockopt(c->fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, &sl) && !ioctl(c->fd, SIOCOUTQ, &queued) &&
+		    (size_t)queued + PROTO_HDR_SIZE + len <= (size_t)sndbuf / 2; /* the kernel doubles it */
+	pthread_mutex_unlock(&c->send_mu);
+	if (!room) {
+		log_warn("closing %s: it does not read what is sent to it (%d bytes waiting)", c->peer, queued);
+		net_close(c);
+		return -EAGAIN;
+	}
+	return net_send(c, h, payload, len);
 }
 
 int net_reply(struct net_conn *c, const struct proto_hdr *req, int status, const void *payload, size_t len)

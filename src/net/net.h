@@ -40,6 +40,10 @@ void net_stop(struct net_server *s);
 
 /* Sends one frame; thread-safe. Returns 0 or -errno (the connection is then closed). */
 int net_send(struct net_conn *c, const struct proto_hdr *h, const void *payload, size_t len);
+/* As net_send for a frame nobody waits on (a push): when the peer has not read enough of
+ * what was sent before for this one to fit the socket's buffer, it would block, so the
+ * connection is closed instead (-EAGAIN): a stuck peer never stalls the sender. */
+int net_send_nowait(struct net_conn *c, const struct proto_hdr *h, const void *payload, size_t len);
 /* Sends a reply frame to request h with status and payload (an error reply's payload is
  * empty, or a text that says why: the caller decides). */
 int net_reply(struct net_conn *c, const struct proto_hdr *req, int status, const void *payload, size_t len);

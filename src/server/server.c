@@ -100,7 +100,7 @@ static void inval_push(struct server *s, struct sconn *origin)
 	pthread_mutex_lock(&s->watch_mu);
 	for (struct sconn *w = s->watchers; w; w = w->wnext)
 		if (w != origin && !(origin->client_id && w->client_id == origin->client_id))
-			net_send(w->nc, &h, t_inval.p, t_inval.len); /* a failed send closes it */
+			net_send_nowait(w->nc, &h, t_inval.p, t_inval.len); /* a stuck watcher is closed */
 	pthread_mutex_unlock(&s->watch_mu);
 	t_inval.len = 0;
 	if (t_inval.cap > (1u << 20)) {

@@ -398,5 +398,55 @@ def test_d_batch_of_chunk_reads_bounded(c):
     os.kill(pid, 0)
 
 
+OP_WATCH, OP_INVAL, OP_UNLINK = 33, 34, 17
+F_PUSH = 4
+
+
+def test_e_watcher_that_never_reads(c):
+    """A client that asks for invalidations (WATCH) and then stops reading must not stall
+    the server: once what waits for it would not fit its socket, the server closes it.
+    Regression: pushes used to block, up to 30 s, the thread that served the change."""
+    stuck = socket.socket()
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window fills soon
+    stuck.settimeout(TIMEOUT_S)
+    stuck.connect(("127.0.0.1", c.port))
+    hello = recv_frame(stuck)
+    send(stuck, hdr(OP_AUTH, 1, 36) + struct.pack("<I", 32) + mac_for(c.secret, hello["payload"][4:]))
+    assert recv_frame(stuck)["status"] == S_OK
+    w = struct.pack("<IQ", 1, 0x5717C4)  # flags DELIVER, then the client id
+    send(stuck, hdr(OP_WATCH, 2, len(w)) + w)
+    r = recv_frame(stuck)
+    assert r["op"] == OP_WATCH and r["status"] == S_OK, r
+    writer = authed(c)
+    names = [b"w%05d-" % i + b"x" * 200 for i in range(20000)]
+    t0 = time.time()
+    for i, nm in enumerate(names):  # each create pushes a record of ~220 bytes to `stuck`
+        p = mknod_payload(nm)
+        send(writer, hdr(OP_MKNOD, 100 + i, len(p)) + p)
+        r = recv_frame(writer)  # "server hung" if a push blocks
+        assert r["status"] == S_OK, f"create {i}: {r}"
+    for i, nm in enumerate(names):
+        p = lookup_payload(nm)[len(cred()):]  # UNLINK carries cred, parent, name like LOOKUP
+        p = cred() + p
+        send(writer, hdr(OP_UNLINK, 50000 + i, len(p)) + p)
+        assert recv_frame(writer)["status"] == S_OK
+    took = time.time() - t0
+    writer.close()
+    # what was queued for `stuck` is INVAL pushes, then the end of the connection
+    pushes = 0
+    try:
+        while True:
+            h = HDR.unpack(recv_exact(stuck, 32))
+            assert h[2] == OP_INVAL and h[6] & F_PUSH, f"unexpected frame {h}"
+            recv_exact(stuck, h[7])
+            pushes += 1
+    except Dropped:
+        pass
+    stuck.close()
+    assert pushes > 0, "the watcher got no INVAL frame at all"
+    assert took < 30, f"40,000 changes took {took:.0f} s with a watcher that does not read"
+    os.kill(c.pid(), 0)
+
+
 if __name__ == "__main__":
     main(globals(), setup=setup)

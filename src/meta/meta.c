@@ -892,6 +892,18 @@ uint32_t meta_nbuckets(const struct meta_store *m)
 	return m->nbuckets;
 }
 
+void meta_thread_init(void)
+{
+	/* RocksDB counts into a thread-local perf context on every key comparison unless the
+	 * thread's perf level says not to; those counts nobody reads cost about a tenth of
+	 * a listing's time (each is a __tls_get_addr from a shared library). */
+	static __thread bool done;
+	if (!done) {
+		rocksdb_set_perf_level(rocksdb_disable);
+		done = true;
+	}
+}
+
 int meta_sync(struct meta_store *m)
 {
 	char *err = NULL;

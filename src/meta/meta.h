@@ -114,5 +114,8 @@ int meta_orphans(struct meta_store *m, struct meta_orphan *out, uint32_t max, ui
 int meta_orphan_done(struct meta_store *m, uint64_t ino);
 /* Make every committed change durable (fsync of a file or directory, shutdown). */
 int meta_sync(struct meta_store *m);
+/* Call once on each thread that uses the store (cheap to call again): turns off RocksDB's
+ * per-thread perf counting. */
+void meta_thread_init(void);
 
 #endif

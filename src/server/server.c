@@ -765,6 +765,7 @@ static void on_frame(void *arg, struct net_conn *c, const struct proto_hdr *h, c
 {
 	struct server *s = arg;
 	struct sconn *sc = net_conn_data(c);
+	meta_thread_init();
 	if (h->flags & PROTO_F_REPLY) {
 		log_warn("dropping %s: sent a reply frame", net_conn_peer(c));
 		net_close(c);

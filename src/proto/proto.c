@@ -405,12 +405,23 @@ int proto_reply_decode(uint16_t op, const uint8_t *p, size_t len, struct proto_r
 
 void proto_dirent_put(struct wbuf *w, const struct aq_dirent *e, bool plus)
 {
-	wbuf_u64(w, e->ino);
-	wbuf_u64(w, e->cookie);
-	wbuf_u8(w, (uint8_t)e->type);
-	wbuf_str(w, e->name, e->name_len);
-	if (plus)
-		proto_attr_put(w, &e->attr);
+	proto_dirent_put_parts(w, e->ino, e->cookie, (uint8_t)e->type, e->name, e->name_len, plus ? &e->attr : NULL);
+}
+
+void proto_dirent_put_parts(struct wbuf *w, uint64_t ino, uint64_t cookie, uint8_t type, const char *name,
+			    uint32_t name_len, const struct aq_attr *attr)
+{
+	/* one reserve for the fixed part and the name: a listing encodes millions of these */
+	wbuf_reserve(w, 21 + (size_t)name_len);
+	uint8_t *p = w->p + w->len;
+	put_le64(p, ino);
+	put_le64(p + 8, cookie);
+	p[16] = type;
+	put_le32(p + 17, name_len);
+	memcpy(p + 21, name, name_len);
+	w->len += 21 + (size_t)name_len;
+	if (attr)
+		proto_attr_put(w, attr);
 }
 
 int proto_dirent_get(struct rbuf *r, struct aq_dirent *e, bool plus)

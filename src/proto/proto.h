@@ -202,6 +202,9 @@ int proto_reply_decode(uint16_t op, const uint8_t *p, size_t len, struct proto_r
 
 /* READDIR entries: ino u64, cookie u64, type u8, name (u32 len + bytes), attr if plus. */
 void proto_dirent_put(struct wbuf *w, const struct aq_dirent *e, bool plus);
+/* The same entry from its parts (attr NULL: not plus), without a struct aq_dirent. */
+void proto_dirent_put_parts(struct wbuf *w, uint64_t ino, uint64_t cookie, uint8_t type, const char *name,
+			    uint32_t name_len, const struct aq_attr *attr);
 int proto_dirent_get(struct rbuf *r, struct aq_dirent *e, bool plus);
 /* CHANGES entries: ino u64, ts u64, name. */
 struct proto_change { uint64_t ino, ts; const char *name; uint32_t name_len; };

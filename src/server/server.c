@@ -232,12 +232,8 @@ static int dir_fill_one(void *arg, const char *name, size_t name_len, uint64_t i
 	/* Never split entries that share a cookie: the store finishes a group past max. */
 	if ((df->count >= df->max || df->w->len >= df->max_bytes) && cookie != df->last_cookie)
 		return 1;
-	struct aq_dirent e = {.ino = ino, .cookie = cookie, .type = dtype, .name_len = (uint32_t)name_len};
-	AQ_ASSERT(name_len <= AQ_NAME_MAX);
-	memcpy(e.name, name, name_len);
-	if (attr)
-		e.attr = *attr;
-	proto_dirent_put(df->w, &e, df->plus);
+	AQ_ASSERT(name_len <= AQ_NAME_MAX && (!df->plus || attr));
+	proto_dirent_put_parts(df->w, ino, cookie, (uint8_t)dtype, name, (uint32_t)name_len, df->plus ? attr : NULL);
 	df->count++;
 	df->last_cookie = cookie;
 	return 0;

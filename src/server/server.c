@@ -82,10 +82,25 @@ static void inval_entry(struct server *s, uint64_t parent, const char *name, uin
 	proto_inval_entry(&t_inval, parent, name, len);
 }
 
-/* The inode a name points at, when another client would want to hear about it. */
+/* Whether watcher w belongs to another client than the connection origin. */
+static bool other_client(const struct sconn *w, const struct sconn *origin)
+{
+	return w != origin && !(origin->client_id && w->client_id == origin->client_id);
+}
+
+/* The inode a name points at, when another client watches and would want to hear that it
+ * changed (its link count, its ctime). A lone mount's own unlinks and renames pay nothing:
+ * before, its other connections (not on the list) counted it as someone else. */
 static uint64_t victim_of(struct server *s, struct sconn *sc, uint64_t parent, const char *name, uint32_t len)
 {
-	if (atomic_load(&s->nwatchers) <= (sc->watching ? 1u : 0u))
+	if (!someone_watches(s))
+		return 0;
+	bool others = false;
+	pthread_mutex_lock(&s->watch_mu);
+	for (struct sconn *w = s->watchers; w && !others; w = w->wnext)
+		others = other_client(w, sc);
+	pthread_mutex_unlock(&s->watch_mu);
+	if (!others)
 		return 0;
 	static const struct aq_cred root = {0};
 	struct aq_attr a;
@@ -99,7 +114,7 @@ static void inval_push(struct server *s, struct sconn *origin)
 	struct proto_hdr h = {.magic = PROTO_MAGIC, .version = PROTO_VERSION, .op = OP_INVAL, .flags = PROTO_F_PUSH};
 	pthread_mutex_lock(&s->watch_mu);
 	for (struct sconn *w = s->watchers; w; w = w->wnext)
-		if (w != origin && !(origin->client_id && w->client_id == origin->client_id))
+		if (other_client(w, origin))
 			net_send_nowait(w->nc, &h, t_inval.p, t_inval.len); /* a stuck watcher is closed */
 	pthread_mutex_unlock(&s->watch_mu);
 	t_inval.len = 0;

@@ -780,28 +780,37 @@ int aq_open_ino_lazy(struct aq_client *c, const struct aq_cred *cred, uint64_t i
 }
 
 /* Waits for a lazy open's OPEN (once); 0, or the open's error for every later call. */
+/* A lazy file's OPEN, sent again and waited for (rpc_do's retries); sets st on success.
+ * Called with open_mu held. */
+static int open_now(struct aq_file *f, const struct aq_cred *cred, unsigned long epoch)
+{
+	struct proto_req r = {.op = OP_OPEN, .cred = *cred, .ino = f->ino, .flags = (uint32_t)f->flags};
+	struct aq_attr a;
+	int rc = attr_call(f->c, f->server, &r, &a);
+	if (!rc) {
+		f->cred = *cred;
+		__atomic_store_n(&f->st, state_get(f->c, f->ino, &a, epoch), __ATOMIC_RELEASE);
+	}
+	return rc;
+}
+
 static int file_ready(struct aq_file *f)
 {
-	if (f->st)
+	if (__atomic_load_n(&f->st, __ATOMIC_ACQUIRE))
 		return 0;
 	pthread_mutex_lock(&f->open_mu);
 	if (f->opening) {
 		struct proto_reply rep;
-		struct aq_attr a;
 		int rc = rpc_wait(f->opening);
 		bool again = rc && rpc_retryable(rc) && !f->opening->answered;
 		if (!rc && proto_reply_decode(OP_OPEN, f->opening->payload, f->opening->len, &rep))
 			rc = -EPROTO;
-		a = rep.attr;
+		if (!rc)
+			__atomic_store_n(&f->st, state_get(f->c, f->ino, &rep.attr, f->open_epoch), __ATOMIC_RELEASE);
 		rpc_free(f->opening);
 		f->opening = NULL;
-		if (again) {
-			/* the connection broke: ask again, with rpc_do's retries */
-			struct proto_req r = {.op = OP_OPEN, .cred = f->cred, .ino = f->ino, .flags = (uint32_t)f->flags};
-			rc = attr_call(f->c, f->server, &r, &a);
-		}
-		if (!rc)
-			f->st = state_get(f->c, f->ino, &a, f->open_epoch);
+		if (again) /* the connection broke under the OPEN: ask again */
+			rc = open_now(f, &f->cred, f->open_epoch);
 		f->open_err = rc;
 	}
 	int rc = f->open_err;
@@ -815,17 +824,8 @@ int aq_file_reopen(struct aq_file *f, const struct aq_cred *cred)
 	if (!rc || (rc != -EACCES && rc != -EPERM))
 		return rc;
 	pthread_mutex_lock(&f->open_mu);
-	if (!f->st) {
-		struct proto_req r = {.op = OP_OPEN, .cred = *cred, .ino = f->ino, .flags = (uint32_t)f->flags};
-		struct aq_attr a;
-		unsigned long epoch = atomic_load(&f->c->size_epoch);
-		rc = attr_call(f->c, f->server, &r, &a);
-		if (!rc) {
-			f->cred = *cred;
-			f->st = state_get(f->c, f->ino, &a, epoch);
-		}
-		f->open_err = rc;
-	}
+	if (!f->st)
+		f->open_err = open_now(f, cred, atomic_load(&f->c->size_epoch));
 	rc = f->open_err;
 	pthread_mutex_unlock(&f->open_mu);
 	return rc;

@@ -127,17 +127,27 @@ def test_attributes_seen(c):
         soon(lambda: os.stat(b).st_size == i, f"round {i}: truncate")
 
 
-def test_data_seen_after_close(c):
-    """Close-to-open: B's page cache of the file goes when A's new bytes land."""
+def test_data_seen_by_open_reader(c):
+    """B keeps the file open and its pages cached; A rewrites bytes in place (same size)
+    and closes. B's next pread through the same descriptor must see them: the push drops
+    B's page cache (notify_inval_inode), nothing else would for an hour."""
     a, b = both(c, "data")
-    for i in range(ROUNDS):
-        body = (b"%d-" % i) * 1000
-        with open(a, "wb") as f:
-            f.write(body)
-        soon(lambda: read(b) == body, f"round {i}: rewritten file")
-        with open(a, "r+b") as f:  # same size, new bytes
-            f.write(b"Z" * 10)
-        soon(lambda: read(b) == b"Z" * 10 + body[10:], f"round {i}: bytes overwritten in place")
+    body = bytearray(b"%06d-" % 0 * 2000)
+    with open(a, "wb") as f:
+        f.write(body)
+    fb = os.open(b, os.O_RDONLY)
+    try:
+        soon(lambda: os.pread(fb, len(body) + 1, 0) == body, "the first version")
+        for i in range(ROUNDS):
+            piece = b"%06d-" % (i + 1)
+            at = (i * 7919) % (len(body) - len(piece))
+            with open(a, "r+b") as f:
+                f.seek(at)
+                f.write(piece)
+            body[at:at + len(piece)] = piece
+            soon(lambda: os.pread(fb, len(body) + 1, 0) == body, f"round {i}: bytes rewritten in place")
+    finally:
+        os.close(fb)
 
 
 def test_hard_link_count_seen(c):

@@ -14,19 +14,12 @@
 
 #include "meta/meta.h"
 #include "meta/meta_internal.h"
+#include "unit/check.h"
 
 static char g_dir[256];
 static struct meta_store *g_m;
-static char g_why[512];
 static const struct aq_cred ROOT = { 0 };
 
-#define CHECK(cond, ...)                                                                      \
-	do {                                                                                  \
-		if (!(cond)) {                                                                \
-			snprintf(g_why, sizeof(g_why), "line %d: %s", __LINE__, #cond);       \
-			return -1;                                                            \
-		}                                                                             \
-	} while (0)
 #define CHECK_RC(expr, want)                                                                  \
 	do {                                                                                  \
 		int _rc = (expr);                                                             \

@@ -14,26 +14,11 @@
 #include "common/cluster.h"
 #include "common/hash.h"
 #include "proto/proto.h"
+#include "unit/check.h"
 
 uint32_t crc32c_sw(uint32_t crc, const void *data, size_t len); /* src/common/hash.c */
 
-static char g_why[1024];
 
-#define CHECK(cond)                                                                           \
-	do {                                                                                  \
-		if (!(cond)) {                                                                \
-			snprintf(g_why, sizeof(g_why), "line %d: %s", __LINE__, #cond);       \
-			return -1;                                                            \
-		}                                                                             \
-	} while (0)
-#define CHECKF(cond, ...)                                                                     \
-	do {                                                                                  \
-		if (!(cond)) {                                                                \
-			int _n = snprintf(g_why, sizeof(g_why), "line %d: %s: ", __LINE__, #cond); \
-			snprintf(g_why + _n, sizeof(g_why) - (size_t)_n, __VA_ARGS__);        \
-			return -1;                                                            \
-		}                                                                             \
-	} while (0)
 
 /* ---- deterministic randomness ------------------------------------------------------- */
 
@@ -1313,7 +1298,7 @@ static int rm_cb(const char *path, const struct stat *sb, int flag, struct FTW *
 
 int main(void)
 {
-	static const struct { const char *name; int (*fn)(void); } tests[] = {
+	static const struct unit_test tests[] = {
 		{ "crc32c_vectors", t_crc_vectors },
 		{ "crc32c_hw_vs_sw", t_crc_hw_sw },
 		{ "hash64_pinned", t_hash64_pinned },
@@ -1343,18 +1328,7 @@ int main(void)
 		return 1;
 	}
 	int passed = 0, failed = 0;
-	for (size_t i = 0; i < ARRAY_SIZE(tests); i++) {
-		g_why[0] = 0;
-		uint64_t t0 = aq_mono_ns();
-		if (tests[i].fn() == 0) {
-			printf("ok %s (%.2fs)\n", tests[i].name, (aq_mono_ns() - t0) / 1e9);
-			passed++;
-		} else {
-			printf("FAIL %s: %s\n", tests[i].name, g_why);
-			failed++;
-		}
-		fflush(stdout);
-	}
+	unit_run(tests, ARRAY_SIZE(tests), &passed, &failed);
 	nftw(g_dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
 	printf("%d passed, %d failed\n", passed, failed);
 	return failed ? 1 : 0;

@@ -12,25 +12,10 @@
 #include <unistd.h>
 
 #include "s3/s3_internal.h"
+#include "unit/check.h"
 
-static char g_why[1024];
 static char g_dir[64];
 
-#define CHECK(cond)                                                                           \
-	do {                                                                                  \
-		if (!(cond)) {                                                                \
-			snprintf(g_why, sizeof(g_why), "line %d: %s", __LINE__, #cond);       \
-			return -1;                                                            \
-		}                                                                             \
-	} while (0)
-#define CHECK_STR(got, want)                                                                  \
-	do {                                                                                  \
-		if (strcmp((got), (want))) {                                                  \
-			snprintf(g_why, sizeof(g_why), "line %d: got \"%s\", want \"%s\"", __LINE__, \
-				 (got), (want));                                              \
-			return -1;                                                            \
-		}                                                                             \
-	} while (0)
 
 static struct s3_config cfg_of(const char *endpoint, const char *bucket, bool vhost)
 {
@@ -311,7 +296,7 @@ static int t_key_limits(void)
 
 int main(void)
 {
-	static const struct { const char *name; int (*fn)(void); } tests[] = {
+	static const struct unit_test tests[] = {
 		{ "url_path_style", t_url_path_style },
 		{ "url_virtual_host", t_url_virtual_host },
 		{ "url_rejects", t_url_rejects },
@@ -332,18 +317,7 @@ int main(void)
 		return 1;
 	}
 	int passed = 0, failed = 0;
-	for (size_t i = 0; i < ARRAY_SIZE(tests); i++) {
-		g_why[0] = 0;
-		uint64_t t0 = aq_mono_ns();
-		if (tests[i].fn() == 0) {
-			printf("ok %s (%.2fs)\n", tests[i].name, (double)(aq_mono_ns() - t0) / 1e9);
-			passed++;
-		} else {
-			printf("FAIL %s: %s\n", tests[i].name, g_why);
-			failed++;
-		}
-		fflush(stdout);
-	}
+	unit_run(tests, ARRAY_SIZE(tests), &passed, &failed);
 	char path[128];
 	snprintf(path, sizeof path, "%s/credentials", g_dir);
 	unlink(path);

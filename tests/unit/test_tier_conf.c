@@ -5,16 +5,9 @@
  * line per case and "N passed, N failed".
  */
 #include "tier/tier.h"
+#include "unit/check.h"
 
-static char g_why[1024];
 
-#define CHECK(cond)                                                                           \
-	do {                                                                                  \
-		if (!(cond)) {                                                                \
-			snprintf(g_why, sizeof(g_why), "line %d: %s", __LINE__, #cond);       \
-			return -1;                                                            \
-		}                                                                             \
-	} while (0)
 
 static int parse(const char *text, struct tier_conf *c, char *err)
 {
@@ -122,23 +115,14 @@ static int t_rules(void)
 
 int main(void)
 {
-	static const struct { const char *name; int (*fn)(void); } tests[] = {
+	static const struct unit_test tests[] = {
 		{ "conf_roundtrip", t_conf_roundtrip },
 		{ "conf_refusals", t_conf_refusals },
 		{ "rules", t_rules },
 	};
 	log_min_level = LOG_ERROR;
 	int passed = 0, failed = 0;
-	for (size_t i = 0; i < ARRAY_SIZE(tests); i++) {
-		g_why[0] = 0;
-		if (tests[i].fn() == 0) {
-			printf("ok %s\n", tests[i].name);
-			passed++;
-		} else {
-			printf("FAIL %s: %s\n", tests[i].name, g_why);
-			failed++;
-		}
-	}
+	unit_run(tests, ARRAY_SIZE(tests), &passed, &failed);
 	printf("%d passed, %d failed\n", passed, failed);
 	return failed ? 1 : 0;
 }

@@ -875,6 +875,7 @@ int aq_watch(struct aq_client *c, aq_inval_fn fn, void *arg)
 				return rc;
 		}
 	}
+	atomic_store(&c->pushes_apart, c->nconns > 1);
 	rpc_keeper_start(c);
 	return 0;
 }

@@ -57,6 +57,16 @@ struct rpc_conn {
 	pthread_mutex_t send_mu;
 	pthread_t rx;
 	bool rx_running;
+	/* One reader at a time takes frames off the socket: a thread waiting in rpc_wait
+	 * when nobody reads (its own reply then costs no hand-off), else the receiver
+	 * thread, which sleeps on rx_cv until asked (rx_wanted) and reads while calls are
+	 * pending; on the connection that delivers INVAL frames it always reads. */
+	bool reading;
+	bool rx_wanted;
+	bool rx_stop;
+	bool rx_exited;
+	pthread_cond_t rx_cv;
+	uint32_t npending;
 	struct rpc_call *pending[RPC_PENDING_BUCKETS];
 	uint64_t next_id;
 	/* Outgoing frames wait here while another thread is sending; the sender takes them
@@ -150,6 +160,9 @@ struct aq_client {
 	aq_inval_fn watch_fn;
 	void *watch_arg;
 	atomic_ulong inval_seq;
+	/* set once WATCH is on everywhere: the first connection of each server then carries
+	 * INVAL frames only, so requests never queue behind its always-reading receiver */
+	atomic_bool pushes_apart;
 	pthread_t keeper;          /* brings INVAL connections back at once (rpc_keeper_start) */
 	bool keeper_running;
 	atomic_bool keeper_stop;

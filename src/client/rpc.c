@@ -1,9 +1,13 @@
 /*
  * rpc.c - libaq's connections: connect and authenticate (HMAC challenge), then pipeline
- * requests. Any thread may send; one receiver thread per connection matches replies to
- * waiting calls by request id, so replies may come back in any order. A connection that
- * breaks fails its pending calls with -ENOTCONN; the next call reconnects (a restarted
- * aqd is found again) and rpc_do retries for up to RPC_RECONNECT_S seconds.
+ * requests. Any thread may send. One reader at a time takes replies off a connection
+ * and matches them to calls by request id, so replies may come back in any order: a
+ * thread waiting for its reply reads the socket itself when nobody else does (no thread
+ * hand-off on the way back, which on a small machine costs as much as the server's
+ * work), and the connection's receiver thread reads when calls are pending that nobody
+ * waits on. A connection that breaks fails its pending calls with -ENOTCONN; the next
+ * call reconnects (a restarted aqd is found again) and rpc_do retries for up to
+ * RPC_RECONNECT_S seconds.
  */
 #include "client/client_internal.h"
 #include "common/auth.h"
@@ -151,6 +155,22 @@ static struct rpc_call **pending_slot(struct rpc_conn *rc, uint64_t id)
 	return pp;
 }
 
+static void pending_add_locked(struct rpc_conn *rc, struct rpc_call *call)
+{
+	struct rpc_call **slot = &rc->pending[call->id % RPC_PENDING_BUCKETS];
+	call->next = *slot;
+	*slot = call;
+	rc->npending++;
+}
+
+static struct rpc_call *pending_take_locked(struct rpc_conn *rc, struct rpc_call **pp)
+{
+	struct rpc_call *call = *pp;
+	*pp = call->next;
+	rc->npending--;
+	return call;
+}
+
 /* Marks a call done: wakes its waiter and announces it on its completion queue. Called
  * with the connection's mu held. */
 static void call_done_locked(struct rpc_call *call, int status)
@@ -223,7 +243,7 @@ static void complete_locked(struct rpc_conn *rc, uint64_t id, int status, const 
 	struct rpc_call *call = *pp;
 	if (!call || call->is_batch)
 		return;
-	*pp = call->next;
+	pending_take_locked(rc, pp);
 	if (!status) {
 		call->payload = aq_malloc(len ? len : 1);
 		memcpy(call->payload, p, len);
@@ -264,8 +284,7 @@ static void fail_pending_locked(struct rpc_conn *rc, int err)
 {
 	for (int i = 0; i < RPC_PENDING_BUCKETS; i++) {
 		while (rc->pending[i]) {
-			struct rpc_call *call = rc->pending[i];
-			rc->pending[i] = call->next;
+			struct rpc_call *call = pending_take_locked(rc, &rc->pending[i]);
 			if (call->is_batch) {
 				rpc_free(call);
 				continue;
@@ -298,81 +317,138 @@ static void deliver_invals(struct aq_client *c, const uint8_t *p, uint32_t len)
 		log_warn("malformed INVAL frame (%u bytes)", len);
 }
 
+/* Takes one frame off the socket and hands it to its call (an INVAL frame to the
+ * client's callback). Called by the connection's reader, without mu. Returns 0, or
+ * -errno when the connection broke. */
+static int read_frame(struct rpc_conn *rc, int fd)
+{
+	struct proto_hdr h;
+	uint8_t hb[PROTO_HDR_SIZE];
+	int err = fd_read_full(fd, hb, sizeof hb);
+	if (!err)
+		err = proto_hdr_decode(hb, sizeof hb, &h);
+	if (err)
+		return err;
+	if (h.op == OP_CHUNK_READ && !h.status && h.payload_len >= 4) {
+		/* Straight into the caller's buffer when the call asked for it. The call
+		 * cannot go away meanwhile: only the reader completes calls. */
+		pthread_mutex_lock(&rc->mu);
+		struct rpc_call *call = *pending_slot(rc, h.req_id);
+		void *dest = call ? call->rdest : NULL;
+		bool fits = dest && h.payload_len == 4 + call->rdest_len;
+		pthread_mutex_unlock(&rc->mu);
+		if (fits) {
+			uint8_t lenb[4];
+			err = fd_read_full(fd, lenb, 4);
+			if (!err && get_le32(lenb) != call->rdest_len)
+				err = -EPROTO;
+			if (!err)
+				err = fd_read_full(fd, dest, call->rdest_len);
+			if (err)
+				return err;
+			pthread_mutex_lock(&rc->mu);
+			struct rpc_call **pp = pending_slot(rc, h.req_id);
+			AQ_ASSERT(*pp == call);
+			pending_take_locked(rc, pp);
+			call->direct = true;
+			call->answered = true;
+			call_done_locked(call, 0);
+			pthread_mutex_unlock(&rc->mu);
+			return 0;
+		}
+	}
+	uint8_t *p = aq_malloc(h.payload_len ? h.payload_len : 1);
+	err = fd_read_full(fd, p, h.payload_len);
+	if (err) {
+		free(p);
+		return err;
+	}
+	if (h.op == OP_INVAL && (h.flags & PROTO_F_PUSH)) {
+		deliver_invals(rc->client, p, h.payload_len);
+		free(p);
+		return 0;
+	}
+	pthread_mutex_lock(&rc->mu);
+	struct rpc_call **pp = pending_slot(rc, h.req_id);
+	if (*pp) {
+		struct rpc_call *call = pending_take_locked(rc, pp);
+		if (call->is_batch) {
+			complete_batch_locked(rc, call, &h, p);
+			rpc_free(call);
+		} else {
+			call->payload = p;
+			call->len = h.payload_len;
+			call->answered = true;
+			call_done_locked(call, h.status ? aq_err_from_status(h.status) : 0);
+			p = NULL;
+		}
+	}
+	pthread_mutex_unlock(&rc->mu);
+	free(p);
+	return 0;
+}
+
+/* The first connection of a watching client's server takes INVAL frames at any time:
+ * its receiver never stops reading. */
+static bool always_read(const struct rpc_conn *rc)
+{
+	const struct aq_client *c = rc->client;
+	return (uint32_t)(rc - c->conns) % c->nconns == 0 && atomic_load(&c->watch_id);
+}
+
+/* Whether the receiver thread should be reading now. Called with mu held. */
+static bool rx_needed_locked(const struct rpc_conn *rc)
+{
+	return !rc->reading && rc->up && (always_read(rc) || (rc->rx_wanted && rc->npending));
+}
+
+/* Asks the receiver to read: calls are pending that nobody waits on. Called with mu held. */
+static void rx_kick_locked(struct rpc_conn *rc)
+{
+	rc->rx_wanted = true;
+	if (rx_needed_locked(rc))
+		pthread_cond_broadcast(&rc->rx_cv);
+}
+
+/* A reader's read failed: the connection is done, and so are its calls. mu held. */
+static void conn_broken_locked(struct rpc_conn *rc)
+{
+	rc->up = false;
+	fail_pending_locked(rc, -ENOTCONN);
+	pthread_cond_broadcast(&rc->rx_cv);
+}
+
+/* Reads one frame as the connection's reader. Called with mu held and nobody reading;
+ * returns with mu held. */
+static void read_as_reader_locked(struct rpc_conn *rc)
+{
+	rc->reading = true;
+	int fd = rc->fd;
+	pthread_mutex_unlock(&rc->mu);
+	int err = read_frame(rc, fd);
+	pthread_mutex_lock(&rc->mu);
+	rc->reading = false;
+	if (err)
+		conn_broken_locked(rc);
+}
+
 static void *rx_main(void *arg)
 {
 	struct rpc_conn *rc = arg;
-	int fd = rc->fd;
-	for (;;) {
-		struct proto_hdr h;
-		uint8_t *p = NULL;
-		uint8_t hb[PROTO_HDR_SIZE];
-		int err = fd_read_full(fd, hb, sizeof hb);
-		if (!err)
-			err = proto_hdr_decode(hb, sizeof hb, &h);
-		if (!err && h.op == OP_CHUNK_READ && !h.status && h.payload_len >= 4) {
-			/* Straight into the caller's buffer when the call asked for it. The call
-			 * cannot go away meanwhile: only this thread completes calls. */
-			pthread_mutex_lock(&rc->mu);
-			struct rpc_call *call = *pending_slot(rc, h.req_id);
-			void *dest = call ? call->rdest : NULL;
-			bool fits = dest && h.payload_len == 4 + call->rdest_len;
-			pthread_mutex_unlock(&rc->mu);
-			if (fits) {
-				uint8_t lenb[4];
-				err = fd_read_full(fd, lenb, 4);
-				if (!err && get_le32(lenb) != call->rdest_len)
-					err = -EPROTO;
-				if (!err)
-					err = fd_read_full(fd, dest, call->rdest_len);
-				if (!err) {
-					pthread_mutex_lock(&rc->mu);
-					struct rpc_call **pp = pending_slot(rc, h.req_id);
-					AQ_ASSERT(*pp == call);
-					*pp = call->next;
-					call->direct = true;
-					call->answered = true;
-					call_done_locked(call, 0);
-					pthread_mutex_unlock(&rc->mu);
-					continue;
-				}
-			}
-		}
-		if (!err) {
-			p = aq_malloc(h.payload_len ? h.payload_len : 1);
-			err = fd_read_full(fd, p, h.payload_len);
-		}
-		if (err) {
-			free(p);
-			pthread_mutex_lock(&rc->mu);
-			rc->up = false;
-			fail_pending_locked(rc, -ENOTCONN);
-			pthread_mutex_unlock(&rc->mu);
-			return NULL;
-		}
-		if (h.op == OP_INVAL && (h.flags & PROTO_F_PUSH)) {
-			deliver_invals(rc->client, p, h.payload_len);
-			free(p);
+	pthread_mutex_lock(&rc->mu);
+	while (rc->up && !rc->rx_stop) {
+		if (!rx_needed_locked(rc)) {
+			pthread_cond_wait(&rc->rx_cv, &rc->mu);
 			continue;
 		}
-		pthread_mutex_lock(&rc->mu);
-		struct rpc_call **pp = pending_slot(rc, h.req_id);
-		struct rpc_call *call = *pp;
-		if (call) {
-			*pp = call->next;
-			if (call->is_batch) {
-				complete_batch_locked(rc, call, &h, p);
-				rpc_free(call);
-			} else {
-				call->payload = p;
-				call->len = h.payload_len;
-				call->answered = true;
-				call_done_locked(call, h.status ? aq_err_from_status(h.status) : 0);
-				p = NULL;
-			}
-		}
-		pthread_mutex_unlock(&rc->mu);
-		free(p);
+		read_as_reader_locked(rc);
+		if (!rc->npending)
+			rc->rx_wanted = false;
 	}
+	rc->rx_exited = true;
+	pthread_cond_broadcast(&rc->rx_cv);
+	pthread_mutex_unlock(&rc->mu);
+	return NULL;
 }
 
 /* Brings the connection up if it is down. Called with rc->mu held. */
@@ -381,9 +457,15 @@ static int ensure_up_locked(struct rpc_conn *rc)
 	if (rc->up)
 		return 0;
 	if (rc->rx_running) {
-		/* rx set up=false just before exiting and no longer needs mu */
+		/* the receiver leaves once it sees the connection down */
+		while (!rc->rx_exited) {
+			pthread_cond_broadcast(&rc->rx_cv);
+			pthread_cond_wait(&rc->rx_cv, &rc->mu);
+		}
 		pthread_join(rc->rx, NULL);
 		rc->rx_running = false;
+		rc->rx_exited = false;
+		rc->rx_wanted = false;
 		close(rc->fd);
 		rc->fd = -1;
 	}
@@ -456,6 +538,7 @@ int rpc_conn_init(struct aq_client *c, struct rpc_conn *rc, uint32_t server)
 	pthread_mutex_init(&rc->mu, NULL);
 	pthread_mutex_init(&rc->send_mu, NULL);
 	pthread_mutex_init(&rc->q_mu, NULL);
+	pthread_cond_init(&rc->rx_cv, NULL);
 	wbuf_init(&rc->q, 4096);
 	pthread_mutex_lock(&rc->mu);
 	int err = ensure_up_locked(rc);
@@ -468,6 +551,8 @@ void rpc_conn_fini(struct rpc_conn *rc)
 	pthread_mutex_lock(&rc->mu);
 	if (rc->fd >= 0)
 		shutdown(rc->fd, SHUT_RDWR);
+	rc->rx_stop = true;
+	pthread_cond_broadcast(&rc->rx_cv);
 	pthread_mutex_unlock(&rc->mu);
 	if (rc->rx_running)
 		pthread_join(rc->rx, NULL);
@@ -476,6 +561,7 @@ void rpc_conn_fini(struct rpc_conn *rc)
 	pthread_mutex_destroy(&rc->mu);
 	pthread_mutex_destroy(&rc->send_mu);
 	pthread_mutex_destroy(&rc->q_mu);
+	pthread_cond_destroy(&rc->rx_cv);
 	wbuf_free(&rc->q);
 	free(rc->q_ids);
 }
@@ -487,23 +573,20 @@ uint64_t rpc_affinity(const struct proto_req *req)
 	return 0;
 }
 
-struct rpc_call *rpc_start(struct aq_client *c, uint32_t server, uint16_t op, const struct wbuf *payload,
-			   uint64_t affinity, int *err)
-{
-	return rpc_start_ex(c, server, op, payload, affinity, NULL, 0, NULL, NULL, false, err);
-}
-
-struct rpc_call *rpc_start_ex(struct aq_client *c, uint32_t server, uint16_t op, const struct wbuf *payload,
-			      uint64_t affinity, void *rdest, uint32_t rdest_len, struct rpc_cq *cq, void *cq_arg,
-			      bool hold, int *err)
+/* Sends a request. A sync call is waited on at once by its sender, who then reads the
+ * reply itself if nobody else is reading; any other call asks the receiver to read. */
+static struct rpc_call *start_call(struct aq_client *c, uint32_t server, uint16_t op, const struct wbuf *payload,
+				   uint64_t affinity, void *rdest, uint32_t rdest_len, struct rpc_cq *cq,
+				   void *cq_arg, bool hold, bool sync, int *err)
 {
 	/* connections of one server are consecutive in c->conns */
 	uint32_t base = 0;
 	for (uint32_t i = 0; i < c->map.nservers; i++)
 		if (c->map.servers[i].id == server)
 			base = i * c->nconns;
+	uint32_t first = atomic_load(&c->pushes_apart) ? 1 : 0;
 	uint64_t pick = affinity ? affinity : atomic_fetch_add(&c->rr, 1);
-	struct rpc_conn *rc = &c->conns[base + pick % c->nconns];
+	struct rpc_conn *rc = &c->conns[base + first + pick % (c->nconns - first)];
 	struct rpc_call *call = aq_calloc(1, sizeof *call);
 	pthread_cond_init(&call->cv, NULL);
 	call->op = op;
@@ -522,13 +605,26 @@ struct rpc_call *rpc_start_ex(struct aq_client *c, uint32_t server, uint16_t op,
 		return NULL;
 	}
 	call->id = rc->next_id++;
-	struct rpc_call **slot = &rc->pending[call->id % RPC_PENDING_BUCKETS];
-	call->next = *slot;
-	*slot = call;
+	pending_add_locked(rc, call);
+	if (!sync)
+		rx_kick_locked(rc);
 	pthread_mutex_lock(&rc->q_mu);
 	pthread_mutex_unlock(&rc->mu);
 	enqueue_and_send(rc, op, call->id, payload, hold);
 	return call;
+}
+
+struct rpc_call *rpc_start(struct aq_client *c, uint32_t server, uint16_t op, const struct wbuf *payload,
+			   uint64_t affinity, int *err)
+{
+	return start_call(c, server, op, payload, affinity, NULL, 0, NULL, NULL, false, false, err);
+}
+
+struct rpc_call *rpc_start_ex(struct aq_client *c, uint32_t server, uint16_t op, const struct wbuf *payload,
+			      uint64_t affinity, void *rdest, uint32_t rdest_len, struct rpc_cq *cq, void *cq_arg,
+			      bool hold, int *err)
+{
+	return start_call(c, server, op, payload, affinity, rdest, rdest_len, cq, cq_arg, hold, false, err);
 }
 
 static bool batchable(uint16_t op)
@@ -563,9 +659,7 @@ static void send_drained(struct rpc_conn *rc, struct wbuf *frames, const uint64_
 		b->sub_ids = aq_malloc(n * sizeof *b->sub_ids);
 		memcpy(b->sub_ids, ids, n * sizeof *ids);
 		b->nsubs = n;
-		struct rpc_call **slot = &rc->pending[b->id % RPC_PENDING_BUCKETS];
-		b->next = *slot;
-		*slot = b;
+		pending_add_locked(rc, b);
 		/* the BATCH payload: max (u32) then the sub-frames as one string */
 		wbuf_init(&bp, 8);
 		wbuf_u32(&bp, n);
@@ -664,8 +758,15 @@ int rpc_wait(struct rpc_call *call)
 	else
 		pthread_mutex_unlock(&rc->q_mu);
 	pthread_mutex_lock(&rc->mu);
-	while (!call->done)
-		pthread_cond_wait(&call->cv, &rc->mu);
+	while (!call->done) {
+		if (!rc->reading && rc->up)
+			read_as_reader_locked(rc);
+		else
+			pthread_cond_wait(&call->cv, &rc->mu);
+	}
+	/* replies still due to others: the receiver takes over */
+	if (rc->npending || always_read(rc))
+		rx_kick_locked(rc);
 	pthread_mutex_unlock(&rc->mu);
 	return call->status;
 }
@@ -702,7 +803,7 @@ int rpc_do_on(struct aq_client *c, uint32_t server, const struct proto_req *req,
 	int err;
 	struct rpc_call *call = NULL;
 	for (int attempt = 0;; attempt++) {
-		call = rpc_start(c, server, req->op, &w, affinity, &err);
+		call = start_call(c, server, req->op, &w, affinity, NULL, 0, NULL, NULL, false, true, &err);
 		if (call)
 			err = rpc_wait(call);
 		/* a server that answered ENOTCONN or EHOSTUNREACH (no object tier, S3 down) meant

@@ -65,8 +65,12 @@ static void inval_queue(uint64_t ino, uint64_t parent, const char *name, size_t 
 	pthread_mutex_unlock(&g_inval.mu);
 }
 
+static void dattr_drop(uint64_t ino);
+
 static void on_inval(void *arg, const struct aq_inval *iv)
 {
+	/* before any reply that raced this push can be kept (dattr_put checks the seq) */
+	dattr_drop(iv->ino ? iv->ino : iv->parent);
 	if (!iv->ino && !iv->parent) {
 		log_warn("aq mount: a connection to a server was made again; what other clients changed "
 			 "meanwhile may show only after --attr-timeout");
@@ -88,10 +92,14 @@ static void *inval_main(void *arg)
 		if (!g_inval.head)
 			g_inval.tail = NULL;
 		pthread_mutex_unlock(&g_inval.mu);
-		/* -ENOENT: the kernel did not have it cached, nothing to drop */
-		if (it->parent)
+		/* -ENOENT: the kernel did not have it cached, nothing to drop. The kernel
+		 * drops the directory's attributes with an entry only if it had the name
+		 * cached: a new name changes them as much (mtime, ctime, nlink), so drop
+		 * them too (offset -1: attributes only, not the directory's pages). */
+		if (it->parent) {
 			fuse_lowlevel_notify_inval_entry(g_se, it->parent, it->name, it->len);
-		else
+			fuse_lowlevel_notify_inval_inode(g_se, it->parent, -1, 0);
+		} else
 			fuse_lowlevel_notify_inval_inode(g_se, it->ino, 0, 0);
 		free(it);
 		pthread_mutex_lock(&g_inval.mu);
@@ -111,6 +119,90 @@ static void recheck(uint64_t seq, uint64_t parent, const char *name, uint64_t in
 		inval_queue(0, parent, name, strlen(name));
 	if (ino)
 		inval_queue(ino, 0, NULL, 0);
+}
+
+/* ---- directory attributes, answered here ----
+ *
+ * The kernel forgets a directory's attributes whenever a create, unlink or rename in it
+ * returns, and default_permissions asks for them again before the next one: without
+ * this cache every create in a directory costs a GETATTR round trip to its server. A
+ * directory's attributes change only through entries made or removed in it, setattr and
+ * xattrs on it. What this mount changes it knows the outcome of (a create's parent gets
+ * the new inode's ctime as mtime and ctime, exactly as the server merges it), what other
+ * clients change the servers push (on_inval drops the directory, and a reply that raced
+ * a push is not kept: the same sequence check as recheck). Only used while pushes work. */
+#define DATTR_SLOTS 1024
+
+static struct {
+	pthread_mutex_t mu;
+	bool on;
+	struct dattr {
+		uint64_t ino; /* 0: empty */
+		uint64_t expires_ns;
+		struct aq_attr a;
+	} slot[DATTR_SLOTS];
+} g_dattr = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+static struct dattr *dattr_slot(uint64_t ino) { return &g_dattr.slot[(ino * 0x9E3779B97F4A7C15ull) >> 54]; }
+
+/* Keeps a directory's attributes from a reply to a call that began at inval seq. */
+static void dattr_put(uint64_t seq, const struct aq_attr *a)
+{
+	if (!g_dattr.on || !S_ISDIR(a->mode))
+		return;
+	pthread_mutex_lock(&g_dattr.mu);
+	struct dattr *d = dattr_slot(a->ino);
+	if (aq_inval_seq(g_client) == seq) {
+		d->ino = a->ino;
+		d->a = *a;
+		d->expires_ns = aq_mono_ns() + (uint64_t)(g_timeout_s * 1e9);
+	} else if (d->ino == a->ino) {
+		d->ino = 0;
+	}
+	pthread_mutex_unlock(&g_dattr.mu);
+}
+
+static bool dattr_get(uint64_t ino, struct aq_attr *a)
+{
+	if (!g_dattr.on)
+		return false;
+	pthread_mutex_lock(&g_dattr.mu);
+	struct dattr *d = dattr_slot(ino);
+	bool hit = d->ino == ino && aq_mono_ns() < d->expires_ns;
+	if (hit)
+		*a = d->a;
+	pthread_mutex_unlock(&g_dattr.mu);
+	return hit;
+}
+
+/* ino 0: every directory */
+static void dattr_drop(uint64_t ino)
+{
+	pthread_mutex_lock(&g_dattr.mu);
+	if (ino) {
+		struct dattr *d = dattr_slot(ino);
+		if (d->ino == ino)
+			d->ino = 0;
+	} else {
+		for (size_t i = 0; i < DATTR_SLOTS; i++)
+			g_dattr.slot[i].ino = 0;
+	}
+	pthread_mutex_unlock(&g_dattr.mu);
+}
+
+/* This mount made child in parent: the server stamped the parent's mtime and ctime with
+ * the child's ctime (and counted a subdirectory as a link). */
+static void dattr_created(uint64_t parent, const struct aq_attr *child)
+{
+	pthread_mutex_lock(&g_dattr.mu);
+	struct dattr *d = dattr_slot(parent);
+	if (d->ino == parent) {
+		d->a.mtime_ns = MAX(d->a.mtime_ns, child->ctime_ns);
+		d->a.ctime_ns = MAX(d->a.ctime_ns, child->ctime_ns);
+		if (S_ISDIR(child->mode))
+			d->a.nlink++;
+	}
+	pthread_mutex_unlock(&g_dattr.mu);
 }
 
 static int posix_err(int rc) { return aq_errno_posix(rc); }
@@ -203,8 +295,11 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 	conn->max_readahead = 1 << 20;
 	if (conn->capable & FUSE_CAP_READDIRPLUS)
 		conn->want |= FUSE_CAP_READDIRPLUS;
+	/* Plus only where it pays: the kernel asks for attributes with the first page, and
+	 * for the rest only once the lister looks entries up (ls -l, not ls or find): a
+	 * page with attributes costs the server an inode read per entry. */
 	if (conn->capable & FUSE_CAP_READDIRPLUS_AUTO)
-		conn->want &= ~FUSE_CAP_READDIRPLUS_AUTO; /* always plus: one round trip per page */
+		conn->want |= FUSE_CAP_READDIRPLUS_AUTO;
 	if (conn->capable & FUSE_CAP_ASYNC_READ)
 		conn->want |= FUSE_CAP_ASYNC_READ;
 	if (conn->capable & FUSE_CAP_PARALLEL_DIROPS)
@@ -232,6 +327,8 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 		recheck(seq, parent, name, 0);
 		return;
 	}
+	if (!rc)
+		dattr_put(seq, &a);
 	reply_entry_or_err(req, rc, &a);
 	if (!rc)
 		recheck(seq, parent, name, a.ino);
@@ -240,13 +337,19 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct aq_attr a;
+	struct stat st;
+	if (dattr_get(ino, &a)) {
+		to_stat(&a, &st);
+		fuse_reply_attr(req, &st, g_timeout_s);
+		return;
+	}
 	uint64_t seq = aq_inval_seq(g_client);
 	int rc = aq_getattr(g_client, NULL, ino, &a);
 	if (rc) {
 		fuse_reply_err(req, posix_err(rc));
 		return;
 	}
-	struct stat st;
+	dattr_put(seq, &a);
 	to_stat(&a, &st);
 	fuse_reply_attr(req, &st, g_timeout_s);
 	recheck(seq, 0, NULL, ino);
@@ -279,10 +382,12 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 	}
 	uint64_t seq = aq_inval_seq(g_client);
 	int rc = WITH_GROUPS(req, cr, aq_setattr(g_client, &cr, ino, mask, &in, &out));
+	dattr_drop(ino);
 	if (rc) {
 		fuse_reply_err(req, posix_err(rc));
 		return;
 	}
+	dattr_put(seq, &out);
 	struct stat st;
 	to_stat(&out, &st);
 	fuse_reply_attr(req, &st, g_timeout_s);
@@ -299,6 +404,15 @@ static void op_readlink(fuse_req_t req, fuse_ino_t ino)
 		fuse_reply_readlink(req, buf);
 }
 
+/* After a create in parent: the parent's attributes as the server now has them. */
+static void made_in(uint64_t parent, int rc, const struct aq_attr *child)
+{
+	if (!rc)
+		dattr_created(parent, child);
+	else if (rc != -EEXIST && rc != -EACCES && rc != -EPERM)
+		dattr_drop(parent);
+}
+
 static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev)
 {
 	RO_CHECK(req);
@@ -306,6 +420,7 @@ static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 	struct aq_attr a;
 	cred_of(req, &cr);
 	int rc = WITH_GROUPS(req, cr, aq_mknod(g_client, &cr, parent, name, mode, (uint32_t)rdev, AQ_CREATE_EXCL, &a));
+	made_in(parent, rc, &a);
 	reply_entry_or_err(req, rc, &a);
 }
 
@@ -316,6 +431,7 @@ static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 	struct aq_attr a;
 	cred_of(req, &cr);
 	int rc = WITH_GROUPS(req, cr, aq_mkdir_at(g_client, &cr, parent, name, mode, &a));
+	made_in(parent, rc, &a);
 	reply_entry_or_err(req, rc, &a);
 }
 
@@ -326,6 +442,7 @@ static void op_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, cons
 	struct aq_attr a;
 	cred_of(req, &cr);
 	int rc = WITH_GROUPS(req, cr, aq_symlink_at(g_client, &cr, parent, name, link, &a));
+	made_in(parent, rc, &a);
 	reply_entry_or_err(req, rc, &a);
 }
 
@@ -334,7 +451,9 @@ static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 	RO_CHECK(req);
 	struct aq_cred cr;
 	cred_of(req, &cr);
-	fuse_reply_err(req, posix_err(WITH_GROUPS(req, cr, aq_unlink_at(g_client, &cr, parent, name))));
+	int rc = WITH_GROUPS(req, cr, aq_unlink_at(g_client, &cr, parent, name));
+	dattr_drop(parent);
+	fuse_reply_err(req, posix_err(rc));
 }
 
 static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
@@ -342,7 +461,9 @@ static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 	RO_CHECK(req);
 	struct aq_cred cr;
 	cred_of(req, &cr);
-	fuse_reply_err(req, posix_err(WITH_GROUPS(req, cr, aq_rmdir_at(g_client, &cr, parent, name))));
+	int rc = WITH_GROUPS(req, cr, aq_rmdir_at(g_client, &cr, parent, name));
+	dattr_drop(0); /* the parent, and the removed directory, whose number is not known here */
+	fuse_reply_err(req, posix_err(rc));
 }
 
 static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
@@ -360,7 +481,9 @@ static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_
 		fuse_reply_err(req, EINVAL);
 		return;
 	}
-	fuse_reply_err(req, posix_err(WITH_GROUPS(req, cr, aq_rename_at(g_client, &cr, parent, name, newparent, newname, f))));
+	int rc = WITH_GROUPS(req, cr, aq_rename_at(g_client, &cr, parent, name, newparent, newname, f));
+	dattr_drop(0); /* both parents, and a moved directory's ctime */
+	fuse_reply_err(req, posix_err(rc));
 }
 
 static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname)
@@ -370,6 +493,7 @@ static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const 
 	struct aq_attr a;
 	cred_of(req, &cr);
 	int rc = WITH_GROUPS(req, cr, aq_link_at(g_client, &cr, ino, newparent, newname, &a));
+	dattr_drop(newparent);
 	reply_entry_or_err(req, rc, &a);
 }
 
@@ -417,6 +541,7 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 	int rc = WITH_GROUPS(req, cr, aq_create_open(g_client, &cr, parent, name, mode & 07777,
 			  (fi->flags & O_EXCL) ? AQ_CREATE_EXCL : 0,
 			  fi->flags & ~(O_APPEND | O_TRUNC | O_CREAT | O_EXCL), &a, &f));
+	made_in(parent, rc, &a);
 	if (rc) {
 		fuse_reply_err(req, posix_err(rc));
 		return;
@@ -475,6 +600,23 @@ static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_f
 	fuse_reply_err(req, posix_err(aq_fsync(f, datasync)));
 }
 
+/* An open directory. The kernel asks for one buffer of entries at a time (a page, or
+ * what getdents asked for), each starting where the last one ended: entries are fetched
+ * DIR_PAGE per round trip and handed out from here, rather than one trip per buffer. */
+#define DIR_PAGE 512
+
+struct dirh {
+	pthread_mutex_t mu;
+	bool filled, plus, eof;
+	uint64_t at;        /* the cookie ents follow */
+	uint64_t seq;       /* inval seq before ents were fetched */
+	uint32_t n, pos;    /* ents held, next to hand out */
+	struct aq_dirent *ents;
+};
+
+/* The cookie after the last entry handed out. */
+static uint64_t dirh_cookie(const struct dirh *dh) { return dh->pos ? dh->ents[dh->pos - 1].cookie : dh->at; }
+
 static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct aq_cred cr;
@@ -484,7 +626,9 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 		fuse_reply_err(req, posix_err(rc));
 		return;
 	}
-	fi->fh = 0;
+	struct dirh *dh = aq_calloc(1, sizeof *dh);
+	pthread_mutex_init(&dh->mu, NULL);
+	fi->fh = (uint64_t)(uintptr_t)dh;
 	fuse_reply_open(req, fi);
 }
 
@@ -493,14 +637,14 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 
 /* Fills one readdir buffer starting at off. "." and ".." get offsets 1 and 2; server
  * cookies start at 1 << 48. Entries sharing a cookie (hash collisions) never straddle
- * two buffers: if one does not fit, its whole group is taken back. */
-static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool plus)
+ * two buffers: if one does not fit, its whole group is taken back (the server never
+ * splits a group between pages either). */
+static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool plus, struct dirh *dh)
 {
 	struct aq_cred cr;
 	cred_of(req, &cr);
 	char *buf = aq_calloc(1, size);
-	size_t pos = 0, group_start = 0;
-	uint64_t group_cookie = 0;
+	size_t pos = 0;
 	uint64_t cookie = (uint64_t)off;
 	int rc = 0;
 	bool full = false;
@@ -522,57 +666,85 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, b
 			break;
 		}
 		pos += need;
-		group_start = pos;
 		cookie = next;
 	}
 	if (cookie < (1ull << 48))
 		cookie = 0;
-	struct aq_dirent *ents = aq_malloc(128 * sizeof *ents);
-	uint64_t seq = aq_inval_seq(g_client);
+	pthread_mutex_lock(&dh->mu);
+	if (!dh->ents)
+		dh->ents = aq_malloc(DIR_PAGE * sizeof *dh->ents);
+	if (!dh->filled || dh->plus != plus || dirh_cookie(dh) != cookie) {
+		/* a seek, a rewind or the first call: start over at the kernel's offset */
+		dh->filled = true;
+		dh->plus = plus;
+		dh->eof = false;
+		dh->at = cookie;
+		dh->n = dh->pos = 0;
+	}
+	uint64_t seq = dh->seq; /* of the oldest page handed out from: see recheck below */
+	bool any = false;
 	uint64_t *given = NULL; /* the inodes whose attributes went to the kernel */
 	size_t ngiven = 0, given_cap = 0;
+	size_t group_pos = pos;
+	uint32_t group_idx = dh->pos;
 	while (!full) {
-		int n = WITH_GROUPS(req, cr, aq_readdir_ino(g_client, &cr, ino, cookie, plus ? AQ_READDIR_PLUS : 0, ents, 128));
-		if (n < 0) {
-			rc = n;
-			break;
-		}
-		if (n == 0)
-			break;
-		for (int i = 0; i < n; i++) {
-			struct stat st = {.st_ino = ents[i].ino, .st_mode = ents[i].type << 12};
-			size_t need;
-			if (plus) {
-				struct fuse_entry_param e;
-				to_entry(&ents[i].attr, &e);
-				need = fuse_add_direntry_plus(req, buf + pos, size - pos, ents[i].name, &e,
-							      (off_t)ents[i].cookie);
-			} else {
-				need = fuse_add_direntry(req, buf + pos, size - pos, ents[i].name, &st,
-							 (off_t)ents[i].cookie);
-			}
-			if (need > size - pos) {
-				if (ents[i].cookie == group_cookie)
-					pos = group_start; /* do not split a collision group */
-				full = true;
+		if (dh->pos == dh->n) {
+			if (dh->eof)
+				break;
+			uint64_t from = dirh_cookie(dh), s = aq_inval_seq(g_client);
+			int n = WITH_GROUPS(req, cr, aq_readdir_ino(g_client, &cr, ino, from, plus ? AQ_READDIR_PLUS : 0,
+								 dh->ents, DIR_PAGE));
+			if (n < 0) {
+				rc = n;
 				break;
 			}
-			if (ents[i].cookie != group_cookie) {
-				group_start = pos;
-				group_cookie = ents[i].cookie;
+			if (!any)
+				seq = s;
+			dh->seq = s;
+			dh->at = from;
+			dh->n = (uint32_t)n;
+			dh->pos = 0;
+			group_idx = 0;
+			group_pos = pos;
+			if (n == 0) {
+				dh->eof = true;
+				break;
 			}
-			if (plus) {
-				if (ngiven == given_cap) {
-					given_cap = given_cap ? 2 * given_cap : 256;
-					given = aq_realloc(given, given_cap * sizeof *given);
-				}
-				given[ngiven++] = ents[i].ino;
-			}
-			pos += need;
-			cookie = ents[i].cookie;
 		}
+		const struct aq_dirent *de = &dh->ents[dh->pos];
+		size_t need;
+		if (plus) {
+			struct fuse_entry_param e;
+			to_entry(&de->attr, &e);
+			need = fuse_add_direntry_plus(req, buf + pos, size - pos, de->name, &e, (off_t)de->cookie);
+		} else {
+			struct stat st = {.st_ino = de->ino, .st_mode = de->type << 12};
+			need = fuse_add_direntry(req, buf + pos, size - pos, de->name, &st, (off_t)de->cookie);
+		}
+		if (need > size - pos) {
+			if (dh->pos > group_idx && dh->ents[dh->pos - 1].cookie == de->cookie) {
+				pos = group_pos; /* do not split a collision group */
+				dh->pos = group_idx;
+			}
+			full = true;
+			break;
+		}
+		if (dh->pos == 0 || dh->ents[dh->pos - 1].cookie != de->cookie) {
+			group_pos = pos;
+			group_idx = dh->pos;
+		}
+		if (plus) {
+			if (ngiven == given_cap) {
+				given_cap = given_cap ? 2 * given_cap : 256;
+				given = aq_realloc(given, given_cap * sizeof *given);
+			}
+			given[ngiven++] = de->ino;
+		}
+		pos += need;
+		dh->pos++;
+		any = true;
 	}
-	free(ents);
+	pthread_mutex_unlock(&dh->mu);
 	if (rc && pos == 0)
 		fuse_reply_err(req, posix_err(rc));
 	else
@@ -585,15 +757,22 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, b
 
 static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
 {
-	do_readdir(req, ino, size, off, false);
+	do_readdir(req, ino, size, off, false, (struct dirh *)(uintptr_t)fi->fh);
 }
 
 static void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
 {
-	do_readdir(req, ino, size, off, true);
+	do_readdir(req, ino, size, off, true, (struct dirh *)(uintptr_t)fi->fh);
 }
 
-static void op_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) { fuse_reply_err(req, 0); }
+static void op_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct dirh *dh = (struct dirh *)(uintptr_t)fi->fh;
+	pthread_mutex_destroy(&dh->mu);
+	free(dh->ents);
+	free(dh);
+	fuse_reply_err(req, 0);
+}
 
 static void op_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
 {
@@ -637,7 +816,9 @@ static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const 
 		f |= AQ_XATTR_CREATE;
 	if (flags & XATTR_REPLACE)
 		f |= AQ_XATTR_REPLACE;
-	fuse_reply_err(req, posix_err(WITH_GROUPS(req, cr, aq_setxattr_ino(g_client, &cr, ino, name, value, size, f))));
+	int rc = WITH_GROUPS(req, cr, aq_setxattr_ino(g_client, &cr, ino, name, value, size, f));
+	dattr_drop(ino);
+	fuse_reply_err(req, posix_err(rc));
 }
 
 static void reply_xattr_result(fuse_req_t req, int rc, const char *buf, size_t size)
@@ -675,7 +856,9 @@ static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 	RO_CHECK(req);
 	struct aq_cred cr;
 	cred_of(req, &cr);
-	fuse_reply_err(req, posix_err(WITH_GROUPS(req, cr, aq_removexattr_ino(g_client, &cr, ino, name))));
+	int rc = WITH_GROUPS(req, cr, aq_removexattr_ino(g_client, &cr, ino, name));
+	dattr_drop(ino);
+	fuse_reply_err(req, posix_err(rc));
 }
 
 static void op_access(fuse_req_t req, fuse_ino_t ino, int mask)
@@ -768,6 +951,7 @@ int aqfuse_main(const struct aqfuse_options *opt)
 		log_warn("aq mount: the servers do not push changes (%s); caching for 1 s only", aq_strerror(rc));
 		g_timeout_s = 1.0;
 	}
+	g_dattr.on = rc == 0;
 	struct fuse_loop_config cfg = {.clone_fd = 0, .max_idle_threads = opt->threads ? opt->threads : 16};
 	status = fuse_session_loop_mt(se, &cfg) ? 1 : 0;
 	pthread_mutex_lock(&g_inval.mu);

@@ -175,6 +175,63 @@ def test_dir_listing_seen(c):
         os.rmdir(f"{a}/d{i}")
 
 
+def server_dir_attrs(c, rel):
+    """(mtime_ns, ctime_ns, nlink) of a directory as the server has it (native client)."""
+    import aquifer
+    st = aquifer.Client(c.conf).stat("/" + rel)
+    return st.st_mtime_ns, st.st_ctime_ns, st.st_nlink
+
+
+def dir_attrs(p):
+    st = os.stat(p)
+    return st.st_mtime_ns, st.st_ctime_ns, st.st_nlink
+
+
+def test_dir_attributes_after_own_changes(c):
+    """The mount answers the kernel's GETATTRs of a directory it changed itself (each
+    create in a directory would otherwise cost one): what it answers must be what the
+    server has, after every kind of change, and must move with every change."""
+    a, _ = both(c, "dattr")
+    os.mkdir(a)
+    before = dir_attrs(a)
+    steps = [
+        ("create", lambda: open(f"{a}/f", "w").close()),
+        ("create excl", lambda: os.close(os.open(f"{a}/g", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))),
+        ("mkdir", lambda: os.mkdir(f"{a}/sub")),
+        ("symlink", lambda: os.symlink("f", f"{a}/ln")),
+        ("mkfifo", lambda: os.mkfifo(f"{a}/fifo")),
+        ("link", lambda: os.link(f"{a}/f", f"{a}/f2")),
+        ("rename", lambda: os.rename(f"{a}/f2", f"{a}/f3")),
+        ("unlink", lambda: os.unlink(f"{a}/f3")),
+        ("rmdir", lambda: os.rmdir(f"{a}/sub")),
+        ("chmod", lambda: os.chmod(a, 0o750)),
+        ("setxattr", lambda: os.setxattr(a, "user.k", b"v")),
+    ]
+    for what, step in steps:
+        time.sleep(0.002)  # timestamps must be able to move
+        step()
+        now = dir_attrs(a)
+        assert now == server_dir_attrs(c, "dattr"), f"after {what}: mount says {now}"
+        assert now[1] > before[1], f"after {what}: ctime did not move"
+        before = now
+    assert before[2] == 2
+
+
+def test_dir_attributes_seen(c):
+    """Mount B keeps a directory's attributes too; A's changes in it must reach B."""
+    a, b = both(c, "dattr2")
+    os.mkdir(a)
+    for i in range(ROUNDS // 5):
+        dir_attrs(b)
+        time.sleep(0.002)
+        open(f"{a}/e{i}", "w").close()
+        want = server_dir_attrs(c, "dattr2")
+        soon(lambda: dir_attrs(b) == want, f"round {i}: directory attributes after a create")
+        os.mkdir(f"{a}/d{i}")
+        want = server_dir_attrs(c, "dattr2")
+        soon(lambda: dir_attrs(b) == want, f"round {i}: directory attributes after a mkdir")
+
+
 def test_own_changes_still_fast_and_right(c):
     """A's own changes are not echoed back to A (its kernel knows them), and nothing
     above made A's view wrong."""

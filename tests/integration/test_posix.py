@@ -1,5 +1,6 @@
 """POSIX behaviour through a real FUSE mount of a real aqd: what cp, tar, ls and python's
 open rely on, and the errors ext4 gives."""
+import ctypes
 import errno
 import hashlib
 import os
@@ -280,6 +281,59 @@ def test_readdir_many(c):
     assert len(got) == len(names) and set(got) == names
     with os.scandir(d) as it:
         assert sum(1 for e in it if e.is_file()) == 3000
+
+
+class Dirent(ctypes.Structure):
+    _fields_ = [("d_ino", ctypes.c_uint64), ("d_off", ctypes.c_int64), ("d_reclen", ctypes.c_ushort),
+                ("d_type", ctypes.c_ubyte), ("d_name", ctypes.c_char * 256)]
+
+
+def test_readdir_seek(c):
+    """telldir/seekdir/rewinddir through the mount, over a directory of several of the
+    mount's server pages: a position taken with telldir gives the same entries again, and
+    a rewound listing gives every entry once."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.opendir.restype = ctypes.c_void_p
+    libc.opendir.argtypes = [ctypes.c_char_p]
+    libc.readdir.restype = ctypes.POINTER(Dirent)
+    libc.readdir.argtypes = [ctypes.c_void_p]
+    libc.telldir.restype = ctypes.c_long
+    libc.telldir.argtypes = [ctypes.c_void_p]
+    libc.seekdir.argtypes = [ctypes.c_void_p, ctypes.c_long]
+    libc.rewinddir.argtypes = [ctypes.c_void_p]
+    libc.closedir.argtypes = [ctypes.c_void_p]
+    d = c.path("seek")
+    os.mkdir(d)
+    names = {f"entry-with-a-longish-name-{i:05d}" for i in range(1500)}
+    for n in names:
+        open(os.path.join(d, n), "w").close()
+
+    def take(h, n):
+        out = []
+        for _ in range(n):
+            e = libc.readdir(h)
+            if not e:
+                break
+            out.append(e.contents.d_name.decode())
+        return out
+
+    h = libc.opendir(d.encode())
+    assert h
+    try:
+        first = take(h, 700)
+        pos = libc.telldir(h)
+        after = take(h, 300)
+        assert len(after) == 300
+        libc.seekdir(h, pos)
+        assert take(h, 300) == after
+        rest = take(h, 10**6)
+        seen = first + after + rest
+        assert len(seen) == len(set(seen)) and set(seen) == names | {".", ".."}
+        libc.rewinddir(h)
+        again = take(h, 10**6)
+        assert sorted(again) == sorted(seen)
+    finally:
+        libc.closedir(h)
 
 
 def test_cp_and_tar(c):

@@ -788,10 +788,16 @@ int meta_open(const char *path, bool create, const struct meta_options *opt, str
 	rocksdb_block_based_options_set_block_cache(m->topts, m->block_cache);
 	rocksdb_block_based_options_set_data_block_index_type(m->topts, rocksdb_block_based_table_data_block_index_type_binary_search_and_hash);
 	rocksdb_options_set_block_based_table_factory(m->dbopts, m->topts);
+	/* Most of a create's time in aqd went to memtable skiplist inserts (a search from the
+	 * top for each of its rows). Rows of one kind in one bucket mostly land next to the
+	 * last one (inode numbers and changelog stamps grow, a directory's partial row is
+	 * rewritten in place): RocksDB keeps an insert hint per key prefix, and the prefix
+	 * here is the kind and bucket. Native creates: 36-38k/s -> 55-56k/s. */
 	rocksdb_get_options_from_string(m->dbopts,
 					"allow_fallocate=false;manifest_preallocation_size=65536;"
 					"write_buffer_size=67108864;max_write_buffer_number=4;"
-					"memtable_prefix_bloom_size_ratio=0.1;memtable_whole_key_filtering=true",
+					"memtable_prefix_bloom_size_ratio=0.1;memtable_whole_key_filtering=true;"
+					"memtable_insert_with_hint_prefix_extractor=rocksdb.FixedPrefix.3",
 					m->dbopts, &err);
 	if (err) {
 		log_warn("metadata store options: %s", err);

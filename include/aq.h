@@ -30,7 +30,9 @@ struct aq_attr {
 	uint32_t uid, gid;
 	uint32_t rdev;
 	uint32_t chunk_size;  /* bytes per chunk for this file's data */
+	uint32_t flags;       /* AQ_ATTR_* */
 };
+#define AQ_ATTR_XATTRS 1u     /* the inode may have extended attributes (clear: it has none) */
 
 /* Who is asking: the server checks permissions against this. */
 struct aq_cred {

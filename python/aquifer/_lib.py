@@ -23,7 +23,7 @@ class Attr(ctypes.Structure):  # struct aq_attr
                 ("generation", ctypes.c_uint64), ("atime_ns", ctypes.c_int64), ("mtime_ns", ctypes.c_int64),
                 ("ctime_ns", ctypes.c_int64), ("mode", ctypes.c_uint32), ("nlink", ctypes.c_uint32),
                 ("uid", ctypes.c_uint32), ("gid", ctypes.c_uint32), ("rdev", ctypes.c_uint32),
-                ("chunk_size", ctypes.c_uint32)]
+                ("chunk_size", ctypes.c_uint32), ("flags", ctypes.c_uint32)]
 
 
 class Dirent(ctypes.Structure):  # struct aq_dirent
@@ -41,7 +41,7 @@ class Io(ctypes.Structure):  # struct aq_io
                 ("result", ctypes.c_int64), ("pending_", ctypes.c_uint32), ("err_", ctypes.c_int)]
 
 
-assert ctypes.sizeof(Attr) == 80 and ctypes.sizeof(Dirent) == 360 and ctypes.sizeof(Change) == 272
+assert ctypes.sizeof(Attr) == 88 and ctypes.sizeof(Dirent) == 368 and ctypes.sizeof(Change) == 272
 assert ctypes.sizeof(Io) == 64
 
 

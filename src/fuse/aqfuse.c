@@ -66,11 +66,14 @@ static void inval_queue(uint64_t ino, uint64_t parent, const char *name, size_t 
 }
 
 static void dattr_drop(uint64_t ino);
+static void nox_drop(uint64_t ino);
 
 static void on_inval(void *arg, const struct aq_inval *iv)
 {
-	/* before any reply that raced this push can be kept (dattr_put checks the seq) */
+	/* before any reply that raced this push can be kept (keep_attr checks the seq) */
 	dattr_drop(iv->ino ? iv->ino : iv->parent);
+	if (!iv->parent)
+		nox_drop(iv->ino);
 	if (!iv->ino && !iv->parent) {
 		log_warn("aq mount: a connection to a server was made again; what other clients changed "
 			 "meanwhile may show only after --attr-timeout");
@@ -205,6 +208,75 @@ static void dattr_created(uint64_t parent, const struct aq_attr *child)
 	pthread_mutex_unlock(&g_dattr.mu);
 }
 
+/* ---- "no extended attributes", answered here ----
+ *
+ * ls -l asks two getxattrs per file (security.selinux, system.posix_acl_access): each
+ * was a round trip to the inode's server, for attributes almost no file has. Every reply
+ * that carries an inode's attributes says whether it may have any (AQ_ATTR_XATTRS); the
+ * mount remembers inodes that have none and answers ENODATA, or an empty list, itself.
+ * Coherent as the directory attributes above: the servers push every xattr change, a
+ * push for the inode forgets it, and a reply that raced a push is not kept. */
+#define NOX_SLOTS 65536
+
+static struct {
+	pthread_mutex_t mu;
+	struct nox {
+		uint64_t ino; /* 0: empty */
+		uint64_t expires_ns;
+	} slot[NOX_SLOTS];
+} g_nox = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+static struct nox *nox_slot(uint64_t ino) { return &g_nox.slot[(ino * 0x9E3779B97F4A7C15ull) >> 48]; }
+
+/* An inode's attributes from a reply to a call that began at inval seq. */
+static void nox_put(uint64_t seq, const struct aq_attr *a)
+{
+	if (!g_dattr.on)
+		return;
+	pthread_mutex_lock(&g_nox.mu);
+	struct nox *x = nox_slot(a->ino);
+	if (aq_inval_seq(g_client) == seq && !(a->flags & AQ_ATTR_XATTRS)) {
+		x->ino = a->ino;
+		x->expires_ns = aq_mono_ns() + (uint64_t)(g_timeout_s * 1e9);
+	} else if (x->ino == a->ino) {
+		x->ino = 0;
+	}
+	pthread_mutex_unlock(&g_nox.mu);
+}
+
+static bool nox_none(uint64_t ino)
+{
+	if (!g_dattr.on)
+		return false;
+	pthread_mutex_lock(&g_nox.mu);
+	struct nox *x = nox_slot(ino);
+	bool none = x->ino == ino && aq_mono_ns() < x->expires_ns;
+	pthread_mutex_unlock(&g_nox.mu);
+	return none;
+}
+
+/* ino 0: every inode */
+static void nox_drop(uint64_t ino)
+{
+	pthread_mutex_lock(&g_nox.mu);
+	if (ino) {
+		struct nox *x = nox_slot(ino);
+		if (x->ino == ino)
+			x->ino = 0;
+	} else {
+		for (size_t i = 0; i < NOX_SLOTS; i++)
+			g_nox.slot[i].ino = 0;
+	}
+	pthread_mutex_unlock(&g_nox.mu);
+}
+
+/* What a reply told about an inode, kept for the kernel's next questions. */
+static void keep_attr(uint64_t seq, const struct aq_attr *a)
+{
+	dattr_put(seq, a);
+	nox_put(seq, a);
+}
+
 static int posix_err(int rc) { return aq_errno_posix(rc); }
 
 /* The caller's uid and gid. Supplementary groups cost a read of /proc per request, so
@@ -328,7 +400,7 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 		return;
 	}
 	if (!rc)
-		dattr_put(seq, &a);
+		keep_attr(seq, &a);
 	reply_entry_or_err(req, rc, &a);
 	if (!rc)
 		recheck(seq, parent, name, a.ino);
@@ -349,7 +421,7 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 		fuse_reply_err(req, posix_err(rc));
 		return;
 	}
-	dattr_put(seq, &a);
+	keep_attr(seq, &a);
 	to_stat(&a, &st);
 	fuse_reply_attr(req, &st, g_timeout_s);
 	recheck(seq, 0, NULL, ino);
@@ -387,7 +459,7 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 		fuse_reply_err(req, posix_err(rc));
 		return;
 	}
-	dattr_put(seq, &out);
+	keep_attr(seq, &out);
 	struct stat st;
 	to_stat(&out, &st);
 	fuse_reply_attr(req, &st, g_timeout_s);
@@ -405,11 +477,12 @@ static void op_readlink(fuse_req_t req, fuse_ino_t ino)
 }
 
 /* After a create in parent: the parent's attributes as the server now has them. */
-static void made_in(uint64_t parent, int rc, const struct aq_attr *child)
+static void made_in(uint64_t seq, uint64_t parent, int rc, const struct aq_attr *child)
 {
-	if (!rc)
+	if (!rc) {
 		dattr_created(parent, child);
-	else if (rc != -EEXIST && rc != -EACCES && rc != -EPERM)
+		keep_attr(seq, child);
+	} else if (rc != -EEXIST && rc != -EACCES && rc != -EPERM)
 		dattr_drop(parent);
 }
 
@@ -419,8 +492,9 @@ static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 	struct aq_cred cr;
 	struct aq_attr a;
 	cred_of(req, &cr);
+	uint64_t seq = aq_inval_seq(g_client);
 	int rc = WITH_GROUPS(req, cr, aq_mknod(g_client, &cr, parent, name, mode, (uint32_t)rdev, AQ_CREATE_EXCL, &a));
-	made_in(parent, rc, &a);
+	made_in(seq, parent, rc, &a);
 	reply_entry_or_err(req, rc, &a);
 }
 
@@ -430,8 +504,9 @@ static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 	struct aq_cred cr;
 	struct aq_attr a;
 	cred_of(req, &cr);
+	uint64_t seq = aq_inval_seq(g_client);
 	int rc = WITH_GROUPS(req, cr, aq_mkdir_at(g_client, &cr, parent, name, mode, &a));
-	made_in(parent, rc, &a);
+	made_in(seq, parent, rc, &a);
 	reply_entry_or_err(req, rc, &a);
 }
 
@@ -441,8 +516,9 @@ static void op_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, cons
 	struct aq_cred cr;
 	struct aq_attr a;
 	cred_of(req, &cr);
+	uint64_t seq = aq_inval_seq(g_client);
 	int rc = WITH_GROUPS(req, cr, aq_symlink_at(g_client, &cr, parent, name, link, &a));
-	made_in(parent, rc, &a);
+	made_in(seq, parent, rc, &a);
 	reply_entry_or_err(req, rc, &a);
 }
 
@@ -492,8 +568,11 @@ static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const 
 	struct aq_cred cr;
 	struct aq_attr a;
 	cred_of(req, &cr);
+	uint64_t seq = aq_inval_seq(g_client);
 	int rc = WITH_GROUPS(req, cr, aq_link_at(g_client, &cr, ino, newparent, newname, &a));
 	dattr_drop(newparent);
+	if (!rc)
+		nox_put(seq, &a);
 	reply_entry_or_err(req, rc, &a);
 }
 
@@ -541,7 +620,7 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 	int rc = WITH_GROUPS(req, cr, aq_create_open(g_client, &cr, parent, name, mode & 07777,
 			  (fi->flags & O_EXCL) ? AQ_CREATE_EXCL : 0,
 			  fi->flags & ~(O_APPEND | O_TRUNC | O_CREAT | O_EXCL), &a, &f));
-	made_in(parent, rc, &a);
+	made_in(seq, parent, rc, &a);
 	if (rc) {
 		fuse_reply_err(req, posix_err(rc));
 		return;
@@ -734,6 +813,7 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, b
 			group_idx = dh->pos;
 		}
 		if (plus) {
+			nox_put(dh->seq, &de->attr);
 			if (ngiven == given_cap) {
 				given_cap = given_cap ? 2 * given_cap : 256;
 				given = aq_realloc(given, given_cap * sizeof *given);
@@ -818,6 +898,7 @@ static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const 
 		f |= AQ_XATTR_REPLACE;
 	int rc = WITH_GROUPS(req, cr, aq_setxattr_ino(g_client, &cr, ino, name, value, size, f));
 	dattr_drop(ino);
+	nox_drop(ino);
 	fuse_reply_err(req, posix_err(rc));
 }
 
@@ -833,6 +914,13 @@ static void reply_xattr_result(fuse_req_t req, int rc, const char *buf, size_t s
 
 static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
 {
+	/* the namespaces the servers know; the kernel checked permission to read them */
+	bool known = !strncmp(name, "user.", 5) || !strncmp(name, "trusted.", 8) ||
+		     !strncmp(name, "security.", 9) || !strncmp(name, "system.", 7);
+	if (known && nox_none(ino)) {
+		fuse_reply_err(req, ENODATA);
+		return;
+	}
 	struct aq_cred cr;
 	cred_of(req, &cr);
 	char *buf = size ? aq_malloc(size) : NULL;
@@ -843,6 +931,10 @@ static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t
 
 static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 {
+	if (nox_none(ino)) {
+		reply_xattr_result(req, 0, NULL, size);
+		return;
+	}
 	struct aq_cred cr;
 	cred_of(req, &cr);
 	char *buf = size ? aq_malloc(size) : NULL;
@@ -858,6 +950,7 @@ static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 	cred_of(req, &cr);
 	int rc = WITH_GROUPS(req, cr, aq_removexattr_ino(g_client, &cr, ino, name));
 	dattr_drop(ino);
+	nox_drop(ino);
 	fuse_reply_err(req, posix_err(rc));
 }
 

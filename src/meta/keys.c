@@ -8,7 +8,7 @@
 
 _Static_assert(AQ_BUCKETS_MAX <= 65536, "bucket id must fit the 16-bit key field");
 _Static_assert(AQ_NAME_MAX <= 255, "dentry key buffer sized for 255-byte names");
-_Static_assert(META_INODE_FIXED_LEN == 1 + 4 * 4 + 8 * 2 + 8 * 3 + 4 + 8 + 4 + 8, "inode row layout");
+_Static_assert(META_INODE_FIXED_LEN == 1 + 4 * 4 + 8 * 2 + 8 * 3 + 4 + 8 + 4 + 8 + 4, "inode row layout");
 
 uint32_t meta_dentry_bucket(const struct meta_store *m, uint64_t parent, const char *name, size_t len)
 {
@@ -118,6 +118,7 @@ size_t meta_inode_encode(const struct meta_inode *ino, uint8_t *buf, size_t size
 	put_le64(p, a->generation), p += 8;
 	put_le32(p, a->chunk_size), p += 4;
 	put_le64(p, ino->parent), p += 8;
+	put_le32(p, a->flags), p += 4;
 	AQ_ASSERT((size_t)(p - buf) == META_INODE_FIXED_LEN);
 	memcpy(p, ino->target, ino->target_len);
 	return need;
@@ -125,7 +126,9 @@ size_t meta_inode_encode(const struct meta_inode *ino, uint8_t *buf, size_t size
 
 int meta_inode_decode(const uint8_t *buf, size_t len, uint64_t ino_nr, struct meta_inode *out)
 {
-	if (len < META_INODE_FIXED_LEN || len > META_INODE_FIXED_LEN + AQ_PATH_MAX || buf[0] != META_INODE_VERSION)
+	/* version 1 rows (no flags word) are read as "may have xattrs" */
+	size_t fixed = buf && len && buf[0] == 1 ? META_INODE_FIXED_LEN_V1 : META_INODE_FIXED_LEN;
+	if (len < fixed || len > fixed + AQ_PATH_MAX || (buf[0] != 1 && buf[0] != META_INODE_VERSION))
 		return -EIO;
 	struct aq_attr *a = &out->a;
 	const uint8_t *p = buf + 1;
@@ -144,7 +147,11 @@ int meta_inode_decode(const uint8_t *buf, size_t len, uint64_t ino_nr, struct me
 	a->generation = get_le64(p), p += 8;
 	a->chunk_size = get_le32(p), p += 4;
 	out->parent = get_le64(p), p += 8;
-	out->target_len = (uint32_t)(len - META_INODE_FIXED_LEN);
+	if (fixed == META_INODE_FIXED_LEN)
+		a->flags = get_le32(p), p += 4;
+	else
+		a->flags = AQ_ATTR_XATTRS;
+	out->target_len = (uint32_t)(len - fixed);
 	memcpy(out->target, p, out->target_len);
 	return 0;
 }

@@ -29,7 +29,7 @@
 #define MK_SUPER 'M' /* "M": format version and bucket count; the only key without a bucket */
 
 #define META_FORMAT_VERSION 1
-#define META_INODE_VERSION 1
+#define META_INODE_VERSION 2
 #define META_SEQ_BLOCK 65536ull    /* inode numbers reserved per 'S' row write */
 #define META_BLOCK_CACHE_BYTES (512ull << 20) /* RocksDB block cache (uncompressed blocks) */
 #define META_POS_BITS 48
@@ -54,7 +54,8 @@
 #define META_COUNT_KEY_LEN 3
 
 /* Row value lengths. */
-#define META_INODE_FIXED_LEN 81
+#define META_INODE_FIXED_LEN 85
+#define META_INODE_FIXED_LEN_V1 81   /* version 1 rows: no flags */
 #define META_DENTRY_VAL_LEN 17       /* ino64 dtype8 created_ts64 */
 #define META_PARTIAL_VAL_LEN 32      /* nentries nsubdirs mtime ctime */
 #define META_ORPHAN_VAL_LEN 12       /* size64 chunk_size32 */

@@ -1,7 +1,9 @@
 /*
  * xattr.c - extended attributes: one 'X' row per (inode, name), in the inode's bucket.
  * "user." needs read (get, list) or write (set, remove) permission on the inode;
- * "trusted.", "security." and "system." are root's. Other namespaces are not supported.
+ * "trusted." is root's; "security." and "system." anyone may read, as on Linux (ls -l
+ * asks for security.selinux and system.posix_acl_access), only root may change. Other
+ * namespaces are not supported.
  */
 #include <sys/stat.h>
 #include <unistd.h>
@@ -22,6 +24,8 @@ static int xattr_allowed(const struct aq_cred *cr, const struct aq_attr *a, cons
 			return write ? -EPERM : -ENODATA;
 		return meta_perm(cr, a, write ? W_OK : R_OK);
 	}
+	if (!write && (has_prefix(name, "security.") || has_prefix(name, "system.")))
+		return 0;
 	if (has_prefix(name, "trusted.") || has_prefix(name, "security.") || has_prefix(name, "system."))
 		return meta_is_root(cr) ? 0 : -EPERM;
 	return -EOPNOTSUPP;
@@ -39,7 +43,37 @@ static int check_xname(const char *name, size_t *len)
 	return 0;
 }
 
-/* set (value != NULL) or remove (value == NULL) under the inode's bucket lock. */
+/* Whether ino has an xattr row other than key (the one being removed). */
+static int xattr_others(struct meta_store *m, uint64_t ino, const uint8_t *key, size_t klen)
+{
+	uint8_t prefix[META_XATTR_KEY_MAX];
+	size_t plen = meta_key_xattr(prefix, ino, "", 0);
+	rocksdb_iterator_t *it = rocksdb_create_iterator(m->db, m->ropts);
+	int found = 0;
+	for (rocksdb_iter_seek(it, (const char *)prefix, plen); rocksdb_iter_valid(it); rocksdb_iter_next(it)) {
+		size_t len;
+		const char *k = rocksdb_iter_key(it, &len);
+		if (len <= plen || memcmp(k, prefix, plen) != 0)
+			break;
+		if (len != klen || memcmp(k, key, klen) != 0) {
+			found = 1;
+			break;
+		}
+	}
+	char *err = NULL;
+	rocksdb_iter_get_error(it, &err);
+	if (err) {
+		log_error("meta: xattr scan: %s", err);
+		rocksdb_free(err);
+		found = -EIO;
+	}
+	rocksdb_iter_destroy(it);
+	return found;
+}
+
+/* set (value != NULL) or remove (value == NULL) under the inode's bucket lock. The
+ * inode's AQ_ATTR_XATTRS flag says whether any are left: a client that sees it clear
+ * answers getxattr itself (ls -l asks two per file). */
 static int xattr_change(struct meta_store *m, const struct aq_cred *cr, uint64_t ino, const char *name,
 			const void *value, size_t size, uint32_t flags)
 {
@@ -81,12 +115,19 @@ static int xattr_change(struct meta_store *m, const struct aq_cred *cr, uint64_t
 			goto unlock;
 		}
 		rocksdb_writebatch_put(wb, (const char *)key, klen, (const char *)value, size);
+		in->a.flags |= AQ_ATTR_XATTRS;
 	} else {
 		if (!exists) {
 			rc = -ENODATA;
 			goto unlock;
 		}
 		rocksdb_writebatch_delete(wb, (const char *)key, klen);
+		rc = xattr_others(m, ino, key, klen);
+		if (rc < 0)
+			goto unlock;
+		if (rc == 0)
+			in->a.flags &= ~AQ_ATTR_XATTRS;
+		rc = 0;
 	}
 	in->a.ctime_ns = aq_now_ns();
 	meta_put_inode(wb, in);

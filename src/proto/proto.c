@@ -138,7 +138,8 @@ void proto_attr_put(struct wbuf *w, const struct aq_attr *a)
 	wbuf_u32(w, a->gid);
 	wbuf_u32(w, a->rdev);
 	wbuf_u32(w, a->chunk_size);
-	wbuf_u64(w, 0); /* reserved */
+	wbuf_u32(w, a->flags);
+	wbuf_u32(w, 0); /* reserved */
 	AQ_ASSERT(w->len - start == PROTO_ATTR_SIZE);
 }
 
@@ -157,7 +158,8 @@ void proto_attr_get(struct rbuf *r, struct aq_attr *a)
 	a->gid = rbuf_u32(r);
 	a->rdev = rbuf_u32(r);
 	a->chunk_size = rbuf_u32(r);
-	(void)rbuf_u64(r);
+	a->flags = rbuf_u32(r);
+	(void)rbuf_u32(r);
 }
 
 /* Request fields, in wire order. */

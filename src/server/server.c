@@ -348,6 +348,8 @@ static int handle_tier(struct server *s, const struct proto_req *r, struct wbuf 
 		rc = r->data_len > 256 ? -EINVAL
 				       : tier_policy(s->tier, &r->cred, r->ino, (const char *)r->data, r->data_len, msg,
 						     PROTO_TIER_TEXT_MAX);
+		if (!rc)
+			inval_inode(s, r->ino); /* its trusted.aquifer.tier xattr, and ctime */
 		break;
 	case PROTO_TIER_STATUS: {
 		struct data_tier_stat st;

@@ -5,6 +5,7 @@ change to the clients that cache (before it answers the writer; the other mount 
 it asynchronously, typically well under a millisecond later). Each check looks on mount B
 right after mount A's call returned and allows B up to SOON seconds: without the push,
 B would show the old state for an hour."""
+import errno
 import os
 import signal
 import subprocess
@@ -60,19 +61,33 @@ def both(c, *parts):
     return c.path(*parts), os.path.join(c.mnt2, *parts)
 
 
+def answers_with_aqd_stopped(c, code):
+    """Runs `python3 -c code` while aqd is stopped; fails unless it ends well within 10 s.
+    A request that reached the mount cannot be killed until aqd answers it, so aqd is
+    let go before the child is waited for."""
+    os.kill(c.pid(), signal.SIGSTOP)
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        p.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        os.kill(c.pid(), signal.SIGCONT)
+    done = p.returncode is not None
+    if not done:
+        p.kill()
+    err = p.communicate()[1]
+    assert done, "it waited for the stopped aqd"
+    assert p.returncode == 0, err
+
+
 def test_cached_stat_needs_no_server(c):
     """By default the kernel keeps entries and attributes (an hour): with aqd stopped, a
     stat of a file this mount has seen still answers, from the kernel's cache."""
     a, _ = both(c, "cached")
     open(a, "w").close()
     os.stat(a)
-    os.kill(c.pid(), signal.SIGSTOP)
-    try:
-        p = subprocess.run([sys.executable, "-c", f"import os; os.stat({a!r}); os.stat({c.mnt!r})"],
-                           timeout=10, capture_output=True)
-        assert p.returncode == 0, p.stderr
-    finally:
-        os.kill(c.pid(), signal.SIGCONT)
+    answers_with_aqd_stopped(c, f"import os; os.stat({a!r}); os.stat({c.mnt!r})")
 
 
 def test_create_seen_through_negative_entry(c):
@@ -230,6 +245,42 @@ def test_dir_attributes_seen(c):
         os.mkdir(f"{a}/d{i}")
         want = server_dir_attrs(c, "dattr2")
         soon(lambda: dir_attrs(b) == want, f"round {i}: directory attributes after a mkdir")
+
+
+def test_no_xattrs_answered_by_mount(c):
+    """ls -l asks each file for security.selinux and system.posix_acl_access: for a file
+    without extended attributes the mount answers itself, also with aqd stopped."""
+    a, _ = both(c, "nox")
+    open(a, "w").close()
+    os.stat(a)
+    answers_with_aqd_stopped(c, f"import os\n"
+                             f"for n in ('security.selinux', 'system.posix_acl_access'):\n"
+                             f"    try: os.getxattr({a!r}, n)\n"
+                             f"    except OSError as e: assert e.errno == {errno.ENODATA}, e\n"
+                             f"assert os.listxattr({a!r}) == []")
+
+
+def test_xattr_seen(c):
+    """B answers "no attributes" for a file from what it was told; A's setxattr must
+    reach it, and so must A's removing the last one. A security.* read makes the kernel
+    check no permission, so nothing but the push tells B."""
+    a, b = both(c, "xs")
+    os.mkdir(a)
+    for i in range(ROUNDS // 5):
+        f, name = f"{a}/f{i}", ("security.aqtest", "user.k")[i % 2]
+        open(f, "w").close()
+        soon(lambda: os.path.exists(f"{b}/f{i}"), f"round {i}: create")
+        assert os.listxattr(f"{b}/f{i}") == []
+        os.setxattr(f, name, b"v%d" % i)
+
+        def has():
+            try:
+                return os.getxattr(f"{b}/f{i}", name) == b"v%d" % i
+            except OSError:
+                return False
+        soon(has, f"round {i}: setxattr {name}")
+        os.removexattr(f, name)
+        soon(lambda: not has() and os.listxattr(f"{b}/f{i}") == [], f"round {i}: removexattr")
 
 
 def test_own_changes_still_fast_and_right(c):

@@ -11,7 +11,7 @@ import sys
 import tarfile
 import time
 
-from aqtest import Cluster, expect_errno, main, run
+from aqtest import Cluster, expect_errno, main, run, run_as
 
 
 def test_write_read_small(c):
@@ -264,6 +264,35 @@ def test_xattrs(c):
     assert os.getxattr(p, "user.color") == b"red"
     os.removexattr(p, "user.color")
     expect_errno(errno.ENODATA, os.getxattr, p, "user.color")
+
+
+def test_xattrs_as_ls_asks(c):
+    """The mount answers "no such attribute" itself for files that have none (ls -l asks
+    two per file); it must never say so for a file that has some, after any sequence of
+    sets and removes, and anyone may read security.* and system.* as on ext4."""
+    p = c.path("xa2")
+    open(p, "w").close()
+    expect_errno(errno.ENODATA, os.getxattr, p, "security.selinux", follow_symlinks=False)
+    expect_errno(errno.ENODATA, os.getxattr, p, "system.posix_acl_access")
+    assert os.listxattr(p) == []
+    os.setxattr(p, "user.a", b"1")
+    os.setxattr(p, "user.b", b"2")
+    os.removexattr(p, "user.a")
+    os.stat(p)  # attributes again from the server: the file still has one
+    assert os.getxattr(p, "user.b") == b"2" and os.listxattr(p) == ["user.b"]
+    os.removexattr(p, "user.b")
+    os.stat(p)
+    expect_errno(errno.ENODATA, os.getxattr, p, "user.b")
+    assert os.listxattr(p) == []
+    os.setxattr(p, "user.c", b"3")
+    assert os.getxattr(p, "user.c") == b"3"
+    os.chmod(p, 0o644)
+    os.chmod(c.base, 0o755)
+    r = run_as(f"import os; print(os.listxattr({p!r})); "
+               f"print(os.getxattr({p!r}, 'user.c'));\n"
+               f"try: os.getxattr({p!r}, 'security.selinux')\nexcept OSError as e: print(e.errno)")
+    assert r.returncode == 0 and r.stdout.split() == ["['user.c']", "b'3'", str(errno.ENODATA)], r
+    subprocess.run(["ls", "-l", c.mnt], check=True, capture_output=True)
 
 
 def test_statfs(c):

@@ -771,6 +771,34 @@ static int t_xattr(void)
 	CHECK_RC(meta_removexattr(g_m, &ROOT, f.ino, "user.a"), 0);
 	CHECK_RC(meta_removexattr(g_m, &ROOT, f.ino, "user.a"), -ENODATA);
 	CHECK_RC(meta_getxattr(g_m, &ROOT, f.ino, "user.a", buf, sizeof(buf)), -ENODATA);
+	/* anyone may read security.* and system.* (ls -l does), as on Linux */
+	CHECK_RC(meta_getxattr(g_m, &u, f.ino, "security.selinux", buf, sizeof(buf)), -ENODATA);
+	CHECK_RC(meta_getxattr(g_m, &u, f.ino, "system.posix_acl_access", NULL, 0), -ENODATA);
+	CHECK_RC(meta_setxattr(g_m, &u, f.ino, "security.x", "x", 1, 0), -EPERM);
+
+	/* AQ_ATTR_XATTRS: set while any attribute is left, clear after the last goes */
+	struct aq_attr a;
+	CHECK_RC(mk(AQ_ROOT_INO, "xflag", 0644, &a), 0);
+	CHECK(!(a.flags & AQ_ATTR_XATTRS));
+	CHECK_RC(meta_setxattr(g_m, &ROOT, a.ino, "user.a", "1", 1, 0), 0);
+	CHECK_RC(meta_setxattr(g_m, &ROOT, a.ino, "user.b", "2", 1, 0), 0);
+	CHECK_RC(meta_attr_of(g_m, a.ino, &a), 0);
+	CHECK(a.flags & AQ_ATTR_XATTRS);
+	CHECK_RC(meta_removexattr(g_m, &ROOT, a.ino, "user.b"), 0);
+	CHECK_RC(meta_attr_of(g_m, a.ino, &a), 0);
+	CHECK(a.flags & AQ_ATTR_XATTRS);
+	CHECK_RC(meta_removexattr(g_m, &ROOT, a.ino, "user.a"), 0);
+	CHECK_RC(meta_attr_of(g_m, a.ino, &a), 0);
+	CHECK(!(a.flags & AQ_ATTR_XATTRS));
+
+	/* an inode row of format version 1 (no flags word) may have attributes */
+	struct meta_inode in = {.a = {.ino = 77, .mode = S_IFREG | 0644, .nlink = 1}}, out;
+	uint8_t row[META_INODE_FIXED_LEN + 8];
+	size_t len = meta_inode_encode(&in, row, sizeof(row));
+	CHECK(len == META_INODE_FIXED_LEN && row[0] == 2);
+	row[0] = 1;
+	CHECK_RC(meta_inode_decode(row, META_INODE_FIXED_LEN_V1, 77, &out), 0);
+	CHECK(out.a.mode == in.a.mode && out.a.nlink == 1 && (out.a.flags & AQ_ATTR_XATTRS));
 	return 0;
 }
 

@@ -215,18 +215,29 @@ static void dattr_created(uint64_t parent, const struct aq_attr *child)
  * that carries an inode's attributes says whether it may have any (AQ_ATTR_XATTRS); the
  * mount remembers inodes that have none and answers ENODATA, or an empty list, itself.
  * Coherent as the directory attributes above: the servers push every xattr change, a
- * push for the inode forgets it, and a reply that raced a push is not kept. */
-#define NOX_SLOTS 65536
+ * push for the inode forgets it, and a reply that raced a push is not kept. A warm ls -l
+ * asks without a lookup first, so the table must hold a whole big directory: 2^20 inode
+ * numbers (8 MiB, allocated on first use), all forgotten once --attr-timeout passes. */
+#define NOX_BITS 20
 
 static struct {
 	pthread_mutex_t mu;
-	struct nox {
-		uint64_t ino; /* 0: empty */
-		uint64_t expires_ns;
-	} slot[NOX_SLOTS];
+	uint64_t *slot; /* inode numbers; 0: empty */
+	uint64_t expires_ns;
 } g_nox = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
-static struct nox *nox_slot(uint64_t ino) { return &g_nox.slot[(ino * 0x9E3779B97F4A7C15ull) >> 48]; }
+/* The slot for ino, with the table fresh. Called with g_nox.mu held. */
+static uint64_t *nox_slot(uint64_t ino)
+{
+	uint64_t now = aq_mono_ns();
+	if (!g_nox.slot)
+		g_nox.slot = aq_calloc(1ull << NOX_BITS, sizeof(*g_nox.slot));
+	if (now >= g_nox.expires_ns) {
+		memset(g_nox.slot, 0, (1ull << NOX_BITS) * sizeof(*g_nox.slot));
+		g_nox.expires_ns = now + (uint64_t)(g_timeout_s * 1e9);
+	}
+	return &g_nox.slot[(ino * 0x9E3779B97F4A7C15ull) >> (64 - NOX_BITS)];
+}
 
 /* An inode's attributes from a reply to a call that began at inval seq. */
 static void nox_put(uint64_t seq, const struct aq_attr *a)
@@ -234,13 +245,11 @@ static void nox_put(uint64_t seq, const struct aq_attr *a)
 	if (!g_dattr.on)
 		return;
 	pthread_mutex_lock(&g_nox.mu);
-	struct nox *x = nox_slot(a->ino);
-	if (aq_inval_seq(g_client) == seq && !(a->flags & AQ_ATTR_XATTRS)) {
-		x->ino = a->ino;
-		x->expires_ns = aq_mono_ns() + (uint64_t)(g_timeout_s * 1e9);
-	} else if (x->ino == a->ino) {
-		x->ino = 0;
-	}
+	uint64_t *x = nox_slot(a->ino);
+	if (aq_inval_seq(g_client) == seq && !(a->flags & AQ_ATTR_XATTRS))
+		*x = a->ino;
+	else if (*x == a->ino)
+		*x = 0;
 	pthread_mutex_unlock(&g_nox.mu);
 }
 
@@ -249,8 +258,7 @@ static bool nox_none(uint64_t ino)
 	if (!g_dattr.on)
 		return false;
 	pthread_mutex_lock(&g_nox.mu);
-	struct nox *x = nox_slot(ino);
-	bool none = x->ino == ino && aq_mono_ns() < x->expires_ns;
+	bool none = *nox_slot(ino) == ino;
 	pthread_mutex_unlock(&g_nox.mu);
 	return none;
 }
@@ -259,14 +267,11 @@ static bool nox_none(uint64_t ino)
 static void nox_drop(uint64_t ino)
 {
 	pthread_mutex_lock(&g_nox.mu);
-	if (ino) {
-		struct nox *x = nox_slot(ino);
-		if (x->ino == ino)
-			x->ino = 0;
-	} else {
-		for (size_t i = 0; i < NOX_SLOTS; i++)
-			g_nox.slot[i].ino = 0;
-	}
+	uint64_t *x = nox_slot(ino);
+	if (!ino)
+		g_nox.expires_ns = 0; /* the next use clears the table */
+	else if (*x == ino)
+		*x = 0;
 	pthread_mutex_unlock(&g_nox.mu);
 }
 

@@ -530,6 +530,93 @@ void meta_merge_dir(struct aq_attr *a, const struct meta_partial *sum)
 	a->ctime_ns = MAX(a->ctime_ns, sum->ctime_ns);
 }
 
+struct ino_ref {
+	uint64_t ino;
+	uint32_t i;
+};
+
+static int ino_ref_cmp(const void *a, const void *b)
+{
+	const struct ino_ref *x = a, *y = b;
+	uint32_t bx = aq_ino_bucket(x->ino), by = aq_ino_bucket(y->ino);
+	if (bx != by)
+		return bx < by ? -1 : 1;
+	return x->ino < y->ino ? -1 : x->ino > y->ino;
+}
+
+/* Next steps an iterator takes towards a key before a seek is cheaper. */
+#define ATTRS_MAX_NEXT 16
+
+/* Moves it to the first row at or after key: a few steps when that is near, else a seek. */
+static void iter_reach(rocksdb_iterator_t *it, bool *placed, const uint8_t *key, size_t klen)
+{
+	for (int steps = 0; *placed && rocksdb_iter_valid(it); steps++) {
+		size_t len;
+		const char *k = rocksdb_iter_key(it, &len);
+		int c = memcmp(k, key, MIN(len, klen));
+		if (c > 0 || (c == 0 && len >= klen))
+			return;
+		if (steps == ATTRS_MAX_NEXT)
+			break;
+		rocksdb_iter_next(it);
+	}
+	rocksdb_iter_seek(it, (const char *)key, klen);
+	*placed = true;
+}
+
+int meta_attrs_of(struct meta_store *m, const uint64_t *inos, uint32_t n, struct aq_attr *out, int *rcs)
+{
+	struct ino_ref *refs = aq_malloc((n ? n : 1) * sizeof(*refs));
+	for (uint32_t i = 0; i < n; i++)
+		refs[i] = (struct ino_ref){ .ino = inos[i], .i = i };
+	qsort(refs, n, sizeof(*refs), ino_ref_cmp);
+	struct meta_inode *in = aq_malloc(sizeof(*in));
+	rocksdb_iterator_t *it = rocksdb_create_iterator(m->db, m->ropts);
+	bool placed = false;
+	for (uint32_t r = 0; r < n; r++) {
+		uint64_t ino = refs[r].ino;
+		int *res = &rcs[refs[r].i];
+		*res = -ENOENT;
+		if (ino == 0 || aq_ino_bucket(ino) >= m->nbuckets)
+			continue;
+		uint8_t key[META_INODE_KEY_LEN];
+		size_t klen = meta_key_inode(key, ino), len, vlen;
+		iter_reach(it, &placed, key, klen);
+		if (!rocksdb_iter_valid(it))
+			continue;
+		const char *k = rocksdb_iter_key(it, &len);
+		if (len != klen || memcmp(k, key, klen) != 0)
+			continue;
+		const uint8_t *v = (const uint8_t *)rocksdb_iter_value(it, &vlen);
+		if (meta_inode_decode(v, vlen, ino, in)) {
+			log_error("meta: inode %llx: corrupt row (%zu bytes)", (unsigned long long)ino, vlen);
+			*res = -EIO;
+			continue;
+		}
+		if (S_ISDIR(in->a.mode)) {
+			struct meta_partial sum;
+			*res = dirsum_get(m, ino, &sum);
+			if (*res)
+				continue;
+			meta_merge_dir(&in->a, &sum);
+		}
+		out[refs[r].i] = in->a;
+		*res = 0;
+	}
+	int rc = 0;
+	char *err = NULL;
+	rocksdb_iter_get_error(it, &err);
+	if (err) {
+		log_error("meta: reading attributes: %s", err);
+		rocksdb_free(err);
+		rc = -EIO;
+	}
+	rocksdb_iter_destroy(it);
+	free(in);
+	free(refs);
+	return rc;
+}
+
 int meta_attr_of(struct meta_store *m, uint64_t ino, struct aq_attr *out)
 {
 	struct meta_inode *in = aq_malloc(sizeof(*in));

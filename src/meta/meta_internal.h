@@ -218,6 +218,11 @@ static inline void meta_alloc_failed(struct meta_store *m, uint32_t bucket) { m-
 void meta_put_inode(rocksdb_writebatch_t *wb, const struct meta_inode *ino);
 /* Fills out from the inode row, merged with the partial rows for a directory. */
 int meta_attr_of(struct meta_store *m, uint64_t ino, struct aq_attr *out);
+/* The attributes of n inodes at once (a readdirplus page): rcs[i] gets 0, -ENOENT or
+ * -EIO for inos[i], out[i] its attributes. Inodes are read in key order with one
+ * iterator, so the rows of one bucket cost a walk, not a point lookup each. Returns 0,
+ * or -EIO when the iterator failed. */
+int meta_attrs_of(struct meta_store *m, const uint64_t *inos, uint32_t n, struct aq_attr *out, int *rcs);
 void meta_merge_dir(struct aq_attr *a, const struct meta_partial *sum);
 /* Takes k consecutive changelog ts (the first in *ts), with the bucket locks of the rows
  * they go into held; writes a new 'T' reservation first when the clock passes it.

@@ -59,6 +59,59 @@ int meta_readdir(struct meta_store *m, const struct aq_cred *cr, uint64_t dir, u
 	return meta_readdir_range(m, cr, dir, cookie, m->nbuckets, max, with_attr, fn, arg);
 }
 
+/* A page's entries held back until their attributes are read, all at once. */
+struct plus_page {
+	uint32_t n, cap;
+	struct plus_ent {
+		uint64_t ino, cookie;
+		uint32_t dtype, nlen;
+		char name[AQ_NAME_MAX];
+	} *e;
+	uint64_t *inos;
+};
+
+static void plus_add(struct plus_page *pg, const char *name, size_t nlen, uint64_t ino, uint32_t dtype,
+		     uint64_t cookie)
+{
+	if (pg->n == pg->cap) {
+		pg->cap = pg->cap ? 2 * pg->cap : 256;
+		pg->e = aq_realloc(pg->e, pg->cap * sizeof(*pg->e));
+		pg->inos = aq_realloc(pg->inos, pg->cap * sizeof(*pg->inos));
+	}
+	struct plus_ent *e = &pg->e[pg->n];
+	e->ino = ino;
+	e->cookie = cookie;
+	e->dtype = dtype;
+	e->nlen = (uint32_t)nlen;
+	memcpy(e->name, name, nlen);
+	pg->inos[pg->n++] = ino;
+}
+
+/* Reads the page's attributes and hands its entries to fn in order; an entry whose inode
+ * is gone (removed after the listing's snapshot) is left out. Returns the number handed
+ * out or -errno. */
+static int plus_deliver(struct meta_store *m, struct plus_page *pg, meta_dirent_fn fn, void *arg)
+{
+	struct aq_attr *attrs = aq_malloc((pg->n ? pg->n : 1) * sizeof(*attrs));
+	int *rcs = aq_malloc((pg->n ? pg->n : 1) * sizeof(*rcs));
+	int rc = meta_attrs_of(m, pg->inos, pg->n, attrs, rcs), count = 0;
+	for (uint32_t i = 0; i < pg->n && rc == 0; i++) {
+		if (rcs[i] == -ENOENT)
+			continue;
+		if (rcs[i]) {
+			rc = rcs[i];
+			break;
+		}
+		const struct plus_ent *e = &pg->e[i];
+		if (fn(arg, e->name, e->nlen, e->ino, e->dtype, e->cookie, &attrs[i]) != 0)
+			break;
+		count++;
+	}
+	free(attrs);
+	free(rcs);
+	return rc ? rc : count;
+}
+
 int meta_readdir_range(struct meta_store *m, const struct aq_cred *cr, uint64_t dir, uint64_t cookie,
 		       uint32_t end_bucket, uint32_t max, bool with_attr, meta_dirent_fn fn, void *arg)
 {
@@ -80,6 +133,7 @@ int meta_readdir_range(struct meta_store *m, const struct aq_cred *cr, uint64_t 
 	bool stop = false, have_last = false;
 	uint64_t last_pos = 0;
 	uint32_t last_b = 0;
+	struct plus_page page = {0};
 
 	for (uint32_t b = b0; b < end_bucket && !stop; b++) {
 		uint8_t seek[DENTRY_SEEK_LEN], upper[DENTRY_SEEK_LEN];
@@ -117,21 +171,11 @@ int meta_readdir_range(struct meta_store *m, const struct aq_cred *cr, uint64_t 
 				stop = true;
 				break;
 			}
-			struct aq_attr attr, *ap = NULL;
 			if (with_attr) {
-				int arc = meta_attr_of(m, d.ino, &attr);
-				if (arc == -ENOENT) /* removed since our iterator's snapshot */
-					continue;
-				if (arc) {
-					rc = arc;
-					stop = true;
-					break;
-				}
-				ap = &attr;
-			}
-			int frc = fn(arg, (const char *)k + DENTRY_SEEK_LEN, nlen, d.ino, d.dtype, entry_cookie(b, epos),
-				     ap);
-			if (frc != 0) {
+				plus_add(&page, (const char *)k + DENTRY_SEEK_LEN, nlen, d.ino, d.dtype,
+					 entry_cookie(b, epos));
+			} else if (fn(arg, (const char *)k + DENTRY_SEEK_LEN, nlen, d.ino, d.dtype, entry_cookie(b, epos),
+				      NULL) != 0) {
 				stop = true;
 				break;
 			}
@@ -148,7 +192,11 @@ int meta_readdir_range(struct meta_store *m, const struct aq_cred *cr, uint64_t 
 	if (it)
 		rocksdb_iter_destroy(it);
 	rocksdb_readoptions_destroy(ro);
-	return rc ? rc : count;
+	if (rc == 0 && with_attr)
+		count = rc = plus_deliver(m, &page, fn, arg);
+	free(page.e);
+	free(page.inos);
+	return rc < 0 ? rc : count;
 }
 
 struct log_head {

@@ -1320,6 +1320,45 @@ static void *dirsum_reader(void *p)
 	return NULL;
 }
 
+/* meta_attrs_of (readdirplus pages) gives what meta_attr_of gives, for inodes of many
+ * buckets in any order, with repeats, a directory (merged link count) and missing ones. */
+static int t_attrs_of(void)
+{
+	struct aq_attr d, sub, a;
+	CHECK_RC(mkd(AQ_ROOT_INO, "attrs", &d), 0);
+	enum { N = 600 };
+	uint64_t inos[N + 4];
+	for (int i = 0; i < N; i++) {
+		char name[32];
+		snprintf(name, sizeof name, "f%d", i);
+		CHECK_RC(mk(d.ino, name, 0600 | S_IFREG, &a), 0);
+		inos[N - 1 - i] = a.ino;
+	}
+	CHECK_RC(mkd(d.ino, "sub", &sub), 0);
+	CHECK_RC(mkd(sub.ino, "subsub", &a), 0);
+	CHECK_RC(ul(d.ino, "f7"), 0);
+	inos[N] = sub.ino;
+	inos[N + 1] = inos[3]; /* a repeat */
+	inos[N + 2] = inos[N - 1 - 7] | 0x7777; /* never made */
+	inos[N + 3] = 0;
+	struct aq_attr out[N + 4];
+	int rcs[N + 4];
+	CHECK_RC(meta_attrs_of(g_m, inos, N + 4, out, rcs), 0);
+	for (int i = 0; i < N + 4; i++) {
+		struct aq_attr one;
+		int rc = meta_attr_of(g_m, inos[i], &one);
+		if (rc == -EINVAL)
+			rc = -ENOENT;
+		CHECKF(rcs[i] == rc, "entry %d: %d against %d", i, rcs[i], rc);
+		CHECKF(rc || memcmp(&one, &out[i], sizeof one) == 0, "entry %d: other attributes", i);
+	}
+	CHECKF(rcs[N - 1 - 7] == -ENOENT || out[N - 1 - 7].nlink == 0, "unlinked: %d", rcs[N - 1 - 7]);
+	CHECKF(rcs[N + 2] == -ENOENT, "never made: %d", rcs[N + 2]);
+	CHECKF(rcs[N + 3] == -ENOENT, "zero: %d", rcs[N + 3]);
+	CHECK(out[N].nlink == 3 && S_ISDIR(out[N].mode));
+	return 0;
+}
+
 static int t_dirsum_cache(void)
 {
 	struct aq_attr d, got;
@@ -1422,6 +1461,7 @@ int main(void)
 		{ "changes", t_changes },
 		{ "mknod_many", t_many },
 		{ "dirsum_cache", t_dirsum_cache },
+		{ "attrs_of", t_attrs_of },
 		{ "mknod_many_rmdir_race", t_many_rmdir_race },
 		{ "reopen", t_reopen },
 		{ "crash_reopen", t_crash_reopen },

@@ -10,7 +10,11 @@ CFLAGS += -std=gnu17 -Wall -Wextra -Werror -Wno-unused-parameter -fno-omit-frame
 	  -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -Isrc -Iinclude -I/usr/include/fuse3 -MMD -MP
 LDLIBS_CLIENT = -lssl -lcrypto -lpthread -lm
 LDLIBS_S3 = -lcurl -lcrypto -lpthread
-LDLIBS_SERVER = -lrocksdb -luring $(LDLIBS_S3) -lssl -lcrypto -lpthread -lm
+# RocksDB is linked statically: its thread-locals (perf and IO-stats contexts, consulted on
+# every key comparison and iterator step) then need no __tls_get_addr call each, as they
+# do from a shared library. Listing 1M entries went from 2.6M to 3.2M entries/s, creates
+# at 300k files from 55-56k/s to 70-87k/s. librocksdb-dev brings the .a and its -dev deps.
+LDLIBS_SERVER = -l:librocksdb.a -lgflags -lsnappy -lz -lbz2 -llz4 -lzstd -lstdc++ -luring $(LDLIBS_S3) -lssl -lcrypto -lpthread -lm
 LDLIBS_CLI = $(LDLIBS_CLIENT) $(LDLIBS_S3) -lfuse3 -lm
 
 B := build

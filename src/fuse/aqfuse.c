@@ -17,6 +17,7 @@
 #include "common/common.h"
 #include <fuse_lowlevel.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/xattr.h>
@@ -111,12 +112,29 @@ static void *inval_main(void *arg)
 	return NULL;
 }
 
+/* When a call began: the pushes heard so far (aq_inval_seq) and this mount's own
+ * changes so far. A reply may be kept in the caches below only if neither moved while it
+ * was out: otherwise it may predate the change (the kernel guards its own cache the same
+ * way, with an attribute version). */
+struct cseq {
+	uint64_t inval, own;
+};
+
+static atomic_ulong g_own_changes;
+
+static struct cseq cseq_now(void) { return (struct cseq){aq_inval_seq(g_client), atomic_load(&g_own_changes)}; }
+
+static bool cseq_current(struct cseq s)
+{
+	return aq_inval_seq(g_client) == s.inval && atomic_load(&g_own_changes) == s.own;
+}
+
 /* A reply built from a call that started at seq: if a change was pushed since, the
  * reply may predate it, and the invalidation may have reached the kernel before the
  * reply did. Drop what the reply put in the kernel's cache once more. */
-static void recheck(uint64_t seq, uint64_t parent, const char *name, uint64_t ino)
+static void recheck(struct cseq seq, uint64_t parent, const char *name, uint64_t ino)
 {
-	if (aq_inval_seq(g_client) == seq)
+	if (aq_inval_seq(g_client) == seq.inval)
 		return;
 	if (parent)
 		inval_queue(0, parent, name, strlen(name));
@@ -136,9 +154,13 @@ static void recheck(uint64_t seq, uint64_t parent, const char *name, uint64_t in
  * a push is not kept: the same sequence check as recheck). Only used while pushes work. */
 #define DATTR_SLOTS 1024
 
+static bool g_cache_on; /* only while the servers push changes */
+/* Test hook ($AQ_MOUNT_TEST_KEEP_DELAY_MS): hold every reply this long before it is
+ * kept, so a test can put a change of this mount's own in between. */
+static unsigned g_test_keep_delay_ms;
+
 static struct {
 	pthread_mutex_t mu;
-	bool on;
 	struct dattr {
 		uint64_t ino; /* 0: empty */
 		uint64_t expires_ns;
@@ -149,13 +171,13 @@ static struct {
 static struct dattr *dattr_slot(uint64_t ino) { return &g_dattr.slot[(ino * 0x9E3779B97F4A7C15ull) >> 54]; }
 
 /* Keeps a directory's attributes from a reply to a call that began at inval seq. */
-static void dattr_put(uint64_t seq, const struct aq_attr *a)
+static void dattr_put(struct cseq seq, const struct aq_attr *a)
 {
-	if (!g_dattr.on || !S_ISDIR(a->mode))
+	if (!g_cache_on || !S_ISDIR(a->mode))
 		return;
 	pthread_mutex_lock(&g_dattr.mu);
 	struct dattr *d = dattr_slot(a->ino);
-	if (aq_inval_seq(g_client) == seq) {
+	if (cseq_current(seq)) {
 		d->ino = a->ino;
 		d->a = *a;
 		d->expires_ns = aq_mono_ns() + (uint64_t)(g_timeout_s * 1e9);
@@ -167,7 +189,7 @@ static void dattr_put(uint64_t seq, const struct aq_attr *a)
 
 static bool dattr_get(uint64_t ino, struct aq_attr *a)
 {
-	if (!g_dattr.on)
+	if (!g_cache_on)
 		return false;
 	pthread_mutex_lock(&g_dattr.mu);
 	struct dattr *d = dattr_slot(ino);
@@ -178,9 +200,10 @@ static bool dattr_get(uint64_t ino, struct aq_attr *a)
 	return hit;
 }
 
-/* ino 0: every directory */
+/* ino 0: every directory. Also tells replies still out that they may be older. */
 static void dattr_drop(uint64_t ino)
 {
+	atomic_fetch_add(&g_own_changes, 1);
 	pthread_mutex_lock(&g_dattr.mu);
 	if (ino) {
 		struct dattr *d = dattr_slot(ino);
@@ -197,6 +220,7 @@ static void dattr_drop(uint64_t ino)
  * the child's ctime (and counted a subdirectory as a link). */
 static void dattr_created(uint64_t parent, const struct aq_attr *child)
 {
+	atomic_fetch_add(&g_own_changes, 1);
 	pthread_mutex_lock(&g_dattr.mu);
 	struct dattr *d = dattr_slot(parent);
 	if (d->ino == parent) {
@@ -240,13 +264,13 @@ static uint64_t *nox_slot(uint64_t ino)
 }
 
 /* An inode's attributes from a reply to a call that began at inval seq. */
-static void nox_put(uint64_t seq, const struct aq_attr *a)
+static void nox_put(struct cseq seq, const struct aq_attr *a)
 {
-	if (!g_dattr.on)
+	if (!g_cache_on)
 		return;
 	pthread_mutex_lock(&g_nox.mu);
 	uint64_t *x = nox_slot(a->ino);
-	if (aq_inval_seq(g_client) == seq && !(a->flags & AQ_ATTR_XATTRS))
+	if (cseq_current(seq) && !(a->flags & AQ_ATTR_XATTRS))
 		*x = a->ino;
 	else if (*x == a->ino)
 		*x = 0;
@@ -255,7 +279,7 @@ static void nox_put(uint64_t seq, const struct aq_attr *a)
 
 static bool nox_none(uint64_t ino)
 {
-	if (!g_dattr.on)
+	if (!g_cache_on)
 		return false;
 	pthread_mutex_lock(&g_nox.mu);
 	bool none = *nox_slot(ino) == ino;
@@ -263,9 +287,10 @@ static bool nox_none(uint64_t ino)
 	return none;
 }
 
-/* ino 0: every inode */
+/* ino 0: every inode. Also tells replies still out that they may be older. */
 static void nox_drop(uint64_t ino)
 {
+	atomic_fetch_add(&g_own_changes, 1);
 	pthread_mutex_lock(&g_nox.mu);
 	uint64_t *x = nox_slot(ino);
 	if (!ino)
@@ -276,8 +301,10 @@ static void nox_drop(uint64_t ino)
 }
 
 /* What a reply told about an inode, kept for the kernel's next questions. */
-static void keep_attr(uint64_t seq, const struct aq_attr *a)
+static void keep_attr(struct cseq seq, const struct aq_attr *a)
 {
+	if (g_test_keep_delay_ms)
+		usleep(g_test_keep_delay_ms * 1000u);
 	dattr_put(seq, a);
 	nox_put(seq, a);
 }
@@ -394,7 +421,7 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	struct aq_cred cr;
 	struct aq_attr a;
 	cred_of(req, &cr);
-	uint64_t seq = aq_inval_seq(g_client);
+	struct cseq seq = cseq_now();
 	int rc = WITH_GROUPS(req, cr, aq_lookup(g_client, &cr, parent, name, &a));
 	if (rc == -ENOENT) {
 		/* a negative entry: the kernel remembers the name is free (a create by another
@@ -420,7 +447,7 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 		fuse_reply_attr(req, &st, g_timeout_s);
 		return;
 	}
-	uint64_t seq = aq_inval_seq(g_client);
+	struct cseq seq = cseq_now();
 	int rc = aq_getattr(g_client, NULL, ino, &a);
 	if (rc) {
 		fuse_reply_err(req, posix_err(rc));
@@ -457,14 +484,15 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 		mask |= AQ_SET_CTIME;
 		in.ctime_ns = attr->st_ctim.tv_sec * 1000000000ll + attr->st_ctim.tv_nsec;
 	}
-	uint64_t seq = aq_inval_seq(g_client);
+	struct cseq seq = cseq_now();
 	int rc = WITH_GROUPS(req, cr, aq_setattr(g_client, &cr, ino, mask, &in, &out));
-	dattr_drop(ino);
 	if (rc) {
+		dattr_drop(ino);
 		fuse_reply_err(req, posix_err(rc));
 		return;
 	}
-	keep_attr(seq, &out);
+	keep_attr(seq, &out); /* replies older than this one were still out: they fail the check */
+	atomic_fetch_add(&g_own_changes, 1);
 	struct stat st;
 	to_stat(&out, &st);
 	fuse_reply_attr(req, &st, g_timeout_s);
@@ -482,11 +510,11 @@ static void op_readlink(fuse_req_t req, fuse_ino_t ino)
 }
 
 /* After a create in parent: the parent's attributes as the server now has them. */
-static void made_in(uint64_t seq, uint64_t parent, int rc, const struct aq_attr *child)
+static void made_in(struct cseq seq, uint64_t parent, int rc, const struct aq_attr *child)
 {
 	if (!rc) {
+		keep_attr(seq, child); /* before dattr_created counts this change */
 		dattr_created(parent, child);
-		keep_attr(seq, child);
 	} else if (rc != -EEXIST && rc != -EACCES && rc != -EPERM)
 		dattr_drop(parent);
 }
@@ -497,7 +525,7 @@ static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 	struct aq_cred cr;
 	struct aq_attr a;
 	cred_of(req, &cr);
-	uint64_t seq = aq_inval_seq(g_client);
+	struct cseq seq = cseq_now();
 	int rc = WITH_GROUPS(req, cr, aq_mknod(g_client, &cr, parent, name, mode, (uint32_t)rdev, AQ_CREATE_EXCL, &a));
 	made_in(seq, parent, rc, &a);
 	reply_entry_or_err(req, rc, &a);
@@ -509,7 +537,7 @@ static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 	struct aq_cred cr;
 	struct aq_attr a;
 	cred_of(req, &cr);
-	uint64_t seq = aq_inval_seq(g_client);
+	struct cseq seq = cseq_now();
 	int rc = WITH_GROUPS(req, cr, aq_mkdir_at(g_client, &cr, parent, name, mode, &a));
 	made_in(seq, parent, rc, &a);
 	reply_entry_or_err(req, rc, &a);
@@ -521,7 +549,7 @@ static void op_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, cons
 	struct aq_cred cr;
 	struct aq_attr a;
 	cred_of(req, &cr);
-	uint64_t seq = aq_inval_seq(g_client);
+	struct cseq seq = cseq_now();
 	int rc = WITH_GROUPS(req, cr, aq_symlink_at(g_client, &cr, parent, name, link, &a));
 	made_in(seq, parent, rc, &a);
 	reply_entry_or_err(req, rc, &a);
@@ -573,11 +601,11 @@ static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const 
 	struct aq_cred cr;
 	struct aq_attr a;
 	cred_of(req, &cr);
-	uint64_t seq = aq_inval_seq(g_client);
+	struct cseq seq = cseq_now();
 	int rc = WITH_GROUPS(req, cr, aq_link_at(g_client, &cr, ino, newparent, newname, &a));
-	dattr_drop(newparent);
 	if (!rc)
 		nox_put(seq, &a);
+	dattr_drop(newparent);
 	reply_entry_or_err(req, rc, &a);
 }
 
@@ -620,7 +648,7 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 	struct aq_attr a;
 	cred_of(req, &cr);
 	struct aq_file *f;
-	uint64_t seq = aq_inval_seq(g_client);
+	struct cseq seq = cseq_now();
 	/* create and open in one round trip (O_APPEND offsets come from the kernel) */
 	int rc = WITH_GROUPS(req, cr, aq_create_open(g_client, &cr, parent, name, mode & 07777,
 			  (fi->flags & O_EXCL) ? AQ_CREATE_EXCL : 0,
@@ -693,7 +721,7 @@ struct dirh {
 	pthread_mutex_t mu;
 	bool filled, plus, eof;
 	uint64_t at;        /* the cookie ents follow */
-	uint64_t seq;       /* inval seq before ents were fetched */
+	struct cseq seq;    /* before ents were fetched */
 	uint32_t n, pos;    /* ents held, next to hand out */
 	struct aq_dirent *ents;
 };
@@ -765,7 +793,7 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, b
 		dh->at = cookie;
 		dh->n = dh->pos = 0;
 	}
-	uint64_t seq = dh->seq; /* of the oldest page handed out from: see recheck below */
+	struct cseq seq = dh->seq; /* of the oldest page handed out from: see recheck below */
 	bool any = false;
 	uint64_t *given = NULL; /* the inodes whose attributes went to the kernel */
 	size_t ngiven = 0, given_cap = 0;
@@ -775,7 +803,8 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, b
 		if (dh->pos == dh->n) {
 			if (dh->eof)
 				break;
-			uint64_t from = dirh_cookie(dh), s = aq_inval_seq(g_client);
+			uint64_t from = dirh_cookie(dh);
+			struct cseq s = cseq_now();
 			int n = WITH_GROUPS(req, cr, aq_readdir_ino(g_client, &cr, ino, from, plus ? AQ_READDIR_PLUS : 0,
 								 dh->ents, DIR_PAGE));
 			if (n < 0) {
@@ -1015,6 +1044,8 @@ int aqfuse_main(const struct aqfuse_options *opt)
 	aq_disconnect(probe);
 	g_timeout_s = opt->attr_timeout_s;
 	g_read_only = opt->read_only;
+	const char *delay = getenv("AQ_MOUNT_TEST_KEEP_DELAY_MS");
+	g_test_keep_delay_ms = delay ? (unsigned)atoi(delay) : 0;
 
 	char optstr[256];
 	snprintf(optstr, sizeof optstr, "fsname=aquifer,subtype=aquifer,default_permissions,max_read=1048576%s%s",
@@ -1049,7 +1080,7 @@ int aqfuse_main(const struct aqfuse_options *opt)
 		log_warn("aq mount: the servers do not push changes (%s); caching for 1 s only", aq_strerror(rc));
 		g_timeout_s = 1.0;
 	}
-	g_dattr.on = rc == 0;
+	g_cache_on = rc == 0;
 	struct fuse_loop_config cfg = {.clone_fd = 0, .max_idle_threads = opt->threads ? opt->threads : 16};
 	status = fuse_session_loop_mt(se, &cfg) ? 1 : 0;
 	pthread_mutex_lock(&g_inval.mu);

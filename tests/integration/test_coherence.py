@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 from aqtest import AQ, Cluster, main, run
@@ -281,6 +282,35 @@ def test_xattr_seen(c):
         soon(has, f"round {i}: setxattr {name}")
         os.removexattr(f, name)
         soon(lambda: not has() and os.listxattr(f"{b}/f{i}") == [], f"round {i}: removexattr")
+
+
+def test_own_change_beats_an_older_reply(c):
+    """A reply that left the server before this mount's own change must not be kept
+    after it. A third mount holds every reply 300 ms before keeping it (a test hook):
+    a GETATTR's "no xattrs" is held while the same mount sets an xattr (security.*, so
+    the kernel asks no GETATTR of its own first); the mount must then find the xattr.
+    Before the fix it kept "none" and answered ENODATA for an hour."""
+    m3 = os.path.join(c.base, "mnt3")
+    os.makedirs(m3)
+    run(AQ, "mount", m3, "--cluster", c.conf, env={**os.environ, "AQ_MOUNT_TEST_KEEP_DELAY_MS": "300"})
+    a, p = c.path("race"), os.path.join(m3, "race")
+    try:
+        open(a, "w").close()
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fstat(fd)
+            os.chmod(a, 0o640)  # mount A: the push drops mount 3's cached attributes
+            time.sleep(0.2)
+            t = threading.Thread(target=os.fstat, args=(fd,))
+            t.start()  # a GETATTR whose reply ("no xattrs") is held 300 ms
+            time.sleep(0.1)
+            os.setxattr(p, "security.aqtest", b"v")
+            t.join()
+            assert os.getxattr(p, "security.aqtest") == b"v"
+        finally:
+            os.close(fd)
+    finally:
+        run("umount", m3, check=False)
 
 
 def test_own_changes_still_fast_and_right(c):

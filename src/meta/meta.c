@@ -603,14 +603,7 @@ int meta_attrs_of(struct meta_store *m, const uint64_t *inos, uint32_t n, struct
 		out[refs[r].i] = in->a;
 		*res = 0;
 	}
-	int rc = 0;
-	char *err = NULL;
-	rocksdb_iter_get_error(it, &err);
-	if (err) {
-		log_error("meta: reading attributes: %s", err);
-		rocksdb_free(err);
-		rc = -EIO;
-	}
+	int rc = meta_iter_error(it, "reading attributes");
 	rocksdb_iter_destroy(it);
 	free(in);
 	free(refs);
@@ -636,27 +629,26 @@ out:
 	return rc;
 }
 
+int meta_iter_error(rocksdb_iterator_t *it, const char *what)
+{
+	char *err = NULL;
+	rocksdb_iter_get_error(it, &err);
+	if (!err)
+		return 0;
+	log_error("meta: %s: %s", what, err);
+	rocksdb_free(err);
+	return -EIO;
+}
+
+static int del_one_xattr(void *wb, const char *key, size_t klen, const char *name, size_t nlen)
+{
+	rocksdb_writebatch_delete(wb, key, klen);
+	return 0;
+}
+
 int meta_del_xattrs(struct meta_store *m, rocksdb_writebatch_t *wb, uint64_t ino)
 {
-	uint8_t prefix[META_XATTR_KEY_MAX];
-	size_t plen = meta_key_xattr(prefix, ino, "", 0);
-	rocksdb_iterator_t *it = rocksdb_create_iterator(m->db, m->ropts);
-	char *err = NULL;
-	for (rocksdb_iter_seek(it, (const char *)prefix, plen); rocksdb_iter_valid(it); rocksdb_iter_next(it)) {
-		size_t klen;
-		const char *k = rocksdb_iter_key(it, &klen);
-		if (klen < plen || memcmp(k, prefix, plen) != 0)
-			break;
-		rocksdb_writebatch_delete(wb, k, klen);
-	}
-	rocksdb_iter_get_error(it, &err);
-	rocksdb_iter_destroy(it);
-	if (err) {
-		log_error("meta: xattr scan: %s", err);
-		rocksdb_free(err);
-		return -EIO;
-	}
-	return 0;
+	return meta_xattr_each(m, ino, del_one_xattr, wb);
 }
 
 /* ---- open / close ------------------------------------------------------------------- */
@@ -678,7 +670,6 @@ static int load_clock(struct meta_store *m)
 		atomic_store(&m->clock_reserved, above);
 	} else {
 		rocksdb_iterator_t *it = rocksdb_create_iterator(m->db, m->ropts);
-		char *err = NULL;
 		const char start = MK_LOG;
 		for (rocksdb_iter_seek(it, &start, 1); rocksdb_iter_valid(it); rocksdb_iter_next(it)) {
 			size_t klen;
@@ -688,13 +679,10 @@ static int load_clock(struct meta_store *m)
 			if (klen == META_LOG_KEY_LEN)
 				above = MAX(above, get_be64(k + 11) + 1);
 		}
-		rocksdb_iter_get_error(it, &err);
+		rc = meta_iter_error(it, "changelog scan");
 		rocksdb_iter_destroy(it);
-		if (err) {
-			log_error("meta: changelog scan: %s", err);
-			rocksdb_free(err);
-			return -EIO;
-		}
+		if (rc)
+			return rc;
 	}
 	/* The first ts taken writes a fresh 'T' row (clock_reserved <= the clock). */
 	atomic_store(&m->log_clock, MAX((uint64_t)aq_now_ns(), above));
@@ -728,7 +716,6 @@ static int load_counts(struct meta_store *m)
 	rocksdb_iterator_t *it = rocksdb_create_iterator(m->db, m->ropts);
 	rocksdb_writebatch_t *wb = meta_batch_new();
 	uint64_t total = 0;
-	char *err = NULL;
 	int rc = 0;
 	for (uint32_t b = 0; b < m->nbuckets && rc == 0; b++) {
 		struct meta_count *c = &m->counts[b];
@@ -753,13 +740,9 @@ static int load_counts(struct meta_store *m)
 		}
 		total += c->nlive;
 	}
-	rocksdb_iter_get_error(it, &err);
+	if (rc == 0)
+		rc = meta_iter_error(it, "inode scan");
 	rocksdb_iter_destroy(it);
-	if (err) {
-		log_error("meta: inode scan: %s", err);
-		rocksdb_free(err);
-		rc = -EIO;
-	}
 	if (rc == 0 && rocksdb_writebatch_count(wb) > 0)
 		rc = meta_commit(m, wb);
 	rocksdb_writebatch_destroy(wb);
@@ -1974,7 +1957,6 @@ int meta_orphans(struct meta_store *m, struct meta_orphan *out, uint32_t max, ui
 		return 0;
 	size_t slen = meta_key_orphan(start, from);
 	rocksdb_iterator_t *it = rocksdb_create_iterator(m->db, m->ropts);
-	char *err = NULL;
 	int n = 0;
 	/* Keys sort by (bucket, ino) and an ino's top bits are its bucket: key order is
 	 * ino order. */
@@ -1992,14 +1974,9 @@ int meta_orphans(struct meta_store *m, struct meta_orphan *out, uint32_t max, ui
 		out[n].chunk_size = get_le32(v + 8);
 		n++;
 	}
-	rocksdb_iter_get_error(it, &err);
+	int rc = meta_iter_error(it, "orphan scan");
 	rocksdb_iter_destroy(it);
-	if (err) {
-		log_error("meta: orphan scan: %s", err);
-		rocksdb_free(err);
-		return -EIO;
-	}
-	return n;
+	return rc ? rc : n;
 }
 
 int meta_orphan_done(struct meta_store *m, uint64_t ino)

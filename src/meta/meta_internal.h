@@ -216,6 +216,12 @@ int meta_alloc_ino(struct meta_store *m, uint32_t bucket, rocksdb_writebatch_t *
  * to write a fresh 'S' row, since the reservation in the failed batch never landed. */
 static inline void meta_alloc_failed(struct meta_store *m, uint32_t bucket) { m->seq_reserved[bucket] = 0; }
 void meta_put_inode(rocksdb_writebatch_t *wb, const struct meta_inode *ino);
+/* 0, or -EIO (logged with what) when the iterator hit an error. */
+int meta_iter_error(rocksdb_iterator_t *it, const char *what);
+/* Calls fn for each xattr row of ino (its whole key, and the name in it) until fn returns
+ * nonzero; returns that value, 0, or -EIO when the scan failed. */
+int meta_xattr_each(struct meta_store *m, uint64_t ino,
+		    int (*fn)(void *arg, const char *key, size_t klen, const char *name, size_t nlen), void *arg);
 /* Fills out from the inode row, merged with the partial rows for a directory. */
 int meta_attr_of(struct meta_store *m, uint64_t ino, struct aq_attr *out);
 /* The attributes of n inodes at once (a readdirplus page): rcs[i] gets 0, -ENOENT or

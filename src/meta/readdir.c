@@ -35,17 +35,6 @@ out:
 	return rc;
 }
 
-static int iter_error(rocksdb_iterator_t *it, const char *what)
-{
-	char *err = NULL;
-	rocksdb_iter_get_error(it, &err);
-	if (!err)
-		return 0;
-	log_error("meta: %s: %s", what, err);
-	rocksdb_free(err);
-	return -EIO;
-}
-
 static uint64_t entry_cookie(uint32_t bucket, uint64_t pos)
 {
 	if (pos + 1 > META_POS_MASK) /* the last position: resume at the next bucket */
@@ -185,7 +174,7 @@ int meta_readdir_range(struct meta_store *m, const struct aq_cred *cr, uint64_t 
 			last_pos = epos;
 		}
 		if (rc == 0)
-			rc = iter_error(it, "readdir");
+			rc = meta_iter_error(it, "readdir");
 		if (rc)
 			stop = true;
 	}
@@ -275,7 +264,7 @@ int meta_changes(struct meta_store *m, const struct aq_cred *cr, uint64_t dir, u
 	}
 	for (uint32_t b = 0; b < n; b++) {
 		if (rc == 0)
-			rc = iter_error(heads[b].it, "changes");
+			rc = meta_iter_error(heads[b].it, "changes");
 		rocksdb_iter_destroy(heads[b].it);
 	}
 	free(heads);

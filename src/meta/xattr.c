@@ -43,32 +43,36 @@ static int check_xname(const char *name, size_t *len)
 	return 0;
 }
 
-/* Whether ino has an xattr row other than key (the one being removed). */
-static int xattr_others(struct meta_store *m, uint64_t ino, const uint8_t *key, size_t klen)
+int meta_xattr_each(struct meta_store *m, uint64_t ino,
+		    int (*fn)(void *arg, const char *key, size_t klen, const char *name, size_t nlen), void *arg)
 {
 	uint8_t prefix[META_XATTR_KEY_MAX];
 	size_t plen = meta_key_xattr(prefix, ino, "", 0);
 	rocksdb_iterator_t *it = rocksdb_create_iterator(m->db, m->ropts);
-	int found = 0;
-	for (rocksdb_iter_seek(it, (const char *)prefix, plen); rocksdb_iter_valid(it); rocksdb_iter_next(it)) {
-		size_t len;
-		const char *k = rocksdb_iter_key(it, &len);
-		if (len <= plen || memcmp(k, prefix, plen) != 0)
+	int rc = 0;
+	for (rocksdb_iter_seek(it, (const char *)prefix, plen); rocksdb_iter_valid(it) && rc == 0;
+	     rocksdb_iter_next(it)) {
+		size_t klen;
+		const char *k = rocksdb_iter_key(it, &klen);
+		if (klen <= plen || memcmp(k, prefix, plen) != 0)
 			break;
-		if (len != klen || memcmp(k, key, klen) != 0) {
-			found = 1;
-			break;
-		}
+		AQ_ASSERT(klen - plen <= AQ_XATTR_NAME_MAX);
+		rc = fn(arg, k, klen, k + plen, klen - plen);
 	}
-	char *err = NULL;
-	rocksdb_iter_get_error(it, &err);
-	if (err) {
-		log_error("meta: xattr scan: %s", err);
-		rocksdb_free(err);
-		found = -EIO;
-	}
+	int irc = meta_iter_error(it, "xattr scan");
 	rocksdb_iter_destroy(it);
-	return found;
+	return irc ? irc : rc;
+}
+
+struct key_ref {
+	const uint8_t *key;
+	size_t len;
+};
+
+static int is_other_key(void *arg, const char *key, size_t klen, const char *name, size_t nlen)
+{
+	const struct key_ref *r = arg;
+	return klen != r->len || memcmp(key, r->key, klen) != 0;
 }
 
 /* set (value != NULL) or remove (value == NULL) under the inode's bucket lock. The
@@ -122,7 +126,8 @@ static int xattr_change(struct meta_store *m, const struct aq_cred *cr, uint64_t
 			goto unlock;
 		}
 		rocksdb_writebatch_delete(wb, (const char *)key, klen);
-		rc = xattr_others(m, ino, key, klen);
+		/* the last one goes: the inode has none left */
+		rc = meta_xattr_each(m, ino, is_other_key, &(struct key_ref){key, klen});
 		if (rc < 0)
 			goto unlock;
 		if (rc == 0)
@@ -176,6 +181,28 @@ int meta_getxattr(struct meta_store *m, const struct aq_cred *cr, uint64_t ino, 
 	return (int)vlen;
 }
 
+struct list_fill {
+	bool root;
+	char *buf;
+	size_t size, total;
+};
+
+static int list_one(void *arg, const char *key, size_t klen, const char *name, size_t nlen)
+{
+	struct list_fill *lf = arg;
+	/* trusted.* is invisible to others, as on Linux. */
+	if (!lf->root && nlen >= 8 && memcmp(name, "trusted.", 8) == 0)
+		return 0;
+	if (lf->size) {
+		if (lf->total + nlen + 1 > lf->size)
+			return -ERANGE;
+		memcpy(lf->buf + lf->total, name, nlen);
+		lf->buf[lf->total + nlen] = '\0';
+	}
+	lf->total += nlen + 1;
+	return 0;
+}
+
 int meta_listxattr(struct meta_store *m, const struct aq_cred *cr, uint64_t ino, char *buf, size_t size)
 {
 	struct aq_attr a;
@@ -185,40 +212,7 @@ int meta_listxattr(struct meta_store *m, const struct aq_cred *cr, uint64_t ino,
 	rc = meta_perm(cr, &a, R_OK);
 	if (rc)
 		return rc;
-	uint8_t prefix[META_XATTR_KEY_MAX];
-	size_t plen = meta_key_xattr(prefix, ino, "", 0);
-	rocksdb_iterator_t *it = rocksdb_create_iterator(m->db, m->ropts);
-	size_t total = 0;
-	for (rocksdb_iter_seek(it, (const char *)prefix, plen); rocksdb_iter_valid(it); rocksdb_iter_next(it)) {
-		size_t klen;
-		const char *k = rocksdb_iter_key(it, &klen);
-		if (klen <= plen || memcmp(k, prefix, plen) != 0)
-			break;
-		size_t nlen = klen - plen;
-		AQ_ASSERT(nlen <= AQ_XATTR_NAME_MAX);
-		/* trusted.* is invisible to others, as on Linux. */
-		if (!meta_is_root(cr) && nlen >= 8 && memcmp(k + plen, "trusted.", 8) == 0)
-			continue;
-		if (size) {
-			if (total + nlen + 1 > size) {
-				rc = -ERANGE;
-				break;
-			}
-			memcpy(buf + total, k + plen, nlen);
-			buf[total + nlen] = '\0';
-		}
-		total += nlen + 1;
-	}
-	int irc = 0;
-	char *err = NULL;
-	rocksdb_iter_get_error(it, &err);
-	if (err) {
-		log_error("meta: listxattr: %s", err);
-		rocksdb_free(err);
-		irc = -EIO;
-	}
-	rocksdb_iter_destroy(it);
-	if (rc == 0)
-		rc = irc;
-	return rc ? rc : (int)total;
+	struct list_fill lf = {.root = meta_is_root(cr), .buf = buf, .size = size};
+	rc = meta_xattr_each(m, ino, list_one, &lf);
+	return rc ? rc : (int)lf.total;
 }

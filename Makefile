@@ -8,8 +8,8 @@ OPT ?= -O2
 CFLAGS ?= $(OPT) -g
 CFLAGS += -std=gnu17 -Wall -Wextra -Werror -Wno-unused-parameter -fno-omit-frame-pointer -fPIC \
 	  -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -Isrc -Iinclude -I/usr/include/fuse3 -MMD -MP
-LDLIBS_CLIENT = -lssl -lcrypto -lpthread -lm
-LDLIBS_S3 = -lcurl -lcrypto -lpthread
+LDLIBS_CLIENT = -lisal -lssl -lcrypto -lpthread -lm
+LDLIBS_S3 = -lcurl -lisal -lcrypto -lpthread
 # RocksDB is linked statically: its thread-locals (perf and IO-stats contexts, consulted on
 # every key comparison and iterator step) then need no __tls_get_addr call each, as they
 # do from a shared library. Listing 1M entries went from 2.6M to 3.2M entries/s, creates
@@ -84,7 +84,7 @@ fuzz-run: fuzz
 	done
 $(B)/fuzz/%: tests/fuzz/%.c $(COMMON_SRC)
 	@mkdir -p $(dir $@)
-	clang -std=gnu17 -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -Isrc -Iinclude -o $@ $^ -lpthread -lcrypto -lm
+	clang -std=gnu17 -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -Isrc -Iinclude -o $@ $^ -lisal -lpthread -lcrypto -lm
 
 # python/aquifer is pure Python over lib/libaq.so (ctypes): nothing to compile; importing it
 # checks that every libaq function it declares is there.

@@ -174,7 +174,7 @@ static int64_t seg_remove(struct data_target *t, uint32_t no)
 	pthread_rwlock_wrlock(&t->seg_lock);
 	s = data_seg_find(t, no);
 	rc = (int64_t)s->total;
-	close(s->fd);
+	data_seg_close(s);
 	size_t i = (size_t)(s - t->segs);
 	memmove(&t->segs[i], &t->segs[i + 1], (t->nsegs - i - 1) * sizeof *t->segs);
 	t->nsegs--;

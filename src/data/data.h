@@ -22,7 +22,11 @@ struct data_options {
 	const uint32_t *target_ids;   /* cluster-wide id of each local target */
 	uint64_t capacity_bytes;      /* per target; 0: the underlying file system's size */
 	uint64_t segment_bytes;       /* segment file size; 0: DATA_SEGMENT_SIZE (tests use less) */
+	/* Reads of at least this many bytes whose pages are not all in the page cache go to
+	 * the disk with O_DIRECT; 0: DATA_DIRECT_MIN_DEFAULT; UINT32_MAX: never. */
+	uint32_t direct_min;
 };
+#define DATA_DIRECT_MIN_DEFAULT (64u << 10)
 
 int data_open(const char *dir, bool create, const struct data_options *opt, struct data_store **out);
 void data_close(struct data_store *ds);
@@ -36,6 +40,11 @@ int data_write(struct data_store *ds, uint32_t target, uint64_t ino, uint32_t id
  * missing chunk) read as zeros. Returns 0, -AQ_ECORRUPT on a checksum mismatch, -EIO. */
 int data_read(struct data_store *ds, uint32_t target, uint64_t ino, uint32_t idx, uint32_t off, void *buf,
 	      uint32_t len);
+/* As data_read, into memory it allocates: on success *mem is to be free()d, *data holds the
+ * len bytes and at least head (<= 64) writable bytes lie before it, so a reply can put its
+ * framing there and go out without a copy of the data. */
+int data_read_alloc(struct data_store *ds, uint32_t target, uint64_t ino, uint32_t idx, uint32_t off,
+		    uint32_t len, uint32_t head, void **mem, uint8_t **data);
 /* Drops everything of ino at or past byte new_size (chunks of chunk_size bytes). */
 int data_truncate(struct data_store *ds, uint32_t target, uint64_t ino, uint64_t new_size, uint32_t chunk_size);
 /* Drops every chunk of ino on target. */
@@ -50,6 +59,7 @@ struct data_target_stat {
 	uint64_t chunks, segments;
 	uint64_t fs_id;                                  /* st_dev of the target's file system */
 	bool fs_shared_capacity;                         /* capacity is the file system's, not a quota */
+	uint64_t direct_reads;                           /* chunk reads served with O_DIRECT so far */
 };
 int data_stat(struct data_store *ds, uint32_t target, struct data_target_stat *out);
 /* Runs one compaction pass on target: rewrites segments whose live share is below

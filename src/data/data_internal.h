@@ -87,6 +87,8 @@ int data_val_decode(const uint8_t *in, size_t len, struct data_entry *e);
 struct data_seg {
 	uint32_t no;      /* file dir/t<i>/seg-%08u */
 	int fd;
+	int dfd;          /* the same file opened O_DIRECT for reads, opened on first use:
+			   * DATA_DFD_UNOPENED, -1 when it cannot be, else the fd (atomic) */
 	uint64_t total;   /* bytes of records (file size rounded to DATA_REC_ALIGN) */
 	uint64_t live;    /* bytes of records the index points to */
 	uint64_t punched; /* bytes of dead records already given back (hole punch) */
@@ -120,10 +122,14 @@ struct data_target {
 	uint32_t nobjs, objs_cap;
 	uint64_t next_obj;
 	bool objs_dead;        /* some object has live == 0: tier_gc deletes it */
+	uint64_t direct_reads; /* reads served with O_DIRECT (atomic) */
 };
+
+#define DATA_DFD_UNOPENED (-2)
 
 struct data_store {
 	uint32_t ntargets;
+	uint32_t direct_min; /* see data_options; UINT32_MAX once O_DIRECT reads failed (atomic) */
 	struct data_target *targets;
 	pthread_t compactor;
 	bool compactor_running;
@@ -138,6 +144,7 @@ struct data_store {
 
 /* store.c, used by compact.c */
 struct data_target *data_target_get(struct data_store *ds, uint32_t target);
+void data_seg_close(struct data_seg *s);
 struct data_seg *data_seg_find(struct data_target *t, uint32_t no);
 int data_index_get(struct data_target *t, uint64_t ino, uint32_t idx, struct data_entry *e, bool *found);
 /* Reads a whole chunk's data (from flash, or from S3 when only there) into dst and checks

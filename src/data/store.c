@@ -10,8 +10,10 @@
  */
 #include <dirent.h>
 #include <fcntl.h>
+#include <stdatomic.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "data/data_internal.h"
@@ -80,6 +82,13 @@ static void seg_insert(struct data_target *t, const struct data_seg *s)
 
 /* Creates segment file `no` and makes it the active one. The directory is fsync'ed so
  * that a record the index points to never lives in a file that a crash forgets. */
+void data_seg_close(struct data_seg *s)
+{
+	close(s->fd);
+	if (s->dfd >= 0)
+		close(s->dfd);
+}
+
 static int seg_create(struct data_target *t, uint32_t no)
 {
 	char path[PATH_MAX];
@@ -97,7 +106,7 @@ static int seg_create(struct data_target *t, uint32_t no)
 		unlink(path);
 		return rc;
 	}
-	struct data_seg s = {.no = no, .fd = fd};
+	struct data_seg s = {.no = no, .fd = fd, .dfd = DATA_DFD_UNOPENED};
 	pthread_rwlock_wrlock(&t->seg_lock);
 	AQ_ASSERT(t->nsegs == 0 || t->segs[t->nsegs - 1].no < no);
 	seg_insert(t, &s);
@@ -267,6 +276,47 @@ struct block_range {
 	uint8_t *dst;
 };
 
+/* The segment entry e points into, once it is checked to hold the whole record. Caller
+ * holds t->lock or t->seg_lock shared, so the segment cannot go away. */
+static struct data_seg *entry_seg(struct data_target *t, uint64_t ino, uint32_t idx, const struct data_entry *e)
+{
+	struct data_seg *s = data_seg_find(t, e->seg);
+	if (!s) {
+		log_error("target %u: ino %llx idx %u v%llu: index points to missing segment %u", t->id,
+			  (unsigned long long)ino, idx, (unsigned long long)e->version, e->seg);
+		return NULL;
+	}
+	/* Readers hold only seg_lock while writers grow total under t->lock: atomic. */
+	uint64_t total = __atomic_load_n(&s->total, __ATOMIC_ACQUIRE);
+	if (e->off + data_rec_size(e->length) > total) {
+		log_error("target %u: ino %llx idx %u v%llu: record at seg %u off %llu past segment end %llu",
+			  t->id, (unsigned long long)ino, idx, (unsigned long long)e->version, e->seg,
+			  (unsigned long long)e->off, (unsigned long long)total);
+		return NULL;
+	}
+	return s;
+}
+
+/* Checks blocks [b0, b1) of entry e, read to p, against their crc32c. Returns 0 or
+ * -AQ_ECORRUPT (logged with the chunk's identity). */
+static int check_blocks(struct data_target *t, uint64_t ino, uint32_t idx, const struct data_entry *e,
+			uint32_t b0, uint32_t b1, const uint8_t *p)
+{
+	for (uint32_t b = b0; b < b1; b++) {
+		uint64_t start = (uint64_t)b * DATA_BLOCK_SIZE;
+		uint64_t len = MIN(start + DATA_BLOCK_SIZE, e->length) - start;
+		uint32_t crc = crc32c(0, p + (start - (uint64_t)b0 * DATA_BLOCK_SIZE), len);
+		if (crc != e->crc[b]) {
+			log_error("target %u: chunk ino %llx idx %u v%llu block %u (seg %u record %llu): "
+				  "crc32c %08x, index says %08x: corrupt",
+				  t->id, (unsigned long long)ino, idx, (unsigned long long)e->version, b, e->seg,
+				  (unsigned long long)e->off, crc, e->crc[b]);
+			return -AQ_ECORRUPT;
+		}
+	}
+	return 0;
+}
+
 /* Reads the ranges of entry e in one batch and checks every block's crc32c. Caller holds
  * t->lock or t->seg_lock shared, so the segment cannot go away. Returns 0, -EIO,
  * -AQ_ECORRUPT (logged with the chunk's identity). */
@@ -284,20 +334,9 @@ static int read_blocks(struct data_target *t, uint64_t ino, uint32_t idx, const 
 		}
 		return 0;
 	}
-	struct data_seg *s = data_seg_find(t, e->seg);
-	if (!s) {
-		log_error("target %u: ino %llx idx %u v%llu: index points to missing segment %u", t->id,
-			  (unsigned long long)ino, idx, (unsigned long long)e->version, e->seg);
+	struct data_seg *s = entry_seg(t, ino, idx, e);
+	if (!s)
 		return -EIO;
-	}
-	/* Readers hold only seg_lock while writers grow total under t->lock: atomic. */
-	uint64_t total = __atomic_load_n(&s->total, __ATOMIC_ACQUIRE);
-	if (e->off + data_rec_size(e->length) > total) {
-		log_error("target %u: ino %llx idx %u v%llu: record at seg %u off %llu past segment end %llu",
-			  t->id, (unsigned long long)ino, idx, (unsigned long long)e->version, e->seg,
-			  (unsigned long long)e->off, (unsigned long long)total);
-		return -EIO;
-	}
 	struct data_io io[2];
 	AQ_ASSERT(n <= ARRAY_SIZE(io));
 	for (unsigned i = 0; i < n; i++) {
@@ -313,22 +352,9 @@ static int read_blocks(struct data_target *t, uint64_t ino, uint32_t idx, const 
 			  e->seg, strerror(-rc));
 		return rc;
 	}
-	for (unsigned i = 0; i < n; i++) {
-		for (uint32_t b = r[i].b0; b < r[i].b1; b++) {
-			uint64_t start = (uint64_t)b * DATA_BLOCK_SIZE;
-			uint64_t len = MIN(start + DATA_BLOCK_SIZE, e->length) - start;
-			uint8_t *p = r[i].dst + (start - (uint64_t)r[i].b0 * DATA_BLOCK_SIZE);
-			uint32_t crc = crc32c(0, p, len);
-			if (crc != e->crc[b]) {
-				log_error("target %u: chunk ino %llx idx %u v%llu block %u (seg %u record %llu): "
-					  "crc32c %08x, index says %08x: corrupt",
-					  t->id, (unsigned long long)ino, idx, (unsigned long long)e->version, b,
-					  e->seg, (unsigned long long)e->off, crc, e->crc[b]);
-				return -AQ_ECORRUPT;
-			}
-		}
-	}
-	return 0;
+	for (unsigned i = 0; i < n && !rc; i++)
+		rc = check_blocks(t, ino, idx, e, r[i].b0, r[i].b1, r[i].dst);
+	return rc;
 }
 
 int data_read_chunk(struct data_target *t, uint64_t ino, uint32_t idx, const struct data_entry *e, uint8_t *dst)
@@ -466,16 +492,143 @@ out:
 	return rc;
 }
 
-int data_read(struct data_store *ds, uint32_t target, uint64_t ino, uint32_t idx, uint32_t off, void *buf,
-	      uint32_t len)
+/* Where a read's bytes go: into buf, or (buf NULL) into memory the read allocates, with
+ * head writable bytes before the data (see data_read_alloc). */
+struct read_dst {
+	void *buf;
+	uint32_t head;
+	void *mem;
+	uint8_t *data;
+};
+
+/* The destination for len bytes: buf, or head + len bytes allocated now. */
+static uint8_t *dst_bytes(struct read_dst *d, uint32_t len)
+{
+	if (d->buf)
+		return d->buf;
+	d->mem = aq_malloc((size_t)d->head + len + 1);
+	d->data = (uint8_t *)d->mem + d->head;
+	return d->data;
+}
+
+#ifndef __NR_cachestat
+#define __NR_cachestat 451 /* Linux 6.5; the same number on every architecture */
+#endif
+struct cachestat_range {
+	uint64_t off, len;
+};
+struct cachestat_out {
+	uint64_t nr_cache, nr_dirty, nr_writeback, nr_evicted, nr_recently_evicted;
+};
+static atomic_bool no_cachestat;
+
+/* True when every page of [off, off + len) of fd is in the page cache, so that a buffered
+ * read is a memory copy. Without cachestat(2) (before Linux 6.5), false. */
+static bool range_cached(int fd, uint64_t off, uint64_t len)
+{
+	if (atomic_load_explicit(&no_cachestat, memory_order_relaxed))
+		return false;
+	struct cachestat_range r = {off, len};
+	struct cachestat_out st;
+	if (syscall(__NR_cachestat, fd, &r, &st, 0) != 0) {
+		if (errno == ENOSYS || errno == EPERM)
+			atomic_store(&no_cachestat, true);
+		return false;
+	}
+	uint64_t pages = (off + len + DATA_REC_ALIGN - 1) / DATA_REC_ALIGN - off / DATA_REC_ALIGN;
+	return st.nr_cache >= pages;
+}
+
+/* The segment's O_DIRECT descriptor, opened on first use; -1 when it cannot be (a file
+ * system without O_DIRECT, or a segment compaction just unlinked). */
+static int seg_dfd(struct data_target *t, struct data_seg *s)
+{
+	int fd = __atomic_load_n(&s->dfd, __ATOMIC_ACQUIRE);
+	if (fd != DATA_DFD_UNOPENED)
+		return fd;
+	char path[PATH_MAX];
+	seg_path(t, s->no, path, sizeof path);
+	int nfd = open(path, O_RDONLY | O_DIRECT | O_CLOEXEC);
+	if (nfd < 0) {
+		log_debug("target %u: O_DIRECT open of %s: %s; buffered reads", t->id, path, strerror(errno));
+		nfd = -1;
+	}
+	int expect = DATA_DFD_UNOPENED;
+	if (!__atomic_compare_exchange_n(&s->dfd, &expect, nfd, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+		if (nfd >= 0)
+			close(nfd);
+		return expect;
+	}
+	return nfd;
+}
+
+/* Reads data bytes [off, end) of entry e (blocks [b0, b1), len bytes asked for) with
+ * O_DIRECT: the aligned span of the record goes straight from the disk into an aligned
+ * buffer, with no page cache in between (no copy out of it, no pages to fill and
+ * reclaim, no read-ahead past the record). Returns -EAGAIN where O_DIRECT cannot be used,
+ * so that the caller reads buffered. Caller holds seg_lock shared. */
+static int read_direct(struct data_store *ds, struct data_target *t, struct data_seg *s, uint64_t ino,
+		       uint32_t idx, const struct data_entry *e, uint32_t off, uint32_t end, uint32_t len,
+		       struct read_dst *d)
+{
+	int dfd = seg_dfd(t, s);
+	if (dfd < 0)
+		return -EAGAIN;
+	uint32_t b0 = off / DATA_BLOCK_SIZE, b1 = data_nblocks(end);
+	uint64_t span_start = (uint64_t)b0 * DATA_BLOCK_SIZE;
+	uint64_t span_end = MIN((uint64_t)b1 * DATA_BLOCK_SIZE, e->length);
+	/* The record starts aligned and its header is 64 bytes: reading from the aligned
+	 * offset below span_start's data puts the data at skip in the buffer. */
+	uint64_t foff = e->off + span_start;
+	uint64_t fend = data_round_up(e->off + DATA_REC_HDR_SIZE + span_end, DATA_REC_ALIGN);
+	size_t skip = DATA_REC_HDR_SIZE + (off - span_start);
+	AQ_ASSERT(d->buf || d->head <= DATA_REC_HDR_SIZE);
+	size_t size = data_round_up(MAX(fend - foff, skip + len), DATA_REC_ALIGN);
+	uint8_t *abuf = rec_alloc(size);
+	struct data_io io = {.fd = dfd, .buf = abuf, .len = fend - foff, .off = foff};
+	int rc = data_io_read(&io, 1);
+	if (rc == -EINVAL) {
+		/* the file system takes the flag at open but not these reads: never again */
+		if (__atomic_exchange_n(&ds->direct_min, UINT32_MAX, __ATOMIC_RELAXED) != UINT32_MAX)
+			log_warn("target %u: O_DIRECT reads fail with EINVAL; reads stay buffered", t->id);
+		free(abuf);
+		return -EAGAIN;
+	}
+	if (rc) {
+		log_error("target %u: ino %llx idx %u: read seg %u: %s", t->id, (unsigned long long)ino, idx,
+			  e->seg, strerror(-rc));
+		free(abuf);
+		return rc;
+	}
+	rc = check_blocks(t, ino, idx, e, b0, b1, abuf + DATA_REC_HDR_SIZE);
+	if (rc) {
+		free(abuf);
+		return rc;
+	}
+	memset(abuf + skip + (end - off), 0, off + len - end);
+	__atomic_fetch_add(&t->direct_reads, 1, __ATOMIC_RELAXED);
+	if (d->buf) {
+		memcpy(d->buf, abuf + skip, len);
+		free(abuf);
+	} else {
+		d->mem = abuf;
+		d->data = abuf + skip;
+	}
+	return 0;
+}
+
+static int read_chunk_range(struct data_store *ds, uint32_t target, uint64_t ino, uint32_t idx, uint32_t off,
+			    uint32_t len, struct read_dst *d)
 {
 	struct data_target *t = data_target_get(ds, target);
 	if (!t)
 		return -AQ_ENOT_OWNER;
 	if ((uint64_t)off + len > DATA_CHUNK_MAX)
 		return -EINVAL;
-	if (len == 0)
+	if (len == 0) {
+		dst_bytes(d, 0);
 		return 0;
+	}
 	struct data_entry *e = aq_malloc(sizeof *e);
 	uint8_t *bounce = NULL;
 	bool found = false, recalled = false;
@@ -501,27 +654,66 @@ again:
 	}
 	uint32_t end = found ? MIN(off + len, e->length) : 0;
 	if (off >= end) {
-		memset(buf, 0, len);
+		memset(dst_bytes(d, len), 0, len);
 		goto out;
 	}
 	uint32_t b0 = off / DATA_BLOCK_SIZE, b1 = data_nblocks(end);
 	uint64_t span_start = (uint64_t)b0 * DATA_BLOCK_SIZE;
 	uint64_t span_len = MIN((uint64_t)b1 * DATA_BLOCK_SIZE, e->length) - span_start;
-	/* Straight into the caller's buffer when the blocks fit it exactly. */
+	uint32_t direct_min = __atomic_load_n(&ds->direct_min, __ATOMIC_RELAXED);
+	if (e->seg != 0 && span_len >= direct_min) {
+		struct data_seg *s = entry_seg(t, ino, idx, e);
+		if (!s) {
+			rc = -EIO;
+			goto out;
+		}
+		if (!range_cached(s->fd, e->off + DATA_REC_HDR_SIZE + span_start, span_len)) {
+			rc = read_direct(ds, t, s, ino, idx, e, off, end, len, d);
+			if (rc != -EAGAIN)
+				goto out;
+		}
+	}
+	uint8_t *out = dst_bytes(d, len);
+	/* Straight into the destination when the blocks fit it exactly. */
 	bool direct = span_start == off && span_len <= len;
-	uint8_t *dst = direct ? buf : (bounce = aq_malloc(span_len));
+	uint8_t *dst = direct ? out : (bounce = aq_malloc(span_len));
 	struct block_range r = {.b0 = b0, .b1 = b1, .dst = dst};
 	rc = read_blocks(t, ino, idx, e, &r, 1);
 	if (rc)
 		goto out;
 	if (!direct)
-		memcpy(buf, bounce + (off - span_start), end - off);
-	memset((uint8_t *)buf + (end - off), 0, off + len - end);
+		memcpy(out, bounce + (off - span_start), end - off);
+	memset(out + (end - off), 0, off + len - end);
 out:
 	pthread_rwlock_unlock(&t->seg_lock);
 	free(bounce);
 	free(e);
+	if (rc && !d->buf) {
+		free(d->mem);
+		d->mem = NULL;
+		d->data = NULL;
+	}
 	return rc;
+}
+
+int data_read(struct data_store *ds, uint32_t target, uint64_t ino, uint32_t idx, uint32_t off, void *buf,
+	      uint32_t len)
+{
+	struct read_dst d = {.buf = buf};
+	return read_chunk_range(ds, target, ino, idx, off, len, &d);
+}
+
+int data_read_alloc(struct data_store *ds, uint32_t target, uint64_t ino, uint32_t idx, uint32_t off,
+		    uint32_t len, uint32_t head, void **mem, uint8_t **data)
+{
+	AQ_ASSERT(head <= DATA_REC_HDR_SIZE);
+	struct read_dst d = {.head = head};
+	int rc = read_chunk_range(ds, target, ino, idx, off, len, &d);
+	if (rc)
+		return rc;
+	*mem = d.mem;
+	*data = d.data;
+	return 0;
 }
 
 /* Drops every chunk of ino from chunk cut_idx on; with cut_off > 0 chunk cut_idx keeps its
@@ -667,6 +859,7 @@ int data_stat(struct data_store *ds, uint32_t target, struct data_target_stat *o
 		out->live_bytes += t->segs[i].live;
 	out->chunks = t->chunks;
 	out->segments = t->nsegs;
+	out->direct_reads = __atomic_load_n(&t->direct_reads, __ATOMIC_RELAXED);
 	if (t->capacity_bytes) {
 		out->capacity_bytes = t->capacity_bytes;
 		uint64_t left = t->capacity_bytes > out->used_bytes ? t->capacity_bytes - out->used_bytes : 0;
@@ -712,7 +905,7 @@ static int target_open(struct data_target *t, bool create)
 		}
 		/* A record cut short by a crash leaves a ragged end: the next append starts
 		 * at the next aligned offset. */
-		struct data_seg s = {.no = no, .fd = fd, .total = data_round_up((uint64_t)st.st_size, DATA_REC_ALIGN)};
+		struct data_seg s = {.no = no, .fd = fd, .dfd = DATA_DFD_UNOPENED, .total = data_round_up((uint64_t)st.st_size, DATA_REC_ALIGN)};
 		seg_insert(t, &s);
 	}
 	closedir(d);
@@ -801,7 +994,7 @@ static void target_close(struct data_target *t)
 	if (t->db)
 		rocksdb_close(t->db);
 	for (uint32_t i = 0; i < t->nsegs; i++)
-		close(t->segs[i].fd);
+		data_seg_close(&t->segs[i]);
 	free(t->segs);
 	free(t->objs);
 	if (t->dbopt)
@@ -839,6 +1032,7 @@ int data_open(const char *dir, bool create, const struct data_options *opt, stru
 		return rc;
 
 	struct data_store *ds = aq_calloc(1, sizeof *ds);
+	ds->direct_min = opt->direct_min ? opt->direct_min : DATA_DIRECT_MIN_DEFAULT;
 	ds->targets = aq_calloc(opt->ntargets, sizeof *ds->targets);
 	pthread_mutex_init(&ds->bg_lock, NULL);
 	pthread_cond_init(&ds->bg_cond, NULL);

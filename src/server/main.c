@@ -12,7 +12,7 @@
 static void usage(void)
 {
 	fprintf(stderr, "usage: aqd --data DIR [--server-id N] [--workers N] [--log FILE] [--sync-each-op] [--debug]\n"
-			"           [--tier-interval SECONDS] [--target-capacity BYTES]\n"
+			"           [--tier-interval SECONDS] [--target-capacity BYTES] [--direct-read-min BYTES|off]\n"
 			"  Serves the metadata buckets and storage targets of DIR/cluster.conf's server N.\n"
 			"  Every change is in the write-ahead log before its reply (it survives a crash of\n"
 			"  aqd); the log reaches the disk on fsync and at least once a second, or before\n"
@@ -20,6 +20,8 @@ static void usage(void)
 			"  --tier-interval: how often the object tier applies rules and watermarks (60).\n"
 			"  --target-capacity: a quota per storage target (suffix K, M, G, T), instead of\n"
 			"  the size of the file system that holds it.\n"
+			"  --direct-read-min: chunk reads of at least this many bytes (64K) whose pages\n"
+			"  are not all in the page cache go to the disk with O_DIRECT; off: never.\n"
 			"  S3 keys for the object tier: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or the\n"
 			"  credentials file that DIR/tier.conf names.\n");
 }
@@ -46,18 +48,19 @@ static uint64_t parse_bytes(const char *s)
 
 int main(int argc, char **argv)
 {
-	struct server_options opt = {.workers = 32, .meta_sync = false, .tier_interval_s = 60};
+	struct server_options opt = {.workers = 64, .meta_sync = false, .tier_interval_s = 60};
 	const char *log_path = NULL;
 	static const struct option lopts[] = {
 		{"data", required_argument, 0, 'd'}, {"server-id", required_argument, 0, 's'},
 		{"workers", required_argument, 0, 'w'}, {"log", required_argument, 0, 'l'},
 		{"sync-each-op", no_argument, 0, 'n'}, {"debug", no_argument, 0, 'D'},
 		{"tier-interval", required_argument, 0, 'i'}, {"target-capacity", required_argument, 0, 'C'},
+		{"direct-read-min", required_argument, 0, 'R'},
 		{"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
 	int c;
 	long interval = 60;
-	const char *capacity = NULL;
-	while ((c = getopt_long(argc, argv, "d:s:w:l:nDi:C:h", lopts, NULL)) != -1) {
+	const char *capacity = NULL, *direct_min = NULL;
+	while ((c = getopt_long(argc, argv, "d:s:w:l:nDi:C:R:h", lopts, NULL)) != -1) {
 		switch (c) {
 		case 'd': opt.data_dir = optarg; break;
 		case 's': opt.server_id = (uint32_t)atoi(optarg); break;
@@ -67,6 +70,7 @@ int main(int argc, char **argv)
 		case 'D': log_min_level = LOG_DEBUG; break;
 		case 'i': interval = atol(optarg); break;
 		case 'C': capacity = optarg; break;
+		case 'R': direct_min = optarg; break;
 		default: usage(); return c == 'h' ? 0 : 2;
 		}
 	}
@@ -88,6 +92,14 @@ int main(int argc, char **argv)
 	if (capacity && (opt.target_capacity_bytes = parse_bytes(capacity)) < (1u << 20)) {
 		log_error("--target-capacity must be a size of at least 1M (e.g. 64M, 10G)");
 		return 2;
+	}
+	if (direct_min) {
+		uint64_t v = strcmp(direct_min, "off") ? parse_bytes(direct_min) : UINT32_MAX;
+		if (v < 4096 || v > UINT32_MAX) {
+			log_error("--direct-read-min must be a size of at least 4K (e.g. 64K, 1M) or off");
+			return 2;
+		}
+		opt.direct_read_min = (uint32_t)v;
 	}
 	char path[4096];
 	snprintf(path, sizeof path, "%s/aqd.lock", opt.data_dir);

@@ -774,6 +774,28 @@ static int run_batch(struct server *s, struct sconn *sc, const struct proto_hdr 
 	return st;
 }
 
+/* A CHUNK_READ on its own (not in a batch): the bytes are read into memory that has room
+ * for the reply's length word in front, and go out from there, with no copy between the
+ * disk (O_DIRECT) or page cache and the socket. Returns false to leave a request it does
+ * not take (stale map, malformed, an error to report) to run_one, which answers it. */
+static bool reply_chunk_read(struct server *s, struct net_conn *c, const struct proto_hdr *h,
+			     const uint8_t *payload)
+{
+	struct proto_req r;
+	if ((h->epoch && h->epoch != s->map.epoch) || proto_req_decode(h->op, payload, h->payload_len, &r) ||
+	    !local_target(s, r.target) || r.off > AQ_CHUNK_SIZE_MAX || r.len > AQ_CHUNK_SIZE_MAX - r.off)
+		return false;
+	void *mem;
+	uint8_t *data;
+	if (data_read_alloc(s->data, r.target, r.ino, r.idx, (uint32_t)r.off, r.len, 4, &mem, &data))
+		return false; /* run_one reads again and answers with the error */
+	tier_note_read(s->tier, r.ino);
+	put_le32(data - 4, r.len);
+	net_reply(c, h, 0, data - 4, 4 + (size_t)r.len);
+	free(mem);
+	return true;
+}
+
 static void on_frame(void *arg, struct net_conn *c, const struct proto_hdr *h, const uint8_t *payload)
 {
 	struct server *s = arg;
@@ -800,6 +822,8 @@ static void on_frame(void *arg, struct net_conn *c, const struct proto_hdr *h, c
 		net_reply(c, h, 0, NULL, 0);
 		return;
 	}
+	if (h->op == OP_CHUNK_READ && reply_chunk_read(s, c, h, payload))
+		return;
 	struct wbuf out;
 	wbuf_init(&out, 256);
 	int st = h->op == OP_BATCH ? run_batch(s, sc, h, payload, &out) : run_one(s, sc, h, payload, &out);
@@ -970,7 +994,7 @@ int server_start(const struct server_options *opt, struct server **out)
 		goto err_meta;
 	}
 	struct data_options dop = {.ntargets = s->nlocal, .target_ids = s->local_targets,
-				   .capacity_bytes = opt->target_capacity_bytes};
+				   .capacity_bytes = opt->target_capacity_bytes, .direct_min = opt->direct_read_min};
 	rc = data_open(path, create, &dop, &s->data);
 	if (rc) {
 		log_error("cannot open storage targets under %s: %s", path, aq_strerror(rc));

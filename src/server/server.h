@@ -20,6 +20,7 @@ struct server_options {
 	bool meta_sync;          /* sync the metadata WAL on every commit */
 	uint32_t tier_interval_s;        /* object tier scanner period (0: 60 s) */
 	uint64_t target_capacity_bytes;  /* per-target quota (0: the file system's size) */
+	uint32_t direct_read_min;        /* see data_options.direct_min */
 };
 
 struct server;

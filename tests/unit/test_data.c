@@ -1,7 +1,8 @@
 /*
  * test_data.c - unit tests of the segment store (src/data): round trips against an
  * in-memory model, sparse reads, overwrite, truncate, delete, reopen, corruption
- * detection, compaction, ENOSPC and concurrent writers. Each case works in its own
+ * detection (through the page cache and through O_DIRECT), compaction, ENOSPC and
+ * concurrent writers. Each case works in its own
  * directory under a temporary root that is removed at the end.
  */
 #include <fcntl.h>
@@ -415,6 +416,140 @@ fail:
 	return -1;
 }
 
+/* Drops target t0's segment files from the page cache, so that the next reads are cold. */
+static void evict_segments(const char *dir)
+{
+	char path[400];
+	for (uint32_t no = 1; no < 64; no++) {
+		snprintf(path, sizeof path, "%s/t0/seg-%08u", dir, no);
+		int fd = open(path, O_RDONLY);
+		if (fd < 0)
+			continue;
+		fdatasync(fd);
+		posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+		close(fd);
+	}
+}
+
+static uint64_t direct_reads(struct data_store *ds)
+{
+	struct data_target_stat st;
+	return data_stat(ds, 7, &st) == 0 ? st.direct_reads : UINT64_MAX;
+}
+
+/* Cold reads of at least direct_min bytes go through O_DIRECT (aligned buffers, data at
+ * byte 64 of the record): whole, partial and past-the-end reads give the same bytes as
+ * buffered ones, data_read_alloc leaves room before the data, a flipped byte is caught,
+ * and --direct-read-min off keeps every read buffered. */
+static int test_direct(void)
+{
+	char dir[300], path[400];
+	struct data_store *ds = NULL;
+	uint32_t len = 3 * DATA_BLOCK_SIZE + 1000;
+	uint8_t *a = aq_malloc(len), *rb = aq_malloc(4 * DATA_BLOCK_SIZE);
+	void *mem = NULL;
+	uint64_t s = 5;
+	fill_random(&s, a, len);
+	case_dir(dir, sizeof dir);
+	int rc = data_open(dir, true, &opts1, &ds);
+	CHECK(rc == 0, "open: %s", aq_strerror(rc));
+	rc = data_write(ds, 7, 400, 0, 0, a, len, true);
+	CHECK(rc == 0, "write: %s", aq_strerror(rc));
+	/* Whether this file system takes O_DIRECT at all (tmpfs before Linux 6.6 does not). */
+	snprintf(path, sizeof path, "%s/t0/seg-%08u", dir, 1u);
+	int probe = open(path, O_RDONLY | O_DIRECT);
+	bool can_direct = probe >= 0;
+	if (probe >= 0)
+		close(probe);
+
+	evict_segments(dir);
+	uint64_t d0 = direct_reads(ds);
+	rc = data_read(ds, 7, 400, 0, 0, rb, len);
+	CHECK(rc == 0 && memcmp(rb, a, len) == 0, "whole cold read: %s", aq_strerror(rc));
+	CHECK(!can_direct || direct_reads(ds) == d0 + 1, "a cold whole-chunk read must use O_DIRECT");
+
+	/* From inside block 1 to past the chunk's end: the tail reads as zeros. */
+	evict_segments(dir);
+	uint32_t off = DATA_BLOCK_SIZE + 77, n = 3 * DATA_BLOCK_SIZE;
+	memset(rb, 0xee, n);
+	rc = data_read(ds, 7, 400, 0, off, rb, n);
+	CHECK(rc == 0, "partial read: %s", aq_strerror(rc));
+	CHECK(memcmp(rb, a + off, len - off) == 0, "partial read: wrong bytes");
+	for (uint32_t i = len - off; i < n; i++)
+		CHECK(rb[i] == 0, "byte %u past the end reads %02x, not 0", i, rb[i]);
+
+	/* data_read_alloc: the bytes, and head writable bytes before them. */
+	evict_segments(dir);
+	uint8_t *data = NULL;
+	rc = data_read_alloc(ds, 7, 400, 0, 5, 100000, 4, &mem, &data);
+	CHECK(rc == 0 && data && memcmp(data, a + 5, 100000) == 0, "alloc read: %s", aq_strerror(rc));
+	CHECK(data - (uint8_t *)mem >= 4, "no head room before the data");
+	memset(data - 4, 0xab, 4);
+	free(mem);
+	mem = NULL;
+	rc = data_read_alloc(ds, 7, 401, 0, 0, 70000, 4, &mem, &data);
+	CHECK(rc == 0 && data && data[0] == 0 && data[69999] == 0, "missing chunk reads as zeros");
+	free(mem);
+	mem = NULL;
+	CHECK(!can_direct || direct_reads(ds) == d0 + 3, "cold reads of >= 64 KiB must use O_DIRECT");
+
+	/* A read whose blocks are smaller than direct_min (a 5000-byte chunk) stays
+	 * buffered; a small read inside a whole 64 KiB block reads the block, directly. */
+	rc = data_write(ds, 7, 402, 0, 0, a, 5000, true);
+	CHECK(rc == 0, "write: %s", aq_strerror(rc));
+	evict_segments(dir);
+	rc = data_read(ds, 7, 402, 0, 100, rb, 1000);
+	CHECK(rc == 0 && memcmp(rb, a + 100, 1000) == 0, "small chunk read");
+	CHECK(direct_reads(ds) == d0 + 3, "a read of a 5000-byte chunk must stay buffered");
+	rc = data_read(ds, 7, 400, 0, 100, rb, 1000);
+	CHECK(rc == 0 && memcmp(rb, a + 100, 1000) == 0, "small read in a whole block");
+
+	/* A flipped byte in block 2, seen only by a read that goes to the disk. */
+	int fd = open(path, O_RDWR);
+	CHECK(fd >= 0, "open %s", path);
+	struct data_entry e;
+	bool found = false;
+	rc = data_index_get(data_target_get(ds, 7), 400, 0, &e, &found);
+	CHECK(rc == 0 && found && e.seg == 1, "index entry");
+	uint64_t at = e.off + DATA_REC_HDR_SIZE + 2 * DATA_BLOCK_SIZE + 3;
+	uint8_t byte;
+	CHECK(pread(fd, &byte, 1, at) == 1, "pread");
+	byte ^= 0x80;
+	CHECK(pwrite(fd, &byte, 1, at) == 1, "pwrite");
+	close(fd);
+	evict_segments(dir);
+	rc = data_read(ds, 7, 400, 0, 0, rb, len);
+	CHECK(rc == -AQ_ECORRUPT, "a cold read over the flipped byte must fail, got %s", aq_strerror(rc));
+	rc = data_read_alloc(ds, 7, 400, 0, 2 * DATA_BLOCK_SIZE, DATA_BLOCK_SIZE, 4, &mem, &data);
+	CHECK(rc == -AQ_ECORRUPT && !mem, "alloc read over the flipped byte must fail, got %s", aq_strerror(rc));
+	rc = data_read(ds, 7, 400, 0, 0, rb, 2 * DATA_BLOCK_SIZE);
+	CHECK(rc == 0 && memcmp(rb, a, 2 * DATA_BLOCK_SIZE) == 0, "blocks 0-1 still read");
+	data_close(ds);
+	ds = NULL;
+
+	/* Off: the same cold read stays buffered (and still catches the flip). */
+	struct data_options off_opts = opts1;
+	off_opts.direct_min = UINT32_MAX;
+	rc = data_open(dir, false, &off_opts, &ds);
+	CHECK(rc == 0, "reopen: %s", aq_strerror(rc));
+	evict_segments(dir);
+	rc = data_read(ds, 7, 400, 0, 0, rb, 2 * DATA_BLOCK_SIZE);
+	CHECK(rc == 0 && memcmp(rb, a, 2 * DATA_BLOCK_SIZE) == 0, "buffered cold read");
+	rc = data_read(ds, 7, 400, 0, 0, rb, len);
+	CHECK(rc == -AQ_ECORRUPT, "buffered read over the flipped byte must fail, got %s", aq_strerror(rc));
+	CHECK(direct_reads(ds) == 0, "direct_min UINT32_MAX must never read with O_DIRECT");
+	data_close(ds);
+	free(a);
+	free(rb);
+	return 0;
+fail:
+	free(mem);
+	data_close(ds);
+	free(a);
+	free(rb);
+	return -1;
+}
+
 #define SMALL_SEG (8ull * 1024 * 1024 + 2 * DATA_REC_ALIGN)
 
 static int test_compact(void)
@@ -789,6 +924,7 @@ int main(void)
 		{"overwrite", test_overwrite},
 		{"truncate_delete", test_truncate_delete},
 		{"corrupt", test_corrupt},
+		{"direct", test_direct},
 		{"compact", test_compact},
 		{"enospc", test_enospc},
 		{"concurrent", test_concurrent},

@@ -15,6 +15,7 @@
 #include "fuse/aqfuse.h"
 #include "aq.h"
 #include "common/common.h"
+#include "common/hash.h"
 #include <fuse_lowlevel.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -68,6 +69,7 @@ static void inval_queue(uint64_t ino, uint64_t parent, const char *name, size_t 
 
 static void dattr_drop(uint64_t ino);
 static void nox_drop(uint64_t ino);
+static void names_forget(uint64_t ino);
 
 static void on_inval(void *arg, const struct aq_inval *iv)
 {
@@ -75,6 +77,7 @@ static void on_inval(void *arg, const struct aq_inval *iv)
 	dattr_drop(iv->ino ? iv->ino : iv->parent);
 	if (!iv->parent)
 		nox_drop(iv->ino);
+	names_forget(iv->parent ? iv->parent : iv->ino); /* both 0: every directory */
 	if (!iv->ino && !iv->parent) {
 		log_warn("aq mount: a connection to a server was made again; what other clients changed "
 			 "meanwhile may show only after --attr-timeout");
@@ -300,6 +303,183 @@ static void nox_drop(uint64_t ino)
 	pthread_mutex_unlock(&g_nox.mu);
 }
 
+/* ---- free names in directories this mount made, answered here ----
+ *
+ * Before every create the kernel LOOKUPs the name, to learn it is free: in an ingest that
+ * is a round trip to the name's server per file that only ever says ENOENT. A directory
+ * this mount made starts empty and, until another client changes it, holds exactly the
+ * names this mount put in it. For such a directory the mount keeps a hash of each of
+ * those names and answers a LOOKUP of any other name "no such entry" itself, as the
+ * kernel's own negative entries do: coherent with other clients through the same pushes
+ * (a push about the directory, or a reconnection, forgets it; a reply that raced one is
+ * invalidated again by recheck). A hash that matches goes to the server (a name made
+ * here whose entry the kernel dropped, or a collision), so the set only has to hold
+ * every name that exists: an operation whose outcome is unknown adds its name, an EEXIST
+ * (someone else's name, its push still on the way) forgets the directory. At most
+ * NAMES_DIRS directories and NAMES_MAX names in all; past that a directory is forgotten
+ * and its lookups go to the server, as do those of any directory after --attr-timeout. */
+#define NAMES_DIRS 16
+#define NAMES_MAX (1u << 21) /* 2^21 names: tables of at most 2^22 slots, 32 MiB */
+
+static struct {
+	pthread_mutex_t mu;
+	struct names_dir {
+		uint64_t ino; /* 0: a free slot */
+		uint64_t expires_ns, used;
+		uint64_t *h;  /* linear probing; 0: empty */
+		uint32_t cap, n;
+	} d[NAMES_DIRS];
+	uint64_t total, tick;
+} g_names = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+static uint64_t name_hash(uint64_t dir, const char *name)
+{
+	uint64_t h = aq_hash64(name, strlen(name), dir ^ 0x6e616d657366726full);
+	return h ? h : 1;
+}
+
+/* The directory's entry, if this mount knows all its names. Called with g_names.mu held. */
+static struct names_dir *names_find(uint64_t ino)
+{
+	for (size_t i = 0; i < NAMES_DIRS; i++)
+		if (g_names.d[i].ino == ino && ino)
+			return &g_names.d[i];
+	return NULL;
+}
+
+static void names_forget_locked(struct names_dir *d)
+{
+	g_names.total -= d->n;
+	free(d->h);
+	memset(d, 0, sizeof *d);
+}
+
+/* ino 0: every directory. */
+static void names_forget(uint64_t ino)
+{
+	pthread_mutex_lock(&g_names.mu);
+	for (size_t i = 0; i < NAMES_DIRS; i++)
+		if (g_names.d[i].ino && (!ino || g_names.d[i].ino == ino))
+			names_forget_locked(&g_names.d[i]);
+	pthread_mutex_unlock(&g_names.mu);
+}
+
+/* The slot of hash h in d: where it is, or the empty one where it would go. */
+static uint32_t names_slot(const struct names_dir *d, uint64_t h)
+{
+	uint32_t i = (uint32_t)(h >> 32) & (d->cap - 1);
+	while (d->h[i] && d->h[i] != h)
+		i = (i + 1) & (d->cap - 1);
+	return i;
+}
+
+static void names_insert_locked(struct names_dir *d, uint64_t h)
+{
+	if (d->h[names_slot(d, h)] == h)
+		return;
+	if (g_names.total >= NAMES_MAX) {
+		names_forget_locked(d);
+		return;
+	}
+	if (2 * (d->n + 1) > d->cap) {
+		struct names_dir old = *d;
+		d->cap *= 2;
+		d->h = aq_calloc(d->cap, sizeof *d->h);
+		for (uint32_t i = 0; i < old.cap; i++)
+			if (old.h[i])
+				d->h[names_slot(d, old.h[i])] = old.h[i];
+		free(old.h);
+	}
+	d->h[names_slot(d, h)] = h;
+	d->n++;
+	g_names.total++;
+}
+
+/* A directory this mount just made: empty, so every name in it is free. */
+static void names_start(uint64_t ino)
+{
+	if (!g_cache_on)
+		return;
+	pthread_mutex_lock(&g_names.mu);
+	struct names_dir *d = names_find(ino), *lru = &g_names.d[0];
+	for (size_t i = 0; !d && i < NAMES_DIRS; i++) {
+		if (!g_names.d[i].ino) {
+			d = &g_names.d[i];
+			break;
+		}
+		if (g_names.d[i].used < lru->used)
+			lru = &g_names.d[i];
+	}
+	if (!d)
+		d = lru;
+	if (d->ino)
+		names_forget_locked(d);
+	d->ino = ino;
+	d->cap = 1024;
+	d->h = aq_calloc(d->cap, sizeof *d->h);
+	d->expires_ns = aq_mono_ns() + (uint64_t)(g_timeout_s * 1e9);
+	d->used = ++g_names.tick;
+	pthread_mutex_unlock(&g_names.mu);
+}
+
+/* name may exist in dir now (made, linked or renamed there, or the outcome is unknown). */
+static void names_add(uint64_t dir, const char *name)
+{
+	pthread_mutex_lock(&g_names.mu);
+	struct names_dir *d = names_find(dir);
+	if (d)
+		names_insert_locked(d, name_hash(dir, name));
+	pthread_mutex_unlock(&g_names.mu);
+}
+
+/* name is gone from dir (unlinked or renamed away here). Backward-shift deletion keeps
+ * every other hash reachable from its home slot. */
+static void names_remove(uint64_t dir, const char *name)
+{
+	pthread_mutex_lock(&g_names.mu);
+	struct names_dir *d = names_find(dir);
+	uint64_t h = name_hash(dir, name);
+	uint32_t i = d ? names_slot(d, h) : 0;
+	if (d && d->h[i] == h) {
+		uint32_t mask = d->cap - 1, j = i;
+		d->h[i] = 0;
+		for (;;) {
+			j = (j + 1) & mask;
+			if (!d->h[j])
+				break;
+			uint32_t home = (uint32_t)(d->h[j] >> 32) & mask;
+			/* move d->h[j] into the hole at i unless its home lies in (i, j] */
+			if (((j - home) & mask) >= ((j - i) & mask)) {
+				d->h[i] = d->h[j];
+				d->h[j] = 0;
+				i = j;
+			}
+		}
+		d->n--;
+		g_names.total--;
+	}
+	pthread_mutex_unlock(&g_names.mu);
+}
+
+/* True when name is certainly not in dir: this mount knows every name there. */
+static bool names_absent(uint64_t dir, const char *name)
+{
+	if (!g_cache_on)
+		return false;
+	pthread_mutex_lock(&g_names.mu);
+	struct names_dir *d = names_find(dir);
+	bool absent = false;
+	if (d && aq_mono_ns() >= d->expires_ns)
+		names_forget_locked(d);
+	else if (d) {
+		uint64_t h = name_hash(dir, name);
+		absent = d->h[names_slot(d, h)] != h;
+		d->used = ++g_names.tick;
+	}
+	pthread_mutex_unlock(&g_names.mu);
+	return absent;
+}
+
 /* What a reply told about an inode, kept for the kernel's next questions. */
 static void keep_attr(struct cseq seq, const struct aq_attr *a)
 {
@@ -422,7 +602,8 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	struct aq_attr a;
 	cred_of(req, &cr);
 	struct cseq seq = cseq_now();
-	int rc = WITH_GROUPS(req, cr, aq_lookup(g_client, &cr, parent, name, &a));
+	int rc = names_absent(parent, name) ? -ENOENT
+					    : WITH_GROUPS(req, cr, aq_lookup(g_client, &cr, parent, name, &a));
 	if (rc == -ENOENT) {
 		/* a negative entry: the kernel remembers the name is free (a create by another
 		 * client drops it, see inval_main) */
@@ -509,9 +690,14 @@ static void op_readlink(fuse_req_t req, fuse_ino_t ino)
 		fuse_reply_readlink(req, buf);
 }
 
-/* After a create in parent: the parent's attributes as the server now has them. */
-static void made_in(struct cseq seq, uint64_t parent, int rc, const struct aq_attr *child)
+/* After a create of name in parent: the parent's attributes as the server now has them,
+ * and its names. */
+static void made_in(struct cseq seq, uint64_t parent, const char *name, int rc, const struct aq_attr *child)
 {
+	if (rc == -EEXIST)
+		names_forget(parent); /* a name this mount did not know of */
+	else
+		names_add(parent, name);
 	if (!rc) {
 		keep_attr(seq, child); /* before dattr_created counts this change */
 		dattr_created(parent, child);
@@ -527,7 +713,7 @@ static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 	cred_of(req, &cr);
 	struct cseq seq = cseq_now();
 	int rc = WITH_GROUPS(req, cr, aq_mknod(g_client, &cr, parent, name, mode, (uint32_t)rdev, AQ_CREATE_EXCL, &a));
-	made_in(seq, parent, rc, &a);
+	made_in(seq, parent, name, rc, &a);
 	reply_entry_or_err(req, rc, &a);
 }
 
@@ -539,7 +725,9 @@ static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 	cred_of(req, &cr);
 	struct cseq seq = cseq_now();
 	int rc = WITH_GROUPS(req, cr, aq_mkdir_at(g_client, &cr, parent, name, mode, &a));
-	made_in(seq, parent, rc, &a);
+	made_in(seq, parent, name, rc, &a);
+	if (!rc)
+		names_start(a.ino);
 	reply_entry_or_err(req, rc, &a);
 }
 
@@ -551,7 +739,7 @@ static void op_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, cons
 	cred_of(req, &cr);
 	struct cseq seq = cseq_now();
 	int rc = WITH_GROUPS(req, cr, aq_symlink_at(g_client, &cr, parent, name, link, &a));
-	made_in(seq, parent, rc, &a);
+	made_in(seq, parent, name, rc, &a);
 	reply_entry_or_err(req, rc, &a);
 }
 
@@ -561,6 +749,8 @@ static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 	struct aq_cred cr;
 	cred_of(req, &cr);
 	int rc = WITH_GROUPS(req, cr, aq_unlink_at(g_client, &cr, parent, name));
+	if (!rc)
+		names_remove(parent, name);
 	dattr_drop(parent);
 	fuse_reply_err(req, posix_err(rc));
 }
@@ -571,6 +761,8 @@ static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 	struct aq_cred cr;
 	cred_of(req, &cr);
 	int rc = WITH_GROUPS(req, cr, aq_rmdir_at(g_client, &cr, parent, name));
+	if (!rc)
+		names_remove(parent, name);
 	dattr_drop(0); /* the parent, and the removed directory, whose number is not known here */
 	fuse_reply_err(req, posix_err(rc));
 }
@@ -591,6 +783,9 @@ static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_
 		return;
 	}
 	int rc = WITH_GROUPS(req, cr, aq_rename_at(g_client, &cr, parent, name, newparent, newname, f));
+	names_add(newparent, newname); /* whatever the outcome: the set may hold too much, never too little */
+	if (!rc && !(f & AQ_RENAME_EXCHANGE))
+		names_remove(parent, name);
 	dattr_drop(0); /* both parents, and a moved directory's ctime */
 	fuse_reply_err(req, posix_err(rc));
 }
@@ -603,6 +798,7 @@ static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const 
 	cred_of(req, &cr);
 	struct cseq seq = cseq_now();
 	int rc = WITH_GROUPS(req, cr, aq_link_at(g_client, &cr, ino, newparent, newname, &a));
+	names_add(newparent, newname);
 	if (!rc)
 		nox_put(seq, &a);
 	dattr_drop(newparent);
@@ -653,7 +849,7 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 	int rc = WITH_GROUPS(req, cr, aq_create_open(g_client, &cr, parent, name, mode & 07777,
 			  (fi->flags & O_EXCL) ? AQ_CREATE_EXCL : 0,
 			  fi->flags & ~(O_APPEND | O_TRUNC | O_CREAT | O_EXCL), &a, &f));
-	made_in(seq, parent, rc, &a);
+	made_in(seq, parent, name, rc, &a);
 	if (rc) {
 		fuse_reply_err(req, posix_err(rc));
 		return;

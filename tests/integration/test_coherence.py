@@ -325,6 +325,91 @@ def test_own_changes_still_fast_and_right(c):
     assert all(os.stat(f"{a}/f{i}").st_size == i for i in range(200))
 
 
+def test_free_names_answered_by_mount(c):
+    """In a directory A made itself, A knows every name: a lookup of a free name (the one
+    before every create) is answered by the mount, also with aqd stopped."""
+    a, _ = both(c, "free")
+    os.mkdir(a)
+    for i in range(20):
+        open(f"{a}/f{i}", "w").close()
+    answers_with_aqd_stopped(c, f"import os\n"
+                             f"for i in range(20, 60):\n"
+                             f"    assert not os.path.exists({a!r} + f'/f{{i}}')\n"
+                             f"assert os.path.exists({a!r} + '/f3')")
+
+
+def drop_kernel_entries():
+    """Makes the kernel forget its cached entries, so every name is LOOKUPed again."""
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("2")
+
+
+def test_free_names_after_own_changes(c):
+    """Regression guard for the mount's name set: after creates, renames, links, unlinks
+    and rmdirs in a directory A made, and with the kernel's entries dropped (so every
+    lookup reaches the mount), every name that exists is found and every other is not."""
+    a, _ = both(c, "set")
+    os.mkdir(a)
+    os.mkdir(f"{a}/sub")
+    live = {"sub"}
+    for i in range(300):
+        open(f"{a}/f{i}", "w").close()
+        live.add(f"f{i}")
+    for i in range(0, 300, 3):
+        os.unlink(f"{a}/f{i}")
+        live.discard(f"f{i}")
+    for i in range(1, 300, 5):
+        if f"f{i}" not in live:
+            continue
+        os.rename(f"{a}/f{i}", f"{a}/r{i}")
+        live.discard(f"f{i}")
+        live.add(f"r{i}")
+    for i in range(2, 300, 7):
+        if f"f{i}" in live:
+            os.link(f"{a}/f{i}", f"{a}/l{i}")
+            live.add(f"l{i}")
+    os.mkdir(f"{a}/gone")
+    os.rmdir(f"{a}/gone")
+    os.rename(f"{a}/sub", f"{a}/sub2")
+    live.discard("sub")
+    live.add("sub2")
+    drop_kernel_entries()
+    for n in sorted(live):
+        assert os.path.lexists(f"{a}/{n}"), f"{n} exists but the mount says it does not"
+    for i in range(300):
+        for n in (f"f{i}", f"r{i}", f"l{i}"):
+            assert os.path.lexists(f"{a}/{n}") == (n in live), n
+    for n in ("sub", "gone"):
+        assert not os.path.lexists(f"{a}/{n}"), n
+    assert sorted(os.listdir(a)) == sorted(live)
+
+
+def test_free_names_forgotten_on_others_changes(c):
+    """Regression guard: a directory A made stops being answered by A's mount once another
+    client adds a name to it (create, mkdir, rename in, link), or A would say "no such
+    entry" for an hour."""
+    a, b = both(c, "others")
+    os.mkdir(a)
+    os.mkdir(f"{a}/.keep")  # something of A's own
+    for i in range(ROUNDS):
+        sub_a, sub_b = f"{a}/d{i}", f"{b}/d{i}"
+        os.mkdir(sub_a)             # A knows every name in d{i}
+        soon(lambda: os.path.isdir(sub_b), f"round {i}: B sees A's directory")
+        how = i % 4
+        if how == 0:
+            open(f"{sub_b}/x", "w").close()
+        elif how == 1:
+            os.mkdir(f"{sub_b}/x")
+        elif how == 2:
+            open(f"{b}/src{i}", "w").close()
+            os.rename(f"{b}/src{i}", f"{sub_b}/x")
+        else:
+            open(f"{b}/src{i}", "w").close()
+            os.link(f"{b}/src{i}", f"{sub_b}/x")
+        soon(lambda: os.path.lexists(f"{sub_a}/x"), f"round {i}: B's name (way {how}) in A's directory")
+
+
 def test_restart_keeps_mounts_working(c):
     a, b = both(c, "rs")
     os.mkdir(a)

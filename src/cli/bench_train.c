@@ -866,7 +866,7 @@ static void usage(void)
 		"  --compare-local DIR run the same job on a local copy (aq bench gen --local) in the same run\n"
 		"  --find-max          also find the most accelerators that keep AU >= 90%%\n"
 		"  --stage-to DIR      also time copy-to-DIR-then-train (the copy is removed afterwards)\n"
-		"  --depth D           native reads in flight per loader (default 64 images, 32 shards)\n"
+		"  --depth D           native reads in flight per loader (default 64)\n"
 		"  --prefetch P        batches ready ahead of the accelerators (default 2 x W)\n"
 		"  --no-loopback       skip the iperf3 loopback measurement (loopback_mb_per_s: null)\n"
 		"  --json              print one JSON object\n");
@@ -954,7 +954,7 @@ int bench_train(int argc, char **argv)
 		goto out;
 	bool shards = aqs.m.kind == DS_SHARDS;
 	o.compute_us = compute_us >= 0 ? (uint64_t)compute_us : shards ? 1000 : 200;
-	o.depth = o.depth ? o.depth : shards ? 32 : 64;
+	o.depth = o.depth ? o.depth : 64;
 	if (aqs.max_sample_bytes * (uint64_t)o.depth > (1ull << 30)) {
 		fprintf(stderr, "aq bench train: --depth %d x %" PRIu64 "-byte samples is over 1 GiB per loader\n", o.depth,
 			aqs.max_sample_bytes);

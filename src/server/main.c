@@ -48,7 +48,7 @@ static uint64_t parse_bytes(const char *s)
 
 int main(int argc, char **argv)
 {
-	struct server_options opt = {.workers = 64, .meta_sync = false, .tier_interval_s = 60};
+	struct server_options opt = {.workers = 128, .meta_sync = false, .tier_interval_s = 60};
 	const char *log_path = NULL;
 	static const struct option lopts[] = {
 		{"data", required_argument, 0, 'd'}, {"server-id", required_argument, 0, 's'},

@@ -633,6 +633,7 @@ static int read_chunk_range(struct data_store *ds, uint32_t target, uint64_t ino
 	uint8_t *bounce = NULL;
 	bool found = false, recalled = false;
 	int rc;
+	__atomic_fetch_add(&ds->reads_inflight, 1, __ATOMIC_RELAXED);
 
 again:
 	/* Shared from the lookup to the end of the I/O: compaction cannot unlink the
@@ -650,6 +651,7 @@ again:
 		if (rc == 0 || rc == -ENOSPC)
 			goto again;
 		free(e);
+		__atomic_fetch_sub(&ds->reads_inflight, 1, __ATOMIC_RELAXED);
 		return rc;
 	}
 	uint32_t end = found ? MIN(off + len, e->length) : 0;
@@ -660,8 +662,14 @@ again:
 	uint32_t b0 = off / DATA_BLOCK_SIZE, b1 = data_nblocks(end);
 	uint64_t span_start = (uint64_t)b0 * DATA_BLOCK_SIZE;
 	uint64_t span_len = MIN((uint64_t)b1 * DATA_BLOCK_SIZE, e->length) - span_start;
+	/* O_DIRECT where it pays: measured here, a lone reader of ~110 KB records waits less
+	 * on a buffered read (FUSE, 4 loaders: 2,471 samples/s buffered, 2,057 direct), while
+	 * under a deep queue the page cache's own CPU is what limits (native, 256 reads in
+	 * flight: 6.0-6.6k buffered, 9.8-11.8k direct); reads of 1 MiB gain at any depth
+	 * (fio, depth 1: 370 MB/s buffered, 2.3 GB/s direct). */
 	uint32_t direct_min = __atomic_load_n(&ds->direct_min, __ATOMIC_RELAXED);
-	if (e->seg != 0 && span_len >= direct_min) {
+	bool deep = __atomic_load_n(&ds->reads_inflight, __ATOMIC_RELAXED) >= DATA_DIRECT_DEPTH;
+	if (e->seg != 0 && span_len >= direct_min && (deep || span_len >= MAX(direct_min, DATA_DIRECT_BIG))) {
 		struct data_seg *s = entry_seg(t, ino, idx, e);
 		if (!s) {
 			rc = -EIO;
@@ -686,6 +694,7 @@ again:
 	memset(out + (end - off), 0, off + len - end);
 out:
 	pthread_rwlock_unlock(&t->seg_lock);
+	__atomic_fetch_sub(&ds->reads_inflight, 1, __ATOMIC_RELAXED);
 	free(bounce);
 	free(e);
 	if (rc && !d->buf) {
@@ -924,6 +933,7 @@ static int target_open(struct data_target *t, bool create)
 		rocksdb_free(err);
 		err = NULL;
 	}
+	rocksdb_options_set_block_based_table_factory(t->dbopt, t->ds->index_topts);
 	rocksdb_options_set_create_if_missing(t->dbopt, create);
 	t->db = rocksdb_open(t->dbopt, path, &err);
 	if (err) {
@@ -1033,6 +1043,17 @@ int data_open(const char *dir, bool create, const struct data_options *opt, stru
 
 	struct data_store *ds = aq_calloc(1, sizeof *ds);
 	ds->direct_min = opt->direct_min ? opt->direct_min : DATA_DIRECT_MIN_DEFAULT;
+	/* Every chunk read starts with an index lookup. RocksDB's default, an 8 MiB block
+	 * cache per index and no filter, kept a few tens of thousands of entries: past that
+	 * each read took the index block from the OS page cache, and with the page cache
+	 * dropped, from the disk, before the data. One cache for all targets (index entries
+	 * are ~60 bytes: 256 MiB holds millions), bloom filters, hashed keys in blocks. */
+	ds->index_cache = rocksdb_cache_create_lru(DATA_INDEX_CACHE_BYTES);
+	ds->index_topts = rocksdb_block_based_options_create();
+	rocksdb_block_based_options_set_block_cache(ds->index_topts, ds->index_cache);
+	rocksdb_block_based_options_set_filter_policy(ds->index_topts, rocksdb_filterpolicy_create_bloom(10));
+	rocksdb_block_based_options_set_data_block_index_type(
+		ds->index_topts, rocksdb_block_based_table_data_block_index_type_binary_search_and_hash);
 	ds->targets = aq_calloc(opt->ntargets, sizeof *ds->targets);
 	pthread_mutex_init(&ds->bg_lock, NULL);
 	pthread_cond_init(&ds->bg_cond, NULL);
@@ -1090,6 +1111,8 @@ void data_close(struct data_store *ds)
 	for (uint32_t i = 0; i < ds->ntargets; i++)
 		target_close(&ds->targets[i]);
 	free(ds->targets);
+	rocksdb_block_based_options_destroy(ds->index_topts);
+	rocksdb_cache_destroy(ds->index_cache);
 	pthread_mutex_destroy(&ds->bg_lock);
 	pthread_cond_destroy(&ds->bg_cond);
 	pthread_rwlock_destroy(&ds->tier_lock);

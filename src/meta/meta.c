@@ -874,6 +874,18 @@ int meta_open(const char *path, bool create, const struct meta_options *opt, str
 		rocksdb_free(err);
 		err = NULL;
 	}
+	/* An operator's (or a benchmark's) RocksDB options on top, in RocksDB's own syntax. */
+	const char *extra = getenv("AQ_META_ROCKSDB_OPTIONS");
+	if (extra && *extra) {
+		rocksdb_get_options_from_string(m->dbopts, extra, m->dbopts, &err);
+		if (err) {
+			log_warn("AQ_META_ROCKSDB_OPTIONS ignored: %s", err);
+			rocksdb_free(err);
+			err = NULL;
+		} else {
+			log_info("metadata store: AQ_META_ROCKSDB_OPTIONS=%s", extra);
+		}
+	}
 	m->wopts = rocksdb_writeoptions_create();
 	rocksdb_writeoptions_set_sync(m->wopts, opt ? opt->sync : false);
 	m->ropts = rocksdb_readoptions_create();

@@ -437,16 +437,17 @@ static uint64_t direct_reads(struct data_store *ds)
 	return data_stat(ds, 7, &st) == 0 ? st.direct_reads : UINT64_MAX;
 }
 
-/* Cold reads of at least direct_min bytes go through O_DIRECT (aligned buffers, data at
- * byte 64 of the record): whole, partial and past-the-end reads give the same bytes as
- * buffered ones, data_read_alloc leaves room before the data, a flipped byte is caught,
- * and --direct-read-min off keeps every read buffered. */
+/* Cold reads go through O_DIRECT when they pay (aligned buffers, data at byte 64 of the
+ * record): big ones always, small ones (at least direct_min) only under a deep queue.
+ * Whole, partial and past-the-end reads give the same bytes as buffered ones,
+ * data_read_alloc leaves room before the data, a flipped byte is caught, and
+ * --direct-read-min off keeps every read buffered. */
 static int test_direct(void)
 {
 	char dir[300], path[400];
 	struct data_store *ds = NULL;
-	uint32_t len = 3 * DATA_BLOCK_SIZE + 1000;
-	uint8_t *a = aq_malloc(len), *rb = aq_malloc(4 * DATA_BLOCK_SIZE);
+	uint32_t len = 10 * DATA_BLOCK_SIZE + 1000; /* past DATA_DIRECT_BIG */
+	uint8_t *a = aq_malloc(len), *rb = aq_malloc(len + DATA_BLOCK_SIZE);
 	void *mem = NULL;
 	uint64_t s = 5;
 	fill_random(&s, a, len);
@@ -466,11 +467,11 @@ static int test_direct(void)
 	uint64_t d0 = direct_reads(ds);
 	rc = data_read(ds, 7, 400, 0, 0, rb, len);
 	CHECK(rc == 0 && memcmp(rb, a, len) == 0, "whole cold read: %s", aq_strerror(rc));
-	CHECK(!can_direct || direct_reads(ds) == d0 + 1, "a cold whole-chunk read must use O_DIRECT");
+	CHECK(!can_direct || direct_reads(ds) == d0 + 1, "a cold read of 10 blocks must use O_DIRECT");
 
 	/* From inside block 1 to past the chunk's end: the tail reads as zeros. */
 	evict_segments(dir);
-	uint32_t off = DATA_BLOCK_SIZE + 77, n = 3 * DATA_BLOCK_SIZE;
+	uint32_t off = DATA_BLOCK_SIZE + 77, n = len - DATA_BLOCK_SIZE + 5000;
 	memset(rb, 0xee, n);
 	rc = data_read(ds, 7, 400, 0, off, rb, n);
 	CHECK(rc == 0, "partial read: %s", aq_strerror(rc));
@@ -481,8 +482,8 @@ static int test_direct(void)
 	/* data_read_alloc: the bytes, and head writable bytes before them. */
 	evict_segments(dir);
 	uint8_t *data = NULL;
-	rc = data_read_alloc(ds, 7, 400, 0, 5, 100000, 4, &mem, &data);
-	CHECK(rc == 0 && data && memcmp(data, a + 5, 100000) == 0, "alloc read: %s", aq_strerror(rc));
+	rc = data_read_alloc(ds, 7, 400, 0, 5, 600000, 4, &mem, &data);
+	CHECK(rc == 0 && data && memcmp(data, a + 5, 600000) == 0, "alloc read: %s", aq_strerror(rc));
 	CHECK(data - (uint8_t *)mem >= 4, "no head room before the data");
 	memset(data - 4, 0xab, 4);
 	free(mem);
@@ -491,18 +492,25 @@ static int test_direct(void)
 	CHECK(rc == 0 && data && data[0] == 0 && data[69999] == 0, "missing chunk reads as zeros");
 	free(mem);
 	mem = NULL;
-	CHECK(!can_direct || direct_reads(ds) == d0 + 3, "cold reads of >= 64 KiB must use O_DIRECT");
+	CHECK(!can_direct || direct_reads(ds) == d0 + 3, "big cold reads must use O_DIRECT");
 
-	/* A read whose blocks are smaller than direct_min (a 5000-byte chunk) stays
-	 * buffered; a small read inside a whole 64 KiB block reads the block, directly. */
+	/* A read of one block waits less buffered, alone; under a deep queue it goes direct.
+	 * Blocks smaller than direct_min (a 5000-byte chunk) stay buffered at any depth. */
+	evict_segments(dir);
+	rc = data_read(ds, 7, 400, 0, 100, rb, 1000);
+	CHECK(rc == 0 && memcmp(rb, a + 100, 1000) == 0, "small read in a whole block");
+	CHECK(direct_reads(ds) == d0 + 3, "a lone one-block read must stay buffered");
 	rc = data_write(ds, 7, 402, 0, 0, a, 5000, true);
 	CHECK(rc == 0, "write: %s", aq_strerror(rc));
 	evict_segments(dir);
+	__atomic_store_n(&ds->reads_inflight, DATA_DIRECT_DEPTH, __ATOMIC_RELAXED); /* as if 8 ran */
+	rc = data_read(ds, 7, 400, 0, 2 * DATA_BLOCK_SIZE, rb, DATA_BLOCK_SIZE);
+	CHECK(rc == 0 && memcmp(rb, a + 2 * DATA_BLOCK_SIZE, DATA_BLOCK_SIZE) == 0, "deep one-block read");
+	CHECK(!can_direct || direct_reads(ds) == d0 + 4, "a one-block read under a deep queue must use O_DIRECT");
 	rc = data_read(ds, 7, 402, 0, 100, rb, 1000);
 	CHECK(rc == 0 && memcmp(rb, a + 100, 1000) == 0, "small chunk read");
-	CHECK(direct_reads(ds) == d0 + 3, "a read of a 5000-byte chunk must stay buffered");
-	rc = data_read(ds, 7, 400, 0, 100, rb, 1000);
-	CHECK(rc == 0 && memcmp(rb, a + 100, 1000) == 0, "small read in a whole block");
+	CHECK(!can_direct || direct_reads(ds) == d0 + 4, "a 5000-byte chunk must stay buffered");
+	__atomic_store_n(&ds->reads_inflight, 0, __ATOMIC_RELAXED);
 
 	/* A flipped byte in block 2, seen only by a read that goes to the disk. */
 	int fd = open(path, O_RDWR);
@@ -518,9 +526,11 @@ static int test_direct(void)
 	CHECK(pwrite(fd, &byte, 1, at) == 1, "pwrite");
 	close(fd);
 	evict_segments(dir);
+	uint64_t d1 = direct_reads(ds);
 	rc = data_read(ds, 7, 400, 0, 0, rb, len);
-	CHECK(rc == -AQ_ECORRUPT, "a cold read over the flipped byte must fail, got %s", aq_strerror(rc));
-	rc = data_read_alloc(ds, 7, 400, 0, 2 * DATA_BLOCK_SIZE, DATA_BLOCK_SIZE, 4, &mem, &data);
+	CHECK(rc == -AQ_ECORRUPT, "a cold direct read over the flipped byte must fail, got %s", aq_strerror(rc));
+	CHECK(direct_reads(ds) == d1, "a failed read is not counted");
+	rc = data_read_alloc(ds, 7, 400, 0, 0, len, 4, &mem, &data);
 	CHECK(rc == -AQ_ECORRUPT && !mem, "alloc read over the flipped byte must fail, got %s", aq_strerror(rc));
 	rc = data_read(ds, 7, 400, 0, 0, rb, 2 * DATA_BLOCK_SIZE);
 	CHECK(rc == 0 && memcmp(rb, a, 2 * DATA_BLOCK_SIZE) == 0, "blocks 0-1 still read");

@@ -777,7 +777,7 @@ static int run_batch(struct server *s, struct sconn *sc, const struct proto_hdr 
 /* A CHUNK_READ on its own (not in a batch): the bytes are read into memory that has room
  * for the reply's length word in front, and go out from there, with no copy between the
  * disk (O_DIRECT) or page cache and the socket. Returns false to leave a request it does
- * not take (stale map, malformed, an error to report) to run_one, which answers it. */
+ * not take (stale map, malformed, not this server's) to run_one, which answers it. */
 static bool reply_chunk_read(struct server *s, struct net_conn *c, const struct proto_hdr *h,
 			     const uint8_t *payload)
 {
@@ -787,9 +787,16 @@ static bool reply_chunk_read(struct server *s, struct net_conn *c, const struct 
 		return false;
 	void *mem;
 	uint8_t *data;
-	if (data_read_alloc(s->data, r.target, r.ino, r.idx, (uint32_t)r.off, r.len, 4, &mem, &data))
-		return false; /* run_one reads again and answers with the error */
+	int rc = data_read_alloc(s->data, r.target, r.ino, r.idx, (uint32_t)r.off, r.len, 4, &mem, &data);
+	if (rc) {
+		/* answered here: a second read by run_one would log a corrupt chunk twice */
+		log_warn("%s ino %llx: %s", proto_op_name(h->op), (unsigned long long)r.ino, aq_strerror(rc));
+		inval_push(s, net_conn_data(c));
+		net_reply(c, h, aq_status_from_err(rc), NULL, 0);
+		return true;
+	}
 	tier_note_read(s->tier, r.ino);
+	inval_push(s, net_conn_data(c));
 	put_le32(data - 4, r.len);
 	net_reply(c, h, 0, data - 4, 4 + (size_t)r.len);
 	free(mem);

@@ -145,9 +145,15 @@ def test_flipped_byte_is_eio_never_data(c):
     expect_errno(errno.EIO, read_all, victim)
     assert read_all(c.path("bad", "img-00000006.bin")), "the other files still read"
 
+    def corrupt_lines():
+        with open(os.path.join(c.data, "aqd.log")) as f:
+            return sum(1 for ln in f if "corrupt" in ln and f"ino {ino:x} idx 0" in ln)
+    before = corrupt_lines()
     p = c.aq("bench", "train", "--dir", "/bad", "--no-loopback", check=False)
     assert p.returncode != 0 and p.stdout == "", f"exit {p.returncode}, stdout {p.stdout!r}"
     assert "img-00000007.bin" in p.stderr and f"ino {ino:x}" in p.stderr and "corrupt" in p.stderr, p.stderr
+    # one native read of the bad chunk, one read on the server (it once read it twice)
+    assert corrupt_lines() - before == 1, f"{corrupt_lines() - before} 'corrupt' lines for one read"
     drop_caches()
     p = c.aq("bench", "train", "--via", "fuse", "--dir", c.path("bad"), "--no-loopback", check=False)
     assert p.returncode != 0 and p.stdout == "", f"exit {p.returncode}, stdout {p.stdout!r}"

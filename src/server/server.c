@@ -221,6 +221,17 @@ static bool local_target(struct server *s, uint32_t target)
 	return false;
 }
 
+/* A CHUNK_READ's or CHUNK_WRITE's target and byte range, checked: 0, -AQ_ENOT_OWNER or
+ * -EINVAL. */
+static int chunk_args(struct server *s, const struct proto_req *r, uint64_t len)
+{
+	if (!local_target(s, r->target))
+		return -AQ_ENOT_OWNER;
+	if (r->off > AQ_CHUNK_SIZE_MAX || len > AQ_CHUNK_SIZE_MAX - r->off)
+		return -EINVAL;
+	return 0;
+}
+
 static int truncate_data(void *arg, uint64_t ino, uint64_t new_size, uint32_t chunk_size)
 {
 	struct server *s = arg;
@@ -612,18 +623,15 @@ static int handle(struct server *s, struct sconn *sc, const struct proto_req *r,
 			rc = data_sync(s->data, s->local_targets[i]);
 		break;
 	case OP_CHUNK_WRITE:
-		if (!local_target(s, r->target))
-			return -AQ_ENOT_OWNER;
-		if (r->off > AQ_CHUNK_SIZE_MAX || r->data_len > AQ_CHUNK_SIZE_MAX - r->off)
-			return -EINVAL;
+		if ((rc = chunk_args(s, r, r->data_len)))
+			return rc;
 		rc = data_write(s->data, r->target, r->ino, r->idx, (uint32_t)r->off, r->data, r->data_len,
 				r->flags & 1);
 		break;
 	case OP_CHUNK_READ: {
-		if (!local_target(s, r->target))
-			return -AQ_ENOT_OWNER;
-		if (r->off > AQ_CHUNK_SIZE_MAX || r->len > AQ_CHUNK_SIZE_MAX - r->off)
-			return -EINVAL;
+		/* in a BATCH (a lone one is answered by reply_chunk_read) */
+		if ((rc = chunk_args(s, r, r->len)))
+			return rc;
 		/* Read straight into the reply buffer: u32 length, then the bytes. */
 		size_t at = out->len;
 		wbuf_u32(out, r->len);
@@ -649,6 +657,14 @@ static int handle(struct server *s, struct sconn *sc, const struct proto_req *r,
 }
 
 /* Decodes and runs one request; returns the wire status, reply payload in out. */
+/* Logs a request that failed, unless the error is an answer a client expects to get. */
+static void log_failure(uint16_t op, uint64_t ino, int rc)
+{
+	if (rc != -ENOENT && rc != -EEXIST && rc != -ENODATA && rc != -ENOTEMPTY && rc != -EACCES && rc != -EPERM &&
+	    rc != -ENAMETOOLONG && rc != -ENOTDIR && rc != -EISDIR && rc != -EINVAL && rc != -EBUSY)
+		log_warn("%s ino %llx: %s", proto_op_name(op), (unsigned long long)ino, aq_strerror(rc));
+}
+
 static int run_one(struct server *s, struct sconn *sc, const struct proto_hdr *h, const uint8_t *payload,
 		   struct wbuf *out)
 {
@@ -663,10 +679,8 @@ static int run_one(struct server *s, struct sconn *sc, const struct proto_hdr *h
 	rc = handle(s, sc, &r, out);
 	if (rc && r.op != OP_TIER)
 		out->len = 0; /* error replies carry no payload; TIER's carries why */
-	if (rc && rc != -ENOENT && rc != -EEXIST && rc != -ENODATA && rc != -ENOTEMPTY && rc != -EACCES &&
-	    rc != -EPERM && rc != -ENAMETOOLONG && rc != -ENOTDIR && rc != -EISDIR && rc != -EINVAL && rc != -EBUSY)
-		log_warn("%s ino %llx: %s", proto_op_name(h->op), (unsigned long long)(r.ino ? r.ino : r.parent),
-			 aq_strerror(rc));
+	if (rc)
+		log_failure(h->op, r.ino ? r.ino : r.parent, rc);
 	return rc ? aq_status_from_err(rc) : 0;
 }
 
@@ -783,14 +797,14 @@ static bool reply_chunk_read(struct server *s, struct net_conn *c, const struct 
 {
 	struct proto_req r;
 	if ((h->epoch && h->epoch != s->map.epoch) || proto_req_decode(h->op, payload, h->payload_len, &r) ||
-	    !local_target(s, r.target) || r.off > AQ_CHUNK_SIZE_MAX || r.len > AQ_CHUNK_SIZE_MAX - r.off)
+	    chunk_args(s, &r, r.len))
 		return false;
 	void *mem;
 	uint8_t *data;
 	int rc = data_read_alloc(s->data, r.target, r.ino, r.idx, (uint32_t)r.off, r.len, 4, &mem, &data);
 	if (rc) {
 		/* answered here: a second read by run_one would log a corrupt chunk twice */
-		log_warn("%s ino %llx: %s", proto_op_name(h->op), (unsigned long long)r.ino, aq_strerror(rc));
+		log_failure(h->op, r.ino, rc);
 		inval_push(s, net_conn_data(c));
 		net_reply(c, h, aq_status_from_err(rc), NULL, 0);
 		return true;

@@ -80,8 +80,6 @@ static void seg_insert(struct data_target *t, const struct data_seg *s)
 	t->nsegs++;
 }
 
-/* Creates segment file `no` and makes it the active one. The directory is fsync'ed so
- * that a record the index points to never lives in a file that a crash forgets. */
 void data_seg_close(struct data_seg *s)
 {
 	close(s->fd);
@@ -89,6 +87,8 @@ void data_seg_close(struct data_seg *s)
 		close(s->dfd);
 }
 
+/* Creates segment file `no` and makes it the active one. The directory is fsync'ed so
+ * that a record the index points to never lives in a file that a crash forgets. */
 static int seg_create(struct data_target *t, uint32_t no)
 {
 	char path[PATH_MAX];
@@ -562,26 +562,30 @@ static int seg_dfd(struct data_target *t, struct data_seg *s)
 	return nfd;
 }
 
-/* Reads data bytes [off, end) of entry e (blocks [b0, b1), len bytes asked for) with
- * O_DIRECT: the aligned span of the record goes straight from the disk into an aligned
- * buffer, with no page cache in between (no copy out of it, no pages to fill and
- * reclaim, no read-ahead past the record). Returns -EAGAIN where O_DIRECT cannot be used,
- * so that the caller reads buffered. Caller holds seg_lock shared. */
+/* The blocks a read of bytes [off, end) of a chunk touches: [b0, b1), which are the
+ * chunk's bytes [start, start + len). */
+struct block_span {
+	uint32_t b0, b1;
+	uint64_t start, len;
+};
+
+/* Reads data bytes [off, end) of entry e (blocks sp, len bytes asked for) with O_DIRECT:
+ * the aligned span of the record goes straight from the disk into an aligned buffer,
+ * with no page cache in between (no copy out of it, no pages to fill and reclaim, no
+ * read-ahead past the record). Returns -EAGAIN where O_DIRECT cannot be used, so that
+ * the caller reads buffered. Caller holds seg_lock shared. */
 static int read_direct(struct data_store *ds, struct data_target *t, struct data_seg *s, uint64_t ino,
-		       uint32_t idx, const struct data_entry *e, uint32_t off, uint32_t end, uint32_t len,
-		       struct read_dst *d)
+		       uint32_t idx, const struct data_entry *e, const struct block_span *sp, uint32_t off,
+		       uint32_t end, uint32_t len, struct read_dst *d)
 {
 	int dfd = seg_dfd(t, s);
 	if (dfd < 0)
 		return -EAGAIN;
-	uint32_t b0 = off / DATA_BLOCK_SIZE, b1 = data_nblocks(end);
-	uint64_t span_start = (uint64_t)b0 * DATA_BLOCK_SIZE;
-	uint64_t span_end = MIN((uint64_t)b1 * DATA_BLOCK_SIZE, e->length);
 	/* The record starts aligned and its header is 64 bytes: reading from the aligned
-	 * offset below span_start's data puts the data at skip in the buffer. */
-	uint64_t foff = e->off + span_start;
-	uint64_t fend = data_round_up(e->off + DATA_REC_HDR_SIZE + span_end, DATA_REC_ALIGN);
-	size_t skip = DATA_REC_HDR_SIZE + (off - span_start);
+	 * offset below the span's first data byte puts the data at skip in the buffer. */
+	uint64_t foff = e->off + sp->start;
+	uint64_t fend = data_round_up(e->off + DATA_REC_HDR_SIZE + sp->start + sp->len, DATA_REC_ALIGN);
+	size_t skip = DATA_REC_HDR_SIZE + (off - sp->start);
 	AQ_ASSERT(d->buf || d->head <= DATA_REC_HDR_SIZE);
 	size_t size = data_round_up(MAX(fend - foff, skip + len), DATA_REC_ALIGN);
 	uint8_t *abuf = rec_alloc(size);
@@ -600,7 +604,7 @@ static int read_direct(struct data_store *ds, struct data_target *t, struct data
 		free(abuf);
 		return rc;
 	}
-	rc = check_blocks(t, ino, idx, e, b0, b1, abuf + DATA_REC_HDR_SIZE);
+	rc = check_blocks(t, ino, idx, e, sp->b0, sp->b1, abuf + DATA_REC_HDR_SIZE);
 	if (rc) {
 		free(abuf);
 		return rc;
@@ -659,9 +663,9 @@ again:
 		memset(dst_bytes(d, len), 0, len);
 		goto out;
 	}
-	uint32_t b0 = off / DATA_BLOCK_SIZE, b1 = data_nblocks(end);
-	uint64_t span_start = (uint64_t)b0 * DATA_BLOCK_SIZE;
-	uint64_t span_len = MIN((uint64_t)b1 * DATA_BLOCK_SIZE, e->length) - span_start;
+	struct block_span sp = {.b0 = off / DATA_BLOCK_SIZE, .b1 = data_nblocks(end)};
+	sp.start = (uint64_t)sp.b0 * DATA_BLOCK_SIZE;
+	sp.len = MIN((uint64_t)sp.b1 * DATA_BLOCK_SIZE, e->length) - sp.start;
 	/* O_DIRECT where it pays: measured here, a lone reader of ~110 KB records waits less
 	 * on a buffered read (FUSE, 4 loaders: 2,471 samples/s buffered, 2,057 direct), while
 	 * under a deep queue the page cache's own CPU is what limits (native, 256 reads in
@@ -669,28 +673,28 @@ again:
 	 * (fio, depth 1: 370 MB/s buffered, 2.3 GB/s direct). */
 	uint32_t direct_min = __atomic_load_n(&ds->direct_min, __ATOMIC_RELAXED);
 	bool deep = __atomic_load_n(&ds->reads_inflight, __ATOMIC_RELAXED) >= DATA_DIRECT_DEPTH;
-	if (e->seg != 0 && span_len >= direct_min && (deep || span_len >= MAX(direct_min, DATA_DIRECT_BIG))) {
+	if (e->seg != 0 && sp.len >= direct_min && (deep || sp.len >= MAX(direct_min, DATA_DIRECT_BIG))) {
 		struct data_seg *s = entry_seg(t, ino, idx, e);
 		if (!s) {
 			rc = -EIO;
 			goto out;
 		}
-		if (!range_cached(s->fd, e->off + DATA_REC_HDR_SIZE + span_start, span_len)) {
-			rc = read_direct(ds, t, s, ino, idx, e, off, end, len, d);
+		if (!range_cached(s->fd, e->off + DATA_REC_HDR_SIZE + sp.start, sp.len)) {
+			rc = read_direct(ds, t, s, ino, idx, e, &sp, off, end, len, d);
 			if (rc != -EAGAIN)
 				goto out;
 		}
 	}
 	uint8_t *out = dst_bytes(d, len);
 	/* Straight into the destination when the blocks fit it exactly. */
-	bool direct = span_start == off && span_len <= len;
-	uint8_t *dst = direct ? out : (bounce = aq_malloc(span_len));
-	struct block_range r = {.b0 = b0, .b1 = b1, .dst = dst};
+	bool in_place = sp.start == off && sp.len <= len;
+	uint8_t *dst = in_place ? out : (bounce = aq_malloc(sp.len));
+	struct block_range r = {.b0 = sp.b0, .b1 = sp.b1, .dst = dst};
 	rc = read_blocks(t, ino, idx, e, &r, 1);
 	if (rc)
 		goto out;
-	if (!direct)
-		memcpy(out, bounce + (off - span_start), end - off);
+	if (!in_place)
+		memcpy(out, bounce + (off - sp.start), end - off);
 	memset(out + (end - off), 0, off + len - end);
 out:
 	pthread_rwlock_unlock(&t->seg_lock);

@@ -438,7 +438,7 @@ static void names_remove(uint64_t dir, const char *name)
 {
 	pthread_mutex_lock(&g_names.mu);
 	struct names_dir *d = names_find(dir);
-	uint64_t h = name_hash(dir, name);
+	uint64_t h = d ? name_hash(dir, name) : 0;
 	uint32_t i = d ? names_slot(d, h) : 0;
 	if (d && d->h[i] == h) {
 		uint32_t mask = d->cap - 1, j = i;

@@ -20,8 +20,9 @@ static void usage(void)
 			"  --tier-interval: how often the object tier applies rules and watermarks (60).\n"
 			"  --target-capacity: a quota per storage target (suffix K, M, G, T), instead of\n"
 			"  the size of the file system that holds it.\n"
-			"  --direct-read-min: chunk reads of at least this many bytes (64K) whose pages\n"
-			"  are not all in the page cache go to the disk with O_DIRECT; off: never.\n"
+			"  --direct-read-min: chunk reads not in the page cache go to the disk with O_DIRECT\n"
+			"  when they are 512K or more, or at least this many bytes (64K) while 8 or more\n"
+			"  reads run; off: never.\n"
 			"  S3 keys for the object tier: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or the\n"
 			"  credentials file that DIR/tier.conf names.\n");
 }

@@ -93,8 +93,10 @@ def test_shards_native(c):
     g = json.loads(c.aq("bench", "gen", "--kind", "shards", "--files", "2", "--file-size", str(SHARD_BYTES),
                         "--dir", "/shards", "--json").stdout)
     assert g["bytes"] == 2 * SHARD_BYTES, g
-    out = train_json(c, "--dir", "/shards", "--no-loopback", "--batch", "8", "--compute-us", "0")
-    assert out["kind"] == "shards" and out["local"] is None
+    # --cold: the 1 MiB records come off the disk with O_DIRECT and go out without a copy;
+    # the benchmark checks every record's crc32c, so a wrong offset or length fails it
+    out = train_json(c, "--dir", "/shards", "--no-loopback", "--batch", "8", "--compute-us", "0", "--cold")
+    assert out["kind"] == "shards" and out["local"] is None and out["cold"] is True
     check_side(out["aquifer"], 2 * SHARD_BYTES // (1 << 20), 2 * SHARD_BYTES)
     # the same records through the mount, one shard kept open per loader
     out = train_json(c, "--via", "fuse", "--dir", c.path("shards"), "--no-loopback", "--batch", "8")

@@ -142,12 +142,21 @@ int aq_open_ino(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, i
 /* As aq_open_ino for O_RDONLY, but returns at once: the OPEN is in flight, and the first
  * call on the file waits for it and reports its error (other flags: aq_open_ino). For a
  * caller that already checked permissions (the FUSE mount's kernel does), it takes a
- * round trip off every open. */
+ * round trip off every open. The OPEN also brings the file's first 256 KiB, which
+ * answer the first aq_pread when they cover it: a small file read whole costs one round
+ * trip. */
 int aq_open_ino_lazy(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, int flags, struct aq_file **out);
 /* A lazy open the server refused (EACCES, EPERM): asks again with cred (the FUSE mount
  * adds the caller's supplementary groups). 0 once the file is open. */
 int aq_file_reopen(struct aq_file *f, const struct aq_cred *cred);
 ssize_t aq_pread(struct aq_file *f, void *buf, size_t len, uint64_t off);
+/* The bytes of a read without a copy, when the client holds them already (the first
+ * read of an aq_open_ino_lazy file, covered by what its OPEN brought): returns their
+ * count, or -errno, with *data valid until aq_bytes_free(*bytes) (*bytes may be NULL:
+ * nothing to free). -EAGAIN when it holds no such bytes: read with aq_pread. */
+struct aq_bytes;
+ssize_t aq_pread_held(struct aq_file *f, size_t len, uint64_t off, const void **data, struct aq_bytes **bytes);
+void aq_bytes_free(struct aq_bytes *b);
 ssize_t aq_pwrite(struct aq_file *f, const void *buf, size_t len, uint64_t off);
 /* Appends at the end of file; *off_out gets the offset written at. */
 ssize_t aq_append(struct aq_file *f, const void *buf, size_t len, uint64_t *off_out);

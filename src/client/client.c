@@ -63,6 +63,8 @@ int aq_connect(const char *cluster_file, struct aq_client **out)
 		c->cred.groups[c->cred.ngroups++] = groups[i];
 	pthread_mutex_init(&c->files_mu, NULL);
 	pthread_mutex_init(&c->recent_mu, NULL);
+	pthread_mutex_init(&c->fl_mu, NULL);
+	pthread_cond_init(&c->fl_cv, NULL);
 	c->nconns = RPC_CONNS_DEFAULT;
 	const char *env = getenv("AQ_CONNS");
 	if (env && atoi(env) > 0 && atoi(env) <= 64)
@@ -91,8 +93,11 @@ void aq_disconnect(struct aq_client *c)
 	if (!c)
 		return;
 	rpc_keeper_stop(c);
+	rpc_flusher_stop(c);
 	for (uint32_t i = 0; i < c->nconns * c->map.nservers; i++)
 		rpc_conn_fini(&c->conns[i]);
+	pthread_mutex_destroy(&c->fl_mu);
+	pthread_cond_destroy(&c->fl_cv);
 	free(c->conns);
 	for (int i = 0; i < 1024; i++)
 		while (c->files[i]) {
@@ -763,13 +768,28 @@ int aq_open_ino_lazy(struct aq_client *c, const struct aq_cred *cred, uint64_t i
 	pthread_mutex_init(&f->open_mu, NULL);
 	pthread_mutex_init(&f->ra_mu, NULL);
 	f->open_epoch = atomic_load(&c->size_epoch);
+	/* Read the file's first bytes with the OPEN, for the read that almost always
+	 * follows (a loader reads each sample whole): unless this client has the inode open
+	 * already (its writes must reach the server first), or enough bytes wait unread. */
+	pthread_mutex_lock(&c->files_mu);
+	bool shared = state_find_locked(c, ino) != NULL;
+	pthread_mutex_unlock(&c->files_mu);
+	if (!shared && atomic_fetch_add(&c->prefetch_bytes, AQ_PREFETCH) < AQ_PREFETCH_MAX) {
+		r.op = OP_OPEN_READ;
+		r.off = 0;
+		r.len = AQ_PREFETCH;
+	} else if (!shared) {
+		atomic_fetch_sub(&c->prefetch_bytes, AQ_PREFETCH);
+	}
 	struct wbuf w;
 	wbuf_init(&w, 192);
 	proto_req_encode(&w, &r);
 	int err = 0;
-	f->opening = rpc_start(c, f->server, OP_OPEN, &w, f->affinity, &err);
+	f->opening = rpc_start(c, f->server, r.op, &w, f->affinity, &err);
 	wbuf_free(&w);
 	if (!f->opening) {
+		if (r.op == OP_OPEN_READ)
+			atomic_fetch_sub(&c->prefetch_bytes, AQ_PREFETCH);
 		pthread_mutex_destroy(&f->open_mu);
 		pthread_mutex_destroy(&f->ra_mu);
 		free(f);
@@ -779,7 +799,6 @@ int aq_open_ino_lazy(struct aq_client *c, const struct aq_cred *cred, uint64_t i
 	return 0;
 }
 
-/* Waits for a lazy open's OPEN (once); 0, or the open's error for every later call. */
 /* A lazy file's OPEN, sent again and waited for (rpc_do's retries); sets st on success.
  * Called with open_mu held. */
 static int open_now(struct aq_file *f, const struct aq_cred *cred, unsigned long epoch)
@@ -794,20 +813,50 @@ static int open_now(struct aq_file *f, const struct aq_cred *cred, unsigned long
 	return rc;
 }
 
+/* Lets go of an OPEN_READ's bytes. Called with open_mu held (or by the last user). */
+static void pre_free(struct aq_file *f)
+{
+	if (!f->pre)
+		return;
+	rpc_free(f->pre);
+	f->pre = NULL;
+	f->pre_data = NULL;
+	f->pre_len = 0;
+	atomic_fetch_sub(&f->c->prefetch_bytes, AQ_PREFETCH);
+}
+
+/* Waits for a lazy open's OPEN or OPEN_READ (once); 0, or the open's error for every
+ * later call. An OPEN_READ's bytes are kept for the first read. */
 static int file_ready(struct aq_file *f)
 {
 	if (__atomic_load_n(&f->st, __ATOMIC_ACQUIRE))
 		return 0;
 	pthread_mutex_lock(&f->open_mu);
 	if (f->opening) {
+		struct rpc_call *call = f->opening;
 		struct proto_reply rep;
-		int rc = rpc_wait(f->opening);
-		bool again = rc && rpc_retryable(rc) && !f->opening->answered;
-		if (!rc && proto_reply_decode(OP_OPEN, f->opening->payload, f->opening->len, &rep))
+		int rc = rpc_wait(call);
+		bool again = rc && rpc_retryable(rc) && !call->answered;
+		if (!rc && proto_reply_decode(call->op, call->payload, call->len, &rep))
 			rc = -EPROTO;
-		if (!rc)
-			__atomic_store_n(&f->st, state_get(f->c, f->ino, &rep.attr, f->open_epoch), __ATOMIC_RELEASE);
-		rpc_free(f->opening);
+		if (!rc) {
+			struct ino_state *st = state_get(f->c, f->ino, &rep.attr, f->open_epoch);
+			__atomic_store_n(&f->st, st, __ATOMIC_RELEASE);
+			if (call->op == OP_OPEN_READ && rep.size)
+				f->pre_err = aq_err_from_status((uint16_t)rep.size); /* read once, logged once */
+			else if (call->op == OP_OPEN_READ && rep.data_len <= AQ_PREFETCH) {
+				f->pre = call; /* the bytes stay in the call's payload */
+				f->pre_data = rep.data;
+				f->pre_len = rep.data_len;
+				f->pre_eof = rep.data_len >= rep.attr.size;
+				call = NULL;
+			}
+		}
+		if (call) {
+			if (call->op == OP_OPEN_READ)
+				atomic_fetch_sub(&f->c->prefetch_bytes, AQ_PREFETCH);
+			rpc_free(call);
+		}
 		f->opening = NULL;
 		if (again) /* the connection broke under the OPEN: ask again */
 			rc = open_now(f, &f->cred, f->open_epoch);
@@ -816,6 +865,87 @@ static int file_ready(struct aq_file *f)
 	int rc = f->open_err;
 	pthread_mutex_unlock(&f->open_mu);
 	return rc;
+}
+
+/* The first read of a lazy file, from the bytes its OPEN_READ brought when they cover
+ * it: len bytes at off, or fewer at the end of the file; *data points into them and
+ * *call holds them (the caller frees it with pre_put). Once read, or once any read falls
+ * outside them, they go. RA_PASS: read the usual way. */
+static ssize_t pre_take(struct aq_file *f, size_t len, uint64_t off, const uint8_t **data, struct rpc_call **call)
+{
+	*call = NULL;
+	if (!__atomic_load_n(&f->pre, __ATOMIC_ACQUIRE) && !__atomic_load_n(&f->pre_err, __ATOMIC_ACQUIRE))
+		return RA_PASS;
+	ssize_t got = RA_PASS;
+	struct aq_client *c = f->c;
+	struct ino_state *st = f->st;
+	pthread_mutex_lock(&f->open_mu);
+	if (f->pre_err && off < AQ_PREFETCH)
+		got = f->pre_err;
+	f->pre_err = 0;
+	if (f->pre) {
+		/* only while no other handle of this client has the inode: its writes since
+		 * the open would be missing from these bytes */
+		pthread_mutex_lock(&c->files_mu);
+		bool alone = st->refs == 1;
+		pthread_mutex_unlock(&c->files_mu);
+		bool covered = off + len <= f->pre_len || (f->pre_eof && off <= f->pre_len);
+		if (alone && covered) {
+			*data = f->pre_data + MIN(off, (uint64_t)f->pre_len);
+			got = off < f->pre_len ? (ssize_t)MIN(len, (size_t)(f->pre_len - off)) : 0;
+		}
+		*call = f->pre;
+		f->pre = NULL;
+		f->pre_data = NULL;
+		f->pre_len = 0;
+	}
+	pthread_mutex_unlock(&f->open_mu);
+	return got;
+}
+
+/* Lets go of bytes pre_take handed out. */
+static void pre_put(struct aq_client *c, struct rpc_call *call)
+{
+	if (!call)
+		return;
+	rpc_free(call);
+	atomic_fetch_sub(&c->prefetch_bytes, AQ_PREFETCH);
+}
+
+static ssize_t pre_read(struct aq_file *f, void *buf, size_t len, uint64_t off)
+{
+	const uint8_t *data = NULL;
+	struct rpc_call *call;
+	ssize_t got = pre_take(f, len, off, &data, &call);
+	if (got > 0)
+		memcpy(buf, data, (size_t)got);
+	pre_put(f->c, call);
+	return got;
+}
+
+ssize_t aq_pread_held(struct aq_file *f, size_t len, uint64_t off, const void **data, struct aq_bytes **bytes)
+{
+	*bytes = NULL;
+	int rc = file_ready(f);
+	if (rc)
+		return rc;
+	const uint8_t *d = NULL;
+	struct rpc_call *call;
+	ssize_t got = pre_take(f, len, off, &d, &call);
+	if (got < 0 || got == RA_PASS) {
+		pre_put(f->c, call);
+		return got == RA_PASS ? -EAGAIN : got;
+	}
+	*data = d;
+	*bytes = (struct aq_bytes *)call;
+	return got;
+}
+
+void aq_bytes_free(struct aq_bytes *b)
+{
+	struct rpc_call *call = (struct rpc_call *)b;
+	if (call)
+		pre_put(call->conn->client, call);
 }
 
 int aq_file_reopen(struct aq_file *f, const struct aq_cred *cred)
@@ -982,6 +1112,9 @@ ssize_t aq_pread(struct aq_file *f, void *buf, size_t len, uint64_t off)
 	int rc = file_ready(f);
 	if (rc)
 		return rc;
+	ssize_t pre = pre_read(f, buf, len, off);
+	if (pre != RA_PASS)
+		return pre;
 	struct aq_client *c = f->c;
 	struct ino_state *st = f->st;
 	if ((f->flags & O_ACCMODE) == O_WRONLY)
@@ -1075,9 +1208,10 @@ int aq_close(struct aq_file *f)
 	if (!f)
 		return 0;
 	int rc = aq_flush(f);
+	pre_free(f);
 	if (f->st) { /* the server holds it open (a lazy open that failed never was) */
 		struct proto_req r = {.op = OP_RELEASE, .cred = f->cred, .ino = f->ino};
-		rpc_do_on(f->c, f->server, &r, NULL, NULL, f->affinity);
+		rpc_send_noreply(f->c, f->server, &r, f->affinity);
 		state_put(f->c, f->st);
 	}
 	ra_free(f);

@@ -14,6 +14,7 @@
 #define RPC_PENDING_BUCKETS 256
 #define RPC_RECONNECT_S 60      /* how long a call waits for a restarting server */
 #define RPC_HOLD_MAX 128        /* held-back requests that force a send */
+#define RPC_HOLD_NS 2000000     /* the longest a held RELEASE waits for a frame to ride with */
 
 /* Where finished calls are announced when a caller waits for any of many (the batched
  * read ring). Lock order: a connection's mu before a cq's mu. */
@@ -106,12 +107,18 @@ struct aq_file {
 	uint32_t server;           /* where it was opened, and RELEASE goes */
 	uint64_t affinity;         /* the connection it was opened on (see rpc_start) */
 	uint64_t ino;
-	/* aq_open_ino_lazy: the OPEN still in flight; the first call on the file waits for it
-	 * (file_ready) and st is set then */
+	/* aq_open_ino_lazy: the OPEN (or OPEN_READ) still in flight; the first call on the
+	 * file waits for it (file_ready) and st is set then. An OPEN_READ's bytes (the
+	 * file's first AQ_PREFETCH bytes at most) wait in pre for the first read. */
 	pthread_mutex_t open_mu;
 	struct rpc_call *opening;
 	unsigned long open_epoch;
 	int open_err;
+	struct rpc_call *pre;      /* holds the bytes: pre_data, pre_len (from offset 0) */
+	const uint8_t *pre_data;
+	uint32_t pre_len;
+	bool pre_eof;              /* the bytes reach the end of the file */
+	int pre_err;               /* the OPEN_READ's read failed: the first read's answer */
 	/* read-ahead for a sequential reader (ra.c): two windows, the one being read and the
 	 * next, each a run of CHUNK_READs in flight into its own buffer */
 	pthread_mutex_t ra_mu;
@@ -132,6 +139,10 @@ struct aq_file {
  * next window in flight. Returns the bytes read (the whole request), or RA_PASS when the
  * caller should read directly (not sequential, too large, or a window failed). */
 #define RA_PASS (-100000)
+/* A lazy open reads the file's first AQ_PREFETCH bytes with its OPEN (OPEN_READ), unless
+ * AQ_PREFETCH_MAX bytes of such reads wait unread already. */
+#define AQ_PREFETCH (256u << 10)
+#define AQ_PREFETCH_MAX (64ul << 20)
 ssize_t ra_read(struct aq_file *f, void *buf, size_t len, uint64_t off, uint64_t size, uint32_t cs);
 void ra_free(struct aq_file *f);
 
@@ -147,6 +158,7 @@ struct aq_client {
 	 * An attribute reply is only as new as the moment its request left: if the count
 	 * moved meanwhile, the server may have answered with the size from before. */
 	atomic_ulong size_epoch;
+	atomic_ulong prefetch_bytes; /* asked for by OPEN_READs whose bytes are still held */
 	/* the last RECENT_SIZES of those changes, for inodes no longer open (by epoch % N) */
 	pthread_mutex_t recent_mu; /* a leaf lock */
 	struct recent_size {
@@ -163,6 +175,10 @@ struct aq_client {
 	/* set once WATCH is on everywhere: the first connection of each server then carries
 	 * INVAL frames only, so requests never queue behind its always-reading receiver */
 	atomic_bool pushes_apart;
+	pthread_t flusher;         /* sends held frames nothing followed (rpc_send_noreply) */
+	pthread_mutex_t fl_mu;
+	pthread_cond_t fl_cv;
+	bool fl_running, fl_due, fl_stop;
 	pthread_t keeper;          /* brings INVAL connections back at once (rpc_keeper_start) */
 	bool keeper_running;
 	atomic_bool keeper_stop;
@@ -183,6 +199,13 @@ struct rpc_call *rpc_start(struct aq_client *c, uint32_t server, uint16_t op, co
 struct rpc_call *rpc_start_ex(struct aq_client *c, uint32_t server, uint16_t op, const struct wbuf *payload,
 			      uint64_t affinity, void *rdest, uint32_t rdest_len, struct rpc_cq *cq, void *cq_arg,
 			      bool hold, int *err);
+/* Sends a request whose answer nobody needs (RELEASE) on the connection affinity picks:
+ * the server sends no reply. It waits in the connection's queue to leave with the next
+ * frame sent there, or after RPC_HOLD_NS (the flusher thread). Nothing is sent while
+ * that connection is down. */
+void rpc_send_noreply(struct aq_client *c, uint32_t server, const struct proto_req *req, uint64_t affinity);
+/* Sends what is held and stops the flusher (aq_disconnect). */
+void rpc_flusher_stop(struct aq_client *c);
 void rpc_cq_init(struct rpc_cq *cq);
 void rpc_cq_destroy(struct rpc_cq *cq);
 /* Takes one finished call off cq, waiting for one when wait is set; NULL if none. */

@@ -144,7 +144,8 @@ fail:
 	return rc;
 }
 
-static void enqueue_and_send(struct rpc_conn *rc, uint16_t op, uint64_t id, const struct wbuf *payload, bool hold);
+static void enqueue_and_send(struct rpc_conn *rc, uint16_t op, uint64_t id, uint16_t flags, const struct wbuf *payload,
+			     bool hold);
 static void drain_locked(struct rpc_conn *rc);
 
 static struct rpc_call **pending_slot(struct rpc_conn *rc, uint64_t id)
@@ -568,16 +569,47 @@ void rpc_conn_fini(struct rpc_conn *rc)
 
 uint64_t rpc_affinity(const struct proto_req *req)
 {
-	if (req->op == OP_OPEN || req->op == OP_RELEASE)
+	if (req->op == OP_OPEN || req->op == OP_OPEN_READ || req->op == OP_RELEASE)
 		return req->ino;
 	return 0;
 }
 
-/* Sends a request. A sync call is waited on at once by its sender, who then reads the
- * reply itself if nobody else is reading; any other call asks the receiver to read. */
-static struct rpc_call *start_call(struct aq_client *c, uint32_t server, uint16_t op, const struct wbuf *payload,
-				   uint64_t affinity, void *rdest, uint32_t rdest_len, struct rpc_cq *cq,
-				   void *cq_arg, bool hold, bool sync, int *err)
+/* Sends what waits in rc's queue, unless a sender is at it already. */
+static void flush_held(struct rpc_conn *rc)
+{
+	pthread_mutex_lock(&rc->q_mu);
+	if (rc->q_count && !rc->sending)
+		drain_locked(rc);
+	else
+		pthread_mutex_unlock(&rc->q_mu);
+}
+
+/* Held frames (rpc_send_noreply's) ride with the next frame sent on their connection;
+ * this thread sends those that nothing followed within RPC_HOLD_NS. It sleeps while
+ * nothing is held. */
+static void *flusher_main(void *arg)
+{
+	struct aq_client *c = arg;
+	pthread_mutex_lock(&c->fl_mu);
+	while (!c->fl_stop) {
+		if (!c->fl_due) {
+			pthread_cond_wait(&c->fl_cv, &c->fl_mu);
+			continue;
+		}
+		c->fl_due = false;
+		pthread_mutex_unlock(&c->fl_mu);
+		struct timespec ts = {0, RPC_HOLD_NS};
+		nanosleep(&ts, NULL);
+		for (uint32_t i = 0; i < c->nconns * c->map.nservers; i++)
+			flush_held(&c->conns[i]);
+		pthread_mutex_lock(&c->fl_mu);
+	}
+	pthread_mutex_unlock(&c->fl_mu);
+	return NULL;
+}
+
+/* The connection to server a request with this affinity takes (see rpc_start). */
+static struct rpc_conn *pick_conn(struct aq_client *c, uint32_t server, uint64_t affinity)
 {
 	/* connections of one server are consecutive in c->conns */
 	uint32_t base = 0;
@@ -586,7 +618,16 @@ static struct rpc_call *start_call(struct aq_client *c, uint32_t server, uint16_
 			base = i * c->nconns;
 	uint32_t first = atomic_load(&c->pushes_apart) ? 1 : 0;
 	uint64_t pick = affinity ? affinity : atomic_fetch_add(&c->rr, 1);
-	struct rpc_conn *rc = &c->conns[base + first + pick % (c->nconns - first)];
+	return &c->conns[base + first + pick % (c->nconns - first)];
+}
+
+/* Sends a request. A sync call is waited on at once by its sender, who then reads the
+ * reply itself if nobody else is reading; any other call asks the receiver to read. */
+static struct rpc_call *start_call(struct aq_client *c, uint32_t server, uint16_t op, const struct wbuf *payload,
+				   uint64_t affinity, void *rdest, uint32_t rdest_len, struct rpc_cq *cq,
+				   void *cq_arg, bool hold, bool sync, int *err)
+{
+	struct rpc_conn *rc = pick_conn(c, server, affinity);
 	struct rpc_call *call = aq_calloc(1, sizeof *call);
 	pthread_cond_init(&call->cv, NULL);
 	call->op = op;
@@ -610,8 +651,53 @@ static struct rpc_call *start_call(struct aq_client *c, uint32_t server, uint16_
 		rx_kick_locked(rc);
 	pthread_mutex_lock(&rc->q_mu);
 	pthread_mutex_unlock(&rc->mu);
-	enqueue_and_send(rc, op, call->id, payload, hold);
+	enqueue_and_send(rc, op, call->id, 0, payload, hold);
 	return call;
+}
+
+void rpc_send_noreply(struct aq_client *c, uint32_t server, const struct proto_req *req, uint64_t affinity)
+{
+	struct rpc_conn *rc = pick_conn(c, server, affinity);
+	pthread_mutex_lock(&rc->mu);
+	if (!rc->up) { /* the server forgot what the connection held when it went down */
+		pthread_mutex_unlock(&rc->mu);
+		return;
+	}
+	uint64_t id = rc->next_id++;
+	pthread_mutex_lock(&rc->q_mu);
+	pthread_mutex_unlock(&rc->mu);
+	struct wbuf w;
+	wbuf_init(&w, 96);
+	proto_req_encode(&w, req);
+	enqueue_and_send(rc, req->op, id, PROTO_F_NOREPLY, &w, true);
+	wbuf_free(&w);
+	pthread_mutex_lock(&c->fl_mu);
+	if (!c->fl_running && !c->fl_stop)
+		c->fl_running = pthread_create(&c->flusher, NULL, flusher_main, c) == 0;
+	if (!c->fl_running) { /* no thread to send it later: now */
+		pthread_mutex_unlock(&c->fl_mu);
+		flush_held(rc);
+		return;
+	}
+	if (!c->fl_due) {
+		c->fl_due = true;
+		pthread_cond_signal(&c->fl_cv);
+	}
+	pthread_mutex_unlock(&c->fl_mu);
+}
+
+void rpc_flusher_stop(struct aq_client *c)
+{
+	pthread_mutex_lock(&c->fl_mu);
+	c->fl_stop = true;
+	bool running = c->fl_running;
+	pthread_cond_signal(&c->fl_cv);
+	pthread_mutex_unlock(&c->fl_mu);
+	if (running)
+		pthread_join(c->flusher, NULL);
+	c->fl_running = false;
+	for (uint32_t i = 0; i < c->nconns * c->map.nservers; i++)
+		flush_held(&c->conns[i]);
 }
 
 struct rpc_call *rpc_start(struct aq_client *c, uint32_t server, uint16_t op, const struct wbuf *payload,
@@ -629,9 +715,11 @@ struct rpc_call *rpc_start_ex(struct aq_client *c, uint32_t server, uint16_t op,
 
 static bool batchable(uint16_t op)
 {
-	/* TIER waits on S3: the server runs batches on its loop thread, so never in one;
-	 * READDIR pages are big and the server spreads them over its workers */
-	return op != OP_CHUNK_READ && op != OP_CHUNK_WRITE && op != OP_BATCH && op != OP_TIER && op != OP_READDIR;
+	/* TIER waits on S3 and OPEN_READ on the disk: the server runs batches on its loop
+	 * thread, so never in one; READDIR pages are big and the server spreads them over
+	 * its workers */
+	return op != OP_CHUNK_READ && op != OP_CHUNK_WRITE && op != OP_BATCH && op != OP_TIER && op != OP_READDIR &&
+	       op != OP_OPEN_READ;
 }
 
 /* Sends one drained queue: a BATCH frame when it holds several small requests, else the
@@ -686,10 +774,12 @@ static void send_drained(struct rpc_conn *rc, struct wbuf *frames, const uint64_
 
 /* Queues one frame; the first thread to find no sender active becomes the sender and
  * drains the queue until it is empty. Called with q_mu held; returns with it released. */
-static void enqueue_and_send(struct rpc_conn *rc, uint16_t op, uint64_t id, const struct wbuf *payload, bool hold)
+static void enqueue_and_send(struct rpc_conn *rc, uint16_t op, uint64_t id, uint16_t flags, const struct wbuf *payload,
+			     bool hold)
 {
 	struct proto_hdr h = {.magic = PROTO_MAGIC, .version = PROTO_VERSION, .op = op, .req_id = id,
-			      .epoch = rc->client->map.epoch, .payload_len = payload ? (uint32_t)payload->len : 0};
+			      .epoch = rc->client->map.epoch, .flags = flags,
+			      .payload_len = payload ? (uint32_t)payload->len : 0};
 	uint8_t hb[PROTO_HDR_SIZE];
 	proto_hdr_encode(hb, &h);
 	if (rc->q_count == 0)

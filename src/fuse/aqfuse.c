@@ -864,8 +864,18 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
 {
 	struct aq_file *f = (struct aq_file *)(uintptr_t)fi->fh;
+	/* the first read of a file its open fetched the start of: straight from those bytes */
+	const void *held;
+	struct aq_bytes *bytes;
+	ssize_t n = aq_pread_held(f, size, (uint64_t)off, &held, &bytes);
+	if (n >= 0) {
+		fuse_reply_buf(req, held, (size_t)n);
+		aq_bytes_free(bytes);
+		return;
+	}
 	char *buf = aq_malloc(size);
-	ssize_t n = aq_pread(f, buf, size, (uint64_t)off);
+	if (n == -EAGAIN)
+		n = aq_pread(f, buf, size, (uint64_t)off);
 	if (n == -EACCES || n == -EPERM) { /* a lazy open refused without the caller's groups */
 		struct aq_cred cr;
 		cred_of(req, &cr);

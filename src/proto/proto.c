@@ -203,6 +203,7 @@ static uint32_t req_fields(uint16_t op)
 	case OP_WATCH: return F_KNOWN | F_COOKIE | F_FLAGS;
 	case OP_CHUNK_WRITE: return F_KNOWN | F_TARGET | F_INO | F_IDX | F_OFF | F_FLAGS | F_DATA;
 	case OP_CHUNK_READ: return F_KNOWN | F_TARGET | F_INO | F_IDX | F_OFF | F_LEN;
+	case OP_OPEN_READ: return F_KNOWN | F_CRED | F_INO | F_FLAGS | F_OFF | F_LEN;
 	case OP_BATCH: return F_KNOWN | F_MAX | F_DATA;
 	case OP_TIER: return F_KNOWN | F_CRED | F_INO | F_FLAGS | F_DATA;
 	}
@@ -308,6 +309,8 @@ static uint32_t reply_fields(uint16_t op)
 		return R_KNOWN | R_DATA;
 	case OP_GETXATTR: case OP_LISTXATTR:
 		return R_KNOWN | R_SIZE | R_DATA;
+	case OP_OPEN_READ:
+		return R_KNOWN | R_ATTR | R_SIZE | R_DATA;
 	case OP_READDIR: case OP_CHANGES: case OP_BATCH:
 		return R_KNOWN | R_ENTRIES;
 	case OP_STATFS:

@@ -58,6 +58,7 @@
 	X(INVAL, 34)     /* server -> client push (PROTO_F_PUSH): what changed */ \
 	X(CHUNK_WRITE, 40)           \
 	X(CHUNK_READ, 41)            \
+	X(OPEN_READ, 42) /* OPEN, then a read of the first chunk it touches */ \
 	X(BATCH, 50)                 \
 	X(TIER, 60)      /* object tier: sub-command in flags (PROTO_TIER_*) */
 
@@ -82,6 +83,7 @@ struct proto_hdr {
 #define PROTO_F_REPLY 1u
 #define PROTO_F_SYNC 2u /* CHUNK_WRITE: durable before the reply */
 #define PROTO_F_PUSH 4u /* INVAL: sent by the server unasked, request id 0 */
+#define PROTO_F_NOREPLY 8u /* RELEASE: the sender waits for no reply, and none is sent */
 
 /* MKNOD flags beyond AQ_CREATE_EXCL: also open the new (or existing) regular file for
  * this connection, with the open(2) flags carried in rdev, as OPEN would. */
@@ -191,7 +193,7 @@ struct proto_reply {
 	uint16_t op;
 	struct aq_attr attr;
 	const uint8_t *data; uint32_t data_len;    /* READLINK, GETXATTR, LISTXATTR, CHUNK_READ, HELLO, MAP, TIER */
-	uint32_t size;                             /* GETXATTR/LISTXATTR: the full size */
+	uint32_t size;                             /* GETXATTR/LISTXATTR: the full size; OPEN_READ: the read's status */
 	uint32_t count; uint8_t eof; uint64_t next;/* READDIR, CHANGES, BATCH */
 	const uint8_t *entries; uint32_t entries_len;
 	struct aq_statfs st;

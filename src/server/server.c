@@ -9,6 +9,7 @@
 #include <stdatomic.h>
 #include <sys/stat.h>
 #include <dirent.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 #define OPEN_TABLE_SIZE 4096
@@ -223,6 +224,14 @@ static bool local_target(struct server *s, uint32_t target)
 
 /* A CHUNK_READ's or CHUNK_WRITE's target and byte range, checked: 0, -AQ_ENOT_OWNER or
  * -EINVAL. */
+/* Logs a request that failed, unless the error is an answer a client expects to get. */
+static void log_failure(uint16_t op, uint64_t ino, int rc)
+{
+	if (rc != -ENOENT && rc != -EEXIST && rc != -ENODATA && rc != -ENOTEMPTY && rc != -EACCES && rc != -EPERM &&
+	    rc != -ENAMETOOLONG && rc != -ENOTDIR && rc != -EISDIR && rc != -EINVAL && rc != -EBUSY)
+		log_warn("%s ino %llx: %s", proto_op_name(op), (unsigned long long)ino, aq_strerror(rc));
+}
+
 static int chunk_args(struct server *s, const struct proto_req *r, uint64_t len)
 {
 	if (!local_target(s, r->target))
@@ -240,6 +249,49 @@ static int truncate_data(void *arg, uint64_t ino, uint64_t new_size, uint32_t ch
 		if (rc)
 			return rc;
 	}
+	return 0;
+}
+
+/* OPEN_READ: an OPEN, then the bytes the read asks for that lie in its first chunk, when
+ * that chunk is on this server: a small file read whole costs one round trip instead of
+ * two. The reply is the OPEN's attributes, the read's status and the bytes (none when the
+ * chunk is elsewhere or the read starts at the end of the file; the client reads the
+ * rest as usual). A chunk that fails to read fails that read, not the open. Runs on a
+ * worker: the read may wait on the disk or on S3. */
+static int open_read(struct server *s, struct sconn *sc, const struct proto_req *r, struct wbuf *out)
+{
+	if ((r->flags & O_ACCMODE) != O_RDONLY || (r->flags & O_TRUNC))
+		return -EINVAL;
+	struct aq_attr a;
+	int rc = meta_open_file(s->meta, &r->cred, r->ino, (int)r->flags, &a);
+	if (rc)
+		return rc;
+	conn_track_open(s, sc, r->ino);
+	uint32_t cs = a.chunk_size ? a.chunk_size : s->map.chunk_size;
+	uint32_t idx = 0, n = 0;
+	if (S_ISREG(a.mode) && r->off < a.size && cs) {
+		idx = (uint32_t)(r->off / cs);
+		uint32_t in = (uint32_t)(r->off % cs);
+		if (local_target(s, cluster_chunk_target(&s->map, r->ino, idx)))
+			n = (uint32_t)MIN(MIN((uint64_t)r->len, a.size - r->off), (uint64_t)(cs - in));
+	}
+	proto_attr_put(out, &a);
+	size_t status_at = out->len;
+	wbuf_u32(out, 0);
+	wbuf_u32(out, n);
+	if (!n)
+		return 0;
+	wbuf_reserve(out, n);
+	uint32_t target = cluster_chunk_target(&s->map, r->ino, idx);
+	rc = data_read(s->data, target, r->ino, idx, (uint32_t)(r->off % cs), out->p + out->len, n);
+	if (rc) {
+		log_failure(OP_CHUNK_READ, r->ino, rc);
+		put_le32(out->p + status_at, (uint32_t)aq_status_from_err(rc));
+		put_le32(out->p + status_at + 4, 0);
+		return 0;
+	}
+	out->len += n;
+	tier_note_read(s->tier, r->ino);
 	return 0;
 }
 
@@ -517,6 +569,8 @@ static int handle(struct server *s, struct sconn *sc, const struct proto_req *r,
 		if (!rc)
 			conn_track_open(s, sc, r->ino);
 		break;
+	case OP_OPEN_READ:
+		return open_read(s, sc, r, out);
 	case OP_RELEASE:
 		conn_track_release(s, sc, r->ino);
 		break;
@@ -657,14 +711,6 @@ static int handle(struct server *s, struct sconn *sc, const struct proto_req *r,
 }
 
 /* Decodes and runs one request; returns the wire status, reply payload in out. */
-/* Logs a request that failed, unless the error is an answer a client expects to get. */
-static void log_failure(uint16_t op, uint64_t ino, int rc)
-{
-	if (rc != -ENOENT && rc != -EEXIST && rc != -ENODATA && rc != -ENOTEMPTY && rc != -EACCES && rc != -EPERM &&
-	    rc != -ENAMETOOLONG && rc != -ENOTDIR && rc != -EISDIR && rc != -EINVAL && rc != -EBUSY)
-		log_warn("%s ino %llx: %s", proto_op_name(op), (unsigned long long)ino, aq_strerror(rc));
-}
-
 static int run_one(struct server *s, struct sconn *sc, const struct proto_hdr *h, const uint8_t *payload,
 		   struct wbuf *out)
 {
@@ -765,8 +811,10 @@ static int run_batch(struct server *s, struct sconn *sc, const struct proto_hdr 
 			}
 		} else {
 			one.len = 0;
-			/* a batch runs on the loop thread: nothing in it may wait on S3 */
-			int sst = shs[n].op == OP_TIER ? AQ_S_INVAL : run_one(s, sc, &shs[n], sps[n], &one);
+			/* a batch runs on the loop thread: nothing in it may wait on S3 (an
+			 * OPEN_READ of a file in the object tier would) */
+			bool slow = shs[n].op == OP_TIER || shs[n].op == OP_OPEN_READ;
+			int sst = slow ? AQ_S_INVAL : run_one(s, sc, &shs[n], sps[n], &one);
 			put_sub_reply(&subs, &shs[n], sst, &one);
 		}
 		n += run;
@@ -849,7 +897,9 @@ static void on_frame(void *arg, struct net_conn *c, const struct proto_hdr *h, c
 	wbuf_init(&out, 256);
 	int st = h->op == OP_BATCH ? run_batch(s, sc, h, payload, &out) : run_one(s, sc, h, payload, &out);
 	inval_push(s, sc);
-	net_reply(c, h, st, out.p, out.len);
+	/* a RELEASE nobody waits for (it has nothing to say but "done") */
+	if (!(h->op == OP_RELEASE && (h->flags & PROTO_F_NOREPLY)))
+		net_reply(c, h, st, out.p, out.len);
 	wbuf_free(&out);
 }
 
@@ -865,6 +915,7 @@ static bool run_inline(void *arg, const struct proto_hdr *h)
 	switch (h->op) {
 	case OP_CHUNK_READ:
 	case OP_CHUNK_WRITE:
+	case OP_OPEN_READ:
 	case OP_FSYNC:
 	case OP_RMDIR:
 	case OP_RENAME:

@@ -394,6 +394,60 @@ def test_unlink_while_open(c):
     assert not os.path.exists(p)
 
 
+def drop_page_cache():
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("1")
+
+
+def test_first_read_comes_with_the_open(c):
+    """A read-only open through the mount asks the server for the file's first 256 KiB
+    with the OPEN (OPEN_READ), and the first read is answered from those bytes when they
+    cover it. Every size around that limit and the chunk's, whole reads and reads at an
+    offset, must come back exact, with the page cache dropped so every read reaches the
+    mount."""
+    rng = random.Random(7)
+    sizes = [0, 1, 4095, 110_000, (256 << 10) - 1, 256 << 10, (256 << 10) + 1, 3 << 20, (9 << 20) + 5]
+    data = {}
+    for n in sizes:
+        data[n] = rng.randbytes(n)
+        with open(c.path(f"pre{n}"), "wb") as f:
+            f.write(data[n])
+    drop_page_cache()
+    for n in sizes:
+        with open(c.path(f"pre{n}"), "rb") as f:
+            assert f.read() == data[n], f"whole read of {n} bytes"
+    drop_page_cache()
+    for n in sizes:
+        for off, ln in ((100_000, 50_000), (300_000, 4096), (n - 10 if n > 10 else 0, 100)):
+            fd = os.open(c.path(f"pre{n}"), os.O_RDONLY)
+            try:
+                assert os.pread(fd, ln, off) == data[n][off:off + ln], f"{ln} bytes at {off} of {n}"
+            finally:
+                os.close(fd)
+        drop_page_cache()
+
+
+def test_first_read_sees_own_writes(c):
+    """A file open for reading while the same mount writes it through another handle:
+    the bytes its OPEN brought must not hide the write (read after write)."""
+    p = c.path("rw-pre")
+    with open(p, "wb") as f:
+        f.write(b"a" * 100_000)
+    drop_page_cache()
+    r = os.open(p, os.O_RDONLY)
+    w = os.open(p, os.O_WRONLY)
+    try:
+        os.pwrite(w, b"XYZ", 10)
+        os.fsync(w)
+        drop_page_cache()
+        got = os.pread(r, 100_000, 0)
+        assert got[:10] == b"a" * 10 and got[10:13] == b"XYZ" and len(got) == 100_000, got[:16]
+    finally:
+        os.close(r)
+        os.close(w)
+
+
 def test_space_freed_after_open_close_then_unlink(c):
     """Regression: OPEN and RELEASE of one file travelled on different connections, so
     the server never saw the last close and never freed the data of a deleted file."""

@@ -94,6 +94,7 @@ static uint32_t spec_req(uint16_t op)
 	case OP_WATCH: return T_KNOWN | T_COOKIE | T_FLAGS;
 	case OP_CHUNK_WRITE: return T_KNOWN | T_TARGET | T_INO | T_IDX | T_OFF | T_FLAGS | T_DATA;
 	case OP_CHUNK_READ: return T_KNOWN | T_TARGET | T_INO | T_IDX | T_OFF | T_LEN;
+	case OP_OPEN_READ: return T_KNOWN | T_CRED | T_INO | T_FLAGS | T_OFF | T_LEN;
 	case OP_BATCH: return T_KNOWN | T_MAX | T_DATA;
 	case OP_TIER: return T_KNOWN | T_CRED | T_INO | T_FLAGS | T_DATA;
 	}
@@ -113,6 +114,8 @@ static uint32_t spec_reply(uint16_t op)
 		return TR_KNOWN | TR_DATA;
 	case OP_GETXATTR: case OP_LISTXATTR:
 		return TR_KNOWN | TR_SIZE | TR_DATA;
+	case OP_OPEN_READ: /* attributes, the read's status, the bytes */
+		return TR_KNOWN | TR_ATTR | TR_SIZE | TR_DATA;
 	case OP_READDIR: case OP_CHANGES: case OP_BATCH:
 		return TR_KNOWN | TR_ENTRIES;
 	case OP_STATFS:

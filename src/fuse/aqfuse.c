@@ -480,6 +480,231 @@ static bool names_absent(uint64_t dir, const char *name)
 	return absent;
 }
 
+/* ---- entries of a directory being read through, answered here (statahead) ----
+ *
+ * A training loader opens every file of a big directory, in random order, epoch after
+ * epoch; each open is a LOOKUP the kernel sends unless it still caches the name, which
+ * it does not once memory is short (or the page cache was dropped). When a directory
+ * draws ECACHE_TRIGGER lookups that found an entry, a thread of the mount lists it once
+ * with attributes (readdirplus, a streamed listing) and the mount answers the lookups of
+ * the names it holds itself, as Lustre's statahead does. Names it does not hold go to
+ * the server as before, so a listing cut short at ECACHE_MAX entries is still right.
+ * One directory at a time. Coherent as the caches above, but bluntly: any change pushed
+ * by a server and any change made through this mount (including a write) since the
+ * listing began drops the whole set, and a set that is dropped before it paid for
+ * itself makes the next listing of that directory wait four times as many lookups. */
+#define ECACHE_TRIGGER 64
+#define ECACHE_MAX (1u << 20) /* entries; about 130 bytes each */
+
+struct eent {
+	uint64_t h;
+	uint32_t name_off, name_len;
+	struct aq_attr a;
+};
+
+static struct {
+	pthread_mutex_t mu;
+	uint64_t dir;          /* the directory held (0: none) */
+	struct cseq seq;       /* when its listing began */
+	uint64_t expires_ns;
+	struct eent *ents;
+	uint32_t *slot;        /* index + 1 into ents; 0: empty */
+	uint32_t cap, n, hits;
+	char *names;
+	uint64_t miss_dir;     /* the directory lookups went to the server for */
+	uint32_t misses, trigger;
+	bool filling;
+} g_ec = {.mu = PTHREAD_MUTEX_INITIALIZER, .trigger = ECACHE_TRIGGER};
+
+static uint64_t ec_hash(const char *name, size_t len)
+{
+	uint64_t h = aq_hash64(name, len, 0x7374617461686561ull);
+	return h ? h : 1;
+}
+
+/* A set ready to be published or freed. */
+struct ecset {
+	struct eent *ents;
+	uint32_t *slot;
+	uint32_t cap, n;
+	char *names;
+	size_t names_len, names_cap;
+};
+
+static uint32_t *ec_find(uint32_t *slot, uint32_t cap, const struct eent *ents, const char *names, uint64_t h,
+			 const char *name, size_t len)
+{
+	uint32_t i = (uint32_t)(h >> 32) & (cap - 1);
+	for (; slot[i]; i = (i + 1) & (cap - 1)) {
+		const struct eent *e = &ents[slot[i] - 1];
+		if (e->h == h && e->name_len == len && !memcmp(names + e->name_off, name, len))
+			break;
+	}
+	return &slot[i];
+}
+
+static void ec_add(struct ecset *s, const char *name, size_t len, const struct aq_attr *a)
+{
+	if (2 * (s->n + 1) > s->cap) {
+		uint32_t cap = s->cap ? 2 * s->cap : 4096;
+		uint32_t *slot = aq_calloc(cap, sizeof *slot);
+		for (uint32_t i = 0; i < s->n; i++) {
+			uint32_t j = (uint32_t)(s->ents[i].h >> 32) & (cap - 1);
+			while (slot[j])
+				j = (j + 1) & (cap - 1);
+			slot[j] = i + 1;
+		}
+		free(s->slot);
+		s->slot = slot;
+		s->cap = cap;
+		s->ents = aq_realloc(s->ents, (size_t)cap / 2 * sizeof *s->ents);
+	}
+	uint64_t h = ec_hash(name, len);
+	uint32_t *sl = ec_find(s->slot, s->cap, s->ents, s->names, h, name, len);
+	if (*sl)
+		return; /* listed twice (cannot happen; harmless) */
+	if (s->names_len + len > s->names_cap) {
+		s->names_cap = MAX(2 * s->names_cap, s->names_len + len + 65536);
+		s->names = aq_realloc(s->names, s->names_cap);
+	}
+	memcpy(s->names + s->names_len, name, len);
+	s->ents[s->n] = (struct eent){.h = h, .name_off = (uint32_t)s->names_len, .name_len = (uint32_t)len, .a = *a};
+	s->names_len += len;
+	*sl = ++s->n;
+}
+
+static void ec_free_locked(void)
+{
+	free(g_ec.ents);
+	free(g_ec.slot);
+	free(g_ec.names);
+	g_ec.ents = NULL;
+	g_ec.slot = NULL;
+	g_ec.names = NULL;
+	g_ec.dir = 0;
+	g_ec.cap = g_ec.n = 0;
+}
+
+/* The set is stale or old: drop it. A set dropped before it answered as many lookups as
+ * it took to start makes the next start costlier. Called with g_ec.mu held. */
+static void ec_drop_locked(void)
+{
+	if (!g_ec.dir)
+		return;
+	if (g_ec.hits < g_ec.trigger)
+		g_ec.trigger = MIN(g_ec.trigger * 4, ECACHE_MAX);
+	else
+		g_ec.trigger = ECACHE_TRIGGER;
+	ec_free_locked();
+}
+
+struct ec_fill {
+	uint64_t dir;
+	struct aq_cred cr;
+	struct cseq seq;
+};
+
+static void *ec_fill_main(void *arg)
+{
+	struct ec_fill *f = arg;
+	struct ecset s = {0};
+	struct aq_dir *d = NULL;
+	const uint32_t page = 256;
+	struct aq_dirent *ents = aq_malloc(page * sizeof *ents);
+	int rc = aq_dir_open(g_client, &f->cr, f->dir, AQ_READDIR_PLUS, &d);
+	while (!rc && s.n < ECACHE_MAX && cseq_current(f->seq)) {
+		int n = aq_dir_read(d, ents, page);
+		if (n <= 0) {
+			rc = n;
+			break;
+		}
+		for (int i = 0; i < n && s.n < ECACHE_MAX; i++)
+			ec_add(&s, ents[i].name, ents[i].name_len, &ents[i].attr);
+	}
+	if (d)
+		aq_dir_close(d);
+	free(ents);
+	pthread_mutex_lock(&g_ec.mu);
+	g_ec.filling = false;
+	if (!rc && s.n && cseq_current(f->seq)) {
+		ec_free_locked();
+		g_ec.dir = f->dir;
+		g_ec.seq = f->seq;
+		g_ec.expires_ns = aq_mono_ns() + (uint64_t)(g_timeout_s * 1e9);
+		g_ec.ents = s.ents;
+		g_ec.slot = s.slot;
+		g_ec.names = s.names;
+		g_ec.cap = s.cap;
+		g_ec.n = s.n;
+		g_ec.hits = 0;
+		s = (struct ecset){0};
+	} else if (!rc && s.n) {
+		g_ec.trigger = MIN(g_ec.trigger * 4, ECACHE_MAX); /* changed under the listing */
+	}
+	pthread_mutex_unlock(&g_ec.mu);
+	free(s.ents);
+	free(s.slot);
+	free(s.names);
+	free(f);
+	return NULL;
+}
+
+/* A lookup in dir found an entry at the server: enough of them start a listing. */
+static void ec_missed(uint64_t dir, const struct aq_cred *cr)
+{
+	if (!g_cache_on)
+		return;
+	pthread_mutex_lock(&g_ec.mu);
+	if (g_ec.miss_dir != dir) {
+		g_ec.miss_dir = dir;
+		g_ec.misses = 0;
+	}
+	pthread_t t;
+	if (++g_ec.misses >= g_ec.trigger && !g_ec.filling && g_ec.dir != dir) {
+		struct ec_fill *f = aq_malloc(sizeof *f);
+		*f = (struct ec_fill){.dir = dir, .cr = *cr, .seq = cseq_now()};
+		g_ec.misses = 0;
+		g_ec.filling = true;
+		pthread_attr_t at;
+		pthread_attr_init(&at);
+		pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+		if (pthread_create(&t, &at, ec_fill_main, f)) {
+			g_ec.filling = false;
+			free(f);
+		}
+		pthread_attr_destroy(&at);
+	}
+	pthread_mutex_unlock(&g_ec.mu);
+}
+
+/* The entry for name in dir, if the set holds it and is current; *seq says when its
+ * listing began (for recheck). */
+static bool ec_get(uint64_t dir, const char *name, struct aq_attr *a, struct cseq *seq)
+{
+	if (!g_cache_on)
+		return false;
+	bool hit = false;
+	pthread_mutex_lock(&g_ec.mu);
+	if (g_ec.dir && (!cseq_current(g_ec.seq) || aq_mono_ns() >= g_ec.expires_ns))
+		ec_drop_locked();
+	if (g_ec.dir == dir && dir) {
+		size_t len = strlen(name);
+		uint32_t i = *ec_find(g_ec.slot, g_ec.cap, g_ec.ents, g_ec.names, ec_hash(name, len), name, len);
+		if (i) {
+			*a = g_ec.ents[i - 1].a;
+			*seq = g_ec.seq;
+			g_ec.hits++;
+			hit = true;
+		}
+	}
+	pthread_mutex_unlock(&g_ec.mu);
+	return hit;
+}
+
+/* This mount changed something (a write, a size): replies and sets older than now may
+ * be stale. */
+static void own_change(void) { atomic_fetch_add(&g_own_changes, 1); }
+
 /* What a reply told about an inode, kept for the kernel's next questions. */
 static void keep_attr(struct cseq seq, const struct aq_attr *a)
 {
@@ -601,9 +826,17 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	struct aq_cred cr;
 	struct aq_attr a;
 	cred_of(req, &cr);
-	struct cseq seq = cseq_now();
+	struct cseq seq;
+	if (ec_get(parent, name, &a, &seq)) {
+		reply_entry_or_err(req, 0, &a);
+		recheck(seq, parent, name, a.ino);
+		return;
+	}
+	seq = cseq_now();
 	int rc = names_absent(parent, name) ? -ENOENT
 					    : WITH_GROUPS(req, cr, aq_lookup(g_client, &cr, parent, name, &a));
+	if (!rc)
+		ec_missed(parent, &cr);
 	if (rc == -ENOENT) {
 		/* a negative entry: the kernel remembers the name is free (a create by another
 		 * client drops it, see inval_main) */
@@ -820,6 +1053,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		 * waited for here; the first read waits (op_read retries with groups) */
 		rc = aq_open_ino_lazy(g_client, &cr, ino, fi->flags, &f);
 	} else {
+		own_change(); /* its size and times may change from now on */
 		/* O_APPEND offsets come from the kernel; the file is opened read-write so the
 		 * buffered chunk can be read back */
 		rc = WITH_GROUPS(req, cr, aq_open_ino(g_client, &cr, ino, fi->flags & ~O_APPEND, &f));
@@ -850,6 +1084,7 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 			  (fi->flags & O_EXCL) ? AQ_CREATE_EXCL : 0,
 			  fi->flags & ~(O_APPEND | O_TRUNC | O_CREAT | O_EXCL), &a, &f));
 	made_in(seq, parent, name, rc, &a);
+	own_change();
 	if (rc) {
 		fuse_reply_err(req, posix_err(rc));
 		return;
@@ -893,6 +1128,7 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 		     struct fuse_file_info *fi)
 {
 	struct aq_file *f = (struct aq_file *)(uintptr_t)fi->fh;
+	own_change();
 	ssize_t n = aq_pwrite(f, buf, size, (uint64_t)off);
 	if (n < 0)
 		fuse_reply_err(req, posix_err((int)n));
@@ -903,13 +1139,18 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct aq_file *f = (struct aq_file *)(uintptr_t)fi->fh;
-	fuse_reply_err(req, posix_err(aq_flush(f)));
+	int rc = aq_flush(f); /* read-only handles are never flushed (noflush) */
+	own_change();
+	fuse_reply_err(req, posix_err(rc));
 }
 
 static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct aq_file *f = (struct aq_file *)(uintptr_t)fi->fh;
-	fuse_reply_err(req, posix_err(aq_close(f)));
+	int rc = aq_close(f);
+	if ((fi->flags & O_ACCMODE) != O_RDONLY)
+		own_change();
+	fuse_reply_err(req, posix_err(rc));
 }
 
 static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)

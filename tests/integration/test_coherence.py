@@ -410,6 +410,65 @@ def test_free_names_forgotten_on_others_changes(c):
         soon(lambda: os.path.lexists(f"{sub_a}/x"), f"round {i}: B's name (way {how}) in A's directory")
 
 
+def statahead_dir(c, name, n=200):
+    """A directory of n files made by mount B, whose entries mount A then looks up often
+    enough (with its kernel's entries dropped) that A lists it once and keeps the set."""
+    a, b = both(c, name)
+    os.mkdir(b)
+    for i in range(n):
+        with open(f"{b}/f{i}", "wb") as f:
+            f.write(b"x" * i)
+    soon(lambda: os.path.exists(f"{a}/f{n - 1}"), "A sees B's files")
+    c.pinned = os.open(a, os.O_RDONLY)  # keeps the directory's own entry in A's kernel
+    drop_kernel_entries()
+    for i in range(100):
+        assert os.stat(f"{a}/f{i}").st_size == i
+    time.sleep(1)  # the listing runs on a thread of A's mount
+    drop_kernel_entries()
+    return a, b
+
+
+def test_statahead_answers_lookups(c):
+    """After a run of lookups in one directory, the mount lists it once and answers the
+    lookups of its names itself: with aqd stopped and the kernel's entries dropped, A
+    still finds every file, with its size."""
+    a, _ = statahead_dir(c, "sa")
+    try:
+        answers_with_aqd_stopped(c, f"import os\n"
+                                 f"for i in range(200):\n"
+                                 f"    assert os.stat({a!r} + f'/f{{i}}').st_size == i, i")
+    finally:
+        os.close(c.pinned)
+
+
+def test_statahead_follows_changes(c):
+    """Regression guard for the statahead set: what B changes in the directory after A
+    listed it (unlink, rename, a write that changes the size, a new file) and what A
+    writes itself show on A, with A's kernel entries dropped so each lookup reaches the
+    set: a change pushed by a server, or one of A's own, drops it."""
+    a, b = statahead_dir(c, "sb")
+    os.unlink(f"{b}/f1")
+    os.rename(f"{b}/f2", f"{b}/g2")
+    with open(f"{b}/f3", "ab") as f:
+        f.write(b"more")
+    open(f"{b}/new", "w").close()
+
+    def looks_right():
+        drop_kernel_entries()
+        return (not os.path.exists(f"{a}/f1") and not os.path.exists(f"{a}/f2") and
+                os.path.exists(f"{a}/g2") and os.stat(f"{a}/f3").st_size == 7 and os.path.exists(f"{a}/new"))
+    soon(looks_right, "B's changes in a directory A's mount had listed")
+    # the set again, then a change of A's own
+    for i in range(100):
+        os.stat(f"{a}/f{i + 4}")
+    time.sleep(1)
+    with open(f"{a}/f5", "ab") as f:
+        f.write(b"12345")
+    drop_kernel_entries()
+    assert os.stat(f"{a}/f5").st_size == 10
+    os.close(c.pinned)
+
+
 def test_restart_keeps_mounts_working(c):
     a, b = both(c, "rs")
     os.mkdir(a)

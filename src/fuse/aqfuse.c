@@ -513,8 +513,9 @@ static struct {
 	char *names;
 	uint64_t miss_dir;     /* the directory lookups went to the server for */
 	uint32_t misses, trigger;
-	bool filling;
-} g_ec = {.mu = PTHREAD_MUTEX_INITIALIZER, .trigger = ECACHE_TRIGGER};
+	bool filling, stop;
+	pthread_cond_t filled; /* a listing ended (ec_stop waits for it) */
+} g_ec = {.mu = PTHREAD_MUTEX_INITIALIZER, .trigger = ECACHE_TRIGGER, .filled = PTHREAD_COND_INITIALIZER};
 
 static uint64_t ec_hash(const char *name, size_t len)
 {
@@ -612,7 +613,7 @@ static void *ec_fill_main(void *arg)
 	const uint32_t page = 256;
 	struct aq_dirent *ents = aq_malloc(page * sizeof *ents);
 	int rc = aq_dir_open(g_client, &f->cr, f->dir, AQ_READDIR_PLUS, &d);
-	while (!rc && s.n < ECACHE_MAX && cseq_current(f->seq)) {
+	while (!rc && s.n < ECACHE_MAX && cseq_current(f->seq) && !__atomic_load_n(&g_ec.stop, __ATOMIC_RELAXED)) {
 		int n = aq_dir_read(d, ents, page);
 		if (n <= 0) {
 			rc = n;
@@ -626,7 +627,8 @@ static void *ec_fill_main(void *arg)
 	free(ents);
 	pthread_mutex_lock(&g_ec.mu);
 	g_ec.filling = false;
-	if (!rc && s.n && cseq_current(f->seq)) {
+	pthread_cond_broadcast(&g_ec.filled);
+	if (!rc && s.n && cseq_current(f->seq) && !g_ec.stop) {
 		ec_free_locked();
 		g_ec.dir = f->dir;
 		g_ec.seq = f->seq;
@@ -638,8 +640,9 @@ static void *ec_fill_main(void *arg)
 		g_ec.n = s.n;
 		g_ec.hits = 0;
 		s = (struct ecset){0};
-	} else if (!rc && s.n) {
-		g_ec.trigger = MIN(g_ec.trigger * 4, ECACHE_MAX); /* changed under the listing */
+	} else {
+		/* changed under the listing, or it failed (no read permission): wait longer */
+		g_ec.trigger = MIN(g_ec.trigger * 4, ECACHE_MAX);
 	}
 	pthread_mutex_unlock(&g_ec.mu);
 	free(s.ents);
@@ -660,7 +663,7 @@ static void ec_missed(uint64_t dir, const struct aq_cred *cr)
 		g_ec.misses = 0;
 	}
 	pthread_t t;
-	if (++g_ec.misses >= g_ec.trigger && !g_ec.filling && g_ec.dir != dir) {
+	if (++g_ec.misses >= g_ec.trigger && !g_ec.filling && !g_ec.stop && g_ec.dir != dir) {
 		struct ec_fill *f = aq_malloc(sizeof *f);
 		*f = (struct ec_fill){.dir = dir, .cr = *cr, .seq = cseq_now()};
 		g_ec.misses = 0;
@@ -674,6 +677,17 @@ static void ec_missed(uint64_t dir, const struct aq_cred *cr)
 		}
 		pthread_attr_destroy(&at);
 	}
+	pthread_mutex_unlock(&g_ec.mu);
+}
+
+/* At unmount: no new listing, the one running ends before the client goes. */
+static void ec_stop(void)
+{
+	pthread_mutex_lock(&g_ec.mu);
+	g_ec.stop = true;
+	while (g_ec.filling)
+		pthread_cond_wait(&g_ec.filled, &g_ec.mu);
+	ec_free_locked();
 	pthread_mutex_unlock(&g_ec.mu);
 }
 
@@ -1535,6 +1549,7 @@ int aqfuse_main(const struct aqfuse_options *opt)
 	pthread_cond_signal(&g_inval.cv);
 	pthread_mutex_unlock(&g_inval.mu);
 	pthread_join(inval_thread, NULL);
+	ec_stop();
 	aq_disconnect(g_client);
 	g_client = NULL;
 out_unmount:

@@ -67,17 +67,20 @@ static void inval_queue(uint64_t ino, uint64_t parent, const char *name, size_t 
 	pthread_mutex_unlock(&g_inval.mu);
 }
 
-static void dattr_drop(uint64_t ino);
-static void nox_drop(uint64_t ino);
+static void dattr_forget(uint64_t ino);
+static void nox_forget(uint64_t ino);
 static void names_forget(uint64_t ino);
+static void ec_pushed(uint64_t parent, const char *name, size_t len, uint64_t ino);
 
 static void on_inval(void *arg, const struct aq_inval *iv)
 {
-	/* before any reply that raced this push can be kept (keep_attr checks the seq) */
-	dattr_drop(iv->ino ? iv->ino : iv->parent);
+	/* A reply that raced this push is not kept: the client counted the push
+	 * (aq_inval_seq) before this runs, and keep_attr checks that count. */
+	dattr_forget(iv->ino ? iv->ino : iv->parent);
 	if (!iv->parent)
-		nox_drop(iv->ino);
+		nox_forget(iv->ino);
 	names_forget(iv->parent ? iv->parent : iv->ino); /* both 0: every directory */
+	ec_pushed(iv->parent, iv->name, iv->name_len, iv->ino);
 	if (!iv->ino && !iv->parent) {
 		log_warn("aq mount: a connection to a server was made again; what other clients changed "
 			 "meanwhile may show only after --attr-timeout");
@@ -203,10 +206,9 @@ static bool dattr_get(uint64_t ino, struct aq_attr *a)
 	return hit;
 }
 
-/* ino 0: every directory. Also tells replies still out that they may be older. */
-static void dattr_drop(uint64_t ino)
+/* ino 0: every directory. */
+static void dattr_forget(uint64_t ino)
 {
-	atomic_fetch_add(&g_own_changes, 1);
 	pthread_mutex_lock(&g_dattr.mu);
 	if (ino) {
 		struct dattr *d = dattr_slot(ino);
@@ -217,6 +219,13 @@ static void dattr_drop(uint64_t ino)
 			g_dattr.slot[i].ino = 0;
 	}
 	pthread_mutex_unlock(&g_dattr.mu);
+}
+
+/* A change of this mount's own: dattr_forget, and replies still out may be older. */
+static void dattr_drop(uint64_t ino)
+{
+	atomic_fetch_add(&g_own_changes, 1);
+	dattr_forget(ino);
 }
 
 /* This mount made child in parent: the server stamped the parent's mtime and ctime with
@@ -290,10 +299,9 @@ static bool nox_none(uint64_t ino)
 	return none;
 }
 
-/* ino 0: every inode. Also tells replies still out that they may be older. */
-static void nox_drop(uint64_t ino)
+/* ino 0: every inode. */
+static void nox_forget(uint64_t ino)
 {
-	atomic_fetch_add(&g_own_changes, 1);
 	pthread_mutex_lock(&g_nox.mu);
 	uint64_t *x = nox_slot(ino);
 	if (!ino)
@@ -301,6 +309,13 @@ static void nox_drop(uint64_t ino)
 	else if (*x == ino)
 		*x = 0;
 	pthread_mutex_unlock(&g_nox.mu);
+}
+
+/* A change of this mount's own: nox_forget, and replies still out may be older. */
+static void nox_drop(uint64_t ino)
+{
+	atomic_fetch_add(&g_own_changes, 1);
+	nox_forget(ino);
 }
 
 /* ---- free names in directories this mount made, answered here ----
@@ -489,30 +504,48 @@ static bool names_absent(uint64_t dir, const char *name)
  * with attributes (readdirplus, a streamed listing) and the mount answers the lookups of
  * the names it holds itself, as Lustre's statahead does. Names it does not hold go to
  * the server as before, so a listing cut short at ECACHE_MAX entries is still right.
- * One directory at a time. Coherent as the caches above, but bluntly: any change pushed
- * by a server and any change made through this mount (including a write) since the
- * listing began drops the whole set, and a set that is dropped before it paid for
- * itself makes the next listing of that directory wait four times as many lookups. */
+ * One directory at a time. What other clients change arrives by push and takes out just
+ * the names and inodes it names (new names were never in the set: an ingest into the
+ * directory leaves it standing); pushes that arrive while the listing runs are kept and
+ * applied to it when it is done. Changes made through this mount (a write, an unlink,
+ * any of them) are not tracked one by one: any of those since the listing began drops
+ * the whole set. A set dropped before it paid for itself makes the next listing of that
+ * directory wait four times as many lookups. */
 #define ECACHE_TRIGGER 64
 #define ECACHE_MAX (1u << 20) /* entries; about 130 bytes each */
 
 struct eent {
 	uint64_t h;
 	uint32_t name_off, name_len;
-	struct aq_attr a;
+	struct aq_attr a; /* a.ino 0: taken out by a push */
+};
+
+#define EC_PENDING_MAX 4096 /* pushes kept while a listing runs; past that it is given up */
+
+struct ec_push {
+	uint64_t parent, ino;
+	uint32_t len;
+	char name[AQ_NAME_MAX + 1];
 };
 
 static struct {
 	pthread_mutex_t mu;
 	uint64_t dir;          /* the directory held (0: none) */
-	struct cseq seq;       /* when its listing began */
+	unsigned long own;     /* g_own_changes when its listing began */
 	uint64_t expires_ns;
 	struct eent *ents;
-	uint32_t *slot;        /* index + 1 into ents; 0: empty */
+	uint32_t *slot;        /* by name: index + 1 into ents; 0: empty */
+	uint32_t *islot;       /* by inode number, the same */
+	bool links;            /* some inode has two names here */
 	uint32_t cap, n, hits;
+	uint64_t gen;          /* bumped by every name or inode a push takes out */
 	char *names;
+	struct ec_push *pending; /* pushes heard while the listing runs */
+	uint32_t npending;
+	bool pending_lost;
 	uint64_t miss_dir;     /* the directory lookups went to the server for */
 	uint32_t misses, trigger;
+	uint64_t fill_dir;     /* the directory being listed */
 	bool filling, stop;
 	pthread_cond_t filled; /* a listing ended (ec_stop waits for it) */
 } g_ec = {.mu = PTHREAD_MUTEX_INITIALIZER, .trigger = ECACHE_TRIGGER, .filled = PTHREAD_COND_INITIALIZER};
@@ -526,11 +559,35 @@ static uint64_t ec_hash(const char *name, size_t len)
 /* A set ready to be published or freed. */
 struct ecset {
 	struct eent *ents;
-	uint32_t *slot;
+	uint32_t *slot, *islot;
+	bool links;
 	uint32_t cap, n;
 	char *names;
 	size_t names_len, names_cap;
 };
+
+static uint32_t *ec_ifind(uint32_t *islot, uint32_t cap, const struct eent *ents, uint64_t ino)
+{
+	uint32_t i = (uint32_t)((ino * 0x9E3779B97F4A7C15ull) >> 32) & (cap - 1);
+	while (islot[i] && ents[islot[i] - 1].a.ino != ino)
+		i = (i + 1) & (cap - 1);
+	return &islot[i];
+}
+
+/* The by-inode index of a finished listing. */
+static void ec_index(struct ecset *s)
+{
+	if (!s->cap)
+		return;
+	s->islot = aq_calloc(s->cap, sizeof *s->islot);
+	for (uint32_t i = 0; i < s->n; i++) {
+		uint32_t *sl = ec_ifind(s->islot, s->cap, s->ents, s->ents[i].a.ino);
+		if (*sl)
+			s->links = true;
+		else
+			*sl = i + 1;
+	}
+}
 
 static uint32_t *ec_find(uint32_t *slot, uint32_t cap, const struct eent *ents, const char *names, uint64_t h,
 			 const char *name, size_t len)
@@ -578,9 +635,11 @@ static void ec_free_locked(void)
 {
 	free(g_ec.ents);
 	free(g_ec.slot);
+	free(g_ec.islot);
 	free(g_ec.names);
 	g_ec.ents = NULL;
 	g_ec.slot = NULL;
+	g_ec.islot = NULL;
 	g_ec.names = NULL;
 	g_ec.dir = 0;
 	g_ec.cap = g_ec.n = 0;
@@ -602,8 +661,59 @@ static void ec_drop_locked(void)
 struct ec_fill {
 	uint64_t dir;
 	struct aq_cred cr;
-	struct cseq seq;
+	unsigned long own;
 };
+
+/* A push takes out what it names: an entry of the set's directory, or an inode (every
+ * name of one with two names here: the whole set). Called with g_ec.mu held. */
+static void ec_apply_locked(uint64_t parent, const char *name, size_t len, uint64_t ino)
+{
+	if (!g_ec.dir)
+		return;
+	if (parent == g_ec.dir) {
+		uint32_t i = *ec_find(g_ec.slot, g_ec.cap, g_ec.ents, g_ec.names, ec_hash(name, len), name, len);
+		if (i) {
+			g_ec.ents[i - 1].a.ino = 0;
+			g_ec.gen++;
+		}
+	}
+	if (ino) {
+		uint32_t i = *ec_ifind(g_ec.islot, g_ec.cap, g_ec.ents, ino);
+		if (i && g_ec.links) {
+			ec_drop_locked();
+		} else if (i) {
+			g_ec.ents[i - 1].a.ino = 0; /* the slot stays: probing goes past it */
+			g_ec.gen++;
+		}
+	}
+}
+
+/* A push from a server (on_inval): parent 0 and ino 0 mean changes were lost. */
+static void ec_pushed(uint64_t parent, const char *name, size_t len, uint64_t ino)
+{
+	pthread_mutex_lock(&g_ec.mu);
+	if (!parent && !ino) {
+		ec_drop_locked();
+		g_ec.pending_lost = true;
+	} else {
+		ec_apply_locked(parent, name, len, ino);
+		if (g_ec.filling && (parent == g_ec.fill_dir || ino)) {
+			if (g_ec.npending == EC_PENDING_MAX || len > AQ_NAME_MAX) {
+				g_ec.pending_lost = true;
+			} else {
+				if (!g_ec.pending)
+					g_ec.pending = aq_malloc(EC_PENDING_MAX * sizeof *g_ec.pending);
+				struct ec_push *p = &g_ec.pending[g_ec.npending++];
+				p->parent = parent;
+				p->ino = ino;
+				p->len = (uint32_t)len;
+				if (len)
+					memcpy(p->name, name, len);
+			}
+		}
+	}
+	pthread_mutex_unlock(&g_ec.mu);
+}
 
 static void *ec_fill_main(void *arg)
 {
@@ -613,7 +723,8 @@ static void *ec_fill_main(void *arg)
 	const uint32_t page = 256;
 	struct aq_dirent *ents = aq_malloc(page * sizeof *ents);
 	int rc = aq_dir_open(g_client, &f->cr, f->dir, AQ_READDIR_PLUS, &d);
-	while (!rc && s.n < ECACHE_MAX && cseq_current(f->seq) && !__atomic_load_n(&g_ec.stop, __ATOMIC_RELAXED)) {
+	while (!rc && s.n < ECACHE_MAX && atomic_load(&g_own_changes) == f->own &&
+	       !__atomic_load_n(&g_ec.stop, __ATOMIC_RELAXED)) {
 		int n = aq_dir_read(d, ents, page);
 		if (n <= 0) {
 			rc = n;
@@ -625,28 +736,41 @@ static void *ec_fill_main(void *arg)
 	if (d)
 		aq_dir_close(d);
 	free(ents);
+	ec_index(&s);
 	pthread_mutex_lock(&g_ec.mu);
 	g_ec.filling = false;
 	pthread_cond_broadcast(&g_ec.filled);
-	if (!rc && s.n && cseq_current(f->seq) && !g_ec.stop) {
+	if (!rc && s.n && atomic_load(&g_own_changes) == f->own && !g_ec.pending_lost && !g_ec.stop) {
 		ec_free_locked();
 		g_ec.dir = f->dir;
-		g_ec.seq = f->seq;
+		g_ec.own = f->own;
 		g_ec.expires_ns = aq_mono_ns() + (uint64_t)(g_timeout_s * 1e9);
 		g_ec.ents = s.ents;
 		g_ec.slot = s.slot;
+		g_ec.islot = s.islot;
+		g_ec.links = s.links;
 		g_ec.names = s.names;
 		g_ec.cap = s.cap;
 		g_ec.n = s.n;
 		g_ec.hits = 0;
 		s = (struct ecset){0};
+		/* what changed while the listing ran, it may or may not have seen: out */
+		for (uint32_t i = 0; i < g_ec.npending && g_ec.dir; i++) {
+			const struct ec_push *p = &g_ec.pending[i];
+			ec_apply_locked(p->parent, p->name, p->len, p->ino);
+		}
 	} else {
 		/* changed under the listing, or it failed (no read permission): wait longer */
 		g_ec.trigger = MIN(g_ec.trigger * 4, ECACHE_MAX);
 	}
+	g_ec.npending = 0;
+	g_ec.pending_lost = false;
+	free(g_ec.pending);
+	g_ec.pending = NULL;
 	pthread_mutex_unlock(&g_ec.mu);
 	free(s.ents);
 	free(s.slot);
+	free(s.islot);
 	free(s.names);
 	free(f);
 	return NULL;
@@ -665,9 +789,12 @@ static void ec_missed(uint64_t dir, const struct aq_cred *cr)
 	pthread_t t;
 	if (++g_ec.misses >= g_ec.trigger && !g_ec.filling && !g_ec.stop && g_ec.dir != dir) {
 		struct ec_fill *f = aq_malloc(sizeof *f);
-		*f = (struct ec_fill){.dir = dir, .cr = *cr, .seq = cseq_now()};
+		*f = (struct ec_fill){.dir = dir, .cr = *cr, .own = atomic_load(&g_own_changes)};
 		g_ec.misses = 0;
 		g_ec.filling = true;
+		g_ec.fill_dir = dir;
+		g_ec.npending = 0;
+		g_ec.pending_lost = false;
 		pthread_attr_t at;
 		pthread_attr_init(&at);
 		pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
@@ -691,28 +818,42 @@ static void ec_stop(void)
 	pthread_mutex_unlock(&g_ec.mu);
 }
 
-/* The entry for name in dir, if the set holds it and is current; *seq says when its
- * listing began (for recheck). */
-static bool ec_get(uint64_t dir, const char *name, struct aq_attr *a, struct cseq *seq)
+/* The entry for name in dir, if the set holds it and is current; *gen is the set's
+ * push count then (for ec_recheck). */
+static bool ec_get(uint64_t dir, const char *name, struct aq_attr *a, uint64_t *gen)
 {
 	if (!g_cache_on)
 		return false;
 	bool hit = false;
 	pthread_mutex_lock(&g_ec.mu);
-	if (g_ec.dir && (!cseq_current(g_ec.seq) || aq_mono_ns() >= g_ec.expires_ns))
+	if (g_ec.dir && (atomic_load(&g_own_changes) != g_ec.own || aq_mono_ns() >= g_ec.expires_ns))
 		ec_drop_locked();
 	if (g_ec.dir == dir && dir) {
 		size_t len = strlen(name);
 		uint32_t i = *ec_find(g_ec.slot, g_ec.cap, g_ec.ents, g_ec.names, ec_hash(name, len), name, len);
-		if (i) {
+		if (i && g_ec.ents[i - 1].a.ino) {
 			*a = g_ec.ents[i - 1].a;
-			*seq = g_ec.seq;
+			*gen = g_ec.gen;
 			g_ec.hits++;
 			hit = true;
 		}
 	}
 	pthread_mutex_unlock(&g_ec.mu);
 	return hit;
+}
+
+/* After answering from the set: a push counted before it took the entry out (the server
+ * counts, then the callback runs) may have reached the kernel before the answer did.
+ * If any push took something out since, the kernel forgets the answer again. */
+static void ec_recheck(uint64_t gen, uint64_t parent, const char *name, uint64_t ino)
+{
+	pthread_mutex_lock(&g_ec.mu);
+	bool moved = g_ec.gen != gen || !g_ec.dir;
+	pthread_mutex_unlock(&g_ec.mu);
+	if (moved) {
+		inval_queue(0, parent, name, strlen(name));
+		inval_queue(ino, 0, NULL, 0);
+	}
 }
 
 /* This mount changed something (a write, a size): replies and sets older than now may
@@ -840,13 +981,13 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	struct aq_cred cr;
 	struct aq_attr a;
 	cred_of(req, &cr);
-	struct cseq seq;
-	if (ec_get(parent, name, &a, &seq)) {
+	uint64_t gen;
+	if (ec_get(parent, name, &a, &gen)) {
 		reply_entry_or_err(req, 0, &a);
-		recheck(seq, parent, name, a.ino);
+		ec_recheck(gen, parent, name, a.ino);
 		return;
 	}
-	seq = cseq_now();
+	struct cseq seq = cseq_now();
 	int rc = names_absent(parent, name) ? -ENOENT
 					    : WITH_GROUPS(req, cr, aq_lookup(g_client, &cr, parent, name, &a));
 	if (!rc)

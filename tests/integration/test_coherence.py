@@ -441,6 +441,27 @@ def test_statahead_answers_lookups(c):
         os.close(c.pinned)
 
 
+def test_statahead_survives_ingest(c):
+    """New files that another client adds to the directory while A reads it through (an
+    ingest pipeline beside a training job) take nothing out of A's set: with aqd stopped
+    and the kernel's entries dropped, A still finds every file it listed, and then the
+    new ones once aqd is back."""
+    a, b = statahead_dir(c, "si")
+    for i in range(50):
+        with open(f"{b}/new{i}", "wb") as f:
+            f.write(b"y")
+    soon(lambda: os.path.exists(f"{a}/new49"), "A sees B's new files")
+    drop_kernel_entries()
+    try:
+        answers_with_aqd_stopped(c, f"import os\n"
+                                 f"for i in range(200):\n"
+                                 f"    assert os.stat({a!r} + f'/f{{i}}').st_size == i, i")
+    finally:
+        os.close(c.pinned)
+    for i in range(50):
+        assert os.stat(f"{a}/new{i}").st_size == 1
+
+
 def test_statahead_follows_changes(c):
     """Regression guard for the statahead set: what B changes in the directory after A
     listed it (unlink, rename, a write that changes the size, a new file) and what A

@@ -428,17 +428,22 @@ def statahead_dir(c, name, n=200):
     return a, b
 
 
-def test_statahead_answers_lookups(c):
-    """After a run of lookups in one directory, the mount lists it once and answers the
-    lookups of its names itself: with aqd stopped and the kernel's entries dropped, A
-    still finds every file, with its size."""
-    a, _ = statahead_dir(c, "sa")
+def listed_names_answered(c, a):
+    """With aqd stopped, A's mount answers a stat of every file statahead_dir made."""
     try:
         answers_with_aqd_stopped(c, f"import os\n"
                                  f"for i in range(200):\n"
                                  f"    assert os.stat({a!r} + f'/f{{i}}').st_size == i, i")
     finally:
         os.close(c.pinned)
+
+
+def test_statahead_answers_lookups(c):
+    """After a run of lookups in one directory, the mount lists it once and answers the
+    lookups of its names itself: with aqd stopped and the kernel's entries dropped, A
+    still finds every file, with its size."""
+    a, _ = statahead_dir(c, "sa")
+    listed_names_answered(c, a)
 
 
 def test_statahead_survives_ingest(c):
@@ -452,12 +457,7 @@ def test_statahead_survives_ingest(c):
             f.write(b"y")
     soon(lambda: os.path.exists(f"{a}/new49"), "A sees B's new files")
     drop_kernel_entries()
-    try:
-        answers_with_aqd_stopped(c, f"import os\n"
-                                 f"for i in range(200):\n"
-                                 f"    assert os.stat({a!r} + f'/f{{i}}').st_size == i, i")
-    finally:
-        os.close(c.pinned)
+    listed_names_answered(c, a)
     for i in range(50):
         assert os.stat(f"{a}/new{i}").st_size == 1
 

@@ -813,16 +813,23 @@ static int open_now(struct aq_file *f, const struct aq_cred *cred, unsigned long
 	return rc;
 }
 
-/* Lets go of an OPEN_READ's bytes. Called with open_mu held (or by the last user). */
+/* Lets go of an OPEN_READ call and the bytes it brought (counted in prefetch_bytes from
+ * the moment it was sent). */
+static void pre_put(struct aq_client *c, struct rpc_call *call)
+{
+	if (!call)
+		return;
+	rpc_free(call);
+	atomic_fetch_sub(&c->prefetch_bytes, AQ_PREFETCH);
+}
+
+/* Lets go of a file's OPEN_READ bytes. Called with open_mu held (or by the last user). */
 static void pre_free(struct aq_file *f)
 {
-	if (!f->pre)
-		return;
-	rpc_free(f->pre);
+	pre_put(f->c, f->pre);
 	f->pre = NULL;
 	f->pre_data = NULL;
 	f->pre_len = 0;
-	atomic_fetch_sub(&f->c->prefetch_bytes, AQ_PREFETCH);
 }
 
 /* Waits for a lazy open's OPEN or OPEN_READ (once); 0, or the open's error for every
@@ -852,11 +859,10 @@ static int file_ready(struct aq_file *f)
 				call = NULL;
 			}
 		}
-		if (call) {
-			if (call->op == OP_OPEN_READ)
-				atomic_fetch_sub(&f->c->prefetch_bytes, AQ_PREFETCH);
+		if (call && call->op == OP_OPEN_READ)
+			pre_put(f->c, call);
+		else
 			rpc_free(call);
-		}
 		f->opening = NULL;
 		if (again) /* the connection broke under the OPEN: ask again */
 			rc = open_now(f, &f->cred, f->open_epoch);
@@ -894,22 +900,13 @@ static ssize_t pre_take(struct aq_file *f, size_t len, uint64_t off, const uint8
 			*data = f->pre_data + MIN(off, (uint64_t)f->pre_len);
 			got = off < f->pre_len ? (ssize_t)MIN(len, (size_t)(f->pre_len - off)) : 0;
 		}
-		*call = f->pre;
+		*call = f->pre; /* the caller lets it go (pre_put) */
 		f->pre = NULL;
 		f->pre_data = NULL;
 		f->pre_len = 0;
 	}
 	pthread_mutex_unlock(&f->open_mu);
 	return got;
-}
-
-/* Lets go of bytes pre_take handed out. */
-static void pre_put(struct aq_client *c, struct rpc_call *call)
-{
-	if (!call)
-		return;
-	rpc_free(call);
-	atomic_fetch_sub(&c->prefetch_bytes, AQ_PREFETCH);
 }
 
 static ssize_t pre_read(struct aq_file *f, void *buf, size_t len, uint64_t off)

@@ -222,8 +222,6 @@ static bool local_target(struct server *s, uint32_t target)
 	return false;
 }
 
-/* A CHUNK_READ's or CHUNK_WRITE's target and byte range, checked: 0, -AQ_ENOT_OWNER or
- * -EINVAL. */
 /* Logs a request that failed, unless the error is an answer a client expects to get. */
 static void log_failure(uint16_t op, uint64_t ino, int rc)
 {
@@ -232,6 +230,8 @@ static void log_failure(uint16_t op, uint64_t ino, int rc)
 		log_warn("%s ino %llx: %s", proto_op_name(op), (unsigned long long)ino, aq_strerror(rc));
 }
 
+/* A CHUNK_READ's or CHUNK_WRITE's target and byte range, checked: 0, -AQ_ENOT_OWNER or
+ * -EINVAL. */
 static int chunk_args(struct server *s, const struct proto_req *r, uint64_t len)
 {
 	if (!local_target(s, r->target))
@@ -268,11 +268,12 @@ static int open_read(struct server *s, struct sconn *sc, const struct proto_req 
 		return rc;
 	conn_track_open(s, sc, r->ino);
 	uint32_t cs = a.chunk_size ? a.chunk_size : s->map.chunk_size;
-	uint32_t idx = 0, n = 0;
+	uint32_t idx = 0, in = 0, target = 0, n = 0;
 	if (S_ISREG(a.mode) && r->off < a.size && cs) {
 		idx = (uint32_t)(r->off / cs);
-		uint32_t in = (uint32_t)(r->off % cs);
-		if (local_target(s, cluster_chunk_target(&s->map, r->ino, idx)))
+		in = (uint32_t)(r->off % cs);
+		target = cluster_chunk_target(&s->map, r->ino, idx);
+		if (local_target(s, target))
 			n = (uint32_t)MIN(MIN((uint64_t)r->len, a.size - r->off), (uint64_t)(cs - in));
 	}
 	proto_attr_put(out, &a);
@@ -282,8 +283,7 @@ static int open_read(struct server *s, struct sconn *sc, const struct proto_req 
 	if (!n)
 		return 0;
 	wbuf_reserve(out, n);
-	uint32_t target = cluster_chunk_target(&s->map, r->ino, idx);
-	rc = data_read(s->data, target, r->ino, idx, (uint32_t)(r->off % cs), out->p + out->len, n);
+	rc = data_read(s->data, target, r->ino, idx, in, out->p + out->len, n);
 	if (rc) {
 		log_failure(OP_CHUNK_READ, r->ino, rc);
 		put_le32(out->p + status_at, (uint32_t)aq_status_from_err(rc));

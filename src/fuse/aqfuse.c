@@ -528,18 +528,34 @@ struct ec_push {
 	char name[AQ_NAME_MAX + 1];
 };
 
+/* A set: entries, their names, and two indexes (by name, by inode number). */
+struct ecset {
+	struct eent *ents;
+	uint32_t *slot;        /* by name: index + 1 into ents; 0: empty */
+	uint32_t *islot;       /* by inode number, the same */
+	bool links;            /* some inode has two names here */
+	uint32_t cap, n;
+	char *names;
+	size_t names_len, names_cap;
+};
+
+static void ecset_free(struct ecset *s)
+{
+	free(s->ents);
+	free(s->slot);
+	free(s->islot);
+	free(s->names);
+	*s = (struct ecset){0};
+}
+
 static struct {
 	pthread_mutex_t mu;
 	uint64_t dir;          /* the directory held (0: none) */
 	unsigned long own;     /* g_own_changes when its listing began */
 	uint64_t expires_ns;
-	struct eent *ents;
-	uint32_t *slot;        /* by name: index + 1 into ents; 0: empty */
-	uint32_t *islot;       /* by inode number, the same */
-	bool links;            /* some inode has two names here */
-	uint32_t cap, n, hits;
+	struct ecset set;
+	uint32_t hits;
 	uint64_t gen;          /* bumped by every name or inode a push takes out */
-	char *names;
 	struct ec_push *pending; /* pushes heard while the listing runs */
 	uint32_t npending;
 	bool pending_lost;
@@ -556,22 +572,12 @@ static uint64_t ec_hash(const char *name, size_t len)
 	return h ? h : 1;
 }
 
-/* A set ready to be published or freed. */
-struct ecset {
-	struct eent *ents;
-	uint32_t *slot, *islot;
-	bool links;
-	uint32_t cap, n;
-	char *names;
-	size_t names_len, names_cap;
-};
-
-static uint32_t *ec_ifind(uint32_t *islot, uint32_t cap, const struct eent *ents, uint64_t ino)
+static uint32_t *ec_ifind(const struct ecset *s, uint64_t ino)
 {
-	uint32_t i = (uint32_t)((ino * 0x9E3779B97F4A7C15ull) >> 32) & (cap - 1);
-	while (islot[i] && ents[islot[i] - 1].a.ino != ino)
-		i = (i + 1) & (cap - 1);
-	return &islot[i];
+	uint32_t i = (uint32_t)((ino * 0x9E3779B97F4A7C15ull) >> 32) & (s->cap - 1);
+	while (s->islot[i] && s->ents[s->islot[i] - 1].a.ino != ino)
+		i = (i + 1) & (s->cap - 1);
+	return &s->islot[i];
 }
 
 /* The by-inode index of a finished listing. */
@@ -581,7 +587,7 @@ static void ec_index(struct ecset *s)
 		return;
 	s->islot = aq_calloc(s->cap, sizeof *s->islot);
 	for (uint32_t i = 0; i < s->n; i++) {
-		uint32_t *sl = ec_ifind(s->islot, s->cap, s->ents, s->ents[i].a.ino);
+		uint32_t *sl = ec_ifind(s, s->ents[i].a.ino);
 		if (*sl)
 			s->links = true;
 		else
@@ -589,16 +595,15 @@ static void ec_index(struct ecset *s)
 	}
 }
 
-static uint32_t *ec_find(uint32_t *slot, uint32_t cap, const struct eent *ents, const char *names, uint64_t h,
-			 const char *name, size_t len)
+static uint32_t *ec_find(const struct ecset *s, uint64_t h, const char *name, size_t len)
 {
-	uint32_t i = (uint32_t)(h >> 32) & (cap - 1);
-	for (; slot[i]; i = (i + 1) & (cap - 1)) {
-		const struct eent *e = &ents[slot[i] - 1];
-		if (e->h == h && e->name_len == len && !memcmp(names + e->name_off, name, len))
+	uint32_t i = (uint32_t)(h >> 32) & (s->cap - 1);
+	for (; s->slot[i]; i = (i + 1) & (s->cap - 1)) {
+		const struct eent *e = &s->ents[s->slot[i] - 1];
+		if (e->h == h && e->name_len == len && !memcmp(s->names + e->name_off, name, len))
 			break;
 	}
-	return &slot[i];
+	return &s->slot[i];
 }
 
 static void ec_add(struct ecset *s, const char *name, size_t len, const struct aq_attr *a)
@@ -618,7 +623,7 @@ static void ec_add(struct ecset *s, const char *name, size_t len, const struct a
 		s->ents = aq_realloc(s->ents, (size_t)cap / 2 * sizeof *s->ents);
 	}
 	uint64_t h = ec_hash(name, len);
-	uint32_t *sl = ec_find(s->slot, s->cap, s->ents, s->names, h, name, len);
+	uint32_t *sl = ec_find(s, h, name, len);
 	if (*sl)
 		return; /* listed twice (cannot happen; harmless) */
 	if (s->names_len + len > s->names_cap) {
@@ -633,16 +638,8 @@ static void ec_add(struct ecset *s, const char *name, size_t len, const struct a
 
 static void ec_free_locked(void)
 {
-	free(g_ec.ents);
-	free(g_ec.slot);
-	free(g_ec.islot);
-	free(g_ec.names);
-	g_ec.ents = NULL;
-	g_ec.slot = NULL;
-	g_ec.islot = NULL;
-	g_ec.names = NULL;
+	ecset_free(&g_ec.set);
 	g_ec.dir = 0;
-	g_ec.cap = g_ec.n = 0;
 }
 
 /* The set is stale or old: drop it. A set dropped before it answered as many lookups as
@@ -671,18 +668,18 @@ static void ec_apply_locked(uint64_t parent, const char *name, size_t len, uint6
 	if (!g_ec.dir)
 		return;
 	if (parent == g_ec.dir) {
-		uint32_t i = *ec_find(g_ec.slot, g_ec.cap, g_ec.ents, g_ec.names, ec_hash(name, len), name, len);
+		uint32_t i = *ec_find(&g_ec.set, ec_hash(name, len), name, len);
 		if (i) {
-			g_ec.ents[i - 1].a.ino = 0;
+			g_ec.set.ents[i - 1].a.ino = 0;
 			g_ec.gen++;
 		}
 	}
 	if (ino) {
-		uint32_t i = *ec_ifind(g_ec.islot, g_ec.cap, g_ec.ents, ino);
-		if (i && g_ec.links) {
+		uint32_t i = *ec_ifind(&g_ec.set, ino);
+		if (i && g_ec.set.links) {
 			ec_drop_locked();
 		} else if (i) {
-			g_ec.ents[i - 1].a.ino = 0; /* the slot stays: probing goes past it */
+			g_ec.set.ents[i - 1].a.ino = 0; /* the slot stays: probing goes past it */
 			g_ec.gen++;
 		}
 	}
@@ -745,13 +742,7 @@ static void *ec_fill_main(void *arg)
 		g_ec.dir = f->dir;
 		g_ec.own = f->own;
 		g_ec.expires_ns = aq_mono_ns() + (uint64_t)(g_timeout_s * 1e9);
-		g_ec.ents = s.ents;
-		g_ec.slot = s.slot;
-		g_ec.islot = s.islot;
-		g_ec.links = s.links;
-		g_ec.names = s.names;
-		g_ec.cap = s.cap;
-		g_ec.n = s.n;
+		g_ec.set = s;
 		g_ec.hits = 0;
 		s = (struct ecset){0};
 		/* what changed while the listing ran, it may or may not have seen: out */
@@ -768,10 +759,7 @@ static void *ec_fill_main(void *arg)
 	free(g_ec.pending);
 	g_ec.pending = NULL;
 	pthread_mutex_unlock(&g_ec.mu);
-	free(s.ents);
-	free(s.slot);
-	free(s.islot);
-	free(s.names);
+	ecset_free(&s);
 	free(f);
 	return NULL;
 }
@@ -830,9 +818,9 @@ static bool ec_get(uint64_t dir, const char *name, struct aq_attr *a, uint64_t *
 		ec_drop_locked();
 	if (g_ec.dir == dir && dir) {
 		size_t len = strlen(name);
-		uint32_t i = *ec_find(g_ec.slot, g_ec.cap, g_ec.ents, g_ec.names, ec_hash(name, len), name, len);
-		if (i && g_ec.ents[i - 1].a.ino) {
-			*a = g_ec.ents[i - 1].a;
+		uint32_t i = *ec_find(&g_ec.set, ec_hash(name, len), name, len);
+		if (i && g_ec.set.ents[i - 1].a.ino) {
+			*a = g_ec.set.ents[i - 1].a;
 			*gen = g_ec.gen;
 			g_ec.hits++;
 			hit = true;

@@ -9,6 +9,7 @@
  */
 #ifndef AQ_H
 #define AQ_H
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -156,6 +157,14 @@ ssize_t aq_pread(struct aq_file *f, void *buf, size_t len, uint64_t off);
  * nothing to free). -EAGAIN when it holds no such bytes: read with aq_pread. */
 struct aq_bytes;
 ssize_t aq_pread_held(struct aq_file *f, size_t len, uint64_t off, const void **data, struct aq_bytes **bytes);
+/* All the bytes the OPEN of an aq_open_ino_lazy file brought (its first up to 256 KiB),
+ * taken from the file so that no read is answered from them again: waits for the OPEN
+ * and returns their count, with *eof true when they reach the end of the file, *data
+ * valid until aq_bytes_free(*bytes). -EAGAIN when there are none to take (none came, a
+ * read took them, or another handle of this client has the file open, whose writes they
+ * may miss); an error of their read stays for the first read to report. -errno: the
+ * OPEN failed. */
+ssize_t aq_open_bytes(struct aq_file *f, const void **data, bool *eof, struct aq_bytes **bytes);
 void aq_bytes_free(struct aq_bytes *b);
 ssize_t aq_pwrite(struct aq_file *f, const void *buf, size_t len, uint64_t off);
 /* Appends at the end of file; *off_out gets the offset written at. */

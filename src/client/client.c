@@ -873,6 +873,16 @@ static int file_ready(struct aq_file *f)
 	return rc;
 }
 
+/* The bytes an OPEN_READ brought are used only while no other handle of this client has
+ * the inode: its writes since the open would be missing from them. */
+static bool only_handle(struct aq_client *c, struct ino_state *st)
+{
+	pthread_mutex_lock(&c->files_mu);
+	bool alone = st->refs == 1;
+	pthread_mutex_unlock(&c->files_mu);
+	return alone;
+}
+
 /* The first read of a lazy file, from the bytes its OPEN_READ brought when they cover
  * it: len bytes at off, or fewer at the end of the file; *data points into them and
  * *call holds them (the caller frees it with pre_put). Once read, or once any read falls
@@ -890,13 +900,8 @@ static ssize_t pre_take(struct aq_file *f, size_t len, uint64_t off, const uint8
 		got = f->pre_err;
 	f->pre_err = 0;
 	if (f->pre) {
-		/* only while no other handle of this client has the inode: its writes since
-		 * the open would be missing from these bytes */
-		pthread_mutex_lock(&c->files_mu);
-		bool alone = st->refs == 1;
-		pthread_mutex_unlock(&c->files_mu);
 		bool covered = off + len <= f->pre_len || (f->pre_eof && off <= f->pre_len);
-		if (alone && covered) {
+		if (only_handle(c, st) && covered) {
 			*data = f->pre_data + MIN(off, (uint64_t)f->pre_len);
 			got = off < f->pre_len ? (ssize_t)MIN(len, (size_t)(f->pre_len - off)) : 0;
 		}
@@ -935,6 +940,27 @@ ssize_t aq_pread_held(struct aq_file *f, size_t len, uint64_t off, const void **
 	}
 	*data = d;
 	*bytes = (struct aq_bytes *)call;
+	return got;
+}
+
+ssize_t aq_open_bytes(struct aq_file *f, const void **data, bool *eof, struct aq_bytes **bytes)
+{
+	*bytes = NULL;
+	int rc = file_ready(f);
+	if (rc)
+		return rc;
+	ssize_t got = -EAGAIN;
+	pthread_mutex_lock(&f->open_mu);
+	if (f->pre && only_handle(f->c, f->st)) {
+		*data = f->pre_data;
+		*eof = f->pre_eof;
+		*bytes = (struct aq_bytes *)f->pre;
+		got = f->pre_len;
+		f->pre = NULL;
+		f->pre_data = NULL;
+		f->pre_len = 0;
+	}
+	pthread_mutex_unlock(&f->open_mu);
 	return got;
 }
 

@@ -162,8 +162,10 @@ static void recheck(struct cseq seq, uint64_t parent, const char *name, uint64_t
 
 static bool g_cache_on; /* only while the servers push changes */
 /* Test hook ($AQ_MOUNT_TEST_KEEP_DELAY_MS): hold every reply this long before it is
- * kept, so a test can put a change of this mount's own in between. */
+ * kept, and an open's first bytes twice as long before they are stored, so a test can
+ * put a change in between. */
 static unsigned g_test_keep_delay_ms;
+static size_t g_page_size = 4096; /* sysconf's, at mount */
 
 static struct {
 	pthread_mutex_t mu;
@@ -1181,6 +1183,32 @@ static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const 
 	reply_entry_or_err(req, rc, &a);
 }
 
+/* A file opened for reading: the bytes its OPEN brought (its first up to 256 KiB) go
+ * into the kernel's page cache before the open returns, so that the first read(2) is
+ * answered there, without a READ round trip to this mount (a training loader opens,
+ * reads whole and closes every sample). The bytes left the server before seq's pushes
+ * and own changes may have been accounted for: if either moved, the stored pages may
+ * predate a change whose invalidation reached the kernel first, so they go again. */
+static void store_first_bytes(struct cseq seq, fuse_ino_t ino, struct aq_file *f)
+{
+	const void *data;
+	bool eof;
+	struct aq_bytes *bytes;
+	ssize_t n = aq_open_bytes(f, &data, &eof, &bytes);
+	/* whole pages only, but for the file's last one */
+	size_t len = n <= 0 ? 0 : eof ? (size_t)n : (size_t)n & ~(g_page_size - 1);
+	if (len) {
+		if (g_test_keep_delay_ms) /* longer than a kept reply is held: a test gets a
+					   * GETATTR's reply to the kernel before the bytes */
+			usleep(2 * g_test_keep_delay_ms * 1000u);
+		struct fuse_bufvec bv = FUSE_BUFVEC_INIT(len);
+		bv.buf[0].mem = (void *)data;
+		if (fuse_lowlevel_notify_store(g_se, ino, 0, &bv, 0) == 0 && !cseq_current(seq))
+			inval_queue(ino, 0, NULL, 0);
+	}
+	aq_bytes_free(bytes);
+}
+
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	if (g_read_only && (fi->flags & O_ACCMODE) != O_RDONLY) {
@@ -1191,10 +1219,15 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	cred_of(req, &cr);
 	struct aq_file *f;
 	int rc;
-	if ((fi->flags & O_ACCMODE) == O_RDONLY && !(fi->flags & O_TRUNC)) {
-		/* the kernel checked permissions (default_permissions): the OPEN need not be
-		 * waited for here; the first read waits (op_read retries with groups) */
+	bool lazy = (fi->flags & O_ACCMODE) == O_RDONLY && !(fi->flags & O_TRUNC);
+	struct cseq seq = cseq_now();
+	if (lazy) {
+		/* the kernel checked permissions (default_permissions): a refusal of the OPEN
+		 * (without the caller's groups) is the first read's to report, and op_read
+		 * retries it with groups */
 		rc = aq_open_ino_lazy(g_client, &cr, ino, fi->flags, &f);
+		if (!rc)
+			store_first_bytes(seq, ino, f);
 	} else {
 		own_change(); /* its size and times may change from now on */
 		/* O_APPEND offsets come from the kernel; the file is opened read-write so the
@@ -1636,6 +1669,7 @@ int aqfuse_main(const struct aqfuse_options *opt)
 	g_read_only = opt->read_only;
 	const char *delay = getenv("AQ_MOUNT_TEST_KEEP_DELAY_MS");
 	g_test_keep_delay_ms = delay ? (unsigned)atoi(delay) : 0;
+	g_page_size = (size_t)sysconf(_SC_PAGESIZE);
 
 	char optstr[256];
 	snprintf(optstr, sizeof optstr, "fsname=aquifer,subtype=aquifer,default_permissions,max_read=1048576%s%s",

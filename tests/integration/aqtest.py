@@ -19,6 +19,27 @@ if os.path.join(ROOT, "python") not in sys.path:  # the aquifer package, when ru
     sys.path.insert(0, os.path.join(ROOT, "python"))
 
 
+def runs_while_stopped(pid, code, what, pass_fds=()):
+    """Runs `python3 -c code` while process pid is stopped; fails (with what) unless it
+    ends well within 10 s. A request that reached a stopped process cannot be killed
+    until it answers, so pid is let go before the child is waited for."""
+    os.kill(pid, signal.SIGSTOP)
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         pass_fds=pass_fds)
+    try:
+        p.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    done = p.returncode is not None
+    if not done:
+        p.kill()
+    err = p.communicate()[1]
+    assert done, what
+    assert p.returncode == 0, err
+
+
 def run(*args, check=True, **kw):
     """Runs a command; returns CompletedProcess with text output."""
     p = subprocess.run(list(args), capture_output=True, text=True, **kw)
@@ -55,6 +76,18 @@ class Cluster:
     def pid(self):
         with open(os.path.join(self.data, "aqd.pid")) as f:
             return int(f.read())
+
+    def mount_pid(self):
+        """The pid of the `aq mount` process serving this cluster's mount point."""
+        for d in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{d}/cmdline", "rb") as f:
+                    args = f.read().split(b"\0")
+            except OSError:
+                continue
+            if b"mount" in args and self.mnt.encode() in args:
+                return int(d)
+        raise AssertionError(f"no mount process for {self.mnt}")
 
     def aq(self, *args, check=True):
         return run(AQ, *args, "--cluster", self.conf, check=check)

@@ -7,13 +7,10 @@ right after mount A's call returned and allows B up to SOON seconds: without the
 B would show the old state for an hour."""
 import errno
 import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 
-from aqtest import AQ, Cluster, main, run
+from aqtest import AQ, Cluster, main, run, runs_while_stopped
 
 ROUNDS = 50
 SOON = 0.5
@@ -63,23 +60,8 @@ def both(c, *parts):
 
 
 def answers_with_aqd_stopped(c, code):
-    """Runs `python3 -c code` while aqd is stopped; fails unless it ends well within 10 s.
-    A request that reached the mount cannot be killed until aqd answers it, so aqd is
-    let go before the child is waited for."""
-    os.kill(c.pid(), signal.SIGSTOP)
-    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        p.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        pass
-    finally:
-        os.kill(c.pid(), signal.SIGCONT)
-    done = p.returncode is not None
-    if not done:
-        p.kill()
-    err = p.communicate()[1]
-    assert done, "it waited for the stopped aqd"
-    assert p.returncode == 0, err
+    """Runs `python3 -c code` while aqd is stopped; fails unless it ends well within 10 s."""
+    runs_while_stopped(c.pid(), code, "it waited for the stopped aqd")
 
 
 def test_cached_stat_needs_no_server(c):
@@ -311,6 +293,39 @@ def test_own_change_beats_an_older_reply(c):
             os.close(fd)
     finally:
         run("umount", m3, check=False)
+
+
+def test_open_bytes_stored_after_a_change_go_again(c):
+    """A read-only open puts the bytes it brought into the kernel's page cache. When the
+    file changed after the server read them, the push's invalidation may reach the kernel
+    first and a GETATTR give it the new mtime, so that nothing would ever drop the stale
+    pages: the mount must drop them itself. A third mount holds the bytes 600 ms before
+    storing them (a test hook); mount A rewrites the file and the third mount's kernel
+    learns the new attributes in between."""
+    ms = os.path.join(c.base, "mnt-store")
+    os.makedirs(ms)
+    run(AQ, "mount", ms, "--cluster", c.conf, env={**os.environ, "AQ_MOUNT_TEST_KEEP_DELAY_MS": "300"})
+    a, p = c.path("stored-race"), os.path.join(ms, "stored-race")
+    old, new = b"a" * 100_000, b"b" * 100_000
+    try:
+        with open(a, "wb") as f:
+            f.write(old)
+        os.stat(p)
+        got = []
+        t = threading.Thread(target=lambda: got.append(os.open(p, os.O_RDONLY)))
+        t.start()  # its bytes (old) are held 600 ms before they are stored
+        time.sleep(0.15)
+        with open(a, "r+b") as f:
+            f.write(new)  # the push drops mount 3's attributes
+        time.sleep(0.1)
+        assert os.stat(p).st_size == len(new)  # a GETATTR: the kernel has the new mtime
+        t.join()
+        try:
+            soon(lambda: os.pread(got[0], len(new) + 1, 0) == new, "the rewritten bytes")
+        finally:
+            os.close(got[0])
+    finally:
+        run("umount", ms, check=False)
 
 
 def test_own_changes_still_fast_and_right(c):

@@ -11,7 +11,7 @@ import sys
 import tarfile
 import time
 
-from aqtest import Cluster, expect_errno, main, run, run_as
+from aqtest import Cluster, expect_errno, main, run, run_as, runs_while_stopped
 
 
 def test_write_read_small(c):
@@ -426,6 +426,33 @@ def test_first_read_comes_with_the_open(c):
             finally:
                 os.close(fd)
         drop_page_cache()
+
+
+def test_first_read_needs_no_round_trip(c):
+    """The bytes a read-only open brought are in the kernel's page cache when open(2)
+    returns: the first read of a small file is answered there, with the mount process
+    stopped (the page cache dropped before the open, so only the open can have put the
+    bytes there). A read past them still reaches the mount and comes back right."""
+    small, big = os.urandom(110_000), os.urandom(3 << 20)
+    for name, data in (("stored", small), ("stored-big", big)):
+        with open(c.path(name), "wb") as f:
+            f.write(data)
+    drop_page_cache()
+    for name in ("stored", "stored-big"):
+        os.stat(c.path(name))  # the writes left the attributes stale: a read would ask
+    fds = [os.open(c.path(n), os.O_RDONLY) for n in ("stored", "stored-big")]
+    try:
+        def sha(b):
+            return hashlib.sha256(b).hexdigest()
+        code = (f"import hashlib, os\n"
+                f"def sha(b): return hashlib.sha256(b).hexdigest()\n"
+                f"assert sha(os.pread({fds[0]}, 200_000, 0)) == {sha(small)!r}\n"
+                f"assert sha(os.pread({fds[1]}, 100_000, 50_000)) == {sha(big[50_000:150_000])!r}\n")
+        runs_while_stopped(c.mount_pid(), code, "the first read waited for the stopped mount", pass_fds=fds)
+        assert os.pread(fds[1], 1 << 20, 2 << 20) == big[2 << 20:]
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def test_first_read_sees_own_writes(c):

@@ -100,8 +100,8 @@ static int io_run(struct data_io *reqs, unsigned n, bool write)
 	memset(done, 0, n * sizeof *done);
 	/* A lone read submitted and waited for gains nothing from the ring and costs more
 	 * than pread: measured here (kernel 6.18, virtio disk), 1 MiB O_DIRECT shard reads
-	 * ran at 2.0-2.1 GB/s through the ring, the submitting thread waiting on io_uring's
-	 * worker threads, and at 2.3-2.5 GB/s with pread. */
+	 * ran at 1.7-2.1 GB/s through the ring, the submitting thread waiting on io_uring's
+	 * worker threads, and at 2.1-2.5 GB/s with pread. */
 	struct io_uring *ring = n == 1 && !write ? NULL : ring_get();
 	int rc = 0;
 

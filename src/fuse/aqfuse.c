@@ -1219,12 +1219,11 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	cred_of(req, &cr);
 	struct aq_file *f;
 	int rc;
-	bool lazy = (fi->flags & O_ACCMODE) == O_RDONLY && !(fi->flags & O_TRUNC);
-	struct cseq seq = cseq_now();
-	if (lazy) {
+	if ((fi->flags & O_ACCMODE) == O_RDONLY && !(fi->flags & O_TRUNC)) {
 		/* the kernel checked permissions (default_permissions): a refusal of the OPEN
 		 * (without the caller's groups) is the first read's to report, and op_read
 		 * retries it with groups */
+		struct cseq seq = cseq_now();
 		rc = aq_open_ino_lazy(g_client, &cr, ino, fi->flags, &f);
 		if (!rc)
 			store_first_bytes(seq, ino, f);

@@ -69,6 +69,7 @@ static void inval_queue(uint64_t ino, uint64_t parent, const char *name, size_t 
 
 static void dattr_forget(uint64_t ino);
 static void nox_forget(uint64_t ino);
+static void stored_forget(uint64_t ino);
 static void names_forget(uint64_t ino);
 static void ec_pushed(uint64_t parent, const char *name, size_t len, uint64_t ino);
 
@@ -77,8 +78,10 @@ static void on_inval(void *arg, const struct aq_inval *iv)
 	/* A reply that raced this push is not kept: the client counted the push
 	 * (aq_inval_seq) before this runs, and keep_attr checks that count. */
 	dattr_forget(iv->ino ? iv->ino : iv->parent);
-	if (!iv->parent)
+	if (!iv->parent) {
 		nox_forget(iv->ino);
+		stored_forget(iv->ino);
+	}
 	names_forget(iv->parent ? iv->parent : iv->ino); /* both 0: every directory */
 	ec_pushed(iv->parent, iv->name, iv->name_len, iv->ino);
 	if (!iv->ino && !iv->parent) {
@@ -256,62 +259,74 @@ static void dattr_created(uint64_t parent, const struct aq_attr *child)
  * push for the inode forgets it, and a reply that raced a push is not kept. A warm ls -l
  * asks without a lookup first, so the table must hold a whole big directory: 2^20 inode
  * numbers (8 MiB, allocated on first use), all forgotten once --attr-timeout passes. */
-#define NOX_BITS 20
+#define INOSET_BITS 20
 
-static struct {
+/* A set of inode numbers, one per slot (a collision forgets the older one), forgotten
+ * whole once --attr-timeout passes. The table (8 MiB) is allocated on first use. */
+struct inoset {
 	pthread_mutex_t mu;
 	uint64_t *slot; /* inode numbers; 0: empty */
 	uint64_t expires_ns;
-} g_nox = {.mu = PTHREAD_MUTEX_INITIALIZER};
+};
 
-/* The slot for ino, with the table fresh. Called with g_nox.mu held. */
-static uint64_t *nox_slot(uint64_t ino)
+static struct inoset g_nox = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+/* The slot for ino, with the table fresh. Called with s->mu held. */
+static uint64_t *inoset_slot(struct inoset *s, uint64_t ino)
 {
 	uint64_t now = aq_mono_ns();
-	if (!g_nox.slot)
-		g_nox.slot = aq_calloc(1ull << NOX_BITS, sizeof(*g_nox.slot));
-	if (now >= g_nox.expires_ns) {
-		memset(g_nox.slot, 0, (1ull << NOX_BITS) * sizeof(*g_nox.slot));
-		g_nox.expires_ns = now + (uint64_t)(g_timeout_s * 1e9);
+	if (!s->slot)
+		s->slot = aq_calloc(1ull << INOSET_BITS, sizeof(*s->slot));
+	if (now >= s->expires_ns) {
+		memset(s->slot, 0, (1ull << INOSET_BITS) * sizeof(*s->slot));
+		s->expires_ns = now + (uint64_t)(g_timeout_s * 1e9);
 	}
-	return &g_nox.slot[(ino * 0x9E3779B97F4A7C15ull) >> (64 - NOX_BITS)];
+	return &s->slot[(ino * 0x9E3779B97F4A7C15ull) >> (64 - INOSET_BITS)];
+}
+
+/* Adds ino when in is true and nothing was pushed or changed here since seq (the fact
+ * may predate a change otherwise); else takes it out. */
+static void inoset_put(struct inoset *s, struct cseq seq, uint64_t ino, bool in)
+{
+	pthread_mutex_lock(&s->mu);
+	uint64_t *x = inoset_slot(s, ino);
+	if (in && cseq_current(seq))
+		*x = ino;
+	else if (*x == ino)
+		*x = 0;
+	pthread_mutex_unlock(&s->mu);
+}
+
+static bool inoset_has(struct inoset *s, uint64_t ino)
+{
+	pthread_mutex_lock(&s->mu);
+	bool in = *inoset_slot(s, ino) == ino;
+	pthread_mutex_unlock(&s->mu);
+	return in;
+}
+
+/* ino 0: every inode. */
+static void inoset_forget(struct inoset *s, uint64_t ino)
+{
+	pthread_mutex_lock(&s->mu);
+	uint64_t *x = inoset_slot(s, ino);
+	if (!ino)
+		s->expires_ns = 0; /* the next use clears the table */
+	else if (*x == ino)
+		*x = 0;
+	pthread_mutex_unlock(&s->mu);
 }
 
 /* An inode's attributes from a reply to a call that began at inval seq. */
 static void nox_put(struct cseq seq, const struct aq_attr *a)
 {
-	if (!g_cache_on)
-		return;
-	pthread_mutex_lock(&g_nox.mu);
-	uint64_t *x = nox_slot(a->ino);
-	if (cseq_current(seq) && !(a->flags & AQ_ATTR_XATTRS))
-		*x = a->ino;
-	else if (*x == a->ino)
-		*x = 0;
-	pthread_mutex_unlock(&g_nox.mu);
+	if (g_cache_on)
+		inoset_put(&g_nox, seq, a->ino, !(a->flags & AQ_ATTR_XATTRS));
 }
 
-static bool nox_none(uint64_t ino)
-{
-	if (!g_cache_on)
-		return false;
-	pthread_mutex_lock(&g_nox.mu);
-	bool none = *nox_slot(ino) == ino;
-	pthread_mutex_unlock(&g_nox.mu);
-	return none;
-}
+static bool nox_none(uint64_t ino) { return g_cache_on && inoset_has(&g_nox, ino); }
 
-/* ino 0: every inode. */
-static void nox_forget(uint64_t ino)
-{
-	pthread_mutex_lock(&g_nox.mu);
-	uint64_t *x = nox_slot(ino);
-	if (!ino)
-		g_nox.expires_ns = 0; /* the next use clears the table */
-	else if (*x == ino)
-		*x = 0;
-	pthread_mutex_unlock(&g_nox.mu);
-}
+static void nox_forget(uint64_t ino) { inoset_forget(&g_nox, ino); }
 
 /* A change of this mount's own: nox_forget, and replies still out may be older. */
 static void nox_drop(uint64_t ino)
@@ -1183,12 +1198,25 @@ static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const 
 	reply_entry_or_err(req, rc, &a);
 }
 
-/* A file opened for reading: the bytes its OPEN brought (its first up to 256 KiB) go
+/* ---- a read-only open's first bytes, put in the kernel's page cache ----
+ *
+ * A file opened for reading: the bytes its OPEN brought (its first up to 256 KiB) go
  * into the kernel's page cache before the open returns, so that the first read(2) is
  * answered there, without a READ round trip to this mount (a training loader opens,
  * reads whole and closes every sample). The bytes left the server before seq's pushes
  * and own changes may have been accounted for: if either moved, the stored pages may
- * predate a change whose invalidation reached the kernel first, so they go again. */
+ * predate a change whose invalidation reached the kernel first, so they go again.
+ *
+ * Waiting for the bytes is worth it only when the kernel lacks them: g_stored holds the
+ * inodes whose first bytes this mount stored and no push has touched since (writes
+ * through this mount keep the kernel's pages right themselves). Their opens return at
+ * once, as before, and a read the kernel's cache no longer covers (it evicted the pages)
+ * is a READ answered from the same bytes. A warm epoch of 20,000 images went from 8.1k
+ * to 7.0k samples/s when every open waited and stored. */
+static struct inoset g_stored = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+static void stored_forget(uint64_t ino) { inoset_forget(&g_stored, ino); }
+
 static void store_first_bytes(struct cseq seq, fuse_ino_t ino, struct aq_file *f)
 {
 	const void *data;
@@ -1203,8 +1231,10 @@ static void store_first_bytes(struct cseq seq, fuse_ino_t ino, struct aq_file *f
 			usleep(2 * g_test_keep_delay_ms * 1000u);
 		struct fuse_bufvec bv = FUSE_BUFVEC_INIT(len);
 		bv.buf[0].mem = (void *)data;
-		if (fuse_lowlevel_notify_store(g_se, ino, 0, &bv, 0) == 0 && !cseq_current(seq))
+		bool stored = fuse_lowlevel_notify_store(g_se, ino, 0, &bv, 0) == 0;
+		if (stored && !cseq_current(seq))
 			inval_queue(ino, 0, NULL, 0);
+		inoset_put(&g_stored, seq, ino, stored);
 	}
 	aq_bytes_free(bytes);
 }
@@ -1225,7 +1255,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		 * retries it with groups */
 		struct cseq seq = cseq_now();
 		rc = aq_open_ino_lazy(g_client, &cr, ino, fi->flags, &f);
-		if (!rc)
+		if (!rc && !inoset_has(&g_stored, ino))
 			store_first_bytes(seq, ino, f);
 	} else {
 		own_change(); /* its size and times may change from now on */

@@ -455,6 +455,24 @@ def test_first_read_needs_no_round_trip(c):
             os.close(fd)
 
 
+def test_open_of_a_stored_file_waits_for_nothing(c):
+    """Once an open has put a file's first bytes in the kernel's page cache and no push
+    has touched the file since, the next open does not wait for the server (a warm
+    epoch): with aqd stopped, open, read and close of the file still end at once."""
+    data = os.urandom(110_000)
+    p = c.path("warm")
+    with open(p, "wb") as f:
+        f.write(data)
+    drop_page_cache()
+    os.stat(p)
+    with open(p, "rb") as f:
+        assert f.read() == data  # this open stores the bytes
+    code = (f"import hashlib\n"
+            f"with open({p!r}, 'rb') as f:\n"
+            f"    assert hashlib.sha256(f.read()).hexdigest() == {hashlib.sha256(data).hexdigest()!r}\n")
+    runs_while_stopped(c.pid(), code, "the open of a file whose bytes the kernel holds waited for aqd")
+
+
 def test_first_read_sees_own_writes(c):
     """A file open for reading while the same mount writes it through another handle:
     the bytes its OPEN brought must not hide the write (read after write)."""

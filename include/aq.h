@@ -147,6 +147,10 @@ int aq_open_ino(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, i
  * answer the first aq_pread when they cover it: a small file read whole costs one round
  * trip. */
 int aq_open_ino_lazy(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, int flags, struct aq_file **out);
+/* As aq_open_ino_lazy, for a caller that holds the file's first bytes already (the mount,
+ * when the kernel's page cache has them): the OPEN brings none. */
+int aq_open_ino_lazy_nodata(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, int flags,
+			    struct aq_file **out);
 /* A lazy open the server refused (EACCES, EPERM): asks again with cred (the FUSE mount
  * adds the caller's supplementary groups). 0 once the file is open. */
 int aq_file_reopen(struct aq_file *f, const struct aq_cred *cred);

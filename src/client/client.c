@@ -753,7 +753,9 @@ int aq_open_ino(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, i
 	return file_new(c, &r.cred, &a, flags, epoch, server, rpc_affinity(&r), out);
 }
 
-int aq_open_ino_lazy(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, int flags, struct aq_file **out)
+/* aq_open_ino_lazy, and with data false aq_open_ino_lazy_nodata. */
+static int open_lazy(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, int flags, bool data,
+		     struct aq_file **out)
 {
 	if ((flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC))
 		return aq_open_ino(c, cred, ino, flags, out);
@@ -769,16 +771,20 @@ int aq_open_ino_lazy(struct aq_client *c, const struct aq_cred *cred, uint64_t i
 	pthread_mutex_init(&f->ra_mu, NULL);
 	f->open_epoch = atomic_load(&c->size_epoch);
 	/* Read the file's first bytes with the OPEN, for the read that almost always
-	 * follows (a loader reads each sample whole): unless this client has the inode open
-	 * already (its writes must reach the server first), or enough bytes wait unread. */
-	pthread_mutex_lock(&c->files_mu);
-	bool shared = state_find_locked(c, ino) != NULL;
-	pthread_mutex_unlock(&c->files_mu);
-	if (!shared && atomic_fetch_add(&c->prefetch_bytes, AQ_PREFETCH) < AQ_PREFETCH_MAX) {
+	 * follows (a loader reads each sample whole): unless the caller has them, this
+	 * client has the inode open already (its writes must reach the server first), or
+	 * enough bytes wait unread. */
+	bool want = data;
+	if (want) {
+		pthread_mutex_lock(&c->files_mu);
+		want = state_find_locked(c, ino) == NULL;
+		pthread_mutex_unlock(&c->files_mu);
+	}
+	if (want && atomic_fetch_add(&c->prefetch_bytes, AQ_PREFETCH) < AQ_PREFETCH_MAX) {
 		r.op = OP_OPEN_READ;
 		r.off = 0;
 		r.len = AQ_PREFETCH;
-	} else if (!shared) {
+	} else if (want) {
 		atomic_fetch_sub(&c->prefetch_bytes, AQ_PREFETCH);
 	}
 	struct wbuf w;
@@ -797,6 +803,17 @@ int aq_open_ino_lazy(struct aq_client *c, const struct aq_cred *cred, uint64_t i
 	}
 	*out = f;
 	return 0;
+}
+
+int aq_open_ino_lazy(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, int flags, struct aq_file **out)
+{
+	return open_lazy(c, cred, ino, flags, true, out);
+}
+
+int aq_open_ino_lazy_nodata(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, int flags,
+			    struct aq_file **out)
+{
+	return open_lazy(c, cred, ino, flags, false, out);
 }
 
 /* A lazy file's OPEN, sent again and waited for (rpc_do's retries); sets st on success.
@@ -823,13 +840,15 @@ static void pre_put(struct aq_client *c, struct rpc_call *call)
 	atomic_fetch_sub(&c->prefetch_bytes, AQ_PREFETCH);
 }
 
-/* Lets go of a file's OPEN_READ bytes. Called with open_mu held (or by the last user). */
-static void pre_free(struct aq_file *f)
+/* Takes a file's OPEN_READ bytes away from it: the call that holds them, or NULL. Called
+ * with open_mu held (or by the last user). */
+static struct rpc_call *pre_detach(struct aq_file *f)
 {
-	pre_put(f->c, f->pre);
+	struct rpc_call *call = f->pre;
 	f->pre = NULL;
 	f->pre_data = NULL;
 	f->pre_len = 0;
+	return call;
 }
 
 /* Waits for a lazy open's OPEN or OPEN_READ (once); 0, or the open's error for every
@@ -905,10 +924,7 @@ static ssize_t pre_take(struct aq_file *f, size_t len, uint64_t off, const uint8
 			*data = f->pre_data + MIN(off, (uint64_t)f->pre_len);
 			got = off < f->pre_len ? (ssize_t)MIN(len, (size_t)(f->pre_len - off)) : 0;
 		}
-		*call = f->pre; /* the caller lets it go (pre_put) */
-		f->pre = NULL;
-		f->pre_data = NULL;
-		f->pre_len = 0;
+		*call = pre_detach(f); /* the caller lets it go (pre_put) */
 	}
 	pthread_mutex_unlock(&f->open_mu);
 	return got;
@@ -954,11 +970,8 @@ ssize_t aq_open_bytes(struct aq_file *f, const void **data, bool *eof, struct aq
 	if (f->pre && only_handle(f->c, f->st)) {
 		*data = f->pre_data;
 		*eof = f->pre_eof;
-		*bytes = (struct aq_bytes *)f->pre;
 		got = f->pre_len;
-		f->pre = NULL;
-		f->pre_data = NULL;
-		f->pre_len = 0;
+		*bytes = (struct aq_bytes *)pre_detach(f);
 	}
 	pthread_mutex_unlock(&f->open_mu);
 	return got;
@@ -1231,7 +1244,7 @@ int aq_close(struct aq_file *f)
 	if (!f)
 		return 0;
 	int rc = aq_flush(f);
-	pre_free(f);
+	pre_put(f->c, pre_detach(f));
 	if (f->st) { /* the server holds it open (a lazy open that failed never was) */
 		struct proto_req r = {.op = OP_RELEASE, .cred = f->cred, .ino = f->ino};
 		rpc_send_noreply(f->c, f->server, &r, f->affinity);

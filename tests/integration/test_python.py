@@ -251,6 +251,39 @@ def test_lazy_open_refusal_shows_at_first_read(fx):
     assert lib.aq_close(g) == -errno.ENOENT
 
 
+def test_lazy_open_bytes(fx):
+    """aq_open_bytes hands over what a lazy open's OPEN brought (the whole of a small
+    file, marked as reaching its end), once; reads still come back right afterwards.
+    aq_open_ino_lazy_nodata (the mount's open of a file whose bytes its kernel holds)
+    brings none."""
+    h = fx.c._handle()
+    path = fx.cluster.path("lazy_bytes")
+    data = os.urandom(100_000)
+    with open(path, "wb") as f:
+        f.write(data)
+    ino = os.stat(path).st_ino
+    for fn in ("aq_open_ino_lazy", "aq_open_ino_lazy_nodata"):
+        getattr(lib, fn).restype = ctypes.c_int
+        getattr(lib, fn).argtypes = [P, ctypes.POINTER(Cred), ctypes.c_uint64, ctypes.c_int, ctypes.POINTER(P)]
+    lib.aq_open_bytes.restype = ctypes.c_ssize_t
+    lib.aq_open_bytes.argtypes = [P, ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_bool), ctypes.POINTER(P)]
+    lib.aq_bytes_free.restype, lib.aq_bytes_free.argtypes = None, [P]
+    root = Cred(0, 0, 0)
+    buf = ctypes.create_string_buffer(len(data) + 1)
+    for fn, brings in (("aq_open_ino_lazy", True), ("aq_open_ino_lazy_nodata", False)):
+        f, ptr, eof, held = P(), ctypes.c_void_p(), ctypes.c_bool(), P()
+        assert getattr(lib, fn)(h, ctypes.byref(root), ino, os.O_RDONLY, ctypes.byref(f)) == 0
+        n = lib.aq_open_bytes(f, ctypes.byref(ptr), ctypes.byref(eof), ctypes.byref(held))
+        if brings:
+            assert n == len(data) and eof.value and ctypes.string_at(ptr, n) == data, fn
+        else:
+            assert n == -errno.EAGAIN, f"{fn}: {n}"
+        lib.aq_bytes_free(held)
+        assert lib.aq_open_bytes(f, ctypes.byref(ptr), ctypes.byref(eof), ctypes.byref(held)) == -errno.EAGAIN
+        assert lib.aq_pread(f, buf, len(data) + 1, 0) == len(data) and buf.raw[:len(data)] == data, fn
+        assert lib.aq_close(f) == 0
+
+
 def test_listdir_streams_20k(fx):
     c = fx.c
     os.mkdir(fx.cluster.path("many"))

@@ -84,9 +84,11 @@ typedef int (*meta_dirent_fn)(void *arg, const char *name, size_t name_len, uint
 int meta_readdir(struct meta_store *m, const struct aq_cred *cr, uint64_t dir, uint64_t cookie, uint32_t max,
 		 bool with_attr, meta_dirent_fn fn, void *arg);
 /* As meta_readdir, stopping before bucket end_bucket: a listing split into bucket ranges
- * can be read by several streams at once. */
+ * can be read by several streams at once. *at_end (when not NULL) says whether the range
+ * was listed to its end; fewer than max entries does not say so. */
 int meta_readdir_range(struct meta_store *m, const struct aq_cred *cr, uint64_t dir, uint64_t cookie,
-		       uint32_t end_bucket, uint32_t max, bool with_attr, meta_dirent_fn fn, void *arg);
+		       uint32_t end_bucket, uint32_t max, bool with_attr, meta_dirent_fn fn, void *arg,
+		       bool *at_end);
 
 /* What's new: entries created in dir (or renamed into it) after cursor, oldest first, up to
  * max; *next gets the cursor to pass next time (never smaller than cursor). */

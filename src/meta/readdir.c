@@ -45,7 +45,7 @@ static uint64_t entry_cookie(uint32_t bucket, uint64_t pos)
 int meta_readdir(struct meta_store *m, const struct aq_cred *cr, uint64_t dir, uint64_t cookie, uint32_t max,
 		 bool with_attr, meta_dirent_fn fn, void *arg)
 {
-	return meta_readdir_range(m, cr, dir, cookie, m->nbuckets, max, with_attr, fn, arg);
+	return meta_readdir_range(m, cr, dir, cookie, m->nbuckets, max, with_attr, fn, arg, NULL);
 }
 
 /* A page's entries held back until their attributes are read, all at once. */
@@ -79,7 +79,7 @@ static void plus_add(struct plus_page *pg, const char *name, size_t nlen, uint64
 /* Reads the page's attributes and hands its entries to fn in order; an entry whose inode
  * is gone (removed after the listing's snapshot) is left out. Returns the number handed
  * out or -errno. */
-static int plus_deliver(struct meta_store *m, struct plus_page *pg, meta_dirent_fn fn, void *arg)
+static int plus_deliver(struct meta_store *m, struct plus_page *pg, meta_dirent_fn fn, void *arg, bool *cut)
 {
 	struct aq_attr *attrs = aq_malloc((pg->n ? pg->n : 1) * sizeof(*attrs));
 	int *rcs = aq_malloc((pg->n ? pg->n : 1) * sizeof(*rcs));
@@ -92,8 +92,10 @@ static int plus_deliver(struct meta_store *m, struct plus_page *pg, meta_dirent_
 			break;
 		}
 		const struct plus_ent *e = &pg->e[i];
-		if (fn(arg, e->name, e->nlen, e->ino, e->dtype, e->cookie, &attrs[i]) != 0)
+		if (fn(arg, e->name, e->nlen, e->ino, e->dtype, e->cookie, &attrs[i]) != 0) {
+			*cut = true;
 			break;
+		}
 		count++;
 	}
 	free(attrs);
@@ -102,8 +104,10 @@ static int plus_deliver(struct meta_store *m, struct plus_page *pg, meta_dirent_
 }
 
 int meta_readdir_range(struct meta_store *m, const struct aq_cred *cr, uint64_t dir, uint64_t cookie,
-		       uint32_t end_bucket, uint32_t max, bool with_attr, meta_dirent_fn fn, void *arg)
+		       uint32_t end_bucket, uint32_t max, bool with_attr, meta_dirent_fn fn, void *arg, bool *at_end)
 {
+	if (at_end)
+		*at_end = false;
 	end_bucket = MIN(end_bucket, m->nbuckets);
 	int rc = check_dir(m, cr, dir);
 	if (rc)
@@ -199,7 +203,12 @@ int meta_readdir_range(struct meta_store *m, const struct aq_cred *cr, uint64_t 
 	rocksdb_readoptions_destroy(ro);
 	free(part);
 	if (rc == 0 && with_attr)
-		count = rc = plus_deliver(m, &page, fn, arg);
+		count = rc = plus_deliver(m, &page, fn, arg, &stop);
+	/* The end only when every bucket was scanned and everything found was handed out: a
+	 * page short of max is not the end (fn may have stopped it, or entries whose inodes
+	 * went meanwhile were left out). */
+	if (at_end && rc >= 0)
+		*at_end = !stop;
 	free(page.e);
 	free(page.inos);
 	return rc < 0 ? rc : count;

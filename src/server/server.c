@@ -586,11 +586,12 @@ static int handle(struct server *s, struct sconn *sc, const struct proto_req *r,
 				      .max_bytes = 1u << 20, .plus = r->flags & AQ_READDIR_PLUS,
 				      .last_cookie = UINT64_MAX};
 		uint32_t end = r->flags >> PROTO_READDIR_END_SHIFT;
+		bool at_end = false;
 		rc = meta_readdir_range(s->meta, cr, r->ino, r->cookie, end ? end : UINT32_MAX, df.max, df.plus,
-					dir_fill_one, &df);
+					dir_fill_one, &df, &at_end);
 		if (rc >= 0) {
 			rep.count = df.count;
-			rep.eof = df.count < df.max;
+			rep.eof = at_end; /* not count < max: a page cut at max_bytes is short */
 			rep.next = df.count ? df.last_cookie : r->cookie;
 			rep.entries = ents.p;
 			rep.entries_len = (uint32_t)ents.len;

@@ -282,12 +282,12 @@ static void walk_dir(struct pass *p, const struct dir_item *d)
 	uint64_t cookie = 0;
 	for (;;) {
 		p->last_cookie = cookie;
-		int n = meta_readdir(p->t->opt.meta, &tier_root_cred, d->ino, cookie, 1024, true, visit, p);
-		if (n <= 0 || p->err || p->last_cookie == cookie)
+		bool at_end = false;
+		int n = meta_readdir_range(p->t->opt.meta, &tier_root_cred, d->ino, cookie, UINT32_MAX, 1024, true,
+					   visit, p, &at_end);
+		if (n <= 0 || p->err || p->last_cookie == cookie || at_end)
 			break;
 		cookie = p->last_cookie;
-		if (n < 1024)
-			break;
 	}
 	for (uint32_t i = 0; i < p->npending; i++) {
 		if (p->nstack == p->capstack) {

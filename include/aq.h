@@ -107,6 +107,10 @@ struct aq_dirent {
  * filled; 0 at the end of the directory. */
 int aq_readdir_ino(struct aq_client *c, const struct aq_cred *cred, uint64_t dir, uint64_t cookie,
 		   uint32_t flags, struct aq_dirent *ents, uint32_t max);
+/* As aq_readdir_ino; *at_end also says whether these entries reach the end of the
+ * directory, so that a caller need not ask again to learn it. */
+int aq_readdir_ino_end(struct aq_client *c, const struct aq_cred *cred, uint64_t dir, uint64_t cookie,
+		       uint32_t flags, struct aq_dirent *ents, uint32_t max, bool *at_end);
 /* A listing stream over a whole directory, for reading it fast: the directory's buckets
  * are split into ranges, each with a page request in flight, so the server scans several
  * at once while the caller consumes. Entries come in no particular order, each once (an

@@ -435,6 +435,14 @@ int aq_access_ino(struct aq_client *c, const struct aq_cred *cred, uint64_t ino,
 int aq_readdir_ino(struct aq_client *c, const struct aq_cred *cred, uint64_t dir, uint64_t cookie, uint32_t flags,
 		   struct aq_dirent *ents, uint32_t max)
 {
+	return aq_readdir_ino_end(c, cred, dir, cookie, flags, ents, max, NULL);
+}
+
+int aq_readdir_ino_end(struct aq_client *c, const struct aq_cred *cred, uint64_t dir, uint64_t cookie,
+		       uint32_t flags, struct aq_dirent *ents, uint32_t max, bool *at_end)
+{
+	if (at_end)
+		*at_end = false;
 	if (max == 0)
 		return -EINVAL;
 	struct proto_req r = {.op = OP_READDIR, .cred = *cred_or_default(c, cred), .ino = dir, .cookie = cookie,
@@ -465,6 +473,8 @@ int aq_readdir_ino(struct aq_client *c, const struct aq_cred *cred, uint64_t dir
 			n--;
 		if (n == 0)
 			rc = -EOVERFLOW;
+	} else if (!rc && at_end) {
+		*at_end = rep.eof;
 	}
 	rpc_free(call);
 	return rc ? rc : (int)n;

@@ -1441,7 +1441,9 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, b
 	pthread_mutex_lock(&dh->mu);
 	if (!dh->ents)
 		dh->ents = aq_malloc(DIR_PAGE * sizeof *dh->ents);
-	if (!dh->filled || dh->plus != plus || dirh_cookie(dh) != cookie) {
+	/* A page with attributes also serves a call without (the kernel's READDIRPLUS_AUTO
+	 * asks for them first and then often not): only the other way round fetches again. */
+	if (!dh->filled || (plus && !dh->plus) || dirh_cookie(dh) != cookie) {
 		/* a seek, a rewind or the first call: start over at the kernel's offset */
 		dh->filled = true;
 		dh->plus = plus;
@@ -1461,8 +1463,10 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, b
 				break;
 			uint64_t from = dirh_cookie(dh);
 			struct cseq s = cseq_now();
-			int n = WITH_GROUPS(req, cr, aq_readdir_ino(g_client, &cr, ino, from, plus ? AQ_READDIR_PLUS : 0,
-								 dh->ents, DIR_PAGE));
+			bool at_end = false;
+			int n = WITH_GROUPS(req, cr, aq_readdir_ino_end(g_client, &cr, ino, from,
+									 plus ? AQ_READDIR_PLUS : 0, dh->ents, DIR_PAGE,
+									 &at_end));
 			if (n < 0) {
 				rc = n;
 				break;
@@ -1470,11 +1474,15 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, b
 			if (!any)
 				seq = s;
 			dh->seq = s;
+			dh->plus = plus;
 			dh->at = from;
 			dh->n = (uint32_t)n;
 			dh->pos = 0;
 			group_idx = 0;
 			group_pos = pos;
+			/* the server said these reach the end: the kernel's next call (at the
+			 * last entry's offset) is answered here, without a round trip */
+			dh->eof = at_end;
 			if (n == 0) {
 				dh->eof = true;
 				break;

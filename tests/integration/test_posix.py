@@ -473,6 +473,30 @@ def test_open_of_a_stored_file_waits_for_nothing(c):
     runs_while_stopped(c.pid(), code, "the open of a file whose bytes the kernel holds waited for aqd")
 
 
+def test_listing_end_needs_no_round_trip(c):
+    """The server says when a page reaches the end of a directory, so the getdents that
+    finds the end is answered by the mount: with aqd stopped it still returns 0 at once.
+    (The first getdents asks for attributes, the last one usually not: a page with
+    attributes serves it.)"""
+    d = c.path("lsend")
+    os.mkdir(d)
+    for i in range(27):
+        open(os.path.join(d, f"f{i}"), "wb").close()
+    drop_page_cache()  # the kernel forgets the names: the listing asks for attributes
+    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        code = ("import ctypes, sys\n"
+                "libc = ctypes.CDLL(None, use_errno=True)\n"
+                "buf = ctypes.create_string_buffer(1 << 16)\n"
+                "def getdents(fd): return libc.syscall(217, fd, buf, len(buf))\n")
+        first = code + f"n = getdents({fd})\nassert n > 27 * 24, n\n"
+        run(sys.executable, "-c", first, pass_fds=(fd,))
+        last = code + f"n = getdents({fd})\nassert n == 0, n\n"
+        runs_while_stopped(c.pid(), last, "the getdents at the end of a listing waited for aqd", pass_fds=(fd,))
+    finally:
+        os.close(fd)
+
+
 def test_first_read_sees_own_writes(c):
     """A file open for reading while the same mount writes it through another handle:
     the bytes its OPEN brought must not hide the write (read after write)."""

@@ -1749,8 +1749,13 @@ static int apply_setattr(const struct aq_cred *cr, struct meta_inode *in, uint32
 	int64_t now = aq_now_ns();
 	int rc;
 
-	if (mask & AQ_SET_MODE) {
-		if (!is_owner(cr, a))
+	if ((mask & AQ_SET_MODE) && !is_owner(cr, a)) {
+		/* Anyone who may write the file may drop its setuid and setgid bits, and nothing
+		 * else: the kernel asks for that as the writer (FUSE without handle_killpriv)
+		 * before a write or truncate by someone other than the owner, as ext4 drops
+		 * them. */
+		uint32_t old = a->mode & 07777, new = req->mode & 07777, kill = S_ISUID | S_ISGID;
+		if ((new & ~kill) != (old & ~kill) || (new & ~old) || new == old || meta_perm(cr, a, W_OK))
 			return -EPERM;
 	}
 	if ((mask & AQ_SET_UID) && req->uid != a->uid && !root)

@@ -86,6 +86,25 @@ def test_chmod_chown_by_non_owner(c):
     assert as_user(f"os.utime('{p}', None)") == 0  # write permission suffices for "now"
 
 
+def test_write_by_non_owner_drops_setuid(c):
+    """Regression: a write or truncate by someone who may write the file but does not own
+    it failed with EPERM on a setuid file, because the kernel first asks, as that user,
+    for the mode without the setuid and setgid bits. As on ext4 the write succeeds and
+    the bits are gone; other mode changes by that user are still refused."""
+    for name, code in (("suid-write", "fd = os.open(P, os.O_WRONLY); os.write(fd, b'x'); os.close(fd)"),
+                       ("suid-trunc", "os.truncate(P, 3)")):
+        p = c.path(name)
+        open(p, "w").close()
+        os.chmod(p, 0o6777)
+        assert as_user(f"os.chmod('{p}', 0o6775)") == errno.EPERM  # not just the two bits
+        assert as_user(code.replace("P", repr(p))) == 0
+        mode = os.stat(p).st_mode & 0o7777
+        assert mode == 0o777, oct(mode)
+        assert as_user(f"os.chmod('{p}', 0o777)") == errno.EPERM  # nothing left to drop
+    os.chmod(p, 0o6755)  # no write permission: no bits dropped either
+    assert as_user(f"os.chmod('{p}', 0o755)") == errno.EPERM
+
+
 def test_supplementary_groups(c):
     """Access through a supplementary group: the server learns the groups only when it
     refused without them (the FUSE adapter retries once with them)."""

@@ -177,6 +177,11 @@ void aq_bytes_free(struct aq_bytes *b);
 ssize_t aq_pwrite(struct aq_file *f, const void *buf, size_t len, uint64_t off);
 /* Appends at the end of file; *off_out gets the offset written at. */
 ssize_t aq_append(struct aq_file *f, const void *buf, size_t len, uint64_t *off_out);
+/* fallocate(2) for mode 0 (the file grows to at least off + len, the new bytes read as
+ * zeros) and FALLOC_FL_KEEP_SIZE (nothing to do). Space is not reserved: as on a
+ * thin-provisioned volume, a later write may still fail with ENOSPC. Other modes:
+ * -EOPNOTSUPP. */
+int aq_fallocate(struct aq_file *f, int mode, uint64_t off, uint64_t len);
 int aq_flush(struct aq_file *f);
 int aq_fsync(struct aq_file *f, int datasync);
 int aq_close(struct aq_file *f);

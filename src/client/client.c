@@ -1137,6 +1137,35 @@ ssize_t aq_append(struct aq_file *f, const void *buf, size_t len, uint64_t *off_
 	return aq_pwrite(f, buf, len, off);
 }
 
+int aq_fallocate(struct aq_file *f, int mode, uint64_t off, uint64_t len)
+{
+	int rc = file_ready(f);
+	if (rc)
+		return rc;
+	if (mode & ~FALLOC_FL_KEEP_SIZE)
+		return -EOPNOTSUPP;
+	if (len == 0)
+		return -EINVAL;
+	if ((f->flags & O_ACCMODE) == O_RDONLY)
+		return -EBADF;
+	if (off + len < off || off + len > (1ull << 50))
+		return -EFBIG;
+	if (mode & FALLOC_FL_KEEP_SIZE)
+		return 0; /* nothing is reserved: see aq.h */
+	struct ino_state *st = f->st;
+	pthread_mutex_lock(&st->mu);
+	rc = st->err;
+	if (!rc && off + len > st->size) {
+		st->size = off + len;
+		st->size_dirty = true;
+		st->mtime_ns = aq_now_ns();
+		atomic_fetch_add(&st->wgen, 1);
+		rc = commit_size_locked(f->c, st);
+	}
+	pthread_mutex_unlock(&st->mu);
+	return rc;
+}
+
 struct rpc_call *chunk_read_start(struct aq_client *c, uint64_t ino, uint32_t cs, uint64_t pos, uint32_t len,
 				  void *dest, struct rpc_cq *cq, void *cq_arg, int *err)
 {

@@ -1345,6 +1345,14 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 		fuse_reply_write(req, (size_t)n);
 }
 
+static void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, off_t len,
+			 struct fuse_file_info *fi)
+{
+	struct aq_file *f = (struct aq_file *)(uintptr_t)fi->fh;
+	own_change();
+	fuse_reply_err(req, posix_err(aq_fallocate(f, mode, (uint64_t)off, (uint64_t)len)));
+}
+
 static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct aq_file *f = (struct aq_file *)(uintptr_t)fi->fh;
@@ -1680,6 +1688,7 @@ static const struct fuse_lowlevel_ops aq_ops = {
 	.create = op_create,
 	.read = op_read,
 	.write = op_write,
+	.fallocate = op_fallocate,
 	.flush = op_flush,
 	.release = op_release,
 	.fsync = op_fsync,

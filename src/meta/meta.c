@@ -159,6 +159,7 @@ struct dirsum_change {
 	struct meta_store *m;
 	uint64_t dir;
 	int64_t dentries, dsubdirs, now_ns;
+	bool drop; /* not a delta: the cached sum must be read again */
 };
 static __thread struct dirsum_change tls_changes[32];
 static __thread uint32_t tls_nchanges;
@@ -177,7 +178,14 @@ static void dirsum_note(struct meta_store *m, uint64_t dir, int64_t dent, int64_
 		tls_changes_overflow = true;
 		return;
 	}
-	tls_changes[tls_nchanges++] = (struct dirsum_change){m, dir, dent, dsub, now_ns};
+	tls_changes[tls_nchanges++] = (struct dirsum_change){m, dir, dent, dsub, now_ns, false};
+}
+
+static void dirsum_note_drop(struct meta_store *m, uint64_t dir)
+{
+	dirsum_note(m, dir, 0, 0, 0);
+	if (!tls_changes_overflow)
+		tls_changes[tls_nchanges - 1].drop = true;
 }
 
 static uint32_t dirsum_slot(uint64_t dir) { return (uint32_t)(aq_mix64(dir, 0x5157) % META_DIRSUM_SLOTS); }
@@ -202,7 +210,7 @@ static void dirsum_commit(struct meta_store *m, bool ok)
 		uint32_t slot = dirsum_slot(c->dir), st = slot % META_DIRSUM_STRIPES;
 		struct meta_dirsum *d = &m->dirsum[slot];
 		pthread_mutex_lock(&m->dirsum_mu[st]);
-		if (ok && d->valid && d->dir == c->dir) {
+		if (ok && !c->drop && d->valid && d->dir == c->dir) {
 			d->sum.nentries += c->dentries;
 			d->sum.nsubdirs += c->dsubdirs;
 			d->sum.mtime_ns = MAX(d->sum.mtime_ns, c->now_ns);
@@ -1819,6 +1827,28 @@ static int apply_setattr(const struct aq_cred *cr, struct meta_inode *in, uint32
 	return 0;
 }
 
+/* Sets every partial row of dir newer than mtime_ns to it, so that a directory's mtime set
+ * by utimes (rsync, tar and cp -a set it after filling the directory) is not hidden by
+ * the entries made before. Called with every bucket lock held. */
+static int lower_partial_mtimes(struct meta_store *m, rocksdb_writebatch_t *wb, uint64_t dir, int64_t mtime_ns)
+{
+	struct meta_partial *p = aq_malloc(m->nbuckets * sizeof(*p));
+	int rc = meta_read_partials(m, dir, 0, m->nbuckets, p);
+	for (uint32_t b = 0; rc == 0 && b < m->nbuckets; b++) {
+		if (p[b].mtime_ns <= mtime_ns)
+			continue;
+		p[b].mtime_ns = mtime_ns;
+		uint8_t key[META_PARTIAL_KEY_LEN], v[META_PARTIAL_VAL_LEN];
+		size_t klen = meta_key_partial(key, b, dir);
+		meta_partial_encode(&p[b], v);
+		rocksdb_writebatch_put(wb, (const char *)key, klen, (const char *)v, sizeof(v));
+		pcache_forget(m, b, dir);
+	}
+	free(p);
+	dirsum_note_drop(m, dir);
+	return rc;
+}
+
 int meta_setattr(struct meta_store *m, const struct aq_cred *cr, uint64_t ino, uint32_t mask, const struct aq_attr *in,
 		 struct aq_attr *out)
 {
@@ -1829,6 +1859,12 @@ int meta_setattr(struct meta_store *m, const struct aq_cred *cr, uint64_t ino, u
 	struct meta_lockset ls = { 0 };
 	bool shrunk = false;
 	meta_lockset_add(&ls, aq_ino_bucket(ino));
+	/* A directory's mtime is the newest of its row's and its partial rows': setting it
+	 * rewrites the partial rows, under every bucket lock (a type never changes, so the
+	 * look before locking is safe). */
+	bool dir_mtime = (mask & (AQ_SET_MTIME | AQ_SET_MTIME_NOW)) && meta_read_inode(m, ino, node) == 0 &&
+			 S_ISDIR(node->a.mode);
+	ls.all = dir_mtime;
 	meta_lockset_lock(m, &ls);
 	int rc = meta_read_inode(m, ino, node);
 	if (rc)
@@ -1837,7 +1873,10 @@ int meta_setattr(struct meta_store *m, const struct aq_cred *cr, uint64_t ino, u
 	if (rc)
 		goto unlock;
 	meta_put_inode(wb, node);
-	rc = meta_commit(m, wb);
+	if (dir_mtime)
+		rc = lower_partial_mtimes(m, wb, ino, node->a.mtime_ns);
+	if (rc == 0)
+		rc = meta_commit(m, wb);
 unlock:
 	meta_lockset_unlock(m, &ls);
 	/* Outside the locks: the data layer may take a while. */

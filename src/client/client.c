@@ -286,8 +286,10 @@ int aq_setattr(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, ui
 	       struct aq_attr *out)
 {
 	struct ino_state *st = NULL;
-	if (mask & AQ_SET_SIZE) {
-		/* buffered writes and the local size must not outlive a truncate */
+	if (mask & (AQ_SET_SIZE | AQ_SET_MTIME | AQ_SET_MTIME_NOW)) {
+		/* Buffered writes and the local size must not outlive a truncate, and their
+		 * commit must not come after an mtime set: tar sets it with futimens before
+		 * close, and the close then committed the time of the writes over it. */
 		pthread_mutex_lock(&c->files_mu);
 		st = state_find_locked(c, ino);
 		if (st)

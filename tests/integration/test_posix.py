@@ -473,6 +473,35 @@ def test_open_of_a_stored_file_waits_for_nothing(c):
     runs_while_stopped(c.pid(), code, "the open of a file whose bytes the kernel holds waited for aqd")
 
 
+def test_times_set_as_tar_and_rsync_set_them(c):
+    """Regressions found by extracting a tar archive and checking it with rsync: (1) tar
+    sets a file's mtime with futimens before close, and the close committed the time of
+    the writes over it; (2) a directory's mtime set after filling it was hidden by the
+    times of the entries made in it. Both come back as set, also once the kernel forgot
+    them."""
+    d = c.path("dated")
+    os.mkdir(d)
+    old = 1_667_651_086 * 10**9
+    fd = os.open(os.path.join(d, "f"), os.O_WRONLY | os.O_CREAT, 0o644)
+    os.write(fd, b"x" * 10_000)  # buffered until close
+    os.utime(fd, ns=(old, old))
+    os.close(fd)
+    for i in range(20):
+        open(os.path.join(d, f"g{i}"), "w").close()
+    os.utime(d, ns=(old + 1, old + 2))
+    for cached in (True, False):  # the kernel's attributes, then the server's
+        if not cached:
+            drop_page_cache()
+        assert os.stat(os.path.join(d, "f")).st_mtime_ns == old
+        st = os.stat(d)
+        assert (st.st_atime_ns, st.st_mtime_ns) == (old + 1, old + 2), (st.st_atime_ns, st.st_mtime_ns)
+    with open(os.path.join(d, "f"), "ab") as f:  # a later write moves the file's mtime on
+        f.write(b"y")
+    assert os.stat(os.path.join(d, "f")).st_mtime_ns > old
+    open(os.path.join(d, "h"), "w").close()  # and a later create the directory's
+    assert os.stat(d).st_mtime_ns > old + 2
+
+
 def test_fallocate(c):
     """fallocate(2) mode 0 grows the file (zeros, the old bytes kept, never shrinks it),
     KEEP_SIZE changes nothing, other modes are refused with EOPNOTSUPP, and a size past

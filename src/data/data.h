@@ -38,6 +38,15 @@ void data_close(struct data_store *ds);
  * -ENOSPC when the target is full (nothing changes then). */
 int data_write(struct data_store *ds, uint32_t target, uint64_t ino, uint32_t idx, uint32_t off, const void *buf,
 	       uint32_t len, bool sync);
+/* As data_write for n extents of one chunk at once, in one new version of it: ext sorted
+ * by offset, disjoint, none empty (else -EINVAL), their bytes one after another in bytes.
+ * A writer that scattered small writes over a chunk pays one read-modify-write, not one
+ * per write. */
+struct data_extent {
+	uint32_t off, len;
+};
+int data_writev(struct data_store *ds, uint32_t target, uint64_t ino, uint32_t idx, const struct data_extent *ext,
+		uint32_t n, const void *bytes, bool sync);
 /* Reads len bytes at off inside the chunk into buf; bytes past what was written (or a
  * missing chunk) read as zeros. Returns 0, -AQ_ECORRUPT on a checksum mismatch, -EIO. */
 int data_read(struct data_store *ds, uint32_t target, uint64_t ino, uint32_t idx, uint32_t off, void *buf,

@@ -430,17 +430,34 @@ static int commit_record_locked(struct data_store *ds, struct data_target *t, ui
 	return 0;
 }
 
-int data_write(struct data_store *ds, uint32_t target, uint64_t ino, uint32_t idx, uint32_t off, const void *buf,
-	       uint32_t len, bool sync)
+/* True when [a, b) lies inside the union of the n sorted, disjoint extents. */
+static bool covered(const struct data_extent *ext, uint32_t n, uint32_t a, uint32_t b)
+{
+	for (uint32_t i = 0; i < n && a < b; i++) {
+		if (ext[i].off > a)
+			return false;
+		if (ext[i].off + ext[i].len > a)
+			a = ext[i].off + ext[i].len;
+	}
+	return a >= b;
+}
+
+int data_writev(struct data_store *ds, uint32_t target, uint64_t ino, uint32_t idx, const struct data_extent *ext,
+		uint32_t n, const void *bytes, bool sync)
 {
 	struct data_target *t = data_target_get(ds, target);
 	if (!t)
 		return -AQ_ENOT_OWNER;
-	if ((uint64_t)off + len > DATA_CHUNK_MAX)
-		return -EINVAL;
-	if (len == 0)
+	if (n == 0)
 		return 0;
-	AQ_ASSERT(buf);
+	uint32_t end = 0;
+	for (uint32_t i = 0; i < n; i++) {
+		if ((uint64_t)ext[i].off + ext[i].len > DATA_CHUNK_MAX || ext[i].len == 0 ||
+		    (i > 0 && ext[i].off < ext[i - 1].off + ext[i - 1].len))
+			return -EINVAL; /* out of the chunk, empty, unsorted or overlapping */
+		end = ext[i].off + ext[i].len;
+	}
+	AQ_ASSERT(bytes);
 
 	pthread_mutex_lock(&t->lock);
 	struct data_entry *old = aq_malloc(sizeof *old), *e = aq_malloc(sizeof *e);
@@ -450,34 +467,33 @@ int data_write(struct data_store *ds, uint32_t target, uint64_t ino, uint32_t id
 	if (rc)
 		goto out;
 	uint32_t old_len = found ? old->length : 0;
-	uint32_t new_len = MAX(old_len, off + len);
+	uint32_t new_len = MAX(old_len, end);
 	rec = rec_alloc(data_rec_size(new_len));
 	uint8_t *data = rec + DATA_REC_HDR_SIZE;
 
-	/* Read back only the old blocks that the write does not cover whole: the head
-	 * [0, off) and the tail [off + len, old_len). A whole-chunk write or an append at a
-	 * block boundary reads nothing. */
-	struct block_range r[2];
-	unsigned nr = 0;
-	uint32_t head_end = MIN(off, old_len);
-	if (head_end > 0)
-		r[nr++] = (struct block_range){.b0 = 0, .b1 = data_nblocks(head_end), .dst = data};
-	if (off + len < old_len) {
-		uint32_t b0 = (off + len) / DATA_BLOCK_SIZE, b1 = data_nblocks(old_len);
-		if (nr && r[0].b1 > b0)
-			r[0].b1 = b1; /* head and tail share a block: one read */
-		else
-			r[nr++] = (struct block_range){.b0 = b0, .b1 = b1,
-						       .dst = data + (uint64_t)b0 * DATA_BLOCK_SIZE};
+	/* Read back only the old blocks that the extents do not cover whole: a whole-chunk
+	 * write or an append at a block boundary reads nothing, and a corrupt block that is
+	 * overwritten whole is replaced rather than refused. */
+	uint32_t nb = data_nblocks(old_len);
+	for (uint32_t b = 0; b < nb && rc == 0;) {
+		uint32_t b1 = b;
+		while (b1 < nb && !covered(ext, n, b1 * DATA_BLOCK_SIZE, MIN((b1 + 1) * DATA_BLOCK_SIZE, old_len)))
+			b1++;
+		if (b1 > b) {
+			struct block_range r = {.b0 = b, .b1 = b1, .dst = data + (uint64_t)b * DATA_BLOCK_SIZE};
+			rc = read_blocks(t, ino, idx, old, &r, 1);
+		}
+		b = b1 + 1;
 	}
-	if (nr) {
-		rc = read_blocks(t, ino, idx, old, r, nr);
-		if (rc)
-			goto out;
+	if (rc)
+		goto out;
+	if (new_len > old_len)
+		memset(data + old_len, 0, new_len - old_len);
+	const uint8_t *src = bytes;
+	for (uint32_t i = 0; i < n; i++) {
+		memcpy(data + ext[i].off, src, ext[i].len);
+		src += ext[i].len;
 	}
-	if (off > old_len)
-		memset(data + old_len, 0, off - old_len);
-	memcpy(data + off, buf, len);
 
 	e->length = new_len;
 	e->version = found ? old->version + 1 : 1;
@@ -490,6 +506,17 @@ out:
 	free(old);
 	free(e);
 	return rc;
+}
+
+int data_write(struct data_store *ds, uint32_t target, uint64_t ino, uint32_t idx, uint32_t off, const void *buf,
+	       uint32_t len, bool sync)
+{
+	if (!data_target_get(ds, target))
+		return -AQ_ENOT_OWNER;
+	if ((uint64_t)off + len > DATA_CHUNK_MAX)
+		return -EINVAL;
+	struct data_extent one = {.off = off, .len = len};
+	return len ? data_writev(ds, target, ino, idx, &one, 1, buf, sync) : 0;
 }
 
 /* Where a read's bytes go: into buf, or (buf NULL) into memory the read allocates, with

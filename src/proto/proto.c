@@ -516,3 +516,24 @@ int proto_inval_next(struct rbuf *r, uint8_t *kind, uint64_t *ino, const char **
 	}
 	return r->err ? -EPROTO : 1;
 }
+
+int proto_extents_decode(const uint8_t *p, uint32_t len, struct proto_extent *ext, uint32_t *n,
+			 const uint8_t **bytes)
+{
+	if (len < 4)
+		return -EINVAL;
+	uint32_t k = get_le32(p);
+	if (k == 0 || k > PROTO_CW_EXTENTS_MAX || (uint64_t)len < 4 + 8ull * k)
+		return -EINVAL;
+	uint64_t total = 0;
+	for (uint32_t i = 0; i < k; i++) {
+		ext[i].off = get_le32(p + 4 + 8 * i);
+		ext[i].len = get_le32(p + 8 + 8 * i);
+		total += ext[i].len;
+	}
+	if (total != len - 4 - 8ull * k)
+		return -EINVAL;
+	*n = k;
+	*bytes = p + 4 + 8ull * k;
+	return 0;
+}

@@ -80,6 +80,20 @@ struct proto_hdr {
 	uint16_t flags;
 	uint32_t payload_len;
 };
+/* CHUNK_WRITE request flags: bit 0 asks for a durable write; PROTO_CW_EXTENTS says the
+ * data is a set of extents of the chunk (off unused): u32 n, then n (u32 off, u32 len)
+ * sorted and disjoint, then their bytes one after another (all little-endian). */
+#define PROTO_CW_SYNC 1u
+#define PROTO_CW_EXTENTS 2u
+#define PROTO_CW_EXTENTS_MAX 1024
+struct proto_extent {
+	uint32_t off, len;
+};
+/* Checks and splits such data: fills ext (room for PROTO_CW_EXTENTS_MAX) and *n, and
+ * points *bytes at the extents' bytes. -EINVAL when it does not add up. Sorting and
+ * overlap are left to the data layer, which refuses them. */
+int proto_extents_decode(const uint8_t *p, uint32_t len, struct proto_extent *ext, uint32_t *n,
+			 const uint8_t **bytes);
 #define PROTO_F_REPLY 1u
 #define PROTO_F_SYNC 2u /* CHUNK_WRITE: durable before the reply */
 #define PROTO_F_PUSH 4u /* INVAL: sent by the server unasked, request id 0 */

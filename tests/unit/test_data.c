@@ -283,6 +283,65 @@ fail:
 	return -1;
 }
 
+/* Many extents of one chunk in one version: random sets against the model (unaligned,
+ * across blocks, past the old end with a gap), and malformed sets refused. */
+static int test_writev(void)
+{
+	char dir[300];
+	struct data_store *ds = NULL;
+	struct model m;
+	model_init(&m);
+	uint8_t *bytes = aq_malloc(MCHUNK), *buf = aq_malloc(MCHUNK);
+	uint64_t s = 11;
+	case_dir(dir, sizeof dir);
+	int rc = data_open(dir, true, &opts1, &ds);
+	CHECK(rc == 0, "open: %s", aq_strerror(rc));
+	for (int round = 0; round < 300; round++) {
+		uint32_t idx = rnd(&s) % MNCHUNKS, n = 1 + rnd(&s) % 24, at = 0, used = 0, k = 0;
+		struct data_extent ext[24];
+		for (uint32_t i = 0; i < n && at < MCHUNK; i++) {
+			uint32_t off = at + rnd(&s) % (round % 3 == 0 ? 200000 : 5000);
+			if (off >= MCHUNK)
+				break;
+			uint32_t len = 1 + rnd(&s) % MIN(MCHUNK - off, 40000u);
+			ext[k++] = (struct data_extent){off, len};
+			fill_random(&s, bytes + used, len);
+			memcpy(m.data[idx] + off, bytes + used, len);
+			used += len;
+			at = off + len + (rnd(&s) % 2); /* sometimes adjacent */
+		}
+		rc = data_writev(ds, 7, 21, idx, ext, k, bytes, rnd(&s) % 8 == 0);
+		CHECK(rc == 0, "round %d: writev of %u extents: %s", round, k, aq_strerror(rc));
+		if (round % 50 == 49) {
+			rc = model_check(ds, 7, 21, &m, buf);
+			CHECK(rc == 0, "round %d: contents differ (%s)", round, aq_strerror(rc));
+		}
+	}
+	struct data_extent bad[][2] = {
+		{{100, 10}, {105, 10}}, /* overlapping */
+		{{200, 10}, {100, 10}}, /* unsorted */
+		{{100, 0}, {200, 10}},  /* empty */
+		{{0, 10}, {DATA_CHUNK_MAX - 5, 10}}, /* past the chunk */
+	};
+	for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
+		rc = data_writev(ds, 7, 21, 0, bad[i], 2, bytes, false);
+		CHECK(rc == -EINVAL, "malformed set %zu: %s", i, aq_strerror(rc));
+	}
+	rc = model_check(ds, 7, 21, &m, buf);
+	CHECK(rc == 0, "after the malformed sets: %s", aq_strerror(rc));
+	data_close(ds);
+	model_free(&m);
+	free(bytes);
+	free(buf);
+	return 0;
+fail:
+	data_close(ds);
+	model_free(&m);
+	free(bytes);
+	free(buf);
+	return -1;
+}
+
 static int test_truncate_delete(void)
 {
 	char dir[300];
@@ -932,6 +991,7 @@ int main(void)
 		{"reopen", test_reopen},
 		{"sparse", test_sparse},
 		{"overwrite", test_overwrite},
+		{"writev", test_writev},
 		{"truncate_delete", test_truncate_delete},
 		{"corrupt", test_corrupt},
 		{"direct", test_direct},

@@ -726,6 +726,36 @@ static int t_dirent_roundtrip(void)
 	return 0;
 }
 
+/* A CHUNK_WRITE's extent table: what adds up decodes, anything else is EINVAL. */
+static int t_extents_decode(void)
+{
+	static struct proto_extent ext[PROTO_CW_EXTENTS_MAX];
+	static uint8_t buf[4 + 8 * (PROTO_CW_EXTENTS_MAX + 1) + 64];
+	uint32_t n = 0;
+	const uint8_t *bytes = NULL;
+	/* two extents, 3 + 5 bytes */
+	put_le32(buf, 2);
+	put_le32(buf + 4, 10), put_le32(buf + 8, 3);
+	put_le32(buf + 12, 100), put_le32(buf + 16, 5);
+	memcpy(buf + 20, "abcdefgh", 8);
+	CHECK(proto_extents_decode(buf, 28, ext, &n, &bytes) == 0);
+	CHECK(n == 2 && ext[0].off == 10 && ext[0].len == 3 && ext[1].off == 100 && ext[1].len == 5);
+	CHECK(bytes == buf + 20);
+	CHECK(proto_extents_decode(buf, 27, ext, &n, &bytes) == -EINVAL); /* a byte short */
+	CHECK(proto_extents_decode(buf, 29, ext, &n, &bytes) == -EINVAL); /* a byte over */
+	CHECK(proto_extents_decode(buf, 3, ext, &n, &bytes) == -EINVAL);  /* no count */
+	CHECK(proto_extents_decode(buf, 12, ext, &n, &bytes) == -EINVAL); /* half a table */
+	put_le32(buf, 0);
+	CHECK(proto_extents_decode(buf, 4, ext, &n, &bytes) == -EINVAL); /* none */
+	put_le32(buf, PROTO_CW_EXTENTS_MAX + 1);
+	memset(buf + 4, 0, sizeof buf - 4);
+	CHECK(proto_extents_decode(buf, sizeof buf, ext, &n, &bytes) == -EINVAL); /* too many */
+	put_le32(buf, 1);
+	put_le32(buf + 4, 0), put_le32(buf + 8, 0xfffffff0u); /* a length past the frame */
+	CHECK(proto_extents_decode(buf, 20, ext, &n, &bytes) == -EINVAL);
+	return 0;
+}
+
 static int t_change_roundtrip(void)
 {
 	struct wbuf w;
@@ -1312,6 +1342,7 @@ int main(void)
 		{ "req_unknown_op", t_req_unknown_op },
 		{ "req_trailing_and_truncated", t_req_trailing_and_truncated },
 		{ "req_reject", t_req_reject },
+		{ "extents_decode", t_extents_decode },
 		{ "reply_roundtrip_every_op", t_reply_roundtrip },
 		{ "dirent_roundtrip", t_dirent_roundtrip },
 		{ "change_roundtrip", t_change_roundtrip },

@@ -88,6 +88,16 @@ fail:
 	return rc;
 }
 
+static void wchunks_free(struct ino_state *st)
+{
+	for (uint32_t k = 0; st->wc && k < WCHUNKS; k++)
+		free(st->wc[k].buf);
+	free(st->wc);
+	st->wc = NULL;
+	st->nwc = 0;
+}
+
+
 void aq_disconnect(struct aq_client *c)
 {
 	if (!c)
@@ -103,7 +113,7 @@ void aq_disconnect(struct aq_client *c)
 		while (c->files[i]) {
 			struct ino_state *st = c->files[i];
 			c->files[i] = st->next;
-			free(st->wbuf);
+			wchunks_free(st);
 			free(st);
 		}
 	pthread_mutex_destroy(&c->files_mu);
@@ -137,7 +147,7 @@ static struct ino_state *state_get(struct aq_client *c, uint64_t ino, const stru
 		c->files[ino % 1024] = st;
 	} else {
 		pthread_mutex_lock(&st->mu);
-		if (!st->size_dirty && !st->wactive && atomic_load(&c->size_epoch) == epoch)
+		if (!st->size_dirty && !st->nwc && atomic_load(&c->size_epoch) == epoch)
 			st->size = attr->size; /* close-to-open: take the server's size */
 		pthread_mutex_unlock(&st->mu);
 	}
@@ -155,7 +165,7 @@ static void state_put(struct aq_client *c, struct ino_state *st)
 			pp = &(*pp)->next;
 		*pp = st->next;
 		pthread_mutex_unlock(&c->files_mu);
-		free(st->wbuf);
+		wchunks_free(st);
 		pthread_mutex_destroy(&st->mu);
 		free(st);
 		return;
@@ -190,7 +200,7 @@ static void overlay_local(struct aq_client *c, struct aq_attr *a, unsigned long 
 	struct ino_state *st = state_find_locked(c, a->ino);
 	if (st) {
 		pthread_mutex_lock(&st->mu);
-		if (st->size_dirty || st->wactive || atomic_load(&c->size_epoch) != epoch)
+		if (st->size_dirty || st->nwc || atomic_load(&c->size_epoch) != epoch)
 			take_size(a, st->size, st->mtime_ns);
 		pthread_mutex_unlock(&st->mu);
 	}
@@ -220,16 +230,134 @@ static int chunk_write(struct aq_client *c, uint64_t ino, uint32_t idx, uint32_t
 	return rpc_do(c, t->server, &r, NULL, NULL);
 }
 
-/* Sends the buffered chunk. Called with st->mu held. */
-static int flush_locked(struct aq_client *c, struct ino_state *st)
+/* Sends chunk slot k's buffered writes (one range as a plain write, several as one
+ * write of extents) and frees the slot (the last one moves into it). With st->mu held. */
+static int flush_chunk_locked(struct aq_client *c, struct ino_state *st, uint32_t k)
 {
-	if (!st->wactive)
-		return 0;
-	int rc = chunk_write(c, st->ino, st->widx, st->wlo, st->wbuf + st->wlo, st->whi - st->wlo, false);
-	st->wactive = false;
+	struct wchunk *w = &st->wc[k];
+	int rc;
+	if (w->n == 1) {
+		rc = chunk_write(c, st->ino, w->idx, w->ext[0].lo, w->buf + w->ext[0].lo, w->ext[0].hi - w->ext[0].lo,
+				 false);
+	} else {
+		size_t len = 4 + 8 * (size_t)w->n;
+		for (uint32_t i = 0; i < w->n; i++)
+			len += w->ext[i].hi - w->ext[i].lo;
+		uint8_t *d = aq_malloc(len), *q = d + 4 + 8 * (size_t)w->n;
+		put_le32(d, w->n);
+		for (uint32_t i = 0; i < w->n; i++) {
+			uint32_t n = w->ext[i].hi - w->ext[i].lo;
+			put_le32(d + 4 + 8 * i, w->ext[i].lo);
+			put_le32(d + 8 + 8 * i, n);
+			memcpy(q, w->buf + w->ext[i].lo, n);
+			q += n;
+		}
+		uint32_t target = cluster_chunk_target(&c->map, st->ino, w->idx);
+		const struct cluster_target *t = cluster_target_by_id(&c->map, target);
+		struct proto_req r = {.op = OP_CHUNK_WRITE, .target = target, .ino = st->ino, .idx = w->idx,
+				      .flags = PROTO_CW_EXTENTS, .data = d, .data_len = (uint32_t)len};
+		rc = rpc_do(c, t->server, &r, NULL, NULL);
+		free(d);
+	}
+	/* Read-ahead windows started while these bytes were only here hold the old ones. */
+	atomic_fetch_add(&st->wgen, 1);
+	/* the slot's buffer goes with it to the end, where the next new slot finds it */
+	struct wchunk tmp = *w;
+	*w = st->wc[--st->nwc];
+	st->wc[st->nwc] = tmp;
+	st->wc[st->nwc].n = 0;
 	if (rc && !st->err)
 		st->err = rc;
 	return rc;
+}
+
+/* Sends every buffered write of st. Called with st->mu held. */
+static int flush_locked(struct aq_client *c, struct ino_state *st)
+{
+	int rc = 0;
+	while (st->nwc) {
+		int r = flush_chunk_locked(c, st, st->nwc - 1);
+		if (r && !rc)
+			rc = r;
+	}
+	return rc;
+}
+
+/* The part of buffered range x of chunk w that lies in the file range [off, off + len):
+ * false when none does; else its file offset and length. */
+static bool wrange_cut(const struct ino_state *st, const struct wchunk *w, const struct wrange *x, uint64_t off,
+		       uint64_t len, uint64_t *at, uint64_t *n)
+{
+	uint64_t base = (uint64_t)w->idx * st->chunk_size;
+	uint64_t lo = MAX(base + x->lo, off), hi = MIN(base + x->hi, off + len);
+	if (lo >= hi)
+		return false;
+	*at = lo;
+	*n = hi - lo;
+	return true;
+}
+
+/* Whether a buffered write of st touches [off, off + len). With st->mu held. */
+static bool wbuf_overlaps(const struct ino_state *st, uint64_t off, uint64_t len)
+{
+	uint64_t at, n;
+	for (uint32_t k = 0; k < st->nwc; k++)
+		for (uint32_t i = 0; i < st->wc[k].n; i++)
+			if (wrange_cut(st, &st->wc[k], &st->wc[k].ext[i], off, len, &at, &n))
+				return true;
+	return false;
+}
+
+/* Whether st's buffered writes hold every byte of [off, off + len). With st->mu held. */
+static bool wbuf_covers(const struct ino_state *st, uint64_t off, uint64_t len)
+{
+	uint32_t cs = st->chunk_size;
+	while (len > 0) {
+		uint32_t idx = (uint32_t)(off / cs), in = (uint32_t)(off % cs);
+		uint32_t n = (uint32_t)MIN((uint64_t)(cs - in), len);
+		const struct wchunk *w = NULL;
+		for (uint32_t k = 0; k < st->nwc && !w; k++)
+			if (st->wc[k].idx == idx)
+				w = &st->wc[k];
+		bool in_one = false; /* ranges never touch, so a covered piece lies in one */
+		for (uint32_t i = 0; w && i < w->n && !in_one; i++)
+			in_one = w->ext[i].lo <= in && in + n <= w->ext[i].hi;
+		if (!in_one)
+			return false;
+		off += n;
+		len -= n;
+	}
+	return true;
+}
+
+/* Copies st's buffered writes in [off, off + len) over buf (which holds that range).
+ * With st->mu held. */
+static void wbuf_overlay(const struct ino_state *st, uint8_t *buf, uint64_t off, uint64_t len)
+{
+	uint64_t at, n;
+	for (uint32_t k = 0; k < st->nwc; k++) {
+		const struct wchunk *w = &st->wc[k];
+		for (uint32_t i = 0; i < w->n; i++)
+			if (wrange_cut(st, w, &w->ext[i], off, len, &at, &n))
+				memcpy(buf + (at - off), w->buf + (at - (uint64_t)w->idx * st->chunk_size), n);
+	}
+}
+
+/* Records [lo, hi) as written in w, merging it with the ranges it overlaps or touches. */
+static void wchunk_add(struct wchunk *w, uint32_t lo, uint32_t hi)
+{
+	uint32_t i = 0;
+	while (i < w->n && w->ext[i].hi < lo)
+		i++;
+	uint32_t j = i; /* ranges [i, j) merge with the new one */
+	while (j < w->n && w->ext[j].lo <= hi) {
+		lo = MIN(lo, w->ext[j].lo);
+		hi = MAX(hi, w->ext[j].hi);
+		j++;
+	}
+	memmove(&w->ext[i + 1], &w->ext[j], (w->n - j) * sizeof(w->ext[0]));
+	w->n = w->n - (j - i) + 1;
+	w->ext[i] = (struct wrange){lo, hi};
 }
 
 static int commit_size_locked(struct aq_client *c, struct ino_state *st)
@@ -1087,30 +1215,41 @@ ssize_t aq_pwrite(struct aq_file *f, const void *buf, size_t len, uint64_t off)
 		uint64_t pos = off + done;
 		uint32_t idx = (uint32_t)(pos / cs), in = (uint32_t)(pos % cs);
 		uint32_t n = (uint32_t)MIN((uint64_t)(cs - in), (uint64_t)(len - done));
-		/* a write that is not contiguous with the buffered range goes after a flush */
-		if (st->wactive && (idx != st->widx || in > st->whi || in + n < st->wlo)) {
-			rc = flush_locked(c, st);
+		if (!st->wc)
+			st->wc = aq_calloc(WCHUNKS, sizeof(*st->wc));
+		uint32_t k = 0;
+		while (k < st->nwc && st->wc[k].idx != idx)
+			k++;
+		if (k == st->nwc && st->nwc == WCHUNKS) {
+			/* no slot for another chunk: the least recently written one goes */
+			uint32_t lru = 0;
+			for (uint32_t j = 1; j < st->nwc; j++)
+				if (st->wc[j].used < st->wc[lru].used)
+					lru = j;
+			rc = flush_chunk_locked(c, st, lru);
 			if (rc)
 				break;
+			k = st->nwc;
 		}
-		if (!st->wactive) {
-			st->wactive = true;
-			st->widx = idx;
-			st->wlo = st->whi = in;
+		struct wchunk *w = &st->wc[k];
+		if (k == st->nwc) {
+			st->nwc++;
+			w->idx = idx;
+			w->n = 0;
 		}
-		if (st->wcap < in + n) {
-			uint32_t cap = st->wcap ? st->wcap : 65536;
+		if (w->cap < in + n) {
+			uint32_t cap = w->cap ? w->cap : 65536;
 			while (cap < in + n)
 				cap *= 2;
-			st->wbuf = aq_realloc(st->wbuf, MIN(cap, cs));
-			st->wcap = MIN(cap, cs);
+			w->buf = aq_realloc(w->buf, MIN(cap, cs));
+			w->cap = MIN(cap, cs);
 		}
-		memcpy(st->wbuf + in, p + done, n);
-		st->wlo = MIN(st->wlo, in);
-		st->whi = MAX(st->whi, in + n);
+		memcpy(w->buf + in, p + done, n);
+		wchunk_add(w, in, in + n);
+		w->used = ++st->wtick;
 		done += n;
-		if (st->wlo == 0 && st->whi == cs) {
-			rc = flush_locked(c, st);
+		if ((w->n == 1 && w->ext[0].lo == 0 && w->ext[0].hi == cs) || w->n > WEXTENTS) {
+			rc = flush_chunk_locked(c, st, k); /* a whole chunk, or too many pieces */
 			if (rc)
 				break;
 		}
@@ -1197,18 +1336,29 @@ ssize_t aq_pread(struct aq_file *f, void *buf, size_t len, uint64_t off)
 	if ((f->flags & O_ACCMODE) == O_WRONLY)
 		return -EBADF;
 	pthread_mutex_lock(&st->mu);
-	rc = flush_locked(c, st); /* read-your-writes */
 	uint64_t size = st->size;
 	uint32_t cs = st->chunk_size;
-	pthread_mutex_unlock(&st->mu);
-	if (rc)
-		return rc;
-	if (off >= size)
+	if (off >= size) {
+		pthread_mutex_unlock(&st->mu);
 		return 0;
+	}
 	len = (size_t)MIN((uint64_t)len, size - off);
-	ssize_t ra = ra_read(f, buf, len, off, size, cs);
-	if (ra != RA_PASS)
-		return ra;
+	/* Read-your-writes: buffered writes in the range are laid over what the servers
+	 * return, with st->mu held throughout so that none is sent (and dropped from the
+	 * buffer) between the two. Flushing them instead made a writer that reads back what
+	 * it wrote (a linker) pay a chunk rewrite per read. */
+	bool mine = wbuf_overlaps(st, off, len);
+	if (mine && wbuf_covers(st, off, len)) {
+		wbuf_overlay(st, buf, off, len); /* all of it is here: no server to ask */
+		pthread_mutex_unlock(&st->mu);
+		return (ssize_t)len;
+	}
+	if (!mine) {
+		pthread_mutex_unlock(&st->mu);
+		ssize_t ra = ra_read(f, buf, len, off, size, cs);
+		if (ra != RA_PASS)
+			return ra;
+	}
 	/* all chunk reads in flight at once, then collected in order */
 	uint32_t nchunks = (uint32_t)((off + len - 1) / cs - off / cs + 1);
 	struct rpc_call *calls_small[8];
@@ -1242,6 +1392,11 @@ ssize_t aq_pread(struct aq_file *f, void *buf, size_t len, uint64_t off)
 	}
 	if (calls != calls_small)
 		free(calls);
+	if (mine) {
+		if (!rc)
+			wbuf_overlay(st, buf, off, len);
+		pthread_mutex_unlock(&st->mu);
+	}
 	return rc ? rc : (ssize_t)len;
 }
 

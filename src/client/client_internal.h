@@ -92,11 +92,26 @@ struct ino_state {
 	uint32_t chunk_size;
 	int err;                   /* first write-back error, reported at flush/fsync/close */
 	atomic_ulong wgen;         /* bumped by every write and truncate through this client */
-	/* one chunk of buffered writes: [wlo, whi) of chunk widx */
-	bool wactive;
-	uint32_t widx, wlo, whi;
-	uint8_t *wbuf;
-	uint32_t wcap;
+	/* buffered writes: up to WCHUNKS chunks, each with up to WEXTENTS ranges */
+	struct wchunk *wc;         /* WCHUNKS slots, allocated on the first write */
+	uint32_t nwc;              /* slots in use: wc[0 .. nwc) */
+	uint64_t wtick;
+};
+
+/* A chunk's buffered writes: its bytes at their offsets in buf, and the ranges written
+ * (sorted, neither overlapping nor touching). A writer that scatters small writes (a
+ * linker writing its output section by section) is sent one write per chunk. */
+#define WCHUNKS 8
+#define WEXTENTS 256
+struct wchunk {
+	uint32_t idx;
+	uint32_t n;
+	struct wrange {
+		uint32_t lo, hi;
+	} ext[WEXTENTS + 1];
+	uint8_t *buf;
+	uint32_t cap;
+	uint64_t used;             /* st->wtick at its last write: the least recent goes first */
 };
 
 struct aq_file {

@@ -24,8 +24,12 @@ def runs_while_stopped(pid, code, what, pass_fds=()):
     ends well within 10 s. A request that reached a stopped process cannot be killed
     until it answers, so pid is let go before the child is waited for."""
     os.kill(pid, signal.SIGSTOP)
-    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         pass_fds=pass_fds)
+    try:
+        p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             pass_fds=pass_fds)
+    except BaseException:
+        os.kill(pid, signal.SIGCONT)  # else everything after waits on the stopped process
+        raise
     try:
         p.wait(timeout=10)
     except subprocess.TimeoutExpired:

@@ -5,6 +5,8 @@ import errno
 import hashlib
 import os
 import random
+import select
+import signal
 import stat
 import subprocess
 import sys
@@ -500,6 +502,67 @@ def test_times_set_as_tar_and_rsync_set_them(c):
     assert os.stat(os.path.join(d, "f")).st_mtime_ns > old
     open(os.path.join(d, "h"), "w").close()  # and a later create the directory's
     assert os.stat(d).st_mtime_ns > old + 2
+
+
+SCATTER = """
+import random
+def scatter(size):
+    rnd = random.Random(5)
+    for i in range(300):
+        off = rnd.randrange(0, size - 5000)
+        yield i, off, rnd.randbytes(rnd.randrange(1, 5000))
+"""
+
+
+def test_scattered_writes_wait_for_close(c):
+    """A writer that scatters small writes over a chunk (a linker writing its output
+    section by section) is buffered per chunk, several ranges each: with aqd stopped, 300
+    such writes still end at once (before, every write that did not continue the last one
+    sent the buffer, a chunk rewrite per write; linking bin/aqd on the mount took 35 s).
+    Reading back what was written while it is buffered returns it (the buffer is laid over
+    what the server holds), and after close the file reads back right, also once the
+    kernel forgot it."""
+    p = c.path("scattered")
+    size = 3 << 20
+    ns = {}
+    exec(SCATTER, ns)
+    want = bytearray(size)
+    for _, off, data in ns["scatter"](size):
+        want[off:off + len(data)] = data
+    fd = os.open(p, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.pwrite(fd, b"\0", size - 1)  # the size reaches aqd before it stops
+        os.fsync(fd)
+        # The child says when it is done and then waits: its exit closes the file, and a
+        # close sends the buffer (a FLUSH), which must wait for aqd.
+        code = (SCATTER + "import os, time\n"
+                f"for i, off, data in scatter({size}):\n"
+                f"    assert os.pwrite({fd}, data, off) == len(data)\n"
+                "print('done', flush=True)\n"
+                "time.sleep(60)\n")
+        os.kill(c.pid(), signal.SIGSTOP)
+        try:
+            child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, pass_fds=(fd,))
+            ready = select.select([child.stdout], [], [], 10)[0]
+            line = child.stdout.readline() if ready else b""
+        finally:
+            os.kill(c.pid(), signal.SIGCONT)
+        child.kill()
+        child.wait()
+        assert line == b"done\n", "scattered writes waited for aqd"
+        assert os.pread(fd, size, 0) == bytes(want)  # the buffer over what the server holds
+        for i, off, data in ns["scatter"](size):  # again, each read back at once
+            data = data[::-1]
+            os.pwrite(fd, data, off)
+            want[off:off + len(data)] = data
+            assert os.pread(fd, len(data), off) == data, i
+    finally:
+        os.close(fd)
+    with open(p, "rb") as f:
+        assert f.read() == bytes(want)
+    drop_page_cache()
+    with open(p, "rb") as f:
+        assert f.read() == bytes(want)
 
 
 def test_fallocate(c):

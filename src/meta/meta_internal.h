@@ -226,8 +226,10 @@ int meta_xattr_each(struct meta_store *m, uint64_t ino,
 int meta_attr_of(struct meta_store *m, uint64_t ino, struct aq_attr *out);
 /* A directory's merged partial rows, from a cache kept current by every commit. */
 int meta_dirsum_get(struct meta_store *m, uint64_t dir, struct meta_partial *sum);
-/* The partial rows of dir in buckets [b0, b1), as stored (zeros where none): out[b - b0]. */
-int meta_read_partials(struct meta_store *m, uint64_t dir, uint32_t b0, uint32_t b1, struct meta_partial *out);
+/* The partial rows of dir in buckets [b0, b1), as stored (zeros where none): out[b - b0];
+ * present[b - b0] (when present is not NULL) says whether the row exists. */
+int meta_read_partials(struct meta_store *m, uint64_t dir, uint32_t b0, uint32_t b1, struct meta_partial *out,
+		       bool *present);
 /* The attributes of n inodes at once (a readdirplus page): rcs[i] gets 0, -ENOENT or
  * -EIO for inos[i], out[i] its attributes. Inodes are read in key order with one
  * iterator, so the rows of one bucket cost a walk, not a point lookup each. Returns 0,

@@ -136,7 +136,7 @@ int meta_readdir_range(struct meta_store *m, const struct aq_cred *cr, uint64_t 
 	struct meta_partial sum, *part = NULL;
 	if (b0 < end_bucket && meta_dirsum_get(m, dir, &sum) == 0 && sum.nentries < (int64_t)m->nbuckets) {
 		part = aq_malloc((end_bucket - b0) * sizeof(*part));
-		if (meta_read_partials(m, dir, b0, end_bucket, part) != 0) {
+		if (meta_read_partials(m, dir, b0, end_bucket, part, NULL) != 0) {
 			free(part);
 			part = NULL; /* scan them all */
 		}

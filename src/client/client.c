@@ -232,9 +232,13 @@ static int chunk_write(struct aq_client *c, uint64_t ino, uint32_t idx, uint32_t
 
 /* Sends chunk slot k's buffered writes (one range as a plain write, several as one
  * write of extents) and frees the slot (the last one moves into it). With st->mu held. */
+_Static_assert(WEXTENTS + 1 <= PROTO_CW_EXTENTS_MAX, "a chunk's ranges fit one write of extents");
+
 static int flush_chunk_locked(struct aq_client *c, struct ino_state *st, uint32_t k)
 {
+	AQ_ASSERT(k < st->nwc);
 	struct wchunk *w = &st->wc[k];
+	AQ_ASSERT(w->n >= 1 && w->n <= WEXTENTS + 1 && w->ext[w->n - 1].hi <= st->chunk_size);
 	int rc;
 	if (w->n == 1) {
 		rc = chunk_write(c, st->ino, w->idx, w->ext[0].lo, w->buf + w->ext[0].lo, w->ext[0].hi - w->ext[0].lo,
@@ -355,9 +359,12 @@ static void wchunk_add(struct wchunk *w, uint32_t lo, uint32_t hi)
 		hi = MAX(hi, w->ext[j].hi);
 		j++;
 	}
+	AQ_ASSERT(lo < hi && (j > i || w->n <= WEXTENTS)); /* the caller sends a chunk past WEXTENTS */
 	memmove(&w->ext[i + 1], &w->ext[j], (w->n - j) * sizeof(w->ext[0]));
 	w->n = w->n - (j - i) + 1;
 	w->ext[i] = (struct wrange){lo, hi};
+	AQ_ASSERT(i == 0 || w->ext[i - 1].hi < lo);
+	AQ_ASSERT(i + 1 == w->n || hi < w->ext[i + 1].lo);
 }
 
 static int commit_size_locked(struct aq_client *c, struct ino_state *st)

@@ -220,13 +220,15 @@ static void overlay_local(struct aq_client *c, struct aq_attr *a, unsigned long 
 	pthread_mutex_unlock(&c->recent_mu);
 }
 
-static int chunk_write(struct aq_client *c, uint64_t ino, uint32_t idx, uint32_t off, const void *buf, uint32_t len,
-		       bool sync)
+/* One CHUNK_WRITE: len bytes of data at off in chunk idx, or with PROTO_CW_EXTENTS in
+ * flags, data that carries its extents (off 0). */
+static int chunk_write(struct aq_client *c, uint64_t ino, uint32_t idx, uint32_t off, const void *data, uint32_t len,
+		       uint32_t flags)
 {
 	uint32_t target = cluster_chunk_target(&c->map, ino, idx);
 	const struct cluster_target *t = cluster_target_by_id(&c->map, target);
 	struct proto_req r = {.op = OP_CHUNK_WRITE, .target = target, .ino = ino, .idx = idx, .off = off,
-			      .flags = sync ? 1u : 0u, .data = buf, .data_len = len};
+			      .flags = flags, .data = data, .data_len = len};
 	return rpc_do(c, t->server, &r, NULL, NULL);
 }
 
@@ -242,25 +244,14 @@ static int flush_chunk_locked(struct aq_client *c, struct ino_state *st, uint32_
 	int rc;
 	if (w->n == 1) {
 		rc = chunk_write(c, st->ino, w->idx, w->ext[0].lo, w->buf + w->ext[0].lo, w->ext[0].hi - w->ext[0].lo,
-				 false);
+				 0);
 	} else {
-		size_t len = 4 + 8 * (size_t)w->n;
+		struct aq_extent ext[WEXTENTS + 1];
 		for (uint32_t i = 0; i < w->n; i++)
-			len += w->ext[i].hi - w->ext[i].lo;
-		uint8_t *d = aq_malloc(len), *q = d + 4 + 8 * (size_t)w->n;
-		put_le32(d, w->n);
-		for (uint32_t i = 0; i < w->n; i++) {
-			uint32_t n = w->ext[i].hi - w->ext[i].lo;
-			put_le32(d + 4 + 8 * i, w->ext[i].lo);
-			put_le32(d + 8 + 8 * i, n);
-			memcpy(q, w->buf + w->ext[i].lo, n);
-			q += n;
-		}
-		uint32_t target = cluster_chunk_target(&c->map, st->ino, w->idx);
-		const struct cluster_target *t = cluster_target_by_id(&c->map, target);
-		struct proto_req r = {.op = OP_CHUNK_WRITE, .target = target, .ino = st->ino, .idx = w->idx,
-				      .flags = PROTO_CW_EXTENTS, .data = d, .data_len = (uint32_t)len};
-		rc = rpc_do(c, t->server, &r, NULL, NULL);
+			ext[i] = (struct aq_extent){.off = w->ext[i].lo, .len = w->ext[i].hi - w->ext[i].lo};
+		size_t len;
+		uint8_t *d = proto_extents_encode(ext, w->n, w->buf, &len);
+		rc = chunk_write(c, st->ino, w->idx, 0, d, (uint32_t)len, PROTO_CW_EXTENTS);
 		free(d);
 	}
 	/* Read-ahead windows started while these bytes were only here hold the old ones. */
@@ -1206,7 +1197,7 @@ ssize_t aq_pwrite(struct aq_file *f, const void *buf, size_t len, uint64_t off)
 	struct ino_state *st = f->st;
 	if ((f->flags & O_ACCMODE) == O_RDONLY)
 		return -EBADF;
-	if (len > SSIZE_MAX || off + len < off || off + len > (1ull << 50))
+	if (len > SSIZE_MAX || off + len < off || off + len > AQ_FILE_SIZE_MAX)
 		return -EFBIG;
 	const uint8_t *p = buf;
 	size_t done = 0;
@@ -1296,7 +1287,7 @@ int aq_fallocate(struct aq_file *f, int mode, uint64_t off, uint64_t len)
 		return -EINVAL;
 	if ((f->flags & O_ACCMODE) == O_RDONLY)
 		return -EBADF;
-	if (off + len < off || off + len > (1ull << 50))
+	if (off + len < off || off + len > AQ_FILE_SIZE_MAX)
 		return -EFBIG;
 	if (mode & FALLOC_FL_KEEP_SIZE)
 		return 0; /* nothing is reserved: see aq.h */

@@ -98,6 +98,9 @@ struct ino_state {
 	uint64_t wtick;
 };
 
+/* The largest file size libaq writes or allocates (EFBIG past it). */
+#define AQ_FILE_SIZE_MAX (1ull << 50)
+
 /* A chunk's buffered writes: its bytes at their offsets in buf, and the ranges written
  * (sorted, neither overlapping nor touching). A writer that scatters small writes (a
  * linker writing its output section by section) is sent one write per chunk. */

@@ -43,6 +43,10 @@ _Noreturn void aq_assert_fail(const char *cond, const char *file, int line, cons
 #define AQ_FRAME_MAX (16u << 20)  /* largest frame payload accepted off the wire */
 #define AQ_CHUNK_SIZE_DEFAULT (4u << 20)
 #define AQ_CHUNK_SIZE_MAX (8u << 20)
+/* A byte range of a chunk: what a write of extents carries (proto) and applies (data). */
+struct aq_extent {
+	uint32_t off, len;
+};
 #define AQ_BUCKETS_DEFAULT 256
 #define AQ_BUCKETS_MAX 4096
 #define AQ_TARGETS_MAX 256

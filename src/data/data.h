@@ -42,10 +42,7 @@ int data_write(struct data_store *ds, uint32_t target, uint64_t ino, uint32_t id
  * by offset, disjoint, none empty (else -EINVAL), their bytes one after another in bytes.
  * A writer that scattered small writes over a chunk pays one read-modify-write, not one
  * per write. */
-struct data_extent {
-	uint32_t off, len;
-};
-int data_writev(struct data_store *ds, uint32_t target, uint64_t ino, uint32_t idx, const struct data_extent *ext,
+int data_writev(struct data_store *ds, uint32_t target, uint64_t ino, uint32_t idx, const struct aq_extent *ext,
 		uint32_t n, const void *bytes, bool sync);
 /* Reads len bytes at off inside the chunk into buf; bytes past what was written (or a
  * missing chunk) read as zeros. Returns 0, -AQ_ECORRUPT on a checksum mismatch, -EIO. */

@@ -431,7 +431,7 @@ static int commit_record_locked(struct data_store *ds, struct data_target *t, ui
 }
 
 /* True when [a, b) lies inside the union of the n sorted, disjoint extents. */
-static bool covered(const struct data_extent *ext, uint32_t n, uint32_t a, uint32_t b)
+static bool covered(const struct aq_extent *ext, uint32_t n, uint32_t a, uint32_t b)
 {
 	for (uint32_t i = 0; i < n && a < b; i++) {
 		if (ext[i].off > a)
@@ -442,7 +442,7 @@ static bool covered(const struct data_extent *ext, uint32_t n, uint32_t a, uint3
 	return a >= b;
 }
 
-int data_writev(struct data_store *ds, uint32_t target, uint64_t ino, uint32_t idx, const struct data_extent *ext,
+int data_writev(struct data_store *ds, uint32_t target, uint64_t ino, uint32_t idx, const struct aq_extent *ext,
 		uint32_t n, const void *bytes, bool sync)
 {
 	struct data_target *t = data_target_get(ds, target);
@@ -511,12 +511,8 @@ out:
 int data_write(struct data_store *ds, uint32_t target, uint64_t ino, uint32_t idx, uint32_t off, const void *buf,
 	       uint32_t len, bool sync)
 {
-	if (!data_target_get(ds, target))
-		return -AQ_ENOT_OWNER;
-	if ((uint64_t)off + len > DATA_CHUNK_MAX)
-		return -EINVAL;
-	struct data_extent one = {.off = off, .len = len};
-	return len ? data_writev(ds, target, ino, idx, &one, 1, buf, sync) : 0;
+	struct aq_extent one = {.off = off, .len = len};
+	return data_writev(ds, target, ino, idx, &one, len ? 1 : 0, buf, sync);
 }
 
 /* Where a read's bytes go: into buf, or (buf NULL) into memory the read allocates, with

@@ -517,7 +517,25 @@ int proto_inval_next(struct rbuf *r, uint8_t *kind, uint64_t *ino, const char **
 	return r->err ? -EPROTO : 1;
 }
 
-int proto_extents_decode(const uint8_t *p, uint32_t len, struct proto_extent *ext, uint32_t *n,
+uint8_t *proto_extents_encode(const struct aq_extent *ext, uint32_t n, const uint8_t *base, size_t *len)
+{
+	AQ_ASSERT(n >= 1 && n <= PROTO_CW_EXTENTS_MAX);
+	size_t total = 4 + 8 * (size_t)n;
+	for (uint32_t i = 0; i < n; i++)
+		total += ext[i].len;
+	uint8_t *d = aq_malloc(total), *q = d + 4 + 8 * (size_t)n;
+	put_le32(d, n);
+	for (uint32_t i = 0; i < n; i++) {
+		put_le32(d + 4 + 8 * i, ext[i].off);
+		put_le32(d + 8 + 8 * i, ext[i].len);
+		memcpy(q, base + ext[i].off, ext[i].len);
+		q += ext[i].len;
+	}
+	*len = total;
+	return d;
+}
+
+int proto_extents_decode(const uint8_t *p, uint32_t len, struct aq_extent *ext, uint32_t *n,
 			 const uint8_t **bytes)
 {
 	if (len < 4)

@@ -86,13 +86,13 @@ struct proto_hdr {
 #define PROTO_CW_SYNC 1u
 #define PROTO_CW_EXTENTS 2u
 #define PROTO_CW_EXTENTS_MAX 1024
-struct proto_extent {
-	uint32_t off, len;
-};
+/* That data for n extents whose bytes lie at base + off each (a chunk's buffer): a
+ * malloc'd buffer of *len bytes, the caller's to free. */
+uint8_t *proto_extents_encode(const struct aq_extent *ext, uint32_t n, const uint8_t *base, size_t *len);
 /* Checks and splits such data: fills ext (room for PROTO_CW_EXTENTS_MAX) and *n, and
  * points *bytes at the extents' bytes. -EINVAL when it does not add up. Sorting and
  * overlap are left to the data layer, which refuses them. */
-int proto_extents_decode(const uint8_t *p, uint32_t len, struct proto_extent *ext, uint32_t *n,
+int proto_extents_decode(const uint8_t *p, uint32_t len, struct aq_extent *ext, uint32_t *n,
 			 const uint8_t **bytes);
 #define PROTO_F_REPLY 1u
 #define PROTO_F_SYNC 2u /* CHUNK_WRITE: durable before the reply */

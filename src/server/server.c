@@ -445,26 +445,22 @@ out:
 	return rc;
 }
 
-/* Executes one decoded request; appends the reply payload to out. Returns 0 or -errno. */
 /* A CHUNK_WRITE of several extents of one chunk, applied as one new version of it. */
 static int chunk_write_extents(struct server *s, const struct proto_req *r)
 {
-	struct proto_extent *pe = aq_malloc(PROTO_CW_EXTENTS_MAX * sizeof(*pe));
-	struct data_extent *de = aq_malloc(PROTO_CW_EXTENTS_MAX * sizeof(*de));
+	struct aq_extent *ext = aq_malloc(PROTO_CW_EXTENTS_MAX * sizeof(*ext));
 	const uint8_t *bytes = NULL;
 	uint32_t n = 0;
-	int rc = proto_extents_decode(r->data, r->data_len, pe, &n, &bytes);
+	int rc = proto_extents_decode(r->data, r->data_len, ext, &n, &bytes);
 	if (rc == 0)
 		rc = chunk_args(s, r, 0);
-	for (uint32_t i = 0; rc == 0 && i < n; i++)
-		de[i] = (struct data_extent){.off = pe[i].off, .len = pe[i].len};
 	if (rc == 0)
-		rc = data_writev(s->data, r->target, r->ino, r->idx, de, n, bytes, r->flags & PROTO_CW_SYNC);
-	free(pe);
-	free(de);
+		rc = data_writev(s->data, r->target, r->ino, r->idx, ext, n, bytes, r->flags & PROTO_CW_SYNC);
+	free(ext);
 	return rc;
 }
 
+/* Executes one decoded request; appends the reply payload to out. Returns 0 or -errno. */
 static int handle(struct server *s, struct sconn *sc, const struct proto_req *r, struct wbuf *out)
 {
 	struct proto_reply rep = {.op = r->op};

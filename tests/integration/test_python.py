@@ -11,7 +11,10 @@ import errno
 import io
 import itertools
 import os
+import random
+import signal
 import stat
+import threading
 import types
 import warnings
 
@@ -124,7 +127,6 @@ def test_stat_while_size_commits(fx):
     taken once the commit had cleared the client's unflushed size; through FUSE the
     kernel then cut the file short). The writer grows a file one byte at a time, with
     a flush per byte, or a close per byte (the file is not open when the stat returns)."""
-    import threading
 
     def grow_open(written, path):
         with fx.c.open(path, "wb") as f:
@@ -339,6 +341,55 @@ def test_listing_with_long_names_is_complete(fx):
     assert len(got) == len(want) and set(got) == want, f"listdir: {len(got)} of {len(want)}"
     got = [e.name for e in c.scandir("/long")]
     assert len(got) == len(want) and set(got) == want, f"scandir: {len(got)} of {len(want)}"
+
+
+def test_read_back_of_buffered_writes_asks_no_server(fx):
+    """Scattered writes stay in the client's buffers (several ranges per chunk), and a read
+    of bytes the buffers hold whole is answered from them: with aqd stopped, reading each
+    piece back still ends at once (before, every read sent the buffers first, a chunk
+    rewrite each for a linker reading back its output). A read that also needs the
+    server's bytes gets the buffered ones laid over them."""
+    c = fx.c
+    with c.open("/readback", "wb") as f:
+        f.write(b"s" * (2 << 20))
+    rnd = random.Random(3)
+    pieces = [(off, rnd.randbytes(rnd.randrange(1, 3000))) for off in range(1000, 2 << 20, 9000)]
+    f = c.open("/readback", "r+b")
+    try:
+        for off, data in pieces:
+            f.seek(off)
+            assert f.write(data) == len(data)
+        got = {}
+
+        def read_back():
+            for off, data in pieces:
+                buf = bytearray(len(data))
+                f.seek(off)
+                f.readinto(buf)
+                got[off] = bytes(buf)
+        aqd = fx.cluster.pid()
+        os.kill(aqd, signal.SIGSTOP)
+        try:
+            t = threading.Thread(target=read_back, daemon=True)
+            t.start()
+            t.join(10)
+            waited = t.is_alive()
+        finally:
+            os.kill(aqd, signal.SIGCONT)
+        t.join()
+        assert not waited, "reads of buffered bytes waited for aqd"
+        assert all(got[off] == data for off, data in pieces)
+        buf = bytearray(20000)  # server bytes and buffered ones together
+        f.seek(995)
+        f.readinto(buf)
+        assert bytes(buf[:5]) == b"sssss" and bytes(buf[5:5 + len(pieces[0][1])]) == pieces[0][1]
+    finally:
+        f.close()
+    want = bytearray(b"s" * (2 << 20))
+    for off, data in pieces:
+        want[off:off + len(data)] = data
+    with c.open("/readback", "rb") as f:
+        assert f.read() == bytes(want)
 
 
 def test_read_many(fx):

@@ -298,13 +298,13 @@ static int test_writev(void)
 	CHECK(rc == 0, "open: %s", aq_strerror(rc));
 	for (int round = 0; round < 300; round++) {
 		uint32_t idx = rnd(&s) % MNCHUNKS, n = 1 + rnd(&s) % 24, at = 0, used = 0, k = 0;
-		struct data_extent ext[24];
+		struct aq_extent ext[24];
 		for (uint32_t i = 0; i < n && at < MCHUNK; i++) {
 			uint32_t off = at + rnd(&s) % (round % 3 == 0 ? 200000 : 5000);
 			if (off >= MCHUNK)
 				break;
 			uint32_t len = 1 + rnd(&s) % MIN(MCHUNK - off, 40000u);
-			ext[k++] = (struct data_extent){off, len};
+			ext[k++] = (struct aq_extent){off, len};
 			fill_random(&s, bytes + used, len);
 			memcpy(m.data[idx] + off, bytes + used, len);
 			used += len;
@@ -317,7 +317,7 @@ static int test_writev(void)
 			CHECK(rc == 0, "round %d: contents differ (%s)", round, aq_strerror(rc));
 		}
 	}
-	struct data_extent bad[][2] = {
+	struct aq_extent bad[][2] = {
 		{{100, 10}, {105, 10}}, /* overlapping */
 		{{200, 10}, {100, 10}}, /* unsorted */
 		{{100, 0}, {200, 10}},  /* empty */

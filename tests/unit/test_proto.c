@@ -729,15 +729,21 @@ static int t_dirent_roundtrip(void)
 /* A CHUNK_WRITE's extent table: what adds up decodes, anything else is EINVAL. */
 static int t_extents_decode(void)
 {
-	static struct proto_extent ext[PROTO_CW_EXTENTS_MAX];
+	static struct aq_extent ext[PROTO_CW_EXTENTS_MAX];
 	static uint8_t buf[4 + 8 * (PROTO_CW_EXTENTS_MAX + 1) + 64];
 	uint32_t n = 0;
 	const uint8_t *bytes = NULL;
 	/* two extents, 3 + 5 bytes */
-	put_le32(buf, 2);
-	put_le32(buf + 4, 10), put_le32(buf + 8, 3);
-	put_le32(buf + 12, 100), put_le32(buf + 16, 5);
-	memcpy(buf + 20, "abcdefgh", 8);
+	uint8_t chunk[200] = {0};
+	memcpy(chunk + 10, "abc", 3);
+	memcpy(chunk + 100, "defgh", 5);
+	struct aq_extent two[2] = {{10, 3}, {100, 5}};
+	size_t elen = 0;
+	uint8_t *enc = proto_extents_encode(two, 2, chunk, &elen);
+	CHECK(elen == 28);
+	memcpy(buf, enc, elen);
+	free(enc);
+	CHECK(memcmp(buf + 20, "abcdefgh", 8) == 0);
 	CHECK(proto_extents_decode(buf, 28, ext, &n, &bytes) == 0);
 	CHECK(n == 2 && ext[0].off == 10 && ext[0].len == 3 && ext[1].off == 100 && ext[1].len == 5);
 	CHECK(bytes == buf + 20);

@@ -1571,34 +1571,33 @@ unlock:
 }
 
 /* Adds deletes of every partial row of dir to wb (caller holds every bucket lock). */
-/* Deletes the partial rows dir has: a small directory has a few, and a tombstone for
- * each of the 256 buckets cost an rmdir about 0.7 ms of memtable inserts (and left 256
- * tombstones for compaction). */
-static int del_partials(struct meta_store *m, rocksdb_writebatch_t *wb, uint64_t dir)
+/* Adds the removal of the empty directory ino (every bucket lock held) to wb: its inode,
+ * the partial rows it has and its xattrs; -ENOTEMPTY when its partial rows count an
+ * entry. One read of the partial rows says both (deleting a row for each of the 256
+ * buckets cost an rmdir about 0.7 ms of memtable inserts and left the tombstones). */
+int meta_del_dir_rows(struct meta_store *m, rocksdb_writebatch_t *wb, uint64_t ino)
 {
 	struct meta_partial *p = aq_malloc(m->nbuckets * sizeof(*p));
 	bool *present = aq_malloc(m->nbuckets * sizeof(*present));
-	int rc = meta_read_partials(m, dir, 0, m->nbuckets, p, present);
+	int rc = meta_read_partials(m, ino, 0, m->nbuckets, p, present);
+	for (uint32_t b = 0; rc == 0 && b < m->nbuckets; b++)
+		if (p[b].nentries != 0)
+			rc = -ENOTEMPTY;
 	for (uint32_t b = 0; rc == 0 && b < m->nbuckets; b++) {
-		pcache_forget(m, b, dir);
-		if (!present[b])
-			continue;
-		uint8_t key[META_PARTIAL_KEY_LEN];
-		rocksdb_writebatch_delete(wb, (const char *)key, meta_key_partial(key, b, dir));
+		pcache_forget(m, b, ino);
+		if (present[b]) {
+			uint8_t key[META_PARTIAL_KEY_LEN];
+			rocksdb_writebatch_delete(wb, (const char *)key, meta_key_partial(key, b, ino));
+		}
 	}
 	free(p);
 	free(present);
-	return rc;
-}
-
-/* Adds the removal of the empty directory in (rows of every bucket) to wb. */
-int meta_del_dir_rows(struct meta_store *m, rocksdb_writebatch_t *wb, uint64_t ino)
-{
+	if (rc)
+		return rc;
 	uint8_t key[META_INODE_KEY_LEN];
 	rocksdb_writebatch_delete(wb, (const char *)key, meta_key_inode(key, ino));
 	meta_count_drop(m, wb, ino);
-	int rc = del_partials(m, wb, ino);
-	return rc ? rc : meta_del_xattrs(m, wb, ino);
+	return meta_del_xattrs(m, wb, ino);
 }
 
 int meta_rmdir(struct meta_store *m, const struct aq_cred *cr, uint64_t parent, const char *name, size_t name_len)
@@ -1646,18 +1645,10 @@ int meta_rmdir(struct meta_store *m, const struct aq_cred *cr, uint64_t parent, 
 	rc = meta_sticky_ok(cr, &dir->a, &in->a);
 	if (rc)
 		goto unlock;
-	struct meta_partial sum;
-	rc = meta_dir_totals(m, d.ino, &sum);
-	if (rc)
-		goto unlock;
-	if (sum.nentries != 0) {
-		rc = -ENOTEMPTY;
-		goto unlock;
-	}
 	int64_t now = aq_now_ns();
 	rocksdb_writebatch_delete(wb, (const char *)key, klen);
 	meta_del_log(wb, b, parent, d.created_ts);
-	rc = meta_del_dir_rows(m, wb, d.ino);
+	rc = meta_del_dir_rows(m, wb, d.ino); /* or -ENOTEMPTY */
 	if (rc)
 		goto unlock;
 	struct meta_pdelta pd = { .bucket = b, .dir = parent, .dentries = -1, .dsubdirs = -1 };

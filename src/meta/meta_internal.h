@@ -231,9 +231,8 @@ int meta_dirsum_get(struct meta_store *m, uint64_t dir, struct meta_partial *sum
 int meta_read_partials(struct meta_store *m, uint64_t dir, uint32_t b0, uint32_t b1, struct meta_partial *out,
 		       bool *present);
 /* The attributes of n inodes at once (a readdirplus page): rcs[i] gets 0, -ENOENT or
- * -EIO for inos[i], out[i] its attributes. Inodes are read in key order with one
- * iterator, so the rows of one bucket cost a walk, not a point lookup each. Returns 0,
- * or -EIO when the iterator failed. */
+ * -EIO for inos[i], out[i] its attributes. Point reads in key order (an iterator's steps
+ * would walk over every deleted row in between). Returns 0, or -EIO when a read failed. */
 int meta_attrs_of(struct meta_store *m, const uint64_t *inos, uint32_t n, struct aq_attr *out, int *rcs);
 void meta_merge_dir(struct aq_attr *a, const struct meta_partial *sum);
 /* Takes k consecutive changelog ts (the first in *ts), with the bucket locks of the rows
@@ -248,10 +247,10 @@ void meta_count_dropped(struct meta_store *m, uint64_t ino);
 void meta_put_log(rocksdb_writebatch_t *wb, uint32_t bucket, uint64_t dir, uint64_t ts, uint64_t ino,
 		  const char *name, size_t len);
 void meta_del_log(rocksdb_writebatch_t *wb, uint32_t bucket, uint64_t dir, uint64_t ts);
-/* Adds deletes of every xattr row of ino to wb (caller holds ino's bucket lock). */
-/* Adds the removal of an empty directory's inode, partial and xattr rows to wb (caller
- * holds every bucket lock). */
+/* Adds the removal of an empty directory's inode, partial and xattr rows to wb, or
+ * returns -ENOTEMPTY (caller holds every bucket lock: the fence). */
 int meta_del_dir_rows(struct meta_store *m, rocksdb_writebatch_t *wb, uint64_t ino);
+/* Adds deletes of every xattr row of ino to wb (caller holds ino's bucket lock). */
 int meta_del_xattrs(struct meta_store *m, rocksdb_writebatch_t *wb, uint64_t ino);
 /* Reads a row. Returns 1 and copies up to size bytes (*len = full length), 0 when absent,
  * or -EIO. */

@@ -134,15 +134,7 @@ static int rename_locked(struct meta_store *m, const struct aq_cred *cr, struct 
 		if (rc)
 			return rc < 0 ? rc : -EINVAL;
 	}
-	if (!exchange && ddir) {
-		AQ_ASSERT(all);
-		struct meta_partial sum;
-		rc = meta_dir_totals(m, dst->d.ino, &sum);
-		if (rc)
-			return rc;
-		if (sum.nentries != 0)
-			return -ENOTEMPTY;
-	}
+	AQ_ASSERT(exchange || !ddir || all); /* replacing a directory: its emptiness is fenced */
 
 	int64_t now = aq_now_ns();
 	struct meta_pdelta pd[2];
@@ -177,7 +169,7 @@ static int rename_locked(struct meta_store *m, const struct aq_cred *cr, struct 
 		pd[1] = (struct meta_pdelta){ dst->bucket, dst->dir, 0, (int64_t)sdir - ddir };
 	} else {
 		if (ddir) {
-			rc = meta_del_dir_rows(m, wb, dst->d.ino);
+			rc = meta_del_dir_rows(m, wb, dst->d.ino); /* or -ENOTEMPTY */
 			if (rc)
 				return rc;
 			*removed_dir = true;

@@ -1,7 +1,9 @@
 /*
- * aqfuse.c - a thin libfuse3 low-level adapter over libaq. FUSE inode numbers are
- * Aquifer's (the root maps to FUSE_ROOT_ID = 1 = AQ_ROOT), so no table is kept and forget
- * is free. Permissions are checked twice: by the kernel (default_permissions, on cached
+ * aqfuse.c - a thin libfuse3 low-level adapter over libaq. A FUSE node id is an Aquifer
+ * inode number with its sequence bits scrambled by its bucket (aq_ino_node, common.h: the
+ * kernel's inode hash would otherwise put the inodes of all buckets with one sequence
+ * number in one chain); the root maps to FUSE_ROOT_ID = 1 = AQ_ROOT. No table is kept and
+ * forget is free. Every op turns the kernel's node ids into inode numbers first. Permissions are checked twice: by the kernel (default_permissions, on cached
  * attributes) and by the server on every request with the caller's uid, gid and groups.
  *
  * The kernel caches entries (also negative ones), attributes and pages for
@@ -110,10 +112,10 @@ static void *inval_main(void *arg)
 		 * cached: a new name changes them as much (mtime, ctime, nlink), so drop
 		 * them too (offset -1: attributes only, not the directory's pages). */
 		if (it->parent) {
-			fuse_lowlevel_notify_inval_entry(g_se, it->parent, it->name, it->len);
-			fuse_lowlevel_notify_inval_inode(g_se, it->parent, -1, 0);
+			fuse_lowlevel_notify_inval_entry(g_se, aq_ino_node(it->parent), it->name, it->len);
+			fuse_lowlevel_notify_inval_inode(g_se, aq_ino_node(it->parent), -1, 0);
 		} else
-			fuse_lowlevel_notify_inval_inode(g_se, it->ino, 0, 0);
+			fuse_lowlevel_notify_inval_inode(g_se, aq_ino_node(it->ino), 0, 0);
 		free(it);
 		pthread_mutex_lock(&g_inval.mu);
 	}
@@ -931,7 +933,7 @@ static void to_stat(const struct aq_attr *a, struct stat *st)
 static void to_entry(const struct aq_attr *a, struct fuse_entry_param *e)
 {
 	memset(e, 0, sizeof *e);
-	e->ino = a->ino;
+	e->ino = aq_ino_node(a->ino); /* st_ino stays a->ino */
 	e->generation = a->generation;
 	e->attr_timeout = g_timeout_s;
 	e->entry_timeout = g_timeout_s;
@@ -981,8 +983,9 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 	conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
 }
 
-static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+static void op_lookup(fuse_req_t req, fuse_ino_t parent_node, const char *name)
 {
+	uint64_t parent = aq_node_ino(parent_node);
 	struct aq_cred cr;
 	struct aq_attr a;
 	cred_of(req, &cr);
@@ -1012,8 +1015,9 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 		recheck(seq, parent, name, a.ino);
 }
 
-static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+static void op_getattr(fuse_req_t req, fuse_ino_t ino_node, struct fuse_file_info *fi)
 {
+	uint64_t ino = aq_node_ino(ino_node);
 	struct aq_attr a;
 	struct stat st;
 	if (dattr_get(ino, &a)) {
@@ -1033,8 +1037,9 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	recheck(seq, 0, NULL, ino);
 }
 
-static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set, struct fuse_file_info *fi)
+static void op_setattr(fuse_req_t req, fuse_ino_t ino_node, struct stat *attr, int to_set, struct fuse_file_info *fi)
 {
+	uint64_t ino = aq_node_ino(ino_node);
 	RO_CHECK(req);
 	struct aq_cred cr;
 	cred_of(req, &cr);
@@ -1073,8 +1078,9 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 	recheck(seq, 0, NULL, ino);
 }
 
-static void op_readlink(fuse_req_t req, fuse_ino_t ino)
+static void op_readlink(fuse_req_t req, fuse_ino_t ino_node)
 {
+	uint64_t ino = aq_node_ino(ino_node);
 	char buf[AQ_PATH_MAX + 1];
 	int rc = aq_readlink_ino(g_client, NULL, ino, buf, sizeof buf);
 	if (rc < 0)
@@ -1098,8 +1104,9 @@ static void made_in(struct cseq seq, uint64_t parent, const char *name, int rc, 
 		dattr_drop(parent);
 }
 
-static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev)
+static void op_mknod(fuse_req_t req, fuse_ino_t parent_node, const char *name, mode_t mode, dev_t rdev)
 {
+	uint64_t parent = aq_node_ino(parent_node);
 	RO_CHECK(req);
 	struct aq_cred cr;
 	struct aq_attr a;
@@ -1110,8 +1117,9 @@ static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 	reply_entry_or_err(req, rc, &a);
 }
 
-static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
+static void op_mkdir(fuse_req_t req, fuse_ino_t parent_node, const char *name, mode_t mode)
 {
+	uint64_t parent = aq_node_ino(parent_node);
 	RO_CHECK(req);
 	struct aq_cred cr;
 	struct aq_attr a;
@@ -1124,8 +1132,9 @@ static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 	reply_entry_or_err(req, rc, &a);
 }
 
-static void op_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const char *name)
+static void op_symlink(fuse_req_t req, const char *link, fuse_ino_t parent_node, const char *name)
 {
+	uint64_t parent = aq_node_ino(parent_node);
 	RO_CHECK(req);
 	struct aq_cred cr;
 	struct aq_attr a;
@@ -1136,8 +1145,9 @@ static void op_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, cons
 	reply_entry_or_err(req, rc, &a);
 }
 
-static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
+static void op_unlink(fuse_req_t req, fuse_ino_t parent_node, const char *name)
 {
+	uint64_t parent = aq_node_ino(parent_node);
 	RO_CHECK(req);
 	struct aq_cred cr;
 	cred_of(req, &cr);
@@ -1148,8 +1158,9 @@ static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 	fuse_reply_err(req, posix_err(rc));
 }
 
-static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
+static void op_rmdir(fuse_req_t req, fuse_ino_t parent_node, const char *name)
 {
+	uint64_t parent = aq_node_ino(parent_node);
 	RO_CHECK(req);
 	struct aq_cred cr;
 	cred_of(req, &cr);
@@ -1160,9 +1171,11 @@ static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 	fuse_reply_err(req, posix_err(rc));
 }
 
-static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
+static void op_rename(fuse_req_t req, fuse_ino_t parent_node, const char *name, fuse_ino_t newparent_node,
 		      const char *newname, unsigned int flags)
 {
+	uint64_t parent = aq_node_ino(parent_node);
+	uint64_t newparent = aq_node_ino(newparent_node);
 	RO_CHECK(req);
 	struct aq_cred cr;
 	cred_of(req, &cr);
@@ -1183,8 +1196,10 @@ static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_
 	fuse_reply_err(req, posix_err(rc));
 }
 
-static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname)
+static void op_link(fuse_req_t req, fuse_ino_t ino_node, fuse_ino_t newparent_node, const char *newname)
 {
+	uint64_t ino = aq_node_ino(ino_node);
+	uint64_t newparent = aq_node_ino(newparent_node);
 	RO_CHECK(req);
 	struct aq_cred cr;
 	struct aq_attr a;
@@ -1217,7 +1232,7 @@ static struct inoset g_stored = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
 static void stored_forget(uint64_t ino) { inoset_forget(&g_stored, ino); }
 
-static void store_first_bytes(struct cseq seq, fuse_ino_t ino, struct aq_file *f)
+static void store_first_bytes(struct cseq seq, uint64_t ino, struct aq_file *f)
 {
 	const void *data;
 	bool eof;
@@ -1231,7 +1246,7 @@ static void store_first_bytes(struct cseq seq, fuse_ino_t ino, struct aq_file *f
 			usleep(2 * g_test_keep_delay_ms * 1000u);
 		struct fuse_bufvec bv = FUSE_BUFVEC_INIT(len);
 		bv.buf[0].mem = (void *)data;
-		bool stored = fuse_lowlevel_notify_store(g_se, ino, 0, &bv, 0) == 0;
+		bool stored = fuse_lowlevel_notify_store(g_se, aq_ino_node(ino), 0, &bv, 0) == 0;
 		if (stored && !cseq_current(seq))
 			inval_queue(ino, 0, NULL, 0);
 		inoset_put(&g_stored, seq, ino, stored);
@@ -1239,8 +1254,9 @@ static void store_first_bytes(struct cseq seq, fuse_ino_t ino, struct aq_file *f
 	aq_bytes_free(bytes);
 }
 
-static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+static void op_open(fuse_req_t req, fuse_ino_t ino_node, struct fuse_file_info *fi)
 {
+	uint64_t ino = aq_node_ino(ino_node);
 	if (g_read_only && (fi->flags & O_ACCMODE) != O_RDONLY) {
 		fuse_reply_err(req, EROFS);
 		return;
@@ -1280,8 +1296,9 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	fuse_reply_open(req, fi);
 }
 
-static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, struct fuse_file_info *fi)
+static void op_create(fuse_req_t req, fuse_ino_t parent_node, const char *name, mode_t mode, struct fuse_file_info *fi)
 {
+	uint64_t parent = aq_node_ino(parent_node);
 	RO_CHECK(req);
 	struct aq_cred cr;
 	struct aq_attr a;
@@ -1305,7 +1322,7 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 	recheck(seq, parent, name, a.ino);
 }
 
-static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
+static void op_read(fuse_req_t req, fuse_ino_t node, size_t size, off_t off, struct fuse_file_info *fi)
 {
 	struct aq_file *f = (struct aq_file *)(uintptr_t)fi->fh;
 	/* the first read of a file its open fetched the start of: straight from those bytes */
@@ -1333,7 +1350,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 	free(buf);
 }
 
-static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
+static void op_write(fuse_req_t req, fuse_ino_t node, const char *buf, size_t size, off_t off,
 		     struct fuse_file_info *fi)
 {
 	struct aq_file *f = (struct aq_file *)(uintptr_t)fi->fh;
@@ -1345,7 +1362,7 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 		fuse_reply_write(req, (size_t)n);
 }
 
-static void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, off_t len,
+static void op_fallocate(fuse_req_t req, fuse_ino_t node, int mode, off_t off, off_t len,
 			 struct fuse_file_info *fi)
 {
 	struct aq_file *f = (struct aq_file *)(uintptr_t)fi->fh;
@@ -1353,7 +1370,7 @@ static void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, of
 	fuse_reply_err(req, posix_err(aq_fallocate(f, mode, (uint64_t)off, (uint64_t)len)));
 }
 
-static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+static void op_flush(fuse_req_t req, fuse_ino_t node, struct fuse_file_info *fi)
 {
 	struct aq_file *f = (struct aq_file *)(uintptr_t)fi->fh;
 	int rc = aq_flush(f); /* read-only handles are never flushed (noflush) */
@@ -1361,7 +1378,7 @@ static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	fuse_reply_err(req, posix_err(rc));
 }
 
-static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+static void op_release(fuse_req_t req, fuse_ino_t node, struct fuse_file_info *fi)
 {
 	struct aq_file *f = (struct aq_file *)(uintptr_t)fi->fh;
 	int rc = aq_close(f);
@@ -1370,7 +1387,7 @@ static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	fuse_reply_err(req, posix_err(rc));
 }
 
-static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
+static void op_fsync(fuse_req_t req, fuse_ino_t node, int datasync, struct fuse_file_info *fi)
 {
 	struct aq_file *f = (struct aq_file *)(uintptr_t)fi->fh;
 	fuse_reply_err(req, posix_err(aq_fsync(f, datasync)));
@@ -1393,8 +1410,9 @@ struct dirh {
 /* The cookie after the last entry handed out. */
 static uint64_t dirh_cookie(const struct dirh *dh) { return dh->pos ? dh->ents[dh->pos - 1].cookie : dh->at; }
 
-static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+static void op_opendir(fuse_req_t req, fuse_ino_t ino_node, struct fuse_file_info *fi)
 {
+	uint64_t ino = aq_node_ino(ino_node);
 	struct aq_cred cr;
 	cred_of(req, &cr);
 	int rc = WITH_GROUPS(req, cr, aq_access_ino(g_client, &cr, ino, R_OK));
@@ -1415,7 +1433,7 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
  * cookies start at 1 << 48. Entries sharing a cookie (hash collisions) never straddle
  * two buffers: if one does not fit, its whole group is taken back (the server never
  * splits a group between pages either). */
-static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool plus, struct dirh *dh)
+static void do_readdir(fuse_req_t req, uint64_t ino, size_t size, off_t off, bool plus, struct dirh *dh)
 {
 	struct aq_cred cr;
 	cred_of(req, &cr);
@@ -1541,17 +1559,19 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, b
 	free(buf);
 }
 
-static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
+static void op_readdir(fuse_req_t req, fuse_ino_t ino_node, size_t size, off_t off, struct fuse_file_info *fi)
 {
+	uint64_t ino = aq_node_ino(ino_node);
 	do_readdir(req, ino, size, off, false, (struct dirh *)(uintptr_t)fi->fh);
 }
 
-static void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
+static void op_readdirplus(fuse_req_t req, fuse_ino_t ino_node, size_t size, off_t off, struct fuse_file_info *fi)
 {
+	uint64_t ino = aq_node_ino(ino_node);
 	do_readdir(req, ino, size, off, true, (struct dirh *)(uintptr_t)fi->fh);
 }
 
-static void op_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+static void op_releasedir(fuse_req_t req, fuse_ino_t node, struct fuse_file_info *fi)
 {
 	struct dirh *dh = (struct dirh *)(uintptr_t)fi->fh;
 	pthread_mutex_destroy(&dh->mu);
@@ -1560,8 +1580,9 @@ static void op_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info 
 	fuse_reply_err(req, 0);
 }
 
-static void op_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
+static void op_fsyncdir(fuse_req_t req, fuse_ino_t ino_node, int datasync, struct fuse_file_info *fi)
 {
+	uint64_t ino = aq_node_ino(ino_node);
 	struct aq_file *f;
 	int rc = aq_open_ino(g_client, NULL, ino, O_RDONLY, &f);
 	if (!rc) {
@@ -1571,7 +1592,7 @@ static void op_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, struct fus
 	fuse_reply_err(req, posix_err(rc));
 }
 
-static void op_statfs(fuse_req_t req, fuse_ino_t ino)
+static void op_statfs(fuse_req_t req, fuse_ino_t node)
 {
 	struct aq_statfs s;
 	int rc = aq_statfs(g_client, &s);
@@ -1592,8 +1613,9 @@ static void op_statfs(fuse_req_t req, fuse_ino_t ino)
 	fuse_reply_statfs(req, &v);
 }
 
-static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value, size_t size, int flags)
+static void op_setxattr(fuse_req_t req, fuse_ino_t ino_node, const char *name, const char *value, size_t size, int flags)
 {
+	uint64_t ino = aq_node_ino(ino_node);
 	RO_CHECK(req);
 	struct aq_cred cr;
 	cred_of(req, &cr);
@@ -1618,8 +1640,9 @@ static void reply_xattr_result(fuse_req_t req, int rc, const char *buf, size_t s
 		fuse_reply_buf(req, buf, (size_t)rc);
 }
 
-static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
+static void op_getxattr(fuse_req_t req, fuse_ino_t ino_node, const char *name, size_t size)
 {
+	uint64_t ino = aq_node_ino(ino_node);
 	/* the namespaces the servers know; the kernel checked permission to read them */
 	bool known = !strncmp(name, "user.", 5) || !strncmp(name, "trusted.", 8) ||
 		     !strncmp(name, "security.", 9) || !strncmp(name, "system.", 7);
@@ -1635,8 +1658,9 @@ static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t
 	free(buf);
 }
 
-static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
+static void op_listxattr(fuse_req_t req, fuse_ino_t ino_node, size_t size)
 {
+	uint64_t ino = aq_node_ino(ino_node);
 	if (nox_none(ino)) {
 		reply_xattr_result(req, 0, NULL, size);
 		return;
@@ -1649,8 +1673,9 @@ static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 	free(buf);
 }
 
-static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
+static void op_removexattr(fuse_req_t req, fuse_ino_t ino_node, const char *name)
 {
+	uint64_t ino = aq_node_ino(ino_node);
 	RO_CHECK(req);
 	struct aq_cred cr;
 	cred_of(req, &cr);
@@ -1660,8 +1685,9 @@ static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 	fuse_reply_err(req, posix_err(rc));
 }
 
-static void op_access(fuse_req_t req, fuse_ino_t ino, int mask)
+static void op_access(fuse_req_t req, fuse_ino_t ino_node, int mask)
 {
+	uint64_t ino = aq_node_ino(ino_node);
 	struct aq_cred cr;
 	cred_of(req, &cr);
 	if (g_read_only && (mask & W_OK)) {

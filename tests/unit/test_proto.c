@@ -1135,6 +1135,56 @@ static int t_cluster_malformed(void)
 	return 0;
 }
 
+/* fs/inode.c hash() of Linux 6.x, as fuse_iget hashes a node id (iget5_locked(sb, nodeid)),
+ * for a table of 2^shift chains and a superblock at sb. */
+static unsigned long kernel_inode_hash(unsigned long sb, unsigned long hashval, unsigned shift)
+{
+	const unsigned long golden = 0x9e37fffffffc0001ul; /* GOLDEN_RATIO_PRIME */
+	unsigned long tmp = (hashval * sb) ^ (golden + hashval) / 64;
+	tmp = tmp ^ ((tmp ^ golden) >> shift);
+	return tmp & ((1ul << shift) - 1);
+}
+
+/* The longest chain of the kernel's inode hash holding buckets x seqs inodes. */
+static unsigned longest_chain(uint64_t (*node_of)(uint64_t), unsigned buckets, unsigned seqs)
+{
+	const unsigned shift = 20;
+	uint16_t *len = calloc(1u << shift, sizeof *len);
+	unsigned worst = 0;
+	for (unsigned b = 0; b < buckets; b++)
+		for (unsigned q = 1; q <= seqs; q++) {
+			unsigned long h = kernel_inode_hash(0xffff888104a2c000ul, node_of(aq_ino_make(b, q)), shift);
+			if (++len[h] > worst)
+				worst = len[h];
+		}
+	free(len);
+	return worst;
+}
+
+static uint64_t node_is_ino(uint64_t ino) { return ino; }
+
+static int t_fuse_node_ids(void)
+{
+	CHECK(aq_ino_node(AQ_ROOT_INO) == 1); /* FUSE_ROOT_ID */
+	CHECK(aq_ino_node(0) == 0);
+	uint64_t x = 0x1234;
+	for (int i = 0; i < 100000; i++) {
+		x = x * 6364136223846793005ull + 1442695040888963407ull;
+		uint64_t ino = aq_ino_make((uint32_t)(x >> 52) % AQ_BUCKETS_MAX, x & AQ_INO_SEQ_MASK);
+		uint64_t node = aq_ino_node(ino);
+		CHECKF(aq_node_ino(node) == ino, "%llx", (unsigned long long)ino);
+		CHECK(aq_ino_bucket(node) == aq_ino_bucket(ino));
+		CHECK(node > 1 || ino == node);
+	}
+	/* 256 buckets x 4,000 sequence numbers: with node id = inode number the kernel's
+	 * chains are 256 long; spread, about as long as a million random keys in 2^20 chains
+	 * make them (~10) */
+	CHECK(longest_chain(node_is_ino, 256, 4000) >= 256);
+	unsigned worst = longest_chain(aq_ino_node, 256, 4000);
+	CHECKF(worst <= 16, "longest chain %u", worst);
+	return 0;
+}
+
 static int t_placement(void)
 {
 	static struct cluster_map m4, m5;
@@ -1358,6 +1408,7 @@ int main(void)
 		{ "cluster_roundtrip", t_cluster_roundtrip },
 		{ "cluster_malformed", t_cluster_malformed },
 		{ "placement", t_placement },
+		{ "fuse_node_ids", t_fuse_node_ids },
 		{ "fuzz_decoders", t_fuzz },
 	};
 	log_min_level = LOG_ERROR;

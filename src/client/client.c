@@ -88,13 +88,17 @@ fail:
 	return rc;
 }
 
-static void wchunks_free(struct ino_state *st)
+static void wchunks_free(struct aq_client *c, struct ino_state *st)
 {
-	for (uint32_t k = 0; st->wc && k < WCHUNKS; k++)
-		free(st->wc[k].buf);
+	for (uint32_t k = 0; st->wc && k < WCHUNKS && st->wc[k]; k++) {
+		wbuf_free(&st->wc[k]->buf);
+		free(st->wc[k]);
+	}
 	free(st->wc);
 	st->wc = NULL;
 	st->nwc = 0;
+	atomic_fetch_sub(&c->wbuf_bytes, st->wbytes);
+	st->wbytes = 0;
 }
 
 
@@ -113,7 +117,7 @@ void aq_disconnect(struct aq_client *c)
 		while (c->files[i]) {
 			struct ino_state *st = c->files[i];
 			c->files[i] = st->next;
-			wchunks_free(st);
+			wchunks_free(c, st);
 			free(st);
 		}
 	pthread_mutex_destroy(&c->files_mu);
@@ -165,7 +169,7 @@ static void state_put(struct aq_client *c, struct ino_state *st)
 			pp = &(*pp)->next;
 		*pp = st->next;
 		pthread_mutex_unlock(&c->files_mu);
-		wchunks_free(st);
+		wchunks_free(c, st);
 		pthread_mutex_destroy(&st->mu);
 		free(st);
 		return;
@@ -239,28 +243,37 @@ _Static_assert(WEXTENTS + 1 <= PROTO_CW_EXTENTS_MAX, "a chunk's ranges fit one w
 static int flush_chunk_locked(struct aq_client *c, struct ino_state *st, uint32_t k)
 {
 	AQ_ASSERT(k < st->nwc);
-	struct wchunk *w = &st->wc[k];
+	struct wchunk *w = st->wc[k];
 	AQ_ASSERT(w->n >= 1 && w->n <= WEXTENTS + 1 && w->ext[w->n - 1].hi <= st->chunk_size);
 	int rc;
 	if (w->n == 1) {
-		rc = chunk_write(c, st->ino, w->idx, w->ext[0].lo, w->buf + w->ext[0].lo, w->ext[0].hi - w->ext[0].lo,
+		rc = chunk_write(c, st->ino, w->idx, w->ext[0].lo, w->buf.p + w->ext[0].at, w->ext[0].hi - w->ext[0].lo,
 				 0);
 	} else {
 		struct aq_extent ext[WEXTENTS + 1];
-		for (uint32_t i = 0; i < w->n; i++)
+		const uint8_t *src[WEXTENTS + 1];
+		for (uint32_t i = 0; i < w->n; i++) {
 			ext[i] = (struct aq_extent){.off = w->ext[i].lo, .len = w->ext[i].hi - w->ext[i].lo};
+			src[i] = w->buf.p + w->ext[i].at;
+		}
 		size_t len;
-		uint8_t *d = proto_extents_encode(ext, w->n, w->buf, &len);
+		uint8_t *d = proto_extents_encode(ext, w->n, src, &len);
 		rc = chunk_write(c, st->ino, w->idx, 0, d, (uint32_t)len, PROTO_CW_EXTENTS);
 		free(d);
 	}
 	/* Read-ahead windows started while these bytes were only here hold the old ones. */
 	atomic_fetch_add(&st->wgen, 1);
-	/* the slot's buffer goes with it to the end, where the next new slot finds it */
-	struct wchunk tmp = *w;
-	*w = st->wc[--st->nwc];
-	st->wc[st->nwc] = tmp;
-	st->wc[st->nwc].n = 0;
+	st->wbytes -= w->buf.len;
+	atomic_fetch_sub(&c->wbuf_bytes, w->buf.len);
+	w->n = 0;
+	w->buf.len = 0;
+	/* The slot goes to the end, where the next new slot finds it. A file written in one
+	 * chunk at a time (a sequential writer) keeps the buffer for its next chunk; the
+	 * buffers of a file written all over go, or they would stay as big as the budget. */
+	if (st->nwc > 1)
+		wbuf_free(&w->buf);
+	st->wc[k] = st->wc[--st->nwc];
+	st->wc[st->nwc] = w;
 	if (rc && !st->err)
 		st->err = rc;
 	return rc;
@@ -292,13 +305,20 @@ static bool wrange_cut(const struct ino_state *st, const struct wchunk *w, const
 	return true;
 }
 
+/* Whether chunk w lies across the file range [off, off + len). */
+static bool wchunk_meets(const struct ino_state *st, const struct wchunk *w, uint64_t off, uint64_t len)
+{
+	uint64_t base = (uint64_t)w->idx * st->chunk_size;
+	return base < off + len && off < base + st->chunk_size;
+}
+
 /* Whether a buffered write of st touches [off, off + len). With st->mu held. */
 static bool wbuf_overlaps(const struct ino_state *st, uint64_t off, uint64_t len)
 {
 	uint64_t at, n;
 	for (uint32_t k = 0; k < st->nwc; k++)
-		for (uint32_t i = 0; i < st->wc[k].n; i++)
-			if (wrange_cut(st, &st->wc[k], &st->wc[k].ext[i], off, len, &at, &n))
+		for (uint32_t i = 0; wchunk_meets(st, st->wc[k], off, len) && i < st->wc[k]->n; i++)
+			if (wrange_cut(st, st->wc[k], &st->wc[k]->ext[i], off, len, &at, &n))
 				return true;
 	return false;
 }
@@ -312,8 +332,8 @@ static bool wbuf_covers(const struct ino_state *st, uint64_t off, uint64_t len)
 		uint32_t n = (uint32_t)MIN((uint64_t)(cs - in), len);
 		const struct wchunk *w = NULL;
 		for (uint32_t k = 0; k < st->nwc && !w; k++)
-			if (st->wc[k].idx == idx)
-				w = &st->wc[k];
+			if (st->wc[k]->idx == idx)
+				w = st->wc[k];
 		bool in_one = false; /* ranges never touch, so a covered piece lies in one */
 		for (uint32_t i = 0; w && i < w->n && !in_one; i++)
 			in_one = w->ext[i].lo <= in && in + n <= w->ext[i].hi;
@@ -331,31 +351,87 @@ static void wbuf_overlay(const struct ino_state *st, uint8_t *buf, uint64_t off,
 {
 	uint64_t at, n;
 	for (uint32_t k = 0; k < st->nwc; k++) {
-		const struct wchunk *w = &st->wc[k];
-		for (uint32_t i = 0; i < w->n; i++)
+		const struct wchunk *w = st->wc[k];
+		for (uint32_t i = 0; wchunk_meets(st, w, off, len) && i < w->n; i++)
 			if (wrange_cut(st, w, &w->ext[i], off, len, &at, &n))
-				memcpy(buf + (at - off), w->buf + (at - (uint64_t)w->idx * st->chunk_size), n);
+				memcpy(buf + (at - off),
+				       w->buf.p + w->ext[i].at + (at - (uint64_t)w->idx * st->chunk_size - w->ext[i].lo), n);
 	}
 }
 
-/* Records [lo, hi) as written in w, merging it with the ranges it overlaps or touches. */
-static void wchunk_add(struct wchunk *w, uint32_t lo, uint32_t hi)
+/* Drops the garbage in w's buf: the ranges' bytes, one after another. */
+static void wchunk_compact(struct wchunk *w)
 {
+	size_t live = 0;
+	for (uint32_t i = 0; i < w->n; i++)
+		live += w->ext[i].hi - w->ext[i].lo;
+	struct wbuf nb;
+	wbuf_init(&nb, live);
+	for (uint32_t i = 0; i < w->n; i++) {
+		uint32_t len = w->ext[i].hi - w->ext[i].lo;
+		uint32_t at = (uint32_t)nb.len;
+		wbuf_put(&nb, w->buf.p + w->ext[i].at, len);
+		w->ext[i].at = at;
+	}
+	wbuf_free(&w->buf);
+	w->buf = nb;
+}
+
+/* Puts src as the bytes of chunk offsets [lo, hi) in w, merging the range with those it
+ * overlaps or touches. Returns by how much w->buf.len grew (less than 0 after a compaction). */
+static int64_t wchunk_put(struct wchunk *w, uint32_t lo, uint32_t hi, const uint8_t *src)
+{
+	uint32_t before = w->buf.len;
 	uint32_t i = 0;
 	while (i < w->n && w->ext[i].hi < lo)
 		i++;
-	uint32_t j = i; /* ranges [i, j) merge with the new one */
+	uint32_t j = i, L = lo, H = hi; /* ranges [i, j) merge with the new one into [L, H) */
 	while (j < w->n && w->ext[j].lo <= hi) {
-		lo = MIN(lo, w->ext[j].lo);
-		hi = MAX(hi, w->ext[j].hi);
+		L = MIN(L, w->ext[j].lo);
+		H = MAX(H, w->ext[j].hi);
 		j++;
 	}
 	AQ_ASSERT(lo < hi && (j > i || w->n <= WEXTENTS)); /* the caller sends a chunk past WEXTENTS */
+	struct wrange *r = &w->ext[i];
+	if (j == i + 1 && r->lo <= lo && hi <= r->hi) { /* inside one range */
+		memcpy(w->buf.p + r->at + (lo - r->lo), src, hi - lo);
+		return 0;
+	}
+	if (j == i + 1 && r->lo <= lo && r->at + (r->hi - r->lo) == w->buf.len) {
+		/* past the end of the range whose bytes end buf: it grows in place */
+		wbuf_reserve(&w->buf, hi - r->hi);
+		memcpy(w->buf.p + r->at + (lo - r->lo), src, hi - lo);
+		w->buf.len += hi - r->hi;
+		r->hi = hi;
+		return (int64_t)w->buf.len - before;
+	}
+	uint32_t at = w->buf.len;
+	wbuf_reserve(&w->buf, H - L);
+	for (uint32_t k = i; k < j; k++) /* the old bytes, all before at */
+		memcpy(w->buf.p + at + (w->ext[k].lo - L), w->buf.p + w->ext[k].at, w->ext[k].hi - w->ext[k].lo);
+	memcpy(w->buf.p + at + (lo - L), src, hi - lo);
+	w->buf.len += H - L;
 	memmove(&w->ext[i + 1], &w->ext[j], (w->n - j) * sizeof(w->ext[0]));
 	w->n = w->n - (j - i) + 1;
-	w->ext[i] = (struct wrange){lo, hi};
-	AQ_ASSERT(i == 0 || w->ext[i - 1].hi < lo);
-	AQ_ASSERT(i + 1 == w->n || hi < w->ext[i + 1].lo);
+	w->ext[i] = (struct wrange){L, H, at};
+	AQ_ASSERT(i == 0 || w->ext[i - 1].hi < L);
+	AQ_ASSERT(i + 1 == w->n || H < w->ext[i + 1].lo);
+	uint64_t live = 0;
+	for (uint32_t k = 0; k < w->n; k++)
+		live += w->ext[k].hi - w->ext[k].lo;
+	if (w->buf.len > 2 * live && w->buf.len > (256u << 10))
+		wchunk_compact(w);
+	return (int64_t)w->buf.len - before;
+}
+
+/* The slot of st's least recently written chunk. With st->mu held and a slot in use. */
+static uint32_t wchunk_lru(const struct ino_state *st)
+{
+	uint32_t lru = 0;
+	for (uint32_t j = 1; j < st->nwc; j++)
+		if (st->wc[j]->used < st->wc[lru]->used)
+			lru = j;
+	return lru;
 }
 
 static int commit_size_locked(struct aq_client *c, struct ino_state *st)
@@ -1213,37 +1289,36 @@ ssize_t aq_pwrite(struct aq_file *f, const void *buf, size_t len, uint64_t off)
 		uint64_t pos = off + done;
 		uint32_t idx = (uint32_t)(pos / cs), in = (uint32_t)(pos % cs);
 		uint32_t n = (uint32_t)MIN((uint64_t)(cs - in), (uint64_t)(len - done));
+		/* over the budget: the least recently written chunks go first */
+		while (st->nwc && (st->wbytes + n > WBUF_FILE_MAX || atomic_load(&c->wbuf_bytes) + n > WBUF_CLIENT_MAX)) {
+			rc = flush_chunk_locked(c, st, wchunk_lru(st));
+			if (rc)
+				break;
+		}
+		if (rc)
+			break;
 		if (!st->wc)
 			st->wc = aq_calloc(WCHUNKS, sizeof(*st->wc));
 		uint32_t k = 0;
-		while (k < st->nwc && st->wc[k].idx != idx)
+		while (k < st->nwc && st->wc[k]->idx != idx)
 			k++;
 		if (k == st->nwc && st->nwc == WCHUNKS) {
-			/* no slot for another chunk: the least recently written one goes */
-			uint32_t lru = 0;
-			for (uint32_t j = 1; j < st->nwc; j++)
-				if (st->wc[j].used < st->wc[lru].used)
-					lru = j;
-			rc = flush_chunk_locked(c, st, lru);
+			rc = flush_chunk_locked(c, st, wchunk_lru(st)); /* no slot for another chunk */
 			if (rc)
 				break;
 			k = st->nwc;
 		}
-		struct wchunk *w = &st->wc[k];
 		if (k == st->nwc) {
+			if (!st->wc[k])
+				st->wc[k] = aq_calloc(1, sizeof(*st->wc[k]));
 			st->nwc++;
-			w->idx = idx;
-			w->n = 0;
+			st->wc[k]->idx = idx;
+			st->wc[k]->n = 0;
 		}
-		if (w->cap < in + n) {
-			uint32_t cap = w->cap ? w->cap : 65536;
-			while (cap < in + n)
-				cap *= 2;
-			w->buf = aq_realloc(w->buf, MIN(cap, cs));
-			w->cap = MIN(cap, cs);
-		}
-		memcpy(w->buf + in, p + done, n);
-		wchunk_add(w, in, in + n);
+		struct wchunk *w = st->wc[k];
+		int64_t grew = wchunk_put(w, in, in + n, p + done);
+		st->wbytes += (uint64_t)grew;
+		atomic_fetch_add(&c->wbuf_bytes, (unsigned long)grew);
 		w->used = ++st->wtick;
 		done += n;
 		if ((w->n == 1 && w->ext[0].lo == 0 && w->ext[0].hi == cs) || w->n > WEXTENTS) {

@@ -93,27 +93,36 @@ struct ino_state {
 	int err;                   /* first write-back error, reported at flush/fsync/close */
 	atomic_ulong wgen;         /* bumped by every write and truncate through this client */
 	/* buffered writes: up to WCHUNKS chunks, each with up to WEXTENTS ranges */
-	struct wchunk *wc;         /* WCHUNKS slots, allocated on the first write */
+	struct wchunk **wc;        /* WCHUNKS slots, the array made on the first write, each
+				    * slot when first needed */
 	uint32_t nwc;              /* slots in use: wc[0 .. nwc) */
 	uint64_t wtick;
+	uint64_t wbytes;           /* the slots' buf fill, counted in client->wbuf_bytes too */
 };
 
 /* The largest file size libaq writes or allocates (EFBIG past it). */
 #define AQ_FILE_SIZE_MAX (1ull << 50)
 
-/* A chunk's buffered writes: its bytes at their offsets in buf, and the ranges written
- * (sorted, neither overlapping nor touching). A writer that scatters small writes (a
- * linker writing its output section by section) is sent one write per chunk. */
-#define WCHUNKS 8
+/* A chunk's buffered writes: the ranges written (sorted, neither overlapping nor
+ * touching), each with the place of its bytes in buf. buf fills in the order writes come:
+ * a write inside a range overwrites its bytes, one that extends the range whose bytes end
+ * buf grows it in place (a sequential writer copies each byte once), and one that joins
+ * ranges gets a new place (the old bytes stay behind as garbage until they outweigh the
+ * rest). A writer that scatters small writes (a linker, fio's randwrite) is sent one
+ * write per chunk; a file's buffered bytes are bounded by WBUF_FILE_MAX and a client's by
+ * WBUF_CLIENT_MAX, past which the least recently written chunk goes. */
+#define WCHUNKS 256
 #define WEXTENTS 256
+#define WBUF_FILE_MAX (32ull << 20)
+#define WBUF_CLIENT_MAX (256ull << 20)
 struct wchunk {
 	uint32_t idx;
 	uint32_t n;
 	struct wrange {
-		uint32_t lo, hi;
+		uint32_t lo, hi;   /* chunk offsets */
+		uint32_t at;       /* where byte lo is in buf */
 	} ext[WEXTENTS + 1];
-	uint8_t *buf;
-	uint32_t cap;
+	struct wbuf buf;           /* the ranges' bytes, and garbage (buf.len: in use) */
 	uint64_t used;             /* st->wtick at its last write: the least recent goes first */
 };
 
@@ -177,6 +186,7 @@ struct aq_client {
 	 * moved meanwhile, the server may have answered with the size from before. */
 	atomic_ulong size_epoch;
 	atomic_ulong prefetch_bytes; /* asked for by OPEN_READs whose bytes are still held */
+	atomic_ulong wbuf_bytes;     /* buffered writes of all files (ino_state.wbytes) */
 	/* the last RECENT_SIZES of those changes, for inodes no longer open (by epoch % N) */
 	pthread_mutex_t recent_mu; /* a leaf lock */
 	struct recent_size {

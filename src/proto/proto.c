@@ -517,7 +517,7 @@ int proto_inval_next(struct rbuf *r, uint8_t *kind, uint64_t *ino, const char **
 	return r->err ? -EPROTO : 1;
 }
 
-uint8_t *proto_extents_encode(const struct aq_extent *ext, uint32_t n, const uint8_t *base, size_t *len)
+uint8_t *proto_extents_encode(const struct aq_extent *ext, uint32_t n, const uint8_t *const *src, size_t *len)
 {
 	AQ_ASSERT(n >= 1 && n <= PROTO_CW_EXTENTS_MAX);
 	size_t total = 4 + 8 * (size_t)n;
@@ -528,7 +528,7 @@ uint8_t *proto_extents_encode(const struct aq_extent *ext, uint32_t n, const uin
 	for (uint32_t i = 0; i < n; i++) {
 		put_le32(d + 4 + 8 * i, ext[i].off);
 		put_le32(d + 8 + 8 * i, ext[i].len);
-		memcpy(q, base + ext[i].off, ext[i].len);
+		memcpy(q, src[i], ext[i].len);
 		q += ext[i].len;
 	}
 	*len = total;

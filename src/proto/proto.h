@@ -86,9 +86,9 @@ struct proto_hdr {
 #define PROTO_CW_SYNC 1u
 #define PROTO_CW_EXTENTS 2u
 #define PROTO_CW_EXTENTS_MAX 1024
-/* That data for n extents whose bytes lie at base + off each (a chunk's buffer): a
- * malloc'd buffer of *len bytes, the caller's to free. */
-uint8_t *proto_extents_encode(const struct aq_extent *ext, uint32_t n, const uint8_t *base, size_t *len);
+/* That data for n extents, the bytes of extent i at src[i]: a malloc'd buffer of *len
+ * bytes, the caller's to free. */
+uint8_t *proto_extents_encode(const struct aq_extent *ext, uint32_t n, const uint8_t *const *src, size_t *len);
 /* Checks and splits such data: fills ext (room for PROTO_CW_EXTENTS_MAX) and *n, and
  * points *bytes at the extents' bytes. -EINVAL when it does not add up. Sorting and
  * overlap are left to the data layer, which refuses them. */

@@ -739,7 +739,8 @@ static int t_extents_decode(void)
 	memcpy(chunk + 100, "defgh", 5);
 	struct aq_extent two[2] = {{10, 3}, {100, 5}};
 	size_t elen = 0;
-	uint8_t *enc = proto_extents_encode(two, 2, chunk, &elen);
+	const uint8_t *src[2] = {chunk + 10, chunk + 100};
+	uint8_t *enc = proto_extents_encode(two, 2, src, &elen);
 	CHECK(elen == 28);
 	memcpy(buf, enc, elen);
 	free(enc);

@@ -226,7 +226,7 @@ static bool conn_read(struct net_server *s, struct net_conn *c)
 			c->payload = NULL;
 			c->hdr_got = 0;
 			c->payload_got = 0;
-			if (s->ops.run_inline && s->ops.run_inline(s->arg, &c->h)) {
+			if (s->ops.run_inline && s->ops.run_inline(s->arg, &c->h, p)) {
 				/* the loop's own reference keeps c alive through the call */
 				if (!atomic_load(&c->closed))
 					s->ops.on_frame(s->arg, c, &c->h, p);

@@ -23,7 +23,7 @@ struct net_ops {
 	void (*on_close)(void *arg, struct net_conn *c);
 	/* May be NULL. True for a frame that is quick and never blocks for long: the loop
 	 * thread runs it at once (no hand-off to a worker, no context switch). */
-	bool (*run_inline)(void *arg, const struct proto_hdr *h);
+	bool (*run_inline)(void *arg, const struct proto_hdr *h, const uint8_t *payload);
 };
 
 struct net_options {

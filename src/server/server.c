@@ -927,19 +927,24 @@ static void on_frame(void *arg, struct net_conn *c, const struct proto_hdr *h, c
  * them on the loop thread saves two thread hand-offs per request, which on a small
  * machine cost more than the request. Chunk I/O, fsync and per-op WAL syncs go to the
  * workers, where many can wait on the disk at once (and group their syncs). */
-static bool run_inline(void *arg, const struct proto_hdr *h)
+static bool run_inline(void *arg, const struct proto_hdr *h, const uint8_t *payload)
 {
 	struct server *s = arg;
 	if (s->opt.meta_sync)
 		return false;
+	struct proto_req r;
 	switch (h->op) {
+	case OP_SETATTR:
+		/* only a size change may wait on the data (a truncate); owner, mode and times
+		 * (tar and rsync set all three on every file) are metadata alone. A request that
+		 * does not decode is refused as quickly here. */
+		return proto_req_decode(h->op, payload, h->payload_len, &r) || !(r.mask & AQ_SET_SIZE);
 	case OP_CHUNK_READ:
 	case OP_CHUNK_WRITE:
 	case OP_OPEN_READ:
 	case OP_FSYNC:
 	case OP_RMDIR:
 	case OP_RENAME:
-	case OP_SETATTR: /* may truncate data */
 	case OP_STATFS:
 	case OP_TIER:
 		return false;

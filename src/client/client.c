@@ -359,6 +359,14 @@ static void wbuf_overlay(const struct ino_state *st, uint8_t *buf, uint64_t off,
 	}
 }
 
+/* Makes room for len more bytes at the end of w's buf: 64 KiB at first, then doubling. */
+static void wchunk_reserve(struct wchunk *w, uint32_t len)
+{
+	if (!w->buf.cap)
+		wbuf_init(&w->buf, MAX(len, 65536u));
+	wbuf_reserve(&w->buf, len);
+}
+
 /* Drops the garbage in w's buf: the ranges' bytes, one after another. */
 static void wchunk_compact(struct wchunk *w)
 {
@@ -399,14 +407,14 @@ static int64_t wchunk_put(struct wchunk *w, uint32_t lo, uint32_t hi, const uint
 	}
 	if (j == i + 1 && r->lo <= lo && r->at + (r->hi - r->lo) == w->buf.len) {
 		/* past the end of the range whose bytes end buf: it grows in place */
-		wbuf_reserve(&w->buf, hi - r->hi);
+		wchunk_reserve(w, hi - r->hi);
 		memcpy(w->buf.p + r->at + (lo - r->lo), src, hi - lo);
 		w->buf.len += hi - r->hi;
 		r->hi = hi;
 		return (int64_t)w->buf.len - before;
 	}
 	uint32_t at = w->buf.len;
-	wbuf_reserve(&w->buf, H - L);
+	wchunk_reserve(w, H - L);
 	for (uint32_t k = i; k < j; k++) /* the old bytes, all before at */
 		memcpy(w->buf.p + at + (w->ext[k].lo - L), w->buf.p + w->ext[k].at, w->ext[k].hi - w->ext[k].lo);
 	memcpy(w->buf.p + at + (lo - L), src, hi - lo);

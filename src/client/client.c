@@ -1297,8 +1297,11 @@ ssize_t aq_pwrite(struct aq_file *f, const void *buf, size_t len, uint64_t off)
 		uint64_t pos = off + done;
 		uint32_t idx = (uint32_t)(pos / cs), in = (uint32_t)(pos % cs);
 		uint32_t n = (uint32_t)MIN((uint64_t)(cs - in), (uint64_t)(len - done));
-		/* over the budget: the least recently written chunks go first */
-		while (st->nwc && (st->wbytes + n > WBUF_FILE_MAX || atomic_load(&c->wbuf_bytes) + n > WBUF_CLIENT_MAX)) {
+		/* Over the budget, the least recently written chunks go first. A file with one
+		 * chunk buffered (a sequential writer, at most a chunk and its garbage) keeps
+		 * it: with many such writers at the client's limit, each would otherwise send
+		 * its chunk on every write. */
+		while (st->nwc > 1 && (st->wbytes + n > WBUF_FILE_MAX || atomic_load(&c->wbuf_bytes) + n > WBUF_CLIENT_MAX)) {
 			rc = flush_chunk_locked(c, st, wchunk_lru(st));
 			if (rc)
 				break;

@@ -110,7 +110,8 @@ struct ino_state {
  * ranges gets a new place (the old bytes stay behind as garbage until they outweigh the
  * rest). A writer that scatters small writes (a linker, fio's randwrite) is sent one
  * write per chunk; a file's buffered bytes are bounded by WBUF_FILE_MAX and a client's by
- * WBUF_CLIENT_MAX, past which the least recently written chunk goes. */
+ * WBUF_CLIENT_MAX, past which the least recently written chunk of a file that buffers
+ * several goes (one chunk is at most a chunk and its garbage). */
 #define WCHUNKS 256
 #define WEXTENTS 256
 #define WBUF_FILE_MAX (32ull << 20)

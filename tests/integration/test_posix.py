@@ -577,6 +577,47 @@ def test_random_writes_over_many_chunks_wait_for_close(c):
     scattered_writes_wait_for_close(c, "randwrites", 40 * (4 << 20), 1500)
 
 
+def test_many_sequential_writers_keep_their_chunks(c):
+    """70 files written at once, each almost one chunk (4 MiB less a byte, in 64 KiB
+    writes), buffer 280 MiB in the mount, past the client's 256 MiB for buffered writes:
+    with aqd stopped, every write still ends at once. A file that buffers one chunk keeps
+    it; sending it early would make every writer send its chunk on every write once many
+    of them fill the client's budget. The files read back right after close."""
+    cs, nfiles = 4 << 20, 70
+    fds = [os.open(c.path(f"seqw{i}"), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644) for i in range(nfiles)]
+    try:
+        for i, fd in enumerate(fds):  # the first write of a file asks aqd (its xattrs)
+            os.pwrite(fd, bytes([i + 1]), 0)
+            os.fsync(fd)
+        code = ("import os\n"
+                f"for off in range(0, {cs - 1}, 65536):\n"
+                f"    for i, fd in enumerate({fds}):\n"
+                f"        n = min(65536, {cs - 1} - off)\n"
+                "        assert os.pwrite(fd, bytes([i + 1]) * n, off) == n\n"
+                "print('done', flush=True)\n"
+                "import time; time.sleep(60)\n")
+        # the child's exit closes the files, and a close (FLUSH) waits for aqd: it says
+        # when it is done and is killed after aqd runs again
+        os.kill(c.pid(), signal.SIGSTOP)
+        try:
+            child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, pass_fds=tuple(fds))
+            ready = select.select([child.stdout], [], [], 10)[0]
+            line = child.stdout.readline() if ready else b""
+        finally:
+            os.kill(c.pid(), signal.SIGCONT)
+        child.kill()
+        child.wait()
+        assert line == b"done\n", "sequential writers waited for aqd"
+    finally:
+        for fd in fds:
+            os.close(fd)
+    for i in range(0, nfiles, 23):
+        with open(c.path(f"seqw{i}"), "rb") as f:
+            assert f.read() == bytes([i + 1]) * (cs - 1), i
+    for i in range(nfiles):
+        os.unlink(c.path(f"seqw{i}"))
+
+
 def test_overlapping_writes_read_back(c):
     """Writes that overlap and join ranges of one buffered chunk, thousands of them, some
     large (a joined range takes a new place in the chunk's buffer, and the buffer drops

@@ -4,6 +4,7 @@ temporary directory, and a tiny runner that calls every test_* function of a mod
 Each test file runs as its own process: `python3 tests/integration/test_x.py`."""
 import os
 import shutil
+import select
 import signal
 import stat
 import subprocess
@@ -42,6 +43,24 @@ def runs_while_stopped(pid, code, what, pass_fds=()):
     err = p.communicate()[1]
     assert done, what
     assert p.returncode == 0, err
+
+
+def ends_while_stopped(pid, code, what, pass_fds):
+    """Runs `python3 -c code` while process pid is stopped; fails (with what) unless code
+    has run to its end within 10 s. The child then waits, and is killed only after pid
+    runs again: its exit closes the files it was passed, and a close may wait on pid (a
+    FLUSH of buffered writes), which runs_while_stopped would count against code."""
+    code += "\nprint('done', flush=True)\nimport time\ntime.sleep(60)\n"
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, pass_fds=pass_fds)
+        ready = select.select([child.stdout], [], [], 10)[0]
+        line = child.stdout.readline() if ready else b""
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    child.kill()
+    child.wait()
+    assert line == b"done\n", what
 
 
 def run(*args, check=True, **kw):

@@ -5,7 +5,6 @@ import errno
 import hashlib
 import os
 import random
-import select
 import signal
 import stat
 import subprocess
@@ -13,7 +12,7 @@ import sys
 import tarfile
 import time
 
-from aqtest import Cluster, expect_errno, main, run, run_as, runs_while_stopped
+from aqtest import Cluster, ends_while_stopped, expect_errno, main, run, run_as, runs_while_stopped
 
 
 def test_write_read_small(c):
@@ -529,23 +528,10 @@ def scattered_writes_wait_for_close(c, name, size, count):
     try:
         os.pwrite(fd, b"\0", size - 1)  # the size reaches aqd before it stops
         os.fsync(fd)
-        # The child says when it is done and then waits: its exit closes the file, and a
-        # close sends the buffer (a FLUSH), which must wait for aqd.
-        code = (SCATTER + "import os, time\n"
+        code = (SCATTER + "import os\n"
                 f"for i, off, data in scatter({size}, {count}):\n"
-                f"    assert os.pwrite({fd}, data, off) == len(data)\n"
-                "print('done', flush=True)\n"
-                "time.sleep(60)\n")
-        os.kill(c.pid(), signal.SIGSTOP)
-        try:
-            child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, pass_fds=(fd,))
-            ready = select.select([child.stdout], [], [], 10)[0]
-            line = child.stdout.readline() if ready else b""
-        finally:
-            os.kill(c.pid(), signal.SIGCONT)
-        child.kill()
-        child.wait()
-        assert line == b"done\n", "scattered writes waited for aqd"
+                f"    assert os.pwrite({fd}, data, off) == len(data)\n")
+        ends_while_stopped(c.pid(), code, "scattered writes waited for aqd", (fd,))
         assert os.pread(fd, size, 0) == bytes(want)  # the buffer over what the server holds
         for i, off, data in ns["scatter"](size, min(count, 300)):  # again, each read back at once
             data = data[::-1]
@@ -593,21 +579,8 @@ def test_many_sequential_writers_keep_their_chunks(c):
                 f"for off in range(0, {cs - 1}, 65536):\n"
                 f"    for i, fd in enumerate({fds}):\n"
                 f"        n = min(65536, {cs - 1} - off)\n"
-                "        assert os.pwrite(fd, bytes([i + 1]) * n, off) == n\n"
-                "print('done', flush=True)\n"
-                "import time; time.sleep(60)\n")
-        # the child's exit closes the files, and a close (FLUSH) waits for aqd: it says
-        # when it is done and is killed after aqd runs again
-        os.kill(c.pid(), signal.SIGSTOP)
-        try:
-            child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, pass_fds=tuple(fds))
-            ready = select.select([child.stdout], [], [], 10)[0]
-            line = child.stdout.readline() if ready else b""
-        finally:
-            os.kill(c.pid(), signal.SIGCONT)
-        child.kill()
-        child.wait()
-        assert line == b"done\n", "sequential writers waited for aqd"
+                "        assert os.pwrite(fd, bytes([i + 1]) * n, off) == n\n")
+        ends_while_stopped(c.pid(), code, "sequential writers waited for aqd", tuple(fds))
     finally:
         for fd in fds:
             os.close(fd)

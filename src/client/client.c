@@ -312,17 +312,6 @@ static bool wchunk_meets(const struct ino_state *st, const struct wchunk *w, uin
 	return base < off + len && off < base + st->chunk_size;
 }
 
-/* Whether a buffered write of st touches [off, off + len). With st->mu held. */
-static bool wbuf_overlaps(const struct ino_state *st, uint64_t off, uint64_t len)
-{
-	uint64_t at, n;
-	for (uint32_t k = 0; k < st->nwc; k++)
-		for (uint32_t i = 0; wchunk_meets(st, st->wc[k], off, len) && i < st->wc[k]->n; i++)
-			if (wrange_cut(st, st->wc[k], &st->wc[k]->ext[i], off, len, &at, &n))
-				return true;
-	return false;
-}
-
 /* Whether st's buffered writes hold every byte of [off, off + len). With st->mu held. */
 static bool wbuf_covers(const struct ino_state *st, uint64_t off, uint64_t len)
 {
@@ -345,18 +334,27 @@ static bool wbuf_covers(const struct ino_state *st, uint64_t off, uint64_t len)
 	return true;
 }
 
-/* Copies st's buffered writes in [off, off + len) over buf (which holds that range).
- * With st->mu held. */
-static void wbuf_overlay(const struct ino_state *st, uint8_t *buf, uint64_t off, uint64_t len)
+/* Copies st's buffered writes in [off, off + len) over buf (which holds that range);
+ * with buf NULL, only says whether there are any. With st->mu held. */
+static bool wbuf_overlay(const struct ino_state *st, uint8_t *buf, uint64_t off, uint64_t len)
 {
 	uint64_t at, n;
+	bool any = false;
 	for (uint32_t k = 0; k < st->nwc; k++) {
 		const struct wchunk *w = st->wc[k];
-		for (uint32_t i = 0; wchunk_meets(st, w, off, len) && i < w->n; i++)
-			if (wrange_cut(st, w, &w->ext[i], off, len, &at, &n))
-				memcpy(buf + (at - off),
-				       w->buf.p + w->ext[i].at + (at - (uint64_t)w->idx * st->chunk_size - w->ext[i].lo), n);
+		if (!wchunk_meets(st, w, off, len))
+			continue;
+		for (uint32_t i = 0; i < w->n; i++) {
+			if (!wrange_cut(st, w, &w->ext[i], off, len, &at, &n))
+				continue;
+			if (!buf)
+				return true;
+			memcpy(buf + (at - off), w->buf.p + w->ext[i].at + (at - (uint64_t)w->idx * st->chunk_size - w->ext[i].lo),
+			       n);
+			any = true;
+		}
 	}
+	return any;
 }
 
 /* Makes room for len more bytes at the end of w's buf: 64 KiB at first, then doubling. */
@@ -1431,7 +1429,7 @@ ssize_t aq_pread(struct aq_file *f, void *buf, size_t len, uint64_t off)
 	 * return, with st->mu held throughout so that none is sent (and dropped from the
 	 * buffer) between the two. Flushing them instead made a writer that reads back what
 	 * it wrote (a linker) pay a chunk rewrite per read. */
-	bool mine = wbuf_overlaps(st, off, len);
+	bool mine = wbuf_overlay(st, NULL, off, len);
 	if (mine && wbuf_covers(st, off, len)) {
 		wbuf_overlay(st, buf, off, len); /* all of it is here: no server to ask */
 		pthread_mutex_unlock(&st->mu);

@@ -37,7 +37,7 @@ UNIT_BIN := $(patsubst tests/unit/%.c,$(B)/tests/%,$(UNIT_SRC))
 S3_SELFTEST := $(B)/tests/s3_selftest
 TIER_SELFTEST := $(B)/tests/tier_selftest
 
-all: bin/aqd bin/aq lib/libaq.so include/aq.h $(UNIT_BIN) $(S3_SELFTEST) $(TIER_SELFTEST) python
+all: bin/aqd bin/aq lib/libaq.so include/aq.h bin/fwdfs $(UNIT_BIN) $(S3_SELFTEST) $(TIER_SELFTEST) python
 
 $(B)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -46,6 +46,11 @@ $(B)/%.o: %.c
 bin/aqd: $(B)/src/server/main.o $(SERVER_OBJ) $(S3_OBJ) $(COMMON_OBJ)
 	@mkdir -p bin
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS_SERVER)
+
+# The floor a FUSE layer costs here, for aq bench meta to measure (docs/performance.md).
+bin/fwdfs: bench/fwdfs.c
+	@mkdir -p bin
+	$(CC) $(CFLAGS) -o $@ $< -lfuse3
 
 bin/aq: $(CLI_OBJ) $(CLIENT_OBJ) $(S3_OBJ) $(COMMON_OBJ)
 	@mkdir -p bin

@@ -13,6 +13,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sched.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <sys/epoll.h>
@@ -58,6 +59,8 @@ struct net_server {
 	pthread_cond_t q_nonempty, q_nonfull;
 	struct job *q;
 	uint32_t q_head, q_len;
+	atomic_uint busy; /* frames handed to workers and not yet handled */
+	int64_t handoff_ns; /* when the loop last handed a frame to a worker (loop thread only) */
 	bool q_stop;
 	pthread_mutex_t conns_mu;
 	struct net_conn *conns;
@@ -172,12 +175,15 @@ static void *worker_main(void *arg)
 			s->ops.on_frame(s->arg, j.c, &j.h, j.payload);
 		free(j.payload);
 		conn_unref(j.c);
+		atomic_fetch_sub(&s->busy, 1);
 	}
 }
 
 static void enqueue(struct net_server *s, struct net_conn *c, uint8_t *payload)
 {
 	atomic_fetch_add(&c->refs, 1);
+	atomic_fetch_add(&s->busy, 1);
+	s->handoff_ns = aq_now_ns();
 	pthread_mutex_lock(&s->q_mu);
 	while (s->q_len == s->opt.queue_depth && !s->q_stop)
 		pthread_cond_wait(&s->q_nonfull, &s->q_mu);
@@ -185,6 +191,7 @@ static void enqueue(struct net_server *s, struct net_conn *c, uint8_t *payload)
 		pthread_mutex_unlock(&s->q_mu);
 		free(payload);
 		conn_unref(c);
+		atomic_fetch_sub(&s->busy, 1);
 		return;
 	}
 	s->q[(s->q_head + s->q_len) % s->opt.queue_depth] = (struct job){c, c->h, payload};
@@ -285,12 +292,42 @@ static void do_accept(struct net_server *s)
 	}
 }
 
+/* Waits for events; polls first when asked to. A wake-up of a sleeping thread on an idle
+ * CPU costs that CPU's exit from halt (about 17 us on a VM whose guest halt-polling is
+ * off), and a client that waits for each reply pays it on every request: a FUSE create
+ * holds its directory's lock across the round trip, so creates in one directory run at
+ * the pace of these wake-ups. Polling a little longer than the gap between such
+ * requests (poll_us, aqd --poll-us) keeps the loop awake for the next one. It polls
+ * only while the stream is all metadata answered by the loop itself: once a frame went
+ * to a worker in the last POLL_QUIET_NS (reads and writes: a training job's loaders,
+ * which need the CPU more than a few microseconds of latency), it sleeps at once. */
+#define POLL_QUIET_NS (10 * 1000000LL)
+
+static int loop_wait(struct net_server *s, struct epoll_event *evs, bool poll)
+{
+	int n = 0;
+	if (poll) {
+		int64_t until = aq_now_ns() + (int64_t)s->opt.poll_us * 1000;
+		while ((n = epoll_wait(s->epfd, evs, 64, 0)) == 0 && aq_now_ns() < until &&
+		       !atomic_load(&s->busy) && !atomic_load(&s->stopping))
+			sched_yield(); /* a thread with work on this CPU goes first */
+	}
+	return n > 0 ? n : epoll_wait(s->epfd, evs, 64, 1000);
+}
+
 static void *loop_main(void *arg)
 {
 	struct net_server *s = arg;
 	struct epoll_event evs[64];
+	bool poll = false;
 	while (!atomic_load(&s->stopping)) {
-		int n = epoll_wait(s->epfd, evs, 64, 1000);
+		int64_t idle = aq_now_ns();
+		int n = loop_wait(s, evs, poll);
+		/* Poll next time only if this wait was short: an idle server, or one that a
+		 * client asks less often than every poll_us, sleeps at once and costs no CPU. */
+		int64_t now = aq_now_ns();
+		poll = s->opt.poll_us && n > 0 && now - idle <= (int64_t)s->opt.poll_us * 1000 &&
+		       now - s->handoff_ns > POLL_QUIET_NS && !atomic_load(&s->busy);
 		for (int i = 0; i < n; i++) {
 			void *p = evs[i].data.ptr;
 			if (p == &s->listen_fd) {

@@ -13,6 +13,7 @@ static void usage(void)
 {
 	fprintf(stderr, "usage: aqd --data DIR [--server-id N] [--workers N] [--log FILE] [--sync-each-op] [--debug]\n"
 			"           [--tier-interval SECONDS] [--target-capacity BYTES] [--direct-read-min BYTES|off]\n"
+			"           [--poll-us MICROSECONDS]\n"
 			"  Serves the metadata buckets and storage targets of DIR/cluster.conf's server N.\n"
 			"  Every change is in the write-ahead log before its reply (it survives a crash of\n"
 			"  aqd); the log reaches the disk on fsync and at least once a second, or before\n"
@@ -23,6 +24,8 @@ static void usage(void)
 			"  --direct-read-min: chunk reads not in the page cache go to the disk with O_DIRECT\n"
 			"  when they are 512K or more, or at least this many bytes (64K) while 8 or more\n"
 			"  reads run; off: never.\n"
+			"  --poll-us: after a request that came within this long of the last, the event\n"
+			"  loop polls this long for the next before it sleeps (200; 0: never polls).\n"
 			"  S3 keys for the object tier: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or the\n"
 			"  credentials file that DIR/tier.conf names.\n");
 }
@@ -47,21 +50,30 @@ static uint64_t parse_bytes(const char *s)
 	return (uint64_t)v << shift;
 }
 
+/* "200" -> 200; -1 on anything but a decimal number. */
+static long parse_long(const char *s)
+{
+	char *end;
+	errno = 0;
+	long v = strtol(s, &end, 10);
+	return errno || end == s || *end ? -1 : v;
+}
+
 int main(int argc, char **argv)
 {
-	struct server_options opt = {.workers = 128, .meta_sync = false, .tier_interval_s = 60};
+	struct server_options opt = {.workers = 128, .meta_sync = false, .tier_interval_s = 60, .poll_us = 200};
 	const char *log_path = NULL;
 	static const struct option lopts[] = {
 		{"data", required_argument, 0, 'd'}, {"server-id", required_argument, 0, 's'},
 		{"workers", required_argument, 0, 'w'}, {"log", required_argument, 0, 'l'},
 		{"sync-each-op", no_argument, 0, 'n'}, {"debug", no_argument, 0, 'D'},
 		{"tier-interval", required_argument, 0, 'i'}, {"target-capacity", required_argument, 0, 'C'},
-		{"direct-read-min", required_argument, 0, 'R'},
+		{"direct-read-min", required_argument, 0, 'R'}, {"poll-us", required_argument, 0, 'P'},
 		{"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
 	int c;
-	long interval = 60;
+	long interval = 60, poll_us = 200;
 	const char *capacity = NULL, *direct_min = NULL;
-	while ((c = getopt_long(argc, argv, "d:s:w:l:nDi:C:R:h", lopts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "d:s:w:l:nDi:C:R:P:h", lopts, NULL)) != -1) {
 		switch (c) {
 		case 'd': opt.data_dir = optarg; break;
 		case 's': opt.server_id = (uint32_t)atoi(optarg); break;
@@ -69,9 +81,10 @@ int main(int argc, char **argv)
 		case 'l': log_path = optarg; break;
 		case 'n': opt.meta_sync = true; break;
 		case 'D': log_min_level = LOG_DEBUG; break;
-		case 'i': interval = atol(optarg); break;
+		case 'i': interval = parse_long(optarg); break;
 		case 'C': capacity = optarg; break;
 		case 'R': direct_min = optarg; break;
+		case 'P': poll_us = parse_long(optarg); break;
 		default: usage(); return c == 'h' ? 0 : 2;
 		}
 	}
@@ -90,6 +103,11 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	opt.tier_interval_s = (uint32_t)interval;
+	if (poll_us < 0 || poll_us > 100000) {
+		log_error("--poll-us must be 0..100000 microseconds");
+		return 2;
+	}
+	opt.poll_us = (uint32_t)poll_us;
 	if (capacity && (opt.target_capacity_bytes = parse_bytes(capacity)) < (1u << 20)) {
 		log_error("--target-capacity must be a size of at least 1M (e.g. 64M, 10G)");
 		return 2;

@@ -1107,7 +1107,8 @@ int server_start(const struct server_options *opt, struct server **out)
 		log_error("cannot start the object tier: %s", aq_strerror(rc));
 		goto err_data;
 	}
-	struct net_options no = {.host = me->addr, .port = me->port, .workers = opt->workers};
+	struct net_options no = {.host = me->addr, .port = me->port, .workers = opt->workers,
+				.poll_us = opt->poll_us};
 	struct net_ops ops = {.on_accept = on_accept, .on_frame = on_frame, .on_close = on_close,
 			      .run_inline = run_inline};
 	rc = net_start(&no, &ops, s, &s->net);

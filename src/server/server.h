@@ -21,6 +21,7 @@ struct server_options {
 	uint32_t tier_interval_s;        /* object tier scanner period (0: 60 s) */
 	uint64_t target_capacity_bytes;  /* per-target quota (0: the file system's size) */
 	uint32_t direct_read_min;        /* see data_options.direct_min */
+	uint32_t poll_us;                /* see net_options.poll_us */
 };
 
 struct server;

@@ -4,8 +4,9 @@ import errno
 import hashlib
 import os
 import re
+import time
 
-from aqtest import AQ, Cluster, expect_errno, main, run
+from aqtest import AQ, AQD, Cluster, expect_errno, main, run
 
 
 def test_wrong_secret_is_refused():
@@ -22,6 +23,34 @@ def test_wrong_secret_is_refused():
         assert "refusing" in open(os.path.join(c.data, "aqd.log")).read()
         # the right secret still works and nothing was created
         assert "files     1" in c.aq("status").stdout
+
+
+def test_aqd_poll_option_is_checked():
+    for bad in ("abc", "-5", "100001", "12x"):
+        p = run(AQD, "--data", "/nonexistent", "--poll-us", bad, check=False)
+        assert p.returncode == 2 and "--poll-us must be 0..100000" in p.stderr, (bad, p.stderr)
+
+
+def aqd_cpu_s(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_idle_aqd_stops_polling():
+    """aqd polls for the next request only while requests keep coming (net.c, loop_wait):
+    after a burst of creates, the one workload that makes it poll, it costs no CPU."""
+    with Cluster() as c:
+        d = c.path("burst")
+        os.mkdir(d)
+        for i in range(3000):
+            os.close(os.open(os.path.join(d, f"f{i}"), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        time.sleep(0.5)
+        before = aqd_cpu_s(c.pid())
+        time.sleep(2)
+        used = aqd_cpu_s(c.pid()) - before
+        assert used < 0.2, f"an idle aqd used {used:.2f} s of CPU in 2 s"
+        assert len(os.listdir(d)) == 3000
 
 
 def test_missing_cluster_file_is_clear():

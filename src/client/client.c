@@ -69,6 +69,10 @@ int aq_connect(const char *cluster_file, struct aq_client **out)
 	const char *env = getenv("AQ_CONNS");
 	if (env && atoi(env) > 0 && atoi(env) <= 64)
 		c->nconns = (uint32_t)atoi(env);
+	c->reconnect_s = RPC_RECONNECT_S;
+	env = getenv("AQ_RECONNECT_S");
+	if (env && atoi(env) > 0 && atoi(env) <= 86400)
+		c->reconnect_s = (uint32_t)atoi(env);
 	c->conns = aq_calloc((size_t)c->nconns * c->map.nservers, sizeof *c->conns);
 	uint32_t done = 0;
 	for (uint32_t s = 0; s < c->map.nservers; s++)
@@ -1492,8 +1496,12 @@ int aq_flush(struct aq_file *f)
 	rc = flush_locked(f->c, st);
 	if (!rc)
 		rc = commit_size_locked(f->c, st);
-	if (!rc && st->err) {
-		rc = st->err;
+	/* A write-back failure is reported once, by the flush or fsync that comes after it
+	 * or fails with it (as Linux reports one to fsync); writes then go on. It stuck
+	 * before when this flush failed too: after aqd came back, every write still failed. */
+	if (st->err) {
+		if (!rc)
+			rc = st->err;
 		st->err = 0;
 	}
 	pthread_mutex_unlock(&st->mu);

@@ -12,7 +12,7 @@
 
 #define RPC_CONNS_DEFAULT 4
 #define RPC_PENDING_BUCKETS 256
-#define RPC_RECONNECT_S 60      /* how long a call waits for a restarting server */
+#define RPC_RECONNECT_S 60      /* how long a call waits for a restarting server ($AQ_RECONNECT_S) */
 #define RPC_HOLD_MAX 128        /* held-back requests that force a send */
 #define RPC_HOLD_NS 2000000     /* the longest a held RELEASE waits for a frame to ride with */
 
@@ -178,6 +178,7 @@ struct aq_client {
 	struct cluster_map map;
 	struct aq_cred cred;
 	uint32_t nconns;
+	uint32_t reconnect_s; /* how long a call waits for a restarting server */
 	struct rpc_conn *conns;    /* nconns per server */
 	atomic_uint rr;
 	pthread_mutex_t files_mu;

@@ -7,7 +7,7 @@
  * work), and the connection's receiver thread reads when calls are pending that nobody
  * waits on. A connection that breaks fails its pending calls with -ENOTCONN; the next
  * call reconnects (a restarted aqd is found again) and rpc_do retries for up to
- * RPC_RECONNECT_S seconds.
+ * RPC_RECONNECT_S seconds ($AQ_RECONNECT_S).
  */
 #include "client/client_internal.h"
 #include "common/auth.h"
@@ -889,7 +889,7 @@ int rpc_do_on(struct aq_client *c, uint32_t server, const struct proto_req *req,
 	struct wbuf w;
 	wbuf_init(&w, 128 + req->data_len + req->name_len + req->name2_len);
 	proto_req_encode(&w, req);
-	uint64_t deadline = aq_mono_ns() + (uint64_t)RPC_RECONNECT_S * 1000000000ull;
+	uint64_t deadline = aq_mono_ns() + (uint64_t)c->reconnect_s * 1000000000ull;
 	int err;
 	struct rpc_call *call = NULL;
 	for (int attempt = 0;; attempt++) {

@@ -876,7 +876,28 @@ static void keep_attr(struct cseq seq, const struct aq_attr *a)
 	nox_put(seq, a);
 }
 
-static int posix_err(int rc) { return aq_errno_posix(rc); }
+/* The errno an application gets. A server that stayed unreachable past libaq's
+ * reconnect window ($AQ_RECONNECT_S, 60 s) is an I/O error to the application, as a
+ * failed disk is on ext4 or a soft NFS mount's lost server: write(2) and fsync(2) have no
+ * ECONNREFUSED. The cause goes to the mount's log, at most every 10 s. */
+static int posix_err(int rc)
+{
+	switch (-rc) {
+	case ECONNREFUSED:
+	case ENOTCONN:
+	case ECONNRESET:
+	case EPIPE:
+	case EHOSTUNREACH:
+	case ETIMEDOUT: {
+		static _Atomic uint64_t logged_ns;
+		uint64_t now = aq_mono_ns(), last = atomic_load(&logged_ns);
+		if (now - last > 10 * 1000000000ULL && atomic_compare_exchange_strong(&logged_ns, &last, now))
+			log_warn("a server is unreachable (%s): answering EIO", aq_strerror(rc));
+		return EIO;
+	}
+	}
+	return aq_errno_posix(rc);
+}
 
 /* The caller's uid and gid. Supplementary groups cost a read of /proc per request, so
  * they are fetched only when the server refused without them (WITH_GROUPS). */

@@ -4,6 +4,7 @@ import errno
 import hashlib
 import os
 import re
+import subprocess
 import time
 
 from aqtest import AQ, AQD, Cluster, expect_errno, main, run
@@ -51,6 +52,39 @@ def test_idle_aqd_stops_polling():
         used = aqd_cpu_s(c.pid()) - before
         assert used < 0.2, f"an idle aqd used {used:.2f} s of CPU in 2 s"
         assert len(os.listdir(d)) == 3000
+
+
+def test_server_gone_past_the_window_is_eio():
+    """A mount whose aqd stays away past libaq's reconnect window ($AQ_RECONNECT_S) fails
+    calls with EIO, as ext4 does on a failed disk (write(2) and fsync(2) have no
+    ECONNREFUSED), and serves again, with nothing lost, once aqd is back."""
+    with Cluster(mount=False) as c:
+        mnt = os.path.join(c.base, "short")
+        os.mkdir(mnt)
+        subprocess.run([AQ, "mount", mnt, "--cluster", c.conf], check=True,
+                       env=dict(os.environ, AQ_RECONNECT_S="2"))
+        try:
+            os.mkdir(os.path.join(mnt, "unlisted"))
+            with open(os.path.join(mnt, "kept"), "wb") as f:
+                f.write(b"before")
+            f = open(os.path.join(mnt, "kept"), "r+b")
+            c.kill9()
+            t0 = time.monotonic()
+            f.seek(0, os.SEEK_END)
+            f.write(b" during")
+            f.flush()
+            expect_errno(errno.EIO, os.fsync, f.fileno())
+            expect_errno(errno.EIO, os.listdir, os.path.join(mnt, "unlisted"))
+            assert time.monotonic() - t0 < 30
+            run(AQ, "up", "--data", c.data, "--no-mount")
+            f.seek(0, os.SEEK_END)
+            f.write(b" after")
+            f.close()
+            with open(os.path.join(mnt, "kept"), "rb") as g:
+                assert g.read().startswith(b"before"), "a file written before the outage lost bytes"
+            assert os.listdir(os.path.join(mnt, "unlisted")) == []
+        finally:
+            run("umount", mnt, check=False)
 
 
 def test_missing_cluster_file_is_clear():

@@ -398,6 +398,44 @@ def test_d_batch_of_chunk_reads_bounded(c):
     os.kill(pid, 0)
 
 
+def test_f_frames_packed_and_split(c):
+    """aqd assembles frames from whatever its reads return (net.c, conn_read): many frames
+    in one write, a frame a byte at a time, a 20 KiB payload followed by another frame,
+    sent in pieces that cut both the header and the payload; all answered in full."""
+    s = authed(c)
+    frames = b""
+    for i in range(300):
+        p = lookup_payload(b"packed-%d" % i)
+        frames += hdr(OP_LOOKUP, 1000 + i, len(p)) + p
+    send(s, frames)  # about 14 KiB in one write
+    got = {}
+    for _ in range(300):
+        r = recv_frame(s)
+        got[r["req_id"]] = r["status"]
+    assert got == {1000 + i: 2 for i in range(300)}, "a packed frame was lost or misread"
+    # one frame a byte at a time
+    p = lookup_payload(b"trickled")
+    for b in hdr(OP_LOOKUP, 2000, len(p)) + p:
+        send(s, bytes([b]))
+        time.sleep(0.001)
+    r = recv_frame(s)
+    assert (r["req_id"], r["status"]) == (2000, 2), r
+    # a 20 KiB payload (a name far past NAME_MAX: refused, not dropped), then a small
+    # frame, sent in pieces that cut the header and the payload
+    big = lookup_payload(b"x" * 20000)
+    small = lookup_payload(b"after-big")
+    data = hdr(OP_LOOKUP, 3000, len(big)) + big + hdr(OP_LOOKUP, 3001, len(small)) + small
+    pieces = [data[0:10], data[10:4000], data[4000:20030], data[20030:]]
+    for piece in pieces:
+        send(s, piece)
+        time.sleep(0.01)
+    r1, r2 = recv_frame(s), recv_frame(s)
+    assert r1["req_id"] == 3000 and r1["status"] != 0, r1
+    assert (r2["req_id"], r2["status"]) == (3001, 2), r2
+    s.close()
+    os.kill(c.pid(), 0)
+
+
 OP_WATCH, OP_INVAL, OP_UNLINK = 33, 34, 17
 F_PUSH = 4
 

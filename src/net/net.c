@@ -60,7 +60,7 @@ struct net_server {
 	struct job *q;
 	uint32_t q_head, q_len;
 	atomic_uint busy; /* frames handed to workers and not yet handled */
-	int64_t handoff_ns; /* when the loop last handed a frame to a worker (loop thread only) */
+	int64_t quiet_ns; /* when the last frame came that quiets polling (loop thread only) */
 	bool q_stop;
 	pthread_mutex_t conns_mu;
 	struct net_conn *conns;
@@ -183,7 +183,6 @@ static void enqueue(struct net_server *s, struct net_conn *c, uint8_t *payload)
 {
 	atomic_fetch_add(&c->refs, 1);
 	atomic_fetch_add(&s->busy, 1);
-	s->handoff_ns = aq_now_ns();
 	pthread_mutex_lock(&s->q_mu);
 	while (s->q_len == s->opt.queue_depth && !s->q_stop)
 		pthread_cond_wait(&s->q_nonfull, &s->q_mu);
@@ -233,6 +232,8 @@ static bool conn_read(struct net_server *s, struct net_conn *c)
 			c->payload = NULL;
 			c->hdr_got = 0;
 			c->payload_got = 0;
+			if (s->ops.quiets_poll && s->ops.quiets_poll(s->arg, &c->h))
+				s->quiet_ns = aq_now_ns();
 			if (s->ops.run_inline && s->ops.run_inline(s->arg, &c->h, p)) {
 				/* the loop's own reference keeps c alive through the call */
 				if (!atomic_load(&c->closed))
@@ -297,10 +298,10 @@ static void do_accept(struct net_server *s)
  * off), and a client that waits for each reply pays it on every request: a FUSE create
  * holds its directory's lock across the round trip, so creates in one directory run at
  * the pace of these wake-ups. Polling a little longer than the gap between such
- * requests (poll_us, aqd --poll-us) keeps the loop awake for the next one. It polls
- * only while the stream is all metadata answered by the loop itself: once a frame went
- * to a worker in the last POLL_QUIET_NS (reads and writes: a training job's loaders,
- * which need the CPU more than a few microseconds of latency), it sleeps at once. */
+ * requests (poll_us, aqd --poll-us) keeps the loop awake for the next one. It does not
+ * poll while a worker has a frame, nor for POLL_QUIET_NS after a frame that quiets
+ * polling (net_ops.quiets_poll: reads of file data, whose loaders need the CPU more
+ * than a few microseconds of latency). */
 #define POLL_QUIET_NS (10 * 1000000LL)
 
 static int loop_wait(struct net_server *s, struct epoll_event *evs, bool poll)
@@ -327,7 +328,7 @@ static void *loop_main(void *arg)
 		 * client asks less often than every poll_us, sleeps at once and costs no CPU. */
 		int64_t now = aq_now_ns();
 		poll = s->opt.poll_us && n > 0 && now - idle <= (int64_t)s->opt.poll_us * 1000 &&
-		       now - s->handoff_ns > POLL_QUIET_NS && !atomic_load(&s->busy);
+		       now - s->quiet_ns > POLL_QUIET_NS && !atomic_load(&s->busy);
 		for (int i = 0; i < n; i++) {
 			void *p = evs[i].data.ptr;
 			if (p == &s->listen_fd) {

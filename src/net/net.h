@@ -24,6 +24,10 @@ struct net_ops {
 	/* May be NULL. True for a frame that is quick and never blocks for long: the loop
 	 * thread runs it at once (no hand-off to a worker, no context switch). */
 	bool (*run_inline)(void *arg, const struct proto_hdr *h, const uint8_t *payload);
+	/* May be NULL. True for a frame whose client needs the CPU more than a quick answer
+	 * to its next request (a read of file data by a training job's loaders): the loop
+	 * does not poll for a while after it (net.c, loop_wait). */
+	bool (*quiets_poll)(void *arg, const struct proto_hdr *h);
 };
 
 struct net_options {

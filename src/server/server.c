@@ -956,6 +956,14 @@ static bool run_inline(void *arg, const struct proto_hdr *h, const uint8_t *payl
 	return true;
 }
 
+/* Loaders of a training job read file data and need the CPU for what they read: aqd's
+ * loop does not poll between their requests. Writes gain from it (an untar of
+ * /usr/include: 7.97 -> 6.66 s, docs/performance.md). */
+static bool quiets_poll(void *arg, const struct proto_hdr *h)
+{
+	return h->op == OP_CHUNK_READ || h->op == OP_OPEN_READ;
+}
+
 static bool on_accept(void *arg, struct net_conn *c)
 {
 	struct sconn *sc = aq_calloc(1, sizeof *sc);
@@ -1110,7 +1118,7 @@ int server_start(const struct server_options *opt, struct server **out)
 	struct net_options no = {.host = me->addr, .port = me->port, .workers = opt->workers,
 				.poll_us = opt->poll_us};
 	struct net_ops ops = {.on_accept = on_accept, .on_frame = on_frame, .on_close = on_close,
-			      .run_inline = run_inline};
+			      .run_inline = run_inline, .quiets_poll = quiets_poll};
 	rc = net_start(&no, &ops, s, &s->net);
 	if (rc) {
 		log_error("cannot listen on %s:%u: %s", me->addr, me->port, aq_strerror(rc));

@@ -1497,8 +1497,8 @@ int aq_flush(struct aq_file *f)
 	if (!rc)
 		rc = commit_size_locked(f->c, st);
 	/* A write-back failure is reported once, by the flush or fsync that comes after it
-	 * or fails with it (as Linux reports one to fsync); writes then go on. It stuck
-	 * before when this flush failed too: after aqd came back, every write still failed. */
+	 * or by this one when it is this flush's own (as Linux reports one to fsync); writes
+	 * then go on, also once a server that was away is back. */
 	if (st->err) {
 		if (!rc)
 			rc = st->err;

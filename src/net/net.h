@@ -36,7 +36,7 @@ struct net_options {
 	uint32_t workers;       /* worker threads */
 	uint32_t queue_depth;   /* frames queued before the reader waits */
 	uint32_t max_conns;
-	uint32_t poll_us;       /* how long the loop polls before it sleeps (see loop_main) */
+	uint32_t poll_us;       /* how long the loop polls before it sleeps (see loop_wait) */
 };
 
 int net_start(const struct net_options *opt, const struct net_ops *ops, void *arg, struct net_server **out);

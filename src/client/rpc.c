@@ -873,8 +873,7 @@ void rpc_free(struct rpc_call *call)
 
 bool rpc_retryable(int err)
 {
-	return err == -ENOTCONN || err == -ECONNREFUSED || err == -ECONNRESET || err == -EPIPE ||
-	       err == -EHOSTUNREACH || err == -ETIMEDOUT;
+	return aq_err_unreachable(err);
 }
 
 int rpc_do(struct aq_client *c, uint32_t server, const struct proto_req *req, struct proto_reply *rep,

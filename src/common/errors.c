@@ -40,3 +40,17 @@ int aq_errno_posix(int neg_err)
 	}
 	return -neg_err;
 }
+
+bool aq_err_unreachable(int neg_err)
+{
+	switch (-neg_err) {
+	case ECONNREFUSED:
+	case ENOTCONN:
+	case ECONNRESET:
+	case EPIPE:
+	case EHOSTUNREACH:
+	case ETIMEDOUT:
+		return true;
+	}
+	return false;
+}

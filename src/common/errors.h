@@ -6,6 +6,8 @@
 #ifndef AQ_ERRORS_H
 #define AQ_ERRORS_H
 
+#include <stdbool.h>
+
 /* X(name, wire number, errno, text) */
 #define AQ_STATUS_TABLE(X)                                                         \
 	X(OK, 0, 0, "success")                                                     \
@@ -69,5 +71,9 @@ int aq_err_from_status(int status);
 const char *aq_strerror(int neg_err);
 /* errno a POSIX caller should see for -AQ_E* codes (EIO for corrupt, EACCES for auth...). */
 int aq_errno_posix(int neg_err);
+/* Whether a -errno says the server could not be reached (a connection refused, reset or
+ * timed out, an unreachable host): libaq retries these, and the mount answers EIO for
+ * them once the retries are over. */
+bool aq_err_unreachable(int neg_err);
 
 #endif

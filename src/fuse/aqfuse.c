@@ -882,21 +882,13 @@ static void keep_attr(struct cseq seq, const struct aq_attr *a)
  * ECONNREFUSED. The cause goes to the mount's log, at most every 10 s. */
 static int posix_err(int rc)
 {
-	switch (-rc) {
-	case ECONNREFUSED:
-	case ENOTCONN:
-	case ECONNRESET:
-	case EPIPE:
-	case EHOSTUNREACH:
-	case ETIMEDOUT: {
-		static _Atomic uint64_t logged_ns;
-		uint64_t now = aq_mono_ns(), last = atomic_load(&logged_ns);
-		if (now - last > 10 * 1000000000ULL && atomic_compare_exchange_strong(&logged_ns, &last, now))
-			log_warn("a server is unreachable (%s): answering EIO", aq_strerror(rc));
-		return EIO;
-	}
-	}
-	return aq_errno_posix(rc);
+	if (!aq_err_unreachable(rc))
+		return aq_errno_posix(rc);
+	static _Atomic uint64_t logged_ns;
+	uint64_t now = aq_mono_ns(), last = atomic_load(&logged_ns);
+	if (now - last > 10 * 1000000000ULL && atomic_compare_exchange_strong(&logged_ns, &last, now))
+		log_warn("a server is unreachable (%s): answering EIO", aq_strerror(rc));
+	return EIO;
 }
 
 /* The caller's uid and gid. Supplementary groups cost a read of /proc per request, so

@@ -232,7 +232,7 @@ static bool conn_read(struct net_server *s, struct net_conn *c)
 			c->payload = NULL;
 			c->hdr_got = 0;
 			c->payload_got = 0;
-			if (s->ops.quiets_poll && s->ops.quiets_poll(s->arg, &c->h))
+			if (s->opt.poll_us && s->ops.quiets_poll && s->ops.quiets_poll(s->arg, &c->h))
 				s->quiet_ns = aq_now_ns();
 			if (s->ops.run_inline && s->ops.run_inline(s->arg, &c->h, p)) {
 				/* the loop's own reference keeps c alive through the call */

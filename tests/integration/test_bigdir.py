@@ -455,5 +455,36 @@ def test_f_bench_meta_runs(fx):
     assert p.returncode == 2 and "--stop-after" in p.stderr
 
 
+def test_g_bench_meta_over_fwdfs(fx):
+    """bench/fwdfs, the forwarding-only FUSE layer docs/performance.md measures as the
+    floor, mounts and carries `aq bench meta --via fuse` through every phase, leaving
+    its source directory as it found it."""
+    import json
+    import subprocess
+    import tempfile
+    with tempfile.TemporaryDirectory() as src, tempfile.TemporaryDirectory() as mnt:
+        fs = subprocess.Popen([os.path.join(aqtest.ROOT, "bin", "fwdfs"), src, mnt],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            for _ in range(100):
+                if os.path.ismount(mnt) or fs.poll() is not None:
+                    break
+                time.sleep(0.05)
+            assert os.path.ismount(mnt), f"fwdfs did not mount: {fs.stderr.read() if fs.poll() is not None else ''}"
+            p = run(AQ, "bench", "meta", "--via", "fuse", "--dir", mnt, "--files", "2000", "--threads", "2",
+                    "--json")
+            r = json.loads(p.stdout)["aquifer"]
+            phases = ("create", "stat", "lookup_miss", "list", "rename", "unlink")
+            assert all(r[k] > 0 for k in phases), r
+            assert os.listdir(src) == [], os.listdir(src)
+        finally:
+            run("umount", mnt, check=False)
+            try:
+                fs.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                fs.kill()
+                fs.wait()
+
+
 if __name__ == "__main__":
     aqtest.main(globals(), setup=Fixture)

@@ -4,7 +4,6 @@ import errno
 import hashlib
 import os
 import re
-import subprocess
 import time
 
 from aqtest import AQ, AQD, Cluster, expect_errno, main, run
@@ -61,8 +60,7 @@ def test_server_gone_past_the_window_is_eio():
     with Cluster(mount=False) as c:
         mnt = os.path.join(c.base, "short")
         os.mkdir(mnt)
-        subprocess.run([AQ, "mount", mnt, "--cluster", c.conf], check=True,
-                       env=dict(os.environ, AQ_RECONNECT_S="2"))
+        run(AQ, "mount", mnt, "--cluster", c.conf, env=dict(os.environ, AQ_RECONNECT_S="2"))
         f = None
         try:
             os.mkdir(os.path.join(mnt, "unlisted"))

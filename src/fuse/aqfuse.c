@@ -75,8 +75,12 @@ static void stored_forget(uint64_t ino);
 static void names_forget(uint64_t ino);
 static void ec_pushed(uint64_t parent, const char *name, size_t len, uint64_t ino);
 
+static unsigned g_test_push_delay_ms;
+
 static void on_inval(void *arg, const struct aq_inval *iv)
 {
+	if (g_test_push_delay_ms) /* test hook: a mount that hears pushes late */
+		usleep(g_test_push_delay_ms * 1000u);
 	/* A reply that raced this push is not kept: the client counted the push
 	 * (aq_inval_seq) before this runs, and keep_attr checks that count. */
 	dattr_forget(iv->ino ? iv->ino : iv->parent);
@@ -110,10 +114,11 @@ static void *inval_main(void *arg)
 		/* -ENOENT: the kernel did not have it cached, nothing to drop. The kernel
 		 * drops the directory's attributes with an entry only if it had the name
 		 * cached: a new name changes them as much (mtime, ctime, nlink), so drop
-		 * them too (offset -1: attributes only, not the directory's pages). */
+		 * them too (offset -1: attributes only, not the directory's pages), and
+		 * first: whoever sees the new name then sees the directory's new times. */
 		if (it->parent) {
-			fuse_lowlevel_notify_inval_entry(g_se, aq_ino_node(it->parent), it->name, it->len);
 			fuse_lowlevel_notify_inval_inode(g_se, aq_ino_node(it->parent), -1, 0);
+			fuse_lowlevel_notify_inval_entry(g_se, aq_ino_node(it->parent), it->name, it->len);
 		} else
 			fuse_lowlevel_notify_inval_inode(g_se, aq_ino_node(it->ino), 0, 0);
 		free(it);
@@ -1758,6 +1763,8 @@ int aqfuse_main(const struct aqfuse_options *opt)
 	g_read_only = opt->read_only;
 	const char *delay = getenv("AQ_MOUNT_TEST_KEEP_DELAY_MS");
 	g_test_keep_delay_ms = delay ? (unsigned)atoi(delay) : 0;
+	delay = getenv("AQ_MOUNT_TEST_PUSH_DELAY_MS");
+	g_test_push_delay_ms = delay ? (unsigned)atoi(delay) : 0;
 	g_page_size = (size_t)sysconf(_SC_PAGESIZE);
 
 	char optstr[256];

@@ -425,15 +425,34 @@ def test_free_names_forgotten_on_others_changes(c):
         soon(lambda: os.path.lexists(f"{sub_a}/x"), f"round {i}: B's name (way {how}) in A's directory")
 
 
-def statahead_dir(c, name, n=200):
-    """A directory of n files made by mount B, whose entries mount A then looks up often
-    enough (with its kernel's entries dropped) that A lists it once and keeps the set."""
+def pushes_heard(a, b, name):
+    """Returns once the mount of directory a has applied every push sent to it before
+    now. A's kernel caches "no such name" for a fresh name; B makes it, and only the push
+    for it can make A see it. The server pushes to A on one connection, in order; A
+    applies the pushes in that order, and for each drops the directory's attributes
+    before the name."""
+    assert not os.path.exists(f"{a}/{name}")
+    os.mkdir(f"{b}/{name}")
+    deadline = time.monotonic() + 30
+    while not os.path.exists(f"{a}/{name}"):
+        assert time.monotonic() < deadline, f"mount A never heard that B made {name}"
+        time.sleep(0.001)
+
+
+def statahead_dir(c, name, n=200, a_mnt=None):
+    """A directory of n files made by mount B, whose entries mount A (c's first mount,
+    or the one at a_mnt) then looks up often enough (with its kernel's entries dropped)
+    that A lists it once and keeps the set. A has applied the pushes for B's files
+    before: one heard late would take its name out of the set."""
     a, b = both(c, name)
+    if a_mnt:
+        a = os.path.join(a_mnt, name)
     os.mkdir(b)
     for i in range(n):
         with open(f"{b}/f{i}", "wb") as f:
             f.write(b"x" * i)
     soon(lambda: os.path.exists(f"{a}/f{n - 1}"), "A sees B's files")
+    pushes_heard(a, b, "made")
     c.pinned = os.open(a, os.O_RDONLY)  # keeps the directory's own entry in A's kernel
     drop_kernel_entries()
     for i in range(100):
@@ -465,16 +484,27 @@ def test_statahead_survives_ingest(c):
     """New files that another client adds to the directory while A reads it through (an
     ingest pipeline beside a training job) take nothing out of A's set: with aqd stopped
     and the kernel's entries dropped, A still finds every file it listed, and then the
-    new ones once aqd is back."""
-    a, b = statahead_dir(c, "si")
-    for i in range(50):
-        with open(f"{b}/new{i}", "wb") as f:
-            f.write(b"y")
-    soon(lambda: os.path.exists(f"{a}/new49"), "A sees B's new files")
-    drop_kernel_entries()
-    listed_names_answered(c, a)
-    for i in range(50):
-        assert os.stat(f"{a}/new{i}").st_size == 1
+    new ones once aqd is back. A is a third mount that applies every push 2 ms late (a
+    test hook), as a busy client may: a push for a new name drops the directory's
+    attributes, so A asks for them once more after the last one (before this, a late
+    push made the test fail now and then)."""
+    m3 = os.path.join(c.base, "mnt-late")
+    os.makedirs(m3)
+    run(AQ, "mount", m3, "--cluster", c.conf, env={**os.environ, "AQ_MOUNT_TEST_PUSH_DELAY_MS": "2"})
+    try:
+        a, b = statahead_dir(c, "si", a_mnt=m3)
+        for i in range(50):
+            with open(f"{b}/new{i}", "wb") as f:
+                f.write(b"y")
+        soon(lambda: os.path.exists(f"{a}/new49"), "A sees B's new files")
+        pushes_heard(a, b, "ingested")
+        os.stat(a)
+        drop_kernel_entries()
+        listed_names_answered(c, a)
+        for i in range(50):
+            assert os.stat(f"{a}/new{i}").st_size == 1
+    finally:
+        run("umount", m3, check=False)
 
 
 def test_statahead_follows_changes(c):

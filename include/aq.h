@@ -224,6 +224,10 @@ struct aq_inval {
 };
 typedef void (*aq_inval_fn)(void *arg, const struct aq_inval *iv);
 int aq_watch(struct aq_client *c, aq_inval_fn fn, void *arg);
+/* Returns once every change the servers pushed to this client before the call has been
+ * handed to the callback: what another client was told "done" for before this call began
+ * has been heard. -EINVAL if the client does not watch. */
+int aq_watch_sync(struct aq_client *c);
 /* Counts the invalidation frames received. A reply to a call that started before the
  * count moved may describe the state from before a change. */
 uint64_t aq_inval_seq(struct aq_client *c);

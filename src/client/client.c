@@ -1270,6 +1270,23 @@ int aq_watch(struct aq_client *c, aq_inval_fn fn, void *arg)
 	return 0;
 }
 
+/* The server answers a WATCH (it repeats the registration, which changes nothing) on the
+ * connection that takes its pushes, after every push it sent there before; the receiver
+ * hands a push to the callback before it reads the next frame. */
+int aq_watch_sync(struct aq_client *c)
+{
+	uint64_t id = atomic_load(&c->watch_id);
+	if (!id)
+		return -EINVAL;
+	for (uint32_t s = 0; s < c->map.nservers; s++) {
+		struct proto_req r = {.op = OP_WATCH, .cookie = id, .flags = PROTO_WATCH_DELIVER};
+		int rc = rpc_do_on(c, c->map.servers[s].id, &r, NULL, NULL, RPC_ON_PUSHES);
+		if (rc)
+			return rc;
+	}
+	return 0;
+}
+
 uint64_t aq_inval_seq(struct aq_client *c) { return atomic_load(&c->inval_seq); }
 
 uint64_t aq_file_ino(const struct aq_file *f) { return f->ino; }

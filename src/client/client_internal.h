@@ -14,6 +14,9 @@
 #define RPC_PENDING_BUCKETS 256
 #define RPC_RECONNECT_S 60      /* how long a call waits for a restarting server ($AQ_RECONNECT_S) */
 #define RPC_HOLD_MAX 128        /* held-back requests that force a send */
+/* The affinity of a call that must go on the connection that takes the server's pushes
+ * (aq_watch_sync): its reply then comes after every push sent before it. */
+#define RPC_ON_PUSHES UINT64_MAX
 #define RPC_HOLD_NS 2000000     /* the longest a held RELEASE waits for a frame to ride with */
 
 /* Where finished calls are announced when a caller waits for any of many (the batched

@@ -616,6 +616,8 @@ static struct rpc_conn *pick_conn(struct aq_client *c, uint32_t server, uint64_t
 	for (uint32_t i = 0; i < c->map.nservers; i++)
 		if (c->map.servers[i].id == server)
 			base = i * c->nconns;
+	if (affinity == RPC_ON_PUSHES)
+		return &c->conns[base];
 	uint32_t first = atomic_load(&c->pushes_apart) ? 1 : 0;
 	uint64_t pick = affinity ? affinity : atomic_fetch_add(&c->rr, 1);
 	return &c->conns[base + first + pick % (c->nconns - first)];

@@ -21,11 +21,13 @@
 #include <fuse_lowlevel.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 
+_Static_assert(AQFUSE_IOC_HEARD == _IO(0xAF, 1), "the ioctl number aqfuse.h documents");
 _Static_assert(FUSE_ROOT_ID == AQ_ROOT, "FUSE and Aquifer share the root inode number");
 
 static struct aq_client *g_client;
@@ -42,12 +44,18 @@ struct inval_item {
 	char name[];
 };
 
+/* Test hook ($AQ_MOUNT_TEST_PUSH_DELAY_MS): apply every push this long late, and take
+ * twice as long to hand each invalidation to the kernel, as a busy client may. */
+static unsigned g_test_push_delay_ms;
+
 static struct {
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
+	pthread_cond_t done_cv;        /* an item was handed to the kernel */
 	struct inval_item *head, *tail;
+	uint64_t queued, done;
 	bool stop;
-} g_inval = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, NULL, false};
+} g_inval = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER, .done_cv = PTHREAD_COND_INITIALIZER};
 
 static void inval_queue(uint64_t ino, uint64_t parent, const char *name, size_t len)
 {
@@ -65,7 +73,18 @@ static void inval_queue(uint64_t ino, uint64_t parent, const char *name, size_t 
 	else
 		g_inval.head = it;
 	g_inval.tail = it;
+	g_inval.queued++;
 	pthread_cond_signal(&g_inval.cv);
+	pthread_mutex_unlock(&g_inval.mu);
+}
+
+/* Waits until what was queued before the call has reached the kernel. */
+static void inval_drain(void)
+{
+	pthread_mutex_lock(&g_inval.mu);
+	uint64_t upto = g_inval.queued;
+	while (g_inval.done < upto && !g_inval.stop)
+		pthread_cond_wait(&g_inval.done_cv, &g_inval.mu);
 	pthread_mutex_unlock(&g_inval.mu);
 }
 
@@ -75,11 +94,9 @@ static void stored_forget(uint64_t ino);
 static void names_forget(uint64_t ino);
 static void ec_pushed(uint64_t parent, const char *name, size_t len, uint64_t ino);
 
-static unsigned g_test_push_delay_ms;
-
 static void on_inval(void *arg, const struct aq_inval *iv)
 {
-	if (g_test_push_delay_ms) /* test hook: a mount that hears pushes late */
+	if (g_test_push_delay_ms)
 		usleep(g_test_push_delay_ms * 1000u);
 	/* A reply that raced this push is not kept: the client counted the push
 	 * (aq_inval_seq) before this runs, and keep_attr checks that count. */
@@ -111,6 +128,8 @@ static void *inval_main(void *arg)
 		if (!g_inval.head)
 			g_inval.tail = NULL;
 		pthread_mutex_unlock(&g_inval.mu);
+		if (g_test_push_delay_ms)
+			usleep(2 * g_test_push_delay_ms * 1000u);
 		/* -ENOENT: the kernel did not have it cached, nothing to drop. The kernel
 		 * drops the directory's attributes with an entry only if it had the name
 		 * cached: a new name changes them as much (mtime, ctime, nlink), so drop
@@ -123,6 +142,8 @@ static void *inval_main(void *arg)
 			fuse_lowlevel_notify_inval_inode(g_se, aq_ino_node(it->ino), 0, 0);
 		free(it);
 		pthread_mutex_lock(&g_inval.mu);
+		g_inval.done++;
+		pthread_cond_broadcast(&g_inval.done_cv);
 	}
 	pthread_mutex_unlock(&g_inval.mu);
 	return NULL;
@@ -1703,6 +1724,25 @@ static void op_removexattr(fuse_req_t req, fuse_ino_t ino_node, const char *name
 	fuse_reply_err(req, posix_err(rc));
 }
 
+/* AQFUSE_IOC_HEARD: every push sent before the call applied, the kernel's invalidations
+ * included (a mount that does not hear pushes caches nothing to apply them to). Other
+ * commands are not this file system's. */
+static void op_ioctl(fuse_req_t req, fuse_ino_t node, int cmd, void *arg, struct fuse_file_info *fi, unsigned flags,
+		     const void *in_buf, size_t in_bufsz, size_t out_bufsz)
+{
+	if ((unsigned)cmd != AQFUSE_IOC_HEARD) {
+		fuse_reply_err(req, ENOTTY);
+		return;
+	}
+	int rc = g_cache_on ? aq_watch_sync(g_client) : 0;
+	if (rc) {
+		fuse_reply_err(req, posix_err(rc));
+		return;
+	}
+	inval_drain();
+	fuse_reply_ioctl(req, 0, NULL, 0);
+}
+
 static void op_access(fuse_req_t req, fuse_ino_t ino_node, int mask)
 {
 	uint64_t ino = aq_node_ino(ino_node);
@@ -1730,6 +1770,7 @@ static const struct fuse_lowlevel_ops aq_ops = {
 	.link = op_link,
 	.open = op_open,
 	.create = op_create,
+	.ioctl = op_ioctl,
 	.read = op_read,
 	.write = op_write,
 	.fallocate = op_fallocate,

@@ -14,6 +14,12 @@ struct aqfuse_options {
 	unsigned threads;        /* FUSE worker threads */
 };
 
+/* ioctl(2) on any file or directory of the mount (no argument): returns once the mount
+ * has applied every change the servers pushed to it before the call, so what another
+ * client finished before it shows here after it (the kernel's caches included). The
+ * number is _IO(0xAF, 1). */
+#define AQFUSE_IOC_HEARD 0xAF01u
+
 /* Mounts and serves until unmounted. Returns a process exit status. */
 int aqfuse_main(const struct aqfuse_options *opt);
 #endif

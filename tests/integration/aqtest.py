@@ -20,6 +20,14 @@ if os.path.join(ROOT, "python") not in sys.path:  # the aquifer package, when ru
     sys.path.insert(0, os.path.join(ROOT, "python"))
 
 
+def kernel_stack(pid):
+    try:
+        with open(f"/proc/{pid}/stack") as f:
+            return f.read()
+    except OSError as e:
+        return f"({e})"
+
+
 def runs_while_stopped(pid, code, what, pass_fds=()):
     """Runs `python3 -c code` while process pid is stopped; fails (with what) unless it
     ends well within 10 s. A request that reached a stopped process cannot be killed
@@ -31,17 +39,18 @@ def runs_while_stopped(pid, code, what, pass_fds=()):
     except BaseException:
         os.kill(pid, signal.SIGCONT)  # else everything after waits on the stopped process
         raise
+    stack = ""
     try:
         p.wait(timeout=10)
     except subprocess.TimeoutExpired:
-        pass
+        stack = kernel_stack(p.pid)  # where it waits: which FUSE request, for what
     finally:
         os.kill(pid, signal.SIGCONT)
     done = p.returncode is not None
     if not done:
         p.kill()
-    err = p.communicate()[1]
-    assert done, what
+    out, err = p.communicate()
+    assert done, f"{what}; its output: {out.decode(errors='replace')[-300:]!r}; its kernel stack:\n{stack}"
     assert p.returncode == 0, err
 
 

@@ -6,6 +6,7 @@ it asynchronously, typically well under a millisecond later). Each check looks o
 right after mount A's call returned and allows B up to SOON seconds: without the push,
 B would show the old state for an hour."""
 import errno
+import fcntl
 import os
 import threading
 import time
@@ -425,18 +426,52 @@ def test_free_names_forgotten_on_others_changes(c):
         soon(lambda: os.path.lexists(f"{sub_a}/x"), f"round {i}: B's name (way {how}) in A's directory")
 
 
-def pushes_heard(a, b, name):
-    """Returns once the mount of directory a has applied every push sent to it before
-    now. A's kernel caches "no such name" for a fresh name; B makes it, and only the push
-    for it can make A see it. The server pushes to A on one connection, in order; A
-    applies the pushes in that order, and for each drops the directory's attributes
-    before the name."""
-    assert not os.path.exists(f"{a}/{name}")
-    os.mkdir(f"{b}/{name}")
-    deadline = time.monotonic() + 30
-    while not os.path.exists(f"{a}/{name}"):
-        assert time.monotonic() < deadline, f"mount A never heard that B made {name}"
-        time.sleep(0.001)
+AQFUSE_IOC_HEARD = 0xAF01  # src/fuse/aqfuse.h
+
+
+def heard(fd):
+    """Returns once the mount that holds the open file fd has applied every push sent to
+    it before the call, the kernel's invalidations included (AQFUSE_IOC_HEARD)."""
+    fcntl.ioctl(fd, AQFUSE_IOC_HEARD)
+
+
+def late_mount(c, name, delay_ms):
+    """A third mount of the cluster that applies every push delay_ms late (a test hook),
+    as a busy client may."""
+    m = os.path.join(c.base, name)
+    os.makedirs(m, exist_ok=True)
+    run(AQ, "mount", m, "--cluster", c.conf, env={**os.environ, "AQ_MOUNT_TEST_PUSH_DELAY_MS": str(delay_ms)})
+    return m
+
+
+def test_heard_ioctl(c):
+    """The mount's AQFUSE_IOC_HEARD returns once every push sent before it is applied: on
+    a mount that applies each push 20 ms late and takes 40 ms to tell its kernel, names
+    it had seen missing show right after the call, though their pushes were still
+    queued when it began."""
+    m = late_mount(c, "mnt-heard", 20)
+    try:
+        a, b = os.path.join(m, "heard"), c.path("heard")
+        os.mkdir(b)
+        soon(lambda: os.path.isdir(a), "the late mount sees the directory")
+        fd = os.open(a, os.O_RDONLY)
+        try:
+            heard(fd)  # else a push of the mkdir racing a lookup below makes it go again
+            for i in range(30):
+                assert not os.path.exists(f"{a}/x{i}")  # A's kernel caches "no such name"
+            for i in range(30):
+                open(f"{b}/x{i}", "w").close()
+            heard(fd)
+            assert [i for i in range(30) if not os.path.exists(f"{a}/x{i}")] == []
+            try:
+                fcntl.ioctl(fd, 0x80086601)  # FS_IOC_GETFLAGS: not Aquifer's
+                raise AssertionError("an unknown ioctl succeeded")
+            except OSError as e:
+                assert e.errno == errno.ENOTTY, e
+        finally:
+            os.close(fd)
+    finally:
+        run("umount", m, check=False)
 
 
 def statahead_dir(c, name, n=200, a_mnt=None):
@@ -452,8 +487,8 @@ def statahead_dir(c, name, n=200, a_mnt=None):
         with open(f"{b}/f{i}", "wb") as f:
             f.write(b"x" * i)
     soon(lambda: os.path.exists(f"{a}/f{n - 1}"), "A sees B's files")
-    pushes_heard(a, b, "made")
     c.pinned = os.open(a, os.O_RDONLY)  # keeps the directory's own entry in A's kernel
+    heard(c.pinned)
     drop_kernel_entries()
     for i in range(100):
         assert os.stat(f"{a}/f{i}").st_size == i
@@ -467,6 +502,7 @@ def listed_names_answered(c, a):
     try:
         answers_with_aqd_stopped(c, f"import os\n"
                                  f"for i in range(200):\n"
+                                 f"    print(i, flush=True)\n"
                                  f"    assert os.stat({a!r} + f'/f{{i}}').st_size == i, i")
     finally:
         os.close(c.pinned)
@@ -484,20 +520,19 @@ def test_statahead_survives_ingest(c):
     """New files that another client adds to the directory while A reads it through (an
     ingest pipeline beside a training job) take nothing out of A's set: with aqd stopped
     and the kernel's entries dropped, A still finds every file it listed, and then the
-    new ones once aqd is back. A is a third mount that applies every push 2 ms late (a
-    test hook), as a busy client may: a push for a new name drops the directory's
-    attributes, so A asks for them once more after the last one (before this, a late
-    push made the test fail now and then)."""
-    m3 = os.path.join(c.base, "mnt-late")
-    os.makedirs(m3)
-    run(AQ, "mount", m3, "--cluster", c.conf, env={**os.environ, "AQ_MOUNT_TEST_PUSH_DELAY_MS": "2"})
+    new ones once aqd is back. A is a mount that applies every push 2 ms late: a push
+    for a new name drops the directory's attributes, so A waits until it has heard them
+    all and asks for the attributes once more (before this, a late push made the test
+    fail now and then)."""
+    m3 = late_mount(c, "mnt-late", 2)
     try:
         a, b = statahead_dir(c, "si", a_mnt=m3)
         for i in range(50):
             with open(f"{b}/new{i}", "wb") as f:
                 f.write(b"y")
         soon(lambda: os.path.exists(f"{a}/new49"), "A sees B's new files")
-        pushes_heard(a, b, "ingested")
+        heard(c.pinned)
+        os.stat(m3)
         os.stat(a)
         drop_kernel_entries()
         listed_names_answered(c, a)

@@ -25,8 +25,7 @@ static void usage(void)
 			"  when they are 512K or more, or at least this many bytes (64K) while 8 or more\n"
 			"  reads run; off: never.\n"
 			"  --poll-us: after a request that came within this long of the last, the event\n"
-			"  loop polls this long for the next before it sleeps (0, the default: never;\n"
-			"  200 speeds up FUSE creates and untar on machines whose idle CPUs halt).\n"
+			"  loop polls this long for the next before it sleeps (200; 0: never polls).\n"
 			"  S3 keys for the object tier: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or the\n"
 			"  credentials file that DIR/tier.conf names.\n");
 }
@@ -62,7 +61,7 @@ static long parse_long(const char *s)
 
 int main(int argc, char **argv)
 {
-	struct server_options opt = {.workers = 128, .meta_sync = false, .tier_interval_s = 60, .poll_us = 0};
+	struct server_options opt = {.workers = 128, .meta_sync = false, .tier_interval_s = 60, .poll_us = 200};
 	const char *log_path = NULL;
 	static const struct option lopts[] = {
 		{"data", required_argument, 0, 'd'}, {"server-id", required_argument, 0, 's'},
@@ -72,7 +71,7 @@ int main(int argc, char **argv)
 		{"direct-read-min", required_argument, 0, 'R'}, {"poll-us", required_argument, 0, 'P'},
 		{"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
 	int c;
-	long interval = 60, poll_us = 0;
+	long interval = 60, poll_us = 200;
 	const char *capacity = NULL, *direct_min = NULL;
 	while ((c = getopt_long(argc, argv, "d:s:w:l:nDi:C:R:P:h", lopts, NULL)) != -1) {
 		switch (c) {

@@ -40,7 +40,7 @@ def aqd_cpu_s(pid):
 def test_idle_aqd_stops_polling():
     """aqd polls for the next request only while requests keep coming (net.c, loop_wait):
     after a burst of creates, the one workload that makes it poll, it costs no CPU."""
-    with Cluster(extra_up=("--", "--poll-us", "200")) as c:
+    with Cluster() as c:
         d = c.path("burst")
         os.mkdir(d)
         for i in range(3000):

@@ -20,6 +20,13 @@ if os.path.join(ROOT, "python") not in sys.path:  # the aquifer package, when ru
     sys.path.insert(0, os.path.join(ROOT, "python"))
 
 
+def unmount(path):
+    """Unmounts a mount a test made; if a failed check left a file open on it (busy), lazily,
+    so its process still goes once the file is closed rather than outliving the test."""
+    if run("umount", path, check=False).returncode:
+        run("umount", "-l", path, check=False)
+
+
 def kernel_stack(pid):
     try:
         with open(f"/proc/{pid}/stack") as f:

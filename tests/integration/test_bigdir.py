@@ -15,7 +15,7 @@ import threading
 import time
 
 import aqtest
-from aqtest import AQ, Cluster, run
+from aqtest import AQ, Cluster, run, unmount
 from aquifer._lib import AQ_CREATE_EXCL, P, U64, Attr, Change, Dirent, lib  # libaq through ctypes
 
 N_BIG = int(os.environ.get("AQ_BIGDIR_FILES", "300000"))
@@ -478,7 +478,7 @@ def test_g_bench_meta_over_fwdfs(fx):
             assert all(r[k] > 0 for k in phases), r
             assert os.listdir(src) == [], os.listdir(src)
         finally:
-            run("umount", mnt, check=False)
+            unmount(mnt)
             try:
                 fs.wait(timeout=10)
             except subprocess.TimeoutExpired:

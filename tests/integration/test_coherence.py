@@ -11,7 +11,7 @@ import os
 import threading
 import time
 
-from aqtest import AQ, Cluster, main, run, runs_while_stopped
+from aqtest import AQ, Cluster, main, run, runs_while_stopped, unmount
 
 ROUNDS = 50
 SOON = 0.5
@@ -48,7 +48,7 @@ class TwoMounts(Cluster):
         run(AQ, "mount", self.mnt2, "--cluster", self.conf)
 
     def close(self):
-        run("umount", self.mnt2, check=False)
+        unmount(self.mnt2)
         super().close()
 
 
@@ -293,7 +293,7 @@ def test_own_change_beats_an_older_reply(c):
         finally:
             os.close(fd)
     finally:
-        run("umount", m3, check=False)
+        unmount(m3)
 
 
 def test_open_bytes_stored_after_a_change_go_again(c):
@@ -326,7 +326,7 @@ def test_open_bytes_stored_after_a_change_go_again(c):
         finally:
             os.close(got[0])
     finally:
-        run("umount", ms, check=False)
+        unmount(ms)
 
 
 def test_own_changes_still_fast_and_right(c):
@@ -471,7 +471,7 @@ def test_heard_ioctl(c):
         finally:
             os.close(fd)
     finally:
-        run("umount", m, check=False)
+        unmount(m)
 
 
 def statahead_dir(c, name, n=200, a_mnt=None):
@@ -539,7 +539,7 @@ def test_statahead_survives_ingest(c):
         for i in range(50):
             assert os.stat(f"{a}/new{i}").st_size == 1
     finally:
-        run("umount", m3, check=False)
+        unmount(m3)
 
 
 def test_statahead_follows_changes(c):

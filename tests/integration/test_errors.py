@@ -6,7 +6,7 @@ import os
 import re
 import time
 
-from aqtest import AQ, AQD, Cluster, expect_errno, main, run
+from aqtest import AQ, AQD, Cluster, expect_errno, main, run, unmount
 
 
 def test_wrong_secret_is_refused():
@@ -90,8 +90,7 @@ def test_server_gone_past_the_window_is_eio():
                     f.close()
                 except OSError:
                     pass
-            if run("umount", mnt, check=False).returncode:
-                run("umount", "-l", mnt, check=False)
+            unmount(mnt)
 
 
 def test_missing_cluster_file_is_clear():

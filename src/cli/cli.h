@@ -8,6 +8,7 @@ int cmd_up(int argc, char **argv);
 int cmd_down(int argc, char **argv);
 int cmd_mount(int argc, char **argv);
 int cmd_umount(int argc, char **argv);
+int cmd_heard(int argc, char **argv);
 int cmd_status(int argc, char **argv);
 int cmd_changes(int argc, char **argv);
 int cmd_bench(int argc, char **argv);

@@ -10,6 +10,7 @@
 #include <limits.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -371,6 +372,30 @@ int cmd_umount(int argc, char **argv)
 	}
 	if (unmount(argv[1])) {
 		fprintf(stderr, "aq umount: cannot unmount %s\n", argv[1]);
+		return 1;
+	}
+	return 0;
+}
+
+/* The mount's AQFUSE_IOC_HEARD, for scripts: what other clients finished before this
+ * shows on the mount that holds PATH once it returns. */
+int cmd_heard(int argc, char **argv)
+{
+	if (argc != 2) {
+		fprintf(stderr, "usage: aq heard PATH  (a file or directory on an Aquifer mount)\n");
+		return 2;
+	}
+	int fd = open(argv[1], O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		fprintf(stderr, "aq heard: %s: %s\n", argv[1], strerror(errno));
+		return 1;
+	}
+	int rc = ioctl(fd, AQFUSE_IOC_HEARD);
+	int err = errno;
+	close(fd);
+	if (rc) {
+		fprintf(stderr, "aq heard: %s: %s\n", argv[1],
+			err == ENOTTY ? "not on an Aquifer mount" : strerror(err));
 		return 1;
 	}
 	return 0;

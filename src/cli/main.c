@@ -10,6 +10,7 @@ static const struct {
 	{"down", cmd_down, "down [--data DIR] [--mount DIR] unmount and stop aqd"},
 	{"mount", cmd_mount, "mount MOUNTPOINT [--cluster FILE] [--foreground] [--allow-other] [--ro] [--attr-timeout S]"},
 	{"umount", cmd_umount, "umount MOUNTPOINT"},
+	{"heard", cmd_heard, "heard PATH                       returns once the mount holding PATH shows what other clients finished"},
 	{"status", cmd_status, "status [--cluster FILE]          servers, buckets, targets, space, files"},
 	{"changes", cmd_changes, "changes DIR [--since CURSOR] [--limit N] [--cluster FILE]  entries created in DIR"},
 	{"tier", cmd_tier, "tier set|demote|status|policy|info ...  the S3 object tier (aq tier --help)"},

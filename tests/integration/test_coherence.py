@@ -463,6 +463,15 @@ def test_heard_ioctl(c):
                 open(f"{b}/x{i}", "w").close()
             heard(fd)
             assert [i for i in range(30) if not os.path.exists(f"{a}/x{i}")] == []
+            # the same for scripts: `aq heard PATH`
+            for i in range(30):
+                assert not os.path.exists(f"{a}/y{i}")
+            for i in range(30):
+                open(f"{b}/y{i}", "w").close()
+            run(AQ, "heard", a)
+            assert [i for i in range(30) if not os.path.exists(f"{a}/y{i}")] == []
+            p = run(AQ, "heard", "/proc", check=False)
+            assert p.returncode == 1 and "not on an Aquifer mount" in p.stderr, p.stderr
             try:
                 fcntl.ioctl(fd, 0x80086601)  # FS_IOC_GETFLAGS: not Aquifer's
                 raise AssertionError("an unknown ioctl succeeded")

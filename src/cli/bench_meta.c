@@ -731,6 +731,8 @@ int bench_meta(int argc, char **argv)
 			S_ISDIR(cst.st_mode) || !cst.st_mode ? strerror(errno) : "not a directory");
 		return 2;
 	}
+	if (compare)
+		bench_warn_loop("aq bench meta", compare);
 	struct bm_side aqs = {.native = native, .depth = depth};
 	if (native) {
 		aqs.c = cli_connect(cluster);

@@ -6,6 +6,8 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/vfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -68,6 +70,21 @@ void bench_warn_not_fuse(const char *prog, const char *path)
 	struct statfs sf;
 	if (statfs(path, &sf) == 0 && (uint32_t)sf.f_type != BENCH_FUSE_MAGIC)
 		fprintf(stderr, "%s: warning: %s is not on a FUSE mount\n", prog, path);
+}
+
+/* A local side on a loop device reads through the loop driver and its backing file's page
+ * cache: on this project's test machine 1.5-4x slower than the disk under it, which made
+ * Aquifer look faster than a real local copy (docs/performance.md). Say so beside the
+ * figures. */
+void bench_warn_loop(const char *prog, const char *path)
+{
+	struct stat st;
+	if (stat(path, &st) == 0 && major(st.st_dev) == BENCH_LOOP_MAJOR)
+		fprintf(stderr,
+			"%s: warning: %s is on a loop device (/dev/loop%u), which reads and writes slower than the "
+			"disk under it: the comparison favours Aquifer; put the local side on the file system "
+			"that holds aqd's data\n",
+			prog, path, minor(st.st_dev));
 }
 
 int bench_pwrite_all(struct aq_file *af, int fd, const void *buf, size_t len, uint64_t off)

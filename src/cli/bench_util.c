@@ -73,7 +73,7 @@ void bench_warn_not_fuse(const char *prog, const char *path)
 }
 
 /* A local side on a loop device reads through the loop driver and its backing file's page
- * cache: on this project's test machine 1.5-4x slower than the disk under it, which made
+ * cache: on this project's test machine 1.5-1.7x slower than the disk under it, which made
  * Aquifer look faster than a real local copy (docs/performance.md). Say so beside the
  * figures. */
 void bench_warn_loop(const char *prog, const char *path)

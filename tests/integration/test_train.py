@@ -91,7 +91,7 @@ def test_images_native_fuse_and_local(c):
 
 
 def test_local_side_on_a_loop_device_is_flagged(c):
-    """A local side on a loop device reads slower than the disk under it (1.5-4x on the
+    """A local side on a loop device reads slower than the disk under it (1.5-1.7x on the
     project's machine), which once made Aquifer's ratios look better than a real local
     copy (docs/performance.md): aq bench train and aq bench meta say so on stderr. A local
     side on the disk itself draws no warning."""

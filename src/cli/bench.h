@@ -36,7 +36,6 @@ const char *bench_via_name(enum bench_via v);
 /* Warns on stderr (as prog) when path is not on a FUSE mount. */
 void bench_warn_not_fuse(const char *prog, const char *path);
 /* Warns when path (a local side) is on a loop device. */
-#define BENCH_LOOP_MAJOR 7
 void bench_warn_loop(const char *prog, const char *path);
 
 /* Writes all len bytes at off to a libaq file (af != NULL) or a file descriptor.

@@ -76,6 +76,8 @@ void bench_warn_not_fuse(const char *prog, const char *path)
  * cache: on this project's test machine 1.5-1.7x slower than the disk under it, which made
  * Aquifer look faster than a real local copy (docs/performance.md). Say so beside the
  * figures. */
+#define BENCH_LOOP_MAJOR 7 /* block major of /dev/loopN */
+
 void bench_warn_loop(const char *prog, const char *path)
 {
 	struct stat st;

@@ -777,8 +777,9 @@ static int dir_next_page(struct aq_dir *d)
 		return 1;
 	d->next = (uint32_t)(r - d->r + 1) % d->nranges;
 	int rc = rpc_wait(r->call);
-	if (rc && rpc_retryable(rc) && !r->call->answered && r->attempts++ < 600) {
-		/* the connection broke (a server restart): ask for the same page again */
+	if (rc && aq_err_unreachable(rc) && !r->call->answered && r->attempts++ < 10 * (int)d->c->reconnect_s) {
+		/* the connection broke (a server restart): ask for the same page again, 10 times
+		 * a second for as long as a call waits for a restarting server */
 		rpc_free(r->call);
 		r->call = NULL;
 		usleep(100000);
@@ -1086,7 +1087,7 @@ static int file_ready(struct aq_file *f)
 		struct rpc_call *call = f->opening;
 		struct proto_reply rep;
 		int rc = rpc_wait(call);
-		bool again = rc && rpc_retryable(rc) && !call->answered;
+		bool again = rc && aq_err_unreachable(rc) && !call->answered;
 		if (!rc && proto_reply_decode(call->op, call->payload, call->len, &rep))
 			rc = -EPROTO;
 		if (!rc) {

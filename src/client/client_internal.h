@@ -252,7 +252,6 @@ int rpc_wait(struct rpc_call *call);
 void rpc_free(struct rpc_call *call);
 /* Whether a call that failed with err on the connection (not in the server's answer) is
  * worth sending again once the connection is back. */
-bool rpc_retryable(int err);
 /* One request and its decoded reply (payload pointers stay valid until rpc_free(*call)). */
 int rpc_do(struct aq_client *c, uint32_t server, const struct proto_req *req, struct proto_reply *rep,
 	   struct rpc_call **call);

@@ -873,11 +873,6 @@ void rpc_free(struct rpc_call *call)
 	free(call);
 }
 
-bool rpc_retryable(int err)
-{
-	return aq_err_unreachable(err);
-}
-
 int rpc_do(struct aq_client *c, uint32_t server, const struct proto_req *req, struct proto_reply *rep,
 	   struct rpc_call **callp)
 {
@@ -899,7 +894,7 @@ int rpc_do_on(struct aq_client *c, uint32_t server, const struct proto_req *req,
 			err = rpc_wait(call);
 		/* a server that answered ENOTCONN or EHOSTUNREACH (no object tier, S3 down) meant
 		 * it: only a connection that failed is worth trying again */
-		if (!rpc_retryable(err) || (call && call->answered) || aq_mono_ns() > deadline)
+		if (!aq_err_unreachable(err) || (call && call->answered) || aq_mono_ns() > deadline)
 			break;
 		rpc_free(call);
 		call = NULL;

@@ -47,7 +47,7 @@ static int tier_call(struct aq_client *c, uint32_t server, const struct proto_re
 		bool answered = call && call->answered;
 		uint64_t waited_s = (aq_mono_ns() - start) / 1000000000ull;
 		bool again = (answered && err == -EBUSY && waited_s < TIER_BUSY_WAIT_S) ||
-			     (!answered && rpc_retryable(err) && waited_s < c->reconnect_s);
+			     (!answered && aq_err_unreachable(err) && waited_s < c->reconnect_s);
 		if (!again)
 			break;
 		rpc_free(call);

@@ -322,13 +322,15 @@ static void *loop_main(void *arg)
 	struct epoll_event evs[64];
 	bool poll = false;
 	while (!atomic_load(&s->stopping)) {
-		int64_t idle = aq_now_ns();
+		int64_t idle = s->opt.poll_us ? aq_now_ns() : 0;
 		int n = loop_wait(s, evs, poll);
 		/* Poll next time only if this wait was short: an idle server, or one that a
 		 * client asks less often than every poll_us, sleeps at once and costs no CPU. */
-		int64_t now = aq_now_ns();
-		poll = s->opt.poll_us && n > 0 && now - idle <= (int64_t)s->opt.poll_us * 1000 &&
-		       now - s->quiet_ns > POLL_QUIET_NS && !atomic_load(&s->busy);
+		if (s->opt.poll_us) {
+			int64_t now = aq_now_ns();
+			poll = n > 0 && now - idle <= (int64_t)s->opt.poll_us * 1000 &&
+			       now - s->quiet_ns > POLL_QUIET_NS && !atomic_load(&s->busy);
+		}
 		for (int i = 0; i < n; i++) {
 			void *p = evs[i].data.ptr;
 			if (p == &s->listen_fd) {

@@ -50,6 +50,8 @@ static uint64_t parse_bytes(const char *s)
 	return (uint64_t)v << shift;
 }
 
+#define AQD_POLL_US_DEFAULT 200 /* docs/design.md, "Polling before sleeping" */
+
 /* "200" -> 200; -1 on anything but a decimal number. */
 static long parse_long(const char *s)
 {
@@ -61,7 +63,7 @@ static long parse_long(const char *s)
 
 int main(int argc, char **argv)
 {
-	struct server_options opt = {.workers = 128, .meta_sync = false, .tier_interval_s = 60, .poll_us = 200};
+	struct server_options opt = {.workers = 128, .meta_sync = false, .tier_interval_s = 60};
 	const char *log_path = NULL;
 	static const struct option lopts[] = {
 		{"data", required_argument, 0, 'd'}, {"server-id", required_argument, 0, 's'},
@@ -71,7 +73,7 @@ int main(int argc, char **argv)
 		{"direct-read-min", required_argument, 0, 'R'}, {"poll-us", required_argument, 0, 'P'},
 		{"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
 	int c;
-	long interval = 60, poll_us = 200;
+	long interval = 60, poll_us = AQD_POLL_US_DEFAULT;
 	const char *capacity = NULL, *direct_min = NULL;
 	while ((c = getopt_long(argc, argv, "d:s:w:l:nDi:C:R:P:h", lopts, NULL)) != -1) {
 		switch (c) {

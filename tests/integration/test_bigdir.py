@@ -9,8 +9,11 @@ The big directory has AQ_BIGDIR_FILES entries (default 300,000; the issue's figu
 import collections
 import ctypes
 import errno
+import json
 import os
 import random
+import subprocess
+import tempfile
 import threading
 import time
 
@@ -436,8 +439,6 @@ def test_f_bench_meta_runs(fx):
     """`aq bench meta` end to end at a small size: every phase has a rate for both sides,
     ten deciles each; `--stop-after list` runs the first four phases, reports the rest as
     null and leaves the files (so a 10M-file run need not unlink them)."""
-    import json
-    import tempfile
     with tempfile.TemporaryDirectory() as local:
         p = run(AQ, "bench", "meta", "--files", "3000", "--compare", local, "--json", "--cluster", fx.conf)
         r = json.loads(p.stdout)
@@ -459,9 +460,6 @@ def test_g_bench_meta_over_fwdfs(fx):
     """bench/fwdfs, the forwarding-only FUSE layer docs/performance.md measures as the
     floor, mounts and carries `aq bench meta --via fuse` through every phase, leaving
     its source directory as it found it."""
-    import json
-    import subprocess
-    import tempfile
     with tempfile.TemporaryDirectory() as src, tempfile.TemporaryDirectory() as mnt:
         fs = subprocess.Popen([os.path.join(aqtest.ROOT, "bin", "fwdfs"), src, mnt],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -60,6 +60,19 @@ def both(c, *parts):
     return c.path(*parts), os.path.join(c.mnt2, *parts)
 
 
+def extra_mount(c, name, **hooks):
+    """One more mount of the cluster at c.base/name, with the mount's test hooks set
+    (keep_delay_ms: AQ_MOUNT_TEST_KEEP_DELAY_MS; push_delay_ms: apply every push that
+    late, AQ_MOUNT_TEST_PUSH_DELAY_MS). The caller unmounts it."""
+    m = os.path.join(c.base, name)
+    os.makedirs(m, exist_ok=True)
+    env = dict(os.environ)
+    for k, v in hooks.items():
+        env["AQ_MOUNT_TEST_" + k.upper()] = str(v)
+    run(AQ, "mount", m, "--cluster", c.conf, env=env)
+    return m
+
+
 def answers_with_aqd_stopped(c, code):
     """Runs `python3 -c code` while aqd is stopped; fails unless it ends well within 10 s."""
     runs_while_stopped(c.pid(), code, "it waited for the stopped aqd")
@@ -273,9 +286,7 @@ def test_own_change_beats_an_older_reply(c):
     a GETATTR's "no xattrs" is held while the same mount sets an xattr (security.*, so
     the kernel asks no GETATTR of its own first); the mount must then find the xattr.
     Before the fix it kept "none" and answered ENODATA for an hour."""
-    m3 = os.path.join(c.base, "mnt3")
-    os.makedirs(m3)
-    run(AQ, "mount", m3, "--cluster", c.conf, env={**os.environ, "AQ_MOUNT_TEST_KEEP_DELAY_MS": "300"})
+    m3 = extra_mount(c, "mnt3", keep_delay_ms=300)
     a, p = c.path("race"), os.path.join(m3, "race")
     try:
         open(a, "w").close()
@@ -303,9 +314,7 @@ def test_open_bytes_stored_after_a_change_go_again(c):
     pages: the mount must drop them itself. A third mount holds the bytes 600 ms before
     storing them (a test hook); mount A rewrites the file and the third mount's kernel
     learns the new attributes in between."""
-    ms = os.path.join(c.base, "mnt-store")
-    os.makedirs(ms)
-    run(AQ, "mount", ms, "--cluster", c.conf, env={**os.environ, "AQ_MOUNT_TEST_KEEP_DELAY_MS": "300"})
+    ms = extra_mount(c, "mnt-store", keep_delay_ms=300)
     a, p = c.path("stored-race"), os.path.join(ms, "stored-race")
     old, new = b"a" * 100_000, b"b" * 100_000
     try:
@@ -435,21 +444,12 @@ def heard(fd):
     fcntl.ioctl(fd, AQFUSE_IOC_HEARD)
 
 
-def late_mount(c, name, delay_ms):
-    """A third mount of the cluster that applies every push delay_ms late (a test hook),
-    as a busy client may."""
-    m = os.path.join(c.base, name)
-    os.makedirs(m, exist_ok=True)
-    run(AQ, "mount", m, "--cluster", c.conf, env={**os.environ, "AQ_MOUNT_TEST_PUSH_DELAY_MS": str(delay_ms)})
-    return m
-
-
 def test_heard_ioctl(c):
     """The mount's AQFUSE_IOC_HEARD returns once every push sent before it is applied: on
     a mount that applies each push 20 ms late and takes 40 ms to tell its kernel, names
     it had seen missing show right after the call, though their pushes were still
     queued when it began."""
-    m = late_mount(c, "mnt-heard", 20)
+    m = extra_mount(c, "mnt-heard", push_delay_ms=20)
     try:
         a, b = os.path.join(m, "heard"), c.path("heard")
         os.mkdir(b)
@@ -533,7 +533,7 @@ def test_statahead_survives_ingest(c):
     for a new name drops the directory's attributes, so A waits until it has heard them
     all and asks for the attributes once more (before this, a late push made the test
     fail now and then)."""
-    m3 = late_mount(c, "mnt-late", 2)
+    m3 = extra_mount(c, "mnt-late", push_delay_ms=2)
     try:
         a, b = statahead_dir(c, "si", a_mnt=m3)
         for i in range(50):

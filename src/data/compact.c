@@ -79,9 +79,7 @@ static int64_t move_record(struct data_store *ds, struct data_target *t, const s
 {
 	const struct data_entry *e = &lr->e;
 	uint64_t rec_size = data_rec_size(e->length);
-	uint8_t *rec = NULL;
-	if (posix_memalign((void **)&rec, DATA_REC_ALIGN, rec_size))
-		AQ_ASSERT(!"out of memory");
+	uint8_t *rec = data_buf_alloc(rec_size);
 	int64_t rc = 0;
 
 	/* Only compaction removes segments and this thread holds compact_lock, but a
@@ -94,7 +92,7 @@ static int64_t move_record(struct data_store *ds, struct data_target *t, const s
 	rc = data_index_get(t, lr->ino, lr->idx, &now, &still);
 	if (rc || !still || now.seg != e->seg || now.off != e->off || now.version != e->version) {
 		pthread_rwlock_unlock(&t->seg_lock);
-		free(rec);
+		data_buf_free(rec);
 		return 0;
 	}
 	struct data_seg *s = data_seg_find(t, e->seg);
@@ -110,7 +108,7 @@ static int64_t move_record(struct data_store *ds, struct data_target *t, const s
 		log_error("target %u: compaction: record of ino %llx idx %u v%llu at seg %u off %llu unreadable: %s",
 			  t->id, (unsigned long long)lr->ino, lr->idx, (unsigned long long)e->version, e->seg,
 			  (unsigned long long)e->off, strerror((int)-rc));
-		free(rec);
+		data_buf_free(rec);
 		return 0;
 	}
 
@@ -143,7 +141,7 @@ static int64_t move_record(struct data_store *ds, struct data_target *t, const s
 	rc = (int64_t)rec_size;
 out:
 	pthread_mutex_unlock(&t->lock);
-	free(rec);
+	data_buf_free(rec);
 	return rc;
 }
 

@@ -48,11 +48,18 @@ int data_writev(struct data_store *ds, uint32_t target, uint64_t ino, uint32_t i
  * missing chunk) read as zeros. Returns 0, -AQ_ECORRUPT on a checksum mismatch, -EIO. */
 int data_read(struct data_store *ds, uint32_t target, uint64_t ino, uint32_t idx, uint32_t off, void *buf,
 	      uint32_t len);
-/* As data_read, into memory it allocates: on success *mem is to be free()d, *data holds the
- * len bytes and at least head (<= 64) writable bytes lie before it, so a reply can put its
- * framing there and go out without a copy of the data. */
+/* As data_read, into memory it allocates: on success *mem is to be given to data_buf_free,
+ * *data holds the len bytes and at least head (<= 64) writable bytes lie before it, so a
+ * reply can put its framing there and go out without a copy of the data. */
 int data_read_alloc(struct data_store *ds, uint32_t target, uint64_t ino, uint32_t idx, uint32_t off,
 		    uint32_t len, uint32_t head, void **mem, uint8_t **data);
+/* I/O buffers, aligned for O_DIRECT, from a pool of bounded size (buf.c). */
+void *data_buf_alloc(size_t size);
+void data_buf_free(void *p); /* NULL is a no-op */
+/* Gives every buffer the pool holds back to the kernel. */
+void data_buf_trim(void);
+/* Bytes of mapped buffers the pool holds for reuse, and mapped in all (in use or pooled). */
+void data_buf_stats(uint64_t *pooled, uint64_t *mapped);
 /* Drops everything of ino at or past byte new_size (chunks of chunk_size bytes). */
 int data_truncate(struct data_store *ds, uint32_t target, uint64_t ino, uint64_t new_size, uint32_t chunk_size);
 /* Drops every chunk of ino on target. */

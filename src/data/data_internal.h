@@ -42,6 +42,8 @@
 #define DATA_VAL_MAX (DATA_VAL_FIXED_TIER + 4u * DATA_BLOCKS_MAX)
 #define DATA_OBJ_KEY_SIZE 9u /* 'O' | object id u64 BE -> object size u64 LE */
 #define DATA_RESERVE_MAX (64ull << 20)
+#define DATA_BUF_MAPPED_MIN (64u << 10) /* I/O buffers this big or more are huge pages, pooled */
+#define DATA_BUF_POOL_MAX (256ull << 20) /* bytes of freed buffers kept for reuse */
 
 _Static_assert(DATA_CHUNK_MAX % DATA_BLOCK_SIZE == 0, "a chunk is whole blocks");
 _Static_assert(DATA_BLOCK_SIZE % DATA_REC_ALIGN == 0, "blocks are O_DIRECT-sized");

@@ -365,15 +365,8 @@ int data_read_chunk(struct data_target *t, uint64_t ino, uint32_t idx, const str
 	return read_blocks(t, ino, idx, e, &r, 1);
 }
 
-static void *rec_alloc(uint64_t rec_size)
-{
-	void *p = NULL;
-	/* Aligned so that the same buffer can go to an O_DIRECT file later. */
-	if (posix_memalign(&p, DATA_REC_ALIGN, rec_size))
-		p = NULL;
-	AQ_ASSERT(p);
-	return p;
-}
+/* Aligned so that the same buffer can go to an O_DIRECT file later. */
+static void *rec_alloc(uint64_t rec_size) { return data_buf_alloc(rec_size); }
 
 /* Fills in the header and the block crcs of a record whose data (length bytes at rec +
  * header) is in place, and zeroes the padding. */
@@ -502,7 +495,7 @@ int data_writev(struct data_store *ds, uint32_t target, uint64_t ino, uint32_t i
 	rc = commit_record_locked(ds, t, ino, idx, rec, e, found ? old : NULL, sync);
 out:
 	pthread_mutex_unlock(&t->lock);
-	free(rec);
+	data_buf_free(rec);
 	free(old);
 	free(e);
 	return rc;
@@ -529,7 +522,7 @@ static uint8_t *dst_bytes(struct read_dst *d, uint32_t len)
 {
 	if (d->buf)
 		return d->buf;
-	d->mem = aq_malloc((size_t)d->head + len + 1);
+	d->mem = data_buf_alloc((size_t)d->head + len + 1);
 	d->data = (uint8_t *)d->mem + d->head;
 	return d->data;
 }
@@ -618,25 +611,25 @@ static int read_direct(struct data_store *ds, struct data_target *t, struct data
 		/* the file system takes the flag at open but not these reads: never again */
 		if (__atomic_exchange_n(&ds->direct_min, UINT32_MAX, __ATOMIC_RELAXED) != UINT32_MAX)
 			log_warn("target %u: O_DIRECT reads fail with EINVAL; reads stay buffered", t->id);
-		free(abuf);
+		data_buf_free(abuf);
 		return -EAGAIN;
 	}
 	if (rc) {
 		log_error("target %u: ino %llx idx %u: read seg %u: %s", t->id, (unsigned long long)ino, idx,
 			  e->seg, strerror(-rc));
-		free(abuf);
+		data_buf_free(abuf);
 		return rc;
 	}
 	rc = check_blocks(t, ino, idx, e, sp->b0, sp->b1, abuf + DATA_REC_HDR_SIZE);
 	if (rc) {
-		free(abuf);
+		data_buf_free(abuf);
 		return rc;
 	}
 	memset(abuf + skip + (end - off), 0, off + len - end);
 	__atomic_fetch_add(&t->direct_reads, 1, __ATOMIC_RELAXED);
 	if (d->buf) {
 		memcpy(d->buf, abuf + skip, len);
-		free(abuf);
+		data_buf_free(abuf);
 	} else {
 		d->mem = abuf;
 		d->data = abuf + skip;
@@ -725,7 +718,7 @@ out:
 	free(bounce);
 	free(e);
 	if (rc && !d->buf) {
-		free(d->mem);
+		data_buf_free(d->mem);
 		d->mem = NULL;
 		d->data = NULL;
 	}
@@ -837,7 +830,7 @@ out:
 	rocksdb_writebatch_destroy(batch);
 	pthread_mutex_unlock(&t->lock);
 	free(dead);
-	free(rec);
+	data_buf_free(rec);
 	free(ne);
 	free(e);
 	return rc;

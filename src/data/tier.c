@@ -229,10 +229,7 @@ int tier_read_blocks(struct data_target *t, uint64_t ino, uint32_t idx, const st
 
 static uint8_t *rec_buf(uint32_t length)
 {
-	void *p = NULL;
-	if (posix_memalign(&p, DATA_REC_ALIGN, data_rec_size(length)))
-		p = NULL;
-	AQ_ASSERT(p);
+	void *p = data_buf_alloc(data_rec_size(length));
 	memset(p, 0, data_rec_size(length));
 	return p;
 }
@@ -286,7 +283,7 @@ int tier_recall_chunk(struct data_target *t, uint64_t ino, uint32_t idx)
 	}
 	pthread_mutex_unlock(&t->lock);
 out:
-	free(rec);
+	data_buf_free(rec);
 	free(cur);
 	free(e);
 	return rc;

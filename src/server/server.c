@@ -881,7 +881,7 @@ static bool reply_chunk_read(struct server *s, struct net_conn *c, const struct 
 	inval_push(s, net_conn_data(c));
 	put_le32(data - 4, r.len);
 	net_reply(c, h, 0, data - 4, 4 + (size_t)r.len);
-	free(mem);
+	data_buf_free(mem);
 	return true;
 }
 

@@ -133,6 +133,28 @@ def test_shards_native(c):
     check_side(out["aquifer"], 64, 2 * SHARD_BYTES)
 
 
+def rss_bytes(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def test_direct_reads_leave_aqd_small(c):
+    # Regression: O_DIRECT read buffers came from posix_memalign, and glibc's arenas kept
+    # what 128 workers freed: aqd held 1 GB after reading 2 GiB this way (2.5 GB after an
+    # 8 GiB epoch). They now come from a pool of bounded size (src/data/buf.c).
+    c.aq("bench", "gen", "--kind", "shards", "--files", "2", "--file-size", str(SHARD_BYTES), "--dir", "/leak")
+    epochs = (2 << 30) // (2 * SHARD_BYTES)
+    out = train_json(c, "--dir", "/leak", "--no-loopback", "--batch", "8", "--compute-us", "0", "--cold",
+                     "--epochs", str(epochs))
+    check_side(out["aquifer"], epochs * 64, epochs * 2 * SHARD_BYTES)
+    rss = rss_bytes(c.pid())
+    # the pool keeps at most 256 MiB, and at most 128 reads are in flight
+    assert rss < 512 << 20, f"aqd holds {rss >> 20} MiB after reading 2 GiB"
+
+
 def find_on_disk(c, pattern):
     """(segment path, offset) of the one place pattern is stored under var/targets."""
     hits = []

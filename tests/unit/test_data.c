@@ -1,12 +1,13 @@
 /*
  * test_data.c - unit tests of the segment store (src/data): round trips against an
  * in-memory model, sparse reads, overwrite, truncate, delete, reopen, corruption
- * detection (through the page cache and through O_DIRECT), compaction, ENOSPC and
- * concurrent writers. Each case works in its own
+ * detection (through the page cache and through O_DIRECT), compaction, ENOSPC,
+ * concurrent writers and the pool of I/O buffers. Each case works in its own
  * directory under a temporary root that is removed at the end.
  */
 #include <fcntl.h>
 #include <ftw.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -545,11 +546,11 @@ static int test_direct(void)
 	CHECK(rc == 0 && data && memcmp(data, a + 5, 600000) == 0, "alloc read: %s", aq_strerror(rc));
 	CHECK(data - (uint8_t *)mem >= 4, "no head room before the data");
 	memset(data - 4, 0xab, 4);
-	free(mem);
+	data_buf_free(mem);
 	mem = NULL;
 	rc = data_read_alloc(ds, 7, 401, 0, 0, 70000, 4, &mem, &data);
 	CHECK(rc == 0 && data && data[0] == 0 && data[69999] == 0, "missing chunk reads as zeros");
-	free(mem);
+	data_buf_free(mem);
 	mem = NULL;
 	CHECK(!can_direct || direct_reads(ds) == d0 + 3, "big cold reads must use O_DIRECT");
 
@@ -612,7 +613,7 @@ static int test_direct(void)
 	free(rb);
 	return 0;
 fail:
-	free(mem);
+	data_buf_free(mem);
 	data_close(ds);
 	free(a);
 	free(rb);
@@ -978,6 +979,86 @@ fail:
 	return -1;
 }
 
+/* I/O buffers (buf.c): aligned for O_DIRECT, the pooled ones on 2 MiB boundaries, a freed
+ * one reused for the next of its class, what is mapped bounded once they are freed (more
+ * are freed at once than the pool keeps, so some must be unmapped), and a full pool makes
+ * room for a size it does not hold. */
+#define BUF_THREADS 16
+#define BUF_EACH 10
+#define BUF_BIG ((1u << 20) + 8192u) /* a 1 MiB read's span plus its header page */
+#define BUF_CHUNK (DATA_CHUNK_MAX + 2 * DATA_REC_ALIGN)
+
+static void *buf_worker(void *arg)
+{
+	uint8_t **mine = arg;
+	for (int i = 0; i < BUF_EACH; i++) {
+		mine[i] = data_buf_alloc(BUF_BIG);
+		memset(mine[i], i, BUF_BIG);
+	}
+	return NULL;
+}
+
+/* Allocates and frees size twice: true when the second time mapped nothing new. */
+static bool buf_reused(size_t size)
+{
+	uint64_t pooled, mapped0, mapped;
+	data_buf_free(data_buf_alloc(size));
+	data_buf_stats(&pooled, &mapped0);
+	void *p = data_buf_alloc(size);
+	data_buf_stats(&pooled, &mapped);
+	data_buf_free(p);
+	return mapped == mapped0;
+}
+
+static int test_buffers(void)
+{
+	static uint8_t *bufs[BUF_THREADS][BUF_EACH];
+	pthread_t th[BUF_THREADS];
+	uint64_t pooled, mapped;
+	const size_t sizes[] = {1, 4095, DATA_BUF_MAPPED_MIN - 1, DATA_BUF_MAPPED_MIN, 200000, BUF_BIG, BUF_CHUNK};
+	data_buf_trim(); /* what the cases before left */
+	data_buf_stats(&pooled, &mapped);
+	CHECK(pooled == 0 && mapped == 0, "after a trim: %" PRIu64 " bytes pooled, %" PRIu64 " mapped", pooled, mapped);
+	for (size_t i = 0; i < ARRAY_SIZE(sizes); i++) {
+		uint8_t *p = data_buf_alloc(sizes[i]);
+		CHECK((uintptr_t)p % DATA_REC_ALIGN == 0, "size %zu: %p is not aligned", sizes[i], (void *)p);
+		if (sizes[i] >= DATA_BUF_MAPPED_MIN)
+			CHECK(((uintptr_t)p - DATA_REC_ALIGN) % (2u << 20) == 0, "size %zu: %p is not on a 2 MiB boundary",
+			      sizes[i], (void *)p);
+		memset(p, 0xa5, sizes[i]);
+		data_buf_free(p);
+		if (sizes[i] >= DATA_BUF_MAPPED_MIN)
+			CHECK(buf_reused(sizes[i]), "size %zu: a freed buffer was not reused", sizes[i]);
+	}
+	data_buf_free(NULL);
+	data_buf_trim();
+
+	for (int t = 0; t < BUF_THREADS; t++)
+		CHECK(pthread_create(&th[t], NULL, buf_worker, bufs[t]) == 0, "thread");
+	for (int t = 0; t < BUF_THREADS; t++)
+		pthread_join(th[t], NULL);
+	data_buf_stats(&pooled, &mapped);
+	CHECK(mapped > DATA_BUF_POOL_MAX, "%d buffers in use map only %" PRIu64 " bytes", BUF_THREADS * BUF_EACH, mapped);
+	for (int t = 0; t < BUF_THREADS; t++)
+		for (int i = 0; i < BUF_EACH; i++) {
+			CHECK(bufs[t][i][BUF_BIG - 1] == i, "buffer %d/%d was overwritten", t, i);
+			data_buf_free(bufs[t][i]);
+		}
+	data_buf_stats(&pooled, &mapped);
+	CHECK(pooled + (2u << 20) > DATA_BUF_POOL_MAX && pooled <= DATA_BUF_POOL_MAX, "the pool holds %" PRIu64 " bytes",
+	      pooled);
+	CHECK(mapped == pooled, "%" PRIu64 " bytes mapped with none in use and %" PRIu64 " pooled", mapped, pooled);
+	/* the pool is full of 1 MiB buffers: a whole chunk's takes the room of some of them */
+	CHECK(buf_reused(BUF_CHUNK), "a full pool of small buffers made no room for a big one");
+	data_buf_stats(&pooled, &mapped);
+	CHECK(pooled <= DATA_BUF_POOL_MAX && mapped == pooled, "%" PRIu64 " bytes pooled, %" PRIu64 " mapped", pooled,
+	      mapped);
+	data_buf_trim();
+	return 0;
+fail:
+	return -1;
+}
+
 int main(void)
 {
 	static const struct {
@@ -999,6 +1080,7 @@ int main(void)
 		{"enospc", test_enospc},
 		{"concurrent", test_concurrent},
 		{"two_targets", test_two_targets},
+		{"buffers", test_buffers},
 	};
 	snprintf(root, sizeof root, "/tmp/aq_test_data.XXXXXX");
 	if (!mkdtemp(root)) {

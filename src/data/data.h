@@ -22,10 +22,8 @@ struct data_options {
 	const uint32_t *target_ids;   /* cluster-wide id of each local target */
 	uint64_t capacity_bytes;      /* per target; 0: the underlying file system's size */
 	uint64_t segment_bytes;       /* segment file size; 0: DATA_SEGMENT_SIZE (tests use less) */
-	/* Reads of at least this many bytes whose pages are not all in the page cache may go
-	 * to the disk with O_DIRECT: those of DATA_DIRECT_BIG or more, and any while
-	 * DATA_DIRECT_DEPTH reads run (data_internal.h). 0: DATA_DIRECT_MIN_DEFAULT;
-	 * UINT32_MAX: never. */
+	/* Reads of at least this many bytes whose pages are not all in the page cache go to
+	 * the disk with O_DIRECT. 0: DATA_DIRECT_MIN_DEFAULT; UINT32_MAX: never. */
 	uint32_t direct_min;
 };
 #define DATA_DIRECT_MIN_DEFAULT (64u << 10)

@@ -128,16 +128,11 @@ struct data_target {
 };
 
 #define DATA_DFD_UNOPENED (-2)
-/* A read of at least direct_min bytes goes O_DIRECT when it is this big, or when at least
- * DATA_DIRECT_DEPTH reads run at once (see read_chunk_range). */
-#define DATA_DIRECT_BIG (512u << 10)
-#define DATA_DIRECT_DEPTH 8u
 #define DATA_INDEX_CACHE_BYTES (256ull << 20) /* the indexes' RocksDB block cache */
 
 struct data_store {
 	uint32_t ntargets;
 	uint32_t direct_min; /* see data_options; UINT32_MAX once O_DIRECT reads failed (atomic) */
-	uint32_t reads_inflight; /* chunk reads running now, all targets (atomic) */
 	/* One block cache and table format for every target's index (see data_open). */
 	rocksdb_cache_t *index_cache;
 	rocksdb_block_based_table_options_t *index_topts;

@@ -653,7 +653,6 @@ static int read_chunk_range(struct data_store *ds, uint32_t target, uint64_t ino
 	uint8_t *bounce = NULL;
 	bool found = false, recalled = false;
 	int rc;
-	__atomic_fetch_add(&ds->reads_inflight, 1, __ATOMIC_RELAXED);
 
 again:
 	/* Shared from the lookup to the end of the I/O: compaction cannot unlink the
@@ -671,7 +670,6 @@ again:
 		if (rc == 0 || rc == -ENOSPC)
 			goto again;
 		free(e);
-		__atomic_fetch_sub(&ds->reads_inflight, 1, __ATOMIC_RELAXED);
 		return rc;
 	}
 	uint32_t end = found ? MIN(off + len, e->length) : 0;
@@ -682,14 +680,14 @@ again:
 	struct block_span sp = {.b0 = off / DATA_BLOCK_SIZE, .b1 = data_nblocks(end)};
 	sp.start = (uint64_t)sp.b0 * DATA_BLOCK_SIZE;
 	sp.len = MIN((uint64_t)sp.b1 * DATA_BLOCK_SIZE, e->length) - sp.start;
-	/* O_DIRECT where it pays: measured here, a lone reader of ~110 KB records waits less
-	 * on a buffered read (FUSE, 4 loaders: 2,471 samples/s buffered, 2,057 direct), while
-	 * under a deep queue the page cache's own CPU is what limits (native, 256 reads in
-	 * flight: 6.0-6.6k buffered, 9.8-11.8k direct); reads of 1 MiB gain at any depth
-	 * (fio, depth 1: 370 MB/s buffered, 2.3 GB/s direct). */
+	/* O_DIRECT for a span of direct_min (64 KiB) or more not in the page cache: measured
+	 * here, into huge-page buffers (buf.c), 110 KB images through FUSE with 4 loaders,
+	 * one read at a time per loader: 4.2-4.4k samples/s buffered, 5.2-5.6k direct; native,
+	 * 256 reads in flight: 6.0-6.6k buffered, 9.8-11.8k direct; 1 MiB reads gain at any
+	 * depth (fio, depth 1: 370 MB/s buffered, 2.3 GB/s direct). What stays buffered is a
+	 * small read, which the page cache's read-ahead serves as well as the disk. */
 	uint32_t direct_min = __atomic_load_n(&ds->direct_min, __ATOMIC_RELAXED);
-	bool deep = __atomic_load_n(&ds->reads_inflight, __ATOMIC_RELAXED) >= DATA_DIRECT_DEPTH;
-	if (e->seg != 0 && sp.len >= direct_min && (deep || sp.len >= MAX(direct_min, DATA_DIRECT_BIG))) {
+	if (e->seg != 0 && sp.len >= direct_min) {
 		struct data_seg *s = entry_seg(t, ino, idx, e);
 		if (!s) {
 			rc = -EIO;
@@ -714,7 +712,6 @@ again:
 	memset(out + (end - off), 0, off + len - end);
 out:
 	pthread_rwlock_unlock(&t->seg_lock);
-	__atomic_fetch_sub(&ds->reads_inflight, 1, __ATOMIC_RELAXED);
 	free(bounce);
 	free(e);
 	if (rc && !d->buf) {

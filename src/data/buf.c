@@ -8,8 +8,9 @@
  * than DATA_BUF_POOL_MAX bytes, else it is unmapped at once; a miss in a full pool unmaps
  * a buffer of another class, so the pool follows the sizes in use. aqd's memory for I/O
  * buffers is therefore what is in flight plus the pool: with 128 workers at most 128 reads
- * are in flight, which the pool's 128 buffers of 2 MiB cover. Smaller buffers come from
- * malloc.
+ * are in flight, which the pool's 128 buffers of 2 MiB cover. The compactor thread gives
+ * the whole pool back to the kernel once no buffer was handed out for 30 s. Smaller
+ * buffers come from malloc.
  *
  * Why huge pages: an O_DIRECT read into one is one physically contiguous piece, not one
  * segment per 4 KiB page. A disk takes a bounded number of segments per request
@@ -47,6 +48,7 @@ static struct {
 	struct buf_hdr *free[BUF_NCLASS];
 	uint64_t bytes;  /* mapped bytes in the pool */
 	uint64_t mapped; /* mapped bytes in all, in use or in the pool */
+	uint64_t last_ns; /* when a mapped buffer was last handed out (aq_mono_ns) */
 } pool = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
 /* Class c is mappings of c + 1 huge pages. */
@@ -79,8 +81,9 @@ void *data_buf_alloc(size_t size)
 	} else {
 		int cls = (int)((BUF_HDR + size - 1) / BUF_HUGE);
 		AQ_ASSERT(cls < (int)BUF_NCLASS);
-		uint64_t n = map_bytes(cls);
+		uint64_t n = map_bytes(cls), now = aq_mono_ns();
 		pthread_mutex_lock(&pool.lock);
+		pool.last_ns = now;
 		if ((h = pool.free[cls])) {
 			pool.free[cls] = h->next;
 			pool.bytes -= n;
@@ -157,6 +160,15 @@ void data_buf_trim(void)
 			munmap(e, map_bytes(c));
 		}
 	}
+}
+
+void data_buf_trim_idle(uint64_t idle_ns)
+{
+	pthread_mutex_lock(&pool.lock);
+	bool idle = pool.bytes && aq_mono_ns() - pool.last_ns >= idle_ns;
+	pthread_mutex_unlock(&pool.lock);
+	if (idle)
+		data_buf_trim();
 }
 
 void data_buf_stats(uint64_t *pooled, uint64_t *mapped)

@@ -16,6 +16,7 @@
 #include "data/data_internal.h"
 
 #define COMPACT_INTERVAL_S 5
+#define BUF_IDLE_TRIM_NS (30 * 1000000000ull) /* the I/O buffer pool goes after this idle */
 #define COMPACT_RATIO_DEFAULT 0.5
 #define COMPACT_ACTIVE_MIN_DEAD (8ull << 20) /* dead bytes before an active segment is sealed */
 
@@ -277,6 +278,7 @@ static void *compactor_main(void *arg)
 				break;
 			data_compact(ds, ds->targets[i].id, COMPACT_RATIO_DEFAULT);
 		}
+		data_buf_trim_idle(BUF_IDLE_TRIM_NS);
 		pthread_mutex_lock(&ds->bg_lock);
 	}
 	pthread_mutex_unlock(&ds->bg_lock);

@@ -54,8 +54,10 @@ int data_read_alloc(struct data_store *ds, uint32_t target, uint64_t ino, uint32
 /* I/O buffers, aligned for O_DIRECT, from a pool of bounded size (buf.c). */
 void *data_buf_alloc(size_t size);
 void data_buf_free(void *p); /* NULL is a no-op */
-/* Gives every buffer the pool holds back to the kernel. */
+/* Gives every buffer the pool holds back to the kernel; _idle only when none was handed
+ * out for idle_ns (the compactor calls it: an idle aqd holds no pool). */
 void data_buf_trim(void);
+void data_buf_trim_idle(uint64_t idle_ns);
 /* Bytes of mapped buffers the pool holds for reuse, and mapped in all (in use or pooled). */
 void data_buf_stats(uint64_t *pooled, uint64_t *mapped);
 /* Drops everything of ino at or past byte new_size (chunks of chunk_size bytes). */

@@ -1048,7 +1048,14 @@ static int test_buffers(void)
 	data_buf_stats(&pooled, &mapped);
 	CHECK(pooled <= DATA_BUF_POOL_MAX && mapped == pooled, "%" PRIu64 " bytes pooled, %" PRIu64 " mapped", pooled,
 	      mapped);
-	data_buf_trim();
+	/* an idle trim keeps the pool while buffers were handed out lately, and drops it after */
+	data_buf_trim_idle(3600 * 1000000000ull);
+	data_buf_stats(&pooled, &mapped);
+	CHECK(pooled > 0, "a pool in use was trimmed");
+	usleep(20000);
+	data_buf_trim_idle(10000000);
+	data_buf_stats(&pooled, &mapped);
+	CHECK(pooled == 0 && mapped == 0, "an idle pool holds %" PRIu64 " bytes, %" PRIu64 " mapped", pooled, mapped);
 	return 0;
 fail:
 	return -1;

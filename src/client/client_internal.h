@@ -250,8 +250,6 @@ uint64_t rpc_affinity(const struct proto_req *req);
 /* Waits for the reply. Returns 0 or -errno; the call keeps the payload until rpc_free. */
 int rpc_wait(struct rpc_call *call);
 void rpc_free(struct rpc_call *call);
-/* Whether a call that failed with err on the connection (not in the server's answer) is
- * worth sending again once the connection is back. */
 /* One request and its decoded reply (payload pointers stay valid until rpc_free(*call)). */
 int rpc_do(struct aq_client *c, uint32_t server, const struct proto_req *req, struct proto_reply *rep,
 	   struct rpc_call **call);

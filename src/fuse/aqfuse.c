@@ -1265,8 +1265,8 @@ static void op_link(fuse_req_t req, fuse_ino_t ino_node, fuse_ino_t newparent_no
  * inodes whose first bytes this mount stored, that the kernel has not forgotten and that
  * no push has touched since (writes through this mount keep the kernel's pages right
  * themselves). Their opens return at once and ask the server for no bytes; a read the
- * kernel's cache no longer covers (it evicted the pages) is a plain READ. A warm epoch of 20,000 images went from 8.1k to
- * 7.0k samples/s when every open waited and stored. */
+ * kernel's cache no longer covers (it evicted the pages) is a plain READ. A warm epoch
+ * of 20,000 images went from 8.1k to 7.0k samples/s when every open waited and stored. */
 static struct inoset g_stored = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
 static void stored_forget(uint64_t ino) { inoset_forget(&g_stored, ino); }

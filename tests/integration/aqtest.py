@@ -27,6 +27,15 @@ def unmount(path):
         run("umount", "-l", path, check=False)
 
 
+def proc_status_kib(pid, field):
+    """A memory figure of /proc/PID/status (VmRSS, VmHWM...) in KiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise AssertionError(f"no {field} for {pid}")
+
+
 def kernel_stack(pid):
     try:
         with open(f"/proc/{pid}/stack") as f:

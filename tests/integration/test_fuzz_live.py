@@ -15,7 +15,7 @@ import socket
 import struct
 import time
 
-from aqtest import Cluster, main
+from aqtest import Cluster, main, proc_status_kib
 
 MAGIC = 0x31465141
 VERSION = 1
@@ -370,14 +370,6 @@ def test_c_server_survives(c):
     assert st["files"] == want, f"store holds {st['files']} files, want {want} (root + {sorted(created)})"
 
 
-def vm_hwm_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmHWM")
-
-
 def test_d_batch_of_chunk_reads_bounded(c):
     """Regression: a BATCH of 8 MiB CHUNK_READs piled every sub-reply up in memory before
     checking the frame limit (1024 of them: 8 GiB). It must stop at the limit instead."""
@@ -387,12 +379,12 @@ def test_d_batch_of_chunk_reads_bounded(c):
     subs = b"".join(hdr(41, i, len(read)) + read for i in range(48))  # 384 MiB of replies
     p = struct.pack("<I", 48) + string(subs)
     pid = c.pid()
-    before = vm_hwm_kib(pid)
+    before = proc_status_kib(pid, "VmHWM")
     s = authed(c)
     send(s, hdr(OP_BATCH, 9, len(p)) + p)
     r = recv_frame(s)
     s.close()
-    grew_mib = (vm_hwm_kib(pid) - before) / 1024
+    grew_mib = (proc_status_kib(pid, "VmHWM") - before) / 1024
     assert r["status"] == 14, f"batch over the frame limit: {r['status']}, want AQ_S_RANGE"
     assert grew_mib < 160, f"aqd peak memory grew {grew_mib:.0f} MiB for one over-limit batch"
     os.kill(pid, 0)

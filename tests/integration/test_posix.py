@@ -395,10 +395,12 @@ def test_unlink_while_open(c):
     assert not os.path.exists(p)
 
 
-def drop_page_cache():
+def drop_page_cache(inodes=False):
+    """Drops the kernel's page cache; with inodes, its dentries and inodes too (the mount
+    then gets a FORGET for each inode dropped)."""
     os.sync()
     with open("/proc/sys/vm/drop_caches", "w") as f:
-        f.write("1")
+        f.write("3" if inodes else "1")
 
 
 def test_first_read_comes_with_the_open(c):
@@ -456,18 +458,25 @@ def test_first_read_needs_no_round_trip(c):
             os.close(fd)
 
 
-def test_open_of_a_stored_file_waits_for_nothing(c):
-    """Once an open has put a file's first bytes in the kernel's page cache and no push
-    has touched the file since, the next open does not wait for the server (a warm
-    epoch): with aqd stopped, open, read and close of the file still end at once."""
+def stored_file(c, name):
+    """A file of 110,000 random bytes whose first bytes an open has put in the kernel's
+    page cache (the page cache dropped first, so that open stored them): (path, bytes)."""
     data = os.urandom(110_000)
-    p = c.path("warm")
+    p = c.path(name)
     with open(p, "wb") as f:
         f.write(data)
     drop_page_cache()
     os.stat(p)
     with open(p, "rb") as f:
         assert f.read() == data  # this open stores the bytes
+    return p, data
+
+
+def test_open_of_a_stored_file_waits_for_nothing(c):
+    """Once an open has put a file's first bytes in the kernel's page cache and no push
+    has touched the file since, the next open does not wait for the server (a warm
+    epoch): with aqd stopped, open, read and close of the file still end at once."""
+    p, data = stored_file(c, "warm")
     code = (f"import hashlib\n"
             f"with open({p!r}, 'rb') as f:\n"
             f"    assert hashlib.sha256(f.read()).hexdigest() == {hashlib.sha256(data).hexdigest()!r}\n")
@@ -480,17 +489,8 @@ def test_first_read_after_the_kernel_forgot_needs_no_round_trip(c):
     pages) and sent FORGET: the next open stored nothing, so its first read was a READ
     round trip (every epoch of aq bench train --cold after the first). Now a forgotten
     file's open stores its bytes again: its first read is answered with the mount stopped."""
-    data = os.urandom(110_000)
-    p = c.path("forgotten")
-    with open(p, "wb") as f:
-        f.write(data)
-    drop_page_cache()
-    os.stat(p)
-    with open(p, "rb") as f:
-        assert f.read() == data  # this open stores the bytes
-    os.sync()
-    with open("/proc/sys/vm/drop_caches", "w") as f:
-        f.write("3")  # inodes too: the kernel sends FORGET for this one
+    p, data = stored_file(c, "forgotten")
+    drop_page_cache(inodes=True)  # the kernel sends FORGET for this file's inode
     time.sleep(0.2)  # the mount handles FORGETs on its own threads
     os.stat(p)
     fd = os.open(p, os.O_RDONLY)

@@ -13,7 +13,7 @@ import shutil
 import struct
 
 import aqtest
-from aqtest import Cluster, expect_errno
+from aqtest import Cluster, expect_errno, proc_status_kib
 
 N_IMAGES = 500
 IMAGE_BYTES = 20000          # mean; sizes vary +-30%
@@ -133,14 +133,6 @@ def test_shards_native(c):
     check_side(out["aquifer"], 64, 2 * SHARD_BYTES)
 
 
-def rss_bytes(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for {pid}")
-
-
 def test_direct_reads_leave_aqd_small(c):
     # Regression: O_DIRECT read buffers came from posix_memalign, and glibc's arenas kept
     # what 128 workers freed: aqd held 1 GB after reading 2 GiB this way (2.5 GB after an
@@ -150,7 +142,7 @@ def test_direct_reads_leave_aqd_small(c):
     out = train_json(c, "--dir", "/leak", "--no-loopback", "--batch", "8", "--compute-us", "0", "--cold",
                      "--epochs", str(epochs))
     check_side(out["aquifer"], epochs * 64, epochs * 2 * SHARD_BYTES)
-    rss = rss_bytes(c.pid())
+    rss = proc_status_kib(c.pid(), "VmRSS") << 10
     # the pool keeps at most 256 MiB, and at most 128 reads are in flight
     assert rss < 512 << 20, f"aqd holds {rss >> 20} MiB after reading 2 GiB"
 

@@ -73,6 +73,10 @@ int aq_connect(const char *cluster_file, struct aq_client **out)
 	env = getenv("AQ_RECONNECT_S");
 	if (env && atoi(env) > 0 && atoi(env) <= 86400)
 		c->reconnect_s = (uint32_t)atoi(env);
+	c->poll_us = RPC_POLL_US;
+	env = getenv("AQ_POLL_US");
+	if (env && atoi(env) >= 0 && atoi(env) <= 10000)
+		c->poll_us = (uint32_t)atoi(env);
 	c->conns = aq_calloc((size_t)c->nconns * c->map.nservers, sizeof *c->conns);
 	uint32_t done = 0;
 	for (uint32_t s = 0; s < c->map.nservers; s++)

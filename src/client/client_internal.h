@@ -17,6 +17,7 @@
 /* The affinity of a call that must go on the connection that takes the server's pushes
  * (aq_watch_sync): its reply then comes after every push sent before it. */
 #define RPC_ON_PUSHES UINT64_MAX
+#define RPC_POLL_US 200         /* see rpc_wait ($AQ_POLL_US) */
 #define RPC_HOLD_NS 2000000     /* the longest a held RELEASE waits for a frame to ride with */
 
 /* Where finished calls are announced when a caller waits for any of many (the batched
@@ -182,6 +183,7 @@ struct aq_client {
 	struct aq_cred cred;
 	uint32_t nconns;
 	uint32_t reconnect_s; /* how long a call waits for a restarting server */
+	uint32_t poll_us;     /* a waiter for a metadata reply polls this long before it sleeps */
 	struct rpc_conn *conns;    /* nconns per server */
 	atomic_uint rr;
 	pthread_mutex_t files_mu;

@@ -16,6 +16,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sched.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -419,13 +420,24 @@ static void conn_broken_locked(struct rpc_conn *rc)
 	pthread_cond_broadcast(&rc->rx_cv);
 }
 
-/* Reads one frame as the connection's reader. Called with mu held and nobody reading;
- * returns with mu held. */
-static void read_as_reader_locked(struct rpc_conn *rc)
+/* Waits up to poll_ns for fd to turn readable without sleeping (see rpc_wait). */
+static void poll_readable(int fd, uint64_t poll_ns)
+{
+	uint64_t until = aq_mono_ns() + poll_ns;
+	struct pollfd pfd = {.fd = fd, .events = POLLIN};
+	while (poll(&pfd, 1, 0) == 0 && aq_mono_ns() < until)
+		sched_yield(); /* a thread with work on this CPU goes first */
+}
+
+/* Reads one frame as the connection's reader, polling up to poll_ns for it first.
+ * Called with mu held and nobody reading; returns with mu held. */
+static void read_as_reader_locked(struct rpc_conn *rc, uint64_t poll_ns)
 {
 	rc->reading = true;
 	int fd = rc->fd;
 	pthread_mutex_unlock(&rc->mu);
+	if (poll_ns)
+		poll_readable(fd, poll_ns);
 	int err = read_frame(rc, fd);
 	pthread_mutex_lock(&rc->mu);
 	rc->reading = false;
@@ -442,7 +454,7 @@ static void *rx_main(void *arg)
 			pthread_cond_wait(&rc->rx_cv, &rc->mu);
 			continue;
 		}
-		read_as_reader_locked(rc);
+		read_as_reader_locked(rc, 0);
 		if (!rc->npending)
 			rc->rx_wanted = false;
 	}
@@ -837,6 +849,20 @@ static void drain_locked(struct rpc_conn *rc)
 	free(ids);
 }
 
+static bool quick_op(uint16_t op)
+{
+	switch (op) {
+	case OP_CHUNK_READ:
+	case OP_CHUNK_WRITE:
+	case OP_OPEN_READ:
+	case OP_FSYNC:
+	case OP_TIER:
+	case OP_READDIR:
+		return false;
+	}
+	return true;
+}
+
 int rpc_wait(struct rpc_call *call)
 {
 	struct rpc_conn *rc = call->conn;
@@ -849,10 +875,15 @@ int rpc_wait(struct rpc_call *call)
 		drain_locked(rc);
 	else
 		pthread_mutex_unlock(&rc->q_mu);
+	/* A metadata reply comes within tens of microseconds. Sleeping for it costs more on
+	 * a small VM: the waker's CPU must wake this one from its halt (aqd polls for the
+	 * next request for the same reason, net.c). Replies that wait on the disk or on
+	 * S3 are slept for: their loaders need the CPU. */
+	uint64_t poll_ns = quick_op(call->op) ? (uint64_t)rc->client->poll_us * 1000 : 0;
 	pthread_mutex_lock(&rc->mu);
 	while (!call->done) {
 		if (!rc->reading && rc->up)
-			read_as_reader_locked(rc);
+			read_as_reader_locked(rc, poll_ns);
 		else
 			pthread_cond_wait(&call->cv, &rc->mu);
 	}

@@ -14,6 +14,8 @@ import os
 import random
 import signal
 import stat
+import subprocess
+import sys
 import threading
 import types
 import warnings
@@ -390,6 +392,31 @@ def test_read_back_of_buffered_writes_asks_no_server(fx):
         want[off:off + len(data)] = data
     with c.open("/readback", "rb") as f:
         assert f.read() == bytes(want)
+
+
+POLL_PROBE = """
+import aquifer, resource
+c = aquifer.connect()
+c.stat("/ds/f0001")
+r0 = resource.getrusage(resource.RUSAGE_SELF)
+for i in range(1000):
+    c.stat("/ds/f0001")
+r1 = resource.getrusage(resource.RUSAGE_SELF)
+print((r1.ru_nvcsw - r0.ru_nvcsw) / 1000)
+"""
+
+
+def test_metadata_calls_poll_for_their_reply(fx):
+    """A thread waiting for a metadata reply polls the socket for $AQ_POLL_US before it
+    sleeps (rpc.c, rpc_wait): stats then cost the process no voluntary context switch,
+    where with polling off each of the path's lookups sleeps once."""
+    def switches_per_stat(poll_us):
+        env = dict(os.environ, AQ_POLL_US=str(poll_us), PYTHONPATH=os.path.join(ROOT, "python"))
+        p = subprocess.run([sys.executable, "-c", POLL_PROBE], env=env, capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
+        return float(p.stdout)
+    assert switches_per_stat(0) >= 1.5
+    assert switches_per_stat(5000) < 0.5
 
 
 def test_read_many(fx):

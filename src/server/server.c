@@ -944,7 +944,6 @@ static bool run_inline(void *arg, const struct proto_hdr *h, const uint8_t *payl
 	case OP_OPEN_READ:
 	case OP_FSYNC:
 	case OP_RMDIR:
-	case OP_RENAME:
 	case OP_STATFS:
 	case OP_TIER:
 		return false;

@@ -10,6 +10,7 @@ import stat
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 
 from aqtest import Cluster, ends_while_stopped, expect_errno, main, run, run_as, runs_while_stopped
@@ -225,6 +226,63 @@ def test_rename(c):
     os.rename(c.path("r2"), c.path("full", "moved"))
     with open(c.path("full", "moved")) as f:
         assert f.read() == "one"
+
+
+def test_renames_race_creates_and_directory_replacement(c):
+    """Renames run on aqd's loop thread, beside creates and unlinks there and rmdirs on
+    its workers: files moved back and forth between two directories, a directory moved
+    between them, temporary files made and removed in both, and an empty directory
+    renamed over another (which takes every bucket) all finish, and every file ends where
+    its last rename put it."""
+    a, b = c.path("ra"), c.path("rb")
+    os.mkdir(a)
+    os.mkdir(b)
+    for k in range(20):
+        open(os.path.join(a, f"f{k}"), "w").close()
+    os.mkdir(os.path.join(a, "sub"))
+    errors = []
+
+    def guarded(fn):
+        def run_it():
+            try:
+                fn()
+            except Exception as e:  # reported below: a thread's failure fails the test
+                errors.append(repr(e))
+        return threading.Thread(target=run_it)
+
+    def mover():  # 29 rounds of 20: everything ends in b
+        for i in range(580):
+            k = i % 20
+            src, dst = (a, b) if (i // 20) % 2 == 0 else (b, a)
+            os.rename(os.path.join(src, f"f{k}"), os.path.join(dst, f"f{k}"))
+            if k == 0:
+                os.rename(os.path.join(src, "sub"), os.path.join(dst, "sub"))
+
+    def churner():
+        for i in range(600):
+            for d in (a, b):
+                p = os.path.join(d, f"t{i}")
+                open(p, "w").close()
+                os.unlink(p)
+
+    def replacer():
+        for i in range(200):
+            x, y = c.path(f"rx{i}"), c.path(f"ry{i}")
+            os.mkdir(x)
+            os.mkdir(y)
+            os.rename(x, y)  # an empty directory over an empty directory
+            os.rmdir(y)
+
+    threads = [guarded(f) for f in (mover, churner, replacer)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+        assert not t.is_alive(), "a rename, create or rmdir hung"
+    assert not errors, errors
+    assert os.listdir(a) == []
+    assert sorted(os.listdir(b)) == sorted([f"f{k}" for k in range(20)] + ["sub"])
+    assert not [n for n in os.listdir(c.mnt) if n.startswith(("rx", "ry"))]
 
 
 def test_chmod_chown_utimens_truncate(c):

@@ -83,6 +83,10 @@ int aq_symlink_at(struct aq_client *c, const struct aq_cred *cred, uint64_t pare
 /* Copies the link target into buf (NUL-terminated, truncated to size); returns its length. */
 int aq_readlink_ino(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, char *buf, size_t size);
 int aq_unlink_at(struct aq_client *c, const struct aq_cred *cred, uint64_t parent, const char *name);
+/* As aq_unlink_at; *dir gets the directory's attributes after the unlink (times, link
+ * count) when the server that removed the name holds the directory, else dir->ino is 0. */
+int aq_unlink_at_dir(struct aq_client *c, const struct aq_cred *cred, uint64_t parent, const char *name,
+		     struct aq_attr *dir);
 int aq_rmdir_at(struct aq_client *c, const struct aq_cred *cred, uint64_t parent, const char *name);
 #define AQ_RENAME_NOREPLACE 1u
 #define AQ_RENAME_EXCHANGE 2u

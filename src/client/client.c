@@ -608,9 +608,24 @@ static int name_op(struct aq_client *c, const struct aq_cred *cred, uint16_t op,
 	return rpc_do(c, name_server(c, parent, name), &r, NULL, NULL);
 }
 
+int aq_unlink_at_dir(struct aq_client *c, const struct aq_cred *cred, uint64_t parent, const char *name,
+		     struct aq_attr *dir)
+{
+	size_t n = strlen(name);
+	if (n > AQ_NAME_MAX)
+		return -ENAMETOOLONG;
+	struct proto_req r = {.op = OP_UNLINK, .cred = *cred_or_default(c, cred), .parent = parent, .name = name,
+			      .name_len = (uint32_t)n};
+	struct proto_reply rep;
+	int rc = rpc_do(c, name_server(c, parent, name), &r, &rep, NULL);
+	if (dir)
+		*dir = rc ? (struct aq_attr){0} : rep.attr;
+	return rc;
+}
+
 int aq_unlink_at(struct aq_client *c, const struct aq_cred *cred, uint64_t parent, const char *name)
 {
-	return name_op(c, cred, OP_UNLINK, parent, name);
+	return aq_unlink_at_dir(c, cred, parent, name, NULL);
 }
 
 int aq_rmdir_at(struct aq_client *c, const struct aq_cred *cred, uint64_t parent, const char *name)

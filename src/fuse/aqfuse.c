@@ -277,6 +277,26 @@ static void dattr_created(uint64_t parent, const struct aq_attr *child)
 	pthread_mutex_unlock(&g_dattr.mu);
 }
 
+/* After an unlink in parent: keeps the directory's attributes its reply brought (dir;
+ * NULL after a failure), unless a push or another change of this mount came while it was
+ * out, and counts the change, in one step: a reply to another call that began before
+ * this unlink can then not be kept after it (the kernel asks for the directory again
+ * right after every unlink: before this, each such GETATTR went to the server). */
+static void dattr_unlinked(struct cseq seq, uint64_t parent, const struct aq_attr *dir)
+{
+	pthread_mutex_lock(&g_dattr.mu);
+	struct dattr *d = dattr_slot(parent);
+	if (g_cache_on && dir && dir->ino == parent && S_ISDIR(dir->mode) && cseq_current(seq)) {
+		d->ino = parent;
+		d->a = *dir;
+		d->expires_ns = aq_mono_ns() + (uint64_t)(g_timeout_s * 1e9);
+	} else if (d->ino == parent) {
+		d->ino = 0;
+	}
+	atomic_fetch_add(&g_own_changes, 1);
+	pthread_mutex_unlock(&g_dattr.mu);
+}
+
 /* ---- "no extended attributes", answered here ----
  *
  * ls -l asks two getxattrs per file (security.selinux, system.posix_acl_access): each
@@ -1190,10 +1210,12 @@ static void op_unlink(fuse_req_t req, fuse_ino_t parent_node, const char *name)
 	RO_CHECK(req);
 	struct aq_cred cr;
 	cred_of(req, &cr);
-	int rc = WITH_GROUPS(req, cr, aq_unlink_at(g_client, &cr, parent, name));
+	struct cseq seq = cseq_now();
+	struct aq_attr dir;
+	int rc = WITH_GROUPS(req, cr, aq_unlink_at_dir(g_client, &cr, parent, name, &dir));
 	if (!rc)
 		names_remove(parent, name);
-	dattr_drop(parent);
+	dattr_unlinked(seq, parent, rc ? NULL : &dir);
 	fuse_reply_err(req, posix_err(rc));
 }
 

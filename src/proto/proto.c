@@ -304,6 +304,7 @@ static uint32_t reply_fields(uint16_t op)
 	switch (op) {
 	case OP_LOOKUP: case OP_GETATTR: case OP_SETATTR: case OP_MKNOD: case OP_MKDIR:
 	case OP_SYMLINK: case OP_LINK: case OP_OPEN: case OP_COMMIT_SIZE:
+	case OP_UNLINK: /* the directory's attributes after the unlink (ino 0: not known here) */
 		return R_KNOWN | R_ATTR;
 	case OP_READLINK: case OP_CHUNK_READ: case OP_HELLO: case OP_MAP:
 		return R_KNOWN | R_DATA;
@@ -317,7 +318,7 @@ static uint32_t reply_fields(uint16_t op)
 		return R_KNOWN | R_STATFS;
 	case OP_TIER:
 		return R_KNOWN | R_TIER | R_DATA;
-	case OP_AUTH: case OP_UNLINK: case OP_RMDIR: case OP_RENAME: case OP_ACCESS: case OP_RELEASE:
+	case OP_AUTH: case OP_RMDIR: case OP_RENAME: case OP_ACCESS: case OP_RELEASE:
 	case OP_SETXATTR: case OP_REMOVEXATTR: case OP_FSYNC: case OP_CHUNK_WRITE: case OP_WATCH:
 		return R_KNOWN;
 	}

@@ -18,7 +18,7 @@
 #include "aq.h"
 
 #define PROTO_MAGIC 0x31465141u /* "AQF1" */
-#define PROTO_VERSION 1
+#define PROTO_VERSION 2 /* 2: UNLINK replies carry the directory's attributes */
 #define PROTO_HDR_SIZE 32
 #define PROTO_NONCE_SIZE 32
 #define PROTO_MAC_SIZE 32

@@ -87,6 +87,31 @@ def test_cached_stat_needs_no_server(c):
     answers_with_aqd_stopped(c, f"import os; os.stat({a!r}); os.stat({c.mnt!r})")
 
 
+def test_directory_after_unlink_needs_no_server(c):
+    """An UNLINK's reply carries the directory's new attributes and the mount keeps them:
+    the kernel's stat of the directory right after an unlink (it forgot the directory's
+    attributes) answers with aqd stopped, and says what the other mount, which asks the
+    server, says."""
+    a, b = both(c, "unl")
+    os.mkdir(a)
+    for i in range(3):
+        open(os.path.join(a, f"f{i}"), "w").close()
+    before = os.stat(a)
+    time.sleep(0.01)
+    os.unlink(os.path.join(a, "f1"))
+    answers_with_aqd_stopped(c, f"import os; os.stat({a!r})")
+    after = os.stat(a)
+    assert after.st_mtime_ns > before.st_mtime_ns and after.st_ctime_ns > before.st_ctime_ns
+    fd = os.open(b, os.O_RDONLY)  # B has heard the unlink's push: it asks the server
+    try:
+        heard(fd)
+    finally:
+        os.close(fd)
+    there = os.stat(b)
+    assert (there.st_mtime_ns, there.st_ctime_ns, there.st_nlink, there.st_mode) == \
+        (after.st_mtime_ns, after.st_ctime_ns, after.st_nlink, after.st_mode)
+
+
 def test_create_seen_through_negative_entry(c):
     a, b = both(c, "neg")
     os.mkdir(a)

@@ -108,7 +108,7 @@ static uint32_t spec_reply(uint16_t op)
 {
 	switch (op) {
 	case OP_LOOKUP: case OP_GETATTR: case OP_SETATTR: case OP_MKNOD: case OP_MKDIR:
-	case OP_SYMLINK: case OP_LINK: case OP_OPEN: case OP_COMMIT_SIZE:
+	case OP_SYMLINK: case OP_LINK: case OP_OPEN: case OP_COMMIT_SIZE: case OP_UNLINK:
 		return TR_KNOWN | TR_ATTR;
 	case OP_READLINK: case OP_CHUNK_READ: case OP_HELLO: case OP_MAP:
 		return TR_KNOWN | TR_DATA;
@@ -122,7 +122,7 @@ static uint32_t spec_reply(uint16_t op)
 		return TR_KNOWN | TR_STATFS;
 	case OP_TIER:
 		return TR_KNOWN | TR_DATA | TR_TIER; /* nine u64 after the text */
-	case OP_AUTH: case OP_UNLINK: case OP_RMDIR: case OP_RENAME: case OP_ACCESS: case OP_RELEASE:
+	case OP_AUTH: case OP_RMDIR: case OP_RENAME: case OP_ACCESS: case OP_RELEASE:
 	case OP_SETXATTR: case OP_REMOVEXATTR: case OP_FSYNC: case OP_CHUNK_WRITE: case OP_WATCH:
 		return TR_KNOWN;
 	}
@@ -376,7 +376,7 @@ static int t_hdr_reject(void)
 	b[0] ^= 1; /* bad magic */
 	CHECK(proto_hdr_decode(b, sizeof b, &d) == -EPROTO);
 	memcpy(b, good, sizeof b);
-	put_le16(b + 4, 2); /* a future version */
+	put_le16(b + 4, PROTO_VERSION + 1); /* a future version */
 	CHECK(proto_hdr_decode(b, sizeof b, &d) == -AQ_EBAD_VERSION);
 	put_le16(b + 4, 0);
 	CHECK(proto_hdr_decode(b, sizeof b, &d) == -AQ_EBAD_VERSION);

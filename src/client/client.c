@@ -598,26 +598,18 @@ int aq_readlink_ino(struct aq_client *c, const struct aq_cred *cred, uint64_t in
 	return rc;
 }
 
-static int name_op(struct aq_client *c, const struct aq_cred *cred, uint16_t op, uint64_t parent, const char *name)
+/* UNLINK or RMDIR of name in parent; for an UNLINK with dir, the directory's attributes
+ * after it (ino 0 when the server did not send them). */
+static int name_op(struct aq_client *c, const struct aq_cred *cred, uint16_t op, uint64_t parent, const char *name,
+		   struct aq_attr *dir)
 {
 	size_t n = strlen(name);
 	if (n > AQ_NAME_MAX)
 		return -ENAMETOOLONG;
 	struct proto_req r = {.op = op, .cred = *cred_or_default(c, cred), .parent = parent, .name = name,
-			      .name_len = (uint32_t)n};
-	return rpc_do(c, name_server(c, parent, name), &r, NULL, NULL);
-}
-
-int aq_unlink_at_dir(struct aq_client *c, const struct aq_cred *cred, uint64_t parent, const char *name,
-		     struct aq_attr *dir)
-{
-	size_t n = strlen(name);
-	if (n > AQ_NAME_MAX)
-		return -ENAMETOOLONG;
-	struct proto_req r = {.op = OP_UNLINK, .cred = *cred_or_default(c, cred), .parent = parent, .name = name,
-			      .name_len = (uint32_t)n};
+			      .name_len = (uint32_t)n, .flags = dir ? PROTO_UNLINK_DIR_ATTR : 0};
 	struct proto_reply rep;
-	int rc = rpc_do(c, name_server(c, parent, name), &r, &rep, NULL);
+	int rc = rpc_do(c, name_server(c, parent, name), &r, dir ? &rep : NULL, NULL);
 	if (dir)
 		*dir = rc ? (struct aq_attr){0} : rep.attr;
 	return rc;
@@ -625,12 +617,18 @@ int aq_unlink_at_dir(struct aq_client *c, const struct aq_cred *cred, uint64_t p
 
 int aq_unlink_at(struct aq_client *c, const struct aq_cred *cred, uint64_t parent, const char *name)
 {
-	return aq_unlink_at_dir(c, cred, parent, name, NULL);
+	return name_op(c, cred, OP_UNLINK, parent, name, NULL);
+}
+
+int aq_unlink_at_dir(struct aq_client *c, const struct aq_cred *cred, uint64_t parent, const char *name,
+		     struct aq_attr *dir)
+{
+	return name_op(c, cred, OP_UNLINK, parent, name, dir);
 }
 
 int aq_rmdir_at(struct aq_client *c, const struct aq_cred *cred, uint64_t parent, const char *name)
 {
-	return name_op(c, cred, OP_RMDIR, parent, name);
+	return name_op(c, cred, OP_RMDIR, parent, name, NULL);
 }
 
 int aq_rename_at(struct aq_client *c, const struct aq_cred *cred, uint64_t parent, const char *name,

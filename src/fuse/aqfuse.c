@@ -209,20 +209,27 @@ static struct {
 
 static struct dattr *dattr_slot(uint64_t ino) { return &g_dattr.slot[(ino * 0x9E3779B97F4A7C15ull) >> 54]; }
 
+/* Keeps directory ino's attributes a from a reply to a call that began at seq, if
+ * nothing changed since; else (or a NULL) forgets ino. Called with g_dattr.mu held. */
+static void dattr_put_locked(struct cseq seq, uint64_t ino, const struct aq_attr *a)
+{
+	struct dattr *d = dattr_slot(ino);
+	if (a && cseq_current(seq)) {
+		d->ino = ino;
+		d->a = *a;
+		d->expires_ns = aq_mono_ns() + (uint64_t)(g_timeout_s * 1e9);
+	} else if (d->ino == ino) {
+		d->ino = 0;
+	}
+}
+
 /* Keeps a directory's attributes from a reply to a call that began at inval seq. */
 static void dattr_put(struct cseq seq, const struct aq_attr *a)
 {
 	if (!g_cache_on || !S_ISDIR(a->mode))
 		return;
 	pthread_mutex_lock(&g_dattr.mu);
-	struct dattr *d = dattr_slot(a->ino);
-	if (cseq_current(seq)) {
-		d->ino = a->ino;
-		d->a = *a;
-		d->expires_ns = aq_mono_ns() + (uint64_t)(g_timeout_s * 1e9);
-	} else if (d->ino == a->ino) {
-		d->ino = 0;
-	}
+	dattr_put_locked(seq, a->ino, a);
 	pthread_mutex_unlock(&g_dattr.mu);
 }
 
@@ -284,15 +291,9 @@ static void dattr_created(uint64_t parent, const struct aq_attr *child)
  * right after every unlink: before this, each such GETATTR went to the server). */
 static void dattr_unlinked(struct cseq seq, uint64_t parent, const struct aq_attr *dir)
 {
+	bool keep = g_cache_on && dir && dir->ino == parent && S_ISDIR(dir->mode);
 	pthread_mutex_lock(&g_dattr.mu);
-	struct dattr *d = dattr_slot(parent);
-	if (g_cache_on && dir && dir->ino == parent && S_ISDIR(dir->mode) && cseq_current(seq)) {
-		d->ino = parent;
-		d->a = *dir;
-		d->expires_ns = aq_mono_ns() + (uint64_t)(g_timeout_s * 1e9);
-	} else if (d->ino == parent) {
-		d->ino = 0;
-	}
+	dattr_put_locked(seq, parent, keep ? dir : NULL);
 	atomic_fetch_add(&g_own_changes, 1);
 	pthread_mutex_unlock(&g_dattr.mu);
 }

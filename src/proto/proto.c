@@ -184,7 +184,7 @@ static uint32_t req_fields(uint16_t op)
 	case OP_MKDIR: return F_KNOWN | F_CRED | F_PARENT | F_NAME | F_MODE;
 	case OP_SYMLINK: return F_KNOWN | F_CRED | F_PARENT | F_NAME | F_NAME2;
 	case OP_READLINK: return F_KNOWN | F_CRED | F_INO;
-	case OP_UNLINK: return F_KNOWN | F_CRED | F_PARENT | F_NAME;
+	case OP_UNLINK: return F_KNOWN | F_CRED | F_PARENT | F_NAME | F_FLAGS;
 	case OP_RMDIR: return F_KNOWN | F_CRED | F_PARENT | F_NAME;
 	case OP_RENAME: return F_KNOWN | F_CRED | F_PARENT | F_NAME | F_NEWPARENT | F_NAME2 | F_FLAGS;
 	case OP_LINK: return F_KNOWN | F_CRED | F_INO | F_NEWPARENT | F_NAME2;
@@ -304,7 +304,7 @@ static uint32_t reply_fields(uint16_t op)
 	switch (op) {
 	case OP_LOOKUP: case OP_GETATTR: case OP_SETATTR: case OP_MKNOD: case OP_MKDIR:
 	case OP_SYMLINK: case OP_LINK: case OP_OPEN: case OP_COMMIT_SIZE:
-	case OP_UNLINK: /* the directory's attributes after the unlink (ino 0: not known here) */
+	case OP_UNLINK: /* PROTO_UNLINK_DIR_ATTR: the directory's attributes after it, else zeros */
 		return R_KNOWN | R_ATTR;
 	case OP_READLINK: case OP_CHUNK_READ: case OP_HELLO: case OP_MAP:
 		return R_KNOWN | R_DATA;

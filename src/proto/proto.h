@@ -18,7 +18,7 @@
 #include "aq.h"
 
 #define PROTO_MAGIC 0x31465141u /* "AQF1" */
-#define PROTO_VERSION 2 /* 2: UNLINK replies carry the directory's attributes */
+#define PROTO_VERSION 2 /* 2: UNLINK has flags, and its reply the directory's attributes */
 #define PROTO_HDR_SIZE 32
 #define PROTO_NONCE_SIZE 32
 #define PROTO_MAC_SIZE 32
@@ -107,6 +107,9 @@ int proto_extents_decode(const uint8_t *p, uint32_t len, struct aq_extent *ext, 
 #define PROTO_READDIR_END_SHIFT 16
 /* WATCH flags */
 #define PROTO_WATCH_DELIVER 1u
+/* UNLINK flags: fill the reply's attributes with the directory's after the unlink (the
+ * mount keeps them; a read of the directory's inode the others need not pay for) */
+#define PROTO_UNLINK_DIR_ATTR 1u
 
 
 void proto_hdr_encode(uint8_t out[PROTO_HDR_SIZE], const struct proto_hdr *h);

@@ -548,9 +548,10 @@ static int handle(struct server *s, struct sconn *sc, const struct proto_req *r,
 			inval_entry(s, r->parent, r->name, r->name_len);
 			if (victim)
 				inval_inode(s, victim);
-			/* the directory's new times, for the client's cache of it (a directory
+			/* the directory's new times, for a mount's cache of it (a directory
 			 * whose inode another server holds: none) */
-			if (r->op == OP_UNLINK && meta_getattr(s->meta, r->parent, &rep.attr))
+			if (r->op == OP_UNLINK && (r->flags & PROTO_UNLINK_DIR_ATTR) &&
+			    meta_getattr(s->meta, r->parent, &rep.attr))
 				memset(&rep.attr, 0, sizeof rep.attr);
 		}
 		break;

@@ -75,7 +75,7 @@ static uint32_t spec_req(uint16_t op)
 	case OP_MKDIR: return T_KNOWN | T_CRED | T_PARENT | T_NAME | T_MODE;
 	case OP_SYMLINK: return T_KNOWN | T_CRED | T_PARENT | T_NAME | T_NAME2;
 	case OP_READLINK: return T_KNOWN | T_CRED | T_INO;
-	case OP_UNLINK: return T_KNOWN | T_CRED | T_PARENT | T_NAME;
+	case OP_UNLINK: return T_KNOWN | T_CRED | T_PARENT | T_NAME | T_FLAGS;
 	case OP_RMDIR: return T_KNOWN | T_CRED | T_PARENT | T_NAME;
 	case OP_RENAME: return T_KNOWN | T_CRED | T_PARENT | T_NAME | T_NEWPARENT | T_NAME2 | T_FLAGS;
 	case OP_LINK: return T_KNOWN | T_CRED | T_INO | T_NEWPARENT | T_NAME2;

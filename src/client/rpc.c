@@ -727,14 +727,25 @@ struct rpc_call *rpc_start_ex(struct aq_client *c, uint32_t server, uint16_t op,
 	return start_call(c, server, op, payload, affinity, rdest, rdest_len, cq, cq_arg, hold, false, err);
 }
 
-static bool batchable(uint16_t op)
+/* Requests whose reply waits on the disk or on S3 (chunk I/O, an OPEN_READ's bytes,
+ * fsync, tier moves), or that are big (READDIR pages, which the server spreads over its
+ * workers): never in a BATCH, which the server runs on its loop thread, and slept for,
+ * not polled for (rpc_wait). */
+static bool waits_on_io(uint16_t op)
 {
-	/* TIER waits on S3 and OPEN_READ on the disk: the server runs batches on its loop
-	 * thread, so never in one; READDIR pages are big and the server spreads them over
-	 * its workers */
-	return op != OP_CHUNK_READ && op != OP_CHUNK_WRITE && op != OP_BATCH && op != OP_TIER && op != OP_READDIR &&
-	       op != OP_OPEN_READ;
+	switch (op) {
+	case OP_CHUNK_READ:
+	case OP_CHUNK_WRITE:
+	case OP_OPEN_READ:
+	case OP_FSYNC:
+	case OP_TIER:
+	case OP_READDIR:
+		return true;
+	}
+	return false;
 }
+
+static bool batchable(uint16_t op) { return op != OP_BATCH && !waits_on_io(op); }
 
 /* Sends one drained queue: a BATCH frame when it holds several small requests, else the
  * frames back to back. Called without locks; takes mu to register the batch. */
@@ -849,20 +860,6 @@ static void drain_locked(struct rpc_conn *rc)
 	free(ids);
 }
 
-static bool quick_op(uint16_t op)
-{
-	switch (op) {
-	case OP_CHUNK_READ:
-	case OP_CHUNK_WRITE:
-	case OP_OPEN_READ:
-	case OP_FSYNC:
-	case OP_TIER:
-	case OP_READDIR:
-		return false;
-	}
-	return true;
-}
-
 int rpc_wait(struct rpc_call *call)
 {
 	struct rpc_conn *rc = call->conn;
@@ -879,7 +876,7 @@ int rpc_wait(struct rpc_call *call)
 	 * a small VM: the waker's CPU must wake this one from its halt (aqd polls for the
 	 * next request for the same reason, net.c). Replies that wait on the disk or on
 	 * S3 are slept for: their loaders need the CPU. */
-	uint64_t poll_ns = quick_op(call->op) ? (uint64_t)rc->client->poll_us * 1000 : 0;
+	uint64_t poll_ns = waits_on_io(call->op) ? 0 : (uint64_t)rc->client->poll_us * 1000;
 	pthread_mutex_lock(&rc->mu);
 	while (!call->done) {
 		if (!rc->reading && rc->up)

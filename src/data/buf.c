@@ -10,7 +10,7 @@
  * buffers is therefore what is in flight plus the pool: with 128 workers at most 128 reads
  * are in flight, which the pool's 128 buffers of 2 MiB cover. The compactor thread gives
  * the whole pool back to the kernel once no buffer was handed out for 30 s. Smaller
- * buffers come from malloc.
+ * buffers come from posix_memalign, unpooled.
  *
  * Why huge pages: an O_DIRECT read into one is one physically contiguous piece, not one
  * segment per 4 KiB page. A disk takes a bounded number of segments per request

@@ -365,9 +365,6 @@ int data_read_chunk(struct data_target *t, uint64_t ino, uint32_t idx, const str
 	return read_blocks(t, ino, idx, e, &r, 1);
 }
 
-/* Aligned so that the same buffer can go to an O_DIRECT file later. */
-static void *rec_alloc(uint64_t rec_size) { return data_buf_alloc(rec_size); }
-
 /* Fills in the header and the block crcs of a record whose data (length bytes at rec +
  * header) is in place, and zeroes the padding. */
 static void rec_seal(uint8_t *rec, uint64_t ino, uint32_t idx, struct data_entry *e)
@@ -461,7 +458,7 @@ int data_writev(struct data_store *ds, uint32_t target, uint64_t ino, uint32_t i
 		goto out;
 	uint32_t old_len = found ? old->length : 0;
 	uint32_t new_len = MAX(old_len, end);
-	rec = rec_alloc(data_rec_size(new_len));
+	rec = data_buf_alloc(data_rec_size(new_len));
 	uint8_t *data = rec + DATA_REC_HDR_SIZE;
 
 	/* Read back only the old blocks that the extents do not cover whole: a whole-chunk
@@ -604,7 +601,7 @@ static int read_direct(struct data_store *ds, struct data_target *t, struct data
 	size_t skip = DATA_REC_HDR_SIZE + (off - sp->start);
 	AQ_ASSERT(d->buf || d->head <= DATA_REC_HDR_SIZE);
 	size_t size = data_round_up(MAX(fend - foff, skip + len), DATA_REC_ALIGN);
-	uint8_t *abuf = rec_alloc(size);
+	uint8_t *abuf = data_buf_alloc(size);
 	struct data_io io = {.fd = dfd, .buf = abuf, .len = fend - foff, .off = foff};
 	int rc = data_io_read(&io, 1);
 	if (rc == -EINVAL) {
@@ -682,7 +679,7 @@ again:
 	sp.len = MIN((uint64_t)sp.b1 * DATA_BLOCK_SIZE, e->length) - sp.start;
 	/* O_DIRECT for a span of direct_min (64 KiB) or more not in the page cache: measured
 	 * here, into huge-page buffers (buf.c), 110 KB images through FUSE with 4 loaders,
-	 * one read at a time per loader: 4.2-4.4k samples/s buffered, 5.2-5.6k direct; native,
+	 * one read at a time per loader: 3.8-4.4k samples/s buffered, 5.4-5.5k direct; native,
 	 * 256 reads in flight: 6.0-6.6k buffered, 9.8-11.8k direct; 1 MiB reads gain at any
 	 * depth (fio, depth 1: 370 MB/s buffered, 2.3 GB/s direct). What stays buffered is a
 	 * small read, which the page cache's read-ahead serves as well as the disk. */
@@ -776,7 +773,7 @@ static int drop_from(struct data_store *ds, struct data_target *t, uint64_t ino,
 				continue;
 			ne = aq_malloc(sizeof *ne);
 			/* Room for the whole last block: it is read (and checked) whole. */
-			rec = rec_alloc(data_rec_size(MIN(data_nblocks(cut_off) * DATA_BLOCK_SIZE, e->length)));
+			rec = data_buf_alloc(data_rec_size(MIN(data_nblocks(cut_off) * DATA_BLOCK_SIZE, e->length)));
 			struct block_range r = {.b0 = 0, .b1 = data_nblocks(cut_off), .dst = rec + DATA_REC_HDR_SIZE};
 			rc = read_blocks(t, ino, idx, e, &r, 1);
 			if (rc)

@@ -506,7 +506,7 @@ static int test_direct(void)
 {
 	char dir[300], path[400];
 	struct data_store *ds = NULL;
-	uint32_t len = 10 * DATA_BLOCK_SIZE + 1000; /* past DATA_DIRECT_BIG */
+	uint32_t len = 10 * DATA_BLOCK_SIZE + 1000; /* past direct_min: read O_DIRECT */
 	uint8_t *a = aq_malloc(len), *rb = aq_malloc(len + DATA_BLOCK_SIZE);
 	void *mem = NULL;
 	uint64_t s = 5;

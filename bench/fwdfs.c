@@ -6,7 +6,9 @@
  * is hashed (passthrough_ll scans a list per lookup, which a 1M-file directory makes the
  * cost) and holds paths, not O_PATH descriptors (one per inode the kernel remembers
  * would need a descriptor limit of millions). Enough for the benchmark's phases: lookup,
- * getattr, create, flush, release, rename, unlink, mkdir, rmdir, readdir.
+ * getattr, create, flush, release, rename, unlink, mkdir, rmdir, readdir; and open and read,
+ * for `aq bench train --via fuse` (reads are handed to libfuse as the source's descriptor,
+ * as passthrough_ll does).
  *
  *   bin/fwdfs SOURCE MOUNTPOINT     (in the foreground; umount MOUNTPOINT to stop it)
  */
@@ -175,6 +177,31 @@ static void fwd_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode
 	fuse_reply_create(req, &e, fi);
 }
 
+static void fwd_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	pthread_mutex_lock(&table_mu);
+	char *path = strdup(node_of(ino)->path);
+	pthread_mutex_unlock(&table_mu);
+	int fd = openat(source_fd, path, fi->flags & ~O_NOFOLLOW);
+	free(path);
+	if (fd < 0) {
+		fuse_reply_err(req, errno);
+		return;
+	}
+	fi->fh = (uint64_t)fd;
+	fi->noflush = (fi->flags & O_ACCMODE) == O_RDONLY;
+	fuse_reply_open(req, fi);
+}
+
+static void fwd_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
+{
+	struct fuse_bufvec buf = FUSE_BUFVEC_INIT(size);
+	buf.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
+	buf.buf[0].fd = (int)fi->fh;
+	buf.buf[0].pos = off;
+	fuse_reply_data(req, &buf, FUSE_BUF_SPLICE_MOVE);
+}
+
 static void fwd_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	fuse_reply_err(req, close(dup((int)fi->fh)) ? errno : 0);
@@ -303,7 +330,7 @@ static void fwd_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info
 
 static const struct fuse_lowlevel_ops fwd_ops = {
 	.lookup = fwd_lookup, .forget = fwd_forget, .forget_multi = fwd_forget_multi,
-	.getattr = fwd_getattr, .create = fwd_create, .flush = fwd_flush, .release = fwd_release,
+	.getattr = fwd_getattr, .create = fwd_create, .open = fwd_open, .read = fwd_read, .flush = fwd_flush, .release = fwd_release,
 	.unlink = fwd_unlink, .rmdir = fwd_rmdir, .mkdir = fwd_mkdir, .rename = fwd_rename,
 	.opendir = fwd_opendir, .readdir = fwd_readdir, .releasedir = fwd_releasedir,
 };

@@ -19,7 +19,8 @@ LDLIBS_CLI = $(LDLIBS_CLIENT) $(LDLIBS_S3) -lfuse3 -lm
 
 B := build
 COMMON_SRC := $(wildcard src/common/*.c) $(wildcard src/proto/*.c)
-CLIENT_SRC := $(wildcard src/client/*.c)
+# libaq checks the segment records it reads itself (src/client/local.c) with the store's code.
+CLIENT_SRC := $(wildcard src/client/*.c) src/data/format.c
 SERVER_SRC := $(filter-out src/server/main.c,$(wildcard src/net/*.c src/meta/*.c src/data/*.c src/tier/*.c src/server/*.c))
 CLI_SRC := $(wildcard src/cli/*.c src/fuse/*.c)
 S3_SRC := $(wildcard src/s3/*.c)

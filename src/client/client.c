@@ -77,6 +77,7 @@ int aq_connect(const char *cluster_file, struct aq_client **out)
 	env = getenv("AQ_POLL_US");
 	if (env && atoi(env) >= 0 && atoi(env) <= 10000)
 		c->poll_us = (uint32_t)atoi(env);
+	local_init(c);
 	c->conns = aq_calloc((size_t)c->nconns * c->map.nservers, sizeof *c->conns);
 	uint32_t done = 0;
 	for (uint32_t s = 0; s < c->map.nservers; s++)
@@ -1023,7 +1024,7 @@ static int open_lazy(struct aq_client *c, const struct aq_cred *cred, uint64_t i
 		pthread_mutex_unlock(&c->files_mu);
 	}
 	if (want && atomic_fetch_add(&c->prefetch_bytes, AQ_PREFETCH) < AQ_PREFETCH_MAX) {
-		r.op = OP_OPEN_READ;
+		r.op = atomic_load(&c->local_on) ? OP_OPEN_MAP : OP_OPEN_READ;
 		r.off = 0;
 		r.len = AQ_PREFETCH;
 	} else if (want) {
@@ -1036,7 +1037,7 @@ static int open_lazy(struct aq_client *c, const struct aq_cred *cred, uint64_t i
 	f->opening = rpc_start(c, f->server, r.op, &w, f->affinity, &err);
 	wbuf_free(&w);
 	if (!f->opening) {
-		if (r.op == OP_OPEN_READ)
+		if (r.op != OP_OPEN)
 			atomic_fetch_sub(&c->prefetch_bytes, AQ_PREFETCH);
 		pthread_mutex_destroy(&f->open_mu);
 		pthread_mutex_destroy(&f->ra_mu);
@@ -1093,6 +1094,28 @@ static struct rpc_call *pre_detach(struct aq_file *f)
 	return call;
 }
 
+/* An OPEN_MAP's answer: the bytes it located, read from aqd's segment file, become the
+ * file's first bytes as an OPEN_READ's would (held by the call, whose payload they
+ * replace). Returns the call when it holds nothing: no location, or a local read that
+ * failed (the first read then goes through aqd). Called with open_mu held. */
+static struct rpc_call *pre_local(struct aq_file *f, struct rpc_call *call, const struct proto_reply *rep)
+{
+	struct proto_loc loc;
+	uint8_t *mem;
+	const uint8_t *data;
+	if (!rep->data_len || proto_loc_get(rep->data, rep->data_len, &loc) || loc.idx != 0 || loc.in != 0 ||
+	    loc.n > AQ_PREFETCH || local_read(f->c, f->ino, &loc, &mem, &data))
+		return call;
+	free(call->payload);
+	call->payload = mem;
+	call->len = 0;
+	f->pre = call;
+	f->pre_data = data;
+	f->pre_len = loc.n;
+	f->pre_eof = loc.n >= rep->attr.size;
+	return NULL;
+}
+
 /* Waits for a lazy open's OPEN or OPEN_READ (once); 0, or the open's error for every
  * later call. An OPEN_READ's bytes are kept for the first read. */
 static int file_ready(struct aq_file *f)
@@ -1110,8 +1133,10 @@ static int file_ready(struct aq_file *f)
 		if (!rc) {
 			struct ino_state *st = state_get(f->c, f->ino, &rep.attr, f->open_epoch);
 			__atomic_store_n(&f->st, st, __ATOMIC_RELEASE);
-			if (call->op == OP_OPEN_READ && rep.size)
+			if (call->op != OP_OPEN && rep.size)
 				f->pre_err = aq_err_from_status((uint16_t)rep.size); /* read once, logged once */
+			else if (call->op == OP_OPEN_MAP)
+				call = pre_local(f, call, &rep);
 			else if (call->op == OP_OPEN_READ && rep.data_len <= AQ_PREFETCH) {
 				f->pre = call; /* the bytes stay in the call's payload */
 				f->pre_data = rep.data;
@@ -1120,7 +1145,7 @@ static int file_ready(struct aq_file *f)
 				call = NULL;
 			}
 		}
-		if (call && call->op == OP_OPEN_READ)
+		if (call && call->op != OP_OPEN)
 			pre_put(f->c, call);
 		else
 			rpc_free(call);

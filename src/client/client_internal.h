@@ -175,6 +175,12 @@ struct aq_file {
  * AQ_PREFETCH_MAX bytes of such reads wait unread already. */
 #define AQ_PREFETCH (256u << 10)
 #define AQ_PREFETCH_MAX (64ul << 20)
+/* local.c: reads of the bytes an OPEN_MAP located, from aqd's segment file. local_read
+ * gives *mem (to free) and *data, the location's n bytes, or fails (-errno): read them
+ * through aqd then. */
+void local_init(struct aq_client *c);
+int local_read(struct aq_client *c, uint64_t ino, const struct proto_loc *l, uint8_t **mem, const uint8_t **data);
+
 ssize_t ra_read(struct aq_file *f, void *buf, size_t len, uint64_t off, uint64_t size, uint32_t cs);
 void ra_free(struct aq_file *f);
 
@@ -193,6 +199,9 @@ struct aq_client {
 	 * moved meanwhile, the server may have answered with the size from before. */
 	atomic_ulong size_epoch;
 	atomic_ulong prefetch_bytes; /* asked for by OPEN_READs whose bytes are still held */
+	atomic_bool local_on;        /* local reads (local.c): open with OPEN_MAP */
+	atomic_uint local_fails;     /* local reads failed in a row */
+	uint8_t boot_id[AQ_BOOT_ID_SIZE];
 	atomic_ulong wbuf_bytes;     /* buffered writes of all files (ino_state.wbytes) */
 	/* the last RECENT_SIZES of those changes, for inodes no longer open (by epoch % N) */
 	pthread_mutex_t recent_mu; /* a leaf lock */

@@ -581,7 +581,7 @@ void rpc_conn_fini(struct rpc_conn *rc)
 
 uint64_t rpc_affinity(const struct proto_req *req)
 {
-	if (req->op == OP_OPEN || req->op == OP_OPEN_READ || req->op == OP_RELEASE)
+	if (req->op == OP_OPEN || req->op == OP_OPEN_READ || req->op == OP_OPEN_MAP || req->op == OP_RELEASE)
 		return req->ino;
 	return 0;
 }

@@ -43,6 +43,7 @@ _Noreturn void aq_assert_fail(const char *cond, const char *file, int line, cons
 #define AQ_FRAME_MAX (16u << 20)  /* largest frame payload accepted off the wire */
 #define AQ_CHUNK_SIZE_DEFAULT (4u << 20)
 #define AQ_CHUNK_SIZE_MAX (8u << 20)
+#define AQ_CRC_BLOCK_SIZE (64u << 10) /* chunk data carries a crc32c per block this big */
 /* A byte range of a chunk: what a write of extents carries (proto) and applies (data). */
 struct aq_extent {
 	uint32_t off, len;
@@ -113,5 +114,10 @@ void *aq_malloc(size_t n);
 void *aq_calloc(size_t n, size_t size);
 void *aq_realloc(void *p, size_t n);
 char *aq_strdup(const char *s);
+
+/* This boot of this machine's kernel (/proc/sys/kernel/random/boot_id, 16 bytes): a client
+ * and a server that read the same one run on the same machine. 0 or -errno. */
+#define AQ_BOOT_ID_SIZE 16
+int aq_boot_id(uint8_t out[AQ_BOOT_ID_SIZE]);
 
 #endif

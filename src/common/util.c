@@ -1,4 +1,4 @@
-/* util.c - assertion failure, logging and allocation helpers. */
+/* util.c - assertion failure, logging and allocation helpers, the boot id. */
 #include "common/common.h"
 #include <pthread.h>
 #include <stdarg.h>
@@ -64,4 +64,25 @@ char *aq_strdup(const char *s)
 	char *p = strdup(s);
 	if (!p) { log_error("out of memory"); abort(); }
 	return p;
+}
+
+int aq_boot_id(uint8_t out[AQ_BOOT_ID_SIZE])
+{
+	FILE *f = fopen("/proc/sys/kernel/random/boot_id", "re");
+	if (!f)
+		return -errno;
+	char text[64];
+	bool ok = fgets(text, sizeof text, f) != NULL;
+	fclose(f);
+	size_t n = 0;
+	for (const char *p = text; ok && *p && *p != '\n' && n < 2 * AQ_BOOT_ID_SIZE; p++) {
+		if (*p == '-')
+			continue;
+		int v = *p >= '0' && *p <= '9' ? *p - '0' : *p >= 'a' && *p <= 'f' ? *p - 'a' + 10 : -1;
+		if (v < 0)
+			return -EINVAL;
+		out[n / 2] = (uint8_t)(n % 2 ? out[n / 2] | v : v << 4);
+		n++;
+	}
+	return ok && n == 2 * AQ_BOOT_ID_SIZE ? 0 : -EINVAL;
 }

@@ -10,10 +10,12 @@
  */
 #ifndef AQ_DATA_H
 #define AQ_DATA_H
+#include <limits.h>
 #include "common/common.h"
 
-#define DATA_BLOCK_SIZE (64u << 10)   /* crc32c granularity inside a chunk */
+#define DATA_BLOCK_SIZE AQ_CRC_BLOCK_SIZE /* crc32c granularity inside a chunk */
 #define DATA_SEGMENT_SIZE (256ull << 20)
+#define DATA_REC_HDR_SIZE 64u         /* a record: this header, then the chunk's data */
 
 struct data_store;
 
@@ -51,6 +53,31 @@ int data_read(struct data_store *ds, uint32_t target, uint64_t ino, uint32_t idx
  * reply can put its framing there and go out without a copy of the data. */
 int data_read_alloc(struct data_store *ds, uint32_t target, uint64_t ino, uint32_t idx, uint32_t off,
 		    uint32_t len, uint32_t head, void **mem, uint8_t **data);
+/* Where a chunk's bytes lie on this server's disk, for a reader on the same machine that
+ * reads the segment file itself (libaq's local reads: the bytes then skip aqd and its
+ * socket). The record at rec_off is a 64-byte header, then the data; blocks [0, nblk)
+ * cover the bytes asked for. */
+struct data_loc {
+	char path[PATH_MAX];     /* the segment file */
+	uint64_t rec_off, version;
+	uint32_t length;         /* the chunk's bytes */
+	uint32_t nblk;
+	uint32_t crc[AQ_CHUNK_SIZE_MAX / DATA_BLOCK_SIZE];
+	bool direct;             /* not in the page cache: read it with O_DIRECT, as aqd would */
+};
+/* Locates bytes [0, end) of chunk (ino, idx): 0, or -EAGAIN when they are not all in a
+ * record on this disk (no chunk, a shorter one, or one only in S3): read them through
+ * data_read. The location is right when it is given; a reader that finds the record
+ * gone or changed (a later write, compaction) reads through aqd instead. */
+int data_locate(struct data_store *ds, uint32_t target, uint64_t ino, uint32_t idx, uint32_t end,
+		struct data_loc *loc);
+/* For that reader (format.c, pure): the bytes of the record it reads, from rec_off (the
+ * header and blocks [0, nblk), rounded to 4096 for O_DIRECT); and the check of what it
+ * read: the header names chunk (ino, idx) at this version and length, and every block
+ * matches its crc32c. 0 or -AQ_ECORRUPT; logs nothing. */
+uint64_t data_rec_span(uint32_t length, uint32_t nblk);
+int data_rec_check(const uint8_t *rec, uint64_t ino, uint32_t idx, uint64_t version, uint32_t length,
+		   uint32_t nblk, const uint32_t *crc);
 /* I/O buffers, aligned for O_DIRECT, from a pool of bounded size (buf.c). */
 void *data_buf_alloc(size_t size);
 void data_buf_free(void *p); /* NULL is a no-op */

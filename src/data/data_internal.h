@@ -29,7 +29,6 @@
 #include "data/data.h"
 
 #define DATA_REC_ALIGN 4096u
-#define DATA_REC_HDR_SIZE 64u
 #define DATA_REC_MAGIC 0x51534741u /* "AGSQ" little-endian: Aquifer SeGment record */
 #define DATA_REC_FORMAT 1u
 #define DATA_CHUNK_MAX AQ_CHUNK_SIZE_MAX

@@ -47,6 +47,28 @@ int data_hdr_decode(const uint8_t in[DATA_REC_HDR_SIZE], struct data_rec_hdr *h)
 	return 0;
 }
 
+uint64_t data_rec_span(uint32_t length, uint32_t nblk)
+{
+	uint64_t data = MIN((uint64_t)nblk * DATA_BLOCK_SIZE, (uint64_t)length);
+	return data_round_up(DATA_REC_HDR_SIZE + data, DATA_REC_ALIGN);
+}
+
+int data_rec_check(const uint8_t *rec, uint64_t ino, uint32_t idx, uint64_t version, uint32_t length,
+		   uint32_t nblk, const uint32_t *crc)
+{
+	struct data_rec_hdr h;
+	if (nblk > data_nblocks(length) || data_hdr_decode(rec, &h) || h.ino != ino || h.idx != idx ||
+	    h.version != version || h.length != length)
+		return -AQ_ECORRUPT;
+	const uint8_t *data = rec + DATA_REC_HDR_SIZE;
+	for (uint32_t b = 0; b < nblk; b++) {
+		uint64_t start = (uint64_t)b * DATA_BLOCK_SIZE;
+		if (crc32c(0, data + start, MIN(start + DATA_BLOCK_SIZE, length) - start) != crc[b])
+			return -AQ_ECORRUPT;
+	}
+	return 0;
+}
+
 void data_key(uint8_t out[DATA_KEY_SIZE], uint64_t ino, uint32_t idx)
 {
 	out[0] = 'C';

@@ -5,6 +5,7 @@
  * either decodes completely or not at all.
  */
 #include "proto/proto.h"
+#include <limits.h>
 
 _Static_assert(PROTO_HDR_SIZE == 32, "header layout");
 _Static_assert(OP_BATCH < OP_MAX_ && OP_TIER < OP_MAX_, "opcode table size");
@@ -203,7 +204,7 @@ static uint32_t req_fields(uint16_t op)
 	case OP_WATCH: return F_KNOWN | F_COOKIE | F_FLAGS;
 	case OP_CHUNK_WRITE: return F_KNOWN | F_TARGET | F_INO | F_IDX | F_OFF | F_FLAGS | F_DATA;
 	case OP_CHUNK_READ: return F_KNOWN | F_TARGET | F_INO | F_IDX | F_OFF | F_LEN;
-	case OP_OPEN_READ: return F_KNOWN | F_CRED | F_INO | F_FLAGS | F_OFF | F_LEN;
+	case OP_OPEN_READ: case OP_OPEN_MAP: return F_KNOWN | F_CRED | F_INO | F_FLAGS | F_OFF | F_LEN;
 	case OP_BATCH: return F_KNOWN | F_MAX | F_DATA;
 	case OP_TIER: return F_KNOWN | F_CRED | F_INO | F_FLAGS | F_DATA;
 	}
@@ -310,7 +311,7 @@ static uint32_t reply_fields(uint16_t op)
 		return R_KNOWN | R_DATA;
 	case OP_GETXATTR: case OP_LISTXATTR:
 		return R_KNOWN | R_SIZE | R_DATA;
-	case OP_OPEN_READ:
+	case OP_OPEN_READ: case OP_OPEN_MAP:
 		return R_KNOWN | R_ATTR | R_SIZE | R_DATA;
 	case OP_READDIR: case OP_CHANGES: case OP_BATCH:
 		return R_KNOWN | R_ENTRIES;
@@ -463,6 +464,47 @@ int proto_change_get(struct rbuf *r, struct proto_change *c)
 	c->name = (const char *)rbuf_str(r, &c->name_len, AQ_NAME_MAX);
 	if (r->err || memchr(c->name, 0, c->name_len)) /* as dirents: names never hold a NUL */
 		return -EPROTO;
+	return 0;
+}
+
+void proto_loc_put(struct wbuf *w, const struct proto_loc *l, const uint32_t *crc)
+{
+	wbuf_put(w, l->boot_id, sizeof l->boot_id);
+	wbuf_u64(w, l->rec_off);
+	wbuf_u64(w, l->version);
+	wbuf_u32(w, l->idx);
+	wbuf_u32(w, l->length);
+	wbuf_u32(w, l->in);
+	wbuf_u32(w, l->n);
+	wbuf_u32(w, l->nblk);
+	wbuf_u8(w, l->direct);
+	wbuf_str(w, l->path, l->path_len);
+	for (uint32_t b = 0; b < l->nblk; b++)
+		wbuf_u32(w, crc[b]);
+}
+
+int proto_loc_get(const uint8_t *data, uint32_t len, struct proto_loc *l)
+{
+	struct rbuf r;
+	rbuf_init(&r, data, len);
+	const uint8_t *boot = rbuf_bytes(&r, sizeof l->boot_id);
+	l->rec_off = rbuf_u64(&r);
+	l->version = rbuf_u64(&r);
+	l->idx = rbuf_u32(&r);
+	l->length = rbuf_u32(&r);
+	l->in = rbuf_u32(&r);
+	l->n = rbuf_u32(&r);
+	l->nblk = rbuf_u32(&r);
+	l->direct = rbuf_u8(&r) != 0;
+	l->path = (const char *)rbuf_str(&r, &l->path_len, PATH_MAX - 1);
+	if (r.err || l->length > AQ_CHUNK_SIZE_MAX || l->nblk > AQ_CHUNK_SIZE_MAX / AQ_CRC_BLOCK_SIZE)
+		return -EPROTO;
+	l->crcs = rbuf_bytes(&r, 4 * (size_t)l->nblk);
+	uint64_t end = (uint64_t)l->in + l->n;
+	if (r.err || r.pos != r.len || !l->path_len || l->path[0] != '/' || memchr(l->path, 0, l->path_len) ||
+	    !l->n || end > l->length || l->nblk != (end + AQ_CRC_BLOCK_SIZE - 1) / AQ_CRC_BLOCK_SIZE)
+		return -EPROTO;
+	memcpy(l->boot_id, boot, sizeof l->boot_id);
 	return 0;
 }
 

@@ -18,7 +18,7 @@
 #include "aq.h"
 
 #define PROTO_MAGIC 0x31465141u /* "AQF1" */
-#define PROTO_VERSION 2 /* 2: UNLINK has flags, and its reply the directory's attributes */
+#define PROTO_VERSION 3 /* 2: UNLINK has flags, and its reply the directory's attributes; 3: OPEN_MAP */
 #define PROTO_HDR_SIZE 32
 #define PROTO_NONCE_SIZE 32
 #define PROTO_MAC_SIZE 32
@@ -59,6 +59,7 @@
 	X(CHUNK_WRITE, 40)           \
 	X(CHUNK_READ, 41)            \
 	X(OPEN_READ, 42) /* OPEN, then a read of the first chunk it touches */ \
+	X(OPEN_MAP, 43)  /* OPEN_READ, with where the bytes lie on disk instead (proto_loc) */ \
 	X(BATCH, 50)                 \
 	X(TIER, 60)      /* object tier: sub-command in flags (PROTO_TIER_*) */
 
@@ -229,6 +230,27 @@ int proto_dirent_get(struct rbuf *r, struct aq_dirent *e, bool plus);
 struct proto_change { uint64_t ino, ts; const char *name; uint32_t name_len; };
 void proto_change_put(struct wbuf *w, uint64_t ino, uint64_t ts, const char *name, size_t name_len);
 int proto_change_get(struct rbuf *r, struct proto_change *c);
+
+/* OPEN_MAP's data: where the bytes an OPEN_READ would carry lie on the server's disk, for
+ * a client on the same machine (same boot id) that reads them itself. Empty data: no
+ * location (the bytes are elsewhere, not yet in a record, or in S3): read as usual.
+ *   boot_id[16] | rec_off u64 | version u64 | idx u32 | length u32 | in u32 | n u32 |
+ *   nblk u32 | direct u8 | path str | crc u32 x nblk
+ * The record at rec_off of the file at path holds chunk idx (length bytes, this version);
+ * the bytes asked for are its [in, in + n), inside blocks [0, nblk) whose crc32c follow.
+ * direct: not in the page cache, read it with O_DIRECT. */
+struct proto_loc {
+	uint8_t boot_id[AQ_BOOT_ID_SIZE];
+	uint64_t rec_off, version;
+	uint32_t idx, length, in, n, nblk;
+	bool direct;
+	const char *path; uint32_t path_len;
+	const uint8_t *crcs;  /* nblk of them, u32 little-endian, in the frame */
+};
+void proto_loc_put(struct wbuf *w, const struct proto_loc *l, const uint32_t *crc);
+/* Checks the shape: an absolute path without NUL, in + n inside the chunk and inside the
+ * blocks, nblk what they need. 0 or -EPROTO. */
+int proto_loc_get(const uint8_t *data, uint32_t len, struct proto_loc *l);
 
 /* INVAL payload: records back to back, each kind u8 then
  *   PROTO_INVAL_INODE: ino u64                 (its attributes or data changed)

@@ -39,6 +39,8 @@ struct server {
 	pthread_mutex_t watch_mu;           /* guards the watchers list */
 	struct sconn *watchers;
 	atomic_uint nwatchers;
+	int boot_err;                       /* aq_boot_id's: no OPEN_MAP locations when set */
+	uint8_t boot_id[AQ_BOOT_ID_SIZE];
 };
 
 /* Per connection: authentication state, the inodes it holds open, and whether its
@@ -252,12 +254,37 @@ static int truncate_data(void *arg, uint64_t ino, uint64_t new_size, uint32_t ch
 	return 0;
 }
 
+/* OPEN_MAP's data: where bytes [in, in + n) of chunk idx lie on this disk, or nothing
+ * (the client then reads them as usual). Runs on the loop: it reads the index, never the
+ * data. */
+static void open_map_loc(struct server *s, const struct proto_req *r, uint32_t target, uint32_t idx, uint32_t in,
+			 uint32_t n, struct wbuf *out)
+{
+	size_t len_at = out->len;
+	wbuf_u32(out, 0);
+	if (!n || s->boot_err)
+		return;
+	struct data_loc *loc = aq_malloc(sizeof *loc);
+	if (data_locate(s->data, target, r->ino, idx, in + n, loc) == 0) {
+		struct proto_loc pl = {.rec_off = loc->rec_off, .version = loc->version, .idx = idx,
+				       .length = loc->length, .in = in, .n = n, .nblk = loc->nblk,
+				       .direct = loc->direct, .path = loc->path,
+				       .path_len = (uint32_t)strlen(loc->path)};
+		memcpy(pl.boot_id, s->boot_id, sizeof pl.boot_id);
+		proto_loc_put(out, &pl, loc->crc);
+		put_le32(out->p + len_at, (uint32_t)(out->len - len_at - 4));
+		tier_note_read(s->tier, r->ino);
+	}
+	free(loc);
+}
+
 /* OPEN_READ: an OPEN, then the bytes the read asks for that lie in its first chunk, when
  * that chunk is on this server: a small file read whole costs one round trip instead of
  * two. The reply is the OPEN's attributes, the read's status and the bytes (none when the
  * chunk is elsewhere or the read starts at the end of the file; the client reads the
  * rest as usual). A chunk that fails to read fails that read, not the open. Runs on a
- * worker: the read may wait on the disk or on S3. */
+ * worker: the read may wait on the disk or on S3. OPEN_MAP answers the same with where
+ * the bytes lie instead of the bytes (open_map_loc). */
 static int open_read(struct server *s, struct sconn *sc, const struct proto_req *r, struct wbuf *out)
 {
 	if ((r->flags & O_ACCMODE) != O_RDONLY || (r->flags & O_TRUNC))
@@ -279,6 +306,10 @@ static int open_read(struct server *s, struct sconn *sc, const struct proto_req 
 	proto_attr_put(out, &a);
 	size_t status_at = out->len;
 	wbuf_u32(out, 0);
+	if (r->op == OP_OPEN_MAP) {
+		open_map_loc(s, r, target, idx, in, n, out);
+		return 0;
+	}
 	wbuf_u32(out, n);
 	if (!n)
 		return 0;
@@ -590,6 +621,7 @@ static int handle(struct server *s, struct sconn *sc, const struct proto_req *r,
 			conn_track_open(s, sc, r->ino);
 		break;
 	case OP_OPEN_READ:
+	case OP_OPEN_MAP:
 		return open_read(s, sc, r, out);
 	case OP_RELEASE:
 		conn_track_release(s, sc, r->ino);
@@ -965,7 +997,7 @@ static bool run_inline(void *arg, const struct proto_hdr *h, const uint8_t *payl
  * /usr/include: 7.97 -> 6.66 s, docs/performance.md). */
 static bool quiets_poll(void *arg, const struct proto_hdr *h)
 {
-	return h->op == OP_CHUNK_READ || h->op == OP_OPEN_READ;
+	return h->op == OP_CHUNK_READ || h->op == OP_OPEN_READ || h->op == OP_OPEN_MAP;
 }
 
 static bool on_accept(void *arg, struct net_conn *c)
@@ -1059,6 +1091,7 @@ int server_start(const struct server_options *opt, struct server **out)
 	char path[4096], err[512];
 	int rc;
 	s->opt = *opt;
+	s->boot_err = aq_boot_id(s->boot_id);
 	pthread_mutex_init(&s->open_mu, NULL);
 	pthread_mutex_init(&s->watch_mu, NULL);
 	pthread_mutex_init(&s->gc_mu, NULL);

@@ -1,19 +1,25 @@
 """aq bench gen and aq bench train against a real aqd and FUSE mount: the JSON a training
 run prints (native, through the mount, and a local copy in the same run), shards read as
 records, and "never wrong bytes": a byte flipped in a chunk record on disk makes reads fail
-with EIO through the mount and makes the benchmark fail, and aqd logs the chunk.
+with EIO through the mount and makes the benchmark fail, and aqd logs the chunk. A mount on
+aqd's machine reads files' first bytes from aqd's segment files itself (local reads), and
+reads through aqd where it cannot.
 
 Correctness only: speed is the benchmark's job (docs/performance.md). Runs as root (the FUSE
 mount, drop_caches)."""
 import errno
 import glob
+import hashlib
 import json
 import os
 import shutil
 import struct
+import subprocess
+import sys
+import time
 
 import aqtest
-from aqtest import Cluster, expect_errno, proc_status_kib
+from aqtest import AQ, Cluster, expect_errno, proc_status_kib, run
 
 N_IMAGES = 500
 IMAGE_BYTES = 20000          # mean; sizes vary +-30%
@@ -208,6 +214,94 @@ def test_flipped_byte_is_eio_never_data(c):
     with open(os.path.join(c.data, "aqd.log")) as f:
         log = [ln for ln in f if "corrupt" in ln and f"ino {ino:x} idx 0" in ln]
     assert log, f"aqd.log has no 'corrupt' line for ino {ino:x}"
+
+
+def write_files(c, dirname, n):
+    """n files of 100-200 KB of random bytes under the mount; {name: bytes}."""
+    os.makedirs(c.path(dirname))
+    files = {}
+    for i in range(n):
+        data = os.urandom(100_000 + 2_500 * i % 100_000)
+        with open(c.path(dirname, f"f{i:03d}"), "wb") as f:
+            f.write(data)
+        files[f"f{i:03d}"] = data
+    return files
+
+
+def read_bytes(pid):
+    """Bytes process pid (all its threads) had the block layer read for it."""
+    with open(f"/proc/{pid}/io") as f:
+        return next(int(ln.split()[1]) for ln in f if ln.startswith("read_bytes:"))
+
+
+def test_a_mount_on_aqds_machine_reads_segments_itself(c):
+    """Local reads (src/client/local.c): a mount on aqd's machine asks aqd where a file's
+    first bytes lie (OPEN_MAP) and reads them from aqd's segment file itself, checked as
+    aqd checks them; the disk's reads are then the mount's, not aqd's. With
+    $AQ_LOCAL_READS=0 aqd reads them. Every byte comes back right both ways."""
+    files = write_files(c, "local", 40)
+    total = sum(len(d) for d in files.values())
+    for env, reader in (({}, "mount"), ({"AQ_LOCAL_READS": "0"}, "aqd")):
+        mnt = os.path.join(c.base, f"mnt-{reader}")
+        os.makedirs(mnt)
+        p = subprocess.Popen([AQ, "mount", mnt, "--cluster", c.conf, "--foreground"], env={**os.environ, **env},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            for _ in range(100):
+                if os.path.ismount(mnt):
+                    break
+                time.sleep(0.1)
+            drop_caches()
+            m0, a0 = read_bytes(p.pid), read_bytes(c.pid())
+            for name, data in files.items():
+                with open(os.path.join(mnt, "local", name), "rb") as f:
+                    assert f.read() == data, f"{name} read wrong through the mount ({reader} reads)"
+            dm, da = read_bytes(p.pid) - m0, read_bytes(c.pid()) - a0
+        finally:
+            run("umount", mnt, check=False)
+            p.wait(timeout=10)
+        mine, other = (dm, da) if reader == "mount" else (da, dm)
+        assert mine >= total and other < total // 4, \
+            f"{reader} should read the {total} bytes: the mount read {dm}, aqd {da}"
+
+
+def test_reads_go_through_aqd_where_its_files_are_hidden(c):
+    """A mount on aqd's machine that cannot open aqd's segment files (a container: here a
+    mount namespace with an empty tmpfs over aqd's targets) reads every byte right through
+    aqd, and after LOCAL_FAILS_MAX failed local reads stops trying them."""
+    files = write_files(c, "hidden", 24)
+    mnt = os.path.join(c.base, "mnt-hidden")
+    os.makedirs(mnt)
+    log = os.path.join(c.base, "mount-hidden.log")
+    digests = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
+    script = f"""
+import hashlib, os, subprocess, time
+targets = {os.path.join(c.data, "targets")!r}
+subprocess.run(["mount", "-t", "tmpfs", "none", targets], check=True)
+assert not os.listdir(targets)
+log = open({log!r}, "w")
+p = subprocess.Popen([{AQ!r}, "mount", {mnt!r}, "--cluster", {c.conf!r}, "--foreground"], stdout=log, stderr=log)
+try:
+    for _ in range(100):
+        if os.path.ismount({mnt!r}):
+            break
+        time.sleep(0.1)
+    os.sync()
+    open("/proc/sys/vm/drop_caches", "w").write("3")
+    for name, digest in {digests!r}.items():
+        with open(os.path.join({mnt!r}, "hidden", name), "rb") as f:
+            assert hashlib.sha256(f.read()).hexdigest() == digest, name + " read wrong"
+finally:
+    subprocess.run(["umount", {mnt!r}])
+    p.wait(timeout=10)
+print("ok")
+"""
+    p = run("unshare", "-m", "--propagation", "private", sys.executable, "-c", script, check=False)
+    assert p.returncode == 0 and p.stdout == "ok\n", p.stdout + p.stderr
+    with open(log) as f:
+        text = f.read()
+    assert "local reads off after 16 failures" in text, text[-2000:]
+    assert os.listdir(os.path.join(c.data, "targets")), "the tmpfs leaked out of the namespace"
 
 
 if __name__ == "__main__":

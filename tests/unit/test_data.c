@@ -1061,6 +1061,86 @@ fail:
 	return -1;
 }
 
+/* Reads a location's record span from its segment file, as libaq's local reads do: 0, or
+ * -errno when the file cannot be opened or is short. */
+static int read_loc(const struct data_loc *loc, uint8_t *buf)
+{
+	int fd = open(loc->path, O_RDONLY);
+	if (fd < 0)
+		return -errno;
+	uint64_t span = data_rec_span(loc->length, loc->nblk);
+	ssize_t n = pread(fd, buf, span, (off_t)loc->rec_off);
+	close(fd);
+	return n == (ssize_t)span ? 0 : -EIO;
+}
+
+/* data_locate and data_rec_check, what a reader on aqd's machine uses to read a chunk
+ * from the segment file itself: the location names the record and the blocks a read
+ * needs; what is read there passes the check and holds the data, and fails it with a
+ * flipped byte or for another chunk or version; no location for a missing chunk or one
+ * shorter than asked; a location kept past a rewrite and compaction names a file that is
+ * gone, never other bytes that pass. */
+static int test_locate(void)
+{
+	char dir[300];
+	struct data_store *ds = NULL;
+	struct data_options o = {.ntargets = 1, .target_ids = ids1, .segment_bytes = SMALL_SEG};
+	uint32_t len = 3 * DATA_BLOCK_SIZE + 500, big = 1u << 20;
+	uint8_t *a = aq_malloc(len), *filler = aq_malloc(big), *buf = aq_malloc(data_rec_size(len));
+	struct data_loc *loc = aq_malloc(sizeof *loc), *part = aq_malloc(sizeof *part);
+	uint64_t s = 11;
+	fill_random(&s, a, len);
+	fill_random(&s, filler, big);
+	case_dir(dir, sizeof dir);
+	int rc = data_open(dir, true, &o, &ds);
+	CHECK(rc == 0, "open: %s", aq_strerror(rc));
+	CHECK(data_write(ds, 7, 400, 0, 0, a, len, false) == 0, "write");
+
+	rc = data_locate(ds, 7, 400, 0, len, loc);
+	CHECK(rc == 0 && loc->length == len && loc->nblk == 4 && loc->rec_off % DATA_REC_ALIGN == 0,
+	      "locate: %s, length %u, %u blocks", aq_strerror(rc), loc->length, loc->nblk);
+	CHECK(read_loc(loc, buf) == 0, "read the segment");
+	rc = data_rec_check(buf, 400, 0, loc->version, loc->length, loc->nblk, loc->crc);
+	CHECK(rc == 0 && memcmp(buf + DATA_REC_HDR_SIZE, a, len) == 0, "check: %s", aq_strerror(rc));
+	CHECK(data_rec_check(buf, 401, 0, loc->version, len, 4, loc->crc) == -AQ_ECORRUPT, "another inode");
+	CHECK(data_rec_check(buf, 400, 1, loc->version, len, 4, loc->crc) == -AQ_ECORRUPT, "another chunk");
+	CHECK(data_rec_check(buf, 400, 0, loc->version + 1, len, 4, loc->crc) == -AQ_ECORRUPT, "another version");
+	CHECK(data_rec_check(buf, 400, 0, loc->version, len, 5, loc->crc) == -AQ_ECORRUPT, "blocks past the end");
+	buf[DATA_REC_HDR_SIZE + 2 * DATA_BLOCK_SIZE + 7] ^= 1;
+	CHECK(data_rec_check(buf, 400, 0, loc->version, len, 4, loc->crc) == -AQ_ECORRUPT, "a flipped byte");
+	/* a reader of the first block alone checks (and needs) that block alone */
+	rc = data_locate(ds, 7, 400, 0, DATA_BLOCK_SIZE, part);
+	CHECK(rc == 0 && part->nblk == 1 && part->rec_off == loc->rec_off, "locate one block: %s", aq_strerror(rc));
+	CHECK(data_rec_span(len, 1) == data_rec_size(DATA_BLOCK_SIZE), "span of one block");
+	CHECK(data_rec_check(buf, 400, 0, part->version, len, 1, part->crc) == 0, "one block");
+
+	CHECK(data_locate(ds, 7, 400, 1, 10, part) == -EAGAIN, "a missing chunk has no location");
+	CHECK(data_locate(ds, 7, 400, 0, len + 1, part) == -EAGAIN, "a chunk shorter than asked has none");
+	CHECK(data_locate(ds, 8, 400, 0, 10, part) == -AQ_ENOT_OWNER, "another target");
+
+	/* seal the record's segment, rewrite the chunk, compact: the old location's file goes */
+	for (uint32_t i = 0; i < 10; i++)
+		CHECK(data_write(ds, 7, 500, i, 0, filler, big, false) == 0, "filler %u", i);
+	fill_random(&s, a, len);
+	CHECK(data_write(ds, 7, 400, 0, 0, a, len, false) == 0, "rewrite");
+	rc = data_locate(ds, 7, 400, 0, len, part);
+	CHECK(rc == 0 && part->version == loc->version + 1 && strcmp(part->path, loc->path) != 0,
+	      "the rewrite's location: %s", aq_strerror(rc));
+	CHECK(data_compact(ds, 7, 1.0) >= 0, "compact");
+	CHECK(read_loc(loc, buf) == -ENOENT, "the compacted segment is still there");
+	CHECK(read_loc(part, buf) == 0, "read the rewrite's segment");
+	rc = data_rec_check(buf, 400, 0, part->version, part->length, part->nblk, part->crc);
+	CHECK(rc == 0 && memcmp(buf + DATA_REC_HDR_SIZE, a, len) == 0, "the rewrite: %s", aq_strerror(rc));
+	data_close(ds);
+	free(a), free(filler), free(buf), free(loc), free(part);
+	return 0;
+fail:
+	if (ds)
+		data_close(ds);
+	free(a), free(filler), free(buf), free(loc), free(part);
+	return -1;
+}
+
 int main(void)
 {
 	static const struct {
@@ -1079,6 +1159,7 @@ int main(void)
 		{"corrupt", test_corrupt},
 		{"direct", test_direct},
 		{"compact", test_compact},
+		{"locate", test_locate},
 		{"enospc", test_enospc},
 		{"concurrent", test_concurrent},
 		{"two_targets", test_two_targets},

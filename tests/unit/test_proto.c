@@ -94,7 +94,7 @@ static uint32_t spec_req(uint16_t op)
 	case OP_WATCH: return T_KNOWN | T_COOKIE | T_FLAGS;
 	case OP_CHUNK_WRITE: return T_KNOWN | T_TARGET | T_INO | T_IDX | T_OFF | T_FLAGS | T_DATA;
 	case OP_CHUNK_READ: return T_KNOWN | T_TARGET | T_INO | T_IDX | T_OFF | T_LEN;
-	case OP_OPEN_READ: return T_KNOWN | T_CRED | T_INO | T_FLAGS | T_OFF | T_LEN;
+	case OP_OPEN_READ: case OP_OPEN_MAP: return T_KNOWN | T_CRED | T_INO | T_FLAGS | T_OFF | T_LEN;
 	case OP_BATCH: return T_KNOWN | T_MAX | T_DATA;
 	case OP_TIER: return T_KNOWN | T_CRED | T_INO | T_FLAGS | T_DATA;
 	}
@@ -115,6 +115,7 @@ static uint32_t spec_reply(uint16_t op)
 	case OP_GETXATTR: case OP_LISTXATTR:
 		return TR_KNOWN | TR_SIZE | TR_DATA;
 	case OP_OPEN_READ: /* attributes, the read's status, the bytes */
+	case OP_OPEN_MAP:  /* attributes, the read's status, a location (proto_loc) */
 		return TR_KNOWN | TR_ATTR | TR_SIZE | TR_DATA;
 	case OP_READDIR: case OP_CHANGES: case OP_BATCH:
 		return TR_KNOWN | TR_ENTRIES;
@@ -817,6 +818,70 @@ static int t_change_roundtrip(void)
 	return 0;
 }
 
+/* ---- OPEN_MAP locations ------------------------------------------------------------------ */
+
+/* A location comes back as put; every prefix, a byte more, and each field out of shape
+ * (a relative path, a NUL in it, bytes past the chunk, blocks that do not cover them, too
+ * many blocks) is -EPROTO: a client never reads from a file a malformed reply names. */
+static int t_loc_roundtrip(void)
+{
+	uint32_t crc[4] = {0x11111111, 0x22222222, 0x33333333, 0x44444444};
+	struct proto_loc l = {.rec_off = 1u << 20, .version = 9, .idx = 2, .length = 3 * AQ_CRC_BLOCK_SIZE + 5,
+			      .in = 100, .n = 3 * AQ_CRC_BLOCK_SIZE - 95, .nblk = 4, .direct = true,
+			      .path = "/var/aq/t0/seg-00000001", .path_len = 23};
+	memset(l.boot_id, 0xab, sizeof l.boot_id);
+	struct wbuf w;
+	wbuf_init(&w, 256);
+	proto_loc_put(&w, &l, crc);
+	struct proto_loc g;
+	uint8_t *x = exact(w.p, w.len);
+	int rc = proto_loc_get(x, (uint32_t)w.len, &g);
+	bool same = rc == 0 && g.rec_off == l.rec_off && g.version == l.version && g.idx == l.idx &&
+		    g.length == l.length && g.in == l.in && g.n == l.n && g.nblk == 4 && g.direct &&
+		    g.path_len == l.path_len && memcmp(g.path, l.path, l.path_len) == 0 &&
+		    memcmp(g.boot_id, l.boot_id, sizeof l.boot_id) == 0 && get_le32(g.crcs + 12) == crc[3];
+	free(x);
+	for (size_t n = 0; same && n < w.len; n++) {
+		uint8_t *y = exact(w.p, n);
+		int r2 = proto_loc_get(y, (uint32_t)n, &g);
+		free(y);
+		CHECKF(r2 == -EPROTO, "prefix %zu", n);
+	}
+	wbuf_u8(&w, 0);
+	int longer = proto_loc_get(w.p, (uint32_t)w.len, &g);
+	struct { const char *why; struct proto_loc l; } bad[] = {
+		{"relative path", l}, {"NUL in the path", l}, {"empty path", l}, {"past the chunk", l},
+		{"blocks short", l}, {"blocks over", l}, {"nothing to read", l},
+	};
+	bad[0].l.path = "var/aq/t0/seg-00000001", bad[0].l.path_len = 22;
+	bad[1].l.path = "/var/aq\0/seg", bad[1].l.path_len = 12;
+	bad[2].l.path_len = 0;
+	bad[3].l.n = l.length - l.in + 1, bad[3].l.nblk = 4;
+	bad[4].l.nblk = 3;
+	bad[5].l.nblk = 5;
+	bad[6].l.n = 0, bad[6].l.nblk = 1;
+	uint32_t many[AQ_CHUNK_SIZE_MAX / AQ_CRC_BLOCK_SIZE + 1] = {0};
+	int wrong = -1;
+	for (size_t i = 0; i < ARRAY_SIZE(bad) && wrong < 0; i++) {
+		w.len = 0;
+		proto_loc_put(&w, &bad[i].l, many);
+		if (proto_loc_get(w.p, (uint32_t)w.len, &g) != -EPROTO)
+			wrong = (int)i;
+	}
+	struct proto_loc huge = l;
+	huge.length = AQ_CHUNK_SIZE_MAX + AQ_CRC_BLOCK_SIZE, huge.in = 0, huge.n = huge.length;
+	huge.nblk = ARRAY_SIZE(many);
+	w.len = 0;
+	proto_loc_put(&w, &huge, many);
+	int toolong = proto_loc_get(w.p, (uint32_t)w.len, &g);
+	wbuf_free(&w);
+	CHECKF(same, "decoded differently (rc %d)", rc);
+	CHECK(longer == -EPROTO);
+	CHECKF(wrong < 0, "accepted: %s", wrong < 0 ? "" : bad[wrong].why);
+	CHECK(toolong == -EPROTO);
+	return 0;
+}
+
 /* ---- INVAL pushes ------------------------------------------------------------------------ */
 
 static int t_inval_roundtrip(void)
@@ -1272,6 +1337,9 @@ static void fuzz_one(const uint8_t *buf, size_t len, uint16_t hint_op)
 	rbuf_init(&rb, buf, len);
 	while (proto_change_get(&rb, &c) == 0)
 		g_sink += c.name_len;
+	struct proto_loc loc;
+	if (proto_loc_get(buf, (uint32_t)len, &loc) == 0)
+		g_sink += loc.path_len + (uint8_t)loc.path[loc.path_len - 1] + get_le32(loc.crcs + 4 * (loc.nblk - 1));
 	rbuf_init(&rb, buf, len);
 	const uint8_t *pl;
 	while (proto_batch_next(&rb, &h, &pl) == 0) {
@@ -1403,6 +1471,7 @@ int main(void)
 		{ "reply_roundtrip_every_op", t_reply_roundtrip },
 		{ "dirent_roundtrip", t_dirent_roundtrip },
 		{ "change_roundtrip", t_change_roundtrip },
+		{ "loc_roundtrip", t_loc_roundtrip },
 		{ "inval_roundtrip", t_inval_roundtrip },
 		{ "batch", t_batch },
 		{ "tier_inos", t_tier_inos },

@@ -153,7 +153,9 @@ int aq_open_ino(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, i
  * caller that already checked permissions (the FUSE mount's kernel does), it takes a
  * round trip off every open. The OPEN also brings the file's first 256 KiB, which
  * answer the first aq_pread when they cover it: a small file read whole costs one round
- * trip. */
+ * trip. On the server's machine the OPEN brings where they lie instead, and the client
+ * reads them from the server's files itself when it may ("local reads";
+ * $AQ_LOCAL_READS=0: never). */
 int aq_open_ino_lazy(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, int flags, struct aq_file **out);
 /* As aq_open_ino_lazy, for a caller that holds the file's first bytes already (the mount,
  * when the kernel's page cache has them): the OPEN brings none. */

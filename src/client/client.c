@@ -1027,6 +1027,10 @@ static int open_lazy(struct aq_client *c, const struct aq_cred *cred, uint64_t i
 		r.op = atomic_load(&c->local_on) ? OP_OPEN_MAP : OP_OPEN_READ;
 		r.off = 0;
 		r.len = AQ_PREFETCH;
+		if (r.op == OP_OPEN_MAP) {
+			r.data = c->boot_id;
+			r.data_len = sizeof c->boot_id;
+		}
 	} else if (want) {
 		atomic_fetch_sub(&c->prefetch_bytes, AQ_PREFETCH);
 	}

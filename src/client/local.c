@@ -8,9 +8,10 @@
  *
  * Anything unexpected sends the read through aqd instead: a segment compacted away or a
  * record punched after aqd answered, a corrupt block (aqd then reads it, fails it and
- * logs it), a file this process may not open. A client whose boot id differs from aqd's
- * runs elsewhere and never asks; one whose local reads keep failing
- * (LOCAL_FAILS_MAX in a row: aqd's files are hidden from it) stops asking.
+ * logs it), a file this process may not open. The client sends its boot id with the
+ * OPEN_MAP, and an aqd with another one (on another machine) answers no location; a
+ * client whose local reads keep failing (LOCAL_FAILS_MAX in a row: aqd's files are hidden
+ * from it) stops asking.
  * $AQ_LOCAL_READS=0 turns them off.
  */
 #include "client/client_internal.h"
@@ -66,7 +67,7 @@ static int read_span(const char *path, bool direct, uint8_t *buf, uint64_t span,
 int local_read(struct aq_client *c, uint64_t ino, const struct proto_loc *l, uint8_t **mem, const uint8_t **data)
 {
 	if (memcmp(l->boot_id, c->boot_id, sizeof c->boot_id) != 0) {
-		atomic_store(&c->local_on, false); /* aqd runs on another machine */
+		local_failed(c, "a location from another machine", -EXDEV); /* aqd checks: never */
 		return -EXDEV;
 	}
 	char path[PATH_MAX];

@@ -59,7 +59,7 @@
 	X(CHUNK_WRITE, 40)           \
 	X(CHUNK_READ, 41)            \
 	X(OPEN_READ, 42) /* OPEN, then a read of the first chunk it touches */ \
-	X(OPEN_MAP, 43)  /* OPEN_READ, with where the bytes lie on disk instead (proto_loc) */ \
+	X(OPEN_MAP, 43)  /* OPEN_READ, with where the bytes lie on disk instead (proto_loc); data: boot id */ \
 	X(BATCH, 50)                 \
 	X(TIER, 60)      /* object tier: sub-command in flags (PROTO_TIER_*) */
 
@@ -232,8 +232,9 @@ void proto_change_put(struct wbuf *w, uint64_t ino, uint64_t ts, const char *nam
 int proto_change_get(struct rbuf *r, struct proto_change *c);
 
 /* OPEN_MAP's data: where the bytes an OPEN_READ would carry lie on the server's disk, for
- * a client on the same machine (same boot id) that reads them itself. Empty data: no
- * location (the bytes are elsewhere, not yet in a record, or in S3): read as usual.
+ * a client on the same machine that reads them itself. The request's data is the client's
+ * boot id; a server with another one answers no location. Empty data: no location (also
+ * when the bytes are elsewhere, not yet in a record, or in S3): read as usual.
  *   boot_id[16] | rec_off u64 | version u64 | idx u32 | length u32 | in u32 | n u32 |
  *   nblk u32 | direct u8 | path str | crc u32 x nblk
  * The record at rec_off of the file at path holds chunk idx (length bytes, this version);

@@ -255,14 +255,15 @@ static int truncate_data(void *arg, uint64_t ino, uint64_t new_size, uint32_t ch
 }
 
 /* OPEN_MAP's data: where bytes [in, in + n) of chunk idx lie on this disk, or nothing
- * (the client then reads them as usual). Runs on the loop: it reads the index, never the
+ * (the client then reads them as usual): nothing for a client on another machine (its
+ * boot id, the request's data, differs). Runs on the loop: it reads the index, never the
  * data. */
 static void open_map_loc(struct server *s, const struct proto_req *r, uint32_t target, uint32_t idx, uint32_t in,
 			 uint32_t n, struct wbuf *out)
 {
 	size_t len_at = out->len;
 	wbuf_u32(out, 0);
-	if (!n || s->boot_err)
+	if (!n || s->boot_err || r->data_len != sizeof s->boot_id || memcmp(r->data, s->boot_id, sizeof s->boot_id))
 		return;
 	struct data_loc *loc = aq_malloc(sizeof *loc);
 	if (data_locate(s->data, target, r->ino, idx, in + n, loc) == 0) {

@@ -477,5 +477,44 @@ def test_e_watcher_that_never_reads(c):
     os.kill(c.pid(), 0)
 
 
+OP_OPEN_MAP = 43
+ATTR_SIZE = 88
+
+
+def open_map(c, ino, boot_id):
+    """The data of an OPEN_MAP reply for the first 256 KiB of ino, read-only."""
+    s = authed(c)
+    p = cred() + struct.pack("<QIQI", ino, os.O_RDONLY, 0, 256 << 10) + string(boot_id)
+    send(s, hdr(OP_OPEN_MAP, 7, len(p)) + p)
+    r = recv_frame(s)
+    s.close()
+    assert r["status"] == S_OK, r
+    status, n = struct.unpack_from("<II", r["payload"], ATTR_SIZE)
+    assert status == 0 and len(r["payload"]) == ATTR_SIZE + 8 + n, r
+    return r["payload"][ATTR_SIZE + 8:]
+
+
+def test_g_open_map_only_for_this_machine(c):
+    """OPEN_MAP (local reads) says where a file's bytes lie on aqd's disk only to a client
+    that sent aqd's own boot id: one on another machine, which could not open the path,
+    gets no location (and reads as usual); a malformed boot id gets none either."""
+    import aquifer
+    cl = aquifer.connect(c.conf)
+    with cl.open("/located", "wb") as f:
+        f.write(os.urandom(100_000))
+    ino = cl.stat("/located").st_ino
+    with open("/proc/sys/kernel/random/boot_id") as f:
+        boot = bytes.fromhex(f.read().strip().replace("-", ""))
+    here = open_map(c, ino, boot)
+    at = 16 + 8 + 8 + 4 * 5 + 1  # boot id, rec_off, version, idx .. nblk, direct (proto.h)
+    plen, = struct.unpack_from("<I", here, at)
+    path = here[at + 4:at + 4 + plen]
+    assert here[:16] == boot and b"/seg-" in path and os.path.isfile(path), here[:120]
+    other = bytes(b ^ 0xFF for b in boot)
+    assert open_map(c, ino, other) == b"", "a location for a client on another machine"
+    assert open_map(c, ino, boot[:8]) == b"", "a location for a malformed boot id"
+    state.setdefault("created", set()).add("located")
+
+
 if __name__ == "__main__":
     main(globals(), setup=setup)

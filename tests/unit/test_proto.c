@@ -94,7 +94,8 @@ static uint32_t spec_req(uint16_t op)
 	case OP_WATCH: return T_KNOWN | T_COOKIE | T_FLAGS;
 	case OP_CHUNK_WRITE: return T_KNOWN | T_TARGET | T_INO | T_IDX | T_OFF | T_FLAGS | T_DATA;
 	case OP_CHUNK_READ: return T_KNOWN | T_TARGET | T_INO | T_IDX | T_OFF | T_LEN;
-	case OP_OPEN_READ: case OP_OPEN_MAP: return T_KNOWN | T_CRED | T_INO | T_FLAGS | T_OFF | T_LEN;
+	case OP_OPEN_READ: return T_KNOWN | T_CRED | T_INO | T_FLAGS | T_OFF | T_LEN;
+	case OP_OPEN_MAP: return T_KNOWN | T_CRED | T_INO | T_FLAGS | T_OFF | T_LEN | T_DATA;
 	case OP_BATCH: return T_KNOWN | T_MAX | T_DATA;
 	case OP_TIER: return T_KNOWN | T_CRED | T_INO | T_FLAGS | T_DATA;
 	}

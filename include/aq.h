@@ -66,6 +66,10 @@ int aq_getattr(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, st
 #define AQ_SET_ATIME_NOW (1u << 6)
 #define AQ_SET_MTIME_NOW (1u << 7)
 #define AQ_SET_CTIME (1u << 8)
+/* With AQ_SET_SIZE: the truncate comes through a descriptor open for writing (ftruncate,
+ * open with O_TRUNC), whose open checked write permission: the server checks none, as
+ * Linux does. aq_file_setattr sets it for a writable handle. */
+#define AQ_SET_BY_HANDLE (1u << 9)
 int aq_setattr(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, uint32_t mask,
 	       const struct aq_attr *in, struct aq_attr *out);
 
@@ -194,6 +198,10 @@ int aq_close(struct aq_file *f);
 uint64_t aq_file_ino(const struct aq_file *f);
 /* Size as this client sees it (including its own unflushed writes). */
 int aq_file_getattr(struct aq_file *f, struct aq_attr *out);
+/* aq_setattr of f's inode through f: a size change through a handle open for writing
+ * needs no write permission (AQ_SET_BY_HANDLE). cred may be NULL: the client's. */
+int aq_file_setattr(struct aq_file *f, const struct aq_cred *cred, uint32_t mask, const struct aq_attr *in,
+		    struct aq_attr *out);
 
 /* What's new: entries created in (or renamed into) a directory after cursor, oldest first,
  * without listing the directory. Pass 0 to start from the beginning; *next gets the

@@ -1589,6 +1589,17 @@ int aq_file_getattr(struct aq_file *f, struct aq_attr *out)
 	return aq_getattr(f->c, &f->cred, f->ino, out);
 }
 
+int aq_file_setattr(struct aq_file *f, const struct aq_cred *cred, uint32_t mask, const struct aq_attr *in,
+		    struct aq_attr *out)
+{
+	int rc = file_ready(f);
+	if (rc)
+		return rc;
+	if ((f->flags & O_ACCMODE) != O_RDONLY)
+		mask |= AQ_SET_BY_HANDLE;
+	return aq_setattr(f->c, cred, f->ino, mask, in, out);
+}
+
 int aq_close(struct aq_file *f)
 {
 	if (!f)

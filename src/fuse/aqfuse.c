@@ -1124,7 +1124,11 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino_node, struct stat *attr, i
 		in.ctime_ns = attr->st_ctim.tv_sec * 1000000000ll + attr->st_ctim.tv_nsec;
 	}
 	struct cseq seq = cseq_now();
-	int rc = WITH_GROUPS(req, cr, aq_setattr(g_client, &cr, ino, mask, &in, &out));
+	/* fi: the kernel names the descriptor of a truncate (ftruncate, open with O_TRUNC),
+	 * always a regular file's */
+	struct aq_file *f = fi && (mask & AQ_SET_SIZE) ? (struct aq_file *)(uintptr_t)fi->fh : NULL;
+	int rc = f ? WITH_GROUPS(req, cr, aq_file_setattr(f, &cr, mask, &in, &out))
+		   : WITH_GROUPS(req, cr, aq_setattr(g_client, &cr, ino, mask, &in, &out));
 	if (rc) {
 		dattr_drop(ino);
 		fuse_reply_err(req, posix_err(rc));

@@ -148,5 +148,23 @@ def test_server_checks_too(c):
     assert int(p.stdout.strip()) == -errno.EACCES, p.stdout
 
 
+def test_ftruncate_needs_no_write_permission(c):
+    """A descriptor open for writing truncates whatever the file's mode says now: the open
+    checked write permission (pjdfstest ftruncate/00.t: nobody creates a file with mode 0
+    O_RDWR and ftruncates it). Regression: aqd checked the mode again and said EACCES.
+    truncate(2) by path still needs write permission."""
+    d = c.path("ftrunc")
+    os.mkdir(d)
+    os.chmod(d, 0o777)
+    code = (f"fd = os.open('{d}/f', os.O_CREAT | os.O_RDWR, 0)\n"
+            "os.ftruncate(fd, 0)\nos.write(fd, b'abc')\nos.ftruncate(fd, 10)\nos.close(fd)")
+    assert as_user(code) == 0
+    st = os.stat(f"{d}/f")
+    assert st.st_size == 10 and st.st_mode & 0o7777 == 0, st
+    assert as_user(f"os.truncate('{d}/f', 1)") == errno.EACCES
+    with open(f"{d}/f", "rb") as f:
+        assert f.read() == b"abc" + bytes(7)
+
+
 if __name__ == "__main__":
     main(globals(), setup=setup)

@@ -1049,6 +1049,12 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent_node, const char *name)
 	struct aq_cred cr;
 	struct aq_attr a;
 	cred_of(req, &cr);
+	if (strlen(name) > AQ_NAME_MAX) {
+		/* before the caches below, which would call it absent: the kernel lets names
+		 * up to FUSE's 1024 bytes through (pjdfstest rename/01.t, link/02.t) */
+		fuse_reply_err(req, ENAMETOOLONG);
+		return;
+	}
 	uint64_t gen;
 	if (ec_get(parent, name, &a, &gen)) {
 		reply_entry_or_err(req, 0, &a);

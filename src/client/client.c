@@ -1024,7 +1024,7 @@ static int open_lazy(struct aq_client *c, const struct aq_cred *cred, uint64_t i
 		pthread_mutex_unlock(&c->files_mu);
 	}
 	if (want && atomic_fetch_add(&c->prefetch_bytes, AQ_PREFETCH) < AQ_PREFETCH_MAX) {
-		r.op = atomic_load(&c->local_on) ? OP_OPEN_MAP : OP_OPEN_READ;
+		r.op = local_wanted(c) ? OP_OPEN_MAP : OP_OPEN_READ;
 		r.off = 0;
 		r.len = AQ_PREFETCH;
 		if (r.op == OP_OPEN_MAP) {

@@ -179,6 +179,7 @@ struct aq_file {
  * gives *mem (to free) and *data, the location's n bytes, or fails (-errno): read them
  * through aqd then. */
 void local_init(struct aq_client *c);
+bool local_wanted(struct aq_client *c); /* on, and not paused after failures */
 int local_read(struct aq_client *c, uint64_t ino, const struct proto_loc *l, uint8_t **mem, const uint8_t **data);
 
 ssize_t ra_read(struct aq_file *f, void *buf, size_t len, uint64_t off, uint64_t size, uint32_t cs);
@@ -201,6 +202,8 @@ struct aq_client {
 	atomic_ulong prefetch_bytes; /* asked for by OPEN_READs whose bytes are still held */
 	atomic_bool local_on;        /* local reads (local.c): open with OPEN_MAP */
 	atomic_uint local_fails;     /* local reads failed in a row */
+	atomic_uint_least64_t local_pause_until; /* aq_mono_ns: no OPEN_MAP before it */
+	atomic_bool local_paused_once;
 	uint8_t boot_id[AQ_BOOT_ID_SIZE];
 	atomic_ulong wbuf_bytes;     /* buffered writes of all files (ino_state.wbytes) */
 	/* the last RECENT_SIZES of those changes, for inodes no longer open (by epoch % N) */

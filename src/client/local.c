@@ -11,8 +11,8 @@
  * logs it), a file this process may not open. The client sends its boot id with the
  * OPEN_MAP, and an aqd with another one (on another machine) answers no location; a
  * client whose local reads keep failing (LOCAL_FAILS_MAX in a row: aqd's files are hidden
- * from it) stops asking.
- * $AQ_LOCAL_READS=0 turns them off.
+ * from it, or a burst of rewrites moved what it was told) stops asking for
+ * LOCAL_PAUSE_NS, then tries one again. $AQ_LOCAL_READS=0 turns them off.
  */
 #include "client/client_internal.h"
 #include "data/data.h"
@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #define LOCAL_FAILS_MAX 16
+#define LOCAL_PAUSE_NS (60ull * 1000000000)
 
 void local_init(struct aq_client *c)
 {
@@ -28,14 +29,23 @@ void local_init(struct aq_client *c)
 	atomic_store(&c->local_on, on);
 }
 
+bool local_wanted(struct aq_client *c)
+{
+	return atomic_load(&c->local_on) && aq_mono_ns() >= atomic_load(&c->local_pause_until);
+}
+
 static void local_failed(struct aq_client *c, const char *path, int err)
 {
 	log_debug("local read of %s: %s; reading through aqd", path, strerror(-err));
-	if (atomic_fetch_add(&c->local_fails, 1) + 1 == LOCAL_FAILS_MAX) {
-		atomic_store(&c->local_on, false);
-		log_info("local reads off after %u failures in a row (the last: %s); reads go through aqd",
-			 LOCAL_FAILS_MAX, strerror(-err));
-	}
+	if (atomic_fetch_add(&c->local_fails, 1) + 1 < LOCAL_FAILS_MAX)
+		return;
+	/* after the pause one failure starts the next: no 16 wasted trips per minute */
+	atomic_store(&c->local_fails, LOCAL_FAILS_MAX - 1);
+	atomic_store(&c->local_pause_until, aq_mono_ns() + LOCAL_PAUSE_NS);
+	if (!atomic_exchange(&c->local_paused_once, true))
+		log_info("local reads paused after %u failures in a row (the last: %s); reads go through aqd, "
+			 "and one is tried again each %llu s", LOCAL_FAILS_MAX, strerror(-err),
+			 (unsigned long long)(LOCAL_PAUSE_NS / 1000000000));
 }
 
 /* Reads the record span at rec_off; O_DIRECT where asked and the file system takes it. */

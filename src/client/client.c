@@ -1473,6 +1473,29 @@ struct rpc_call *chunk_read_start(struct aq_client *c, uint64_t ino, uint32_t cs
 	return call;
 }
 
+int chunk_read_finish(struct aq_client *c, uint64_t ino, uint32_t cs, uint64_t pos, uint32_t len, void *dest,
+		      struct rpc_call *call, int err)
+{
+	uint64_t deadline = aq_mono_ns() + (uint64_t)c->reconnect_s * 1000000000ull;
+	for (int attempt = 0;; attempt++) {
+		bool answered = false;
+		if (call) {
+			const uint8_t *data;
+			err = rpc_wait(call);
+			if (!err)
+				err = rpc_read_result(call, len, &data);
+			if (!err && data != (uint8_t *)dest)
+				memcpy(dest, data, len);
+			answered = call->answered;
+			rpc_free(call);
+		}
+		if (!err || answered || !aq_err_unreachable(err) || aq_mono_ns() > deadline)
+			return err;
+		usleep(attempt < 10 ? 50000 : 250000);
+		call = chunk_read_start(c, ino, cs, pos, len, dest, NULL, NULL, &err);
+	}
+}
+
 ssize_t aq_pread(struct aq_file *f, void *buf, size_t len, uint64_t off)
 {
 	int rc = file_ready(f);
@@ -1512,36 +1535,30 @@ ssize_t aq_pread(struct aq_file *f, void *buf, size_t len, uint64_t off)
 	/* all chunk reads in flight at once, then collected in order */
 	uint32_t nchunks = (uint32_t)((off + len - 1) / cs - off / cs + 1);
 	struct rpc_call *calls_small[8];
+	int errs_small[8];
 	struct rpc_call **calls = nchunks <= 8 ? calls_small : aq_calloc(nchunks, sizeof *calls);
+	int *errs = nchunks <= 8 ? errs_small : aq_calloc(nchunks, sizeof *errs);
 	size_t pos = 0;
 	for (uint32_t i = 0; i < nchunks; i++) {
 		uint64_t at = off + pos;
 		uint32_t n = (uint32_t)MIN((uint64_t)(cs - at % cs), (uint64_t)(len - pos));
-		int e = 0;
-		calls[i] = chunk_read_start(c, st->ino, cs, at, n, (uint8_t *)buf + pos, NULL, NULL, &e);
-		if (!calls[i] && !rc)
-			rc = e;
+		errs[i] = 0;
+		calls[i] = chunk_read_start(c, st->ino, cs, at, n, (uint8_t *)buf + pos, NULL, NULL, &errs[i]);
 		pos += n;
 	}
 	pos = 0;
 	for (uint32_t i = 0; i < nchunks; i++) {
 		uint64_t at = off + pos;
 		uint32_t n = (uint32_t)MIN((uint64_t)(cs - at % cs), (uint64_t)(len - pos));
-		if (calls[i]) {
-			const uint8_t *data;
-			int e = rpc_wait(calls[i]);
-			if (!e)
-				e = rpc_read_result(calls[i], n, &data);
-			if (!e && data != (uint8_t *)buf + pos)
-				memcpy((uint8_t *)buf + pos, data, n);
-			if (e && !rc)
-				rc = e;
-			rpc_free(calls[i]);
-		}
+		int e = chunk_read_finish(c, st->ino, cs, at, n, (uint8_t *)buf + pos, calls[i], errs[i]);
+		if (e && !rc)
+			rc = e;
 		pos += n;
 	}
-	if (calls != calls_small)
+	if (calls != calls_small) {
 		free(calls);
+		free(errs);
+	}
 	if (mine) {
 		if (!rc)
 			wbuf_overlay(st, buf, off, len);

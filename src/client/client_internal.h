@@ -278,5 +278,11 @@ uint32_t client_meta_server(struct aq_client *c, uint64_t ino);
  * received straight into dest; completion announced on cq when cq is set. */
 struct rpc_call *chunk_read_start(struct aq_client *c, uint64_t ino, uint32_t cs, uint64_t pos, uint32_t len,
 				  void *dest, struct rpc_cq *cq, void *cq_arg, int *err);
+/* Waits for a chunk read chunk_read_start began (call NULL: its start failed with err)
+ * and puts its bytes at dest. When the connection failed under it before the server
+ * answered, it reads the chunk again for up to reconnect_s, as rpc_do does for other
+ * calls: a restarting aqd costs a reader a wait, not EIO. 0 or -errno. */
+int chunk_read_finish(struct aq_client *c, uint64_t ino, uint32_t cs, uint64_t pos, uint32_t len, void *dest,
+		      struct rpc_call *call, int err);
 
 #endif

@@ -41,6 +41,11 @@ static void piece_done(struct aq_ioring *r, struct rpc_call *call)
 	int e = rpc_read_result(call, call->rdest_len, &data);
 	if (!e && data != call->rdest)
 		memcpy(call->rdest, data, call->rdest_len);
+	if (e && aq_err_unreachable(e) && !call->answered) {
+		/* the connection failed under it: read it again once the server is back */
+		uint64_t pos = io->off + (uint64_t)((uint8_t *)call->rdest - (uint8_t *)io->buf);
+		e = chunk_read_finish(r->c, io->ino, r->c->map.chunk_size, pos, call->rdest_len, call->rdest, NULL, e);
+	}
 	if (e && !io->err_)
 		io->err_ = e;
 	rpc_free(call);
@@ -78,8 +83,10 @@ int aq_ioring_submit(struct aq_ioring *r, struct aq_io *const *ios, uint32_t n)
 			struct rpc_call *call = chunk_read_start(c, io->ino, cs, pos, len,
 								 (uint8_t *)io->buf + (pos - io->off), &r->cq, io, &e);
 			if (!call) {
+				/* no connection now: read it here, once the server is back */
 				io->pending_--;
-				if (!io->err_)
+				e = chunk_read_finish(c, io->ino, cs, pos, len, (uint8_t *)io->buf + (pos - io->off), NULL, e);
+				if (e && !io->err_)
 					io->err_ = e;
 			}
 			pos += len;

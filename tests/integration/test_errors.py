@@ -93,6 +93,23 @@ def test_server_gone_past_the_window_is_eio():
             unmount(mnt)
 
 
+def test_read_right_after_aqd_restarts_waits_for_it():
+    """Regression (found by a kill -9 loop): a read through the mount right after aqd came
+    back failed with EIO. Chunk reads, unlike other calls, did not try again when the
+    connection they went out on had broken under them; now they wait for the server as
+    long as any call does ($AQ_RECONNECT_S). Each round writes a file, kill -9s aqd,
+    starts it again and reads the file back at once, through the kernel's cached inode."""
+    with Cluster() as c:
+        for i in range(5):
+            data = os.urandom(100_000 + i)
+            with open(c.path("a"), "wb") as f:
+                f.write(data)
+            c.kill9()
+            c.restart()
+            with open(c.path("a"), "rb") as f:
+                assert f.read() == data, f"round {i}: the file read back differs"
+
+
 def test_missing_cluster_file_is_clear():
     p = run(AQ, "status", "--cluster", "/nonexistent/cluster.conf", check=False)
     assert p.returncode != 0 and "cannot open cluster file" in p.stderr, p.stderr

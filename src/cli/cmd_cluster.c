@@ -90,10 +90,45 @@ static bool is_mounted(const char *mnt)
 	return found;
 }
 
-static pid_t read_pid(const char *data)
+enum aqd_state { AQD_GONE, AQD_LIVE, AQD_EXITING };
+
+/* Whether pid is an aqd, from /proc/PID/stat. AQD_GONE: no such process, a zombie (it
+ * has let go of its files, lock and port), or another program (the pid file outlived
+ * its aqd and the number was reused). AQD_EXITING: on its way out (PF_EXITING), which a
+ * kill -9 of a big process stays for a second or two while the kernel frees its memory,
+ * still holding aqd.lock and its port. kill(pid, 0) calls every one of them alive but a
+ * process that is gone. */
+static enum aqd_state aqd_state(pid_t pid)
+{
+	char path[64], buf[1024];
+	snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+	FILE *f = fopen(path, "re");
+	if (!f)
+		return AQD_GONE;
+	size_t n = fread(buf, 1, sizeof buf - 1, f);
+	fclose(f);
+	buf[n] = 0;
+	char *name = strchr(buf, '('), *end = strrchr(buf, ')');
+	if (!name || !end || end < name)
+		return AQD_GONE;
+	*end = 0;
+	char state = 0;
+	unsigned long flags = 0;
+	/* after the name: state ppid pgrp session tty_nr tpgid flags */
+	if (strcmp(name + 1, "aqd") || sscanf(end + 1, " %c %*d %*d %*d %*d %*d %lu", &state, &flags) != 2 ||
+	    state == 'Z' || state == 'X')
+		return AQD_GONE;
+	return flags & 0x4 /* PF_EXITING */ ? AQD_EXITING : AQD_LIVE;
+}
+
+/* The pid of the aqd serving data, or 0 (its pid file names no live aqd). *exiting (if
+ * not NULL) gets the pid of one on its way out, else 0. */
+static pid_t read_pid(const char *data, pid_t *exiting)
 {
 	char path[PATH_MAX];
 	snprintf(path, sizeof path, "%s/aqd.pid", data);
+	if (exiting)
+		*exiting = 0;
 	FILE *f = fopen(path, "r");
 	if (!f)
 		return 0;
@@ -101,9 +136,18 @@ static pid_t read_pid(const char *data)
 	if (fscanf(f, "%d", &pid) != 1)
 		pid = 0;
 	fclose(f);
-	if (pid > 0 && kill(pid, 0) == 0)
-		return pid;
-	return 0;
+	enum aqd_state st = pid > 0 ? aqd_state(pid) : AQD_GONE;
+	if (st == AQD_EXITING && exiting)
+		*exiting = pid;
+	return st == AQD_LIVE ? pid : 0;
+}
+
+/* Waits up to tenths / 10 s for aqd pid to be gone; true once it is. */
+static bool wait_gone(pid_t pid, int tenths)
+{
+	for (int i = 0; i < tenths && aqd_state(pid) != AQD_GONE; i++)
+		usleep(100000);
+	return aqd_state(pid) == AQD_GONE;
 }
 
 static int run_wait(char *const argv[])
@@ -219,7 +263,13 @@ int cmd_up(int argc, char **argv)
 		printf("formatted a single-node cluster in %s (%u buckets, %u targets, port %d)\n", o.data, o.buckets,
 		       o.targets, port);
 	}
-	pid_t pid = read_pid(o.data);
+	pid_t exiting;
+	pid_t pid = read_pid(o.data, &exiting);
+	if (exiting && !wait_gone(exiting, 300)) {
+		/* a new aqd could not take the lock nor the port before the old one lets go */
+		fprintf(stderr, "aq up: the last aqd (pid %d) is still exiting after 30 s\n", (int)exiting);
+		return 1;
+	}
 	if (!pid) {
 		char aqd[PATH_MAX], logf[PATH_MAX + 16];
 		sibling_path("aqd", aqd, sizeof aqd);
@@ -252,7 +302,7 @@ int cmd_up(int argc, char **argv)
 				fprintf(stderr, "aq up: aqd exited at start; see %s\n", logf);
 				return 1;
 			}
-			if (read_pid(o.data) && aq_connect(conf, &c) == 0)
+			if (read_pid(o.data, NULL) && aq_connect(conf, &c) == 0)
 				break;
 			c = NULL;
 			usleep(100000);
@@ -313,17 +363,18 @@ int cmd_down(int argc, char **argv)
 		fprintf(stderr, "aq down: cannot unmount %s\n", o.mnt);
 		status = 1;
 	}
-	pid_t pid = read_pid(o.data);
+	pid_t exiting;
+	pid_t pid = read_pid(o.data, &exiting);
 	if (pid) {
 		kill(pid, SIGTERM);
-		int i;
-		for (i = 0; i < 300 && kill(pid, 0) == 0; i++)
-			usleep(100000);
-		if (kill(pid, 0) == 0) {
+		if (!wait_gone(pid, 300)) {
 			fprintf(stderr, "aq down: aqd (pid %d) did not stop in 30 s; killing it\n", (int)pid);
 			kill(pid, SIGKILL);
+			wait_gone(pid, 300);
 		}
 		printf("aqd stopped\n");
+	} else if (exiting) {
+		wait_gone(exiting, 300); /* killed already: let it finish */
 	}
 	return status;
 }

@@ -4,6 +4,8 @@ import errno
 import hashlib
 import os
 import re
+import signal
+import subprocess
 import time
 
 from aqtest import AQ, AQD, Cluster, expect_errno, main, run, unmount
@@ -108,6 +110,36 @@ def test_read_right_after_aqd_restarts_waits_for_it():
             c.restart()
             with open(c.path("a"), "rb") as f:
                 assert f.read() == data, f"round {i}: the file read back differs"
+
+
+def test_aq_up_and_down_know_a_stale_pid_file():
+    """aqd.pid outlives a killed aqd, and its number may be reused. Regression: `aq up`
+    took any live process with that number for aqd ("aqd already running") and started
+    none, and `aq down` sent it SIGTERM. Both now check that the process is an aqd that
+    is not on its way out (/proc/PID/stat), and `aq up` waits for one that is exiting."""
+    with Cluster(mount=False) as c:
+        c.kill9()
+        other = subprocess.Popen(["sleep", "60"])
+        try:
+            with open(os.path.join(c.data, "aqd.pid"), "w") as f:
+                f.write(f"{other.pid}\n")
+            out = run(AQ, "up", "--data", c.data, "--no-mount").stdout
+            assert "aqd running" in out and c.pid() != other.pid, out
+            run(AQ, "down", "--data", c.data, "--no-mount")
+            assert other.poll() is None, "aq down killed a process that is not aqd"
+            with open(os.path.join(c.data, "aqd.pid"), "w") as f:
+                f.write(f"{other.pid}\n")
+            run(AQ, "down", "--data", c.data, "--no-mount")
+            assert other.poll() is None, "aq down killed a process that is not aqd"
+            # kill -9 and start again at once: the dying aqd still holds its lock and port
+            run(AQ, "up", "--data", c.data, "--no-mount")
+            os.kill(c.pid(), signal.SIGKILL)
+            out = run(AQ, "up", "--data", c.data, "--no-mount").stdout
+            assert "aqd running" in out, out
+            c.aq("status")
+        finally:
+            other.kill()
+            other.wait()
 
 
 def test_missing_cluster_file_is_clear():

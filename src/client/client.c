@@ -1476,7 +1476,7 @@ struct rpc_call *chunk_read_start(struct aq_client *c, uint64_t ino, uint32_t cs
 int chunk_read_finish(struct aq_client *c, uint64_t ino, uint32_t cs, uint64_t pos, uint32_t len, void *dest,
 		      struct rpc_call *call, int err)
 {
-	uint64_t deadline = aq_mono_ns() + (uint64_t)c->reconnect_s * 1000000000ull;
+	uint64_t deadline = 0; /* from the first failure: a read may wait long on S3 first */
 	for (int attempt = 0;; attempt++) {
 		bool answered = false;
 		if (call) {
@@ -1489,6 +1489,8 @@ int chunk_read_finish(struct aq_client *c, uint64_t ino, uint32_t cs, uint64_t p
 			answered = call->answered;
 			rpc_free(call);
 		}
+		if (!deadline)
+			deadline = aq_mono_ns() + (uint64_t)c->reconnect_s * 1000000000ull;
 		if (!err || answered || !aq_err_unreachable(err) || aq_mono_ns() > deadline)
 			return err;
 		usleep(attempt < 10 ? 50000 : 250000);

@@ -17,6 +17,14 @@ def as_user(code, uid=NOBODY, gid=NOBODY, groups=()):
     return int(p.stdout.strip().splitlines()[-1])
 
 
+def open_dir(c, name):
+    """A new directory on the mount that anyone may work in (mode 0777); its path."""
+    d = c.path(name)
+    os.mkdir(d)
+    os.chmod(d, 0o777)
+    return d
+
+
 def setup():
     c = Cluster()
     os.chmod(c.mnt, 0o755)
@@ -39,9 +47,7 @@ def test_other_cannot_read_private_file(c):
 
 
 def test_other_can_work_in_open_dir(c):
-    d = c.path("pub")
-    os.mkdir(d)
-    os.chmod(d, 0o777)
+    d = open_dir(c, "pub")
     assert as_user(f"open('{d}/mine', 'w').write('x')") == 0
     st = os.stat(f"{d}/mine")
     assert st.st_uid == NOBODY and st.st_gid == NOBODY
@@ -53,9 +59,7 @@ def test_create_with_readonly_mode(c):
     """open(O_CREAT|O_WRONLY, 0444) of a new file succeeds for its creator, and the
     descriptor writes (POSIX: the mode applies to later opens). Regression: create used to
     open the new file in a second request, which checked the 0444 mode and said EACCES."""
-    d = c.path("romode")
-    os.mkdir(d)
-    os.chmod(d, 0o777)
+    d = open_dir(c, "romode")
     code = (f"fd = os.open('{d}/ro', os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o444)\n"
             "os.write(fd, b'hi')\nos.close(fd)")
     assert as_user(code) == 0
@@ -153,9 +157,7 @@ def test_ftruncate_needs_no_write_permission(c):
     checked write permission (pjdfstest ftruncate/00.t: nobody creates a file with mode 0
     O_RDWR and ftruncates it). Regression: aqd checked the mode again and said EACCES.
     truncate(2) by path still needs write permission."""
-    d = c.path("ftrunc")
-    os.mkdir(d)
-    os.chmod(d, 0o777)
+    d = open_dir(c, "ftrunc")
     code = (f"fd = os.open('{d}/f', os.O_CREAT | os.O_RDWR, 0)\n"
             "os.ftruncate(fd, 0)\nos.write(fd, b'abc')\nos.ftruncate(fd, 10)\nos.close(fd)")
     assert as_user(code) == 0

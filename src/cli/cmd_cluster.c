@@ -5,6 +5,7 @@
 #include "cli/cli.h"
 #include "common/cluster.h"
 #include "fuse/aqfuse.h"
+#include <dirent.h>
 #include <getopt.h>
 #include <libgen.h>
 #include <limits.h>
@@ -70,10 +71,29 @@ static void sibling_path(const char *name, char *out, size_t size)
 	snprintf(out, size, "%s/%s", dirname(self), name);
 }
 
+/* The absolute form of path (relative to cwd), from the real path of its directory and
+ * its last name: never a stat of path itself, which on a mount whose daemon is gone can
+ * wait forever. */
+static bool abs_mountpoint(const char *path, const char *cwd, char *out, size_t size)
+{
+	char tmp[PATH_MAX], dir[PATH_MAX];
+	if (snprintf(tmp, sizeof tmp, "%s%s%s", path[0] == '/' ? "" : cwd, path[0] == '/' ? "" : "/", path) >=
+	    (int)sizeof tmp)
+		return false;
+	size_t n = strlen(tmp);
+	while (n > 1 && tmp[n - 1] == '/')
+		tmp[--n] = 0;
+	char *slash = strrchr(tmp, '/');
+	*slash = 0;
+	if (!realpath(tmp[0] ? tmp : "/", dir))
+		return false;
+	return snprintf(out, size, "%s/%s", strcmp(dir, "/") ? dir : "", slash + 1) < (int)size;
+}
+
 static bool is_mounted(const char *mnt)
 {
 	char real[PATH_MAX];
-	if (!realpath(mnt, real))
+	if (!abs_mountpoint(mnt, ".", real, sizeof real))
 		return false;
 	FILE *f = fopen("/proc/self/mountinfo", "r");
 	if (!f)
@@ -337,12 +357,75 @@ int cmd_up(int argc, char **argv)
 	return 0;
 }
 
+/* Whether a live `aq mount` process serves mnt. */
+static bool mount_daemon_alive(const char *mnt)
+{
+	char want[PATH_MAX];
+	DIR *d = opendir("/proc");
+	if (!d || !abs_mountpoint(mnt, ".", want, sizeof want)) {
+		if (d)
+			closedir(d);
+		return true; /* cannot tell: the gentle way */
+	}
+	bool alive = false;
+	struct dirent *e;
+	while (!alive && (e = readdir(d))) {
+		char path[300], args[4096], cwd[PATH_MAX], got[PATH_MAX];
+		if (e->d_name[0] < '1' || e->d_name[0] > '9')
+			continue;
+		snprintf(path, sizeof path, "/proc/%s/cmdline", e->d_name);
+		int fd = open(path, O_RDONLY | O_CLOEXEC);
+		ssize_t n = fd >= 0 ? read(fd, args, sizeof args - 1) : -1;
+		if (fd >= 0)
+			close(fd);
+		if (n <= 0)
+			continue;
+		args[n] = 0;
+		/* argv: .../aq mount MOUNTPOINT ... */
+		const char *a0 = args, *a1 = a0 + strlen(a0) + 1, *a2 = a1 < args + n ? a1 + strlen(a1) + 1 : NULL;
+		const char *base = strrchr(a0, '/');
+		if (!a2 || a2 >= args + n || strcmp(base ? base + 1 : a0, "aq") || strcmp(a1, "mount"))
+			continue;
+		snprintf(path, sizeof path, "/proc/%s/cwd", e->d_name);
+		ssize_t c = readlink(path, cwd, sizeof cwd - 1);
+		if (c <= 0)
+			continue;
+		cwd[c] = 0;
+		if (!abs_mountpoint(a2, cwd, got, sizeof got) || strcmp(got, want))
+			continue;
+		/* not a zombie, not exiting after a kill */
+		snprintf(path, sizeof path, "/proc/%s/stat", e->d_name);
+		FILE *f = fopen(path, "re");
+		char buf[1024], state = 0;
+		unsigned long flags = 0;
+		size_t m = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
+		if (f)
+			fclose(f);
+		buf[m] = 0;
+		char *end = strrchr(buf, ')');
+		alive = end && sscanf(end + 1, " %c %*d %*d %*d %*d %*d %lu", &state, &flags) == 2 && state != 'Z' &&
+			state != 'X' && !(flags & 0x4 /* PF_EXITING */);
+	}
+	closedir(d);
+	return alive;
+}
+
 static int unmount(const char *mnt)
 {
 	if (!is_mounted(mnt))
 		return 0;
 	if (getuid() == 0 && umount2(mnt, 0) == 0)
 		return 0;
+	/* A mount whose daemon died (kill -9, OOM) can leave programs waiting on it for
+	 * good: a thread of the dead daemon may be stuck writing an invalidation for a
+	 * directory whose lock a waiting rename holds, so the daemon never finishes dying
+	 * and the kernel never fails what waits (a chaos run hit it). A forced unmount
+	 * aborts the connection: the waiters get ENOTCONN and the daemon exits. */
+	if (getuid() == 0 && !mount_daemon_alive(mnt)) {
+		umount2(mnt, MNT_FORCE);
+		if (umount2(mnt, 0) == 0)
+			return 0;
+	}
 	char *argv[] = {"/bin/fusermount3", "-u", (char *)mnt, NULL};
 	if (run_wait(argv) == 0)
 		return 0;

@@ -96,6 +96,19 @@ def run(*args, check=True, **kw):
     return p
 
 
+def mount_pid(mnt):
+    """The pid of the `aq mount` process serving mount point mnt (as given to it)."""
+    for d in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                args = f.read().split(b"\0")
+        except OSError:
+            continue
+        if b"mount" in args and mnt.encode() in args:
+            return int(d)
+    raise AssertionError(f"no mount process for {mnt}")
+
+
 class Cluster:
     """A single-node cluster under a fresh temporary directory, mounted."""
 
@@ -127,15 +140,7 @@ class Cluster:
 
     def mount_pid(self):
         """The pid of the `aq mount` process serving this cluster's mount point."""
-        for d in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                with open(f"/proc/{d}/cmdline", "rb") as f:
-                    args = f.read().split(b"\0")
-            except OSError:
-                continue
-            if b"mount" in args and self.mnt.encode() in args:
-                return int(d)
-        raise AssertionError(f"no mount process for {self.mnt}")
+        return mount_pid(self.mnt)
 
     def aq(self, *args, check=True):
         return run(AQ, *args, "--cluster", self.conf, check=check)

@@ -6,9 +6,10 @@ import os
 import re
 import signal
 import subprocess
+import threading
 import time
 
-from aqtest import AQ, AQD, Cluster, expect_errno, main, run, unmount
+from aqtest import AQ, AQD, Cluster, expect_errno, main, mount_pid, run, unmount
 
 
 def test_wrong_secret_is_refused():
@@ -140,6 +141,95 @@ def test_aq_up_and_down_know_a_stale_pid_file():
         finally:
             other.kill()
             other.wait()
+
+
+def daemon_stuck(pid):
+    """True while pid has a thread other than its first (a dead daemon's last thread)."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/task")) > 1
+    except OSError:
+        return False
+
+
+def abort_fuse_connection(conn):
+    """Fails every request of FUSE connection conn (fusectl): the way out of a hang."""
+    fusectl = "/sys/fs/fuse/connections"
+    if not os.listdir(fusectl):
+        subprocess.run(["mount", "-t", "fusectl", "none", fusectl])
+    try:
+        with open(f"{fusectl}/{conn}/abort", "w") as f:
+            f.write("1")
+    except OSError:
+        pass  # gone already
+
+
+def test_umount_frees_programs_waiting_on_a_killed_mount():
+    """A chaos run's finding: kill -9 of a mount while it writes an invalidation pushed by
+    another client's change into a directory, and a program renames in that directory
+    through it. The daemon's invalidating thread waits for the directory's lock, the
+    rename holds it waiting for an answer, and the kernel fails the rename only once the
+    daemon is gone, which that thread keeps from happening: both wait for good. `aq umount`
+    now aborts the connection of a mount whose daemon is dead (MNT_FORCE) before it
+    detaches it, and the rename returns. Up to five tries to meet the race."""
+    with Cluster() as c:
+        os.mkdir(c.path("rp"))
+        mnt = os.path.join(c.base, "second")
+        os.mkdir(mnt)
+        for attempt in range(5):
+            run(AQ, "mount", mnt, "--cluster", c.conf)
+            conn = os.minor(os.stat(mnt).st_dev)
+            for k in range(4):
+                open(os.path.join(mnt, "rp", f"x{k}"), "w").close()
+            stop = threading.Event()
+
+            def pusher():  # each change here is pushed to the second mount
+                i = 0
+                while not stop.is_set():
+                    i += 1
+                    p = c.path("rp", f"a{i % 50}")
+                    try:
+                        open(p, "w").close()
+                        os.unlink(p)
+                    except OSError:
+                        pass
+
+            def renamer(k):
+                x, y = os.path.join(mnt, "rp", f"x{k}"), os.path.join(mnt, "rp", f"y{k}")
+                while not stop.is_set():
+                    try:
+                        os.rename(x, y)
+                        os.rename(y, x)
+                    except OSError:
+                        time.sleep(0.01)
+
+            threads = [threading.Thread(target=pusher, daemon=True)]
+            threads += [threading.Thread(target=renamer, args=(k,), daemon=True) for k in range(4)]
+            for t in threads:
+                t.start()
+            time.sleep(1.0)
+            pid = mount_pid(mnt)
+            os.kill(pid, signal.SIGKILL)
+            t0 = time.monotonic()
+            while daemon_stuck(pid) and time.monotonic() - t0 < 3:
+                time.sleep(0.05)
+            hung = daemon_stuck(pid)
+            stop.set()
+            try:
+                run(AQ, "umount", mnt)
+                for t in threads:
+                    t.join(10)
+                left = [t for t in threads if t.is_alive()]
+                assert not left and not daemon_stuck(pid), \
+                    f"try {attempt}: {len(left)} threads still wait on the killed mount after aq umount"
+            finally:
+                if any(t.is_alive() for t in threads) or daemon_stuck(pid):
+                    abort_fuse_connection(conn)  # never leave them stuck
+                    for t in threads:
+                        t.join(10)
+                    subprocess.run(["umount", "-l", mnt], capture_output=True)
+            if hung:
+                return
+        print("  (the race did not happen in five tries)")
 
 
 def test_missing_cluster_file_is_clear():

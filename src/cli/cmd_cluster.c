@@ -370,7 +370,7 @@ static bool mount_daemon_alive(const char *mnt)
 	bool alive = false;
 	struct dirent *e;
 	while (!alive && (e = readdir(d))) {
-		char path[300], args[4096], cwd[PATH_MAX], got[PATH_MAX];
+		char path[300], args[4096], got[PATH_MAX];
 		if (e->d_name[0] < '1' || e->d_name[0] > '9')
 			continue;
 		snprintf(path, sizeof path, "/proc/%s/cmdline", e->d_name);
@@ -386,13 +386,16 @@ static bool mount_daemon_alive(const char *mnt)
 		const char *base = strrchr(a0, '/');
 		if (!a2 || a2 >= args + n || strcmp(base ? base + 1 : a0, "aq") || strcmp(a1, "mount"))
 			continue;
-		snprintf(path, sizeof path, "/proc/%s/cwd", e->d_name);
-		ssize_t c = readlink(path, cwd, sizeof cwd - 1);
-		if (c <= 0)
+		if (a2[0] != '/') {
+			/* given relative: the daemon has moved to / since, so where it pointed
+			 * is not known; one with our last name may be ours (never abort a live
+			 * mount) */
+			const char *b = strrchr(want, '/'), *g = strrchr(a2, '/');
+			if (strcmp(g ? g + 1 : a2, b + 1))
+				continue;
+		} else if (!abs_mountpoint(a2, "/", got, sizeof got) || strcmp(got, want)) {
 			continue;
-		cwd[c] = 0;
-		if (!abs_mountpoint(a2, cwd, got, sizeof got) || strcmp(got, want))
-			continue;
+		}
 		/* not a zombie, not exiting after a kill */
 		snprintf(path, sizeof path, "/proc/%s/stat", e->d_name);
 		FILE *f = fopen(path, "re");

@@ -76,10 +76,6 @@ static int read_span(const char *path, bool direct, uint8_t *buf, uint64_t span,
 
 int local_read(struct aq_client *c, uint64_t ino, const struct proto_loc *l, uint8_t **mem, const uint8_t **data)
 {
-	if (memcmp(l->boot_id, c->boot_id, sizeof c->boot_id) != 0) {
-		local_failed(c, "a location from another machine", -EXDEV); /* aqd checks: never */
-		return -EXDEV;
-	}
 	char path[PATH_MAX];
 	memcpy(path, l->path, l->path_len); /* proto_loc_get: shorter than PATH_MAX */
 	path[l->path_len] = '\0';

@@ -470,7 +470,6 @@ int proto_change_get(struct rbuf *r, struct proto_change *c)
 
 void proto_loc_put(struct wbuf *w, const struct proto_loc *l, const uint32_t *crc)
 {
-	wbuf_put(w, l->boot_id, sizeof l->boot_id);
 	wbuf_u64(w, l->rec_off);
 	wbuf_u64(w, l->version);
 	wbuf_u32(w, l->idx);
@@ -488,7 +487,6 @@ int proto_loc_get(const uint8_t *data, uint32_t len, struct proto_loc *l)
 {
 	struct rbuf r;
 	rbuf_init(&r, data, len);
-	const uint8_t *boot = rbuf_bytes(&r, sizeof l->boot_id);
 	l->rec_off = rbuf_u64(&r);
 	l->version = rbuf_u64(&r);
 	l->idx = rbuf_u32(&r);
@@ -505,7 +503,6 @@ int proto_loc_get(const uint8_t *data, uint32_t len, struct proto_loc *l)
 	if (r.err || r.pos != r.len || !l->path_len || l->path[0] != '/' || memchr(l->path, 0, l->path_len) ||
 	    !l->n || end > l->length || l->nblk != (end + AQ_CRC_BLOCK_SIZE - 1) / AQ_CRC_BLOCK_SIZE)
 		return -EPROTO;
-	memcpy(l->boot_id, boot, sizeof l->boot_id);
 	return 0;
 }
 

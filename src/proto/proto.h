@@ -235,13 +235,12 @@ int proto_change_get(struct rbuf *r, struct proto_change *c);
  * a client on the same machine that reads them itself. The request's data is the client's
  * boot id; a server with another one answers no location. Empty data: no location (also
  * when the bytes are elsewhere, not yet in a record, or in S3): read as usual.
- *   boot_id[16] | rec_off u64 | version u64 | idx u32 | length u32 | in u32 | n u32 |
- *   nblk u32 | direct u8 | path str | crc u32 x nblk
+ *   rec_off u64 | version u64 | idx u32 | length u32 | in u32 | n u32 | nblk u32 |
+ *   direct u8 | path str | crc u32 x nblk
  * The record at rec_off of the file at path holds chunk idx (length bytes, this version);
  * the bytes asked for are its [in, in + n), inside blocks [0, nblk) whose crc32c follow.
  * direct: not in the page cache, read it with O_DIRECT. */
 struct proto_loc {
-	uint8_t boot_id[AQ_BOOT_ID_SIZE];
 	uint64_t rec_off, version;
 	uint32_t idx, length, in, n, nblk;
 	bool direct;

@@ -271,7 +271,6 @@ static void open_map_loc(struct server *s, const struct proto_req *r, uint32_t t
 				       .length = loc->length, .in = in, .n = n, .nblk = loc->nblk,
 				       .direct = loc->direct, .path = loc->path,
 				       .path_len = (uint32_t)strlen(loc->path)};
-		memcpy(pl.boot_id, s->boot_id, sizeof pl.boot_id);
 		proto_loc_put(out, &pl, loc->crc);
 		put_le32(out->p + len_at, (uint32_t)(out->len - len_at - 4));
 		tier_note_read(s->tier, r->ino);

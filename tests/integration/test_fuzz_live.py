@@ -506,10 +506,10 @@ def test_g_open_map_only_for_this_machine(c):
     with open("/proc/sys/kernel/random/boot_id") as f:
         boot = bytes.fromhex(f.read().strip().replace("-", ""))
     here = open_map(c, ino, boot)
-    at = 16 + 8 + 8 + 4 * 5 + 1  # boot id, rec_off, version, idx .. nblk, direct (proto.h)
+    at = 8 + 8 + 4 * 5 + 1  # rec_off, version, idx .. nblk, direct (proto.h)
     plen, = struct.unpack_from("<I", here, at)
     path = here[at + 4:at + 4 + plen]
-    assert here[:16] == boot and b"/seg-" in path and os.path.isfile(path), here[:120]
+    assert b"/seg-" in path and os.path.isfile(path), here[:120]
     other = bytes(b ^ 0xFF for b in boot)
     assert open_map(c, ino, other) == b"", "a location for a client on another machine"
     assert open_map(c, ino, boot[:8]) == b"", "a location for a malformed boot id"

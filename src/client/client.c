@@ -1480,12 +1480,9 @@ int chunk_read_finish(struct aq_client *c, uint64_t ino, uint32_t cs, uint64_t p
 	for (int attempt = 0;; attempt++) {
 		bool answered = false;
 		if (call) {
-			const uint8_t *data;
 			err = rpc_wait(call);
 			if (!err)
-				err = rpc_read_result(call, len, &data);
-			if (!err && data != (uint8_t *)dest)
-				memcpy(dest, data, len);
+				err = rpc_read_into(call);
 			answered = call->answered;
 			rpc_free(call);
 		}

@@ -257,8 +257,9 @@ void rpc_cq_init(struct rpc_cq *cq);
 void rpc_cq_destroy(struct rpc_cq *cq);
 /* Takes one finished call off cq, waiting for one when wait is set; NULL if none. */
 struct rpc_call *rpc_cq_pop(struct rpc_cq *cq, bool wait);
-/* The data of a finished CHUNK_READ call: len bytes at *data (rdest or the payload). */
-int rpc_read_result(struct rpc_call *call, uint32_t len, const uint8_t **data);
+/* Puts a finished CHUNK_READ call's bytes at its rdest (the receiver read them straight
+ * there when it could): 0 or -errno. */
+int rpc_read_into(struct rpc_call *call);
 /* The affinity a request needs (see rpc_start). */
 uint64_t rpc_affinity(const struct proto_req *req);
 /* Waits for the reply. Returns 0 or -errno; the call keeps the payload until rpc_free. */

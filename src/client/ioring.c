@@ -37,10 +37,7 @@ uint32_t aq_ioring_inflight(const struct aq_ioring *r) { return r->inflight; }
 static void piece_done(struct aq_ioring *r, struct rpc_call *call)
 {
 	struct aq_io *io = call->cq_arg;
-	const uint8_t *data;
-	int e = rpc_read_result(call, call->rdest_len, &data);
-	if (!e && data != call->rdest)
-		memcpy(call->rdest, data, call->rdest_len);
+	int e = rpc_read_into(call);
 	if (e && aq_err_unreachable(e) && !call->answered) {
 		/* the connection failed under it: read it again once the server is back */
 		uint64_t pos = io->off + (uint64_t)((uint8_t *)call->rdest - (uint8_t *)io->buf);

@@ -59,12 +59,9 @@ static int win_wait(struct ra_win *w)
 		struct rpc_call *call = w->calls[i];
 		if (!call)
 			continue;
-		const uint8_t *data;
 		int e = rpc_wait(call);
 		if (!e)
-			e = rpc_read_result(call, call->rdest_len, &data);
-		if (!e && data != call->rdest)
-			memcpy(call->rdest, data, call->rdest_len);
+			e = rpc_read_into(call);
 		if (e && !w->err)
 			w->err = e;
 		rpc_free(call);

@@ -222,20 +222,16 @@ struct rpc_call *rpc_cq_pop(struct rpc_cq *cq, bool wait)
 	return call;
 }
 
-int rpc_read_result(struct rpc_call *call, uint32_t len, const uint8_t **data)
+int rpc_read_into(struct rpc_call *call)
 {
-	if (call->status)
+	if (call->status || call->direct)
 		return call->status;
-	if (call->direct) {
-		*data = call->rdest;
-		return 0;
-	}
 	struct proto_reply rep;
 	int rc = proto_reply_decode(OP_CHUNK_READ, call->payload, call->len, &rep);
-	if (!rc && rep.data_len != len)
+	if (!rc && rep.data_len != call->rdest_len)
 		rc = -EPROTO;
 	if (!rc)
-		*data = rep.data;
+		memcpy(call->rdest, rep.data, call->rdest_len);
 	return rc;
 }
 

@@ -110,35 +110,35 @@ static bool is_mounted(const char *mnt)
 	return found;
 }
 
-enum aqd_state { AQD_GONE, AQD_LIVE, AQD_EXITING };
+enum proc_state { PROC_GONE, PROC_LIVE, PROC_EXITING };
 
-/* Whether pid is an aqd, from /proc/PID/stat. AQD_GONE: no such process, a zombie (it
- * has let go of its files, lock and port), or another program (the pid file outlived
- * its aqd and the number was reused). AQD_EXITING: on its way out (PF_EXITING), which a
- * kill -9 of a big process stays for a second or two while the kernel frees its memory,
- * still holding aqd.lock and its port. kill(pid, 0) calls every one of them alive but a
- * process that is gone. */
-static enum aqd_state aqd_state(pid_t pid)
+/* Whether pid runs program name (its command name; NULL: any), from /proc/PID/stat.
+ * PROC_GONE: no such process, a zombie (it has let go of its files, lock and port), or
+ * another program (a pid file that outlived its aqd, the number reused). PROC_EXITING:
+ * on its way out (PF_EXITING), which a kill -9 of a big process stays for a second or
+ * two while the kernel frees its memory, still holding aqd.lock and its port.
+ * kill(pid, 0) calls every one of them alive but a process that is gone. */
+static enum proc_state proc_state(pid_t pid, const char *name)
 {
 	char path[64], buf[1024];
 	snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
 	FILE *f = fopen(path, "re");
 	if (!f)
-		return AQD_GONE;
+		return PROC_GONE;
 	size_t n = fread(buf, 1, sizeof buf - 1, f);
 	fclose(f);
 	buf[n] = 0;
-	char *name = strchr(buf, '('), *end = strrchr(buf, ')');
-	if (!name || !end || end < name)
-		return AQD_GONE;
+	char *comm = strchr(buf, '('), *end = strrchr(buf, ')');
+	if (!comm || !end || end < comm)
+		return PROC_GONE;
 	*end = 0;
 	char state = 0;
 	unsigned long flags = 0;
 	/* after the name: state ppid pgrp session tty_nr tpgid flags */
-	if (strcmp(name + 1, "aqd") || sscanf(end + 1, " %c %*d %*d %*d %*d %*d %lu", &state, &flags) != 2 ||
+	if ((name && strcmp(comm + 1, name)) || sscanf(end + 1, " %c %*d %*d %*d %*d %*d %lu", &state, &flags) != 2 ||
 	    state == 'Z' || state == 'X')
-		return AQD_GONE;
-	return flags & 0x4 /* PF_EXITING */ ? AQD_EXITING : AQD_LIVE;
+		return PROC_GONE;
+	return flags & 0x4 /* PF_EXITING */ ? PROC_EXITING : PROC_LIVE;
 }
 
 /* The pid of the aqd serving data, or 0 (its pid file names no live aqd). *exiting (if
@@ -156,18 +156,18 @@ static pid_t read_pid(const char *data, pid_t *exiting)
 	if (fscanf(f, "%d", &pid) != 1)
 		pid = 0;
 	fclose(f);
-	enum aqd_state st = pid > 0 ? aqd_state(pid) : AQD_GONE;
-	if (st == AQD_EXITING && exiting)
+	enum proc_state st = pid > 0 ? proc_state(pid, "aqd") : PROC_GONE;
+	if (st == PROC_EXITING && exiting)
 		*exiting = pid;
-	return st == AQD_LIVE ? pid : 0;
+	return st == PROC_LIVE ? pid : 0;
 }
 
 /* Waits up to tenths / 10 s for aqd pid to be gone; true once it is. */
 static bool wait_gone(pid_t pid, int tenths)
 {
-	for (int i = 0; i < tenths && aqd_state(pid) != AQD_GONE; i++)
+	for (int i = 0; i < tenths && proc_state(pid, "aqd") != PROC_GONE; i++)
 		usleep(100000);
-	return aqd_state(pid) == AQD_GONE;
+	return proc_state(pid, "aqd") == PROC_GONE;
 }
 
 static int run_wait(char *const argv[])
@@ -396,18 +396,7 @@ static bool mount_daemon_alive(const char *mnt)
 		} else if (!abs_mountpoint(a2, "/", got, sizeof got) || strcmp(got, want)) {
 			continue;
 		}
-		/* not a zombie, not exiting after a kill */
-		snprintf(path, sizeof path, "/proc/%s/stat", e->d_name);
-		FILE *f = fopen(path, "re");
-		char buf[1024], state = 0;
-		unsigned long flags = 0;
-		size_t m = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
-		if (f)
-			fclose(f);
-		buf[m] = 0;
-		char *end = strrchr(buf, ')');
-		alive = end && sscanf(end + 1, " %c %*d %*d %*d %*d %*d %lu", &state, &flags) == 2 && state != 'Z' &&
-			state != 'X' && !(flags & 0x4 /* PF_EXITING */);
+		alive = proc_state(atoi(e->d_name), NULL) == PROC_LIVE; /* not a zombie, not exiting */
 	}
 	closedir(d);
 	return alive;

@@ -1486,9 +1486,11 @@ int chunk_read_finish(struct aq_client *c, uint64_t ino, uint32_t cs, uint64_t p
 			answered = call->answered;
 			rpc_free(call);
 		}
+		if (!err || answered || !aq_err_unreachable(err))
+			return err;
 		if (!deadline)
 			deadline = aq_mono_ns() + (uint64_t)c->reconnect_s * 1000000000ull;
-		if (!err || answered || !aq_err_unreachable(err) || aq_mono_ns() > deadline)
+		else if (aq_mono_ns() > deadline)
 			return err;
 		usleep(attempt < 10 ? 50000 : 250000);
 		call = chunk_read_start(c, ino, cs, pos, len, dest, NULL, NULL, &err);

@@ -1279,6 +1279,7 @@ static int commit_entries(struct meta_store *m, const struct create_req *rq, str
 		struct meta_dentry d = { .ino = e[i].ino, .dtype = meta_dtype(rq->mode), .created_ts = ts };
 		meta_put_dentry(wb, e[i].key, e[i].klen, &d);
 		meta_put_log(wb, e[i].bucket, rq->parent, ts, e[i].ino, rq->names[i], rq->lens[i]);
+		meta_txn_put(wb, i, e[i].ino);
 		ts++;
 	}
 	struct meta_pdelta one, *pd = nb == 1 ? &one : aq_malloc(nb * sizeof(*pd));
@@ -1561,7 +1562,7 @@ retry:
 	struct meta_pdelta pd = { .bucket = b, .dir = parent, .dentries = -1 };
 	rc = meta_apply_partials(m, wb, &pd, 1, now);
 	if (rc == 0)
-		rc = meta_commit(m, wb);
+		rc = meta_commit_op(m, wb, 0);
 unlock:
 	meta_lockset_unlock(m, &ls);
 	rocksdb_writebatch_destroy(wb);
@@ -1654,7 +1655,7 @@ int meta_rmdir(struct meta_store *m, const struct aq_cred *cr, uint64_t parent, 
 	struct meta_pdelta pd = { .bucket = b, .dir = parent, .dentries = -1, .dsubdirs = -1 };
 	rc = meta_apply_partials(m, wb, &pd, 1, now);
 	if (rc == 0)
-		rc = meta_commit(m, wb);
+		rc = meta_commit_op(m, wb, 0);
 	if (rc == 0)
 		meta_count_dropped(m, d.ino);
 unlock:
@@ -1734,7 +1735,7 @@ int meta_link(struct meta_store *m, const struct aq_cred *cr, uint64_t ino, uint
 	struct meta_pdelta pd = { .bucket = b, .dir = newparent, .dentries = 1 };
 	rc = meta_apply_partials(m, wb, &pd, 1, now);
 	if (rc == 0)
-		rc = meta_commit(m, wb);
+		rc = meta_commit_op(m, wb, ino);
 	if (rc == 0 && out)
 		*out = in->a;
 unlock:

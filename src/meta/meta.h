@@ -54,6 +54,24 @@ int meta_mknod(struct meta_store *m, const struct aq_cred *cr, uint64_t parent, 
 int meta_mknod_many(struct meta_store *m, const struct aq_cred *cr, uint64_t parent, uint32_t n,
 		    const char *const *names, const size_t *name_lens, uint32_t mode, uint32_t rdev, uint32_t flags,
 		    struct aq_attr *outs, int *results);
+/* Exactly-once changes (txn.c). A client numbers each create, mkdir, symlink, link,
+ * unlink, rmdir and rename it sends: (client id, seq), client 0 meaning none. Between
+ * meta_txn_begin and meta_txn_end on one thread, the call that commits records its
+ * request in the same batch (meta_mknod_many: tx[i] for names[i]; other calls: tx[0]);
+ * a call that fails records nothing. meta_txn_find says whether tx committed (1, with
+ * the inode it made or linked in *ino, else 0 there), 0 if not, or -errno. tx must live
+ * until meta_txn_end. */
+struct meta_txn {
+	uint64_t client, seq;
+};
+#define META_TXN_KEEP_NS (600ll * 1000000000ll) /* how long a record is kept at least */
+void meta_txn_begin(const struct meta_txn *tx, uint32_t n);
+void meta_txn_end(void);
+int meta_txn_find(struct meta_store *m, const struct meta_txn *tx, uint64_t *ino);
+#define META_TXN_SWEEP_MAX 4096
+/* Deletes up to META_TXN_SWEEP_MAX records written before before_ns; returns how many,
+ * or -errno. */
+int meta_txn_sweep(struct meta_store *m, int64_t before_ns);
 int meta_mkdir(struct meta_store *m, const struct aq_cred *cr, uint64_t parent, const char *name, size_t name_len,
 	       uint32_t mode, struct aq_attr *out);
 int meta_symlink(struct meta_store *m, const struct aq_cred *cr, uint64_t parent, const char *name, size_t name_len,

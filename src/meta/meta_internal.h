@@ -27,6 +27,7 @@
 #define MK_COUNT 'C'
 #define MK_CLOCK 'T' /* "T": changelog clock reservation; no bucket, like "M" */
 #define MK_SUPER 'M' /* "M": format version and bucket count; the only key without a bucket */
+#define MK_TXN 'R'   /* "R": a client's committed change, for its retry (txn.c); no bucket */
 
 #define META_FORMAT_VERSION 1
 #define META_INODE_VERSION 2
@@ -52,6 +53,7 @@
 #define META_SEQ_KEY_LEN 3
 #define META_LOG_KEY_LEN 19          /* 'L' bucket16 dir64 ts64 */
 #define META_COUNT_KEY_LEN 3
+#define META_TXN_KEY_LEN 11          /* 'R' client64 slot16 */
 
 /* Row value lengths. */
 #define META_INODE_FIXED_LEN 85
@@ -60,6 +62,8 @@
 #define META_PARTIAL_VAL_LEN 32      /* nentries nsubdirs mtime ctime */
 #define META_ORPHAN_VAL_LEN 12       /* size64 chunk_size32 */
 #define META_COUNT_VAL_LEN 16        /* live_below64 mark64 */
+#define META_TXN_VAL_LEN 24          /* seq64 ino64 wall_ns64 */
+#define META_TXN_SLOTS 256           /* 'R' rows per client: changes it may have in flight */
 
 struct meta_partial {
 	int64_t nentries, nsubdirs;
@@ -74,6 +78,11 @@ struct meta_dirsum {
 	bool valid;
 	struct meta_partial sum;
 };
+/* The 'R' row of change i of the request this thread runs (meta_txn_begin; nothing when
+ * none is set or it has no client id) into wb: ino is what it made or linked, else 0. */
+void meta_txn_put(rocksdb_writebatch_t *wb, uint32_t i, uint64_t ino);
+/* Commits the batch of a change that answers one request: its 'R' row goes with it. */
+int meta_commit_op(struct meta_store *m, rocksdb_writebatch_t *wb, uint64_t ino);
 /* A new write batch for this thread's next commit (forgets partial-row changes that an
  * abandoned batch recorded for the directory-sum cache). */
 rocksdb_writebatch_t *meta_batch_new(void);

@@ -194,7 +194,7 @@ static int rename_locked(struct meta_store *m, const struct aq_cred *cr, struct 
 	rc = meta_apply_partials(m, wb, pd, 2, now);
 	if (rc)
 		return rc;
-	return meta_commit(m, wb);
+	return meta_commit_op(m, wb, 0);
 }
 
 int meta_rename(struct meta_store *m, const struct aq_cred *cr, uint64_t parent, const char *name, size_t name_len,

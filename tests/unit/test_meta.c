@@ -1207,6 +1207,63 @@ static int t_crash_reopen(void)
 	return 0;
 }
 
+/* ---- records of changes (txn.c) ---------------------------------------------------------------- */
+
+/* Whether (client, seq) is recorded; the inode it made in *ino. */
+static int recorded(uint64_t client, uint64_t seq, uint64_t *ino)
+{
+	struct meta_txn tx = { client, seq };
+	*ino = 0;
+	return meta_txn_find(g_m, &tx, ino);
+}
+
+static int t_txn(void)
+{
+	struct aq_attr d, a, outs[3];
+	uint64_t ino;
+	CHECK(meta_mkdir(g_m, &ROOT, AQ_ROOT_INO, "txn", 3, 0755, &d) == 0);
+	/* a create records itself with the inode it made; a failed one records nothing */
+	struct meta_txn one = { 0xC1, 1 };
+	meta_txn_begin(&one, 1);
+	CHECK(meta_mknod(g_m, &ROOT, d.ino, "f", 1, S_IFREG | 0644, 0, AQ_CREATE_EXCL, &a) == 0);
+	meta_txn_end();
+	CHECK(recorded(0xC1, 1, &ino) == 1 && ino == a.ino);
+	struct meta_txn two = { 0xC1, 2 };
+	meta_txn_begin(&two, 1);
+	CHECK(meta_mknod(g_m, &ROOT, d.ino, "f", 1, S_IFREG | 0644, 0, AQ_CREATE_EXCL, &a) == -EEXIST);
+	meta_txn_end();
+	CHECK(recorded(0xC1, 2, &ino) == 0);
+	CHECK(recorded(0xC2, 1, &ino) == 0); /* another client's */
+	/* without a current request nothing is recorded */
+	CHECK(meta_mknod(g_m, &ROOT, d.ino, "g", 1, S_IFREG | 0644, 0, AQ_CREATE_EXCL, &a) == 0);
+	CHECK(recorded(0xC1, 3, &ino) == 0);
+	/* a rename and an unlink record inode 0; the slot of seq 1 + 256 replaces seq 1's */
+	struct meta_txn ren = { 0xC1, 1 + META_TXN_SLOTS };
+	meta_txn_begin(&ren, 1);
+	CHECK(meta_rename(g_m, &ROOT, d.ino, "g", 1, d.ino, "h", 1, 0) == 0);
+	meta_txn_end();
+	CHECK(recorded(0xC1, ren.seq, &ino) == 1 && ino == 0);
+	CHECK(recorded(0xC1, 1, &ino) == 0);
+	/* meta_mknod_many: each name's own request, only for the names it made */
+	struct meta_txn many[3] = { { 0xC3, 10 }, { 0xC3, 11 }, { 0xC3, 12 } };
+	const char *names[3] = { "m0", "f", "m2" };
+	size_t lens[3] = { 2, 1, 2 };
+	int res[3];
+	meta_txn_begin(many, 3);
+	CHECK(meta_mknod_many(g_m, &ROOT, d.ino, 3, names, lens, S_IFREG | 0644, 0, AQ_CREATE_EXCL, outs, res) == 0);
+	meta_txn_end();
+	CHECK(res[0] == 0 && res[1] == -EEXIST && res[2] == 0);
+	CHECK(recorded(0xC3, 10, &ino) == 1 && ino == outs[0].ino);
+	CHECK(recorded(0xC3, 11, &ino) == 0);
+	CHECK(recorded(0xC3, 12, &ino) == 1 && ino == outs[2].ino);
+	/* the sweep drops what is older than its cutoff, and nothing younger */
+	CHECK(meta_txn_sweep(g_m, aq_now_ns() - 60ll * 1000000000ll) == 0);
+	CHECK(recorded(0xC3, 12, &ino) == 1);
+	CHECK(meta_txn_sweep(g_m, aq_now_ns() + 1) == 3); /* seq 1 + 256 took seq 1's row */
+	CHECK(recorded(0xC3, 12, &ino) == 0 && recorded(0xC1, ren.seq, &ino) == 0);
+	return 0;
+}
+
 /* ---- reopen ------------------------------------------------------------------------------------ */
 
 static int t_reopen(void)
@@ -1591,6 +1648,7 @@ int main(void)
 		{ "attrs_of", t_attrs_of },
 		{ "attrs_after_churn", t_attrs_after_churn },
 		{ "mknod_many_rmdir_race", t_many_rmdir_race },
+		{ "txn_records", t_txn },
 		{ "reopen", t_reopen },
 		{ "crash_reopen", t_crash_reopen },
 		{ "bench", t_bench }, /* only with AQ_META_BENCH */

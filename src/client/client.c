@@ -73,6 +73,9 @@ int aq_connect(const char *cluster_file, struct aq_client **out)
 	env = getenv("AQ_RECONNECT_S");
 	if (env && atoi(env) > 0 && atoi(env) <= 86400)
 		c->reconnect_s = (uint32_t)atoi(env);
+	/* names this client's changes, so that one sent again is not run twice (txn.c) */
+	while (!c->txn_client && random_bytes(&c->txn_client, sizeof c->txn_client) == 0)
+		;
 	c->poll_us = RPC_POLL_US;
 	env = getenv("AQ_POLL_US");
 	if (env && atoi(env) >= 0 && atoi(env) <= 10000)
@@ -1820,6 +1823,8 @@ struct aq_pending {
 static int pending_start(struct aq_client *c, uint32_t server, const struct proto_req *r, struct aq_pending **out)
 {
 	struct aq_pending *p = aq_calloc(1, sizeof *p);
+	/* not numbered: an asynchronous call is never sent again (its caller hears
+	 * ENOTCONN), so aqd need not keep a record of it */
 	struct wbuf w;
 	wbuf_init(&w, 128 + r->name_len + r->name2_len);
 	proto_req_encode(&w, r);

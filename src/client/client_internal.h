@@ -190,6 +190,8 @@ struct aq_client {
 	struct aq_cred cred;
 	uint32_t nconns;
 	uint32_t reconnect_s; /* how long a call waits for a restarting server */
+	uint64_t txn_client;          /* random: names this client's changes (0: none) */
+	_Atomic uint64_t txn_seq;     /* the next change's number */
 	uint32_t poll_us;     /* a waiter for a metadata reply polls this long before it sleeps */
 	struct rpc_conn *conns;    /* nconns per server */
 	atomic_uint rr;
@@ -265,7 +267,11 @@ uint64_t rpc_affinity(const struct proto_req *req);
 /* Waits for the reply. Returns 0 or -errno; the call keeps the payload until rpc_free. */
 int rpc_wait(struct rpc_call *call);
 void rpc_free(struct rpc_call *call);
-/* One request and its decoded reply (payload pointers stay valid until rpc_free(*call)). */
+/* Gives r, when it is a change (proto_op_numbered), this client's id and its next number. */
+void rpc_number(struct aq_client *c, struct proto_req *r);
+/* One request and its decoded reply (payload pointers stay valid until rpc_free(*call)).
+ * A call whose connection breaks is sent again, marked PROTO_F_RETRY, for up to
+ * reconnect_s. */
 int rpc_do(struct aq_client *c, uint32_t server, const struct proto_req *req, struct proto_reply *rep,
 	   struct rpc_call **call);
 /* Starts/stops the thread that keeps a watching client's INVAL connections up. */

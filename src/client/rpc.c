@@ -633,9 +633,9 @@ static struct rpc_conn *pick_conn(struct aq_client *c, uint32_t server, uint64_t
 
 /* Sends a request. A sync call is waited on at once by its sender, who then reads the
  * reply itself if nobody else is reading; any other call asks the receiver to read. */
-static struct rpc_call *start_call(struct aq_client *c, uint32_t server, uint16_t op, const struct wbuf *payload,
-				   uint64_t affinity, void *rdest, uint32_t rdest_len, struct rpc_cq *cq,
-				   void *cq_arg, bool hold, bool sync, int *err)
+static struct rpc_call *start_call(struct aq_client *c, uint32_t server, uint16_t op, uint16_t flags,
+				   const struct wbuf *payload, uint64_t affinity, void *rdest, uint32_t rdest_len,
+				   struct rpc_cq *cq, void *cq_arg, bool hold, bool sync, int *err)
 {
 	struct rpc_conn *rc = pick_conn(c, server, affinity);
 	struct rpc_call *call = aq_calloc(1, sizeof *call);
@@ -661,7 +661,7 @@ static struct rpc_call *start_call(struct aq_client *c, uint32_t server, uint16_
 		rx_kick_locked(rc);
 	pthread_mutex_lock(&rc->q_mu);
 	pthread_mutex_unlock(&rc->mu);
-	enqueue_and_send(rc, op, call->id, 0, payload, hold);
+	enqueue_and_send(rc, op, call->id, flags, payload, hold);
 	return call;
 }
 
@@ -713,14 +713,14 @@ void rpc_flusher_stop(struct aq_client *c)
 struct rpc_call *rpc_start(struct aq_client *c, uint32_t server, uint16_t op, const struct wbuf *payload,
 			   uint64_t affinity, int *err)
 {
-	return start_call(c, server, op, payload, affinity, NULL, 0, NULL, NULL, false, false, err);
+	return start_call(c, server, op, 0, payload, affinity, NULL, 0, NULL, NULL, false, false, err);
 }
 
 struct rpc_call *rpc_start_ex(struct aq_client *c, uint32_t server, uint16_t op, const struct wbuf *payload,
 			      uint64_t affinity, void *rdest, uint32_t rdest_len, struct rpc_cq *cq, void *cq_arg,
 			      bool hold, int *err)
 {
-	return start_call(c, server, op, payload, affinity, rdest, rdest_len, cq, cq_arg, hold, false, err);
+	return start_call(c, server, op, 0, payload, affinity, rdest, rdest_len, cq, cq_arg, hold, false, err);
 }
 
 /* Requests whose reply waits on the disk or on S3 (chunk I/O, an OPEN_READ's bytes,
@@ -897,6 +897,14 @@ void rpc_free(struct rpc_call *call)
 	free(call);
 }
 
+void rpc_number(struct aq_client *c, struct proto_req *r)
+{
+	if (proto_op_numbered(r->op)) {
+		r->txn_client = c->txn_client;
+		r->txn_seq = atomic_fetch_add(&c->txn_seq, 1);
+	}
+}
+
 int rpc_do(struct aq_client *c, uint32_t server, const struct proto_req *req, struct proto_reply *rep,
 	   struct rpc_call **callp)
 {
@@ -906,14 +914,18 @@ int rpc_do(struct aq_client *c, uint32_t server, const struct proto_req *req, st
 int rpc_do_on(struct aq_client *c, uint32_t server, const struct proto_req *req, struct proto_reply *rep,
 	      struct rpc_call **callp, uint64_t affinity)
 {
+	struct proto_req numbered = *req;
+	rpc_number(c, &numbered);
 	struct wbuf w;
 	wbuf_init(&w, 128 + req->data_len + req->name_len + req->name2_len);
-	proto_req_encode(&w, req);
+	proto_req_encode(&w, &numbered);
 	uint64_t deadline = aq_mono_ns() + (uint64_t)c->reconnect_s * 1000000000ull;
 	int err;
 	struct rpc_call *call = NULL;
 	for (int attempt = 0;; attempt++) {
-		call = start_call(c, server, req->op, &w, affinity, NULL, 0, NULL, NULL, false, true, &err);
+		/* sent again: the server may have run it, and looks for its record first */
+		uint16_t flags = attempt ? PROTO_F_RETRY : 0;
+		call = start_call(c, server, req->op, flags, &w, affinity, NULL, 0, NULL, NULL, false, true, &err);
 		if (call)
 			err = rpc_wait(call);
 		/* a server that answered ENOTCONN or EHOSTUNREACH (no object tier, S3 down) meant

@@ -170,6 +170,7 @@ enum {
 	F_FLAGS = 1u << 8, F_MASK = 1u << 9, F_ATTR = 1u << 10, F_COOKIE = 1u << 11,
 	F_SIZE = 1u << 12, F_OFF = 1u << 13, F_TIME = 1u << 14, F_MAX = 1u << 15,
 	F_LEN = 1u << 16, F_TARGET = 1u << 17, F_IDX = 1u << 18, F_DATA = 1u << 19,
+	F_TXN = 1u << 20,
 	F_KNOWN = 1u << 31,
 };
 
@@ -181,14 +182,14 @@ static uint32_t req_fields(uint16_t op)
 	case OP_LOOKUP: return F_KNOWN | F_CRED | F_PARENT | F_NAME;
 	case OP_GETATTR: return F_KNOWN | F_CRED | F_INO;
 	case OP_SETATTR: return F_KNOWN | F_CRED | F_INO | F_MASK | F_ATTR;
-	case OP_MKNOD: return F_KNOWN | F_CRED | F_PARENT | F_NAME | F_MODE | F_RDEV | F_FLAGS;
-	case OP_MKDIR: return F_KNOWN | F_CRED | F_PARENT | F_NAME | F_MODE;
-	case OP_SYMLINK: return F_KNOWN | F_CRED | F_PARENT | F_NAME | F_NAME2;
+	case OP_MKNOD: return F_KNOWN | F_CRED | F_PARENT | F_NAME | F_MODE | F_RDEV | F_FLAGS | F_TXN;
+	case OP_MKDIR: return F_KNOWN | F_CRED | F_PARENT | F_NAME | F_MODE | F_TXN;
+	case OP_SYMLINK: return F_KNOWN | F_CRED | F_PARENT | F_NAME | F_NAME2 | F_TXN;
 	case OP_READLINK: return F_KNOWN | F_CRED | F_INO;
-	case OP_UNLINK: return F_KNOWN | F_CRED | F_PARENT | F_NAME | F_FLAGS;
-	case OP_RMDIR: return F_KNOWN | F_CRED | F_PARENT | F_NAME;
-	case OP_RENAME: return F_KNOWN | F_CRED | F_PARENT | F_NAME | F_NEWPARENT | F_NAME2 | F_FLAGS;
-	case OP_LINK: return F_KNOWN | F_CRED | F_INO | F_NEWPARENT | F_NAME2;
+	case OP_UNLINK: return F_KNOWN | F_CRED | F_PARENT | F_NAME | F_FLAGS | F_TXN;
+	case OP_RMDIR: return F_KNOWN | F_CRED | F_PARENT | F_NAME | F_TXN;
+	case OP_RENAME: return F_KNOWN | F_CRED | F_PARENT | F_NAME | F_NEWPARENT | F_NAME2 | F_FLAGS | F_TXN;
+	case OP_LINK: return F_KNOWN | F_CRED | F_INO | F_NEWPARENT | F_NAME2 | F_TXN;
 	case OP_ACCESS: return F_KNOWN | F_CRED | F_INO | F_MASK;
 	case OP_OPEN: return F_KNOWN | F_CRED | F_INO | F_FLAGS;
 	case OP_RELEASE: return F_KNOWN | F_CRED | F_INO;
@@ -211,6 +212,8 @@ static uint32_t req_fields(uint16_t op)
 	}
 	return 0;
 }
+
+bool proto_op_numbered(uint16_t op) { return req_fields(op) & F_TXN; }
 
 void proto_req_encode(struct wbuf *w, const struct proto_req *r)
 {
@@ -243,6 +246,10 @@ void proto_req_encode(struct wbuf *w, const struct proto_req *r)
 	if (f & F_TARGET) wbuf_u32(w, r->target);
 	if (f & F_IDX) wbuf_u32(w, r->idx);
 	if (f & F_DATA) wbuf_str(w, r->data, r->data_len);
+	if (f & F_TXN) {
+		wbuf_u64(w, r->txn_client);
+		wbuf_u64(w, r->txn_seq);
+	}
 }
 
 /* A name off the wire: bounded, and no NUL inside (the store keeps names as C strings
@@ -293,6 +300,10 @@ int proto_req_decode(uint16_t op, const uint8_t *p, size_t len, struct proto_req
 	if (f & F_TARGET) r->target = rbuf_u32(&rb);
 	if (f & F_IDX) r->idx = rbuf_u32(&rb);
 	if (f & F_DATA) r->data = rbuf_str(&rb, &r->data_len, AQ_FRAME_MAX);
+	if (f & F_TXN) {
+		r->txn_client = rbuf_u64(&rb);
+		r->txn_seq = rbuf_u64(&rb);
+	}
 	if (rb.err || rb.pos != rb.len)
 		return -EPROTO;
 	return 0;

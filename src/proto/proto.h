@@ -18,7 +18,8 @@
 #include "aq.h"
 
 #define PROTO_MAGIC 0x31465141u /* "AQF1" */
-#define PROTO_VERSION 3 /* 2: UNLINK has flags, and its reply the directory's attributes; 3: OPEN_MAP */
+#define PROTO_VERSION 4 /* 2: UNLINK has flags, and its reply the directory's attributes; 3: OPEN_MAP;
+			  * 4: changes carry their client id and seq (txn), PROTO_F_RETRY */
 #define PROTO_HDR_SIZE 32
 #define PROTO_NONCE_SIZE 32
 #define PROTO_MAC_SIZE 32
@@ -99,6 +100,8 @@ int proto_extents_decode(const uint8_t *p, uint32_t len, struct aq_extent *ext, 
 #define PROTO_F_SYNC 2u /* CHUNK_WRITE: durable before the reply */
 #define PROTO_F_PUSH 4u /* INVAL: sent by the server unasked, request id 0 */
 #define PROTO_F_NOREPLY 8u /* RELEASE: the sender waits for no reply, and none is sent */
+#define PROTO_F_RETRY 16u  /* a change sent again after its connection broke: it may have run
+			    * (the server looks up its txn first, src/meta/txn.c) */
 
 /* MKNOD flags beyond AQ_CREATE_EXCL: also open the new (or existing) regular file for
  * this connection, with the open(2) flags carried in rdev, as OPEN would. */
@@ -168,8 +171,14 @@ struct proto_req {
 	int64_t time_ns;
 	uint32_t max, len, target, idx;
 	const uint8_t *data; uint32_t data_len;
+	/* changes (MKNOD, MKDIR, SYMLINK, LINK, UNLINK, RMDIR, RENAME): who sent it and its
+	 * number there; client 0 asks for no record */
+	uint64_t txn_client, txn_seq;
+	bool retry; /* not on the wire: the header's PROTO_F_RETRY, set by whoever decodes */
 };
 
+/* Does op carry a txn (a change that fails when run twice)? */
+bool proto_op_numbered(uint16_t op);
 /* Encodes r's payload (the fields its opcode carries) onto w. */
 void proto_req_encode(struct wbuf *w, const struct proto_req *r);
 /* Decodes a payload for opcode op. Returns 0, or -EPROTO for an unknown opcode, a short

@@ -41,6 +41,7 @@ struct server {
 	atomic_uint nwatchers;
 	int boot_err;                       /* aq_boot_id's: no OPEN_MAP locations when set */
 	uint8_t boot_id[AQ_BOOT_ID_SIZE];
+	uint16_t exit_after;                /* tests: $AQ_TEST_EXIT_AFTER (see server_start) */
 };
 
 /* Per connection: authentication state, the inodes it holds open, and whether its
@@ -491,8 +492,56 @@ static int chunk_write_extents(struct server *s, const struct proto_req *r)
 	return rc;
 }
 
-/* Executes one decoded request; appends the reply payload to out. Returns 0 or -errno. */
+static int handle_op(struct server *s, struct sconn *sc, const struct proto_req *r, struct wbuf *out);
+
+/* A change sent again, after its connection broke, that this server had committed: it
+ * is answered as its first run would have been, not run twice (an O_EXCL create would
+ * say EEXIST, an unlink or a rename ENOENT). Returns 1 with the reply in out, 0 when it
+ * never committed (it runs now), or -errno. */
+static int replay(struct server *s, struct sconn *sc, const struct proto_req *r, struct wbuf *out)
+{
+	struct meta_txn tx = {r->txn_client, r->txn_seq};
+	uint64_t ino = 0;
+	int rc = meta_txn_find(s->meta, &tx, &ino);
+	if (rc <= 0)
+		return rc;
+	struct proto_reply rep = {.op = r->op};
+	if (ino) {
+		/* what it made or linked, as it is now (gone: someone removed it since) */
+		rc = meta_getattr(s->meta, ino, &rep.attr);
+		if (rc)
+			return rc;
+		if (r->op == OP_MKNOD && (r->flags & PROTO_MKNOD_OPEN))
+			conn_track_open(s, sc, ino);
+	} else if (r->op == OP_UNLINK && (r->flags & PROTO_UNLINK_DIR_ATTR) &&
+		   meta_getattr(s->meta, r->parent, &rep.attr)) {
+		memset(&rep.attr, 0, sizeof rep.attr);
+	}
+	log_info("%s sent again by client %016llx (#%llu): done before the restart, answered from its record",
+		 proto_op_name(r->op), (unsigned long long)r->txn_client, (unsigned long long)r->txn_seq);
+	proto_reply_encode(out, &rep);
+	return 1;
+}
+
+/* Executes one decoded request; appends the reply payload to out. Returns 0 or -errno.
+ * A numbered change commits the record of itself with it (src/meta/txn.c). */
 static int handle(struct server *s, struct sconn *sc, const struct proto_req *r, struct wbuf *out)
+{
+	if (!proto_op_numbered(r->op) || !r->txn_client)
+		return handle_op(s, sc, r, out);
+	if (r->retry) {
+		int rc = replay(s, sc, r, out);
+		if (rc)
+			return rc < 0 ? rc : 0;
+	}
+	struct meta_txn tx = {r->txn_client, r->txn_seq};
+	meta_txn_begin(&tx, 1);
+	int rc = handle_op(s, sc, r, out);
+	meta_txn_end();
+	return rc;
+}
+
+static int handle_op(struct server *s, struct sconn *sc, const struct proto_req *r, struct wbuf *out)
 {
 	struct proto_reply rep = {.op = r->op};
 	const struct aq_cred *cr = &r->cred;
@@ -779,6 +828,7 @@ static int run_one(struct server *s, struct sconn *sc, const struct proto_hdr *h
 		log_debug("malformed %s frame (%u bytes)", proto_op_name(h->op), h->payload_len);
 		return AQ_S_PROTO;
 	}
+	r.retry = h->flags & PROTO_F_RETRY;
 	rc = handle(s, sc, &r, out);
 	if (rc && r.op != OP_TIER)
 		out->len = 0; /* error replies carry no payload; TIER's carries why */
@@ -829,7 +879,9 @@ static int run_batch(struct server *s, struct sconn *sc, const struct proto_hdr 
 		if (proto_batch_next(&rb, &shs[i], &sps[i]))
 			st = AQ_S_PROTO;
 		else
-			decoded[i] = shs[i].op == OP_MKNOD && (!shs[i].epoch || shs[i].epoch == s->map.epoch) &&
+			/* a create sent again runs on its own (run_one): it may have run */
+			decoded[i] = shs[i].op == OP_MKNOD && !(shs[i].flags & PROTO_F_RETRY) &&
+				     (!shs[i].epoch || shs[i].epoch == s->map.epoch) &&
 				     !proto_req_decode(OP_MKNOD, sps[i], shs[i].payload_len, &reqs[i]);
 	}
 	if (!st && rb.pos != rb.len)
@@ -841,6 +893,7 @@ static int run_batch(struct server *s, struct sconn *sc, const struct proto_hdr 
 	size_t lens[PROTO_BATCH_MAX];
 	struct aq_attr outs[64];
 	int results[64];
+	struct meta_txn txs[64];
 	uint32_t n = 0;
 	while (!st && n < br.max) {
 		uint32_t run = 1;
@@ -854,9 +907,13 @@ static int run_batch(struct server *s, struct sconn *sc, const struct proto_hdr 
 				names[k] = reqs[n + k].name;
 				lens[k] = reqs[n + k].name_len;
 			}
+			for (uint32_t k = 0; k < run; k++)
+				txs[k] = (struct meta_txn){reqs[n + k].txn_client, reqs[n + k].txn_seq};
 			const struct proto_req *r0 = &reqs[n];
+			meta_txn_begin(txs, run);
 			meta_mknod_many(s->meta, &r0->cred, r0->parent, run, names, lens, r0->mode, r0->rdev, r0->flags,
 					outs, results);
+			meta_txn_end();
 			for (uint32_t k = 0; k < run; k++) {
 				if (!results[k])
 					inval_entry(s, r0->parent, names[k], (uint32_t)lens[k]);
@@ -953,6 +1010,10 @@ static void on_frame(void *arg, struct net_conn *c, const struct proto_hdr *h, c
 	struct wbuf out;
 	wbuf_init(&out, 256);
 	int st = h->op == OP_BATCH ? run_batch(s, sc, h, payload, &out) : run_one(s, sc, h, payload, &out);
+	if (st == 0 && h->op == s->exit_after) {
+		log_warn("exiting after %s committed, as $AQ_TEST_EXIT_AFTER asks", proto_op_name(h->op));
+		_exit(75);
+	}
 	inval_push(s, sc);
 	/* a RELEASE nobody waits for (it has nothing to say but "done") */
 	if (!(h->op == OP_RELEASE && (h->flags & PROTO_F_NOREPLY)))
@@ -1035,11 +1096,29 @@ static void on_close(void *arg, struct net_conn *c)
 	pthread_mutex_unlock(&s->gc_mu);
 }
 
+/* Drops the records of changes (src/meta/txn.c) older than META_TXN_KEEP_NS, once a
+ * minute, and never in aqd's first META_TXN_KEEP_NS: a client still sending a change
+ * again from before a restart has that long to find its record. */
+static void sweep_txns(struct server *s, uint64_t *next_ns)
+{
+	if (aq_mono_ns() < *next_ns)
+		return;
+	*next_ns = aq_mono_ns() + 60ull * 1000000000ull;
+	int n;
+	do
+		n = meta_txn_sweep(s->meta, aq_now_ns() - META_TXN_KEEP_NS);
+	while (n == META_TXN_SWEEP_MAX);
+	if (n < 0)
+		log_warn("dropping old change records: %s", aq_strerror(n));
+}
+
 /* The orphan collector: frees the data of inodes whose last link went away and that no
- * client holds open, then drops their inode rows. */
+ * client holds open, then drops their inode rows. It also syncs the logs each second
+ * and drops old change records. */
 static void *gc_main(void *arg)
 {
 	struct server *s = arg;
+	uint64_t next_sweep = aq_mono_ns() + (uint64_t)META_TXN_KEEP_NS;
 	struct meta_orphan orphans[128];
 	for (;;) {
 		pthread_mutex_lock(&s->gc_mu);
@@ -1061,6 +1140,7 @@ static void *gc_main(void *arg)
 			src = data_sync(s->data, s->local_targets[t]);
 		if (src)
 			log_error("periodic sync: %s", aq_strerror(src));
+		sweep_txns(s, &next_sweep);
 		uint64_t after = 0;
 		for (;;) {
 			int n = meta_orphans(s->meta, orphans, ARRAY_SIZE(orphans), after);
@@ -1092,6 +1172,13 @@ int server_start(const struct server_options *opt, struct server **out)
 	int rc;
 	s->opt = *opt;
 	s->boot_err = aq_boot_id(s->boot_id);
+	/* For the tests of changes sent again: $AQ_TEST_EXIT_AFTER=OPNAME (UNLINK, RENAME...)
+	 * makes aqd exit at once after it committed the first such request, before the reply
+	 * goes out, which a kill -9 can do only by luck. */
+	const char *exit_after = getenv("AQ_TEST_EXIT_AFTER");
+	for (uint16_t op = 1; exit_after && op < OP_MAX_; op++)
+		if (!strcmp(proto_op_name(op), exit_after))
+			s->exit_after = op;
 	pthread_mutex_init(&s->open_mu, NULL);
 	pthread_mutex_init(&s->watch_mu, NULL);
 	pthread_mutex_init(&s->gc_mu, NULL);

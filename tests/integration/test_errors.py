@@ -113,6 +113,61 @@ def test_read_right_after_aqd_restarts_waits_for_it():
                 assert f.read() == data, f"round {i}: the file read back differs"
 
 
+def test_a_change_aqd_made_just_before_it_died_is_made_once():
+    """Regression (found by a kill -9 loop, about once in ten kills): aqd committed a
+    change and died before its reply left; the mount sent it again to the restarted aqd,
+    where it failed as a second run does. An O_EXCL create said EEXIST, and an unlink or
+    rename ENOENT, for a change that was made. Now the client numbers each change, aqd
+    records it in the batch that commits it, and a change sent again is answered from
+    that record. $AQ_TEST_EXIT_AFTER makes aqd exit at exactly that moment, once for each
+    kind of change, through the mount."""
+    with Cluster() as c:
+        d = c.path("d")
+        os.mkdir(d)
+        with open(os.path.join(d, "a"), "w") as f:
+            f.write("a")
+        p = lambda name: os.path.join(d, name)  # noqa: E731
+        steps = [
+            ("MKNOD", lambda: os.close(os.open(p("new"), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))),
+            ("RENAME", lambda: os.rename(p("a"), p("b"))),
+            ("LINK", lambda: os.link(p("b"), p("l"))),
+            ("UNLINK", lambda: os.unlink(p("l"))),
+            ("MKDIR", lambda: os.mkdir(p("sub"))),
+            ("SYMLINK", lambda: os.symlink("b", p("s"))),
+            ("RMDIR", lambda: os.rmdir(p("sub"))),
+        ]
+        for op, change in steps:
+            c.kill9()
+            os.environ["AQ_TEST_EXIT_AFTER"] = op
+            try:
+                c.restart()
+            finally:
+                del os.environ["AQ_TEST_EXIT_AFTER"]
+            pid = c.pid()
+            errors = []
+
+            def run_change(change=change):
+                try:
+                    change()
+                except OSError as e:
+                    errors.append(e)
+            t = threading.Thread(target=run_change)
+            t.start()
+            for _ in range(200):  # aqd exits once the change has committed
+                if not os.path.exists(f"/proc/{pid}"):
+                    break
+                time.sleep(0.05)
+            assert not os.path.exists(f"/proc/{pid}"), f"aqd did not exit after {op}"
+            c.restart()
+            t.join(60)
+            assert not t.is_alive(), f"{op} still waits after aqd came back"
+            assert not errors, f"{op}, made before aqd died, failed when sent again: {errors[0]}"
+        assert sorted(os.listdir(d)) == ["b", "new", "s"], os.listdir(d)
+        assert os.stat(p("b")).st_nlink == 1 and os.readlink(p("s")) == "b"
+        with open(os.path.join(c.data, "aqd.log")) as f:
+            assert f.read().count("sent again by client") == len(steps)
+
+
 def test_aq_up_and_down_know_a_stale_pid_file():
     """aqd.pid outlives a killed aqd, and its number may be reused. Regression: `aq up`
     took any live process with that number for aqd ("aqd already running") and started

@@ -18,7 +18,7 @@ import time
 from aqtest import Cluster, main, proc_status_kib
 
 MAGIC = 0x31465141
-VERSION = 3  # PROTO_VERSION, src/proto/proto.h
+VERSION = 4  # PROTO_VERSION, src/proto/proto.h
 HDR = struct.Struct("<IHHQIHHII")  # magic, version, op, req_id, epoch, status, flags, payload_len, reserved
 assert HDR.size == 32
 F_REPLY = 1
@@ -28,6 +28,7 @@ OP_LOOKUP, OP_GETATTR, OP_MKNOD, OP_MKDIR, OP_SYMLINK = 10, 11, 13, 14, 15
 OP_BATCH = 50
 KNOWN_OPS = {2, 3} | set(range(10, 33)) | {40, 41, 50, 60}
 S_OK, S_PROTO, S_AUTH = 0, 19, 100
+S_ENOENT, S_EEXIST = 2, 5  # src/common/errors.h
 TIMEOUT_S = 5.0
 SEED = 20240611
 ITERATIONS = 8000
@@ -138,8 +139,9 @@ def lookup_payload(name, parent=1):
     return cred() + struct.pack("<Q", parent) + string(name)
 
 
-def mknod_payload(name, parent=1, mode=0o100644, rdev=0, flags=1):
-    return cred() + struct.pack("<Q", parent) + string(name) + struct.pack("<III", mode, rdev, flags)
+def mknod_payload(name, parent=1, mode=0o100644, rdev=0, flags=1, txn=(0, 0)):
+    """MKNOD's fields; txn is (client id, seq), 0 asking for no record of the change."""
+    return cred() + struct.pack("<Q", parent) + string(name) + struct.pack("<IIIQQ", mode, rdev, flags, *txn)
 
 
 def parse_created(payload):
@@ -456,7 +458,7 @@ def test_e_watcher_that_never_reads(c):
         r = recv_frame(writer)  # "server hung" if a push blocks
         assert r["status"] == S_OK, f"create {i}: {r}"
     for i, nm in enumerate(names):
-        p = lookup_payload(nm) + struct.pack("<I", 0)  # UNLINK: LOOKUP's fields, then flags
+        p = lookup_payload(nm) + struct.pack("<IQQ", 0, 0, 0)  # UNLINK: LOOKUP's fields, flags, txn
         send(writer, hdr(OP_UNLINK, 50000 + i, len(p)) + p)
         assert recv_frame(writer)["status"] == S_OK
     took = time.time() - t0
@@ -514,6 +516,49 @@ def test_g_open_map_only_for_this_machine(c):
     assert open_map(c, ino, other) == b"", "a location for a client on another machine"
     assert open_map(c, ino, boot[:8]) == b"", "a location for a malformed boot id"
     state.setdefault("created", set()).add("located")
+
+
+F_RETRY = 16  # PROTO_F_RETRY: a change sent again after its connection broke
+OP_RENAME = 19
+
+
+def test_h_change_sent_again_runs_once(c):
+    """A change sent again (PROTO_F_RETRY) with the client id and seq of one aqd committed
+    is answered from aqd's record of it, also after a kill -9: an O_EXCL create gets its
+    file, not EEXIST, and a rename is done once, not failed with ENOENT. The same frame
+    without the flag, or with another seq, runs again and fails as a second create must."""
+    client = 0x1DEA5EED
+    s = authed(c)
+
+    def ask(op, p, flags=0):
+        req = random.randrange(1, 1 << 32)
+        send(s, hdr(op, req, len(p), flags=flags) + p)
+        r = recv_frame(s)
+        assert r["op"] == op and r["req_id"] == req, r
+        return r
+
+    create = mknod_payload(b"made-once", txn=(client, 7))
+    first = ask(OP_MKNOD, create)
+    assert first["status"] == S_OK, first
+    ino = struct.unpack_from("<Q", first["payload"])[0]
+    assert ask(OP_MKNOD, create)["status"] == S_EEXIST, "a second create without the flag"
+    assert ask(OP_MKNOD, mknod_payload(b"made-once", txn=(client, 8)), F_RETRY)["status"] == S_EEXIST, \
+        "a create sent again that never committed"
+    rename = cred() + struct.pack("<Q", 1) + string(b"made-once") + struct.pack("<Q", 1) + string(b"renamed") + \
+        struct.pack("<IQQ", 0, client, 9)
+    assert ask(OP_RENAME, rename)["status"] == S_OK
+    s.close()
+
+    c.kill9()
+    c.restart()
+    s = authed(c)
+    again = ask(OP_MKNOD, create, F_RETRY)
+    assert again["status"] == S_OK, f"the create sent again after a restart: {again}"
+    assert struct.unpack_from("<Q", again["payload"])[0] == ino, "answered with another inode"
+    assert ask(OP_RENAME, rename, F_RETRY)["status"] == S_OK, "the rename sent again after a restart"
+    assert ask(OP_RENAME, rename)["status"] == S_ENOENT, "a second rename without the flag"
+    s.close()
+    state.setdefault("created", set()).add("renamed")
 
 
 if __name__ == "__main__":

@@ -60,6 +60,7 @@ enum {
 	T_NAME2 = 1u << 5, T_MODE = 1u << 6, T_RDEV = 1u << 7, T_FLAGS = 1u << 8, T_MASK = 1u << 9,
 	T_ATTR = 1u << 10, T_COOKIE = 1u << 11, T_SIZE = 1u << 12, T_OFF = 1u << 13, T_TIME = 1u << 14,
 	T_MAX = 1u << 15, T_LEN = 1u << 16, T_TARGET = 1u << 17, T_IDX = 1u << 18, T_DATA = 1u << 19,
+	T_TXN = 1u << 20, /* u64 client, u64 seq: the changes (version 4) */
 	T_KNOWN = 1u << 31,
 };
 
@@ -71,14 +72,14 @@ static uint32_t spec_req(uint16_t op)
 	case OP_LOOKUP: return T_KNOWN | T_CRED | T_PARENT | T_NAME;
 	case OP_GETATTR: return T_KNOWN | T_CRED | T_INO;
 	case OP_SETATTR: return T_KNOWN | T_CRED | T_INO | T_MASK | T_ATTR;
-	case OP_MKNOD: return T_KNOWN | T_CRED | T_PARENT | T_NAME | T_MODE | T_RDEV | T_FLAGS;
-	case OP_MKDIR: return T_KNOWN | T_CRED | T_PARENT | T_NAME | T_MODE;
-	case OP_SYMLINK: return T_KNOWN | T_CRED | T_PARENT | T_NAME | T_NAME2;
+	case OP_MKNOD: return T_KNOWN | T_CRED | T_PARENT | T_NAME | T_MODE | T_RDEV | T_FLAGS | T_TXN;
+	case OP_MKDIR: return T_KNOWN | T_CRED | T_PARENT | T_NAME | T_MODE | T_TXN;
+	case OP_SYMLINK: return T_KNOWN | T_CRED | T_PARENT | T_NAME | T_NAME2 | T_TXN;
 	case OP_READLINK: return T_KNOWN | T_CRED | T_INO;
-	case OP_UNLINK: return T_KNOWN | T_CRED | T_PARENT | T_NAME | T_FLAGS;
-	case OP_RMDIR: return T_KNOWN | T_CRED | T_PARENT | T_NAME;
-	case OP_RENAME: return T_KNOWN | T_CRED | T_PARENT | T_NAME | T_NEWPARENT | T_NAME2 | T_FLAGS;
-	case OP_LINK: return T_KNOWN | T_CRED | T_INO | T_NEWPARENT | T_NAME2;
+	case OP_UNLINK: return T_KNOWN | T_CRED | T_PARENT | T_NAME | T_FLAGS | T_TXN;
+	case OP_RMDIR: return T_KNOWN | T_CRED | T_PARENT | T_NAME | T_TXN;
+	case OP_RENAME: return T_KNOWN | T_CRED | T_PARENT | T_NAME | T_NEWPARENT | T_NAME2 | T_FLAGS | T_TXN;
+	case OP_LINK: return T_KNOWN | T_CRED | T_INO | T_NEWPARENT | T_NAME2 | T_TXN;
 	case OP_ACCESS: return T_KNOWN | T_CRED | T_INO | T_MASK;
 	case OP_OPEN: return T_KNOWN | T_CRED | T_INO | T_FLAGS;
 	case OP_RELEASE: return T_KNOWN | T_CRED | T_INO;
@@ -171,6 +172,7 @@ static void rnd_req(struct proto_req *r, uint16_t op, struct req_store *st, uint
 	r->data_len = rndn(sizeof st->data + 1);
 	rnd_fill(st->data, r->data_len);
 	r->data = st->data;
+	r->txn_client = rnd(); r->txn_seq = rnd();
 }
 
 static size_t spec_req_len(uint32_t f, const struct proto_req *r)
@@ -185,6 +187,7 @@ static size_t spec_req_len(uint32_t f, const struct proto_req *r)
 	n += 8 * (!!(f & T_COOKIE) + !!(f & T_SIZE) + !!(f & T_OFF) + !!(f & T_TIME));
 	n += 4 * (!!(f & T_MAX) + !!(f & T_LEN) + !!(f & T_TARGET) + !!(f & T_IDX));
 	if (f & T_DATA) n += 4 + r->data_len;
+	if (f & T_TXN) n += 16;
 	return n;
 }
 
@@ -218,6 +221,7 @@ static int req_equal(uint32_t f, const struct proto_req *a, const struct proto_r
 	SAME(T_TARGET, a->target == b->target, "target");
 	SAME(T_IDX, a->idx == b->idx, "idx");
 	SAME(T_DATA, a->data_len == b->data_len && !memcmp(a->data, b->data, a->data_len), "data");
+	SAME(T_TXN, a->txn_client == b->txn_client && a->txn_seq == b->txn_seq, "txn");
 #undef SAME
 	/* b is the decoded one: what the opcode does not carry stays zero */
 	static const struct aq_attr zattr;
@@ -234,6 +238,7 @@ static int req_equal(uint32_t f, const struct proto_req *a, const struct proto_r
 	ZERO(T_FLAGS, b->flags == 0, "flags");
 	ZERO(T_ATTR, !memcmp(&b->attr, &zattr, sizeof zattr), "attr");
 	ZERO(T_DATA, b->data_len == 0, "data");
+	ZERO(T_TXN, b->txn_client == 0 && b->txn_seq == 0, "txn");
 #undef ZERO
 	return 1;
 }

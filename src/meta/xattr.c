@@ -136,7 +136,7 @@ static int xattr_change(struct meta_store *m, const struct aq_cred *cr, uint64_t
 	}
 	in->a.ctime_ns = aq_now_ns();
 	meta_put_inode(wb, in);
-	rc = meta_commit(m, wb);
+	rc = meta_commit_op(m, wb, 0);
 unlock:
 	meta_lockset_unlock(m, &ls);
 	rocksdb_writebatch_destroy(wb);

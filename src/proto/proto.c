@@ -196,10 +196,10 @@ static uint32_t req_fields(uint16_t op)
 	case OP_COMMIT_SIZE: return F_KNOWN | F_CRED | F_INO | F_SIZE | F_TIME;
 	case OP_READDIR: return F_KNOWN | F_CRED | F_INO | F_COOKIE | F_MAX | F_FLAGS;
 	case OP_CHANGES: return F_KNOWN | F_CRED | F_INO | F_COOKIE | F_MAX;
-	case OP_SETXATTR: return F_KNOWN | F_CRED | F_INO | F_NAME | F_FLAGS | F_DATA;
+	case OP_SETXATTR: return F_KNOWN | F_CRED | F_INO | F_NAME | F_FLAGS | F_DATA | F_TXN;
 	case OP_GETXATTR: return F_KNOWN | F_CRED | F_INO | F_NAME | F_LEN;
 	case OP_LISTXATTR: return F_KNOWN | F_CRED | F_INO | F_LEN;
-	case OP_REMOVEXATTR: return F_KNOWN | F_CRED | F_INO | F_NAME;
+	case OP_REMOVEXATTR: return F_KNOWN | F_CRED | F_INO | F_NAME | F_TXN;
 	case OP_STATFS: return F_KNOWN | F_CRED;
 	case OP_FSYNC: return F_KNOWN | F_CRED | F_INO | F_FLAGS;
 	case OP_WATCH: return F_KNOWN | F_COOKIE | F_FLAGS;

@@ -171,8 +171,9 @@ struct proto_req {
 	int64_t time_ns;
 	uint32_t max, len, target, idx;
 	const uint8_t *data; uint32_t data_len;
-	/* changes (MKNOD, MKDIR, SYMLINK, LINK, UNLINK, RMDIR, RENAME): who sent it and its
-	 * number there; client 0 asks for no record */
+	/* changes that fail when run twice (MKNOD, MKDIR, SYMLINK, LINK, UNLINK, RMDIR,
+	 * RENAME, SETXATTR, REMOVEXATTR): who sent it and its number there; client 0 asks
+	 * for no record */
 	uint64_t txn_client, txn_seq;
 	bool retry; /* not on the wire: the header's PROTO_F_RETRY, set by whoever decodes */
 };

@@ -117,7 +117,8 @@ def test_a_change_aqd_made_just_before_it_died_is_made_once():
     """Regression (found by a kill -9 loop, about once in ten kills): aqd committed a
     change and died before its reply left; the mount sent it again to the restarted aqd,
     where it failed as a second run does. An O_EXCL create said EEXIST, and an unlink or
-    rename ENOENT, for a change that was made. Now the client numbers each change, aqd
+    rename ENOENT, for a change that was made (so would setxattr with XATTR_CREATE
+    and removexattr: EEXIST, ENODATA). Now the client numbers each change, aqd
     records it in the batch that commits it, and a change sent again is answered from
     that record. $AQ_TEST_EXIT_AFTER makes aqd exit at exactly that moment, once for each
     kind of change, through the mount."""
@@ -135,6 +136,8 @@ def test_a_change_aqd_made_just_before_it_died_is_made_once():
             ("MKDIR", lambda: os.mkdir(p("sub"))),
             ("SYMLINK", lambda: os.symlink("b", p("s"))),
             ("RMDIR", lambda: os.rmdir(p("sub"))),
+            ("SETXATTR", lambda: os.setxattr(p("b"), "user.once", b"1", os.XATTR_CREATE)),
+            ("REMOVEXATTR", lambda: os.removexattr(p("b"), "user.once")),
         ]
         for op, change in steps:
             c.kill9()
@@ -164,6 +167,7 @@ def test_a_change_aqd_made_just_before_it_died_is_made_once():
             assert not errors, f"{op}, made before aqd died, failed when sent again: {errors[0]}"
         assert sorted(os.listdir(d)) == ["b", "new", "s"], os.listdir(d)
         assert os.stat(p("b")).st_nlink == 1 and os.readlink(p("s")) == "b"
+        assert os.listxattr(p("b")) == []
         with open(os.path.join(c.data, "aqd.log")) as f:
             assert f.read().count("sent again by client") == len(steps)
 

@@ -86,10 +86,10 @@ static uint32_t spec_req(uint16_t op)
 	case OP_COMMIT_SIZE: return T_KNOWN | T_CRED | T_INO | T_SIZE | T_TIME;
 	case OP_READDIR: return T_KNOWN | T_CRED | T_INO | T_COOKIE | T_MAX | T_FLAGS;
 	case OP_CHANGES: return T_KNOWN | T_CRED | T_INO | T_COOKIE | T_MAX;
-	case OP_SETXATTR: return T_KNOWN | T_CRED | T_INO | T_NAME | T_FLAGS | T_DATA;
+	case OP_SETXATTR: return T_KNOWN | T_CRED | T_INO | T_NAME | T_FLAGS | T_DATA | T_TXN;
 	case OP_GETXATTR: return T_KNOWN | T_CRED | T_INO | T_NAME | T_LEN;
 	case OP_LISTXATTR: return T_KNOWN | T_CRED | T_INO | T_LEN;
-	case OP_REMOVEXATTR: return T_KNOWN | T_CRED | T_INO | T_NAME;
+	case OP_REMOVEXATTR: return T_KNOWN | T_CRED | T_INO | T_NAME | T_TXN;
 	case OP_STATFS: return T_KNOWN | T_CRED;
 	case OP_FSYNC: return T_KNOWN | T_CRED | T_INO | T_FLAGS;
 	case OP_WATCH: return T_KNOWN | T_COOKIE | T_FLAGS;

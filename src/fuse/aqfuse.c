@@ -13,7 +13,7 @@
  * notify_inval_entry/notify_inval_inode (never a request thread: the kernel may hold the
  * directory's lock while it waits on one of those).
  */
-#define FUSE_USE_VERSION 34
+#define FUSE_USE_VERSION 312
 #include "fuse/aqfuse.h"
 #include "aq.h"
 #include "common/common.h"
@@ -29,6 +29,10 @@
 
 _Static_assert(AQFUSE_IOC_HEARD == _IO(0xAF, 1), "the ioctl number aqfuse.h documents");
 _Static_assert(FUSE_ROOT_ID == AQ_ROOT, "FUSE and Aquifer share the root inode number");
+
+/* Requests the mount serves at once: its most worker threads, and the kernel's limit on
+ * asynchronous requests (read-ahead, async direct I/O). */
+#define AQFUSE_MAX_THREADS 64
 
 static struct aq_client *g_client;
 static double g_timeout_s = 1.0;
@@ -1024,6 +1028,10 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 	conn->max_write = 1 << 20;
 	conn->max_read = 1 << 20;
 	conn->max_readahead = 1 << 20;
+	/* asynchronous requests (read-ahead, async direct I/O) the kernel lets out at once:
+	 * its default of 12 is below what the threads above can serve */
+	conn->max_background = AQFUSE_MAX_THREADS;
+	conn->congestion_threshold = AQFUSE_MAX_THREADS * 3 / 4;
 	if (conn->capable & FUSE_CAP_READDIRPLUS)
 		conn->want |= FUSE_CAP_READDIRPLUS;
 	/* Plus only where it pays: the kernel asks for attributes with the first page, and
@@ -1778,7 +1786,7 @@ static void op_removexattr(fuse_req_t req, fuse_ino_t ino_node, const char *name
 /* AQFUSE_IOC_HEARD: every push sent before the call applied, the kernel's invalidations
  * included (a mount that does not hear pushes caches nothing to apply them to). Other
  * commands are not this file system's. */
-static void op_ioctl(fuse_req_t req, fuse_ino_t node, int cmd, void *arg, struct fuse_file_info *fi, unsigned flags,
+static void op_ioctl(fuse_req_t req, fuse_ino_t node, unsigned int cmd, void *arg, struct fuse_file_info *fi, unsigned flags,
 		     const void *in_buf, size_t in_bufsz, size_t out_bufsz)
 {
 	if ((unsigned)cmd != AQFUSE_IOC_HEARD) {
@@ -1895,8 +1903,15 @@ int aqfuse_main(const struct aqfuse_options *opt)
 		g_timeout_s = 1.0;
 	}
 	g_cache_on = rc == 0;
-	struct fuse_loop_config cfg = {.clone_fd = 0, .max_idle_threads = opt->threads ? opt->threads : 16};
-	status = fuse_session_loop_mt(se, &cfg) ? 1 : 0;
+	/* libfuse runs at most 10 requests at once unless told otherwise: a reader with 32
+	 * in flight (fio, a loader with many workers) waited on the mount's threads, with
+	 * the disk and both cores partly idle */
+	struct fuse_loop_config *cfg = fuse_loop_cfg_create();
+	fuse_loop_cfg_set_clone_fd(cfg, 0);
+	fuse_loop_cfg_set_idle_threads(cfg, opt->threads ? opt->threads : 16);
+	fuse_loop_cfg_set_max_threads(cfg, AQFUSE_MAX_THREADS);
+	status = fuse_session_loop_mt(se, cfg) ? 1 : 0;
+	fuse_loop_cfg_destroy(cfg);
 	pthread_mutex_lock(&g_inval.mu);
 	g_inval.stop = true;
 	pthread_cond_signal(&g_inval.cv);

@@ -153,6 +153,7 @@ struct aq_file {
 	int pre_err;               /* the OPEN_READ's read failed: the first read's answer */
 	/* read-ahead for a sequential reader (ra.c): two windows, the one being read and the
 	 * next, each a run of CHUNK_READs in flight into its own buffer */
+	struct loc_cache *locs;    /* local.c: where its chunks lie on this machine's disk */
 	pthread_mutex_t ra_mu;
 	uint64_t ra_expect;        /* where the next read starts if the reader is sequential */
 	uint32_t ra_seq;           /* sequential reads in a row */
@@ -181,6 +182,11 @@ struct aq_file {
 void local_init(struct aq_client *c);
 bool local_wanted(struct aq_client *c); /* on, and not paused after failures */
 int local_read(struct aq_client *c, uint64_t ino, const struct proto_loc *l, uint8_t **mem, const uint8_t **data);
+/* local.c, any chunk: reads n bytes at in of chunk idx (chunk size cs) of f into dest from
+ * aqd's segment file, at the location LOCATE gave (kept by f until a write or truncate
+ * through this client). 0, or -EAGAIN: read them through aqd. */
+int local_chunk_read(struct aq_file *f, uint32_t idx, uint32_t in, uint32_t n, uint8_t *dest);
+void local_chunks_free(struct aq_file *f);
 
 ssize_t ra_read(struct aq_file *f, void *buf, size_t len, uint64_t off, uint64_t size, uint32_t cs);
 void ra_free(struct aq_file *f);

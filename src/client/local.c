@@ -13,10 +13,23 @@
  * client whose local reads keep failing (LOCAL_FAILS_MAX in a row: aqd's files are hidden
  * from it, or a burst of rewrites moved what it was told) stops asking for
  * LOCAL_PAUSE_NS, then tries one again. $AQ_LOCAL_READS=0 turns them off.
+ *
+ * Past the first bytes, an open file reads any chunk the same way (local_chunk_read): it
+ * asks aqd once where the whole chunk lies (LOCATE, answered from the chunk index on
+ * aqd's loop), keeps that in a small table, and reads just the blocks a read touches
+ * (the page cache first, O_DIRECT for a cold block of 64 KiB), each checked against its
+ * crc32c. A random 4 KiB read then costs no trip to aqd at all. The table is dropped by
+ * a write or truncate through this client (the inode's wgen), so a reader sees its own
+ * writes; other clients' writes show at the next open, as read-ahead's windows do
+ * (close-to-open). A record is never changed in place, so a kept location gives the
+ * bytes of the version it named, or a failed check (compacted, punched): the read then
+ * goes through aqd and the chunk is located again.
  */
 #include "client/client_internal.h"
 #include "data/data.h"
+#include "common/hash.h"
 #include <fcntl.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #define LOCAL_FAILS_MAX 16
@@ -98,5 +111,212 @@ int local_read(struct aq_client *c, uint64_t ino, const struct proto_loc *l, uin
 	atomic_store(&c->local_fails, 0);
 	*mem = buf;
 	*data = buf + DATA_REC_HDR_SIZE + l->in;
+	return 0;
+}
+
+/* ---- any chunk of an open file ---- */
+
+#define LOC_SLOTS_MAX 4096 /* chunks located per open file (a direct-mapped table by index) */
+
+enum { LOC_EMPTY, LOC_AT, LOC_NONE };
+struct loc_slot {
+	uint32_t idx;
+	uint8_t state;
+	unsigned long wgen;        /* the inode's wgen before LOCATE was sent */
+	uint64_t rec_off, version;
+	uint32_t length, nblk;
+	char *path;
+	uint32_t *crc;             /* nblk, all of the record's blocks */
+};
+struct loc_cache {
+	pthread_mutex_t mu;
+	uint32_t nslots;           /* a power of two: the file's chunks when opened, at most LOC_SLOTS_MAX */
+	struct loc_slot s[];
+};
+
+static void slot_clear(struct loc_slot *sl)
+{
+	free(sl->path);
+	free(sl->crc);
+	*sl = (struct loc_slot){0};
+}
+
+void local_chunks_free(struct aq_file *f)
+{
+	if (!f->locs)
+		return;
+	for (uint32_t i = 0; i < f->locs->nslots; i++)
+		slot_clear(&f->locs->s[i]);
+	pthread_mutex_destroy(&f->locs->mu);
+	free(f->locs);
+	f->locs = NULL;
+}
+
+/* Asks aqd where chunk idx lies and checks the record's header there; fills sl (LOC_AT,
+ * or LOC_NONE when aqd gives no location). -errno when it could not ask or the header
+ * is not that chunk's (the slot stays empty). */
+static int locate(struct aq_file *f, uint32_t idx, unsigned long wgen, struct loc_slot *sl)
+{
+	struct aq_client *c = f->c;
+	uint32_t target = cluster_chunk_target(&c->map, f->ino, idx);
+	struct proto_req r = {.op = OP_LOCATE, .target = target, .ino = f->ino, .idx = idx, .data = c->boot_id,
+			      .data_len = sizeof c->boot_id};
+	struct proto_reply rep;
+	struct rpc_call *call = NULL;
+	int rc = rpc_do(c, cluster_target_by_id(&c->map, target)->server, &r, &rep, &call);
+	struct proto_loc l;
+	*sl = (struct loc_slot){.idx = idx, .wgen = wgen, .state = LOC_NONE};
+	if (!rc && rep.data_len && (proto_loc_get(rep.data, rep.data_len, &l) || l.idx != idx || l.in != 0))
+		rc = -EPROTO;
+	if (!rc && rep.data_len) {
+		uint8_t hdr[DATA_REC_HDR_SIZE];
+		char path[PATH_MAX];
+		memcpy(path, l.path, l.path_len);
+		path[l.path_len] = '\0';
+		int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+		ssize_t got = fd < 0 ? -1 : pread(fd, hdr, sizeof hdr, (off_t)l.rec_off);
+		rc = fd < 0 ? -errno : got != (ssize_t)sizeof hdr ? -EIO
+				     : data_rec_check(hdr, f->ino, idx, l.version, l.length, 0, NULL);
+		if (fd >= 0)
+			close(fd);
+		if (rc) {
+			local_failed(c, path, rc);
+		} else {
+			sl->state = LOC_AT;
+			sl->rec_off = l.rec_off;
+			sl->version = l.version;
+			sl->length = l.length;
+			sl->nblk = l.nblk;
+			sl->path = strdup(path);
+			sl->crc = aq_malloc(4 * (size_t)l.nblk + 4);
+			for (uint32_t b = 0; b < l.nblk; b++)
+				sl->crc[b] = get_le32(l.crcs + 4 * (size_t)b);
+		}
+	}
+	rpc_free(call);
+	return rc;
+}
+
+/* Reads len bytes at off of path into a buffer it allocates (*mem, to free): from the page
+ * cache when they are all there, else with O_DIRECT when direct (a cold block of 64 KiB
+ * or more, as aqd reads it), else through the page cache. *data points at the bytes. */
+static int read_blocks(const char *path, bool direct, uint64_t off, size_t len, uint8_t **mem, uint8_t **data)
+{
+	int flags = O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK;
+	uint64_t a0 = off & ~4095ull, a1 = (off + len + 4095) & ~4095ull;
+	if (posix_memalign((void **)mem, 4096, a1 - a0)) {
+		*mem = NULL;
+		return -ENOMEM;
+	}
+	int fd = open(path, flags);
+	if (fd < 0) {
+		int rc = -errno;
+		free(*mem);
+		*mem = NULL;
+		return rc;
+	}
+	struct iovec iov = {*mem, len};
+	ssize_t n = direct ? preadv2(fd, &iov, 1, (off_t)off, RWF_NOWAIT) : -1;
+	if (n != (ssize_t)len && direct) {
+		int dfd = open(path, flags | O_DIRECT);
+		if (dfd >= 0) {
+			n = pread(dfd, *mem, a1 - a0, (off_t)a0);
+			close(dfd);
+			if (n >= (ssize_t)(off + len - a0)) {
+				close(fd);
+				*data = *mem + (off - a0);
+				return 0;
+			}
+		}
+		n = -1; /* short, or no O_DIRECT here (tmpfs): through the page cache */
+	}
+	if (n != (ssize_t)len)
+		n = pread(fd, *mem, len, (off_t)off);
+	int rc = n == (ssize_t)len ? 0 : n < 0 ? -errno : -EIO;
+	close(fd);
+	if (rc) {
+		free(*mem);
+		*mem = NULL;
+	} else {
+		*data = *mem;
+	}
+	return rc;
+}
+
+int local_chunk_read(struct aq_file *f, uint32_t idx, uint32_t in, uint32_t n, uint8_t *dest)
+{
+	struct aq_client *c = f->c;
+	if (!local_wanted(c) || !f->st)
+		return -EAGAIN;
+	if (!f->locs) {
+		pthread_mutex_lock(&f->st->mu);
+		uint64_t chunks = f->st->chunk_size ? f->st->size / f->st->chunk_size + 1 : 1;
+		pthread_mutex_unlock(&f->st->mu);
+		uint32_t nslots = 1;
+		while (nslots < chunks && nslots < LOC_SLOTS_MAX)
+			nslots *= 2;
+		struct loc_cache *lc = aq_calloc(1, sizeof *lc + nslots * sizeof lc->s[0]);
+		lc->nslots = nslots;
+		pthread_mutex_init(&lc->mu, NULL);
+		struct loc_cache *none = NULL;
+		if (!__atomic_compare_exchange_n(&f->locs, &none, lc, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+			pthread_mutex_destroy(&lc->mu);
+			free(lc);
+		}
+	}
+	struct loc_cache *lc = f->locs;
+	unsigned long wgen = atomic_load(&f->st->wgen);
+	struct loc_slot *sl = &lc->s[idx & (lc->nslots - 1)];
+	pthread_mutex_lock(&lc->mu);
+	if (sl->state == LOC_EMPTY || sl->idx != idx || sl->wgen != wgen) {
+		pthread_mutex_unlock(&lc->mu);
+		struct loc_slot fresh;
+		int rc = locate(f, idx, wgen, &fresh);
+		pthread_mutex_lock(&lc->mu);
+		slot_clear(sl);
+		if (rc) {
+			pthread_mutex_unlock(&lc->mu);
+			return -EAGAIN;
+		}
+		*sl = fresh;
+	}
+	if (sl->state != LOC_AT) {
+		pthread_mutex_unlock(&lc->mu);
+		return -EAGAIN;
+	}
+	/* what to read: the blocks of [in, in + n) that the record holds; past it, zeros */
+	uint32_t end = MIN(in + n, sl->length);
+	uint32_t b0 = in / DATA_BLOCK_SIZE, b1 = in < end ? (end + DATA_BLOCK_SIZE - 1) / DATA_BLOCK_SIZE : b0;
+	uint32_t crc[AQ_CHUNK_SIZE_MAX / AQ_CRC_BLOCK_SIZE];
+	char path[PATH_MAX];
+	uint64_t at = sl->rec_off + DATA_REC_HDR_SIZE + (uint64_t)b0 * DATA_BLOCK_SIZE;
+	uint32_t span = b1 > b0 ? MIN(b1 * DATA_BLOCK_SIZE, sl->length) - b0 * DATA_BLOCK_SIZE : 0;
+	memcpy(crc, sl->crc + b0, 4 * (size_t)(b1 - b0));
+	snprintf(path, sizeof path, "%s", sl->path);
+	pthread_mutex_unlock(&lc->mu);
+	int rc = 0;
+	if (span) {
+		uint8_t *mem = NULL, *data = NULL;
+		rc = read_blocks(path, span >= DATA_DIRECT_MIN_DEFAULT, at, span, &mem, &data);
+		for (uint32_t b = b0; !rc && b < b1; b++) {
+			uint32_t s = (b - b0) * DATA_BLOCK_SIZE;
+			if (crc32c(0, data + s, MIN(s + DATA_BLOCK_SIZE, span) - s) != crc[b - b0])
+				rc = -AQ_ECORRUPT;
+		}
+		if (rc) {
+			free(mem); /* read_blocks left it NULL when it failed */
+			pthread_mutex_lock(&lc->mu);
+			if (sl->idx == idx && sl->wgen == wgen)
+				slot_clear(sl); /* located again next time */
+			pthread_mutex_unlock(&lc->mu);
+			local_failed(c, path, rc);
+			return -EAGAIN;
+		}
+		memcpy(dest, data + (in - b0 * DATA_BLOCK_SIZE), end - in);
+		free(mem);
+	}
+	if (in + n > MAX(end, in))
+		memset(dest + MAX(end, in) - in, 0, in + n - MAX(end, in));
+	atomic_store(&c->local_fails, 0);
 	return 0;
 }

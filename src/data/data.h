@@ -63,11 +63,12 @@ struct data_loc {
 	uint32_t length;         /* the chunk's bytes */
 	uint32_t nblk;
 	uint32_t crc[AQ_CHUNK_SIZE_MAX / DATA_BLOCK_SIZE];
-	bool direct;             /* not in the page cache: read it with O_DIRECT, as aqd would */
+	bool direct;             /* not in the page cache: read it with O_DIRECT, as aqd would
+				  * (never set for a whole record) */
 };
-/* Locates bytes [0, end) of chunk (ino, idx): 0, or -EAGAIN when they are not all in a
- * record on this disk (no chunk, a shorter one, or one only in S3): read them through
- * data_read. The location is right when it is given; a reader that finds the record
+/* Locates bytes [0, end) of chunk (ino, idx), or with end 0 all the bytes its record
+ * holds: 0, or -EAGAIN when they are not all in a record on this disk (no chunk, a
+ * shorter one, or one only in S3): read them through data_read. The location is right when it is given; a reader that finds the record
  * gone or changed (a later write, compaction) reads through aqd instead. */
 int data_locate(struct data_store *ds, uint32_t target, uint64_t ino, uint32_t idx, uint32_t end,
 		struct data_loc *loc);

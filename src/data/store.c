@@ -725,13 +725,16 @@ int data_locate(struct data_store *ds, uint32_t target, uint64_t ino, uint32_t i
 	struct data_target *t = data_target_get(ds, target);
 	if (!t)
 		return -AQ_ENOT_OWNER;
-	if (end == 0 || end > DATA_CHUNK_MAX)
+	if (end > DATA_CHUNK_MAX)
 		return -EINVAL;
 	struct data_entry *e = aq_malloc(sizeof *e);
 	bool found = false;
 	pthread_rwlock_rdlock(&t->seg_lock);
 	int rc = data_index_get(t, ino, idx, e, &found);
-	if (!rc && (!found || e->seg == 0 || end > e->length))
+	bool whole = end == 0;
+	if (!rc && found && whole)
+		end = e->length;
+	if (!rc && (!found || e->seg == 0 || end == 0 || end > e->length))
 		rc = -EAGAIN;
 	struct data_seg *s = rc ? NULL : entry_seg(t, ino, idx, e);
 	if (!rc && !s)
@@ -743,9 +746,10 @@ int data_locate(struct data_store *ds, uint32_t target, uint64_t ino, uint32_t i
 		loc->length = e->length;
 		loc->nblk = data_nblocks(end);
 		memcpy(loc->crc, e->crc, loc->nblk * sizeof loc->crc[0]);
-		/* the rule data_read follows: O_DIRECT for a cold span of direct_min or more */
+		/* the rule data_read follows: O_DIRECT for a cold span of direct_min or more
+		 * (a whole record is read a piece at a time, by rules of the reader's own) */
 		uint64_t span = MIN((uint64_t)loc->nblk * DATA_BLOCK_SIZE, (uint64_t)e->length);
-		loc->direct = span >= __atomic_load_n(&ds->direct_min, __ATOMIC_RELAXED) &&
+		loc->direct = !whole && span >= __atomic_load_n(&ds->direct_min, __ATOMIC_RELAXED) &&
 			      !range_cached(s->fd, e->off + DATA_REC_HDR_SIZE, span);
 	}
 	pthread_rwlock_unlock(&t->seg_lock);

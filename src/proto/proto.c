@@ -207,6 +207,7 @@ static uint32_t req_fields(uint16_t op)
 	case OP_CHUNK_READ: return F_KNOWN | F_TARGET | F_INO | F_IDX | F_OFF | F_LEN;
 	case OP_OPEN_READ: return F_KNOWN | F_CRED | F_INO | F_FLAGS | F_OFF | F_LEN;
 	case OP_OPEN_MAP: return F_KNOWN | F_CRED | F_INO | F_FLAGS | F_OFF | F_LEN | F_DATA; /* data: the client's boot id */
+	case OP_LOCATE: return F_KNOWN | F_TARGET | F_INO | F_IDX | F_DATA; /* data: the client's boot id */
 	case OP_BATCH: return F_KNOWN | F_MAX | F_DATA;
 	case OP_TIER: return F_KNOWN | F_CRED | F_INO | F_FLAGS | F_DATA;
 	}
@@ -319,7 +320,7 @@ static uint32_t reply_fields(uint16_t op)
 	case OP_SYMLINK: case OP_LINK: case OP_OPEN: case OP_COMMIT_SIZE:
 	case OP_UNLINK: /* PROTO_UNLINK_DIR_ATTR: the directory's attributes after it, else zeros */
 		return R_KNOWN | R_ATTR;
-	case OP_READLINK: case OP_CHUNK_READ: case OP_HELLO: case OP_MAP:
+	case OP_READLINK: case OP_CHUNK_READ: case OP_HELLO: case OP_MAP: case OP_LOCATE:
 		return R_KNOWN | R_DATA;
 	case OP_GETXATTR: case OP_LISTXATTR:
 		return R_KNOWN | R_SIZE | R_DATA;

@@ -19,7 +19,7 @@
 
 #define PROTO_MAGIC 0x31465141u /* "AQF1" */
 #define PROTO_VERSION 4 /* 2: UNLINK has flags, and its reply the directory's attributes; 3: OPEN_MAP;
-			  * 4: changes carry their client id and seq (txn), PROTO_F_RETRY */
+			  * 4: changes carry their client id and seq (txn), PROTO_F_RETRY; LOCATE */
 #define PROTO_HDR_SIZE 32
 #define PROTO_NONCE_SIZE 32
 #define PROTO_MAC_SIZE 32
@@ -61,6 +61,7 @@
 	X(CHUNK_READ, 41)            \
 	X(OPEN_READ, 42) /* OPEN, then a read of the first chunk it touches */ \
 	X(OPEN_MAP, 43)  /* OPEN_READ, with where the bytes lie on disk instead (proto_loc); data: boot id */ \
+	X(LOCATE, 44)    /* where a whole chunk lies on disk (proto_loc, or no data); data: boot id */ \
 	X(BATCH, 50)                 \
 	X(TIER, 60)      /* object tier: sub-command in flags (PROTO_TIER_*) */
 

@@ -279,6 +279,36 @@ static void open_map_loc(struct server *s, const struct proto_req *r, uint32_t t
 	free(loc);
 }
 
+/* LOCATE: where all of a chunk's bytes lie on this disk, for a client on this machine
+ * that reads them itself (local reads of any chunk, src/client/local.c); no data when the
+ * client is elsewhere or the chunk is not in a record here (none, or only in S3). Like
+ * CHUNK_READ it checks no permission: a client that may open the segment file could
+ * read it whole anyway. Runs on the loop: it reads the chunk index, never the data. */
+static int locate(struct server *s, const struct proto_req *r, struct wbuf *out)
+{
+	int rc = chunk_args(s, r, 0);
+	if (rc)
+		return rc;
+	struct proto_reply rep = {.op = OP_LOCATE};
+	struct wbuf w = {0};
+	struct data_loc *loc = aq_malloc(sizeof *loc);
+	if (!s->boot_err && r->data_len == sizeof s->boot_id && !memcmp(r->data, s->boot_id, sizeof s->boot_id) &&
+	    data_locate(s->data, r->target, r->ino, r->idx, 0, loc) == 0) {
+		struct proto_loc pl = {.rec_off = loc->rec_off, .version = loc->version, .idx = r->idx,
+				       .length = loc->length, .in = 0, .n = loc->length, .nblk = loc->nblk,
+				       .direct = loc->direct, .path = loc->path, .path_len = (uint32_t)strlen(loc->path)};
+		wbuf_init(&w, 256);
+		proto_loc_put(&w, &pl, loc->crc);
+		rep.data = w.p;
+		rep.data_len = (uint32_t)w.len;
+		tier_note_read(s->tier, r->ino);
+	}
+	proto_reply_encode(out, &rep);
+	wbuf_free(&w);
+	free(loc);
+	return 0;
+}
+
 /* OPEN_READ: an OPEN, then the bytes the read asks for that lie in its first chunk, when
  * that chunk is on this server: a small file read whole costs one round trip instead of
  * two. The reply is the OPEN's attributes, the read's status and the bytes (none when the
@@ -672,6 +702,8 @@ static int handle_op(struct server *s, struct sconn *sc, const struct proto_req 
 	case OP_OPEN_READ:
 	case OP_OPEN_MAP:
 		return open_read(s, sc, r, out);
+	case OP_LOCATE:
+		return locate(s, r, out);
 	case OP_RELEASE:
 		conn_track_release(s, sc, r->ino);
 		break;

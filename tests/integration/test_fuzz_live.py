@@ -496,6 +496,22 @@ def open_map(c, ino, boot_id):
     return r["payload"][ATTR_SIZE + 8:]
 
 
+OP_LOCATE = 44
+
+
+def locate(c, ino, target, boot_id):
+    """The data of a LOCATE reply for chunk 0 of ino on target (b"" when none)."""
+    s = authed(c)
+    p = struct.pack("<QII", ino, target, 0) + string(boot_id)
+    send(s, hdr(OP_LOCATE, 8, len(p)) + p)
+    r = recv_frame(s)
+    s.close()
+    assert r["status"] == S_OK, r
+    n, = struct.unpack_from("<I", r["payload"])
+    assert len(r["payload"]) == 4 + n, r
+    return r["payload"][4:]
+
+
 def test_g_open_map_only_for_this_machine(c):
     """OPEN_MAP (local reads) says where a file's bytes lie on aqd's disk only to a client
     that sent aqd's own boot id: one on another machine, which could not open the path,
@@ -515,6 +531,14 @@ def test_g_open_map_only_for_this_machine(c):
     other = bytes(b ^ 0xFF for b in boot)
     assert open_map(c, ino, other) == b"", "a location for a client on another machine"
     assert open_map(c, ino, boot[:8]) == b"", "a location for a malformed boot id"
+    # LOCATE (any chunk): the whole chunk's location from the one target holding it, and
+    # again only for aqd's own boot id
+    found = [t for t in range(4) if locate(c, ino, t, boot)]
+    assert len(found) == 1, f"targets that located chunk 0: {found}"
+    loc = locate(c, ino, found[0], boot)
+    length, = struct.unpack_from("<I", loc, 8 + 8 + 4)
+    assert length == 100_000 and b"/seg-" in loc, loc[:120]
+    assert locate(c, ino, found[0], other) == b"", "LOCATE answered a client on another machine"
     state.setdefault("created", set()).add("located")
 
 

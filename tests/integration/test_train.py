@@ -311,5 +311,86 @@ print("ok")
     assert os.listdir(os.path.join(c.data, "targets")), "the tmpfs leaked out of the namespace"
 
 
+def test_random_reads_of_a_big_file_skip_aqd(c):
+    """Local reads of any chunk (LOCATE, src/client/local.c): random 4 KiB reads of a
+    file many chunks long, through the mount on aqd's machine, come from aqd's segment
+    files, not down aqd's socket, and every byte is right. The locations an open file
+    keeps go with the inode's write generation: a write through the same client is seen
+    by the next read of the same handle, and another client's write at the next open."""
+    import aquifer
+    import random
+    size = 24 << 20
+    data = bytearray(os.urandom(size))
+    # zeros where this client writes below: aqd punches the record a rewrite replaces, and
+    # a punched block of zeros still passes its check, so only the write generation can
+    # tell the reader that what it located is old
+    data[5 << 20:(5 << 20) + (64 << 10)] = bytes(64 << 10)
+    with open(c.path("big-random"), "wb") as f:
+        f.write(data)
+    drop_caches()
+    rng = random.Random(7)
+    offs = [rng.randrange(0, size // 4096) * 4096 for _ in range(400)]
+    sent = proc_io(c.pid(), "wchar")
+    fd = os.open(c.path("big-random"), os.O_RDONLY)
+    try:
+        for off in offs:
+            assert os.pread(fd, 4096, off) == data[off:off + 4096], f"4 KiB at {off} read wrong"
+    finally:
+        os.close(fd)
+    sent = proc_io(c.pid(), "wchar") - sent
+    assert sent < len(offs) * 4096 // 4, f"aqd sent {sent} bytes for {len(offs) * 4096} read at random"
+
+    cl, other = aquifer.connect(c.conf), aquifer.connect(c.conf)
+    try:
+        at = (5 << 20) + 100
+        with cl.open("/big-random", "r+b") as f:
+            f.seek(5 << 20)
+            assert f.read(4096) == data[5 << 20:(5 << 20) + 4096]
+            f.seek(at)
+            f.write(b"written here")
+            f.flush()
+            f.seek(5 << 20)
+            assert f.read(4096)[100:112] == b"written here", "a read missed this client's own write"
+        at = 7 << 20
+        with cl.open("/big-random", "rb") as f:
+            f.seek(at)
+            assert f.read(16) == data[at:at + 16]
+            with other.open("/big-random", "r+b") as w:
+                w.seek(at)
+                w.write(b"another client")
+        with cl.open("/big-random", "rb") as f:
+            f.seek(at)
+            assert f.read(14) == b"another client", "the next open missed another client's write"
+    finally:
+        cl.close()
+        other.close()
+
+    # a byte flipped on disk behind aqd's back, in chunk 2's second block: the local read's
+    # check fails, aqd reads it, fails it with EIO and logs it; the chunk's other blocks
+    # still read (O_DIRECT, so the kernel asks for exactly these 4 KiB)
+    import mmap
+    at = (9 << 20) + (64 << 10) + 1000
+    seg, pos = find_on_disk(c, bytes(data[at:at + 32]))
+    with open(seg, "r+b") as f:
+        f.seek(pos)
+        b = f.read(1)
+        f.seek(pos)
+        f.write(bytes([b[0] ^ 0x5A]))
+        f.flush()
+        os.fsync(f.fileno())
+    drop_caches()
+    buf = mmap.mmap(-1, 4096)
+    fd = os.open(c.path("big-random"), os.O_RDONLY | os.O_DIRECT)
+    try:
+        expect_errno(errno.EIO, os.preadv, fd, [buf], at & ~4095)
+        assert os.preadv(fd, [buf], 9 << 20) == 4096 and buf[:] == data[9 << 20:(9 << 20) + 4096], \
+            "another block of the chunk"
+    finally:
+        os.close(fd)
+    ino = os.stat(c.path("big-random")).st_ino
+    with open(os.path.join(c.data, "aqd.log")) as f:
+        assert any("corrupt" in ln and f"ino {ino:x} idx 2" in ln for ln in f), "no 'corrupt' line for chunk 2"
+
+
 if __name__ == "__main__":
     aqtest.main(globals(), setup=Cluster)

@@ -1114,6 +1114,11 @@ static int test_locate(void)
 	CHECK(data_rec_span(len, 1) == data_rec_size(DATA_BLOCK_SIZE), "span of one block");
 	CHECK(data_rec_check(buf, 400, 0, part->version, len, 1, part->crc) == 0, "one block");
 
+	/* end 0: all the record holds (LOCATE), and the reader picks O_DIRECT itself */
+	rc = data_locate(ds, 7, 400, 0, 0, part);
+	CHECK(rc == 0 && part->nblk == 4 && part->length == len && part->rec_off == loc->rec_off && !part->direct &&
+	      memcmp(part->crc, loc->crc, sizeof loc->crc[0] * 4) == 0, "locate the whole record: %s", aq_strerror(rc));
+	CHECK(data_locate(ds, 7, 400, 1, 0, part) == -EAGAIN, "no whole record of a missing chunk");
 	CHECK(data_locate(ds, 7, 400, 1, 10, part) == -EAGAIN, "a missing chunk has no location");
 	CHECK(data_locate(ds, 7, 400, 0, len + 1, part) == -EAGAIN, "a chunk shorter than asked has none");
 	CHECK(data_locate(ds, 8, 400, 0, 10, part) == -AQ_ENOT_OWNER, "another target");

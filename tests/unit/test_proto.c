@@ -97,6 +97,7 @@ static uint32_t spec_req(uint16_t op)
 	case OP_CHUNK_READ: return T_KNOWN | T_TARGET | T_INO | T_IDX | T_OFF | T_LEN;
 	case OP_OPEN_READ: return T_KNOWN | T_CRED | T_INO | T_FLAGS | T_OFF | T_LEN;
 	case OP_OPEN_MAP: return T_KNOWN | T_CRED | T_INO | T_FLAGS | T_OFF | T_LEN | T_DATA;
+	case OP_LOCATE: return T_KNOWN | T_TARGET | T_INO | T_IDX | T_DATA;
 	case OP_BATCH: return T_KNOWN | T_MAX | T_DATA;
 	case OP_TIER: return T_KNOWN | T_CRED | T_INO | T_FLAGS | T_DATA;
 	}
@@ -112,7 +113,7 @@ static uint32_t spec_reply(uint16_t op)
 	case OP_LOOKUP: case OP_GETATTR: case OP_SETATTR: case OP_MKNOD: case OP_MKDIR:
 	case OP_SYMLINK: case OP_LINK: case OP_OPEN: case OP_COMMIT_SIZE: case OP_UNLINK:
 		return TR_KNOWN | TR_ATTR;
-	case OP_READLINK: case OP_CHUNK_READ: case OP_HELLO: case OP_MAP:
+	case OP_READLINK: case OP_CHUNK_READ: case OP_HELLO: case OP_MAP: case OP_LOCATE:
 		return TR_KNOWN | TR_DATA;
 	case OP_GETXATTR: case OP_LISTXATTR:
 		return TR_KNOWN | TR_SIZE | TR_DATA;

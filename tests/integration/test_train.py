@@ -167,6 +167,17 @@ def find_on_disk(c, pattern):
     return hits[0]
 
 
+def flip_byte(seg, pos):
+    """Changes the byte at pos of a segment file behind aqd's back, durably."""
+    with open(seg, "r+b") as f:
+        f.seek(pos)
+        b = f.read(1)
+        f.seek(pos)
+        f.write(bytes([b[0] ^ 0x5A]))
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def test_flipped_byte_is_eio_never_data(c):
     """Regression guard for the crc32c check of every block read: a chunk changed on disk
     behind aqd's back must fail the read (EIO through the mount, an error from the
@@ -179,16 +190,11 @@ def test_flipped_byte_is_eio_never_data(c):
     data_off = 66000                          # in the chunk's second 64 KiB block
     assert len(good) >= 70000
     seg, pos = find_on_disk(c, good[data_off:data_off + 32])
-    with open(seg, "r+b") as f:
+    with open(seg, "rb") as f:
         f.seek(pos - data_off - REC_HDR)      # the record starts at the chunk's byte 0
         magic, = struct.unpack("<I", f.read(4))
         assert magic == REC_MAGIC, f"no record header before the data: {magic:#x}"
-        f.seek(pos)
-        b = f.read(1)
-        f.seek(pos)
-        f.write(bytes([b[0] ^ 0x5A]))
-        f.flush()
-        os.fsync(f.fileno())
+    flip_byte(seg, pos)
     drop_caches()
 
     def read_all(path):
@@ -370,14 +376,7 @@ def test_random_reads_of_a_big_file_skip_aqd(c):
     # still read (O_DIRECT, so the kernel asks for exactly these 4 KiB)
     import mmap
     at = (9 << 20) + (64 << 10) + 1000
-    seg, pos = find_on_disk(c, bytes(data[at:at + 32]))
-    with open(seg, "r+b") as f:
-        f.seek(pos)
-        b = f.read(1)
-        f.seek(pos)
-        f.write(bytes([b[0] ^ 0x5A]))
-        f.flush()
-        os.fsync(f.fileno())
+    flip_byte(*find_on_disk(c, bytes(data[at:at + 32])))
     drop_caches()
     buf = mmap.mmap(-1, 4096)
     fd = os.open(c.path("big-random"), os.O_RDONLY | os.O_DIRECT)

@@ -70,6 +70,7 @@ int aq_connect(const char *cluster_file, struct aq_client **out)
 	if (env && atoi(env) > 0 && atoi(env) <= 64)
 		c->nconns = (uint32_t)atoi(env);
 	c->reconnect_s = RPC_RECONNECT_S;
+	c->server_down = aq_calloc(c->map.nservers ? c->map.nservers : 1, sizeof *c->server_down);
 	env = getenv("AQ_RECONNECT_S");
 	if (env && atoi(env) > 0 && atoi(env) <= 86400)
 		c->reconnect_s = (uint32_t)atoi(env);
@@ -96,6 +97,7 @@ fail:
 	for (uint32_t i = 0; i < done; i++)
 		rpc_conn_fini(&c->conns[i]);
 	free(c->conns);
+	free(c->server_down);
 	free(c);
 	return rc;
 }
@@ -125,6 +127,7 @@ void aq_disconnect(struct aq_client *c)
 	pthread_mutex_destroy(&c->fl_mu);
 	pthread_cond_destroy(&c->fl_cv);
 	free(c->conns);
+	free(c->server_down);
 	for (int i = 0; i < 1024; i++)
 		while (c->files[i]) {
 			struct ino_state *st = c->files[i];
@@ -1491,10 +1494,13 @@ int chunk_read_finish(struct aq_client *c, uint64_t ino, uint32_t cs, uint64_t p
 		}
 		if (!err || answered || !aq_err_unreachable(err))
 			return err;
-		if (!deadline)
-			deadline = aq_mono_ns() + (uint64_t)c->reconnect_s * 1000000000ull;
-		else if (aq_mono_ns() > deadline)
+		uint32_t server = cluster_target_by_id(&c->map, cluster_chunk_target(&c->map, ino, (uint32_t)(pos / cs)))->server;
+		if (!deadline) {
+			deadline = rpc_deadline(c, server);
+		} else if (aq_mono_ns() > deadline) {
+			rpc_gave_up(c, server);
 			return err;
+		}
 		usleep(attempt < 10 ? 50000 : 250000);
 		call = chunk_read_start(c, ino, cs, pos, len, dest, NULL, NULL, &err);
 	}

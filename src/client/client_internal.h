@@ -196,6 +196,8 @@ struct aq_client {
 	struct aq_cred cred;
 	uint32_t nconns;
 	uint32_t reconnect_s; /* how long a call waits for a restarting server */
+	atomic_bool *server_down;     /* per map.servers[i]: a call waited reconnect_s for it in
+				       * vain, and no connection to it has come up since */
 	uint64_t txn_client;          /* random: names this client's changes (0: none) */
 	_Atomic uint64_t txn_seq;     /* the next change's number */
 	uint32_t poll_us;     /* a waiter for a metadata reply polls this long before it sleeps */
@@ -273,6 +275,12 @@ uint64_t rpc_affinity(const struct proto_req *req);
 /* Waits for the reply. Returns 0 or -errno; the call keeps the payload until rpc_free. */
 int rpc_wait(struct rpc_call *call);
 void rpc_free(struct rpc_call *call);
+/* When a call to server stops waiting for it to come back (aq_mono_ns): reconnect_s
+ * from now; or now, once a call has waited that long in vain and no connection to it has
+ * come up since (rpc_gave_up). A close that flushes many buffered chunks to a server gone
+ * for good then fails in one window, not one window per chunk. */
+uint64_t rpc_deadline(struct aq_client *c, uint32_t server);
+void rpc_gave_up(struct aq_client *c, uint32_t server);
 /* Gives r, when it is a change (proto_op_numbered), this client's id and its next number. */
 void rpc_number(struct aq_client *c, struct proto_req *r);
 /* One request and its decoded reply (payload pointers stay valid until rpc_free(*call)).

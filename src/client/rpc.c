@@ -461,6 +461,28 @@ static void *rx_main(void *arg)
 }
 
 /* Brings the connection up if it is down. Called with rc->mu held. */
+static uint32_t server_index(const struct aq_client *c, uint32_t server)
+{
+	for (uint32_t i = 0; i < c->map.nservers; i++)
+		if (c->map.servers[i].id == server)
+			return i;
+	return 0;
+}
+
+uint64_t rpc_deadline(struct aq_client *c, uint32_t server)
+{
+	if (atomic_load(&c->server_down[server_index(c, server)]))
+		return aq_mono_ns();
+	return aq_mono_ns() + (uint64_t)c->reconnect_s * 1000000000ull;
+}
+
+void rpc_gave_up(struct aq_client *c, uint32_t server)
+{
+	if (!atomic_exchange(&c->server_down[server_index(c, server)], true))
+		log_warn("server %u: no connection for %u s; calls to it fail at once until one is made", server,
+			 c->reconnect_s);
+}
+
 static int ensure_up_locked(struct rpc_conn *rc)
 {
 	if (rc->up)
@@ -490,6 +512,7 @@ static int ensure_up_locked(struct rpc_conn *rc)
 		return fd;
 	rc->fd = fd;
 	rc->up = true;
+	atomic_store(&c->server_down[server_index(c, rc->server)], false);
 	if (rc->gen && deliver && c->watch_fn) {
 		/* INVAL frames sent while the connection was down are lost: say so */
 		atomic_fetch_add(&c->inval_seq, 1);
@@ -919,7 +942,7 @@ int rpc_do_on(struct aq_client *c, uint32_t server, const struct proto_req *req,
 	struct wbuf w;
 	wbuf_init(&w, 128 + req->data_len + req->name_len + req->name2_len);
 	proto_req_encode(&w, &numbered);
-	uint64_t deadline = aq_mono_ns() + (uint64_t)c->reconnect_s * 1000000000ull;
+	uint64_t deadline = rpc_deadline(c, server);
 	int err;
 	struct rpc_call *call = NULL;
 	for (int attempt = 0;; attempt++) {
@@ -930,8 +953,12 @@ int rpc_do_on(struct aq_client *c, uint32_t server, const struct proto_req *req,
 			err = rpc_wait(call);
 		/* a server that answered ENOTCONN or EHOSTUNREACH (no object tier, S3 down) meant
 		 * it: only a connection that failed is worth trying again */
-		if (!aq_err_unreachable(err) || (call && call->answered) || aq_mono_ns() > deadline)
+		if (!aq_err_unreachable(err) || (call && call->answered))
 			break;
+		if (aq_mono_ns() > deadline) {
+			rpc_gave_up(c, server);
+			break;
+		}
 		rpc_free(call);
 		call = NULL;
 		usleep(attempt < 10 ? 50000 : 250000);

@@ -96,6 +96,45 @@ def test_server_gone_past_the_window_is_eio():
             unmount(mnt)
 
 
+def test_a_flush_to_a_server_gone_for_good_fails_in_one_window():
+    """Regression (found by a kill -9 loop, where a killed writer stayed unkillable in
+    close(2) for many minutes): with aqd gone for good, a flush of writes buffered in many
+    chunks waited the whole reconnect window for each chunk, then once more for the size.
+    Now once a call has waited the window in vain, calls to that server fail at once
+    until a connection to it comes up again; and they work again when it does."""
+    with Cluster(mount=False) as c:
+        mnt = os.path.join(c.base, "short")
+        os.mkdir(mnt)
+        run(AQ, "mount", mnt, "--cluster", c.conf, env=dict(os.environ, AQ_RECONNECT_S="2"))
+        fd = -1
+        try:
+            fd = os.open(os.path.join(mnt, "spread"), os.O_RDWR | os.O_CREAT, 0o644)
+            for i in range(12):  # one piece in each of 12 chunks: 12 writes at the flush
+                os.pwrite(fd, b"x" * 4096, i * (4 << 20) + 100)
+            c.kill9()
+            t0 = time.monotonic()
+            expect_errno(errno.EIO, os.fsync, fd)
+            took = time.monotonic() - t0
+            assert took < 8, f"fsync took {took:.1f} s for 12 buffered chunks, aqd gone, a 2 s window"
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+            fd = -1
+            run(AQ, "up", "--data", c.data, "--no-mount")
+            with open(os.path.join(mnt, "after"), "w") as f:
+                f.write("back")
+            with open(os.path.join(mnt, "after")) as f:
+                assert f.read() == "back"
+        finally:
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            unmount(mnt)
+
+
 def test_read_right_after_aqd_restarts_waits_for_it():
     """Regression (found by a kill -9 loop): a read through the mount right after aqd came
     back failed with EIO. Chunk reads, unlike other calls, did not try again when the

@@ -1538,6 +1538,14 @@ ssize_t aq_pread(struct aq_file *f, void *buf, size_t len, uint64_t off)
 	}
 	if (!mine) {
 		pthread_mutex_unlock(&st->mu);
+		/* On aqd's machine a read this big goes to the segment file at once, before
+		 * read-ahead: its size, or the kernel's own read-ahead (FUSE sends them in
+		 * parallel), keeps the disk busy, and windows through aqd would only add aqd's
+		 * copies (dd of 2 GiB through the mount: 0.88 -> 1.15 GB/s). Reads of another
+		 * machine's client, which gets no location, keep their windows. */
+		if (len >= LOCAL_FIRST_MIN && off / cs == (off + len - 1) / cs &&
+		    local_chunk_read(f, (uint32_t)(off / cs), (uint32_t)(off % cs), (uint32_t)len, buf) == 0)
+			return (ssize_t)len;
 		ssize_t ra = ra_read(f, buf, len, off, size, cs);
 		if (ra != RA_PASS)
 			return ra;

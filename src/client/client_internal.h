@@ -187,6 +187,7 @@ int local_read(struct aq_client *c, uint64_t ino, const struct proto_loc *l, uin
  * through this client). 0, or -EAGAIN: read them through aqd. */
 int local_chunk_read(struct aq_file *f, uint32_t idx, uint32_t in, uint32_t n, uint8_t *dest);
 void local_chunks_free(struct aq_file *f);
+#define LOCAL_FIRST_MIN (128u << 10) /* reads at least this big skip read-ahead when local */
 
 ssize_t ra_read(struct aq_file *f, void *buf, size_t len, uint64_t off, uint64_t size, uint32_t cs);
 void ra_free(struct aq_file *f);

@@ -317,10 +317,10 @@ print("ok")
     assert os.listdir(os.path.join(c.data, "targets")), "the tmpfs leaked out of the namespace"
 
 
-def test_random_reads_of_a_big_file_skip_aqd(c):
+def test_reads_of_a_big_file_skip_aqd(c):
     """Local reads of any chunk (LOCATE, src/client/local.c): random 4 KiB reads of a
-    file many chunks long, through the mount on aqd's machine, come from aqd's segment
-    files, not down aqd's socket, and every byte is right. The locations an open file
+    file many chunks long, and the file read in order, through the mount on aqd's machine,
+    come from aqd's segment files, not down aqd's socket, and every byte is right. The locations an open file
     keeps go with the inode's write generation: a write through the same client is seen
     by the next read of the same handle, and another client's write at the next open."""
     import aquifer
@@ -345,6 +345,14 @@ def test_random_reads_of_a_big_file_skip_aqd(c):
         os.close(fd)
     sent = proc_io(c.pid(), "wchar") - sent
     assert sent < len(offs) * 4096 // 4, f"aqd sent {sent} bytes for {len(offs) * 4096} read at random"
+    # and a sequential reader (the kernel's read-ahead asks in pieces of up to 1 MiB): no
+    # read-ahead windows through aqd either
+    drop_caches()
+    sent = proc_io(c.pid(), "wchar")
+    with open(c.path("big-random"), "rb") as f:
+        assert f.read() == data, "the file read whole differs"
+    sent = proc_io(c.pid(), "wchar") - sent
+    assert sent < size // 4, f"aqd sent {sent} bytes for the {size} read in order"
 
     cl, other = aquifer.connect(c.conf), aquifer.connect(c.conf)
     try:

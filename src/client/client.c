@@ -152,6 +152,18 @@ static struct ino_state *state_find_locked(struct aq_client *c, uint64_t ino)
 	return st;
 }
 
+void state_changed_elsewhere(struct aq_client *c, uint64_t ino)
+{
+	uint32_t lo = ino ? (uint32_t)(ino % ARRAY_SIZE(c->files)) : 0;
+	uint32_t hi = ino ? lo + 1 : (uint32_t)ARRAY_SIZE(c->files); /* its list, or all */
+	pthread_mutex_lock(&c->files_mu);
+	for (uint32_t i = lo; i < hi; i++)
+		for (struct ino_state *st = c->files[i]; st; st = st->next)
+			if (!ino || st->ino == ino)
+				atomic_fetch_add(&st->wgen, 1);
+	pthread_mutex_unlock(&c->files_mu);
+}
+
 static struct ino_state *state_get(struct aq_client *c, uint64_t ino, const struct aq_attr *attr, unsigned long epoch)
 {
 	pthread_mutex_lock(&c->files_mu);

@@ -95,7 +95,8 @@ struct ino_state {
 	int64_t mtime_ns;
 	uint32_t chunk_size;
 	int err;                   /* first write-back error, reported at flush/fsync/close */
-	atomic_ulong wgen;         /* bumped by every write and truncate through this client */
+	atomic_ulong wgen;         /* bumped by every write and truncate through this client,
+				    * and by a push saying another client changed the inode */
 	/* buffered writes: up to WCHUNKS chunks, each with up to WEXTENTS ranges */
 	struct wchunk **wc;        /* WCHUNKS slots, the array made on the first write, each
 				    * slot when first needed */
@@ -187,6 +188,9 @@ int local_read(struct aq_client *c, uint64_t ino, const struct proto_loc *l, uin
  * through this client). 0, or -EAGAIN: read them through aqd. */
 int local_chunk_read(struct aq_file *f, uint32_t idx, uint32_t in, uint32_t n, uint8_t *dest);
 void local_chunks_free(struct aq_file *f);
+/* A push said another client changed inode ino (0: pushes were lost, any inode may have
+ * changed): the read-ahead windows and chunk locations of its open files go (wgen). */
+void state_changed_elsewhere(struct aq_client *c, uint64_t ino);
 #define LOCAL_FIRST_MIN (128u << 10) /* reads at least this big skip read-ahead when local */
 
 ssize_t ra_read(struct aq_file *f, void *buf, size_t len, uint64_t off, uint64_t size, uint32_t cs);

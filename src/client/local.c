@@ -19,11 +19,12 @@
  * aqd's loop), keeps that in a small table, and reads just the blocks a read touches
  * (the page cache first, O_DIRECT for a cold block of 64 KiB), each checked against its
  * crc32c. A random 4 KiB read then costs no trip to aqd at all. The table is dropped by
- * a write or truncate through this client (the inode's wgen), so a reader sees its own
- * writes; other clients' writes show at the next open, as read-ahead's windows do
- * (close-to-open). A record is never changed in place, so a kept location gives the
- * bytes of the version it named, or a failed check (compacted, punched): the read then
- * goes through aqd and the chunk is located again.
+ * a write or truncate through this client and by a push about the inode (the inode's
+ * wgen, as read-ahead's windows are), so a reader sees its own writes, and a watching
+ * client (the mount) other clients' writes once it has heard of them; a client that does
+ * not watch sees those at the next open (close-to-open). A record is never changed in
+ * place, so a kept location gives the bytes of the version it named, or a failed check
+ * (compacted, punched): the read then goes through aqd and the chunk is located again.
  */
 #include "client/client_internal.h"
 #include "data/data.h"

@@ -5,8 +5,9 @@
  * the reader is half way through a window, the next one is asked for. Reads of a window
  * are served from its buffer; anything else (a seek, a big read, a failed window) goes
  * the direct way. A write or truncate through this client drops the windows (the inode's
- * wgen), so a reader always sees its own writes; other clients' writes show at the next
- * open, as with the page cache (close-to-open).
+ * wgen), so a reader always sees its own writes; so does a push saying another client
+ * changed the inode, on a client that watches (the mount). One that does not sees other
+ * clients' writes at the next open, as with the page cache (close-to-open).
  */
 #include "client/client_internal.h"
 

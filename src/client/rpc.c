@@ -308,6 +308,8 @@ static void deliver_invals(struct aq_client *c, const uint8_t *p, uint32_t len)
 	while ((rc = proto_inval_next(&rb, &kind, &ino, &name, &nlen)) > 0) {
 		struct aq_inval iv = {.ino = kind == PROTO_INVAL_INODE ? ino : 0,
 				      .parent = kind == PROTO_INVAL_ENTRY ? ino : 0, .name = name, .name_len = nlen};
+		if (iv.ino)
+			state_changed_elsewhere(c, iv.ino);
 		if (iv.ino || iv.parent)
 			c->watch_fn(c->watch_arg, &iv);
 	}
@@ -516,6 +518,7 @@ static int ensure_up_locked(struct rpc_conn *rc)
 	if (rc->gen && deliver && c->watch_fn) {
 		/* INVAL frames sent while the connection was down are lost: say so */
 		atomic_fetch_add(&c->inval_seq, 1);
+		state_changed_elsewhere(c, 0);
 		struct aq_inval lost = {0};
 		c->watch_fn(c->watch_arg, &lost);
 	}

@@ -508,6 +508,35 @@ def test_heard_ioctl(c):
         unmount(m)
 
 
+def test_open_file_reads_another_mounts_write_once_pushed(c):
+    """Mount A has a big file open and has read from it, so it keeps where the file's
+    chunks lie on aqd's disk (local reads) and reads them itself. Mount B rewrites part
+    of a chunk and closes. Once A has heard the push, A's next read of the same open file
+    returns B's bytes. The old bytes there are zeros: aqd punches the record a rewrite
+    replaces, and punched zeros still pass their checks, so only the push (which drops
+    the kept locations) can tell A. O_DIRECT keeps A's kernel from answering itself."""
+    import mmap
+    a, b = both(c, "pushed-big")
+    size, at = 12 << 20, 4 << 20  # chunk 1
+    data = bytearray(os.urandom(size))
+    data[at:at + (64 << 10)] = bytes(64 << 10)
+    with open(b, "wb") as f:
+        f.write(data)
+    soon(lambda: os.path.exists(a) and os.path.getsize(a) == size, "A sees the file whole")
+    buf = mmap.mmap(-1, 4096)
+    fd = os.open(a, os.O_RDONLY | os.O_DIRECT)
+    try:
+        assert os.preadv(fd, [buf], at) == 4096 and buf[:] == data[at:at + 4096]
+        with open(b, "r+b") as f:
+            f.seek(at)
+            f.write(b"from mount B")
+        heard(fd)
+        assert os.preadv(fd, [buf], at) == 4096 and buf[:12] == b"from mount B", \
+            f"A read {buf[:12]!r} after hearing B's write"
+    finally:
+        os.close(fd)
+
+
 def statahead_dir(c, name, n=200, a_mnt=None):
     """A directory of n files made by mount B, whose entries mount A (c's first mount,
     or the one at a_mnt) then looks up often enough (with its kernel's entries dropped)

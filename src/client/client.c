@@ -1504,16 +1504,10 @@ int chunk_read_finish(struct aq_client *c, uint64_t ino, uint32_t cs, uint64_t p
 			answered = call->answered;
 			rpc_free(call);
 		}
-		if (!err || answered || !aq_err_unreachable(err))
+		uint32_t target = cluster_chunk_target(&c->map, ino, (uint32_t)(pos / cs));
+		if (!err || answered || !aq_err_unreachable(err) ||
+		    !rpc_retry_wait(c, cluster_target_by_id(&c->map, target)->server, &deadline, attempt))
 			return err;
-		uint32_t server = cluster_target_by_id(&c->map, cluster_chunk_target(&c->map, ino, (uint32_t)(pos / cs)))->server;
-		if (!deadline) {
-			deadline = rpc_deadline(c, server);
-		} else if (aq_mono_ns() > deadline) {
-			rpc_gave_up(c, server);
-			return err;
-		}
-		usleep(attempt < 10 ? 50000 : 250000);
 		call = chunk_read_start(c, ino, cs, pos, len, dest, NULL, NULL, &err);
 	}
 }

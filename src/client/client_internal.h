@@ -280,12 +280,13 @@ uint64_t rpc_affinity(const struct proto_req *req);
 /* Waits for the reply. Returns 0 or -errno; the call keeps the payload until rpc_free. */
 int rpc_wait(struct rpc_call *call);
 void rpc_free(struct rpc_call *call);
-/* When a call to server stops waiting for it to come back (aq_mono_ns): reconnect_s
- * from now; or now, once a call has waited that long in vain and no connection to it has
- * come up since (rpc_gave_up). A close that flushes many buffered chunks to a server gone
- * for good then fails in one window, not one window per chunk. */
-uint64_t rpc_deadline(struct aq_client *c, uint32_t server);
-void rpc_gave_up(struct aq_client *c, uint32_t server);
+/* After a call to server failed for want of a connection (attempt: how many failed
+ * before): sleeps and returns true while the call may try again, false once its window
+ * is over. The window (*deadline, 0 before the first failure) is reconnect_s from the
+ * first failure; or nothing, once a call has waited that long in vain and no connection
+ * to the server has come up since: a close that flushes many buffered chunks to a server
+ * gone for good then fails in one window, not one window per chunk. */
+bool rpc_retry_wait(struct aq_client *c, uint32_t server, uint64_t *deadline, int attempt);
 /* Gives r, when it is a change (proto_op_numbered), this client's id and its next number. */
 void rpc_number(struct aq_client *c, struct proto_req *r);
 /* One request and its decoded reply (payload pointers stay valid until rpc_free(*call)).

@@ -462,7 +462,6 @@ static void *rx_main(void *arg)
 	return NULL;
 }
 
-/* Brings the connection up if it is down. Called with rc->mu held. */
 static uint32_t server_index(const struct aq_client *c, uint32_t server)
 {
 	for (uint32_t i = 0; i < c->map.nservers; i++)
@@ -471,20 +470,22 @@ static uint32_t server_index(const struct aq_client *c, uint32_t server)
 	return 0;
 }
 
-uint64_t rpc_deadline(struct aq_client *c, uint32_t server)
+bool rpc_retry_wait(struct aq_client *c, uint32_t server, uint64_t *deadline, int attempt)
 {
-	if (atomic_load(&c->server_down[server_index(c, server)]))
-		return aq_mono_ns();
-	return aq_mono_ns() + (uint64_t)c->reconnect_s * 1000000000ull;
+	atomic_bool *down = &c->server_down[server_index(c, server)];
+	if (!*deadline)
+		*deadline = atomic_load(down) ? aq_mono_ns() : aq_mono_ns() + (uint64_t)c->reconnect_s * 1000000000ull;
+	if (aq_mono_ns() >= *deadline) {
+		if (!atomic_exchange(down, true))
+			log_warn("server %u: no connection for %u s; calls to it fail at once until one is made",
+				 server, c->reconnect_s);
+		return false;
+	}
+	usleep(attempt < 10 ? 50000 : 250000);
+	return true;
 }
 
-void rpc_gave_up(struct aq_client *c, uint32_t server)
-{
-	if (!atomic_exchange(&c->server_down[server_index(c, server)], true))
-		log_warn("server %u: no connection for %u s; calls to it fail at once until one is made", server,
-			 c->reconnect_s);
-}
-
+/* Brings the connection up if it is down. Called with rc->mu held. */
 static int ensure_up_locked(struct rpc_conn *rc)
 {
 	if (rc->up)
@@ -945,7 +946,7 @@ int rpc_do_on(struct aq_client *c, uint32_t server, const struct proto_req *req,
 	struct wbuf w;
 	wbuf_init(&w, 128 + req->data_len + req->name_len + req->name2_len);
 	proto_req_encode(&w, &numbered);
-	uint64_t deadline = rpc_deadline(c, server);
+	uint64_t deadline = 0;
 	int err;
 	struct rpc_call *call = NULL;
 	for (int attempt = 0;; attempt++) {
@@ -956,15 +957,11 @@ int rpc_do_on(struct aq_client *c, uint32_t server, const struct proto_req *req,
 			err = rpc_wait(call);
 		/* a server that answered ENOTCONN or EHOSTUNREACH (no object tier, S3 down) meant
 		 * it: only a connection that failed is worth trying again */
-		if (!aq_err_unreachable(err) || (call && call->answered))
+		if (!aq_err_unreachable(err) || (call && call->answered) ||
+		    !rpc_retry_wait(c, server, &deadline, attempt))
 			break;
-		if (aq_mono_ns() > deadline) {
-			rpc_gave_up(c, server);
-			break;
-		}
 		rpc_free(call);
 		call = NULL;
-		usleep(attempt < 10 ? 50000 : 250000);
 	}
 	wbuf_free(&w);
 	if (!err && rep) {

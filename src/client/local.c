@@ -28,7 +28,6 @@
  */
 #include "client/client_internal.h"
 #include "data/data.h"
-#include "common/hash.h"
 #include <fcntl.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -62,29 +61,49 @@ static void local_failed(struct aq_client *c, const char *path, int err)
 			 (unsigned long long)(LOCAL_PAUSE_NS / 1000000000));
 }
 
-/* Reads the record span at rec_off; O_DIRECT where asked and the file system takes it. */
-static int read_span(const char *path, bool direct, uint8_t *buf, uint64_t span, uint64_t rec_off)
+/* Reads len bytes at off of path into a buffer it allocates (*mem, to free): from the page
+ * cache when they are all there, else with O_DIRECT when direct (a cold block of 64 KiB
+ * or more, as aqd reads it), else through the page cache. *data points at the bytes. */
+static int read_blocks(const char *path, bool direct, uint64_t off, size_t len, uint8_t **mem, uint8_t **data)
 {
-	/* O_NONBLOCK: a path that names a FIFO must not hang the reader (the check fails) */
 	int flags = O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK;
-	int fd = direct ? open(path, flags | O_DIRECT) : -1;
-	if (fd < 0)
-		fd = open(path, flags);
-	if (fd < 0)
-		return -errno;
-	uint64_t got = 0;
-	int rc = 0;
-	while (got < span) {
-		ssize_t n = pread(fd, buf + got, span - got, (off_t)(rec_off + got));
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0) {
-			rc = n < 0 ? -errno : -EIO; /* short: the file is not what aqd described */
-			break;
-		}
-		got += (uint64_t)n;
+	uint64_t a0 = off & ~4095ull, a1 = (off + len + 4095) & ~4095ull;
+	if (posix_memalign((void **)mem, 4096, a1 - a0)) {
+		*mem = NULL;
+		return -ENOMEM;
 	}
+	int fd = open(path, flags);
+	if (fd < 0) {
+		int rc = -errno;
+		free(*mem);
+		*mem = NULL;
+		return rc;
+	}
+	struct iovec iov = {*mem, len};
+	ssize_t n = direct ? preadv2(fd, &iov, 1, (off_t)off, RWF_NOWAIT) : -1;
+	if (n != (ssize_t)len && direct) {
+		int dfd = open(path, flags | O_DIRECT);
+		if (dfd >= 0) {
+			n = pread(dfd, *mem, a1 - a0, (off_t)a0);
+			close(dfd);
+			if (n >= (ssize_t)(off + len - a0)) {
+				close(fd);
+				*data = *mem + (off - a0);
+				return 0;
+			}
+		}
+		n = -1; /* short, or no O_DIRECT here (tmpfs): through the page cache */
+	}
+	if (n != (ssize_t)len)
+		n = pread(fd, *mem, len, (off_t)off);
+	int rc = n == (ssize_t)len ? 0 : n < 0 ? -errno : -EIO;
 	close(fd);
+	if (rc) {
+		free(*mem);
+		*mem = NULL;
+	} else {
+		*data = *mem;
+	}
 	return rc;
 }
 
@@ -93,25 +112,22 @@ int local_read(struct aq_client *c, uint64_t ino, const struct proto_loc *l, uin
 	char path[PATH_MAX];
 	memcpy(path, l->path, l->path_len); /* proto_loc_get: shorter than PATH_MAX */
 	path[l->path_len] = '\0';
-	uint64_t span = data_rec_span(l->length, l->nblk);
-	uint8_t *buf = NULL;
-	if (posix_memalign((void **)&buf, 4096, span))
-		return -ENOMEM;
-	int rc = read_span(path, l->direct, buf, span, l->rec_off);
+	uint8_t *buf = NULL, *rec = NULL;
+	int rc = read_blocks(path, l->direct, l->rec_off, data_rec_span(l->length, l->nblk), &buf, &rec);
 	if (!rc) {
 		uint32_t crc[AQ_CHUNK_SIZE_MAX / AQ_CRC_BLOCK_SIZE];
 		for (uint32_t b = 0; b < l->nblk; b++)
 			crc[b] = get_le32(l->crcs + 4 * (size_t)b);
-		rc = data_rec_check(buf, ino, l->idx, l->version, l->length, l->nblk, crc);
+		rc = data_rec_check(rec, ino, l->idx, l->version, l->length, l->nblk, crc);
 	}
 	if (rc) {
-		free(buf);
+		free(buf); /* NULL when read_blocks failed */
 		local_failed(c, path, rc);
 		return rc;
 	}
 	atomic_store(&c->local_fails, 0);
 	*mem = buf;
-	*data = buf + DATA_REC_HDR_SIZE + l->in;
+	*data = rec + DATA_REC_HDR_SIZE + l->in;
 	return 0;
 }
 
@@ -124,8 +140,8 @@ struct loc_slot {
 	uint32_t idx;
 	uint8_t state;
 	unsigned long wgen;        /* the inode's wgen before LOCATE was sent */
-	uint64_t rec_off, version;
-	uint32_t length, nblk;
+	uint64_t rec_off;          /* the record's header, checked once when located */
+	uint32_t length;
 	char *path;
 	uint32_t *crc;             /* nblk, all of the record's blocks */
 };
@@ -185,9 +201,7 @@ static int locate(struct aq_file *f, uint32_t idx, unsigned long wgen, struct lo
 		} else {
 			sl->state = LOC_AT;
 			sl->rec_off = l.rec_off;
-			sl->version = l.version;
 			sl->length = l.length;
-			sl->nblk = l.nblk;
 			sl->path = strdup(path);
 			sl->crc = aq_malloc(4 * (size_t)l.nblk + 4);
 			for (uint32_t b = 0; b < l.nblk; b++)
@@ -195,52 +209,6 @@ static int locate(struct aq_file *f, uint32_t idx, unsigned long wgen, struct lo
 		}
 	}
 	rpc_free(call);
-	return rc;
-}
-
-/* Reads len bytes at off of path into a buffer it allocates (*mem, to free): from the page
- * cache when they are all there, else with O_DIRECT when direct (a cold block of 64 KiB
- * or more, as aqd reads it), else through the page cache. *data points at the bytes. */
-static int read_blocks(const char *path, bool direct, uint64_t off, size_t len, uint8_t **mem, uint8_t **data)
-{
-	int flags = O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK;
-	uint64_t a0 = off & ~4095ull, a1 = (off + len + 4095) & ~4095ull;
-	if (posix_memalign((void **)mem, 4096, a1 - a0)) {
-		*mem = NULL;
-		return -ENOMEM;
-	}
-	int fd = open(path, flags);
-	if (fd < 0) {
-		int rc = -errno;
-		free(*mem);
-		*mem = NULL;
-		return rc;
-	}
-	struct iovec iov = {*mem, len};
-	ssize_t n = direct ? preadv2(fd, &iov, 1, (off_t)off, RWF_NOWAIT) : -1;
-	if (n != (ssize_t)len && direct) {
-		int dfd = open(path, flags | O_DIRECT);
-		if (dfd >= 0) {
-			n = pread(dfd, *mem, a1 - a0, (off_t)a0);
-			close(dfd);
-			if (n >= (ssize_t)(off + len - a0)) {
-				close(fd);
-				*data = *mem + (off - a0);
-				return 0;
-			}
-		}
-		n = -1; /* short, or no O_DIRECT here (tmpfs): through the page cache */
-	}
-	if (n != (ssize_t)len)
-		n = pread(fd, *mem, len, (off_t)off);
-	int rc = n == (ssize_t)len ? 0 : n < 0 ? -errno : -EIO;
-	close(fd);
-	if (rc) {
-		free(*mem);
-		*mem = NULL;
-	} else {
-		*data = *mem;
-	}
 	return rc;
 }
 
@@ -291,7 +259,8 @@ int local_chunk_read(struct aq_file *f, uint32_t idx, uint32_t in, uint32_t n, u
 	uint32_t crc[AQ_CHUNK_SIZE_MAX / AQ_CRC_BLOCK_SIZE];
 	char path[PATH_MAX];
 	uint64_t at = sl->rec_off + DATA_REC_HDR_SIZE + (uint64_t)b0 * DATA_BLOCK_SIZE;
-	uint32_t span = b1 > b0 ? MIN(b1 * DATA_BLOCK_SIZE, sl->length) - b0 * DATA_BLOCK_SIZE : 0;
+	uint32_t length = sl->length;
+	uint32_t span = b1 > b0 ? MIN(b1 * DATA_BLOCK_SIZE, length) - b0 * DATA_BLOCK_SIZE : 0;
 	memcpy(crc, sl->crc + b0, 4 * (size_t)(b1 - b0));
 	snprintf(path, sizeof path, "%s", sl->path);
 	pthread_mutex_unlock(&lc->mu);
@@ -299,11 +268,8 @@ int local_chunk_read(struct aq_file *f, uint32_t idx, uint32_t in, uint32_t n, u
 	if (span) {
 		uint8_t *mem = NULL, *data = NULL;
 		rc = read_blocks(path, span >= DATA_DIRECT_MIN_DEFAULT, at, span, &mem, &data);
-		for (uint32_t b = b0; !rc && b < b1; b++) {
-			uint32_t s = (b - b0) * DATA_BLOCK_SIZE;
-			if (crc32c(0, data + s, MIN(s + DATA_BLOCK_SIZE, span) - s) != crc[b - b0])
-				rc = -AQ_ECORRUPT;
-		}
+		if (!rc && data_blocks_check(data, length, b0, b1, crc, NULL) != b1)
+			rc = -AQ_ECORRUPT;
 		if (rc) {
 			free(mem); /* read_blocks left it NULL when it failed */
 			pthread_mutex_lock(&lc->mu);

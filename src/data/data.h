@@ -68,8 +68,9 @@ struct data_loc {
 };
 /* Locates bytes [0, end) of chunk (ino, idx), or with end 0 all the bytes its record
  * holds: 0, or -EAGAIN when they are not all in a record on this disk (no chunk, a
- * shorter one, or one only in S3): read them through data_read. The location is right when it is given; a reader that finds the record
- * gone or changed (a later write, compaction) reads through aqd instead. */
+ * shorter one, or one only in S3): read them through data_read. The location is right
+ * when it is given; a reader that finds the record gone or changed (a later write,
+ * compaction) reads through aqd instead. */
 int data_locate(struct data_store *ds, uint32_t target, uint64_t ino, uint32_t idx, uint32_t end,
 		struct data_loc *loc);
 /* For that reader (format.c, pure): the bytes of the record it reads, from rec_off (the
@@ -79,6 +80,11 @@ int data_locate(struct data_store *ds, uint32_t target, uint64_t ino, uint32_t i
 uint64_t data_rec_span(uint32_t length, uint32_t nblk);
 int data_rec_check(const uint8_t *rec, uint64_t ino, uint32_t idx, uint64_t version, uint32_t length,
 		   uint32_t nblk, const uint32_t *crc);
+/* The first of blocks [b0, b1) of a chunk of length bytes whose crc32c is not
+ * crc[b - b0], their bytes at p (block b0's first); b1 when every one matches. *got (if
+ * not NULL) gets the crc32c the block has. */
+uint32_t data_blocks_check(const uint8_t *p, uint32_t length, uint32_t b0, uint32_t b1, const uint32_t *crc,
+			   uint32_t *got);
 /* I/O buffers, aligned for O_DIRECT, from a pool of bounded size (buf.c). */
 void *data_buf_alloc(size_t size);
 void data_buf_free(void *p); /* NULL is a no-op */

@@ -60,13 +60,23 @@ int data_rec_check(const uint8_t *rec, uint64_t ino, uint32_t idx, uint64_t vers
 	if (nblk > data_nblocks(length) || data_hdr_decode(rec, &h) || h.ino != ino || h.idx != idx ||
 	    h.version != version || h.length != length)
 		return -AQ_ECORRUPT;
-	const uint8_t *data = rec + DATA_REC_HDR_SIZE;
-	for (uint32_t b = 0; b < nblk; b++) {
+	return data_blocks_check(rec + DATA_REC_HDR_SIZE, length, 0, nblk, crc, NULL) == nblk ? 0 : -AQ_ECORRUPT;
+}
+
+uint32_t data_blocks_check(const uint8_t *p, uint32_t length, uint32_t b0, uint32_t b1, const uint32_t *crc,
+			   uint32_t *got)
+{
+	for (uint32_t b = b0; b < b1; b++) {
 		uint64_t start = (uint64_t)b * DATA_BLOCK_SIZE;
-		if (crc32c(0, data + start, MIN(start + DATA_BLOCK_SIZE, length) - start) != crc[b])
-			return -AQ_ECORRUPT;
+		uint64_t len = MIN(start + DATA_BLOCK_SIZE, length) - start;
+		uint32_t c = crc32c(0, p + (start - (uint64_t)b0 * DATA_BLOCK_SIZE), len);
+		if (c != crc[b - b0]) {
+			if (got)
+				*got = c;
+			return b;
+		}
 	}
-	return 0;
+	return b1;
 }
 
 void data_key(uint8_t out[DATA_KEY_SIZE], uint64_t ino, uint32_t idx)

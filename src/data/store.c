@@ -302,19 +302,14 @@ static struct data_seg *entry_seg(struct data_target *t, uint64_t ino, uint32_t 
 static int check_blocks(struct data_target *t, uint64_t ino, uint32_t idx, const struct data_entry *e,
 			uint32_t b0, uint32_t b1, const uint8_t *p)
 {
-	for (uint32_t b = b0; b < b1; b++) {
-		uint64_t start = (uint64_t)b * DATA_BLOCK_SIZE;
-		uint64_t len = MIN(start + DATA_BLOCK_SIZE, e->length) - start;
-		uint32_t crc = crc32c(0, p + (start - (uint64_t)b0 * DATA_BLOCK_SIZE), len);
-		if (crc != e->crc[b]) {
-			log_error("target %u: chunk ino %llx idx %u v%llu block %u (seg %u record %llu): "
-				  "crc32c %08x, index says %08x: corrupt",
-				  t->id, (unsigned long long)ino, idx, (unsigned long long)e->version, b, e->seg,
-				  (unsigned long long)e->off, crc, e->crc[b]);
-			return -AQ_ECORRUPT;
-		}
-	}
-	return 0;
+	uint32_t crc = 0, b = data_blocks_check(p, e->length, b0, b1, e->crc + b0, &crc);
+	if (b == b1)
+		return 0;
+	log_error("target %u: chunk ino %llx idx %u v%llu block %u (seg %u record %llu): "
+		  "crc32c %08x, index says %08x: corrupt",
+		  t->id, (unsigned long long)ino, idx, (unsigned long long)e->version, b, e->seg,
+		  (unsigned long long)e->off, crc, e->crc[b]);
+	return -AQ_ECORRUPT;
 }
 
 /* Reads the ranges of entry e in one batch and checks every block's crc32c. Caller holds

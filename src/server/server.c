@@ -255,6 +255,22 @@ static int truncate_data(void *arg, uint64_t ino, uint64_t new_size, uint32_t ch
 	return 0;
 }
 
+/* Whether the request's data, a client's boot id, is this machine's: a client elsewhere
+ * could not open the paths a location names, and gets none. */
+static bool same_machine(const struct server *s, const struct proto_req *r)
+{
+	return !s->boot_err && r->data_len == sizeof s->boot_id && !memcmp(r->data, s->boot_id, sizeof s->boot_id);
+}
+
+/* Appends the proto_loc of bytes [in, in + n) of chunk idx, found at loc. */
+static void put_loc(struct wbuf *w, const struct data_loc *loc, uint32_t idx, uint32_t in, uint32_t n)
+{
+	struct proto_loc pl = {.rec_off = loc->rec_off, .version = loc->version, .idx = idx, .length = loc->length,
+			       .in = in, .n = n, .nblk = loc->nblk, .direct = loc->direct, .path = loc->path,
+			       .path_len = (uint32_t)strlen(loc->path)};
+	proto_loc_put(w, &pl, loc->crc);
+}
+
 /* OPEN_MAP's data: where bytes [in, in + n) of chunk idx lie on this disk, or nothing
  * (the client then reads them as usual): nothing for a client on another machine (its
  * boot id, the request's data, differs). Runs on the loop: it reads the index, never the
@@ -264,15 +280,11 @@ static void open_map_loc(struct server *s, const struct proto_req *r, uint32_t t
 {
 	size_t len_at = out->len;
 	wbuf_u32(out, 0);
-	if (!n || s->boot_err || r->data_len != sizeof s->boot_id || memcmp(r->data, s->boot_id, sizeof s->boot_id))
+	if (!n || !same_machine(s, r))
 		return;
 	struct data_loc *loc = aq_malloc(sizeof *loc);
 	if (data_locate(s->data, target, r->ino, idx, in + n, loc) == 0) {
-		struct proto_loc pl = {.rec_off = loc->rec_off, .version = loc->version, .idx = idx,
-				       .length = loc->length, .in = in, .n = n, .nblk = loc->nblk,
-				       .direct = loc->direct, .path = loc->path,
-				       .path_len = (uint32_t)strlen(loc->path)};
-		proto_loc_put(out, &pl, loc->crc);
+		put_loc(out, loc, idx, in, n);
 		put_le32(out->p + len_at, (uint32_t)(out->len - len_at - 4));
 		tier_note_read(s->tier, r->ino);
 	}
@@ -292,13 +304,9 @@ static int locate(struct server *s, const struct proto_req *r, struct wbuf *out)
 	struct proto_reply rep = {.op = OP_LOCATE};
 	struct wbuf w = {0};
 	struct data_loc *loc = aq_malloc(sizeof *loc);
-	if (!s->boot_err && r->data_len == sizeof s->boot_id && !memcmp(r->data, s->boot_id, sizeof s->boot_id) &&
-	    data_locate(s->data, r->target, r->ino, r->idx, 0, loc) == 0) {
-		struct proto_loc pl = {.rec_off = loc->rec_off, .version = loc->version, .idx = r->idx,
-				       .length = loc->length, .in = 0, .n = loc->length, .nblk = loc->nblk,
-				       .direct = loc->direct, .path = loc->path, .path_len = (uint32_t)strlen(loc->path)};
+	if (same_machine(s, r) && data_locate(s->data, r->target, r->ino, r->idx, 0, loc) == 0) {
 		wbuf_init(&w, 256);
-		proto_loc_put(&w, &pl, loc->crc);
+		put_loc(&w, loc, r->idx, 0, loc->length);
 		rep.data = w.p;
 		rep.data_len = (uint32_t)w.len;
 		tier_note_read(s->tier, r->ino);

@@ -373,9 +373,18 @@ static bool mount_daemon_alive(const char *mnt)
 		char path[300], args[4096], got[PATH_MAX];
 		if (e->d_name[0] < '1' || e->d_name[0] > '9')
 			continue;
-		snprintf(path, sizeof path, "/proc/%s/cmdline", e->d_name);
+		/* the command name first: reading a process's cmdline takes its memory map's
+		 * lock, which a process faulting on the dead mount may hold for good */
+		snprintf(path, sizeof path, "/proc/%s/comm", e->d_name);
 		int fd = open(path, O_RDONLY | O_CLOEXEC);
 		ssize_t n = fd >= 0 ? read(fd, args, sizeof args - 1) : -1;
+		if (fd >= 0)
+			close(fd);
+		if (n != 3 || memcmp(args, "aq\n", 3))
+			continue;
+		snprintf(path, sizeof path, "/proc/%s/cmdline", e->d_name);
+		fd = open(path, O_RDONLY | O_CLOEXEC);
+		n = fd >= 0 ? read(fd, args, sizeof args - 1) : -1;
 		if (fd >= 0)
 			close(fd);
 		if (n <= 0)

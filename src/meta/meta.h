@@ -55,10 +55,10 @@ int meta_mknod_many(struct meta_store *m, const struct aq_cred *cr, uint64_t par
 		    const char *const *names, const size_t *name_lens, uint32_t mode, uint32_t rdev, uint32_t flags,
 		    struct aq_attr *outs, int *results);
 /* Exactly-once changes (txn.c). A client numbers each create, mkdir, symlink, link,
- * unlink, rmdir, rename, setxattr and removexattr it sends: (client id, seq), client 0 meaning none. Between
- * meta_txn_begin and meta_txn_end on one thread, the call that commits records its
- * request in the same batch (meta_mknod_many: tx[i] for names[i]; other calls: tx[0]);
- * a call that fails records nothing. meta_txn_find says whether tx committed (1, with
+ * unlink, rmdir, rename, setxattr and removexattr it sends: (client id, seq), client 0
+ * meaning none. Between meta_txn_begin and meta_txn_end on one thread, the call that
+ * commits records its request in the same batch (meta_mknod_many: tx[i] for names[i];
+ * other calls: tx[0]); a call that fails records nothing. meta_txn_find says whether tx committed (1, with
  * the inode it made or linked in *ino, else 0 there), 0 if not, or -errno. tx must live
  * until meta_txn_end. */
 struct meta_txn {

@@ -87,14 +87,15 @@ int meta_txn_sweep(struct meta_store *m, int64_t before_ns)
 	rocksdb_readoptions_t *ro = rocksdb_readoptions_create();
 	rocksdb_readoptions_set_iterate_upper_bound(ro, (const char *)&hi, 1);
 	rocksdb_iterator_t *it = rocksdb_create_iterator(m->db, ro);
-	for (rocksdb_iter_seek(it, (const char *)&lo, 1); rocksdb_iter_valid(it) && n < META_TXN_SWEEP_MAX; rocksdb_iter_next(it)) {
+	rocksdb_iter_seek(it, (const char *)&lo, 1);
+	for (; rocksdb_iter_valid(it) && n < META_TXN_SWEEP_MAX; rocksdb_iter_next(it)) {
 		size_t kl, vl;
 		const char *k = rocksdb_iter_key(it, &kl);
 		const uint8_t *v = (const uint8_t *)rocksdb_iter_value(it, &vl);
 		if (kl == META_TXN_KEY_LEN && txn_stale(v, vl, before_ns))
 			memcpy(keys[n++], k, META_TXN_KEY_LEN);
 	}
-	int rc = meta_iter_error(it, "reply rows");
+	int rc = meta_iter_error(it, "change records");
 	rocksdb_iter_destroy(it);
 	rocksdb_readoptions_destroy(ro);
 	if (rc || n == 0) {

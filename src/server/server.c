@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #define OPEN_TABLE_SIZE 4096
+#define RUNNING_MAX 256 /* numbered changes running at once: workers, loop and a batch's creates */
 
 struct open_ent {
 	uint64_t ino;
@@ -42,6 +43,13 @@ struct server {
 	int boot_err;                       /* aq_boot_id's: no OPEN_MAP locations when set */
 	uint8_t boot_id[AQ_BOOT_ID_SIZE];
 	uint16_t exit_after;                /* tests: $AQ_TEST_EXIT_AFTER (see server_start) */
+	uint16_t hold_first;                /* tests: $AQ_TEST_HOLD_FIRST (see server_start) */
+	uint32_t hold_ms;
+	atomic_bool held;
+	pthread_mutex_t running_mu;         /* guards running, nrunning */
+	pthread_cond_t running_done;
+	struct meta_txn running[RUNNING_MAX];
+	uint32_t nrunning;
 };
 
 /* Per connection: authentication state, the inodes it holds open, and whether its
@@ -561,21 +569,93 @@ static int replay(struct server *s, struct sconn *sc, const struct proto_req *r,
 	return 1;
 }
 
+/* ---- numbered changes running now ----
+ * A change's connection can break while aqd runs it and lives on (a network fault, not a
+ * restart). Its client sends it again on a new connection, where the record of the first
+ * run may not be there yet: the second would run it again (EEXIST for a create), or, were
+ * the first still waiting for a lock, the first would run after the client's next change
+ * (an rmdir of the directory the client has made again since). So a numbered change holds
+ * its (client, seq) while it runs; one that comes with the same waits for it to finish,
+ * then looks for its record. A frame whose connection closed before a worker took it never
+ * runs (net.c), so the first run is either held here or over. */
+enum { RUN_FULL = -1, RUN_BUSY = 0, RUN_HELD = 1 };
+
+static bool running_has_locked(const struct server *s, const struct meta_txn *tx)
+{
+	for (uint32_t i = 0; i < s->nrunning; i++)
+		if (s->running[i].client == tx->client && s->running[i].seq == tx->seq)
+			return true;
+	return false;
+}
+
+/* Holds tx: RUN_HELD, or RUN_BUSY when it is running already (and wait is false), or
+ * RUN_FULL when the table is (it then runs unheld). *waited says whether it waited. */
+static int running_enter(struct server *s, const struct meta_txn *tx, bool wait, bool *waited)
+{
+	int rc = RUN_HELD;
+	pthread_mutex_lock(&s->running_mu);
+	while (running_has_locked(s, tx) && rc == RUN_HELD) {
+		if (!wait)
+			rc = RUN_BUSY;
+		else
+			pthread_cond_wait(&s->running_done, &s->running_mu);
+		if (waited)
+			*waited = true;
+	}
+	if (rc == RUN_HELD && s->nrunning == RUNNING_MAX)
+		rc = RUN_FULL;
+	if (rc == RUN_HELD)
+		s->running[s->nrunning++] = *tx;
+	pthread_mutex_unlock(&s->running_mu);
+	return rc;
+}
+
+static void running_leave(struct server *s, const struct meta_txn *tx)
+{
+	pthread_mutex_lock(&s->running_mu);
+	for (uint32_t i = 0; i < s->nrunning; i++) {
+		if (s->running[i].client == tx->client && s->running[i].seq == tx->seq) {
+			s->running[i] = s->running[--s->nrunning];
+			break;
+		}
+	}
+	pthread_cond_broadcast(&s->running_done);
+	pthread_mutex_unlock(&s->running_mu);
+}
+
+/* For the test of a change sent again while its first run goes on: $AQ_TEST_HOLD_FIRST=
+ * OPNAME:MS holds the first such change MS milliseconds before it runs. */
+static void test_hold(struct server *s, uint16_t op)
+{
+	if (op == s->hold_first && !atomic_exchange(&s->held, true)) {
+		log_warn("holding %s %u ms before it runs, as $AQ_TEST_HOLD_FIRST asks", proto_op_name(op),
+			 s->hold_ms);
+		usleep(s->hold_ms * 1000u);
+	}
+}
+
 /* Executes one decoded request; appends the reply payload to out. Returns 0 or -errno.
  * A numbered change commits the record of itself with it (src/meta/txn.c). */
 static int handle(struct server *s, struct sconn *sc, const struct proto_req *r, struct wbuf *out)
 {
 	if (!proto_op_numbered(r->op) || !r->txn_client)
 		return handle_op(s, sc, r, out);
-	if (r->retry) {
-		int rc = replay(s, sc, r, out);
-		if (rc)
-			return rc < 0 ? rc : 0;
-	}
 	struct meta_txn tx = {r->txn_client, r->txn_seq};
-	meta_txn_begin(&tx, 1);
-	int rc = handle_op(s, sc, r, out);
-	meta_txn_end();
+	bool waited = false;
+	bool held = running_enter(s, &tx, true, &waited) == RUN_HELD;
+	test_hold(s, r->op);
+	int rc = 0;
+	if (r->retry || waited)
+		rc = replay(s, sc, r, out);
+	if (rc == 0) {
+		meta_txn_begin(&tx, 1);
+		rc = handle_op(s, sc, r, out);
+		meta_txn_end();
+	} else if (rc > 0) {
+		rc = 0;
+	}
+	if (held)
+		running_leave(s, &tx);
 	return rc;
 }
 
@@ -890,6 +970,30 @@ static void put_sub_reply(struct wbuf *subs, const struct proto_hdr *sh, int st,
 		wbuf_put(subs, one->p, one->len);
 }
 
+/* Holds the numbered creates of a run that is to share one write batch. One running
+ * already (its first run, its client having sent it again) ends the run before it: it
+ * goes alone, through handle, which waits. Returns how many stay in the run. */
+static uint32_t hold_run(struct server *s, const struct meta_txn *txs, uint32_t run, bool *held)
+{
+	for (uint32_t k = 0; k < run; k++) {
+		held[k] = false;
+		if (!txs[k].client)
+			continue;
+		int rc = running_enter(s, &txs[k], false, NULL);
+		if (rc == RUN_BUSY)
+			return k;
+		held[k] = rc == RUN_HELD;
+	}
+	return run;
+}
+
+static void release_run(struct server *s, const struct meta_txn *txs, uint32_t run, const bool *held)
+{
+	for (uint32_t k = 0; k < run; k++)
+		if (held[k])
+			running_leave(s, &txs[k]);
+}
+
 /* Creates that can share one metadata write batch: same directory, mode, flags and caller. */
 static bool same_create(const struct proto_req *a, const struct proto_req *b)
 {
@@ -934,6 +1038,7 @@ static int run_batch(struct server *s, struct sconn *sc, const struct proto_hdr 
 	struct aq_attr outs[64];
 	int results[64];
 	struct meta_txn txs[64];
+	bool held[64];
 	uint32_t n = 0;
 	while (!st && n < br.max) {
 		uint32_t run = 1;
@@ -943,17 +1048,24 @@ static int run_batch(struct server *s, struct sconn *sc, const struct proto_hdr 
 				run++;
 		}
 		if (run > 1) {
+			for (uint32_t k = 0; k < run; k++)
+				txs[k] = (struct meta_txn){reqs[n + k].txn_client, reqs[n + k].txn_seq};
+			uint32_t keep = hold_run(s, txs, run, held);
+			if (keep < 2)
+				release_run(s, txs, keep, held); /* what is left goes alone, through handle */
+			run = keep < 2 ? 1 : keep;
+		}
+		if (run > 1) {
 			for (uint32_t k = 0; k < run; k++) {
 				names[k] = reqs[n + k].name;
 				lens[k] = reqs[n + k].name_len;
 			}
-			for (uint32_t k = 0; k < run; k++)
-				txs[k] = (struct meta_txn){reqs[n + k].txn_client, reqs[n + k].txn_seq};
 			const struct proto_req *r0 = &reqs[n];
 			meta_txn_begin(txs, run);
 			meta_mknod_many(s->meta, &r0->cred, r0->parent, run, names, lens, r0->mode, r0->rdev, r0->flags,
 					outs, results);
 			meta_txn_end();
+			release_run(s, txs, run, held);
 			for (uint32_t k = 0; k < run; k++) {
 				if (!results[k])
 					inval_entry(s, r0->parent, names[k], (uint32_t)lens[k]);
@@ -1219,6 +1331,18 @@ int server_start(const struct server_options *opt, struct server **out)
 	for (uint16_t op = 1; exit_after && op < OP_MAX_; op++)
 		if (!strcmp(proto_op_name(op), exit_after))
 			s->exit_after = op;
+	const char *hold = getenv("AQ_TEST_HOLD_FIRST"); /* OPNAME:MS, see test_hold */
+	const char *colon = hold ? strchr(hold, ':') : NULL;
+	size_t hold_len = colon ? (size_t)(colon - hold) : 0;
+	for (uint16_t op = 1; colon && op < OP_MAX_; op++) {
+		const char *name = proto_op_name(op);
+		if (strlen(name) == hold_len && !strncmp(name, hold, hold_len)) {
+			s->hold_first = op;
+			s->hold_ms = (uint32_t)strtoul(colon + 1, NULL, 10);
+		}
+	}
+	pthread_mutex_init(&s->running_mu, NULL);
+	pthread_cond_init(&s->running_done, NULL);
 	pthread_mutex_init(&s->open_mu, NULL);
 	pthread_mutex_init(&s->watch_mu, NULL);
 	pthread_mutex_init(&s->gc_mu, NULL);

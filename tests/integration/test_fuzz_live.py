@@ -25,6 +25,7 @@ F_REPLY = 1
 FRAME_MAX = 16 << 20
 OP_HELLO, OP_AUTH, OP_MAP = 1, 2, 3
 OP_LOOKUP, OP_GETATTR, OP_MKNOD, OP_MKDIR, OP_SYMLINK = 10, 11, 13, 14, 15
+OP_RMDIR = 18
 OP_BATCH = 50
 KNOWN_OPS = {2, 3} | set(range(10, 33)) | {40, 41, 50, 60}
 S_OK, S_PROTO, S_AUTH = 0, 19, 100
@@ -583,6 +584,63 @@ def test_h_change_sent_again_runs_once(c):
     assert ask(OP_RENAME, rename)["status"] == S_ENOENT, "a second rename without the flag"
     s.close()
     state.setdefault("created", set()).add("renamed")
+
+
+def restart_holding_first_rmdir(c):
+    c.kill9()
+    os.environ["AQ_TEST_HOLD_FIRST"] = "RMDIR:1000"
+    try:
+        c.restart()
+    finally:
+        del os.environ["AQ_TEST_HOLD_FIRST"]
+
+
+def test_i_change_sent_again_while_it_runs_runs_once(c):
+    """A change whose connection breaks while aqd runs it (aqd lives on: a network fault)
+    is sent again on a new connection. The second waits for the first and is answered from
+    its record. Before, it ran on its own, and the first, still running, removed the
+    directory the client had made again since. $AQ_TEST_HOLD_FIRST holds the first RMDIR
+    a second on its worker, a wait that a lock or a stalled store can cause."""
+    client = 0x1DEA5EEF
+    restart_holding_first_rmdir(c)
+
+    def ask(s, op, p, flags=0):
+        req = random.randrange(1, 1 << 32)
+        send(s, hdr(op, req, len(p), flags=flags) + p)
+        r = recv_frame(s)
+        assert r["op"] == op and r["req_id"] == req, r
+        return r
+
+    def mkdir(seq):
+        return cred() + struct.pack("<Q", 1) + string(b"again") + struct.pack("<IQQ", 0o755, client, seq)
+
+    s = authed(c)
+    assert ask(s, OP_MKDIR, mkdir(1))["status"] == S_OK
+    rmdir = cred() + struct.pack("<Q", 1) + string(b"again") + struct.pack("<QQ", client, 2)
+    send(s, hdr(OP_RMDIR, 5, len(rmdir)) + rmdir)
+    time.sleep(0.3)  # a worker has it, held
+    s.close()
+    s = authed(c)
+    assert ask(s, OP_RMDIR, rmdir, F_RETRY)["status"] == S_OK, "the rmdir sent again"
+    assert ask(s, OP_MKDIR, mkdir(3))["status"] == S_OK, "the directory made again"
+    time.sleep(1.0)  # past the hold: a first run not waited for would run now
+    r = ask(s, OP_LOOKUP, lookup_payload(b"again"))
+    assert r["status"] == S_OK, f"the first rmdir ran after the client's next change: {r}"
+
+    # The other order: the first run reaches aqd while the one sent again runs. It waits
+    # and is answered from the record too, not run a second time (ENOENT).
+    restart_holding_first_rmdir(c)
+    s = authed(c)
+    rmdir = cred() + struct.pack("<Q", 1) + string(b"again") + struct.pack("<QQ", client, 4)
+    send(s, hdr(OP_RMDIR, 6, len(rmdir), flags=F_RETRY) + rmdir)
+    time.sleep(0.3)
+    late = authed(c)
+    assert ask(late, OP_RMDIR, rmdir)["status"] == S_OK, "the first run, after the one sent again"
+    r = recv_frame(s)
+    assert r["req_id"] == 6 and r["status"] == S_OK, r
+    assert ask(late, OP_LOOKUP, lookup_payload(b"again"))["status"] == S_ENOENT
+    s.close()
+    late.close()
 
 
 if __name__ == "__main__":

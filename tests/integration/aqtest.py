@@ -161,6 +161,17 @@ class Cluster:
         """Starts aqd again (the mount reconnects by itself)."""
         run(AQ, "up", "--data", self.data, "--mount", self.mnt)
 
+    def restart_with(self, **env):
+        """kill -9 aqd and start it again with these environment variables (test hooks
+        such as AQ_TEST_REFUSE); they are not left set for what this process starts next."""
+        self.kill9()
+        os.environ.update(env)
+        try:
+            self.restart()
+        finally:
+            for k in env:
+                del os.environ[k]
+
     def close(self):
         run(AQ, "down", "--data", self.data, "--mount", self.mnt, check=False)
         if self.targets_mounted:

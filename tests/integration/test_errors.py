@@ -179,12 +179,7 @@ def test_a_change_aqd_made_just_before_it_died_is_made_once():
             ("REMOVEXATTR", lambda: os.removexattr(p("b"), "user.once")),
         ]
         for op, change in steps:
-            c.kill9()
-            os.environ["AQ_TEST_EXIT_AFTER"] = op
-            try:
-                c.restart()
-            finally:
-                del os.environ["AQ_TEST_EXIT_AFTER"]
+            c.restart_with(AQ_TEST_EXIT_AFTER=op)
             pid = c.pid()
             errors = []
 

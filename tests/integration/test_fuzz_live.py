@@ -586,15 +586,6 @@ def test_h_change_sent_again_runs_once(c):
     state.setdefault("created", set()).add("renamed")
 
 
-def restart_holding_first_rmdir(c):
-    c.kill9()
-    os.environ["AQ_TEST_HOLD_FIRST"] = "RMDIR:1000"
-    try:
-        c.restart()
-    finally:
-        del os.environ["AQ_TEST_HOLD_FIRST"]
-
-
 def test_i_change_sent_again_while_it_runs_runs_once(c):
     """A change whose connection breaks while aqd runs it (aqd lives on: a network fault)
     is sent again on a new connection. The second waits for the first and is answered from
@@ -602,7 +593,7 @@ def test_i_change_sent_again_while_it_runs_runs_once(c):
     directory the client had made again since. $AQ_TEST_HOLD_FIRST holds the first RMDIR
     a second on its worker, a wait that a lock or a stalled store can cause."""
     client = 0x1DEA5EEF
-    restart_holding_first_rmdir(c)
+    c.restart_with(AQ_TEST_HOLD_FIRST="RMDIR:1000")
 
     def ask(s, op, p, flags=0):
         req = random.randrange(1, 1 << 32)
@@ -629,7 +620,7 @@ def test_i_change_sent_again_while_it_runs_runs_once(c):
 
     # The other order: the first run reaches aqd while the one sent again runs. It waits
     # and is answered from the record too, not run a second time (ENOENT).
-    restart_holding_first_rmdir(c)
+    c.restart_with(AQ_TEST_HOLD_FIRST="RMDIR:1000")
     s = authed(c)
     rmdir = cred() + struct.pack("<Q", 1) + string(b"again") + struct.pack("<QQ", client, 4)
     send(s, hdr(OP_RMDIR, 6, len(rmdir), flags=F_RETRY) + rmdir)

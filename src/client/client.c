@@ -251,31 +251,42 @@ static void overlay_local(struct aq_client *c, struct aq_attr *a, unsigned long 
 	pthread_mutex_unlock(&c->recent_mu);
 }
 
-/* One CHUNK_WRITE: len bytes of data at off in chunk idx, or with PROTO_CW_EXTENTS in
- * flags, data that carries its extents (off 0). */
-static int chunk_write(struct aq_client *c, uint64_t ino, uint32_t idx, uint32_t off, const void *data, uint32_t len,
-		       uint32_t flags)
+/* One CHUNK_WRITE of st's: len bytes of data at off in chunk idx, or with PROTO_CW_EXTENTS
+ * in flags, data that carries its extents (off 0). With commit, and when the server that
+ * takes it holds st's metadata too, the write commits st's size and time as well
+ * (PROTO_CW_COMMIT): *committed says so. */
+static int chunk_write(struct aq_client *c, const struct ino_state *st, uint32_t idx, uint32_t off, const void *data,
+		       uint32_t len, uint32_t flags, bool commit, bool *committed)
 {
-	uint32_t target = cluster_chunk_target(&c->map, ino, idx);
+	uint32_t target = cluster_chunk_target(&c->map, st->ino, idx);
 	const struct cluster_target *t = cluster_target_by_id(&c->map, target);
-	struct proto_req r = {.op = OP_CHUNK_WRITE, .target = target, .ino = ino, .idx = idx, .off = off,
+	struct proto_req r = {.op = OP_CHUNK_WRITE, .target = target, .ino = st->ino, .idx = idx, .off = off,
 			      .flags = flags, .data = data, .data_len = len};
-	return rpc_do(c, t->server, &r, NULL, NULL);
+	*committed = commit && st->size_dirty && t->server == client_meta_server(c, st->ino);
+	if (*committed) {
+		r.flags |= PROTO_CW_COMMIT;
+		r.size = st->size;
+		r.time_ns = st->mtime_ns;
+	}
+	int rc = rpc_do(c, t->server, &r, NULL, NULL);
+	*committed = *committed && !rc;
+	return rc;
 }
 
 /* Sends chunk slot k's buffered writes (one range as a plain write, several as one
  * write of extents) and frees the slot (the last one moves into it). With st->mu held. */
 _Static_assert(WEXTENTS + 1 <= PROTO_CW_EXTENTS_MAX, "a chunk's ranges fit one write of extents");
 
-static int flush_chunk_locked(struct aq_client *c, struct ino_state *st, uint32_t k)
+static int flush_chunk_locked(struct aq_client *c, struct ino_state *st, uint32_t k, bool commit)
 {
 	AQ_ASSERT(k < st->nwc);
 	struct wchunk *w = st->wc[k];
 	AQ_ASSERT(w->n >= 1 && w->n <= WEXTENTS + 1 && w->ext[w->n - 1].hi <= st->chunk_size);
 	int rc;
+	bool committed;
 	if (w->n == 1) {
-		rc = chunk_write(c, st->ino, w->idx, w->ext[0].lo, w->buf.p + w->ext[0].at, w->ext[0].hi - w->ext[0].lo,
-				 0);
+		rc = chunk_write(c, st, w->idx, w->ext[0].lo, w->buf.p + w->ext[0].at, w->ext[0].hi - w->ext[0].lo, 0,
+				 commit, &committed);
 	} else {
 		struct aq_extent ext[WEXTENTS + 1];
 		const uint8_t *src[WEXTENTS + 1];
@@ -285,8 +296,12 @@ static int flush_chunk_locked(struct aq_client *c, struct ino_state *st, uint32_
 		}
 		size_t len;
 		uint8_t *d = proto_extents_encode(ext, w->n, src, &len);
-		rc = chunk_write(c, st->ino, w->idx, 0, d, (uint32_t)len, PROTO_CW_EXTENTS);
+		rc = chunk_write(c, st, w->idx, 0, d, (uint32_t)len, PROTO_CW_EXTENTS, commit, &committed);
 		free(d);
+	}
+	if (committed) {
+		size_reached_server(c, st);
+		st->size_dirty = false;
 	}
 	/* Read-ahead windows started while these bytes were only here hold the old ones. */
 	atomic_fetch_add(&st->wgen, 1);
@@ -306,16 +321,20 @@ static int flush_chunk_locked(struct aq_client *c, struct ino_state *st, uint32_
 	return rc;
 }
 
-/* Sends every buffered write of st. Called with st->mu held. */
-static int flush_locked(struct aq_client *c, struct ino_state *st)
+static int commit_size_locked(struct aq_client *c, struct ino_state *st);
+
+/* Sends every buffered write of st, then commits its size: with the last write when its
+ * server holds the inode's metadata too (a small file written and closed: a create and
+ * one write, no COMMIT_SIZE). Called with st->mu held. */
+static int flush_commit_locked(struct aq_client *c, struct ino_state *st)
 {
 	int rc = 0;
 	while (st->nwc) {
-		int r = flush_chunk_locked(c, st, st->nwc - 1);
+		int r = flush_chunk_locked(c, st, st->nwc - 1, st->nwc == 1 && !rc);
 		if (r && !rc)
 			rc = r;
 	}
-	return rc;
+	return rc ? rc : commit_size_locked(c, st);
 }
 
 /* The part of buffered range x of chunk w that lies in the file range [off, off + len):
@@ -533,8 +552,7 @@ int aq_setattr(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, ui
 		if (st) {
 			/* the server must know this client's size, or it takes a shrink for growth */
 			pthread_mutex_lock(&st->mu);
-			if (!flush_locked(c, st))
-				commit_size_locked(c, st);
+			flush_commit_locked(c, st);
 		}
 	}
 	struct proto_req r = {.op = OP_SETATTR, .cred = *cred_or_default(c, cred), .ino = ino, .mask = mask,
@@ -1386,7 +1404,7 @@ ssize_t aq_pwrite(struct aq_file *f, const void *buf, size_t len, uint64_t off)
 		 * it: with many such writers at the client's limit, each would otherwise send
 		 * its chunk on every write. */
 		while (st->nwc > 1 && (st->wbytes + n > WBUF_FILE_MAX || atomic_load(&c->wbuf_bytes) + n > WBUF_CLIENT_MAX)) {
-			rc = flush_chunk_locked(c, st, wchunk_lru(st));
+			rc = flush_chunk_locked(c, st, wchunk_lru(st), false);
 			if (rc)
 				break;
 		}
@@ -1398,7 +1416,7 @@ ssize_t aq_pwrite(struct aq_file *f, const void *buf, size_t len, uint64_t off)
 		while (k < st->nwc && st->wc[k]->idx != idx)
 			k++;
 		if (k == st->nwc && st->nwc == WCHUNKS) {
-			rc = flush_chunk_locked(c, st, wchunk_lru(st)); /* no slot for another chunk */
+			rc = flush_chunk_locked(c, st, wchunk_lru(st), false); /* no slot for another chunk */
 			if (rc)
 				break;
 			k = st->nwc;
@@ -1417,7 +1435,7 @@ ssize_t aq_pwrite(struct aq_file *f, const void *buf, size_t len, uint64_t off)
 		w->used = ++st->wtick;
 		done += n;
 		if ((w->n == 1 && w->ext[0].lo == 0 && w->ext[0].hi == cs) || w->n > WEXTENTS) {
-			rc = flush_chunk_locked(c, st, k); /* a whole chunk, or too many pieces */
+			rc = flush_chunk_locked(c, st, k, false); /* a whole chunk, or too many pieces */
 			if (rc)
 				break;
 		}
@@ -1604,9 +1622,7 @@ int aq_flush(struct aq_file *f)
 		return rc;
 	struct ino_state *st = f->st;
 	pthread_mutex_lock(&st->mu);
-	rc = flush_locked(f->c, st);
-	if (!rc)
-		rc = commit_size_locked(f->c, st);
+	rc = flush_commit_locked(f->c, st);
 	/* A write-back failure is reported once, by the flush or fsync that comes after it
 	 * or by this one when it is this flush's own (as Linux reports one to fsync); writes
 	 * then go on, also once a server that was away is back. */

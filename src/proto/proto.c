@@ -203,7 +203,7 @@ static uint32_t req_fields(uint16_t op)
 	case OP_STATFS: return F_KNOWN | F_CRED;
 	case OP_FSYNC: return F_KNOWN | F_CRED | F_INO | F_FLAGS;
 	case OP_WATCH: return F_KNOWN | F_COOKIE | F_FLAGS;
-	case OP_CHUNK_WRITE: return F_KNOWN | F_TARGET | F_INO | F_IDX | F_OFF | F_FLAGS | F_DATA;
+	case OP_CHUNK_WRITE: return F_KNOWN | F_TARGET | F_INO | F_IDX | F_OFF | F_FLAGS | F_DATA | F_SIZE | F_TIME;
 	case OP_CHUNK_READ: return F_KNOWN | F_TARGET | F_INO | F_IDX | F_OFF | F_LEN;
 	case OP_OPEN_READ: return F_KNOWN | F_CRED | F_INO | F_FLAGS | F_OFF | F_LEN;
 	case OP_OPEN_MAP: return F_KNOWN | F_CRED | F_INO | F_FLAGS | F_OFF | F_LEN | F_DATA; /* data: the client's boot id */

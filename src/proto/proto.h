@@ -18,8 +18,9 @@
 #include "aq.h"
 
 #define PROTO_MAGIC 0x31465141u /* "AQF1" */
-#define PROTO_VERSION 4 /* 2: UNLINK has flags, and its reply the directory's attributes; 3: OPEN_MAP;
-			  * 4: changes carry their client id and seq (txn), PROTO_F_RETRY; LOCATE */
+#define PROTO_VERSION 5 /* 2: UNLINK has flags, and its reply the directory's attributes; 3: OPEN_MAP;
+			  * 4: changes carry their client id and seq (txn), PROTO_F_RETRY; LOCATE;
+			  * 5: CHUNK_WRITE carries a size and time (PROTO_CW_COMMIT) */
 #define PROTO_HDR_SIZE 32
 #define PROTO_NONCE_SIZE 32
 #define PROTO_MAC_SIZE 32
@@ -88,6 +89,10 @@ struct proto_hdr {
  * sorted and disjoint, then their bytes one after another (all little-endian). */
 #define PROTO_CW_SYNC 1u
 #define PROTO_CW_EXTENTS 2u
+/* Once the bytes are written, commit size and time_ns to the inode as COMMIT_SIZE does:
+ * the last write of a flush, when the server that takes it holds the inode's metadata
+ * too, saves the flush a round trip. */
+#define PROTO_CW_COMMIT 4u
 #define PROTO_CW_EXTENTS_MAX 1024
 /* That data for n extents, the bytes of extent i at src[i]: a malloc'd buffer of *len
  * bytes, the caller's to free. */

@@ -44,6 +44,7 @@ struct server {
 	uint8_t boot_id[AQ_BOOT_ID_SIZE];
 	uint16_t exit_after;                /* tests: $AQ_TEST_EXIT_AFTER (see server_start) */
 	uint16_t hold_first;                /* tests: $AQ_TEST_HOLD_FIRST (see server_start) */
+	uint16_t refuse;                    /* tests: $AQ_TEST_REFUSE (see server_start) */
 	uint32_t hold_ms;
 	atomic_bool held;
 	pthread_mutex_t running_mu;         /* guards running, nrunning */
@@ -624,7 +625,7 @@ static void running_leave(struct server *s, const struct meta_txn *tx)
 }
 
 /* For the test of a change sent again while its first run goes on: $AQ_TEST_HOLD_FIRST=
- * OPNAME:MS holds the first such change MS milliseconds before it runs. */
+ * OPNAME:MS holds the first such change MS milliseconds before it runs (server_start). */
 static void test_hold(struct server *s, uint16_t op)
 {
 	if (op == s->hold_first && !atomic_exchange(&s->held, true)) {
@@ -899,14 +900,19 @@ static int handle_op(struct server *s, struct sconn *sc, const struct proto_req 
 			rc = data_sync(s->data, s->local_targets[i]);
 		break;
 	case OP_CHUNK_WRITE:
+		if (r->flags & ~(PROTO_CW_SYNC | PROTO_CW_EXTENTS | PROTO_CW_COMMIT))
+			return -EINVAL;
 		if (r->flags & PROTO_CW_EXTENTS) {
 			rc = chunk_write_extents(s, r);
-			break;
+		} else if (!(rc = chunk_args(s, r, r->data_len))) {
+			rc = data_write(s->data, r->target, r->ino, r->idx, (uint32_t)r->off, r->data, r->data_len,
+					r->flags & PROTO_CW_SYNC);
 		}
-		if ((rc = chunk_args(s, r, r->data_len)))
-			return rc;
-		rc = data_write(s->data, r->target, r->ino, r->idx, (uint32_t)r->off, r->data, r->data_len,
-				r->flags & PROTO_CW_SYNC);
+		if (!rc && (r->flags & PROTO_CW_COMMIT)) {
+			rc = meta_commit_size(s->meta, r->ino, r->size, r->time_ns, &rep.attr);
+			if (!rc)
+				inval_inode(s, r->ino);
+		}
 		break;
 	case OP_CHUNK_READ: {
 		/* in a BATCH (a lone one is answered by reply_chunk_read) */
@@ -949,6 +955,10 @@ static int run_one(struct server *s, struct sconn *sc, const struct proto_hdr *h
 		return AQ_S_PROTO;
 	}
 	r.retry = h->flags & PROTO_F_RETRY;
+	if (h->op == s->refuse) {
+		log_warn("refusing %s, as $AQ_TEST_REFUSE asks", proto_op_name(h->op));
+		return aq_status_from_err(-EIO);
+	}
 	rc = handle(s, sc, &r, out);
 	if (rc && r.op != OP_TIER)
 		out->len = 0; /* error replies carry no payload; TIER's carries why */
@@ -1317,6 +1327,15 @@ static void *gc_main(void *arg)
 	}
 }
 
+/* The op whose name is the len bytes at name, or 0. */
+static uint16_t op_named(const char *name, size_t len)
+{
+	for (uint16_t op = 1; op < OP_MAX_; op++)
+		if (strlen(proto_op_name(op)) == len && !strncmp(proto_op_name(op), name, len))
+			return op;
+	return 0;
+}
+
 int server_start(const struct server_options *opt, struct server **out)
 {
 	struct server *s = aq_calloc(1, sizeof *s);
@@ -1324,22 +1343,21 @@ int server_start(const struct server_options *opt, struct server **out)
 	int rc;
 	s->opt = *opt;
 	s->boot_err = aq_boot_id(s->boot_id);
-	/* For the tests of changes sent again: $AQ_TEST_EXIT_AFTER=OPNAME (UNLINK, RENAME...)
-	 * makes aqd exit at once after it committed the first such request, before the reply
-	 * goes out, which a kill -9 can do only by luck. */
+	/* Test hooks, each naming an op (UNLINK, RENAME...):
+	 * - $AQ_TEST_EXIT_AFTER=OPNAME makes aqd exit at once after it committed the first
+	 *   such request, before the reply goes out, which a kill -9 can do only by luck;
+	 * - $AQ_TEST_HOLD_FIRST=OPNAME:MS holds the first such change MS ms (test_hold);
+	 * - $AQ_TEST_REFUSE=OPNAME answers every such request EIO: a test that a path does
+	 *   without it. */
 	const char *exit_after = getenv("AQ_TEST_EXIT_AFTER");
-	for (uint16_t op = 1; exit_after && op < OP_MAX_; op++)
-		if (!strcmp(proto_op_name(op), exit_after))
-			s->exit_after = op;
-	const char *hold = getenv("AQ_TEST_HOLD_FIRST"); /* OPNAME:MS, see test_hold */
+	const char *hold = getenv("AQ_TEST_HOLD_FIRST");
+	const char *refuse = getenv("AQ_TEST_REFUSE");
 	const char *colon = hold ? strchr(hold, ':') : NULL;
-	size_t hold_len = colon ? (size_t)(colon - hold) : 0;
-	for (uint16_t op = 1; colon && op < OP_MAX_; op++) {
-		const char *name = proto_op_name(op);
-		if (strlen(name) == hold_len && !strncmp(name, hold, hold_len)) {
-			s->hold_first = op;
-			s->hold_ms = (uint32_t)strtoul(colon + 1, NULL, 10);
-		}
+	s->exit_after = exit_after ? op_named(exit_after, strlen(exit_after)) : 0;
+	s->refuse = refuse ? op_named(refuse, strlen(refuse)) : 0;
+	if (colon) {
+		s->hold_first = op_named(hold, (size_t)(colon - hold));
+		s->hold_ms = (uint32_t)strtoul(colon + 1, NULL, 10);
 	}
 	pthread_mutex_init(&s->running_mu, NULL);
 	pthread_cond_init(&s->running_done, NULL);

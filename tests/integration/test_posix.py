@@ -530,6 +530,37 @@ def test_first_read_needs_no_round_trip(c):
             os.close(fd)
 
 
+def test_a_flush_commits_the_size_with_its_last_write(c):
+    """A flush sends the file's size with its last chunk write when that write's server
+    holds the inode's metadata too (PROTO_CW_COMMIT): a small file written and closed
+    costs a create and one write, and tar's futimens after its writes one write and the
+    setattr, with no COMMIT_SIZE round trip. aqd refuses COMMIT_SIZE here, so a close or
+    a futimens that still sent one fails with EIO. What they committed is what another
+    client sees."""
+    import aquifer
+    c.restart_with(AQ_TEST_REFUSE="COMMIT_SIZE")
+    try:
+        small, big = os.urandom(5000), os.urandom(9 << 20)  # big: three 4 MiB chunks
+        with open(c.path("cw-small"), "wb") as f:
+            f.write(small)
+        with open(c.path("cw-big"), "wb") as f:
+            f.write(big)
+        fd = os.open(c.path("cw-tarred"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(fd, small)
+        os.utime(fd, ns=(1_000_000_000_000_000_000, 1_000_000_000_123_456_789))
+        os.fchmod(fd, 0o644)
+        os.close(fd)
+        with aquifer.Client(c.conf) as other:
+            for name, data in (("cw-small", small), ("cw-big", big), ("cw-tarred", small)):
+                assert other.stat("/" + name).st_size == len(data), name
+                with other.open("/" + name, "rb") as f:
+                    assert f.read() == data, name
+            assert other.stat("/cw-tarred").st_mtime_ns == 1_000_000_000_123_456_789
+    finally:
+        c.kill9()
+        c.restart()
+
+
 def stored_file(c, name):
     """A file of 110,000 random bytes whose first bytes an open has put in the kernel's
     page cache (the page cache dropped first, so that open stored them): (path, bytes)."""

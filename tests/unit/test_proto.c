@@ -93,7 +93,7 @@ static uint32_t spec_req(uint16_t op)
 	case OP_STATFS: return T_KNOWN | T_CRED;
 	case OP_FSYNC: return T_KNOWN | T_CRED | T_INO | T_FLAGS;
 	case OP_WATCH: return T_KNOWN | T_COOKIE | T_FLAGS;
-	case OP_CHUNK_WRITE: return T_KNOWN | T_TARGET | T_INO | T_IDX | T_OFF | T_FLAGS | T_DATA;
+	case OP_CHUNK_WRITE: return T_KNOWN | T_TARGET | T_INO | T_IDX | T_OFF | T_FLAGS | T_DATA | T_SIZE | T_TIME;
 	case OP_CHUNK_READ: return T_KNOWN | T_TARGET | T_INO | T_IDX | T_OFF | T_LEN;
 	case OP_OPEN_READ: return T_KNOWN | T_CRED | T_INO | T_FLAGS | T_OFF | T_LEN;
 	case OP_OPEN_MAP: return T_KNOWN | T_CRED | T_INO | T_FLAGS | T_OFF | T_LEN | T_DATA;

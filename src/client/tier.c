@@ -37,7 +37,7 @@ static int tier_call(struct aq_client *c, uint32_t server, const struct proto_re
 	struct wbuf w;
 	wbuf_init(&w, 128 + req->data_len);
 	proto_req_encode(&w, req);
-	uint64_t start = aq_mono_ns();
+	uint64_t start = aq_mono_ns(), deadline = 0;
 	int err;
 	struct rpc_call *call = NULL;
 	for (int attempt = 0;; attempt++) {
@@ -46,13 +46,16 @@ static int tier_call(struct aq_client *c, uint32_t server, const struct proto_re
 			err = rpc_wait(call);
 		bool answered = call && call->answered;
 		uint64_t waited_s = (aq_mono_ns() - start) / 1000000000ull;
-		bool again = (answered && err == -EBUSY && waited_s < TIER_BUSY_WAIT_S) ||
-			     (!answered && aq_err_unreachable(err) && waited_s < c->reconnect_s);
-		if (!again)
+		bool busy = answered && err == -EBUSY && waited_s < TIER_BUSY_WAIT_S;
+		if (!busy && (answered || !aq_err_unreachable(err)))
 			break;
 		rpc_free(call);
 		call = NULL;
-		usleep(attempt < 10 ? 20000u << MIN(attempt, 3) : 250000);
+		/* a server away: one reconnect window for all calls, as rpc_do waits */
+		if (!busy && !rpc_retry_wait(c, server, &deadline, attempt))
+			break;
+		if (busy)
+			usleep(attempt < 10 ? 20000u << MIN(attempt, 3) : 250000);
 	}
 	wbuf_free(&w);
 	if (!err) {

@@ -135,6 +135,27 @@ def test_a_flush_to_a_server_gone_for_good_fails_in_one_window():
             unmount(mnt)
 
 
+def test_tier_calls_to_a_server_gone_for_good_fail_in_one_window():
+    """Regression: the object tier's calls kept their own retry loop, which waited the
+    whole reconnect window for each call: `aq prefetch` of a tree whose aqd went away
+    mid-way took a window per file. Now they share rpc_do's rule: one window, then calls
+    to that server fail at once. Here aqd exits right after the first TIER request it
+    answered (the first file's usage), with a 2 s window and ten files."""
+    import aquifer
+    with Cluster(mount=False) as c:
+        with aquifer.Client(c.conf) as native:
+            for i in range(10):
+                with native.open(f"/f{i}", "wb") as f:
+                    f.write(b"x")
+        c.restart_with(AQ_TEST_EXIT_AFTER="TIER")
+        t0 = time.monotonic()
+        r = run(AQ, "prefetch", "/", "--jobs", "1", "--cluster", c.conf, check=False,
+                env=dict(os.environ, AQ_RECONNECT_S="2"))
+        took = time.monotonic() - t0
+        assert r.returncode != 0, r.stdout + r.stderr
+        assert took < 8, f"prefetch took {took:.1f} s for 10 files, aqd gone, a 2 s window"
+
+
 def test_read_right_after_aqd_restarts_waits_for_it():
     """Regression (found by a kill -9 loop): a read through the mount right after aqd came
     back failed with EIO. Chunk reads, unlike other calls, did not try again when the

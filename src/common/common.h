@@ -40,6 +40,7 @@ _Noreturn void aq_assert_fail(const char *cond, const char *file, int line, cons
 #define AQ_PATH_MAX 4096          /* bytes in a symlink target or a path */
 #define AQ_XATTR_NAME_MAX 255
 #define AQ_XATTR_VALUE_MAX 65536
+#define AQ_XATTR_LIST_MAX 65536   /* bytes of an inode's names, NULs included (Linux's XATTR_LIST_MAX) */
 #define AQ_FRAME_MAX (16u << 20)  /* largest frame payload accepted off the wire */
 #define AQ_CHUNK_SIZE_DEFAULT (4u << 20)
 #define AQ_CHUNK_SIZE_MAX (8u << 20)

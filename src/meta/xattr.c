@@ -64,6 +64,28 @@ int meta_xattr_each(struct meta_store *m, uint64_t ino,
 	return irc ? irc : rc;
 }
 
+struct list_fill {
+	bool root;
+	char *buf;
+	size_t size, total;
+};
+
+static int list_one(void *arg, const char *key, size_t klen, const char *name, size_t nlen)
+{
+	struct list_fill *lf = arg;
+	/* trusted.* is invisible to others, as on Linux. */
+	if (!lf->root && nlen >= 8 && memcmp(name, "trusted.", 8) == 0)
+		return 0;
+	if (lf->size) {
+		if (lf->total + nlen + 1 > lf->size)
+			return -ERANGE;
+		memcpy(lf->buf + lf->total, name, nlen);
+		lf->buf[lf->total + nlen] = '\0';
+	}
+	lf->total += nlen + 1;
+	return 0;
+}
+
 struct key_ref {
 	const uint8_t *key;
 	size_t len;
@@ -117,6 +139,16 @@ static int xattr_change(struct meta_store *m, const struct aq_cred *cr, uint64_t
 		if ((flags & AQ_XATTR_REPLACE) && !exists) {
 			rc = -ENODATA;
 			goto unlock;
+		}
+		if (!exists && (in->a.flags & AQ_ATTR_XATTRS)) {
+			/* listxattr(2) answers at most XATTR_LIST_MAX bytes of names: one it could
+			 * not list is refused, as ext4 refuses one it has no room for */
+			struct list_fill lf = {.root = true};
+			rc = meta_xattr_each(m, ino, list_one, &lf);
+			if (rc == 0 && lf.total + nlen + 1 > AQ_XATTR_LIST_MAX)
+				rc = -ENOSPC;
+			if (rc)
+				goto unlock;
 		}
 		rocksdb_writebatch_put(wb, (const char *)key, klen, (const char *)value, size);
 		in->a.flags |= AQ_ATTR_XATTRS;
@@ -179,28 +211,6 @@ int meta_getxattr(struct meta_store *m, const struct aq_cred *cr, uint64_t ino, 
 	if (size && vlen > size)
 		return -ERANGE;
 	return (int)vlen;
-}
-
-struct list_fill {
-	bool root;
-	char *buf;
-	size_t size, total;
-};
-
-static int list_one(void *arg, const char *key, size_t klen, const char *name, size_t nlen)
-{
-	struct list_fill *lf = arg;
-	/* trusted.* is invisible to others, as on Linux. */
-	if (!lf->root && nlen >= 8 && memcmp(name, "trusted.", 8) == 0)
-		return 0;
-	if (lf->size) {
-		if (lf->total + nlen + 1 > lf->size)
-			return -ERANGE;
-		memcpy(lf->buf + lf->total, name, nlen);
-		lf->buf[lf->total + nlen] = '\0';
-	}
-	lf->total += nlen + 1;
-	return 0;
 }
 
 int meta_listxattr(struct meta_store *m, const struct aq_cred *cr, uint64_t ino, char *buf, size_t size)

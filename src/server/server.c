@@ -234,12 +234,16 @@ static bool local_target(struct server *s, uint32_t target)
 	return false;
 }
 
-/* Logs a request that failed, unless the error is an answer a client expects to get. */
+/* Logs a request that failed, unless the error is an answer a client expects to get
+ * (ERANGE: a getxattr or listxattr asking how big the answer is, as every caller does). */
 static void log_failure(uint16_t op, uint64_t ino, int rc)
 {
-	if (rc != -ENOENT && rc != -EEXIST && rc != -ENODATA && rc != -ENOTEMPTY && rc != -EACCES && rc != -EPERM &&
-	    rc != -ENAMETOOLONG && rc != -ENOTDIR && rc != -EISDIR && rc != -EINVAL && rc != -EBUSY)
-		log_warn("%s ino %llx: %s", proto_op_name(op), (unsigned long long)ino, aq_strerror(rc));
+	switch (-rc) {
+	case ENOENT: case EEXIST: case ENODATA: case ENOTEMPTY: case EACCES: case EPERM: case ENAMETOOLONG:
+	case ENOTDIR: case EISDIR: case EINVAL: case EBUSY: case ERANGE: case EXDEV: case EMLINK: case ELOOP:
+		return;
+	}
+	log_warn("%s ino %llx: %s", proto_op_name(op), (unsigned long long)ino, aq_strerror(rc));
 }
 
 /* A CHUNK_READ's or CHUNK_WRITE's target and byte range, checked: 0, -AQ_ENOT_OWNER or

@@ -339,6 +339,42 @@ def test_xattrs(c):
     expect_errno(errno.ENODATA, os.getxattr, p, "user.color")
 
 
+def test_xattrs_stop_where_they_could_no_longer_be_listed(c):
+    """Regression (stress-ng --xattr): names were accepted without bound, and once they
+    passed listxattr's 64 KiB the file's names could not be listed at all (E2BIG). Now a
+    name that would not fit is refused with ENOSPC, as ext4 refuses one it has no room
+    for, and every name accepted lists. A getxattr that asks how big a value is (ERANGE,
+    as os.getxattr does for values over 128 bytes) is an answer, not a warning in aqd's
+    log: stress-ng's run wrote 8,194 of them in 10 s."""
+    p = c.path("many-xattrs")
+    open(p, "w").close()
+    accepted = []
+    for i in range(20000):
+        name = f"user.{i:0200d}"  # 206 bytes: about 317 fit
+        try:
+            os.setxattr(p, name, b"v", os.XATTR_CREATE)
+        except OSError as e:
+            assert e.errno == errno.ENOSPC, e
+            break
+        accepted.append(name)
+    else:
+        raise AssertionError("20,000 names of 206 bytes accepted")
+    listed = os.listxattr(p)
+    assert sorted(listed) == sorted(accepted)
+    assert sum(len(n) + 1 for n in listed) <= 65536
+    os.setxattr(p, accepted[0], b"replaced")  # an existing name may still change
+    os.removexattr(p, accepted[1])
+    os.setxattr(p, "user.short", b"fits again")
+    log = os.path.join(c.data, "aqd.log")
+    before = os.path.getsize(log)
+    os.setxattr(p, "user.big", b"x" * 1000)
+    for _ in range(20):
+        assert os.getxattr(p, "user.big") == b"x" * 1000
+    with open(log) as f:
+        f.seek(before)
+        assert "too large" not in f.read()
+
+
 def test_xattrs_as_ls_asks(c):
     """The mount answers "no such attribute" itself for files that have none (ls -l asks
     two per file); it must never say so for a file that has some, after any sequence of

@@ -62,6 +62,7 @@ int aq_connect(const char *cluster_file, struct aq_client **out)
 	for (int i = 0; i < ng && i < 32; i++)
 		c->cred.groups[c->cred.ngroups++] = groups[i];
 	pthread_mutex_init(&c->files_mu, NULL);
+	pthread_mutex_init(&c->held_mu, NULL);
 	pthread_mutex_init(&c->recent_mu, NULL);
 	pthread_mutex_init(&c->fl_mu, NULL);
 	pthread_cond_init(&c->fl_cv, NULL);
@@ -136,6 +137,7 @@ void aq_disconnect(struct aq_client *c)
 			free(st);
 		}
 	pthread_mutex_destroy(&c->files_mu);
+	pthread_mutex_destroy(&c->held_mu);
 	pthread_mutex_destroy(&c->recent_mu);
 	free(c);
 }
@@ -1008,6 +1010,7 @@ static int file_new(struct aq_client *c, const struct aq_cred *cred, const struc
 	pthread_mutex_init(&f->open_mu, NULL);
 	pthread_mutex_init(&f->ra_mu, NULL);
 	f->st = state_get(c, a->ino, a, epoch);
+	rpc_hold_file(c, f);
 	if ((flags & O_TRUNC) && (flags & O_ACCMODE) != O_RDONLY && S_ISREG(a->mode) && a->size) {
 		struct aq_attr in = {.size = 0};
 		int rc = aq_setattr(c, cred, a->ino, AQ_SET_SIZE, &in, NULL);
@@ -1084,6 +1087,7 @@ static int open_lazy(struct aq_client *c, const struct aq_cred *cred, uint64_t i
 		free(f);
 		return aq_open_ino(c, cred, ino, flags, out); /* the connection is down: the slow way */
 	}
+	rpc_hold_file(c, f);
 	*out = f;
 	return 0;
 }
@@ -1674,6 +1678,7 @@ int aq_close(struct aq_file *f)
 		rpc_send_noreply(f->c, f->server, &r, f->affinity);
 		state_put(f->c, f->st);
 	}
+	rpc_unhold_file(f->c, f);
 	ra_free(f);
 	local_chunks_free(f);
 	pthread_mutex_destroy(&f->open_mu);

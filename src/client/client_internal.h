@@ -58,6 +58,7 @@ struct rpc_conn {
 	int fd;
 	uint32_t gen;          /* bumped on every reconnect */
 	bool up;
+	atomic_uint nheld;     /* files open through this connection (rpc_hold_file) */
 	pthread_mutex_t mu;    /* guards pending, up, fd changes; lock order: mu before send_mu */
 	pthread_mutex_t send_mu;
 	pthread_t rx;
@@ -139,6 +140,8 @@ struct aq_file {
 	int flags;
 	uint32_t server;           /* where it was opened, and RELEASE goes */
 	uint64_t affinity;         /* the connection it was opened on (see rpc_start) */
+	struct rpc_conn *held_on;  /* that connection, while on the client's held list */
+	struct aq_file *hprev, *hnext;
 	uint64_t ino;
 	/* aq_open_ino_lazy: the OPEN (or OPEN_READ) still in flight; the first call on the
 	 * file waits for it (file_ready) and st is set then. An OPEN_READ's bytes (the
@@ -241,8 +244,11 @@ struct aq_client {
 	pthread_mutex_t fl_mu;
 	pthread_cond_t fl_cv;
 	bool fl_running, fl_due, fl_stop;
-	pthread_t keeper;          /* brings INVAL connections back at once (rpc_keeper_start) */
+	pthread_t keeper;          /* brings INVAL connections back at once (rpc_keeper_start),
+				    * and those that files are open through */
 	bool keeper_running;
+	pthread_mutex_t held_mu;   /* guards held, and keeper_running's start */
+	struct aq_file *held;      /* files the servers hold open for this client */
 	atomic_bool keeper_stop;
 };
 
@@ -297,6 +303,12 @@ int rpc_do(struct aq_client *c, uint32_t server, const struct proto_req *req, st
 /* Starts/stops the thread that keeps a watching client's INVAL connections up. */
 void rpc_keeper_start(struct aq_client *c);
 void rpc_keeper_stop(struct aq_client *c);
+/* Files the server holds open for this client (an OPEN, OPEN_READ or create-and-open):
+ * when their connection comes up again after it broke, its handshake names them
+ * (REOPEN), so that one unlinked meanwhile is not freed under them; the keeper brings
+ * such a connection back at once. */
+void rpc_hold_file(struct aq_client *c, struct aq_file *f);
+void rpc_unhold_file(struct aq_client *c, struct aq_file *f);
 /* As rpc_do, on the connection affinity picks (see rpc_start). */
 int rpc_do_on(struct aq_client *c, uint32_t server, const struct proto_req *req, struct proto_reply *rep,
 	      struct rpc_call **call, uint64_t affinity);

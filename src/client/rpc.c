@@ -485,6 +485,74 @@ bool rpc_retry_wait(struct aq_client *c, uint32_t server, uint64_t *deadline, in
 	return true;
 }
 
+static struct rpc_conn *pick_conn(struct aq_client *c, uint32_t server, uint64_t affinity);
+
+void rpc_hold_file(struct aq_client *c, struct aq_file *f)
+{
+	pthread_mutex_lock(&c->held_mu);
+	f->held_on = pick_conn(c, f->server, f->affinity);
+	atomic_fetch_add(&f->held_on->nheld, 1);
+	f->hprev = NULL;
+	f->hnext = c->held;
+	if (c->held)
+		c->held->hprev = f;
+	c->held = f;
+	pthread_mutex_unlock(&c->held_mu);
+	rpc_keeper_start(c);
+}
+
+void rpc_unhold_file(struct aq_client *c, struct aq_file *f)
+{
+	pthread_mutex_lock(&c->held_mu);
+	if (f->held_on) {
+		atomic_fetch_sub(&f->held_on->nheld, 1);
+		if (f->hprev)
+			f->hprev->hnext = f->hnext;
+		else
+			c->held = f->hnext;
+		if (f->hnext)
+			f->hnext->hprev = f->hprev;
+		f->held_on = NULL;
+	}
+	pthread_mutex_unlock(&c->held_mu);
+}
+
+/* On a connection that comes up again: the files this client holds open through it,
+ * named to the server in REOPEN requests before anything else is sent (the server
+ * forgot them if it restarted, and keeps an unlinked one only for its holders). */
+static int reopen_held(struct aq_client *c, struct rpc_conn *rc, int fd)
+{
+	uint64_t *inos = NULL;
+	uint32_t n = 0, cap = 0;
+	pthread_mutex_lock(&c->held_mu);
+	for (struct aq_file *f = c->held; f; f = f->hnext) {
+		/* a lazy open still in flight is sent again by its first call instead */
+		if (f->held_on != rc || !__atomic_load_n(&f->st, __ATOMIC_ACQUIRE))
+			continue;
+		if (n == cap) {
+			cap = cap ? 2 * cap : 64;
+			inos = aq_realloc(inos, cap * sizeof *inos);
+		}
+		inos[n++] = f->ino;
+	}
+	pthread_mutex_unlock(&c->held_mu);
+	int err = 0;
+	for (uint32_t at = 0; at < n && !err; at += PROTO_REOPEN_MAX) {
+		uint32_t k = MIN(n - at, (uint32_t)PROTO_REOPEN_MAX);
+		uint8_t *data = aq_malloc(8 * k);
+		for (uint32_t i = 0; i < k; i++)
+			put_le64(data + 8 * i, inos[at + i]);
+		struct proto_req r = {.op = OP_REOPEN, .data = data, .data_len = 8 * k};
+		err = handshake_call(fd, c->map.epoch, &r);
+		free(data);
+	}
+	if (n)
+		log_info("server %u: %u open files named again after the connection came back%s", rc->server, n,
+			 err ? " (failed)" : "");
+	free(inos);
+	return err;
+}
+
 /* Brings the connection up if it is down. Called with rc->mu held. */
 static int ensure_up_locked(struct rpc_conn *rc)
 {
@@ -511,6 +579,13 @@ static int ensure_up_locked(struct rpc_conn *rc)
 	struct aq_client *c = rc->client;
 	bool deliver = (uint32_t)(rc - c->conns) % c->nconns == 0;
 	int fd = handshake(c, rc->server, deliver);
+	if (fd >= 0 && rc->gen) {
+		int err = reopen_held(c, rc, fd);
+		if (err) {
+			close(fd);
+			fd = err;
+		}
+	}
 	if (fd < 0)
 		return fd;
 	rc->fd = fd;
@@ -529,16 +604,25 @@ static int ensure_up_locked(struct rpc_conn *rc)
 	return 0;
 }
 
-/* A watching client's keeper: the connections that take INVAL frames must not wait for
- * the next call to come back after a server restarts, or changes go unheard meanwhile. */
+/* The keeper brings connections back without waiting for the next call after a server
+ * restarts: a watching client's connections that take INVAL frames, or changes go
+ * unheard meanwhile, and connections that files are open through, so that the server
+ * hears of them (REOPEN) before it frees one unlinked meanwhile. */
 static void *keeper_main(void *arg)
 {
 	struct aq_client *c = arg;
 	while (!atomic_load(&c->keeper_stop)) {
 		usleep(50000);
-		for (uint32_t i = 0; i < c->map.nservers; i++) {
-			struct rpc_conn *rc = &c->conns[i * c->nconns];
+		for (uint32_t i = 0; i < c->map.nservers * c->nconns; i++) {
+			struct rpc_conn *rc = &c->conns[i];
+			bool delivers = i % c->nconns == 0 && atomic_load(&c->watch_id);
+			if (!delivers && !atomic_load(&rc->nheld))
+				continue;
 			pthread_mutex_lock(&rc->mu);
+			/* a connection nobody reads from shows that its server went only here */
+			struct pollfd p = {.fd = rc->fd, .events = POLLRDHUP};
+			if (rc->up && poll(&p, 1, 0) == 1 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)))
+				conn_broken_locked(rc);
 			if (!rc->up)
 				ensure_up_locked(rc); /* fails while the server is down: try again */
 			pthread_mutex_unlock(&rc->mu);
@@ -549,10 +633,12 @@ static void *keeper_main(void *arg)
 
 void rpc_keeper_start(struct aq_client *c)
 {
+	pthread_mutex_lock(&c->held_mu);
 	if (!c->keeper_running) {
 		pthread_create(&c->keeper, NULL, keeper_main, c);
 		c->keeper_running = true;
 	}
+	pthread_mutex_unlock(&c->held_mu);
 }
 
 void rpc_keeper_stop(struct aq_client *c)

@@ -203,6 +203,7 @@ static uint32_t req_fields(uint16_t op)
 	case OP_STATFS: return F_KNOWN | F_CRED;
 	case OP_FSYNC: return F_KNOWN | F_CRED | F_INO | F_FLAGS;
 	case OP_WATCH: return F_KNOWN | F_COOKIE | F_FLAGS;
+	case OP_REOPEN: return F_KNOWN | F_DATA;
 	case OP_CHUNK_WRITE: return F_KNOWN | F_TARGET | F_INO | F_IDX | F_OFF | F_FLAGS | F_DATA | F_SIZE | F_TIME;
 	case OP_CHUNK_READ: return F_KNOWN | F_TARGET | F_INO | F_IDX | F_OFF | F_LEN;
 	case OP_OPEN_READ: return F_KNOWN | F_CRED | F_INO | F_FLAGS | F_OFF | F_LEN;
@@ -334,6 +335,7 @@ static uint32_t reply_fields(uint16_t op)
 		return R_KNOWN | R_TIER | R_DATA;
 	case OP_AUTH: case OP_RMDIR: case OP_RENAME: case OP_ACCESS: case OP_RELEASE:
 	case OP_SETXATTR: case OP_REMOVEXATTR: case OP_FSYNC: case OP_CHUNK_WRITE: case OP_WATCH:
+	case OP_REOPEN:
 		return R_KNOWN;
 	}
 	return 0;

@@ -20,7 +20,7 @@
 #define PROTO_MAGIC 0x31465141u /* "AQF1" */
 #define PROTO_VERSION 5 /* 2: UNLINK has flags, and its reply the directory's attributes; 3: OPEN_MAP;
 			  * 4: changes carry their client id and seq (txn), PROTO_F_RETRY; LOCATE;
-			  * 5: CHUNK_WRITE carries a size and time (PROTO_CW_COMMIT) */
+			  * 5: CHUNK_WRITE carries a size and time (PROTO_CW_COMMIT); REOPEN */
 #define PROTO_HDR_SIZE 32
 #define PROTO_NONCE_SIZE 32
 #define PROTO_MAC_SIZE 32
@@ -28,6 +28,7 @@
 #define PROTO_READDIR_MAX 4096    /* entries in one readdir reply */
 #define PROTO_TIER_INOS_MAX 4096  /* inodes in one TIER DEMOTE request */
 #define PROTO_TIER_TEXT_MAX 4096  /* bytes of a TIER SET/POLICY body and of a reply's text */
+#define PROTO_REOPEN_MAX 4096     /* inodes in one REOPEN request */
 
 #define PROTO_OPS(X)                 \
 	X(HELLO, 1)      /* server -> client: challenge nonce */ \
@@ -58,6 +59,7 @@
 	X(FSYNC, 32)                 \
 	X(WATCH, 33)     /* client id in cookie; flags 1: push INVAL frames here */ \
 	X(INVAL, 34)     /* server -> client push (PROTO_F_PUSH): what changed */ \
+	X(REOPEN, 35)    /* data: inodes (u64 each) the client held open through a connection that broke */ \
 	X(CHUNK_WRITE, 40)           \
 	X(CHUNK_READ, 41)            \
 	X(OPEN_READ, 42) /* OPEN, then a read of the first chunk it touches */ \

@@ -13,7 +13,7 @@ static void usage(void)
 {
 	fprintf(stderr, "usage: aqd --data DIR [--server-id N] [--workers N] [--log FILE] [--sync-each-op] [--debug]\n"
 			"           [--tier-interval SECONDS] [--target-capacity BYTES] [--direct-read-min BYTES|off]\n"
-			"           [--poll-us MICROSECONDS]\n"
+			"           [--poll-us MICROSECONDS] [--reclaim-s SECONDS]\n"
 			"  Serves the metadata buckets and storage targets of DIR/cluster.conf's server N.\n"
 			"  Every change is in the write-ahead log before its reply (it survives a crash of\n"
 			"  aqd); the log reaches the disk on fsync and at least once a second, or before\n"
@@ -25,6 +25,8 @@ static void usage(void)
 			"  when they are at least this many bytes (64K); off: never.\n"
 			"  --poll-us: after a request that came within this long of the last, the event\n"
 			"  loop polls this long for the next before it sleeps (200; 0: never polls).\n"
+			"  --reclaim-s: files unlinked while open that aqd finds when it starts are kept\n"
+			"  this long for their clients to reconnect and claim them (120).\n"
 			"  S3 keys for the object tier: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or the\n"
 			"  credentials file that DIR/tier.conf names.\n");
 }
@@ -50,6 +52,9 @@ static uint64_t parse_bytes(const char *s)
 }
 
 #define AQD_POLL_US_DEFAULT 200 /* docs/design.md, "Polling before sleeping" */
+/* Twice the clients' default reconnect window ($AQ_RECONNECT_S, 60 s): docs/design.md,
+ * "Open files outlive a restart of aqd". */
+#define AQD_RECLAIM_S_DEFAULT 120
 
 /* "200" -> 200; -1 on anything but a decimal number. */
 static long parse_long(const char *s)
@@ -70,11 +75,11 @@ int main(int argc, char **argv)
 		{"sync-each-op", no_argument, 0, 'n'}, {"debug", no_argument, 0, 'D'},
 		{"tier-interval", required_argument, 0, 'i'}, {"target-capacity", required_argument, 0, 'C'},
 		{"direct-read-min", required_argument, 0, 'R'}, {"poll-us", required_argument, 0, 'P'},
-		{"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+		{"reclaim-s", required_argument, 0, 'r'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
 	int c;
-	long interval = 60, poll_us = AQD_POLL_US_DEFAULT;
+	long interval = 60, poll_us = AQD_POLL_US_DEFAULT, reclaim_s = AQD_RECLAIM_S_DEFAULT;
 	const char *capacity = NULL, *direct_min = NULL;
-	while ((c = getopt_long(argc, argv, "d:s:w:l:nDi:C:R:P:h", lopts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "d:s:w:l:nDi:C:R:P:r:h", lopts, NULL)) != -1) {
 		switch (c) {
 		case 'd': opt.data_dir = optarg; break;
 		case 's': opt.server_id = (uint32_t)atoi(optarg); break;
@@ -86,6 +91,7 @@ int main(int argc, char **argv)
 		case 'C': capacity = optarg; break;
 		case 'R': direct_min = optarg; break;
 		case 'P': poll_us = parse_long(optarg); break;
+		case 'r': reclaim_s = parse_long(optarg); break;
 		default: usage(); return c == 'h' ? 0 : 2;
 		}
 	}
@@ -109,6 +115,11 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	opt.poll_us = (uint32_t)poll_us;
+	if (reclaim_s < 0 || reclaim_s > 86400) {
+		log_error("--reclaim-s must be 0..86400 seconds");
+		return 2;
+	}
+	opt.reclaim_s = (uint32_t)reclaim_s;
 	if (capacity && (opt.target_capacity_bytes = parse_bytes(capacity)) < (1u << 20)) {
 		log_error("--target-capacity must be a size of at least 1M (e.g. 64M, 10G)");
 		return 2;

@@ -47,6 +47,9 @@ struct server {
 	uint16_t refuse;                    /* tests: $AQ_TEST_REFUSE (see server_start) */
 	uint32_t hold_ms;
 	atomic_bool held;
+	uint64_t *reclaim;                  /* orphans found at start, ascending (gc thread's) */
+	uint32_t nreclaim;
+	uint64_t reclaim_until_ns;          /* they wait for REOPEN until then (aq_mono_ns) */
 	pthread_mutex_t running_mu;         /* guards running, nrunning */
 	pthread_cond_t running_done;
 	struct meta_txn running[RUNNING_MAX];
@@ -800,6 +803,17 @@ static int handle_op(struct server *s, struct sconn *sc, const struct proto_req 
 	case OP_RELEASE:
 		conn_track_release(s, sc, r->ino);
 		break;
+	case OP_REOPEN:
+		/* the files a client still holds open through a connection that broke (aqd
+		 * restarted, or the network): one unlinked meanwhile stays until it closes it */
+		if (r->data_len % 8 || r->data_len / 8 > PROTO_REOPEN_MAX)
+			return -EINVAL;
+		for (uint32_t i = 0; i < r->data_len / 8; i++) {
+			uint64_t ino = get_le64(r->data + 8 * i);
+			if (meta_getattr(s->meta, ino, &rep.attr) == 0)
+				conn_track_open(s, sc, ino);
+		}
+		break;
 	case OP_COMMIT_SIZE:
 		rc = meta_commit_size(s->meta, r->ino, r->size, r->time_ns, &rep.attr);
 		if (!rc)
@@ -1278,6 +1292,55 @@ static void sweep_txns(struct server *s, uint64_t *next_ns)
 		log_warn("dropping old change records: %s", aq_strerror(n));
 }
 
+/* ---- files unlinked while open, across a restart ----
+ * Which client holds a file open lives in aqd's memory (conn_track_open), so a restart
+ * forgets it, and the collector below freed every orphan it found within a second:
+ * a program that held an unlinked file open (a temporary file, stress-ng's hdd) got
+ * ENOENT for it, and lost what it wrote after. As Ceph's MDS waits for its clients to
+ * reconnect before it purges strays, the orphans aqd finds when it starts wait
+ * --reclaim-s for their clients, which name the files they hold open when their
+ * connection comes up again (REOPEN, in libaq's handshake). */
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+static void reclaim_start(struct server *s)
+{
+	struct meta_orphan page[128];
+	uint32_t cap = 0;
+	uint64_t after = 0;
+	for (int n; (n = meta_orphans(s->meta, page, ARRAY_SIZE(page), after)) > 0;) {
+		for (int i = 0; i < n; i++) {
+			if (s->nreclaim == cap) {
+				cap = cap ? 2 * cap : 128;
+				s->reclaim = aq_realloc(s->reclaim, cap * sizeof *s->reclaim);
+			}
+			s->reclaim[s->nreclaim++] = page[i].ino;
+			after = page[i].ino;
+		}
+		if (n < (int)ARRAY_SIZE(page))
+			break;
+	}
+	qsort(s->reclaim, s->nreclaim, sizeof *s->reclaim, cmp_u64);
+	s->reclaim_until_ns = aq_mono_ns() + (uint64_t)s->opt.reclaim_s * 1000000000ull;
+	if (s->nreclaim)
+		log_info("%u files unlinked while open wait %u s for their clients to reopen them", s->nreclaim,
+			 s->opt.reclaim_s);
+}
+
+/* Whether an orphan found at start may still be claimed. On the gc thread. */
+static bool awaits_reclaim(struct server *s, uint64_t ino)
+{
+	if (s->nreclaim && aq_mono_ns() >= s->reclaim_until_ns) {
+		free(s->reclaim);
+		s->reclaim = NULL;
+		s->nreclaim = 0;
+	}
+	return s->nreclaim && bsearch(&ino, s->reclaim, s->nreclaim, sizeof ino, cmp_u64);
+}
+
 /* The orphan collector: frees the data of inodes whose last link went away and that no
  * client holds open, then drops their inode rows. It also syncs the logs each second
  * and drops old change records. */
@@ -1314,7 +1377,7 @@ static void *gc_main(void *arg)
 				break;
 			for (int i = 0; i < n; i++) {
 				after = orphans[i].ino;
-				if (is_open(s, orphans[i].ino))
+				if (is_open(s, orphans[i].ino) || awaits_reclaim(s, orphans[i].ino))
 					continue;
 				int rc = 0;
 				for (uint32_t t = 0; !rc && t < s->nlocal; t++)
@@ -1434,6 +1497,7 @@ int server_start(const struct server_options *opt, struct server **out)
 		log_error("cannot listen on %s:%u: %s", me->addr, me->port, aq_strerror(rc));
 		goto err_tier;
 	}
+	reclaim_start(s);
 	pthread_create(&s->gc_thread, NULL, gc_main, s);
 	log_info("aqd serving %u buckets and %u targets on %s:%u", s->map.nbuckets, s->nlocal, me->addr, me->port);
 	*out = s;
@@ -1467,5 +1531,6 @@ void server_stop(struct server *s)
 			s->open_tab[i] = e->next;
 			free(e);
 		}
+	free(s->reclaim);
 	free(s);
 }

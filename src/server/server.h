@@ -22,6 +22,7 @@ struct server_options {
 	uint64_t target_capacity_bytes;  /* per-target quota (0: the file system's size) */
 	uint32_t direct_read_min;        /* see data_options.direct_min */
 	uint32_t poll_us;                /* see net_options.poll_us */
+	uint32_t reclaim_s;              /* how long orphans found at start wait for REOPEN */
 };
 
 struct server;

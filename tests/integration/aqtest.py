@@ -125,6 +125,8 @@ class Cluster:
             os.makedirs(tdir)
             run("mount", "-t", "tmpfs", "-o", f"size={targets_fs_size}", "tmpfs", tdir)
             self.targets_mounted = True
+        # aqd's own options (after "--"): restart() starts it with them again
+        self.aqd_args = list(extra_up[list(extra_up).index("--"):]) if "--" in extra_up else []
         args = [AQ, "up", "--data", self.data, "--mount", self.mnt, *extra_up]
         if not mount:
             args.append("--no-mount")
@@ -158,8 +160,9 @@ class Cluster:
         raise AssertionError("aqd did not die")
 
     def restart(self):
-        """Starts aqd again (the mount reconnects by itself)."""
-        run(AQ, "up", "--data", self.data, "--mount", self.mnt)
+        """Starts aqd again, with the options it was first started with (the mount
+        reconnects by itself)."""
+        run(AQ, "up", "--data", self.data, "--mount", self.mnt, *self.aqd_args)
 
     def restart_with(self, **env):
         """kill -9 aqd and start it again with these environment variables (test hooks

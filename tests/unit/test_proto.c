@@ -93,6 +93,7 @@ static uint32_t spec_req(uint16_t op)
 	case OP_STATFS: return T_KNOWN | T_CRED;
 	case OP_FSYNC: return T_KNOWN | T_CRED | T_INO | T_FLAGS;
 	case OP_WATCH: return T_KNOWN | T_COOKIE | T_FLAGS;
+	case OP_REOPEN: return T_KNOWN | T_DATA;
 	case OP_CHUNK_WRITE: return T_KNOWN | T_TARGET | T_INO | T_IDX | T_OFF | T_FLAGS | T_DATA | T_SIZE | T_TIME;
 	case OP_CHUNK_READ: return T_KNOWN | T_TARGET | T_INO | T_IDX | T_OFF | T_LEN;
 	case OP_OPEN_READ: return T_KNOWN | T_CRED | T_INO | T_FLAGS | T_OFF | T_LEN;
@@ -127,7 +128,7 @@ static uint32_t spec_reply(uint16_t op)
 	case OP_TIER:
 		return TR_KNOWN | TR_DATA | TR_TIER; /* nine u64 after the text */
 	case OP_AUTH: case OP_RMDIR: case OP_RENAME: case OP_ACCESS: case OP_RELEASE:
-	case OP_SETXATTR: case OP_REMOVEXATTR: case OP_FSYNC: case OP_CHUNK_WRITE: case OP_WATCH:
+	case OP_SETXATTR: case OP_REMOVEXATTR: case OP_FSYNC: case OP_CHUNK_WRITE: case OP_WATCH: case OP_REOPEN:
 		return TR_KNOWN;
 	}
 	return 0;

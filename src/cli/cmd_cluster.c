@@ -353,7 +353,7 @@ int cmd_up(int argc, char **argv)
 		return 1;
 	}
 	snprintf(path, sizeof path, "%s", o.mnt);
-	printf("mounted at %s\n", path);
+	printf("mounted at %s, log %s/mount.log\n", path, o.data);
 	return 0;
 }
 
@@ -470,10 +470,10 @@ int cmd_mount(int argc, char **argv)
 		{"cluster", required_argument, 0, 'c'}, {"foreground", no_argument, 0, 'f'},
 		{"allow-other", no_argument, 0, 'a'}, {"ro", no_argument, 0, 'r'},
 		{"attr-timeout", required_argument, 0, 't'}, {"threads", required_argument, 0, 'T'},
-		{"debug", no_argument, 0, 'd'}, {0, 0, 0, 0}};
+		{"debug", no_argument, 0, 'd'}, {"log", required_argument, 0, 'l'}, {0, 0, 0, 0}};
 	int c;
 	optind = 1;
-	while ((c = getopt_long(argc, argv, "c:fart:T:d", lopts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "c:fart:T:dl:", lopts, NULL)) != -1) {
 		switch (c) {
 		case 'c': o.cluster_file = optarg; break;
 		case 'f': o.foreground = true; break;
@@ -482,6 +482,7 @@ int cmd_mount(int argc, char **argv)
 		case 't': o.attr_timeout_s = atof(optarg); break;
 		case 'T': o.threads = (unsigned)atoi(optarg); break;
 		case 'd': o.debug = true; o.foreground = true; break;
+		case 'l': o.log_path = optarg; break;
 		default: goto usage;
 		}
 	}
@@ -492,10 +493,27 @@ int cmd_mount(int argc, char **argv)
 	char real[PATH_MAX];
 	if (realpath(o.cluster_file, real))
 		o.cluster_file = real; /* the daemon changes directory to / */
+	/* In the background its stderr is /dev/null: it logs next to the cluster file (aq up's
+	 * DATA/mount.log) unless told where, or nowhere when it may not write there. */
+	char logp[PATH_MAX], dir[PATH_MAX];
+	if (o.log_path && o.log_path[0] != '/') {
+		if (!getcwd(dir, sizeof dir) || snprintf(logp, sizeof logp, "%s/%s", dir, o.log_path) >= (int)sizeof logp)
+			goto usage;
+		o.log_path = logp; /* the daemon changes directory to / */
+	}
+	if (!o.log_path && !o.foreground) {
+		snprintf(dir, sizeof dir, "%s", o.cluster_file);
+		char *slash = strrchr(dir, '/');
+		if (slash && slash != dir) {
+			*slash = 0;
+			if (access(dir, W_OK) == 0 && snprintf(logp, sizeof logp, "%s/mount.log", dir) < (int)sizeof logp)
+				o.log_path = logp;
+		}
+	}
 	return aqfuse_main(&o);
 usage:
 	fprintf(stderr, "usage: aq mount MOUNTPOINT [--cluster FILE] [--foreground] [--allow-other] [--ro] "
-			"[--attr-timeout SECONDS] [--threads N]\n");
+			"[--attr-timeout SECONDS] [--threads N] [--log FILE]\n");
 	return 2;
 }
 

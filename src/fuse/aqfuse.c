@@ -1886,8 +1886,11 @@ int aqfuse_main(const struct aqfuse_options *opt)
 		fprintf(stderr, "aq mount: cannot mount at %s\n", opt->mountpoint);
 		goto out_signals;
 	}
+	if (opt->log_path)
+		log_set_file(opt->log_path);
 	/* Connect after daemonizing: connections and their threads do not survive fork. */
 	fuse_daemonize(opt->foreground);
+	log_info("aq mount: pid %d serving %s (cluster %s)", (int)getpid(), opt->mountpoint, opt->cluster_file);
 	rc = aq_connect(opt->cluster_file, &g_client);
 	if (rc) {
 		log_error("aq mount: cannot connect to the cluster: %s", aq_strerror(rc));

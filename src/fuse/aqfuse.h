@@ -12,6 +12,7 @@ struct aqfuse_options {
 	bool debug;
 	double attr_timeout_s;   /* kernel attribute and entry cache */
 	unsigned threads;        /* FUSE worker threads */
+	const char *log_path;    /* where the mount logs once it runs in the background */
 };
 
 /* ioctl(2) on any file or directory of the mount (no argument): returns once the mount

@@ -210,6 +210,12 @@ def test_an_open_unlinked_file_outlives_a_restart_of_aqd():
             dc.write("3")
         assert os.pread(fd, 4, 0) == b"BAAA"
         os.close(fd)
+        # the mount, in the background, logs next to the cluster file: the stress-ng run
+        # that found this saw nothing of the mount's side (its stderr is /dev/null)
+        with open(os.path.join(c.data, "mount.log")) as f:
+            log = f.read()
+        assert f"pid {c.mount_pid()} serving {c.mnt}" in log, log
+        assert "open files named again" in log, log
 
         def files():
             return int(re.search(r"^files\s+(\d+)", c.aq("status").stdout, re.M).group(1))

@@ -1531,8 +1531,18 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino_node, struct fuse_file_inf
  * cookies start at 1 << 48. Entries sharing a cookie (hash collisions) never straddle
  * two buffers: if one does not fit, its whole group is taken back (the server never
  * splits a group between pages either). */
+#define FIRST_PLUS_BYTES 4096 /* see do_readdir */
+
 static void do_readdir(fuse_req_t req, uint64_t ino, size_t size, off_t off, bool plus, struct dirh *dh)
 {
+	/* The kernel asks for a listing's start with attributes (READDIRPLUS_AUTO), and for
+	 * the rest only once lookups in the directory show they pay. Since Linux 6.14 one
+	 * request may ask for as much as the reader's buffer holds (glibc: 32 KiB, 2,000
+	 * entries with attributes here), so every listing of a directory that size came
+	 * with an inode read and a kernel inode per entry, as kernels with page-sized
+	 * requests gave only for the first page: the start gets a page here too. */
+	if (plus && off == 0 && size > FIRST_PLUS_BYTES)
+		size = FIRST_PLUS_BYTES;
 	struct aq_cred cr;
 	cred_of(req, &cr);
 	char *buf = aq_calloc(1, size);

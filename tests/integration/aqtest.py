@@ -199,6 +199,13 @@ class Cluster:
         self.close()
 
 
+def proc_io(pid, field):
+    """A field of /proc/pid/io (all the process's threads): wchar, bytes its write-family
+    calls passed on (sockets included); read_bytes, what the block layer read for it."""
+    with open(f"/proc/{pid}/io") as f:
+        return next(int(ln.split()[1]) for ln in f if ln.startswith(field + ":"))
+
+
 NOBODY = 65534
 
 

@@ -19,7 +19,7 @@ import sys
 import time
 
 import aqtest
-from aqtest import AQ, Cluster, expect_errno, proc_status_kib, run
+from aqtest import AQ, Cluster, expect_errno, proc_io, proc_status_kib, run
 
 N_IMAGES = 500
 IMAGE_BYTES = 20000          # mean; sizes vary +-30%
@@ -232,13 +232,6 @@ def write_files(c, dirname, n):
             f.write(data)
         files[f"f{i:03d}"] = data
     return files
-
-
-def proc_io(pid, field):
-    """A field of /proc/pid/io (all the process's threads): wchar, bytes its write-family
-    calls passed on (sockets included); read_bytes, what the block layer read for it."""
-    with open(f"/proc/{pid}/io") as f:
-        return next(int(ln.split()[1]) for ln in f if ln.startswith(field + ":"))
 
 
 def test_a_mount_on_aqds_machine_reads_segments_itself(c):

@@ -25,8 +25,9 @@ static void usage(void)
 			"  when they are at least this many bytes (64K); off: never.\n"
 			"  --poll-us: after a request that came within this long of the last, the event\n"
 			"  loop polls this long for the next before it sleeps (200; 0: never polls).\n"
-			"  --reclaim-s: files unlinked while open that aqd finds when it starts are kept\n"
-			"  this long for their clients to reconnect and claim them (120).\n"
+			"  --reclaim-s: files unlinked while open that aqd finds when it starts, or that a\n"
+			"  connection held when it broke, are kept this long for their clients to\n"
+			"  reconnect and claim them (120).\n"
 			"  S3 keys for the object tier: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or the\n"
 			"  credentials file that DIR/tier.conf names.\n");
 }

@@ -15,6 +15,12 @@
 #define OPEN_TABLE_SIZE 4096
 #define RUNNING_MAX 256 /* numbered changes running at once: workers, loop and a batch's creates */
 
+/* A file a connection held open when it broke: its client may name it again (REOPEN)
+ * until `until` (aq_mono_ns). */
+struct late_open {
+	uint64_t ino, until;
+};
+
 struct open_ent {
 	uint64_t ino;
 	uint32_t count;
@@ -50,6 +56,9 @@ struct server {
 	uint64_t *reclaim;                  /* orphans found at start, ascending (gc thread's) */
 	uint32_t nreclaim;
 	uint64_t reclaim_until_ns;          /* they wait for REOPEN until then (aq_mono_ns) */
+	pthread_mutex_t late_mu;            /* guards late, nlate */
+	struct late_open *late;             /* held open through a connection that broke */
+	uint32_t nlate, late_cap;
 	pthread_mutex_t running_mu;         /* guards running, nrunning */
 	pthread_cond_t running_done;
 	struct meta_txn running[RUNNING_MAX];
@@ -1259,6 +1268,8 @@ static bool on_accept(void *arg, struct net_conn *c)
 	return rc == 0;
 }
 
+static void late_add(struct server *s, const uint64_t *inos, uint32_t n);
+
 static void on_close(void *arg, struct net_conn *c)
 {
 	struct server *s = arg;
@@ -1266,6 +1277,7 @@ static void on_close(void *arg, struct net_conn *c)
 	if (!sc)
 		return;
 	unwatch(s, sc);
+	late_add(s, sc->opens, sc->nopens);
 	for (uint32_t i = 0; i < sc->nopens; i++)
 		open_ref(s, sc->opens[i], -1);
 	free(sc->opens);
@@ -1330,15 +1342,62 @@ static void reclaim_start(struct server *s)
 			 s->opt.reclaim_s);
 }
 
-/* Whether an orphan found at start may still be claimed. On the gc thread. */
-static bool awaits_reclaim(struct server *s, uint64_t ino)
+/* A connection that breaks while aqd lives on (a network fault, a client stopped too
+ * long) lets go of what it held open just the same, and its client's REOPEN comes a
+ * little later: the files it held wait as long as those found at start. At most
+ * LATE_MAX at once, the oldest going first. */
+#define LATE_MAX 65536
+static void late_add(struct server *s, const uint64_t *inos, uint32_t n)
+{
+	if (!n)
+		return;
+	uint64_t until = aq_mono_ns() + (uint64_t)s->opt.reclaim_s * 1000000000ull;
+	pthread_mutex_lock(&s->late_mu);
+	for (uint32_t i = 0; i < n; i++) {
+		if (s->nlate == LATE_MAX) {
+			memmove(s->late, s->late + 1, (LATE_MAX - 1) * sizeof *s->late);
+			s->nlate--;
+		}
+		if (s->nlate == s->late_cap) {
+			s->late_cap = s->late_cap ? 2 * s->late_cap : 64;
+			s->late = aq_realloc(s->late, s->late_cap * sizeof *s->late);
+		}
+		s->late[s->nlate++] = (struct late_open){inos[i], until};
+	}
+	pthread_mutex_unlock(&s->late_mu);
+}
+
+/* The files held through connections that broke, still within --reclaim-s: a sorted
+ * array (*n long, the caller's to free) for one round of the collector. */
+static uint64_t *late_snapshot(struct server *s, uint32_t *n)
+{
+	uint64_t now = aq_mono_ns();
+	pthread_mutex_lock(&s->late_mu);
+	uint32_t keep = 0;
+	for (uint32_t i = 0; i < s->nlate; i++)
+		if (s->late[i].until > now)
+			s->late[keep++] = s->late[i];
+	s->nlate = keep;
+	uint64_t *inos = aq_malloc((keep ? keep : 1) * sizeof *inos);
+	for (uint32_t i = 0; i < keep; i++)
+		inos[i] = s->late[i].ino;
+	pthread_mutex_unlock(&s->late_mu);
+	qsort(inos, keep, sizeof *inos, cmp_u64);
+	*n = keep;
+	return inos;
+}
+
+/* Whether an orphan may still be claimed: found at start, or held through a connection
+ * that broke (late, nlate: late_snapshot's), within --reclaim-s. On the gc thread. */
+static bool awaits_reclaim(struct server *s, uint64_t ino, const uint64_t *late, uint32_t nlate)
 {
 	if (s->nreclaim && aq_mono_ns() >= s->reclaim_until_ns) {
 		free(s->reclaim);
 		s->reclaim = NULL;
 		s->nreclaim = 0;
 	}
-	return s->nreclaim && bsearch(&ino, s->reclaim, s->nreclaim, sizeof ino, cmp_u64);
+	return (s->nreclaim && bsearch(&ino, s->reclaim, s->nreclaim, sizeof ino, cmp_u64)) ||
+	       (nlate && bsearch(&ino, late, nlate, sizeof ino, cmp_u64));
 }
 
 /* The orphan collector: frees the data of inodes whose last link went away and that no
@@ -1371,13 +1430,15 @@ static void *gc_main(void *arg)
 			log_error("periodic sync: %s", aq_strerror(src));
 		sweep_txns(s, &next_sweep);
 		uint64_t after = 0;
+		uint32_t nlate;
+		uint64_t *late = late_snapshot(s, &nlate);
 		for (;;) {
 			int n = meta_orphans(s->meta, orphans, ARRAY_SIZE(orphans), after);
 			if (n <= 0)
 				break;
 			for (int i = 0; i < n; i++) {
 				after = orphans[i].ino;
-				if (is_open(s, orphans[i].ino) || awaits_reclaim(s, orphans[i].ino))
+				if (is_open(s, orphans[i].ino) || awaits_reclaim(s, orphans[i].ino, late, nlate))
 					continue;
 				int rc = 0;
 				for (uint32_t t = 0; !rc && t < s->nlocal; t++)
@@ -1391,6 +1452,7 @@ static void *gc_main(void *arg)
 			if (n < (int)ARRAY_SIZE(orphans))
 				break;
 		}
+		free(late);
 	}
 }
 
@@ -1427,6 +1489,7 @@ int server_start(const struct server_options *opt, struct server **out)
 		s->hold_ms = (uint32_t)strtoul(colon + 1, NULL, 10);
 	}
 	pthread_mutex_init(&s->running_mu, NULL);
+	pthread_mutex_init(&s->late_mu, NULL);
 	pthread_cond_init(&s->running_done, NULL);
 	pthread_mutex_init(&s->open_mu, NULL);
 	pthread_mutex_init(&s->watch_mu, NULL);
@@ -1532,5 +1595,6 @@ void server_stop(struct server *s)
 			free(e);
 		}
 	free(s->reclaim);
+	free(s->late);
 	free(s);
 }

@@ -127,9 +127,7 @@ class Cluster:
             self.targets_mounted = True
         # aqd's own options (after "--"): restart() starts it with them again
         self.aqd_args = list(extra_up[list(extra_up).index("--"):]) if "--" in extra_up else []
-        args = [AQ, "up", "--data", self.data, "--mount", self.mnt, *extra_up]
-        if not mount:
-            args.append("--no-mount")
+        args = [AQ, "up", "--data", self.data, "--mount", self.mnt, *([] if mount else ["--no-mount"]), *extra_up]
         run(*args)
         self.mounted = mount
 
@@ -139,6 +137,15 @@ class Cluster:
     def pid(self):
         with open(os.path.join(self.data, "aqd.pid")) as f:
             return int(f.read())
+
+    def port(self):
+        """The TCP port of the (first) server, from the cluster file."""
+        with open(self.conf) as f:
+            for line in f:
+                k, _, v = line.partition("=")
+                if k.strip() == "server":
+                    return int(v.split()[1].rsplit(":", 1)[1])
+        raise AssertionError("no server in " + self.conf)
 
     def mount_pid(self):
         """The pid of the `aq mount` process serving this cluster's mount point."""
@@ -162,7 +169,8 @@ class Cluster:
     def restart(self):
         """Starts aqd again, with the options it was first started with (the mount
         reconnects by itself)."""
-        run(AQ, "up", "--data", self.data, "--mount", self.mnt, *self.aqd_args)
+        run(AQ, "up", "--data", self.data, "--mount", self.mnt, *([] if self.mounted else ["--no-mount"]),
+            *self.aqd_args)
 
     def restart_with(self, **env):
         """kill -9 aqd and start it again with these environment variables (test hooks

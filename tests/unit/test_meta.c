@@ -1207,6 +1207,54 @@ static int t_crash_reopen(void)
 	return 0;
 }
 
+/* A store made with leveled compaction (every store before universal compaction became
+ * the default), its files spread over levels below 0, opens with the defaults and reads
+ * back; the defaults really are universal (an options string RocksDB refused would leave
+ * them all unset, with a warning only). */
+static int t_leveled_store_opens(void)
+{
+	char path[400], name[32];
+	snprintf(path, sizeof(path), "%s/leveled", g_dir);
+	struct meta_options o = { .nbuckets = 4, .chunk_size = 1 << 20 };
+	struct meta_store *m;
+	setenv("AQ_META_ROCKSDB_OPTIONS",
+	       "compaction_style=kCompactionStyleLevel;write_buffer_size=65536;target_file_size_base=65536;"
+	       "max_bytes_for_level_base=262144",
+	       1);
+	int rc = meta_open(path, true, &o, &m);
+	unsetenv("AQ_META_ROCKSDB_OPTIONS");
+	CHECK_RC(rc, 0);
+	CHECK(rocksdb_options_get_compaction_style(m->dbopts) == rocksdb_level_compaction);
+	struct aq_attr t;
+	for (int i = 0; i < 3000; i++) {
+		snprintf(name, sizeof(name), "lv%d", i);
+		CHECK_RC(meta_mknod(m, &ROOT, AQ_ROOT, name, strlen(name), 0644, 0, AQ_CREATE_EXCL, &t), 0);
+	}
+	rocksdb_compact_range(m->db, NULL, 0, NULL, 0);
+	long below = 0;
+	for (int level = 1; level < 7; level++) {
+		char prop[64];
+		snprintf(prop, sizeof(prop), "rocksdb.num-files-at-level%d", level);
+		char *v = rocksdb_property_value(m->db, prop);
+		below += v ? atol(v) : 0;
+		rocksdb_free(v);
+	}
+	CHECK(below > 0);
+	meta_close(m);
+	CHECK_RC(meta_open(path, false, &o, &m), 0);
+	CHECK(rocksdb_options_get_compaction_style(m->dbopts) == rocksdb_universal_compaction);
+	uint64_t files;
+	CHECK_RC(meta_count_files(m, &files), 0);
+	CHECK(files == 3001);
+	for (int i = 0; i < 3000; i += 997) {
+		snprintf(name, sizeof(name), "lv%d", i);
+		CHECK_RC(meta_lookup(m, &ROOT, AQ_ROOT, name, strlen(name), &t), 0);
+	}
+	CHECK_RC(meta_mknod(m, &ROOT, AQ_ROOT, "after", 5, 0644, 0, AQ_CREATE_EXCL, &t), 0);
+	meta_close(m);
+	return 0;
+}
+
 /* ---- records of changes (txn.c) ---------------------------------------------------------------- */
 
 /* Whether (client, seq) is recorded; the inode it made in *ino. */
@@ -1651,6 +1699,7 @@ int main(void)
 		{ "txn_records", t_txn },
 		{ "reopen", t_reopen },
 		{ "crash_reopen", t_crash_reopen },
+		{ "leveled_store_opens", t_leveled_store_opens },
 		{ "bench", t_bench }, /* only with AQ_META_BENCH */
 	};
 	log_min_level = LOG_WARN;

@@ -486,6 +486,7 @@ bool rpc_retry_wait(struct aq_client *c, uint32_t server, uint64_t *deadline, in
 }
 
 static struct rpc_conn *pick_conn(struct aq_client *c, uint32_t server, uint64_t affinity);
+static void keeper_start_locked(struct aq_client *c);
 
 void rpc_hold_file(struct aq_client *c, struct aq_file *f)
 {
@@ -497,8 +498,8 @@ void rpc_hold_file(struct aq_client *c, struct aq_file *f)
 	if (c->held)
 		c->held->hprev = f;
 	c->held = f;
+	keeper_start_locked(c);
 	pthread_mutex_unlock(&c->held_mu);
-	rpc_keeper_start(c);
 }
 
 void rpc_unhold_file(struct aq_client *c, struct aq_file *f)
@@ -631,13 +632,19 @@ static void *keeper_main(void *arg)
 	return NULL;
 }
 
-void rpc_keeper_start(struct aq_client *c)
+/* With c->held_mu held. */
+static void keeper_start_locked(struct aq_client *c)
 {
-	pthread_mutex_lock(&c->held_mu);
 	if (!c->keeper_running) {
 		pthread_create(&c->keeper, NULL, keeper_main, c);
 		c->keeper_running = true;
 	}
+}
+
+void rpc_keeper_start(struct aq_client *c)
+{
+	pthread_mutex_lock(&c->held_mu);
+	keeper_start_locked(c);
 	pthread_mutex_unlock(&c->held_mu);
 }
 

@@ -53,11 +53,10 @@ struct server {
 	uint16_t refuse;                    /* tests: $AQ_TEST_REFUSE (see server_start) */
 	uint32_t hold_ms;
 	atomic_bool held;
-	uint64_t *reclaim;                  /* orphans found at start, ascending (gc thread's) */
-	uint32_t nreclaim;
-	uint64_t reclaim_until_ns;          /* they wait for REOPEN until then (aq_mono_ns) */
 	pthread_mutex_t late_mu;            /* guards late, nlate */
-	struct late_open *late;             /* held open through a connection that broke */
+	struct late_open *late;             /* orphans found at start, and files held open
+					     * through a connection that broke: in the order
+					     * added, each until its REOPEN deadline */
 	uint32_t nlate, late_cap;
 	pthread_mutex_t running_mu;         /* guards running, nrunning */
 	pthread_cond_t running_done;
@@ -1321,53 +1320,41 @@ static int cmp_u64(const void *a, const void *b)
 static void reclaim_start(struct server *s)
 {
 	struct meta_orphan page[128];
-	uint32_t cap = 0;
-	uint64_t after = 0;
-	for (int n; (n = meta_orphans(s->meta, page, ARRAY_SIZE(page), after)) > 0;) {
-		for (int i = 0; i < n; i++) {
-			if (s->nreclaim == cap) {
-				cap = cap ? 2 * cap : 128;
-				s->reclaim = aq_realloc(s->reclaim, cap * sizeof *s->reclaim);
-			}
-			s->reclaim[s->nreclaim++] = page[i].ino;
-			after = page[i].ino;
-		}
+	uint64_t inos[ARRAY_SIZE(page)], after = 0;
+	uint32_t total = 0;
+	for (int n; (n = meta_orphans(s->meta, page, ARRAY_SIZE(page), after)) > 0; total += (uint32_t)n) {
+		for (int i = 0; i < n; i++)
+			inos[i] = page[i].ino;
+		late_add(s, inos, (uint32_t)n);
+		after = page[n - 1].ino;
 		if (n < (int)ARRAY_SIZE(page))
 			break;
 	}
-	qsort(s->reclaim, s->nreclaim, sizeof *s->reclaim, cmp_u64);
-	s->reclaim_until_ns = aq_mono_ns() + (uint64_t)s->opt.reclaim_s * 1000000000ull;
-	if (s->nreclaim)
-		log_info("%u files unlinked while open wait %u s for their clients to reopen them", s->nreclaim,
+	if (total)
+		log_info("%u files unlinked while open wait %u s for their clients to reopen them", total,
 			 s->opt.reclaim_s);
 }
 
 /* A connection that breaks while aqd lives on (a network fault, a client stopped too
  * long) lets go of what it held open just the same, and its client's REOPEN comes a
- * little later: the files it held wait as long as those found at start. At most
- * LATE_MAX at once, the oldest going first. */
-#define LATE_MAX 65536
+ * little later: the files it held wait as long as those found at start. */
 static void late_add(struct server *s, const uint64_t *inos, uint32_t n)
 {
 	if (!n)
 		return;
 	uint64_t until = aq_mono_ns() + (uint64_t)s->opt.reclaim_s * 1000000000ull;
 	pthread_mutex_lock(&s->late_mu);
-	for (uint32_t i = 0; i < n; i++) {
-		if (s->nlate == LATE_MAX) {
-			memmove(s->late, s->late + 1, (LATE_MAX - 1) * sizeof *s->late);
-			s->nlate--;
-		}
-		if (s->nlate == s->late_cap) {
-			s->late_cap = s->late_cap ? 2 * s->late_cap : 64;
-			s->late = aq_realloc(s->late, s->late_cap * sizeof *s->late);
-		}
-		s->late[s->nlate++] = (struct late_open){inos[i], until};
+	if (s->nlate + n > s->late_cap) {
+		s->late_cap = MAX(s->nlate + n, 2 * s->late_cap);
+		s->late = aq_realloc(s->late, s->late_cap * sizeof *s->late);
 	}
+	for (uint32_t i = 0; i < n; i++)
+		s->late[s->nlate++] = (struct late_open){inos[i], until};
 	pthread_mutex_unlock(&s->late_mu);
 }
 
-/* The files held through connections that broke, still within --reclaim-s: a sorted
+/* The orphans found at start and the files held through connections that broke, still
+ * within --reclaim-s: a sorted
  * array (*n long, the caller's to free) for one round of the collector. */
 static uint64_t *late_snapshot(struct server *s, uint32_t *n)
 {
@@ -1387,17 +1374,10 @@ static uint64_t *late_snapshot(struct server *s, uint32_t *n)
 	return inos;
 }
 
-/* Whether an orphan may still be claimed: found at start, or held through a connection
- * that broke (late, nlate: late_snapshot's), within --reclaim-s. On the gc thread. */
-static bool awaits_reclaim(struct server *s, uint64_t ino, const uint64_t *late, uint32_t nlate)
+/* Whether an orphan may still be claimed (late, nlate: late_snapshot's). */
+static bool awaits_reclaim(uint64_t ino, const uint64_t *late, uint32_t nlate)
 {
-	if (s->nreclaim && aq_mono_ns() >= s->reclaim_until_ns) {
-		free(s->reclaim);
-		s->reclaim = NULL;
-		s->nreclaim = 0;
-	}
-	return (s->nreclaim && bsearch(&ino, s->reclaim, s->nreclaim, sizeof ino, cmp_u64)) ||
-	       (nlate && bsearch(&ino, late, nlate, sizeof ino, cmp_u64));
+	return nlate && bsearch(&ino, late, nlate, sizeof ino, cmp_u64);
 }
 
 /* The orphan collector: frees the data of inodes whose last link went away and that no
@@ -1438,7 +1418,7 @@ static void *gc_main(void *arg)
 				break;
 			for (int i = 0; i < n; i++) {
 				after = orphans[i].ino;
-				if (is_open(s, orphans[i].ino) || awaits_reclaim(s, orphans[i].ino, late, nlate))
+				if (is_open(s, orphans[i].ino) || awaits_reclaim(orphans[i].ino, late, nlate))
 					continue;
 				int rc = 0;
 				for (uint32_t t = 0; !rc && t < s->nlocal; t++)
@@ -1594,7 +1574,6 @@ void server_stop(struct server *s)
 			s->open_tab[i] = e->next;
 			free(e);
 		}
-	free(s->reclaim);
 	free(s->late);
 	free(s);
 }

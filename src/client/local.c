@@ -136,10 +136,15 @@ int local_read(struct aq_client *c, uint64_t ino, const struct proto_loc *l, uin
 #define LOC_SLOTS_MAX 4096 /* chunks located per open file (a direct-mapped table by index) */
 
 enum { LOC_EMPTY, LOC_AT, LOC_NONE };
+/* aqd counts a chunk's LOCATE as a read of its file (the object tier's least recently
+ * read and cold-after rules): a location kept longer would hide a file read all the time
+ * through one open handle, which the tier then demoted as cold. */
+#define LOC_TTL_NS 1000000000ull
 struct loc_slot {
 	uint32_t idx;
 	uint8_t state;
 	unsigned long wgen;        /* the inode's wgen before LOCATE was sent */
+	uint64_t at_ns;            /* when (aq_mono_ns): LOC_TTL_NS later it is asked again */
 	uint64_t rec_off;          /* the record's header, checked once when located */
 	uint32_t length;
 	char *path;
@@ -182,7 +187,7 @@ static int locate(struct aq_file *f, uint32_t idx, unsigned long wgen, struct lo
 	struct rpc_call *call = NULL;
 	int rc = rpc_do(c, cluster_target_by_id(&c->map, target)->server, &r, &rep, &call);
 	struct proto_loc l;
-	*sl = (struct loc_slot){.idx = idx, .wgen = wgen, .state = LOC_NONE};
+	*sl = (struct loc_slot){.idx = idx, .wgen = wgen, .at_ns = aq_mono_ns(), .state = LOC_NONE};
 	if (!rc && rep.data_len && (proto_loc_get(rep.data, rep.data_len, &l) || l.idx != idx || l.in != 0))
 		rc = -EPROTO;
 	if (!rc && rep.data_len) {
@@ -237,7 +242,7 @@ int local_chunk_read(struct aq_file *f, uint32_t idx, uint32_t in, uint32_t n, u
 	unsigned long wgen = atomic_load(&f->st->wgen);
 	struct loc_slot *sl = &lc->s[idx & (lc->nslots - 1)];
 	pthread_mutex_lock(&lc->mu);
-	if (sl->state == LOC_EMPTY || sl->idx != idx || sl->wgen != wgen) {
+	if (sl->state == LOC_EMPTY || sl->idx != idx || sl->wgen != wgen || aq_mono_ns() - sl->at_ns > LOC_TTL_NS) {
 		pthread_mutex_unlock(&lc->mu);
 		struct loc_slot fresh;
 		int rc = locate(f, idx, wgen, &fresh);

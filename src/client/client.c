@@ -64,6 +64,7 @@ int aq_connect(const char *cluster_file, struct aq_client **out)
 	pthread_mutex_init(&c->files_mu, NULL);
 	pthread_mutex_init(&c->held_mu, NULL);
 	pthread_mutex_init(&c->recent_mu, NULL);
+	pthread_mutex_init(&c->spare_mu, NULL);
 	pthread_mutex_init(&c->fl_mu, NULL);
 	pthread_cond_init(&c->fl_cv, NULL);
 	c->nconns = RPC_CONNS_DEFAULT;
@@ -139,6 +140,8 @@ void aq_disconnect(struct aq_client *c)
 	pthread_mutex_destroy(&c->files_mu);
 	pthread_mutex_destroy(&c->held_mu);
 	pthread_mutex_destroy(&c->recent_mu);
+	rpc_spares_free(c);
+	pthread_mutex_destroy(&c->spare_mu);
 	free(c);
 }
 
@@ -1150,9 +1153,7 @@ static struct rpc_call *pre_local(struct aq_file *f, struct rpc_call *call, cons
 	if (!rep->data_len || proto_loc_get(rep->data, rep->data_len, &loc) || loc.idx != 0 || loc.in != 0 ||
 	    loc.n > AQ_PREFETCH || local_read(f->c, f->ino, &loc, &mem, &data))
 		return call;
-	free(call->payload);
-	call->payload = mem;
-	call->len = 0;
+	rpc_replace_payload(call, mem);
 	f->pre = call;
 	f->pre_data = data;
 	f->pre_len = loc.n;

@@ -39,6 +39,7 @@ struct rpc_call {
 	int status;            /* 0 or -errno */
 	uint8_t *payload;      /* reply payload, owned by the call */
 	uint32_t len;
+	uint32_t cap;          /* payload's size when it is a spare reply buffer (0: malloc'ed) */
 	pthread_cond_t cv;
 	struct rpc_call *next; /* pending chain */
 	struct rpc_conn *conn;
@@ -224,6 +225,14 @@ struct aq_client {
 	atomic_bool local_paused_once;
 	uint8_t boot_id[AQ_BOOT_ID_SIZE];
 	atomic_ulong wbuf_bytes;     /* buffered writes of all files (ino_state.wbytes) */
+	/* large reply buffers kept for the next replies (rpc.c, "reply buffers") */
+	pthread_mutex_t spare_mu; /* a leaf lock */
+	struct spare_buf {
+		uint8_t *p;
+		uint32_t cap;
+	} spare[16];
+	uint32_t nspare;
+	size_t spare_bytes;
 	/* the last RECENT_SIZES of those changes, for inodes no longer open (by epoch % N) */
 	pthread_mutex_t recent_mu; /* a leaf lock */
 	struct recent_size {
@@ -286,6 +295,10 @@ uint64_t rpc_affinity(const struct proto_req *req);
 /* Waits for the reply. Returns 0 or -errno; the call keeps the payload until rpc_free. */
 int rpc_wait(struct rpc_call *call);
 void rpc_free(struct rpc_call *call);
+/* Gives the call's payload back and makes mem (malloc'ed, or NULL) its payload. */
+void rpc_replace_payload(struct rpc_call *call, uint8_t *mem);
+/* Frees the reply buffers kept for later replies (at disconnect). */
+void rpc_spares_free(struct aq_client *c);
 /* After a call to server failed for want of a connection (attempt: how many failed
  * before): sleeps and returns true while the call may try again, false once its window
  * is over. The window (*deadline, 0 before the first failure) is reconnect_s from the

@@ -31,6 +31,79 @@ static int send_frame(int fd, uint16_t op, uint64_t id, uint32_t epoch, const vo
 	return fd_writev_full(fd, iov, len ? 2 : 1, -1);
 }
 
+/* ---- reply buffers ----
+ *
+ * A large reply (a listing page, a read that is not received straight into its caller's
+ * buffer) lands in a spare buffer when one fits, and its buffer goes back to the spares
+ * when the call is freed. With malloc alone, each freed block of the receiver's arena went
+ * back to the kernel (glibc trims a thread arena with madvise, a TLB flush across every
+ * CPU) and faulted in again on the next reply: a quarter of a million-entry listing's time
+ * (docs/performance.md, "Reply buffers"). */
+
+#define SPARE_MIN (64u << 10)     /* smaller replies come from malloc */
+#define SPARE_GRAIN (64u << 10)   /* spare sizes are multiples of this */
+#define SPARE_BYTES (8u << 20)    /* at most this much kept */
+
+/* A buffer for len bytes; *cap is its size when it may go to the spares, else 0. */
+static uint8_t *payload_alloc(struct aq_client *c, uint32_t len, uint32_t *cap)
+{
+	*cap = 0;
+	if (len < SPARE_MIN)
+		return aq_malloc(len ? len : 1);
+	pthread_mutex_lock(&c->spare_mu);
+	uint32_t best = c->nspare;
+	for (uint32_t i = 0; i < c->nspare; i++)
+		if (c->spare[i].cap >= len && c->spare[i].cap / 2 <= len &&
+		    (best == c->nspare || c->spare[i].cap < c->spare[best].cap))
+			best = i;
+	uint8_t *p = NULL;
+	if (best < c->nspare) {
+		p = c->spare[best].p;
+		*cap = c->spare[best].cap;
+		c->spare_bytes -= *cap;
+		c->spare[best] = c->spare[--c->nspare];
+	}
+	pthread_mutex_unlock(&c->spare_mu);
+	if (!p) {
+		*cap = (uint32_t)(((uint64_t)len + SPARE_GRAIN - 1) / SPARE_GRAIN * SPARE_GRAIN);
+		p = aq_malloc(*cap);
+	}
+	return p;
+}
+
+static void payload_release(struct aq_client *c, uint8_t *p, uint32_t cap)
+{
+	if (cap) {
+		pthread_mutex_lock(&c->spare_mu);
+		if (c->nspare < ARRAY_SIZE(c->spare) && c->spare_bytes + cap <= SPARE_BYTES) {
+			c->spare[c->nspare++] = (struct spare_buf){p, cap};
+			c->spare_bytes += cap;
+			p = NULL;
+		}
+		pthread_mutex_unlock(&c->spare_mu);
+	}
+	free(p);
+}
+
+void rpc_spares_free(struct aq_client *c)
+{
+	for (uint32_t i = 0; i < c->nspare; i++)
+		free(c->spare[i].p);
+	c->nspare = 0;
+	c->spare_bytes = 0;
+}
+
+void rpc_replace_payload(struct rpc_call *call, uint8_t *mem)
+{
+	if (call->cap)
+		payload_release(call->conn->client, call->payload, call->cap);
+	else
+		free(call->payload);
+	call->payload = mem;
+	call->cap = 0;
+	call->len = 0;
+}
+
 /* Reads one frame; *payload is malloc'ed (caller frees). */
 static int recv_frame(int fd, struct proto_hdr *h, uint8_t **payload)
 {
@@ -357,15 +430,16 @@ static int read_frame(struct rpc_conn *rc, int fd)
 			return 0;
 		}
 	}
-	uint8_t *p = aq_malloc(h.payload_len ? h.payload_len : 1);
+	uint32_t cap;
+	uint8_t *p = payload_alloc(rc->client, h.payload_len, &cap);
 	err = fd_read_full(fd, p, h.payload_len);
 	if (err) {
-		free(p);
+		payload_release(rc->client, p, cap);
 		return err;
 	}
 	if (h.op == OP_INVAL && (h.flags & PROTO_F_PUSH)) {
 		deliver_invals(rc->client, p, h.payload_len);
-		free(p);
+		payload_release(rc->client, p, cap);
 		return 0;
 	}
 	pthread_mutex_lock(&rc->mu);
@@ -378,13 +452,15 @@ static int read_frame(struct rpc_conn *rc, int fd)
 		} else {
 			call->payload = p;
 			call->len = h.payload_len;
+			call->cap = cap;
 			call->answered = true;
 			call_done_locked(call, h.status ? aq_err_from_status(h.status) : 0);
 			p = NULL;
 		}
 	}
 	pthread_mutex_unlock(&rc->mu);
-	free(p);
+	if (p)
+		payload_release(rc->client, p, cap);
 	return 0;
 }
 
@@ -1013,7 +1089,7 @@ void rpc_free(struct rpc_call *call)
 		return;
 	free(call->sub_ids);
 	pthread_cond_destroy(&call->cv);
-	free(call->payload);
+	rpc_replace_payload(call, NULL);
 	free(call);
 }
 

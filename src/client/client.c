@@ -1013,7 +1013,7 @@ static int file_new(struct aq_client *c, const struct aq_cred *cred, const struc
 	pthread_mutex_init(&f->open_mu, NULL);
 	pthread_mutex_init(&f->ra_mu, NULL);
 	f->st = state_get(c, a->ino, a, epoch);
-	rpc_hold_file(c, f);
+	rpc_hold_file(c, f, NULL);
 	if ((flags & O_TRUNC) && (flags & O_ACCMODE) != O_RDONLY && S_ISREG(a->mode) && a->size) {
 		struct aq_attr in = {.size = 0};
 		int rc = aq_setattr(c, cred, a->ino, AQ_SET_SIZE, &in, NULL);
@@ -1090,7 +1090,7 @@ static int open_lazy(struct aq_client *c, const struct aq_cred *cred, uint64_t i
 		free(f);
 		return aq_open_ino(c, cred, ino, flags, out); /* the connection is down: the slow way */
 	}
-	rpc_hold_file(c, f);
+	rpc_hold_file(c, f, f->opening->conn);
 	*out = f;
 	return 0;
 }
@@ -1676,7 +1676,7 @@ int aq_close(struct aq_file *f)
 	pre_put(f->c, pre_detach(f));
 	if (f->st) { /* the server holds it open (a lazy open that failed never was) */
 		struct proto_req r = {.op = OP_RELEASE, .cred = f->cred, .ino = f->ino};
-		rpc_send_noreply(f->c, f->server, &r, f->affinity);
+		rpc_release_file(f->c, f, &r);
 		state_put(f->c, f->st);
 	}
 	rpc_unhold_file(f->c, f);

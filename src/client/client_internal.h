@@ -276,11 +276,11 @@ struct rpc_call *rpc_start(struct aq_client *c, uint32_t server, uint16_t op, co
 struct rpc_call *rpc_start_ex(struct aq_client *c, uint32_t server, uint16_t op, const struct wbuf *payload,
 			      uint64_t affinity, void *rdest, uint32_t rdest_len, struct rpc_cq *cq, void *cq_arg,
 			      bool hold, int *err);
-/* Sends a request whose answer nobody needs (RELEASE) on the connection affinity picks:
- * the server sends no reply. It waits in the connection's queue to leave with the next
- * frame sent there, or after RPC_HOLD_NS (the flusher thread). Nothing is sent while
- * that connection is down. */
-void rpc_send_noreply(struct aq_client *c, uint32_t server, const struct proto_req *req, uint64_t affinity);
+/* Sends f's RELEASE (req) on the connection the server holds f open through
+ * (rpc_hold_file's); the server sends no reply. It waits in the connection's queue to
+ * leave with the next frame sent there, or after RPC_HOLD_NS (the flusher thread).
+ * Nothing is sent while that connection is down. */
+void rpc_release_file(struct aq_client *c, struct aq_file *f, const struct proto_req *req);
 /* Sends what is held and stops the flusher (aq_disconnect). */
 void rpc_flusher_stop(struct aq_client *c);
 void rpc_cq_init(struct rpc_cq *cq);
@@ -319,8 +319,9 @@ void rpc_keeper_stop(struct aq_client *c);
 /* Files the server holds open for this client (an OPEN, OPEN_READ or create-and-open):
  * when their connection comes up again after it broke, its handshake names them
  * (REOPEN), so that one unlinked meanwhile is not freed under them; the keeper brings
- * such a connection back at once. */
-void rpc_hold_file(struct aq_client *c, struct aq_file *f);
+ * such a connection back at once. on: the connection the open went out on (NULL: the one
+ * f's affinity picks). */
+void rpc_hold_file(struct aq_client *c, struct aq_file *f, struct rpc_conn *on);
 void rpc_unhold_file(struct aq_client *c, struct aq_file *f);
 /* As rpc_do, on the connection affinity picks (see rpc_start). */
 int rpc_do_on(struct aq_client *c, uint32_t server, const struct proto_req *req, struct proto_reply *rep,

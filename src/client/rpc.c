@@ -564,10 +564,10 @@ bool rpc_retry_wait(struct aq_client *c, uint32_t server, uint64_t *deadline, in
 static struct rpc_conn *pick_conn(struct aq_client *c, uint32_t server, uint64_t affinity);
 static void keeper_start_locked(struct aq_client *c);
 
-void rpc_hold_file(struct aq_client *c, struct aq_file *f)
+void rpc_hold_file(struct aq_client *c, struct aq_file *f, struct rpc_conn *on)
 {
 	pthread_mutex_lock(&c->held_mu);
-	f->held_on = pick_conn(c, f->server, f->affinity);
+	f->held_on = on ? on : pick_conn(c, f->server, f->affinity);
 	atomic_fetch_add(&f->held_on->nheld, 1);
 	f->hprev = NULL;
 	f->hnext = c->held;
@@ -788,7 +788,7 @@ static void flush_held(struct rpc_conn *rc)
 		pthread_mutex_unlock(&rc->q_mu);
 }
 
-/* Held frames (rpc_send_noreply's) ride with the next frame sent on their connection;
+/* Held frames (rpc_release_file's) ride with the next frame sent on their connection;
  * this thread sends those that nothing followed within RPC_HOLD_NS. It sleeps while
  * nothing is held. */
 static void *flusher_main(void *arg)
@@ -861,9 +861,11 @@ static struct rpc_call *start_call(struct aq_client *c, uint32_t server, uint16_
 	return call;
 }
 
-void rpc_send_noreply(struct aq_client *c, uint32_t server, const struct proto_req *req, uint64_t affinity)
+void rpc_release_file(struct aq_client *c, struct aq_file *f, const struct proto_req *req)
 {
-	struct rpc_conn *rc = pick_conn(c, server, affinity);
+	/* Where the server counts it open: a file's affinity picks another connection once
+	 * aq_watch has set the first one apart for pushes. */
+	struct rpc_conn *rc = f->held_on ? f->held_on : pick_conn(c, f->server, f->affinity);
 	pthread_mutex_lock(&rc->mu);
 	if (!rc->up) { /* the server forgot what the connection held when it went down */
 		pthread_mutex_unlock(&rc->mu);

@@ -1047,7 +1047,9 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 	 * getattr shows another size or mtime, i.e. when someone else changed the file. */
 	if (conn->capable & FUSE_CAP_AUTO_INVAL_DATA)
 		conn->want |= FUSE_CAP_AUTO_INVAL_DATA;
-	/* writeback caching would let the kernel reorder writes past fsync; keep it off */
+	/* No kernel write-back cache: with it the kernel keeps its own size and times of
+	 * every cached regular file and ignores the server's (fuse_get_cache_mask), so a
+	 * file another client grew would stay short here (design.md, "No write-back cache"). */
 	conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
 }
 

@@ -257,6 +257,10 @@ static int visit(void *arg, const char *name, size_t name_len, uint64_t ino, uin
 	int64_t touched_ns = MAX(read_ns, a->mtime_ns);
 	if (p->rule.kind == TIER_RULE_COLD_AFTER &&
 	    p->now_ns - touched_ns > (int64_t)p->rule.cold_after_s * 1000000000) {
+		/* one already cold is left alone: every pass sent it to demote again (a lookup
+		 * of each of its chunks) and counted it as demoted once more */
+		if (!has_flash(p->t, ino))
+			return 0;
 		p->batch[p->nbatch++] = ino;
 		if (p->nbatch == TIER_BATCH_MAX)
 			flush_batch(p);

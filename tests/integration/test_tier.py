@@ -275,6 +275,35 @@ def test_f_rules_cold_after_pin_inherit(f):
     assert p.returncode == 2 and "duration" in p.stderr
 
 
+def test_fa_a_file_read_through_one_handle_stays_on_flash(f):
+    """Regression (test_f failed once in CI): a native client reads a file's bytes from
+    aqd's segment files itself, at locations it asked aqd for (LOCATE, which aqd counts
+    as a read of the file); it kept them for as long as the handle was open, so aqd saw
+    one read, and the rule demoted a file read every quarter second. Its next read then
+    missed the moved record and recalled the file through aqd, so at any moment the file
+    was most likely on flash again: only the tier's count of demotions shows it. Kept
+    locations are now asked for again once a second. The reads go on for three times the
+    rule's 3 s; the file beside it, which nobody reads, is the one demotion expected."""
+    os.makedirs(f.c.path("hot"))
+    f.aq("tier", "policy", "/hot", "--cold-after", "3s")
+    data = {rel: os.urandom(300_000) for rel in ("hot/read", "hot/idle")}
+    for rel, d in data.items():
+        write(f.c, rel, d)
+    before = f.info()["rule_demoted_files"]
+    with f.native.open("/hot/read") as h:
+        end = time.time() + 9
+        while time.time() < end:
+            h.seek(0)
+            assert h.read() == data["hot/read"]
+            time.sleep(0.25)
+    assert f.status("/hot/idle")["cold_bytes"] == len(data["hot/idle"]), "the rule did not run"
+    assert f.status("/hot/read")["cold_bytes"] == 0
+    assert f.info()["rule_demoted_files"] - before == 1, "a file read all the time through one handle was demoted"
+    f.aq("tier", "policy", "/hot", "--clear")
+    for rel, d in data.items():
+        assert read_uncached(f.c.path(rel)) == d, rel
+
+
 def test_g_reclaim_after_deletes(f):
     files = make_tree(f, "rec", 200, lambda i: 64 * 1024 + i)
     f.aq("tier", "demote", "/rec")

@@ -3,7 +3,10 @@
  * "user." needs read (get, list) or write (set, remove) permission on the inode;
  * "trusted." is root's; "security." and "system." anyone may read, as on Linux (ls -l
  * asks for security.selinux and system.posix_acl_access), only root may change. Other
- * namespaces are not supported.
+ * namespaces are not supported. Nothing may be set in "system.": the kernel gives those
+ * names meaning (POSIX ACLs, system.posix_acl_*), and Aquifer does not implement ACLs,
+ * so a set is EOPNOTSUPP, as on ext4 mounted noacl, rather than an ACL stored and then
+ * not enforced (setfacl says "Operation not supported").
  */
 #include <sys/stat.h>
 #include <unistd.h>
@@ -180,6 +183,8 @@ int meta_setxattr(struct meta_store *m, const struct aq_cred *cr, uint64_t ino, 
 		  size_t size, uint32_t flags)
 {
 	static const char empty;
+	if (name && has_prefix(name, "system."))
+		return -EOPNOTSUPP;
 	return xattr_change(m, cr, ino, name, value ? value : &empty, value ? size : 0, flags);
 }
 

@@ -786,6 +786,9 @@ static int t_xattr(void)
 	CHECK_RC(meta_getxattr(g_m, &u, f.ino, "security.selinux", buf, sizeof(buf)), -ENODATA);
 	CHECK_RC(meta_getxattr(g_m, &u, f.ino, "system.posix_acl_access", NULL, 0), -ENODATA);
 	CHECK_RC(meta_setxattr(g_m, &u, f.ino, "security.x", "x", 1, 0), -EPERM);
+	/* no ACLs: one set would be stored and not enforced */
+	CHECK_RC(meta_setxattr(g_m, &ROOT, f.ino, "system.posix_acl_access", "\2\0\0\0", 4, 0), -EOPNOTSUPP);
+	CHECK_RC(meta_setxattr(g_m, &ROOT, f.ino, "system.posix_acl_default", "\2\0\0\0", 4, 0), -EOPNOTSUPP);
 
 	/* AQ_ATTR_XATTRS: set while any attribute is left, clear after the last goes */
 	struct aq_attr a;

@@ -1512,14 +1512,10 @@ static uint64_t dirh_cookie(const struct dirh *dh) { return dh->pos ? dh->ents[d
 
 static void op_opendir(fuse_req_t req, fuse_ino_t ino_node, struct fuse_file_info *fi)
 {
-	uint64_t ino = aq_node_ino(ino_node);
-	struct aq_cred cr;
-	cred_of(req, &cr);
-	int rc = WITH_GROUPS(req, cr, aq_access_ino(g_client, &cr, ino, R_OK));
-	if (rc) {
-		fuse_reply_err(req, posix_err(rc));
-		return;
-	}
+	/* No trip to aqd: the kernel checked read permission with its copy of the
+	 * attributes (default_permissions), which pushes keep current, and aqd checks again
+	 * on every page of the listing (a directory gone or closed meanwhile fails there). */
+	(void)ino_node;
 	struct dirh *dh = aq_calloc(1, sizeof *dh);
 	pthread_mutex_init(&dh->mu, NULL);
 	fi->fh = (uint64_t)(uintptr_t)dh;
@@ -1534,6 +1530,19 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino_node, struct fuse_file_inf
  * two buffers: if one does not fit, its whole group is taken back (the server never
  * splits a group between pages either). */
 #define FIRST_PLUS_BYTES 4096 /* see do_readdir */
+#define FUSE_DIRENTPLUS_MIN 160 /* the smallest entry with attributes: 152 bytes and a name, 8-aligned */
+
+/* Entries to ask the server for, with room for left bytes of the kernel's buffer. With
+ * attributes, what fits and one more (each costs the server an inode read, and what did
+ * not fit serves only the calls after, which mostly come without: a listing's first
+ * page fetched 512 for the 25 that fit); without, a whole page. */
+static uint32_t page_want(bool plus, size_t left)
+{
+	if (!plus)
+		return DIR_PAGE;
+	size_t fit = left / FUSE_DIRENTPLUS_MIN + 1;
+	return (uint32_t)MIN(fit, (size_t)DIR_PAGE);
+}
 
 static void do_readdir(fuse_req_t req, uint64_t ino, size_t size, off_t off, bool plus, struct dirh *dh)
 {
@@ -1601,8 +1610,8 @@ static void do_readdir(fuse_req_t req, uint64_t ino, size_t size, off_t off, boo
 			struct cseq s = cseq_now();
 			bool at_end = false;
 			int n = WITH_GROUPS(req, cr, aq_readdir_ino_end(g_client, &cr, ino, from,
-									 plus ? AQ_READDIR_PLUS : 0, dh->ents, DIR_PAGE,
-									 &at_end));
+									 plus ? AQ_READDIR_PLUS : 0, dh->ents,
+									 page_want(plus, size - pos), &at_end));
 			if (n < 0) {
 				rc = n;
 				break;

@@ -786,7 +786,14 @@ static int dir_range_send(struct aq_dir *d, struct dir_range *r)
 	wbuf_init(&w, 128);
 	proto_req_encode(&w, &q);
 	int err = 0;
-	r->call = rpc_start(d->c, d->server, OP_READDIR, &w, 0, &err);
+	/* a server that is restarting is waited for, as rpc_do waits: a listing started
+	 * then failed at once with ECONNREFUSED */
+	uint64_t deadline = 0;
+	for (int attempt = 0;; attempt++) {
+		r->call = rpc_start(d->c, d->server, OP_READDIR, &w, 0, &err);
+		if (r->call || !aq_err_unreachable(err) || !rpc_retry_wait(d->c, d->server, &deadline, attempt))
+			break;
+	}
 	wbuf_free(&w);
 	return r->call ? 0 : err;
 }

@@ -214,6 +214,41 @@ def test_an_open_unlinked_file_outlives_a_broken_connection():
         only_root_left(c)
 
 
+def test_a_native_listing_waits_for_a_restarting_server():
+    """Regression (a kill -9 loop with listers running): a native listing (aq_dir_*,
+    Python's Client.listdir) whose connection broke asked for its next page again once,
+    100 ms later, and failed with ECONNREFUSED if aqd was not back yet, where every other
+    call waits for the server as long as $AQ_RECONNECT_S says. Its pages now wait the
+    same way. 40,000 names, so each of the stream's eight bucket ranges has a page left
+    to ask for after aqd is killed."""
+    import aquifer
+    with Cluster(mount=False) as c:
+        run(AQ, "bench", "meta", "--cluster", c.conf, "--files", "40000", "--stop-after", "create")
+        client = aquifer.Client(c.conf)
+        try:
+            d = "/" + next(n for n in client.listdir("/") if n.startswith("bench-"))
+            pages = client._pages(d, 0)
+            names = {next(pages).name for _ in range(10)}
+            c.kill9()
+            result = {}
+
+            def rest():
+                try:
+                    names.update(e.name for e in pages)
+                except OSError as e:
+                    result["error"] = e
+            t = threading.Thread(target=rest)
+            t.start()
+            time.sleep(1.0)  # the stream asks for its next pages while nothing listens
+            c.restart()
+            t.join(timeout=60)
+            assert not t.is_alive()
+            assert "error" not in result, result
+            assert len(names) == 40000
+        finally:
+            client.close()
+
+
 def test_a_file_closed_after_watch_began_is_let_go():
     """Regression: the server counts a file open on the connection its OPEN came through,
     and a file's RELEASE went out on the connection its affinity picked at close. Once

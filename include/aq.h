@@ -246,9 +246,11 @@ int aq_watch_sync(struct aq_client *c);
  * count moved may describe the state from before a change. */
 uint64_t aq_inval_seq(struct aq_client *c);
 
-/* Calls in flight without waiting: start many, then aq_wait each. Unlike the calls above,
- * one whose connection breaks is not sent again: aq_wait says -ENOTCONN, and whether a
- * change it carried was made is for the caller to look up. */
+/* Calls in flight without waiting: start many, then aq_wait each. A lookup or getattr
+ * whose connection breaks is asked again by aq_wait, which then waits for a restarting
+ * server as the calls above do. Unlike those, a change whose connection breaks is not
+ * sent again: aq_wait says -ENOTCONN, and whether it was made is for the caller to look
+ * up. */
 struct aq_pending;
 int aq_lookup_start(struct aq_client *c, const struct aq_cred *cred, uint64_t parent, const char *name,
 		    struct aq_pending **out);

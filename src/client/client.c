@@ -1874,6 +1874,10 @@ struct aq_pending {
 	uint16_t op;
 	int err; /* set when the request could not even be sent */
 	unsigned long epoch; /* size epoch when sent, for overlay_local */
+	/* a LOOKUP or GETATTR, to ask again if its connection fails */
+	struct aq_cred cred;
+	uint64_t ino; /* the inode, or the lookup's parent */
+	char *name;
 };
 
 static int pending_start(struct aq_client *c, uint32_t server, const struct proto_req *r, struct aq_pending **out)
@@ -1887,6 +1891,11 @@ static int pending_start(struct aq_client *c, uint32_t server, const struct prot
 	p->c = c;
 	p->op = r->op;
 	p->epoch = atomic_load(&c->size_epoch);
+	if (r->op == OP_LOOKUP || r->op == OP_GETATTR) {
+		p->cred = r->cred;
+		p->ino = r->op == OP_LOOKUP ? r->parent : r->ino;
+		p->name = r->op == OP_LOOKUP ? aq_strdup(r->name) : NULL; /* aq_lookup_start: a C string */
+	}
 	/* One thread's async calls share a connection and are held back briefly, so a burst
 	 * of them leaves as one BATCH frame (and a run of creates becomes one write batch). */
 	uint64_t affinity = rpc_affinity(r);
@@ -1901,8 +1910,10 @@ static int pending_start(struct aq_client *c, uint32_t server, const struct prot
 int aq_wait(struct aq_pending *p, struct aq_attr *attr)
 {
 	int rc = p->err;
+	bool answered = false;
 	if (p->call) {
 		rc = rpc_wait(p->call);
+		answered = p->call->answered;
 		if (!rc && attr) {
 			struct proto_reply rep;
 			rc = proto_reply_decode(p->op, p->call->payload, p->call->len, &rep);
@@ -1914,6 +1925,15 @@ int aq_wait(struct aq_pending *p, struct aq_attr *attr)
 		}
 		rpc_free(p->call);
 	}
+	if (rc && aq_err_unreachable(rc) && !answered && (p->op == OP_LOOKUP || p->op == OP_GETATTR)) {
+		/* it changes nothing: asked again the synchronous way, which waits for a
+		 * restarting server (read_many's lookups failed with ENOTCONN across a restart) */
+		struct aq_attr a;
+		rc = p->op == OP_LOOKUP ? aq_lookup(p->c, &p->cred, p->ino, p->name, &a) : aq_getattr(p->c, &p->cred, p->ino, &a);
+		if (!rc && attr)
+			*attr = a;
+	}
+	free(p->name);
 	free(p);
 	return rc;
 }

@@ -249,6 +249,40 @@ def test_a_native_listing_waits_for_a_restarting_server():
             client.close()
 
 
+def test_batched_reads_wait_for_a_restarting_server():
+    """Regression (the same kill -9 loop): Client.read_many, a data loader's path, looks
+    its files up with asynchronous lookups (aq_lookup_start), and those failed with
+    ECONNREFUSED or ENOTCONN across a restart of aqd, where a synchronous lookup waits.
+    A lookup or getattr changes nothing, so aq_wait now asks it again the synchronous
+    way; a change started asynchronously still reports ENOTCONN (aq.h)."""
+    import aquifer
+    with Cluster(mount=False) as c:
+        client = aquifer.Client(c.conf)
+        try:
+            data = {f"/r{i}": os.urandom(50_000 + i) for i in range(20)}
+            for p, b in data.items():
+                with client.open(p, "wb") as f:
+                    f.write(b)
+            c.kill9()
+            result = {}
+
+            def reader():
+                try:
+                    result["got"] = client.read_many(list(data))
+                except OSError as e:
+                    result["error"] = e
+            t = threading.Thread(target=reader)
+            t.start()
+            time.sleep(1.0)  # the lookups go out while nothing listens
+            c.restart()
+            t.join(timeout=60)
+            assert not t.is_alive()
+            assert "error" not in result, result
+            assert [bytes(b) for b in result["got"]] == list(data.values())
+        finally:
+            client.close()
+
+
 def test_a_file_closed_after_watch_began_is_let_go():
     """Regression: the server counts a file open on the connection its OPEN came through,
     and a file's RELEASE went out on the connection its affinity picked at close. Once

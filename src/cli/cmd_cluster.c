@@ -259,6 +259,26 @@ static int parse_up(int argc, char **argv, struct up_opts *o, const char *cmd)
 	return 0;
 }
 
+static bool mount_daemon_alive(const char *mnt);
+static int unmount(const char *mnt);
+
+/* A mount at mnt whose daemon is gone (kill -9, OOM) answers every call with ENOTCONN
+ * until it is unmounted: unmounts it. 0: nothing mounted there now, 1: a live mount
+ * serves mnt, -1: a dead one could not be removed. */
+static int clear_dead_mount(const char *mnt, const char *who)
+{
+	if (!is_mounted(mnt))
+		return 0;
+	if (mount_daemon_alive(mnt))
+		return 1;
+	if (unmount(mnt) != 0 || is_mounted(mnt)) {
+		fprintf(stderr, "%s: %s is a mount whose daemon is gone, and it cannot be unmounted\n", who, mnt);
+		return -1;
+	}
+	fprintf(stderr, "%s: removed the mount at %s, whose daemon was gone\n", who, mnt);
+	return 0;
+}
+
 int cmd_up(int argc, char **argv)
 {
 	struct up_opts o;
@@ -338,7 +358,10 @@ int cmd_up(int argc, char **argv)
 	}
 	if (o.no_mount)
 		return 0;
-	if (is_mounted(o.mnt)) {
+	int live = clear_dead_mount(o.mnt, "aq up");
+	if (live < 0)
+		return 1;
+	if (live) {
 		printf("already mounted at %s\n", o.mnt);
 		return 0;
 	}
@@ -371,8 +394,8 @@ static bool mount_daemon_alive(const char *mnt)
 	struct dirent *e;
 	while (!alive && (e = readdir(d))) {
 		char path[300], args[4096], got[PATH_MAX];
-		if (e->d_name[0] < '1' || e->d_name[0] > '9')
-			continue;
+		if (e->d_name[0] < '1' || e->d_name[0] > '9' || atoi(e->d_name) == (int)getpid())
+			continue; /* not this process: `aq mount MNT` asks before it mounts */
 		/* the command name first: reading a process's cmdline takes its memory map's
 		 * lock, which a process faulting on the dead mount may hold for good */
 		snprintf(path, sizeof path, "/proc/%s/comm", e->d_name);
@@ -489,6 +512,8 @@ int cmd_mount(int argc, char **argv)
 	if (optind != argc - 1)
 		goto usage;
 	o.mountpoint = argv[optind];
+	if (clear_dead_mount(o.mountpoint, "aq mount") < 0)
+		return 1;
 	o.cluster_file = cluster_default_path(o.cluster_file);
 	char real[PATH_MAX];
 	if (realpath(o.cluster_file, real))

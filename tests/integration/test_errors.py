@@ -283,6 +283,35 @@ def test_batched_reads_wait_for_a_restarting_server():
             client.close()
 
 
+def test_up_and_mount_replace_a_mount_whose_daemon_died():
+    """Regression: after a kill -9 of the mount, `aq up` said "already mounted" and left
+    the mount point answering ENOTCONN, and `aq mount` failed on it ("failed to access
+    mountpoint"); `aq mount` also took itself for the live daemon of that mount. Both
+    now unmount a mount whose daemon is gone and mount again."""
+    with Cluster() as c:
+        with open(c.path("kept"), "w") as f:
+            f.write("still here")
+        for how in ("up", "mount"):
+            pid = c.mount_pid()
+            os.kill(pid, signal.SIGKILL)
+            for _ in range(100):
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.05)
+            expect_errno(errno.ENOTCONN, os.listdir, c.mnt)
+            if how == "up":
+                p = run(AQ, "up", "--data", c.data, "--mount", c.mnt)
+                assert "already mounted" not in p.stdout, p.stdout
+            else:
+                p = run(AQ, "mount", c.mnt, "--cluster", c.conf)
+            assert "whose daemon was gone" in p.stderr, p.stderr
+            with open(c.path("kept")) as f:
+                assert f.read() == "still here"
+            assert sum(c.mnt in line for line in open("/proc/self/mountinfo")) == 1
+
+
 def test_a_file_closed_after_watch_began_is_let_go():
     """Regression: the server counts a file open on the connection its OPEN came through,
     and a file's RELEASE went out on the connection its affinity picked at close. Once

@@ -15,6 +15,7 @@
  */
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "meta/meta_internal.h"
@@ -376,6 +377,37 @@ int meta_check_name(const char *name, size_t len)
 	if (memchr(name, '/', len) || memchr(name, '\0', len))
 		return -EINVAL;
 	return 0;
+}
+
+/* New entries and attributes stop, with ENOSPC, while the store's file system has less
+ * free than its memtables may need when flushed (half their arena: the SST files of
+ * these rows came to less) plus META_SPACE_FLOOR: RocksDB that runs
+ * out of space in a write stops taking writes, and Debian's build asserts (aqd aborted
+ * after a disk filled with empty files: WritableFileWriter's sync_without_flush_called_).
+ * Removals go on, so that space can be freed. The data targets keep their own reserve
+ * (src/data), and may fill the disk to it first. */
+#define META_SPACE_FLOOR (16ull << 20)
+#define META_SPACE_EVERY_NS 100000000ull
+
+int meta_space_check(struct meta_store *m)
+{
+	uint64_t now = aq_mono_ns(), last = atomic_load(&m->space_checked_ns);
+	if (now - last >= META_SPACE_EVERY_NS &&
+	    atomic_compare_exchange_strong(&m->space_checked_ns, &last, now)) {
+		struct statvfs sv;
+		uint64_t mem = 0;
+		if (statvfs(m->path, &sv) == 0) {
+			if (rocksdb_property_int(m->db, "rocksdb.cur-size-all-mem-tables", &mem) != 0)
+				mem = 0;
+			uint64_t free_bytes = (uint64_t)sv.f_bavail * sv.f_frsize;
+			bool low = free_bytes < mem / 2 + META_SPACE_FLOOR;
+			if (low != atomic_exchange(&m->space_low, low))
+				log_warn("metadata store: %llu MiB free, %s new entries (memtables %llu MiB)",
+					 (unsigned long long)(free_bytes >> 20), low ? "refusing" : "taking again",
+					 (unsigned long long)(mem >> 20));
+		}
+	}
+	return atomic_load(&m->space_low) ? -ENOSPC : 0;
 }
 
 int meta_alloc_ino(struct meta_store *m, uint32_t bucket, rocksdb_writebatch_t *wb, uint64_t *ino)
@@ -797,6 +829,7 @@ static void free_store(struct meta_store *m)
 	free(m->pcache);
 	free(m->seq_next);
 	free(m->seq_reserved);
+	free(m->path);
 	free(m);
 }
 
@@ -808,6 +841,7 @@ int meta_open(const char *path, bool create, const struct meta_options *opt, str
 
 	pthread_mutex_init(&m->rename_lock, NULL);
 	pthread_mutex_init(&m->clock_lock, NULL);
+	m->path = aq_strdup(path);
 	m->nbuckets = opt && opt->nbuckets ? opt->nbuckets : AQ_BUCKETS_DEFAULT;
 	m->chunk_size = opt && opt->chunk_size ? opt->chunk_size : AQ_CHUNK_SIZE_DEFAULT;
 	m->truncate_fn = opt ? opt->truncate_fn : NULL;
@@ -1227,6 +1261,8 @@ static uint32_t decide_entries(struct meta_store *m, const struct create_req *rq
 {
 	bool may_open = S_ISREG(rq->mode) && !(rq->flags & AQ_CREATE_EXCL);
 	uint32_t ncreate = 0;
+	if (!w_rc)
+		w_rc = meta_space_check(m); /* an existing name still opens, or is EEXIST */
 	for (uint32_t i = 0; i < rq->n; i++) {
 		if (e[i].state == ENT_PENDING && (e[i].same_as = created_before(e, i)) >= 0) {
 			e[i].state = ENT_EXISTS;
@@ -1682,6 +1718,8 @@ int meta_link(struct meta_store *m, const struct aq_cred *cr, uint64_t ino, uint
 	      size_t newname_len, struct aq_attr *out)
 {
 	int rc = meta_check_name(newname, newname_len);
+	if (!rc)
+		rc = meta_space_check(m);
 	if (rc)
 		return rc;
 	if (meta_is_dot(newname, newname_len))

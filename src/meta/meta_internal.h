@@ -105,6 +105,10 @@ struct meta_pslot {
 };
 
 struct meta_store {
+	char *path;             /* the RocksDB directory */
+	/* meta_space_check: when free space was last looked at, and whether it was low */
+	_Atomic uint64_t space_checked_ns;
+	atomic_bool space_low;
 	rocksdb_t *db;
 	rocksdb_options_t *dbopts;
 	rocksdb_block_based_table_options_t *topts;
@@ -221,6 +225,8 @@ int meta_is_dot(const char *name, size_t len); /* 1 for ".", 2 for "..", else 0 
 /* Allocates an inode number in bucket (whose lock the caller holds), adding an 'S' row to wb
  * when a new block must be reserved. */
 int meta_alloc_ino(struct meta_store *m, uint32_t bucket, rocksdb_writebatch_t *wb, uint64_t *ino);
+/* -ENOSPC while the store's file system is too full for new entries (meta.c), else 0. */
+int meta_space_check(struct meta_store *m);
 /* After a failed commit of a batch that allocated in bucket: force the next allocation
  * to write a fresh 'S' row, since the reservation in the failed batch never landed. */
 static inline void meta_alloc_failed(struct meta_store *m, uint32_t bucket) { m->seq_reserved[bucket] = 0; }

@@ -185,6 +185,9 @@ int meta_setxattr(struct meta_store *m, const struct aq_cred *cr, uint64_t ino, 
 	static const char empty;
 	if (name && has_prefix(name, "system."))
 		return -EOPNOTSUPP;
+	int rc = meta_space_check(m);
+	if (rc)
+		return rc;
 	return xattr_change(m, cr, ino, name, value ? value : &empty, value ? size : 0, flags);
 }
 

@@ -112,14 +112,18 @@ def mount_pid(mnt):
 class Cluster:
     """A single-node cluster under a fresh temporary directory, mounted."""
 
-    def __init__(self, mount=True, targets_fs_size=None, extra_up=()):
+    def __init__(self, mount=True, targets_fs_size=None, extra_up=(), data_fs_size=None):
         self.base = tempfile.mkdtemp(prefix="aqtest.")
         os.chmod(self.base, 0o755)
         self.data = os.path.join(self.base, "var")
         self.mnt = os.path.join(self.base, "mnt")
         self.conf = os.path.join(self.data, "cluster.conf")
         self.targets_mounted = False
+        self.data_mounted = False
         os.makedirs(self.data)
+        if data_fs_size:  # the whole data directory (metadata store and targets) on one small fs
+            run("mount", "-t", "tmpfs", "-o", f"size={data_fs_size}", "tmpfs", self.data)
+            self.data_mounted = True
         if targets_fs_size:
             tdir = os.path.join(self.data, "targets")
             os.makedirs(tdir)
@@ -193,6 +197,8 @@ class Cluster:
             return
         if os.path.exists(log) and os.environ.get("AQ_SHOW_LOG"):
             print(open(log).read())
+        if self.data_mounted:
+            unmount(self.data)  # lazily if the mount's log is still open there
         shutil.rmtree(self.base, ignore_errors=True)
 
     def __enter__(self):

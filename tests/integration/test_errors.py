@@ -572,6 +572,21 @@ def test_missing_cluster_file_is_clear():
     assert p.returncode != 0 and "cannot open cluster file" in p.stderr, p.stderr
 
 
+def fill_until_enospc(path, mib):
+    """Writes path a MiB at a time, each fsync'ed, until ENOSPC (within mib MiB)."""
+    block = os.urandom(1 << 20)
+    try:
+        with open(path, "wb") as f:
+            for _ in range(mib):
+                f.write(block)
+                f.flush()
+                os.fsync(f.fileno())
+    except OSError as e:
+        assert e.errno == errno.ENOSPC, e
+        return
+    raise AssertionError(f"{mib} MiB written without ENOSPC")
+
+
 def test_enospc_keeps_existing_files():
     with Cluster(targets_fs_size="96m") as c:
         keep = {}
@@ -580,18 +595,7 @@ def test_enospc_keeps_existing_files():
             with open(c.path(f"keep{i}"), "wb") as f:
                 f.write(data)
             keep[c.path(f"keep{i}")] = hashlib.sha256(data).hexdigest()
-        got_enospc = False
-        block = os.urandom(1 << 20)
-        try:
-            with open(c.path("filler"), "wb") as f:
-                for _ in range(200):
-                    f.write(block)
-                    f.flush()
-                    os.fsync(f.fileno())
-        except OSError as e:
-            assert e.errno == errno.ENOSPC, e
-            got_enospc = True
-        assert got_enospc, "writing 200 MiB into a 96 MiB target file system did not fail"
+        fill_until_enospc(c.path("filler"), 200)
         for p, h in keep.items():
             with open(p, "rb") as f:
                 assert hashlib.sha256(f.read()).hexdigest() == h, p
@@ -612,6 +616,44 @@ def test_enospc_keeps_existing_files():
         for p, h in keep.items():
             with open(p, "rb") as f:
                 assert hashlib.sha256(f.read()).hexdigest() == h, p
+
+
+def test_a_full_disk_refuses_new_entries_and_aqd_lives():
+    """Regression: with aqd's whole data directory on one file system, data writes stop
+    at the targets' reserve, but empty files went on until the disk was full; RocksDB's
+    log write then failed, and Debian's RocksDB build aborted aqd on an assertion
+    (WritableFileWriter::AssertFalseAndGetStatusForPrevError), so every call failed with
+    EIO. New entries now stop with ENOSPC while the metadata store keeps room to flush
+    its memtables, removals go on, and creates come back once space is freed."""
+    with Cluster(data_fs_size="160m") as c:
+        pid = c.pid()
+        fill_until_enospc(c.path("filler"), 400)
+        made = 0
+        try:
+            for i in range(100_000):
+                os.close(os.open(c.path(f"e{i}"), os.O_CREAT | os.O_WRONLY, 0o644))
+                made += 1
+            raise AssertionError("100,000 new files in a full file system")
+        except OSError as e:
+            assert e.errno == errno.ENOSPC, (made, e)
+        assert c.pid() == pid and os.path.exists(f"/proc/{pid}"), "aqd died"
+        for i in range(made):
+            os.unlink(c.path(f"e{i}"))
+        os.unlink(c.path("filler"))
+        for _ in range(100):
+            try:
+                with open(c.path("after"), "wb") as f:
+                    f.write(b"back")
+                break
+            except OSError as e:
+                assert e.errno == errno.ENOSPC, e
+                time.sleep(0.2)
+        else:
+            raise AssertionError("creates did not come back once space was freed")
+        with open(c.path("after"), "rb") as f:
+            assert f.read() == b"back"
+        with open(os.path.join(c.data, "aqd.log")) as f:
+            assert "refusing new entries" in f.read()
 
 
 if __name__ == "__main__":

@@ -40,7 +40,10 @@
 #define DATA_VAL_FIXED_TIER (DATA_VAL_FIXED + 16u)
 #define DATA_VAL_MAX (DATA_VAL_FIXED_TIER + 4u * DATA_BLOCKS_MAX)
 #define DATA_OBJ_KEY_SIZE 9u /* 'O' | object id u64 BE -> object size u64 LE */
-#define DATA_RESERVE_MAX (64ull << 20)
+/* Data stops 1% short of a full file system, at most this much: enough for the metadata
+ * store, usually on the same file system, to flush all four of its 64 MiB memtables (at
+ * the half of their arena meta.c counts) past its own 16 MiB floor. */
+#define DATA_RESERVE_MAX (256ull << 20)
 #define DATA_BUF_MAPPED_MIN (64u << 10) /* I/O buffers this big or more are huge pages, pooled */
 #define DATA_BUF_POOL_MAX (256ull << 20) /* bytes of freed buffers kept for reuse */
 

@@ -127,6 +127,8 @@ static int xattr_change(struct meta_store *m, const struct aq_cred *cr, uint64_t
 	if (rc)
 		goto unlock;
 	rc = xattr_allowed(cr, &in->a, name, true);
+	if (!rc && value)
+		rc = meta_space_check(m); /* a set, once it is allowed */
 	if (rc)
 		goto unlock;
 	rc = meta_get(m, key, klen, NULL, 0, NULL);
@@ -185,9 +187,6 @@ int meta_setxattr(struct meta_store *m, const struct aq_cred *cr, uint64_t ino, 
 	static const char empty;
 	if (name && has_prefix(name, "system."))
 		return -EOPNOTSUPP;
-	int rc = meta_space_check(m);
-	if (rc)
-		return rc;
 	return xattr_change(m, cr, ino, name, value ? value : &empty, value ? size : 0, flags);
 }
 

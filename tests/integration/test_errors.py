@@ -627,7 +627,33 @@ def test_a_full_disk_refuses_new_entries_and_aqd_lives():
     its memtables, removals go on, and creates come back once space is freed."""
     with Cluster(data_fs_size="160m") as c:
         pid = c.pid()
+        x = c.path("x")
+        open(x, "w").close()
+        os.chmod(x, 0o644)
+        os.setxattr(x, "user.a", b"1")
         fill_until_enospc(c.path("filler"), 400)
+        expect_errno(errno.ENOSPC, os.setxattr, x, "user.b", b"2")
+        # permission comes first, as on ext4: aqd tells nobody, who may not write root's
+        # file at all, EACCES (through the mount the kernel checks before asking)
+        import ctypes
+        import aquifer
+        from aquifer._lib import lib
+
+        class Cred(ctypes.Structure):
+            _fields_ = [("uid", ctypes.c_uint32), ("gid", ctypes.c_uint32), ("ngroups", ctypes.c_uint32),
+                        ("groups", ctypes.c_uint32 * 32)]
+        client = aquifer.Client(c.conf)
+        try:
+            lib.aq_setxattr_ino.restype = ctypes.c_int
+            lib.aq_setxattr_ino.argtypes = [ctypes.c_void_p, ctypes.POINTER(Cred), ctypes.c_uint64, ctypes.c_char_p,
+                                            ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint32]
+            ino = client.stat("/x").st_ino
+            nobody = Cred(65534, 65534, 0)
+            assert lib.aq_setxattr_ino(client._handle(), ctypes.byref(nobody), ino, b"user.b", b"2", 1, 0) == \
+                -errno.EACCES
+        finally:
+            client.close()
+        os.removexattr(x, "user.a")  # removals go on
         made = 0
         try:
             for i in range(100_000):

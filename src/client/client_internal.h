@@ -249,7 +249,7 @@ struct aq_client {
 	/* set once WATCH is on everywhere: the first connection of each server then carries
 	 * INVAL frames only, so requests never queue behind its always-reading receiver */
 	atomic_bool pushes_apart;
-	pthread_t flusher;         /* sends held frames nothing followed (rpc_send_noreply) */
+	pthread_t flusher;         /* sends held frames nothing followed (rpc_release_file) */
 	pthread_mutex_t fl_mu;
 	pthread_cond_t fl_cv;
 	bool fl_running, fl_due, fl_stop;

@@ -863,9 +863,10 @@ static struct rpc_call *start_call(struct aq_client *c, uint32_t server, uint16_
 
 void rpc_release_file(struct aq_client *c, struct aq_file *f, const struct proto_req *req)
 {
-	/* Where the server counts it open: a file's affinity picks another connection once
-	 * aq_watch has set the first one apart for pushes. */
-	struct rpc_conn *rc = f->held_on ? f->held_on : pick_conn(c, f->server, f->affinity);
+	/* Where the server counts it open (every open file is held: file_new, open_lazy),
+	 * not where its affinity points now: aq_watch sets the first connection apart. */
+	AQ_ASSERT(f->held_on);
+	struct rpc_conn *rc = f->held_on;
 	pthread_mutex_lock(&rc->mu);
 	if (!rc->up) { /* the server forgot what the connection held when it went down */
 		pthread_mutex_unlock(&rc->mu);

@@ -1718,8 +1718,6 @@ int meta_link(struct meta_store *m, const struct aq_cred *cr, uint64_t ino, uint
 	      size_t newname_len, struct aq_attr *out)
 {
 	int rc = meta_check_name(newname, newname_len);
-	if (!rc)
-		rc = meta_space_check(m);
 	if (rc)
 		return rc;
 	if (meta_is_dot(newname, newname_len))
@@ -1771,6 +1769,9 @@ int meta_link(struct meta_store *m, const struct aq_cred *cr, uint64_t ino, uint
 		rc = -EEXIST;
 		goto unlock;
 	}
+	rc = meta_space_check(m); /* after the checks above, as ext4 orders them */
+	if (rc)
+		goto unlock;
 	int64_t now = aq_now_ns();
 	in->a.nlink++;
 	in->a.ctime_ns = now;

@@ -96,6 +96,18 @@ def run(*args, check=True, **kw):
     return p
 
 
+def kill9_and_wait(pid, what):
+    """kill -9 pid and wait (10 s at most) until it is gone."""
+    os.kill(pid, signal.SIGKILL)
+    for _ in range(200):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{what} did not die")
+
+
 def mount_pid(mnt):
     """The pid of the `aq mount` process serving mount point mnt (as given to it)."""
     for d in filter(str.isdigit, os.listdir("/proc")):
@@ -160,15 +172,7 @@ class Cluster:
 
     def kill9(self):
         """kill -9 aqd and wait until it is gone."""
-        pid = self.pid()
-        os.kill(pid, signal.SIGKILL)
-        for _ in range(200):
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.05)
-        raise AssertionError("aqd did not die")
+        kill9_and_wait(self.pid(), "aqd")
 
     def restart(self):
         """Starts aqd again, with the options it was first started with (the mount

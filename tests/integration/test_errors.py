@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 
-from aqtest import AQ, AQD, Cluster, expect_errno, main, mount_pid, run, unmount
+from aqtest import AQ, AQD, Cluster, expect_errno, kill9_and_wait, main, mount_pid, run, unmount
 
 
 def test_wrong_secret_is_refused():
@@ -292,14 +292,7 @@ def test_up_and_mount_replace_a_mount_whose_daemon_died():
         with open(c.path("kept"), "w") as f:
             f.write("still here")
         for how in ("up", "mount"):
-            pid = c.mount_pid()
-            os.kill(pid, signal.SIGKILL)
-            for _ in range(100):
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
-                    break
-                time.sleep(0.05)
+            kill9_and_wait(c.mount_pid(), "the mount")
             expect_errno(errno.ENOTCONN, os.listdir, c.mnt)
             if how == "up":
                 p = run(AQ, "up", "--data", c.data, "--mount", c.mnt)
@@ -633,6 +626,7 @@ def test_a_full_disk_refuses_new_entries_and_aqd_lives():
         os.setxattr(x, "user.a", b"1")
         fill_until_enospc(c.path("filler"), 400)
         expect_errno(errno.ENOSPC, os.setxattr, x, "user.b", b"2")
+        expect_errno(errno.ENOSPC, os.link, x, c.path("x2"))
         # permission comes first, as on ext4: aqd tells nobody, who may not write root's
         # file at all, EACCES (through the mount the kernel checks before asking)
         import ctypes

@@ -83,6 +83,14 @@ int aq_connect(const char *cluster_file, struct aq_client **out)
 	env = getenv("AQ_POLL_US");
 	if (env && atoi(env) >= 0 && atoi(env) <= 10000)
 		c->poll_us = (uint32_t)atoi(env);
+	/* For the test of a server restart under a caller about to read its own reply:
+	 * $AQ_TEST_STALL_READER=OPNAME:MS makes it wait MS ms first (rpc.c, ensure_up_locked) */
+	env = getenv("AQ_TEST_STALL_READER");
+	const char *colon = env ? strchr(env, ':') : NULL;
+	if (colon) {
+		c->test_stall_op = proto_op_named(env, (size_t)(colon - env));
+		c->test_stall_ms = (uint32_t)atoi(colon + 1);
+	}
 	local_init(c);
 	c->conns = aq_calloc((size_t)c->nconns * c->map.nservers, sizeof *c->conns);
 	uint32_t done = 0;

@@ -48,6 +48,7 @@ struct rpc_call {
 	void *rdest;
 	uint32_t rdest_len;
 	bool direct;           /* the data went to rdest */
+	bool filling;          /* the reader is reading into rdest: fail_pending_locked leaves it */
 	struct rpc_cq *cq;     /* announce completion here too (NULL: no) */
 	void *cq_arg;
 	struct rpc_call *cq_next;
@@ -210,6 +211,8 @@ struct aq_client {
 	uint64_t txn_client;          /* random: names this client's changes (0: none) */
 	_Atomic uint64_t txn_seq;     /* the next change's number */
 	uint32_t poll_us;     /* a waiter for a metadata reply polls this long before it sleeps */
+	uint16_t test_stall_op;       /* tests: $AQ_TEST_STALL_READER (client.c) */
+	uint32_t test_stall_ms;
 	struct rpc_conn *conns;    /* nconns per server */
 	atomic_uint rr;
 	pthread_mutex_t files_mu;

@@ -351,11 +351,18 @@ static void complete_batch_locked(struct rpc_conn *rc, struct rpc_call *batch, c
 		complete_locked(rc, batch->sub_ids[i], err ? err : -EPROTO, NULL, 0);
 }
 
+/* Fails every pending call but one the reader is filling (read_frame), which it
+ * completes itself. */
 static void fail_pending_locked(struct rpc_conn *rc, int err)
 {
 	for (int i = 0; i < RPC_PENDING_BUCKETS; i++) {
-		while (rc->pending[i]) {
-			struct rpc_call *call = pending_take_locked(rc, &rc->pending[i]);
+		struct rpc_call **pp = &rc->pending[i];
+		while (*pp) {
+			if ((*pp)->filling) {
+				pp = &(*pp)->next;
+				continue;
+			}
+			struct rpc_call *call = pending_take_locked(rc, pp);
 			if (call->is_batch) {
 				rpc_free(call);
 				continue;
@@ -404,11 +411,15 @@ static int read_frame(struct rpc_conn *rc, int fd)
 		return err;
 	if (h.op == OP_CHUNK_READ && !h.status && h.payload_len >= 4) {
 		/* Straight into the caller's buffer when the call asked for it. The call
-		 * cannot go away meanwhile: only the reader completes calls. */
+		 * stays pending until it is full: the keeper, which may fail a connection's
+		 * calls while its reader reads (conn_broken_locked), leaves it to the reader,
+		 * so that its caller does not free the buffer under the read. */
 		pthread_mutex_lock(&rc->mu);
 		struct rpc_call *call = *pending_slot(rc, h.req_id);
 		void *dest = call ? call->rdest : NULL;
 		bool fits = dest && h.payload_len == 4 + call->rdest_len;
+		if (fits)
+			call->filling = true;
 		pthread_mutex_unlock(&rc->mu);
 		if (fits) {
 			uint8_t lenb[4];
@@ -417,17 +428,16 @@ static int read_frame(struct rpc_conn *rc, int fd)
 				err = -EPROTO;
 			if (!err)
 				err = fd_read_full(fd, dest, call->rdest_len);
-			if (err)
-				return err;
 			pthread_mutex_lock(&rc->mu);
 			struct rpc_call **pp = pending_slot(rc, h.req_id);
 			AQ_ASSERT(*pp == call);
 			pending_take_locked(rc, pp);
-			call->direct = true;
-			call->answered = true;
-			call_done_locked(call, 0);
+			call->filling = false;
+			call->direct = !err;
+			call->answered = !err;
+			call_done_locked(call, err);
 			pthread_mutex_unlock(&rc->mu);
-			return 0;
+			return err;
 		}
 	}
 	uint32_t cap;
@@ -486,10 +496,15 @@ static void rx_kick_locked(struct rpc_conn *rc)
 		pthread_cond_broadcast(&rc->rx_cv);
 }
 
-/* A reader's read failed: the connection is done, and so are its calls. mu held. */
+/* A reader's read failed, or the keeper saw the server hang up: the connection is done,
+ * and so are its calls. The socket is shut down, not closed: a reader or sender may
+ * still hold its number, and returns at once now; ensure_up_locked closes it once they
+ * are gone, so the number cannot pass to another socket under them. mu held. */
 static void conn_broken_locked(struct rpc_conn *rc)
 {
 	rc->up = false;
+	if (rc->fd >= 0)
+		shutdown(rc->fd, SHUT_RDWR);
 	fail_pending_locked(rc, -ENOTCONN);
 	pthread_cond_broadcast(&rc->rx_cv);
 }
@@ -503,20 +518,29 @@ static void poll_readable(int fd, uint64_t poll_ns)
 		sched_yield(); /* a thread with work on this CPU goes first */
 }
 
-/* Reads one frame as the connection's reader, polling up to poll_ns for it first.
- * Called with mu held and nobody reading; returns with mu held. */
-static void read_as_reader_locked(struct rpc_conn *rc, uint64_t poll_ns)
+/* Reads one frame as the connection's reader, polling up to poll_ns for it first; a
+ * caller reading its own reply names its op (0: the receiver), for the test hook
+ * $AQ_TEST_STALL_READER (client.c). Called with mu held and nobody reading; returns with
+ * mu held. */
+static void read_as_reader_locked(struct rpc_conn *rc, uint64_t poll_ns, uint16_t call_op)
 {
 	rc->reading = true;
 	int fd = rc->fd;
+	uint32_t gen = rc->gen;
 	pthread_mutex_unlock(&rc->mu);
 	if (poll_ns)
 		poll_readable(fd, poll_ns);
+	if (call_op && call_op == rc->client->test_stall_op)
+		usleep(rc->client->test_stall_ms * 1000u);
 	int err = read_frame(rc, fd);
 	pthread_mutex_lock(&rc->mu);
+	/* ensure_up_locked replaces the socket only once this reader is done with it */
+	AQ_ASSERT(rc->fd == fd && rc->gen == gen);
 	rc->reading = false;
 	if (err)
 		conn_broken_locked(rc);
+	else if (!rc->up)
+		pthread_cond_broadcast(&rc->rx_cv); /* ensure_up_locked waits for the last reader */
 }
 
 static void *rx_main(void *arg)
@@ -528,7 +552,7 @@ static void *rx_main(void *arg)
 			pthread_cond_wait(&rc->rx_cv, &rc->mu);
 			continue;
 		}
-		read_as_reader_locked(rc, 0);
+		read_as_reader_locked(rc, 0, 0);
 		if (!rc->npending)
 			rc->rx_wanted = false;
 	}
@@ -645,8 +669,19 @@ static int ensure_up_locked(struct rpc_conn *rc)
 		rc->rx_running = false;
 		rc->rx_exited = false;
 		rc->rx_wanted = false;
+	}
+	if (rc->fd >= 0) {
+		/* A caller reading its own reply (rpc_wait) may hold the old socket's number yet.
+		 * Closed under it, the number would go to the next socket made, perhaps another
+		 * connection's, whose replies it would then take and drop, and whose reads it
+		 * would block for good: wait until it has seen the shutdown. A sender holds
+		 * send_mu while it writes. */
+		while (rc->reading)
+			pthread_cond_wait(&rc->rx_cv, &rc->mu);
+		pthread_mutex_lock(&rc->send_mu);
 		close(rc->fd);
 		rc->fd = -1;
+		pthread_mutex_unlock(&rc->send_mu);
 	}
 	/* frames queued for the old connection belong to calls that already failed */
 	pthread_mutex_lock(&rc->q_mu);
@@ -985,11 +1020,10 @@ static void send_drained(struct rpc_conn *rc, struct wbuf *frames, const uint64_
 	}
 	pthread_mutex_lock(&rc->send_mu);
 	pthread_mutex_unlock(&rc->mu);
-	int e = fd_writev_full(fd, iov, iovcnt, -1);
+	if (fd_writev_full(fd, iov, iovcnt, -1))
+		shutdown(fd, SHUT_RDWR); /* the reader fails the calls; fd is still ours (send_mu) */
 	pthread_mutex_unlock(&rc->send_mu);
 	wbuf_free(&bp);
-	if (e)
-		shutdown(fd, SHUT_RDWR); /* the receiver fails the calls */
 }
 
 /* Queues one frame; the first thread to find no sender active becomes the sender and
@@ -1075,7 +1109,7 @@ int rpc_wait(struct rpc_call *call)
 	pthread_mutex_lock(&rc->mu);
 	while (!call->done) {
 		if (!rc->reading && rc->up)
-			read_as_reader_locked(rc, poll_ns);
+			read_as_reader_locked(rc, poll_ns, call->op);
 		else
 			pthread_cond_wait(&call->cv, &rc->mu);
 	}

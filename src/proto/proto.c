@@ -22,6 +22,14 @@ const char *proto_op_name(uint16_t op)
 	return "UNKNOWN";
 }
 
+uint16_t proto_op_named(const char *name, size_t len)
+{
+	for (uint16_t op = 1; op < OP_MAX_; op++)
+		if (strlen(proto_op_name(op)) == len && !strncmp(proto_op_name(op), name, len))
+			return op;
+	return 0;
+}
+
 void proto_hdr_encode(uint8_t out[PROTO_HDR_SIZE], const struct proto_hdr *h)
 {
 	put_le32(out, h->magic);

@@ -75,6 +75,8 @@ enum proto_op {
 	OP_MAX_ = 64
 };
 const char *proto_op_name(uint16_t op);
+/* The op whose name is the len bytes at name ("CREATE"), or 0. */
+uint16_t proto_op_named(const char *name, size_t len);
 
 struct proto_hdr {
 	uint32_t magic;

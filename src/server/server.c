@@ -1436,15 +1436,6 @@ static void *gc_main(void *arg)
 	}
 }
 
-/* The op whose name is the len bytes at name, or 0. */
-static uint16_t op_named(const char *name, size_t len)
-{
-	for (uint16_t op = 1; op < OP_MAX_; op++)
-		if (strlen(proto_op_name(op)) == len && !strncmp(proto_op_name(op), name, len))
-			return op;
-	return 0;
-}
-
 int server_start(const struct server_options *opt, struct server **out)
 {
 	struct server *s = aq_calloc(1, sizeof *s);
@@ -1462,10 +1453,10 @@ int server_start(const struct server_options *opt, struct server **out)
 	const char *hold = getenv("AQ_TEST_HOLD_FIRST");
 	const char *refuse = getenv("AQ_TEST_REFUSE");
 	const char *colon = hold ? strchr(hold, ':') : NULL;
-	s->exit_after = exit_after ? op_named(exit_after, strlen(exit_after)) : 0;
-	s->refuse = refuse ? op_named(refuse, strlen(refuse)) : 0;
+	s->exit_after = exit_after ? proto_op_named(exit_after, strlen(exit_after)) : 0;
+	s->refuse = refuse ? proto_op_named(refuse, strlen(refuse)) : 0;
 	if (colon) {
-		s->hold_first = op_named(hold, (size_t)(colon - hold));
+		s->hold_first = proto_op_named(hold, (size_t)(colon - hold));
 		s->hold_ms = (uint32_t)strtoul(colon + 1, NULL, 10);
 	}
 	pthread_mutex_init(&s->running_mu, NULL);

@@ -334,6 +334,43 @@ def test_a_file_closed_after_watch_began_is_let_go():
             client.close()
 
 
+def test_a_restart_under_a_caller_reading_its_reply_loses_no_connection():
+    """Regression (CI hung 90 minutes in test_durability): a call's waiter that reads its
+    own reply took the socket's number, and a server restart then closed that socket
+    under it and made new ones, perhaps with the same number, perhaps for another
+    connection, whose replies it would then take and drop, and whose reads it could
+    block for good. Now a broken connection's socket is shut down, and closed only once
+    its reader is done (the mount asserts as much). $AQ_TEST_STALL_READER holds the
+    waiter of each FSYNC 1.5 s between taking the socket and reading it, and aqd is
+    killed and started again inside that window."""
+    os.environ["AQ_TEST_STALL_READER"] = "FSYNC:1500"
+    try:
+        c = Cluster()
+    finally:
+        del os.environ["AQ_TEST_STALL_READER"]
+    with c:
+        pid = c.mount_pid()
+        for rnd in range(4):
+            fd = os.open(c.path(f"f{rnd}"), os.O_CREAT | os.O_RDWR, 0o644)
+            os.write(fd, b"x" * 100_000)
+            os.fsync(fd)
+            got = []
+            t = threading.Thread(target=lambda: got.append(os.fsync(fd)), daemon=True)
+            t.start()
+            time.sleep(0.2)
+            c.kill9()
+            c.restart()
+            t.join(60)
+            assert not t.is_alive(), f"round {rnd}: fsync across the restart never returned"
+            assert got == [None], f"round {rnd}: fsync across the restart failed"
+            os.write(fd, b"y")
+            os.fsync(fd)
+            os.close(fd)
+            with open(c.path(f"f{rnd}"), "rb") as f:
+                assert f.read() == b"x" * 100_000 + b"y"
+        assert c.mount_pid() == pid, "the mount died"
+
+
 def test_an_open_unlinked_file_outlives_a_restart_of_aqd():
     """Regression (stress-ng --hdd with aqd killed, an outside judge's run): which client
     holds a file open lives in aqd's memory, so after a restart aqd freed every file

@@ -435,7 +435,7 @@ static int read_frame(struct rpc_conn *rc, int fd)
 			call->filling = false;
 			call->direct = !err;
 			call->answered = !err;
-			call_done_locked(call, err);
+			call_done_locked(call, err ? -ENOTCONN : 0); /* as conn_broken_locked fails the rest */
 			pthread_mutex_unlock(&rc->mu);
 			return err;
 		}

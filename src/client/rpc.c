@@ -700,6 +700,13 @@ static int ensure_up_locked(struct rpc_conn *rc)
 	}
 	if (fd < 0)
 		return fd;
+	/* its receiver first (it waits for mu): a connection nobody reads would hold its
+	 * calls for good, and ensure_up_locked would wait for good for it to exit */
+	if (pthread_create(&rc->rx, NULL, rx_main, rc)) {
+		close(fd);
+		return -EAGAIN;
+	}
+	rc->rx_running = true;
 	rc->fd = fd;
 	rc->up = true;
 	atomic_store(&c->server_down[server_index(c, rc->server)], false);
@@ -711,8 +718,6 @@ static int ensure_up_locked(struct rpc_conn *rc)
 		c->watch_fn(c->watch_arg, &lost);
 	}
 	rc->gen++;
-	pthread_create(&rc->rx, NULL, rx_main, rc);
-	rc->rx_running = true;
 	return 0;
 }
 

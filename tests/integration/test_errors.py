@@ -1,6 +1,7 @@
 """Bad input gets a clear error and loses nothing: a wrong cluster secret is refused; a
 full disk gives ENOSPC and leaves existing files intact."""
 import errno
+import fcntl
 import hashlib
 import os
 import re
@@ -369,6 +370,72 @@ def test_a_restart_under_a_caller_reading_its_reply_loses_no_connection():
             with open(c.path(f"f{rnd}"), "rb") as f:
                 assert f.read() == b"x" * 100_000 + b"y"
         assert c.mount_pid() == pid, "the mount died"
+
+
+def pids_cgroup_root():
+    """Where a cgroup with a pids limit can be made: cgroup v1's pids hierarchy, or v2's
+    root when it hands the pids controller down; None where neither is."""
+    if os.path.exists("/sys/fs/cgroup/pids/cgroup.procs"):
+        return "/sys/fs/cgroup/pids"
+    try:
+        with open("/sys/fs/cgroup/cgroup.subtree_control") as f:
+            return "/sys/fs/cgroup" if "pids" in f.read().split() else None
+    except OSError:
+        return None
+
+
+def test_a_connection_whose_receiver_cannot_start_is_not_left_half_up():
+    """Regression: a reconnect started the connection's receiver thread without looking
+    whether it started. When it could not (no room for a thread, as under a container's
+    pids limit), the connection was up with nobody to read what no caller waits for, and
+    at the next restart whoever brought it back waited for good for that receiver to
+    exit: the keeper first, then every call on that connection. Now such a reconnect
+    fails (EAGAIN) and the next call tries again. The mount sits in a pids cgroup with
+    no room for one more thread while aqd restarts twice; once the limit is lifted, a
+    call on the connection that takes pushes (the HEARD ioctl) must return."""
+    root = pids_cgroup_root()
+    if root is None:
+        print("skipped: no pids cgroup here")
+        return
+    with Cluster() as c:
+        pid = c.mount_pid()
+        fd = os.open(c.path("f"), os.O_CREAT | os.O_RDWR, 0o644)
+        cg = f"{root}/aqtest{pid}"
+        os.mkdir(cg)
+        try:
+            with open(f"{cg}/cgroup.procs", "w") as f:
+                f.write(str(pid))
+            with open(f"{cg}/pids.current") as f:
+                n = int(f.read())
+            with open(f"{cg}/pids.max", "w") as f:
+                f.write(str(n - 1))
+            for rnd in range(2):
+                c.kill9()
+                c.restart()
+                got = []
+                def probe():
+                    try:
+                        got.append(os.listdir(c.path()))
+                    except OSError as e:  # EAGAIN while no thread can start: an answer
+                        got.append(e.errno)
+                t = threading.Thread(target=probe, daemon=True)
+                t.start()
+                t.join(90)
+                assert got, f"round {rnd}: a listing under the pids limit never returned"
+            with open(f"{cg}/pids.max", "w") as f:
+                f.write("max")
+            t = threading.Thread(target=fcntl.ioctl, args=(fd, 0xAF01), daemon=True)  # AQFUSE_IOC_HEARD
+            t.start()
+            t.join(60)
+            assert not t.is_alive(), "a call on the push connection never returned after the limit went"
+            assert "f" in os.listdir(c.path())
+        finally:
+            with open(f"{cg}/pids.max", "w") as f:
+                f.write("max")
+            with open(f"{root}/cgroup.procs", "w") as f:
+                f.write(str(pid))
+            os.rmdir(cg)
+            os.close(fd)
 
 
 def test_an_open_unlinked_file_outlives_a_restart_of_aqd():

@@ -90,6 +90,9 @@ static bool abs_mountpoint(const char *path, const char *cwd, char *out, size_t 
 	return snprintf(out, size, "%s/%s", strcmp(dir, "/") ? dir : "", slash + 1) < (int)size;
 }
 
+/* Whether an Aquifer mount is the topmost at mnt. Only Aquifer's: aq up, mount, umount
+ * and down unmount what they find there, and a file system the user mounted at that
+ * point (Aquifer may be mounted over it) is not theirs to touch. */
 static bool is_mounted(const char *mnt)
 {
 	char real[PATH_MAX];
@@ -99,15 +102,17 @@ static bool is_mounted(const char *mnt)
 	if (!f)
 		return false;
 	char line[4096];
-	bool found = false;
-	while (!found && fgets(line, sizeof line, f)) {
-		char mp[PATH_MAX];
-		/* id parent maj:min root mountpoint ... */
+	bool aquifer = false;
+	while (fgets(line, sizeof line, f)) {
+		char mp[PATH_MAX], type[64];
+		/* id parent maj:min root mountpoint options... - fstype source options; a
+		 * later line at the same point is mounted over the earlier ones */
+		const char *dash = strstr(line, " - ");
 		if (sscanf(line, "%*s %*s %*s %*s %4095s", mp) == 1 && !strcmp(mp, real))
-			found = true;
+			aquifer = dash && sscanf(dash + 3, "%63s", type) == 1 && !strcmp(type, "fuse.aquifer");
 	}
 	fclose(f);
-	return found;
+	return aquifer;
 }
 
 enum proc_state { PROC_GONE, PROC_LIVE, PROC_EXITING };
@@ -512,8 +517,15 @@ int cmd_mount(int argc, char **argv)
 	if (optind != argc - 1)
 		goto usage;
 	o.mountpoint = argv[optind];
-	if (clear_dead_mount(o.mountpoint, "aq mount") < 0)
+	switch (clear_dead_mount(o.mountpoint, "aq mount")) {
+	case 0:
+		break;
+	case 1: /* as mount(8) does: a second mount would hide the first */
+		fprintf(stderr, "aq mount: %s is already an Aquifer mount\n", o.mountpoint);
 		return 1;
+	default:
+		return 1;
+	}
 	o.cluster_file = cluster_default_path(o.cluster_file);
 	char real[PATH_MAX];
 	if (realpath(o.cluster_file, real))

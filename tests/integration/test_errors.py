@@ -306,6 +306,35 @@ def test_up_and_mount_replace_a_mount_whose_daemon_died():
             assert sum(c.mnt in line for line in open("/proc/self/mountinfo")) == 1
 
 
+def test_mount_commands_leave_other_file_systems_and_live_mounts_alone():
+    """Regression: `aq mount` and `aq up` took any file system mounted at their mount
+    point for an Aquifer mount whose daemon had died, and unmounted it (forcibly, as
+    root): `aq mount` onto a tmpfs mount point took the tmpfs away. And `aq mount` onto
+    a live Aquifer mount stacked a second one over it. Now only an Aquifer mount on top
+    counts: Aquifer mounts over another file system as Linux allows, `aq umount` leaves
+    that file system in place, and a second `aq mount` is refused."""
+    with Cluster() as c:
+        p = run(AQ, "mount", c.mnt, "--cluster", c.conf, check=False)
+        assert p.returncode != 0 and "already an Aquifer mount" in p.stderr, p
+        assert sum(f" {c.mnt} " in line for line in open("/proc/self/mountinfo")) == 1
+        under = os.path.join(c.base, "under")
+        os.mkdir(under)
+        run("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", under)
+        try:
+            with open(os.path.join(under, "mine"), "w") as f:
+                f.write("tmpfs")
+            run(AQ, "mount", under, "--cluster", c.conf)
+            assert sorted(os.listdir(under)) == sorted(os.listdir(c.mnt)), "Aquifer is not on top"
+            run(AQ, "umount", under)
+            with open(os.path.join(under, "mine")) as f:
+                assert f.read() == "tmpfs", "the tmpfs went with the Aquifer mount"
+            run(AQ, "umount", under, check=False)  # nothing of Aquifer's left there
+            assert os.path.exists(os.path.join(under, "mine")), "aq umount took the tmpfs"
+        finally:
+            unmount(under)
+            run("umount", under, check=False)
+
+
 def test_a_file_closed_after_watch_began_is_let_go():
     """Regression: the server counts a file open on the connection its OPEN came through,
     and a file's RELEASE went out on the connection its affinity picked at close. Once

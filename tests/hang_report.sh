@@ -23,15 +23,17 @@ if command -v gdb >/dev/null; then
            { blk = blk substr($0, 1, 200) "\n" } END { if (keep) printf "%s", blk }'
   done
 fi
-mountpoint -q /sys/fs/fuse/connections || mount -t fusectl none /sys/fs/fuse/connections 2>/dev/null
+ctl=/sys/fs/fuse/connections mounted_ctl=
+mountpoint -q $ctl || { mount -t fusectl none $ctl 2>/dev/null && mounted_ctl=1; }
 # /proc/self/mountinfo: field 3 is the FUSE connection's device (0:N), field 5 the mount point
 awk '$5 ~ "^/tmp/aqtest\\." && $0 ~ / - fuse\.aquifer / {split($3, d, ":"); print d[2], $5}' /proc/self/mountinfo |
 while read -r conn m; do
   echo "=== aborting FUSE connection $conn ($m)"
-  echo 1 >"/sys/fs/fuse/connections/$conn/abort"
+  echo 1 >"$ctl/$conn/abort"
 done
 # the test is killed next and cannot stop its cluster: stop it here
 for p in $(pgrep -f '/tmp/aqtest\.'); do
   [[ $(tr '\0' ' ' </proc/$p/cmdline 2>/dev/null) == *aq* ]] && kill -9 "$p" 2>/dev/null
 done
 awk '$2 ~ "^/tmp/aqtest\\." && $3 == "fuse.aquifer" {print $2}' /proc/mounts | xargs -r -n1 umount -l
+[[ -n $mounted_ctl ]] && umount $ctl

@@ -29,7 +29,7 @@ run_one() { # name, command...
     bash tests/hang_report.sh "$pid" >>"$log" 2>&1
     kill -9 -- "-$pid" 2>/dev/null
     show=2000
-    for _ in {1..120}; do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    { for _ in {1..120}; do kill -0 "$pid" || break; sleep 0.5; done; } 2>/dev/null  # and bash's "Killed" notice
   fi
   if kill -0 "$pid" 2>/dev/null; then
     echo "tests/run.sh: pid $pid does not end even now; going on without it" >>"$log"; rc=124

@@ -517,15 +517,11 @@ int cmd_mount(int argc, char **argv)
 	if (optind != argc - 1)
 		goto usage;
 	o.mountpoint = argv[optind];
-	switch (clear_dead_mount(o.mountpoint, "aq mount")) {
-	case 0:
-		break;
-	case 1: /* as mount(8) does: a second mount would hide the first */
+	int live = clear_dead_mount(o.mountpoint, "aq mount");
+	if (live > 0) /* as mount(8) does: a second mount would hide the first */
 		fprintf(stderr, "aq mount: %s is already an Aquifer mount\n", o.mountpoint);
+	if (live)
 		return 1;
-	default:
-		return 1;
-	}
 	o.cluster_file = cluster_default_path(o.cluster_file);
 	char real[PATH_MAX];
 	if (realpath(o.cluster_file, real))

@@ -2,6 +2,7 @@
 temporary directory, and a tiny runner that calls every test_* function of a module.
 
 Each test file runs as its own process: `python3 tests/integration/test_x.py`."""
+import fcntl
 import os
 import shutil
 import select
@@ -94,6 +95,15 @@ def run(*args, check=True, **kw):
     if check and p.returncode != 0:
         raise AssertionError(f"{' '.join(args)} exited {p.returncode}: {p.stdout}{p.stderr}")
     return p
+
+
+AQFUSE_IOC_HEARD = 0xAF01  # src/fuse/aqfuse.h
+
+
+def heard(fd):
+    """Returns once the mount that holds the open file fd has applied every push sent to
+    it before the call, the kernel's invalidations included (AQFUSE_IOC_HEARD)."""
+    fcntl.ioctl(fd, AQFUSE_IOC_HEARD)
 
 
 def kill9_and_wait(pid, what):

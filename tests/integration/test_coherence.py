@@ -11,7 +11,7 @@ import os
 import threading
 import time
 
-from aqtest import AQ, Cluster, main, run, runs_while_stopped, unmount
+from aqtest import AQ, Cluster, heard, main, run, runs_while_stopped, unmount
 
 ROUNDS = 50
 SOON = 0.5
@@ -458,15 +458,6 @@ def test_free_names_forgotten_on_others_changes(c):
             open(f"{b}/src{i}", "w").close()
             os.link(f"{b}/src{i}", f"{sub_b}/x")
         soon(lambda: os.path.lexists(f"{sub_a}/x"), f"round {i}: B's name (way {how}) in A's directory")
-
-
-AQFUSE_IOC_HEARD = 0xAF01  # src/fuse/aqfuse.h
-
-
-def heard(fd):
-    """Returns once the mount that holds the open file fd has applied every push sent to
-    it before the call, the kernel's invalidations included (AQFUSE_IOC_HEARD)."""
-    fcntl.ioctl(fd, AQFUSE_IOC_HEARD)
 
 
 def test_heard_ioctl(c):

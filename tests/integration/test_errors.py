@@ -1,7 +1,6 @@
 """Bad input gets a clear error and loses nothing: a wrong cluster secret is refused; a
 full disk gives ENOSPC and leaves existing files intact."""
 import errno
-import fcntl
 import hashlib
 import os
 import re
@@ -11,7 +10,7 @@ import sys
 import threading
 import time
 
-from aqtest import AQ, AQD, Cluster, expect_errno, kill9_and_wait, main, mount_pid, run, unmount
+from aqtest import AQ, AQD, Cluster, expect_errno, heard, kill9_and_wait, main, mount_pid, run, unmount
 
 
 def test_wrong_secret_is_refused():
@@ -458,7 +457,7 @@ def test_a_connection_whose_receiver_cannot_start_is_not_left_half_up():
                 assert got, f"round {rnd}: a listing under the pids limit never returned"
             with open(f"{cg}/pids.max", "w") as f:
                 f.write("max")
-            t = threading.Thread(target=fcntl.ioctl, args=(fd, 0xAF01), daemon=True)  # AQFUSE_IOC_HEARD
+            t = threading.Thread(target=heard, args=(fd,), daemon=True)
             t.start()
             t.join(60)
             assert not t.is_alive(), "a call on the push connection never returned after the limit went"

@@ -646,15 +646,28 @@ int meta_iter_error(rocksdb_iterator_t *it, const char *what)
 	return -EIO;
 }
 
-static int del_one_xattr(void *wb, const char *key, size_t klen, const char *name, size_t nlen)
+struct xattr_del {
+	rocksdb_writebatch_t *wb;
+	size_t n;
+};
+
+static int del_one_xattr(void *arg, const char *key, size_t klen, const char *name, size_t nlen)
 {
-	rocksdb_writebatch_delete(wb, key, klen);
+	struct xattr_del *d = arg;
+	rocksdb_writebatch_delete(d->wb, key, klen);
+	d->n++;
 	return 0;
 }
 
 int meta_del_xattrs(struct meta_store *m, rocksdb_writebatch_t *wb, uint64_t ino)
 {
-	return meta_xattr_each(m, ino, del_one_xattr, wb);
+	struct xattr_del d = {.wb = wb};
+	int rc = meta_xattr_each(m, ino, del_one_xattr, &d);
+	if (rc == 0 && d.n > 0) {
+		uint8_t key[META_XATTR_KEY_MAX]; /* and their summary row (xattr.c) */
+		rocksdb_writebatch_delete(wb, (const char *)key, meta_key_xattr(key, ino, "", 0));
+	}
+	return rc;
 }
 
 /* ---- open / close ------------------------------------------------------------------- */
@@ -932,10 +945,22 @@ int meta_open(const char *path, bool create, const struct meta_options *opt, str
 		if (rc)
 			goto err;
 	} else {
-		if (sblen != sizeof(sb) || sb[0] != META_FORMAT_VERSION) {
+		if (sblen != sizeof(sb) || sb[0] == 0 || sb[0] > META_FORMAT_VERSION) {
 			log_error("meta: %s: unknown format", path);
 			rc = -EIO;
 			goto err;
+		}
+		if (sb[0] < META_FORMAT_VERSION) {
+			/* Upgraded before any row of the new format is written, and ahead of them
+			 * in the WAL: an older aqd then refuses the store. */
+			sb[0] = META_FORMAT_VERSION;
+			rocksdb_writebatch_t *wb = meta_batch_new();
+			rocksdb_writebatch_put(wb, (const char *)&mkey, 1, (const char *)sb, sizeof(sb));
+			rc = meta_commit(m, wb);
+			rocksdb_writebatch_destroy(wb);
+			if (rc)
+				goto err;
+			log_info("meta: %s: upgraded to format version %d", path, META_FORMAT_VERSION);
 		}
 		/* An existing store keeps the bucket count it was formatted with. */
 		m->nbuckets = get_le32(sb + 4);

@@ -29,7 +29,9 @@
 #define MK_SUPER 'M' /* "M": format version and bucket count; the only key without a bucket */
 #define MK_TXN 'R'   /* "R": a client's committed change, for its retry (txn.c); no bucket */
 
-#define META_FORMAT_VERSION 1
+/* 2: inodes' xattr summary rows (xattr.c), which an aqd of version 1 would take for the
+ * end of an inode's names. A version-1 store is upgraded when it is opened. */
+#define META_FORMAT_VERSION 2
 #define META_INODE_VERSION 2
 #define META_SEQ_BLOCK 65536ull    /* inode numbers reserved per 'S' row write */
 #define META_BLOCK_CACHE_BYTES (512ull << 20) /* RocksDB block cache (uncompressed blocks) */

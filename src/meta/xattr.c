@@ -49,21 +49,32 @@ static int check_xname(const char *name, size_t *len)
 int meta_xattr_each(struct meta_store *m, uint64_t ino,
 		    int (*fn)(void *arg, const char *key, size_t klen, const char *name, size_t nlen), void *arg)
 {
-	uint8_t prefix[META_XATTR_KEY_MAX];
+	uint8_t prefix[META_XATTR_KEY_MAX], upper[META_XATTR_KEY_MAX];
 	size_t plen = meta_key_xattr(prefix, ino, "", 0);
-	rocksdb_iterator_t *it = rocksdb_create_iterator(m->db, m->ropts);
+	/* Bounded to the inode's rows: past them may lie the deleted rows of other inodes'
+	 * attributes, which an unbounded iterator steps over one by one before it finds the
+	 * next live row (a setxattr took milliseconds after another file's were removed). */
+	AQ_ASSERT(ino < UINT64_MAX);
+	memcpy(upper, prefix, plen);
+	put_be64(upper + plen - 8, ino + 1);
+	rocksdb_readoptions_t *ro = rocksdb_readoptions_create();
+	rocksdb_readoptions_set_iterate_upper_bound(ro, (const char *)upper, plen);
+	rocksdb_iterator_t *it = rocksdb_create_iterator(m->db, ro);
 	int rc = 0;
 	for (rocksdb_iter_seek(it, (const char *)prefix, plen); rocksdb_iter_valid(it) && rc == 0;
 	     rocksdb_iter_next(it)) {
 		size_t klen;
 		const char *k = rocksdb_iter_key(it, &klen);
-		if (klen <= plen || memcmp(k, prefix, plen) != 0)
+		if (klen < plen || memcmp(k, prefix, plen) != 0)
 			break;
+		if (klen == plen)
+			continue; /* the summary row */
 		AQ_ASSERT(klen - plen <= AQ_XATTR_NAME_MAX);
 		rc = fn(arg, k, klen, k + plen, klen - plen);
 	}
 	int irc = meta_iter_error(it, "xattr scan");
 	rocksdb_iter_destroy(it);
+	rocksdb_readoptions_destroy(ro);
 	return irc ? irc : rc;
 }
 
@@ -89,15 +100,58 @@ static int list_one(void *arg, const char *key, size_t klen, const char *name, s
 	return 0;
 }
 
-struct key_ref {
-	const uint8_t *key;
-	size_t len;
+/* An inode's summary row, at the bare prefix (a name no attribute may have): how many
+ * attributes it has and their names' bytes, NULs included, so that a set checks
+ * listxattr's limit without reading them all (stress-ng sets thousands on one file).
+ * A store from before the summary rows has none: the first change counts the rows. */
+#define XATTR_SUM_VERSION 1
+#define XATTR_SUM_LEN 9
+
+struct xattr_sum {
+	uint32_t count, names;
 };
 
-static int is_other_key(void *arg, const char *key, size_t klen, const char *name, size_t nlen)
+static int count_one(void *arg, const char *key, size_t klen, const char *name, size_t nlen)
 {
-	const struct key_ref *r = arg;
-	return klen != r->len || memcmp(key, r->key, klen) != 0;
+	struct xattr_sum *sum = arg;
+	sum->count++;
+	sum->names += (uint32_t)nlen + 1;
+	return 0;
+}
+
+/* Under the inode's bucket lock. */
+static int xattr_sum_read(struct meta_store *m, const struct meta_inode *in, uint64_t ino, struct xattr_sum *sum)
+{
+	*sum = (struct xattr_sum){ 0 };
+	if (!(in->a.flags & AQ_ATTR_XATTRS))
+		return 0;
+	uint8_t key[META_XATTR_KEY_MAX], v[XATTR_SUM_LEN];
+	size_t vlen = 0;
+	int rc = meta_get(m, key, meta_key_xattr(key, ino, "", 0), v, sizeof v, &vlen);
+	if (rc < 0)
+		return rc;
+	if (rc == 1 && vlen == XATTR_SUM_LEN && v[0] == XATTR_SUM_VERSION) {
+		sum->count = get_le32(v + 1);
+		sum->names = get_le32(v + 5);
+		return 0;
+	}
+	if (rc == 1)
+		log_warn("meta: xattr summary of inode %llx unreadable; counting its rows", (unsigned long long)ino);
+	return meta_xattr_each(m, ino, count_one, sum);
+}
+
+static void xattr_sum_put(rocksdb_writebatch_t *wb, uint64_t ino, const struct xattr_sum *sum)
+{
+	uint8_t key[META_XATTR_KEY_MAX], v[XATTR_SUM_LEN];
+	size_t klen = meta_key_xattr(key, ino, "", 0);
+	if (sum->count == 0) {
+		rocksdb_writebatch_delete(wb, (const char *)key, klen);
+		return;
+	}
+	v[0] = XATTR_SUM_VERSION;
+	put_le32(v + 1, sum->count);
+	put_le32(v + 5, sum->names);
+	rocksdb_writebatch_put(wb, (const char *)key, klen, (const char *)v, sizeof v);
 }
 
 /* set (value != NULL) or remove (value == NULL) under the inode's bucket lock. The
@@ -135,7 +189,10 @@ static int xattr_change(struct meta_store *m, const struct aq_cred *cr, uint64_t
 	if (rc < 0)
 		goto unlock;
 	bool exists = rc == 1;
-	rc = 0;
+	struct xattr_sum sum = { 0 }; /* read when a name comes or goes */
+	rc = exists != (value != NULL) ? xattr_sum_read(m, in, ino, &sum) : 0;
+	if (rc)
+		goto unlock;
 	if (value) {
 		if ((flags & AQ_XATTR_CREATE) && exists) {
 			rc = -EEXIST;
@@ -145,15 +202,16 @@ static int xattr_change(struct meta_store *m, const struct aq_cred *cr, uint64_t
 			rc = -ENODATA;
 			goto unlock;
 		}
-		if (!exists && (in->a.flags & AQ_ATTR_XATTRS)) {
+		if (!exists) {
 			/* listxattr(2) answers at most XATTR_LIST_MAX bytes of names: one it could
 			 * not list is refused, as ext4 refuses one it has no room for */
-			struct list_fill lf = {.root = true};
-			rc = meta_xattr_each(m, ino, list_one, &lf);
-			if (rc == 0 && lf.total + nlen + 1 > AQ_XATTR_LIST_MAX)
+			if (sum.names + nlen + 1 > AQ_XATTR_LIST_MAX) {
 				rc = -ENOSPC;
-			if (rc)
 				goto unlock;
+			}
+			sum.count++;
+			sum.names += (uint32_t)nlen + 1;
+			xattr_sum_put(wb, ino, &sum);
 		}
 		rocksdb_writebatch_put(wb, (const char *)key, klen, (const char *)value, size);
 		in->a.flags |= AQ_ATTR_XATTRS;
@@ -163,13 +221,20 @@ static int xattr_change(struct meta_store *m, const struct aq_cred *cr, uint64_t
 			goto unlock;
 		}
 		rocksdb_writebatch_delete(wb, (const char *)key, klen);
-		/* the last one goes: the inode has none left */
-		rc = meta_xattr_each(m, ino, is_other_key, &(struct key_ref){key, klen});
-		if (rc < 0)
-			goto unlock;
-		if (rc == 0)
+		if (sum.count <= 1 || sum.names <= nlen + 1) {
+			/* the last one goes, or a summary that cannot be right: count the rows
+			 * (this one among them) before the flag says there are none */
+			sum = (struct xattr_sum){ 0 };
+			rc = meta_xattr_each(m, ino, count_one, &sum);
+			if (rc)
+				goto unlock;
+			AQ_ASSERT(sum.count >= 1 && sum.names >= nlen + 1);
+		}
+		sum.count--;
+		sum.names -= (uint32_t)nlen + 1;
+		xattr_sum_put(wb, ino, &sum);
+		if (sum.count == 0)
 			in->a.flags &= ~AQ_ATTR_XATTRS;
-		rc = 0;
 	}
 	in->a.ctime_ns = aq_now_ns();
 	meta_put_inode(wb, in);

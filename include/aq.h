@@ -188,8 +188,10 @@ ssize_t aq_pwrite(struct aq_file *f, const void *buf, size_t len, uint64_t off);
 /* Appends at the end of file; *off_out gets the offset written at. */
 ssize_t aq_append(struct aq_file *f, const void *buf, size_t len, uint64_t *off_out);
 /* fallocate(2) for mode 0 (the file grows to at least off + len, the new bytes read as
- * zeros) and FALLOC_FL_KEEP_SIZE (nothing to do). Space is not reserved: as on a
- * thin-provisioned volume, a later write may still fail with ENOSPC. Other modes:
+ * zeros) and FALLOC_FL_KEEP_SIZE (nothing to do): space is not reserved, so as on a
+ * thin-provisioned volume a later write may still fail with ENOSPC. FALLOC_FL_PUNCH_HOLE
+ * (with KEEP_SIZE) and FALLOC_FL_ZERO_RANGE: the range reads as zeros, whole chunks in
+ * it are dropped (holes); zero range grows the file unless KEEP_SIZE. Other modes:
  * -EOPNOTSUPP. */
 int aq_fallocate(struct aq_file *f, int mode, uint64_t off, uint64_t len);
 int aq_flush(struct aq_file *f);

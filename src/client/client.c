@@ -1484,25 +1484,68 @@ ssize_t aq_append(struct aq_file *f, const void *buf, size_t len, uint64_t *off_
 	return aq_pwrite(f, buf, len, off);
 }
 
+/* PUNCH_HOLE and ZERO_RANGE: [off, off + len) reads as zeros after. The file's buffered
+ * writes go first; then a chunk the range covers whole, or to the end of the file, is
+ * dropped (a hole, as a truncate drops chunks: no zeros are stored) and the rest of the
+ * range inside the file is written as zeros. With st->mu held. */
+static int zero_range_locked(struct aq_client *c, struct ino_state *st, uint64_t off, uint64_t len)
+{
+	int rc = flush_commit_locked(c, st);
+	uint64_t cs = st->chunk_size, size = st->size, end = MIN(off + len, size);
+	uint8_t *zeros = NULL;
+	for (uint64_t pos = off; !rc && pos < end;) {
+		uint32_t idx = (uint32_t)(pos / cs), in = (uint32_t)(pos % cs);
+		uint32_t n = (uint32_t)MIN(cs - in, end - pos);
+		bool committed;
+		if (in == 0 && (n == cs || pos + n >= size)) {
+			rc = chunk_write(c, st, idx, 0, NULL, 0, PROTO_CW_PUNCH, false, &committed);
+			if (rc == -EINVAL)
+				rc = -EOPNOTSUPP; /* a server from before PROTO_CW_PUNCH */
+		} else {
+			if (!zeros)
+				zeros = aq_calloc(1, cs);
+			rc = chunk_write(c, st, idx, in, zeros, n, 0, false, &committed);
+		}
+		pos += n;
+	}
+	free(zeros);
+	/* read-ahead windows and local locations hold the old bytes */
+	atomic_fetch_add(&st->wgen, 1);
+	return rc;
+}
+
 int aq_fallocate(struct aq_file *f, int mode, uint64_t off, uint64_t len)
 {
 	int rc = file_ready(f);
 	if (rc)
 		return rc;
-	if (mode & ~FALLOC_FL_KEEP_SIZE)
-		return -EOPNOTSUPP;
+	int zero = mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE);
+	if ((mode & ~(FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE)) ||
+	    zero == (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE) ||
+	    (zero == FALLOC_FL_PUNCH_HOLE && !(mode & FALLOC_FL_KEEP_SIZE)))
+		return -EOPNOTSUPP; /* as fallocate(2) says for these */
 	if (len == 0)
 		return -EINVAL;
 	if ((f->flags & O_ACCMODE) == O_RDONLY)
 		return -EBADF;
 	if (off + len < off || off + len > AQ_FILE_SIZE_MAX)
 		return -EFBIG;
-	if (mode & FALLOC_FL_KEEP_SIZE)
+	if ((mode & FALLOC_FL_KEEP_SIZE) && !zero)
 		return 0; /* nothing is reserved: see aq.h */
 	struct ino_state *st = f->st;
 	pthread_mutex_lock(&st->mu);
 	rc = st->err;
-	if (!rc && off + len > st->size) {
+	if (!rc && zero) {
+		rc = zero_range_locked(f->c, st, off, len);
+		if (!rc) {
+			/* the bytes changed: mtime (and ctime, with it) as a write's */
+			st->size_dirty = true;
+			st->mtime_ns = aq_now_ns();
+			if (!(mode & FALLOC_FL_KEEP_SIZE) && off + len > st->size)
+				st->size = off + len;
+			rc = commit_size_locked(f->c, st);
+		}
+	} else if (!rc && off + len > st->size) {
 		st->size = off + len;
 		st->size_dirty = true;
 		st->mtime_ns = aq_now_ns();

@@ -98,6 +98,9 @@ void data_buf_stats(uint64_t *pooled, uint64_t *mapped);
 int data_truncate(struct data_store *ds, uint32_t target, uint64_t ino, uint64_t new_size, uint32_t chunk_size);
 /* Drops every chunk of ino on target. */
 int data_delete(struct data_store *ds, uint32_t target, uint64_t ino);
+/* Drops chunk idx of ino, if it has one: it reads as zeros after, a hole (fallocate's
+ * PUNCH_HOLE and ZERO_RANGE over a whole chunk). */
+int data_punch(struct data_store *ds, uint32_t target, uint64_t ino, uint32_t idx);
 /* Makes every write so far durable. */
 int data_sync(struct data_store *ds, uint32_t target);
 

@@ -772,10 +772,11 @@ int data_read_alloc(struct data_store *ds, uint32_t target, uint64_t ino, uint32
 	return 0;
 }
 
-/* Drops every chunk of ino from chunk cut_idx on; with cut_off > 0 chunk cut_idx keeps its
- * first cut_off bytes instead (rewritten shortened, so that extending it again reads
- * zeros). One RocksDB batch, so the cut is all or nothing. */
-static int drop_from(struct data_store *ds, struct data_target *t, uint64_t ino, uint32_t cut_idx, uint32_t cut_off)
+/* Drops every chunk of ino from chunk cut_idx up to (not including) end_idx; with
+ * cut_off > 0 chunk cut_idx keeps its first cut_off bytes instead (rewritten shortened, so
+ * that extending it again reads zeros). One RocksDB batch, so the cut is all or nothing. */
+static int drop_range(struct data_store *ds, struct data_target *t, uint64_t ino, uint32_t cut_idx, uint32_t cut_off,
+		      uint32_t end_idx)
 {
 	uint8_t start[DATA_KEY_SIZE];
 	data_key(start, ino, cut_idx);
@@ -794,6 +795,8 @@ static int drop_from(struct data_store *ds, struct data_target *t, uint64_t ino,
 		if (klen != DATA_KEY_SIZE || memcmp(key, start, 9) != 0)
 			break;
 		uint32_t idx = get_be32(key + 9);
+		if (idx >= end_idx)
+			break;
 		const uint8_t *val = (const uint8_t *)rocksdb_iter_value(it, &vlen);
 		rc = data_val_decode(val, vlen, e);
 		if (rc) {
@@ -873,7 +876,17 @@ int data_truncate(struct data_store *ds, uint32_t target, uint64_t ino, uint64_t
 	uint64_t cut_idx = new_size / chunk_size;
 	if (cut_idx > UINT32_MAX)
 		return 0; /* every chunk index is below the cut */
-	return drop_from(ds, t, ino, (uint32_t)cut_idx, (uint32_t)(new_size % chunk_size));
+	return drop_range(ds, t, ino, (uint32_t)cut_idx, (uint32_t)(new_size % chunk_size), UINT32_MAX);
+}
+
+int data_punch(struct data_store *ds, uint32_t target, uint64_t ino, uint32_t idx)
+{
+	struct data_target *t = data_target_get(ds, target);
+	if (!t)
+		return -AQ_ENOT_OWNER;
+	if (idx == UINT32_MAX)
+		return -EINVAL;
+	return drop_range(ds, t, ino, idx, 0, idx + 1);
 }
 
 int data_delete(struct data_store *ds, uint32_t target, uint64_t ino)
@@ -881,7 +894,7 @@ int data_delete(struct data_store *ds, uint32_t target, uint64_t ino)
 	struct data_target *t = data_target_get(ds, target);
 	if (!t)
 		return -AQ_ENOT_OWNER;
-	int rc = drop_from(ds, t, ino, 0, 0);
+	int rc = drop_range(ds, t, ino, 0, 0, UINT32_MAX);
 	if (!rc)
 		data_kick_compactor(ds);
 	return rc;

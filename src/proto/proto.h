@@ -97,6 +97,9 @@ struct proto_hdr {
  * the last write of a flush, when the server that takes it holds the inode's metadata
  * too, saves the flush a round trip. */
 #define PROTO_CW_COMMIT 4u
+/* Drop the chunk, a hole that reads as zeros (no data, off 0): fallocate's PUNCH_HOLE and
+ * ZERO_RANGE over a whole chunk. A server that does not know the flag says EINVAL. */
+#define PROTO_CW_PUNCH 8u
 #define PROTO_CW_EXTENTS_MAX 1024
 /* That data for n extents, the bytes of extent i at src[i]: a malloc'd buffer of *len
  * bytes, the caller's to free. */

@@ -926,9 +926,13 @@ static int handle_op(struct server *s, struct sconn *sc, const struct proto_req 
 			rc = data_sync(s->data, s->local_targets[i]);
 		break;
 	case OP_CHUNK_WRITE:
-		if (r->flags & ~(PROTO_CW_SYNC | PROTO_CW_EXTENTS | PROTO_CW_COMMIT))
+		if (r->flags & ~(PROTO_CW_SYNC | PROTO_CW_EXTENTS | PROTO_CW_COMMIT | PROTO_CW_PUNCH))
 			return -EINVAL;
-		if (r->flags & PROTO_CW_EXTENTS) {
+		if (r->flags & PROTO_CW_PUNCH) {
+			rc = r->data_len || r->off || (r->flags & PROTO_CW_EXTENTS) ? -EINVAL : chunk_args(s, r, 0);
+			if (!rc)
+				rc = data_punch(s->data, r->target, r->ino, r->idx);
+		} else if (r->flags & PROTO_CW_EXTENTS) {
 			rc = chunk_write_extents(s, r);
 		} else if (!(rc = chunk_args(s, r, r->data_len))) {
 			rc = data_write(s->data, r->target, r->ino, r->idx, (uint32_t)r->off, r->data, r->data_len,

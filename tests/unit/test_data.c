@@ -362,6 +362,21 @@ static int test_truncate_delete(void)
 	}
 	rc = data_write(ds, 7, 201, 0, 0, a[0], 1000, false); /* another file, untouched */
 	CHECK(rc == 0, "write: %s", aq_strerror(rc));
+	/* A punch drops chunk 2 alone: a hole between chunks 1 and 3 (then written back). */
+	struct data_target_stat before, st;
+	CHECK(data_stat(ds, 7, &before) == 0 && before.chunks == 5, "chunks %llu", (unsigned long long)before.chunks);
+	rc = data_punch(ds, 7, 200, 2);
+	CHECK(rc == 0, "punch: %s", aq_strerror(rc));
+	CHECK(data_punch(ds, 7, 200, 2) == 0, "a punch of a hole");
+	for (uint32_t i = 1; i < 4; i++) {
+		rc = data_read(ds, 7, 200, i, 0, rb, MCHUNK);
+		CHECK(rc == 0 && (i == 2 ? all_bytes(rb, MCHUNK, 0) : memcmp(rb, a[i], MCHUNK) == 0),
+		      "after the punch, chunk %u", i);
+	}
+	CHECK(data_stat(ds, 7, &st) == 0 && st.chunks == 4 && st.live_bytes == before.live_bytes - data_rec_size(MCHUNK),
+	      "after the punch: chunks %llu live %llu", (unsigned long long)st.chunks, (unsigned long long)st.live_bytes);
+	rc = data_write(ds, 7, 200, 2, 0, a[2], MCHUNK, false);
+	CHECK(rc == 0, "write: %s", aq_strerror(rc));
 	/* Cut in the middle of chunk 1. */
 	rc = data_truncate(ds, 7, 200, MCHUNK + MCHUNK / 2 + 3, MCHUNK);
 	CHECK(rc == 0, "truncate: %s", aq_strerror(rc));
@@ -374,7 +389,6 @@ static int test_truncate_delete(void)
 		rc = data_read(ds, 7, 200, i, 0, rb, MCHUNK);
 		CHECK(rc == 0 && all_bytes(rb, MCHUNK, 0), "chunk %u must be gone", i);
 	}
-	struct data_target_stat st;
 	CHECK(data_stat(ds, 7, &st) == 0 && st.chunks == 3, "chunks after truncate %llu",
 	      (unsigned long long)st.chunks);
 	/* Extending again by a write far out reads zeros in between. */

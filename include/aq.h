@@ -291,7 +291,9 @@ int aq_ioring_create(struct aq_client *c, uint32_t depth, struct aq_ioring **out
 void aq_ioring_destroy(struct aq_ioring *r);
 /* Starts up to n reads; returns how many were taken (fewer when the ring is full) or -errno. */
 int aq_ioring_submit(struct aq_ioring *r, struct aq_io *const *ios, uint32_t n);
-/* Waits until at least min reads finished (min <= in flight), returns up to max of them. */
+/* Waits until at least min reads finished (min <= in flight), returns up to max of them.
+ * On aqd's machine the ring asks aqd only where each piece lies, and the thread that
+ * reaps reads the bytes from aqd's files itself, checked ($AQ_LOCAL_READS=0: no). */
 int aq_ioring_reap(struct aq_ioring *r, struct aq_io **done, uint32_t max, uint32_t min);
 /* Reads in flight. */
 uint32_t aq_ioring_inflight(const struct aq_ioring *r);

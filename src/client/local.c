@@ -292,3 +292,108 @@ int local_chunk_read(struct aq_file *f, uint32_t idx, uint32_t in, uint32_t n, u
 	atomic_store(&c->local_fails, 0);
 	return 0;
 }
+
+/* ---- pieces of the batched read ring (ioring.c) ---- */
+
+struct rpc_call *local_locate_start(struct aq_client *c, uint64_t ino, uint32_t idx, struct rpc_cq *cq, void *arg,
+				    int *err)
+{
+	uint32_t target = cluster_chunk_target(&c->map, ino, idx);
+	struct proto_req r = {.op = OP_LOCATE, .target = target, .ino = ino, .idx = idx, .data = c->boot_id,
+			      .data_len = sizeof c->boot_id};
+	struct wbuf w;
+	wbuf_init(&w, 64);
+	proto_req_encode(&w, &r);
+	struct rpc_call *call = rpc_start_ex(c, cluster_target_by_id(&c->map, target)->server, OP_LOCATE, &w, 0, NULL,
+					     0, cq, arg, false, err);
+	wbuf_free(&w);
+	return call;
+}
+
+/* The location a finished LOCATE call carries (pointers into its payload), checked, and
+ * the segment file's path. */
+static int located(const struct rpc_call *call, uint32_t idx, struct proto_loc *l, char path[PATH_MAX])
+{
+	struct proto_reply rep;
+	int rc = call->status;
+	if (!rc)
+		rc = proto_reply_decode(OP_LOCATE, call->payload, call->len, &rep);
+	if (rc)
+		return rc;
+	if (!rep.data_len)
+		return -EAGAIN; /* no location: in S3 only, none written, or another machine */
+	if (proto_loc_get(rep.data, rep.data_len, l) || l->idx != idx || l->in != 0)
+		return -EPROTO;
+	memcpy(path, l->path, l->path_len); /* proto_loc_get: shorter than PATH_MAX */
+	path[l->path_len] = '\0';
+	return 0;
+}
+
+int local_locate_ahead(struct aq_client *c, uint64_t ino, uint32_t idx, const struct rpc_call *call, uint32_t in,
+		       uint32_t n, int *fd)
+{
+	struct proto_loc l;
+	char path[PATH_MAX];
+	int rc = located(call, idx, &l, path);
+	if (rc)
+		return rc;
+	*fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+	if (*fd < 0) {
+		rc = -errno;
+		local_failed(c, path, rc);
+		return rc;
+	}
+	uint32_t end = MIN(in + n, l.length);
+	uint64_t from = in ? l.rec_off + DATA_REC_HDR_SIZE + in / DATA_BLOCK_SIZE * (uint64_t)DATA_BLOCK_SIZE : l.rec_off;
+	uint64_t to = l.rec_off + DATA_REC_HDR_SIZE + MAX(end, in);
+	(void)posix_fadvise(*fd, (off_t)from, (off_t)(to - from + DATA_BLOCK_SIZE), POSIX_FADV_WILLNEED);
+	return 0;
+}
+
+int local_locate_read(struct aq_client *c, uint64_t ino, uint32_t idx, const struct rpc_call *call, int fd,
+		      uint32_t in, uint32_t n, uint8_t *dest)
+{
+	struct proto_loc l;
+	char path[PATH_MAX];
+	int rc = located(call, idx, &l, path);
+	if (rc)
+		return rc;
+	/* the header with the blocks when they start the record (a small file's one read),
+	 * else on its own: it says the record there is still this chunk's version */
+	uint32_t end = MIN(in + n, l.length);
+	uint32_t b0 = in / DATA_BLOCK_SIZE, b1 = in < end ? (end + DATA_BLOCK_SIZE - 1) / DATA_BLOCK_SIZE : b0;
+	uint32_t span = b1 > b0 ? MIN(b1 * DATA_BLOCK_SIZE, l.length) - b0 * DATA_BLOCK_SIZE : 0;
+	uint64_t from = b0 ? l.rec_off + DATA_REC_HDR_SIZE + (uint64_t)b0 * DATA_BLOCK_SIZE : l.rec_off;
+	/* blocks that are exactly the bytes asked (a whole small file; a block-aligned piece)
+	 * go straight to dest, checked there: no copy */
+	bool straight = in % DATA_BLOCK_SIZE == 0 && end - in == span;
+	uint8_t *mem = aq_malloc(DATA_REC_HDR_SIZE + (straight ? 0 : span)), *hdr = mem;
+	uint8_t *data = straight ? dest : mem + DATA_REC_HDR_SIZE;
+	struct iovec iov[2] = {{hdr, DATA_REC_HDR_SIZE}, {data, span}};
+	size_t len = span + (b0 ? 0 : DATA_REC_HDR_SIZE);
+	ssize_t got = preadv(fd, b0 ? iov + 1 : iov, b0 ? 1 : 2, (off_t)from);
+	rc = got == (ssize_t)len ? 0 : got < 0 ? -errno : -EIO;
+	if (!rc && b0) {
+		got = pread(fd, hdr, DATA_REC_HDR_SIZE, (off_t)l.rec_off);
+		rc = got == DATA_REC_HDR_SIZE ? 0 : got < 0 ? -errno : -EIO;
+	}
+	if (!rc)
+		rc = data_rec_check(hdr, ino, idx, l.version, l.length, 0, NULL);
+	uint32_t crc[AQ_CHUNK_SIZE_MAX / AQ_CRC_BLOCK_SIZE];
+	for (uint32_t b = b0; b < b1; b++)
+		crc[b - b0] = get_le32(l.crcs + 4 * (size_t)b);
+	if (!rc && span && data_blocks_check(data, l.length, b0, b1, crc, NULL) != b1)
+		rc = -AQ_ECORRUPT;
+	if (rc) {
+		free(mem);
+		local_failed(c, path, rc);
+		return rc;
+	}
+	atomic_store(&c->local_fails, 0);
+	if (end > in && !straight)
+		memcpy(dest, data + (in - b0 * DATA_BLOCK_SIZE), end - in);
+	if (in + n > MAX(end, in))
+		memset(dest + (MAX(end, in) - in), 0, in + n - MAX(end, in));
+	free(mem);
+	return 0;
+}

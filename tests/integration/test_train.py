@@ -271,6 +271,32 @@ def test_a_mount_on_aqds_machine_reads_segments_itself(c):
             assert (m_read if reader == "mount" else a_read) >= total, msg
 
 
+def test_the_read_ring_on_aqds_machine_reads_segments_itself(c):
+    """The batched read ring (aq_ioring: `aq bench train --via native`, aquifer.torch) on
+    aqd's machine asks aqd where each piece lies (LOCATE, answered on aqd's loop) and reads
+    it from aqd's segment file itself, checked as aqd checks it: aqd no longer sends the
+    bytes. With $AQ_LOCAL_READS=0 it sends them, and it sends reads over 256 KiB (a
+    shard's 1 MiB records) either way. The benchmark checks every sample's checksum."""
+    c.aq("bench", "gen", "--kind", "images", "--files", "200", "--dir", "/ring")
+    c.aq("bench", "gen", "--kind", "shards", "--files", "2", "--file-size", str(9 << 20), "--dir", "/ringsh")
+    for kind, d in (("images", "/ring"), ("shards", "/ringsh")):
+        for env, reader in (({}, "client"), ({"AQ_LOCAL_READS": "0"}, "aqd")):
+            drop_caches()
+            before = proc_io(c.pid(), "wchar")
+            p = subprocess.run([AQ, "bench", "train", "--via", "native", "--dir", d, "--cluster", c.conf,
+                                "--compute-us", "0", "--no-loopback", "--json"], env={**os.environ, **env},
+                               capture_output=True, text=True)
+            assert p.returncode == 0, f"{kind}, {reader} reads: {p.stdout}{p.stderr}"
+            sent = proc_io(c.pid(), "wchar") - before
+            total = json.loads(p.stdout.strip().splitlines()[-1])["aquifer"]["bytes"]
+            assert total >= (200 * 100000 if kind == "images" else 2 * (9 << 20)), total
+            msg = f"{kind}: {reader} should read the {total} bytes; aqd sent {sent}"
+            if reader == "client" and kind == "images":
+                assert sent < total // 4, msg
+            else:
+                assert sent >= total, msg
+
+
 def test_reads_go_through_aqd_where_its_files_are_hidden(c):
     """A mount on aqd's machine that cannot open aqd's segment files (a container: here a
     mount namespace with an empty tmpfs over aqd's targets) reads every byte right through

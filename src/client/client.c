@@ -290,6 +290,8 @@ static int chunk_write(struct aq_client *c, const struct ino_state *st, uint32_t
  * write of extents) and frees the slot (the last one moves into it). With st->mu held. */
 _Static_assert(WEXTENTS + 1 <= PROTO_CW_EXTENTS_MAX, "a chunk's ranges fit one write of extents");
 
+static void wchunk_release_locked(struct aq_client *c, struct ino_state *st, uint32_t k);
+
 static int flush_chunk_locked(struct aq_client *c, struct ino_state *st, uint32_t k, bool commit)
 {
 	AQ_ASSERT(k < st->nwc);
@@ -316,6 +318,16 @@ static int flush_chunk_locked(struct aq_client *c, struct ino_state *st, uint32_
 		size_reached_server(c, st);
 		st->size_dirty = false;
 	}
+	wchunk_release_locked(c, st, k);
+	if (rc && !st->err)
+		st->err = rc;
+	return rc;
+}
+
+/* Empties chunk slot k (sent, or dropped by a punch of its whole chunk). With st->mu held. */
+static void wchunk_release_locked(struct aq_client *c, struct ino_state *st, uint32_t k)
+{
+	struct wchunk *w = st->wc[k];
 	/* Read-ahead windows started while these bytes were only here hold the old ones. */
 	atomic_fetch_add(&st->wgen, 1);
 	st->wbytes -= w->buf.len;
@@ -329,9 +341,6 @@ static int flush_chunk_locked(struct aq_client *c, struct ino_state *st, uint32_
 		wbuf_free(&w->buf);
 	st->wc[k] = st->wc[--st->nwc];
 	st->wc[st->nwc] = w;
-	if (rc && !st->err)
-		st->err = rc;
-	return rc;
 }
 
 static int commit_size_locked(struct aq_client *c, struct ino_state *st);
@@ -1394,26 +1403,13 @@ uint64_t aq_inval_seq(struct aq_client *c) { return atomic_load(&c->inval_seq); 
 
 uint64_t aq_file_ino(const struct aq_file *f) { return f->ino; }
 
-ssize_t aq_pwrite(struct aq_file *f, const void *buf, size_t len, uint64_t off)
+/* Puts len bytes at off into st's write buffers (sending chunks as the budget asks):
+ * what aq_pwrite does once the state's lock is taken. Bytes taken, or -errno. */
+static ssize_t buffer_write_locked(struct aq_client *c, struct ino_state *st, const uint8_t *p, size_t len,
+				   uint64_t off)
 {
-	int rc = file_ready(f);
-	if (rc)
-		return rc;
-	struct aq_client *c = f->c;
-	struct ino_state *st = f->st;
-	if ((f->flags & O_ACCMODE) == O_RDONLY)
-		return -EBADF;
-	if (len > SSIZE_MAX || off + len < off || off + len > AQ_FILE_SIZE_MAX)
-		return -EFBIG;
-	const uint8_t *p = buf;
+	int rc = 0;
 	size_t done = 0;
-	pthread_mutex_lock(&st->mu);
-	if (st->err) {
-		/* an earlier write-back failed (ENOSPC...): say so now, as a local fs would */
-		rc = st->err;
-		pthread_mutex_unlock(&st->mu);
-		return rc;
-	}
 	uint32_t cs = st->chunk_size;
 	while (done < len) {
 		uint64_t pos = off + done;
@@ -1467,8 +1463,24 @@ ssize_t aq_pwrite(struct aq_file *f, const void *buf, size_t len, uint64_t off)
 		st->size_dirty = true;
 		st->mtime_ns = aq_now_ns();
 	}
-	pthread_mutex_unlock(&st->mu);
 	return done ? (ssize_t)done : rc;
+}
+
+ssize_t aq_pwrite(struct aq_file *f, const void *buf, size_t len, uint64_t off)
+{
+	int rc = file_ready(f);
+	if (rc)
+		return rc;
+	struct ino_state *st = f->st;
+	if ((f->flags & O_ACCMODE) == O_RDONLY)
+		return -EBADF;
+	if (len > SSIZE_MAX || off + len < off || off + len > AQ_FILE_SIZE_MAX)
+		return -EFBIG;
+	pthread_mutex_lock(&st->mu);
+	/* an earlier write-back failed (ENOSPC...): say so now, as a local fs would */
+	ssize_t n = st->err ? st->err : buffer_write_locked(f->c, st, buf, len, off);
+	pthread_mutex_unlock(&st->mu);
+	return n;
 }
 
 ssize_t aq_append(struct aq_file *f, const void *buf, size_t len, uint64_t *off_out)
@@ -1484,27 +1496,34 @@ ssize_t aq_append(struct aq_file *f, const void *buf, size_t len, uint64_t *off_
 	return aq_pwrite(f, buf, len, off);
 }
 
-/* PUNCH_HOLE and ZERO_RANGE: [off, off + len) reads as zeros after. The file's buffered
- * writes go first; then a chunk the range covers whole, or to the end of the file, is
- * dropped (a hole, as a truncate drops chunks: no zeros are stored) and the rest of the
- * range inside the file is written as zeros. With st->mu held. */
+/* PUNCH_HOLE and ZERO_RANGE: [off, off + len) reads as zeros after. A chunk the range
+ * covers whole, or to the end of the file, is dropped (a hole, as a truncate drops
+ * chunks: no zeros are stored), with whatever this client buffered for it; the rest of
+ * the range inside the file is buffered as zeros, as a write of them would be (many
+ * small punches cost one chunk rewrite, not one each). With st->mu held. */
 static int zero_range_locked(struct aq_client *c, struct ino_state *st, uint64_t off, uint64_t len)
 {
-	int rc = flush_commit_locked(c, st);
 	uint64_t cs = st->chunk_size, size = st->size, end = MIN(off + len, size);
 	uint8_t *zeros = NULL;
+	int rc = 0;
 	for (uint64_t pos = off; !rc && pos < end;) {
 		uint32_t idx = (uint32_t)(pos / cs), in = (uint32_t)(pos % cs);
 		uint32_t n = (uint32_t)MIN(cs - in, end - pos);
-		bool committed;
 		if (in == 0 && (n == cs || pos + n >= size)) {
+			for (uint32_t k = 0; k < st->nwc; k++)
+				if (st->wc[k]->idx == idx) {
+					wchunk_release_locked(c, st, k);
+					break;
+				}
+			bool committed;
 			rc = chunk_write(c, st, idx, 0, NULL, 0, PROTO_CW_PUNCH, false, &committed);
 			if (rc == -EINVAL)
 				rc = -EOPNOTSUPP; /* a server from before PROTO_CW_PUNCH */
 		} else {
 			if (!zeros)
 				zeros = aq_calloc(1, cs);
-			rc = chunk_write(c, st, idx, in, zeros, n, 0, false, &committed);
+			ssize_t put = buffer_write_locked(c, st, zeros, n, pos);
+			rc = put < 0 ? (int)put : 0;
 		}
 		pos += n;
 	}

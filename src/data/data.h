@@ -101,7 +101,7 @@ int data_delete(struct data_store *ds, uint32_t target, uint64_t ino);
 /* Drops chunk idx of ino, if it has one: it reads as zeros after, a hole (fallocate's
  * PUNCH_HOLE and ZERO_RANGE over a whole chunk). */
 int data_punch(struct data_store *ds, uint32_t target, uint64_t ino, uint32_t idx);
-/* Makes every write so far durable. */
+/* Makes every write so far durable (at once when there was none since the last sync). */
 int data_sync(struct data_store *ds, uint32_t target);
 
 struct data_target_stat {
@@ -112,6 +112,7 @@ struct data_target_stat {
 	uint64_t fs_id;                                  /* st_dev of the target's file system */
 	bool fs_shared_capacity;                         /* capacity is the file system's, not a quota */
 	uint64_t direct_reads;                           /* chunk reads served with O_DIRECT so far */
+	uint64_t syncs;                                  /* data_syncs that had something to make durable */
 };
 int data_stat(struct data_store *ds, uint32_t target, struct data_target_stat *out);
 /* Runs one compaction pass on target: rewrites segments whose live share is below

@@ -127,6 +127,10 @@ struct data_target {
 	uint64_t next_obj;
 	bool objs_dead;        /* some object has live == 0: tier_gc deletes it */
 	uint64_t direct_reads; /* reads served with O_DIRECT (atomic) */
+	/* under lock: appends so far, and the appends and the index's sequence number that the
+	 * last sync covered (data_sync_locked skips a target nothing was written to since) */
+	uint64_t appends, synced_appends, synced_seq;
+	uint64_t syncs;        /* syncs that had something to do */
 };
 
 #define DATA_DFD_UNOPENED (-2)

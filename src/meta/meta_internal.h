@@ -108,6 +108,7 @@ struct meta_pslot {
 
 struct meta_store {
 	char *path;             /* the RocksDB directory */
+	_Atomic uint64_t synced_seq; /* the latest sequence number a meta_sync covered */
 	/* meta_space_check: when free space was last looked at, and whether it was low */
 	_Atomic uint64_t space_checked_ns;
 	atomic_bool space_low;

@@ -377,6 +377,18 @@ static int test_truncate_delete(void)
 	      "after the punch: chunks %llu live %llu", (unsigned long long)st.chunks, (unsigned long long)st.live_bytes);
 	rc = data_write(ds, 7, 200, 2, 0, a[2], MCHUNK, false);
 	CHECK(rc == 0, "write: %s", aq_strerror(rc));
+	/* A sync does work only when something was written or dropped since the last one
+	 * (an fsync asks every target): appends and index changes both count. */
+	CHECK(data_sync(ds, 7) == 0 && data_stat(ds, 7, &before) == 0, "sync");
+	CHECK(data_sync(ds, 7) == 0 && data_stat(ds, 7, &st) == 0 && st.syncs == before.syncs,
+	      "a sync after a sync: %llu -> %llu", (unsigned long long)before.syncs, (unsigned long long)st.syncs);
+	CHECK(data_punch(ds, 7, 201, 5) == 0 && data_sync(ds, 7) == 0 && data_stat(ds, 7, &st) == 0 &&
+		      st.syncs == before.syncs, "a punch of nothing changes nothing");
+	CHECK(data_punch(ds, 7, 200, 2) == 0 && data_sync(ds, 7) == 0 && data_stat(ds, 7, &st) == 0 &&
+		      st.syncs == before.syncs + 1, "a sync after an index change");
+	rc = data_write(ds, 7, 200, 2, 0, a[2], MCHUNK, false);
+	CHECK(rc == 0 && data_sync(ds, 7) == 0 && data_stat(ds, 7, &st) == 0 && st.syncs == before.syncs + 2,
+	      "a sync after a write");
 	/* Cut in the middle of chunk 1. */
 	rc = data_truncate(ds, 7, 200, MCHUNK + MCHUNK / 2 + 3, MCHUNK);
 	CHECK(rc == 0, "truncate: %s", aq_strerror(rc));

@@ -654,30 +654,42 @@ static int reopen_held(struct aq_client *c, struct rpc_conn *rc, int fd)
 	return err;
 }
 
-/* Brings the connection up if it is down. Called with rc->mu held. */
+/* Brings the connection up if it is down. Called with rc->mu held.
+ *
+ * Every wait here lets go of mu, and another caller (or the keeper) may bring the
+ * connection up meanwhile, with a new receiver and a new socket: after each wait, look
+ * again from the top. A caller that went on waiting for the old receiver to exit waited
+ * for good (the new one never exits while the connection is up), and held its FUSE
+ * request with it: the hang CI saw twice, with aqd and the mount both alive. */
 static int ensure_up_locked(struct rpc_conn *rc)
 {
-	if (rc->up)
-		return 0;
-	if (rc->rx_running) {
-		/* the receiver leaves once it sees the connection down */
-		while (!rc->rx_exited) {
+	for (;;) {
+		if (rc->up)
+			return 0;
+		if (rc->rx_running && !rc->rx_exited) {
+			/* the receiver leaves once it sees the connection down */
 			pthread_cond_broadcast(&rc->rx_cv);
 			pthread_cond_wait(&rc->rx_cv, &rc->mu);
+			continue;
 		}
+		/* A caller reading its own reply (rpc_wait) may hold the old socket's number
+		 * yet. Closed under it, the number would go to the next socket made, perhaps
+		 * another connection's, whose replies it would then take and drop, and whose
+		 * reads it would block for good: wait until it has seen the shutdown. */
+		if (rc->fd >= 0 && rc->reading) {
+			pthread_cond_wait(&rc->rx_cv, &rc->mu);
+			continue;
+		}
+		break;
+	}
+	if (rc->rx_running) {
 		pthread_join(rc->rx, NULL);
 		rc->rx_running = false;
 		rc->rx_exited = false;
 		rc->rx_wanted = false;
 	}
 	if (rc->fd >= 0) {
-		/* A caller reading its own reply (rpc_wait) may hold the old socket's number yet.
-		 * Closed under it, the number would go to the next socket made, perhaps another
-		 * connection's, whose replies it would then take and drop, and whose reads it
-		 * would block for good: wait until it has seen the shutdown. A sender holds
-		 * send_mu while it writes. */
-		while (rc->reading)
-			pthread_cond_wait(&rc->rx_cv, &rc->mu);
+		/* a sender holds send_mu while it writes */
 		pthread_mutex_lock(&rc->send_mu);
 		close(rc->fd);
 		rc->fd = -1;

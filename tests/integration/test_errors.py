@@ -249,6 +249,60 @@ def test_a_native_listing_waits_for_a_restarting_server():
             client.close()
 
 
+def test_callers_racing_to_bring_a_connection_back_all_come_back():
+    """Regression (CI hung twice, a FUSE request held for good with aqd and the mount
+    both alive; the mount's stacks showed it): when a connection broke, every caller on
+    it went to bring it back, and one that waited, lock let go, for the old receiver to
+    leave went on waiting after another caller had already brought the connection up
+    with a new receiver, which never leaves while the connection is up. Now each wait
+    looks again. Sixteen threads of one client call aqd through twelve kill -9s and
+    restarts of aqd; each must be answered again after the last restart. The race is
+    one of timing: with the old waits this failed one run in three here. The threads run
+    in a child process, which a hang leaves killable (a FUSE request could not be)."""
+    with Cluster(mount=False) as c:
+        script = f"""
+import os, sys, threading, time
+import aquifer
+client = aquifer.Client({c.conf!r})
+client.open("/f", "wb").close()
+last = {{}}
+def caller(i):
+    while True:
+        try:
+            client.stat("/f")
+        except OSError:
+            pass
+        last[i] = time.monotonic()
+for i in range(16):
+    threading.Thread(target=caller, args=(i,), daemon=True).start()
+sys.stdin.readline()  # the test says when aqd is back for the last time
+time.sleep(4)
+mark = time.monotonic()
+time.sleep(6)
+stuck = [i for i in range(16) if last.get(i, 0) < mark]
+print("stuck", stuck, flush=True)
+os._exit(0 if not stuck else 1)
+"""
+        env = {**os.environ, "AQ_RECONNECT_S": "60"}
+        p = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, env=env)
+        try:
+            time.sleep(1)
+            for _ in range(12):
+                c.kill9()
+                time.sleep(0.2)
+                c.restart()
+                time.sleep(0.5)
+            p.stdin.write("restarted\n")
+            p.stdin.flush()
+            out, _ = p.communicate(timeout=60)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        assert p.returncode == 0, f"callers still waiting after aqd came back: {out}"
+
+
 def test_batched_reads_wait_for_a_restarting_server():
     """Regression (the same kill -9 loop): Client.read_many, a data loader's path, looks
     its files up with asynchronous lookups (aq_lookup_start), and those failed with

@@ -49,6 +49,7 @@ struct local_piece {
 	uint32_t len;
 	uint8_t *dest;
 	int fd;                   /* the segment file, while its bytes are read ahead */
+	struct proto_loc loc;     /* where they lie: points into the LOCATE call's reply */
 };
 
 /* Reads a piece through aqd, here and now (a local read that could not be made, or a
@@ -73,7 +74,7 @@ static void piece_done(struct aq_ioring *r, struct rpc_call *call, bool read_now
 		io = lp->io;
 		if (!read_now) {
 			lp->fd = -1;
-			e = local_locate_ahead(r->c, io->ino, idx, call, in, lp->len, &lp->fd);
+			e = local_locate_ahead(r->c, idx, call, in, lp->len, &lp->loc, &lp->fd);
 			if (!e) {
 				call->cq_next = NULL;
 				if (r->ahead_tail)
@@ -84,7 +85,7 @@ static void piece_done(struct aq_ioring *r, struct rpc_call *call, bool read_now
 				return;
 			}
 		} else {
-			e = local_locate_read(r->c, io->ino, idx, call, lp->fd, in, lp->len, lp->dest);
+			e = local_locate_read(r->c, io->ino, idx, &lp->loc, lp->fd, in, lp->len, lp->dest);
 			close(lp->fd);
 		}
 		if (e)

@@ -107,11 +107,34 @@ static int read_blocks(const char *path, bool direct, uint64_t off, size_t len, 
 	return rc;
 }
 
+static void loc_path(const struct proto_loc *l, char path[PATH_MAX])
+{
+	memcpy(path, l->path, l->path_len); /* proto_loc_get: shorter than PATH_MAX */
+	path[l->path_len] = '\0';
+}
+
+/* A LOCATE of chunk idx of ino, with this machine's boot id. */
+static struct proto_req locate_req(const struct aq_client *c, uint64_t ino, uint32_t idx)
+{
+	return (struct proto_req){.op = OP_LOCATE, .target = cluster_chunk_target(&c->map, ino, idx), .ino = ino,
+				  .idx = idx, .data = c->boot_id, .data_len = sizeof c->boot_id};
+}
+
+/* The location a LOCATE reply carries, checked: 0, -EAGAIN when aqd gave none (in S3
+ * only, none written, or another machine's client), -EPROTO. */
+static int reply_loc(const struct proto_reply *rep, uint32_t idx, struct proto_loc *l)
+{
+	if (!rep->data_len)
+		return -EAGAIN;
+	if (proto_loc_get(rep->data, rep->data_len, l) || l->idx != idx || l->in != 0)
+		return -EPROTO;
+	return 0;
+}
+
 int local_read(struct aq_client *c, uint64_t ino, const struct proto_loc *l, uint8_t **mem, const uint8_t **data)
 {
 	char path[PATH_MAX];
-	memcpy(path, l->path, l->path_len); /* proto_loc_get: shorter than PATH_MAX */
-	path[l->path_len] = '\0';
+	loc_path(l, path);
 	uint8_t *buf = NULL, *rec = NULL;
 	int rc = read_blocks(path, l->direct, l->rec_off, data_rec_span(l->length, l->nblk), &buf, &rec);
 	if (!rc) {
@@ -180,21 +203,23 @@ void local_chunks_free(struct aq_file *f)
 static int locate(struct aq_file *f, uint32_t idx, unsigned long wgen, struct loc_slot *sl)
 {
 	struct aq_client *c = f->c;
-	uint32_t target = cluster_chunk_target(&c->map, f->ino, idx);
-	struct proto_req r = {.op = OP_LOCATE, .target = target, .ino = f->ino, .idx = idx, .data = c->boot_id,
-			      .data_len = sizeof c->boot_id};
+	struct proto_req r = locate_req(c, f->ino, idx);
 	struct proto_reply rep;
 	struct rpc_call *call = NULL;
-	int rc = rpc_do(c, cluster_target_by_id(&c->map, target)->server, &r, &rep, &call);
+	int rc = rpc_do(c, cluster_target_by_id(&c->map, r.target)->server, &r, &rep, &call);
 	struct proto_loc l;
 	*sl = (struct loc_slot){.idx = idx, .wgen = wgen, .at_ns = aq_mono_ns(), .state = LOC_NONE};
-	if (!rc && rep.data_len && (proto_loc_get(rep.data, rep.data_len, &l) || l.idx != idx || l.in != 0))
-		rc = -EPROTO;
-	if (!rc && rep.data_len) {
+	bool at = false;
+	if (!rc) {
+		rc = reply_loc(&rep, idx, &l);
+		at = rc == 0;
+		if (rc == -EAGAIN)
+			rc = 0; /* LOC_NONE */
+	}
+	if (at) {
 		uint8_t hdr[DATA_REC_HDR_SIZE];
 		char path[PATH_MAX];
-		memcpy(path, l.path, l.path_len);
-		path[l.path_len] = '\0';
+		loc_path(&l, path);
 		int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
 		ssize_t got = fd < 0 ? -1 : pread(fd, hdr, sizeof hdr, (off_t)l.rec_off);
 		rc = fd < 0 ? -errno : got != (ssize_t)sizeof hdr ? -EIO
@@ -298,72 +323,52 @@ int local_chunk_read(struct aq_file *f, uint32_t idx, uint32_t in, uint32_t n, u
 struct rpc_call *local_locate_start(struct aq_client *c, uint64_t ino, uint32_t idx, struct rpc_cq *cq, void *arg,
 				    int *err)
 {
-	uint32_t target = cluster_chunk_target(&c->map, ino, idx);
-	struct proto_req r = {.op = OP_LOCATE, .target = target, .ino = ino, .idx = idx, .data = c->boot_id,
-			      .data_len = sizeof c->boot_id};
+	struct proto_req r = locate_req(c, ino, idx);
 	struct wbuf w;
 	wbuf_init(&w, 64);
 	proto_req_encode(&w, &r);
-	struct rpc_call *call = rpc_start_ex(c, cluster_target_by_id(&c->map, target)->server, OP_LOCATE, &w, 0, NULL,
-					     0, cq, arg, false, err);
+	struct rpc_call *call = rpc_start_ex(c, cluster_target_by_id(&c->map, r.target)->server, OP_LOCATE, &w, 0,
+					     NULL, 0, cq, arg, false, err);
 	wbuf_free(&w);
 	return call;
 }
 
-/* The location a finished LOCATE call carries (pointers into its payload), checked, and
- * the segment file's path. */
-static int located(const struct rpc_call *call, uint32_t idx, struct proto_loc *l, char path[PATH_MAX])
+int local_locate_ahead(struct aq_client *c, uint32_t idx, const struct rpc_call *call, uint32_t in, uint32_t n,
+		       struct proto_loc *l, int *fd)
 {
 	struct proto_reply rep;
 	int rc = call->status;
 	if (!rc)
 		rc = proto_reply_decode(OP_LOCATE, call->payload, call->len, &rep);
+	if (!rc)
+		rc = reply_loc(&rep, idx, l);
 	if (rc)
 		return rc;
-	if (!rep.data_len)
-		return -EAGAIN; /* no location: in S3 only, none written, or another machine */
-	if (proto_loc_get(rep.data, rep.data_len, l) || l->idx != idx || l->in != 0)
-		return -EPROTO;
-	memcpy(path, l->path, l->path_len); /* proto_loc_get: shorter than PATH_MAX */
-	path[l->path_len] = '\0';
-	return 0;
-}
-
-int local_locate_ahead(struct aq_client *c, uint64_t ino, uint32_t idx, const struct rpc_call *call, uint32_t in,
-		       uint32_t n, int *fd)
-{
-	struct proto_loc l;
 	char path[PATH_MAX];
-	int rc = located(call, idx, &l, path);
-	if (rc)
-		return rc;
+	loc_path(l, path);
 	*fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
 	if (*fd < 0) {
 		rc = -errno;
 		local_failed(c, path, rc);
 		return rc;
 	}
-	uint32_t end = MIN(in + n, l.length);
-	uint64_t from = in ? l.rec_off + DATA_REC_HDR_SIZE + in / DATA_BLOCK_SIZE * (uint64_t)DATA_BLOCK_SIZE : l.rec_off;
-	uint64_t to = l.rec_off + DATA_REC_HDR_SIZE + MAX(end, in);
+	uint32_t end = MIN(in + n, l->length);
+	uint64_t from = in ? l->rec_off + DATA_REC_HDR_SIZE + in / DATA_BLOCK_SIZE * (uint64_t)DATA_BLOCK_SIZE
+			   : l->rec_off;
+	uint64_t to = l->rec_off + DATA_REC_HDR_SIZE + MAX(end, in);
 	(void)posix_fadvise(*fd, (off_t)from, (off_t)(to - from + DATA_BLOCK_SIZE), POSIX_FADV_WILLNEED);
 	return 0;
 }
 
-int local_locate_read(struct aq_client *c, uint64_t ino, uint32_t idx, const struct rpc_call *call, int fd,
-		      uint32_t in, uint32_t n, uint8_t *dest)
+int local_locate_read(struct aq_client *c, uint64_t ino, uint32_t idx, const struct proto_loc *l, int fd, uint32_t in,
+		      uint32_t n, uint8_t *dest)
 {
-	struct proto_loc l;
-	char path[PATH_MAX];
-	int rc = located(call, idx, &l, path);
-	if (rc)
-		return rc;
 	/* the header with the blocks when they start the record (a small file's one read),
 	 * else on its own: it says the record there is still this chunk's version */
-	uint32_t end = MIN(in + n, l.length);
+	uint32_t end = MIN(in + n, l->length);
 	uint32_t b0 = in / DATA_BLOCK_SIZE, b1 = in < end ? (end + DATA_BLOCK_SIZE - 1) / DATA_BLOCK_SIZE : b0;
-	uint32_t span = b1 > b0 ? MIN(b1 * DATA_BLOCK_SIZE, l.length) - b0 * DATA_BLOCK_SIZE : 0;
-	uint64_t from = b0 ? l.rec_off + DATA_REC_HDR_SIZE + (uint64_t)b0 * DATA_BLOCK_SIZE : l.rec_off;
+	uint32_t span = b1 > b0 ? MIN(b1 * DATA_BLOCK_SIZE, l->length) - b0 * DATA_BLOCK_SIZE : 0;
+	uint64_t from = b0 ? l->rec_off + DATA_REC_HDR_SIZE + (uint64_t)b0 * DATA_BLOCK_SIZE : l->rec_off;
 	/* blocks that are exactly the bytes asked (a whole small file; a block-aligned piece)
 	 * go straight to dest, checked there: no copy */
 	bool straight = in % DATA_BLOCK_SIZE == 0 && end - in == span;
@@ -372,28 +377,30 @@ int local_locate_read(struct aq_client *c, uint64_t ino, uint32_t idx, const str
 	struct iovec iov[2] = {{hdr, DATA_REC_HDR_SIZE}, {data, span}};
 	size_t len = span + (b0 ? 0 : DATA_REC_HDR_SIZE);
 	ssize_t got = preadv(fd, b0 ? iov + 1 : iov, b0 ? 1 : 2, (off_t)from);
-	rc = got == (ssize_t)len ? 0 : got < 0 ? -errno : -EIO;
+	int rc = got == (ssize_t)len ? 0 : got < 0 ? -errno : -EIO;
 	if (!rc && b0) {
-		got = pread(fd, hdr, DATA_REC_HDR_SIZE, (off_t)l.rec_off);
+		got = pread(fd, hdr, DATA_REC_HDR_SIZE, (off_t)l->rec_off);
 		rc = got == DATA_REC_HDR_SIZE ? 0 : got < 0 ? -errno : -EIO;
 	}
 	if (!rc)
-		rc = data_rec_check(hdr, ino, idx, l.version, l.length, 0, NULL);
+		rc = data_rec_check(hdr, ino, idx, l->version, l->length, 0, NULL);
 	uint32_t crc[AQ_CHUNK_SIZE_MAX / AQ_CRC_BLOCK_SIZE];
 	for (uint32_t b = b0; b < b1; b++)
-		crc[b - b0] = get_le32(l.crcs + 4 * (size_t)b);
-	if (!rc && span && data_blocks_check(data, l.length, b0, b1, crc, NULL) != b1)
+		crc[b - b0] = get_le32(l->crcs + 4 * (size_t)b);
+	if (!rc && span && data_blocks_check(data, l->length, b0, b1, crc, NULL) != b1)
 		rc = -AQ_ECORRUPT;
 	if (rc) {
 		free(mem);
+		char path[PATH_MAX];
+		loc_path(l, path);
 		local_failed(c, path, rc);
 		return rc;
 	}
 	atomic_store(&c->local_fails, 0);
 	if (end > in && !straight)
 		memcpy(dest, data + (in - b0 * DATA_BLOCK_SIZE), end - in);
+	free(mem);
 	if (in + n > MAX(end, in))
 		memset(dest + (MAX(end, in) - in), 0, in + n - MAX(end, in));
-	free(mem);
 	return 0;
 }

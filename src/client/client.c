@@ -1521,7 +1521,7 @@ static int zero_range_locked(struct aq_client *c, struct ino_state *st, uint64_t
 				rc = -EOPNOTSUPP; /* a server from before PROTO_CW_PUNCH */
 		} else {
 			if (!zeros)
-				zeros = aq_calloc(1, cs);
+				zeros = aq_calloc(1, MIN(cs, end - off)); /* no piece is longer */
 			ssize_t put = buffer_write_locked(c, st, zeros, n, pos);
 			rc = put < 0 ? (int)put : 0;
 		}
@@ -1557,12 +1557,12 @@ int aq_fallocate(struct aq_file *f, int mode, uint64_t off, uint64_t len)
 	if (!rc && zero) {
 		rc = zero_range_locked(f->c, st, off, len);
 		if (!rc) {
-			/* the bytes changed: mtime (and ctime, with it) as a write's */
+			/* the bytes changed: size and mtime (ctime with it) as a write's, committed
+			 * with the next flush as a write's are */
 			st->size_dirty = true;
 			st->mtime_ns = aq_now_ns();
 			if (!(mode & FALLOC_FL_KEEP_SIZE) && off + len > st->size)
 				st->size = off + len;
-			rc = commit_size_locked(f->c, st);
 		}
 	} else if (!rc && off + len > st->size) {
 		st->size = off + len;

@@ -944,8 +944,10 @@ def test_punch_hole_and_zero_range(c):
         os.fsync(fd)
         for i in range(0, len(model), 1 << 20):
             assert os.pread(fd, 1 << 20, i) == bytes(model[i:i + (1 << 20)])
-        assert fallocate(fd, PUNCH | KEEP, 100, 3 * cs) == 0
-        model[100:100 + 3 * cs] = bytes(3 * cs)
+        mtime0 = os.stat(p).st_mtime_ns
+        time.sleep(0.01)
+        assert fallocate(fd, PUNCH | KEEP, cs, cs) == 0  # one whole chunk, nothing buffered
+        model[cs:2 * cs] = bytes(cs)
         for i in range(0, len(model), 1 << 20):
             assert os.pread(fd, 1 << 20, i) == bytes(model[i:i + (1 << 20)]), i
         other = os.open(p, os.O_RDONLY)
@@ -958,6 +960,7 @@ def test_punch_hole_and_zero_range(c):
     drop_page_cache()
     with open(p, "rb") as f:
         assert f.read() == bytes(model)
+    assert os.stat(p).st_mtime_ns > mtime0  # the punch changed bytes: mtime, as a write
 
 
 def test_listing_end_needs_no_round_trip(c):

@@ -25,6 +25,7 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -245,7 +246,11 @@ static void native_loader(struct tr_epoch *e)
 		return;
 	}
 	struct nl_slot *slots = aq_calloc(depth, sizeof *slots), *free_slots = NULL;
-	uint8_t *bufs = aq_malloc(depth * s->max_sample_bytes);
+	/* depth buffers, where a local loader reuses one: as huge pages, so that a fresh
+	 * epoch's first touch of them costs a fault per 2 MiB, not per 4 KiB (64 MiB of shard
+	 * records per loader took 0.3-0.6 s of faults on this VM, before the first batch) */
+	size_t bufs_len = (depth * s->max_sample_bytes + AQ_HUGE_PAGE - 1) / AQ_HUGE_PAGE * AQ_HUGE_PAGE;
+	uint8_t *bufs = aq_map_huge(bufs_len);
 	for (uint32_t i = 0; i < depth; i++) {
 		slots[i].io.buf = bufs + i * s->max_sample_bytes;
 		slots[i].io.user = &slots[i];
@@ -326,7 +331,7 @@ static void native_loader(struct tr_epoch *e)
 	aq_ioring_destroy(ring);
 	free(ios);
 	free(batches);
-	free(bufs);
+	munmap(bufs, bufs_len);
 	free(slots);
 }
 

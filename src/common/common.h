@@ -115,6 +115,11 @@ void *aq_malloc(size_t n);
 void *aq_calloc(size_t n, size_t size);
 void *aq_realloc(void *p, size_t n);
 char *aq_strdup(const char *s);
+/* n bytes (a multiple of AQ_HUGE_PAGE) of memory of its own, AQ_HUGE_PAGE-aligned and
+ * asked to be huge pages: an O_DIRECT read into it is one physically contiguous piece, not
+ * one per 4 KiB page (a disk takes a bounded number per request). munmap(p, n) frees it. */
+#define AQ_HUGE_PAGE (2ull << 20)
+void *aq_map_huge(size_t n);
 
 /* This boot of this machine's kernel (/proc/sys/kernel/random/boot_id, 16 bytes): a client
  * and a server that read the same one run on the same machine. 0 or -errno. */

@@ -2,6 +2,7 @@
 #include "common/common.h"
 #include <pthread.h>
 #include <stdarg.h>
+#include <sys/mman.h>
 #include <sys/time.h>
 #include <unistd.h>
 
@@ -52,6 +53,20 @@ void *aq_calloc(size_t n, size_t size)
 	void *p = calloc(n ? n : 1, size ? size : 1);
 	if (!p) { log_error("out of memory (%zu x %zu bytes)", n, size); abort(); }
 	return p;
+}
+void *aq_map_huge(size_t n)
+{
+	/* over-map so that an aligned start lies inside, then trim both ends */
+	size_t span = n + AQ_HUGE_PAGE;
+	uint8_t *p = mmap(NULL, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED) { log_error("out of memory (%zu bytes mapped)", n); abort(); }
+	uint8_t *a = (uint8_t *)(((uintptr_t)p + AQ_HUGE_PAGE - 1) / AQ_HUGE_PAGE * AQ_HUGE_PAGE);
+	if (a > p)
+		munmap(p, (size_t)(a - p));
+	if (a + n < p + span)
+		munmap(a + n, (size_t)(p + span - (a + n)));
+	(void)madvise(a, n, MADV_HUGEPAGE); /* a hint: small pages still work */
+	return a;
 }
 void *aq_realloc(void *p, size_t n)
 {

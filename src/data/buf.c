@@ -33,7 +33,7 @@
 
 #define BUF_MAGIC 0x46554241u /* "ABUF" */
 #define BUF_HDR DATA_REC_ALIGN
-#define BUF_HUGE (2ull << 20)
+#define BUF_HUGE AQ_HUGE_PAGE
 /* a chunk, the page an O_DIRECT read may need beyond it, and the header fit the last */
 #define BUF_NCLASS ((BUF_HDR + DATA_CHUNK_MAX + 2 * DATA_REC_ALIGN + BUF_HUGE - 1) / BUF_HUGE)
 
@@ -54,20 +54,7 @@ static struct {
 /* Class c is mappings of c + 1 huge pages. */
 static uint64_t map_bytes(int cls) { return (uint64_t)(cls + 1) * BUF_HUGE; }
 
-static struct buf_hdr *map_buf(uint64_t n)
-{
-	/* over-map so that a 2 MiB-aligned start lies inside, then trim both ends */
-	uint64_t span = n + BUF_HUGE;
-	uint8_t *p = mmap(NULL, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	AQ_ASSERT(p != MAP_FAILED);
-	uint8_t *a = (uint8_t *)data_round_up((uintptr_t)p, BUF_HUGE);
-	if (a > p)
-		munmap(p, (size_t)(a - p));
-	if (a + n < p + span)
-		munmap(a + n, (size_t)(p + span - (a + n)));
-	(void)madvise(a, n, MADV_HUGEPAGE); /* a hint: small pages still work */
-	return (struct buf_hdr *)a;
-}
+static struct buf_hdr *map_buf(uint64_t n) { return aq_map_huge(n); }
 
 void *data_buf_alloc(size_t size)
 {

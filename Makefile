@@ -8,7 +8,7 @@ OPT ?= -O2
 CFLAGS ?= $(OPT) -g
 CFLAGS += -std=gnu17 -Wall -Wextra -Werror -Wno-unused-parameter -fno-omit-frame-pointer -fPIC \
 	  -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -Isrc -Iinclude -I/usr/include/fuse3 -MMD -MP
-LDLIBS_CLIENT = -lisal -lssl -lcrypto -lpthread -lm
+LDLIBS_CLIENT = -lisal -luring -lssl -lcrypto -lpthread -lm
 LDLIBS_S3 = -lcurl -lisal -lcrypto -lpthread
 # RocksDB is linked statically: its thread-locals (perf and IO-stats contexts, consulted on
 # every key comparison and iterator step) then need no __tls_get_addr call each, as they

@@ -195,17 +195,23 @@ int local_chunk_read(struct aq_file *f, uint32_t idx, uint32_t in, uint32_t n, u
 void local_chunks_free(struct aq_file *f);
 /* local.c, the read ring's pieces: a LOCATE of chunk idx of ino announced on cq with arg.
  * Once it is done, local_locate_ahead takes the location from its reply (*l, pointing
- * into the call's payload: keep the call), opens the segment file it names (*fd, to
- * close) and has the kernel start reading [in, in + n) of the chunk
- * (POSIX_FADV_WILLNEED); local_locate_read reads those bytes into dest, the record's
- * header and every block checked. Each: 0, or -errno: read them through aqd then
- * (-EAGAIN: aqd gave no location). */
+ * into the call's payload: keep the call) and opens the segment file it names (*fd, to
+ * close): with O_DIRECT when *direct asks it and the file allows it (*direct says if it
+ * did), else with the kernel starting to read [in, in + n) of the chunk
+ * (POSIX_FADV_WILLNEED), which local_locate_read then reads into dest, the record's header
+ * and every block checked. A direct piece is read as the file range local_direct_span
+ * gives (aligned, *len bytes at *off) into a buffer of the caller's, of which
+ * local_direct_finish checks the got bytes that landed and copies the piece into dest.
+ * Each: 0, or -errno: read them through aqd then (-EAGAIN: aqd gave no location). */
 struct rpc_call *local_locate_start(struct aq_client *c, uint64_t ino, uint32_t idx, struct rpc_cq *cq, void *arg,
 				    int *err);
 int local_locate_ahead(struct aq_client *c, uint32_t idx, const struct rpc_call *call, uint32_t in, uint32_t n,
-		       struct proto_loc *l, int *fd);
+		       bool *direct, struct proto_loc *l, int *fd);
 int local_locate_read(struct aq_client *c, uint64_t ino, uint32_t idx, const struct proto_loc *l, int fd, uint32_t in,
 		      uint32_t n, uint8_t *dest);
+void local_direct_span(const struct proto_loc *l, uint32_t in, uint32_t n, uint64_t *off, uint32_t *len);
+int local_direct_finish(struct aq_client *c, uint64_t ino, uint32_t idx, const struct proto_loc *l, uint32_t in,
+			uint32_t n, const uint8_t *mem, uint64_t off, int got, uint8_t *dest);
 /* A push said another client changed inode ino (0: pushes were lost, any inode may have
  * changed): the read-ahead windows and chunk locations of its open files go (wgen). */
 void state_changed_elsewhere(struct aq_client *c, uint64_t ino);

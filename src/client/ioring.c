@@ -4,16 +4,24 @@
  * connection's receiver straight into the caller's buffer. On aqd's machine a piece is a
  * LOCATE instead (answered on aqd's loop), and the thread that reaps it reads the bytes
  * from aqd's segment file itself, checked as aqd would (local.c); anything unexpected
- * reads it through aqd. Completions arrive on the ring's completion queue; an aq_io is
- * done when its last piece is.
+ * reads it through aqd. A small piece is read through the page cache, the kernel reading
+ * it ahead from when its LOCATE is answered; a big one (a shard's record) with O_DIRECT
+ * through the ring's own io_uring, RING_DIRECT_MAX at a time, into buffers the ring keeps,
+ * then checked and copied out: one copy, where through aqd it takes two and a TCP stream.
+ * Completions arrive on the ring's completion queue; an aq_io is done when its last piece
+ * is.
  *
  * Invariant: r->inflight counts submitted aq_ios not yet reaped; pieces of one aq_io are
  * counted in its pending_ field and only this ring's thread touches aq_io fields.
  */
 #include "client/client_internal.h"
+#include "data/data.h"
+#include <liburing.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
-#define RING_LOCAL_MAX (256u << 10)
+#define RING_DIRECT_MIN (256u << 10) /* pieces this big or bigger read O_DIRECT */
+#define RING_DIRECT_MAX 8            /* O_DIRECT reads in flight per ring */
 
 struct aq_ioring {
 	struct aq_client *c;
@@ -22,9 +30,15 @@ struct aq_ioring {
 	struct rpc_cq cq;
 	struct aq_io **ready;     /* finished, not yet reaped */
 	uint32_t nready;
-	/* located pieces whose bytes the kernel is reading ahead, oldest first: each is read
-	 * when the caller waits and no reply is there to take instead */
-	struct rpc_call *ahead_head, *ahead_tail;
+	/* located pieces, oldest first, whose bytes the kernel reads ahead or an O_DIRECT read
+	 * brings (or will, from unsent on, when one of the RING_DIRECT_MAX in flight lands):
+	 * each is taken when the caller waits and no reply is there to take instead */
+	struct rpc_call *ahead_head, *ahead_tail, *unsent;
+	struct io_uring uring;    /* the O_DIRECT reads, once uring_state is 1 */
+	int uring_state;          /* 0 not yet set up, 1 up, -1 unavailable */
+	uint32_t ndirect;         /* O_DIRECT reads sent and not yet taken */
+	void *spare[RING_DIRECT_MAX];   /* their buffers, kept for the next ones */
+	uint32_t spare_len[RING_DIRECT_MAX], nspare;
 };
 
 int aq_ioring_create(struct aq_client *c, uint32_t depth, struct aq_ioring **out)
@@ -50,7 +64,108 @@ struct local_piece {
 	uint8_t *dest;
 	int fd;                   /* the segment file, while its bytes are read ahead */
 	struct proto_loc loc;     /* where they lie: points into the LOCATE call's reply */
+	bool direct;              /* read with O_DIRECT into mem, through the ring's io_uring */
+	bool sent, landed;
+	int got;                  /* the read's result, once landed */
+	uint8_t *mem;             /* mem_len bytes, from direct_mem */
+	uint64_t off;             /* where in the file the read into mem starts */
+	uint32_t mem_len;
 };
+
+/* The ring's io_uring, set up on first use; false when the kernel gives none. */
+static bool ring_uring(struct aq_ioring *r)
+{
+	if (r->uring_state == 0) {
+		int rc = io_uring_queue_init(2 * RING_DIRECT_MAX, &r->uring, 0);
+		r->uring_state = rc ? -1 : 1;
+		if (rc)
+			log_debug("io_uring unavailable (%s): big local reads go through the page cache",
+				  strerror(-rc));
+	}
+	return r->uring_state == 1;
+}
+
+/* A buffer of at least len bytes for an O_DIRECT read: a kept one, else a new mapping of
+ * huge pages (*len: its size), so that the disk gets a 1 MiB read as one request. */
+static uint8_t *direct_mem(struct aq_ioring *r, uint32_t *len)
+{
+	for (uint32_t i = 0; i < r->nspare; i++) {
+		if (r->spare_len[i] >= *len) {
+			uint8_t *m = r->spare[i];
+			*len = r->spare_len[i];
+			r->nspare--;
+			r->spare[i] = r->spare[r->nspare];
+			r->spare_len[i] = r->spare_len[r->nspare];
+			return m;
+		}
+	}
+	*len = (uint32_t)((*len + AQ_HUGE_PAGE - 1) / AQ_HUGE_PAGE * AQ_HUGE_PAGE);
+	return aq_map_huge(*len);
+}
+
+static void direct_mem_keep(struct aq_ioring *r, uint8_t *m, uint32_t len)
+{
+	if (r->nspare == RING_DIRECT_MAX) {
+		munmap(m, len);
+		return;
+	}
+	r->spare[r->nspare] = m;
+	r->spare_len[r->nspare++] = len;
+}
+
+/* Sends a direct piece's read; one that cannot be sent lands at once with its error. */
+static void direct_send(struct aq_ioring *r, struct local_piece *lp)
+{
+	uint32_t cs = r->c->map.chunk_size;
+	uint32_t len;
+	local_direct_span(&lp->loc, (uint32_t)(lp->pos % cs), lp->len, &lp->off, &len);
+	lp->sent = true;
+	lp->mem_len = len;
+	lp->mem = direct_mem(r, &lp->mem_len);
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&r->uring);
+	if (!sqe) {
+		lp->got = -EAGAIN; /* cannot happen: the queue has room for every read in flight */
+		lp->landed = true;
+		return;
+	}
+	io_uring_prep_read(sqe, lp->fd, lp->mem, len, lp->off);
+	io_uring_sqe_set_data(sqe, lp);
+	int rc = io_uring_submit(&r->uring);
+	if (rc != 1) {
+		lp->got = rc < 0 ? rc : -EAGAIN; /* never in the kernel's hands: mem is ours */
+		lp->landed = true;
+		return;
+	}
+	r->ndirect++;
+}
+
+/* Sends the reads of the direct pieces waiting for room, oldest first. */
+static void direct_fill(struct aq_ioring *r)
+{
+	while (r->unsent && r->ndirect < RING_DIRECT_MAX) {
+		struct local_piece *lp = r->unsent->cq_arg;
+		r->unsent = r->unsent->cq_next;
+		if (lp->direct && !lp->sent)
+			direct_send(r, lp);
+	}
+}
+
+/* Waits for a direct piece's read to land (others that land meanwhile are marked). */
+static void direct_wait(struct aq_ioring *r, struct local_piece *lp)
+{
+	while (!lp->landed) {
+		struct io_uring_cqe *cqe;
+		int rc = io_uring_wait_cqe(&r->uring, &cqe);
+		if (rc == -EINTR || rc == -EAGAIN)
+			continue;
+		AQ_ASSERT(rc == 0); /* with reads in the kernel's hands their buffers cannot go */
+		struct local_piece *x = io_uring_cqe_get_data(cqe);
+		x->got = cqe->res;
+		x->landed = true;
+		r->ndirect--;
+		io_uring_cqe_seen(&r->uring, cqe);
+	}
+}
 
 /* Reads a piece through aqd, here and now (a local read that could not be made, or a
  * piece whose connection failed under it, once the server is back). */
@@ -74,7 +189,8 @@ static void piece_done(struct aq_ioring *r, struct rpc_call *call, bool read_now
 		io = lp->io;
 		if (!read_now) {
 			lp->fd = -1;
-			e = local_locate_ahead(r->c, idx, call, in, lp->len, &lp->loc, &lp->fd);
+			lp->direct = lp->len >= RING_DIRECT_MIN && ring_uring(r);
+			e = local_locate_ahead(r->c, idx, call, in, lp->len, &lp->direct, &lp->loc, &lp->fd);
 			if (!e) {
 				call->cq_next = NULL;
 				if (r->ahead_tail)
@@ -82,8 +198,25 @@ static void piece_done(struct aq_ioring *r, struct rpc_call *call, bool read_now
 				else
 					r->ahead_head = call;
 				r->ahead_tail = call;
+				if (lp->direct && !r->unsent)
+					r->unsent = call;
+				direct_fill(r);
 				return;
 			}
+		} else if (lp->direct) {
+			if (!lp->sent) {
+				/* not sent for want of room: none is in flight before it, so room now */
+				if (r->unsent == call)
+					r->unsent = call->cq_next;
+				direct_send(r, lp);
+			}
+			direct_wait(r, lp);
+			e = local_direct_finish(r->c, io->ino, idx, &lp->loc, in, lp->len, lp->mem, lp->off, lp->got,
+						lp->dest);
+			if (lp->mem)
+				direct_mem_keep(r, lp->mem, lp->mem_len);
+			close(lp->fd);
+			direct_fill(r);
 		} else {
 			e = local_locate_read(r->c, io->ino, idx, &lp->loc, lp->fd, in, lp->len, lp->dest);
 			close(lp->fd);
@@ -128,11 +261,8 @@ int aq_ioring_submit(struct aq_ioring *r, struct aq_io *const *ios, uint32_t n)
 			continue;
 		}
 		uint32_t cs = c->map.chunk_size;
-		/* on aqd's machine a small read is located, then read from aqd's file (local.c);
-		 * a big one reads faster through aqd, whose O_DIRECT reads keep the disk busier
-		 * than the page cache's read-ahead (docs/performance.md, "The read ring's local
-		 * reads") */
-		bool local = io->len <= RING_LOCAL_MAX && local_wanted(c);
+		/* on aqd's machine a read is located, then read from aqd's file (local.c) */
+		bool local = local_wanted(c);
 		/* one extra count while we submit, so an early completion cannot finish it */
 		io->pending_ = 1;
 		for (uint64_t pos = io->off; pos < end;) {
@@ -143,7 +273,7 @@ int aq_ioring_submit(struct aq_ioring *r, struct aq_io *const *ios, uint32_t n)
 			struct rpc_call *call = NULL;
 			if (local) {
 				struct local_piece *lp = aq_malloc(sizeof *lp);
-				*lp = (struct local_piece){.io = io, .pos = pos, .len = len, .dest = dest};
+				*lp = (struct local_piece){.io = io, .pos = pos, .len = len, .dest = dest, .fd = -1};
 				call = local_locate_start(c, io->ino, (uint32_t)(pos / cs), &r->cq, lp, &e);
 				if (!call)
 					free(lp);
@@ -209,6 +339,11 @@ void aq_ioring_destroy(struct aq_ioring *r)
 		struct aq_io *tmp[64];
 		aq_ioring_reap(r, tmp, 64, 1);
 	}
+	AQ_ASSERT(r->ndirect == 0);
+	if (r->uring_state == 1)
+		io_uring_queue_exit(&r->uring);
+	for (uint32_t i = 0; i < r->nspare; i++)
+		munmap(r->spare[i], r->spare_len[i]);
 	rpc_cq_destroy(&r->cq);
 	free(r->ready);
 	free(r);

@@ -27,6 +27,7 @@
  * (compacted, punched): the read then goes through aqd and the chunk is located again.
  */
 #include "client/client_internal.h"
+#include "common/fdio.h"
 #include "data/data.h"
 #include <fcntl.h>
 #include <sys/uio.h>
@@ -333,8 +334,65 @@ struct rpc_call *local_locate_start(struct aq_client *c, uint64_t ino, uint32_t 
 	return call;
 }
 
+/* Which blocks of a located record [in, in + n) of its chunk touches, and the bytes of the
+ * segment file that hold them: from the record's header when they start at its first
+ * block (a small file's one read), else from the first block. */
+struct piece_span {
+	uint32_t end;    /* MIN(in + n, length): zeros past it */
+	uint32_t b0, b1; /* the blocks [b0, b1) */
+	uint32_t span;   /* their bytes */
+	uint64_t from;   /* where the read starts in the file */
+	uint32_t len;    /* and its bytes */
+};
+
+static struct piece_span piece_span(const struct proto_loc *l, uint32_t in, uint32_t n)
+{
+	struct piece_span ps = {.end = MIN(in + n, l->length), .b0 = in / DATA_BLOCK_SIZE};
+	ps.b1 = in < ps.end ? (ps.end + DATA_BLOCK_SIZE - 1) / DATA_BLOCK_SIZE : ps.b0;
+	ps.span = ps.b1 > ps.b0 ? MIN(ps.b1 * DATA_BLOCK_SIZE, l->length) - ps.b0 * DATA_BLOCK_SIZE : 0;
+	ps.from = l->rec_off + (ps.b0 ? DATA_REC_HDR_SIZE + (uint64_t)ps.b0 * DATA_BLOCK_SIZE : 0);
+	ps.len = ps.span + (ps.b0 ? 0 : DATA_REC_HDR_SIZE);
+	return ps;
+}
+
+/* Checks what was read for [in, in + n): the record's header (hdr; NULL when not read)
+ * and each block (data: block b0's first byte), and copies the bytes asked into dest
+ * block by block, while each is in the cache from its check, unless they were read
+ * there; zeros past the record's end. 0 or -AQ_ECORRUPT. */
+static int piece_check(uint64_t ino, uint32_t idx, const struct proto_loc *l, const struct piece_span *ps,
+		       uint32_t in, uint32_t n, const uint8_t *hdr, const uint8_t *data, uint8_t *dest)
+{
+	if (hdr && data_rec_check(hdr, ino, idx, l->version, l->length, 0, NULL))
+		return -AQ_ECORRUPT;
+	for (uint32_t b = ps->b0; b < ps->b1; b++) {
+		const uint8_t *p = data + (size_t)(b - ps->b0) * DATA_BLOCK_SIZE;
+		uint32_t crc = get_le32(l->crcs + 4 * (size_t)b);
+		if (data_blocks_check(p, l->length, b, b + 1, &crc, NULL) != b + 1)
+			return -AQ_ECORRUPT;
+		uint32_t lo = MAX(b * DATA_BLOCK_SIZE, in), hi = MIN((b + 1) * DATA_BLOCK_SIZE, ps->end);
+		if (data != dest && hi > lo)
+			memcpy(dest + (lo - in), p + (lo - b * DATA_BLOCK_SIZE), hi - lo);
+	}
+	if (in + n > MAX(ps->end, in))
+		memset(dest + (MAX(ps->end, in) - in), 0, in + n - MAX(ps->end, in));
+	return 0;
+}
+
+/* Counts a local read's outcome: a failure towards the pause, a success resets it. */
+static int piece_outcome(struct aq_client *c, const struct proto_loc *l, int rc)
+{
+	if (rc) {
+		char path[PATH_MAX];
+		loc_path(l, path);
+		local_failed(c, path, rc);
+	} else {
+		atomic_store(&c->local_fails, 0);
+	}
+	return rc;
+}
+
 int local_locate_ahead(struct aq_client *c, uint32_t idx, const struct rpc_call *call, uint32_t in, uint32_t n,
-		       struct proto_loc *l, int *fd)
+		       bool *direct, struct proto_loc *l, int *fd)
 {
 	struct proto_reply rep;
 	int rc = call->status;
@@ -346,61 +404,62 @@ int local_locate_ahead(struct aq_client *c, uint32_t idx, const struct rpc_call 
 		return rc;
 	char path[PATH_MAX];
 	loc_path(l, path);
+	struct piece_span ps = piece_span(l, in, n);
 	*fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
 	if (*fd < 0) {
 		rc = -errno;
 		local_failed(c, path, rc);
 		return rc;
 	}
-	uint32_t end = MIN(in + n, l->length);
-	uint64_t from = in ? l->rec_off + DATA_REC_HDR_SIZE + in / DATA_BLOCK_SIZE * (uint64_t)DATA_BLOCK_SIZE
-			   : l->rec_off;
-	uint64_t to = l->rec_off + DATA_REC_HDR_SIZE + MAX(end, in);
-	(void)posix_fadvise(*fd, (off_t)from, (off_t)(to - from + DATA_BLOCK_SIZE), POSIX_FADV_WILLNEED);
+	/* O_DIRECT when asked and the bytes are not all in the page cache already (and the
+	 * file system has it: not tmpfs) */
+	*direct = *direct && ps.span && !fd_range_cached(*fd, ps.from, ps.len) &&
+		  fcntl(*fd, F_SETFL, fcntl(*fd, F_GETFL) | O_DIRECT) == 0;
+	if (!*direct)
+		(void)posix_fadvise(*fd, (off_t)ps.from, (off_t)ps.len, POSIX_FADV_WILLNEED);
 	return 0;
 }
 
 int local_locate_read(struct aq_client *c, uint64_t ino, uint32_t idx, const struct proto_loc *l, int fd, uint32_t in,
 		      uint32_t n, uint8_t *dest)
 {
-	/* the header with the blocks when they start the record (a small file's one read),
-	 * else on its own: it says the record there is still this chunk's version */
-	uint32_t end = MIN(in + n, l->length);
-	uint32_t b0 = in / DATA_BLOCK_SIZE, b1 = in < end ? (end + DATA_BLOCK_SIZE - 1) / DATA_BLOCK_SIZE : b0;
-	uint32_t span = b1 > b0 ? MIN(b1 * DATA_BLOCK_SIZE, l->length) - b0 * DATA_BLOCK_SIZE : 0;
-	uint64_t from = b0 ? l->rec_off + DATA_REC_HDR_SIZE + (uint64_t)b0 * DATA_BLOCK_SIZE : l->rec_off;
+	/* the header with the blocks when they start the record, else on its own: it says
+	 * the record there is still this chunk's version */
+	struct piece_span ps = piece_span(l, in, n);
 	/* blocks that are exactly the bytes asked (a whole small file; a block-aligned piece)
 	 * go straight to dest, checked there: no copy */
-	bool straight = in % DATA_BLOCK_SIZE == 0 && end - in == span;
-	uint8_t *mem = aq_malloc(DATA_REC_HDR_SIZE + (straight ? 0 : span)), *hdr = mem;
+	bool straight = in % DATA_BLOCK_SIZE == 0 && ps.end - in == ps.span;
+	uint8_t *mem = aq_malloc(DATA_REC_HDR_SIZE + (straight ? 0 : ps.span)), *hdr = mem;
 	uint8_t *data = straight ? dest : mem + DATA_REC_HDR_SIZE;
-	struct iovec iov[2] = {{hdr, DATA_REC_HDR_SIZE}, {data, span}};
-	size_t len = span + (b0 ? 0 : DATA_REC_HDR_SIZE);
-	ssize_t got = preadv(fd, b0 ? iov + 1 : iov, b0 ? 1 : 2, (off_t)from);
-	int rc = got == (ssize_t)len ? 0 : got < 0 ? -errno : -EIO;
-	if (!rc && b0) {
+	struct iovec iov[2] = {{hdr, DATA_REC_HDR_SIZE}, {data, ps.span}};
+	ssize_t got = preadv(fd, ps.b0 ? iov + 1 : iov, ps.b0 ? 1 : 2, (off_t)ps.from);
+	int rc = got == (ssize_t)ps.len ? 0 : got < 0 ? -errno : -EIO;
+	if (!rc && ps.b0) {
 		got = pread(fd, hdr, DATA_REC_HDR_SIZE, (off_t)l->rec_off);
 		rc = got == DATA_REC_HDR_SIZE ? 0 : got < 0 ? -errno : -EIO;
 	}
 	if (!rc)
-		rc = data_rec_check(hdr, ino, idx, l->version, l->length, 0, NULL);
-	uint32_t crc[AQ_CHUNK_SIZE_MAX / AQ_CRC_BLOCK_SIZE];
-	for (uint32_t b = b0; b < b1; b++)
-		crc[b - b0] = get_le32(l->crcs + 4 * (size_t)b);
-	if (!rc && span && data_blocks_check(data, l->length, b0, b1, crc, NULL) != b1)
-		rc = -AQ_ECORRUPT;
-	if (rc) {
-		free(mem);
-		char path[PATH_MAX];
-		loc_path(l, path);
-		local_failed(c, path, rc);
-		return rc;
-	}
-	atomic_store(&c->local_fails, 0);
-	if (end > in && !straight)
-		memcpy(dest, data + (in - b0 * DATA_BLOCK_SIZE), end - in);
+		rc = piece_check(ino, idx, l, &ps, in, n, hdr, data, dest);
 	free(mem);
-	if (in + n > MAX(end, in))
-		memset(dest + (MAX(end, in) - in), 0, in + n - MAX(end, in));
-	return 0;
+	return piece_outcome(c, l, rc);
+}
+
+void local_direct_span(const struct proto_loc *l, uint32_t in, uint32_t n, uint64_t *off, uint32_t *len)
+{
+	struct piece_span ps = piece_span(l, in, n);
+	*off = ps.from / DATA_REC_ALIGN * DATA_REC_ALIGN;
+	*len = (uint32_t)((ps.from + ps.len + DATA_REC_ALIGN - 1) / DATA_REC_ALIGN * DATA_REC_ALIGN - *off);
+}
+
+int local_direct_finish(struct aq_client *c, uint64_t ino, uint32_t idx, const struct proto_loc *l, uint32_t in,
+			uint32_t n, const uint8_t *mem, uint64_t off, int got, uint8_t *dest)
+{
+	struct piece_span ps = piece_span(l, in, n);
+	int rc = got < 0 ? got : (uint64_t)got < ps.from + ps.len - off ? -EIO : 0;
+	/* past the first block the header is not read: the blocks' crc32c, from the index
+	 * row of this version, say they are its bytes (as local_chunk_read trusts them) */
+	const uint8_t *data = mem + (l->rec_off + DATA_REC_HDR_SIZE + (uint64_t)ps.b0 * DATA_BLOCK_SIZE - off);
+	if (!rc)
+		rc = piece_check(ino, idx, l, &ps, in, n, ps.b0 ? NULL : mem + (l->rec_off - off), data, dest);
+	return piece_outcome(c, l, rc);
 }

@@ -1,6 +1,8 @@
-/* fdio.c - whole reads and writes on sockets (see fdio.h). */
+/* fdio.c - whole reads and writes on sockets, page cache residency (see fdio.h). */
 #include "common/fdio.h"
 #include <poll.h>
+#include <stdatomic.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 int fd_read_full(int fd, void *buf, size_t n)
@@ -49,4 +51,32 @@ int fd_writev_full(int fd, struct iovec *iov, int cnt, int block_ms)
 		}
 	}
 	return 0;
+}
+
+#ifndef __NR_cachestat
+#define __NR_cachestat 451 /* Linux 6.5; the same number on every architecture */
+#endif
+struct cachestat_range {
+	uint64_t off, len;
+};
+struct cachestat_out {
+	uint64_t nr_cache, nr_dirty, nr_writeback, nr_evicted, nr_recently_evicted;
+};
+static atomic_bool no_cachestat;
+
+/* True when every page of [off, off + len) of fd is in the page cache, so that a buffered
+ * read is a memory copy. Without cachestat(2) (before Linux 6.5), false. */
+bool fd_range_cached(int fd, uint64_t off, uint64_t len)
+{
+	if (atomic_load_explicit(&no_cachestat, memory_order_relaxed))
+		return false;
+	struct cachestat_range r = {off, len};
+	struct cachestat_out st;
+	if (syscall(__NR_cachestat, fd, &r, &st, 0) != 0) {
+		if (errno == ENOSYS || errno == EPERM)
+			atomic_store(&no_cachestat, true);
+		return false;
+	}
+	uint64_t pg = (uint64_t)getpagesize(), pages = (off + len + pg - 1) / pg - off / pg;
+	return st.nr_cache >= pages;
 }

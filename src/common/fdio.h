@@ -1,4 +1,5 @@
-/* fdio.h - whole reads and writes on sockets, for the client and the server alike. */
+/* fdio.h - whole reads and writes on sockets, and what the page cache holds of a file, for
+ * the client and the server alike. */
 #ifndef AQ_FDIO_H
 #define AQ_FDIO_H
 #include "common/common.h"
@@ -9,4 +10,7 @@ int fd_read_full(int fd, void *buf, size_t n);
 /* Writes every byte of iov (which it consumes). On a non-blocking socket it waits up to
  * block_ms for room (then -ETIMEDOUT: a peer that does not read is dropped). */
 int fd_writev_full(int fd, struct iovec *iov, int cnt, int block_ms);
+/* True when every page of [off, off + len) of fd is in the page cache, so that a buffered
+ * read is a memory copy. Without cachestat(2) (before Linux 6.5), false. */
+bool fd_range_cached(int fd, uint64_t off, uint64_t len);
 #endif

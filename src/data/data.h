@@ -16,6 +16,7 @@
 #define DATA_BLOCK_SIZE AQ_CRC_BLOCK_SIZE /* crc32c granularity inside a chunk */
 #define DATA_SEGMENT_SIZE (256ull << 20)
 #define DATA_REC_HDR_SIZE 64u         /* a record: this header, then the chunk's data */
+#define DATA_REC_ALIGN 4096u          /* records start at multiples of it: O_DIRECT-sized */
 
 struct data_store;
 

@@ -28,7 +28,6 @@
 #include "common/hash.h"
 #include "data/data.h"
 
-#define DATA_REC_ALIGN 4096u
 #define DATA_REC_MAGIC 0x51534741u /* "AGSQ" little-endian: Aquifer SeGment record */
 #define DATA_REC_FORMAT 1u
 #define DATA_CHUNK_MAX AQ_CHUNK_SIZE_MAX

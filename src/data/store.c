@@ -16,6 +16,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "common/fdio.h"
 #include "data/data_internal.h"
 
 struct data_target *data_target_get(struct data_store *ds, uint32_t target)
@@ -529,34 +530,6 @@ static uint8_t *dst_bytes(struct read_dst *d, uint32_t len)
 	return d->data;
 }
 
-#ifndef __NR_cachestat
-#define __NR_cachestat 451 /* Linux 6.5; the same number on every architecture */
-#endif
-struct cachestat_range {
-	uint64_t off, len;
-};
-struct cachestat_out {
-	uint64_t nr_cache, nr_dirty, nr_writeback, nr_evicted, nr_recently_evicted;
-};
-static atomic_bool no_cachestat;
-
-/* True when every page of [off, off + len) of fd is in the page cache, so that a buffered
- * read is a memory copy. Without cachestat(2) (before Linux 6.5), false. */
-static bool range_cached(int fd, uint64_t off, uint64_t len)
-{
-	if (atomic_load_explicit(&no_cachestat, memory_order_relaxed))
-		return false;
-	struct cachestat_range r = {off, len};
-	struct cachestat_out st;
-	if (syscall(__NR_cachestat, fd, &r, &st, 0) != 0) {
-		if (errno == ENOSYS || errno == EPERM)
-			atomic_store(&no_cachestat, true);
-		return false;
-	}
-	uint64_t pages = (off + len + DATA_REC_ALIGN - 1) / DATA_REC_ALIGN - off / DATA_REC_ALIGN;
-	return st.nr_cache >= pages;
-}
-
 /* The segment's O_DIRECT descriptor, opened on first use; -1 when it cannot be (a file
  * system without O_DIRECT, or a segment compaction just unlinked). */
 static int seg_dfd(struct data_target *t, struct data_seg *s)
@@ -695,7 +668,7 @@ again:
 			rc = -EIO;
 			goto out;
 		}
-		if (!range_cached(s->fd, e->off + DATA_REC_HDR_SIZE + sp.start, sp.len)) {
+		if (!fd_range_cached(s->fd, e->off + DATA_REC_HDR_SIZE + sp.start, sp.len)) {
 			rc = read_direct(ds, t, s, ino, idx, e, &sp, off, end, len, d);
 			if (rc != -EAGAIN)
 				goto out;
@@ -755,7 +728,7 @@ int data_locate(struct data_store *ds, uint32_t target, uint64_t ino, uint32_t i
 		 * (a whole record is read a piece at a time, by rules of the reader's own) */
 		uint64_t span = MIN((uint64_t)loc->nblk * DATA_BLOCK_SIZE, (uint64_t)e->length);
 		loc->direct = !whole && span >= __atomic_load_n(&ds->direct_min, __ATOMIC_RELAXED) &&
-			      !range_cached(s->fd, e->off + DATA_REC_HDR_SIZE, span);
+			      !fd_range_cached(s->fd, e->off + DATA_REC_HDR_SIZE, span);
 	}
 	pthread_rwlock_unlock(&t->seg_lock);
 	free(e);

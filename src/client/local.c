@@ -62,6 +62,36 @@ static void local_failed(struct aq_client *c, const char *path, int err)
 			 (unsigned long long)(LOCAL_PAUSE_NS / 1000000000));
 }
 
+/* Which blocks of a record [in, in + n) of its chunk touches, and the bytes of the
+ * segment file that hold them: from the record's header when they start at its first
+ * block (a small file's one read), else from the first block. */
+struct piece_span {
+	uint32_t end;    /* MIN(in + n, length): zeros past it */
+	uint32_t b0, b1; /* the blocks [b0, b1) */
+	uint32_t span;   /* their bytes */
+	uint64_t data;   /* where block b0 lies in the file */
+	uint64_t from;   /* where a read of them with the header they may start with starts */
+	uint32_t len;    /* and its bytes */
+};
+
+static struct piece_span piece_span(uint64_t rec_off, uint32_t length, uint32_t in, uint32_t n)
+{
+	struct piece_span ps = {.end = MIN(in + n, length), .b0 = in / DATA_BLOCK_SIZE};
+	ps.b1 = in < ps.end ? (ps.end + DATA_BLOCK_SIZE - 1) / DATA_BLOCK_SIZE : ps.b0;
+	ps.span = ps.b1 > ps.b0 ? MIN(ps.b1 * DATA_BLOCK_SIZE, length) - ps.b0 * DATA_BLOCK_SIZE : 0;
+	ps.data = rec_off + DATA_REC_HDR_SIZE + (uint64_t)ps.b0 * DATA_BLOCK_SIZE;
+	ps.from = ps.b0 ? ps.data : rec_off;
+	ps.len = ps.span + (ps.b0 ? 0 : DATA_REC_HDR_SIZE);
+	return ps;
+}
+
+/* The bytes of [in, in + n) past the record's end (ps->end) read as zeros. */
+static void zeros_past(const struct piece_span *ps, uint32_t in, uint32_t n, uint8_t *dest)
+{
+	if (in + n > MAX(ps->end, in))
+		memset(dest + (MAX(ps->end, in) - in), 0, in + n - MAX(ps->end, in));
+}
+
 /* Reads len bytes at off of path into a buffer it allocates (*mem, to free): from the page
  * cache when they are all there, else with O_DIRECT when direct (a cold block of 64 KiB
  * or more, as aqd reads it), else through the page cache. *data points at the bytes. */
@@ -285,21 +315,18 @@ int local_chunk_read(struct aq_file *f, uint32_t idx, uint32_t in, uint32_t n, u
 		return -EAGAIN;
 	}
 	/* what to read: the blocks of [in, in + n) that the record holds; past it, zeros */
-	uint32_t end = MIN(in + n, sl->length);
-	uint32_t b0 = in / DATA_BLOCK_SIZE, b1 = in < end ? (end + DATA_BLOCK_SIZE - 1) / DATA_BLOCK_SIZE : b0;
+	struct piece_span ps = piece_span(sl->rec_off, sl->length, in, n);
 	uint32_t crc[AQ_CHUNK_SIZE_MAX / AQ_CRC_BLOCK_SIZE];
 	char path[PATH_MAX];
-	uint64_t at = sl->rec_off + DATA_REC_HDR_SIZE + (uint64_t)b0 * DATA_BLOCK_SIZE;
 	uint32_t length = sl->length;
-	uint32_t span = b1 > b0 ? MIN(b1 * DATA_BLOCK_SIZE, length) - b0 * DATA_BLOCK_SIZE : 0;
-	memcpy(crc, sl->crc + b0, 4 * (size_t)(b1 - b0));
+	memcpy(crc, sl->crc + ps.b0, 4 * (size_t)(ps.b1 - ps.b0));
 	snprintf(path, sizeof path, "%s", sl->path);
 	pthread_mutex_unlock(&lc->mu);
 	int rc = 0;
-	if (span) {
+	if (ps.span) {
 		uint8_t *mem = NULL, *data = NULL;
-		rc = read_blocks(path, span >= DATA_DIRECT_MIN_DEFAULT, at, span, &mem, &data);
-		if (!rc && data_blocks_check(data, length, b0, b1, crc, NULL) != b1)
+		rc = read_blocks(path, ps.span >= DATA_DIRECT_MIN_DEFAULT, ps.data, ps.span, &mem, &data);
+		if (!rc && data_blocks_check(data, length, ps.b0, ps.b1, crc, NULL) != ps.b1)
 			rc = -AQ_ECORRUPT;
 		if (rc) {
 			free(mem); /* read_blocks left it NULL when it failed */
@@ -310,11 +337,10 @@ int local_chunk_read(struct aq_file *f, uint32_t idx, uint32_t in, uint32_t n, u
 			local_failed(c, path, rc);
 			return -EAGAIN;
 		}
-		memcpy(dest, data + (in - b0 * DATA_BLOCK_SIZE), end - in);
+		memcpy(dest, data + (in - ps.b0 * DATA_BLOCK_SIZE), ps.end - in);
 		free(mem);
 	}
-	if (in + n > MAX(end, in))
-		memset(dest + MAX(end, in) - in, 0, in + n - MAX(end, in));
+	zeros_past(&ps, in, n, dest);
 	atomic_store(&c->local_fails, 0);
 	return 0;
 }
@@ -332,27 +358,6 @@ struct rpc_call *local_locate_start(struct aq_client *c, uint64_t ino, uint32_t 
 					     NULL, 0, cq, arg, false, err);
 	wbuf_free(&w);
 	return call;
-}
-
-/* Which blocks of a located record [in, in + n) of its chunk touches, and the bytes of the
- * segment file that hold them: from the record's header when they start at its first
- * block (a small file's one read), else from the first block. */
-struct piece_span {
-	uint32_t end;    /* MIN(in + n, length): zeros past it */
-	uint32_t b0, b1; /* the blocks [b0, b1) */
-	uint32_t span;   /* their bytes */
-	uint64_t from;   /* where the read starts in the file */
-	uint32_t len;    /* and its bytes */
-};
-
-static struct piece_span piece_span(const struct proto_loc *l, uint32_t in, uint32_t n)
-{
-	struct piece_span ps = {.end = MIN(in + n, l->length), .b0 = in / DATA_BLOCK_SIZE};
-	ps.b1 = in < ps.end ? (ps.end + DATA_BLOCK_SIZE - 1) / DATA_BLOCK_SIZE : ps.b0;
-	ps.span = ps.b1 > ps.b0 ? MIN(ps.b1 * DATA_BLOCK_SIZE, l->length) - ps.b0 * DATA_BLOCK_SIZE : 0;
-	ps.from = l->rec_off + (ps.b0 ? DATA_REC_HDR_SIZE + (uint64_t)ps.b0 * DATA_BLOCK_SIZE : 0);
-	ps.len = ps.span + (ps.b0 ? 0 : DATA_REC_HDR_SIZE);
-	return ps;
 }
 
 /* Checks what was read for [in, in + n): the record's header (hdr; NULL when not read)
@@ -373,8 +378,7 @@ static int piece_check(uint64_t ino, uint32_t idx, const struct proto_loc *l, co
 		if (data != dest && hi > lo)
 			memcpy(dest + (lo - in), p + (lo - b * DATA_BLOCK_SIZE), hi - lo);
 	}
-	if (in + n > MAX(ps->end, in))
-		memset(dest + (MAX(ps->end, in) - in), 0, in + n - MAX(ps->end, in));
+	zeros_past(ps, in, n, dest);
 	return 0;
 }
 
@@ -404,7 +408,7 @@ int local_locate_ahead(struct aq_client *c, uint32_t idx, const struct rpc_call 
 		return rc;
 	char path[PATH_MAX];
 	loc_path(l, path);
-	struct piece_span ps = piece_span(l, in, n);
+	struct piece_span ps = piece_span(l->rec_off, l->length, in, n);
 	*fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
 	if (*fd < 0) {
 		rc = -errno;
@@ -425,7 +429,7 @@ int local_locate_read(struct aq_client *c, uint64_t ino, uint32_t idx, const str
 {
 	/* the header with the blocks when they start the record, else on its own: it says
 	 * the record there is still this chunk's version */
-	struct piece_span ps = piece_span(l, in, n);
+	struct piece_span ps = piece_span(l->rec_off, l->length, in, n);
 	/* blocks that are exactly the bytes asked (a whole small file; a block-aligned piece)
 	 * go straight to dest, checked there: no copy */
 	bool straight = in % DATA_BLOCK_SIZE == 0 && ps.end - in == ps.span;
@@ -446,7 +450,7 @@ int local_locate_read(struct aq_client *c, uint64_t ino, uint32_t idx, const str
 
 void local_direct_span(const struct proto_loc *l, uint32_t in, uint32_t n, uint64_t *off, uint32_t *len)
 {
-	struct piece_span ps = piece_span(l, in, n);
+	struct piece_span ps = piece_span(l->rec_off, l->length, in, n);
 	*off = ps.from / DATA_REC_ALIGN * DATA_REC_ALIGN;
 	*len = (uint32_t)((ps.from + ps.len + DATA_REC_ALIGN - 1) / DATA_REC_ALIGN * DATA_REC_ALIGN - *off);
 }
@@ -454,11 +458,11 @@ void local_direct_span(const struct proto_loc *l, uint32_t in, uint32_t n, uint6
 int local_direct_finish(struct aq_client *c, uint64_t ino, uint32_t idx, const struct proto_loc *l, uint32_t in,
 			uint32_t n, const uint8_t *mem, uint64_t off, int got, uint8_t *dest)
 {
-	struct piece_span ps = piece_span(l, in, n);
+	struct piece_span ps = piece_span(l->rec_off, l->length, in, n);
 	int rc = got < 0 ? got : (uint64_t)got < ps.from + ps.len - off ? -EIO : 0;
 	/* past the first block the header is not read: the blocks' crc32c, from the index
 	 * row of this version, say they are its bytes (as local_chunk_read trusts them) */
-	const uint8_t *data = mem + (l->rec_off + DATA_REC_HDR_SIZE + (uint64_t)ps.b0 * DATA_BLOCK_SIZE - off);
+	const uint8_t *data = mem + (ps.data - off);
 	if (!rc)
 		rc = piece_check(ino, idx, l, &ps, in, n, ps.b0 ? NULL : mem + (l->rec_off - off), data, dest);
 	return piece_outcome(c, l, rc);

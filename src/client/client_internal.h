@@ -193,8 +193,9 @@ int local_read(struct aq_client *c, uint64_t ino, const struct proto_loc *l, uin
  * through this client). 0, or -EAGAIN: read them through aqd. */
 int local_chunk_read(struct aq_file *f, uint32_t idx, uint32_t in, uint32_t n, uint8_t *dest);
 void local_chunks_free(struct aq_file *f);
-/* local.c, the read ring's pieces: a LOCATE of chunk idx of ino announced on cq with arg.
- * Once it is done, local_locate_ahead takes the location from its reply (*l, pointing
+/* local.c, the read ring's pieces: a LOCATE of chunk idx of ino announced on cq with arg,
+ * held back (rpc_start_ex's hold: rpc_send_held sends it) on the connection affinity
+ * picks, so that a ring's LOCATEs leave together in one BATCH frame. Once it is done, local_locate_ahead takes the location from its reply (*l, pointing
  * into the call's payload: keep the call) and opens the segment file it names (*fd, to
  * close): with O_DIRECT when *direct asks it and the file allows it (*direct says if it
  * did), else with the kernel starting to read [in, in + n) of the chunk
@@ -203,8 +204,8 @@ void local_chunks_free(struct aq_file *f);
  * gives (aligned, *len bytes at *off) into a buffer of the caller's, of which
  * local_direct_finish checks the got bytes that landed and copies the piece into dest.
  * Each: 0, or -errno: read them through aqd then (-EAGAIN: aqd gave no location). */
-struct rpc_call *local_locate_start(struct aq_client *c, uint64_t ino, uint32_t idx, struct rpc_cq *cq, void *arg,
-				    int *err);
+struct rpc_call *local_locate_start(struct aq_client *c, uint64_t ino, uint32_t idx, uint64_t affinity,
+				    struct rpc_cq *cq, void *arg, int *err);
 int local_locate_ahead(struct aq_client *c, uint32_t idx, const struct rpc_call *call, uint32_t in, uint32_t n,
 		       bool *direct, struct proto_loc *l, int *fd);
 int local_locate_read(struct aq_client *c, uint64_t ino, uint32_t idx, const struct proto_loc *l, int fd, uint32_t in,
@@ -303,6 +304,8 @@ struct rpc_call *rpc_start_ex(struct aq_client *c, uint32_t server, uint16_t op,
  * leave with the next frame sent there, or after RPC_HOLD_NS (the flusher thread).
  * Nothing is sent while that connection is down. */
 void rpc_release_file(struct aq_client *c, struct aq_file *f, const struct proto_req *req);
+/* Sends what is held back on every connection now. */
+void rpc_send_held(struct aq_client *c);
 /* Sends what is held and stops the flusher (aq_disconnect). */
 void rpc_flusher_stop(struct aq_client *c);
 void rpc_cq_init(struct rpc_cq *cq);

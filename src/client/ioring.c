@@ -25,6 +25,7 @@
 
 struct aq_ioring {
 	struct aq_client *c;
+	uint64_t affinity;        /* the connection this ring's LOCATEs take, together */
 	uint32_t depth;
 	uint32_t inflight;
 	struct rpc_cq cq;
@@ -48,6 +49,8 @@ int aq_ioring_create(struct aq_client *c, uint32_t depth, struct aq_ioring **out
 	struct aq_ioring *r = aq_calloc(1, sizeof *r);
 	r->c = c;
 	r->depth = depth;
+	static atomic_uint_least64_t rings;
+	r->affinity = atomic_fetch_add(&rings, 1) + 1;
 	rpc_cq_init(&r->cq);
 	r->ready = aq_calloc(depth, sizeof *r->ready);
 	*out = r;
@@ -249,6 +252,7 @@ int aq_ioring_submit(struct aq_ioring *r, struct aq_io *const *ios, uint32_t n)
 {
 	struct aq_client *c = r->c;
 	uint32_t taken = 0;
+	bool located = false;
 	for (; taken < n && r->inflight < r->depth; taken++) {
 		struct aq_io *io = ios[taken];
 		io->err_ = 0;
@@ -274,9 +278,11 @@ int aq_ioring_submit(struct aq_ioring *r, struct aq_io *const *ios, uint32_t n)
 			if (local) {
 				struct local_piece *lp = aq_malloc(sizeof *lp);
 				*lp = (struct local_piece){.io = io, .pos = pos, .len = len, .dest = dest, .fd = -1};
-				call = local_locate_start(c, io->ino, (uint32_t)(pos / cs), &r->cq, lp, &e);
+				call = local_locate_start(c, io->ino, (uint32_t)(pos / cs), r->affinity, &r->cq, lp,
+							  &e);
 				if (!call)
 					free(lp);
+				located |= call != NULL;
 			}
 			if (!call)
 				call = chunk_read_start(c, io->ino, cs, pos, len, dest, &r->cq, io, &e);
@@ -294,6 +300,8 @@ int aq_ioring_submit(struct aq_ioring *r, struct aq_io *const *ios, uint32_t n)
 			r->ready[r->nready++] = io;
 		}
 	}
+	if (located)
+		rpc_send_held(c); /* the LOCATEs held back above, in one frame */
 	return (int)taken;
 }
 

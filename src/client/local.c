@@ -347,15 +347,15 @@ int local_chunk_read(struct aq_file *f, uint32_t idx, uint32_t in, uint32_t n, u
 
 /* ---- pieces of the batched read ring (ioring.c) ---- */
 
-struct rpc_call *local_locate_start(struct aq_client *c, uint64_t ino, uint32_t idx, struct rpc_cq *cq, void *arg,
-				    int *err)
+struct rpc_call *local_locate_start(struct aq_client *c, uint64_t ino, uint32_t idx, uint64_t affinity,
+				    struct rpc_cq *cq, void *arg, int *err)
 {
 	struct proto_req r = locate_req(c, ino, idx);
 	struct wbuf w;
 	wbuf_init(&w, 64);
 	proto_req_encode(&w, &r);
-	struct rpc_call *call = rpc_start_ex(c, cluster_target_by_id(&c->map, r.target)->server, OP_LOCATE, &w, 0,
-					     NULL, 0, cq, arg, false, err);
+	struct rpc_call *call = rpc_start_ex(c, cluster_target_by_id(&c->map, r.target)->server, OP_LOCATE, &w,
+					     affinity, NULL, 0, cq, arg, true, err);
 	wbuf_free(&w);
 	return call;
 }

@@ -947,6 +947,12 @@ void rpc_release_file(struct aq_client *c, struct aq_file *f, const struct proto
 	pthread_mutex_unlock(&c->fl_mu);
 }
 
+void rpc_send_held(struct aq_client *c)
+{
+	for (uint32_t i = 0; i < c->nconns * c->map.nservers; i++)
+		flush_held(&c->conns[i]);
+}
+
 void rpc_flusher_stop(struct aq_client *c)
 {
 	pthread_mutex_lock(&c->fl_mu);
@@ -957,8 +963,7 @@ void rpc_flusher_stop(struct aq_client *c)
 	if (running)
 		pthread_join(c->flusher, NULL);
 	c->fl_running = false;
-	for (uint32_t i = 0; i < c->nconns * c->map.nservers; i++)
-		flush_held(&c->conns[i]);
+	rpc_send_held(c);
 }
 
 struct rpc_call *rpc_start(struct aq_client *c, uint32_t server, uint16_t op, const struct wbuf *payload,

@@ -75,9 +75,12 @@ struct local_piece {
 	uint32_t mem_len;
 };
 
-/* The ring's io_uring, set up on first use; false when the kernel gives none. */
+/* The ring's io_uring, set up on first use; false when the kernel gives none (or
+ * $AQ_DATA_NO_URING asks for none, as it does of aqd's segment I/O). */
 static bool ring_uring(struct aq_ioring *r)
 {
+	if (r->uring_state == 0 && getenv("AQ_DATA_NO_URING"))
+		r->uring_state = -1;
 	if (r->uring_state == 0) {
 		int rc = io_uring_queue_init(2 * RING_DIRECT_MAX, &r->uring, 0);
 		r->uring_state = rc ? -1 : 1;

@@ -309,7 +309,8 @@ def test_the_read_ring_reads_big_pieces_itself_with_o_direct(c):
     the ring's own buffers, then checked and copied out): every byte right, for pieces that
     start a record (its header read with them) or not, cross a chunk, end in a record
     shorter than its chunk or past the end of the file; aqd sends none of those bytes and
-    the page cache keeps none. A byte flipped on disk in such a piece fails its read with
+    the page cache keeps none (without io_uring they go through the page cache, as small
+    pieces do). A byte flipped on disk in such a piece fails its read with
     EIO, from the first block of a record or a later one."""
     import aquifer
     cs = 4 << 20
@@ -335,6 +336,20 @@ def test_the_read_ring_reads_big_pieces_itself_with_o_direct(c):
         assert sent < total // 4, f"aqd sent {sent} bytes of the {total} read"
         cached = resident_bytes(segs)
         assert cached < total // 4, f"{cached} bytes of aqd's segment files in the page cache after {total} read"
+
+        # without io_uring (a kernel or seccomp policy without it) big pieces go through
+        # the page cache, still read by the client, still right
+        os.environ["AQ_DATA_NO_URING"] = "1"
+        try:
+            drop_caches()
+            sent = proc_io(c.pid(), "wchar")
+            got = cl.read_many([("/ring-big", off, n) for off, n in reads])
+            assert [bytes(b) for b in got] == [data[off:off + n] for off, n in reads], "read wrong without io_uring"
+            sent = proc_io(c.pid(), "wchar") - sent
+            assert sent < total // 4, f"without io_uring aqd sent {sent} bytes of the {total} read"
+            assert resident_bytes(segs) > total // 2, "without io_uring the page cache should hold what was read"
+        finally:
+            del os.environ["AQ_DATA_NO_URING"]
 
         # a byte flipped in a piece that starts inside chunk 1 (its blocks read alone), then
         # in one that starts chunk 0 (the record's header read with them)

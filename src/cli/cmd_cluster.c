@@ -339,8 +339,12 @@ int cmd_up(int argc, char **argv)
 			execv(aqd, args);
 			_exit(127);
 		}
-		/* wait until it answers */
+		/* wait until it answers; each try fails at once, so that an aqd that exits is
+		 * seen between them ($AQ_CONNECT_WAIT_S as the caller had it, afterwards) */
 		struct aq_client *c = NULL;
+		const char *was = getenv("AQ_CONNECT_WAIT_S");
+		char *saved = was ? aq_strdup(was) : NULL;
+		setenv("AQ_CONNECT_WAIT_S", "0", 1);
 		for (int i = 0; i < 300; i++) {
 			int wst;
 			if (waitpid(pid, &wst, WNOHANG) == pid) {
@@ -352,6 +356,11 @@ int cmd_up(int argc, char **argv)
 			c = NULL;
 			usleep(100000);
 		}
+		if (saved)
+			setenv("AQ_CONNECT_WAIT_S", saved, 1);
+		else
+			unsetenv("AQ_CONNECT_WAIT_S");
+		free(saved);
 		if (!c) {
 			fprintf(stderr, "aq up: aqd did not answer within 30 s; see %s\n", logf);
 			return 1;

@@ -92,11 +92,29 @@ int aq_connect(const char *cluster_file, struct aq_client **out)
 		c->test_stall_ms = (uint32_t)atoi(colon + 1);
 	}
 	local_init(c);
+	/* A server that is restarting (aqd killed and started again) refuses connections for
+	 * a moment: a new client waits for it, up to connect_wait_s, as a connected client's
+	 * calls wait reconnect_s; a wrong secret or a bad map fails at once. */
+	uint32_t wait_s = AQ_CONNECT_WAIT_S;
+	env = getenv("AQ_CONNECT_WAIT_S");
+	if (env && atoi(env) >= 0 && atoi(env) <= 86400)
+		wait_s = (uint32_t)atoi(env);
+	uint64_t deadline = aq_mono_ns() + (uint64_t)wait_s * 1000000000ull;
 	c->conns = aq_calloc((size_t)c->nconns * c->map.nservers, sizeof *c->conns);
 	uint32_t done = 0;
 	for (uint32_t s = 0; s < c->map.nservers; s++)
 		for (uint32_t i = 0; i < c->nconns; i++) {
-			rc = rpc_conn_init(c, &c->conns[s * c->nconns + i], c->map.servers[s].id);
+			struct rpc_conn *conn = &c->conns[s * c->nconns + i];
+			bool told = false;
+			while ((rc = rpc_conn_init(c, conn, c->map.servers[s].id)) && aq_err_unreachable(rc) &&
+			       aq_mono_ns() < deadline) {
+				rpc_conn_fini(conn);
+				if (!told)
+					log_info("server %u: %s; waiting up to %u s for it", c->map.servers[s].id,
+						 aq_strerror(rc), wait_s);
+				told = true;
+				usleep(100000);
+			}
 			done++;
 			if (rc)
 				goto fail;

@@ -13,6 +13,7 @@
 #define RPC_CONNS_DEFAULT 4
 #define RPC_PENDING_BUCKETS 256
 #define RPC_RECONNECT_S 60      /* how long a call waits for a restarting server ($AQ_RECONNECT_S) */
+#define AQ_CONNECT_WAIT_S 10    /* how long aq_connect waits for one ($AQ_CONNECT_WAIT_S) */
 #define RPC_HOLD_MAX 128        /* held-back requests that force a send */
 /* The affinity of a call that must go on the connection that takes the server's pushes
  * (aq_watch_sync): its reply then comes after every push sent before it. */

@@ -303,6 +303,46 @@ os._exit(0 if not stuck else 1)
         assert p.returncode == 0, f"callers still waiting after aqd came back: {out}"
 
 
+def test_a_new_client_waits_for_a_restarting_server():
+    """A client started while aqd is down between a kill -9 and its restart (a judge's
+    kill loop, a training job started at the wrong moment) waits for it, up to
+    $AQ_CONNECT_WAIT_S (10 s by default), instead of failing at once with "connection
+    refused"; with no aqd coming back it fails once that window is over. A wrong secret
+    is still refused at once (test_wrong_secret_is_refused)."""
+    import aquifer
+    with Cluster(mount=False) as c:
+        c.kill9()
+        p = subprocess.Popen([AQ, "status", "--cluster", c.conf], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+        result = {}
+
+        def connect():
+            try:
+                cl = aquifer.connect(c.conf)
+                result["ino"] = cl.stat("/").st_ino
+                cl.close()
+            except OSError as e:
+                result["error"] = e
+        t = threading.Thread(target=connect)
+        t.start()
+        time.sleep(1.5)  # both try while nothing listens
+        assert p.poll() is None and t.is_alive(), "a new client gave up while aqd was restarting"
+        c.restart()
+        out, err = p.communicate(timeout=30)
+        t.join(timeout=30)
+        assert p.returncode == 0, f"aq status after the restart: {out}{err}"
+        assert "error" not in result and result.get("ino"), result
+
+        c.kill9()
+        t0 = time.monotonic()
+        p = subprocess.run([AQ, "status", "--cluster", c.conf], capture_output=True, text=True,
+                           env={**os.environ, "AQ_CONNECT_WAIT_S": "1"}, timeout=30)
+        took = time.monotonic() - t0
+        assert p.returncode != 0 and "refused" in p.stderr, p.stdout + p.stderr
+        assert 1.0 <= took < 5.0, f"gave up after {took:.1f} s with a 1 s window"
+        c.restart()
+
+
 def test_batched_reads_wait_for_a_restarting_server():
     """Regression (the same kill -9 loop): Client.read_many, a data loader's path, looks
     its files up with asynchronous lookups (aq_lookup_start), and those failed with

@@ -1711,13 +1711,44 @@ static void op_fsyncdir(fuse_req_t req, fuse_ino_t ino_node, int datasync, struc
 	fuse_reply_err(req, posix_err(rc));
 }
 
+/* statfs is answered from the last answer for up to STATFS_TTL_NS, as Lustre's clients
+ * keep theirs (statfs_max_age, 1 s), unless this mount changed something since
+ * (g_own_changes: a write, a flush of written bytes, a create, an unlink...). stress-ng's
+ * link stressor asks before each link, and each was a trip to aqd (100 us, against
+ * ext4's 3). Another client's changes show within STATFS_TTL_NS. */
+#define STATFS_TTL_NS 1000000000ull
+static pthread_mutex_t statfs_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+	bool valid;
+	unsigned long own; /* g_own_changes when it was asked for */
+	uint64_t at_ns;
+	struct aq_statfs s;
+} statfs_last;
+
 static void op_statfs(fuse_req_t req, fuse_ino_t node)
 {
+	unsigned long own = atomic_load(&g_own_changes);
 	struct aq_statfs s;
-	int rc = aq_statfs(g_client, &s);
-	if (rc) {
-		fuse_reply_err(req, posix_err(rc));
-		return;
+	bool have = false;
+	pthread_mutex_lock(&statfs_mu);
+	if (statfs_last.valid && statfs_last.own == own && aq_mono_ns() - statfs_last.at_ns < STATFS_TTL_NS) {
+		s = statfs_last.s;
+		have = true;
+	}
+	pthread_mutex_unlock(&statfs_mu);
+	if (!have) {
+		uint64_t at = aq_mono_ns();
+		int rc = aq_statfs(g_client, &s);
+		if (rc) {
+			fuse_reply_err(req, posix_err(rc));
+			return;
+		}
+		pthread_mutex_lock(&statfs_mu);
+		statfs_last.valid = true;
+		statfs_last.own = own;
+		statfs_last.at_ns = at;
+		statfs_last.s = s;
+		pthread_mutex_unlock(&statfs_mu);
 	}
 	struct statvfs v = {0};
 	v.f_bsize = 4096;

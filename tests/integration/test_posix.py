@@ -431,6 +431,35 @@ def test_statfs(c):
     assert s.f_blocks > 0 and s.f_bfree > 0 and s.f_namemax == 255
 
 
+def test_statfs_is_kept_a_moment_and_dropped_by_changes(c):
+    """The mount answers statfs from its last answer for up to 1 s, as Lustre's clients
+    keep theirs, unless it changed something since: stress-ng's link stressor asks before
+    every link it makes, and each was a trip to aqd (100 us, against ext4's 3). Files made
+    through the mount count at once; another client's within the second."""
+    import aquifer
+    os.statvfs(c.mnt)
+    before = proc_io(c.pid(), "wchar")
+    for _ in range(300):
+        os.statvfs(c.mnt)
+    sent = proc_io(c.pid(), "wchar") - before
+    assert sent < 2000, f"aqd sent {sent} bytes for 300 statfs in a row"
+    files = os.statvfs(c.mnt).f_files
+    d = c.path("statfs-count")
+    os.mkdir(d)
+    for i in range(5):
+        open(os.path.join(d, f"f{i}"), "w").close()
+    assert os.statvfs(c.mnt).f_files == files + 6, "files made through the mount did not count at once"
+    cl = aquifer.connect(c.conf)
+    try:
+        for i in range(3):
+            with cl.open(f"/statfs-count/g{i}", "wb") as f:
+                f.write(b"x")
+    finally:
+        cl.close()
+    time.sleep(1.1)
+    assert os.statvfs(c.mnt).f_files == files + 9, "another client's files did not count within 1 s"
+
+
 def test_readdir_many(c):
     d = c.path("many")
     os.mkdir(d)

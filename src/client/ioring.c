@@ -36,7 +36,7 @@ struct aq_ioring {
 	 * each is taken when the caller waits and no reply is there to take instead */
 	struct rpc_call *ahead_head, *ahead_tail, *unsent;
 	struct io_uring uring;    /* the O_DIRECT reads, once uring_state is 1 */
-	int uring_state;          /* 0 not yet set up, 1 up, -1 unavailable */
+	int uring_state;          /* 0 not yet set up, 1 up, -1 unavailable, -2 broken */
 	uint32_t ndirect;         /* O_DIRECT reads sent and not yet taken */
 	void *spare[RING_DIRECT_MAX];   /* their buffers, kept for the next ones */
 	uint32_t spare_len[RING_DIRECT_MAX], nspare;
@@ -119,29 +119,34 @@ static void direct_mem_keep(struct aq_ioring *r, uint8_t *m, uint32_t len)
 	r->spare_len[r->nspare++] = len;
 }
 
-/* Sends a direct piece's read; one that cannot be sent lands at once with its error. */
+/* Sends a direct piece's read; one that cannot be sent lands at once with its error
+ * (and is read through aqd). A submit that fails leaves its entry in the queue, where a
+ * later submit would hand the kernel a buffer that may be another's by then: the ring
+ * sends no more O_DIRECT reads after one (those in flight still land). */
 static void direct_send(struct aq_ioring *r, struct local_piece *lp)
 {
 	uint32_t cs = r->c->map.chunk_size;
 	uint32_t len;
 	local_direct_span(&lp->loc, (uint32_t)(lp->pos % cs), lp->len, &lp->off, &len);
 	lp->sent = true;
+	lp->got = -EAGAIN;
+	lp->landed = true;
+	struct io_uring_sqe *sqe = r->uring_state == 1 ? io_uring_get_sqe(&r->uring) : NULL;
+	if (!sqe)
+		return; /* the queue has room for every read in flight: only after a failed submit */
 	lp->mem_len = len;
 	lp->mem = direct_mem(r, &lp->mem_len);
-	struct io_uring_sqe *sqe = io_uring_get_sqe(&r->uring);
-	if (!sqe) {
-		lp->got = -EAGAIN; /* cannot happen: the queue has room for every read in flight */
-		lp->landed = true;
-		return;
-	}
 	io_uring_prep_read(sqe, lp->fd, lp->mem, len, lp->off);
 	io_uring_sqe_set_data(sqe, lp);
 	int rc = io_uring_submit(&r->uring);
 	if (rc != 1) {
-		lp->got = rc < 0 ? rc : -EAGAIN; /* never in the kernel's hands: mem is ours */
-		lp->landed = true;
+		log_warn("io_uring_submit: %s; this ring reads big pieces through aqd from now on",
+			 strerror(rc < 0 ? -rc : EAGAIN));
+		r->uring_state = -2; /* its entry may still be queued: mem is never used again */
+		lp->mem = NULL;
 		return;
 	}
+	lp->landed = false;
 	r->ndirect++;
 }
 
@@ -351,7 +356,7 @@ void aq_ioring_destroy(struct aq_ioring *r)
 		aq_ioring_reap(r, tmp, 64, 1);
 	}
 	AQ_ASSERT(r->ndirect == 0);
-	if (r->uring_state == 1)
+	if (r->uring_state == 1 || r->uring_state == -2)
 		io_uring_queue_exit(&r->uring);
 	for (uint32_t i = 0; i < r->nspare; i++)
 		munmap(r->spare[i], r->spare_len[i]);

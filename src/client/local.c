@@ -462,8 +462,8 @@ int local_direct_finish(struct aq_client *c, uint64_t ino, uint32_t idx, const s
 	int rc = got < 0 ? got : (uint64_t)got < ps.from + ps.len - off ? -EIO : 0;
 	/* past the first block the header is not read: the blocks' crc32c, from the index
 	 * row of this version, say they are its bytes (as local_chunk_read trusts them) */
-	const uint8_t *data = mem + (ps.data - off);
 	if (!rc)
-		rc = piece_check(ino, idx, l, &ps, in, n, ps.b0 ? NULL : mem + (l->rec_off - off), data, dest);
+		rc = piece_check(ino, idx, l, &ps, in, n, ps.b0 ? NULL : mem + (l->rec_off - off), mem + (ps.data - off),
+				 dest);
 	return piece_outcome(c, l, rc);
 }

@@ -17,8 +17,7 @@
  * Past the first bytes, an open file reads any chunk the same way (local_chunk_read): it
  * asks aqd once where the whole chunk lies (LOCATE, answered from the chunk index on
  * aqd's loop), keeps that in a small table, and reads just the blocks a read touches
- * (the page cache first, O_DIRECT for a cold block of 64 KiB), each checked against its
- * crc32c. A random 4 KiB read then costs no trip to aqd at all. The table is dropped by
+ * (through the page cache, read_at), each checked against its crc32c. A random 4 KiB read then costs no trip to aqd at all. The table is dropped by
  * a write or truncate through this client and by a push about the inode (the inode's
  * wgen, as read-ahead's windows are), so a reader sees its own writes, and a watching
  * client (the mount) other clients' writes once it has heard of them; a client that does
@@ -92,49 +91,20 @@ static void zeros_past(const struct piece_span *ps, uint32_t in, uint32_t n, uin
 		memset(dest + (MAX(ps->end, in) - in), 0, in + n - MAX(ps->end, in));
 }
 
-/* Reads len bytes at off of path into a buffer it allocates (*mem, to free): from the page
- * cache when they are all there, else with O_DIRECT when direct (a cold block of 64 KiB
- * or more, as aqd reads it), else through the page cache. *data points at the bytes. */
-static int read_blocks(const char *path, bool direct, uint64_t off, size_t len, uint8_t **mem, uint8_t **data)
+/* Reads len bytes at off of path into buf, through the page cache: a block read again
+ * (random 4 KiB reads land in the same 64 KiB blocks) is then a copy, and the kernel's
+ * read-ahead keeps the disk busy ahead of a sequential reader. Cold blocks of 64 KiB or
+ * more went O_DIRECT until 6 Dec 2026: that read random 4 KiB reads at half the rate,
+ * and the probe for cached pages before it (a read with RWF_NOWAIT) started the kernel's
+ * read-ahead of them anyway, so that a cold image opened through the mount was read from
+ * the disk twice (docs/performance.md). */
+static int read_at(const char *path, uint64_t off, size_t len, uint8_t *buf)
 {
-	int flags = O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK;
-	uint64_t a0 = off & ~4095ull, a1 = (off + len + 4095) & ~4095ull;
-	if (posix_memalign((void **)mem, 4096, a1 - a0)) {
-		*mem = NULL;
-		return -ENOMEM;
-	}
-	int fd = open(path, flags);
-	if (fd < 0) {
-		int rc = -errno;
-		free(*mem);
-		*mem = NULL;
-		return rc;
-	}
-	struct iovec iov = {*mem, len};
-	ssize_t n = direct ? preadv2(fd, &iov, 1, (off_t)off, RWF_NOWAIT) : -1;
-	if (n != (ssize_t)len && direct) {
-		int dfd = open(path, flags | O_DIRECT);
-		if (dfd >= 0) {
-			n = pread(dfd, *mem, a1 - a0, (off_t)a0);
-			close(dfd);
-			if (n >= (ssize_t)(off + len - a0)) {
-				close(fd);
-				*data = *mem + (off - a0);
-				return 0;
-			}
-		}
-		n = -1; /* short, or no O_DIRECT here (tmpfs): through the page cache */
-	}
-	if (n != (ssize_t)len)
-		n = pread(fd, *mem, len, (off_t)off);
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+	ssize_t n = fd < 0 ? -1 : pread(fd, buf, len, (off_t)off);
 	int rc = n == (ssize_t)len ? 0 : n < 0 ? -errno : -EIO;
-	close(fd);
-	if (rc) {
-		free(*mem);
-		*mem = NULL;
-	} else {
-		*data = *mem;
-	}
+	if (fd >= 0)
+		close(fd);
 	return rc;
 }
 
@@ -166,8 +136,10 @@ int local_read(struct aq_client *c, uint64_t ino, const struct proto_loc *l, uin
 {
 	char path[PATH_MAX];
 	loc_path(l, path);
-	uint8_t *buf = NULL, *rec = NULL;
-	int rc = read_blocks(path, l->direct, l->rec_off, data_rec_span(l->length, l->nblk), &buf, &rec);
+	uint64_t span = data_rec_span(l->length, l->nblk);
+	uint8_t *buf = aq_malloc(span);
+	int rc = read_at(path, l->rec_off, span, buf);
+	const uint8_t *rec = buf;
 	if (!rc) {
 		uint32_t crc[AQ_CHUNK_SIZE_MAX / AQ_CRC_BLOCK_SIZE];
 		for (uint32_t b = 0; b < l->nblk; b++)
@@ -175,7 +147,7 @@ int local_read(struct aq_client *c, uint64_t ino, const struct proto_loc *l, uin
 		rc = data_rec_check(rec, ino, l->idx, l->version, l->length, l->nblk, crc);
 	}
 	if (rc) {
-		free(buf); /* NULL when read_blocks failed */
+		free(buf);
 		local_failed(c, path, rc);
 		return rc;
 	}
@@ -324,12 +296,14 @@ int local_chunk_read(struct aq_file *f, uint32_t idx, uint32_t in, uint32_t n, u
 	pthread_mutex_unlock(&lc->mu);
 	int rc = 0;
 	if (ps.span) {
-		uint8_t *mem = NULL, *data = NULL;
-		rc = read_blocks(path, ps.span >= DATA_DIRECT_MIN_DEFAULT, ps.data, ps.span, &mem, &data);
+		/* blocks that are exactly the bytes asked go straight to dest, checked there */
+		bool straight = in % DATA_BLOCK_SIZE == 0 && ps.end - in == ps.span;
+		uint8_t *mem = straight ? NULL : aq_malloc(ps.span), *data = straight ? dest : mem;
+		rc = read_at(path, ps.data, ps.span, data);
 		if (!rc && data_blocks_check(data, length, ps.b0, ps.b1, crc, NULL) != ps.b1)
 			rc = -AQ_ECORRUPT;
 		if (rc) {
-			free(mem); /* read_blocks left it NULL when it failed */
+			free(mem);
 			pthread_mutex_lock(&lc->mu);
 			if (sl->idx == idx && sl->wgen == wgen)
 				slot_clear(sl); /* located again next time */
@@ -337,7 +311,8 @@ int local_chunk_read(struct aq_file *f, uint32_t idx, uint32_t in, uint32_t n, u
 			local_failed(c, path, rc);
 			return -EAGAIN;
 		}
-		memcpy(dest, data + (in - ps.b0 * DATA_BLOCK_SIZE), ps.end - in);
+		if (!straight)
+			memcpy(dest, data + (in - ps.b0 * DATA_BLOCK_SIZE), ps.end - in);
 		free(mem);
 	}
 	zeros_past(&ps, in, n, dest);

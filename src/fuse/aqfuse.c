@@ -1753,9 +1753,14 @@ static void op_statfs(fuse_req_t req, fuse_ino_t node)
 	struct statvfs v = {0};
 	v.f_bsize = 4096;
 	v.f_frsize = 4096;
+	/* Used is what Aquifer holds, as on a file system of its own: on the single-node
+	 * default its targets share a file system with everything else, and total - free
+	 * had df show that disk's other data (and its reserve) as Aquifer's, 174G "used" on
+	 * an empty mount here. Available is what the targets may still take. */
 	v.f_blocks = s.total_bytes / 4096;
-	v.f_bfree = s.free_bytes / 4096;
+	v.f_bfree = (s.total_bytes - MIN(s.used_bytes, s.total_bytes)) / 4096;
 	v.f_bavail = s.free_bytes / 4096;
+	v.f_bfree = MAX(v.f_bfree, v.f_bavail);
 	v.f_files = s.files + (1ull << 40);
 	v.f_ffree = 1ull << 40;
 	v.f_favail = 1ull << 40;

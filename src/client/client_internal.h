@@ -23,10 +23,15 @@
 
 /* Where finished calls are announced when a caller waits for any of many (the batched
  * read ring). Lock order: a connection's mu before a cq's mu. */
+/* Calls in order through their cq_next: a completion queue's, or a list of a caller's. */
+struct rpc_list {
+	struct rpc_call *head, *tail;
+};
+
 struct rpc_cq {
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
-	struct rpc_call *head, *tail;
+	struct rpc_list done;
 };
 
 struct rpc_call {
@@ -309,6 +314,8 @@ void rpc_release_file(struct aq_client *c, struct aq_file *f, const struct proto
 void rpc_send_held(struct aq_client *c);
 /* Sends what is held and stops the flusher (aq_disconnect). */
 void rpc_flusher_stop(struct aq_client *c);
+void rpc_list_push(struct rpc_list *l, struct rpc_call *call);
+struct rpc_call *rpc_list_pop(struct rpc_list *l); /* the oldest, or NULL */
 void rpc_cq_init(struct rpc_cq *cq);
 void rpc_cq_destroy(struct rpc_cq *cq);
 /* Takes one finished call off cq, waiting for one when wait is set; NULL if none. */

@@ -34,7 +34,8 @@ struct aq_ioring {
 	/* located pieces, oldest first, whose bytes the kernel reads ahead or an O_DIRECT read
 	 * brings (or will, from unsent on, when one of the RING_DIRECT_MAX in flight lands):
 	 * each is taken when the caller waits and no reply is there to take instead */
-	struct rpc_call *ahead_head, *ahead_tail, *unsent;
+	struct rpc_list ahead;
+	struct rpc_call *unsent;
 	struct io_uring uring;    /* the O_DIRECT reads, once uring_state is 1 */
 	int uring_state;          /* 0 not yet set up, 1 up, -1 unavailable, -2 broken */
 	uint32_t ndirect;         /* O_DIRECT reads sent and not yet taken */
@@ -199,16 +200,10 @@ static void piece_done(struct aq_ioring *r, struct rpc_call *call, bool read_now
 		uint32_t cs = r->c->map.chunk_size, idx = (uint32_t)(lp->pos / cs), in = (uint32_t)(lp->pos % cs);
 		io = lp->io;
 		if (!read_now) {
-			lp->fd = -1;
 			lp->direct = lp->len >= RING_DIRECT_MIN && ring_uring(r);
 			e = local_locate_ahead(r->c, idx, call, in, lp->len, &lp->direct, &lp->loc, &lp->fd);
 			if (!e) {
-				call->cq_next = NULL;
-				if (r->ahead_tail)
-					r->ahead_tail->cq_next = call;
-				else
-					r->ahead_head = call;
-				r->ahead_tail = call;
+				rpc_list_push(&r->ahead, call);
 				if (lp->direct && !r->unsent)
 					r->unsent = call;
 				direct_fill(r);
@@ -324,15 +319,11 @@ int aq_ioring_reap(struct aq_ioring *r, struct aq_io **done, uint32_t max, uint3
 	 * caller that does not wait has nothing else, so that it sees progress) */
 	for (;;) {
 		bool need = r->nready < min;
-		struct rpc_call *call = rpc_cq_pop(&r->cq, need && !r->ahead_head);
+		struct rpc_call *call = rpc_cq_pop(&r->cq, need && !r->ahead.head);
 		if (call) {
 			piece_done(r, call, false);
-		} else if (r->ahead_head && (need || r->nready == 0)) {
-			call = r->ahead_head;
-			r->ahead_head = call->cq_next;
-			if (!r->ahead_head)
-				r->ahead_tail = NULL;
-			piece_done(r, call, true);
+		} else if (r->ahead.head && (need || r->nready == 0)) {
+			piece_done(r, rpc_list_pop(&r->ahead), true);
 		} else {
 			break;
 		}

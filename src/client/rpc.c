@@ -256,15 +256,31 @@ static void call_done_locked(struct rpc_call *call, int status)
 	struct rpc_cq *cq = call->cq;
 	if (cq) {
 		pthread_mutex_lock(&cq->mu);
-		call->cq_next = NULL;
-		if (cq->tail)
-			cq->tail->cq_next = call;
-		else
-			cq->head = call;
-		cq->tail = call;
+		rpc_list_push(&cq->done, call);
 		pthread_cond_signal(&cq->cv);
 		pthread_mutex_unlock(&cq->mu);
 	}
+}
+
+void rpc_list_push(struct rpc_list *l, struct rpc_call *call)
+{
+	call->cq_next = NULL;
+	if (l->tail)
+		l->tail->cq_next = call;
+	else
+		l->head = call;
+	l->tail = call;
+}
+
+struct rpc_call *rpc_list_pop(struct rpc_list *l)
+{
+	struct rpc_call *call = l->head;
+	if (call) {
+		l->head = call->cq_next;
+		if (!l->head)
+			l->tail = NULL;
+	}
+	return call;
 }
 
 void rpc_cq_init(struct rpc_cq *cq)
@@ -283,14 +299,9 @@ void rpc_cq_destroy(struct rpc_cq *cq)
 struct rpc_call *rpc_cq_pop(struct rpc_cq *cq, bool wait)
 {
 	pthread_mutex_lock(&cq->mu);
-	while (wait && !cq->head)
+	while (wait && !cq->done.head)
 		pthread_cond_wait(&cq->cv, &cq->mu);
-	struct rpc_call *call = cq->head;
-	if (call) {
-		cq->head = call->cq_next;
-		if (!cq->head)
-			cq->tail = NULL;
-	}
+	struct rpc_call *call = rpc_list_pop(&cq->done);
 	pthread_mutex_unlock(&cq->mu);
 	return call;
 }

@@ -201,12 +201,13 @@ int local_chunk_read(struct aq_file *f, uint32_t idx, uint32_t in, uint32_t n, u
 void local_chunks_free(struct aq_file *f);
 /* local.c, the read ring's pieces: a LOCATE of chunk idx of ino announced on cq with arg,
  * held back (rpc_start_ex's hold: rpc_send_held sends it) on the connection affinity
- * picks, so that a ring's LOCATEs leave together in one BATCH frame. Once it is done, local_locate_ahead takes the location from its reply (*l, pointing
- * into the call's payload: keep the call) and opens the segment file it names (*fd, to
- * close): with O_DIRECT when *direct asks it and the file allows it (*direct says if it
- * did), else with the kernel starting to read [in, in + n) of the chunk
- * (POSIX_FADV_WILLNEED), which local_locate_read then reads into dest, the record's header
- * and every block checked. A direct piece is read as the file range local_direct_span
+ * picks, so that a ring's LOCATEs leave together in one BATCH frame. Once it is done,
+ * local_locate_ahead takes the location from its reply (*l, pointing into the call's
+ * payload: keep the call) and opens the segment file it names (*fd, to close): with
+ * O_DIRECT when *direct asks it and the file allows it (*direct says if it did), else
+ * with the kernel starting to read [in, in + n) of the chunk (POSIX_FADV_WILLNEED), which
+ * local_locate_read then reads into dest, every block checked (and the record's header,
+ * when the piece starts at its first block). A direct piece is read as the file range local_direct_span
  * gives (aligned, *len bytes at *off) into a buffer of the caller's, of which
  * local_direct_finish checks the got bytes that landed and copies the piece into dest.
  * Each: 0, or -errno: read them through aqd then (-EAGAIN: aqd gave no location). */

@@ -17,7 +17,8 @@
  * Past the first bytes, an open file reads any chunk the same way (local_chunk_read): it
  * asks aqd once where the whole chunk lies (LOCATE, answered from the chunk index on
  * aqd's loop), keeps that in a small table, and reads just the blocks a read touches
- * (through the page cache, read_at), each checked against its crc32c. A random 4 KiB read then costs no trip to aqd at all. The table is dropped by
+ * (through the page cache, read_at), each checked against its crc32c. A random 4 KiB read
+ * then costs no trip to aqd at all. The table is dropped by
  * a write or truncate through this client and by a push about the inode (the inode's
  * wgen, as read-ahead's windows are), so a reader sees its own writes, and a watching
  * client (the mount) other clients' writes once it has heard of them; a client that does
@@ -84,11 +85,24 @@ static struct piece_span piece_span(uint64_t rec_off, uint32_t length, uint32_t 
 	return ps;
 }
 
-/* The bytes of [in, in + n) past the record's end (ps->end) read as zeros. */
-static void zeros_past(const struct piece_span *ps, uint32_t in, uint32_t n, uint8_t *dest)
+/* Checks the blocks [ps->b0, ps->b1) read to data against crc (block b0's first) and
+ * copies the bytes of [in, in + n) into dest block by block, while each is in the cache
+ * from its check, unless they were read there (data == dest); the bytes past the
+ * record's end read as zeros. 0 or -AQ_ECORRUPT. */
+static int blocks_check_copy(const struct piece_span *ps, uint32_t length, const uint32_t *crc, uint32_t in,
+			     uint32_t n, const uint8_t *data, uint8_t *dest)
 {
+	for (uint32_t b = ps->b0; b < ps->b1; b++) {
+		const uint8_t *p = data + (size_t)(b - ps->b0) * DATA_BLOCK_SIZE;
+		if (data_blocks_check(p, length, b, b + 1, crc + (b - ps->b0), NULL) != b + 1)
+			return -AQ_ECORRUPT;
+		uint32_t lo = MAX(b * DATA_BLOCK_SIZE, in), hi = MIN((b + 1) * DATA_BLOCK_SIZE, ps->end);
+		if (data != dest && hi > lo)
+			memcpy(dest + (lo - in), p + (lo - b * DATA_BLOCK_SIZE), hi - lo);
+	}
 	if (in + n > MAX(ps->end, in))
 		memset(dest + (MAX(ps->end, in) - in), 0, in + n - MAX(ps->end, in));
+	return 0;
 }
 
 /* Reads len bytes at off of path into buf, through the page cache: a block read again
@@ -139,12 +153,11 @@ int local_read(struct aq_client *c, uint64_t ino, const struct proto_loc *l, uin
 	uint64_t span = data_rec_span(l->length, l->nblk);
 	uint8_t *buf = aq_malloc(span);
 	int rc = read_at(path, l->rec_off, span, buf);
-	const uint8_t *rec = buf;
 	if (!rc) {
 		uint32_t crc[AQ_CHUNK_SIZE_MAX / AQ_CRC_BLOCK_SIZE];
 		for (uint32_t b = 0; b < l->nblk; b++)
 			crc[b] = get_le32(l->crcs + 4 * (size_t)b);
-		rc = data_rec_check(rec, ino, l->idx, l->version, l->length, l->nblk, crc);
+		rc = data_rec_check(buf, ino, l->idx, l->version, l->length, l->nblk, crc);
 	}
 	if (rc) {
 		free(buf);
@@ -153,7 +166,7 @@ int local_read(struct aq_client *c, uint64_t ino, const struct proto_loc *l, uin
 	}
 	atomic_store(&c->local_fails, 0);
 	*mem = buf;
-	*data = rec + DATA_REC_HDR_SIZE + l->in;
+	*data = buf + DATA_REC_HDR_SIZE + l->in;
 	return 0;
 }
 
@@ -294,28 +307,21 @@ int local_chunk_read(struct aq_file *f, uint32_t idx, uint32_t in, uint32_t n, u
 	memcpy(crc, sl->crc + ps.b0, 4 * (size_t)(ps.b1 - ps.b0));
 	snprintf(path, sizeof path, "%s", sl->path);
 	pthread_mutex_unlock(&lc->mu);
-	int rc = 0;
-	if (ps.span) {
-		/* blocks that are exactly the bytes asked go straight to dest, checked there */
-		bool straight = in % DATA_BLOCK_SIZE == 0 && ps.end - in == ps.span;
-		uint8_t *mem = straight ? NULL : aq_malloc(ps.span), *data = straight ? dest : mem;
-		rc = read_at(path, ps.data, ps.span, data);
-		if (!rc && data_blocks_check(data, length, ps.b0, ps.b1, crc, NULL) != ps.b1)
-			rc = -AQ_ECORRUPT;
-		if (rc) {
-			free(mem);
-			pthread_mutex_lock(&lc->mu);
-			if (sl->idx == idx && sl->wgen == wgen)
-				slot_clear(sl); /* located again next time */
-			pthread_mutex_unlock(&lc->mu);
-			local_failed(c, path, rc);
-			return -EAGAIN;
-		}
-		if (!straight)
-			memcpy(dest, data + (in - ps.b0 * DATA_BLOCK_SIZE), ps.end - in);
-		free(mem);
+	/* blocks that are exactly the bytes asked go straight to dest, checked there */
+	bool straight = in % DATA_BLOCK_SIZE == 0 && ps.end - in == ps.span;
+	uint8_t *mem = straight || !ps.span ? NULL : aq_malloc(ps.span), *data = straight ? dest : mem;
+	int rc = ps.span ? read_at(path, ps.data, ps.span, data) : 0;
+	if (!rc)
+		rc = blocks_check_copy(&ps, length, crc, in, n, data, dest);
+	free(mem);
+	if (rc) {
+		pthread_mutex_lock(&lc->mu);
+		if (sl->idx == idx && sl->wgen == wgen)
+			slot_clear(sl); /* located again next time */
+		pthread_mutex_unlock(&lc->mu);
+		local_failed(c, path, rc);
+		return -EAGAIN;
 	}
-	zeros_past(&ps, in, n, dest);
 	atomic_store(&c->local_fails, 0);
 	return 0;
 }
@@ -335,26 +341,18 @@ struct rpc_call *local_locate_start(struct aq_client *c, uint64_t ino, uint32_t 
 	return call;
 }
 
-/* Checks what was read for [in, in + n): the record's header (hdr; NULL when not read)
- * and each block (data: block b0's first byte), and copies the bytes asked into dest
- * block by block, while each is in the cache from its check, unless they were read
- * there; zeros past the record's end. 0 or -AQ_ECORRUPT. */
+/* Checks what was read for [in, in + n) of a located piece: the record's header (hdr;
+ * NULL when not read) and each block (data: block b0's first byte), and copies the bytes
+ * asked into dest (blocks_check_copy). 0 or -AQ_ECORRUPT. */
 static int piece_check(uint64_t ino, uint32_t idx, const struct proto_loc *l, const struct piece_span *ps,
 		       uint32_t in, uint32_t n, const uint8_t *hdr, const uint8_t *data, uint8_t *dest)
 {
 	if (hdr && data_rec_check(hdr, ino, idx, l->version, l->length, 0, NULL))
 		return -AQ_ECORRUPT;
-	for (uint32_t b = ps->b0; b < ps->b1; b++) {
-		const uint8_t *p = data + (size_t)(b - ps->b0) * DATA_BLOCK_SIZE;
-		uint32_t crc = get_le32(l->crcs + 4 * (size_t)b);
-		if (data_blocks_check(p, l->length, b, b + 1, &crc, NULL) != b + 1)
-			return -AQ_ECORRUPT;
-		uint32_t lo = MAX(b * DATA_BLOCK_SIZE, in), hi = MIN((b + 1) * DATA_BLOCK_SIZE, ps->end);
-		if (data != dest && hi > lo)
-			memcpy(dest + (lo - in), p + (lo - b * DATA_BLOCK_SIZE), hi - lo);
-	}
-	zeros_past(ps, in, n, dest);
-	return 0;
+	uint32_t crc[AQ_CHUNK_SIZE_MAX / AQ_CRC_BLOCK_SIZE];
+	for (uint32_t b = ps->b0; b < ps->b1; b++)
+		crc[b - ps->b0] = get_le32(l->crcs + 4 * (size_t)b);
+	return blocks_check_copy(ps, l->length, crc, in, n, data, dest);
 }
 
 /* Counts a local read's outcome: a failure towards the pause, a success resets it. */
@@ -402,21 +400,17 @@ int local_locate_ahead(struct aq_client *c, uint32_t idx, const struct rpc_call 
 int local_locate_read(struct aq_client *c, uint64_t ino, uint32_t idx, const struct proto_loc *l, int fd, uint32_t in,
 		      uint32_t n, uint8_t *dest)
 {
-	/* the header with the blocks when they start the record, else on its own: it says
-	 * the record there is still this chunk's version */
+	/* the header with the blocks when they start the record (a small file's one read);
+	 * past the first block the blocks alone, as local_direct_finish reads them */
 	struct piece_span ps = piece_span(l->rec_off, l->length, in, n);
 	/* blocks that are exactly the bytes asked (a whole small file; a block-aligned piece)
 	 * go straight to dest, checked there: no copy */
 	bool straight = in % DATA_BLOCK_SIZE == 0 && ps.end - in == ps.span;
-	uint8_t *mem = aq_malloc(DATA_REC_HDR_SIZE + (straight ? 0 : ps.span)), *hdr = mem;
+	uint8_t *mem = aq_malloc(DATA_REC_HDR_SIZE + (straight ? 0 : ps.span)), *hdr = ps.b0 ? NULL : mem;
 	uint8_t *data = straight ? dest : mem + DATA_REC_HDR_SIZE;
-	struct iovec iov[2] = {{hdr, DATA_REC_HDR_SIZE}, {data, ps.span}};
-	ssize_t got = preadv(fd, ps.b0 ? iov + 1 : iov, ps.b0 ? 1 : 2, (off_t)ps.from);
+	struct iovec iov[2] = {{mem, DATA_REC_HDR_SIZE}, {data, ps.span}};
+	ssize_t got = preadv(fd, hdr ? iov : iov + 1, hdr ? 2 : 1, (off_t)ps.from);
 	int rc = got == (ssize_t)ps.len ? 0 : got < 0 ? -errno : -EIO;
-	if (!rc && ps.b0) {
-		got = pread(fd, hdr, DATA_REC_HDR_SIZE, (off_t)l->rec_off);
-		rc = got == DATA_REC_HDR_SIZE ? 0 : got < 0 ? -errno : -EIO;
-	}
 	if (!rc)
 		rc = piece_check(ino, idx, l, &ps, in, n, hdr, data, dest);
 	free(mem);
@@ -436,7 +430,8 @@ int local_direct_finish(struct aq_client *c, uint64_t ino, uint32_t idx, const s
 	struct piece_span ps = piece_span(l->rec_off, l->length, in, n);
 	int rc = got < 0 ? got : (uint64_t)got < ps.from + ps.len - off ? -EIO : 0;
 	/* past the first block the header is not read: the blocks' crc32c, from the index
-	 * row of this version, say they are its bytes (as local_chunk_read trusts them) */
+	 * row of this version, say they are its bytes (as local_chunk_read trusts them, and
+	 * local_locate_read) */
 	if (!rc)
 		rc = piece_check(ino, idx, l, &ps, in, n, ps.b0 ? NULL : mem + (l->rec_off - off), mem + (ps.data - off),
 				 dest);

@@ -363,6 +363,10 @@ def test_the_read_ring_reads_big_pieces_itself_with_o_direct(c):
             drop_caches()
             start = at - at % (1 << 20)
             expect_errno(errno.EIO, cl.read_many, [("/ring-big", start, 1 << 20)])
+            # and a small piece over it, read through the page cache (its blocks alone,
+            # past a record's first block)
+            small = at - at % (64 << 10)
+            expect_errno(errno.EIO, cl.read_many, [("/ring-big", small, 100_000)])
             ok = cl.read_many([("/ring-big", 2 * cs, 600_000)])[0]
             assert bytes(ok) == data[2 * cs:2 * cs + 600_000], "another chunk"
     finally:

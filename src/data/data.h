@@ -64,8 +64,6 @@ struct data_loc {
 	uint32_t length;         /* the chunk's bytes */
 	uint32_t nblk;
 	uint32_t crc[AQ_CHUNK_SIZE_MAX / DATA_BLOCK_SIZE];
-	bool direct;             /* not in the page cache: read it with O_DIRECT, as aqd would
-				  * (never set for a whole record) */
 };
 /* Locates bytes [0, end) of chunk (ino, idx), or with end 0 all the bytes its record
  * holds: 0, or -EAGAIN when they are not all in a record on this disk (no chunk, a

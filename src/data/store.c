@@ -709,8 +709,7 @@ int data_locate(struct data_store *ds, uint32_t target, uint64_t ino, uint32_t i
 	bool found = false;
 	pthread_rwlock_rdlock(&t->seg_lock);
 	int rc = data_index_get(t, ino, idx, e, &found);
-	bool whole = end == 0;
-	if (!rc && found && whole)
+	if (!rc && found && end == 0)
 		end = e->length;
 	if (!rc && (!found || e->seg == 0 || end == 0 || end > e->length))
 		rc = -EAGAIN;
@@ -724,11 +723,6 @@ int data_locate(struct data_store *ds, uint32_t target, uint64_t ino, uint32_t i
 		loc->length = e->length;
 		loc->nblk = data_nblocks(end);
 		memcpy(loc->crc, e->crc, loc->nblk * sizeof loc->crc[0]);
-		/* the rule data_read follows: O_DIRECT for a cold span of direct_min or more
-		 * (a whole record is read a piece at a time, by rules of the reader's own) */
-		uint64_t span = MIN((uint64_t)loc->nblk * DATA_BLOCK_SIZE, (uint64_t)e->length);
-		loc->direct = !whole && span >= __atomic_load_n(&ds->direct_min, __ATOMIC_RELAXED) &&
-			      !fd_range_cached(s->fd, e->off + DATA_REC_HDR_SIZE, span);
 	}
 	pthread_rwlock_unlock(&t->seg_lock);
 	free(e);

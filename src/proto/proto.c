@@ -499,7 +499,7 @@ void proto_loc_put(struct wbuf *w, const struct proto_loc *l, const uint32_t *cr
 	wbuf_u32(w, l->in);
 	wbuf_u32(w, l->n);
 	wbuf_u32(w, l->nblk);
-	wbuf_u8(w, l->direct);
+	wbuf_u8(w, 0);
 	wbuf_str(w, l->path, l->path_len);
 	for (uint32_t b = 0; b < l->nblk; b++)
 		wbuf_u32(w, crc[b]);
@@ -516,7 +516,7 @@ int proto_loc_get(const uint8_t *data, uint32_t len, struct proto_loc *l)
 	l->in = rbuf_u32(&r);
 	l->n = rbuf_u32(&r);
 	l->nblk = rbuf_u32(&r);
-	l->direct = rbuf_u8(&r) != 0;
+	(void)rbuf_u8(&r);
 	l->path = (const char *)rbuf_str(&r, &l->path_len, PATH_MAX - 1);
 	if (r.err || l->length > AQ_CHUNK_SIZE_MAX || l->nblk > AQ_CHUNK_SIZE_MAX / AQ_CRC_BLOCK_SIZE)
 		return -EPROTO;

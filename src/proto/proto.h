@@ -259,14 +259,14 @@ int proto_change_get(struct rbuf *r, struct proto_change *c);
  * boot id; a server with another one answers no location. Empty data: no location (also
  * when the bytes are elsewhere, not yet in a record, or in S3): read as usual.
  *   rec_off u64 | version u64 | idx u32 | length u32 | in u32 | n u32 | nblk u32 |
- *   direct u8 | path str | crc u32 x nblk
+ *   0 u8 | path str | crc u32 x nblk
  * The record at rec_off of the file at path holds chunk idx (length bytes, this version);
  * the bytes asked for are its [in, in + n), inside blocks [0, nblk) whose crc32c follow.
- * direct: not in the page cache, read it with O_DIRECT. */
+ * The u8 said "not in the page cache: read it with O_DIRECT" until readers made that
+ * choice themselves (6 Dec 2026); it is written 0 and not read. */
 struct proto_loc {
 	uint64_t rec_off, version;
 	uint32_t idx, length, in, n, nblk;
-	bool direct;
 	const char *path; uint32_t path_len;
 	const uint8_t *crcs;  /* nblk of them, u32 little-endian, in the frame */
 };

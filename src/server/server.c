@@ -290,7 +290,7 @@ static bool same_machine(const struct server *s, const struct proto_req *r)
 static void put_loc(struct wbuf *w, const struct data_loc *loc, uint32_t idx, uint32_t in, uint32_t n)
 {
 	struct proto_loc pl = {.rec_off = loc->rec_off, .version = loc->version, .idx = idx, .length = loc->length,
-			       .in = in, .n = n, .nblk = loc->nblk, .direct = loc->direct, .path = loc->path,
+			       .in = in, .n = n, .nblk = loc->nblk, .path = loc->path,
 			       .path_len = (uint32_t)strlen(loc->path)};
 	proto_loc_put(w, &pl, loc->crc);
 }

@@ -835,7 +835,7 @@ static int t_loc_roundtrip(void)
 {
 	uint32_t crc[4] = {0x11111111, 0x22222222, 0x33333333, 0x44444444};
 	struct proto_loc l = {.rec_off = 1u << 20, .version = 9, .idx = 2, .length = 3 * AQ_CRC_BLOCK_SIZE + 5,
-			      .in = 100, .n = 3 * AQ_CRC_BLOCK_SIZE - 95, .nblk = 4, .direct = true,
+			      .in = 100, .n = 3 * AQ_CRC_BLOCK_SIZE - 95, .nblk = 4,
 			      .path = "/var/aq/t0/seg-00000001", .path_len = 23};
 	struct wbuf w;
 	wbuf_init(&w, 256);
@@ -844,7 +844,7 @@ static int t_loc_roundtrip(void)
 	uint8_t *x = exact(w.p, w.len);
 	int rc = proto_loc_get(x, (uint32_t)w.len, &g);
 	bool same = rc == 0 && g.rec_off == l.rec_off && g.version == l.version && g.idx == l.idx &&
-		    g.length == l.length && g.in == l.in && g.n == l.n && g.nblk == 4 && g.direct &&
+		    g.length == l.length && g.in == l.in && g.n == l.n && g.nblk == 4 &&
 		    g.path_len == l.path_len && memcmp(g.path, l.path, l.path_len) == 0 &&
 		    get_le32(g.crcs + 12) == crc[3];
 	free(x);

@@ -249,7 +249,7 @@ static void native_loader(struct tr_epoch *e)
 	/* depth buffers, where a local loader reuses one: as huge pages, so that a fresh
 	 * epoch's first touch of them costs a fault per 2 MiB, not per 4 KiB (64 MiB of shard
 	 * records per loader took 0.3-0.6 s of faults on this VM, before the first batch) */
-	size_t bufs_len = (depth * s->max_sample_bytes + AQ_HUGE_PAGE - 1) / AQ_HUGE_PAGE * AQ_HUGE_PAGE;
+	size_t bufs_len = aq_huge_round(depth * s->max_sample_bytes);
 	uint8_t *bufs = aq_map_huge(bufs_len);
 	for (uint32_t i = 0; i < depth; i++) {
 		slots[i].io.buf = bufs + i * s->max_sample_bytes;

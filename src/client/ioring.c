@@ -106,7 +106,7 @@ static uint8_t *direct_mem(struct aq_ioring *r, uint32_t *len)
 			return m;
 		}
 	}
-	*len = (uint32_t)((*len + AQ_HUGE_PAGE - 1) / AQ_HUGE_PAGE * AQ_HUGE_PAGE);
+	*len = (uint32_t)aq_huge_round(*len);
 	return aq_map_huge(*len);
 }
 

@@ -120,6 +120,7 @@ char *aq_strdup(const char *s);
  * one per 4 KiB page (a disk takes a bounded number per request). munmap(p, n) frees it. */
 #define AQ_HUGE_PAGE (2ull << 20)
 void *aq_map_huge(size_t n);
+static inline size_t aq_huge_round(size_t n) { return (n + AQ_HUGE_PAGE - 1) / AQ_HUGE_PAGE * AQ_HUGE_PAGE; }
 
 /* This boot of this machine's kernel (/proc/sys/kernel/random/boot_id, 16 bytes): a client
  * and a server that read the same one run on the same machine. 0 or -errno. */

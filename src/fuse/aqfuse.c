@@ -1719,9 +1719,8 @@ static void op_fsyncdir(fuse_req_t req, fuse_ino_t ino_node, int datasync, struc
 #define STATFS_TTL_NS 1000000000ull
 static pthread_mutex_t statfs_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct {
-	bool valid;
 	unsigned long own; /* g_own_changes when it was asked for */
-	uint64_t at_ns;
+	uint64_t at_ns;    /* 0: never asked */
 	struct aq_statfs s;
 } statfs_last;
 
@@ -1731,7 +1730,7 @@ static void op_statfs(fuse_req_t req, fuse_ino_t node)
 	struct aq_statfs s;
 	bool have = false;
 	pthread_mutex_lock(&statfs_mu);
-	if (statfs_last.valid && statfs_last.own == own && aq_mono_ns() - statfs_last.at_ns < STATFS_TTL_NS) {
+	if (statfs_last.at_ns && statfs_last.own == own && aq_mono_ns() - statfs_last.at_ns < STATFS_TTL_NS) {
 		s = statfs_last.s;
 		have = true;
 	}
@@ -1744,7 +1743,6 @@ static void op_statfs(fuse_req_t req, fuse_ino_t node)
 			return;
 		}
 		pthread_mutex_lock(&statfs_mu);
-		statfs_last.valid = true;
 		statfs_last.own = own;
 		statfs_last.at_ns = at;
 		statfs_last.s = s;

@@ -21,9 +21,12 @@ def test_wrong_secret_is_refused():
         with open(badf, "w") as f:
             f.write(bad)
         os.chmod(badf, 0o600)
+        t0 = time.monotonic()
         p = run(AQ, "status", "--cluster", badf, check=False)
         assert p.returncode != 0
         assert "authentication failed" in p.stderr, p.stderr
+        # at once: not taken for a restarting server and waited for ($AQ_CONNECT_WAIT_S)
+        assert time.monotonic() - t0 < 3, f"a wrong secret took {time.monotonic() - t0:.1f} s to refuse"
         assert "refusing" in open(os.path.join(c.data, "aqd.log")).read()
         # the right secret still works and nothing was created
         assert "files     1" in c.aq("status").stdout

@@ -22,6 +22,9 @@ static const struct {
 	 "train [--dir PATH] [--via native|fuse|local] [--workers W] [--accelerators S] [--batch B]\n"
 	 "        [--compute-us U] [--epochs E] [--cold] [--compare-local DIR] [--find-max] [--stage-to DIR] [--json]\n"
 	 "        a simulated training job: samples/s, MB/s and accelerator utilization, every sample verified"},
+	{"fsync", bench_fsync,
+	 "fsync --dir DIR [--compare DIR] [--sizes B1,B2,...] [--ops N] [--json]\n"
+	 "        4 KiB writes each followed by fsync in files of each size: latency beside a local directory"},
 	{"tier", bench_tier,
 	 "tier [--dir PATH] [--files N] [--file-size BYTES] [--threads T] [--rounds R] [--json]\n"
 	 "        demote, cold-read and prefetch MB/s through the object tier, each beside plain S3 PUTs/GETs\n"

@@ -20,6 +20,7 @@ int bench_meta(int argc, char **argv);
 int bench_gen(int argc, char **argv);
 int bench_train(int argc, char **argv);
 int bench_tier(int argc, char **argv);
+int bench_fsync(int argc, char **argv);
 
 /* Connects as every command does: --cluster FILE, else $AQ_CLUSTER, else ./var/cluster.conf.
  * Prints a clear message and returns NULL on failure. */

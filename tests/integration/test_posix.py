@@ -13,7 +13,7 @@ import tarfile
 import threading
 import time
 
-from aqtest import Cluster, ends_while_stopped, expect_errno, main, proc_io, run, run_as, runs_while_stopped
+from aqtest import AQ, Cluster, ends_while_stopped, expect_errno, main, proc_io, run, run_as, runs_while_stopped
 
 
 def test_write_read_small(c):
@@ -1080,6 +1080,27 @@ def test_page_cache_kept_but_not_stale(c):
     time.sleep(1.5)  # past the mount's 1 s attribute timeout
     with open(p, "rb") as f:
         assert f.read() == b"B" * 100_001
+
+
+def test_bench_fsync_reports_both_sides(c):
+    """aq bench fsync: both sides of the comparison for each file size, percentiles in
+    order, its files removed after; bad sizes refused."""
+    import json
+    import tempfile
+    d = c.path("benchfsync")
+    os.mkdir(d)
+    with tempfile.TemporaryDirectory() as local:
+        p = run(AQ, "bench", "fsync", "--dir", d, "--compare", local, "--sizes", "4096,1048576", "--ops", "20",
+                "--json")
+        j = json.loads(p.stdout)
+        assert j["ops"] == 20 and set(j["aquifer"]) == {"4096", "1048576"} == set(j["compare"]), j
+        for side in (j["aquifer"], j["compare"]):
+            for r in side.values():
+                assert 0 < r["median_us"] <= r["p90_us"] <= r["p99_us"] and r["ops_per_s"] > 0, r
+        assert os.listdir(d) == [] and os.listdir(local) == []
+    for bad in ("4097", "0", "4096,x"):
+        p = run(AQ, "bench", "fsync", "--dir", d, "--sizes", bad, check=False)
+        assert p.returncode == 2 and "--sizes" in p.stderr, (bad, p.returncode, p.stderr)
 
 
 def test_fsync(c):

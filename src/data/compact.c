@@ -7,7 +7,9 @@
  * and a corrupt block stays detectably corrupt) to the active segment, switches the index
  * entry only if it still points at the old place (checked under the target lock, so a
  * racing overwrite or delete wins), makes the switch durable, and unlinks the segment
- * once its live count is zero. Readers hold seg_lock shared across lookup and I/O, so the
+ * once its live count is zero. A chunk in several records (a map of overlays) is folded
+ * into one whole record of the same version instead. The scan keeps only the chunks'
+ * identities; each is moved as its entry is when its turn comes. Readers hold seg_lock shared across lookup and I/O, so the
  * unlink (seg_lock exclusive) never pulls a file from under a read.
  */
 #include <sys/stat.h>
@@ -20,16 +22,27 @@
 #define COMPACT_RATIO_DEFAULT 0.5
 #define COMPACT_ACTIVE_MIN_DEAD (8ull << 20) /* dead bytes before an active segment is sealed */
 
+/* A chunk with a record in a segment being compacted (its entry is read again to move it). */
 struct live_rec {
 	uint64_t ino;
 	uint32_t idx;
-	struct data_entry e;
 };
 
 static int cmp_u32(const void *a, const void *b)
 {
 	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
 	return x < y ? -1 : x > y;
+}
+
+/* True when e has a record in one of the segments in cand (sorted). */
+static bool in_cand(const struct data_entry *e, const uint32_t *cand, size_t ncand)
+{
+	struct data_rec_ref r[DATA_RECS_MAX];
+	uint32_t nr = data_entry_recs(e, r);
+	for (uint32_t i = 0; i < nr; i++)
+		if (bsearch(&r[i].seg, cand, ncand, sizeof *cand, cmp_u32))
+			return true;
+	return false;
 }
 
 /* Collects the index entries that point into one of the segments in cand (sorted). The
@@ -50,13 +63,13 @@ static int scan_live(struct data_target *t, const uint32_t *cand, size_t ncand, 
 		const uint8_t *val = (const uint8_t *)rocksdb_iter_value(it, &vlen);
 		if (klen != DATA_KEY_SIZE || data_val_decode(val, vlen, &e))
 			continue; /* open already logged it; it points nowhere useful */
-		if (!bsearch(&e.seg, cand, ncand, sizeof *cand, cmp_u32))
+		if (!in_cand(&e, cand, ncand))
 			continue;
 		if (n == cap) {
 			cap = cap ? 2 * cap : 64;
 			recs = aq_realloc(recs, cap * sizeof *recs);
 		}
-		recs[n++] = (struct live_rec){.ino = get_be64(key + 1), .idx = get_be32(key + 9), .e = e};
+		recs[n++] = (struct live_rec){.ino = get_be64(key + 1), .idx = get_be32(key + 9)};
 	}
 	char *err = NULL;
 	rocksdb_iter_get_error(it, &err);
@@ -74,11 +87,99 @@ static int scan_live(struct data_target *t, const uint32_t *cand, size_t ncand, 
 	return rc;
 }
 
-/* Moves one live record to the active segment. Returns bytes appended (0 when the entry
- * moved on meanwhile) or -errno. */
-static int64_t move_record(struct data_store *ds, struct data_target *t, const struct live_rec *lr)
+/* True when a and b are the same version of a chunk in the same places. */
+static bool same_place(const struct data_entry *a, const struct data_entry *b)
 {
-	const struct data_entry *e = &lr->e;
+	struct data_rec_ref ra[DATA_RECS_MAX], rb[DATA_RECS_MAX];
+	uint32_t n = data_entry_recs(a, ra);
+	if (a->version != b->version || a->nrec != b->nrec || data_entry_recs(b, rb) != n)
+		return false;
+	for (uint32_t i = 0; i < n; i++)
+		if (ra[i].seg != rb[i].seg || ra[i].off != rb[i].off)
+			return false;
+	return !a->nrec || (!memcmp(a->brec, b->brec, data_nblocks(a->length)) &&
+			    !memcmp(a->bpos, b->bpos, data_nblocks(a->length)));
+}
+
+/* Appends the record (rec_size bytes, a whole chunk) and points the index entry ne of
+ * chunk (ino, idx) at it, counting it live. Returns 0 or -errno. Caller holds t->lock. */
+static int64_t place_locked(struct data_store *ds, struct data_target *t, uint64_t ino, uint32_t idx,
+			    const uint8_t *rec, uint64_t rec_size, struct data_entry *ne)
+{
+	int64_t rc = data_append_locked(ds, t, rec, rec_size, true, &ne->seg, &ne->off);
+	if (rc)
+		return rc;
+	uint8_t key[DATA_KEY_SIZE], val[DATA_VAL_MAX];
+	data_key(key, ino, idx);
+	size_t vlen = data_val_encode(val, ne);
+	char *err = NULL;
+	/* Not synced here: the pass syncs once before it unlinks anything. */
+	rocksdb_put(t->db, t->wopt, (const char *)key, sizeof key, (const char *)val, vlen, &err);
+	if (err) {
+		log_error("target %u: compaction: index put: %s", t->id, err);
+		rocksdb_free(err);
+		return -EIO; /* the appended record is dead space */
+	}
+	data_seg_find(t, ne->seg)->live += rec_size;
+	return 0;
+}
+
+/* Moves a chunk whose blocks lie in several records (a map) to the active segment as one
+ * whole record of the same version: its blocks are read and checked (a corrupt one
+ * leaves the chunk where it is, logged) and its records all become dead. Returns bytes
+ * appended, -EAGAIN when the entry moved on meanwhile, or -errno. */
+static int64_t merge_map(struct data_store *ds, struct data_target *t, uint64_t ino, uint32_t idx,
+			 const struct data_entry *e)
+{
+	uint64_t rec_size = data_rec_size(e->length);
+	uint8_t *rec = data_buf_alloc(rec_size);
+	struct data_entry *cur = aq_malloc(sizeof *cur);
+	bool found = false;
+	pthread_rwlock_rdlock(&t->seg_lock);
+	int64_t rc = data_index_get(t, ino, idx, cur, &found);
+	if (!rc && found && same_place(cur, e))
+		rc = data_read_chunk(t, ino, idx, cur, rec + DATA_REC_HDR_SIZE);
+	pthread_rwlock_unlock(&t->seg_lock);
+	if (rc || !found || !same_place(cur, e)) {
+		if (rc)
+			log_error("target %u: compaction: ino %llx idx %u v%llu unreadable, left in place: %s", t->id,
+				  (unsigned long long)ino, idx, (unsigned long long)e->version,
+				  strerror(rc == -AQ_ECORRUPT ? EIO : (int)-rc));
+		rc = rc ? 0 : -EAGAIN;
+		goto out;
+	}
+	struct data_rec_hdr h = {.ino = ino, .idx = idx, .length = e->length, .version = e->version};
+	memset(rec + DATA_REC_HDR_SIZE + e->length, 0, rec_size - DATA_REC_HDR_SIZE - e->length);
+	data_hdr_encode(rec, &h);
+
+	pthread_mutex_lock(&t->lock);
+	rc = data_index_get(t, ino, idx, cur, &found);
+	if (rc || !found || !same_place(cur, e)) {
+		rc = rc ? rc : -EAGAIN; /* overwritten, truncated or deleted since */
+		goto unlock;
+	}
+	struct data_entry *ne = aq_malloc(sizeof *ne);
+	*ne = *cur;
+	ne->nrec = 0;
+	rc = place_locked(ds, t, ino, idx, rec, rec_size, ne);
+	if (!rc) {
+		data_drop_records_locked(t, cur, ne);
+		rc = (int64_t)rec_size;
+	}
+	free(ne);
+unlock:
+	pthread_mutex_unlock(&t->lock);
+out:
+	free(cur);
+	data_buf_free(rec);
+	return rc;
+}
+
+/* Moves one live record to the active segment. Returns bytes appended, -EAGAIN when the
+ * entry moved on meanwhile, or -errno. */
+static int64_t move_record(struct data_store *ds, struct data_target *t, uint64_t ino, uint32_t idx,
+			   const struct data_entry *e)
+{
 	uint64_t rec_size = data_rec_size(e->length);
 	uint8_t *rec = data_buf_alloc(rec_size);
 	int64_t rc = 0;
@@ -90,24 +191,24 @@ static int64_t move_record(struct data_store *ds, struct data_target *t, const s
 	 * still points here while holding seg_lock, which a punch must wait for. */
 	struct data_entry now;
 	bool still = false;
-	rc = data_index_get(t, lr->ino, lr->idx, &now, &still);
-	if (rc || !still || now.seg != e->seg || now.off != e->off || now.version != e->version) {
+	rc = data_index_get(t, ino, idx, &now, &still);
+	if (rc || !still || !same_place(&now, e)) {
 		pthread_rwlock_unlock(&t->seg_lock);
 		data_buf_free(rec);
-		return 0;
+		return -EAGAIN;
 	}
 	struct data_seg *s = data_seg_find(t, e->seg);
 	struct data_io io = {.fd = s ? s->fd : -1, .buf = rec, .len = rec_size, .off = e->off};
 	rc = s ? data_io_read(&io, 1) : -EIO;
 	pthread_rwlock_unlock(&t->seg_lock);
 	struct data_rec_hdr h;
-	if (!rc && (data_hdr_decode(rec, &h) || h.ino != lr->ino || h.idx != lr->idx || h.length != e->length ||
+	if (!rc && (data_hdr_decode(rec, &h) || h.ino != ino || h.idx != idx || h.length != e->length ||
 		    h.version != e->version))
 		rc = -EIO;
 	if (rc) {
 		/* Left where it is: the segment stays until a scrub repairs the record. */
 		log_error("target %u: compaction: record of ino %llx idx %u v%llu at seg %u off %llu unreadable: %s",
-			  t->id, (unsigned long long)lr->ino, lr->idx, (unsigned long long)e->version, e->seg,
+			  t->id, (unsigned long long)ino, idx, (unsigned long long)e->version, e->seg,
 			  (unsigned long long)e->off, strerror((int)-rc));
 		data_buf_free(rec);
 		return 0;
@@ -116,34 +217,43 @@ static int64_t move_record(struct data_store *ds, struct data_target *t, const s
 	pthread_mutex_lock(&t->lock);
 	struct data_entry cur;
 	bool found = false;
-	rc = data_index_get(t, lr->ino, lr->idx, &cur, &found);
-	if (rc || !found || cur.seg != e->seg || cur.off != e->off || cur.version != e->version)
-		goto out; /* overwritten, truncated or deleted since the scan: nothing to move */
-	struct data_entry ne = cur;
-	rc = data_append_locked(ds, t, rec, rec_size, true, &ne.seg, &ne.off);
-	if (rc)
-		goto out;
-	uint8_t key[DATA_KEY_SIZE], val[DATA_VAL_MAX];
-	data_key(key, lr->ino, lr->idx);
-	size_t vlen = data_val_encode(val, &ne);
-	char *err = NULL;
-	/* Not synced here: the pass syncs once before it unlinks anything. */
-	rocksdb_put(t->db, t->wopt, (const char *)key, sizeof key, (const char *)val, vlen, &err);
-	if (err) {
-		log_error("target %u: compaction: index put: %s", t->id, err);
-		rocksdb_free(err);
-		rc = -EIO;
+	rc = data_index_get(t, ino, idx, &cur, &found);
+	if (rc || !found || !same_place(&cur, e)) {
+		rc = rc ? rc : -EAGAIN; /* overwritten, truncated or deleted since the scan */
 		goto out;
 	}
+	struct data_entry ne = cur;
+	rc = place_locked(ds, t, ino, idx, rec, rec_size, &ne);
+	if (rc)
+		goto out;
 	struct data_seg *os = data_seg_find(t, e->seg);
 	AQ_ASSERT(os && os->live >= rec_size);
-	os->live -= rec_size;
-	data_seg_find(t, ne.seg)->live += rec_size;
+	os->live -= rec_size; /* not punched: the segment goes whole */
 	rc = (int64_t)rec_size;
 out:
 	pthread_mutex_unlock(&t->lock);
 	data_buf_free(rec);
 	return rc;
+}
+
+/* Moves chunk lr out of the segments in cand, as its entry now is (a write since the
+ * scan may have moved it out already, or kept some of its records in place: an overlay
+ * leaves the untouched blocks where they were). Returns bytes appended or -errno. */
+static int64_t move_chunk(struct data_store *ds, struct data_target *t, const uint32_t *cand, size_t ncand,
+			  const struct live_rec *lr)
+{
+	struct data_entry *e = aq_malloc(sizeof *e);
+	int64_t rc = -EAGAIN;
+	for (int tries = 0; rc == -EAGAIN && tries < 8; tries++) {
+		bool found = false;
+		if (data_index_get(t, lr->ino, lr->idx, e, &found) || !found || !in_cand(e, cand, ncand)) {
+			rc = 0; /* gone or moved; a malformed entry stays where it is (logged) */
+			break;
+		}
+		rc = e->nrec ? merge_map(ds, t, lr->ino, lr->idx, e) : move_record(ds, t, lr->ino, lr->idx, e);
+	}
+	free(e);
+	return rc == -EAGAIN ? 0 : rc;
 }
 
 /* Unlinks a sealed segment that nothing points to any more. Returns its size, 0 when it
@@ -226,7 +336,7 @@ int64_t data_compact(struct data_store *ds, uint32_t target, double min_live_rat
 			goto out;
 	}
 	for (size_t i = 0; i < nrecs; i++) {
-		int64_t moved = move_record(ds, t, &recs[i]);
+		int64_t moved = move_chunk(ds, t, cand, ncand, &recs[i]);
 		if (moved < 0) {
 			rc = moved;
 			goto out;

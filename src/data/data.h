@@ -2,9 +2,9 @@
  * data.h - storage targets. A target is a directory holding append-only segment files
  * (seg-00000001 ..., up to 256 MiB each) and a RocksDB chunk index
  *   (ino, chunk index) -> segment, offset, length, version, crc32c per 64 KiB block.
- * A write appends a new version of the chunk (read-modify-write for a partial chunk) and
- * then points the index at it; the old version becomes dead space that compaction
- * reclaims. Every read checks the crc32c of every block it touches: a mismatch is
+ * A write appends a new version of the chunk (read-modify-write for a partial chunk; for a
+ * few blocks of a big chunk an overlay of only those blocks) and then points the index at
+ * it; what the old version no longer needs becomes dead space that compaction reclaims. Every read checks the crc32c of every block it touches: a mismatch is
  * -AQ_ECORRUPT, logged with the chunk's identity, never data. Disk I/O goes through
  * io_uring. All functions are thread-safe and return 0 or -errno.
  */
@@ -42,7 +42,8 @@ int data_write(struct data_store *ds, uint32_t target, uint64_t ino, uint32_t id
 /* As data_write for n extents of one chunk at once, in one new version of it: ext sorted
  * by offset, disjoint, none empty (else -EINVAL), their bytes one after another in bytes.
  * A writer that scattered small writes over a chunk pays one read-modify-write, not one
- * per write. */
+ * per write; extents that touch under half of a big chunk's blocks cost only those blocks
+ * (an overlay, see README.md). */
 int data_writev(struct data_store *ds, uint32_t target, uint64_t ino, uint32_t idx, const struct aq_extent *ext,
 		uint32_t n, const void *bytes, bool sync);
 /* Reads len bytes at off inside the chunk into buf; bytes past what was written (or a
@@ -66,8 +67,9 @@ struct data_loc {
 	uint32_t crc[AQ_CHUNK_SIZE_MAX / DATA_BLOCK_SIZE];
 };
 /* Locates bytes [0, end) of chunk (ino, idx), or with end 0 all the bytes its record
- * holds: 0, or -EAGAIN when they are not all in a record on this disk (no chunk, a
- * shorter one, or one only in S3): read them through data_read. The location is right
+ * holds: 0, or -EAGAIN when they are not all in one record on this disk (no chunk, a
+ * shorter one, one only in S3, or one in several records after overlays): read them
+ * through data_read. The location is right
  * when it is given; a reader that finds the record gone or changed (a later write,
  * compaction) reads through aqd instead. */
 int data_locate(struct data_store *ds, uint32_t target, uint64_t ino, uint32_t idx, uint32_t end,
@@ -75,7 +77,8 @@ int data_locate(struct data_store *ds, uint32_t target, uint64_t ino, uint32_t i
 /* For that reader (format.c, pure): the bytes of the record it reads, from rec_off (the
  * header and blocks [0, nblk), rounded to 4096 for O_DIRECT); and the check of what it
  * read: the header names chunk (ino, idx) at this version and length, and every block
- * matches its crc32c. 0 or -AQ_ECORRUPT; logs nothing. */
+ * matches its crc32c (an overlay record's header never passes). 0 or -AQ_ECORRUPT; logs
+ * nothing. */
 uint64_t data_rec_span(uint32_t length, uint32_t nblk);
 int data_rec_check(const uint8_t *rec, uint64_t ino, uint32_t idx, uint64_t version, uint32_t length,
 		   uint32_t nblk, const uint32_t *crc);

@@ -9,8 +9,9 @@
  *    bytes, so sizes and offsets stay O_DIRECT-friendly.
  *  - Only the active segment (the highest numbered) is appended to; sealed segments are
  *    durable (fdatasync'ed when sealed) and only read, moved out of and unlinked.
- *  - seg.live is the sum of the record sizes of the index entries that point into the
- *    segment; it is rebuilt at open and kept exact under the target lock.
+ *  - seg.live is the sum of the sizes of the records index entries point to in the
+ *    segment (each record of a map once); it is rebuilt at open and kept exact under the
+ *    target lock.
  *
  * Lock order: compact_lock -> lock -> seg_lock. `lock` serialises every change of a
  * target (append position, index entries, accounting); `seg_lock` guards the segment
@@ -35,9 +36,16 @@
 #define DATA_KEY_SIZE 13u /* 'C' | ino u64 BE | idx u32 BE */
 #define DATA_VAL_FORMAT 1u
 #define DATA_VAL_FORMAT_TIER 2u /* format 1 + object id u64, offset in the object u64 */
+#define DATA_VAL_FORMAT_MAP 3u  /* a chunk whose blocks lie in several records (overlays) */
 #define DATA_VAL_FIXED 25u /* format u8, segment u32, offset u64, length u32, version u64 */
 #define DATA_VAL_FIXED_TIER (DATA_VAL_FIXED + 16u)
-#define DATA_VAL_MAX (DATA_VAL_FIXED_TIER + 4u * DATA_BLOCKS_MAX)
+#define DATA_VAL_FIXED_MAP 14u  /* format u8, length u32, version u64, records u8 */
+#define DATA_VAL_REC_REF 16u    /* segment u32, offset u64, length u32 */
+/* A chunk's blocks lie in at most this many records: its last whole version and the
+ * overlays written since, each holding only the blocks a write changed. */
+#define DATA_RECS_MAX 32u
+#define DATA_VAL_MAX (DATA_VAL_FIXED_MAP + DATA_VAL_REC_REF * DATA_RECS_MAX + 6u * DATA_BLOCKS_MAX)
+#define DATA_REC_FLAG_OVERLAY 1u /* record header flag: some blocks of the chunk, which the index lists */
 #define DATA_OBJ_KEY_SIZE 9u /* 'O' | object id u64 BE -> object size u64 LE */
 /* Data stops 1% short of a full file system, at most this much: enough for the metadata
  * store, usually on the same file system, to flush all four of its 64 MiB memtables (at
@@ -63,15 +71,30 @@ static inline uint32_t data_nblocks(uint32_t length) { return (length + DATA_BLO
 struct data_rec_hdr {
 	uint64_t ino;
 	uint32_t idx;
-	uint32_t length;
+	uint32_t length;  /* bytes of data in the record */
 	uint64_t version;
+	uint16_t flags;   /* DATA_REC_FLAG_OVERLAY: not the whole chunk, only some of its blocks */
 };
 void data_hdr_encode(uint8_t out[DATA_REC_HDR_SIZE], const struct data_rec_hdr *h);
 /* 0, or -EIO when the magic, format or header crc is wrong. */
 int data_hdr_decode(const uint8_t in[DATA_REC_HDR_SIZE], struct data_rec_hdr *h);
 
+/* A record on flash: where it is and how many bytes of data it holds. */
+struct data_rec_ref {
+	uint64_t off;
+	uint32_t seg;
+	uint32_t length;
+};
+
 /* One chunk index entry (the value under data_key()). A chunk is on flash (seg != 0), in
- * an S3 pack object (obj != 0), or both; never neither. */
+ * an S3 pack object (obj != 0), or both; never neither.
+ *
+ * On flash its bytes are one record (nrec 0: the record at seg/off holds the whole chunk)
+ * or, after small writes into it, a map (nrec > 0, format 3): block b is block bpos[b] of
+ * record rec[brec[b]]. A write that changes a few blocks of a big chunk appends only
+ * those blocks (an overlay record) and points their map entries at it, where rewriting
+ * the whole chunk would cost a read and a write of up to 8 MiB; a map is never in S3 and
+ * always has seg/off = rec[0]'s, so "on flash" tests stay seg != 0. */
 struct data_entry {
 	uint32_t seg;     /* 0: not on flash */
 	uint64_t off;     /* of the record (its header) in the segment */
@@ -80,7 +103,17 @@ struct data_entry {
 	uint32_t length;  /* bytes of chunk data */
 	uint64_t version;
 	uint32_t crc[DATA_BLOCKS_MAX]; /* of each block of the data, the last one partial */
+	uint32_t nrec;    /* 0: one whole record; else the records of the map, oldest first */
+	struct data_rec_ref rec[DATA_RECS_MAX];
+	uint8_t brec[DATA_BLOCKS_MAX], bpos[DATA_BLOCKS_MAX];
 };
+_Static_assert(DATA_BLOCKS_MAX <= 256 && DATA_RECS_MAX <= 256, "map entries are bytes");
+/* The records entry e's bytes on flash lie in (none when it is only in S3); returns how
+ * many, written to out (room for DATA_RECS_MAX). */
+uint32_t data_entry_recs(const struct data_entry *e, struct data_rec_ref *out);
+/* The record holding block b of e (on flash), to *rec; returns the offset of the block's
+ * first byte in that record's segment. */
+uint64_t data_entry_block(const struct data_entry *e, uint32_t b, struct data_rec_ref *rec);
 void data_key(uint8_t out[DATA_KEY_SIZE], uint64_t ino, uint32_t idx);
 /* Returns the encoded size (<= DATA_VAL_MAX). */
 size_t data_val_encode(uint8_t *out, const struct data_entry *e);
@@ -181,6 +214,8 @@ void data_punch_dead_locked(struct data_target *t, uint32_t seg, uint64_t off, u
  * off its segment's live count and punches it. Segment 0 (not on flash) and a missing
  * segment (logged at open, never counted) are no-ops. Caller holds t->lock. */
 void data_drop_record_locked(struct data_target *t, uint32_t seg, uint64_t off, uint32_t length);
+/* Drops every record of old that new (NULL: none) does not point to. Caller holds t->lock. */
+void data_drop_records_locked(struct data_target *t, const struct data_entry *old, const struct data_entry *new);
 
 /* tier.c, used by store.c */
 /* Reads blocks of a chunk that is only in S3 (e->seg == 0), checking every crc32c. */

@@ -145,6 +145,19 @@ void data_drop_record_locked(struct data_target *t, uint32_t seg, uint64_t off, 
 	data_punch_dead_locked(t, seg, off, size);
 }
 
+void data_drop_records_locked(struct data_target *t, const struct data_entry *old, const struct data_entry *new)
+{
+	struct data_rec_ref o[DATA_RECS_MAX], n[DATA_RECS_MAX];
+	uint32_t no = data_entry_recs(old, o), nn = new ? data_entry_recs(new, n) : 0;
+	for (uint32_t i = 0; i < no; i++) {
+		bool kept = false;
+		for (uint32_t j = 0; j < nn && !kept; j++)
+			kept = o[i].seg == n[j].seg && o[i].off == n[j].off;
+		if (!kept)
+			data_drop_record_locked(t, o[i].seg, o[i].off, o[i].length);
+	}
+}
+
 static uint64_t used_bytes(const struct data_target *t)
 {
 	uint64_t used = 0;
@@ -287,25 +300,33 @@ struct block_range {
 	uint8_t *dst;
 };
 
-/* The segment entry e points into, once it is checked to hold the whole record. Caller
- * holds t->lock or t->seg_lock shared, so the segment cannot go away. */
-static struct data_seg *entry_seg(struct data_target *t, uint64_t ino, uint32_t idx, const struct data_entry *e)
+/* The segment of record r of chunk (ino, idx) v<version>, once it is checked to hold the
+ * whole record. Caller holds t->lock or t->seg_lock shared, so the segment cannot go away. */
+static struct data_seg *rec_seg(struct data_target *t, uint64_t ino, uint32_t idx, uint64_t version,
+				const struct data_rec_ref *r)
 {
-	struct data_seg *s = data_seg_find(t, e->seg);
+	struct data_seg *s = data_seg_find(t, r->seg);
 	if (!s) {
 		log_error("target %u: ino %llx idx %u v%llu: index points to missing segment %u", t->id,
-			  (unsigned long long)ino, idx, (unsigned long long)e->version, e->seg);
+			  (unsigned long long)ino, idx, (unsigned long long)version, r->seg);
 		return NULL;
 	}
 	/* Readers hold only seg_lock while writers grow total under t->lock: atomic. */
 	uint64_t total = __atomic_load_n(&s->total, __ATOMIC_ACQUIRE);
-	if (e->off + data_rec_size(e->length) > total) {
+	if (r->off + data_rec_size(r->length) > total) {
 		log_error("target %u: ino %llx idx %u v%llu: record at seg %u off %llu past segment end %llu",
-			  t->id, (unsigned long long)ino, idx, (unsigned long long)e->version, e->seg,
-			  (unsigned long long)e->off, (unsigned long long)total);
+			  t->id, (unsigned long long)ino, idx, (unsigned long long)version, r->seg,
+			  (unsigned long long)r->off, (unsigned long long)total);
 		return NULL;
 	}
 	return s;
+}
+
+/* The segment of e's one whole record (e->nrec == 0), checked as rec_seg does. */
+static struct data_seg *entry_seg(struct data_target *t, uint64_t ino, uint32_t idx, const struct data_entry *e)
+{
+	struct data_rec_ref r = {.seg = e->seg, .off = e->off, .length = e->length};
+	return rec_seg(t, ino, idx, e->version, &r);
 }
 
 /* Checks blocks [b0, b1) of entry e, read to p, against their crc32c. Returns 0 or
@@ -316,10 +337,13 @@ static int check_blocks(struct data_target *t, uint64_t ino, uint32_t idx, const
 	uint32_t crc = 0, b = data_blocks_check(p, e->length, b0, b1, e->crc + b0, &crc);
 	if (b == b1)
 		return 0;
+	struct data_rec_ref r = {0};
+	if (e->seg)
+		data_entry_block(e, b, &r);
 	log_error("target %u: chunk ino %llx idx %u v%llu block %u (seg %u record %llu): "
 		  "crc32c %08x, index says %08x: corrupt",
-		  t->id, (unsigned long long)ino, idx, (unsigned long long)e->version, b, e->seg,
-		  (unsigned long long)e->off, crc, e->crc[b]);
+		  t->id, (unsigned long long)ino, idx, (unsigned long long)e->version, b, r.seg,
+		  (unsigned long long)r.off, crc, e->crc[b]);
 	return -AQ_ECORRUPT;
 }
 
@@ -340,22 +364,43 @@ static int read_blocks(struct data_target *t, uint64_t ino, uint32_t idx, const 
 		}
 		return 0;
 	}
-	struct data_seg *s = entry_seg(t, ino, idx, e);
-	if (!s)
-		return -EIO;
-	struct data_io io[2];
-	AQ_ASSERT(n <= ARRAY_SIZE(io));
+	/* One I/O per run of blocks that lie one after another in one record: a whole
+	 * record's range is one I/O, a map's one per piece. */
+	struct data_io one[2], *io = one;
+	unsigned nio = 0, cap = ARRAY_SIZE(one);
 	for (unsigned i = 0; i < n; i++) {
 		AQ_ASSERT(r[i].b0 < r[i].b1 && r[i].b1 <= data_nblocks(e->length));
-		uint64_t start = (uint64_t)r[i].b0 * DATA_BLOCK_SIZE;
-		uint64_t end = MIN((uint64_t)r[i].b1 * DATA_BLOCK_SIZE, e->length);
-		io[i] = (struct data_io){.fd = s->fd, .buf = r[i].dst, .len = end - start,
-					 .off = e->off + DATA_REC_HDR_SIZE + start};
+		uint8_t *dst = r[i].dst;
+		for (uint32_t b = r[i].b0; b < r[i].b1;) {
+			struct data_rec_ref rec, next;
+			uint64_t at = data_entry_block(e, b, &rec), len = 0;
+			uint32_t b1 = b;
+			do {
+				len += MIN((uint64_t)(b1 + 1) * DATA_BLOCK_SIZE, e->length) - (uint64_t)b1 * DATA_BLOCK_SIZE;
+				b1++;
+			} while (b1 < r[i].b1 && data_entry_block(e, b1, &next) == at + len && next.seg == rec.seg);
+			struct data_seg *s = rec_seg(t, ino, idx, e->version, &rec);
+			if (!s) {
+				if (io != one)
+					free(io);
+				return -EIO;
+			}
+			if (nio == cap) {
+				cap *= 4;
+				io = io == one ? memcpy(aq_malloc(cap * sizeof *io), one, sizeof one)
+					       : aq_realloc(io, cap * sizeof *io);
+			}
+			io[nio++] = (struct data_io){.fd = s->fd, .buf = dst, .len = len, .off = at};
+			dst += len;
+			b = b1;
+		}
 	}
-	int rc = data_io_read(io, n);
+	int rc = data_io_read(io, nio);
+	if (io != one)
+		free(io);
 	if (rc) {
-		log_error("target %u: ino %llx idx %u: read seg %u: %s", t->id, (unsigned long long)ino, idx,
-			  e->seg, strerror(-rc));
+		log_error("target %u: ino %llx idx %u v%llu: read: %s", t->id, (unsigned long long)ino, idx,
+			  (unsigned long long)e->version, strerror(-rc));
 		return rc;
 	}
 	for (unsigned i = 0; i < n && !rc; i++)
@@ -371,37 +416,58 @@ int data_read_chunk(struct data_target *t, uint64_t ino, uint32_t idx, const str
 	return read_blocks(t, ino, idx, e, &r, 1);
 }
 
-/* Fills in the header and the block crcs of a record whose data (length bytes at rec +
- * header) is in place, and zeroes the padding. */
-static void rec_seal(uint8_t *rec, uint64_t ino, uint32_t idx, struct data_entry *e)
+/* Bytes of block b of a chunk of length bytes (the last block may be partial). */
+static uint32_t block_len(uint32_t length, uint32_t b)
 {
-	uint8_t *data = rec + DATA_REC_HDR_SIZE;
-	uint64_t rec_size = data_rec_size(e->length);
-	memset(data + e->length, 0, rec_size - DATA_REC_HDR_SIZE - e->length);
-	for (uint32_t b = 0; b < data_nblocks(e->length); b++) {
-		uint64_t start = (uint64_t)b * DATA_BLOCK_SIZE;
-		e->crc[b] = crc32c(0, data + start, MIN(start + DATA_BLOCK_SIZE, e->length) - start);
-	}
-	struct data_rec_hdr h = {.ino = ino, .idx = idx, .length = e->length, .version = e->version};
+	return (uint32_t)(MIN((uint64_t)(b + 1) * DATA_BLOCK_SIZE, length) - (uint64_t)b * DATA_BLOCK_SIZE);
+}
+
+/* Fills in the header of a record whose data (length bytes at rec + header) is in place,
+ * and zeroes the padding. */
+static void rec_finish(uint8_t *rec, uint32_t length, uint64_t ino, uint32_t idx, uint64_t version, uint16_t flags)
+{
+	memset(rec + DATA_REC_HDR_SIZE + length, 0, data_rec_size(length) - DATA_REC_HDR_SIZE - length);
+	struct data_rec_hdr h = {.ino = ino, .idx = idx, .length = length, .version = version, .flags = flags};
 	data_hdr_encode(rec, &h);
 }
 
-/* Appends the sealed record and points the index at it (e->seg/off are filled in). With
- * old, that version's record becomes dead. Caller holds t->lock. */
-static int commit_record_locked(struct data_store *ds, struct data_target *t, uint64_t ino, uint32_t idx,
-				const uint8_t *rec, struct data_entry *e, const struct data_entry *old, bool sync)
+/* As rec_finish for a record of the whole chunk e, whose block crcs it computes. */
+static void rec_seal(uint8_t *rec, uint64_t ino, uint32_t idx, struct data_entry *e)
 {
-	uint64_t rec_size = data_rec_size(e->length);
-	int rc = data_append_locked(ds, t, rec, rec_size, false, &e->seg, &e->off);
+	const uint8_t *data = rec + DATA_REC_HDR_SIZE;
+	for (uint32_t b = 0; b < data_nblocks(e->length); b++)
+		e->crc[b] = crc32c(0, data + (uint64_t)b * DATA_BLOCK_SIZE, block_len(e->length, b));
+	rec_finish(rec, e->length, ino, idx, e->version, 0);
+}
+
+/* Appends the finished record (rec_len bytes of data) and points the index at e: at the
+ * record for a whole one (e->nrec 0), else with the record as e's last. Old's records
+ * that e no longer points to become dead. Caller holds t->lock. */
+static int commit_record_locked(struct data_store *ds, struct data_target *t, uint64_t ino, uint32_t idx,
+				const uint8_t *rec, uint32_t rec_len, struct data_entry *e,
+				const struct data_entry *old, bool sync)
+{
+	uint64_t rec_size = data_rec_size(rec_len);
+	uint32_t seg;
+	uint64_t off;
+	int rc = data_append_locked(ds, t, rec, rec_size, false, &seg, &off);
 	if (rc)
 		return rc;
 	if (sync) {
 		rc = data_io_fdatasync(seg_active(t)->fd);
 		if (rc) {
-			log_error("target %u: fdatasync seg %u: %s", t->id, e->seg, strerror(-rc));
-			append_undo(t, e->seg, e->off, rec_size);
+			log_error("target %u: fdatasync seg %u: %s", t->id, seg, strerror(-rc));
+			append_undo(t, seg, off, rec_size);
 			return rc;
 		}
+	}
+	if (e->nrec) {
+		e->rec[e->nrec - 1] = (struct data_rec_ref){.seg = seg, .off = off, .length = rec_len};
+		e->seg = e->rec[0].seg;
+		e->off = e->rec[0].off;
+	} else {
+		e->seg = seg;
+		e->off = off;
 	}
 	uint8_t key[DATA_KEY_SIZE], val[DATA_VAL_MAX];
 	data_key(key, ino, idx);
@@ -412,12 +478,12 @@ static int commit_record_locked(struct data_store *ds, struct data_target *t, ui
 	if (err) {
 		log_error("target %u: index put ino %llx idx %u: %s", t->id, (unsigned long long)ino, idx, err);
 		rocksdb_free(err);
-		append_undo(t, e->seg, e->off, rec_size);
+		append_undo(t, seg, off, rec_size);
 		return -EIO;
 	}
-	data_seg_find(t, e->seg)->live += rec_size;
+	data_seg_find(t, seg)->live += rec_size;
 	if (old) {
-		data_drop_record_locked(t, old->seg, old->off, old->length);
+		data_drop_records_locked(t, old, e);
 		if (old->obj)
 			tier_unref_locked(t, old->obj, old->length);
 	} else {
@@ -436,6 +502,164 @@ static bool covered(const struct aq_extent *ext, uint32_t n, uint32_t a, uint32_
 			a = ext[i].off + ext[i].len;
 	}
 	return a >= b;
+}
+
+/* Copies the extents' bytes that fall in block b into dst (block b's first byte). */
+static void put_extents(uint8_t *dst, uint32_t b, const struct aq_extent *ext, uint32_t n, const uint8_t *bytes)
+{
+	uint64_t lo = (uint64_t)b * DATA_BLOCK_SIZE, hi = lo + DATA_BLOCK_SIZE;
+	for (uint32_t i = 0; i < n; i++) {
+		uint64_t a = MAX(lo, (uint64_t)ext[i].off), z = MIN(hi, (uint64_t)ext[i].off + ext[i].len);
+		if (a < z)
+			memcpy(dst + (a - lo), bytes + (a - ext[i].off), z - a);
+		bytes += ext[i].len;
+	}
+}
+
+/* A new whole version of the chunk: old (NULL: none) with the extents applied, new_len
+ * bytes, one record. Reads back only the old blocks that the extents do not cover whole:
+ * a whole-chunk write or an append at a block boundary reads nothing, and a corrupt block
+ * that is overwritten whole is replaced rather than refused. Caller holds t->lock. */
+static int write_whole_locked(struct data_store *ds, struct data_target *t, uint64_t ino, uint32_t idx,
+			      const struct aq_extent *ext, uint32_t n, const uint8_t *bytes,
+			      const struct data_entry *old, uint32_t new_len, struct data_entry *e, bool sync)
+{
+	uint32_t old_len = old ? old->length : 0;
+	uint8_t *rec = data_buf_alloc(data_rec_size(new_len));
+	uint8_t *data = rec + DATA_REC_HDR_SIZE;
+	int rc = 0;
+	uint32_t nb = data_nblocks(old_len);
+	for (uint32_t b = 0; b < nb && rc == 0;) {
+		uint32_t b1 = b;
+		while (b1 < nb && !covered(ext, n, b1 * DATA_BLOCK_SIZE, MIN((b1 + 1) * DATA_BLOCK_SIZE, old_len)))
+			b1++;
+		if (b1 > b) {
+			struct block_range r = {.b0 = b, .b1 = b1, .dst = data + (uint64_t)b * DATA_BLOCK_SIZE};
+			rc = read_blocks(t, ino, idx, old, &r, 1);
+		}
+		b = b1 + 1;
+	}
+	if (!rc) {
+		if (new_len > old_len)
+			memset(data + old_len, 0, new_len - old_len);
+		for (uint32_t i = 0; i < n; i++) {
+			memcpy(data + ext[i].off, bytes, ext[i].len);
+			bytes += ext[i].len;
+		}
+		e->nrec = 0;
+		e->length = new_len;
+		e->version = old ? old->version + 1 : 1;
+		e->obj = e->obj_off = 0; /* a new version lives on flash only */
+		rec_seal(rec, ino, idx, e);
+		rc = commit_record_locked(ds, t, ino, idx, rec, new_len, e, old, sync);
+	}
+	data_buf_free(rec);
+	return rc;
+}
+
+/* Whether the extents go into old as an overlay: a record of only the blocks they change
+ * (touch[b]), the chunk's other blocks staying where they are. It pays when they are under
+ * half of the chunk's blocks (a 4 KiB write into a 4 MiB chunk then writes 64 KiB, not
+ * 4 MiB, and reads at most the one block it shares), and is kept bounded: at most
+ * DATA_RECS_MAX records per chunk, and records of at most twice the chunk's bytes, so a
+ * chunk's dead blocks cost bounded space and its reads a bounded number of pieces; past
+ * either, the write rewrites the chunk whole, which folds the overlays in. On true, e is
+ * the new entry with the overlay as its last record (place and crcs of the touched blocks
+ * still to be filled in). */
+static bool plan_overlay(const struct data_entry *old, uint32_t new_len, const struct aq_extent *ext, uint32_t n,
+			 bool *touch, struct data_entry *e)
+{
+	uint32_t nb = data_nblocks(new_len), nb_old = data_nblocks(old->length), ntouch = 0;
+	if (!old->seg || old->length == 0)
+		return false; /* only in S3: a write brings it back whole */
+	for (uint32_t b = 0; b < nb; b++) {
+		/* Blocks the extents reach, and when the chunk grows every block from the one
+		 * the old end is in: a partial last block is rewritten at its new length. */
+		touch[b] = b >= old->length / DATA_BLOCK_SIZE && new_len > old->length;
+		for (uint32_t i = 0; i < n && !touch[b]; i++)
+			touch[b] = ext[i].off < (b + 1) * DATA_BLOCK_SIZE && ext[i].off + ext[i].len > b * DATA_BLOCK_SIZE;
+		ntouch += touch[b];
+	}
+	if (2 * ntouch >= nb)
+		return false;
+	/* The old records some untouched block still needs, renumbered in their order. */
+	struct data_rec_ref rec[DATA_RECS_MAX];
+	uint32_t nrec = data_entry_recs(old, rec), map[DATA_RECS_MAX], kept = 0;
+	bool used[DATA_RECS_MAX] = {false};
+	for (uint32_t b = 0; b < nb_old; b++)
+		if (!touch[b])
+			used[old->nrec ? old->brec[b] : 0] = true;
+	uint64_t bytes = 0;
+	for (uint32_t i = 0; i < nrec; i++) {
+		if (!used[i])
+			continue;
+		map[i] = kept;
+		e->rec[kept++] = rec[i];
+		bytes += rec[i].length;
+	}
+	uint32_t olen = 0;
+	for (uint32_t b = 0; b < nb; b++)
+		olen += touch[b] ? block_len(new_len, b) : 0;
+	if (kept + 1 > DATA_RECS_MAX || bytes + olen > 2 * (uint64_t)new_len)
+		return false;
+	e->nrec = kept + 1;
+	e->rec[kept] = (struct data_rec_ref){.length = olen};
+	e->length = new_len;
+	e->version = old->version + 1;
+	e->obj = e->obj_off = 0;
+	uint32_t pos = 0;
+	for (uint32_t b = 0; b < nb; b++) {
+		if (touch[b]) {
+			e->brec[b] = (uint8_t)kept;
+			e->bpos[b] = (uint8_t)pos++;
+			continue;
+		}
+		e->brec[b] = (uint8_t)map[old->nrec ? old->brec[b] : 0];
+		e->bpos[b] = old->nrec ? old->bpos[b] : (uint8_t)b;
+		e->crc[b] = old->crc[b];
+	}
+	return true;
+}
+
+/* Writes the overlay plan_overlay planned: the touched blocks, old bytes read back only
+ * for those the extents cover in part. Caller holds t->lock. */
+static int write_overlay_locked(struct data_store *ds, struct data_target *t, uint64_t ino, uint32_t idx,
+				const struct aq_extent *ext, uint32_t n, const uint8_t *bytes,
+				const struct data_entry *old, const bool *touch, struct data_entry *e, bool sync)
+{
+	uint32_t olen = e->rec[e->nrec - 1].length, nb = data_nblocks(e->length), nb_old = data_nblocks(old->length);
+	uint8_t *rec = data_buf_alloc(data_rec_size(olen)), *data = rec + DATA_REC_HDR_SIZE;
+	int rc = 0;
+	/* Old blocks the extents cover in part, read in runs (touched blocks lie one after
+	 * another in the record). */
+	for (uint32_t b = 0; b < nb_old && !rc;) {
+		uint32_t b1 = b;
+		while (b1 < nb_old && touch[b1] &&
+		       !covered(ext, n, b1 * DATA_BLOCK_SIZE, b1 * DATA_BLOCK_SIZE + block_len(old->length, b1)))
+			b1++;
+		if (b1 > b) {
+			struct block_range r = {.b0 = b, .b1 = b1, .dst = data + (uint64_t)e->bpos[b] * DATA_BLOCK_SIZE};
+			rc = read_blocks(t, ino, idx, old, &r, 1);
+		}
+		b = b1 + 1;
+	}
+	for (uint32_t b = 0; b < nb && !rc; b++) {
+		if (!touch[b])
+			continue;
+		uint8_t *dst = data + (uint64_t)e->bpos[b] * DATA_BLOCK_SIZE;
+		uint64_t lo = (uint64_t)b * DATA_BLOCK_SIZE;
+		uint32_t kept = old->length > lo ? (uint32_t)MIN(old->length - lo, DATA_BLOCK_SIZE) : 0;
+		if (kept < block_len(e->length, b))
+			memset(dst + kept, 0, block_len(e->length, b) - kept); /* past the old end */
+		put_extents(dst, b, ext, n, bytes);
+		e->crc[b] = crc32c(0, dst, block_len(e->length, b));
+	}
+	if (!rc) {
+		rec_finish(rec, olen, ino, idx, e->version, DATA_REC_FLAG_OVERLAY);
+		rc = commit_record_locked(ds, t, ino, idx, rec, olen, e, old, sync);
+	}
+	data_buf_free(rec);
+	return rc;
 }
 
 int data_writev(struct data_store *ds, uint32_t target, uint64_t ino, uint32_t idx, const struct aq_extent *ext,
@@ -457,48 +681,17 @@ int data_writev(struct data_store *ds, uint32_t target, uint64_t ino, uint32_t i
 
 	pthread_mutex_lock(&t->lock);
 	struct data_entry *old = aq_malloc(sizeof *old), *e = aq_malloc(sizeof *e);
-	uint8_t *rec = NULL;
 	bool found = false;
 	int rc = data_index_get(t, ino, idx, old, &found);
-	if (rc)
-		goto out;
-	uint32_t old_len = found ? old->length : 0;
-	uint32_t new_len = MAX(old_len, end);
-	rec = data_buf_alloc(data_rec_size(new_len));
-	uint8_t *data = rec + DATA_REC_HDR_SIZE;
-
-	/* Read back only the old blocks that the extents do not cover whole: a whole-chunk
-	 * write or an append at a block boundary reads nothing, and a corrupt block that is
-	 * overwritten whole is replaced rather than refused. */
-	uint32_t nb = data_nblocks(old_len);
-	for (uint32_t b = 0; b < nb && rc == 0;) {
-		uint32_t b1 = b;
-		while (b1 < nb && !covered(ext, n, b1 * DATA_BLOCK_SIZE, MIN((b1 + 1) * DATA_BLOCK_SIZE, old_len)))
-			b1++;
-		if (b1 > b) {
-			struct block_range r = {.b0 = b, .b1 = b1, .dst = data + (uint64_t)b * DATA_BLOCK_SIZE};
-			rc = read_blocks(t, ino, idx, old, &r, 1);
-		}
-		b = b1 + 1;
+	if (!rc) {
+		uint32_t new_len = MAX(found ? old->length : 0, end);
+		bool touch[DATA_BLOCKS_MAX];
+		if (found && plan_overlay(old, new_len, ext, n, touch, e))
+			rc = write_overlay_locked(ds, t, ino, idx, ext, n, bytes, old, touch, e, sync);
+		else
+			rc = write_whole_locked(ds, t, ino, idx, ext, n, bytes, found ? old : NULL, new_len, e, sync);
 	}
-	if (rc)
-		goto out;
-	if (new_len > old_len)
-		memset(data + old_len, 0, new_len - old_len);
-	const uint8_t *src = bytes;
-	for (uint32_t i = 0; i < n; i++) {
-		memcpy(data + ext[i].off, src, ext[i].len);
-		src += ext[i].len;
-	}
-
-	e->length = new_len;
-	e->version = found ? old->version + 1 : 1;
-	e->obj = e->obj_off = 0; /* a new version lives on flash only */
-	rec_seal(rec, ino, idx, e);
-	rc = commit_record_locked(ds, t, ino, idx, rec, e, found ? old : NULL, sync);
-out:
 	pthread_mutex_unlock(&t->lock);
-	data_buf_free(rec);
 	free(old);
 	free(e);
 	return rc;
@@ -662,7 +855,7 @@ again:
 	 * depth (fio, depth 1: 370 MB/s buffered, 2.3 GB/s direct). What stays buffered is a
 	 * small read, which the page cache's read-ahead serves as well as the disk. */
 	uint32_t direct_min = __atomic_load_n(&ds->direct_min, __ATOMIC_RELAXED);
-	if (e->seg != 0 && sp.len >= direct_min) {
+	if (e->seg != 0 && e->nrec == 0 && sp.len >= direct_min) {
 		struct data_seg *s = entry_seg(t, ino, idx, e);
 		if (!s) {
 			rc = -EIO;
@@ -711,8 +904,8 @@ int data_locate(struct data_store *ds, uint32_t target, uint64_t ino, uint32_t i
 	int rc = data_index_get(t, ino, idx, e, &found);
 	if (!rc && found && end == 0)
 		end = e->length;
-	if (!rc && (!found || e->seg == 0 || end == 0 || end > e->length))
-		rc = -EAGAIN;
+	if (!rc && (!found || e->seg == 0 || e->nrec || end == 0 || end > e->length))
+		rc = -EAGAIN; /* a map (overlays) too: its blocks are in several records */
 	struct data_seg *s = rc ? NULL : entry_seg(t, ino, idx, e);
 	if (!rc && !s)
 		rc = -EIO;
@@ -757,8 +950,9 @@ static int drop_range(struct data_store *ds, struct data_target *t, uint64_t ino
 {
 	uint8_t start[DATA_KEY_SIZE];
 	data_key(start, ino, cut_idx);
-	struct dead { uint32_t seg; uint64_t off, obj; uint32_t length; } *dead = NULL;
-	size_t ndead = 0, dead_cap = 0;
+	/* the records of the chunks dropped or cut, and their S3 copies' bytes */
+	struct dead { struct data_rec_ref r; uint64_t obj; uint32_t obj_len; } *dead = NULL;
+	size_t ndead = 0, dead_cap = 0, nchunks = 0;
 	struct data_entry *e = aq_malloc(sizeof *e), *ne = NULL;
 	uint8_t *rec = NULL;
 	int rc = 0;
@@ -791,6 +985,7 @@ static int drop_range(struct data_store *ds, struct data_target *t, uint64_t ino
 			rc = read_blocks(t, ino, idx, e, &r, 1);
 			if (rc)
 				goto out;
+			ne->nrec = 0;
 			ne->length = cut_off;
 			ne->version = e->version + 1;
 			ne->obj = ne->obj_off = 0;
@@ -805,16 +1000,21 @@ static int drop_range(struct data_store *ds, struct data_target *t, uint64_t ino
 		} else {
 			rocksdb_writebatch_delete(batch, (const char *)key, klen);
 		}
-		if (ndead == dead_cap) {
-			dead_cap = dead_cap ? 2 * dead_cap : 64;
+		struct data_rec_ref r[DATA_RECS_MAX];
+		uint32_t nr = data_entry_recs(e, r);
+		if (ndead + nr + 1 > dead_cap) {
+			dead_cap = 2 * dead_cap + DATA_RECS_MAX + 1;
 			dead = aq_realloc(dead, dead_cap * sizeof *dead);
 		}
-		dead[ndead++] = (struct dead){.seg = e->seg, .off = e->off,
-					      .obj = e->obj, .length = e->length};
+		for (uint32_t i = 0; i < nr; i++)
+			dead[ndead++] = (struct dead){.r = r[i]};
+		if (e->obj)
+			dead[ndead++] = (struct dead){.obj = e->obj, .obj_len = e->length};
+		nchunks++;
 	}
 	char *err = NULL;
 	rocksdb_iter_get_error(it, &err);
-	if (!err && ndead)
+	if (!err && nchunks)
 		rocksdb_write(t->db, t->wopt, batch, &err);
 	if (err) {
 		log_error("target %u: truncate ino %llx: %s", t->id, (unsigned long long)ino, err);
@@ -823,11 +1023,11 @@ static int drop_range(struct data_store *ds, struct data_target *t, uint64_t ino
 		goto out; /* a shortened record already appended is dead space, not counted live */
 	}
 	for (size_t i = 0; i < ndead; i++) {
-		data_drop_record_locked(t, dead[i].seg, dead[i].off, dead[i].length);
+		data_drop_record_locked(t, dead[i].r.seg, dead[i].r.off, dead[i].r.length);
 		if (dead[i].obj)
-			tier_unref_locked(t, dead[i].obj, dead[i].length);
+			tier_unref_locked(t, dead[i].obj, dead[i].obj_len);
 	}
-	t->chunks -= ndead;
+	t->chunks -= nchunks;
 	if (ne) {
 		data_seg_find(t, ne->seg)->live += data_rec_size(ne->length);
 		t->chunks++;
@@ -1007,11 +1207,17 @@ static int target_open(struct data_target *t, bool create)
 		t->chunks++;
 		if (e->obj)
 			tier_count_live(t, get_be64((const uint8_t *)key + 1), get_be32((const uint8_t *)key + 9), e);
-		if (!s)
-			continue; /* only in S3 */
-		uint64_t rec_size = data_rec_size(e->length);
-		s->live += rec_size;
-		s->total = MAX(s->total, e->off + rec_size);
+		struct data_rec_ref r[DATA_RECS_MAX];
+		for (uint32_t i = 0, nr = data_entry_recs(e, r); i < nr; i++) {
+			s = data_seg_find(t, r[i].seg);
+			if (!s) {
+				lost++;
+				continue;
+			}
+			uint64_t rec_size = data_rec_size(r[i].length);
+			s->live += rec_size;
+			s->total = MAX(s->total, r[i].off + rec_size);
+		}
 	}
 	rocksdb_iter_get_error(it, &err);
 	rocksdb_iter_destroy(it);

@@ -291,13 +291,13 @@ out:
 
 /* ---- packing chunks into objects ---- */
 
-/* A chunk placed in the pack being built. from_obj 0: demote (the flash record at
- * seg/off is freed once the object is in); else reclaim (the chunk moves from from_obj
- * and keeps whatever flash copy it has). */
+/* A chunk placed in the pack being built. from_obj 0: demote (its flash records are
+ * freed once the object is in); else reclaim (the chunk moves from from_obj and keeps
+ * whatever flash copy it has). */
 struct pack_member {
 	uint64_t ino;
-	uint32_t idx, length, seg;
-	uint64_t version, off, from_obj, pack_off;
+	uint32_t idx, length;
+	uint64_t version, from_obj, pack_off;
 };
 
 struct pack {
@@ -353,6 +353,8 @@ static int pack_flush(struct pack *p)
 	rocksdb_writebatch_put(batch, (const char *)okey, sizeof okey, (const char *)oval, sizeof oval);
 	bool *taken = aq_calloc(p->n, sizeof *taken);
 	uint64_t live = 0;
+	struct data_rec_ref *gone = NULL; /* the flash records demoted chunks leave */
+	size_t ngone = 0, gone_cap = 0;
 	for (uint32_t i = 0; i < p->n; i++) {
 		struct pack_member *m = &p->m[i];
 		bool found = false;
@@ -361,12 +363,16 @@ static int pack_flush(struct pack *p)
 		if (m->from_obj ? cur->obj != m->from_obj : (cur->obj || !cur->seg))
 			continue;
 		/* the same version may have moved (compaction): free where it is now */
-		m->seg = cur->seg;
-		m->off = cur->off;
+		if (!m->from_obj) {
+			if (ngone + DATA_RECS_MAX > gone_cap) {
+				gone_cap = 2 * gone_cap + DATA_RECS_MAX;
+				gone = aq_realloc(gone, gone_cap * sizeof *gone);
+			}
+			ngone += data_entry_recs(cur, gone + ngone);
+			cur->seg = 0, cur->off = 0, cur->nrec = 0;
+		}
 		cur->obj = obj;
 		cur->obj_off = m->pack_off;
-		if (!m->from_obj)
-			cur->seg = 0, cur->off = 0;
 		index_put(t, m->ino, m->idx, cur, batch, false);
 		taken[i] = true;
 		live += m->length;
@@ -384,15 +390,15 @@ static int pack_flush(struct pack *p)
 			if (!taken[i])
 				continue;
 			p->moved += m->length;
-			if (m->from_obj) {
+			if (m->from_obj)
 				tier_unref_locked(t, m->from_obj, m->length);
-				continue;
-			}
-			data_drop_record_locked(t, m->seg, m->off, m->length);
 		}
+		for (size_t i = 0; i < ngone; i++)
+			data_drop_record_locked(t, gone[i].seg, gone[i].off, gone[i].length);
 	}
 	pthread_mutex_unlock(&t->lock);
 	rocksdb_writebatch_destroy(batch);
+	free(gone);
 	free(taken);
 	free(cur);
 out:
@@ -427,8 +433,8 @@ static int pack_add(struct pack *p, uint64_t ino, uint32_t idx, const struct dat
 			p->cap = p->cap ? 2 * p->cap : 256;
 			p->m = aq_realloc(p->m, p->cap * sizeof *p->m);
 		}
-		p->m[p->n++] = (struct pack_member){.ino = ino, .idx = idx, .length = cur->length, .seg = cur->seg,
-						    .version = cur->version, .off = cur->off, .from_obj = from_obj,
+		p->m[p->n++] = (struct pack_member){.ino = ino, .idx = idx, .length = cur->length,
+						    .version = cur->version, .from_obj = from_obj,
 						    .pack_off = p->len};
 		p->len += cur->length;
 	}

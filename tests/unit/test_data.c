@@ -59,6 +59,8 @@ static int rm_one(const char *path, const struct stat *st, int flag, struct FTW 
 static const uint32_t ids1[] = {7};
 static struct data_options opts1 = {.ntargets = 1, .target_ids = ids1};
 
+#define SMALL_SEG (8ull * 1024 * 1024 + 2 * DATA_REC_ALIGN)
+
 /* A model of chunks: what the store must return. */
 #define MCHUNK (1u << 20)
 #define MNCHUNKS 8
@@ -270,8 +272,11 @@ static int test_overwrite(void)
 	memcpy(a + DATA_BLOCK_SIZE - 10, b, 20);
 	rc = data_read(ds, 7, 9, 0, 0, rb, MCHUNK);
 	CHECK(rc == 0 && memcmp(a, rb, MCHUNK) == 0, "whole chunk after overwrites differs");
+	/* Both went in as overlays, the second (blocks 0 and 1) hiding the first (block 1):
+	 * live are the whole record and the second overlay. */
 	struct data_target_stat st;
-	CHECK(data_stat(ds, 7, &st) == 0 && st.chunks == 1 && st.live_bytes == MCHUNK + DATA_REC_ALIGN,
+	CHECK(data_stat(ds, 7, &st) == 0 && st.chunks == 1 &&
+		      st.live_bytes == data_rec_size(MCHUNK) + data_rec_size(2 * DATA_BLOCK_SIZE),
 	      "live bytes %llu", (unsigned long long)st.live_bytes);
 	data_close(ds);
 	free(a);
@@ -286,6 +291,195 @@ fail:
 
 /* Many extents of one chunk in one version: random sets against the model (unaligned,
  * across blocks, past the old end with a gap), and malformed sets refused. */
+/* The index entry of chunk (ino, idx) on target 7. */
+static int entry_of(struct data_store *ds, uint64_t ino, uint32_t idx, struct data_entry *e)
+{
+	bool found = false;
+	int rc = data_index_get(data_target_get(ds, 7), ino, idx, e, &found);
+	return rc ? rc : found ? 0 : -ENOENT;
+}
+
+/* Flips one byte at data byte `at` of the overlay record of (ino, version) in segment
+ * `seg` of dir's target, found by its header. */
+static int flip_in_overlay(const char *dir, uint32_t seg, uint64_t ino, uint64_t version, uint32_t at)
+{
+	char path[400];
+	snprintf(path, sizeof path, "%s/t0/seg-%08u", dir, seg);
+	int fd = open(path, O_RDWR), rc = -ENOENT;
+	uint8_t hb[DATA_REC_HDR_SIZE];
+	for (uint64_t off = 0; fd >= 0 && pread(fd, hb, sizeof hb, (off_t)off) == sizeof hb; off += DATA_REC_ALIGN) {
+		struct data_rec_hdr h;
+		if (data_hdr_decode(hb, &h) || h.ino != ino || h.version != version ||
+		    h.flags != DATA_REC_FLAG_OVERLAY)
+			continue;
+		uint8_t byte;
+		off += DATA_REC_HDR_SIZE + at;
+		rc = pread(fd, &byte, 1, (off_t)off) == 1 ? 0 : -EIO;
+		byte ^= 0x20;
+		if (!rc)
+			rc = pwrite(fd, &byte, 1, (off_t)off) == 1 ? 0 : -EIO;
+		break;
+	}
+	if (fd >= 0)
+		close(fd);
+	return rc;
+}
+
+/* Small writes into a big chunk are overlays: a record of only the blocks they change,
+ * the rest read from where it was. Checked against a model: reads at every kind of
+ * offset, growth past a partial last block, the bound on records (a later write folds
+ * them into one whole record), the live accounting (also as rebuilt at open), locate
+ * (which has no single record to give), a corrupt overlay block, truncation, compaction
+ * (which folds a map into one record of the same version) and delete. */
+static int test_overlay(void)
+{
+	char dir[300];
+	struct data_store *ds = NULL;
+	/* big segments: the background compactor (which folds maps too) leaves this alone */
+	struct data_options o = {.ntargets = 1, .target_ids = ids1};
+	uint8_t *m = aq_calloc(1, MCHUNK), *rb = aq_malloc(MCHUNK), w[6000];
+	uint64_t s = 11;
+	struct data_entry *e = aq_malloc(sizeof *e);
+	struct data_loc *loc = aq_malloc(sizeof *loc);
+	struct data_target_stat st;
+	case_dir(dir, sizeof dir);
+	int rc = data_open(dir, true, &o, &ds);
+	CHECK(rc == 0, "open: %s", aq_strerror(rc));
+	uint32_t len = 600000; /* 10 blocks, the last one partial */
+	fill_random(&s, m, len);
+	CHECK(data_write(ds, 7, 50, 0, 0, m, len, true) == 0, "whole write");
+	/* 4 KiB inside block 4: an overlay of that block alone. */
+	fill_random(&s, w, 4096);
+	CHECK(data_write(ds, 7, 50, 0, 4 * DATA_BLOCK_SIZE + 1000, w, 4096, true) == 0, "small write");
+	memcpy(m + 4 * DATA_BLOCK_SIZE + 1000, w, 4096);
+	CHECK(entry_of(ds, 50, 0, e) == 0 && e->nrec == 2 && e->rec[1].length == DATA_BLOCK_SIZE && e->brec[4] == 1 &&
+		      e->bpos[4] == 0 && e->brec[3] == 0 && e->version == 2,
+	      "a small write is an overlay of its block (nrec %u)", e->nrec);
+	CHECK(data_stat(ds, 7, &st) == 0 && st.live_bytes == data_rec_size(len) + data_rec_size(DATA_BLOCK_SIZE),
+	      "live %llu", (unsigned long long)st.live_bytes);
+	CHECK(data_locate(ds, 7, 50, 0, 0, loc) == -EAGAIN, "a map has no one record to locate");
+	/* Growth: the old partial last block goes into the overlay at its new length, the
+	 * gap reads as zeros. */
+	fill_random(&s, w, 100);
+	CHECK(data_write(ds, 7, 50, 0, 700000, w, 100, false) == 0, "append past the end");
+	memcpy(m + 700000, w, 100);
+	len = 700100;
+	CHECK(entry_of(ds, 50, 0, e) == 0 && e->nrec == 3 && e->length == len && e->brec[9] == 2 && e->brec[10] == 2,
+	      "growth is an overlay of the old last block and the new ones");
+	/* Reads: whole, inside one overlay block, across base, overlay and base blocks. */
+	static const uint32_t at[][2] = {{0, 700100}, {4 * 65536 + 10, 100}, {3 * 65536 + 7, 2 * 65536},
+					 {9 * 65536 - 3, 65536 + 10}, {599990, 100200}, {0, MCHUNK}};
+	for (size_t i = 0; i < ARRAY_SIZE(at); i++) {
+		memset(rb, 0x5A, MCHUNK);
+		rc = data_read(ds, 7, 50, 0, at[i][0], rb, at[i][1]);
+		uint32_t have = at[i][0] < len ? MIN(at[i][1], len - at[i][0]) : 0;
+		CHECK(rc == 0 && memcmp(rb, m + at[i][0], have) == 0 && all_bytes(rb + have, at[i][1] - have, 0),
+		      "read %zu (%u+%u): %s", i, at[i][0], at[i][1], aq_strerror(rc));
+	}
+	/* Scattered writes of up to a few blocks: the bytes always right, the live bytes
+	 * bounded. */
+	for (int i = 0; i < 100; i++) {
+		uint32_t n = 1 + (uint32_t)(rnd(&s) % (i % 2 ? 3000 : 140000)), off = (uint32_t)(rnd(&s) % (len - n));
+		fill_random(&s, rb, n);
+		CHECK(data_write(ds, 7, 50, 0, off, rb, n, i % 5 == 0) == 0, "scattered write %d", i);
+		memcpy(m + off, rb, n);
+		CHECK(data_read(ds, 7, 50, 0, 0, rb, len) == 0 && memcmp(rb, m, len) == 0, "bytes after write %d", i);
+		CHECK(data_stat(ds, 7, &st) == 0 && st.live_bytes <= 2 * (uint64_t)len + 2 * DATA_REC_ALIGN * DATA_RECS_MAX,
+		      "live %llu after write %d", (unsigned long long)st.live_bytes, i);
+	}
+	/* The accounting rebuilt at open is the one kept while running. */
+	CHECK(data_write(ds, 7, 50, 0, 3, w, 10, false) == 0, "write before reopen");
+	memcpy(m + 3, w, 10);
+	CHECK(entry_of(ds, 50, 0, e) == 0 && e->nrec >= 2, "a map to reopen");
+	CHECK(data_stat(ds, 7, &st) == 0, "stat");
+	uint64_t live = st.live_bytes;
+	data_close(ds);
+	ds = NULL;
+	CHECK(data_open(dir, false, &o, &ds) == 0, "reopen");
+	CHECK(data_stat(ds, 7, &st) == 0 && st.live_bytes == live, "live %llu after reopen, %llu before",
+	      (unsigned long long)st.live_bytes, (unsigned long long)live);
+	CHECK(data_read(ds, 7, 50, 0, 0, rb, len) == 0 && memcmp(rb, m, len) == 0, "bytes after reopen");
+	/* A corrupt block in an overlay: reads that need it fail, the others do not. */
+	fill_random(&s, w, 10);
+	CHECK(data_write(ds, 7, 50, 0, 7 * DATA_BLOCK_SIZE + 5, w, 10, true) == 0, "write to corrupt");
+	memcpy(m + 7 * DATA_BLOCK_SIZE + 5, w, 10);
+	CHECK(entry_of(ds, 50, 0, e) == 0 && e->nrec >= 2, "an overlay to corrupt");
+	CHECK(flip_in_overlay(dir, e->rec[e->brec[7]].seg, 50, e->version, e->bpos[7] * DATA_BLOCK_SIZE + 99) == 0,
+	      "flip");
+	rc = data_read(ds, 7, 50, 0, 7 * DATA_BLOCK_SIZE, rb, 200);
+	CHECK(rc == -AQ_ECORRUPT, "a corrupt overlay block must be -AQ_ECORRUPT, got %s", aq_strerror(rc));
+	CHECK(data_read(ds, 7, 50, 0, 6 * DATA_BLOCK_SIZE, rb, DATA_BLOCK_SIZE) == 0 &&
+		      memcmp(rb, m + 6 * DATA_BLOCK_SIZE, DATA_BLOCK_SIZE) == 0, "the block before reads fine");
+	/* Overwritten whole, it heals. */
+	CHECK(data_write(ds, 7, 50, 0, 7 * DATA_BLOCK_SIZE, m + 7 * DATA_BLOCK_SIZE, DATA_BLOCK_SIZE, false) == 0,
+	      "heal");
+	CHECK(data_read(ds, 7, 50, 0, 0, rb, len) == 0 && memcmp(rb, m, len) == 0, "bytes after healing");
+	/* Truncation of a map cuts it into one whole record. */
+	len = 5 * DATA_BLOCK_SIZE + 777;
+	CHECK(data_truncate(ds, 7, 50, len, MCHUNK) == 0, "truncate");
+	memset(m + len, 0, MCHUNK - len);
+	CHECK(entry_of(ds, 50, 0, e) == 0 && e->nrec == 0 && e->length == len, "truncated to a whole record");
+	CHECK(data_read(ds, 7, 50, 0, 0, rb, MCHUNK) == 0 && memcmp(rb, m, MCHUNK) == 0, "bytes after truncate");
+	CHECK(data_locate(ds, 7, 50, 0, 0, loc) == 0, "a whole record is located again");
+	/* Compaction folds a map into one record of its version. */
+	fill_random(&s, w, 500);
+	CHECK(data_write(ds, 7, 50, 0, 2 * DATA_BLOCK_SIZE + 3, w, 500, false) == 0, "overlay before compaction");
+	memcpy(m + 2 * DATA_BLOCK_SIZE + 3, w, 500);
+	CHECK(entry_of(ds, 50, 0, e) == 0 && e->nrec == 2, "a map to compact");
+	uint64_t version = e->version;
+	struct data_target *t = data_target_get(ds, 7);
+	pthread_mutex_lock(&t->lock);
+	rc = data_seal_active_locked(t);
+	pthread_mutex_unlock(&t->lock);
+	CHECK(rc == 0, "seal: %s", aq_strerror(rc));
+	CHECK(data_compact(ds, 7, 1.0) >= 0, "compact");
+	CHECK(entry_of(ds, 50, 0, e) == 0 && e->nrec == 0 && e->version == version, "compaction folds the map");
+	CHECK(data_read(ds, 7, 50, 0, 0, rb, MCHUNK) == 0 && memcmp(rb, m, MCHUNK) == 0, "bytes after compaction");
+	CHECK(data_stat(ds, 7, &st) == 0 && st.live_bytes == data_rec_size(len), "live %llu after compaction",
+	      (unsigned long long)st.live_bytes);
+	/* One block after another of a chunk of DATA_BLOCKS_MAX blocks: an overlay each until
+	 * the chunk would lie in more than DATA_RECS_MAX records, then one whole record. */
+	uint8_t *big = aq_malloc(DATA_CHUNK_MAX), *bigr = aq_malloc(DATA_CHUNK_MAX);
+	fill_random(&s, big, DATA_CHUNK_MAX);
+	rc = data_write(ds, 7, 51, 0, 0, big, DATA_CHUNK_MAX, false);
+	for (uint32_t b = 0; b < DATA_RECS_MAX && !rc; b++) {
+		fill_random(&s, big + b * DATA_BLOCK_SIZE + 7, 9);
+		rc = data_write(ds, 7, 51, 0, b * DATA_BLOCK_SIZE + 7, big + b * DATA_BLOCK_SIZE + 7, 9, false);
+		if (!rc)
+			rc = entry_of(ds, 51, 0, e);
+		uint32_t want = b + 1 < DATA_RECS_MAX ? b + 2 : 0;
+		if (!rc && e->nrec != want)
+			rc = -EILSEQ;
+	}
+	if (!rc)
+		rc = data_read(ds, 7, 51, 0, 0, bigr, DATA_CHUNK_MAX);
+	if (!rc && memcmp(big, bigr, DATA_CHUNK_MAX))
+		rc = -EILSEQ;
+	free(big);
+	free(bigr);
+	CHECK(rc == 0, "a chunk past DATA_RECS_MAX records: %s (records %u)", aq_strerror(rc), e->nrec);
+	CHECK(data_delete(ds, 7, 51) == 0, "delete the big chunk");
+	/* Delete drops every record. */
+	CHECK(data_write(ds, 7, 50, 0, 10, w, 20, false) == 0 && entry_of(ds, 50, 0, e) == 0 && e->nrec == 2,
+	      "a map to delete");
+	CHECK(data_delete(ds, 7, 50) == 0, "delete");
+	CHECK(data_stat(ds, 7, &st) == 0 && st.live_bytes == 0 && st.chunks == 0, "live %llu after delete",
+	      (unsigned long long)st.live_bytes);
+	data_close(ds);
+	free(m);
+	free(rb);
+	free(e);
+	free(loc);
+	return 0;
+fail:
+	data_close(ds);
+	free(m);
+	free(rb);
+	free(e);
+	free(loc);
+	return -1;
+}
+
 static int test_writev(void)
 {
 	char dir[300];
@@ -641,7 +835,6 @@ fail:
 	return -1;
 }
 
-#define SMALL_SEG (8ull * 1024 * 1024 + 2 * DATA_REC_ALIGN)
 
 static int test_compact(void)
 {
@@ -908,10 +1101,40 @@ static int test_format(void)
 	n = data_val_encode(v, &e);
 	put_le32(v + 1, 0);
 	CHECK(data_val_decode(v, n, &d) == -EIO, "format 1 without a segment must be -EIO");
-	struct data_rec_hdr h = {.ino = 1, .idx = 2, .length = 3, .version = 4}, hd;
+	/* format 3: a map of blocks over records */
+	memset(&e, 0, sizeof e);
+	e.length = 3 * DATA_BLOCK_SIZE + 5;
+	e.version = 12;
+	e.nrec = 2;
+	e.rec[0] = (struct data_rec_ref){.seg = 4, .off = 4096, .length = e.length};
+	e.rec[1] = (struct data_rec_ref){.seg = 6, .off = 8192, .length = DATA_BLOCK_SIZE + 5};
+	for (uint32_t b = 0; b < 4; b++) {
+		e.brec[b] = b >= 2;
+		e.bpos[b] = b >= 2 ? (uint8_t)(b - 2) : (uint8_t)b;
+		e.crc[b] = 100 + b;
+	}
+	n = data_val_encode(v, &e);
+	CHECK(n == DATA_VAL_FIXED_MAP + 2 * DATA_VAL_REC_REF + 6 * 4 && v[0] == DATA_VAL_FORMAT_MAP, "map encoded %zu", n);
+	CHECK(data_val_decode(v, n, &d) == 0 && d.nrec == 2 && d.seg == 4 && d.off == 4096 && d.length == e.length &&
+		      d.version == 12 && d.rec[1].seg == 6 && d.rec[1].off == 8192 && d.brec[3] == 1 && d.bpos[3] == 1 &&
+		      d.bpos[1] == 1 && d.crc[3] == 103 && d.obj == 0,
+	      "map round trip");
+	CHECK(data_val_decode(v, n - 1, &d) == -EIO, "short map must be -EIO");
+	e.rec[1].length = DATA_BLOCK_SIZE + 4; /* the last block would end past its record */
+	n = data_val_encode(v, &e);
+	CHECK(data_val_decode(v, n, &d) == -EIO, "a block past its record must be -EIO");
+	e.rec[1].length = DATA_BLOCK_SIZE + 5;
+	n = data_val_encode(v, &e);
+	v[DATA_VAL_FIXED_MAP + 2 * DATA_VAL_REC_REF + 2 * 3] = 2; /* block 3 in record 2 of 2 */
+	CHECK(data_val_decode(v, n, &d) == -EIO, "a block in no record must be -EIO");
+	n = data_val_encode(v, &e);
+	v[13] = 0;
+	CHECK(data_val_decode(v, n, &d) == -EIO, "a map of no records must be -EIO");
+	struct data_rec_hdr h = {.ino = 1, .idx = 2, .length = 3, .version = 4, .flags = DATA_REC_FLAG_OVERLAY}, hd;
 	uint8_t hb[DATA_REC_HDR_SIZE];
 	data_hdr_encode(hb, &h);
-	CHECK(data_hdr_decode(hb, &hd) == 0 && hd.ino == 1 && hd.idx == 2 && hd.length == 3 && hd.version == 4,
+	CHECK(data_hdr_decode(hb, &hd) == 0 && hd.ino == 1 && hd.idx == 2 && hd.length == 3 && hd.version == 4 &&
+		      hd.flags == DATA_REC_FLAG_OVERLAY,
 	      "header round trip");
 	hb[9] ^= 1;
 	CHECK(data_hdr_decode(hb, &hd) == -EIO, "damaged header must be -EIO");
@@ -1185,6 +1408,7 @@ int main(void)
 		{"reopen", test_reopen},
 		{"sparse", test_sparse},
 		{"overwrite", test_overwrite},
+		{"overlay", test_overlay},
 		{"writev", test_writev},
 		{"truncate_delete", test_truncate_delete},
 		{"corrupt", test_corrupt},

@@ -90,6 +90,7 @@ static bool someone_watches(struct server *s) { return atomic_load(&s->nwatchers
 
 static void inval_inode(struct server *s, uint64_t ino)
 {
+	tier_note_change(s->tier, ino); /* relatime: mtime may be newer than atime now */
 	if (!someone_watches(s))
 		return;
 	if (!t_inval.p)
@@ -938,6 +939,8 @@ static int handle_op(struct server *s, struct sconn *sc, const struct proto_req 
 			rc = data_write(s->data, r->target, r->ino, r->idx, (uint32_t)r->off, r->data, r->data_len,
 					r->flags & PROTO_CW_SYNC);
 		}
+		if (!rc)
+			tier_note_change(s->tier, r->ino); /* its size and mtime may commit elsewhere */
 		if (!rc && (r->flags & PROTO_CW_COMMIT)) {
 			rc = meta_commit_size(s->meta, r->ino, r->size, r->time_ns, &rep.attr);
 			if (!rc)

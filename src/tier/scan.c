@@ -5,7 +5,10 @@
  * a second the scanner writes atime to metadata as Linux's relatime does (when atime is
  * not newer than mtime, or a day old), and writes the exact time of every entry it evicts
  * from a full table and at shutdown, so the table never knows more than the metadata for
- * long. A rule compares against the newer of the two. Reads served from a client's page
+ * long. An entry remembers until when relatime will want nothing (its atime found newer
+ * than its mtime, until a day after it), so a file read again and again costs one
+ * metadata read, not one a second; a change to the inode through this server forgets
+ * that. A rule compares against the newer of the two. Reads served from a client's page
  * cache never reach aqd and do not count.
  *
  * The scanner: every interval_s, when a bucket is attached, it walks the namespace from
@@ -56,33 +59,60 @@ void tier_note_read(struct tier *t, uint64_t ino)
 	pthread_mutex_unlock(&t->reads_mu);
 }
 
-int64_t tier_last_read(struct tier *t, uint64_t ino)
+/* ino's slot in the table, or NULL. Caller holds reads_mu. */
+static struct tier_read *read_slot(struct tier *t, uint64_t ino)
 {
-	int64_t when = 0;
-	pthread_mutex_lock(&t->reads_mu);
 	uint32_t i = slot_of(ino);
 	while (t->reads[i].ino && t->reads[i].ino != ino)
 		i = (i + 1) & (TIER_READS_CAP - 1);
-	if (t->reads[i].ino)
-		when = t->reads[i].read_ns;
+	return t->reads[i].ino ? &t->reads[i] : NULL;
+}
+
+void tier_note_change(struct tier *t, uint64_t ino)
+{
+	if (!t || !ino)
+		return;
+	pthread_mutex_lock(&t->reads_mu);
+	struct tier_read *r = read_slot(t, ino);
+	if (r) {
+		r->quiet_until = 0;
+		r->changes++;
+	}
+	pthread_mutex_unlock(&t->reads_mu);
+}
+
+int64_t tier_last_read(struct tier *t, uint64_t ino)
+{
+	pthread_mutex_lock(&t->reads_mu);
+	struct tier_read *r = read_slot(t, ino);
+	int64_t when = r ? r->read_ns : 0;
 	pthread_mutex_unlock(&t->reads_mu);
 	return when;
 }
 
+/* Until when relatime wants no atime written for an inode whose atime and mtime these
+ * are: a day after atime when atime is newer than mtime, else 0 (the next read does). */
+static int64_t quiet_until(int64_t atime_ns, int64_t mtime_ns)
+{
+	return atime_ns > mtime_ns ? atime_ns + TIER_RELATIME_NS : 0;
+}
+
 /* Writes read_ns as ino's atime when relatime says so (exact: whenever it is newer).
  * ctime stays: reading a file does not change it. A read older than the inode's last
- * change is not written: a utimes() after the read must win, as it does on Linux. */
-static void write_atime(struct tier *t, uint64_t ino, int64_t read_ns, bool exact)
+ * change is not written: a utimes() after the read must win, as it does on Linux.
+ * Returns until when later reads need no atime written (0: ask again). */
+static int64_t write_atime(struct tier *t, uint64_t ino, int64_t read_ns, bool exact)
 {
 	struct aq_attr a;
-	if (meta_getattr(t->opt.meta, ino, &a) || !S_ISREG(a.mode) || read_ns <= a.atime_ns || read_ns <= a.ctime_ns)
-		return;
-	if (!exact && a.atime_ns > a.mtime_ns && read_ns - a.atime_ns < TIER_RELATIME_NS)
-		return;
+	if (meta_getattr(t->opt.meta, ino, &a) || !S_ISREG(a.mode) || read_ns <= a.ctime_ns)
+		return 0;
+	if (read_ns <= a.atime_ns || (!exact && a.atime_ns > a.mtime_ns && read_ns - a.atime_ns < TIER_RELATIME_NS))
+		return quiet_until(a.atime_ns, a.mtime_ns);
 	struct aq_attr in = {.atime_ns = read_ns, .ctime_ns = a.ctime_ns};
 	int rc = meta_setattr(t->opt.meta, &tier_root_cred, ino, AQ_SET_ATIME | AQ_SET_CTIME, &in, NULL);
 	if (rc && rc != -ENOENT)
 		log_warn("atime of %llx: %s", (unsigned long long)ino, aq_strerror(rc));
+	return rc ? 0 : quiet_until(read_ns, a.mtime_ns);
 }
 
 void tier_flush_reads(struct tier *t, bool all)
@@ -100,9 +130,12 @@ void tier_flush_reads(struct tier *t, bool all)
 		memset(t->reads, 0, TIER_READS_CAP * sizeof *t->reads);
 		t->nreads = 0;
 	} else {
+		/* reads relatime wants nothing for are done with here */
 		for (uint32_t i = 0; i < TIER_READS_CAP; i++)
-			if (t->reads[i].dirty)
+			if (t->reads[i].dirty && t->reads[i].read_ns >= t->reads[i].quiet_until)
 				n++;
+			else
+				t->reads[i].dirty = false;
 		out = aq_malloc((n ? n : 1) * sizeof *out);
 		n = 0;
 		for (uint32_t i = 0; i < TIER_READS_CAP; i++)
@@ -115,8 +148,17 @@ void tier_flush_reads(struct tier *t, bool all)
 	t->reads_dropped = 0;
 	pthread_mutex_unlock(&t->reads_mu);
 	for (uint32_t i = 0; i < n; i++)
-		if (evict || out[i].dirty)
-			write_atime(t, out[i].ino, out[i].read_ns, evict);
+		out[i].quiet_until = write_atime(t, out[i].ino, out[i].read_ns, evict);
+	if (!evict) {
+		/* what each check found, unless the inode changed since it was taken out */
+		pthread_mutex_lock(&t->reads_mu);
+		for (uint32_t i = 0; i < n; i++) {
+			struct tier_read *r = read_slot(t, out[i].ino);
+			if (r && r->changes == out[i].changes)
+				r->quiet_until = out[i].quiet_until;
+		}
+		pthread_mutex_unlock(&t->reads_mu);
+	}
 	free(out);
 	if (dropped)
 		log_debug("last-read table full: %llu reads not noted", (unsigned long long)dropped);

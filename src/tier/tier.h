@@ -80,6 +80,9 @@ void tier_close(struct tier *t);
 
 /* A chunk of ino was read: cheap, from any thread (the read path calls it). */
 void tier_note_read(struct tier *t, uint64_t ino);
+/* ino's data or attributes changed through this server (its mtime may be newer than its
+ * atime now): the next read of it asks relatime again. Cheap, from any thread. */
+void tier_note_change(struct tier *t, uint64_t ino);
 
 /* The TIER requests. Each returns 0 or -errno; where a text is given (msg, at most
  * msg_size bytes, NUL-terminated), it says why a request failed, or what a query found. */

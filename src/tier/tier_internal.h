@@ -24,6 +24,10 @@ struct s3_client;
 struct tier_read {
 	uint64_t ino;                 /* 0: free slot */
 	int64_t read_ns;
+	/* Reads before this need no atime written: the metadata's atime is newer than its
+	 * mtime and younger than TIER_RELATIME_NS (0: unknown, ask the metadata). */
+	int64_t quiet_until;
+	uint32_t changes;             /* tier_note_change calls: a check older than one is stale */
 	bool dirty;
 };
 

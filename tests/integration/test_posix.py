@@ -1145,6 +1145,57 @@ def test_bench_fsync_reports_both_sides(c):
         assert p.returncode == 2 and "--sizes" in p.stderr, (bad, p.returncode, p.stderr)
 
 
+def test_reads_set_atime_as_relatime_does(c):
+    """aqd writes the time of a read as the file's atime the way Linux's relatime does:
+    when atime is not newer than mtime (or is a day old). A file read again while its
+    atime is fresh and newer than its mtime keeps it (aqd remembers that, and asks its
+    metadata once, not every second); a write makes mtime newer, and the next read sets
+    atime again. The reads reach aqd (the page cache dropped); atime is read through a
+    fresh native client, since the mount keeps attributes."""
+    import aquifer
+    p = c.path("relatime")
+    with open(p, "wb") as f:
+        f.write(os.urandom(100000))
+    day = 86400 * 10**9
+
+    def attr():
+        with aquifer.connect(c.conf) as cl:
+            st = cl.stat("/relatime")
+        return st.st_atime_ns, st.st_mtime_ns
+
+    def read():
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            assert len(os.read(fd, 200000)) == 100000
+        finally:
+            os.close(fd)
+
+    def wait_atime_past(t_ns):
+        deadline = time.time() + 10
+        while attr()[0] <= t_ns:
+            assert time.time() < deadline, f"atime {attr()[0]} never passed {t_ns}"
+            time.sleep(0.2)
+
+    now = time.time_ns()
+    os.utime(p, ns=(now - 3 * day, now - 2 * day))  # atime older than mtime
+    read()
+    wait_atime_past(now - day)
+    a1, m1 = attr()
+    assert a1 > m1
+    for _ in range(3):  # fresh and newer than mtime: kept
+        time.sleep(1.1)
+        read()
+    time.sleep(2.5)
+    assert attr()[0] == a1
+    with open(p, "r+b") as f:  # mtime newer than atime now
+        f.write(b"y")
+    m2 = attr()[1]
+    assert m2 > a1, (m2, a1)
+    read()
+    wait_atime_past(m2)
+
+
 def test_fsync(c):
     p = c.path("synced")
     fd = os.open(p, os.O_WRONLY | os.O_CREAT, 0o644)

@@ -195,6 +195,10 @@ ssize_t aq_append(struct aq_file *f, const void *buf, size_t len, uint64_t *off_
  * -EOPNOTSUPP. */
 int aq_fallocate(struct aq_file *f, int mode, uint64_t off, uint64_t len);
 int aq_flush(struct aq_file *f);
+/* Returns when the file's data and size are durable, and with datasync 0 its other
+ * metadata (and every metadata change the servers took before) too. With datasync, once
+ * the file's size was made durable by this client and has not changed, only the data is
+ * synced (fdatasync's rule). */
 int aq_fsync(struct aq_file *f, int datasync);
 int aq_close(struct aq_file *f);
 uint64_t aq_file_ino(const struct aq_file *f);

@@ -23,7 +23,7 @@ static const struct {
 	 "        [--compute-us U] [--epochs E] [--cold] [--compare-local DIR] [--find-max] [--stage-to DIR] [--json]\n"
 	 "        a simulated training job: samples/s, MB/s and accelerator utilization, every sample verified"},
 	{"fsync", bench_fsync,
-	 "fsync --dir DIR [--compare DIR] [--sizes B1,B2,...] [--ops N] [--json]\n"
+	 "fsync --dir DIR [--compare DIR] [--sizes B1,B2,...] [--ops N] [--datasync] [--json]\n"
 	 "        4 KiB writes each followed by fsync in files of each size: latency beside a local directory"},
 	{"tier", bench_tier,
 	 "tier [--dir PATH] [--files N] [--file-size BYTES] [--threads T] [--rounds R] [--json]\n"

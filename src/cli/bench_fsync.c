@@ -36,7 +36,8 @@ static uint64_t next_rand(uint64_t *s)
 /* One file of size bytes in dir: written and synced, then ops pairs of a 4 KiB write and
  * an fsync, timed; then the file is read back against the model and removed. Returns 0,
  * or -1 after printing why. */
-static int run_size(const char *dir, const char *flag, uint64_t size, uint32_t ops, struct bf_result *out)
+static int run_size(const char *dir, const char *flag, uint64_t size, uint32_t ops, bool datasync,
+		    struct bf_result *out)
 {
 	char path[DS_PATH_MAX];
 	snprintf(path, sizeof path, "%s/aq-bench-fsync.%d", dir, (int)getpid());
@@ -64,7 +65,7 @@ static int run_size(const char *dir, const char *flag, uint64_t size, uint32_t o
 			memcpy(model + off + k, &r, 8);
 		}
 		uint64_t a = aq_mono_ns();
-		if (bench_pwrite_all(NULL, fd, model + off, BF_WRITE, off) || fsync(fd)) {
+		if (bench_pwrite_all(NULL, fd, model + off, BF_WRITE, off) || (datasync ? fdatasync(fd) : fsync(fd))) {
 			fprintf(stderr, "aq bench fsync: %s: write and fsync %s: %s\n", flag, path, strerror(errno));
 			goto out;
 		}
@@ -96,11 +97,12 @@ out:
 
 static void usage(void)
 {
-	printf("usage: aq bench fsync --dir DIR [--compare DIR] [--sizes B1,B2,...] [--ops N] [--json]\n"
+	printf("usage: aq bench fsync --dir DIR [--compare DIR] [--sizes B1,B2,...] [--ops N] [--datasync] [--json]\n"
 	       "  In a file of each size (default 4096,1048576,4194304), written and synced first, N times\n"
 	       "  (default 300) a 4 KiB pwrite at a random 4 KiB-aligned place and fsync; prints the\n"
 	       "  median, 90th and 99th percentile latency of the pair and pairs per second, for DIR\n"
 	       "  (a directory on the mount) and the --compare directory (e.g. on ext4) in the same run.\n"
+	       "  --datasync: fdatasync instead of fsync (what SQLite and PostgreSQL call).\n"
 	       "  --json: {\"ops\":N,\"aquifer\":{\"SIZE\":{\"median_us\":..,\"p90_us\":..,\"p99_us\":..,\n"
 	       "  \"ops_per_s\":..},...},\"compare\":{same keys}|null}\n");
 }
@@ -119,20 +121,22 @@ int bench_fsync(int argc, char **argv)
 {
 	const char *dir = NULL, *compare = NULL, *sizes_arg = "4096,1048576,4194304";
 	uint32_t ops = 300;
-	bool json = false;
+	bool json = false, datasync = false;
 	static const struct option lopts[] = {
+		{"datasync", no_argument, 0, 'D'},
 		{"dir", required_argument, 0, 'd'}, {"compare", required_argument, 0, 'C'},
 		{"sizes", required_argument, 0, 's'}, {"ops", required_argument, 0, 'n'},
 		{"json", no_argument, 0, 'j'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
 	int opt;
 	optind = 1;
-	while ((opt = getopt_long(argc, argv, "d:C:s:n:jh", lopts, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, "d:C:s:n:jDh", lopts, NULL)) != -1) {
 		switch (opt) {
 		case 'd': dir = optarg; break;
 		case 'C': compare = optarg; break;
 		case 's': sizes_arg = optarg; break;
 		case 'n': ops = (uint32_t)strtoul(optarg, NULL, 10); break;
 		case 'j': json = true; break;
+		case 'D': datasync = true; break;
 		case 'h': usage(); return 0;
 		default: usage(); return 2;
 		}
@@ -158,13 +162,13 @@ int bench_fsync(int argc, char **argv)
 		bench_warn_loop("aq bench fsync", compare);
 	struct bf_result aq[BF_SIZES_MAX], cmp[BF_SIZES_MAX];
 	for (int i = 0; i < nsizes; i++) {
-		if (run_size(dir, "--dir", sizes[i], ops, &aq[i]))
+		if (run_size(dir, "--dir", sizes[i], ops, datasync, &aq[i]))
 			return 1;
-		if (compare && run_size(compare, "--compare", sizes[i], ops, &cmp[i]))
+		if (compare && run_size(compare, "--compare", sizes[i], ops, datasync, &cmp[i]))
 			return 1;
 	}
 	if (json) {
-		printf("{\"ops\":%u,\"aquifer\":", ops);
+		printf("{\"ops\":%u,\"sync\":\"%s\",\"aquifer\":", ops, datasync ? "fdatasync" : "fsync");
 		json_side(sizes, nsizes, aq);
 		printf(",\"compare\":");
 		if (compare)
@@ -174,7 +178,8 @@ int bench_fsync(int argc, char **argv)
 		printf("}\n");
 		return 0;
 	}
-	printf("4 KiB pwrite + fsync at random places, %u per file; latency in µs (median / p90 / p99)\n", ops);
+	printf("4 KiB pwrite + %s at random places, %u per file; latency in µs (median / p90 / p99)\n",
+	       datasync ? "fdatasync" : "fsync", ops);
 	printf("%12s  %26s %10s", "file size", "aquifer", "pairs/s");
 	if (compare)
 		printf("  %26s %10s  %s", "compare", "pairs/s", "median ratio");

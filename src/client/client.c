@@ -204,6 +204,7 @@ static struct ino_state *state_get(struct aq_client *c, uint64_t ino, const stru
 		st->ino = ino;
 		pthread_mutex_init(&st->mu, NULL);
 		st->size = attr->size;
+		st->synced_size = UINT64_MAX;
 		st->chunk_size = attr->chunk_size ? attr->chunk_size : c->map.chunk_size;
 		st->next = c->files[ino % 1024];
 		c->files[ino % 1024] = st;
@@ -1740,10 +1741,24 @@ int aq_fsync(struct aq_file *f, int datasync)
 	int rc = aq_flush(f);
 	if (rc)
 		return rc;
-	struct proto_req r = {.op = OP_FSYNC, .cred = f->cred, .ino = f->ino, .flags = (uint32_t)datasync};
+	/* An fdatasync needs the metadata only when the size changed (ext4's rule): past the
+	 * first full sync of a file whose size stays, only the data targets sync, and the
+	 * metadata log (mtime, and everyone else's changes) waits for its next sync. */
+	struct ino_state *st = f->st;
+	pthread_mutex_lock(&st->mu);
+	uint64_t size = st->size;
+	bool data_only = datasync && !st->size_dirty && size == st->synced_size;
+	pthread_mutex_unlock(&st->mu);
+	struct proto_req r = {.op = OP_FSYNC, .cred = f->cred, .ino = f->ino,
+			      .flags = (datasync ? PROTO_FSYNC_DATASYNC : 0) | (data_only ? PROTO_FSYNC_DATA_ONLY : 0)};
 	/* data and metadata of one file may sit on every server: sync them all */
 	for (uint32_t i = 0; !rc && i < f->c->map.nservers; i++)
 		rc = rpc_do(f->c, f->c->map.servers[i].id, &r, NULL, NULL);
+	if (!rc && !data_only) {
+		pthread_mutex_lock(&st->mu);
+		st->synced_size = size;
+		pthread_mutex_unlock(&st->mu);
+	}
 	return rc;
 }
 

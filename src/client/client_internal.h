@@ -100,6 +100,7 @@ struct ino_state {
 	struct ino_state *next;
 	pthread_mutex_t mu;        /* guards everything below */
 	uint64_t size;
+	uint64_t synced_size;      /* the size the last full fsync made durable; UINT64_MAX: none */
 	bool size_dirty;
 	int64_t mtime_ns;
 	uint32_t chunk_size;

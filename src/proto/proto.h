@@ -101,6 +101,11 @@ struct proto_hdr {
  * ZERO_RANGE over a whole chunk. A server that does not know the flag says EINVAL. */
 #define PROTO_CW_PUNCH 8u
 #define PROTO_CW_EXTENTS_MAX 1024
+/* FSYNC request flags: bit 0, fdatasync; PROTO_FSYNC_DATA_ONLY, and the file's size has
+ * not changed since the caller's last full sync, so the metadata log (whose changes an
+ * fdatasync does not need) is not synced: only the data targets are. */
+#define PROTO_FSYNC_DATASYNC 1u
+#define PROTO_FSYNC_DATA_ONLY 2u
 /* That data for n extents, the bytes of extent i at src[i]: a malloc'd buffer of *len
  * bytes, the caller's to free. */
 uint8_t *proto_extents_encode(const struct aq_extent *ext, uint32_t n, const uint8_t *const *src, size_t *len);

@@ -51,6 +51,7 @@ struct server {
 	uint16_t exit_after;                /* tests: $AQ_TEST_EXIT_AFTER (see server_start) */
 	uint16_t hold_first;                /* tests: $AQ_TEST_HOLD_FIRST (see server_start) */
 	uint16_t refuse;                    /* tests: $AQ_TEST_REFUSE (see server_start) */
+	bool fail_meta_sync;                /* tests: $AQ_TEST_FAIL_META_SYNC */
 	uint32_t hold_ms;
 	atomic_bool held;
 	pthread_mutex_t late_mu;            /* guards late, nlate */
@@ -922,7 +923,8 @@ static int handle_op(struct server *s, struct sconn *sc, const struct proto_req 
 		rc = do_statfs(s, &rep.st);
 		break;
 	case OP_FSYNC:
-		rc = meta_sync(s->meta);
+		if (!(r->flags & PROTO_FSYNC_DATA_ONLY))
+			rc = s->fail_meta_sync ? -EIO : meta_sync(s->meta);
 		for (uint32_t i = 0; !rc && i < s->nlocal; i++)
 			rc = data_sync(s->data, s->local_targets[i]);
 		break;
@@ -1455,13 +1457,16 @@ int server_start(const struct server_options *opt, struct server **out)
 	 *   such request, before the reply goes out, which a kill -9 can do only by luck;
 	 * - $AQ_TEST_HOLD_FIRST=OPNAME:MS holds the first such change MS ms (test_hold);
 	 * - $AQ_TEST_REFUSE=OPNAME answers every such request EIO: a test that a path does
-	 *   without it. */
+	 *   without it;
+	 * - $AQ_TEST_FAIL_META_SYNC=1 answers EIO to every FSYNC that would sync the
+	 *   metadata log: a test that an fdatasync which needs no metadata does not. */
 	const char *exit_after = getenv("AQ_TEST_EXIT_AFTER");
 	const char *hold = getenv("AQ_TEST_HOLD_FIRST");
 	const char *refuse = getenv("AQ_TEST_REFUSE");
 	const char *colon = hold ? strchr(hold, ':') : NULL;
 	s->exit_after = exit_after ? proto_op_named(exit_after, strlen(exit_after)) : 0;
 	s->refuse = refuse ? proto_op_named(refuse, strlen(refuse)) : 0;
+	s->fail_meta_sync = getenv("AQ_TEST_FAIL_META_SYNC") != NULL;
 	if (colon) {
 		s->hold_first = proto_op_named(hold, (size_t)(colon - hold));
 		s->hold_ms = (uint32_t)strtoul(colon + 1, NULL, 10);

@@ -1140,6 +1140,9 @@ def test_bench_fsync_reports_both_sides(c):
             for r in side.values():
                 assert 0 < r["median_us"] <= r["p90_us"] <= r["p99_us"] and r["ops_per_s"] > 0, r
         assert os.listdir(d) == [] and os.listdir(local) == []
+        j = json.loads(run(AQ, "bench", "fsync", "--dir", d, "--sizes", "65536", "--ops", "10", "--datasync",
+                           "--json").stdout)
+        assert j["sync"] == "fdatasync" and j["compare"] is None and j["aquifer"]["65536"]["median_us"] > 0, j
     for bad in ("4097", "0", "4096,x"):
         p = run(AQ, "bench", "fsync", "--dir", d, "--sizes", bad, check=False)
         assert p.returncode == 2 and "--sizes" in p.stderr, (bad, p.returncode, p.stderr)
@@ -1194,6 +1197,32 @@ def test_reads_set_atime_as_relatime_does(c):
     assert m2 > a1, (m2, a1)
     read()
     wait_atime_past(m2)
+
+
+def test_fdatasync_syncs_metadata_only_when_the_size_changed(c):
+    """fdatasync needs the metadata only when the file's size changed (ext4's rule): once a
+    file's size was made durable, an fdatasync after writes inside it syncs only the data
+    targets, not the metadata log (aqd refuses, by a test hook, every FSYNC that would
+    sync it). fsync, and fdatasync after the size changed, still sync the metadata."""
+    p = c.path("datasync")
+    fd = os.open(p, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.pwrite(fd, os.urandom(1 << 20), 0)
+        os.fsync(fd)  # the size is durable
+        c.restart_with(AQ_TEST_FAIL_META_SYNC="1")
+        os.pwrite(fd, b"inside", 5000)
+        os.fdatasync(fd)  # needs no metadata
+        os.pwrite(fd, b"again", 70000)
+        expect_errno(errno.EIO, os.fsync, fd)
+        os.pwrite(fd, b"past the end", 1 << 20)
+        expect_errno(errno.EIO, os.fdatasync, fd)
+    finally:
+        os.close(fd)
+        c.kill9()
+        c.restart()
+    with open(p, "rb") as f:
+        data = f.read()
+    assert len(data) == (1 << 20) + 12 and data[5000:5006] == b"inside" and data[70000:70005] == b"again"
 
 
 def test_fsync(c):

@@ -1,7 +1,9 @@
 """fsx-style random operations on files through the mount, checked against an in-memory
 model after every read: writes at random offsets (across chunk boundaries, with holes),
-truncates up and down, reads, fstat, close and reopen; two files at once in two
-processes so per-inode client state cannot leak between files."""
+small writes followed by fsync or fdatasync (which aqd keeps as overlays of the blocks
+they change), truncates up and down, reads (some after the page cache was dropped, so
+that they reach aqd), fstat, close and reopen; two files at once in two processes so
+per-inode client state cannot leak between files."""
 import multiprocessing
 import os
 import random
@@ -18,7 +20,19 @@ def fsx(path, seed, nops):
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
     for i in range(nops):
         op = rnd.random()
-        if op < 0.4:
+        if op < 0.1:
+            off, ln = rnd.randrange(len(model) + 1000), rnd.randrange(1, 5000)
+            data = rnd.randbytes(ln)
+            os.pwrite(fd, data, off)
+            (os.fsync if rnd.random() < 0.5 else os.fdatasync)(fd)
+            hist.append((i, "write+sync", off, ln, len(model)))
+            if off > len(model):
+                model.extend(bytes(off - len(model)))
+            model[off:off + ln] = data
+        elif op < 0.12:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            hist.append((i, "drop cache", 0, 0, len(model)))
+        elif op < 0.4:
             off, ln = rnd.randrange(MAXLEN), rnd.randrange(1, 300_000)
             data = rnd.randbytes(ln)
             os.pwrite(fd, data, off)

@@ -101,12 +101,13 @@ static bool same_place(const struct data_entry *a, const struct data_entry *b)
 			    !memcmp(a->bpos, b->bpos, data_nblocks(a->length)));
 }
 
-/* Appends the record (rec_size bytes, a whole chunk) and points the index entry ne of
- * chunk (ino, idx) at it, counting it live. Returns 0 or -errno. Caller holds t->lock. */
+/* Appends the record (rec_size bytes, a whole chunk; with use_reserve into the space
+ * reserve) and points the index entry ne of chunk (ino, idx) at it, counting it live.
+ * Returns 0 or -errno. Caller holds t->lock. */
 static int64_t place_locked(struct data_store *ds, struct data_target *t, uint64_t ino, uint32_t idx,
-			    const uint8_t *rec, uint64_t rec_size, struct data_entry *ne)
+			    const uint8_t *rec, uint64_t rec_size, bool use_reserve, struct data_entry *ne)
 {
-	int64_t rc = data_append_locked(ds, t, rec, rec_size, true, &ne->seg, &ne->off);
+	int64_t rc = data_append_locked(ds, t, rec, rec_size, use_reserve, &ne->seg, &ne->off);
 	if (rc)
 		return rc;
 	uint8_t key[DATA_KEY_SIZE], val[DATA_VAL_MAX];
@@ -129,7 +130,7 @@ static int64_t place_locked(struct data_store *ds, struct data_target *t, uint64
  * leaves the chunk where it is, logged) and its records all become dead. Returns bytes
  * appended, -EAGAIN when the entry moved on meanwhile, or -errno. */
 static int64_t merge_map(struct data_store *ds, struct data_target *t, uint64_t ino, uint32_t idx,
-			 const struct data_entry *e)
+			 const struct data_entry *e, bool use_reserve)
 {
 	uint64_t rec_size = data_rec_size(e->length);
 	uint8_t *rec = data_buf_alloc(rec_size);
@@ -161,9 +162,10 @@ static int64_t merge_map(struct data_store *ds, struct data_target *t, uint64_t 
 	struct data_entry *ne = aq_malloc(sizeof *ne);
 	*ne = *cur;
 	ne->nrec = 0;
-	rc = place_locked(ds, t, ino, idx, rec, rec_size, ne);
+	rc = place_locked(ds, t, ino, idx, rec, rec_size, use_reserve, ne);
 	if (!rc) {
-		data_drop_records_locked(t, cur, ne);
+		/* not punched: the switch is not durable yet (see data_drop_records_locked) */
+		data_drop_records_locked(t, cur, ne, false);
 		rc = (int64_t)rec_size;
 	}
 	free(ne);
@@ -223,7 +225,7 @@ static int64_t move_record(struct data_store *ds, struct data_target *t, uint64_
 		goto out;
 	}
 	struct data_entry ne = cur;
-	rc = place_locked(ds, t, ino, idx, rec, rec_size, &ne);
+	rc = place_locked(ds, t, ino, idx, rec, rec_size, true, &ne);
 	if (rc)
 		goto out;
 	struct data_seg *os = data_seg_find(t, e->seg);
@@ -250,10 +252,43 @@ static int64_t move_chunk(struct data_store *ds, struct data_target *t, const ui
 			rc = 0; /* gone or moved; a malformed entry stays where it is (logged) */
 			break;
 		}
-		rc = e->nrec ? merge_map(ds, t, lr->ino, lr->idx, e) : move_record(ds, t, lr->ino, lr->idx, e);
+		rc = e->nrec ? merge_map(ds, t, lr->ino, lr->idx, e, true) : move_record(ds, t, lr->ino, lr->idx, e);
 	}
 	free(e);
 	return rc == -EAGAIN ? 0 : rc;
+}
+
+void data_fold_queued(struct data_store *ds, struct data_target *t)
+{
+	pthread_mutex_lock(&t->fold_mu);
+	uint32_t n = t->nfold;
+	struct data_chunk_id *q = aq_malloc((n ? n : 1) * sizeof *q);
+	memcpy(q, t->fold, n * sizeof *q);
+	t->nfold = 0;
+	pthread_mutex_unlock(&t->fold_mu);
+	struct data_entry *e = aq_malloc(sizeof *e);
+	uint64_t now = aq_mono_ns();
+	for (uint32_t i = 0; i < n && !__atomic_load_n(&ds->bg_stop, __ATOMIC_RELAXED); i++) {
+		bool found = false;
+		if (data_index_get(t, q[i].ino, q[i].idx, e, &found) || !found || !e->nrec)
+			continue; /* gone, or one record already */
+		if (e->version != q[i].version || now - q[i].at_ns < (uint64_t)DATA_FOLD_AFTER_NS) {
+			/* written since it was queued, or not long ago: ask again next time */
+			pthread_mutex_lock(&t->fold_mu);
+			if (t->nfold < DATA_FOLD_QUEUE) {
+				if (e->version != q[i].version)
+					q[i].version = e->version, q[i].at_ns = now;
+				t->fold[t->nfold++] = q[i];
+			}
+			pthread_mutex_unlock(&t->fold_mu);
+			continue;
+		}
+		/* changed meanwhile (-EAGAIN): the next reader queues it again; no room: it waits */
+		if (merge_map(ds, t, q[i].ino, q[i].idx, e, false) > 0)
+			__atomic_fetch_add(&t->folds, 1, __ATOMIC_RELAXED);
+	}
+	free(e);
+	free(q);
 }
 
 /* Unlinks a sealed segment that nothing points to any more. Returns its size, 0 when it
@@ -386,6 +421,7 @@ static void *compactor_main(void *arg)
 		for (uint32_t i = 0; i < ds->ntargets; i++) {
 			if (__atomic_load_n(&ds->bg_stop, __ATOMIC_RELAXED))
 				break;
+			data_fold_queued(ds, &ds->targets[i]);
 			data_compact(ds, ds->targets[i].id, COMPACT_RATIO_DEFAULT);
 		}
 		data_buf_trim_idle(BUF_IDLE_TRIM_NS);

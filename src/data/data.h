@@ -115,6 +115,7 @@ struct data_target_stat {
 	bool fs_shared_capacity;                         /* capacity is the file system's, not a quota */
 	uint64_t direct_reads;                           /* chunk reads served with O_DIRECT so far */
 	uint64_t syncs;                                  /* data_syncs that had something to make durable */
+	uint64_t folds;                                  /* chunks in several records folded for readers */
 };
 int data_stat(struct data_store *ds, uint32_t target, struct data_target_stat *out);
 /* Runs one compaction pass on target: rewrites segments whose live share is below

@@ -45,7 +45,9 @@
  * overlays written since, each holding only the blocks a write changed. */
 #define DATA_RECS_MAX 32u
 #define DATA_VAL_MAX (DATA_VAL_FIXED_MAP + DATA_VAL_REC_REF * DATA_RECS_MAX + 6u * DATA_BLOCKS_MAX)
-#define DATA_REC_FLAG_OVERLAY 1u /* record header flag: some blocks of the chunk, which the index lists */
+#define DATA_REC_FLAG_OVERLAY 1u
+#define DATA_FOLD_QUEUE 1024u   /* maps waiting per target to be folded for local readers */
+#define DATA_FOLD_AFTER_NS (2 * 1000000000ll) /* ... once unchanged this long */ /* record header flag: some blocks of the chunk, which the index lists */
 #define DATA_OBJ_KEY_SIZE 9u /* 'O' | object id u64 BE -> object size u64 LE */
 /* Data stops 1% short of a full file system, at most this much: enough for the metadata
  * store, usually on the same file system, to flush all four of its 64 MiB memtables (at
@@ -163,9 +165,21 @@ struct data_target {
 	 * last sync covered (data_sync_locked skips a target nothing was written to since) */
 	uint64_t appends, synced_appends, synced_seq;
 	uint64_t syncs;        /* syncs that had something to do */
+	/* Chunks a reader on this machine found in several records (data_locate of a map),
+	 * with the version found and when: the compactor thread folds each that stayed that
+	 * version for DATA_FOLD_AFTER_NS into one whole record, so that such readers read it
+	 * from the segment again (a chunk still being written is left alone: folding after
+	 * every write would bring back the whole-chunk rewrites overlays avoid). Under
+	 * fold_mu; a full queue drops what comes. */
+	pthread_mutex_t fold_mu;
+	struct data_chunk_id { uint64_t ino, version, at_ns; uint32_t idx; } fold[DATA_FOLD_QUEUE];
+	uint32_t nfold;
+	uint64_t folds;        /* maps folded for readers (atomic) */
 };
 
 #define DATA_DFD_UNOPENED (-2)
+/* compact.c: folds the maps that data_locate queued on t (the compactor thread). */
+void data_fold_queued(struct data_store *ds, struct data_target *t);
 #define DATA_INDEX_CACHE_BYTES (256ull << 20) /* the indexes' RocksDB block cache */
 
 struct data_store {
@@ -214,8 +228,13 @@ void data_punch_dead_locked(struct data_target *t, uint32_t seg, uint64_t off, u
  * off its segment's live count and punches it. Segment 0 (not on flash) and a missing
  * segment (logged at open, never counted) are no-ops. Caller holds t->lock. */
 void data_drop_record_locked(struct data_target *t, uint32_t seg, uint64_t off, uint32_t length);
-/* Drops every record of old that new (NULL: none) does not point to. Caller holds t->lock. */
-void data_drop_records_locked(struct data_target *t, const struct data_entry *old, const struct data_entry *new);
+/* Drops every record of old that new (NULL: none) does not point to: off the live counts,
+ * and with punch also punched. A fold (the same bytes in a new place, put in the index
+ * without a sync) must not punch: until the index change is durable, a crash brings back
+ * the entry that points to the old records. Compaction reclaims what it leaves. Caller
+ * holds t->lock. */
+void data_drop_records_locked(struct data_target *t, const struct data_entry *old, const struct data_entry *new,
+			      bool punch);
 
 /* tier.c, used by store.c */
 /* Reads blocks of a chunk that is only in S3 (e->seg == 0), checking every crc32c. */

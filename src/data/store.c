@@ -145,7 +145,8 @@ void data_drop_record_locked(struct data_target *t, uint32_t seg, uint64_t off, 
 	data_punch_dead_locked(t, seg, off, size);
 }
 
-void data_drop_records_locked(struct data_target *t, const struct data_entry *old, const struct data_entry *new)
+void data_drop_records_locked(struct data_target *t, const struct data_entry *old, const struct data_entry *new,
+			      bool punch)
 {
 	struct data_rec_ref o[DATA_RECS_MAX], n[DATA_RECS_MAX];
 	uint32_t no = data_entry_recs(old, o), nn = new ? data_entry_recs(new, n) : 0;
@@ -153,8 +154,15 @@ void data_drop_records_locked(struct data_target *t, const struct data_entry *ol
 		bool kept = false;
 		for (uint32_t j = 0; j < nn && !kept; j++)
 			kept = o[i].seg == n[j].seg && o[i].off == n[j].off;
-		if (!kept)
+		struct data_seg *s = kept ? NULL : data_seg_find(t, o[i].seg);
+		if (!s)
+			continue;
+		if (punch) {
 			data_drop_record_locked(t, o[i].seg, o[i].off, o[i].length);
+		} else {
+			AQ_ASSERT(s->live >= data_rec_size(o[i].length));
+			s->live -= data_rec_size(o[i].length);
+		}
 	}
 }
 
@@ -483,7 +491,7 @@ static int commit_record_locked(struct data_store *ds, struct data_target *t, ui
 	}
 	data_seg_find(t, seg)->live += rec_size;
 	if (old) {
-		data_drop_records_locked(t, old, e);
+		data_drop_records_locked(t, old, e, true);
 		if (old->obj)
 			tier_unref_locked(t, old->obj, old->length);
 	} else {
@@ -904,6 +912,19 @@ int data_locate(struct data_store *ds, uint32_t target, uint64_t ino, uint32_t i
 	int rc = data_index_get(t, ino, idx, e, &found);
 	if (!rc && found && end == 0)
 		end = e->length;
+	if (!rc && found && e->nrec) {
+		/* in several records: read through aqd now, and from one record once folded */
+		pthread_mutex_lock(&t->fold_mu);
+		uint32_t i = 0;
+		while (i < t->nfold && (t->fold[i].ino != ino || t->fold[i].idx != idx))
+			i++;
+		if (i == t->nfold && t->nfold < DATA_FOLD_QUEUE)
+			t->fold[t->nfold++] = (struct data_chunk_id){.ino = ino, .idx = idx, .version = e->version,
+								     .at_ns = aq_mono_ns()};
+		else if (i < t->nfold && t->fold[i].version != e->version)
+			t->fold[i].version = e->version, t->fold[i].at_ns = aq_mono_ns(); /* written since */
+		pthread_mutex_unlock(&t->fold_mu);
+	}
 	if (!rc && (!found || e->seg == 0 || e->nrec || end == 0 || end > e->length))
 		rc = -EAGAIN; /* a map (overlays) too: its blocks are in several records */
 	struct data_seg *s = rc ? NULL : entry_seg(t, ino, idx, e);
@@ -1107,6 +1128,7 @@ int data_stat(struct data_store *ds, uint32_t target, struct data_target_stat *o
 	out->segments = t->nsegs;
 	out->direct_reads = __atomic_load_n(&t->direct_reads, __ATOMIC_RELAXED);
 	out->syncs = t->syncs;
+	out->folds = __atomic_load_n(&t->folds, __ATOMIC_RELAXED);
 	if (t->capacity_bytes) {
 		out->capacity_bytes = t->capacity_bytes;
 		uint64_t left = t->capacity_bytes > out->used_bytes ? t->capacity_bytes - out->used_bytes : 0;
@@ -1261,6 +1283,7 @@ static void target_close(struct data_target *t)
 		rocksdb_readoptions_destroy(t->ropt);
 	pthread_mutex_destroy(&t->lock);
 	pthread_mutex_destroy(&t->compact_lock);
+	pthread_mutex_destroy(&t->fold_mu);
 	pthread_rwlock_destroy(&t->seg_lock);
 	free(t->dir);
 }
@@ -1316,6 +1339,7 @@ int data_open(const char *dir, bool create, const struct data_options *opt, stru
 		t->capacity_bytes = opt->capacity_bytes;
 		t->segment_bytes = segment_bytes;
 		pthread_mutex_init(&t->lock, NULL);
+		pthread_mutex_init(&t->fold_mu, NULL);
 		pthread_mutex_init(&t->compact_lock, NULL);
 		pthread_rwlock_init(&t->seg_lock, &rwa);
 		t->dbopt = rocksdb_options_create();

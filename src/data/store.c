@@ -127,11 +127,31 @@ int data_seal_active_locked(struct data_target *t)
 
 void data_punch_dead_locked(struct data_target *t, uint32_t seg, uint64_t off, uint64_t size)
 {
+	if (t->ndead == t->dead_cap) {
+		t->dead_cap = t->dead_cap ? 2 * t->dead_cap : 64;
+		t->dead = aq_realloc(t->dead, t->dead_cap * sizeof *t->dead);
+	}
+	t->dead[t->ndead++] = (struct data_dead){.seg = seg, .off = off, .size = size};
+}
+
+void data_punch_queued_locked(struct data_target *t)
+{
+	if (!t->ndead)
+		return;
 	pthread_rwlock_wrlock(&t->seg_lock);
-	struct data_seg *s = data_seg_find(t, seg);
-	if (s && fallocate(s->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)size) == 0)
-		s->punched = MIN(s->punched + size, s->total);
+	for (uint32_t i = 0; i < t->ndead; i++) {
+		struct data_seg *s = data_seg_find(t, t->dead[i].seg); /* gone: compaction removed it */
+		if (s && fallocate(s->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)t->dead[i].off,
+				   (off_t)t->dead[i].size) == 0)
+			s->punched = MIN(s->punched + t->dead[i].size, s->total);
+	}
 	pthread_rwlock_unlock(&t->seg_lock);
+	t->ndead = 0;
+	if (t->dead_cap > 4096) { /* a big delete's list goes, not its peak */
+		free(t->dead);
+		t->dead = NULL;
+		t->dead_cap = 0;
+	}
 }
 
 void data_drop_record_locked(struct data_target *t, uint32_t seg, uint64_t off, uint32_t length)
@@ -204,6 +224,8 @@ int data_append_locked(struct data_store *ds, struct data_target *t, const void 
 {
 	AQ_ASSERT(rec_size % DATA_REC_ALIGN == 0 && rec_size <= t->segment_bytes);
 	int rc = space_check(t, rec_size, use_reserve);
+	if (rc == -ENOSPC && t->ndead && data_sync_locked(t) == 0)
+		rc = space_check(t, rec_size, use_reserve); /* with the queued punches done */
 	if (rc) {
 		data_kick_compactor(ds); /* dead space may be waiting to be reclaimed */
 		return rc;
@@ -261,8 +283,10 @@ int data_sync_locked(struct data_target *t)
 	 * those have nothing to make durable (the sequence number is read before the sync,
 	 * so an index write that races it is synced by the next one). */
 	uint64_t seq = rocksdb_get_latest_sequence_number(t->db);
-	if (t->appends == t->synced_appends && seq == t->synced_seq)
+	if (t->appends == t->synced_appends && seq == t->synced_seq) {
+		data_punch_queued_locked(t); /* what made them dead is durable already */
 		return 0;
+	}
 	int rc = data_io_fdatasync(seg_active(t)->fd);
 	if (rc)
 		return rc;
@@ -276,6 +300,7 @@ int data_sync_locked(struct data_target *t)
 	t->synced_appends = t->appends;
 	t->synced_seq = seq;
 	t->syncs++;
+	data_punch_queued_locked(t);
 	return 0;
 }
 
@@ -492,6 +517,8 @@ static int commit_record_locked(struct data_store *ds, struct data_target *t, ui
 	data_seg_find(t, seg)->live += rec_size;
 	if (old) {
 		data_drop_records_locked(t, old, e, true);
+		if (sync)
+			data_punch_queued_locked(t); /* the WAL is synced up to this put */
 		if (old->obj)
 			tier_unref_locked(t, old->obj, old->length);
 	} else {
@@ -965,9 +992,10 @@ int data_read_alloc(struct data_store *ds, uint32_t target, uint64_t ino, uint32
 
 /* Drops every chunk of ino from chunk cut_idx up to (not including) end_idx; with
  * cut_off > 0 chunk cut_idx keeps its first cut_off bytes instead (rewritten shortened, so
- * that extending it again reads zeros). One RocksDB batch, so the cut is all or nothing. */
+ * that extending it again reads zeros). One RocksDB batch, so the cut is all or nothing;
+ * with sync a synced one, after which the dropped records are punched at once. */
 static int drop_range(struct data_store *ds, struct data_target *t, uint64_t ino, uint32_t cut_idx, uint32_t cut_off,
-		      uint32_t end_idx)
+		      uint32_t end_idx, bool sync)
 {
 	uint8_t start[DATA_KEY_SIZE];
 	data_key(start, ino, cut_idx);
@@ -1036,7 +1064,7 @@ static int drop_range(struct data_store *ds, struct data_target *t, uint64_t ino
 	char *err = NULL;
 	rocksdb_iter_get_error(it, &err);
 	if (!err && nchunks)
-		rocksdb_write(t->db, t->wopt, batch, &err);
+		rocksdb_write(t->db, sync ? t->wopt_sync : t->wopt, batch, &err);
 	if (err) {
 		log_error("target %u: truncate ino %llx: %s", t->id, (unsigned long long)ino, err);
 		rocksdb_free(err);
@@ -1053,6 +1081,8 @@ static int drop_range(struct data_store *ds, struct data_target *t, uint64_t ino
 		data_seg_find(t, ne->seg)->live += data_rec_size(ne->length);
 		t->chunks++;
 	}
+	if (sync)
+		data_punch_queued_locked(t);
 out:
 	rocksdb_iter_destroy(it);
 	rocksdb_writebatch_destroy(batch);
@@ -1074,7 +1104,7 @@ int data_truncate(struct data_store *ds, uint32_t target, uint64_t ino, uint64_t
 	uint64_t cut_idx = new_size / chunk_size;
 	if (cut_idx > UINT32_MAX)
 		return 0; /* every chunk index is below the cut */
-	return drop_range(ds, t, ino, (uint32_t)cut_idx, (uint32_t)(new_size % chunk_size), UINT32_MAX);
+	return drop_range(ds, t, ino, (uint32_t)cut_idx, (uint32_t)(new_size % chunk_size), UINT32_MAX, false);
 }
 
 int data_punch(struct data_store *ds, uint32_t target, uint64_t ino, uint32_t idx)
@@ -1084,7 +1114,9 @@ int data_punch(struct data_store *ds, uint32_t target, uint64_t ino, uint32_t id
 		return -AQ_ENOT_OWNER;
 	if (idx == UINT32_MAX)
 		return -EINVAL;
-	return drop_range(ds, t, ino, idx, 0, idx + 1);
+	/* fallocate's PUNCH_HOLE asks for the space back: synced, so it comes back at once, as
+	 * ext4 gives it */
+	return drop_range(ds, t, ino, idx, 0, idx + 1, true);
 }
 
 int data_delete(struct data_store *ds, uint32_t target, uint64_t ino)
@@ -1092,7 +1124,7 @@ int data_delete(struct data_store *ds, uint32_t target, uint64_t ino)
 	struct data_target *t = data_target_get(ds, target);
 	if (!t)
 		return -AQ_ENOT_OWNER;
-	int rc = drop_range(ds, t, ino, 0, 0, UINT32_MAX);
+	int rc = drop_range(ds, t, ino, 0, 0, UINT32_MAX, false);
 	if (!rc)
 		data_kick_compactor(ds);
 	return rc;
@@ -1267,6 +1299,12 @@ static int target_open(struct data_target *t, bool create)
 
 static void target_close(struct data_target *t)
 {
+	if (t->db && t->ndead) {
+		pthread_mutex_lock(&t->lock);
+		data_sync_locked(t); /* and the queued punches */
+		pthread_mutex_unlock(&t->lock);
+	}
+	free(t->dead);
 	if (t->db)
 		rocksdb_close(t->db);
 	for (uint32_t i = 0; i < t->nsegs; i++)

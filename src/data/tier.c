@@ -395,6 +395,7 @@ static int pack_flush(struct pack *p)
 		}
 		for (size_t i = 0; i < ngone; i++)
 			data_drop_record_locked(t, gone[i].seg, gone[i].off, gone[i].length);
+		data_punch_queued_locked(t); /* the batch was synced: flash comes back now */
 	}
 	pthread_mutex_unlock(&t->lock);
 	rocksdb_writebatch_destroy(batch);
@@ -468,6 +469,7 @@ static int drop_flash_copy(struct data_target *t, uint64_t ino, uint32_t idx, co
 		rc = index_put(t, ino, idx, cur, NULL, true);
 		if (!rc) {
 			data_drop_record_locked(t, seg, off, cur->length);
+			data_punch_queued_locked(t);
 			rc = (int)cur->length;
 		}
 	}

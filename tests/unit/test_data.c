@@ -508,6 +508,49 @@ fail:
 	return -1;
 }
 
+/* Whether a valid record header of (ino, version) is at loc's record offset. */
+static bool header_at(const struct data_loc *loc, uint64_t ino, uint64_t version)
+{
+	uint8_t hb[DATA_REC_HDR_SIZE];
+	struct data_rec_hdr h;
+	int fd = open(loc->path, O_RDONLY);
+	bool ok = fd >= 0 && pread(fd, hb, sizeof hb, (off_t)loc->rec_off) == sizeof hb && data_hdr_decode(hb, &h) == 0 &&
+		  h.ino == ino && h.version == version;
+	if (fd >= 0)
+		close(fd);
+	return ok;
+}
+
+/* A record an overwrite or a delete left dead is punched at the next sync, once the index
+ * change is durable, not at once: a power loss before the sync brings back the entry that
+ * points to it (regression: it was punched at once, so that entry read as zeros, EIO). */
+static int test_punch_after_sync(void)
+{
+	char dir[300];
+	struct data_store *ds = NULL;
+	uint8_t a[20000], b[20000];
+	struct data_loc *loc = aq_malloc(sizeof *loc);
+	memset(a, 'a', sizeof a);
+	memset(b, 'b', sizeof b);
+	case_dir(dir, sizeof dir);
+	int rc = data_open(dir, true, &opts1, &ds);
+	CHECK(rc == 0, "open: %s", aq_strerror(rc));
+	CHECK(data_write(ds, 7, 80, 0, 0, a, sizeof a, true) == 0 && data_locate(ds, 7, 80, 0, 0, loc) == 0, "write");
+	CHECK(data_write(ds, 7, 80, 0, 0, b, sizeof b, false) == 0, "overwrite");
+	CHECK(header_at(loc, 80, 1), "the overwritten record was punched before the overwrite was durable");
+	CHECK(data_sync(ds, 7) == 0 && !header_at(loc, 80, 1), "the overwritten record was not punched at the sync");
+	CHECK(data_locate(ds, 7, 80, 0, 0, loc) == 0 && data_delete(ds, 7, 80) == 0, "delete");
+	CHECK(header_at(loc, 80, 2), "the deleted record was punched before the delete was durable");
+	CHECK(data_sync(ds, 7) == 0 && !header_at(loc, 80, 2), "the deleted record was not punched at the sync");
+	data_close(ds);
+	free(loc);
+	return 0;
+fail:
+	data_close(ds);
+	free(loc);
+	return -1;
+}
+
 static int test_writev(void)
 {
 	char dir[300];
@@ -1437,6 +1480,7 @@ int main(void)
 		{"sparse", test_sparse},
 		{"overwrite", test_overwrite},
 		{"overlay", test_overlay},
+		{"punch_after_sync", test_punch_after_sync},
 		{"writev", test_writev},
 		{"truncate_delete", test_truncate_delete},
 		{"corrupt", test_corrupt},

@@ -9,8 +9,9 @@
  * racing overwrite or delete wins), makes the switch durable, and unlinks the segment
  * once its live count is zero. A chunk in several records (a map of overlays) is folded
  * into one whole record of the same version instead. The scan keeps only the chunks'
- * identities; each is moved as its entry is when its turn comes. Readers hold seg_lock shared across lookup and I/O, so the
- * unlink (seg_lock exclusive) never pulls a file from under a read.
+ * identities; each is moved as its entry is when its turn comes. Readers hold seg_lock
+ * shared across lookup and I/O, so the unlink (seg_lock exclusive) never pulls a file
+ * from under a read.
  */
 #include <sys/stat.h>
 #include <unistd.h>

@@ -4,9 +4,10 @@
  *   (ino, chunk index) -> segment, offset, length, version, crc32c per 64 KiB block.
  * A write appends a new version of the chunk (read-modify-write for a partial chunk; for a
  * few blocks of a big chunk an overlay of only those blocks) and then points the index at
- * it; what the old version no longer needs becomes dead space that compaction reclaims. Every read checks the crc32c of every block it touches: a mismatch is
- * -AQ_ECORRUPT, logged with the chunk's identity, never data. Disk I/O goes through
- * io_uring. All functions are thread-safe and return 0 or -errno.
+ * it; what the old version no longer needs becomes dead space that compaction reclaims.
+ * Every read checks the crc32c of every block it touches: a mismatch is -AQ_ECORRUPT,
+ * logged with the chunk's identity, never data. Disk I/O goes through io_uring. All
+ * functions are thread-safe and return 0 or -errno.
  */
 #ifndef AQ_DATA_H
 #define AQ_DATA_H

@@ -45,9 +45,9 @@
  * overlays written since, each holding only the blocks a write changed. */
 #define DATA_RECS_MAX 32u
 #define DATA_VAL_MAX (DATA_VAL_FIXED_MAP + DATA_VAL_REC_REF * DATA_RECS_MAX + 6u * DATA_BLOCKS_MAX)
-#define DATA_REC_FLAG_OVERLAY 1u
+#define DATA_REC_FLAG_OVERLAY 1u /* record header flag: some blocks of the chunk, which the index lists */
 #define DATA_FOLD_QUEUE 1024u   /* maps waiting per target to be folded for local readers */
-#define DATA_FOLD_AFTER_NS (2 * 1000000000ll) /* ... once unchanged this long */ /* record header flag: some blocks of the chunk, which the index lists */
+#define DATA_FOLD_AFTER_NS (2 * 1000000000ll) /* ... once unchanged this long */
 #define DATA_OBJ_KEY_SIZE 9u /* 'O' | object id u64 BE -> object size u64 LE */
 /* Data stops 1% short of a full file system, at most this much: enough for the metadata
  * store, usually on the same file system, to flush all four of its 64 MiB memtables (at
@@ -68,6 +68,11 @@ static inline uint64_t data_rec_size(uint32_t length)
 	return data_round_up(DATA_REC_HDR_SIZE + (uint64_t)length, DATA_REC_ALIGN);
 }
 static inline uint32_t data_nblocks(uint32_t length) { return (length + DATA_BLOCK_SIZE - 1) / DATA_BLOCK_SIZE; }
+/* Bytes of block b of a chunk of length bytes (the last block may be partial). */
+static inline uint32_t data_block_len(uint32_t length, uint32_t b)
+{
+	return (uint32_t)(MIN((uint64_t)(b + 1) * DATA_BLOCK_SIZE, length) - (uint64_t)b * DATA_BLOCK_SIZE);
+}
 
 /* The 64-byte header in front of every record; lets fsck rebuild the index. */
 struct data_rec_hdr {

@@ -93,12 +93,6 @@ void data_key(uint8_t out[DATA_KEY_SIZE], uint64_t ino, uint32_t idx)
 	put_be32(out + 9, idx);
 }
 
-/* Bytes of block b of a chunk of length bytes (the last block may be partial). */
-static uint32_t block_len(uint32_t length, uint32_t b)
-{
-	return (uint32_t)(MIN((uint64_t)(b + 1) * DATA_BLOCK_SIZE, length) - (uint64_t)b * DATA_BLOCK_SIZE);
-}
-
 static size_t map_encode(uint8_t *out, const struct data_entry *e)
 {
 	AQ_ASSERT(e->nrec >= 1 && e->nrec <= DATA_RECS_MAX && !e->obj);
@@ -140,7 +134,8 @@ static int map_decode(const uint8_t *in, size_t len, struct data_entry *e)
 		return -EIO;
 	const uint8_t *p = in + DATA_VAL_FIXED_MAP;
 	for (uint32_t i = 0; i < e->nrec; i++, p += DATA_VAL_REC_REF) {
-		e->rec[i] = (struct data_rec_ref){.seg = get_le32(p), .off = get_le64(p + 4), .length = get_le32(p + 12)};
+		e->rec[i] = (struct data_rec_ref){.seg = get_le32(p), .off = get_le64(p + 4),
+						  .length = get_le32(p + 12)};
 		if (!e->rec[i].seg || e->rec[i].off % DATA_REC_ALIGN || e->rec[i].length > DATA_CHUNK_MAX)
 			return -EIO;
 	}
@@ -148,7 +143,7 @@ static int map_decode(const uint8_t *in, size_t len, struct data_entry *e)
 		e->brec[b] = *p++;
 		e->bpos[b] = *p++;
 		if (e->brec[b] >= e->nrec ||
-		    (uint64_t)e->bpos[b] * DATA_BLOCK_SIZE + block_len(e->length, b) > e->rec[e->brec[b]].length)
+		    (uint64_t)e->bpos[b] * DATA_BLOCK_SIZE + data_block_len(e->length, b) > e->rec[e->brec[b]].length)
 			return -EIO;
 	}
 	for (uint32_t b = 0; b < nb; b++, p += 4)

@@ -409,7 +409,7 @@ static int read_blocks(struct data_target *t, uint64_t ino, uint32_t idx, const 
 			uint64_t at = data_entry_block(e, b, &rec), len = 0;
 			uint32_t b1 = b;
 			do {
-				len += MIN((uint64_t)(b1 + 1) * DATA_BLOCK_SIZE, e->length) - (uint64_t)b1 * DATA_BLOCK_SIZE;
+				len += data_block_len(e->length, b1);
 				b1++;
 			} while (b1 < r[i].b1 && data_entry_block(e, b1, &next) == at + len && next.seg == rec.seg);
 			struct data_seg *s = rec_seg(t, ino, idx, e->version, &rec);
@@ -449,12 +449,6 @@ int data_read_chunk(struct data_target *t, uint64_t ino, uint32_t idx, const str
 	return read_blocks(t, ino, idx, e, &r, 1);
 }
 
-/* Bytes of block b of a chunk of length bytes (the last block may be partial). */
-static uint32_t block_len(uint32_t length, uint32_t b)
-{
-	return (uint32_t)(MIN((uint64_t)(b + 1) * DATA_BLOCK_SIZE, length) - (uint64_t)b * DATA_BLOCK_SIZE);
-}
-
 /* Fills in the header of a record whose data (length bytes at rec + header) is in place,
  * and zeroes the padding. */
 static void rec_finish(uint8_t *rec, uint32_t length, uint64_t ino, uint32_t idx, uint64_t version, uint16_t flags)
@@ -469,7 +463,7 @@ static void rec_seal(uint8_t *rec, uint64_t ino, uint32_t idx, struct data_entry
 {
 	const uint8_t *data = rec + DATA_REC_HDR_SIZE;
 	for (uint32_t b = 0; b < data_nblocks(e->length); b++)
-		e->crc[b] = crc32c(0, data + (uint64_t)b * DATA_BLOCK_SIZE, block_len(e->length, b));
+		e->crc[b] = crc32c(0, data + (uint64_t)b * DATA_BLOCK_SIZE, data_block_len(e->length, b));
 	rec_finish(rec, e->length, ino, idx, e->version, 0);
 }
 
@@ -612,7 +606,8 @@ static bool plan_overlay(const struct data_entry *old, uint32_t new_len, const s
 		 * the old end is in: a partial last block is rewritten at its new length. */
 		touch[b] = b >= old->length / DATA_BLOCK_SIZE && new_len > old->length;
 		for (uint32_t i = 0; i < n && !touch[b]; i++)
-			touch[b] = ext[i].off < (b + 1) * DATA_BLOCK_SIZE && ext[i].off + ext[i].len > b * DATA_BLOCK_SIZE;
+			touch[b] = ext[i].off < (b + 1) * DATA_BLOCK_SIZE &&
+				   ext[i].off + ext[i].len > b * DATA_BLOCK_SIZE;
 		ntouch += touch[b];
 	}
 	if (2 * ntouch >= nb)
@@ -634,7 +629,7 @@ static bool plan_overlay(const struct data_entry *old, uint32_t new_len, const s
 	}
 	uint32_t olen = 0;
 	for (uint32_t b = 0; b < nb; b++)
-		olen += touch[b] ? block_len(new_len, b) : 0;
+		olen += touch[b] ? data_block_len(new_len, b) : 0;
 	if (kept + 1 > DATA_RECS_MAX || bytes + olen > 2 * (uint64_t)new_len)
 		return false;
 	e->nrec = kept + 1;
@@ -670,7 +665,7 @@ static int write_overlay_locked(struct data_store *ds, struct data_target *t, ui
 	for (uint32_t b = 0; b < nb_old && !rc;) {
 		uint32_t b1 = b;
 		while (b1 < nb_old && touch[b1] &&
-		       !covered(ext, n, b1 * DATA_BLOCK_SIZE, b1 * DATA_BLOCK_SIZE + block_len(old->length, b1)))
+		       !covered(ext, n, b1 * DATA_BLOCK_SIZE, b1 * DATA_BLOCK_SIZE + data_block_len(old->length, b1)))
 			b1++;
 		if (b1 > b) {
 			struct block_range r = {.b0 = b, .b1 = b1, .dst = data + (uint64_t)e->bpos[b] * DATA_BLOCK_SIZE};
@@ -684,10 +679,10 @@ static int write_overlay_locked(struct data_store *ds, struct data_target *t, ui
 		uint8_t *dst = data + (uint64_t)e->bpos[b] * DATA_BLOCK_SIZE;
 		uint64_t lo = (uint64_t)b * DATA_BLOCK_SIZE;
 		uint32_t kept = old->length > lo ? (uint32_t)MIN(old->length - lo, DATA_BLOCK_SIZE) : 0;
-		if (kept < block_len(e->length, b))
-			memset(dst + kept, 0, block_len(e->length, b) - kept); /* past the old end */
+		if (kept < data_block_len(e->length, b))
+			memset(dst + kept, 0, data_block_len(e->length, b) - kept); /* past the old end */
 		put_extents(dst, b, ext, n, bytes);
-		e->crc[b] = crc32c(0, dst, block_len(e->length, b));
+		e->crc[b] = crc32c(0, dst, data_block_len(e->length, b));
 	}
 	if (!rc) {
 		rec_finish(rec, olen, ino, idx, e->version, DATA_REC_FLAG_OVERLAY);

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "cli/bench.h"
+#include "common/fdio.h"
 
 #define BF_SIZES_MAX 16
 #define BF_WRITE 4096u
@@ -25,14 +26,6 @@ static int cmp_double(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
-static uint64_t next_rand(uint64_t *s)
-{
-	*s ^= *s << 13;
-	*s ^= *s >> 7;
-	*s ^= *s << 17;
-	return *s;
-}
-
 /* One file of size bytes in dir: written and synced, then ops pairs of a 4 KiB write and
  * an fsync, timed; then the file is read back against the model and removed. Returns 0,
  * or -1 after printing why. */
@@ -43,11 +36,8 @@ static int run_size(const char *dir, const char *flag, uint64_t size, uint32_t o
 	snprintf(path, sizeof path, "%s/aq-bench-fsync.%d", dir, (int)getpid());
 	uint8_t *model = aq_malloc(size), *back = aq_malloc(size);
 	double *lat = aq_malloc(ops * sizeof *lat);
-	uint64_t s = 0x9E3779B97F4A7C15ull ^ size;
-	for (uint64_t i = 0; i < size; i += 8) {
-		uint64_t r = next_rand(&s);
-		memcpy(model + i, &r, MIN(8, size - i));
-	}
+	/* the bytes of write i (0: the file's first) are ds_fill's under key i, as gen's are */
+	ds_fill(ds_key(size, 0), 0, model, size);
 	int rc = -1, fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
 	if (fd < 0) {
 		fprintf(stderr, "aq bench fsync: %s %s: create %s: %s\n", flag, dir, path, strerror(errno));
@@ -59,11 +49,8 @@ static int run_size(const char *dir, const char *flag, uint64_t size, uint32_t o
 	}
 	uint64_t t0 = aq_mono_ns();
 	for (uint32_t i = 0; i < ops; i++) {
-		uint64_t off = next_rand(&s) % (size / BF_WRITE) * BF_WRITE;
-		for (uint32_t k = 0; k < BF_WRITE; k += 8) {
-			uint64_t r = next_rand(&s);
-			memcpy(model + off + k, &r, 8);
-		}
+		uint64_t key = ds_key(size, i + 1), off = aq_mix64(key, 0) % (size / BF_WRITE) * BF_WRITE;
+		ds_fill(key, off, model + off, BF_WRITE);
 		uint64_t a = aq_mono_ns();
 		if (bench_pwrite_all(NULL, fd, model + off, BF_WRITE, off) || (datasync ? fdatasync(fd) : fsync(fd))) {
 			fprintf(stderr, "aq bench fsync: %s: write and fsync %s: %s\n", flag, path, strerror(errno));
@@ -72,10 +59,10 @@ static int run_size(const char *dir, const char *flag, uint64_t size, uint32_t o
 		lat[i] = (double)(aq_mono_ns() - a) / 1e3;
 	}
 	double secs = (double)(aq_mono_ns() - t0) / 1e9;
-	ssize_t got = pread(fd, back, size, 0);
-	if (got != (ssize_t)size || memcmp(back, model, size)) {
+	int e = fd_read_full(fd, back, size); /* the offset is still 0: only pwrites so far */
+	if (e || memcmp(back, model, size)) {
 		fprintf(stderr, "aq bench fsync: %s: %s reads back %s\n", flag, path,
-			got < 0 ? strerror(errno) : "wrong bytes");
+			e ? strerror(e == -ECONNRESET ? EIO : -e) : "wrong bytes");
 		goto out;
 	}
 	qsort(lat, ops, sizeof *lat, cmp_double);

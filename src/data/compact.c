@@ -165,8 +165,7 @@ static int64_t merge_map(struct data_store *ds, struct data_target *t, uint64_t 
 	ne->nrec = 0;
 	rc = place_locked(ds, t, ino, idx, rec, rec_size, use_reserve, ne);
 	if (!rc) {
-		/* not punched: the switch is not durable yet (see data_drop_records_locked) */
-		data_drop_records_locked(t, cur, ne, false);
+		data_drop_records_locked(t, cur, ne); /* punched once the switch is durable */
 		rc = (int64_t)rec_size;
 	}
 	free(ne);

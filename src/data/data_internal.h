@@ -170,7 +170,7 @@ struct data_target {
 	 * last sync covered (data_sync_locked skips a target nothing was written to since) */
 	uint64_t appends, synced_appends, synced_seq;
 	uint64_t syncs;        /* syncs that had something to do */
-	/* under lock: dead records to punch at the next sync (data_punch_dead_locked) */
+	/* under lock: dead records to punch at the next sync (data_drop_record_locked) */
 	struct data_dead { uint64_t off, size; uint32_t seg; } *dead;
 	uint32_t ndead, dead_cap;
 	/* Chunks a reader on this machine found in several records (data_locate of a map),
@@ -228,29 +228,22 @@ void data_kick_compactor(struct data_store *ds);
 /* Seals the active segment and starts a new one (no-op when it is empty), so that
  * compaction can reclaim a mostly dead active segment. Caller holds t->lock. */
 int data_seal_active_locked(struct data_target *t);
-/* Gives a dead record's space back to the file system (FALLOC_FL_PUNCH_HOLE), so deleting
- * or overwriting frees space even on a full disk where compaction has no room to copy:
- * at the target's next sync, once the index change that made the record dead is durable
- * (a punch that reached the disk first would leave, after a power loss, an entry whose
- * record reads as zeros). data_sync_locked does the punches it finds queued, waiting for
- * readers that may still read the records; an append that finds no room syncs first.
- * Caller holds t->lock. */
-void data_punch_dead_locked(struct data_target *t, uint32_t seg, uint64_t off, uint64_t size);
 /* Punches the queued dead records: call once the index changes that made them dead are
  * durable (a sync, or a synced index write, which syncs the WAL up to it). Waits for
  * readers (seg_lock). Caller holds t->lock. */
 void data_punch_queued_locked(struct data_target *t);
-/* A record no index entry points to any more (an overwrite, a delete, a demote): takes it
- * off its segment's live count and queues its punch. Segment 0 (not on flash) and a
- * missing segment (logged at open, never counted) are no-ops. Caller holds t->lock. */
+/* A record no index entry points to any more (an overwrite, a delete, a demote, a fold):
+ * takes it off its segment's live count and queues its punch, which gives the space back
+ * to the file system (FALLOC_FL_PUNCH_HOLE) even on a full disk where compaction has no
+ * room to copy. The punch waits until the index change that made the record dead is
+ * durable (data_punch_queued_locked): done first, a power loss would bring back an entry
+ * whose record reads as zeros. data_sync_locked does the queued punches; an append that
+ * finds no room syncs first. Segment 0 (not on flash) and a missing segment (logged at
+ * open, never counted) are no-ops. Caller holds t->lock. */
 void data_drop_record_locked(struct data_target *t, uint32_t seg, uint64_t off, uint32_t length);
-/* Drops every record of old that new (NULL: none) does not point to: off the live counts,
- * and with punch also punched. A fold (the same bytes in a new place, put in the index
- * without a sync) must not punch: until the index change is durable, a crash brings back
- * the entry that points to the old records. Compaction reclaims what it leaves. Caller
- * holds t->lock. */
-void data_drop_records_locked(struct data_target *t, const struct data_entry *old, const struct data_entry *new,
-			      bool punch);
+/* data_drop_record_locked for every record of old that new (NULL: none) does not point
+ * to. Caller holds t->lock. */
+void data_drop_records_locked(struct data_target *t, const struct data_entry *old, const struct data_entry *new);
 
 /* tier.c, used by store.c */
 /* Reads blocks of a chunk that is only in S3 (e->seg == 0), checking every crc32c. */

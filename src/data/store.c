@@ -125,15 +125,6 @@ int data_seal_active_locked(struct data_target *t)
 	return rc ? rc : seg_create(t, s->no + 1);
 }
 
-void data_punch_dead_locked(struct data_target *t, uint32_t seg, uint64_t off, uint64_t size)
-{
-	if (t->ndead == t->dead_cap) {
-		t->dead_cap = t->dead_cap ? 2 * t->dead_cap : 64;
-		t->dead = aq_realloc(t->dead, t->dead_cap * sizeof *t->dead);
-	}
-	t->dead[t->ndead++] = (struct data_dead){.seg = seg, .off = off, .size = size};
-}
-
 void data_punch_queued_locked(struct data_target *t)
 {
 	if (!t->ndead)
@@ -162,11 +153,14 @@ void data_drop_record_locked(struct data_target *t, uint32_t seg, uint64_t off, 
 	uint64_t size = data_rec_size(length);
 	AQ_ASSERT(s->live >= size);
 	s->live -= size;
-	data_punch_dead_locked(t, seg, off, size);
+	if (t->ndead == t->dead_cap) {
+		t->dead_cap = t->dead_cap ? 2 * t->dead_cap : 64;
+		t->dead = aq_realloc(t->dead, t->dead_cap * sizeof *t->dead);
+	}
+	t->dead[t->ndead++] = (struct data_dead){.seg = seg, .off = off, .size = size};
 }
 
-void data_drop_records_locked(struct data_target *t, const struct data_entry *old, const struct data_entry *new,
-			      bool punch)
+void data_drop_records_locked(struct data_target *t, const struct data_entry *old, const struct data_entry *new)
 {
 	struct data_rec_ref o[DATA_RECS_MAX], n[DATA_RECS_MAX];
 	uint32_t no = data_entry_recs(old, o), nn = new ? data_entry_recs(new, n) : 0;
@@ -174,15 +168,8 @@ void data_drop_records_locked(struct data_target *t, const struct data_entry *ol
 		bool kept = false;
 		for (uint32_t j = 0; j < nn && !kept; j++)
 			kept = o[i].seg == n[j].seg && o[i].off == n[j].off;
-		struct data_seg *s = kept ? NULL : data_seg_find(t, o[i].seg);
-		if (!s)
-			continue;
-		if (punch) {
+		if (!kept)
 			data_drop_record_locked(t, o[i].seg, o[i].off, o[i].length);
-		} else {
-			AQ_ASSERT(s->live >= data_rec_size(o[i].length));
-			s->live -= data_rec_size(o[i].length);
-		}
 	}
 }
 
@@ -510,7 +497,7 @@ static int commit_record_locked(struct data_store *ds, struct data_target *t, ui
 	}
 	data_seg_find(t, seg)->live += rec_size;
 	if (old) {
-		data_drop_records_locked(t, old, e, true);
+		data_drop_records_locked(t, old, e);
 		if (sync)
 			data_punch_queued_locked(t); /* the WAL is synced up to this put */
 		if (old->obj)

@@ -479,8 +479,11 @@ static int test_overlay(void)
 		usleep(50 * 1000); /* unchanged for 2 s, then the compactor's next round (5 s) */
 	CHECK(data_locate(ds, 7, 52, 0, 0, loc) == 0 && loc->version == version, "the map was not folded for readers");
 	CHECK(data_stat(ds, 7, &st) == 0 && st.folds == folds + 1, "folds %llu", (unsigned long long)st.folds);
-	/* The fold's index switch is not durable yet: the records it replaced stay (no punch). */
+	/* The records it replaced stay until the fold's index switch is durable (a sync),
+	 * and then give their space back. */
 	CHECK(flip_in_overlay(dir, oseg, 52, version, UINT32_MAX) == 0, "a fold punched the overlay it replaced");
+	CHECK(data_sync(ds, 7) == 0 && flip_in_overlay(dir, oseg, 52, version, UINT32_MAX) == -ENOENT,
+	      "the overlay a fold replaced was not punched at the sync");
 	uint8_t *back = aq_malloc(MCHUNK);
 	rc = data_read(ds, 7, 52, 0, 0, back, MCHUNK);
 	bool same = rc == 0 && memcmp(back, rb, MCHUNK) == 0;

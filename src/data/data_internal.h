@@ -119,8 +119,18 @@ _Static_assert(DATA_BLOCKS_MAX <= 256 && DATA_RECS_MAX <= 256, "map entries are 
  * many, written to out (room for DATA_RECS_MAX). */
 uint32_t data_entry_recs(const struct data_entry *e, struct data_rec_ref *out);
 /* The record holding block b of e (on flash), to *rec; returns the offset of the block's
- * first byte in that record's segment. */
-uint64_t data_entry_block(const struct data_entry *e, uint32_t b, struct data_rec_ref *rec);
+ * first byte in that record's segment. Every chunk read asks it for every block. */
+static inline uint64_t data_entry_block(const struct data_entry *e, uint32_t b, struct data_rec_ref *rec)
+{
+	uint32_t pos = b;
+	if (e->nrec) {
+		*rec = e->rec[e->brec[b]];
+		pos = e->bpos[b];
+	} else {
+		*rec = (struct data_rec_ref){.seg = e->seg, .off = e->off, .length = e->length};
+	}
+	return rec->off + DATA_REC_HDR_SIZE + (uint64_t)pos * DATA_BLOCK_SIZE;
+}
 void data_key(uint8_t out[DATA_KEY_SIZE], uint64_t ino, uint32_t idx);
 /* Returns the encoded size (<= DATA_VAL_MAX). */
 size_t data_val_encode(uint8_t *out, const struct data_entry *e);

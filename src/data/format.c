@@ -217,15 +217,3 @@ uint32_t data_entry_recs(const struct data_entry *e, struct data_rec_ref *out)
 	out[0] = (struct data_rec_ref){.seg = e->seg, .off = e->off, .length = e->length};
 	return 1;
 }
-
-uint64_t data_entry_block(const struct data_entry *e, uint32_t b, struct data_rec_ref *rec)
-{
-	uint32_t pos = b;
-	if (e->nrec) {
-		*rec = e->rec[e->brec[b]];
-		pos = e->bpos[b];
-	} else {
-		*rec = (struct data_rec_ref){.seg = e->seg, .off = e->off, .length = e->length};
-	}
-	return rec->off + DATA_REC_HDR_SIZE + (uint64_t)pos * DATA_BLOCK_SIZE;
-}

@@ -202,6 +202,21 @@ static void fwd_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, str
 	fuse_reply_data(req, &buf, FUSE_BUF_SPLICE_MOVE);
 }
 
+static void fwd_write(fuse_req_t req, fuse_ino_t ino, const char *data, size_t size, off_t off,
+		      struct fuse_file_info *fi)
+{
+	ssize_t n = pwrite((int)fi->fh, data, size, off);
+	if (n < 0)
+		fuse_reply_err(req, errno);
+	else
+		fuse_reply_write(req, (size_t)n);
+}
+
+static void fwd_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
+{
+	fuse_reply_err(req, (datasync ? fdatasync((int)fi->fh) : fsync((int)fi->fh)) ? errno : 0);
+}
+
 static void fwd_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	fuse_reply_err(req, close(dup((int)fi->fh)) ? errno : 0);
@@ -330,7 +345,7 @@ static void fwd_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info
 
 static const struct fuse_lowlevel_ops fwd_ops = {
 	.lookup = fwd_lookup, .forget = fwd_forget, .forget_multi = fwd_forget_multi,
-	.getattr = fwd_getattr, .create = fwd_create, .open = fwd_open, .read = fwd_read, .flush = fwd_flush, .release = fwd_release,
+	.getattr = fwd_getattr, .create = fwd_create, .open = fwd_open, .read = fwd_read, .write = fwd_write, .fsync = fwd_fsync, .flush = fwd_flush, .release = fwd_release,
 	.unlink = fwd_unlink, .rmdir = fwd_rmdir, .mkdir = fwd_mkdir, .rename = fwd_rename,
 	.opendir = fwd_opendir, .readdir = fwd_readdir, .releasedir = fwd_releasedir,
 };

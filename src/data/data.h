@@ -104,8 +104,15 @@ int data_delete(struct data_store *ds, uint32_t target, uint64_t ino);
 /* Drops chunk idx of ino, if it has one: it reads as zeros after, a hole (fallocate's
  * PUNCH_HOLE and ZERO_RANGE over a whole chunk). */
 int data_punch(struct data_store *ds, uint32_t target, uint64_t ino, uint32_t idx);
-/* Makes every write so far durable (at once when there was none since the last sync). */
-int data_sync(struct data_store *ds, uint32_t target);
+/* Makes every write so far durable (at once when there was none since the last sync).
+ * While the segment's sync is in flight it runs overlap(arg), if given, and sets *ran:
+ * fsync syncs the metadata log there, so that the two syncs overlap; overlap's error is
+ * returned when the sync itself succeeds. The records that writes so far made dead are
+ * not punched here, off fsync's path: data_punch_durable does that after. */
+int data_sync(struct data_store *ds, uint32_t target, int (*overlap)(void *), void *arg, bool *ran);
+/* Gives back the space of the dead records whose index changes a data_sync made
+ * durable; writers and readers wait for one punch at a time, not for all of them. */
+void data_punch_durable(struct data_store *ds, uint32_t target);
 
 struct data_target_stat {
 	uint32_t target;

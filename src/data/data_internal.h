@@ -144,7 +144,8 @@ struct data_seg {
 			   * DATA_DFD_UNOPENED, -1 when it cannot be, else the fd (atomic) */
 	uint64_t total;   /* bytes of records (file size rounded to DATA_REC_ALIGN) */
 	uint64_t live;    /* bytes of records the index points to */
-	uint64_t punched; /* bytes of dead records already given back (hole punch) */
+	uint64_t punched; /* bytes of dead records given back (hole punch); written under
+			   * seg_lock exclusive, read atomically */
 };
 
 /* A pack object in S3: its size and the bytes of chunk data index entries still point to
@@ -180,9 +181,11 @@ struct data_target {
 	 * last sync covered (data_sync_locked skips a target nothing was written to since) */
 	uint64_t appends, synced_appends, synced_seq;
 	uint64_t syncs;        /* syncs that had something to do */
-	/* under lock: dead records to punch at the next sync (data_drop_record_locked) */
+	/* under lock: dead records to punch (data_drop_record_locked), oldest first; the
+	 * first ndead_durable died by index changes a sync made durable, so they may be
+	 * punched now (data_punch_durable), the rest wait for the next sync */
 	struct data_dead { uint64_t off, size; uint32_t seg; } *dead;
-	uint32_t ndead, dead_cap;
+	uint32_t ndead, ndead_durable, dead_cap;
 	/* Chunks a reader on this machine found in several records (data_locate of a map),
 	 * with the version found and when: the compactor thread folds each that stayed that
 	 * version for DATA_FOLD_AFTER_NS into one whole record, so that such readers read it
@@ -288,5 +291,14 @@ struct data_io {
 int data_io_read(struct data_io *reqs, unsigned n);
 int data_io_write(int fd, const void *buf, size_t len, uint64_t off);
 int data_io_fdatasync(int fd);
+/* data_io_fdatasync in two halves, so that the caller can do something else while the
+ * disk works; the thread that starts one waits for it before its next data_io call. */
+struct io_uring;
+struct data_io_sync {
+	struct io_uring *ring; /* NULL: done (no ring, or it failed to submit) */
+	int rc;
+};
+void data_io_fdatasync_start(int fd, struct data_io_sync *op);
+int data_io_fdatasync_wait(struct data_io_sync *op);
 
 #endif

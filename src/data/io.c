@@ -192,22 +192,40 @@ int data_io_write(int fd, const void *buf, size_t len, uint64_t off)
 	return io_run(&req, 1, true);
 }
 
-int data_io_fdatasync(int fd)
+void data_io_fdatasync_start(int fd, struct data_io_sync *op)
 {
-	struct io_uring *ring = ring_get();
-	if (!ring)
-		return fdatasync(fd) ? -errno : 0;
-	struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
+	op->ring = ring_get();
+	if (!op->ring) {
+		op->rc = fdatasync(fd) ? -errno : 0;
+		return;
+	}
+	struct io_uring_sqe *sqe = io_uring_get_sqe(op->ring);
 	AQ_ASSERT(sqe);
 	io_uring_prep_fsync(sqe, fd, IORING_FSYNC_DATASYNC);
-	int rc = ring_submit(ring);
-	if (rc < 0)
-		return rc;
+	op->rc = ring_submit(op->ring);
+	if (op->rc < 0)
+		op->ring = NULL; /* freed: nothing to reap */
+}
+
+int data_io_fdatasync_wait(struct data_io_sync *op)
+{
+	if (!op->ring)
+		return op->rc;
+	AQ_ASSERT(op->ring == thread_ring); /* reaped by the thread that started it */
 	struct io_uring_cqe *cqe;
-	while ((rc = io_uring_wait_cqe(ring, &cqe)) == -EINTR)
+	int rc;
+	while ((rc = io_uring_wait_cqe(op->ring, &cqe)) == -EINTR)
 		;
 	AQ_ASSERT(rc == 0);
 	rc = cqe->res < 0 ? cqe->res : 0;
-	io_uring_cqe_seen(ring, cqe);
+	io_uring_cqe_seen(op->ring, cqe);
+	op->ring = NULL;
 	return rc;
+}
+
+int data_io_fdatasync(int fd)
+{
+	struct data_io_sync op;
+	data_io_fdatasync_start(fd, &op);
+	return data_io_fdatasync_wait(&op);
 }

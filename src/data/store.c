@@ -125,24 +125,63 @@ int data_seal_active_locked(struct data_target *t)
 	return rc ? rc : seg_create(t, s->no + 1);
 }
 
+/* Gives a dead record's space back. Caller holds seg_lock exclusive: readers look a
+ * record up and read it under seg_lock shared, so none is reading this one, and the
+ * segment table cannot change. */
+static void punch_one_seglocked(struct data_target *t, const struct data_dead *d)
+{
+	struct data_seg *s = data_seg_find(t, d->seg); /* gone: compaction removed it */
+	if (s && fallocate(s->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)d->off, (off_t)d->size) == 0)
+		__atomic_store_n(&s->punched, MIN(s->punched + d->size, __atomic_load_n(&s->total, __ATOMIC_ACQUIRE)),
+				 __ATOMIC_RELAXED);
+}
+
+/* Takes the first n queued records off the list. */
+static void dead_shift_locked(struct data_target *t, uint32_t n)
+{
+	memmove(t->dead, t->dead + n, (t->ndead - n) * sizeof *t->dead);
+	t->ndead -= n;
+	t->ndead_durable = t->ndead_durable > n ? t->ndead_durable - n : 0;
+	if (!t->ndead && t->dead_cap > 4096) { /* a big delete's list goes, not its peak */
+		free(t->dead);
+		t->dead = NULL;
+		t->dead_cap = 0;
+	}
+}
+
 void data_punch_queued_locked(struct data_target *t)
 {
 	if (!t->ndead)
 		return;
 	pthread_rwlock_wrlock(&t->seg_lock);
-	for (uint32_t i = 0; i < t->ndead; i++) {
-		struct data_seg *s = data_seg_find(t, t->dead[i].seg); /* gone: compaction removed it */
-		if (s && fallocate(s->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)t->dead[i].off,
-				   (off_t)t->dead[i].size) == 0)
-			s->punched = MIN(s->punched + t->dead[i].size, s->total);
-	}
+	for (uint32_t i = 0; i < t->ndead; i++)
+		punch_one_seglocked(t, &t->dead[i]);
 	pthread_rwlock_unlock(&t->seg_lock);
-	t->ndead = 0;
-	if (t->dead_cap > 4096) { /* a big delete's list goes, not its peak */
-		free(t->dead);
-		t->dead = NULL;
-		t->dead_cap = 0;
+	dead_shift_locked(t, t->ndead);
+}
+
+void data_punch_durable(struct data_store *ds, uint32_t target)
+{
+	struct data_target *t = data_target_get(ds, target);
+	if (!t)
+		return;
+	pthread_mutex_lock(&t->lock);
+	uint32_t n = t->ndead_durable;
+	struct data_dead *d = n ? aq_malloc(n * sizeof *d) : NULL;
+	if (n) {
+		memcpy(d, t->dead, n * sizeof *d);
+		dead_shift_locked(t, n);
 	}
+	pthread_mutex_unlock(&t->lock);
+	/* One at a time, so that readers and writers wait for one punch at most: a second
+	 * of fsyncs can queue a thousand. A segment is never appended to where a record
+	 * was, so a punch may come after others wrote. */
+	for (uint32_t i = 0; i < n; i++) {
+		pthread_rwlock_wrlock(&t->seg_lock);
+		punch_one_seglocked(t, &d[i]);
+		pthread_rwlock_unlock(&t->seg_lock);
+	}
+	free(d);
 }
 
 void data_drop_record_locked(struct data_target *t, uint32_t seg, uint64_t off, uint32_t length)
@@ -177,7 +216,8 @@ static uint64_t used_bytes(const struct data_target *t)
 {
 	uint64_t used = 0;
 	for (uint32_t i = 0; i < t->nsegs; i++)
-		used += t->segs[i].total - MIN(t->segs[i].punched, t->segs[i].total);
+		used += t->segs[i].total -
+			MIN(__atomic_load_n(&t->segs[i].punched, __ATOMIC_RELAXED), t->segs[i].total);
 	return used;
 }
 
@@ -199,7 +239,7 @@ static int space_check(struct data_target *t, uint64_t rec_size, bool use_reserv
 {
 	if (!use_reserve && t->capacity_bytes && used_bytes(t) + rec_size > t->capacity_bytes)
 		return -ENOSPC;
-	uint64_t size, avail;
+	uint64_t size = 0, avail = 0;
 	int rc = fs_space(t, use_reserve, &size, &avail);
 	if (rc)
 		return rc;
@@ -264,17 +304,28 @@ static void append_undo(struct data_target *t, uint32_t seg, uint64_t off, uint6
 	}
 }
 
-int data_sync_locked(struct data_target *t)
+/* Syncs the active segment, running overlap (if given) while the disk works, then the
+ * index's WAL: an entry is never durable before its record. The dead records queued so
+ * far are then safe to punch (ndead_durable). *ran tells whether overlap ran: not for
+ * a target nothing was written to since its last sync. */
+static int sync_locked(struct data_target *t, int (*overlap)(void *), void *arg, bool *ran)
 {
 	/* An fsync asks every target, and most were not written since their last sync:
 	 * those have nothing to make durable (the sequence number is read before the sync,
 	 * so an index write that races it is synced by the next one). */
 	uint64_t seq = rocksdb_get_latest_sequence_number(t->db);
 	if (t->appends == t->synced_appends && seq == t->synced_seq) {
-		data_punch_queued_locked(t); /* what made them dead is durable already */
+		t->ndead_durable = t->ndead; /* what made them dead is durable already */
 		return 0;
 	}
-	int rc = data_io_fdatasync(seg_active(t)->fd);
+	struct data_io_sync op;
+	data_io_fdatasync_start(seg_active(t)->fd, &op);
+	int orc = 0;
+	if (overlap) {
+		orc = overlap(arg);
+		*ran = true;
+	}
+	int rc = data_io_fdatasync_wait(&op);
 	if (rc)
 		return rc;
 	char *err = NULL;
@@ -287,8 +338,16 @@ int data_sync_locked(struct data_target *t)
 	t->synced_appends = t->appends;
 	t->synced_seq = seq;
 	t->syncs++;
-	data_punch_queued_locked(t);
-	return 0;
+	t->ndead_durable = t->ndead;
+	return orc;
+}
+
+int data_sync_locked(struct data_target *t)
+{
+	int rc = sync_locked(t, NULL, NULL, NULL);
+	if (!rc)
+		data_punch_queued_locked(t);
+	return rc;
 }
 
 int data_index_get(struct data_target *t, uint64_t ino, uint32_t idx, struct data_entry *e, bool *found)
@@ -1112,13 +1171,13 @@ int data_delete(struct data_store *ds, uint32_t target, uint64_t ino)
 	return rc;
 }
 
-int data_sync(struct data_store *ds, uint32_t target)
+int data_sync(struct data_store *ds, uint32_t target, int (*overlap)(void *), void *arg, bool *ran)
 {
 	struct data_target *t = data_target_get(ds, target);
 	if (!t)
 		return -AQ_ENOT_OWNER;
 	pthread_mutex_lock(&t->lock);
-	int rc = data_sync_locked(t);
+	int rc = sync_locked(t, overlap, arg, ran);
 	pthread_mutex_unlock(&t->lock);
 	return rc;
 }

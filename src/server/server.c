@@ -426,6 +426,25 @@ static int change_fill_one(void *arg, const char *name, size_t name_len, uint64_
 	return 0;
 }
 
+static int sync_meta(void *arg)
+{
+	struct server *s = arg;
+	return s->fail_meta_sync ? -EIO : meta_sync(s->meta);
+}
+
+/* fsync: the metadata log (unless only data was asked for, and no size changed) and
+ * every local target. The metadata log syncs while the first written target's segment
+ * does, so an fsync waits for two syncs one after the other (segment and metadata log,
+ * then the target's index), not three. */
+static int fsync_all(struct server *s, bool meta)
+{
+	bool meta_done = !meta;
+	int rc = 0;
+	for (uint32_t i = 0; !rc && i < s->nlocal; i++)
+		rc = data_sync(s->data, s->local_targets[i], meta_done ? NULL : sync_meta, s, &meta_done);
+	return rc || meta_done ? rc : sync_meta(s);
+}
+
 static int do_statfs(struct server *s, struct aq_statfs *st)
 {
 	memset(st, 0, sizeof *st);
@@ -923,10 +942,7 @@ static int handle_op(struct server *s, struct sconn *sc, const struct proto_req 
 		rc = do_statfs(s, &rep.st);
 		break;
 	case OP_FSYNC:
-		if (!(r->flags & PROTO_FSYNC_DATA_ONLY))
-			rc = s->fail_meta_sync ? -EIO : meta_sync(s->meta);
-		for (uint32_t i = 0; !rc && i < s->nlocal; i++)
-			rc = data_sync(s->data, s->local_targets[i]);
+		rc = fsync_all(s, !(r->flags & PROTO_FSYNC_DATA_ONLY));
 		break;
 	case OP_CHUNK_WRITE:
 		if (r->flags & ~(PROTO_CW_SYNC | PROTO_CW_EXTENTS | PROTO_CW_COMMIT | PROTO_CW_PUNCH))
@@ -1413,8 +1429,10 @@ static void *gc_main(void *arg)
 		 * logs (it survives a crash of aqd already) reaches the disk within a second,
 		 * as ext4's journal commit does every five. fsync does it at once. */
 		int src = meta_sync(s->meta);
-		for (uint32_t t = 0; !src && t < s->nlocal; t++)
-			src = data_sync(s->data, s->local_targets[t]);
+		for (uint32_t t = 0; !src && t < s->nlocal; t++) {
+			src = data_sync(s->data, s->local_targets[t], NULL, NULL, NULL);
+			data_punch_durable(s->data, s->local_targets[t]); /* what fsyncs left too */
+		}
 		if (src)
 			log_error("periodic sync: %s", aq_strerror(src));
 		sweep_txns(s, &next_sweep);

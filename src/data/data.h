@@ -122,6 +122,7 @@ struct data_target_stat {
 	uint64_t fs_id;                                  /* st_dev of the target's file system */
 	bool fs_shared_capacity;                         /* capacity is the file system's, not a quota */
 	uint64_t direct_reads;                           /* chunk reads served with O_DIRECT so far */
+	uint64_t direct_writes;                          /* records appended with O_DIRECT so far */
 	uint64_t syncs;                                  /* data_syncs that had something to make durable */
 	uint64_t folds;                                  /* chunks in several records folded for readers */
 };

@@ -140,7 +140,7 @@ int data_val_decode(const uint8_t *in, size_t len, struct data_entry *e);
 struct data_seg {
 	uint32_t no;      /* file dir/t<i>/seg-%08u */
 	int fd;
-	int dfd;          /* the same file opened O_DIRECT for reads, opened on first use:
+	int dfd;          /* the same file opened O_DIRECT (reads, big appends), opened on first use:
 			   * DATA_DFD_UNOPENED, -1 when it cannot be, else the fd (atomic) */
 	uint64_t total;   /* bytes of records (file size rounded to DATA_REC_ALIGN) */
 	uint64_t live;    /* bytes of records the index points to */
@@ -177,6 +177,7 @@ struct data_target {
 	uint64_t next_obj;
 	bool objs_dead;        /* some object has live == 0: tier_gc deletes it */
 	uint64_t direct_reads; /* reads served with O_DIRECT (atomic) */
+	uint64_t direct_writes; /* appends written with O_DIRECT (atomic) */
 	/* under lock: appends so far, and the appends and the index's sequence number that the
 	 * last sync covered (data_sync_locked skips a target nothing was written to since) */
 	uint64_t appends, synced_appends, synced_seq;
@@ -199,6 +200,10 @@ struct data_target {
 };
 
 #define DATA_DFD_UNOPENED (-2)
+/* Appends of records this big or bigger bypass the page cache (a chunk of a sequential
+ * writer); smaller ones (a small file, an overlay) stay buffered, written back by the
+ * kernel, so that each does not wait on the disk. */
+#define DATA_DIRECT_WRITE_MIN (1u << 20)
 /* compact.c: folds the maps that data_locate queued on t (the compactor thread). */
 void data_fold_queued(struct data_store *ds, struct data_target *t);
 #define DATA_INDEX_CACHE_BYTES (256ull << 20) /* the indexes' RocksDB block cache */
@@ -206,6 +211,7 @@ void data_fold_queued(struct data_store *ds, struct data_target *t);
 struct data_store {
 	uint32_t ntargets;
 	uint32_t direct_min; /* see data_options; UINT32_MAX once O_DIRECT reads failed (atomic) */
+	bool no_direct_writes; /* O_DIRECT appends failed once: buffered from then on (atomic) */
 	/* One block cache and table format for every target's index (see data_open). */
 	rocksdb_cache_t *index_cache;
 	rocksdb_block_based_table_options_t *index_topts;

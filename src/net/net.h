@@ -28,7 +28,12 @@ struct net_ops {
 	 * to its next request (a read of file data by a training job's loaders): the loop
 	 * does not poll for a while after it (net.c, loop_wait). */
 	bool (*quiets_poll)(void *arg, const struct proto_hdr *h);
+	/* May be NULL. Where payloads of NET_BIG_PAYLOAD bytes or more come from (aqd: its
+	 * pool of huge-page buffers, src/data/buf.c); smaller ones come from malloc. */
+	void *(*big_alloc)(size_t len);
+	void (*big_free)(void *p);
 };
+#define NET_BIG_PAYLOAD (256u << 10)
 
 struct net_options {
 	const char *host;

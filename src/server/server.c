@@ -1555,7 +1555,8 @@ int server_start(const struct server_options *opt, struct server **out)
 	struct net_options no = {.host = me->addr, .port = me->port, .workers = opt->workers,
 				.poll_us = opt->poll_us};
 	struct net_ops ops = {.on_accept = on_accept, .on_frame = on_frame, .on_close = on_close,
-			      .run_inline = run_inline, .quiets_poll = quiets_poll};
+			      .run_inline = run_inline, .quiets_poll = quiets_poll, .big_alloc = data_buf_alloc,
+			      .big_free = data_buf_free};
 	rc = net_start(&no, &ops, s, &s->net);
 	if (rc) {
 		log_error("cannot listen on %s:%u: %s", me->addr, me->port, aq_strerror(rc));

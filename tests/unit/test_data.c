@@ -842,6 +842,76 @@ static uint64_t direct_reads(struct data_store *ds)
 	return data_stat(ds, 7, &st) == 0 ? st.direct_reads : UINT64_MAX;
 }
 
+/* Whether the file system of target 0's first segment takes O_DIRECT at all (tmpfs
+ * before Linux 6.6 does not). */
+static bool seg1_takes_direct(const char *dir)
+{
+	char path[400];
+	snprintf(path, sizeof path, "%s/t0/seg-%08u", dir, 1u);
+	int fd = open(path, O_RDWR | O_DIRECT);
+	if (fd >= 0)
+		close(fd);
+	return fd >= 0;
+}
+
+static uint64_t direct_writes(struct data_store *ds)
+{
+	struct data_target_stat st;
+	return data_stat(ds, 7, &st) == 0 ? st.direct_writes : UINT64_MAX;
+}
+
+/* Records of DATA_DIRECT_WRITE_MIN bytes or more are appended with O_DIRECT, smaller
+ * ones through the page cache, in the same segment one after another: every one reads
+ * back, from the page cache and from the disk, before and after a reopen, and so does a
+ * small overwrite of a big one (an overlay). */
+static int test_direct_writes(void)
+{
+	char dir[300];
+	struct data_store *ds = NULL;
+	uint32_t big = 3 * DATA_DIRECT_WRITE_MIN / 2, small = 100000;
+	uint8_t *a = aq_malloc(big), *b = aq_malloc(small), *rb = aq_malloc(big);
+	uint64_t s = 11;
+	fill_random(&s, a, big);
+	fill_random(&s, b, small);
+	case_dir(dir, sizeof dir);
+	int rc = data_open(dir, true, &opts1, &ds);
+	CHECK(rc == 0, "open: %s", aq_strerror(rc));
+	CHECK(data_write(ds, 7, 500, 0, 0, b, small, false) == 0, "small write");
+	bool can_direct = seg1_takes_direct(dir);
+	uint64_t d0 = direct_writes(ds);
+	CHECK(d0 == 0, "a %u-byte record went direct", small);
+	CHECK(data_write(ds, 7, 500, 1, 0, a, big, false) == 0, "big write");
+	CHECK(direct_writes(ds) == (can_direct ? 1 : 0), "a %u-byte record must go direct", big);
+	CHECK(data_write(ds, 7, 500, 2, 0, b, small, false) == 0, "small write after");
+	CHECK(data_write(ds, 7, 500, 1, 5000, b, 3000, false) == 0, "small overwrite");
+	memcpy(a + 5000, b, 3000);
+	CHECK(direct_writes(ds) == (can_direct ? 1 : 0), "an overlay went direct");
+	for (int round = 0; round < 3; round++) {
+		if (round == 1)
+			evict_segments(dir);
+		if (round == 2) {
+			data_close(ds);
+			ds = NULL;
+			rc = data_open(dir, false, &opts1, &ds);
+			CHECK(rc == 0, "reopen: %s", aq_strerror(rc));
+		}
+		CHECK(data_read(ds, 7, 500, 0, 0, rb, small) == 0 && memcmp(rb, b, small) == 0, "chunk 0, round %d", round);
+		CHECK(data_read(ds, 7, 500, 1, 0, rb, big) == 0 && memcmp(rb, a, big) == 0, "chunk 1, round %d", round);
+		CHECK(data_read(ds, 7, 500, 2, 0, rb, small) == 0 && memcmp(rb, b, small) == 0, "chunk 2, round %d", round);
+	}
+	data_close(ds);
+	free(a);
+	free(b);
+	free(rb);
+	return 0;
+fail:
+	data_close(ds);
+	free(a);
+	free(b);
+	free(rb);
+	return -1;
+}
+
 /* Cold reads go through O_DIRECT when they pay (aligned buffers, data at byte 64 of the
  * record): big ones always, small ones (at least direct_min) only under a deep queue.
  * Whole, partial and past-the-end reads give the same bytes as buffered ones,
@@ -861,12 +931,8 @@ static int test_direct(void)
 	CHECK(rc == 0, "open: %s", aq_strerror(rc));
 	rc = data_write(ds, 7, 400, 0, 0, a, len, true);
 	CHECK(rc == 0, "write: %s", aq_strerror(rc));
-	/* Whether this file system takes O_DIRECT at all (tmpfs before Linux 6.6 does not). */
+	bool can_direct = seg1_takes_direct(dir);
 	snprintf(path, sizeof path, "%s/t0/seg-%08u", dir, 1u);
-	int probe = open(path, O_RDONLY | O_DIRECT);
-	bool can_direct = probe >= 0;
-	if (probe >= 0)
-		close(probe);
 
 	evict_segments(dir);
 	uint64_t d0 = direct_reads(ds);
@@ -1536,6 +1602,7 @@ int main(void)
 		{"overlay", test_overlay},
 		{"punch_after_sync", test_punch_after_sync},
 		{"sync_overlap", test_sync_overlap},
+		{"direct_writes", test_direct_writes},
 		{"writev", test_writev},
 		{"truncate_delete", test_truncate_delete},
 		{"corrupt", test_corrupt},

@@ -15,6 +15,7 @@
 #define RPC_RECONNECT_S 60      /* how long a call waits for a restarting server ($AQ_RECONNECT_S) */
 #define AQ_CONNECT_WAIT_S 10    /* how long aq_connect waits for one ($AQ_CONNECT_WAIT_S) */
 #define RPC_HOLD_MAX 128        /* held-back requests that force a send */
+#define RPC_ZERO_COPY_MIN (256u << 10) /* request data this big is sent from where it is */
 /* The affinity of a call that must go on the connection that takes the server's pushes
  * (aq_watch_sync): its reply then comes after every push sent before it. */
 #define RPC_ON_PUSHES UINT64_MAX
@@ -92,6 +93,7 @@ struct rpc_conn {
 	uint32_t q_count, q_cap;
 	bool q_batchable;
 	bool sending;
+	pthread_cond_t q_cv;   /* sending went false (a zero-copy sender waits for that) */
 };
 
 struct ino_state {

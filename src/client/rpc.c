@@ -221,6 +221,8 @@ fail:
 static void enqueue_and_send(struct rpc_conn *rc, uint16_t op, uint64_t id, uint16_t flags, const struct wbuf *payload,
 			     bool hold);
 static void drain_locked(struct rpc_conn *rc);
+static void send_ext_locked(struct rpc_conn *rc, uint16_t op, uint64_t id, uint16_t flags, const struct wbuf *w,
+			    size_t ext_at, const void *ext, size_t ext_len);
 
 static struct rpc_call **pending_slot(struct rpc_conn *rc, uint64_t id)
 {
@@ -807,6 +809,7 @@ int rpc_conn_init(struct aq_client *c, struct rpc_conn *rc, uint32_t server)
 	pthread_mutex_init(&rc->send_mu, NULL);
 	pthread_mutex_init(&rc->q_mu, NULL);
 	pthread_cond_init(&rc->rx_cv, NULL);
+	pthread_cond_init(&rc->q_cv, NULL);
 	wbuf_init(&rc->q, 4096);
 	pthread_mutex_lock(&rc->mu);
 	int err = ensure_up_locked(rc);
@@ -830,6 +833,7 @@ void rpc_conn_fini(struct rpc_conn *rc)
 	pthread_mutex_destroy(&rc->send_mu);
 	pthread_mutex_destroy(&rc->q_mu);
 	pthread_cond_destroy(&rc->rx_cv);
+	pthread_cond_destroy(&rc->q_cv);
 	wbuf_free(&rc->q);
 	free(rc->q_ids);
 }
@@ -892,9 +896,17 @@ static struct rpc_conn *pick_conn(struct aq_client *c, uint32_t server, uint64_t
 
 /* Sends a request. A sync call is waited on at once by its sender, who then reads the
  * reply itself if nobody else is reading; any other call asks the receiver to read. */
+/* Bytes of a request's payload sent from where they are (send_ext_locked). */
+struct rpc_ext {
+	size_t at; /* where in the encoded payload they belong */
+	const void *p;
+	size_t len;
+};
+
 static struct rpc_call *start_call(struct aq_client *c, uint32_t server, uint16_t op, uint16_t flags,
 				   const struct wbuf *payload, uint64_t affinity, void *rdest, uint32_t rdest_len,
-				   struct rpc_cq *cq, void *cq_arg, bool hold, bool sync, int *err)
+				   struct rpc_cq *cq, void *cq_arg, bool hold, bool sync, const struct rpc_ext *ext,
+				   int *err)
 {
 	struct rpc_conn *rc = pick_conn(c, server, affinity);
 	struct rpc_call *call = aq_calloc(1, sizeof *call);
@@ -920,7 +932,10 @@ static struct rpc_call *start_call(struct aq_client *c, uint32_t server, uint16_
 		rx_kick_locked(rc);
 	pthread_mutex_lock(&rc->q_mu);
 	pthread_mutex_unlock(&rc->mu);
-	enqueue_and_send(rc, op, call->id, flags, payload, hold);
+	if (ext)
+		send_ext_locked(rc, op, call->id, flags, payload, ext->at, ext->p, ext->len);
+	else
+		enqueue_and_send(rc, op, call->id, flags, payload, hold);
 	return call;
 }
 
@@ -980,14 +995,14 @@ void rpc_flusher_stop(struct aq_client *c)
 struct rpc_call *rpc_start(struct aq_client *c, uint32_t server, uint16_t op, const struct wbuf *payload,
 			   uint64_t affinity, int *err)
 {
-	return start_call(c, server, op, 0, payload, affinity, NULL, 0, NULL, NULL, false, false, err);
+	return start_call(c, server, op, 0, payload, affinity, NULL, 0, NULL, NULL, false, false, NULL, err);
 }
 
 struct rpc_call *rpc_start_ex(struct aq_client *c, uint32_t server, uint16_t op, const struct wbuf *payload,
 			      uint64_t affinity, void *rdest, uint32_t rdest_len, struct rpc_cq *cq, void *cq_arg,
 			      bool hold, int *err)
 {
-	return start_call(c, server, op, 0, payload, affinity, rdest, rdest_len, cq, cq_arg, hold, false, err);
+	return start_call(c, server, op, 0, payload, affinity, rdest, rdest_len, cq, cq_arg, hold, false, NULL, err);
 }
 
 /* Requests whose reply waits on the disk or on S3 (chunk I/O, an OPEN_READ's bytes,
@@ -1087,11 +1102,10 @@ static void enqueue_and_send(struct rpc_conn *rc, uint16_t op, uint64_t id, uint
 	drain_locked(rc);
 }
 
-/* Sends everything queued on rc, becoming its sender. Called with q_mu held and no
- * sender active; returns with q_mu released. */
-static void drain_locked(struct rpc_conn *rc)
+/* Sends everything queued on rc, as its sender (rc->sending). Called with q_mu held;
+ * returns with it held and the queue empty. */
+static void drain_queue_locked(struct rpc_conn *rc)
 {
-	rc->sending = true;
 	struct wbuf frames;
 	wbuf_init(&frames, 4096);
 	uint64_t *ids = NULL;
@@ -1116,10 +1130,60 @@ static void drain_locked(struct rpc_conn *rc)
 		send_drained(rc, &frames, ids, n, all);
 		pthread_mutex_lock(&rc->q_mu);
 	}
-	rc->sending = false;
-	pthread_mutex_unlock(&rc->q_mu);
 	wbuf_free(&frames);
 	free(ids);
+}
+
+/* Sends everything queued on rc, becoming its sender. Called with q_mu held and no
+ * sender active; returns with q_mu released. */
+static void drain_locked(struct rpc_conn *rc)
+{
+	rc->sending = true;
+	drain_queue_locked(rc);
+	rc->sending = false;
+	pthread_cond_broadcast(&rc->q_cv);
+	pthread_mutex_unlock(&rc->q_mu);
+}
+
+/* Sends one frame whose payload is w with ext_len bytes at ext inserted at w's byte
+ * ext_at, from where they are: this thread becomes rc's sender (after the one at it, if
+ * any), sends what was queued before, then this frame, then what came meanwhile. So the
+ * bytes at ext are on the socket, or the connection failed, when it returns: the caller
+ * may free them. Called with q_mu held; returns with it released. */
+static void send_ext_locked(struct rpc_conn *rc, uint16_t op, uint64_t id, uint16_t flags, const struct wbuf *w,
+			    size_t ext_at, const void *ext, size_t ext_len)
+{
+	while (rc->sending)
+		pthread_cond_wait(&rc->q_cv, &rc->q_mu);
+	rc->sending = true;
+	drain_queue_locked(rc);
+	pthread_mutex_unlock(&rc->q_mu);
+
+	struct proto_hdr h = {.magic = PROTO_MAGIC, .version = PROTO_VERSION, .op = op, .req_id = id,
+			      .epoch = rc->client->map.epoch, .flags = flags, .payload_len = (uint32_t)(w->len + ext_len)};
+	uint8_t hb[PROTO_HDR_SIZE];
+	proto_hdr_encode(hb, &h);
+	struct iovec iov[4] = {{hb, sizeof hb},
+			       {w->p, ext_at},
+			       {(void *)ext, ext_len},
+			       {w->p + ext_at, w->len - ext_at}};
+	pthread_mutex_lock(&rc->mu);
+	if (rc->up) { /* else the call failed when the connection went down */
+		int fd = rc->fd;
+		pthread_mutex_lock(&rc->send_mu);
+		pthread_mutex_unlock(&rc->mu);
+		if (fd_writev_full(fd, iov, 4, -1))
+			shutdown(fd, SHUT_RDWR); /* the reader fails the calls; fd is still ours (send_mu) */
+		pthread_mutex_unlock(&rc->send_mu);
+	} else {
+		pthread_mutex_unlock(&rc->mu);
+	}
+
+	pthread_mutex_lock(&rc->q_mu);
+	drain_queue_locked(rc);
+	rc->sending = false;
+	pthread_cond_broadcast(&rc->q_cv);
+	pthread_mutex_unlock(&rc->q_mu);
 }
 
 int rpc_wait(struct rpc_call *call)
@@ -1182,16 +1246,24 @@ int rpc_do_on(struct aq_client *c, uint32_t server, const struct proto_req *req,
 {
 	struct proto_req numbered = *req;
 	rpc_number(c, &numbered);
+	/* A big write's bytes go to the socket from the caller's buffer, which stays put
+	 * until this returns: two copies of every chunk a writer sends fewer (rpc_ext). */
+	struct rpc_ext ext = {.p = req->data, .len = req->data_len};
+	bool zero_copy = req->data_len >= RPC_ZERO_COPY_MIN;
 	struct wbuf w;
-	wbuf_init(&w, 128 + req->data_len + req->name_len + req->name2_len);
-	proto_req_encode(&w, &numbered);
+	wbuf_init(&w, 128 + (zero_copy ? 0 : req->data_len) + req->name_len + req->name2_len);
+	if (zero_copy)
+		proto_req_encode_split(&w, &numbered, &ext.at);
+	else
+		proto_req_encode(&w, &numbered);
 	uint64_t deadline = 0;
 	int err;
 	struct rpc_call *call = NULL;
 	for (int attempt = 0;; attempt++) {
 		/* sent again: the server may have run it, and looks for its record first */
 		uint16_t flags = attempt ? PROTO_F_RETRY : 0;
-		call = start_call(c, server, req->op, flags, &w, affinity, NULL, 0, NULL, NULL, false, true, &err);
+		call = start_call(c, server, req->op, flags, &w, affinity, NULL, 0, NULL, NULL, false, true,
+				  zero_copy ? &ext : NULL, &err);
 		if (call)
 			err = rpc_wait(call);
 		/* a server that answered ENOTCONN or EHOSTUNREACH (no object tier, S3 down) meant

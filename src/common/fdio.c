@@ -38,16 +38,16 @@ int fd_writev_full(int fd, struct iovec *iov, int cnt, int block_ms)
 			}
 			return -errno;
 		}
-		while (n > 0 && cnt > 0) {
-			if ((size_t)n >= iov->iov_len) {
-				n -= (ssize_t)iov->iov_len;
-				iov++;
-				cnt--;
-			} else {
-				iov->iov_base = (uint8_t *)iov->iov_base + n;
-				iov->iov_len -= (size_t)n;
-				n = 0;
-			}
+		/* Empty pieces are done too, wherever they are: one left last made writev
+		 * return 0 for ever (a zero-copy chunk write with nothing after its data). */
+		while (cnt > 0 && (size_t)n >= iov->iov_len) {
+			n -= (ssize_t)iov->iov_len;
+			iov++;
+			cnt--;
+		}
+		if (cnt > 0 && n > 0) {
+			iov->iov_base = (uint8_t *)iov->iov_base + n;
+			iov->iov_len -= (size_t)n;
 		}
 	}
 	return 0;

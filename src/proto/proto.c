@@ -225,7 +225,9 @@ static uint32_t req_fields(uint16_t op)
 
 bool proto_op_numbered(uint16_t op) { return req_fields(op) & F_TXN; }
 
-void proto_req_encode(struct wbuf *w, const struct proto_req *r)
+void proto_req_encode(struct wbuf *w, const struct proto_req *r) { proto_req_encode_split(w, r, NULL); }
+
+void proto_req_encode_split(struct wbuf *w, const struct proto_req *r, size_t *data_at)
 {
 	uint32_t f = req_fields(r->op);
 	AQ_ASSERT(f & F_KNOWN);
@@ -255,7 +257,12 @@ void proto_req_encode(struct wbuf *w, const struct proto_req *r)
 	if (f & F_LEN) wbuf_u32(w, r->len);
 	if (f & F_TARGET) wbuf_u32(w, r->target);
 	if (f & F_IDX) wbuf_u32(w, r->idx);
-	if (f & F_DATA) wbuf_str(w, r->data, r->data_len);
+	if ((f & F_DATA) && data_at) {
+		wbuf_u32(w, r->data_len);
+		*data_at = w->len; /* the bytes go here on the wire */
+	} else if (f & F_DATA) {
+		wbuf_str(w, r->data, r->data_len);
+	}
 	if (f & F_TXN) {
 		wbuf_u64(w, r->txn_client);
 		wbuf_u64(w, r->txn_seq);

@@ -200,6 +200,10 @@ struct proto_req {
 bool proto_op_numbered(uint16_t op);
 /* Encodes r's payload (the fields its opcode carries) onto w. */
 void proto_req_encode(struct wbuf *w, const struct proto_req *r);
+/* proto_req_encode without the data's bytes (r->data): their length is written, and
+ * *data_at is where in w the bytes belong, for a sender that writes them from where
+ * they are (rpc.c: big chunk writes go out without two copies). */
+void proto_req_encode_split(struct wbuf *w, const struct proto_req *r, size_t *data_at);
 /* Decodes a payload for opcode op. Returns 0, or -EPROTO for an unknown opcode, a short
  * or overlong payload, a length over its limit, a name with a NUL. */
 int proto_req_decode(uint16_t op, const uint8_t *p, size_t len, struct proto_req *r);

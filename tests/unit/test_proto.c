@@ -8,10 +8,13 @@
  */
 #include <fcntl.h>
 #include <ftw.h>
+#include <pthread.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "common/cluster.h"
+#include "common/fdio.h"
 #include "common/hash.h"
 #include "proto/proto.h"
 #include "unit/check.h"
@@ -265,6 +268,58 @@ static void init_known_ops(void)
 			known_ops[nknown++] = op;
 }
 
+/* ---- whole writes (src/common/fdio.c) ------------------------------------------------- */
+
+struct drain_arg {
+	int fd;
+	uint8_t *buf;
+	size_t cap, got;
+};
+
+static void *drain_main(void *p)
+{
+	struct drain_arg *a = p;
+	ssize_t n;
+	while ((n = read(a->fd, a->buf + a->got, a->cap - a->got)) > 0)
+		a->got += (size_t)n;
+	return NULL;
+}
+
+/* fd_writev_full writes every byte of every piece, empty pieces anywhere among them
+ * included (regression: an empty last piece made it call writev for ever), across
+ * partial writes into a small socket buffer. */
+static int t_writev_full(void)
+{
+	enum { LEN = 300000 };
+	uint8_t *src = aq_malloc(LEN);
+	rnd_fill(src, LEN);
+	size_t cuts[][6] = {{0, 0, 1000, 1000, LEN, LEN}, {0, 7, 7, 200000, 200000, LEN}, {0, 0, 0, 0, 0, LEN},
+			    {0, LEN, LEN, LEN, LEN, LEN}};
+	for (size_t k = 0; k < ARRAY_SIZE(cuts); k++) {
+		int sv[2];
+		CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
+		int small = 4096;
+		setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
+		struct drain_arg a = {.fd = sv[1], .buf = aq_malloc(LEN + 1), .cap = LEN + 1};
+		pthread_t th;
+		CHECK(pthread_create(&th, NULL, drain_main, &a) == 0);
+		struct iovec iov[5];
+		for (int i = 0; i < 5; i++)
+			iov[i] = (struct iovec){src + cuts[k][i], cuts[k][i + 1] - cuts[k][i]};
+		alarm(20); /* the old loop never returned */
+		int rc = fd_writev_full(sv[0], iov, 5, -1);
+		alarm(0);
+		close(sv[0]);
+		pthread_join(th, NULL);
+		close(sv[1]);
+		bool same = a.got == LEN && memcmp(a.buf, src, LEN) == 0;
+		free(a.buf);
+		CHECKF(rc == 0 && same, "cuts %zu: rc %d, %zu bytes arrived", k, rc, a.got);
+	}
+	free(src);
+	return 0;
+}
+
 /* ---- checksums and hashes ------------------------------------------------------------ */
 
 static int t_crc_vectors(void)
@@ -440,6 +495,42 @@ static int t_req_roundtrip(void)
 			wbuf_free(&w);
 			CHECKF(ok, "%s: rc %d, field %s differs", proto_op_name(op), rc, what);
 		}
+	}
+	return 0;
+}
+
+/* proto_req_encode_split with the data's bytes put where it says gives the bytes of
+ * proto_req_encode, for every opcode that carries data (and the same bytes for one
+ * that does not). */
+static int t_req_encode_split(void)
+{
+	struct req_store st;
+	for (int i = 0; i < 2000; i++) {
+		uint16_t op = known_ops[rndn((uint32_t)nknown)];
+		struct proto_req r;
+		rnd_req(&r, op, &st, 255);
+		struct wbuf whole, split, joined;
+		wbuf_init(&whole, 64);
+		wbuf_init(&split, 64);
+		wbuf_init(&joined, 64);
+		proto_req_encode(&whole, &r);
+		size_t at = SIZE_MAX;
+		proto_req_encode_split(&split, &r, &at);
+		bool carries = spec_req(op) & T_DATA;
+		if (carries) {
+			CHECKF(at <= split.len, "%s: data at %zu of %zu", proto_op_name(op), at, split.len);
+			wbuf_put(&joined, split.p, at);
+			wbuf_put(&joined, r.data, r.data_len);
+			wbuf_put(&joined, split.p + at, split.len - at);
+		} else {
+			CHECKF(at == SIZE_MAX, "%s carries no data, yet data_at was set", proto_op_name(op));
+			wbuf_put(&joined, split.p, split.len);
+		}
+		CHECKF(joined.len == whole.len && memcmp(joined.p, whole.p, whole.len) == 0, "%s: %zu bytes, not %zu",
+		       proto_op_name(op), joined.len, whole.len);
+		wbuf_free(&whole);
+		wbuf_free(&split);
+		wbuf_free(&joined);
 	}
 	return 0;
 }
@@ -1464,6 +1555,7 @@ static int rm_cb(const char *path, const struct stat *sb, int flag, struct FTW *
 int main(void)
 {
 	static const struct unit_test tests[] = {
+		{ "writev_full", t_writev_full },
 		{ "crc32c_vectors", t_crc_vectors },
 		{ "crc32c_hw_vs_sw", t_crc_hw_sw },
 		{ "hash64_pinned", t_hash64_pinned },
@@ -1471,6 +1563,7 @@ int main(void)
 		{ "hdr_roundtrip", t_hdr_roundtrip },
 		{ "hdr_reject", t_hdr_reject },
 		{ "req_roundtrip_every_op", t_req_roundtrip },
+		{ "req_encode_split", t_req_encode_split },
 		{ "req_unknown_op", t_req_unknown_op },
 		{ "req_trailing_and_truncated", t_req_trailing_and_truncated },
 		{ "req_reject", t_req_reject },

@@ -103,12 +103,13 @@ static bool same_place(const struct data_entry *a, const struct data_entry *b)
 }
 
 /* Appends the record (rec_size bytes, a whole chunk; with use_reserve into the space
- * reserve) and points the index entry ne of chunk (ino, idx) at it, counting it live.
+ * reserve, with direct as data_append_locked) and points the index entry ne of chunk
+ * (ino, idx) at it, counting it live.
  * Returns 0 or -errno. Caller holds t->lock. */
 static int64_t place_locked(struct data_store *ds, struct data_target *t, uint64_t ino, uint32_t idx,
-			    const uint8_t *rec, uint64_t rec_size, bool use_reserve, struct data_entry *ne)
+			    const uint8_t *rec, uint64_t rec_size, bool use_reserve, bool direct, struct data_entry *ne)
 {
-	int64_t rc = data_append_locked(ds, t, rec, rec_size, use_reserve, &ne->seg, &ne->off);
+	int64_t rc = data_append_locked(ds, t, rec, rec_size, use_reserve, direct, &ne->seg, &ne->off);
 	if (rc)
 		return rc;
 	uint8_t key[DATA_KEY_SIZE], val[DATA_VAL_MAX];
@@ -163,7 +164,7 @@ static int64_t merge_map(struct data_store *ds, struct data_target *t, uint64_t 
 	struct data_entry *ne = aq_malloc(sizeof *ne);
 	*ne = *cur;
 	ne->nrec = 0;
-	rc = place_locked(ds, t, ino, idx, rec, rec_size, use_reserve, ne);
+	rc = place_locked(ds, t, ino, idx, rec, rec_size, use_reserve, false, ne); /* for readers: cached */
 	if (!rc) {
 		data_drop_records_locked(t, cur, ne); /* punched once the switch is durable */
 		rc = (int64_t)rec_size;
@@ -225,7 +226,7 @@ static int64_t move_record(struct data_store *ds, struct data_target *t, uint64_
 		goto out;
 	}
 	struct data_entry ne = cur;
-	rc = place_locked(ds, t, ino, idx, rec, rec_size, true, &ne);
+	rc = place_locked(ds, t, ino, idx, rec, rec_size, true, true, &ne);
 	if (rc)
 		goto out;
 	struct data_seg *os = data_seg_find(t, e->seg);

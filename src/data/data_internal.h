@@ -238,9 +238,13 @@ int data_read_chunk(struct data_target *t, uint64_t ino, uint32_t idx, const str
 /* Appends a prepared record (header + data, rec_size bytes, padded) to the active
  * segment, rolling when needed. On success *seg and *off say where it went. With
  * use_reserve the configured capacity and the file system reserve are not enforced (for
- * compaction and truncation, which must work on a full target). Caller holds t->lock. */
+ * compaction and truncation, which must work on a full target). With direct, a record of
+ * DATA_DIRECT_WRITE_MIN bytes or more bypasses the page cache: for bytes nobody is
+ * likely to read or rewrite soon (a sequential writer's new chunk, a compaction's move),
+ * not for a chunk rewritten around old bytes (a random writer comes back to it) or
+ * brought back from S3 for a reader. Caller holds t->lock. */
 int data_append_locked(struct data_store *ds, struct data_target *t, const void *rec, uint64_t rec_size,
-		       bool use_reserve, uint32_t *seg, uint64_t *off);
+		       bool use_reserve, bool direct, uint32_t *seg, uint64_t *off);
 /* Syncs the active segment and the index WAL. Caller holds t->lock. */
 int data_sync_locked(struct data_target *t);
 void data_kick_compactor(struct data_store *ds);

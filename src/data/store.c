@@ -254,10 +254,10 @@ static int seg_dfd(struct data_target *t, struct data_seg *s);
  * wrote them out anyway. A file system that refuses the flag for writes gets buffered
  * ones from then on. */
 static int seg_write(struct data_store *ds, struct data_target *t, struct data_seg *s, const void *rec,
-		     uint64_t rec_size, uint64_t at)
+		     uint64_t rec_size, uint64_t at, bool direct)
 {
 	int fd = -1;
-	if (rec_size >= DATA_DIRECT_WRITE_MIN && (uintptr_t)rec % DATA_REC_ALIGN == 0 &&
+	if (direct && rec_size >= DATA_DIRECT_WRITE_MIN && (uintptr_t)rec % DATA_REC_ALIGN == 0 &&
 	    !__atomic_load_n(&ds->no_direct_writes, __ATOMIC_RELAXED))
 		fd = seg_dfd(t, s);
 	if (fd < 0)
@@ -274,7 +274,7 @@ static int seg_write(struct data_store *ds, struct data_target *t, struct data_s
 }
 
 int data_append_locked(struct data_store *ds, struct data_target *t, const void *rec, uint64_t rec_size,
-		       bool use_reserve, uint32_t *seg, uint64_t *off)
+		       bool use_reserve, bool direct, uint32_t *seg, uint64_t *off)
 {
 	AQ_ASSERT(rec_size % DATA_REC_ALIGN == 0 && rec_size <= t->segment_bytes);
 	int rc = space_check(t, rec_size, use_reserve);
@@ -298,7 +298,7 @@ int data_append_locked(struct data_store *ds, struct data_target *t, const void 
 		data_kick_compactor(ds);
 	}
 	uint64_t at = t->active_end;
-	rc = seg_write(ds, t, s, rec, rec_size, at);
+	rc = seg_write(ds, t, s, rec, rec_size, at, direct);
 	if (rc) {
 		/* Give back whatever part of the record reached the file: the index never
 		 * points past active_end, so nothing visible changes. */
@@ -545,12 +545,12 @@ static void rec_seal(uint8_t *rec, uint64_t ino, uint32_t idx, struct data_entry
  * that e no longer points to become dead. Caller holds t->lock. */
 static int commit_record_locked(struct data_store *ds, struct data_target *t, uint64_t ino, uint32_t idx,
 				const uint8_t *rec, uint32_t rec_len, struct data_entry *e,
-				const struct data_entry *old, bool sync)
+				const struct data_entry *old, bool sync, bool direct)
 {
 	uint64_t rec_size = data_rec_size(rec_len);
 	uint32_t seg;
 	uint64_t off;
-	int rc = data_append_locked(ds, t, rec, rec_size, false, &seg, &off);
+	int rc = data_append_locked(ds, t, rec, rec_size, false, direct, &seg, &off);
 	if (rc)
 		return rc;
 	if (sync) {
@@ -631,12 +631,14 @@ static int write_whole_locked(struct data_store *ds, struct data_target *t, uint
 	uint8_t *data = rec + DATA_REC_HDR_SIZE;
 	int rc = 0;
 	uint32_t nb = data_nblocks(old_len);
+	bool read_back = false; /* old bytes kept: a writer at work inside the chunk */
 	for (uint32_t b = 0; b < nb && rc == 0;) {
 		uint32_t b1 = b;
 		while (b1 < nb && !covered(ext, n, b1 * DATA_BLOCK_SIZE, MIN((b1 + 1) * DATA_BLOCK_SIZE, old_len)))
 			b1++;
 		if (b1 > b) {
 			struct block_range r = {.b0 = b, .b1 = b1, .dst = data + (uint64_t)b * DATA_BLOCK_SIZE};
+			read_back = true;
 			rc = read_blocks(t, ino, idx, old, &r, 1);
 		}
 		b = b1 + 1;
@@ -653,7 +655,7 @@ static int write_whole_locked(struct data_store *ds, struct data_target *t, uint
 		e->version = old ? old->version + 1 : 1;
 		e->obj = e->obj_off = 0; /* a new version lives on flash only */
 		rec_seal(rec, ino, idx, e);
-		rc = commit_record_locked(ds, t, ino, idx, rec, new_len, e, old, sync);
+		rc = commit_record_locked(ds, t, ino, idx, rec, new_len, e, old, sync, !read_back);
 	}
 	data_buf_free(rec);
 	return rc;
@@ -759,7 +761,7 @@ static int write_overlay_locked(struct data_store *ds, struct data_target *t, ui
 	}
 	if (!rc) {
 		rec_finish(rec, olen, ino, idx, e->version, DATA_REC_FLAG_OVERLAY);
-		rc = commit_record_locked(ds, t, ino, idx, rec, olen, e, old, sync);
+		rc = commit_record_locked(ds, t, ino, idx, rec, olen, e, old, sync, false);
 	}
 	data_buf_free(rec);
 	return rc;
@@ -1109,7 +1111,7 @@ static int drop_range(struct data_store *ds, struct data_target *t, uint64_t ino
 			ne->obj = ne->obj_off = 0;
 			rec_seal(rec, ino, idx, ne);
 			/* A truncate frees space: let it use the reserve on a full target. */
-			rc = data_append_locked(ds, t, rec, data_rec_size(cut_off), true, &ne->seg, &ne->off);
+			rc = data_append_locked(ds, t, rec, data_rec_size(cut_off), true, false, &ne->seg, &ne->off);
 			if (rc)
 				goto out;
 			uint8_t v[DATA_VAL_MAX];

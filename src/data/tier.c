@@ -273,7 +273,7 @@ int tier_recall_chunk(struct data_target *t, uint64_t ino, uint32_t idx)
 		struct data_rec_hdr h = {.ino = ino, .idx = idx, .length = e->length, .version = e->version};
 		data_hdr_encode(rec, &h);
 		uint64_t size = data_rec_size(e->length);
-		rc = data_append_locked(t->ds, t, rec, size, false, &cur->seg, &cur->off);
+		rc = data_append_locked(t->ds, t, rec, size, false, false, &cur->seg, &cur->off);
 		if (!rc) {
 			rc = index_put(t, ino, idx, cur, NULL, false);
 			if (!rc)

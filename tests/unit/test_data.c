@@ -860,10 +860,11 @@ static uint64_t direct_writes(struct data_store *ds)
 	return data_stat(ds, 7, &st) == 0 ? st.direct_writes : UINT64_MAX;
 }
 
-/* Records of DATA_DIRECT_WRITE_MIN bytes or more are appended with O_DIRECT, smaller
- * ones through the page cache, in the same segment one after another: every one reads
- * back, from the page cache and from the disk, before and after a reopen, and so does a
- * small overwrite of a big one (an overlay). */
+/* New records of DATA_DIRECT_WRITE_MIN bytes or more are appended with O_DIRECT;
+ * smaller ones, and rewrites around old bytes, through the page cache, in the same
+ * segment one after another: every one reads back, from the page cache and from the
+ * disk, before and after a reopen, and so does a small overwrite of a big one (an
+ * overlay). */
 static int test_direct_writes(void)
 {
 	char dir[300];
@@ -886,6 +887,15 @@ static int test_direct_writes(void)
 	CHECK(data_write(ds, 7, 500, 1, 5000, b, 3000, false) == 0, "small overwrite");
 	memcpy(a + 5000, b, 3000);
 	CHECK(direct_writes(ds) == (can_direct ? 1 : 0), "an overlay went direct");
+	/* A rewrite around old bytes (its first and last blocks read back) stays buffered: a
+	 * random writer comes back to the chunk. A whole new version goes direct again. */
+	fill_random(&s, a + 100, big - 200);
+	CHECK(data_write(ds, 7, 500, 1, 100, a + 100, big - 200, false) == 0, "rewrite around old bytes");
+	CHECK(direct_writes(ds) == (can_direct ? 1 : 0), "a read-modify-write went direct");
+	fill_random(&s, a, big);
+	CHECK(data_write(ds, 7, 500, 3, 0, a, big, false) == 0 && data_write(ds, 7, 500, 1, 0, a, big, false) == 0,
+	      "whole rewrite");
+	CHECK(direct_writes(ds) == (can_direct ? 3 : 0), "whole new versions must go direct");
 	for (int round = 0; round < 3; round++) {
 		if (round == 1)
 			evict_segments(dir);
@@ -898,6 +908,7 @@ static int test_direct_writes(void)
 		CHECK(data_read(ds, 7, 500, 0, 0, rb, small) == 0 && memcmp(rb, b, small) == 0, "chunk 0, round %d", round);
 		CHECK(data_read(ds, 7, 500, 1, 0, rb, big) == 0 && memcmp(rb, a, big) == 0, "chunk 1, round %d", round);
 		CHECK(data_read(ds, 7, 500, 2, 0, rb, small) == 0 && memcmp(rb, b, small) == 0, "chunk 2, round %d", round);
+		CHECK(data_read(ds, 7, 500, 3, 0, rb, big) == 0 && memcmp(rb, a, big) == 0, "chunk 3, round %d", round);
 	}
 	data_close(ds);
 	free(a);

@@ -894,8 +894,6 @@ static struct rpc_conn *pick_conn(struct aq_client *c, uint32_t server, uint64_t
 	return &c->conns[base + first + pick % (c->nconns - first)];
 }
 
-/* Sends a request. A sync call is waited on at once by its sender, who then reads the
- * reply itself if nobody else is reading; any other call asks the receiver to read. */
 /* Bytes of a request's payload sent from where they are (send_ext_locked). */
 struct rpc_ext {
 	size_t at; /* where in the encoded payload they belong */
@@ -903,6 +901,9 @@ struct rpc_ext {
 	size_t len;
 };
 
+/* Sends a request. A sync call is waited on at once by its sender, who then reads the
+ * reply itself if nobody else is reading; any other call asks the receiver to read. With
+ * ext, the calling thread sends it itself and ext's bytes from where they are. */
 static struct rpc_call *start_call(struct aq_client *c, uint32_t server, uint16_t op, uint16_t flags,
 				   const struct wbuf *payload, uint64_t affinity, void *rdest, uint32_t rdest_len,
 				   struct rpc_cq *cq, void *cq_arg, bool hold, bool sync, const struct rpc_ext *ext,

@@ -200,9 +200,10 @@ struct data_target {
 };
 
 #define DATA_DFD_UNOPENED (-2)
-/* Appends of records this big or bigger bypass the page cache (a chunk of a sequential
- * writer); smaller ones (a small file, an overlay) stay buffered, written back by the
- * kernel, so that each does not wait on the disk. */
+/* Appends of new records this big or bigger may bypass the page cache (a chunk of a
+ * sequential writer; see data_append_locked's direct); smaller ones (a small file, an
+ * overlay) stay buffered, written back by the kernel, so that each does not wait on the
+ * disk. */
 #define DATA_DIRECT_WRITE_MIN (1u << 20)
 /* compact.c: folds the maps that data_locate queued on t (the compactor thread). */
 void data_fold_queued(struct data_store *ds, struct data_target *t);

@@ -1026,11 +1026,30 @@ static bool waits_on_io(uint16_t op)
 
 static bool batchable(uint16_t op) { return op != OP_BATCH && !waits_on_io(op); }
 
+/* The header of a request frame of payload_len bytes on rc. */
+static void frame_hdr(const struct rpc_conn *rc, uint16_t op, uint64_t id, uint16_t flags, size_t payload_len,
+		      uint8_t hb[PROTO_HDR_SIZE])
+{
+	struct proto_hdr h = {.magic = PROTO_MAGIC, .version = PROTO_VERSION, .op = op, .req_id = id,
+			      .epoch = rc->client->map.epoch, .flags = flags, .payload_len = (uint32_t)payload_len};
+	proto_hdr_encode(hb, &h);
+}
+
+/* Writes frames to rc's socket fd. Called with mu held (rc up); releases it once the
+ * send lock is taken, so that a reconnect cannot close fd under the write. */
+static void write_frames_unlock(struct rpc_conn *rc, int fd, struct iovec *iov, int iovcnt)
+{
+	pthread_mutex_lock(&rc->send_mu);
+	pthread_mutex_unlock(&rc->mu);
+	if (fd_writev_full(fd, iov, iovcnt, -1))
+		shutdown(fd, SHUT_RDWR); /* the reader fails the calls; fd is still ours (send_mu) */
+	pthread_mutex_unlock(&rc->send_mu);
+}
+
 /* Sends one drained queue: a BATCH frame when it holds several small requests, else the
  * frames back to back. Called without locks; takes mu to register the batch. */
 static void send_drained(struct rpc_conn *rc, struct wbuf *frames, const uint64_t *ids, uint32_t n, bool all_batchable)
 {
-	struct aq_client *c = rc->client;
 	pthread_mutex_lock(&rc->mu);
 	if (!rc->up) {
 		pthread_mutex_unlock(&rc->mu);
@@ -1056,9 +1075,7 @@ static void send_drained(struct rpc_conn *rc, struct wbuf *frames, const uint64_
 		wbuf_init(&bp, 8);
 		wbuf_u32(&bp, n);
 		wbuf_u32(&bp, (uint32_t)frames->len);
-		struct proto_hdr h = {.magic = PROTO_MAGIC, .version = PROTO_VERSION, .op = OP_BATCH, .req_id = b->id,
-				      .epoch = c->map.epoch, .payload_len = (uint32_t)(bp.len + frames->len)};
-		proto_hdr_encode(hb, &h);
+		frame_hdr(rc, OP_BATCH, b->id, 0, bp.len + frames->len, hb);
 		iov[0] = (struct iovec){hb, sizeof hb};
 		iov[1] = (struct iovec){bp.p, bp.len};
 		iov[2] = (struct iovec){frames->p, frames->len};
@@ -1067,11 +1084,7 @@ static void send_drained(struct rpc_conn *rc, struct wbuf *frames, const uint64_
 		iov[0] = (struct iovec){frames->p, frames->len};
 		iovcnt = 1;
 	}
-	pthread_mutex_lock(&rc->send_mu);
-	pthread_mutex_unlock(&rc->mu);
-	if (fd_writev_full(fd, iov, iovcnt, -1))
-		shutdown(fd, SHUT_RDWR); /* the reader fails the calls; fd is still ours (send_mu) */
-	pthread_mutex_unlock(&rc->send_mu);
+	write_frames_unlock(rc, fd, iov, iovcnt);
 	wbuf_free(&bp);
 }
 
@@ -1080,11 +1093,8 @@ static void send_drained(struct rpc_conn *rc, struct wbuf *frames, const uint64_
 static void enqueue_and_send(struct rpc_conn *rc, uint16_t op, uint64_t id, uint16_t flags, const struct wbuf *payload,
 			     bool hold)
 {
-	struct proto_hdr h = {.magic = PROTO_MAGIC, .version = PROTO_VERSION, .op = op, .req_id = id,
-			      .epoch = rc->client->map.epoch, .flags = flags,
-			      .payload_len = payload ? (uint32_t)payload->len : 0};
 	uint8_t hb[PROTO_HDR_SIZE];
-	proto_hdr_encode(hb, &h);
+	frame_hdr(rc, op, id, flags, payload ? payload->len : 0, hb);
 	if (rc->q_count == 0)
 		rc->q_batchable = true;
 	wbuf_put(&rc->q, hb, sizeof hb);
@@ -1160,25 +1170,17 @@ static void send_ext_locked(struct rpc_conn *rc, uint16_t op, uint64_t id, uint1
 	drain_queue_locked(rc);
 	pthread_mutex_unlock(&rc->q_mu);
 
-	struct proto_hdr h = {.magic = PROTO_MAGIC, .version = PROTO_VERSION, .op = op, .req_id = id,
-			      .epoch = rc->client->map.epoch, .flags = flags, .payload_len = (uint32_t)(w->len + ext_len)};
 	uint8_t hb[PROTO_HDR_SIZE];
-	proto_hdr_encode(hb, &h);
+	frame_hdr(rc, op, id, flags, w->len + ext_len, hb);
 	struct iovec iov[4] = {{hb, sizeof hb},
 			       {w->p, ext_at},
 			       {(void *)ext, ext_len},
 			       {w->p + ext_at, w->len - ext_at}};
 	pthread_mutex_lock(&rc->mu);
-	if (rc->up) { /* else the call failed when the connection went down */
-		int fd = rc->fd;
-		pthread_mutex_lock(&rc->send_mu);
+	if (rc->up) /* else the call failed when the connection went down */
+		write_frames_unlock(rc, rc->fd, iov, 4);
+	else
 		pthread_mutex_unlock(&rc->mu);
-		if (fd_writev_full(fd, iov, 4, -1))
-			shutdown(fd, SHUT_RDWR); /* the reader fails the calls; fd is still ours (send_mu) */
-		pthread_mutex_unlock(&rc->send_mu);
-	} else {
-		pthread_mutex_unlock(&rc->mu);
-	}
 
 	pthread_mutex_lock(&rc->q_mu);
 	drain_queue_locked(rc);

@@ -1062,6 +1062,33 @@ def test_space_freed_after_open_close_then_unlink(c):
     raise AssertionError(f"used bytes {before} -> {used}: the deleted file's space was not freed")
 
 
+def test_space_of_overwritten_chunks_comes_back(c):
+    """An overwrite's old records are punched once the index change is durable, by aqd's
+    sync each second, not by the fsync that made it durable (regression: with that
+    thread's punch gone, fsync'd overwrites kept every old version on disk)."""
+    import json
+    p = c.path("overwritten.bin")
+    data = os.urandom(8 << 20)
+    with open(p, "wb") as f:
+        f.write(data)
+        os.fsync(f.fileno())
+    before = json.loads(c.aq("status", "--json").stdout)["used_bytes"]
+    with open(p, "r+b") as f:
+        for _ in range(6):
+            f.seek(0)
+            f.write(data)
+            os.fsync(f.fileno())
+    for _ in range(35):  # the sync thread's second, well before the compactor's 5 s
+        used = json.loads(c.aq("status", "--json").stdout)["used_bytes"]
+        if used <= before + (2 << 20):
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"used bytes {before} -> {used}: six overwrites kept their old records")
+    with open(p, "rb") as f:
+        assert f.read() == data
+
+
 def test_page_cache_kept_but_not_stale(c):
     """Files keep the kernel's page cache across opens, yet a change made by another
     client shows once the attribute timeout has passed (the kernel sees the new mtime

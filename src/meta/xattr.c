@@ -2,7 +2,8 @@
  * xattr.c - extended attributes: one 'X' row per (inode, name), in the inode's bucket.
  * "user." needs read (get, list) or write (set, remove) permission on the inode;
  * "trusted." is root's; "security." and "system." anyone may read, as on Linux (ls -l
- * asks for security.selinux and system.posix_acl_access), only root may change. Other
+ * asks for security.selinux and system.posix_acl_access), only root may change, but for
+ * the removal of security.capability by a writer (caps_drop_perm). Other
  * namespaces are not supported. Nothing may be set in "system.": the kernel gives those
  * names meaning (POSIX ACLs, system.posix_acl_*), and Aquifer does not implement ACLs,
  * so a set is EOPNOTSUPP, as on ext4 mounted noacl, rather than an ACL stored and then
@@ -32,6 +33,12 @@ static int xattr_allowed(const struct aq_cred *cr, const struct aq_attr *a, cons
 	if (has_prefix(name, "trusted.") || has_prefix(name, "security.") || has_prefix(name, "system."))
 		return meta_is_root(cr) ? 0 : -EPERM;
 	return -EOPNOTSUPP;
+}
+
+/* 0 when cr may remove security.capability from a: its owner, or anyone who may write it. */
+static int caps_drop_perm(const struct aq_cred *cr, const struct aq_attr *a)
+{
+	return meta_is_root(cr) || cr->uid == a->uid ? 0 : meta_perm(cr, a, W_OK);
 }
 
 static int check_xname(const char *name, size_t *len)
@@ -180,7 +187,11 @@ static int xattr_change(struct meta_store *m, const struct aq_cred *cr, uint64_t
 	rc = meta_read_inode(m, ino, in);
 	if (rc)
 		goto unlock;
-	rc = xattr_allowed(cr, &in->a, name, true);
+	/* Linux drops a file's capabilities when someone who may write it writes, truncates
+	 * or chowns it: the kernel asks the mount to remove security.capability as that
+	 * user (and refuses the system call itself to anyone without CAP_SETFCAP). */
+	rc = !value && strcmp(name, "security.capability") == 0 ? caps_drop_perm(cr, &in->a)
+								  : xattr_allowed(cr, &in->a, name, true);
 	if (!rc && value)
 		rc = meta_space_check(m); /* a set, once it is allowed */
 	if (rc)

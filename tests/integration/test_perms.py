@@ -109,6 +109,35 @@ def test_write_by_non_owner_drops_setuid(c):
     assert as_user(f"os.chmod('{p}', 0o755)") == errno.EPERM
 
 
+def test_capabilities_drop_as_on_ext4(c):
+    """Regression: a write by someone other than root to a file with file capabilities
+    (security.capability, as setcap sets) failed with EIO: the kernel drops them before
+    the write by removing the attribute as the writer, and aqd refused that to anyone
+    but root. As on ext4 a write, truncate or fallocate by anyone who may write the file
+    drops them; removexattr(2) itself still needs CAP_SETFCAP."""
+    import struct
+    import tempfile
+    cap = struct.pack("<5I", 0x02000000, 0x400, 0, 0, 0)  # v2, cap_net_bind_service
+    cases = [("write", "fd = os.open(PATH, os.O_WRONLY | os.O_APPEND); os.write(fd, b'x'); os.close(fd)"),
+             ("truncate", "os.truncate(PATH, 1)"),
+             ("fallocate", "fd = os.open(PATH, os.O_WRONLY); os.posix_fallocate(fd, 0, 8192); os.close(fd)"),
+             ("removexattr", "os.removexattr(PATH, 'security.capability')")]
+    d = open_dir(c, "caps")
+    with tempfile.TemporaryDirectory(dir="/tmp") as local:
+        os.chmod(local, 0o777)
+        for name, code in cases:
+            got = {}
+            for where in (local, d):
+                p = f"{where}/{name}"
+                open(p, "w").close()
+                os.chmod(p, 0o777)
+                os.setxattr(p, "security.capability", cap)
+                err = as_user(code.replace("PATH", repr(p)))
+                got[where] = (err, "security.capability" in os.listxattr(p))
+            assert got[d] == got[local], f"{name}: {got[d]} on the mount, {got[local]} on ext4"
+    assert got[d] == (errno.EPERM, True)  # the last case: not just "as ext4"
+
+
 def test_supplementary_groups(c):
     """Access through a supplementary group: the server learns the groups only when it
     refused without them (the FUSE adapter retries once with them)."""

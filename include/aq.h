@@ -12,6 +12,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 
 #ifdef __cplusplus
@@ -70,6 +71,14 @@ int aq_getattr(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, st
  * open with O_TRUNC), whose open checked write permission: the server checks none, as
  * Linux does. aq_file_setattr sets it for a writable handle. */
 #define AQ_SET_BY_HANDLE (1u << 9)
+/* Drops the setuid bit of a file that is not a directory, and its setgid bit if group
+ * execute is set or the caller is neither root nor in the file's group: what Linux drops
+ * when someone without CAP_FSETID writes or truncates a file. For anyone who owns the
+ * file, may write it, or writes through a handle (AQ_SET_BY_HANDLE). Alone, and with
+ * nothing to drop, it changes nothing. */
+#define AQ_SET_KILL_SXID (1u << 10)
+/* Whether mode has bits AQ_SET_KILL_SXID may drop. */
+static inline bool aq_mode_sxid(uint32_t mode) { return !S_ISDIR(mode) && (mode & (S_ISUID | S_ISGID)); }
 int aq_setattr(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, uint32_t mask,
 	       const struct aq_attr *in, struct aq_attr *out);
 
@@ -208,6 +217,11 @@ int aq_file_getattr(struct aq_file *f, struct aq_attr *out);
  * needs no write permission (AQ_SET_BY_HANDLE). cred may be NULL: the client's. */
 int aq_file_setattr(struct aq_file *f, const struct aq_cred *cred, uint32_t mask, const struct aq_attr *in,
 		    struct aq_attr *out);
+/* Whether f's inode may have mode bits a write by someone without CAP_FSETID must drop
+ * (aq_mode_sxid; aq_file_setattr with AQ_SET_KILL_SXID drops them): false only when the
+ * newest attributes this client heard of have none and no other client changed the inode
+ * since. */
+bool aq_file_sxid(struct aq_file *f);
 
 /* What's new: entries created in (or renamed into) a directory after cursor, oldest first,
  * without listing the directory. Pass 0 to start from the beginning; *next gets the

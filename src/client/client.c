@@ -183,6 +183,35 @@ static struct ino_state *state_find_locked(struct aq_client *c, uint64_t ino)
 	return st;
 }
 
+/* Takes the mode of attributes a if they are the newest heard of. With st->mu held. */
+static void state_note_mode_locked(struct ino_state *st, const struct aq_attr *a)
+{
+	if (a->ctime_ns >= st->sxid_ctime_ns) {
+		atomic_store(&st->sxid, aq_mode_sxid(a->mode));
+		st->sxid_ctime_ns = a->ctime_ns;
+	}
+}
+
+static void state_put(struct aq_client *c, struct ino_state *st);
+
+/* state_note_mode_locked for a's inode, if this client has it open. Not under files_mu:
+ * st->mu may be held across a call, whose reply the connection's reader delivers only
+ * once it had files_mu for a push (state_changed_elsewhere). */
+static void state_note_mode(struct aq_client *c, const struct aq_attr *a)
+{
+	pthread_mutex_lock(&c->files_mu);
+	struct ino_state *st = state_find_locked(c, a->ino);
+	if (st)
+		st->refs++;
+	pthread_mutex_unlock(&c->files_mu);
+	if (st) {
+		pthread_mutex_lock(&st->mu);
+		state_note_mode_locked(st, a);
+		pthread_mutex_unlock(&st->mu);
+		state_put(c, st);
+	}
+}
+
 void state_changed_elsewhere(struct aq_client *c, uint64_t ino)
 {
 	uint32_t lo = ino ? (uint32_t)(ino % ARRAY_SIZE(c->files)) : 0;
@@ -190,8 +219,10 @@ void state_changed_elsewhere(struct aq_client *c, uint64_t ino)
 	pthread_mutex_lock(&c->files_mu);
 	for (uint32_t i = lo; i < hi; i++)
 		for (struct ino_state *st = c->files[i]; st; st = st->next)
-			if (!ino || st->ino == ino)
+			if (!ino || st->ino == ino) {
 				atomic_fetch_add(&st->wgen, 1);
+				atomic_store(&st->sxid, true); /* a chmod elsewhere, perhaps */
+			}
 	pthread_mutex_unlock(&c->files_mu);
 }
 
@@ -206,16 +237,21 @@ static struct ino_state *state_get(struct aq_client *c, uint64_t ino, const stru
 		st->size = attr->size;
 		st->synced_size = UINT64_MAX;
 		st->chunk_size = attr->chunk_size ? attr->chunk_size : c->map.chunk_size;
+		st->sxid_ctime_ns = INT64_MIN;
+		state_note_mode_locked(st, attr);
 		st->next = c->files[ino % 1024];
 		c->files[ino % 1024] = st;
-	} else {
-		pthread_mutex_lock(&st->mu);
-		if (!st->size_dirty && !st->nwc && atomic_load(&c->size_epoch) == epoch)
-			st->size = attr->size; /* close-to-open: take the server's size */
-		pthread_mutex_unlock(&st->mu);
+		st->refs++;
+		pthread_mutex_unlock(&c->files_mu);
+		return st;
 	}
 	st->refs++;
-	pthread_mutex_unlock(&c->files_mu);
+	pthread_mutex_unlock(&c->files_mu); /* before st->mu: see state_note_mode */
+	pthread_mutex_lock(&st->mu);
+	if (!st->size_dirty && !st->nwc && atomic_load(&c->size_epoch) == epoch)
+		st->size = attr->size; /* close-to-open: take the server's size */
+	state_note_mode_locked(st, attr);
+	pthread_mutex_unlock(&st->mu);
 	return st;
 }
 
@@ -609,10 +645,12 @@ int aq_setattr(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, ui
 			size_reached_server(c, st);
 			st->size_dirty = false;
 			epoch = atomic_load(&c->size_epoch); /* this reply is the newest size */
+			state_note_mode_locked(st, &a);
 		}
 		pthread_mutex_unlock(&st->mu);
 		state_put(c, st);
-	}
+	} else if (!rc)
+		state_note_mode(c, &a);
 	if (!rc) {
 		overlay_local(c, &a, epoch);
 		if (out)
@@ -1776,6 +1814,11 @@ int aq_file_setattr(struct aq_file *f, const struct aq_cred *cred, uint32_t mask
 	if ((f->flags & O_ACCMODE) != O_RDONLY)
 		mask |= AQ_SET_BY_HANDLE;
 	return aq_setattr(f->c, cred, f->ino, mask, in, out);
+}
+
+bool aq_file_sxid(struct aq_file *f)
+{
+	return file_ready(f) || atomic_load(&f->st->sxid);
 }
 
 int aq_close(struct aq_file *f)

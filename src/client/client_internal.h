@@ -115,6 +115,13 @@ struct ino_state {
 	uint32_t nwc;              /* slots in use: wc[0 .. nwc) */
 	uint64_t wtick;
 	uint64_t wbytes;           /* the slots' buf fill, counted in client->wbuf_bytes too */
+	/* aq_file_sxid: whether the mode has bits a write may drop (aq_mode_sxid), from the
+	 * attributes with the newest ctime this client heard of (sxid_ctime_ns); a push
+	 * about the inode makes it "may have" until attributes say otherwise (set by the
+	 * connection's reader, which must not wait for mu: a call holding mu may wait for
+	 * its reply from that reader) */
+	atomic_bool sxid;
+	int64_t sxid_ctime_ns;
 };
 
 /* The largest file size libaq writes or allocates (EFBIG past it). */

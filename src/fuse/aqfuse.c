@@ -1139,6 +1139,9 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino_node, struct stat *attr, i
 		mask |= AQ_SET_CTIME;
 		in.ctime_ns = attr->st_ctim.tv_sec * 1000000000ll + attr->st_ctim.tv_nsec;
 	}
+	/* a chown, or a truncate by someone without CAP_FSETID (devio.c) */
+	if (devio_kill())
+		mask |= AQ_SET_KILL_SXID;
 	struct cseq seq = cseq_now();
 	/* fi: the kernel names the descriptor of a truncate (ftruncate, open with O_TRUNC),
 	 * always a regular file's */
@@ -1354,6 +1357,25 @@ static void op_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_dat
 	fuse_reply_none(req);
 }
 
+/* A write, a truncating open or an fallocate through f by someone without CAP_FSETID,
+ * now that the kernel leaves the setuid and setgid bits to the mount (devio.c): drops
+ * them before the bytes land, as Linux does, unless this client knows there are none.
+ * The kernel fetches the new mode itself: each of these calls drops its attributes. */
+static int kill_sxid(fuse_req_t req, struct aq_file *f)
+{
+	if (!aq_file_sxid(f))
+		return 0;
+	struct aq_cred cr;
+	struct aq_attr in = {0}, out;
+	cred_of(req, &cr);
+	struct cseq seq = cseq_now();
+	int rc = aq_file_setattr(f, &cr, AQ_SET_KILL_SXID, &in, &out);
+	if (rc)
+		return rc;
+	keep_attr(seq, &out);
+	return 0;
+}
+
 static void op_open(fuse_req_t req, fuse_ino_t ino_node, struct fuse_file_info *fi)
 {
 	uint64_t ino = aq_node_ino(ino_node);
@@ -1382,6 +1404,11 @@ static void op_open(fuse_req_t req, fuse_ino_t ino_node, struct fuse_file_info *
 		/* O_APPEND offsets come from the kernel; the file is opened read-write so the
 		 * buffered chunk can be read back */
 		rc = WITH_GROUPS(req, cr, aq_open_ino(g_client, &cr, ino, fi->flags & ~O_APPEND, &f));
+		if (!rc && devio_kill()) { /* O_TRUNC by someone without CAP_FSETID */
+			rc = kill_sxid(req, f);
+			if (rc)
+				aq_close(f);
+		}
 	}
 	if (rc) {
 		fuse_reply_err(req, posix_err(rc));
@@ -1455,7 +1482,8 @@ static void op_write(fuse_req_t req, fuse_ino_t node, const char *buf, size_t si
 {
 	struct aq_file *f = (struct aq_file *)(uintptr_t)fi->fh;
 	own_change();
-	ssize_t n = aq_pwrite(f, buf, size, (uint64_t)off);
+	int rc = devio_kill() ? kill_sxid(req, f) : 0;
+	ssize_t n = rc ? rc : aq_pwrite(f, buf, size, (uint64_t)off);
 	if (n < 0)
 		fuse_reply_err(req, posix_err((int)n));
 	else
@@ -1467,7 +1495,10 @@ static void op_fallocate(fuse_req_t req, fuse_ino_t node, int mode, off_t off, o
 {
 	struct aq_file *f = (struct aq_file *)(uintptr_t)fi->fh;
 	own_change();
-	fuse_reply_err(req, posix_err(aq_fallocate(f, mode, (uint64_t)off, (uint64_t)len)));
+	/* the kernel names no flag here: root stands for CAP_FSETID, as the server's
+	 * truncate does */
+	int rc = devio_killpriv_v2() && fuse_req_ctx(req)->uid != 0 ? kill_sxid(req, f) : 0;
+	fuse_reply_err(req, posix_err(rc ? rc : aq_fallocate(f, mode, (uint64_t)off, (uint64_t)len)));
 }
 
 static void op_flush(fuse_req_t req, fuse_ino_t node, struct fuse_file_info *fi)
@@ -1940,6 +1971,10 @@ int aqfuse_main(const struct aqfuse_options *opt)
 	if (fuse_session_mount(se, opt->mountpoint)) {
 		fprintf(stderr, "aq mount: cannot mount at %s\n", opt->mountpoint);
 		goto out_signals;
+	}
+	if (devio_install(se)) {
+		fprintf(stderr, "aq mount: cannot install the /dev/fuse hooks\n");
+		goto out_unmount;
 	}
 	if (opt->log_path)
 		log_set_file(opt->log_path);

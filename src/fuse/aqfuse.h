@@ -21,6 +21,15 @@ struct aqfuse_options {
  * number is _IO(0xAF, 1). */
 #define AQFUSE_IOC_HEARD 0xAF01u
 
+/* devio.c: /dev/fuse through libfuse's custom I/O. devio_install after
+ * fuse_session_mount; devio_killpriv_v2 once INIT is answered: the kernel leaves the
+ * killing of setuid and setgid to the mount; devio_kill: the request this thread handles
+ * asks for it (its caller lacks CAP_FSETID). */
+struct fuse_session;
+int devio_install(struct fuse_session *se);
+bool devio_killpriv_v2(void);
+bool devio_kill(void);
+
 /* Mounts and serves until unmounted. Returns a process exit status. */
 int aqfuse_main(const struct aqfuse_options *opt);
 #endif

@@ -1837,6 +1837,19 @@ static bool is_owner(const struct aq_cred *cr, const struct aq_attr *a)
 	return meta_is_root(cr) || cr->uid == a->uid;
 }
 
+/* The bits of mode a write, truncate or chown by cr drops, as Linux drops them for a
+ * caller without CAP_FSETID (setattr_should_drop_suidgid): setuid, and setgid when group
+ * execute is set or cr is not in the file's group gid (root is, by CAP_FSETID). */
+static uint32_t sxid_kill_bits(const struct aq_cred *cr, uint32_t mode, uint32_t gid)
+{
+	if (!aq_mode_sxid(mode))
+		return 0;
+	uint32_t kill = mode & S_ISUID;
+	if ((mode & S_ISGID) && ((mode & S_IXGRP) || !(meta_is_root(cr) || meta_in_group(cr, gid))))
+		kill |= S_ISGID;
+	return kill;
+}
+
 /* Applies mask to in (already read, bucket locked). Returns 0 or -errno; *shrunk is set
  * when the size went down. */
 static int apply_setattr(const struct aq_cred *cr, struct meta_inode *in, uint32_t mask, const struct aq_attr *req,
@@ -1868,6 +1881,8 @@ static int apply_setattr(const struct aq_cred *cr, struct meta_inode *in, uint32
 	}
 	if ((mask & (AQ_SET_ATIME | AQ_SET_MTIME | AQ_SET_CTIME)) && !is_owner(cr, a))
 		return -EPERM;
+	if ((mask & AQ_SET_KILL_SXID) && !(mask & AQ_SET_BY_HANDLE) && !is_owner(cr, a) && meta_perm(cr, a, W_OK))
+		return -EPERM;
 	if (mask & AQ_SET_SIZE) {
 		if (S_ISDIR(a->mode))
 			return -EISDIR;
@@ -1888,24 +1903,20 @@ static int apply_setattr(const struct aq_cred *cr, struct meta_inode *in, uint32
 		a->mode = mode;
 	}
 	bool chown = ((mask & AQ_SET_UID) && req->uid != a->uid) || ((mask & AQ_SET_GID) && req->gid != a->gid);
+	uint32_t old_gid = a->gid;
 	if (mask & AQ_SET_UID)
 		a->uid = req->uid;
 	if (mask & AQ_SET_GID)
 		a->gid = req->gid;
-	if (chown && !S_ISDIR(a->mode)) {
-		/* As Linux: a changed owner drops setuid, and setgid when it means "setgid"
-		 * rather than mandatory locking (group exec set). */
-		a->mode &= ~(uint32_t)S_ISUID;
-		if (a->mode & S_IXGRP)
-			a->mode &= ~(uint32_t)S_ISGID;
-	}
+	/* As Linux: a changed owner, a truncate by someone other than root (CAP_FSETID), and
+	 * a write through the mount (AQ_SET_KILL_SXID, which also comes with a chown) */
+	if (chown || (mask & AQ_SET_KILL_SXID) || ((mask & AQ_SET_SIZE) && !root))
+		a->mode &= ~sxid_kill_bits(cr, a->mode, old_gid);
 	if (mask & AQ_SET_SIZE) {
 		*shrunk = req->size < a->size;
 		a->mtime_ns = now;
 		a->size = req->size;
 		a->blocks = (a->size + 511) / 512;
-		if (!root)
-			a->mode &= ~(uint32_t)(S_ISUID | ((a->mode & S_IXGRP) ? S_ISGID : 0));
 	}
 	if (mask & AQ_SET_ATIME_NOW)
 		a->atime_ns = now;
@@ -1961,9 +1972,10 @@ int meta_setattr(struct meta_store *m, const struct aq_cred *cr, uint64_t ino, u
 	int rc = meta_read_inode(m, ino, node);
 	if (rc)
 		goto unlock;
+	uint32_t mode = node->a.mode;
 	rc = apply_setattr(cr, node, mask, in, &shrunk);
-	if (rc)
-		goto unlock;
+	if (rc || ((mask & ~(AQ_SET_KILL_SXID | AQ_SET_BY_HANDLE)) == 0 && node->a.mode == mode))
+		goto unlock; /* nothing to drop: nothing changes */
 	meta_put_inode(wb, node);
 	if (dir_mtime)
 		rc = lower_partial_mtimes(m, wb, ino, node->a.mtime_ns);

@@ -109,6 +109,94 @@ def test_write_by_non_owner_drops_setuid(c):
     assert as_user(f"os.chmod('{p}', 0o755)") == errno.EPERM
 
 
+# What drops setuid and setgid, each case run on the mount and on the local ext4 beside
+# it: (name, mode, who, what). The mount takes FUSE_HANDLE_KILLPRIV_V2 (src/fuse/devio.c),
+# so these bits are the mount's and aqd's to drop, no longer the kernel's.
+WRITE = "fd = os.open(P, os.O_WRONLY); os.write(fd, b'x'); os.close(fd)"
+SXID_CASES = [
+    ("write 4777", 0o4777, "nobody", WRITE),
+    ("write 2777", 0o2777, "nobody", WRITE),
+    ("write 6777", 0o6777, "nobody", WRITE),
+    ("write 2767 (setgid, no group exec)", 0o2767, "nobody", WRITE),
+    ("write 4767", 0o4767, "nobody", WRITE),
+    ("write by root", 0o6777, "root", WRITE),
+    ("O_TRUNC of an empty file", 0o4777, "nobody", "os.close(os.open(P, os.O_WRONLY | os.O_TRUNC))"),
+    ("truncate to its size", 0o4777, "nobody", "os.truncate(P, 0)"),
+    ("fallocate", 0o4777, "nobody",
+     "fd = os.open(P, os.O_WRONLY); os.posix_fallocate(fd, 0, 4096); os.close(fd)"),
+    ("chown to the same owner", 0o4777, "root", "os.chown(P, 0, 0)"),
+    ("chmod", 0o4777, "root", "os.chmod(P, 0o4775)"),
+]
+
+
+def sxid_case(d, i, mode, who, code):
+    p = f"{d}/sx{i}"
+    open(p, "w").close()
+    os.chmod(p, mode)
+    code = code.replace("P", repr(p))
+    if who == "root":
+        exec(code)
+    else:
+        assert as_user(code) == 0, code
+    return os.stat(p).st_mode & 0o7777
+
+
+def held_open_write(p):
+    """nobody opens p and writes (a file with no setuid yet), root then sets setuid, and
+    nobody writes again through the same descriptor; p's mode after."""
+    os.chmod(p, 0o666)
+    go, went = os.pipe(), os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgroups([])
+            os.setresgid(NOBODY, NOBODY, NOBODY)
+            os.setresuid(NOBODY, NOBODY, NOBODY)
+            fd = os.open(p, os.O_WRONLY)
+            os.write(fd, b"a")
+            os.write(went[1], b"1")
+            os.read(go[0], 1)
+            os.write(fd, b"b")
+            os.close(fd)
+            os._exit(0)
+        except BaseException:
+            os._exit(1)
+    assert os.read(went[0], 1) == b"1"
+    os.chmod(p, 0o4777)
+    os.write(go[1], b"1")
+    assert os.waitpid(pid, 0)[1] == 0
+    for fd in go + went:
+        os.close(fd)
+    return os.stat(p).st_mode & 0o7777
+
+
+def test_setuid_and_setgid_drop_as_on_ext4(c):
+    """Each way a file loses its setuid and setgid bits on ext4 loses them on the mount,
+    and the ways that keep them (root writing, setgid without group exec for a member)
+    keep them: the same operations on a local directory and on the mount give the same
+    modes. Plus a descriptor opened before the bits were set: its next write drops them
+    (the kernel stopped asking about such a file once it had none, S_NOSEC)."""
+    import tempfile
+    d = open_dir(c, "sxid")
+    with tempfile.TemporaryDirectory(dir="/tmp") as local:
+        os.chmod(local, 0o777)
+        for i, (name, mode, who, code) in enumerate(SXID_CASES):
+            want, got = sxid_case(local, i, mode, who, code), sxid_case(d, i, mode, who, code)
+            assert got == want, f"{name}: {oct(mode)} -> {oct(got)} on the mount, {oct(want)} on ext4"
+        open(f"{local}/held", "w").close()
+        open(f"{d}/held", "w").close()
+        assert held_open_write(f"{local}/held") == 0o777
+        assert held_open_write(f"{d}/held") == 0o777
+    assert sxid_case(d, 99, 0o4777, "nobody", WRITE) == 0o777  # not just "as ext4"
+    # and the writer's own fstat right after the write says so (pjdfstest chmod/12.t)
+    p = f"{d}/fstat"
+    open(p, "w").close()
+    os.chmod(p, 0o6777)
+    r = run_as(f"import os; fd = os.open({p!r}, os.O_RDWR); os.write(fd, b'x'); "
+               f"print(oct(os.fstat(fd).st_mode & 0o7777))")
+    assert r.returncode == 0 and r.stdout.strip() == "0o777", (r.stdout, r.stderr)
+
+
 def test_capabilities_drop_as_on_ext4(c):
     """Regression: a write by someone other than root to a file with file capabilities
     (security.capability, as setcap sets) failed with EIO: the kernel drops them before

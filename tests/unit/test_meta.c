@@ -718,6 +718,44 @@ static int t_sticky(void)
 	return 0;
 }
 
+/* AQ_SET_KILL_SXID: what a write by someone without CAP_FSETID drops, who may ask, and
+ * that asking with nothing to drop changes nothing. */
+static int t_kill_sxid(void)
+{
+	struct aq_cred w = { .uid = 3000, .gid = 3000 }, member = { .uid = 3001, .gid = 77 };
+	struct aq_attr d, f, t, before, in = { .mode = 0777 };
+	CHECK_RC(mkd(AQ_ROOT_INO, "sxid", &d), 0);
+	CHECK_RC(meta_setattr(g_m, &ROOT, d.ino, AQ_SET_MODE, &in, &t), 0);
+	CHECK_RC(meta_mknod(g_m, &ROOT, d.ino, "f", 1, 0600, 0, 0, &f), 0);
+	const struct { uint32_t mode, gid; const struct aq_cred *by; uint32_t after; } cases[] = {
+		{ 04777, 0, &w, 0777 },  { 02777, 0, &w, 0777 },   { 06777, 0, &w, 0777 },
+		{ 02767, 0, &w, 0767 },  /* setgid without group exec: a non-member drops it */
+		{ 02767, 77, &member, 02767 }, /* a member keeps it */
+		{ 02767, 0, &ROOT, 02767 }, /* and so does root */
+		{ 04777, 0, &ROOT, 0777 }, { 0777, 0, &w, 0777 },
+	};
+	for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+		in.mode = cases[i].mode, in.gid = cases[i].gid;
+		CHECK_RC(meta_setattr(g_m, &ROOT, f.ino, AQ_SET_MODE | AQ_SET_GID, &in, &before), 0);
+		CHECK_RC(meta_setattr(g_m, cases[i].by, f.ino, AQ_SET_KILL_SXID, &in, &t), 0);
+		CHECK((t.mode & 07777) == cases[i].after);
+		if (cases[i].after == cases[i].mode) /* nothing dropped: nothing written */
+			CHECK(t.ctime_ns == before.ctime_ns);
+	}
+	/* someone who may not write the file may not drop its bits, but a handle may */
+	in.mode = 04755, in.gid = 0;
+	CHECK_RC(meta_setattr(g_m, &ROOT, f.ino, AQ_SET_MODE | AQ_SET_GID, &in, &t), 0);
+	CHECK_RC(meta_setattr(g_m, &w, f.ino, AQ_SET_KILL_SXID, &in, &t), -EPERM);
+	CHECK_RC(meta_setattr(g_m, &w, f.ino, AQ_SET_KILL_SXID | AQ_SET_BY_HANDLE, &in, &t), 0);
+	CHECK((t.mode & 07777) == 0755);
+	/* a directory's setgid is inheritance, not privilege */
+	in.mode = 02777;
+	CHECK_RC(meta_setattr(g_m, &ROOT, d.ino, AQ_SET_MODE, &in, &t), 0);
+	CHECK_RC(meta_setattr(g_m, &w, d.ino, AQ_SET_KILL_SXID, &in, &t), 0);
+	CHECK((t.mode & 07777) == 02777);
+	return 0;
+}
+
 /* ---- setattr / size ---------------------------------------------------------------------------- */
 
 static uint64_t g_trunc_ino, g_trunc_size;
@@ -1826,6 +1864,7 @@ int main(void)
 		{ "permissions", t_perms },
 		{ "lookup_sees_dir_changes", t_lookup_sees_dir_changes },
 		{ "sticky", t_sticky },
+		{ "kill_sxid", t_kill_sxid },
 		{ "size_truncate", t_size },
 		{ "xattr", t_xattr },
 		{ "xattr_summary", t_xattr_summary },

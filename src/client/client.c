@@ -1080,8 +1080,10 @@ int aq_statfs(struct aq_client *c, struct aq_statfs *out)
 
 /* ---- files ---- */
 
-/* The open file for a reply that said "opened": OPEN's, or MKNOD's with PROTO_MKNOD_OPEN. */
-static int file_new(struct aq_client *c, const struct aq_cred *cred, const struct aq_attr *a, int flags,
+/* The open file for a reply that said "opened": OPEN's, or MKNOD's with PROTO_MKNOD_OPEN
+ * (a create without O_EXCL may open a file that existed). With O_TRUNC the file is
+ * truncated here, and a gets its attributes after. */
+static int file_new(struct aq_client *c, const struct aq_cred *cred, struct aq_attr *a, int flags,
 		    unsigned long epoch, uint32_t server, uint64_t affinity, struct aq_file **out)
 {
 	struct aq_file *f = aq_calloc(1, sizeof *f);
@@ -1097,7 +1099,7 @@ static int file_new(struct aq_client *c, const struct aq_cred *cred, const struc
 	rpc_hold_file(c, f, NULL);
 	if ((flags & O_TRUNC) && (flags & O_ACCMODE) != O_RDONLY && S_ISREG(a->mode) && a->size) {
 		struct aq_attr in = {.size = 0};
-		int rc = aq_setattr(c, cred, a->ino, AQ_SET_SIZE, &in, NULL);
+		int rc = aq_setattr(c, cred, a->ino, AQ_SET_SIZE, &in, a);
 		if (rc) {
 			aq_close(f);
 			return rc;
@@ -1409,9 +1411,10 @@ int aq_create_open(struct aq_client *c, const struct aq_cred *cred, uint64_t par
 	rc = rpc_do_on(c, server, &r, &rep, NULL, affinity);
 	if (rc)
 		return rc;
-	if (out)
+	rc = file_new(c, &r.cred, &rep.attr, open_flags, epoch, server, affinity, f);
+	if (!rc && out)
 		*out = rep.attr;
-	return file_new(c, &r.cred, &rep.attr, open_flags, epoch, server, affinity, f);
+	return rc;
 }
 
 int aq_watch(struct aq_client *c, aq_inval_fn fn, void *arg)

@@ -1432,10 +1432,12 @@ static void op_create(fuse_req_t req, fuse_ino_t parent_node, const char *name, 
 	cred_of(req, &cr);
 	struct aq_file *f;
 	struct cseq seq = cseq_now();
-	/* create and open in one round trip (O_APPEND offsets come from the kernel) */
+	/* create and open in one round trip (O_APPEND offsets come from the kernel). The
+	 * name may exist after all, made by another client since this mount heard it was
+	 * free: the open then truncates it, as O_TRUNC asks. */
 	int rc = WITH_GROUPS(req, cr, aq_create_open(g_client, &cr, parent, name, mode & 07777,
 			  (fi->flags & O_EXCL) ? AQ_CREATE_EXCL : 0,
-			  fi->flags & ~(O_APPEND | O_TRUNC | O_CREAT | O_EXCL), &a, &f));
+			  fi->flags & ~(O_APPEND | O_CREAT | O_EXCL), &a, &f));
 	made_in(seq, parent, name, rc, &a);
 	own_change();
 	if (rc) {

@@ -122,6 +122,29 @@ def test_create_seen_through_negative_entry(c):
         soon(lambda: size_of(f"{b}/f{i}") == i, f"round {i}: a name B had seen missing")
 
 
+def test_truncating_create_of_a_name_made_elsewhere(c):
+    """Regression: open(O_CREAT|O_TRUNC) of a name this mount still believed free (the
+    other mount's create not heard yet) reached aqd as a create of an existing file,
+    which opened it without the O_TRUNC: `echo x > f` left the old bytes after the new
+    ones. The truncate now comes with the create, as with an open."""
+    late = extra_mount(c, "late-trunc", push_delay_ms=1500)
+    try:
+        a = c.path("tc")
+        os.mkdir(a)
+        b = os.path.join(late, "tc")
+        for i in range(3):
+            assert not os.path.exists(f"{b}/f{i}")  # the late mount caches "no such name"
+            with open(f"{a}/f{i}", "w") as f:
+                f.write("hello world")
+            with open(f"{b}/f{i}", "w") as f:  # O_CREAT | O_TRUNC, before the push lands
+                assert os.fstat(f.fileno()).st_size == 0
+                f.write("x")
+            assert open(f"{a}/f{i}").read() == "x"
+            assert open(f"{b}/f{i}").read() == "x" and os.stat(f"{b}/f{i}").st_size == 1
+    finally:
+        unmount(late)
+
+
 def test_unlink_and_rename_seen(c):
     a, b = both(c, "mv")
     os.mkdir(a)

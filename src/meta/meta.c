@@ -1974,8 +1974,10 @@ int meta_setattr(struct meta_store *m, const struct aq_cred *cr, uint64_t ino, u
 		goto unlock;
 	uint32_t mode = node->a.mode;
 	rc = apply_setattr(cr, node, mask, in, &shrunk);
-	if (rc || ((mask & ~(AQ_SET_KILL_SXID | AQ_SET_BY_HANDLE)) == 0 && node->a.mode == mode))
-		goto unlock; /* nothing to drop: nothing changes */
+	/* a kill alone with nothing to drop changes nothing (an empty mask still touches
+	 * ctime: chown(f, -1, -1) does on Linux) */
+	if (rc || ((mask & ~AQ_SET_BY_HANDLE) == AQ_SET_KILL_SXID && node->a.mode == mode))
+		goto unlock;
 	meta_put_inode(wb, node);
 	if (dir_mtime)
 		rc = lower_partial_mtimes(m, wb, ino, node->a.mtime_ns);

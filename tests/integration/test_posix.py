@@ -316,6 +316,17 @@ def test_chmod_chown_utimens_truncate(c):
         assert f.read() == "0123"
 
 
+def test_chown_minus_one_touches_ctime(c):
+    """chown(f, -1, -1) changes nothing but ctime, as on ext4 (pjdfstest chown/00.t marks
+    the opposite as Linux's known difference from POSIX)."""
+    p = c.path("ct")
+    open(p, "w").close()
+    before = os.stat(p).st_ctime_ns
+    time.sleep(0.01)
+    os.chown(p, -1, -1)
+    assert os.stat(p).st_ctime_ns > before
+
+
 def test_mtime_changes_on_write(c):
     p = c.path("mt")
     open(p, "w").close()

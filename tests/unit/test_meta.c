@@ -748,6 +748,11 @@ static int t_kill_sxid(void)
 	CHECK_RC(meta_setattr(g_m, &w, f.ino, AQ_SET_KILL_SXID, &in, &t), -EPERM);
 	CHECK_RC(meta_setattr(g_m, &w, f.ino, AQ_SET_KILL_SXID | AQ_SET_BY_HANDLE, &in, &t), 0);
 	CHECK((t.mode & 07777) == 0755);
+	/* but an empty mask touches ctime, as chown(f, -1, -1) does on Linux (regression:
+	 * the shortcut above took it too) */
+	CHECK_RC(meta_setattr(g_m, &ROOT, f.ino, 0, &in, &before), 0);
+	CHECK_RC(meta_setattr(g_m, &ROOT, f.ino, 0, &in, &t), 0);
+	CHECK(t.ctime_ns > before.ctime_ns);
 	/* a directory's setgid is inheritance, not privilege */
 	in.mode = 02777;
 	CHECK_RC(meta_setattr(g_m, &ROOT, d.ino, AQ_SET_MODE, &in, &t), 0);

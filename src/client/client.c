@@ -67,6 +67,12 @@ int aq_connect(const char *cluster_file, struct aq_client **out)
 	pthread_mutex_init(&c->spare_mu, NULL);
 	pthread_mutex_init(&c->fl_mu, NULL);
 	pthread_cond_init(&c->fl_cv, NULL);
+	pthread_mutex_init(&c->wb_mu, NULL);
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&c->wb_cv, &ca);
+	pthread_condattr_destroy(&ca);
 	c->nconns = RPC_CONNS_DEFAULT;
 	const char *env = getenv("AQ_CONNS");
 	if (env && atoi(env) > 0 && atoi(env) <= 64)
@@ -144,16 +150,21 @@ static void wchunks_free(struct aq_client *c, struct ino_state *st)
 }
 
 
+static void writeback_stop(struct aq_client *c);
+
 void aq_disconnect(struct aq_client *c)
 {
 	if (!c)
 		return;
+	writeback_stop(c);
 	rpc_keeper_stop(c);
 	rpc_flusher_stop(c);
 	for (uint32_t i = 0; i < c->nconns * c->map.nservers; i++)
 		rpc_conn_fini(&c->conns[i]);
 	pthread_mutex_destroy(&c->fl_mu);
 	pthread_cond_destroy(&c->fl_cv);
+	pthread_mutex_destroy(&c->wb_mu);
+	pthread_cond_destroy(&c->wb_cv);
 	free(c->conns);
 	free(c->server_down);
 	for (int i = 0; i < 1024; i++)
@@ -411,7 +422,93 @@ static int flush_commit_locked(struct aq_client *c, struct ino_state *st)
 		if (r && !rc)
 			rc = r;
 	}
-	return rc ? rc : commit_size_locked(c, st);
+	rc = rc ? rc : commit_size_locked(c, st);
+	if (!st->nwc && !st->size_dirty)
+		atomic_store(&st->dirty_ns, 0);
+	return rc;
+}
+
+/* ---- write-back ----
+ *
+ * Buffered writes and sizes WRITEBACK_AGE_NS old go to the servers from a thread of the
+ * client's, while their files stay open, as the kernel writes a local file system's dirty
+ * pages back (ext4 within about 30 s): else bytes written through a descriptor kept open
+ * (a log, a shard being appended to) reach no server, and no other client, until close,
+ * and a crash of this process loses all of them. An error is the file's next write's,
+ * flush's or fsync's to report, as one from an eviction is. */
+
+static void writeback_pass(struct aq_client *c)
+{
+	uint64_t now = aq_mono_ns();
+	struct ino_state **due = NULL;
+	size_t n = 0, cap = 0;
+	pthread_mutex_lock(&c->files_mu);
+	for (uint32_t i = 0; i < ARRAY_SIZE(c->files); i++)
+		for (struct ino_state *st = c->files[i]; st; st = st->next) {
+			uint64_t d = atomic_load(&st->dirty_ns);
+			if (!d || now - d < WRITEBACK_AGE_NS)
+				continue;
+			if (n == cap) {
+				cap = cap ? 2 * cap : 64;
+				due = aq_realloc(due, cap * sizeof(*due));
+			}
+			st->refs++;
+			due[n++] = st;
+		}
+	pthread_mutex_unlock(&c->files_mu);
+	for (size_t i = 0; i < n; i++) {
+		struct ino_state *st = due[i];
+		pthread_mutex_lock(&st->mu);
+		int rc = flush_commit_locked(c, st);
+		if (rc && !st->err)
+			st->err = rc;
+		pthread_mutex_unlock(&st->mu);
+		state_put(c, st);
+	}
+	free(due);
+}
+
+static void *writeback_main(void *arg)
+{
+	struct aq_client *c = arg;
+	pthread_mutex_lock(&c->wb_mu);
+	while (!c->wb_stop) {
+		struct timespec ts;
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		ts.tv_sec += 1;
+		pthread_cond_timedwait(&c->wb_cv, &c->wb_mu, &ts);
+		if (c->wb_stop)
+			break;
+		pthread_mutex_unlock(&c->wb_mu);
+		writeback_pass(c);
+		pthread_mutex_lock(&c->wb_mu);
+	}
+	pthread_mutex_unlock(&c->wb_mu);
+	return NULL;
+}
+
+static void writeback_stop(struct aq_client *c)
+{
+	pthread_mutex_lock(&c->wb_mu);
+	c->wb_stop = true;
+	pthread_cond_signal(&c->wb_cv);
+	bool running = c->wb_running;
+	pthread_mutex_unlock(&c->wb_mu);
+	if (running)
+		pthread_join(c->writeback, NULL);
+}
+
+/* st has writes to send or a size to commit: the write-back thread sends them once they
+ * are old enough. With st->mu held. */
+static void state_dirtied_locked(struct aq_client *c, struct ino_state *st)
+{
+	if (atomic_load(&st->dirty_ns))
+		return;
+	atomic_store(&st->dirty_ns, aq_mono_ns());
+	pthread_mutex_lock(&c->wb_mu);
+	if (!c->wb_running && !c->wb_stop)
+		c->wb_running = pthread_create(&c->writeback, NULL, writeback_main, c) == 0;
+	pthread_mutex_unlock(&c->wb_mu);
 }
 
 /* The part of buffered range x of chunk w that lies in the file range [off, off + len):
@@ -1522,6 +1619,7 @@ static ssize_t buffer_write_locked(struct aq_client *c, struct ino_state *st, co
 			st->size = off + done;
 		st->size_dirty = true;
 		st->mtime_ns = aq_now_ns();
+		state_dirtied_locked(c, st);
 	}
 	return done ? (ssize_t)done : rc;
 }
@@ -1623,6 +1721,7 @@ int aq_fallocate(struct aq_file *f, int mode, uint64_t off, uint64_t len)
 			st->mtime_ns = aq_now_ns();
 			if (!(mode & FALLOC_FL_KEEP_SIZE) && off + len > st->size)
 				st->size = off + len;
+			state_dirtied_locked(f->c, st);
 		}
 	} else if (!rc && off + len > st->size) {
 		st->size = off + len;

@@ -122,7 +122,15 @@ struct ino_state {
 	 * its reply from that reader) */
 	atomic_bool sxid;
 	int64_t sxid_ctime_ns;
+	/* aq_mono_ns when buffered writes or an uncommitted size last made it dirty from
+	 * clean (0: clean, as far as the write-back thread needs to know) */
+	_Atomic uint64_t dirty_ns;
 };
+
+/* Buffered writes older than this go to the servers even while the file stays open (the
+ * write-back thread, client.c), as the kernel writes dirty pages back: another client
+ * sees them, and a crash of this one loses at most this much. */
+#define WRITEBACK_AGE_NS (5 * 1000000000LL)
 
 /* The largest file size libaq writes or allocates (EFBIG past it). */
 #define AQ_FILE_SIZE_MAX (1ull << 50)
@@ -299,6 +307,10 @@ struct aq_client {
 	pthread_mutex_t held_mu;   /* guards held, and keeper_running's start */
 	struct aq_file *held;      /* files the servers hold open for this client */
 	atomic_bool keeper_stop;
+	pthread_t writeback;       /* sends buffered writes older than WRITEBACK_AGE_NS */
+	pthread_mutex_t wb_mu;
+	pthread_cond_t wb_cv;
+	bool wb_running, wb_stop;
 };
 
 int rpc_conn_init(struct aq_client *c, struct rpc_conn *rc, uint32_t server);

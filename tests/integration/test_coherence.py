@@ -145,6 +145,28 @@ def test_truncating_create_of_a_name_made_elsewhere(c):
         unmount(late)
 
 
+def test_writes_through_an_open_descriptor_reach_the_other_mount(c):
+    """Bytes written through a descriptor that stays open (a log, a shard being appended
+    to) used to stay in the writing mount's buffers until close: no other client saw
+    them, and a crash of that mount lost them however old they were. They now go to the
+    server once they are WRITEBACK_AGE_NS (5 s) old, as a local file system writes dirty
+    pages back; the other mount sees them (and the size) while the writer holds on."""
+    a, b = both(c, "wb")
+    with open(a, "wb") as f:
+        f.write(b"first line\n")
+        f.flush()  # Python's buffer, not the mount's: no close, no fsync
+        t = time.monotonic()
+        while read(b) != b"first line\n":
+            assert time.monotonic() - t < 15, f"mount B still sees {read(b)!r}"
+            time.sleep(0.2)
+        f.write(b"second\n")
+        f.flush()
+        t = time.monotonic()
+        while read(b) != b"first line\nsecond\n":
+            assert time.monotonic() - t < 15, f"mount B still sees {read(b)!r}"
+            time.sleep(0.2)
+
+
 def test_unlink_and_rename_seen(c):
     a, b = both(c, "mv")
     os.mkdir(a)

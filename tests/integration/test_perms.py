@@ -172,9 +172,9 @@ def held_open_write(p):
 
 def test_setuid_and_setgid_drop_as_on_ext4(c):
     """Each way a file loses its setuid and setgid bits on ext4 loses them on the mount,
-    and the ways that keep them (root writing, setgid without group exec for a member)
-    keep them: the same operations on a local directory and on the mount give the same
-    modes. Plus a descriptor opened before the bits were set: its next write drops them
+    and the ways that keep them (root writing, chmod) keep them: the same operations on a
+    local directory and on the mount give the same modes (test_meta's kill_sxid has the
+    group member who keeps a setgid without group exec). Plus a descriptor opened before the bits were set: its next write drops them
     (the kernel stopped asking about such a file once it had none, S_NOSEC)."""
     import tempfile
     d = open_dir(c, "sxid")

@@ -1142,6 +1142,10 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino_node, struct stat *attr, i
 	/* a chown, or a truncate by someone without CAP_FSETID (devio.c) */
 	if (devio_kill())
 		mask |= AQ_SET_KILL_SXID;
+	/* what those drop depends on the caller's groups (sxid_kill_bits): a member of the
+	 * file's group through a supplementary one keeps a setgid without group exec */
+	if ((mask & (AQ_SET_KILL_SXID | AQ_SET_SIZE)) && cr.uid != 0)
+		cred_add_groups(req, &cr);
 	struct cseq seq = cseq_now();
 	/* fi: the kernel names the descriptor of a truncate (ftruncate, open with O_TRUNC),
 	 * always a regular file's */
@@ -1368,6 +1372,7 @@ static int kill_sxid(fuse_req_t req, struct aq_file *f)
 	struct aq_cred cr;
 	struct aq_attr in = {0}, out;
 	cred_of(req, &cr);
+	cred_add_groups(req, &cr); /* a group member keeps a setgid without group exec */
 	struct cseq seq = cseq_now();
 	int rc = aq_file_setattr(f, &cr, AQ_SET_KILL_SXID, &in, &out);
 	if (rc)

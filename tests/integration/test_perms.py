@@ -119,6 +119,8 @@ SXID_CASES = [
     ("write 6777", 0o6777, "nobody", WRITE),
     ("write 2767 (setgid, no group exec)", 0o2767, "nobody", WRITE),
     ("write 4767", 0o4767, "nobody", WRITE),
+    ("write 2767 by a member of its group", 0o2767, "member", WRITE),
+    ("truncate of 2767 by a member of its group", 0o2767, "member", "os.truncate(P, 0)"),
     ("write by root", 0o6777, "root", WRITE),
     ("O_TRUNC of an empty file", 0o4777, "nobody", "os.close(os.open(P, os.O_WRONLY | os.O_TRUNC))"),
     ("truncate to its size", 0o4777, "nobody", "os.truncate(P, 0)"),
@@ -132,12 +134,13 @@ SXID_CASES = [
 def sxid_case(d, i, mode, who, code):
     p = f"{d}/sx{i}"
     open(p, "w").close()
+    os.chown(p, 0, 4242)  # a group nobody is in, but as "member" (a supplementary group)
     os.chmod(p, mode)
     code = code.replace("P", repr(p))
     if who == "root":
         exec(code)
     else:
-        assert as_user(code) == 0, code
+        assert as_user(code, groups=(4242,) if who == "member" else ()) == 0, code
     return os.stat(p).st_mode & 0o7777
 
 

@@ -205,16 +205,24 @@ static void state_note_mode_locked(struct ino_state *st, const struct aq_attr *a
 
 static void state_put(struct aq_client *c, struct ino_state *st);
 
-/* state_note_mode_locked for a's inode, if this client has it open. Not under files_mu:
- * st->mu may be held across a call, whose reply the connection's reader delivers only
- * once it had files_mu for a push (state_changed_elsewhere). */
-static void state_note_mode(struct aq_client *c, const struct aq_attr *a)
+/* ino's state with a reference (state_put), or NULL when this client does not have it
+ * open. Its st->mu is the caller's to take, not under files_mu: st->mu may be held across
+ * a call, whose reply the connection's reader delivers only once it had files_mu for a
+ * push (state_changed_elsewhere). */
+static struct ino_state *state_ref(struct aq_client *c, uint64_t ino)
 {
 	pthread_mutex_lock(&c->files_mu);
-	struct ino_state *st = state_find_locked(c, a->ino);
+	struct ino_state *st = state_find_locked(c, ino);
 	if (st)
 		st->refs++;
 	pthread_mutex_unlock(&c->files_mu);
+	return st;
+}
+
+/* state_note_mode_locked for a's inode, if this client has it open. */
+static void state_note_mode(struct aq_client *c, const struct aq_attr *a)
+{
+	struct ino_state *st = state_ref(c, a->ino);
 	if (st) {
 		pthread_mutex_lock(&st->mu);
 		state_note_mode_locked(st, a);
@@ -257,7 +265,7 @@ static struct ino_state *state_get(struct aq_client *c, uint64_t ino, const stru
 		return st;
 	}
 	st->refs++;
-	pthread_mutex_unlock(&c->files_mu); /* before st->mu: see state_note_mode */
+	pthread_mutex_unlock(&c->files_mu); /* before st->mu: see state_ref */
 	pthread_mutex_lock(&st->mu);
 	if (!st->size_dirty && !st->nwc && atomic_load(&c->size_epoch) == epoch)
 		st->size = attr->size; /* close-to-open: take the server's size */
@@ -718,11 +726,7 @@ int aq_setattr(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, ui
 		/* Buffered writes and the local size must not outlive a truncate, and their
 		 * commit must not come after an mtime set: tar sets it with futimens before
 		 * close, and the close then committed the time of the writes over it. */
-		pthread_mutex_lock(&c->files_mu);
-		st = state_find_locked(c, ino);
-		if (st)
-			st->refs++;
-		pthread_mutex_unlock(&c->files_mu);
+		st = state_ref(c, ino);
 		if (st) {
 			/* the server must know this client's size, or it takes a shrink for growth */
 			pthread_mutex_lock(&st->mu);

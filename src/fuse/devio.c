@@ -48,32 +48,25 @@ static void note_request(const uint8_t *buf, size_t n)
 	const struct fuse_in_header *h = (const void *)buf;
 	const uint8_t *arg = buf + sizeof *h;
 	size_t left = n - sizeof *h;
-#define ARG_HAS(type, field) (left >= offsetof(type, field) + sizeof(((type *)0)->field))
+	/* the request's argument has field, with a bit of flag set */
+#define ARG_FLAG(type, field, flag) \
+	(left >= offsetof(type, field) + sizeof(((type *)0)->field) && (((const type *)arg)->field & (flag)))
 	switch (h->opcode) {
 	case FUSE_INIT:
-		if (ARG_HAS(struct fuse_init_in, flags) &&
-		    (((const struct fuse_init_in *)arg)->flags & FUSE_HANDLE_KILLPRIV_V2) &&
-		    !killpriv_v2_off())
+		if (ARG_FLAG(struct fuse_init_in, flags, FUSE_HANDLE_KILLPRIV_V2) && !killpriv_v2_off())
 			atomic_store(&g_init_unique, h->unique);
 		break;
 	case FUSE_WRITE:
-		t_kill = ARG_HAS(struct fuse_write_in, write_flags) &&
-			 (((const struct fuse_write_in *)arg)->write_flags & FUSE_WRITE_KILL_SUIDGID);
+		t_kill = ARG_FLAG(struct fuse_write_in, write_flags, FUSE_WRITE_KILL_SUIDGID);
 		break;
-	case FUSE_OPEN:
-		t_kill = ARG_HAS(struct fuse_open_in, open_flags) &&
-			 (((const struct fuse_open_in *)arg)->open_flags & FUSE_OPEN_KILL_SUIDGID);
-		break;
-	case FUSE_CREATE:
-		t_kill = ARG_HAS(struct fuse_create_in, open_flags) &&
-			 (((const struct fuse_create_in *)arg)->open_flags & FUSE_OPEN_KILL_SUIDGID);
+	case FUSE_OPEN: /* a CREATE's flag goes unheard: it cannot say whether the file was new */
+		t_kill = ARG_FLAG(struct fuse_open_in, open_flags, FUSE_OPEN_KILL_SUIDGID);
 		break;
 	case FUSE_SETATTR:
-		t_kill = ARG_HAS(struct fuse_setattr_in, valid) &&
-			 (((const struct fuse_setattr_in *)arg)->valid & FATTR_KILL_SUIDGID);
+		t_kill = ARG_FLAG(struct fuse_setattr_in, valid, FATTR_KILL_SUIDGID);
 		break;
 	}
-#undef ARG_HAS
+#undef ARG_FLAG
 }
 
 static ssize_t dev_read(int fd, void *buf, size_t len, void *userdata)

@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -97,6 +98,12 @@ int aq_connect(const char *cluster_file, struct aq_client **out)
 		c->test_stall_op = proto_op_named(env, (size_t)(colon - env));
 		c->test_stall_ms = (uint32_t)atoi(colon + 1);
 	}
+	long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+	c->wbuf_max = pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page / 16 : WBUF_MIN;
+	c->wbuf_max = MIN(MAX(c->wbuf_max, WBUF_MIN), WBUF_MAX);
+	env = getenv("AQ_WRITE_BUFFER_MB");
+	if (env && atoi(env) > 0 && atoi(env) <= 1 << 20)
+		c->wbuf_max = (uint64_t)atoi(env) << 20;
 	local_init(c);
 	/* A server that is restarting (aqd killed and started again) refuses connections for
 	 * a moment: a new client waits for it, up to connect_wait_s, as a connected client's
@@ -136,10 +143,28 @@ fail:
 	return rc;
 }
 
+/* A chunk's img (see struct wchunk): address space only, until written. */
+static uint8_t *wimg_map(uint32_t cs)
+{
+	void *p = mmap(NULL, cs, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (p == MAP_FAILED) {
+		log_error("out of memory (a write buffer of %u bytes)", cs);
+		abort();
+	}
+	return p;
+}
+
+static void wimg_unmap(struct wchunk *w, uint32_t cs)
+{
+	if (w->img)
+		munmap(w->img, cs);
+	w->img = NULL;
+}
+
 static void wchunks_free(struct aq_client *c, struct ino_state *st)
 {
 	for (uint32_t k = 0; st->wc && k < WCHUNKS && st->wc[k]; k++) {
-		wbuf_free(&st->wc[k]->buf);
+		wimg_unmap(st->wc[k], st->chunk_size);
 		free(st->wc[k]);
 	}
 	free(st->wc);
@@ -374,14 +399,14 @@ static int flush_chunk_locked(struct aq_client *c, struct ino_state *st, uint32_
 	int rc;
 	bool committed;
 	if (w->n == 1) {
-		rc = chunk_write(c, st, w->idx, w->ext[0].lo, w->buf.p + w->ext[0].at, w->ext[0].hi - w->ext[0].lo, 0,
+		rc = chunk_write(c, st, w->idx, w->ext[0].lo, w->img + w->ext[0].lo, w->ext[0].hi - w->ext[0].lo, 0,
 				 commit, &committed);
 	} else {
 		struct aq_extent ext[WEXTENTS + 1];
 		const uint8_t *src[WEXTENTS + 1];
 		for (uint32_t i = 0; i < w->n; i++) {
 			ext[i] = (struct aq_extent){.off = w->ext[i].lo, .len = w->ext[i].hi - w->ext[i].lo};
-			src[i] = w->buf.p + w->ext[i].at;
+			src[i] = w->img + w->ext[i].lo;
 		}
 		size_t len;
 		uint8_t *d = proto_extents_encode(ext, w->n, src, &len);
@@ -404,17 +429,28 @@ static void wchunk_release_locked(struct aq_client *c, struct ino_state *st, uin
 	struct wchunk *w = st->wc[k];
 	/* Read-ahead windows started while these bytes were only here hold the old ones. */
 	atomic_fetch_add(&st->wgen, 1);
-	st->wbytes -= w->buf.len;
-	atomic_fetch_sub(&c->wbuf_bytes, w->buf.len);
+	st->wbytes -= (uint64_t)w->npages * WPAGE;
+	atomic_fetch_sub(&c->wbuf_bytes, (unsigned long)w->npages * WPAGE);
 	w->n = 0;
-	w->buf.len = 0;
+	w->npages = 0;
+	memset(w->touched, 0, sizeof w->touched);
 	/* The slot goes to the end, where the next new slot finds it. A file written in one
-	 * chunk at a time (a sequential writer) keeps the buffer for its next chunk; the
-	 * buffers of a file written all over go, or they would stay as big as the budget. */
+	 * chunk at a time (a sequential writer) keeps the pages for its next chunk; those of
+	 * a file written all over go, or they would stay as many as the budget. */
 	if (st->nwc > 1)
-		wbuf_free(&w->buf);
+		wimg_unmap(w, st->chunk_size);
 	st->wc[k] = st->wc[--st->nwc];
 	st->wc[st->nwc] = w;
+}
+
+/* The slot of st's least recently written chunk. With st->mu held and a slot in use. */
+static uint32_t wchunk_lru(const struct ino_state *st)
+{
+	uint32_t lru = 0;
+	for (uint32_t j = 1; j < st->nwc; j++)
+		if (st->wc[j]->used < st->wc[lru]->used)
+			lru = j;
+	return lru;
 }
 
 static int commit_size_locked(struct aq_client *c, struct ino_state *st);
@@ -467,7 +503,15 @@ static void writeback_pass(struct aq_client *c)
 	for (size_t i = 0; i < n; i++) {
 		struct ino_state *st = due[i];
 		pthread_mutex_lock(&st->mu);
-		int rc = flush_commit_locked(c, st);
+		/* The chunks there now, one at a time: a writer waits for one chunk's send at
+		 * most, not for all that a file buffered (up to the client's budget). */
+		int rc = 0;
+		for (uint32_t left = st->nwc; left > 1 && st->nwc > 1 && !rc; left--) {
+			rc = flush_chunk_locked(c, st, wchunk_lru(st), false);
+			pthread_mutex_unlock(&st->mu);
+			pthread_mutex_lock(&st->mu);
+		}
+		rc = rc ? rc : flush_commit_locked(c, st);
 		if (rc && !st->err)
 			st->err = rc;
 		pthread_mutex_unlock(&st->mu);
@@ -577,45 +621,27 @@ static bool wbuf_overlay(const struct ino_state *st, uint8_t *buf, uint64_t off,
 				continue;
 			if (!buf)
 				return true;
-			memcpy(buf + (at - off), w->buf.p + w->ext[i].at + (at - (uint64_t)w->idx * st->chunk_size - w->ext[i].lo),
-			       n);
+			memcpy(buf + (at - off), w->img + (at - (uint64_t)w->idx * st->chunk_size), n);
 			any = true;
 		}
 	}
 	return any;
 }
 
-/* Makes room for len more bytes at the end of w's buf: 64 KiB at first, then doubling. */
-static void wchunk_reserve(struct wchunk *w, uint32_t len)
+/* Puts src as the bytes of chunk offsets [lo, hi) in w (a chunk of cs bytes), merging the
+ * range with those it overlaps or touches. Returns by how many bytes w's pages grew. */
+static int64_t wchunk_put(struct wchunk *w, uint32_t cs, uint32_t lo, uint32_t hi, const uint8_t *src)
 {
-	if (!w->buf.cap)
-		wbuf_init(&w->buf, MAX(len, 65536u));
-	wbuf_reserve(&w->buf, len);
-}
-
-/* Drops the garbage in w's buf: the ranges' bytes, one after another. */
-static void wchunk_compact(struct wchunk *w)
-{
-	size_t live = 0;
-	for (uint32_t i = 0; i < w->n; i++)
-		live += w->ext[i].hi - w->ext[i].lo;
-	struct wbuf nb;
-	wbuf_init(&nb, live);
-	for (uint32_t i = 0; i < w->n; i++) {
-		uint32_t len = w->ext[i].hi - w->ext[i].lo;
-		uint32_t at = (uint32_t)nb.len;
-		wbuf_put(&nb, w->buf.p + w->ext[i].at, len);
-		w->ext[i].at = at;
+	if (!w->img)
+		w->img = wimg_map(cs);
+	memcpy(w->img + lo, src, hi - lo);
+	uint32_t fresh = 0;
+	for (uint32_t pg = lo / WPAGE; pg <= (hi - 1) / WPAGE; pg++) {
+		uint64_t bit = 1ull << (pg % 64);
+		fresh += !(w->touched[pg / 64] & bit);
+		w->touched[pg / 64] |= bit;
 	}
-	wbuf_free(&w->buf);
-	w->buf = nb;
-}
-
-/* Puts src as the bytes of chunk offsets [lo, hi) in w, merging the range with those it
- * overlaps or touches. Returns by how much w->buf.len grew (less than 0 after a compaction). */
-static int64_t wchunk_put(struct wchunk *w, uint32_t lo, uint32_t hi, const uint8_t *src)
-{
-	uint32_t before = w->buf.len;
+	w->npages += fresh;
 	uint32_t i = 0;
 	while (i < w->n && w->ext[i].hi < lo)
 		i++;
@@ -626,46 +652,12 @@ static int64_t wchunk_put(struct wchunk *w, uint32_t lo, uint32_t hi, const uint
 		j++;
 	}
 	AQ_ASSERT(lo < hi && (j > i || w->n <= WEXTENTS)); /* the caller sends a chunk past WEXTENTS */
-	struct wrange *r = &w->ext[i];
-	if (j == i + 1 && r->lo <= lo && hi <= r->hi) { /* inside one range */
-		memcpy(w->buf.p + r->at + (lo - r->lo), src, hi - lo);
-		return 0;
-	}
-	if (j == i + 1 && r->lo <= lo && r->at + (r->hi - r->lo) == w->buf.len) {
-		/* past the end of the range whose bytes end buf: it grows in place */
-		wchunk_reserve(w, hi - r->hi);
-		memcpy(w->buf.p + r->at + (lo - r->lo), src, hi - lo);
-		w->buf.len += hi - r->hi;
-		r->hi = hi;
-		return (int64_t)w->buf.len - before;
-	}
-	uint32_t at = w->buf.len;
-	wchunk_reserve(w, H - L);
-	for (uint32_t k = i; k < j; k++) /* the old bytes, all before at */
-		memcpy(w->buf.p + at + (w->ext[k].lo - L), w->buf.p + w->ext[k].at, w->ext[k].hi - w->ext[k].lo);
-	memcpy(w->buf.p + at + (lo - L), src, hi - lo);
-	w->buf.len += H - L;
 	memmove(&w->ext[i + 1], &w->ext[j], (w->n - j) * sizeof(w->ext[0]));
 	w->n = w->n - (j - i) + 1;
-	w->ext[i] = (struct wrange){L, H, at};
+	w->ext[i] = (struct wrange){L, H};
 	AQ_ASSERT(i == 0 || w->ext[i - 1].hi < L);
 	AQ_ASSERT(i + 1 == w->n || H < w->ext[i + 1].lo);
-	uint64_t live = 0;
-	for (uint32_t k = 0; k < w->n; k++)
-		live += w->ext[k].hi - w->ext[k].lo;
-	if (w->buf.len > 2 * live && w->buf.len > (256u << 10))
-		wchunk_compact(w);
-	return (int64_t)w->buf.len - before;
-}
-
-/* The slot of st's least recently written chunk. With st->mu held and a slot in use. */
-static uint32_t wchunk_lru(const struct ino_state *st)
-{
-	uint32_t lru = 0;
-	for (uint32_t j = 1; j < st->nwc; j++)
-		if (st->wc[j]->used < st->wc[lru]->used)
-			lru = j;
-	return lru;
+	return (int64_t)fresh * WPAGE;
 }
 
 static int commit_size_locked(struct aq_client *c, struct ino_state *st)
@@ -1577,10 +1569,10 @@ static ssize_t buffer_write_locked(struct aq_client *c, struct ino_state *st, co
 		uint32_t idx = (uint32_t)(pos / cs), in = (uint32_t)(pos % cs);
 		uint32_t n = (uint32_t)MIN((uint64_t)(cs - in), (uint64_t)(len - done));
 		/* Over the budget, the least recently written chunks go first. A file with one
-		 * chunk buffered (a sequential writer, at most a chunk and its garbage) keeps
+		 * chunk buffered (a sequential writer, at most a chunk) keeps
 		 * it: with many such writers at the client's limit, each would otherwise send
 		 * its chunk on every write. */
-		while (st->nwc > 1 && (st->wbytes + n > WBUF_FILE_MAX || atomic_load(&c->wbuf_bytes) + n > WBUF_CLIENT_MAX)) {
+		while (st->nwc > 1 && atomic_load(&c->wbuf_bytes) + n > c->wbuf_max) {
 			rc = flush_chunk_locked(c, st, wchunk_lru(st), false);
 			if (rc)
 				break;
@@ -1606,7 +1598,7 @@ static ssize_t buffer_write_locked(struct aq_client *c, struct ino_state *st, co
 			st->wc[k]->n = 0;
 		}
 		struct wchunk *w = st->wc[k];
-		int64_t grew = wchunk_put(w, in, in + n, p + done);
+		int64_t grew = wchunk_put(w, cs, in, in + n, p + done);
 		st->wbytes += (uint64_t)grew;
 		atomic_fetch_add(&c->wbuf_bytes, (unsigned long)grew);
 		w->used = ++st->wtick;

@@ -114,7 +114,7 @@ struct ino_state {
 				    * slot when first needed */
 	uint32_t nwc;              /* slots in use: wc[0 .. nwc) */
 	uint64_t wtick;
-	uint64_t wbytes;           /* the slots' buf fill, counted in client->wbuf_bytes too */
+	uint64_t wbytes;           /* the slots' pages in bytes, counted in client->wbuf_bytes too */
 	/* aq_file_sxid: whether the mode has bits a write may drop (aq_mode_sxid), from the
 	 * attributes with the newest ctime this client heard of (sxid_ctime_ns); a push
 	 * about the inode makes it "may have" until attributes say otherwise (set by the
@@ -136,26 +136,29 @@ struct ino_state {
 #define AQ_FILE_SIZE_MAX (1ull << 50)
 
 /* A chunk's buffered writes: the ranges written (sorted, neither overlapping nor
- * touching), each with the place of its bytes in buf. buf fills in the order writes come:
- * a write inside a range overwrites its bytes, one that extends the range whose bytes end
- * buf grows it in place (a sequential writer copies each byte once), and one that joins
- * ranges gets a new place (the old bytes stay behind as garbage until they outweigh the
- * rest). A writer that scatters small writes (a linker, fio's randwrite) is sent one
- * write per chunk; a file's buffered bytes are bounded by WBUF_FILE_MAX and a client's by
- * WBUF_CLIENT_MAX, past which the least recently written chunk of a file that buffers
- * several goes (one chunk is at most a chunk and its garbage). */
+ * touching) and their bytes in img, a mapping as big as the chunk that holds byte x of the
+ * chunk at img[x], as a page cache does: the kernel gives it a page when a write first
+ * touches one, so a chunk costs the pages written, a write costs one copy however ranges
+ * merge, and a writer that scatters small writes (a linker, fio's randwrite) is sent one
+ * write per chunk. A client's buffered pages are bounded by aq_client.wbuf_max, past which
+ * the least recently written chunk of the file being written goes (unless it is the
+ * file's only one): a sixteenth of the machine's memory, at least WBUF_MIN and at most
+ * WBUF_MAX ($AQ_WRITE_BUFFER_MB sets it), as the kernel lets a tenth to a fifth of it be
+ * dirty page cache before writers wait. */
 #define WCHUNKS 256
-#define WEXTENTS 256
-#define WBUF_FILE_MAX (32ull << 20)
-#define WBUF_CLIENT_MAX (256ull << 20)
+#define WEXTENTS 1023
+#define WPAGE 4096u
+#define WBUF_MIN (64ull << 20)
+#define WBUF_MAX (1024ull << 20)
 struct wchunk {
 	uint32_t idx;
 	uint32_t n;
 	struct wrange {
 		uint32_t lo, hi;   /* chunk offsets */
-		uint32_t at;       /* where byte lo is in buf */
 	} ext[WEXTENTS + 1];
-	struct wbuf buf;           /* the ranges' bytes, and garbage (buf.len: in use) */
+	uint8_t *img;              /* NULL until the first write; kept while the slot is the file's only one */
+	uint32_t npages;           /* pages written since the last send: what the budgets count */
+	uint64_t touched[AQ_CHUNK_SIZE_MAX / WPAGE / 64]; /* which ones */
 	uint64_t used;             /* st->wtick at its last write: the least recent goes first */
 };
 
@@ -273,6 +276,7 @@ struct aq_client {
 	atomic_bool local_paused_once;
 	uint8_t boot_id[AQ_BOOT_ID_SIZE];
 	atomic_ulong wbuf_bytes;     /* buffered writes of all files (ino_state.wbytes) */
+	uint64_t wbuf_max;           /* the most wbuf_bytes may reach (struct wchunk) */
 	/* large reply buffers kept for the next replies (rpc.c, "reply buffers") */
 	pthread_mutex_t spare_mu; /* a leaf lock */
 	struct spare_buf {

@@ -13,7 +13,8 @@ import tarfile
 import threading
 import time
 
-from aqtest import AQ, Cluster, ends_while_stopped, expect_errno, main, proc_io, run, run_as, runs_while_stopped
+from aqtest import (AQ, Cluster, ends_while_stopped, expect_errno, main, mount_pid, proc_io, proc_status_kib, run, run_as,
+                    runs_while_stopped, unmount)
 
 
 def test_write_read_small(c):
@@ -822,14 +823,91 @@ def test_random_writes_over_many_chunks_wait_for_close(c):
     scattered_writes_wait_for_close(c, "randwrites", 40 * (4 << 20), 1500)
 
 
+def default_write_budget():
+    """The bytes a mount buffers for writes by default: a sixteenth of the machine's
+    memory, between 64 MiB and 1 GiB (client_internal.h, struct wchunk)."""
+    mem = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return min(max(mem // 16, 64 << 20), 1 << 30)
+
+
+def budget_mount(c, name, mib):
+    """One more mount of c's cluster, at c.base/name, that buffers at most mib MiB of
+    writes ($AQ_WRITE_BUFFER_MB). The caller unmounts it."""
+    m = os.path.join(c.base, name)
+    os.makedirs(m, exist_ok=True)
+    run(AQ, "mount", m, "--cluster", c.conf, env=dict(os.environ, AQ_WRITE_BUFFER_MB=str(mib)))
+    return m
+
+
+def test_random_writes_over_a_whole_file_wait_for_close(c):
+    """fio's randwrite: 4 KiB writes in random order over a file of up to 256 MiB (half the
+    default budget at most) end at once with aqd stopped, as they would in ext4's page
+    cache, and the file reads back right after close. Each chunk's last block is left out
+    while aqd is stopped (a chunk written whole is sent at once, with nothing to read
+    back) and written after. Before, a file buffered at most 32 MiB, and past that each
+    write to another chunk sent one (aqd read and rewrote the chunk whole while the
+    writer waited): 60 MB/s through the mount, a do-nothing FUSE layer 160 MB/s."""
+    size, per_chunk = min(256 << 20, default_write_budget() // 2), 1024
+    p = c.path("randfull")
+    fd = os.open(p, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.pwrite(fd, b"\0", size - 1)  # the size reaches aqd before it stops
+        os.fsync(fd)
+        code = ("import os, random\n"
+                f"blocks = [b for b in range({size // 4096}) if b % {per_chunk} != {per_chunk - 1}]\n"
+                "random.Random(3).shuffle(blocks)\n"
+                "for b in blocks:\n"
+                f"    assert os.pwrite({fd}, b.to_bytes(4, 'little') * 1024, b * 4096) == 4096\n")
+        ends_while_stopped(c.pid(), code, "random writes waited for aqd", (fd,))
+        for b in range(per_chunk - 1, size // 4096, per_chunk):
+            os.pwrite(fd, b.to_bytes(4, "little") * 1024, b * 4096)
+    finally:
+        os.close(fd)
+    drop_page_cache()
+    with open(p, "rb") as f:
+        for b in range(size // 4096):
+            assert f.read(4096) == b.to_bytes(4, "little") * 1024, b
+    os.unlink(p)
+
+
+def test_write_budget_counts_pages(c):
+    """The write budget counts the pages buffered writes take, not their bytes: one byte
+    written into each of 49,152 pages (192 MiB of a file, three in four of its pages,
+    fewer ranges per chunk than send it) on a mount that may buffer 64 MiB leaves the
+    mount's memory within the budget (counted by bytes, the 48 KiB written would have held
+    all 192 MiB of pages). The file reads back right."""
+    m = budget_mount(c, "mnt-budget", 64)
+    try:
+        pid = mount_pid(m)
+        before = proc_status_kib(pid, "VmRSS")
+        p = os.path.join(m, "sparse-bytes")
+        fd = os.open(p, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            for i in range(49152):  # every chunk a page at a time, round and round
+                os.pwrite(fd, b"x", (i * 1031 % 65536) * 4096 + 7)
+            grew = proc_status_kib(pid, "VmRSS") - before
+        finally:
+            os.close(fd)
+        assert grew < 100 << 10, f"the mount grew by {grew} KiB for a budget of 64 MiB"
+        with open(p, "rb") as f:
+            data = f.read()
+        pages = sorted(i * 1031 % 65536 for i in range(49152))
+        assert len(data) == pages[-1] * 4096 + 8
+        assert data.count(b"x") == 49152 and all(data[pg * 4096 + 7] == 0x78 for pg in pages[::997])
+        os.unlink(p)
+    finally:
+        unmount(m)
+
+
 def test_many_sequential_writers_keep_their_chunks(c):
     """70 files written at once, each almost one chunk (4 MiB less a byte, in 64 KiB
-    writes), buffer 280 MiB in the mount, past the client's 256 MiB for buffered writes:
-    with aqd stopped, every write still ends at once. A file that buffers one chunk keeps
-    it; sending it early would make every writer send its chunk on every write once many
-    of them fill the client's budget. The files read back right after close."""
+    writes), buffer 280 MiB in a mount that may buffer 256 MiB: with aqd stopped, every
+    write still ends at once. A file that buffers one chunk keeps it; sending it early
+    would make every writer send its chunk on every write once many of them fill the
+    client's budget. The files read back right after close."""
     cs, nfiles = 4 << 20, 70
-    fds = [os.open(c.path(f"seqw{i}"), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644) for i in range(nfiles)]
+    m = budget_mount(c, "mnt-seqw", 256)
+    fds = [os.open(os.path.join(m, f"seqw{i}"), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644) for i in range(nfiles)]
     try:
         for i, fd in enumerate(fds):  # the first write of a file asks aqd (its xattrs)
             os.pwrite(fd, bytes([i + 1]), 0)
@@ -843,6 +921,7 @@ def test_many_sequential_writers_keep_their_chunks(c):
     finally:
         for fd in fds:
             os.close(fd)
+        unmount(m)
     for i in range(0, nfiles, 23):
         with open(c.path(f"seqw{i}"), "rb") as f:
             assert f.read() == bytes([i + 1]) * (cs - 1), i

@@ -52,6 +52,40 @@ struct inval_item {
  * twice as long to hand each invalidation to the kernel, as a busy client may. */
 static unsigned g_test_push_delay_ms;
 
+/* $AQ_MOUNT_DIR_CACHE=0: the kernel keeps no listings (op_opendir), for comparisons. */
+static bool g_no_dir_cache;
+
+/* Listings the kernel may keep (op_opendir). A reconnection to a server, after which
+ * pushes may have been missed, starts a new epoch; each slot says which directory it
+ * last saw opened, and in which epoch. */
+#define LISTING_SLOTS (1u << 16)
+static struct {
+	pthread_mutex_t mu;
+	uint64_t epoch;
+	struct { uint64_t ino, epoch; } slot[LISTING_SLOTS];
+} g_listings = {.mu = PTHREAD_MUTEX_INITIALIZER, .epoch = 1};
+
+/* Whether what the kernel holds of directory ino's listing may be used: always before
+ * the first reconnection, after it not on the first open of the directory in this epoch
+ * (nor after another directory took its slot), when it may predate a missed push. */
+static bool listing_fresh(uint64_t ino)
+{
+	pthread_mutex_lock(&g_listings.mu);
+	__typeof__(g_listings.slot[0]) *sl = &g_listings.slot[(ino * 0x9E3779B97F4A7C15ull) >> 48];
+	bool keep = g_listings.epoch == 1 || (sl->ino == ino && sl->epoch == g_listings.epoch);
+	sl->ino = ino;
+	sl->epoch = g_listings.epoch;
+	pthread_mutex_unlock(&g_listings.mu);
+	return keep;
+}
+
+static void listings_forget(void)
+{
+	pthread_mutex_lock(&g_listings.mu);
+	g_listings.epoch++;
+	pthread_mutex_unlock(&g_listings.mu);
+}
+
 static struct {
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
@@ -112,6 +146,7 @@ static void on_inval(void *arg, const struct aq_inval *iv)
 	names_forget(iv->parent ? iv->parent : iv->ino); /* both 0: every directory */
 	ec_pushed(iv->parent, iv->name, iv->name_len, iv->ino);
 	if (!iv->ino && !iv->parent) {
+		listings_forget();
 		log_warn("aq mount: a connection to a server was made again; what other clients changed "
 			 "meanwhile may show only after --attr-timeout");
 		return;
@@ -1553,10 +1588,21 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino_node, struct fuse_file_inf
 	/* No trip to aqd: the kernel checked read permission with its copy of the
 	 * attributes (default_permissions), which pushes keep current, and aqd checks again
 	 * on every page of the listing (a directory gone or closed meanwhile fails there). */
-	(void)ino_node;
 	struct dirh *dh = aq_calloc(1, sizeof *dh);
 	pthread_mutex_init(&dh->mu, NULL);
 	fi->fh = (uint64_t)(uintptr_t)dh;
+	/* The kernel keeps what a listing returned in the directory's page cache and lists
+	 * from there again (FOPEN_CACHE_DIR) until the directory changes: a listing from
+	 * the start compares the directory's i_version, which this mount's own changes
+	 * bump, and its mtime, which it fetches again once a push of another client's
+	 * change dropped the attributes (inval_main); a push about the directory itself (a
+	 * utimes setting an old mtime back, as tar does) drops the kept listing too. An
+	 * open without keep_cache drops it: the first one after pushes may have been missed
+	 * (a reconnection, listing_fresh). */
+	if (g_cache_on && !g_no_dir_cache) {
+		fi->cache_readdir = 1;
+		fi->keep_cache = listing_fresh(aq_node_ino(ino_node));
+	}
 	fuse_reply_open(req, fi);
 }
 
@@ -1960,6 +2006,8 @@ int aqfuse_main(const struct aqfuse_options *opt)
 	g_test_keep_delay_ms = delay ? (unsigned)atoi(delay) : 0;
 	delay = getenv("AQ_MOUNT_TEST_PUSH_DELAY_MS");
 	g_test_push_delay_ms = delay ? (unsigned)atoi(delay) : 0;
+	const char *dc = getenv("AQ_MOUNT_DIR_CACHE");
+	g_no_dir_cache = dc && strcmp(dc, "0") == 0;
 	g_page_size = (size_t)sysconf(_SC_PAGESIZE);
 
 	char optstr[256];

@@ -8,6 +8,9 @@ B would show the old state for an hour."""
 import errno
 import fcntl
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -255,6 +258,38 @@ def test_dir_listing_seen(c):
         soon(lambda: set(os.listdir(b)) == names, f"round {i}: listing after a create")
         os.mkdir(f"{a}/d{i}")
         os.rmdir(f"{a}/d{i}")
+
+
+def test_a_listing_is_kept_until_the_directory_changes(c):
+    """The kernel keeps a directory's listing (FOPEN_CACHE_DIR): with aqd stopped, the
+    next listing still answers. A name made through this mount shows in the next listing
+    at once, one made through the other mount soon, also when that client then sets the
+    directory's mtime back (as tar and rsync do), which the kernel's own check of the
+    mtime would miss. Before, every listing went to aqd: `find` of /usr/include's 848
+    directories took 0.34 s warm, against ext4's 0.01 s."""
+    a, b = both(c, "kept")
+    os.mkdir(a)
+    names = {f"f{i}" for i in range(50)}
+    for n in names:
+        open(f"{a}/{n}", "w").close()
+    assert set(os.listdir(a)) == names
+    answers_with_aqd_stopped(c, f"import os; assert len(os.listdir({a!r})) == 50, os.listdir({a!r})")
+    open(f"{a}/here", "w").close()
+    names.add("here")
+    assert set(os.listdir(a)) == names
+    os.unlink(f"{a}/f7")
+    names.discard("f7")
+    assert set(os.listdir(a)) == names
+    soon(lambda: set(os.listdir(b)) == names, "listing on B")
+    old = os.stat(b).st_mtime_ns
+    open(f"{b}/there", "w").close()
+    names.add("there")
+    os.utime(b, ns=(old, old))
+    deadline = time.monotonic() + SOON
+    while set(os.listdir(a)) != names:
+        assert time.monotonic() < deadline, f"mount A still lists {sorted(os.listdir(a))}"
+        time.sleep(0.001)
+    assert os.stat(a).st_mtime_ns == old
 
 
 def server_dir_attrs(c, rel):
@@ -688,6 +723,36 @@ def test_restart_keeps_mounts_working(c):
     soon(lambda: read(f"{b}/after") == b"ok", "a file created after the restart")
     os.unlink(f"{a}/after")
     soon(lambda: not os.path.exists(f"{b}/after"), "a file unlinked after the restart")
+
+
+def test_a_kept_listing_is_dropped_after_a_reconnection(c):
+    """Pushes sent while a mount's watching connection was down are lost, so after the
+    connection comes back, the first listing of a directory goes to aqd again instead of
+    answering from what the kernel kept (a change made in the gap would stay hidden for
+    the hour attributes are kept); the one after it is kept again."""
+    a, _ = both(c, "relist")
+    os.mkdir(a)
+    open(f"{a}/x", "w").close()
+    os.listdir(a)
+    answers_with_aqd_stopped(c, f"import os; os.listdir({a!r})")  # kept
+    c.kill9()
+    c.restart()
+    time.sleep(0.5)  # the watching connection comes back within 50 ms
+    os.stat(f"{a}/x")
+    pid = c.pid()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        p = subprocess.Popen([sys.executable, "-c", f"import os; print(os.listdir({a!r}))"],
+                             stdout=subprocess.PIPE)
+        time.sleep(1)
+        waited = p.poll() is None
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    out, _ = p.communicate(timeout=30)
+    assert waited, f"the first listing after the reconnection answered from the kernel's copy: {out!r}"
+    assert b"'x'" in out
+    os.listdir(a)  # a reply that began before a connection came back may cost one GETATTR more
+    answers_with_aqd_stopped(c, f"import os; os.listdir({a!r})")  # kept again
 
 
 if __name__ == "__main__":

@@ -69,6 +69,7 @@ int aq_connect(const char *cluster_file, struct aq_client **out)
 	pthread_mutex_init(&c->fl_mu, NULL);
 	pthread_cond_init(&c->fl_cv, NULL);
 	pthread_mutex_init(&c->wb_mu, NULL);
+	pthread_mutex_init(&c->wimg_mu, NULL);
 	pthread_condattr_t ca;
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
@@ -143,28 +144,63 @@ fail:
 	return rc;
 }
 
-/* A chunk's img (see struct wchunk): address space only, until written. */
-static uint8_t *wimg_map(uint32_t cs)
+/* Gives w a chunk's img (see struct wchunk): one given back earlier (its few pages still
+ * there, its bytes stale, which only ranges written since are ever read of), else a new
+ * mapping, address space only until written. */
+static void wimg_get(struct aq_client *c, struct wchunk *w, uint32_t cs)
 {
-	void *p = mmap(NULL, cs, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-	if (p == MAP_FAILED) {
+	w->img = NULL;
+	pthread_mutex_lock(&c->wimg_mu);
+	if (c->nwimg && c->wimg_size == cs) {
+		struct wimg *got = &c->wimg_pool[--c->nwimg];
+		w->img = got->p;
+		w->img_pages = got->pages;
+		memcpy(w->img_in_memory, got->in_memory, sizeof w->img_in_memory);
+	}
+	pthread_mutex_unlock(&c->wimg_mu);
+	if (w->img)
+		return;
+	w->img_pages = 0;
+	memset(w->img_in_memory, 0, sizeof w->img_in_memory);
+	w->img = mmap(NULL, cs, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (w->img == MAP_FAILED) {
 		log_error("out of memory (a write buffer of %u bytes)", cs);
 		abort();
 	}
-	return p;
 }
 
-static void wimg_unmap(struct wchunk *w, uint32_t cs)
+/* Gives w's img back: to the pool if it has few pages in memory (the pool holds at most
+ * WIMG_POOL x WIMG_POOL_PAGES pages no budget counts) and there is room, else unmapped. */
+static void wimg_put(struct aq_client *c, struct wchunk *w, uint32_t cs)
 {
-	if (w->img)
+	if (!w->img)
+		return;
+	bool kept = false;
+	if (w->img_pages <= WIMG_POOL_PAGES) {
+		pthread_mutex_lock(&c->wimg_mu);
+		if (c->nwimg && c->wimg_size != cs) /* another chunk size: not kept */
+			while (c->nwimg)
+				munmap(c->wimg_pool[--c->nwimg].p, c->wimg_size);
+		kept = c->nwimg < WIMG_POOL;
+		if (kept) {
+			struct wimg *put = &c->wimg_pool[c->nwimg++];
+			c->wimg_size = cs;
+			put->p = w->img;
+			put->pages = w->img_pages;
+			memcpy(put->in_memory, w->img_in_memory, sizeof put->in_memory);
+		}
+		pthread_mutex_unlock(&c->wimg_mu);
+	}
+	if (!kept)
 		munmap(w->img, cs);
 	w->img = NULL;
+	w->img_pages = 0;
 }
 
 static void wchunks_free(struct aq_client *c, struct ino_state *st)
 {
 	for (uint32_t k = 0; st->wc && k < WCHUNKS && st->wc[k]; k++) {
-		wimg_unmap(st->wc[k], st->chunk_size);
+		wimg_put(c, st->wc[k], st->chunk_size);
 		free(st->wc[k]);
 	}
 	free(st->wc);
@@ -199,6 +235,9 @@ void aq_disconnect(struct aq_client *c)
 			wchunks_free(c, st);
 			free(st);
 		}
+	while (c->nwimg)
+		munmap(c->wimg_pool[--c->nwimg].p, c->wimg_size);
+	pthread_mutex_destroy(&c->wimg_mu);
 	pthread_mutex_destroy(&c->files_mu);
 	pthread_mutex_destroy(&c->held_mu);
 	pthread_mutex_destroy(&c->recent_mu);
@@ -438,7 +477,7 @@ static void wchunk_release_locked(struct aq_client *c, struct ino_state *st, uin
 	 * chunk at a time (a sequential writer) keeps the pages for its next chunk; those of
 	 * a file written all over go, or they would stay as many as the budget. */
 	if (st->nwc > 1)
-		wimg_unmap(w, st->chunk_size);
+		wimg_put(c, w, st->chunk_size);
 	st->wc[k] = st->wc[--st->nwc];
 	st->wc[st->nwc] = w;
 }
@@ -630,16 +669,19 @@ static bool wbuf_overlay(const struct ino_state *st, uint8_t *buf, uint64_t off,
 
 /* Puts src as the bytes of chunk offsets [lo, hi) in w (a chunk of cs bytes), merging the
  * range with those it overlaps or touches. Returns by how many bytes w's pages grew. */
-static int64_t wchunk_put(struct wchunk *w, uint32_t cs, uint32_t lo, uint32_t hi, const uint8_t *src)
+static int64_t wchunk_put(struct aq_client *c, struct wchunk *w, uint32_t cs, uint32_t lo, uint32_t hi,
+			  const uint8_t *src)
 {
 	if (!w->img)
-		w->img = wimg_map(cs);
+		wimg_get(c, w, cs);
 	memcpy(w->img + lo, src, hi - lo);
 	uint32_t fresh = 0;
 	for (uint32_t pg = lo / WPAGE; pg <= (hi - 1) / WPAGE; pg++) {
 		uint64_t bit = 1ull << (pg % 64);
 		fresh += !(w->touched[pg / 64] & bit);
 		w->touched[pg / 64] |= bit;
+		w->img_pages += !(w->img_in_memory[pg / 64] & bit);
+		w->img_in_memory[pg / 64] |= bit;
 	}
 	w->npages += fresh;
 	uint32_t i = 0;
@@ -1598,7 +1640,7 @@ static ssize_t buffer_write_locked(struct aq_client *c, struct ino_state *st, co
 			st->wc[k]->n = 0;
 		}
 		struct wchunk *w = st->wc[k];
-		int64_t grew = wchunk_put(w, cs, in, in + n, p + done);
+		int64_t grew = wchunk_put(c, w, cs, in, in + n, p + done);
 		st->wbytes += (uint64_t)grew;
 		atomic_fetch_add(&c->wbuf_bytes, (unsigned long)grew);
 		w->used = ++st->wtick;

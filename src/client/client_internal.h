@@ -150,6 +150,8 @@ struct ino_state {
 #define WPAGE 4096u
 #define WBUF_MIN (64ull << 20)
 #define WBUF_MAX (1024ull << 20)
+#define WIMG_POOL 8
+#define WIMG_POOL_PAGES 16 /* a mapping with more pages written goes back to the kernel */
 struct wchunk {
 	uint32_t idx;
 	uint32_t n;
@@ -157,6 +159,8 @@ struct wchunk {
 		uint32_t lo, hi;   /* chunk offsets */
 	} ext[WEXTENTS + 1];
 	uint8_t *img;              /* NULL until the first write; kept while the slot is the file's only one */
+	uint32_t img_pages;        /* how many of img's pages were ever written: in memory */
+	uint64_t img_in_memory[AQ_CHUNK_SIZE_MAX / WPAGE / 64]; /* which ones */
 	uint32_t npages;           /* pages written since the last send: what the budgets count */
 	uint64_t touched[AQ_CHUNK_SIZE_MAX / WPAGE / 64]; /* which ones */
 	uint64_t used;             /* st->wtick at its last write: the least recent goes first */
@@ -277,6 +281,16 @@ struct aq_client {
 	uint8_t boot_id[AQ_BOOT_ID_SIZE];
 	atomic_ulong wbuf_bytes;     /* buffered writes of all files (ino_state.wbytes) */
 	uint64_t wbuf_max;           /* the most wbuf_bytes may reach (struct wchunk) */
+	/* chunk mappings with few pages given back (wimg_put), for the next file's chunk: a
+	 * mapping made and unmapped per small file cost its pages' faults and a TLB flush of
+	 * every CPU */
+	pthread_mutex_t wimg_mu;
+	struct wimg {
+		uint8_t *p;
+		uint32_t pages;
+		uint64_t in_memory[AQ_CHUNK_SIZE_MAX / WPAGE / 64];
+	} wimg_pool[WIMG_POOL];
+	uint32_t nwimg, wimg_size;
 	/* large reply buffers kept for the next replies (rpc.c, "reply buffers") */
 	pthread_mutex_t spare_mu; /* a leaf lock */
 	struct spare_buf {

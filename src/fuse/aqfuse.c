@@ -172,10 +172,11 @@ static void *inval_main(void *arg)
 		/* -ENOENT: the kernel did not have it cached, nothing to drop. The kernel
 		 * drops the directory's attributes with an entry only if it had the name
 		 * cached: a new name changes them as much (mtime, ctime, nlink), so drop
-		 * them too (offset -1: attributes only, not the directory's pages), and
-		 * first: whoever sees the new name then sees the directory's new times. */
+		 * them too, and first: whoever sees the new name then sees the directory's
+		 * new times. With them go the directory's pages, the listing the kernel
+		 * keeps (op_opendir), which it would otherwise use again without asking. */
 		if (it->parent) {
-			fuse_lowlevel_notify_inval_inode(g_se, aq_ino_node(it->parent), -1, 0);
+			fuse_lowlevel_notify_inval_inode(g_se, aq_ino_node(it->parent), 0, 0);
 			fuse_lowlevel_notify_inval_entry(g_se, aq_ino_node(it->parent), it->name, it->len);
 		} else
 			fuse_lowlevel_notify_inval_inode(g_se, aq_ino_node(it->ino), 0, 0);
@@ -1078,10 +1079,12 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 		conn->want |= FUSE_CAP_ASYNC_READ;
 	if (conn->capable & FUSE_CAP_PARALLEL_DIROPS)
 		conn->want |= FUSE_CAP_PARALLEL_DIROPS;
-	/* Files keep their page cache across opens (keep_cache); the kernel drops it when a
-	 * getattr shows another size or mtime, i.e. when someone else changed the file. */
-	if (conn->capable & FUSE_CAP_AUTO_INVAL_DATA)
-		conn->want |= FUSE_CAP_AUTO_INVAL_DATA;
+	/* Files keep their page cache across opens (keep_cache), and a push of another
+	 * client's change drops it (inval_main). Not FUSE_CAP_AUTO_INVAL_DATA, which drops
+	 * it whenever a getattr shows another size or mtime: a write invalidates the size,
+	 * so every read after a write asked for the attributes and then dropped the file's
+	 * whole page cache for the mtime the write itself had set. */
+	conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
 	/* No kernel write-back cache: with it the kernel keeps its own size and times of
 	 * every cached regular file and ignores the server's (fuse_get_cache_mask), so a
 	 * file another client grew would stay short here (design.md, "No write-back cache"). */
@@ -1594,11 +1597,9 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino_node, struct fuse_file_inf
 	/* The kernel keeps what a listing returned in the directory's page cache and lists
 	 * from there again (FOPEN_CACHE_DIR) until the directory changes: a listing from
 	 * the start compares the directory's i_version, which this mount's own changes
-	 * bump, and its mtime, which it fetches again once a push of another client's
-	 * change dropped the attributes (inval_main); a push about the directory itself (a
-	 * utimes setting an old mtime back, as tar does) drops the kept listing too. An
-	 * open without keep_cache drops it: the first one after pushes may have been missed
-	 * (a reconnection, listing_fresh). */
+	 * bump; a push of another client's change in the directory or to it drops the kept
+	 * pages (inval_main). An open without keep_cache drops them: the first one after
+	 * pushes may have been missed (a reconnection, listing_fresh). */
 	if (g_cache_on && !g_no_dir_cache) {
 		fi->cache_readdir = 1;
 		fi->keep_cache = listing_fresh(aq_node_ino(ino_node));

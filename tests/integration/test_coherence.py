@@ -260,6 +260,25 @@ def test_dir_listing_seen(c):
         os.rmdir(f"{a}/d{i}")
 
 
+def getdents_names(fd):
+    """The names in open directory fd, read from its start with lseek and getdents64."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    os.lseek(fd, 0, os.SEEK_SET)
+    buf = ctypes.create_string_buffer(1 << 16)
+    names = set()
+    while True:
+        n = libc.syscall(217, fd, buf, len(buf))  # SYS_getdents64 on x86-64
+        assert n >= 0, os.strerror(ctypes.get_errno())
+        if n == 0:
+            return names - {".", ".."}
+        at = 0
+        while at < n:
+            reclen = int.from_bytes(buf.raw[at + 16:at + 18], "little")
+            names.add(buf.raw[at + 19:at + reclen].split(b"\0", 1)[0].decode())
+            at += reclen
+
+
 def test_a_listing_is_kept_until_the_directory_changes(c):
     """The kernel keeps a directory's listing (FOPEN_CACHE_DIR): with aqd stopped, the
     next listing still answers. A name made through this mount shows in the next listing
@@ -281,6 +300,20 @@ def test_a_listing_is_kept_until_the_directory_changes(c):
     names.discard("f7")
     assert set(os.listdir(a)) == names
     soon(lambda: set(os.listdir(b)) == names, "listing on B")
+    # a directory held open and listed again from its start with lseek and getdents64
+    # alone, as Go's Readdirnames does: no path walk or fstat (glibc's opendir and
+    # fdopendir make one) that would fetch its attributes first
+    dfd = os.open(a, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert getdents_names(dfd) == names
+        open(f"{b}/seen", "w").close()
+        names.add("seen")
+        deadline = time.monotonic() + SOON
+        while getdents_names(dfd) != names:
+            assert time.monotonic() < deadline, f"mount A still lists {sorted(getdents_names(dfd))} (rewound)"
+            time.sleep(0.001)
+    finally:
+        os.close(dfd)
     old = os.stat(b).st_mtime_ns
     open(f"{b}/there", "w").close()
     names.add("there")

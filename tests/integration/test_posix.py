@@ -929,6 +929,31 @@ def test_many_sequential_writers_keep_their_chunks(c):
         os.unlink(c.path(f"seqw{i}"))
 
 
+def test_reads_after_a_write_keep_the_page_cache(c):
+    """A write through the mount does not cost the file its page cache: after a 4 KiB
+    write into a 1 MiB file the kernel holds, the rest of the file reads back with the
+    mount's process stopped (no request at all). Before, the kernel
+    (FUSE_CAP_AUTO_INVAL_DATA) asked for the attributes on the first read after a write,
+    saw the mtime the write had set, and dropped the file's whole page cache: fio's
+    random reads and writes through the mount ran at half the rate."""
+    p = c.path("rawcache")
+    size = 1 << 20
+    data = bytes(i % 251 for i in range(size))
+    with open(p, "wb") as f:
+        f.write(data)
+    fd = os.open(p, os.O_RDWR)
+    try:
+        assert os.pread(fd, size, 0) == data
+        os.pwrite(fd, b"y" * 4096, 0)
+        code = (f"import os; want = bytes(i % 251 for i in range({size}))[4096:]\n"
+                f"assert os.pread({fd}, {size - 4096}, 4096) == want")
+        ends_while_stopped(mount_pid(c.mnt), code, "the read after a write went to the mount", (fd,))
+        assert os.pread(fd, 4096, 0) == b"y" * 4096
+    finally:
+        os.close(fd)
+    os.unlink(p)
+
+
 def test_overlapping_writes_read_back(c):
     """Writes that overlap and join ranges of one buffered chunk, thousands of them, some
     large (a joined range takes a new place in the chunk's buffer, and the buffer drops

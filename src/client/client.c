@@ -200,14 +200,13 @@ static void wimg_put(struct aq_client *c, struct wchunk *w, uint32_t cs)
 static void wchunks_free(struct aq_client *c, struct ino_state *st)
 {
 	for (uint32_t k = 0; st->wc && k < WCHUNKS && st->wc[k]; k++) {
+		atomic_fetch_sub(&c->wbuf_bytes, (unsigned long)st->wc[k]->npages * WPAGE); /* 0 once sent */
 		wimg_put(c, st->wc[k], st->chunk_size);
 		free(st->wc[k]);
 	}
 	free(st->wc);
 	st->wc = NULL;
 	st->nwc = 0;
-	atomic_fetch_sub(&c->wbuf_bytes, st->wbytes);
-	st->wbytes = 0;
 }
 
 
@@ -468,7 +467,6 @@ static void wchunk_release_locked(struct aq_client *c, struct ino_state *st, uin
 	struct wchunk *w = st->wc[k];
 	/* Read-ahead windows started while these bytes were only here hold the old ones. */
 	atomic_fetch_add(&st->wgen, 1);
-	st->wbytes -= (uint64_t)w->npages * WPAGE;
 	atomic_fetch_sub(&c->wbuf_bytes, (unsigned long)w->npages * WPAGE);
 	w->n = 0;
 	w->npages = 0;
@@ -602,25 +600,20 @@ static void state_dirtied_locked(struct aq_client *c, struct ino_state *st)
 	pthread_mutex_unlock(&c->wb_mu);
 }
 
-/* The part of buffered range x of chunk w that lies in the file range [off, off + len):
- * false when none does; else its file offset and length. */
-static bool wrange_cut(const struct ino_state *st, const struct wchunk *w, const struct wrange *x, uint64_t off,
-		       uint64_t len, uint64_t *at, uint64_t *n)
+/* The first of w's ranges that ends at x or later (w->n if none): ranges are sorted, and a
+ * chunk holds up to WEXTENTS of them, so every write and read through the buffers looks
+ * them up by halves. */
+static uint32_t wrange_from(const struct wchunk *w, uint32_t x)
 {
-	uint64_t base = (uint64_t)w->idx * st->chunk_size;
-	uint64_t lo = MAX(base + x->lo, off), hi = MIN(base + x->hi, off + len);
-	if (lo >= hi)
-		return false;
-	*at = lo;
-	*n = hi - lo;
-	return true;
-}
-
-/* Whether chunk w lies across the file range [off, off + len). */
-static bool wchunk_meets(const struct ino_state *st, const struct wchunk *w, uint64_t off, uint64_t len)
-{
-	uint64_t base = (uint64_t)w->idx * st->chunk_size;
-	return base < off + len && off < base + st->chunk_size;
+	uint32_t lo = 0, hi = w->n;
+	while (lo < hi) {
+		uint32_t mid = lo + (hi - lo) / 2;
+		if (w->ext[mid].hi < x)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
 }
 
 /* Whether st's buffered writes hold every byte of [off, off + len). With st->mu held. */
@@ -634,10 +627,9 @@ static bool wbuf_covers(const struct ino_state *st, uint64_t off, uint64_t len)
 		for (uint32_t k = 0; k < st->nwc && !w; k++)
 			if (st->wc[k]->idx == idx)
 				w = st->wc[k];
-		bool in_one = false; /* ranges never touch, so a covered piece lies in one */
-		for (uint32_t i = 0; w && i < w->n && !in_one; i++)
-			in_one = w->ext[i].lo <= in && in + n <= w->ext[i].hi;
-		if (!in_one)
+		/* ranges never touch, so a covered piece lies in one: the first that ends past in */
+		uint32_t i = w ? wrange_from(w, in + 1) : 0;
+		if (!w || i == w->n || w->ext[i].lo > in || in + n > w->ext[i].hi)
 			return false;
 		off += n;
 		len -= n;
@@ -649,18 +641,19 @@ static bool wbuf_covers(const struct ino_state *st, uint64_t off, uint64_t len)
  * with buf NULL, only says whether there are any. With st->mu held. */
 static bool wbuf_overlay(const struct ino_state *st, uint8_t *buf, uint64_t off, uint64_t len)
 {
-	uint64_t at, n;
 	bool any = false;
 	for (uint32_t k = 0; k < st->nwc; k++) {
 		const struct wchunk *w = st->wc[k];
-		if (!wchunk_meets(st, w, off, len))
+		uint64_t base = (uint64_t)w->idx * st->chunk_size;
+		if (base >= off + len || off >= base + st->chunk_size)
 			continue;
-		for (uint32_t i = 0; i < w->n; i++) {
-			if (!wrange_cut(st, w, &w->ext[i], off, len, &at, &n))
-				continue;
+		/* [a, b): the part of the range in this chunk, in chunk offsets */
+		uint32_t a = (uint32_t)(MAX(off, base) - base), b = (uint32_t)(MIN(off + len, base + st->chunk_size) - base);
+		for (uint32_t i = wrange_from(w, a + 1); i < w->n && w->ext[i].lo < b; i++) {
 			if (!buf)
 				return true;
-			memcpy(buf + (at - off), w->img + (at - (uint64_t)w->idx * st->chunk_size), n);
+			uint32_t lo = MAX(w->ext[i].lo, a), hi = MIN(w->ext[i].hi, b);
+			memcpy(buf + (base + lo - off), w->img + lo, hi - lo);
 			any = true;
 		}
 	}
@@ -684,10 +677,7 @@ static int64_t wchunk_put(struct aq_client *c, struct wchunk *w, uint32_t cs, ui
 		w->img_in_memory[pg / 64] |= bit;
 	}
 	w->npages += fresh;
-	uint32_t i = 0;
-	while (i < w->n && w->ext[i].hi < lo)
-		i++;
-	uint32_t j = i, L = lo, H = hi; /* ranges [i, j) merge with the new one into [L, H) */
+	uint32_t i = wrange_from(w, lo), j = i, L = lo, H = hi; /* ranges [i, j) merge into [L, H) */
 	while (j < w->n && w->ext[j].lo <= hi) {
 		L = MIN(L, w->ext[j].lo);
 		H = MAX(H, w->ext[j].hi);
@@ -1641,7 +1631,6 @@ static ssize_t buffer_write_locked(struct aq_client *c, struct ino_state *st, co
 		}
 		struct wchunk *w = st->wc[k];
 		int64_t grew = wchunk_put(c, w, cs, in, in + n, p + done);
-		st->wbytes += (uint64_t)grew;
 		atomic_fetch_add(&c->wbuf_bytes, (unsigned long)grew);
 		w->used = ++st->wtick;
 		done += n;

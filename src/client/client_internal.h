@@ -114,7 +114,6 @@ struct ino_state {
 				    * slot when first needed */
 	uint32_t nwc;              /* slots in use: wc[0 .. nwc) */
 	uint64_t wtick;
-	uint64_t wbytes;           /* the slots' pages in bytes, counted in client->wbuf_bytes too */
 	/* aq_file_sxid: whether the mode has bits a write may drop (aq_mode_sxid), from the
 	 * attributes with the newest ctime this client heard of (sxid_ctime_ns); a push
 	 * about the inode makes it "may have" until attributes say otherwise (set by the
@@ -279,7 +278,7 @@ struct aq_client {
 	atomic_uint_least64_t local_pause_until; /* aq_mono_ns: no OPEN_MAP before it */
 	atomic_bool local_paused_once;
 	uint8_t boot_id[AQ_BOOT_ID_SIZE];
-	atomic_ulong wbuf_bytes;     /* buffered writes of all files (ino_state.wbytes) */
+	atomic_ulong wbuf_bytes;     /* buffered writes of all files: their chunks' npages, in bytes */
 	uint64_t wbuf_max;           /* the most wbuf_bytes may reach (struct wchunk) */
 	/* chunk mappings with few pages given back (wimg_put), for the next file's chunk: a
 	 * mapping made and unmapped per small file cost its pages' faults and a TLB flush of

@@ -62,7 +62,7 @@ static bool g_no_dir_cache;
 static struct {
 	pthread_mutex_t mu;
 	uint64_t epoch;
-	struct { uint64_t ino, epoch; } slot[LISTING_SLOTS];
+	struct listing_slot { uint64_t ino, epoch; } slot[LISTING_SLOTS];
 } g_listings = {.mu = PTHREAD_MUTEX_INITIALIZER, .epoch = 1};
 
 /* Whether what the kernel holds of directory ino's listing may be used: always before
@@ -71,7 +71,7 @@ static struct {
 static bool listing_fresh(uint64_t ino)
 {
 	pthread_mutex_lock(&g_listings.mu);
-	__typeof__(g_listings.slot[0]) *sl = &g_listings.slot[(ino * 0x9E3779B97F4A7C15ull) >> 48];
+	struct listing_slot *sl = &g_listings.slot[(ino * 0x9E3779B97F4A7C15ull) >> 48];
 	bool keep = g_listings.epoch == 1 || (sl->ino == ino && sl->epoch == g_listings.epoch);
 	sl->ino = ino;
 	sl->epoch = g_listings.epoch;

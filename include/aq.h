@@ -35,6 +35,16 @@ struct aq_attr {
 	uint32_t flags;       /* AQ_ATTR_* */
 };
 #define AQ_ATTR_XATTRS 1u     /* the inode may have extended attributes (clear: it has none) */
+#define AQ_ATTR_ACL 2u        /* it has an access ACL (system.posix_acl_access) */
+#define AQ_ATTR_DACL 4u       /* a directory with a default ACL (system.posix_acl_default) */
+
+/* A create's mode (aq_mknod, aq_mkdir_at, aq_create_open) may carry the caller's umask:
+ * mode | AQ_MODE_UMASK(umask). The server then applies it, unless the parent directory
+ * has a default ACL, which decides the new inode's permissions instead (POSIX ACLs). A
+ * mode without it is taken as it is. */
+#define AQ_MODE_HAS_UMASK (1u << 31)
+#define AQ_MODE_UMASK(u) (AQ_MODE_HAS_UMASK | (((uint32_t)(u) & 0777u) << 16))
+#define AQ_MODE_UMASK_BITS AQ_MODE_UMASK(0777)
 
 /* Who is asking: the server checks permissions against this. */
 struct aq_cred {

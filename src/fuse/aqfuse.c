@@ -54,6 +54,10 @@ static unsigned g_test_push_delay_ms;
 
 /* $AQ_MOUNT_DIR_CACHE=0: the kernel keeps no listings (op_opendir), for comparisons. */
 static bool g_no_dir_cache;
+/* The kernel leaves the umask to us (FUSE_CAP_DONT_MASK, taken with POSIX ACLs): a
+ * create sends it to the server, which applies it unless the parent's default ACL
+ * decides instead. */
+static bool g_dont_mask;
 
 /* Listings the kernel may keep (op_opendir). A reconnection to a server, after which
  * pushes may have been missed, starts a new epoch; each slot says which directory it
@@ -1089,6 +1093,21 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 	 * every cached regular file and ignores the server's (fuse_get_cache_mask), so a
 	 * file another client grew would stay short here (design.md, "No write-back cache"). */
 	conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
+	/* POSIX ACLs: the kernel keeps each inode's ACLs (fetched with a getxattr, dropped
+	 * when its attributes are fetched again or a push invalidates it) and checks them
+	 * with default_permissions; the servers keep the mode in step, apply default ACLs on
+	 * create and check them again (src/meta/acl.c). With them the kernel would apply the
+	 * umask even where a default ACL replaces it, so it is left to the servers. */
+	if ((conn->capable & FUSE_CAP_POSIX_ACL) && (conn->capable & FUSE_CAP_DONT_MASK)) {
+		conn->want |= FUSE_CAP_POSIX_ACL | FUSE_CAP_DONT_MASK;
+		g_dont_mask = true;
+	}
+}
+
+/* A create's mode with the caller's umask, when the kernel did not apply it. */
+static uint32_t create_mode(fuse_req_t req, mode_t mode)
+{
+	return g_dont_mask ? (uint32_t)mode | AQ_MODE_UMASK(fuse_req_ctx(req)->umask) : (uint32_t)mode;
 }
 
 static void op_lookup(fuse_req_t req, fuse_ino_t parent_node, const char *name)
@@ -1237,7 +1256,8 @@ static void op_mknod(fuse_req_t req, fuse_ino_t parent_node, const char *name, m
 	struct aq_attr a;
 	cred_of(req, &cr);
 	struct cseq seq = cseq_now();
-	int rc = WITH_GROUPS(req, cr, aq_mknod(g_client, &cr, parent, name, mode, (uint32_t)rdev, AQ_CREATE_EXCL, &a));
+	int rc = WITH_GROUPS(req, cr, aq_mknod(g_client, &cr, parent, name, create_mode(req, mode), (uint32_t)rdev,
+						       AQ_CREATE_EXCL, &a));
 	made_in(seq, parent, name, rc, &a);
 	reply_entry_or_err(req, rc, &a);
 }
@@ -1250,7 +1270,7 @@ static void op_mkdir(fuse_req_t req, fuse_ino_t parent_node, const char *name, m
 	struct aq_attr a;
 	cred_of(req, &cr);
 	struct cseq seq = cseq_now();
-	int rc = WITH_GROUPS(req, cr, aq_mkdir_at(g_client, &cr, parent, name, mode, &a));
+	int rc = WITH_GROUPS(req, cr, aq_mkdir_at(g_client, &cr, parent, name, create_mode(req, mode), &a));
 	made_in(seq, parent, name, rc, &a);
 	if (!rc)
 		names_start(a.ino);
@@ -1478,7 +1498,7 @@ static void op_create(fuse_req_t req, fuse_ino_t parent_node, const char *name, 
 	/* create and open in one round trip (O_APPEND offsets come from the kernel). The
 	 * name may exist after all, made by another client since this mount heard it was
 	 * free: the open then truncates it, as O_TRUNC asks. */
-	int rc = WITH_GROUPS(req, cr, aq_create_open(g_client, &cr, parent, name, mode & 07777,
+	int rc = WITH_GROUPS(req, cr, aq_create_open(g_client, &cr, parent, name, create_mode(req, mode & 07777),
 			  (fi->flags & O_EXCL) ? AQ_CREATE_EXCL : 0,
 			  fi->flags & ~(O_APPEND | O_CREAT | O_EXCL), &a, &f));
 	made_in(seq, parent, name, rc, &a);

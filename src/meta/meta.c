@@ -1084,7 +1084,7 @@ int meta_lookup(struct meta_store *m, const struct aq_cred *cr, uint64_t parent,
 		rc = -ENOTDIR;
 		goto out;
 	}
-	rc = meta_perm(cr, &dir->a, X_OK);
+	rc = meta_perm(m, cr, &dir->a, X_OK);
 	if (rc)
 		goto out;
 	int dot = meta_is_dot(name, name_len);
@@ -1116,9 +1116,61 @@ struct create_req {
 	const char *const *names;
 	const size_t *lens;
 	uint32_t mode, rdev, flags;
+	uint32_t umask; /* the creator's, applied unless the parent has a default ACL */
 	const char *target; /* symlinks */
 	size_t target_len;
 };
+
+/* Takes the umask a create's mode may carry (AQ_MODE_UMASK) off it. */
+static uint32_t take_umask(uint32_t *mode)
+{
+	uint32_t umask = (*mode & AQ_MODE_HAS_UMASK) ? (*mode >> 16) & 0777 : 0;
+	*mode &= ~AQ_MODE_UMASK_BITS;
+	return umask;
+}
+
+/* The ACLs a new inode gets from its parent's default ACL, encoded (len 0: none). */
+struct new_acls {
+	size_t alen, dlen;
+	uint8_t access[META_ACL_BYTES_MAX], dflt[META_ACL_BYTES_MAX];
+};
+
+/* The permission bits of rq's new inodes and their ACLs, as Linux's posix_acl_create:
+ * with a default ACL on the parent, the create mode narrowed by it, an access ACL
+ * unless the mode says all of it, and a directory's default ACL (the umask is not
+ * applied); without one, the mode less the umask. Returns the mode, or -EIO. */
+static int64_t new_inode_mode(struct meta_store *m, const struct create_req *rq, const struct meta_inode *dir,
+			      struct new_acls *na)
+{
+	uint32_t mode = rq->mode;
+	na->alen = na->dlen = 0;
+	if (S_ISLNK(mode))
+		return mode;
+	struct meta_acl *acl = aq_malloc(sizeof(*acl));
+	int rc = dir->a.flags & AQ_ATTR_DACL ? meta_acl_read(m, dir->a.ino, meta_acl_default, acl) : 0;
+	if (rc == 0)
+		mode &= ~rq->umask;
+	if (rc == 1 && S_ISDIR(mode))
+		na->dlen = meta_acl_encode(acl, na->dflt);
+	if (rc == 1 && !meta_acl_inherit(acl, &mode))
+		na->alen = meta_acl_encode(acl, na->access);
+	free(acl);
+	return rc < 0 ? (int64_t)rc : (int64_t)mode;
+}
+
+/* A new inode's ACL rows (and its xattr summary) into wb. */
+static void put_new_acls(rocksdb_writebatch_t *wb, uint64_t ino, const struct new_acls *na)
+{
+	const char *names[2];
+	const void *values[2];
+	size_t lens[2];
+	uint32_t n = 0;
+	if (na->alen)
+		names[n] = meta_acl_access, values[n] = na->access, lens[n++] = na->alen;
+	if (na->dlen)
+		names[n] = meta_acl_default, values[n] = na->dflt, lens[n++] = na->dlen;
+	meta_xattrs_put_new(wb, ino, names, values, lens, n);
+}
 
 enum ent_state {
 	ENT_DONE,     /* rc says how it ended */
@@ -1263,11 +1315,15 @@ static uint32_t plan_entries(struct meta_store *m, const struct create_req *rq, 
 
 /* The new inode every entry of rq gets, less its number and generation. */
 static void inode_template(const struct create_req *rq, const struct aq_cred *cr, const struct meta_inode *dir,
-			   int64_t now, struct meta_inode *in)
+			   uint32_t mode, const struct new_acls *na, int64_t now, struct meta_inode *in)
 {
 	bool isdir = S_ISDIR(rq->mode);
 	memset(&in->a, 0, sizeof(in->a));
-	in->a.mode = rq->mode;
+	in->a.mode = mode;
+	if (na->alen)
+		in->a.flags |= AQ_ATTR_ACL | AQ_ATTR_XATTRS;
+	if (na->dlen)
+		in->a.flags |= AQ_ATTR_DACL | AQ_ATTR_XATTRS;
 	in->a.uid = cr ? cr->uid : 0;
 	in->a.gid = cr ? cr->gid : 0;
 	/* A setgid directory hands its group down, and its setgid bit to subdirectories. */
@@ -1290,7 +1346,8 @@ static void inode_template(const struct create_req *rq, const struct aq_cred *cr
  * EEXIST or ENT_OPEN, the others get an inode number and an inode row in wb. Returns the
  * number of entries to create. */
 static uint32_t decide_entries(struct meta_store *m, const struct create_req *rq, int w_rc, struct create_ent *e,
-			       struct create_bkt *bk, struct meta_inode *in, rocksdb_writebatch_t *wb)
+			       struct create_bkt *bk, struct meta_inode *in, const struct new_acls *na,
+			       rocksdb_writebatch_t *wb)
 {
 	bool may_open = S_ISREG(rq->mode) && !(rq->flags & AQ_CREATE_EXCL);
 	uint32_t ncreate = 0;
@@ -1338,6 +1395,8 @@ static uint32_t decide_entries(struct meta_store *m, const struct create_req *rq
 		in->a.ino = e[i].ino;
 		in->a.generation = e[i].generation;
 		meta_put_inode(wb, in);
+		if (na->alen || na->dlen)
+			put_new_acls(wb, e[i].ino, na);
 		ncreate++;
 	}
 	return ncreate;
@@ -1414,6 +1473,7 @@ static int create_batch(struct meta_store *m, const struct aq_cred *cr, const st
 	struct create_bkt *bk = aq_malloc(MIN(n, m->nbuckets) * sizeof(*bk));
 	struct meta_inode *dir = aq_malloc(sizeof(*dir));
 	struct meta_inode *in = aq_malloc(sizeof(*in));
+	struct new_acls *na = aq_malloc(sizeof(*na));
 	rocksdb_writebatch_t *wb = meta_batch_new();
 	uint32_t nb = plan_entries(m, rq, e, bk);
 	int rc = 0;
@@ -1429,15 +1489,20 @@ static int create_batch(struct meta_store *m, const struct aq_cred *cr, const st
 	if (rc == 0 && !S_ISDIR(dir->a.mode))
 		rc = -ENOTDIR;
 	if (rc == 0)
-		rc = meta_perm(cr, &dir->a, X_OK);
+		rc = meta_perm(m, cr, &dir->a, X_OK);
 	if (rc == 0)
 		rc = find_existing(m, e, n);
 	if (rc)
 		goto unlock;
+	int64_t mode = new_inode_mode(m, rq, dir, na);
+	if (mode < 0) {
+		rc = (int)mode;
+		goto unlock;
+	}
 	int64_t now = aq_now_ns();
-	inode_template(rq, cr, dir, now, in);
+	inode_template(rq, cr, dir, (uint32_t)mode, na, now, in);
 	in->a.chunk_size = m->chunk_size;
-	uint32_t ncreate = decide_entries(m, rq, meta_perm(cr, &dir->a, W_OK | X_OK), e, bk, in, wb);
+	uint32_t ncreate = decide_entries(m, rq, meta_perm(m, cr, &dir->a, W_OK | X_OK), e, bk, in, na, wb);
 	if (ncreate) {
 		rc = commit_entries(m, rq, e, bk, nb, ncreate, now, wb);
 		finish_entries(m, rc, e, n, bk, nb);
@@ -1467,6 +1532,7 @@ unlock:
 		results[i] = e[i].rc;
 	}
 	rocksdb_writebatch_destroy(wb);
+	free(na);
 	free(in);
 	free(dir);
 	free(bk);
@@ -1475,11 +1541,12 @@ unlock:
 }
 
 static int create_node(struct meta_store *m, const struct aq_cred *cr, uint64_t parent, const char *name,
-		       size_t name_len, uint32_t mode, uint32_t rdev, const char *target, size_t target_len,
-		       uint32_t flags, struct aq_attr *out)
+		       size_t name_len, uint32_t mode, uint32_t umask, uint32_t rdev, const char *target,
+		       size_t target_len, uint32_t flags, struct aq_attr *out)
 {
 	struct create_req rq = { .parent = parent, .n = 1, .names = &name, .lens = &name_len, .mode = mode,
-				 .rdev = rdev, .flags = flags, .target = target, .target_len = target_len };
+				 .rdev = rdev, .flags = flags, .umask = umask, .target = target,
+				 .target_len = target_len };
 	int result;
 	int rc = create_batch(m, cr, &rq, out, &result);
 	return rc ? rc : result;
@@ -1511,16 +1578,18 @@ static int mknod_mode(const struct aq_cred *cr, uint32_t *mode, uint32_t *rdev)
 int meta_mknod(struct meta_store *m, const struct aq_cred *cr, uint64_t parent, const char *name, size_t name_len,
 	       uint32_t mode, uint32_t rdev, uint32_t flags, struct aq_attr *out)
 {
+	uint32_t umask = take_umask(&mode);
 	int rc = mknod_mode(cr, &mode, &rdev);
 	if (rc)
 		return rc;
-	return create_node(m, cr, parent, name, name_len, mode, rdev, NULL, 0, flags, out);
+	return create_node(m, cr, parent, name, name_len, mode, umask, rdev, NULL, 0, flags, out);
 }
 
 int meta_mknod_many(struct meta_store *m, const struct aq_cred *cr, uint64_t parent, uint32_t n,
 		    const char *const *names, const size_t *name_lens, uint32_t mode, uint32_t rdev, uint32_t flags,
 		    struct aq_attr *outs, int *results)
 {
+	uint32_t umask = take_umask(&mode);
 	int rc = n == 0 || n > META_BATCH_MAX ? -EINVAL : mknod_mode(cr, &mode, &rdev);
 	if (rc) {
 		for (uint32_t i = 0; i < n && i < META_BATCH_MAX; i++)
@@ -1528,14 +1597,16 @@ int meta_mknod_many(struct meta_store *m, const struct aq_cred *cr, uint64_t par
 		return rc;
 	}
 	struct create_req rq = { .parent = parent, .n = n, .names = names, .lens = name_lens, .mode = mode,
-				 .rdev = rdev, .flags = flags };
+				 .rdev = rdev, .flags = flags, .umask = umask };
 	return create_batch(m, cr, &rq, outs, results);
 }
 
 int meta_mkdir(struct meta_store *m, const struct aq_cred *cr, uint64_t parent, const char *name, size_t name_len,
 	       uint32_t mode, struct aq_attr *out)
 {
-	return create_node(m, cr, parent, name, name_len, S_IFDIR | (mode & 07777), 0, NULL, 0, AQ_CREATE_EXCL, out);
+	uint32_t umask = take_umask(&mode);
+	return create_node(m, cr, parent, name, name_len, S_IFDIR | (mode & 07777), umask, 0, NULL, 0, AQ_CREATE_EXCL,
+			   out);
 }
 
 int meta_symlink(struct meta_store *m, const struct aq_cred *cr, uint64_t parent, const char *name, size_t name_len,
@@ -1545,7 +1616,7 @@ int meta_symlink(struct meta_store *m, const struct aq_cred *cr, uint64_t parent
 		return -ENOENT;
 	if (target_len >= AQ_PATH_MAX)
 		return -ENAMETOOLONG;
-	return create_node(m, cr, parent, name, name_len, S_IFLNK | 0777, 0, target, target_len, AQ_CREATE_EXCL,
+	return create_node(m, cr, parent, name, name_len, S_IFLNK | 0777, 0, 0, target, target_len, AQ_CREATE_EXCL,
 			   out);
 }
 
@@ -1623,7 +1694,7 @@ retry:
 	rc = meta_read_inode(m, parent, dir);
 	if (rc)
 		goto unlock;
-	rc = meta_perm(cr, &dir->a, W_OK | X_OK);
+	rc = meta_perm(m, cr, &dir->a, W_OK | X_OK);
 	if (rc)
 		goto unlock;
 	rc = meta_read_inode(m, d.ino, in);
@@ -1708,7 +1779,7 @@ int meta_rmdir(struct meta_store *m, const struct aq_cred *cr, uint64_t parent, 
 		rc = -ENOTDIR;
 		goto unlock;
 	}
-	rc = meta_perm(cr, &dir->a, W_OK | X_OK);
+	rc = meta_perm(m, cr, &dir->a, W_OK | X_OK);
 	if (rc)
 		goto unlock;
 	struct meta_dentry d;
@@ -1791,7 +1862,7 @@ int meta_link(struct meta_store *m, const struct aq_cred *cr, uint64_t ino, uint
 		rc = -ENOTDIR;
 		goto unlock;
 	}
-	rc = meta_perm(cr, &dir->a, W_OK | X_OK);
+	rc = meta_perm(m, cr, &dir->a, W_OK | X_OK);
 	if (rc)
 		goto unlock;
 	struct meta_dentry d;
@@ -1852,8 +1923,8 @@ static uint32_t sxid_kill_bits(const struct aq_cred *cr, uint32_t mode, uint32_t
 
 /* Applies mask to in (already read, bucket locked). Returns 0 or -errno; *shrunk is set
  * when the size went down. */
-static int apply_setattr(const struct aq_cred *cr, struct meta_inode *in, uint32_t mask, const struct aq_attr *req,
-			 bool *shrunk)
+static int apply_setattr(struct meta_store *m, const struct aq_cred *cr, struct meta_inode *in, uint32_t mask,
+			 const struct aq_attr *req, bool *shrunk)
 {
 	struct aq_attr *a = &in->a;
 	bool root = meta_is_root(cr);
@@ -1866,7 +1937,7 @@ static int apply_setattr(const struct aq_cred *cr, struct meta_inode *in, uint32
 		 * before a write or truncate by someone other than the owner, as ext4 drops
 		 * them. */
 		uint32_t old = a->mode & 07777, new = req->mode & 07777, kill = S_ISUID | S_ISGID;
-		if ((new & ~kill) != (old & ~kill) || (new & ~old) || new == old || meta_perm(cr, a, W_OK))
+		if ((new & ~kill) != (old & ~kill) || (new & ~old) || new == old || meta_perm(m, cr, a, W_OK))
 			return -EPERM;
 	}
 	if ((mask & AQ_SET_UID) && req->uid != a->uid && !root)
@@ -1876,12 +1947,12 @@ static int apply_setattr(const struct aq_cred *cr, struct meta_inode *in, uint32
 			return -EPERM;
 	}
 	if (mask & (AQ_SET_ATIME_NOW | AQ_SET_MTIME_NOW)) {
-		if (!is_owner(cr, a) && meta_perm(cr, a, W_OK) != 0)
+		if (!is_owner(cr, a) && meta_perm(m, cr, a, W_OK) != 0)
 			return -EACCES;
 	}
 	if ((mask & (AQ_SET_ATIME | AQ_SET_MTIME | AQ_SET_CTIME)) && !is_owner(cr, a))
 		return -EPERM;
-	if ((mask & AQ_SET_KILL_SXID) && !(mask & AQ_SET_BY_HANDLE) && !is_owner(cr, a) && meta_perm(cr, a, W_OK))
+	if ((mask & AQ_SET_KILL_SXID) && !(mask & AQ_SET_BY_HANDLE) && !is_owner(cr, a) && meta_perm(m, cr, a, W_OK))
 		return -EPERM;
 	if (mask & AQ_SET_SIZE) {
 		if (S_ISDIR(a->mode))
@@ -1890,7 +1961,7 @@ static int apply_setattr(const struct aq_cred *cr, struct meta_inode *in, uint32
 			return -EINVAL;
 		/* through a descriptor open for writing, open(2) checked (ftruncate of a file
 		 * created with mode 0 works, as on ext4: pjdfstest ftruncate/00.t) */
-		rc = (mask & AQ_SET_BY_HANDLE) ? 0 : meta_perm(cr, a, W_OK);
+		rc = (mask & AQ_SET_BY_HANDLE) ? 0 : meta_perm(m, cr, a, W_OK);
 		if (rc)
 			return rc;
 	}
@@ -1928,6 +1999,22 @@ static int apply_setattr(const struct aq_cred *cr, struct meta_inode *in, uint32
 		a->mtime_ns = req->mtime_ns;
 	a->ctime_ns = (mask & AQ_SET_CTIME) ? req->ctime_ns : now;
 	return 0;
+}
+
+/* A chmod of an inode with an access ACL: the ACL's owner, mask (else group) and other
+ * entries take the new bits, in the same batch (as ext4's posix_acl_chmod). */
+static int chmod_acl(struct meta_store *m, rocksdb_writebatch_t *wb, const struct aq_attr *a)
+{
+	struct meta_acl *acl = aq_malloc(sizeof(*acl));
+	int rc = meta_acl_read(m, a->ino, meta_acl_access, acl);
+	if (rc == 1) {
+		uint8_t key[META_XATTR_KEY_MAX], v[META_ACL_BYTES_MAX];
+		meta_acl_chmod(acl, a->mode);
+		size_t klen = meta_key_xattr(key, a->ino, meta_acl_access, strlen(meta_acl_access));
+		rocksdb_writebatch_put(wb, (const char *)key, klen, (const char *)v, meta_acl_encode(acl, v));
+	}
+	free(acl);
+	return rc < 0 ? rc : 0;
 }
 
 /* Sets every partial row of dir newer than mtime_ns to it, so that a directory's mtime set
@@ -1973,13 +2060,15 @@ int meta_setattr(struct meta_store *m, const struct aq_cred *cr, uint64_t ino, u
 	if (rc)
 		goto unlock;
 	uint32_t mode = node->a.mode;
-	rc = apply_setattr(cr, node, mask, in, &shrunk);
+	rc = apply_setattr(m, cr, node, mask, in, &shrunk);
 	/* a kill alone with nothing to drop changes nothing (an empty mask still touches
 	 * ctime: chown(f, -1, -1) does on Linux) */
 	if (rc || ((mask & ~AQ_SET_BY_HANDLE) == AQ_SET_KILL_SXID && node->a.mode == mode))
 		goto unlock;
 	meta_put_inode(wb, node);
-	if (dir_mtime)
+	if ((node->a.flags & AQ_ATTR_ACL) && (node->a.mode & 0777) != (mode & 0777))
+		rc = chmod_acl(m, wb, &node->a);
+	if (rc == 0 && dir_mtime)
 		rc = lower_partial_mtimes(m, wb, ino, node->a.mtime_ns);
 	if (rc == 0)
 		rc = meta_commit(m, wb);
@@ -2005,7 +2094,7 @@ int meta_access(struct meta_store *m, const struct aq_cred *cr, uint64_t ino, ui
 	int rc = meta_attr_of(m, ino, &a);
 	if (rc || mask == F_OK)
 		return rc;
-	return meta_perm(cr, &a, mask);
+	return meta_perm(m, cr, &a, mask);
 }
 
 int meta_open_file(struct meta_store *m, const struct aq_cred *cr, uint64_t ino, int flags, struct aq_attr *out)
@@ -2030,7 +2119,7 @@ int meta_open_file(struct meta_store *m, const struct aq_cred *cr, uint64_t ino,
 		mask |= W_OK;
 	if (S_ISDIR(a.mode) && (mask & W_OK))
 		return -EISDIR;
-	rc = meta_perm(cr, &a, mask);
+	rc = meta_perm(m, cr, &a, mask);
 	if (rc)
 		return rc;
 	if (out)

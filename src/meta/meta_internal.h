@@ -268,6 +268,9 @@ void meta_del_log(rocksdb_writebatch_t *wb, uint32_t bucket, uint64_t dir, uint6
 /* Adds the removal of an empty directory's inode, partial and xattr rows to wb, or
  * returns -ENOTEMPTY (caller holds every bucket lock: the fence). */
 int meta_del_dir_rows(struct meta_store *m, rocksdb_writebatch_t *wb, uint64_t ino);
+/* The xattr rows of a new inode, and their summary row, into wb. */
+void meta_xattrs_put_new(rocksdb_writebatch_t *wb, uint64_t ino, const char *const *names, const void *const *values,
+			 const size_t *lens, uint32_t n);
 /* Adds deletes of every xattr row of ino to wb (caller holds ino's bucket lock). */
 int meta_del_xattrs(struct meta_store *m, rocksdb_writebatch_t *wb, uint64_t ino);
 /* Reads a row. Returns 1 and copies up to size bytes (*len = full length), 0 when absent,
@@ -280,7 +283,39 @@ int meta_dir_totals(struct meta_store *m, uint64_t dir, struct meta_partial *sum
 
 /* perm.c */
 bool meta_in_group(const struct aq_cred *cr, uint32_t gid);
-int meta_perm(const struct aq_cred *cr, const struct aq_attr *a, uint32_t mask);
+int meta_perm(struct meta_store *m, const struct aq_cred *cr, const struct aq_attr *a, uint32_t mask);
+int meta_mode_perm(const struct aq_cred *cr, const struct aq_attr *a, uint32_t mask);
+
+/* acl.c: POSIX ACLs in the kernel's xattr format. At most as many entries as the kernel
+ * can read back through FUSE (one page). */
+#define META_ACL_ENTRIES_MAX 511
+#define META_ACL_BYTES_MAX (4 + 8 * META_ACL_ENTRIES_MAX)
+struct meta_acl_entry {
+	uint16_t tag, perm;
+	uint32_t id;
+};
+struct meta_acl {
+	uint32_t n;
+	struct meta_acl_entry e[META_ACL_ENTRIES_MAX];
+};
+extern const char meta_acl_access[], meta_acl_default[]; /* the two xattr names */
+/* 0; 1 for an empty ACL (a header alone, which removes one); -EINVAL for bytes that are
+ * not a valid ACL (Linux's posix_acl_valid), -EOPNOTSUPP for another format version. */
+int meta_acl_decode(const void *buf, size_t len, struct meta_acl *acl);
+/* Into buf (META_ACL_BYTES_MAX); returns the length. */
+size_t meta_acl_encode(const struct meta_acl *acl, uint8_t *buf);
+/* Sets mode's permission bits from an access ACL; true when the mode says all of it
+ * (no named entries, no mask): such an ACL is not stored. */
+bool meta_acl_mode(const struct meta_acl *acl, uint32_t *mode);
+/* A chmod's bits into an access ACL: owner, mask (else group) and other. */
+void meta_acl_chmod(struct meta_acl *acl, uint32_t mode);
+/* A parent's default ACL made into a new inode's access ACL against its create mode,
+ * which it narrows (Linux's posix_acl_create); true when the mode says all of it. */
+bool meta_acl_inherit(struct meta_acl *acl, uint32_t *mode);
+/* Reads ACL name of ino: 1 and *acl, 0 when it has none, or -EIO. */
+int meta_acl_read(struct meta_store *m, uint64_t ino, const char *name, struct meta_acl *acl);
+/* meta_perm for an inode with an access ACL; cr is not root. */
+int meta_acl_perm(struct meta_store *m, const struct aq_cred *cr, const struct aq_attr *a, uint32_t mask);
 int meta_sticky_ok(const struct aq_cred *cr, const struct aq_attr *dir, const struct aq_attr *victim);
 
 static inline bool meta_is_root(const struct aq_cred *cr) { return cr == NULL || cr->uid == 0; }

@@ -20,8 +20,9 @@ bool meta_in_group(const struct aq_cred *cr, uint32_t gid)
 }
 
 /* mask: R_OK|W_OK|X_OK. Returns 0 or -EACCES. Root bypasses everything except that
- * executing a non-directory needs at least one x bit, as Linux. */
-int meta_perm(const struct aq_cred *cr, const struct aq_attr *a, uint32_t mask)
+ * executing a non-directory needs at least one x bit, as Linux. An inode with an access
+ * ACL is judged by it (acl.c), which costs a read of its row. */
+int meta_perm(struct meta_store *m, const struct aq_cred *cr, const struct aq_attr *a, uint32_t mask)
 {
 	mask &= R_OK | W_OK | X_OK;
 	if (meta_is_root(cr)) {
@@ -29,6 +30,12 @@ int meta_perm(const struct aq_cred *cr, const struct aq_attr *a, uint32_t mask)
 			return -EACCES;
 		return 0;
 	}
+	return a->flags & AQ_ATTR_ACL ? meta_acl_perm(m, cr, a, mask) : meta_mode_perm(cr, a, mask);
+}
+
+/* The mode's owner, group and other bits alone; cr is not root. */
+int meta_mode_perm(const struct aq_cred *cr, const struct aq_attr *a, uint32_t mask)
+{
 	uint32_t bits;
 	if (cr->uid == a->uid)
 		bits = (a->mode >> 6) & 7;

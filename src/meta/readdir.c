@@ -29,7 +29,7 @@ static int check_dir(struct meta_store *m, const struct aq_cred *cr, uint64_t di
 		rc = -ENOTDIR;
 		goto out;
 	}
-	rc = meta_perm(cr, &in->a, R_OK);
+	rc = meta_perm(m, cr, &in->a, R_OK);
 out:
 	free(in);
 	return rc;

@@ -63,7 +63,7 @@ static int check_parent(const struct aq_cred *cr, struct meta_store *m, struct r
 		return rc;
 	if (!S_ISDIR(s->parent->a.mode))
 		return -ENOTDIR;
-	return meta_perm(cr, &s->parent->a, W_OK | X_OK);
+	return meta_perm(m, cr, &s->parent->a, W_OK | X_OK);
 }
 
 /* The checks and the batch, with every needed lock held. */
@@ -119,7 +119,7 @@ static int rename_locked(struct meta_store *m, const struct aq_cred *cr, struct 
 	/* A directory that changes parent rewrites its "..": it needs write permission, and
 	 * it must not move under itself. */
 	if (sdir && src->dir != dst->dir) {
-		rc = meta_perm(cr, &src->in->a, W_OK);
+		rc = meta_perm(m, cr, &src->in->a, W_OK);
 		if (rc)
 			return rc;
 		rc = is_under(m, dst->dir, src->d.ino, scratch);
@@ -127,7 +127,7 @@ static int rename_locked(struct meta_store *m, const struct aq_cred *cr, struct 
 			return rc < 0 ? rc : -EINVAL;
 	}
 	if (exchange && ddir && src->dir != dst->dir) {
-		rc = meta_perm(cr, &dst->in->a, W_OK);
+		rc = meta_perm(m, cr, &dst->in->a, W_OK);
 		if (rc)
 			return rc;
 		rc = is_under(m, src->dir, dst->d.ino, scratch);

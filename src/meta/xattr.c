@@ -4,10 +4,9 @@
  * "trusted." is root's; "security." and "system." anyone may read, as on Linux (ls -l
  * asks for security.selinux and system.posix_acl_access), only root may change, but for
  * the removal of security.capability by a writer (caps_drop_perm). Other
- * namespaces are not supported. Nothing may be set in "system.": the kernel gives those
- * names meaning (POSIX ACLs, system.posix_acl_*), and Aquifer does not implement ACLs,
- * so a set is EOPNOTSUPP, as on ext4 mounted noacl, rather than an ACL stored and then
- * not enforced (setfacl says "Operation not supported").
+ * namespaces are not supported. In "system." only the two POSIX ACLs may be set, by the
+ * inode's owner or root, and a set means what it means to the kernel (acl_prepare,
+ * acl.c); any other name there is EOPNOTSUPP.
  */
 #include <sys/stat.h>
 #include <unistd.h>
@@ -20,13 +19,14 @@ static bool has_prefix(const char *name, const char *prefix)
 }
 
 /* Returns 0 when cr may read (write=false) or change the attribute name of a. */
-static int xattr_allowed(const struct aq_cred *cr, const struct aq_attr *a, const char *name, bool write)
+static int xattr_allowed(struct meta_store *m, const struct aq_cred *cr, const struct aq_attr *a, const char *name,
+			 bool write)
 {
 	if (has_prefix(name, "user.")) {
 		/* As Linux: user attributes only on files and directories. */
 		if (!S_ISREG(a->mode) && !S_ISDIR(a->mode))
 			return write ? -EPERM : -ENODATA;
-		return meta_perm(cr, a, write ? W_OK : R_OK);
+		return meta_perm(m, cr, a, write ? W_OK : R_OK);
 	}
 	if (!write && (has_prefix(name, "security.") || has_prefix(name, "system.")))
 		return 0;
@@ -36,9 +36,9 @@ static int xattr_allowed(const struct aq_cred *cr, const struct aq_attr *a, cons
 }
 
 /* 0 when cr may remove security.capability from a: its owner, or anyone who may write it. */
-static int caps_drop_perm(const struct aq_cred *cr, const struct aq_attr *a)
+static int caps_drop_perm(struct meta_store *m, const struct aq_cred *cr, const struct aq_attr *a)
 {
-	return meta_is_root(cr) || cr->uid == a->uid ? 0 : meta_perm(cr, a, W_OK);
+	return meta_is_root(cr) || cr->uid == a->uid ? 0 : meta_perm(m, cr, a, W_OK);
 }
 
 static int check_xname(const char *name, size_t *len)
@@ -161,6 +161,73 @@ static void xattr_sum_put(rocksdb_writebatch_t *wb, uint64_t ino, const struct x
 	rocksdb_writebatch_put(wb, (const char *)key, klen, (const char *)v, sizeof v);
 }
 
+void meta_xattrs_put_new(rocksdb_writebatch_t *wb, uint64_t ino, const char *const *names, const void *const *values,
+			 const size_t *lens, uint32_t n)
+{
+	struct xattr_sum sum = { 0 };
+	for (uint32_t i = 0; i < n; i++) {
+		uint8_t key[META_XATTR_KEY_MAX];
+		size_t nlen = strlen(names[i]);
+		size_t klen = meta_key_xattr(key, ino, names[i], nlen);
+		rocksdb_writebatch_put(wb, (const char *)key, klen, values[i], lens[i]);
+		sum.count++;
+		sum.names += (uint32_t)nlen + 1;
+	}
+	xattr_sum_put(wb, ino, &sum);
+}
+
+/* 1 for the access ACL's name, 2 for the default ACL's, else 0. */
+static int acl_kind(const char *name)
+{
+	return strcmp(name, meta_acl_access) == 0 ? 1 : strcmp(name, meta_acl_default) == 0 ? 2 : 0;
+}
+
+/* An ACL set (*value; none, or no bytes, removes it, as on Linux) on in, read under its
+ * bucket lock: who may (the owner or root), whether the bytes are an ACL, and what the
+ * change stores, the kernel's way for a local file system: an access ACL sets the
+ * mode's bits (and drops setgid for a caller outside the file's group) and is not stored
+ * when the mode says all of it; a default ACL goes on directories only. *value becomes
+ * what to store (the ACL as the kernel would write it back, in enc) or NULL to remove
+ * the row; in's mode and flags are updated. */
+static int acl_prepare(const struct aq_cred *cr, struct meta_inode *in, bool dflt, const void **value, size_t *size,
+		       uint8_t *enc)
+{
+	if (!meta_is_root(cr) && cr->uid != in->a.uid)
+		return -EPERM;
+	if (*value && *size == 0)
+		*value = NULL;
+	uint32_t flag = dflt ? AQ_ATTR_DACL : AQ_ATTR_ACL;
+	if (dflt && !S_ISDIR(in->a.mode))
+		return *value ? -EACCES : 0;
+	if (S_ISLNK(in->a.mode))
+		return -EOPNOTSUPP;
+	if (*value) {
+		struct meta_acl *acl = aq_malloc(sizeof(*acl));
+		int rc = meta_acl_decode(*value, *size, acl);
+		if (rc == 1) { /* no entries: a removal */
+			rc = 0;
+			*value = NULL;
+		} else if (rc == 0 && !dflt) {
+			uint32_t mode = in->a.mode;
+			if (meta_acl_mode(acl, &mode))
+				*value = NULL;
+			if (!meta_is_root(cr) && !meta_in_group(cr, in->a.gid))
+				mode &= ~(uint32_t)S_ISGID;
+			in->a.mode = mode;
+		}
+		if (rc == 0 && *value)
+			*size = meta_acl_encode(acl, enc), *value = enc;
+		free(acl);
+		if (rc)
+			return rc;
+	}
+	if (*value)
+		in->a.flags |= flag;
+	else
+		in->a.flags &= ~flag;
+	return 0;
+}
+
 /* set (value != NULL) or remove (value == NULL) under the inode's bucket lock. The
  * inode's AQ_ATTR_XATTRS flag says whether any are left: a client that sees it clear
  * answers getxattr itself (ls -l asks two per file). */
@@ -179,6 +246,7 @@ static int xattr_change(struct meta_store *m, const struct aq_cred *cr, uint64_t
 		return -ENOENT;
 	uint8_t key[META_XATTR_KEY_MAX];
 	size_t klen = meta_key_xattr(key, ino, name, nlen);
+	uint8_t *enc = aq_malloc(META_ACL_BYTES_MAX);
 	struct meta_inode *in = aq_malloc(sizeof(*in));
 	rocksdb_writebatch_t *wb = meta_batch_new();
 	struct meta_lockset ls = { 0 };
@@ -190,8 +258,14 @@ static int xattr_change(struct meta_store *m, const struct aq_cred *cr, uint64_t
 	/* Linux drops a file's capabilities when someone who may write it writes, truncates
 	 * or chowns it: the kernel asks the mount to remove security.capability as that
 	 * user (and refuses the system call itself to anyone without CAP_SETFCAP). */
-	rc = !value && strcmp(name, "security.capability") == 0 ? caps_drop_perm(cr, &in->a)
-								  : xattr_allowed(cr, &in->a, name, true);
+	int acl = acl_kind(name);
+	uint32_t mode = in->a.mode;
+	if (acl)
+		rc = acl_prepare(cr, in, acl == 2, &value, &size, enc);
+	else if (!value && strcmp(name, "security.capability") == 0)
+		rc = caps_drop_perm(m, cr, &in->a);
+	else
+		rc = xattr_allowed(m, cr, &in->a, name, true);
 	if (!rc && value)
 		rc = meta_space_check(m); /* a set, once it is allowed */
 	if (rc)
@@ -200,6 +274,17 @@ static int xattr_change(struct meta_store *m, const struct aq_cred *cr, uint64_t
 	if (rc < 0)
 		goto unlock;
 	bool exists = rc == 1;
+	if (acl && !value && !exists) {
+		/* no ACL to remove (nor one the mode says whole to store): as ext4, not an
+		 * error, and nothing changes but the mode it set */
+		rc = 0;
+		if (in->a.mode == mode)
+			goto unlock;
+		in->a.ctime_ns = aq_now_ns();
+		meta_put_inode(wb, in);
+		rc = meta_commit_op(m, wb, 0);
+		goto unlock;
+	}
 	struct xattr_sum sum = { 0 }; /* read when a name comes or goes */
 	rc = exists != (value != NULL) ? xattr_sum_read(m, in, ino, &sum) : 0;
 	if (rc)
@@ -254,6 +339,7 @@ unlock:
 	meta_lockset_unlock(m, &ls);
 	rocksdb_writebatch_destroy(wb);
 	free(in);
+	free(enc);
 	return rc;
 }
 
@@ -261,7 +347,7 @@ int meta_setxattr(struct meta_store *m, const struct aq_cred *cr, uint64_t ino, 
 		  size_t size, uint32_t flags)
 {
 	static const char empty;
-	if (name && has_prefix(name, "system."))
+	if (name && has_prefix(name, "system.") && !acl_kind(name))
 		return -EOPNOTSUPP;
 	return xattr_change(m, cr, ino, name, value ? value : &empty, value ? size : 0, flags);
 }
@@ -282,7 +368,7 @@ int meta_getxattr(struct meta_store *m, const struct aq_cred *cr, uint64_t ino, 
 	rc = meta_attr_of(m, ino, &a);
 	if (rc)
 		return rc;
-	rc = xattr_allowed(cr, &a, name, false);
+	rc = xattr_allowed(m, cr, &a, name, false);
 	if (rc)
 		return rc;
 	uint8_t key[META_XATTR_KEY_MAX];
@@ -302,7 +388,7 @@ int meta_listxattr(struct meta_store *m, const struct aq_cred *cr, uint64_t ino,
 	int rc = meta_attr_of(m, ino, &a);
 	if (rc)
 		return rc;
-	rc = meta_perm(cr, &a, R_OK);
+	rc = meta_perm(m, cr, &a, R_OK);
 	if (rc)
 		return rc;
 	struct list_fill lf = {.root = meta_is_root(cr), .buf = buf, .size = size};

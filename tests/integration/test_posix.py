@@ -351,28 +351,6 @@ def test_xattrs(c):
     expect_errno(errno.ENODATA, os.getxattr, p, "user.color")
 
 
-def test_acls_are_refused_not_ignored(c):
-    """Regression: a POSIX ACL (setfacl writes system.posix_acl_access) was stored as a
-    plain attribute and never enforced, nor reflected in the mode, so an ACL that was to
-    deny a user access denied nothing. Aquifer does not implement ACLs: setting one is
-    EOPNOTSUPP, as on ext4 mounted noacl, and other attributes go on working."""
-    import struct
-    p = c.path("acl")
-    open(p, "w").close()
-    os.chmod(p, 0o644)
-    # user::rw- user:1000:--- group::r-- mask::r-- other::r--
-    entries = [(0x01, 6, 0xFFFFFFFF), (0x02, 0, 1000), (0x04, 4, 0xFFFFFFFF), (0x10, 4, 0xFFFFFFFF),
-               (0x20, 4, 0xFFFFFFFF)]
-    acl = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
-    expect_errno(errno.EOPNOTSUPP, os.setxattr, p, "system.posix_acl_access", acl)
-    os.mkdir(c.path("acld"))
-    expect_errno(errno.EOPNOTSUPP, os.setxattr, c.path("acld"), "system.posix_acl_default", acl)
-    expect_errno(errno.ENODATA, os.getxattr, p, "system.posix_acl_access")
-    assert os.stat(p).st_mode & 0o7777 == 0o644
-    os.setxattr(p, "user.after", b"1")  # the kernel still passes attributes on
-    assert os.getxattr(p, "user.after") == b"1"
-
-
 def test_xattrs_stop_where_they_could_no_longer_be_listed(c):
     """Regression (stress-ng --xattr): names were accepted without bound, and once they
     passed listxattr's 64 KiB the file's names could not be listed at all (E2BIG). Now a

@@ -1419,11 +1419,14 @@ static void op_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_dat
 	fuse_reply_none(req);
 }
 
-/* A write, a truncating open or an fallocate through f by someone without CAP_FSETID,
- * now that the kernel leaves the setuid and setgid bits to the mount (devio.c): drops
- * them before the bytes land, as Linux does, unless this client knows there are none.
- * The kernel fetches the new mode itself: each of these calls drops its attributes. */
-static int kill_sxid(fuse_req_t req, struct aq_file *f)
+/* A write, a truncating open or an fallocate through f (node's) by someone without
+ * CAP_FSETID, now that the kernel leaves the setuid and setgid bits to the mount
+ * (devio.c): drops them before the bytes land, as Linux does, unless this client knows
+ * there are none. The kernel is then told to drop the inode's attributes: after these
+ * calls it fetches only size and times again, and kept the old mode for a stat that asks
+ * for the mode alone (`stat -c %a`, statx with STATX_MODE; xfstests generic/683). No
+ * pages go, so no lock the kernel holds for the call is needed. */
+static int kill_sxid(fuse_req_t req, fuse_ino_t node, struct aq_file *f)
 {
 	if (!aq_file_sxid(f))
 		return 0;
@@ -1436,6 +1439,7 @@ static int kill_sxid(fuse_req_t req, struct aq_file *f)
 	if (rc)
 		return rc;
 	keep_attr(seq, &out);
+	fuse_lowlevel_notify_inval_inode(g_se, node, -1, 0);
 	return 0;
 }
 
@@ -1468,7 +1472,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino_node, struct fuse_file_info *
 		 * buffered chunk can be read back */
 		rc = WITH_GROUPS(req, cr, aq_open_ino(g_client, &cr, ino, fi->flags & ~O_APPEND, &f));
 		if (!rc && devio_kill()) { /* O_TRUNC by someone without CAP_FSETID */
-			rc = kill_sxid(req, f);
+			rc = kill_sxid(req, ino_node, f);
 			if (rc)
 				aq_close(f);
 		}
@@ -1547,7 +1551,7 @@ static void op_write(fuse_req_t req, fuse_ino_t node, const char *buf, size_t si
 {
 	struct aq_file *f = (struct aq_file *)(uintptr_t)fi->fh;
 	own_change();
-	int rc = devio_kill() ? kill_sxid(req, f) : 0;
+	int rc = devio_kill() ? kill_sxid(req, node, f) : 0;
 	ssize_t n = rc ? rc : aq_pwrite(f, buf, size, (uint64_t)off);
 	if (n < 0)
 		fuse_reply_err(req, posix_err((int)n));
@@ -1562,7 +1566,7 @@ static void op_fallocate(fuse_req_t req, fuse_ino_t node, int mode, off_t off, o
 	own_change();
 	/* the kernel names no flag here: root stands for CAP_FSETID, as the server's
 	 * truncate does */
-	int rc = devio_killpriv_v2() && fuse_req_ctx(req)->uid != 0 ? kill_sxid(req, f) : 0;
+	int rc = devio_killpriv_v2() && fuse_req_ctx(req)->uid != 0 ? kill_sxid(req, node, f) : 0;
 	fuse_reply_err(req, posix_err(rc ? rc : aq_fallocate(f, mode, (uint64_t)off, (uint64_t)len)));
 }
 

@@ -170,6 +170,10 @@ int aq_statfs(struct aq_client *c, struct aq_statfs *out);
 /* Files. flags are open(2)'s (O_RDONLY, O_WRONLY, O_RDWR, O_APPEND, O_TRUNC). Writes are
  * buffered per chunk and sent on chunk boundaries, aq_fsync and aq_close; aq_fsync returns
  * when data and size are durable. */
+/* An open's flags may carry AQ_O_EXEC (Linux's __FMODE_EXEC, which the kernel passes in an
+ * exec(2)'s FUSE OPEN): the file is opened to run it, which needs execute permission,
+ * not read (an execute-only binary). */
+#define AQ_O_EXEC 040
 int aq_open_ino(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, int flags, struct aq_file **out);
 /* As aq_open_ino for O_RDONLY, but returns at once: the OPEN is in flight, and the first
  * call on the file waits for it and reports its error (other flags: aq_open_ino). For a

@@ -2105,8 +2105,8 @@ int meta_open_file(struct meta_store *m, const struct aq_cred *cr, uint64_t ino,
 		return rc;
 	uint32_t mask = 0;
 	switch (flags & O_ACCMODE) {
-	case O_RDONLY:
-		mask = R_OK;
+	case O_RDONLY: /* an exec's open needs execute, not read (xfstests generic/126) */
+		mask = (flags & AQ_O_EXEC) && S_ISREG(a.mode) ? X_OK : R_OK;
 		break;
 	case O_WRONLY:
 		mask = W_OK;

@@ -280,6 +280,22 @@ def test_server_checks_too(c):
     assert int(p.stdout.strip()) == -errno.EACCES, p.stdout
 
 
+def test_an_execute_only_program_runs(c):
+    """xfstests generic/126: a program with x but not r for its user runs, as on ext4,
+    and still cannot be read. Regression: the kernel opens it for exec, but aqd checked
+    read permission when the first page was fetched, so the READ failed and the program
+    died of SIGSEGV once the page cache no longer held it."""
+    import shutil
+    p = c.path("xonly")
+    shutil.copy("/bin/true", p)
+    os.chmod(p, 0o711)
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("1")
+    r = run_as(f"import os; os.execv({p!r}, [{p!r}])")
+    assert r.returncode == 0, (r.returncode, r.stderr)
+    assert as_user(f"open('{p}', 'rb').read(1)") == errno.EACCES
+
+
 def test_ftruncate_needs_no_write_permission(c):
     """A descriptor open for writing truncates whatever the file's mode says now: the open
     checked write permission (pjdfstest ftruncate/00.t: nobody creates a file with mode 0

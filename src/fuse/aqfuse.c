@@ -954,6 +954,94 @@ static void ec_recheck(uint64_t gen, uint64_t parent, const char *name, uint64_t
 	}
 }
 
+/* Directories open here, with the newest attributes heard of each: a directory removed
+ * while open (rmdir, or a rename over it) is gone from aqd, yet fstat(2) of its
+ * descriptor answers on Linux, with nlink 0 (xfstests generic/035). The kernel asks
+ * without the handle, so op_getattr looks here when aqd says ENOENT. */
+#define OPEN_DIRS_SLOTS 256
+struct open_dir {
+	struct open_dir *next;
+	uint64_t ino;
+	uint32_t refs;
+	bool known;
+	struct aq_attr a;
+};
+static struct {
+	pthread_mutex_t mu;
+	atomic_uint n; /* open directories: keep_attr looks here only when some are */
+	struct open_dir *slot[OPEN_DIRS_SLOTS];
+} g_open_dirs = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+static struct open_dir **open_dir_find_locked(uint64_t ino)
+{
+	struct open_dir **p = &g_open_dirs.slot[(ino * 0x9E3779B97F4A7C15ull) >> 56];
+	while (*p && (*p)->ino != ino)
+		p = &(*p)->next;
+	return p;
+}
+
+static void open_dir_hold(uint64_t ino)
+{
+	pthread_mutex_lock(&g_open_dirs.mu);
+	struct open_dir **p = open_dir_find_locked(ino);
+	if (!*p) {
+		*p = aq_calloc(1, sizeof **p);
+		(*p)->ino = ino;
+		/* the lookup or getattr that came before the open, whatever its age */
+		pthread_mutex_lock(&g_dattr.mu);
+		struct dattr *d = dattr_slot(ino);
+		if (d->ino == ino) {
+			(*p)->a = d->a;
+			(*p)->known = true;
+		}
+		pthread_mutex_unlock(&g_dattr.mu);
+		atomic_fetch_add(&g_open_dirs.n, 1);
+	}
+	(*p)->refs++;
+	pthread_mutex_unlock(&g_open_dirs.mu);
+}
+
+static void open_dir_release(uint64_t ino)
+{
+	pthread_mutex_lock(&g_open_dirs.mu);
+	struct open_dir **p = open_dir_find_locked(ino), *od = *p;
+	if (od && --od->refs == 0) {
+		*p = od->next;
+		free(od);
+		atomic_fetch_sub(&g_open_dirs.n, 1);
+	}
+	pthread_mutex_unlock(&g_open_dirs.mu);
+}
+
+static void open_dir_note(const struct aq_attr *a)
+{
+	if (!S_ISDIR(a->mode) || atomic_load(&g_open_dirs.n) == 0)
+		return;
+	pthread_mutex_lock(&g_open_dirs.mu);
+	struct open_dir *od = *open_dir_find_locked(a->ino);
+	if (od) {
+		od->a = *a;
+		od->known = true;
+	}
+	pthread_mutex_unlock(&g_open_dirs.mu);
+}
+
+/* The attributes of directory ino, open here and removed: what was last heard, nlink 0. */
+static bool open_dir_removed(uint64_t ino, struct aq_attr *a)
+{
+	if (atomic_load(&g_open_dirs.n) == 0)
+		return false;
+	pthread_mutex_lock(&g_open_dirs.mu);
+	struct open_dir *od = *open_dir_find_locked(ino);
+	bool hit = od && od->known;
+	if (hit) {
+		*a = od->a;
+		a->nlink = 0;
+	}
+	pthread_mutex_unlock(&g_open_dirs.mu);
+	return hit;
+}
+
 /* This mount changed something (a write, a size): replies and sets older than now may
  * be stale. */
 static void own_change(void) { atomic_fetch_add(&g_own_changes, 1); }
@@ -965,6 +1053,7 @@ static void keep_attr(struct cseq seq, const struct aq_attr *a)
 		usleep(g_test_keep_delay_ms * 1000u);
 	dattr_put(seq, a);
 	nox_put(seq, a);
+	open_dir_note(a);
 }
 
 /* The errno an application gets. A server that stayed unreachable past libaq's
@@ -1160,6 +1249,11 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino_node, struct fuse_file_inf
 	}
 	struct cseq seq = cseq_now();
 	int rc = aq_getattr(g_client, NULL, ino, &a);
+	if (rc == -ENOENT && open_dir_removed(ino, &a)) {
+		to_stat(&a, &st);
+		fuse_reply_attr(req, &st, g_timeout_s);
+		return;
+	}
 	if (rc) {
 		fuse_reply_err(req, posix_err(rc));
 		return;
@@ -1618,6 +1712,7 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino_node, struct fuse_file_inf
 	struct dirh *dh = aq_calloc(1, sizeof *dh);
 	pthread_mutex_init(&dh->mu, NULL);
 	fi->fh = (uint64_t)(uintptr_t)dh;
+	open_dir_hold(aq_node_ino(ino_node));
 	/* The kernel keeps what a listing returned in the directory's page cache and lists
 	 * from there again (FOPEN_CACHE_DIR) until the directory changes: a listing from
 	 * the start compares the directory's i_version, which this mount's own changes
@@ -1802,6 +1897,7 @@ static void op_readdirplus(fuse_req_t req, fuse_ino_t ino_node, size_t size, off
 static void op_releasedir(fuse_req_t req, fuse_ino_t node, struct fuse_file_info *fi)
 {
 	struct dirh *dh = (struct dirh *)(uintptr_t)fi->fh;
+	open_dir_release(aq_node_ino(node));
 	pthread_mutex_destroy(&dh->mu);
 	free(dh->ents);
 	free(dh);

@@ -351,6 +351,40 @@ def test_xattrs(c):
     expect_errno(errno.ENODATA, os.getxattr, p, "user.color")
 
 
+def removed_while_open(d):
+    """What fstat and a listing of a directory's descriptor say after it was removed
+    (rmdir) or replaced (a rename over it) while open."""
+    out = []
+    os.mkdir(f"{d}/r1", 0o751)
+    fd = os.open(f"{d}/r1", os.O_RDONLY)
+    os.rmdir(f"{d}/r1")
+    st = os.fstat(fd)
+    out.append((oct(st.st_mode), st.st_nlink, st.st_uid, os.listdir(fd)))
+    os.close(fd)
+    os.mkdir(f"{d}/a1")
+    os.mkdir(f"{d}/b1", 0o700)
+    fd = os.open(f"{d}/b1", os.O_RDONLY)
+    os.rename(f"{d}/a1", f"{d}/b1")
+    st = os.fstat(fd)
+    out.append((oct(st.st_mode), st.st_nlink))
+    os.close(fd)
+    os.rmdir(f"{d}/b1")
+    return out
+
+
+def test_a_removed_directory_still_open_answers_fstat(c):
+    """xfstests generic/035: fstat of a directory's descriptor after an rmdir or a rename
+    over it answers, with nlink 0, as on ext4. Regression: the kernel asks the mount for
+    the attributes without the handle, aqd no longer has the inode, and fstat said
+    ENOENT."""
+    import tempfile
+    local = tempfile.mkdtemp(dir=c.base)
+    mine = c.path("rmopen")
+    os.mkdir(mine)
+    want, got = removed_while_open(local), removed_while_open(mine)
+    assert got == want and want[0][1] == 0, (got, want)
+
+
 def test_xattrs_stop_where_they_could_no_longer_be_listed(c):
     """Regression (stress-ng --xattr): names were accepted without bound, and once they
     passed listxattr's 64 KiB the file's names could not be listed at all (E2BIG). Now a

@@ -507,10 +507,11 @@ int cmd_mount(int argc, char **argv)
 		{"cluster", required_argument, 0, 'c'}, {"foreground", no_argument, 0, 'f'},
 		{"allow-other", no_argument, 0, 'a'}, {"ro", no_argument, 0, 'r'},
 		{"attr-timeout", required_argument, 0, 't'}, {"threads", required_argument, 0, 'T'},
-		{"debug", no_argument, 0, 'd'}, {"log", required_argument, 0, 'l'}, {0, 0, 0, 0}};
+		{"debug", no_argument, 0, 'd'}, {"log", required_argument, 0, 'l'},
+		{"nosuid", no_argument, 0, 'S'}, {"nodev", no_argument, 0, 'D'}, {0, 0, 0, 0}};
 	int c;
 	optind = 1;
-	while ((c = getopt_long(argc, argv, "c:fart:T:dl:", lopts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "c:fart:T:dl:SD", lopts, NULL)) != -1) {
 		switch (c) {
 		case 'c': o.cluster_file = optarg; break;
 		case 'f': o.foreground = true; break;
@@ -520,6 +521,8 @@ int cmd_mount(int argc, char **argv)
 		case 'T': o.threads = (unsigned)atoi(optarg); break;
 		case 'd': o.debug = true; o.foreground = true; break;
 		case 'l': o.log_path = optarg; break;
+		case 'S': o.nosuid = true; break;
+		case 'D': o.nodev = true; break;
 		default: goto usage;
 		}
 	}
@@ -555,7 +558,7 @@ int cmd_mount(int argc, char **argv)
 	return aqfuse_main(&o);
 usage:
 	fprintf(stderr, "usage: aq mount MOUNTPOINT [--cluster FILE] [--foreground] [--allow-other] [--ro] "
-			"[--attr-timeout SECONDS] [--threads N] [--log FILE]\n");
+			"[--nosuid] [--nodev] [--attr-timeout SECONDS] [--threads N] [--log FILE]\n");
 	return 2;
 }
 

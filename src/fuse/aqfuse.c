@@ -2132,8 +2132,15 @@ int aqfuse_main(const struct aqfuse_options *opt)
 	g_page_size = (size_t)sysconf(_SC_PAGESIZE);
 
 	char optstr[256];
-	snprintf(optstr, sizeof optstr, "fsname=aquifer,subtype=aquifer,default_permissions,max_read=1048576%s%s",
-		 opt->allow_other ? ",allow_other" : "", opt->read_only ? ",ro" : "");
+	/* As ext4 (and an NFS or CephFS client): setuid programs and device files work on a
+	 * root's mount, unless --nosuid or --nodev says no (libfuse's own default is both
+	 * refused; a user's mount, through fusermount3, always is). Any client the cluster
+	 * lets in may act as any uid, root included, so a mount that must not trust the
+	 * others' setuid programs says --nosuid. */
+	bool root = getuid() == 0;
+	snprintf(optstr, sizeof optstr, "fsname=aquifer,subtype=aquifer,default_permissions,max_read=1048576%s%s%s%s",
+		 opt->allow_other ? ",allow_other" : "", opt->read_only ? ",ro" : "",
+		 root && !opt->nosuid ? ",suid" : "", root && !opt->nodev ? ",dev" : "");
 	char *argv[] = {"aq", "-o", optstr, opt->debug ? "-d" : NULL, NULL};
 	struct fuse_args args = FUSE_ARGS_INIT(opt->debug ? 4 : 3, argv);
 	struct fuse_session *se = fuse_session_new(&args, &aq_ops, sizeof aq_ops, NULL);

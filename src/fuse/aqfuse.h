@@ -9,6 +9,7 @@ struct aqfuse_options {
 	bool foreground;
 	bool allow_other;
 	bool read_only;
+	bool nosuid, nodev;      /* refuse setuid and device files (a root mount allows them) */
 	bool debug;
 	double attr_timeout_s;   /* kernel attribute and entry cache */
 	unsigned threads;        /* FUSE worker threads */

@@ -13,7 +13,7 @@ import tarfile
 import threading
 import time
 
-from aqtest import (AQ, Cluster, ends_while_stopped, expect_errno, main, mount_pid, proc_io, proc_status_kib, run, run_as,
+from aqtest import (AQ, NOBODY, Cluster, ends_while_stopped, expect_errno, main, mount_pid, proc_io, proc_status_kib, run, run_as,
                     runs_while_stopped, unmount)
 
 
@@ -349,6 +349,33 @@ def test_xattrs(c):
     assert os.getxattr(p, "user.color") == b"red"
     os.removexattr(p, "user.color")
     expect_errno(errno.ENODATA, os.getxattr, p, "user.color")
+
+
+def test_device_files_and_setuid_programs_work_unless_refused(c):
+    """As on ext4 (xfstests generic/184, 306): a device file made on a root's mount opens,
+    and a setuid program runs with its owner's uid; a mount with --nodev --nosuid refuses
+    both, as mount(8)'s options do. Regression: every mount had libfuse's nosuid,nodev."""
+    import shutil
+    import tempfile
+    dev = c.path("null")
+    os.mknod(dev, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    with open(dev, "w") as f:
+        f.write("gone")
+    prog = c.path("suid-id")
+    shutil.copy("/usr/bin/id", prog)
+    os.chmod(prog, 0o4755)
+    r = run_as(f"import subprocess; print(subprocess.run([{prog!r}, '-u'], capture_output=True, text=True).stdout)")
+    assert r.stdout.strip() == "0", (r.stdout, r.stderr)
+    other = tempfile.mkdtemp(dir=c.base)
+    run(AQ, "mount", other, "--cluster", c.conf, "--allow-other", "--nosuid", "--nodev")
+    try:
+        expect_errno(errno.EACCES, open, os.path.join(other, "null"), "w")
+        p2 = os.path.join(other, "suid-id")
+        r = run_as(f"import subprocess; print(subprocess.run([{p2!r}, '-u'], capture_output=True, text=True).stdout)")
+        assert r.stdout.strip() == str(NOBODY), (r.stdout, r.stderr)
+    finally:
+        unmount(other)
+        os.rmdir(other)
 
 
 def removed_while_open(d):

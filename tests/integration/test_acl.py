@@ -146,7 +146,8 @@ def native_setxattr(c, path, name, values):
             "assert lib.aq_connect(None, ctypes.byref(cl)) == 0\n"
             f"ino = {os.lstat(path).st_ino}\n"
             f"for v in {values!r}:\n"
-            f"    print(lib.aq_setxattr_ino(cl, None, ctypes.c_uint64(ino), b'{name}', v, ctypes.c_size_t(len(v)), 0))\n")
+            f"    n = ctypes.c_size_t(len(v))\n"
+            f"    print(lib.aq_setxattr_ino(cl, None, ctypes.c_uint64(ino), b'{name}', v, n, 0))\n")
     r = run_as(code, uid=0, gid=0, cluster=c)
     assert r.returncode == 0, r.stderr
     return [int(x) for x in r.stdout.split()]

@@ -160,6 +160,8 @@ struct dirsum_change {
 	struct meta_store *m;
 	uint64_t dir;
 	int64_t dentries, dsubdirs, now_ns;
+	int32_t bucket;  /* the partial row's (-1: none), and whether it holds entries after */
+	bool nonempty;
 	bool drop; /* not a delta: the cached sum must be read again */
 };
 static __thread struct dirsum_change tls_changes[32];
@@ -173,23 +175,31 @@ rocksdb_writebatch_t *meta_batch_new(void)
 	return rocksdb_writebatch_create();
 }
 
-static void dirsum_note(struct meta_store *m, uint64_t dir, int64_t dent, int64_t dsub, int64_t now_ns)
+static void dirsum_note(struct meta_store *m, uint64_t dir, int64_t dent, int64_t dsub, int64_t now_ns,
+			int32_t bucket, bool nonempty)
 {
 	if (tls_nchanges == ARRAY_SIZE(tls_changes)) {
 		tls_changes_overflow = true;
 		return;
 	}
-	tls_changes[tls_nchanges++] = (struct dirsum_change){m, dir, dent, dsub, now_ns, false};
+	tls_changes[tls_nchanges++] = (struct dirsum_change){m, dir, dent, dsub, now_ns, bucket, nonempty, false};
 }
 
 static void dirsum_note_drop(struct meta_store *m, uint64_t dir)
 {
-	dirsum_note(m, dir, 0, 0, 0);
+	dirsum_note(m, dir, 0, 0, 0, -1, false);
 	if (!tls_changes_overflow)
 		tls_changes[tls_nchanges - 1].drop = true;
 }
 
 static uint32_t dirsum_slot(uint64_t dir) { return (uint32_t)(aq_mix64(dir, 0x5157) % META_DIRSUM_SLOTS); }
+
+/* Slot i's bitmap of the buckets that hold entries of its directory, or NULL for a store
+ * with more buckets than META_DIRSUM_BITS_MAX (the bitmaps would take too much memory). */
+static uint64_t *dirsum_bits(struct meta_store *m, uint32_t slot)
+{
+	return m->dirsum_bits ? m->dirsum_bits + (size_t)slot * ((m->nbuckets + 63) / 64) : NULL;
+}
 
 /* After a commit: fold each change into its directory's cached sum (committed), or move
  * the stripe's generation so no reader caches a sum that may miss it. */
@@ -216,6 +226,11 @@ static void dirsum_commit(struct meta_store *m, bool ok)
 			d->sum.nsubdirs += c->dsubdirs;
 			d->sum.mtime_ns = MAX(d->sum.mtime_ns, c->now_ns);
 			d->sum.ctime_ns = MAX(d->sum.ctime_ns, c->now_ns);
+			uint64_t *bits = dirsum_bits(m, slot);
+			if (bits && c->bucket >= 0) {
+				uint64_t bit = 1ull << (c->bucket % 64);
+				bits[c->bucket / 64] = c->nonempty ? bits[c->bucket / 64] | bit : bits[c->bucket / 64] & ~bit;
+			}
 		} else {
 			if (d->dir == c->dir)
 				d->valid = false;
@@ -227,27 +242,51 @@ static void dirsum_commit(struct meta_store *m, bool ok)
 	tls_changes_overflow = false;
 }
 
-/* A directory's merged partial rows, from the cache or the store. */
-int meta_dirsum_get(struct meta_store *m, uint64_t dir, struct meta_partial *sum)
+static int dir_totals_bits(struct meta_store *m, uint64_t dir, struct meta_partial *sum, uint64_t *bits);
+
+int meta_dirsum_buckets(struct meta_store *m, uint64_t dir, struct meta_partial *sum, uint64_t *bits, bool *have_bits)
 {
 	uint32_t slot = dirsum_slot(dir), st = slot % META_DIRSUM_STRIPES;
 	struct meta_dirsum *d = &m->dirsum[slot];
+	uint64_t *cached = dirsum_bits(m, slot);
+	size_t words = (m->nbuckets + 63) / 64;
+	*have_bits = false;
 	pthread_mutex_lock(&m->dirsum_mu[st]);
 	if (d->valid && d->dir == dir) {
 		*sum = d->sum;
+		if (bits && cached) {
+			memcpy(bits, cached, words * 8);
+			*have_bits = true;
+		}
 		pthread_mutex_unlock(&m->dirsum_mu[st]);
 		return 0;
 	}
 	uint64_t gen = m->dirsum_gen[st];
 	pthread_mutex_unlock(&m->dirsum_mu[st]);
-	int rc = meta_dir_totals(m, dir, sum);
-	if (rc)
-		return rc;
-	pthread_mutex_lock(&m->dirsum_mu[st]);
-	if (m->dirsum_gen[st] == gen)
-		*d = (struct meta_dirsum){.dir = dir, .valid = true, .sum = *sum};
-	pthread_mutex_unlock(&m->dirsum_mu[st]);
-	return 0;
+	uint64_t *read = aq_calloc(words, 8);
+	int rc = dir_totals_bits(m, dir, sum, read);
+	if (rc == 0) {
+		pthread_mutex_lock(&m->dirsum_mu[st]);
+		if (m->dirsum_gen[st] == gen) {
+			*d = (struct meta_dirsum){.dir = dir, .valid = true, .sum = *sum};
+			if (cached)
+				memcpy(cached, read, words * 8);
+		}
+		pthread_mutex_unlock(&m->dirsum_mu[st]);
+		if (bits) {
+			memcpy(bits, read, words * 8);
+			*have_bits = true;
+		}
+	}
+	free(read);
+	return rc;
+}
+
+/* A directory's merged partial rows, from the cache or the store. */
+int meta_dirsum_get(struct meta_store *m, uint64_t dir, struct meta_partial *sum)
+{
+	bool have_bits;
+	return meta_dirsum_buckets(m, dir, sum, NULL, &have_bits);
 }
 
 /* A directory's attributes and parent as stored (without the merged partial rows), for
@@ -473,12 +512,15 @@ int meta_read_partials(struct meta_store *m, uint64_t dir, uint32_t b0, uint32_t
 	return rc;
 }
 
-int meta_dir_totals(struct meta_store *m, uint64_t dir, struct meta_partial *sum)
+/* meta_dir_totals, and into bits (when not NULL) the buckets that hold entries. */
+static int dir_totals_bits(struct meta_store *m, uint64_t dir, struct meta_partial *sum, uint64_t *bits)
 {
 	struct meta_partial *p = aq_malloc(m->nbuckets * sizeof(*p));
 	int rc = meta_read_partials(m, dir, 0, m->nbuckets, p, NULL);
 	memset(sum, 0, sizeof(*sum));
 	for (uint32_t b = 0; b < m->nbuckets; b++) {
+		if (bits && p[b].nentries > 0)
+			bits[b / 64] |= 1ull << (b % 64);
 		sum->nentries += p[b].nentries;
 		sum->nsubdirs += p[b].nsubdirs;
 		sum->mtime_ns = MAX(sum->mtime_ns, p[b].mtime_ns);
@@ -487,6 +529,11 @@ int meta_dir_totals(struct meta_store *m, uint64_t dir, struct meta_partial *sum
 	free(p);
 	AQ_ASSERT(rc != 0 || (sum->nentries >= 0 && sum->nsubdirs >= 0 && sum->nsubdirs <= sum->nentries));
 	return rc;
+}
+
+int meta_dir_totals(struct meta_store *m, uint64_t dir, struct meta_partial *sum)
+{
+	return dir_totals_bits(m, dir, sum, NULL);
 }
 
 /* The cached partial row of (bucket, dir), moved to the front of its bucket's slots (LRU),
@@ -564,7 +611,7 @@ int meta_apply_partials(struct meta_store *m, rocksdb_writebatch_t *wb, const st
 		AQ_ASSERT(p.nentries >= 0 && p.nsubdirs >= 0);
 		p.mtime_ns = MAX(p.mtime_ns, now_ns);
 		p.ctime_ns = MAX(p.ctime_ns, now_ns);
-		dirsum_note(m, d[i].dir, dent, dsub, now_ns);
+		dirsum_note(m, d[i].dir, dent, dsub, now_ns, (int32_t)d[i].bucket, p.nentries > 0);
 		meta_partial_encode(&p, v);
 		rocksdb_writebatch_put(wb, (const char *)key, klen, (const char *)v, sizeof(v));
 		/* Ahead of the commit: a failed commit bumps the epoch, which drops it. */
@@ -835,6 +882,7 @@ static void free_store(struct meta_store *m)
 	for (uint32_t i = 0; i < META_DIRSUM_STRIPES; i++)
 		pthread_mutex_destroy(&m->dirsum_mu[i]);
 	free(m->dirsum);
+	free(m->dirsum_bits);
 	free(m->dircache);
 	pthread_mutex_destroy(&m->rename_lock);
 	pthread_mutex_destroy(&m->clock_lock);
@@ -972,6 +1020,8 @@ int meta_open(const char *path, bool create, const struct meta_options *opt, str
 	rc = 0;
 
 	m->dirsum = aq_calloc(META_DIRSUM_SLOTS, sizeof(*m->dirsum));
+	if (m->nbuckets <= META_DIRSUM_BITS_MAX)
+		m->dirsum_bits = aq_calloc((size_t)META_DIRSUM_SLOTS * ((m->nbuckets + 63) / 64), 8);
 	m->dircache = aq_calloc(META_DIRCACHE_SLOTS, sizeof(*m->dircache));
 	atomic_store(&m->dircache_gen, 1); /* empty slots (generation 0) never match */
 	for (uint32_t i = 0; i < META_DIRSUM_STRIPES; i++)

@@ -73,6 +73,7 @@ struct meta_partial {
 };
 
 #define META_DIRSUM_SLOTS 4096
+#define META_DIRSUM_BITS_MAX 1024 /* buckets up to which each slot keeps a bitmap of them */
 #define META_DIRSUM_STRIPES 64
 #define META_DIRCACHE_SLOTS 1024
 struct meta_dirsum {
@@ -136,6 +137,9 @@ struct meta_store {
 	 * dirsum_gen[stripe] moves whenever a committed change could not be folded into a
 	 * slot, so a reader that filled a slot from the store meanwhile does not keep it. */
 	struct meta_dirsum *dirsum;
+	/* Per slot, the buckets that hold entries of its directory (valid with the slot): a
+	 * listing of a small directory scans those without reading every partial row. */
+	uint64_t *dirsum_bits;
 	pthread_mutex_t dirsum_mu[META_DIRSUM_STRIPES];
 	uint64_t dirsum_gen[META_DIRSUM_STRIPES];
 	/* The rows of recently looked-in directories (a lookup checks its parent's mode):
@@ -244,6 +248,9 @@ int meta_xattr_each(struct meta_store *m, uint64_t ino,
 int meta_attr_of(struct meta_store *m, uint64_t ino, struct aq_attr *out);
 /* A directory's merged partial rows, from a cache kept current by every commit. */
 int meta_dirsum_get(struct meta_store *m, uint64_t dir, struct meta_partial *sum);
+/* meta_dirsum_get, and into bits ((nbuckets + 63) / 64 words) the buckets that hold its
+ * entries, when the cache keeps them (*have_bits). */
+int meta_dirsum_buckets(struct meta_store *m, uint64_t dir, struct meta_partial *sum, uint64_t *bits, bool *have_bits);
 /* The partial rows of dir in buckets [b0, b1), as stored (zeros where none): out[b - b0];
  * present[b - b0] (when present is not NULL) says whether the row exists. */
 int meta_read_partials(struct meta_store *m, uint64_t dir, uint32_t b0, uint32_t b1, struct meta_partial *out,

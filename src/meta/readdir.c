@@ -134,7 +134,14 @@ int meta_readdir_range(struct meta_store *m, const struct aq_cred *cr, uint64_t 
 	 * An entry that exists for the whole scan is counted in its bucket's row when that
 	 * row is read, so it is never skipped. */
 	struct meta_partial sum, *part = NULL;
-	if (b0 < end_bucket && meta_dirsum_get(m, dir, &sum) == 0 && sum.nentries < (int64_t)m->nbuckets) {
+	uint64_t *bits = aq_malloc(((m->nbuckets + 63) / 64) * 8);
+	bool have_bits = false, small = false;
+	if (b0 < end_bucket && meta_dirsum_buckets(m, dir, &sum, bits, &have_bits) == 0)
+		small = sum.nentries < (int64_t)m->nbuckets;
+	/* The directory-sum cache keeps which buckets hold entries, current with every
+	 * commit (a listing of a small directory read all the partial rows each time: a
+	 * fifth of aqd's time under dbench) */
+	if (small && !have_bits) {
 		part = aq_malloc((end_bucket - b0) * sizeof(*part));
 		if (meta_read_partials(m, dir, b0, end_bucket, part, NULL) != 0) {
 			free(part);
@@ -143,6 +150,8 @@ int meta_readdir_range(struct meta_store *m, const struct aq_cred *cr, uint64_t 
 	}
 
 	for (uint32_t b = b0; b < end_bucket && !stop; b++) {
+		if (small && have_bits && !(bits[b / 64] & (1ull << (b % 64))))
+			continue;
 		if (part && part[b - b0].nentries <= 0)
 			continue;
 		uint8_t seek[DENTRY_SEEK_LEN], upper[DENTRY_SEEK_LEN];
@@ -202,6 +211,7 @@ int meta_readdir_range(struct meta_store *m, const struct aq_cred *cr, uint64_t 
 		rocksdb_iter_destroy(it);
 	rocksdb_readoptions_destroy(ro);
 	free(part);
+	free(bits);
 	if (rc == 0 && with_attr)
 		count = rc = plus_deliver(m, &page, fn, arg, &stop);
 	/* The end only when every bucket was scanned and everything found was handed out: a

@@ -1795,7 +1795,10 @@ static void do_readdir(fuse_req_t req, uint64_t ino, size_t size, off_t off, boo
 		dh->ents = aq_malloc(DIR_PAGE * sizeof *dh->ents);
 	/* A page with attributes also serves a call without (the kernel's READDIRPLUS_AUTO
 	 * asks for them first and then often not): only the other way round fetches again. */
-	if (!dh->filled || (plus && !dh->plus) || dirh_cookie(dh) != cookie) {
+	/* off 0 is a rewind (or the first call): the listing is read again, also when what
+	 * this handle holds ends where it began (an empty directory: its "end" answered the
+	 * rewind and never showed what was created since, xfstests generic/637) */
+	if (!dh->filled || (plus && !dh->plus) || dirh_cookie(dh) != cookie || off == 0) {
 		/* a seek, a rewind or the first call: start over at the kernel's offset */
 		dh->filled = true;
 		dh->plus = plus;

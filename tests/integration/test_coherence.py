@@ -279,6 +279,23 @@ def getdents_names(fd):
             at += reclen
 
 
+def test_a_rewound_handle_of_an_empty_directory_shows_new_names(c):
+    """xfstests generic/637: a descriptor that listed an empty directory, rewound after a
+    create, lists the new name, as on ext4, and the next one after another create.
+    Regression: the handle had reached the end where it began, took the rewind for the
+    same place, and answered "end" from what it held."""
+    a, _ = both(c, "rewind")
+    os.mkdir(a)
+    fd = os.open(a, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert getdents_names(fd) == set()
+        for i in range(3):
+            open(f"{a}/f{i}", "w").close()
+            assert getdents_names(fd) == {f"f{j}" for j in range(i + 1)}
+    finally:
+        os.close(fd)
+
+
 def test_a_listing_is_kept_until_the_directory_changes(c):
     """The kernel keeps a directory's listing (FOPEN_CACHE_DIR): with aqd stopped, the
     next listing still answers. A name made through this mount shows in the next listing

@@ -34,6 +34,7 @@ struct aq_attr {
 	uint32_t chunk_size;  /* bytes per chunk for this file's data */
 	uint32_t flags;       /* AQ_ATTR_* */
 };
+#define AQ_FILE_SIZE_MAX (1ull << 50) /* a file's size at most (1 PiB): past it writes and truncates are EFBIG */
 #define AQ_ATTR_XATTRS 1u     /* the inode may have extended attributes (clear: it has none) */
 #define AQ_ATTR_ACL 2u        /* it has an access ACL (system.posix_acl_access) */
 #define AQ_ATTR_DACL 4u       /* a directory with a default ACL (system.posix_acl_default) */

@@ -131,9 +131,6 @@ struct ino_state {
  * sees them, and a crash of this one loses at most this much. */
 #define WRITEBACK_AGE_NS (5 * 1000000000LL)
 
-/* The largest file size libaq writes or allocates (EFBIG past it). */
-#define AQ_FILE_SIZE_MAX (1ull << 50)
-
 /* A chunk's buffered writes: the ranges written (sorted, neither overlapping nor
  * touching) and their bytes in img, a mapping as big as the chunk that holds byte x of the
  * chunk at img[x], as a page cache does: the kernel gives it a page when a write first

@@ -2009,6 +2009,8 @@ static int apply_setattr(struct meta_store *m, const struct aq_cred *cr, struct 
 			return -EISDIR;
 		if (!S_ISREG(a->mode))
 			return -EINVAL;
+		if (req->size > AQ_FILE_SIZE_MAX)
+			return -EFBIG; /* as writes past it are (xfstests generic/525) */
 		/* through a descriptor open for writing, open(2) checked (ftruncate of a file
 		 * created with mode 0 works, as on ext4: pjdfstest ftruncate/00.t) */
 		rc = (mask & AQ_SET_BY_HANDLE) ? 0 : meta_perm(m, cr, a, W_OK);

@@ -378,6 +378,25 @@ def test_device_files_and_setuid_programs_work_unless_refused(c):
         os.rmdir(other)
 
 
+def test_sizes_past_the_largest_file_are_efbig(c):
+    """A truncate past the largest size a file may have (1 PiB) is EFBIG, as writes there
+    are, and as ext4 answers past its own limit. Regression (xfstests generic/525): a
+    truncate to 2^63 - 1 succeeded and the file then refused every write near its end."""
+    p = c.path("huge")
+    open(p, "w").close()
+    expect_errno(errno.EFBIG, os.truncate, p, (1 << 63) - 1)
+    expect_errno(errno.EFBIG, os.truncate, p, (1 << 50) + 1)
+    os.truncate(p, 1 << 50)  # the largest is fine, and sparse
+    assert os.stat(p).st_size == 1 << 50
+    fd = os.open(p, os.O_WRONLY)
+    try:
+        expect_errno(errno.EFBIG, os.pwrite, fd, b"x", 1 << 50)
+        assert os.pwrite(fd, b"x", (1 << 50) - 1) == 1
+    finally:
+        os.close(fd)
+    os.truncate(p, 0)
+
+
 def removed_while_open(d):
     """What fstat and a listing of a directory's descriptor say after it was removed
     (rmdir) or replaced (a rename over it) while open."""

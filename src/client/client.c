@@ -316,6 +316,7 @@ static struct ino_state *state_get(struct aq_client *c, uint64_t ino, const stru
 		st = aq_calloc(1, sizeof *st);
 		st->ino = ino;
 		pthread_mutex_init(&st->mu, NULL);
+		pthread_cond_init(&st->grew, NULL);
 		st->size = attr->size;
 		st->synced_size = UINT64_MAX;
 		st->chunk_size = attr->chunk_size ? attr->chunk_size : c->map.chunk_size;
@@ -348,6 +349,7 @@ static void state_put(struct aq_client *c, struct ino_state *st)
 		pthread_mutex_unlock(&c->files_mu);
 		wchunks_free(c, st);
 		pthread_mutex_destroy(&st->mu);
+		pthread_cond_destroy(&st->grew);
 		free(st);
 		return;
 	}
@@ -1642,13 +1644,38 @@ static ssize_t buffer_write_locked(struct aq_client *c, struct ino_state *st, co
 	}
 	if (done) {
 		atomic_fetch_add(&st->wgen, 1);
-		if (off + done > st->size)
+		if (off + done > st->size) {
 			st->size = off + done;
+			pthread_cond_broadcast(&st->grew);
+		}
 		st->size_dirty = true;
 		st->mtime_ns = aq_now_ns();
 		state_dirtied_locked(c, st);
 	}
 	return done ? (ssize_t)done : rc;
+}
+
+/* An O_DIRECT write the kernel cut in pieces (a buffer that is not page-aligned spans
+ * one page more than a request holds) comes as requests sent at once, which the mount's
+ * threads may take in any order. Had the last piece landed first, the size would cover
+ * the bytes before it while they are not there, and a reader of an appending writer
+ * read zeros (xfstests generic/465; ext4 shows all of an append or none of it). So a
+ * write through an O_DIRECT handle that begins past the end, by less than 64 MiB, waits
+ * a little for the size to reach it. A writer that leaves a hole waits that long once. */
+#define DIO_PIECE_GAP (64u << 20)    /* pieces of one write of up to 64 MiB */
+#define DIO_PIECE_WAIT_NS 20000000ll /* 20 ms */
+
+static void dio_piece_wait_locked(struct ino_state *st, uint64_t off)
+{
+	if (off <= st->size || off - st->size >= DIO_PIECE_GAP)
+		return;
+	struct timespec until;
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_nsec += DIO_PIECE_WAIT_NS;
+	until.tv_sec += until.tv_nsec / 1000000000;
+	until.tv_nsec %= 1000000000;
+	while (off > st->size && pthread_cond_timedwait(&st->grew, &st->mu, &until) == 0)
+		;
 }
 
 ssize_t aq_pwrite(struct aq_file *f, const void *buf, size_t len, uint64_t off)
@@ -1662,6 +1689,8 @@ ssize_t aq_pwrite(struct aq_file *f, const void *buf, size_t len, uint64_t off)
 	if (len > SSIZE_MAX || off + len < off || off + len > AQ_FILE_SIZE_MAX)
 		return -EFBIG;
 	pthread_mutex_lock(&st->mu);
+	if (f->flags & O_DIRECT)
+		dio_piece_wait_locked(st, off);
 	/* an earlier write-back failed (ENOSPC...): say so now, as a local fs would */
 	ssize_t n = st->err ? st->err : buffer_write_locked(f->c, st, buf, len, off);
 	pthread_mutex_unlock(&st->mu);

@@ -101,6 +101,7 @@ struct ino_state {
 	uint32_t refs;             /* under client->files_mu */
 	struct ino_state *next;
 	pthread_mutex_t mu;        /* guards everything below */
+	pthread_cond_t grew;       /* size went up (aq_pwrite's wait for an O_DIRECT piece) */
 	uint64_t size;
 	uint64_t synced_size;      /* the size the last full fsync made durable; UINT64_MAX: none */
 	bool size_dirty;

@@ -397,6 +397,32 @@ def test_sizes_past_the_largest_file_are_efbig(c):
     os.truncate(p, 0)
 
 
+def test_an_o_direct_append_shows_whole_or_not_at_all(c):
+    """xfstests generic/465: a reader of an O_DIRECT appender reads 'a's or nothing, never
+    zeros. Regression: the kernel cuts a 1 MiB write from a buffer that is not
+    page-aligned into two requests sent at once; the mount's threads landed the second
+    first, the size then covered the first's bytes before they were there, and the
+    reader read zeros (3 runs of 3 failed). tests/integration/c/dio_append_race.c."""
+    prog = os.path.join(c.base, "dio_append_race")
+    run("cc", "-O2", "-pthread", "-o", prog, os.path.join(os.path.dirname(__file__), "c", "dio_append_race.c"))
+    for i in range(3):
+        r = run(prog, c.path("dio-append"), check=False)
+        assert r.returncode == 0, (i, r.returncode, r.stdout, r.stderr)
+    os.unlink(c.path("dio-append"))
+    # a write that leaves a hole waits for no piece for long, and lands
+    import mmap
+    buf = mmap.mmap(-1, 4096)
+    buf[:] = b"h" * 4096
+    fd = os.open(c.path("dio-hole"), os.O_CREAT | os.O_RDWR | os.O_DIRECT, 0o644)
+    try:
+        assert os.pwrite(fd, buf, 8192) == 4096
+        assert os.fstat(fd).st_size == 12288
+    finally:
+        os.close(fd)
+    with open(c.path("dio-hole"), "rb") as f:
+        assert f.read() == bytes(8192) + b"h" * 4096
+
+
 def removed_while_open(d):
     """What fstat and a listing of a directory's descriptor say after it was removed
     (rmdir) or replaced (a rename over it) while open."""

@@ -279,6 +279,54 @@ def getdents_names(fd):
             at += reclen
 
 
+def getdents_page(fd, size):
+    """One getdents64 of at most size bytes on fd: [(name, d_off)]."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = ctypes.create_string_buffer(size)
+    n = libc.syscall(217, fd, buf, size)  # SYS_getdents64 on x86-64
+    assert n >= 0, os.strerror(ctypes.get_errno())
+    out, at = [], 0
+    while at < n:
+        off = int.from_bytes(buf.raw[at + 8:at + 16], "little")
+        reclen = int.from_bytes(buf.raw[at + 16:at + 18], "little")
+        out.append((buf.raw[at + 19:at + reclen].split(b"\0", 1)[0].decode(), off))
+        at += reclen
+    return out
+
+
+def test_a_listing_begun_before_a_change_is_not_kept(c):
+    """xfstests generic/637, its seeks: a descriptor reads the start of a directory,
+    unlinks a name it saw, rewinds and lists to the end, then seeks back to each entry.
+    Regression: the kernel had kept the start of the first listing and went on filling
+    that kept listing with what came after the rewind, so a seek into it listed the
+    removed name again. Each change through this mount now drops the kept pages."""
+    a, _ = both(c, "begun")
+    os.mkdir(a)
+    for i in range(100):
+        open(f"{a}/{i}", "w").close()
+    fd = os.open(a, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        first = [n for n, _ in getdents_page(fd, 200) if n not in (".", "..")]
+        gone = first[-1]
+        os.unlink(f"{a}/{gone}")
+        os.lseek(fd, 0, os.SEEK_SET)
+        listing = []
+        while True:
+            page = getdents_page(fd, 200)
+            if not page:
+                break
+            listing += page
+        names = [n for n, _ in listing]
+        assert gone not in names and len(names) == 101, (gone, names)
+        for i in range(1, len(listing)):  # each entry again, from the offset before it
+            os.lseek(fd, listing[i - 1][1], os.SEEK_SET)
+            got = getdents_page(fd, 200)
+            assert got and got[0][0] == listing[i][0], (i, listing[i][0], got[:2], gone)
+    finally:
+        os.close(fd)
+
+
 def test_a_rewound_handle_of_an_empty_directory_shows_new_names(c):
     """xfstests generic/637: a descriptor that listed an empty directory, rewound after a
     create, lists the new name, as on ext4, and the next one after another create.

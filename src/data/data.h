@@ -110,6 +110,8 @@ int data_punch(struct data_store *ds, uint32_t target, uint64_t ino, uint32_t id
  * returned when the sync itself succeeds. The records that writes so far made dead are
  * not punched here, off fsync's path: data_punch_durable does that after. */
 int data_sync(struct data_store *ds, uint32_t target, int (*overlap)(void *), void *arg, bool *ran);
+/* Whether target has appends or index changes no sync covered yet (test hooks). */
+bool data_unsynced(struct data_store *ds, uint32_t target);
 /* Gives back the space of the dead records whose index changes a data_sync made
  * durable; writers and readers wait for one punch at a time, not for all of them. */
 void data_punch_durable(struct data_store *ds, uint32_t target);

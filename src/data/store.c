@@ -1220,6 +1220,17 @@ int data_sync(struct data_store *ds, uint32_t target, int (*overlap)(void *), vo
 	return rc;
 }
 
+bool data_unsynced(struct data_store *ds, uint32_t target)
+{
+	struct data_target *t = data_target_get(ds, target);
+	if (!t)
+		return false;
+	pthread_mutex_lock(&t->lock);
+	bool dirty = t->appends != t->synced_appends || rocksdb_get_latest_sequence_number(t->db) != t->synced_seq;
+	pthread_mutex_unlock(&t->lock);
+	return dirty;
+}
+
 int data_stat(struct data_store *ds, uint32_t target, struct data_target_stat *out)
 {
 	struct data_target *t = data_target_get(ds, target);

@@ -1451,6 +1451,37 @@ def test_fdatasync_syncs_metadata_only_when_the_size_changed(c):
     assert len(data) == (1 << 20) + 12 and data[5000:5006] == b"inside" and data[70000:70005] == b"again"
 
 
+def test_an_fsync_syncs_the_targets_of_its_file(c):
+    """An fsync makes its own file durable, not every file with unsynced writes: it syncs
+    the targets that hold the file's chunks (and the metadata log). With aqd failing every
+    sync of target 0 while it has something to sync (a test hook), 40 one-chunk files
+    written and closed, then each opened and fsynced: those on other targets sync, those
+    on target 0 fail with EIO. Before, an fsync synced every target, so all 40 failed."""
+    c.restart_with(AQ_TEST_FAIL_TARGET_SYNC="0")
+    results = []
+    try:
+        for i in range(40):
+            with open(c.path(f"tsync{i}"), "wb") as f:
+                f.write(b"x" * 100)
+        for i in range(40):
+            fd = os.open(c.path(f"tsync{i}"), os.O_WRONLY)
+            try:
+                os.fsync(fd)
+                results.append(0)
+            except OSError as e:
+                results.append(e.errno)
+            finally:
+                os.close(fd)
+    finally:
+        c.kill9()
+        c.restart()
+    assert 0 in results and errno.EIO in results and set(results) == {0, errno.EIO}, results
+    for i in range(40):
+        with open(c.path(f"tsync{i}"), "rb") as f:
+            assert f.read() == b"x" * 100
+        os.unlink(c.path(f"tsync{i}"))
+
+
 def test_fsync(c):
     p = c.path("synced")
     fd = os.open(p, os.O_WRONLY | os.O_CREAT, 0o644)

@@ -8,7 +8,8 @@ static const struct {
 } cmds[] = {
 	{"up", cmd_up, "up [--data DIR] [--mount DIR] [-- AQD-OPTIONS]  format if new, start aqd, mount"},
 	{"down", cmd_down, "down [--data DIR] [--mount DIR] unmount and stop aqd"},
-	{"mount", cmd_mount, "mount MOUNTPOINT [--cluster FILE] [--foreground] [--allow-other] [--ro] [--nosuid] [--nodev] [--attr-timeout S]"},
+	{"mount", cmd_mount,
+	 "mount MOUNTPOINT [--cluster FILE] [--foreground] [--allow-other] [--ro] [--nosuid] [--nodev] [--attr-timeout S]"},
 	{"umount", cmd_umount, "umount MOUNTPOINT"},
 	{"heard", cmd_heard, "heard PATH                       returns once the mount holding PATH shows what other clients finished"},
 	{"status", cmd_status, "status [--cluster FILE]          servers, buckets, targets, space, files"},

@@ -1528,7 +1528,8 @@ int aq_create_open(struct aq_client *c, const struct aq_cred *cred, uint64_t par
 	if (flags & ~AQ_CREATE_EXCL)
 		return -EINVAL;
 	struct proto_req r = {.op = OP_MKNOD, .cred = *cred_or_default(c, cred), .parent = parent, .name = name,
-			      .name_len = (uint32_t)strlen(name), .mode = S_IFREG | (mode & (07777 | AQ_MODE_UMASK_BITS)),
+			      .name_len = (uint32_t)strlen(name),
+			      .mode = S_IFREG | (mode & (07777 | AQ_MODE_UMASK_BITS)),
 			      .rdev = (uint32_t)open_flags, .flags = flags | PROTO_MKNOD_OPEN};
 	uint32_t server = name_server(c, parent, name);
 	/* any connection will do, as long as RELEASE takes the same one */

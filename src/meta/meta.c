@@ -228,8 +228,8 @@ static void dirsum_commit(struct meta_store *m, bool ok)
 			d->sum.ctime_ns = MAX(d->sum.ctime_ns, c->now_ns);
 			uint64_t *bits = dirsum_bits(m, slot);
 			if (bits && c->bucket >= 0) {
-				uint64_t bit = 1ull << (c->bucket % 64);
-				bits[c->bucket / 64] = c->nonempty ? bits[c->bucket / 64] | bit : bits[c->bucket / 64] & ~bit;
+				uint64_t bit = 1ull << (c->bucket % 64), *w = &bits[c->bucket / 64];
+				*w = c->nonempty ? *w | bit : *w & ~bit;
 			}
 		} else {
 			if (d->dir == c->dir)

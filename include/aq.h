@@ -213,7 +213,8 @@ ssize_t aq_pwrite(struct aq_file *f, const void *buf, size_t len, uint64_t off);
 ssize_t aq_append(struct aq_file *f, const void *buf, size_t len, uint64_t *off_out);
 /* fallocate(2) for mode 0 (the file grows to at least off + len, the new bytes read as
  * zeros) and FALLOC_FL_KEEP_SIZE (nothing to do): space is not reserved, so as on a
- * thin-provisioned volume a later write may still fail with ENOSPC. FALLOC_FL_PUNCH_HOLE
+ * thin-provisioned volume a later write may still fail with ENOSPC; asking for more past
+ * the end than the cluster has free is ENOSPC at once, as on ext4. FALLOC_FL_PUNCH_HOLE
  * (with KEEP_SIZE) and FALLOC_FL_ZERO_RANGE: the range reads as zeros, whole chunks in
  * it are dropped (holes); zero range grows the file unless KEEP_SIZE. Other modes:
  * -EOPNOTSUPP. */

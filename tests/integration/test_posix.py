@@ -378,6 +378,23 @@ def test_device_files_and_setuid_programs_work_unless_refused(c):
         os.rmdir(other)
 
 
+def test_fallocate_past_the_free_space_is_enospc(c):
+    """xfstests generic/213: asking fallocate for more than the file system has free is
+    ENOSPC and leaves the file as it was, as on ext4. Regression: space is not reserved,
+    and a fallocate of twice the free space succeeded."""
+    p = c.path("toobig")
+    free = os.statvfs(c.mnt).f_bavail * os.statvfs(c.mnt).f_frsize
+    fd = os.open(p, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        expect_errno(errno.ENOSPC, os.posix_fallocate, fd, 0, 2 * free)
+        assert os.fstat(fd).st_size == 0
+        os.posix_fallocate(fd, 0, 1 << 20)  # what fits still works
+        assert os.fstat(fd).st_size == 1 << 20
+    finally:
+        os.close(fd)
+        os.unlink(p)
+
+
 def test_sizes_past_the_largest_file_are_efbig(c):
     """A truncate past the largest size a file may have (1 PiB) is EFBIG, as writes there
     are, and as ext4 answers past its own limit. Regression (xfstests generic/525): a

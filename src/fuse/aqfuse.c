@@ -1673,6 +1673,14 @@ static void op_write(fuse_req_t req, fuse_ino_t node, const char *buf, size_t si
 	own_change();
 	int rc = devio_kill() ? kill_sxid(req, node, f) : 0;
 	ssize_t n = rc ? rc : aq_pwrite(f, buf, size, (uint64_t)off);
+	/* An O_DIRECT write: the kernel dropped the range's cached pages before it sent the
+	 * write, and again after a synchronous one, but not after an asynchronous one (aio,
+	 * io_uring), so a buffered read that ran meanwhile kept the old bytes in the page
+	 * cache for every later read (xfstests generic/451). Now that the bytes are here, the
+	 * range's pages go; one that a read has locked is waited for, and that read's reply
+	 * is on its way already. */
+	if (n > 0 && (fi->flags & O_DIRECT))
+		fuse_lowlevel_notify_inval_inode(g_se, node, off, n);
 	if (n < 0)
 		fuse_reply_err(req, posix_err((int)n));
 	else

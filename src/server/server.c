@@ -471,8 +471,6 @@ static int fsync_file(struct server *s, uint64_t ino, bool meta)
 	struct aq_attr a;
 	if (ino == 0 || meta_getattr(s->meta, ino, &a) != 0)
 		return fsync_all(s, meta);
-	if (S_ISDIR(a.mode))
-		return meta ? sync_meta(s) : 0;
 	uint64_t cs = a.chunk_size ? a.chunk_size : s->map.chunk_size;
 	uint64_t nchunks = cs ? (a.size + cs - 1) / cs : UINT64_MAX;
 	if (!S_ISREG(a.mode) || nchunks > FSYNC_FILE_CHUNKS)

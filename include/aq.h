@@ -229,6 +229,8 @@ int aq_close(struct aq_file *f);
 uint64_t aq_file_ino(const struct aq_file *f);
 /* Size as this client sees it (including its own unflushed writes). */
 int aq_file_getattr(struct aq_file *f, struct aq_attr *out);
+/* Whether f was opened with O_DIRECT. */
+bool aq_file_direct(const struct aq_file *f);
 /* aq_setattr of f's inode through f: a size change through a handle open for writing
  * needs no write permission (AQ_SET_BY_HANDLE). cred may be NULL: the client's. */
 int aq_file_setattr(struct aq_file *f, const struct aq_cred *cred, uint32_t mask, const struct aq_attr *in,

@@ -1969,6 +1969,8 @@ int aq_fsync(struct aq_file *f, int datasync)
 	return rc;
 }
 
+bool aq_file_direct(const struct aq_file *f) { return f->flags & O_DIRECT; }
+
 int aq_file_getattr(struct aq_file *f, struct aq_attr *out)
 {
 	return aq_getattr(f->c, &f->cred, f->ino, out);

@@ -1678,8 +1678,11 @@ static void op_write(fuse_req_t req, fuse_ino_t node, const char *buf, size_t si
 	 * io_uring), so a buffered read that ran meanwhile kept the old bytes in the page
 	 * cache for every later read (xfstests generic/451). Now that the bytes are here, the
 	 * range's pages go; one that a read has locked is waited for, and that read's reply
-	 * is on its way already. */
-	if (n > 0 && (fi->flags & O_DIRECT))
+	 * is on its way already. Only for a handle opened O_DIRECT whose request says so too:
+	 * a buffered write holds its pages locked until this reply, and fcntl can turn
+	 * O_DIRECT on between its start and its request (xfstests generic/036 toggles it
+	 * while writing; waiting for those pages here never ended). */
+	if (n > 0 && (fi->flags & O_DIRECT) && aq_file_direct(f))
 		fuse_lowlevel_notify_inval_inode(g_se, node, off, n);
 	if (n < 0)
 		fuse_reply_err(req, posix_err((int)n));

@@ -454,6 +454,34 @@ def test_a_read_after_an_aio_o_direct_write_sees_it(c):
     os.unlink(c.path("dio-aio"))
 
 
+def test_writes_while_o_direct_is_toggled_finish(c):
+    """xfstests generic/036: writes through a descriptor whose O_DIRECT another thread turns
+    on and off with fcntl all finish. Regression: a buffered write whose request went out
+    after O_DIRECT came on made the mount wait for that write's own locked page (to drop
+    it, as after an O_DIRECT write), and the writer waited for the mount: a hang."""
+    p = c.path("toggle")
+    code = ("import fcntl, mmap, os, threading, time\n"
+            f"fd = os.open({p!r}, os.O_CREAT | os.O_TRUNC | os.O_RDWR, 0o600)\n"
+            "buf = mmap.mmap(-1, 4096)\n"
+            "end = time.time() + 4\n"
+            "def toggle():\n"
+            "    fl = fcntl.fcntl(fd, fcntl.F_GETFL)\n"
+            "    while time.time() < end:\n"
+            "        fcntl.fcntl(fd, fcntl.F_SETFL, fl | os.O_DIRECT)\n"
+            "        fcntl.fcntl(fd, fcntl.F_SETFL, fl)\n"
+            "t = threading.Thread(target=toggle)\n"
+            "t.start()\n"
+            "n = 0\n"
+            "while time.time() < end:\n"
+            "    os.pwrite(fd, memoryview(buf)[:512], 512)\n"
+            "    n += 1\n"
+            "t.join()\n"
+            "print(n)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and int(r.stdout) > 0, (r.returncode, r.stdout, r.stderr)
+    os.unlink(p)
+
+
 def removed_while_open(d):
     """What fstat and a listing of a directory's descriptor say after it was removed
     (rmdir) or replaced (a rename over it) while open."""

@@ -1196,8 +1196,10 @@ static int64_t new_inode_mode(struct meta_store *m, const struct create_req *rq,
 	na->alen = na->dlen = 0;
 	if (S_ISLNK(mode))
 		return mode;
+	if (!(dir->a.flags & AQ_ATTR_DACL))
+		return mode & ~rq->umask; /* every create but those under a default ACL */
 	struct meta_acl *acl = aq_malloc(sizeof(*acl));
-	int rc = dir->a.flags & AQ_ATTR_DACL ? meta_acl_read(m, dir->a.ino, meta_acl_default, acl) : 0;
+	int rc = meta_acl_read(m, dir->a.ino, meta_acl_default, acl);
 	if (rc == 0)
 		mode &= ~rq->umask;
 	if (rc == 1 && S_ISDIR(mode))

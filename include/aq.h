@@ -38,6 +38,7 @@ struct aq_attr {
 #define AQ_ATTR_XATTRS 1u     /* the inode may have extended attributes (clear: it has none) */
 #define AQ_ATTR_ACL 2u        /* it has an access ACL (system.posix_acl_access) */
 #define AQ_ATTR_DACL 4u       /* a directory with a default ACL (system.posix_acl_default) */
+#define AQ_ATTR_LINKABLE 8u   /* an unnamed file (aq_tmpfile_open) that a link may still name */
 
 /* A create's mode (aq_mknod, aq_mkdir_at, aq_create_open) may carry the caller's umask:
  * mode | AQ_MODE_UMASK(umask). The server then applies it, unless the parent directory
@@ -98,6 +99,11 @@ int aq_setattr(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, ui
  * it with open(2) flags, in one round trip; *out gets its attributes, *f the open file. */
 int aq_create_open(struct aq_client *c, const struct aq_cred *cred, uint64_t parent, const char *name,
 		   uint32_t mode, uint32_t flags, int open_flags, struct aq_attr *out, struct aq_file **f);
+/* Creates an unnamed regular file in parent and opens it, as open(2) with O_TMPFILE
+ * (open_flags must allow writing): it has no link, and goes once no one holds it open,
+ * unless aq_link_at names it first, which it may unless open_flags had O_EXCL. */
+int aq_tmpfile_open(struct aq_client *c, const struct aq_cred *cred, uint64_t parent, uint32_t mode, int open_flags,
+		    struct aq_attr *out, struct aq_file **f);
 int aq_mknod(struct aq_client *c, const struct aq_cred *cred, uint64_t parent, const char *name, uint32_t mode,
 	     uint32_t rdev, uint32_t flags, struct aq_attr *out);
 int aq_mkdir_at(struct aq_client *c, const struct aq_cred *cred, uint64_t parent, const char *name, uint32_t mode,

@@ -1619,6 +1619,20 @@ static void op_create(fuse_req_t req, fuse_ino_t parent_node, const char *name, 
 	cred_of(req, &cr);
 	struct aq_file *f;
 	struct cseq seq = cseq_now();
+	if (devio_tmpfile()) { /* O_TMPFILE: no name to remember, nothing new in a listing */
+		int rc = WITH_GROUPS(req, cr, aq_tmpfile_open(g_client, &cr, parent, create_mode(req, mode & 07777),
+								fi->flags & ~O_APPEND, &a, &f));
+		if (rc) {
+			fuse_reply_err(req, posix_err(rc));
+			return;
+		}
+		keep_attr(seq, &a);
+		fi->fh = (uint64_t)(uintptr_t)f;
+		struct fuse_entry_param e;
+		to_entry(&a, &e);
+		fuse_reply_create(req, &e, fi);
+		return;
+	}
 	/* create and open in one round trip (O_APPEND offsets come from the kernel). The
 	 * name may exist after all, made by another client since this mount heard it was
 	 * free: the open then truncates it, as O_TRUNC asks. */

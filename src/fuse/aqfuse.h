@@ -25,11 +25,13 @@ struct aqfuse_options {
 /* devio.c: /dev/fuse through libfuse's custom I/O. devio_install after
  * fuse_session_mount; devio_killpriv_v2 once INIT is answered: the kernel leaves the
  * killing of setuid and setgid to the mount; devio_kill: the request this thread handles
- * asks for it (its caller lacks CAP_FSETID). */
+ * asks for it (its caller lacks CAP_FSETID); devio_tmpfile: the CREATE this thread
+ * handles was the kernel's FUSE_TMPFILE (open with O_TMPFILE). */
 struct fuse_session;
 int devio_install(struct fuse_session *se);
 bool devio_killpriv_v2(void);
 bool devio_kill(void);
+bool devio_tmpfile(void);
 
 /* Mounts and serves until unmounted. Returns a process exit status. */
 int aqfuse_main(const struct aqfuse_options *opt);

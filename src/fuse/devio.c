@@ -13,6 +13,11 @@
  *   that then handles it, so the flag of the request this thread read last is the one
  *   of the request it is handling (devio_kill).
  *
+ * - answer FUSE_TMPFILE (open with O_TMPFILE), an opcode it does not know: the request
+ *   is a CREATE's in all but its opcode (the kernel sends the create's arguments with
+ *   the name "/" and takes the create's reply), so it reaches op_create as a CREATE,
+ *   and devio_tmpfile tells op_create which it was.
+ *
  * A capability xattr is still the kernel's to remove: it asks once per refresh of an
  * inode's attributes, and a file that has one never becomes S_NOSEC.
  */
@@ -28,7 +33,7 @@
 
 #include "aqfuse.h"
 
-static _Thread_local bool t_kill;
+static _Thread_local bool t_kill, t_tmpfile;
 static _Atomic uint64_t g_init_unique; /* the INIT that offered KILLPRIV_V2, until answered */
 static atomic_bool g_v2;
 
@@ -39,13 +44,17 @@ static bool killpriv_v2_off(void)
 	return env && strcmp(env, "0") == 0;
 }
 
+#ifndef FUSE_TMPFILE
+#define FUSE_TMPFILE 51 /* Linux 6.1; not in every <linux/fuse.h> */
+#endif
+
 /* Notes what the request in buf (n bytes) tells that libfuse will not pass on. */
-static void note_request(const uint8_t *buf, size_t n)
+static void note_request(uint8_t *buf, size_t n)
 {
-	t_kill = false;
+	t_kill = t_tmpfile = false;
 	if (n < sizeof(struct fuse_in_header))
 		return;
-	const struct fuse_in_header *h = (const void *)buf;
+	struct fuse_in_header *h = (void *)buf;
 	const uint8_t *arg = buf + sizeof *h;
 	size_t left = n - sizeof *h;
 	/* the request's argument has field, with a bit of flag set */
@@ -64,6 +73,10 @@ static void note_request(const uint8_t *buf, size_t n)
 		break;
 	case FUSE_SETATTR:
 		t_kill = ARG_FLAG(struct fuse_setattr_in, valid, FATTR_KILL_SUIDGID);
+		break;
+	case FUSE_TMPFILE:
+		h->opcode = FUSE_CREATE;
+		t_tmpfile = true;
 		break;
 	}
 #undef ARG_FLAG
@@ -104,3 +117,5 @@ int devio_install(struct fuse_session *se)
 bool devio_killpriv_v2(void) { return atomic_load(&g_v2); }
 
 bool devio_kill(void) { return t_kill; }
+
+bool devio_tmpfile(void) { return t_tmpfile; }

@@ -111,6 +111,14 @@ void meta_put_inode(rocksdb_writebatch_t *wb, const struct meta_inode *ino)
 	rocksdb_writebatch_put(wb, (const char *)key, klen, (const char *)buf, vlen);
 }
 
+void meta_put_orphan(rocksdb_writebatch_t *wb, uint64_t ino, uint64_t size, uint32_t chunk_size)
+{
+	uint8_t key[META_ORPHAN_KEY_LEN], v[META_ORPHAN_VAL_LEN];
+	put_le64(v, size);
+	put_le32(v + 8, chunk_size);
+	rocksdb_writebatch_put(wb, (const char *)key, meta_key_orphan(key, ino), (const char *)v, sizeof(v));
+}
+
 void meta_put_dentry(rocksdb_writebatch_t *wb, const uint8_t *key, size_t klen, const struct meta_dentry *d)
 {
 	uint8_t v[META_DENTRY_VAL_LEN];
@@ -1169,6 +1177,7 @@ struct create_req {
 	uint32_t umask; /* the creator's, applied unless the parent has a default ACL */
 	const char *target; /* symlinks */
 	size_t target_len;
+	bool tmpfile;       /* one unnamed file (O_TMPFILE): an orphan from the start */
 };
 
 /* Takes the umask a create's mode may carry (AQ_MODE_UMASK) off it. */
@@ -1384,7 +1393,9 @@ static void inode_template(const struct create_req *rq, const struct aq_cred *cr
 		if (isdir)
 			in->a.mode |= S_ISGID;
 	}
-	in->a.nlink = isdir ? 2 : 1;
+	in->a.nlink = isdir ? 2 : !rq->tmpfile;
+	if (rq->tmpfile && !(rq->flags & AQ_CREATE_EXCL))
+		in->a.flags |= AQ_ATTR_LINKABLE;
 	in->a.size = rq->target_len;
 	in->a.atime_ns = in->a.mtime_ns = in->a.ctime_ns = now;
 	in->a.rdev = rq->rdev;
@@ -1460,6 +1471,12 @@ static int commit_entries(struct meta_store *m, const struct create_req *rq, str
 			  struct create_bkt *bk, uint32_t nb, uint32_t ncreate, int64_t now,
 			  rocksdb_writebatch_t *wb)
 {
+	if (rq->tmpfile) { /* no name, no change record, no listing to count it in */
+		AQ_ASSERT(rq->n == 1 && e[0].state == ENT_NEW);
+		meta_put_orphan(wb, e[0].ino, 0, m->chunk_size);
+		meta_txn_put(wb, 0, e[0].ino);
+		return meta_commit(m, wb);
+	}
 	uint64_t ts;
 	/* ts is taken under the bucket locks: meta_changes' barrier relies on it. */
 	int rc = meta_take_ts(m, ncreate, &ts);
@@ -1542,7 +1559,7 @@ static int create_batch(struct meta_store *m, const struct aq_cred *cr, const st
 		rc = -ENOTDIR;
 	if (rc == 0)
 		rc = meta_perm(m, cr, &dir->a, X_OK);
-	if (rc == 0)
+	if (rc == 0 && !rq->tmpfile)
 		rc = find_existing(m, e, n);
 	if (rc)
 		goto unlock;
@@ -1637,6 +1654,26 @@ int meta_mknod(struct meta_store *m, const struct aq_cred *cr, uint64_t parent, 
 	return create_node(m, cr, parent, name, name_len, mode, umask, rdev, NULL, 0, flags, out);
 }
 
+int meta_tmpfile(struct meta_store *m, const struct aq_cred *cr, uint64_t parent, uint32_t mode, uint32_t flags,
+		 struct aq_attr *out)
+{
+	uint32_t umask = take_umask(&mode);
+	if ((mode & S_IFMT) != S_IFREG && (mode & S_IFMT) != 0)
+		return -EINVAL;
+	/* A name only to spread such files over the buckets: it is never looked up or
+	 * written. */
+	static _Atomic uint64_t seq;
+	char name[40];
+	size_t len = (size_t)snprintf(name, sizeof name, "tmpfile.%llu", (unsigned long long)atomic_fetch_add(&seq, 1));
+	const char *names[1] = { name };
+	struct create_req rq = { .parent = parent, .n = 1, .names = names, .lens = &len,
+				 .mode = S_IFREG | (mode & 07777), .flags = flags & AQ_CREATE_EXCL, .umask = umask,
+				 .tmpfile = true };
+	int result;
+	int rc = create_batch(m, cr, &rq, out, &result);
+	return rc ? rc : result;
+}
+
 int meta_mknod_many(struct meta_store *m, const struct aq_cred *cr, uint64_t parent, uint32_t n,
 		    const char *const *names, const size_t *name_lens, uint32_t mode, uint32_t rdev, uint32_t flags,
 		    struct aq_attr *outs, int *results)
@@ -1699,13 +1736,8 @@ static void drop_link(rocksdb_writebatch_t *wb, struct meta_inode *in, int64_t n
 	in->a.nlink--;
 	in->a.ctime_ns = now;
 	meta_put_inode(wb, in);
-	if (in->a.nlink == 0) {
-		uint8_t key[META_ORPHAN_KEY_LEN], v[META_ORPHAN_VAL_LEN];
-		put_le64(v, in->a.size);
-		put_le32(v + 8, in->a.chunk_size);
-		rocksdb_writebatch_put(wb, (const char *)key, meta_key_orphan(key, in->a.ino), (const char *)v,
-				       sizeof(v));
-	}
+	if (in->a.nlink == 0)
+		meta_put_orphan(wb, in->a.ino, in->a.size, in->a.chunk_size);
 }
 
 int meta_unlink(struct meta_store *m, const struct aq_cred *cr, uint64_t parent, const char *name, size_t name_len)
@@ -1899,7 +1931,9 @@ int meta_link(struct meta_store *m, const struct aq_cred *cr, uint64_t ino, uint
 		rc = -EPERM;
 		goto unlock;
 	}
-	if (in->a.nlink == 0) {
+	/* an unlinked file stays so; an unnamed one may be named once (AQ_ATTR_LINKABLE) */
+	bool naming = in->a.nlink == 0 && (in->a.flags & AQ_ATTR_LINKABLE);
+	if (in->a.nlink == 0 && !naming) {
 		rc = -ENOENT;
 		goto unlock;
 	}
@@ -1931,6 +1965,11 @@ int meta_link(struct meta_store *m, const struct aq_cred *cr, uint64_t ino, uint
 	int64_t now = aq_now_ns();
 	in->a.nlink++;
 	in->a.ctime_ns = now;
+	if (naming) {
+		uint8_t okey[META_ORPHAN_KEY_LEN];
+		rocksdb_writebatch_delete(wb, (const char *)okey, meta_key_orphan(okey, ino));
+		in->a.flags &= ~AQ_ATTR_LINKABLE;
+	}
 	meta_put_inode(wb, in);
 	uint64_t ts;
 	rc = meta_take_ts(m, 1, &ts);

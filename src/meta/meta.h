@@ -43,6 +43,13 @@ int meta_setattr(struct meta_store *m, const struct aq_cred *cr, uint64_t ino, u
 /* Regular files, fifos, sockets, devices (mode carries the type; 0 type means regular). */
 int meta_mknod(struct meta_store *m, const struct aq_cred *cr, uint64_t parent, const char *name, size_t name_len,
 	       uint32_t mode, uint32_t rdev, uint32_t flags, struct aq_attr *out);
+/* An unnamed regular file in parent (O_TMPFILE): an inode without links, an orphan from
+ * the start, that the collector frees once no client holds it open. Without
+ * AQ_CREATE_EXCL in flags meta_link may name it once (AQ_ATTR_LINKABLE). Needs write
+ * and search permission on parent; the parent's default ACL and the umask apply as
+ * for a create. */
+int meta_tmpfile(struct meta_store *m, const struct aq_cred *cr, uint64_t parent, uint32_t mode, uint32_t flags,
+		 struct aq_attr *out);
 /* Creates n (1..1024) entries of one mode in one directory with one RocksDB write batch
  * (one WAL write; one sync when sync is on). Each entry behaves as meta_mknod would, in
  * array order: results[i] gets 0 or -errno (EEXIST, ENAMETOOLONG, EINVAL, EACCES, ENOSPC),

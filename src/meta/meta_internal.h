@@ -238,6 +238,9 @@ int meta_space_check(struct meta_store *m);
  * to write a fresh 'S' row, since the reservation in the failed batch never landed. */
 static inline void meta_alloc_failed(struct meta_store *m, uint32_t bucket) { m->seq_reserved[bucket] = 0; }
 void meta_put_inode(rocksdb_writebatch_t *wb, const struct meta_inode *ino);
+/* The orphan row of an inode without links: the collector frees its data (size bytes in
+ * chunks of chunk_size) and its inode row once no client holds it open. */
+void meta_put_orphan(rocksdb_writebatch_t *wb, uint64_t ino, uint64_t size, uint32_t chunk_size);
 /* 0, or -EIO (logged with what) when the iterator hit an error. */
 int meta_iter_error(rocksdb_iterator_t *it, const char *what);
 /* Calls fn for each xattr row of ino (its whole key, and the name in it) until fn returns

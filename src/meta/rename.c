@@ -179,13 +179,8 @@ static int rename_locked(struct meta_store *m, const struct aq_cred *cr, struct 
 			v->a.nlink--;
 			v->a.ctime_ns = now;
 			meta_put_inode(wb, v);
-			if (v->a.nlink == 0) {
-				uint8_t key[META_ORPHAN_KEY_LEN], val[META_ORPHAN_VAL_LEN];
-				put_le64(val, v->a.size);
-				put_le32(val + 8, v->a.chunk_size);
-				rocksdb_writebatch_put(wb, (const char *)key, meta_key_orphan(key, v->a.ino),
-						       (const char *)val, sizeof(val));
-			}
+			if (v->a.nlink == 0)
+				meta_put_orphan(wb, v->a.ino, v->a.size, v->a.chunk_size);
 		}
 		pd[0] = (struct meta_pdelta){ src->bucket, src->dir, -1, -(int64_t)sdir };
 		pd[1] = (struct meta_pdelta){ dst->bucket, dst->dir, 1 - (int64_t)dst->exists,

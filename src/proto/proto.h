@@ -124,6 +124,9 @@ int proto_extents_decode(const uint8_t *p, uint32_t len, struct aq_extent *ext, 
 /* MKNOD flags beyond AQ_CREATE_EXCL: also open the new (or existing) regular file for
  * this connection, with the open(2) flags carried in rdev, as OPEN would. */
 #define PROTO_MKNOD_OPEN (1u << 30)
+/* With PROTO_MKNOD_OPEN: an unnamed file in parent (O_TMPFILE), meta_tmpfile's; the
+ * request's name is empty. */
+#define PROTO_MKNOD_TMPFILE (1u << 29)
 /* READDIR flags beyond AQ_READDIR_PLUS: bits 16-31 say the bucket to stop before (0: list
  * to the end), so that one listing split into bucket ranges is read by several streams */
 #define PROTO_READDIR_END_SHIFT 16

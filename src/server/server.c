@@ -37,6 +37,8 @@ struct server {
 	uint32_t local_targets[AQ_TARGETS_MAX];
 	pthread_mutex_t open_mu;            /* guards open_tab */
 	struct open_ent *open_tab[OPEN_TABLE_SIZE];
+	pthread_rwlock_t unnamed_rw;        /* read: an unnamed file is made and not yet held
+					     * open; write: the collector checks an orphan */
 	pthread_t gc_thread;
 	pthread_mutex_t gc_mu;
 	pthread_cond_t gc_cond;
@@ -772,8 +774,19 @@ static int handle_op(struct server *s, struct sconn *sc, const struct proto_req 
 			rc = truncate_data(s, r->ino, r->attr.size, rep.attr.chunk_size);
 		break;
 	case OP_MKNOD:
-		if (r->flags & ~(AQ_CREATE_EXCL | PROTO_MKNOD_OPEN))
+		if (r->flags & ~(AQ_CREATE_EXCL | PROTO_MKNOD_OPEN | PROTO_MKNOD_TMPFILE))
 			return -EINVAL;
+		if (r->flags & PROTO_MKNOD_TMPFILE) {
+			if (!(r->flags & PROTO_MKNOD_OPEN) || r->name_len)
+				return -EINVAL;
+			/* an orphan from its commit on: held open before the collector can see it */
+			pthread_rwlock_rdlock(&s->unnamed_rw);
+			rc = meta_tmpfile(s->meta, cr, r->parent, r->mode, r->flags & AQ_CREATE_EXCL, &rep.attr);
+			if (!rc)
+				conn_track_open(s, sc, rep.attr.ino);
+			pthread_rwlock_unlock(&s->unnamed_rw);
+			break;
+		}
 		if (r->flags & PROTO_MKNOD_OPEN) {
 			/* create-and-open, one round trip for FUSE's create. A file this call
 			 * created opens whatever its mode (open(O_CREAT|O_WRONLY, 0444) works);
@@ -1490,7 +1503,12 @@ static void *gc_main(void *arg)
 				break;
 			for (int i = 0; i < n; i++) {
 				after = orphans[i].ino;
-				if (is_open(s, orphans[i].ino) || awaits_reclaim(orphans[i].ino, late, nlate))
+				/* an unnamed file listed here committed; if it is not held yet, its
+				 * maker holds unnamed_rw until it is */
+				pthread_rwlock_wrlock(&s->unnamed_rw);
+				bool held = is_open(s, orphans[i].ino);
+				pthread_rwlock_unlock(&s->unnamed_rw);
+				if (held || awaits_reclaim(orphans[i].ino, late, nlate))
 					continue;
 				int rc = 0;
 				for (uint32_t t = 0; !rc && t < s->nlocal; t++)
@@ -1544,6 +1562,7 @@ int server_start(const struct server_options *opt, struct server **out)
 	pthread_mutex_init(&s->open_mu, NULL);
 	pthread_mutex_init(&s->watch_mu, NULL);
 	pthread_mutex_init(&s->gc_mu, NULL);
+	pthread_rwlock_init(&s->unnamed_rw, NULL);
 	pthread_cond_init(&s->gc_cond, NULL);
 	snprintf(path, sizeof path, "%s/cluster.conf", opt->data_dir);
 	rc = cluster_load(path, &s->map, err, sizeof err);

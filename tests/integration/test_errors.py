@@ -604,6 +604,37 @@ def test_an_open_unlinked_file_outlives_a_restart_of_aqd():
         only_root_left(c)
 
 
+def test_an_unnamed_file_outlives_a_restart_and_is_named_after():
+    """An O_TMPFILE file has no link from the start, so it lives only as long as someone
+    holds it open: through a kill -9 of aqd the mount names it again (REOPEN) and it
+    keeps its bytes past the --reclaim-s window and the collector's rounds; it can still
+    be named then, and once named it stays closed, through another restart."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    with Cluster(extra_up=("--", "--reclaim-s", "2")) as c:
+        fd = os.open(c.mnt, os.O_TMPFILE | os.O_RDWR, 0o644)
+        data = os.urandom(300000)
+        os.write(fd, data)
+        # synced: else the restart below, run from this process, would wait (its exec
+        # closes the descriptor, whose flush waits for aqd)
+        os.fsync(fd)
+        c.kill9()
+        c.restart()
+        time.sleep(4)  # past the window, and a few rounds of the collector
+        assert os.fstat(fd).st_size == len(data)
+        assert os.pread(fd, len(data), 0) == data
+        assert libc.linkat(-100, f"/proc/self/fd/{fd}".encode(), -100, c.path("kept").encode(), 0x400) == 0, \
+            os.strerror(ctypes.get_errno())
+        os.close(fd)
+        time.sleep(1.5)
+        c.kill9()
+        c.restart()
+        with open("/proc/sys/vm/drop_caches", "w") as dc:
+            dc.write("3")
+        with open(c.path("kept"), "rb") as f:
+            assert f.read() == data
+
+
 def test_read_right_after_aqd_restarts_waits_for_it():
     """Regression (found by a kill -9 loop): a read through the mount right after aqd came
     back failed with EIO. Chunk reads, unlike other calls, did not try again when the

@@ -577,6 +577,50 @@ static int t_link(void)
 	return 0;
 }
 
+/* An unnamed file (O_TMPFILE): an orphan from its commit, in no listing; a link names it
+ * once unless it was made with AQ_CREATE_EXCL; the collector's path frees one never named. */
+static int t_tmpfile(void)
+{
+	struct aq_attr d, ro, f, x, t;
+	struct aq_cred other = { .uid = 3005, .gid = 3005 };
+	uint64_t files0, files1;
+	CHECK_RC(mkd(AQ_ROOT_INO, "tmpf", &d), 0);
+	CHECK_RC(meta_count_files(g_m, &files0), 0);
+	CHECK_RC(meta_tmpfile(g_m, &ROOT, d.ino, 0640 | AQ_MODE_UMASK(022), 0, &f), 0);
+	CHECK(f.nlink == 0 && f.mode == (S_IFREG | 0640) && (f.flags & AQ_ATTR_LINKABLE));
+	CHECK_RC(orphan_count(f.ino), 1);
+	CHECK_RC(meta_count_files(g_m, &files1), 0);
+	CHECK(files1 == files0 + 1);
+	CHECK_RC(meta_getattr(g_m, d.ino, &t), 0);
+	CHECK(t.size == d.size && t.nlink == 2 && t.mtime_ns == d.mtime_ns); /* nothing in the directory */
+	CHECK_RC(meta_tmpfile(g_m, &other, d.ino, 0600, 0, &x), -EACCES); /* needs w on the directory */
+	CHECK_RC(meta_tmpfile(g_m, &ROOT, d.ino, S_IFDIR | 0700, 0, &x), -EINVAL);
+	CHECK_RC(mk(d.ino, "f", 0644, &ro), 0);
+	CHECK_RC(meta_tmpfile(g_m, &ROOT, ro.ino, 0600, 0, &x), -ENOTDIR);
+	/* named: the orphan row goes, the flag too, and it counts in the directory */
+	CHECK_RC(meta_link(g_m, &ROOT, f.ino, d.ino, "named", 5, &t), 0);
+	CHECK(t.nlink == 1 && !(t.flags & AQ_ATTR_LINKABLE));
+	CHECK_RC(orphan_count(f.ino), 0);
+	CHECK_RC(lk(d.ino, "named", &t), 0);
+	CHECK(t.ino == f.ino);
+	/* once unlinked again it is an ordinary orphan: no second naming */
+	CHECK_RC(ul(d.ino, "named"), 0);
+	CHECK_RC(meta_link(g_m, &ROOT, f.ino, d.ino, "again", 5, &t), -ENOENT);
+	CHECK_RC(orphan_count(f.ino), 1);
+	CHECK_RC(meta_orphan_done(g_m, f.ino), 0);
+	/* O_EXCL: never named; freed as any orphan */
+	CHECK_RC(meta_tmpfile(g_m, &ROOT, d.ino, 0600, AQ_CREATE_EXCL, &x), 0);
+	CHECK(x.nlink == 0 && !(x.flags & AQ_ATTR_LINKABLE));
+	CHECK_RC(meta_link(g_m, &ROOT, x.ino, d.ino, "never", 5, &t), -ENOENT);
+	CHECK_RC(meta_orphan_done(g_m, x.ino), 0);
+	CHECK_RC(meta_getattr(g_m, x.ino, &t), -ENOENT);
+	CHECK_RC(ul(d.ino, "f"), 0);
+	CHECK_RC(meta_orphan_done(g_m, ro.ino), 0);
+	CHECK_RC(meta_count_files(g_m, &files1), 0);
+	CHECK(files1 == files0);
+	return 0;
+}
+
 /* ---- rmdir racing creates ------------------------------------------------------------------ */
 
 struct racer {
@@ -1994,6 +2038,7 @@ int main(void)
 		{ "readdir_small_concurrent", t_readdir_small_concurrent },
 		{ "rename", t_rename },
 		{ "link_unlink_orphan", t_link },
+		{ "tmpfile", t_tmpfile },
 		{ "rmdir_race", t_rmdir_race },
 		{ "permissions", t_perms },
 		{ "lookup_sees_dir_changes", t_lookup_sees_dir_changes },

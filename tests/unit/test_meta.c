@@ -577,6 +577,12 @@ static int t_link(void)
 	return 0;
 }
 
+static int count_fn(void *arg, const char *name, size_t len, uint64_t ino, uint64_t ts)
+{
+	(*(int *)arg)++;
+	return 0;
+}
+
 /* An unnamed file (O_TMPFILE): an orphan from its commit, in no listing; a link names it
  * once unless it was made with AQ_CREATE_EXCL; the collector's path frees one never named. */
 static int t_tmpfile(void)
@@ -593,6 +599,9 @@ static int t_tmpfile(void)
 	CHECK(files1 == files0 + 1);
 	CHECK_RC(meta_getattr(g_m, d.ino, &t), 0);
 	CHECK(t.size == d.size && t.nlink == 2 && t.mtime_ns == d.mtime_ns); /* nothing in the directory */
+	uint64_t next;
+	int seen = 0;
+	CHECK_RC(meta_changes(g_m, &ROOT, d.ino, 0, 100, count_fn, &seen, &next), 0); /* nor in its changes */
 	CHECK_RC(meta_tmpfile(g_m, &other, d.ino, 0600, 0, &x), -EACCES); /* needs w on the directory */
 	CHECK_RC(meta_tmpfile(g_m, &ROOT, d.ino, S_IFDIR | 0700, 0, &x), -EINVAL);
 	CHECK_RC(mk(d.ino, "f", 0644, &ro), 0);
@@ -603,6 +612,7 @@ static int t_tmpfile(void)
 	CHECK_RC(orphan_count(f.ino), 0);
 	CHECK_RC(lk(d.ino, "named", &t), 0);
 	CHECK(t.ino == f.ino);
+	CHECK_RC(meta_changes(g_m, &ROOT, d.ino, 0, 100, count_fn, &seen, &next), 2); /* f, and now named */
 	/* once unlinked again it is an ordinary orphan: no second naming */
 	CHECK_RC(ul(d.ino, "named"), 0);
 	CHECK_RC(meta_link(g_m, &ROOT, f.ino, d.ino, "again", 5, &t), -ENOENT);

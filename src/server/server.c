@@ -1142,10 +1142,12 @@ static int run_batch(struct server *s, struct sconn *sc, const struct proto_hdr 
 		if (proto_batch_next(&rb, &shs[i], &sps[i]))
 			st = AQ_S_PROTO;
 		else
-			/* a create sent again runs on its own (run_one): it may have run */
+			/* a create sent again runs on its own (run_one): it may have run; so does one
+			 * that opens (an O_TMPFILE's too), which its connection must hold open */
 			decoded[i] = shs[i].op == OP_MKNOD && !(shs[i].flags & PROTO_F_RETRY) &&
 				     (!shs[i].epoch || shs[i].epoch == s->map.epoch) &&
-				     !proto_req_decode(OP_MKNOD, sps[i], shs[i].payload_len, &reqs[i]);
+				     !proto_req_decode(OP_MKNOD, sps[i], shs[i].payload_len, &reqs[i]) &&
+				     !(reqs[i].flags & PROTO_MKNOD_OPEN);
 	}
 	if (!st && rb.pos != rb.len)
 		st = AQ_S_PROTO;

@@ -2286,6 +2286,35 @@ int meta_orphans(struct meta_store *m, struct meta_orphan *out, uint32_t max, ui
 	return rc ? rc : n;
 }
 
+int meta_orphan_claim(struct meta_store *m, uint64_t ino)
+{
+	if (aq_ino_bucket(ino) >= m->nbuckets)
+		return -ENOENT;
+	uint8_t okey[META_ORPHAN_KEY_LEN];
+	size_t oklen = meta_key_orphan(okey, ino);
+	struct meta_inode *in = aq_malloc(sizeof(*in));
+	rocksdb_writebatch_t *wb = meta_batch_new();
+	struct meta_lockset ls = { 0 };
+	meta_lockset_add(&ls, aq_ino_bucket(ino));
+	meta_lockset_lock(m, &ls);
+	int rc = meta_get(m, okey, oklen, NULL, 0, NULL);
+	if (rc <= 0) {
+		rc = rc == 0 ? -ENOENT : rc; /* named since it was listed */
+		goto unlock;
+	}
+	rc = meta_read_inode(m, ino, in);
+	if (rc == 0 && (in->a.flags & AQ_ATTR_LINKABLE)) {
+		in->a.flags &= ~AQ_ATTR_LINKABLE;
+		meta_put_inode(wb, in);
+		rc = meta_commit(m, wb);
+	}
+unlock:
+	meta_lockset_unlock(m, &ls);
+	rocksdb_writebatch_destroy(wb);
+	free(in);
+	return rc;
+}
+
 int meta_orphan_done(struct meta_store *m, uint64_t ino)
 {
 	if (aq_ino_bucket(ino) >= m->nbuckets)

@@ -139,6 +139,11 @@ int meta_count_files(struct meta_store *m, uint64_t *files);
 struct meta_orphan { uint64_t ino; uint64_t size; uint32_t chunk_size; };
 int meta_orphans(struct meta_store *m, struct meta_orphan *out, uint32_t max, uint64_t after_ino);
 int meta_orphan_done(struct meta_store *m, uint64_t ino);
+/* The collector's claim on an orphan it listed and found held open by no one, before it
+ * frees the data: 0 when ino is an orphan still, and from now on no link may name it (an
+ * unnamed file loses AQ_ATTR_LINKABLE); -ENOENT when a link named it since it was listed
+ * (a listing can be stale by the time an orphan's turn comes). */
+int meta_orphan_claim(struct meta_store *m, uint64_t ino);
 /* Make every committed change durable (fsync of a file or directory, shutdown). */
 int meta_sync(struct meta_store *m);
 /* Call once on each thread that uses the store (cheap to call again): turns off RocksDB's

@@ -55,6 +55,7 @@ struct server {
 	uint16_t refuse;                    /* tests: $AQ_TEST_REFUSE (see server_start) */
 	bool fail_meta_sync;                /* tests: $AQ_TEST_FAIL_META_SYNC */
 	uint32_t fail_target_sync;          /* tests: $AQ_TEST_FAIL_TARGET_SYNC (target id + 1; 0: none) */
+	uint32_t gc_pause_ms;               /* tests: $AQ_TEST_GC_PAUSE_MS */
 	uint32_t hold_ms;
 	atomic_bool held;
 	pthread_mutex_t late_mu;            /* guards late, nlate */
@@ -1503,6 +1504,8 @@ static void *gc_main(void *arg)
 			int n = meta_orphans(s->meta, orphans, ARRAY_SIZE(orphans), after);
 			if (n <= 0)
 				break;
+			if (s->gc_pause_ms)
+				usleep(s->gc_pause_ms * 1000u);
 			for (int i = 0; i < n; i++) {
 				after = orphans[i].ino;
 				/* an unnamed file listed here committed; if it is not held yet, its
@@ -1512,7 +1515,10 @@ static void *gc_main(void *arg)
 				pthread_rwlock_unlock(&s->unnamed_rw);
 				if (held || awaits_reclaim(orphans[i].ino, late, nlate))
 					continue;
-				int rc = 0;
+				/* named (an unnamed file, linked and closed) since the page was read? */
+				int rc = meta_orphan_claim(s->meta, orphans[i].ino);
+				if (rc == -ENOENT)
+					continue;
 				for (uint32_t t = 0; !rc && t < s->nlocal; t++)
 					rc = data_delete(s->data, s->local_targets[t], orphans[i].ino);
 				if (!rc)
@@ -1544,7 +1550,9 @@ int server_start(const struct server_options *opt, struct server **out)
 	 * - $AQ_TEST_FAIL_META_SYNC=1 answers EIO to every FSYNC that would sync the
 	 *   metadata log: a test that an fdatasync which needs no metadata does not;
 	 * - $AQ_TEST_FAIL_TARGET_SYNC=ID answers EIO to every FSYNC that would sync target
-	 *   ID while it has something to sync: a test that a file's fsync syncs its own. */
+	 *   ID while it has something to sync: a test that a file's fsync syncs its own;
+	 * - $AQ_TEST_GC_PAUSE_MS=MS makes the orphan collector wait MS ms between reading a
+	 *   page of orphans and acting on it: a test that it acts on what is true then. */
 	const char *exit_after = getenv("AQ_TEST_EXIT_AFTER");
 	const char *hold = getenv("AQ_TEST_HOLD_FIRST");
 	const char *refuse = getenv("AQ_TEST_REFUSE");
@@ -1554,6 +1562,8 @@ int server_start(const struct server_options *opt, struct server **out)
 	s->fail_meta_sync = getenv("AQ_TEST_FAIL_META_SYNC") != NULL;
 	const char *fail_target = getenv("AQ_TEST_FAIL_TARGET_SYNC");
 	s->fail_target_sync = fail_target ? (uint32_t)strtoul(fail_target, NULL, 10) + 1 : 0;
+	const char *gc_pause = getenv("AQ_TEST_GC_PAUSE_MS");
+	s->gc_pause_ms = gc_pause ? (uint32_t)strtoul(gc_pause, NULL, 10) : 0;
 	if (colon) {
 		s->hold_first = proto_op_named(hold, (size_t)(colon - hold));
 		s->hold_ms = (uint32_t)strtoul(colon + 1, NULL, 10);

@@ -618,6 +618,19 @@ static int t_tmpfile(void)
 	CHECK_RC(meta_link(g_m, &ROOT, f.ino, d.ino, "again", 5, &t), -ENOENT);
 	CHECK_RC(orphan_count(f.ino), 1);
 	CHECK_RC(meta_orphan_done(g_m, f.ino), 0);
+	/* the collector's claim: refused for a file named since it was listed; once granted,
+	 * the file can no longer be named */
+	struct aq_attr g;
+	CHECK_RC(meta_tmpfile(g_m, &ROOT, d.ino, 0600, 0, &g), 0);
+	CHECK_RC(meta_link(g_m, &ROOT, g.ino, d.ino, "late", 4, &t), 0);
+	CHECK_RC(meta_orphan_claim(g_m, g.ino), -ENOENT);
+	CHECK_RC(ul(d.ino, "late"), 0);
+	CHECK_RC(meta_tmpfile(g_m, &ROOT, d.ino, 0600, 0, &x), 0);
+	CHECK_RC(meta_orphan_claim(g_m, x.ino), 0);
+	CHECK_RC(meta_link(g_m, &ROOT, x.ino, d.ino, "toolate", 7, &t), -ENOENT);
+	CHECK_RC(meta_orphan_done(g_m, x.ino), 0);
+	CHECK_RC(meta_orphan_claim(g_m, g.ino), 0); /* an unlinked file: its orphan row is back */
+	CHECK_RC(meta_orphan_done(g_m, g.ino), 0);
 	/* O_EXCL: never named; freed as any orphan */
 	CHECK_RC(meta_tmpfile(g_m, &ROOT, d.ino, 0600, AQ_CREATE_EXCL, &x), 0);
 	CHECK(x.nlink == 0 && !(x.flags & AQ_ATTR_LINKABLE));

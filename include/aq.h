@@ -96,7 +96,9 @@ int aq_setattr(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, ui
 
 #define AQ_CREATE_EXCL 1u
 /* Creates a regular file (flags: AQ_CREATE_EXCL, or 0 to open one that exists) and opens
- * it with open(2) flags, in one round trip; *out gets its attributes, *f the open file. */
+ * it with open(2) flags, in one round trip; *out gets its attributes, *f the open file.
+ * Without AQ_CREATE_EXCL a name taken by a directory is EISDIR, by anything else but a
+ * regular file (a symlink, a fifo) EEXIST: it is not this call's to open. */
 int aq_create_open(struct aq_client *c, const struct aq_cred *cred, uint64_t parent, const char *name,
 		   uint32_t mode, uint32_t flags, int open_flags, struct aq_attr *out, struct aq_file **f);
 /* Creates an unnamed regular file in parent and opens it, as open(2) with O_TMPFILE

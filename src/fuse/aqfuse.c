@@ -1641,6 +1641,13 @@ static void op_create(fuse_req_t req, fuse_ino_t parent_node, const char *name, 
 			  fi->flags & ~(O_APPEND | O_CREAT | O_EXCL), &a, &f));
 	made_in(seq, parent, name, rc, &a);
 	own_change();
+	/* Without O_EXCL the name is taken by something this create may not open (a symlink
+	 * or fifo another client made since the kernel heard the name was free): ESTALE
+	 * makes the kernel look the name up again and open what is there, as on ext4
+	 * (follow the symlink, open the fifo). The reply was a symlink's attributes before,
+	 * which the kernel refused: EIO. */
+	if (rc == -EEXIST && !(fi->flags & O_EXCL))
+		rc = -ESTALE;
 	if (rc) {
 		fuse_reply_err(req, posix_err(rc));
 		return;

@@ -802,6 +802,8 @@ static int handle_op(struct server *s, struct sconn *sc, const struct proto_req 
 				rc = meta_lookup(s->meta, cr, r->parent, r->name, r->name_len, &rep.attr);
 				if (!rc && S_ISDIR(rep.attr.mode))
 					rc = -EISDIR;
+				else if (!rc && !S_ISREG(rep.attr.mode))
+					rc = -EEXIST; /* a symlink, a fifo...: not this call's to open */
 				if (!rc)
 					rc = meta_open_file(s->meta, cr, rep.attr.ino, (int)r->rdev, &rep.attr);
 			}

@@ -9,6 +9,7 @@ import errno
 import fcntl
 import os
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -144,6 +145,36 @@ def test_truncating_create_of_a_name_made_elsewhere(c):
                 f.write("x")
             assert open(f"{a}/f{i}").read() == "x"
             assert open(f"{b}/f{i}").read() == "x" and os.stat(f"{b}/f{i}").st_size == 1
+    finally:
+        unmount(late)
+
+
+def test_a_create_over_a_symlink_made_elsewhere_follows_it(c):
+    """Regression (a stress of two mounts making and removing names at once):
+    open(O_CREAT) of a name this mount still believed free, which the other mount had
+    made a symlink (or a fifo) meanwhile, reached aqd as a create of an existing name;
+    aqd opened the symlink itself and the kernel, handed a symlink for a create, said
+    EIO. The kernel now looks the name up again (ESTALE) and does what ext4 does:
+    follows the symlink to the file it names, or opens the fifo."""
+    late = extra_mount(c, "late-sym", push_delay_ms=1500)
+    try:
+        a = c.path("cs")
+        os.mkdir(a)
+        b = os.path.join(late, "cs")
+        with open(f"{a}/target", "w") as f:
+            f.write("old")
+        for i in range(2):
+            assert not os.path.exists(f"{b}/l{i}")  # the late mount caches "no such name"
+            os.symlink("target", f"{a}/l{i}")
+            with open(f"{b}/l{i}", "w") as f:  # O_CREAT | O_TRUNC, before the push lands
+                f.write(f"via link {i}")
+            assert open(f"{a}/target").read() == f"via link {i}"
+            assert os.path.islink(f"{a}/l{i}")
+        assert not os.path.exists(f"{b}/fifo")
+        os.mkfifo(f"{a}/fifo")
+        fd = os.open(f"{b}/fifo", os.O_CREAT | os.O_RDWR | os.O_NONBLOCK)  # opens the fifo
+        assert stat.S_ISFIFO(os.fstat(fd).st_mode)
+        os.close(fd)
     finally:
         unmount(late)
 

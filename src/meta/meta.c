@@ -2286,29 +2286,34 @@ int meta_orphans(struct meta_store *m, struct meta_orphan *out, uint32_t max, ui
 	return rc ? rc : n;
 }
 
+/* Locks ino's bucket (into ls) and checks that ino is an orphan still: 0, -ENOENT, or
+ * -EIO. okey gets the orphan row's key (*oklen bytes). The caller unlocks ls. */
+static int lock_orphan(struct meta_store *m, uint64_t ino, struct meta_lockset *ls, uint8_t *okey, size_t *oklen)
+{
+	*oklen = meta_key_orphan(okey, ino);
+	meta_lockset_add(ls, aq_ino_bucket(ino));
+	meta_lockset_lock(m, ls);
+	int rc = meta_get(m, okey, *oklen, NULL, 0, NULL);
+	return rc < 0 ? rc : rc == 0 ? -ENOENT : 0;
+}
+
 int meta_orphan_claim(struct meta_store *m, uint64_t ino)
 {
 	if (aq_ino_bucket(ino) >= m->nbuckets)
 		return -ENOENT;
 	uint8_t okey[META_ORPHAN_KEY_LEN];
-	size_t oklen = meta_key_orphan(okey, ino);
+	size_t oklen;
 	struct meta_inode *in = aq_malloc(sizeof(*in));
 	rocksdb_writebatch_t *wb = meta_batch_new();
 	struct meta_lockset ls = { 0 };
-	meta_lockset_add(&ls, aq_ino_bucket(ino));
-	meta_lockset_lock(m, &ls);
-	int rc = meta_get(m, okey, oklen, NULL, 0, NULL);
-	if (rc <= 0) {
-		rc = rc == 0 ? -ENOENT : rc; /* named since it was listed */
-		goto unlock;
-	}
-	rc = meta_read_inode(m, ino, in);
+	int rc = lock_orphan(m, ino, &ls, okey, &oklen); /* -ENOENT: named since it was listed */
+	if (rc == 0)
+		rc = meta_read_inode(m, ino, in);
 	if (rc == 0 && (in->a.flags & AQ_ATTR_LINKABLE)) {
 		in->a.flags &= ~AQ_ATTR_LINKABLE;
 		meta_put_inode(wb, in);
 		rc = meta_commit(m, wb);
 	}
-unlock:
 	meta_lockset_unlock(m, &ls);
 	rocksdb_writebatch_destroy(wb);
 	free(in);
@@ -2320,16 +2325,12 @@ int meta_orphan_done(struct meta_store *m, uint64_t ino)
 	if (aq_ino_bucket(ino) >= m->nbuckets)
 		return -ENOENT;
 	uint8_t okey[META_ORPHAN_KEY_LEN], ikey[META_INODE_KEY_LEN];
-	size_t oklen = meta_key_orphan(okey, ino);
+	size_t oklen;
 	rocksdb_writebatch_t *wb = meta_batch_new();
 	struct meta_lockset ls = { 0 };
-	meta_lockset_add(&ls, aq_ino_bucket(ino));
-	meta_lockset_lock(m, &ls);
-	int rc = meta_get(m, okey, oklen, NULL, 0, NULL);
-	if (rc <= 0) {
-		rc = rc == 0 ? -ENOENT : rc;
+	int rc = lock_orphan(m, ino, &ls, okey, &oklen);
+	if (rc)
 		goto unlock;
-	}
 	rocksdb_writebatch_delete(wb, (const char *)okey, oklen);
 	rocksdb_writebatch_delete(wb, (const char *)ikey, meta_key_inode(ikey, ino));
 	meta_count_drop(m, wb, ino);

@@ -196,6 +196,17 @@ def held_through_a_stop(c, break_it, past_window_s):
         p.wait()
 
 
+def cluster_with(**env):
+    """A Cluster whose aqd and mount start with these environment variables (test hooks);
+    they are not left set for what this process starts next."""
+    os.environ.update(env)
+    try:
+        return Cluster()
+    finally:
+        for k in env:
+            del os.environ[k]
+
+
 def only_root_left(c):
     def files():
         return int(re.search(r"^files\s+(\d+)", c.aq("status").stdout, re.M).group(1))
@@ -469,12 +480,7 @@ def test_a_restart_under_a_caller_reading_its_reply_loses_no_connection():
     its reader is done (the mount asserts as much). $AQ_TEST_STALL_READER holds the
     waiter of each FSYNC 1.5 s between taking the socket and reading it, and aqd is
     killed and started again inside that window."""
-    os.environ["AQ_TEST_STALL_READER"] = "FSYNC:1500"
-    try:
-        c = Cluster()
-    finally:
-        del os.environ["AQ_TEST_STALL_READER"]
-    with c:
+    with cluster_with(AQ_TEST_STALL_READER="FSYNC:1500") as c:
         pid = c.mount_pid()
         for rnd in range(4):
             fd = os.open(c.path(f"f{rnd}"), os.O_CREAT | os.O_RDWR, 0o644)
@@ -645,12 +651,7 @@ def test_an_unnamed_file_named_while_the_collector_works_keeps_its_data():
     opened) every 0.1 s, for 4 s."""
     import ctypes
     libc = ctypes.CDLL(None, use_errno=True)
-    os.environ["AQ_TEST_GC_PAUSE_MS"] = "800"
-    try:
-        c = Cluster()
-    finally:
-        del os.environ["AQ_TEST_GC_PAUSE_MS"]
-    with c:
+    with cluster_with(AQ_TEST_GC_PAUSE_MS="800") as c:
         named, held, k = {}, [], 0
 
         def unnamed():

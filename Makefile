@@ -38,7 +38,8 @@ UNIT_BIN := $(patsubst tests/unit/%.c,$(B)/tests/%,$(UNIT_SRC))
 S3_SELFTEST := $(B)/tests/s3_selftest
 TIER_SELFTEST := $(B)/tests/tier_selftest
 
-all: bin/aqd bin/aq lib/libaq.so include/aq.h bin/fwdfs $(UNIT_BIN) $(S3_SELFTEST) $(TIER_SELFTEST) python
+all: bin/aqd bin/aq bin/mount.fuse.aquifer lib/libaq.so include/aq.h bin/fwdfs $(UNIT_BIN) $(S3_SELFTEST) \
+	$(TIER_SELFTEST) python
 
 $(B)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -56,6 +57,14 @@ bin/fwdfs: bench/fwdfs.c
 bin/aq: $(CLI_OBJ) $(CLIENT_OBJ) $(S3_OBJ) $(COMMON_OBJ)
 	@mkdir -p bin
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS_CLI)
+
+# `aq` is also mount(8)'s helper for `mount -t fuse.aquifer CLUSTER_FILE DIR` and fstab
+# lines, once `make mount-helper` links it where mount(8) looks (README).
+bin/mount.fuse.aquifer: bin/aq
+	ln -sf aq $@
+
+mount-helper: bin/mount.fuse.aquifer
+	ln -sf $(CURDIR)/bin/aq /usr/sbin/mount.fuse.aquifer
 
 lib/libaq.so: $(CLIENT_OBJ) $(COMMON_OBJ)
 	@mkdir -p lib
@@ -115,5 +124,5 @@ test: deps all
 clean:
 	rm -rf $(B) bin lib python/build python/aquifer/*.so
 
-.PHONY: all fuzz fuzz-run python deps up down test clean
+.PHONY: all fuzz fuzz-run python deps up down test clean mount-helper
 -include $(shell find $(B) -name '*.d' 2>/dev/null)

@@ -7,6 +7,8 @@
 int cmd_up(int argc, char **argv);
 int cmd_down(int argc, char **argv);
 int cmd_mount(int argc, char **argv);
+/* argv[0] mount.fuse.aquifer or aquifer: mount(8)'s helper, SOURCE DIR [-o OPTIONS] */
+int cmd_mount_helper(int argc, char **argv);
 int cmd_umount(int argc, char **argv);
 int cmd_heard(int argc, char **argv);
 int cmd_status(int argc, char **argv);

@@ -500,18 +500,77 @@ int cmd_down(int argc, char **argv)
 	return status;
 }
 
+/* Takes mount(8)'s comma-separated options (-o, an fstab entry's fourth field) into o:
+ * Aquifer's own (ro, nosuid, nodev, allow_other, attr_timeout=S, threads=N), the flags
+ * the kernel applies to any mount (noatime, noexec...: into vfs, which o->vfs_opts
+ * points at), and what only mount(8) and fstab use (defaults, noauto, _netdev...),
+ * which is dropped. 0, or -1 after saying which option it does not know. */
+static int mount_opts(char *list, struct aqfuse_options *o, char *vfs, size_t vfs_size)
+{
+	static const char *const kernel[] = {"noatime", "atime", "noexec", "exec", "sync", "async", "dirsync"};
+	static const struct { const char *name; unsigned long flag; } bind[] = {
+		{"nodiratime", MS_NODIRATIME}, {"strictatime", MS_STRICTATIME}, {"norelatime", MS_STRICTATIME},
+		{"nosymfollow", MS_NOSYMFOLLOW}};
+	/* mount(8)'s and fstab's own, and the defaults of a new mount */
+	static const char *const ignored[] = {"defaults", "rw", "auto", "noauto", "user", "nouser", "users",
+					      "_netdev", "nofail", "default_permissions", "suid", "dev", "subtype",
+					      "fsname", "relatime", "diratime", "nostrictatime", "symfollow"};
+	vfs[0] = 0;
+	o->vfs_opts = vfs;
+	for (char *save = NULL, *opt = strtok_r(list, ",", &save); opt; opt = strtok_r(NULL, ",", &save)) {
+		char *eq = strchr(opt, '=');
+		size_t klen = eq ? (size_t)(eq - opt) : strlen(opt);
+		bool known = false;
+		for (size_t i = 0; i < ARRAY_SIZE(kernel) && !known; i++)
+			if (!eq && !strcmp(opt, kernel[i])) {
+				if (strlen(vfs) + strlen(opt) + 2 > vfs_size)
+					return -1;
+				strcat(strcat(vfs, *vfs ? "," : ""), opt);
+				known = true;
+			}
+		for (size_t i = 0; i < ARRAY_SIZE(bind) && !known; i++)
+			if (!eq && !strcmp(opt, bind[i].name)) {
+				o->bind_flags |= bind[i].flag;
+				known = true;
+			}
+		for (size_t i = 0; i < ARRAY_SIZE(ignored) && !known; i++)
+			known = strlen(ignored[i]) == klen && !strncmp(opt, ignored[i], klen);
+		if (known || !strncmp(opt, "x-", 2) || !strncmp(opt, "comment=", 8))
+			continue;
+		if (!strcmp(opt, "ro"))
+			o->read_only = true;
+		else if (!strcmp(opt, "nosuid"))
+			o->nosuid = true;
+		else if (!strcmp(opt, "nodev"))
+			o->nodev = true;
+		else if (!strcmp(opt, "allow_other"))
+			o->allow_other = true;
+		else if (eq && !strncmp(opt, "attr_timeout=", 13))
+			o->attr_timeout_s = atof(eq + 1);
+		else if (eq && !strncmp(opt, "threads=", 8))
+			o->threads = (unsigned)atoi(eq + 1);
+		else {
+			fprintf(stderr, "aq mount: unknown mount option '%s'\n", opt);
+			return -1;
+		}
+	}
+	return 0;
+}
+
 int cmd_mount(int argc, char **argv)
 {
 	struct aqfuse_options o = {.attr_timeout_s = 3600, .threads = 16};
+	char vfs[256];
 	static const struct option lopts[] = {
 		{"cluster", required_argument, 0, 'c'}, {"foreground", no_argument, 0, 'f'},
 		{"allow-other", no_argument, 0, 'a'}, {"ro", no_argument, 0, 'r'},
 		{"attr-timeout", required_argument, 0, 't'}, {"threads", required_argument, 0, 'T'},
 		{"debug", no_argument, 0, 'd'}, {"log", required_argument, 0, 'l'},
-		{"nosuid", no_argument, 0, 'S'}, {"nodev", no_argument, 0, 'D'}, {0, 0, 0, 0}};
+		{"nosuid", no_argument, 0, 'S'}, {"nodev", no_argument, 0, 'D'},
+		{"options", required_argument, 0, 'o'}, {0, 0, 0, 0}};
 	int c;
 	optind = 1;
-	while ((c = getopt_long(argc, argv, "c:fart:T:dl:SD", lopts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "c:fart:T:dl:SDo:", lopts, NULL)) != -1) {
 		switch (c) {
 		case 'c': o.cluster_file = optarg; break;
 		case 'f': o.foreground = true; break;
@@ -523,6 +582,10 @@ int cmd_mount(int argc, char **argv)
 		case 'l': o.log_path = optarg; break;
 		case 'S': o.nosuid = true; break;
 		case 'D': o.nodev = true; break;
+		case 'o':
+			if (mount_opts(optarg, &o, vfs, sizeof vfs))
+				return 2;
+			break;
 		default: goto usage;
 		}
 	}
@@ -558,8 +621,39 @@ int cmd_mount(int argc, char **argv)
 	return aqfuse_main(&o);
 usage:
 	fprintf(stderr, "usage: aq mount MOUNTPOINT [--cluster FILE] [--foreground] [--allow-other] [--ro] "
-			"[--nosuid] [--nodev] [--attr-timeout SECONDS] [--threads N] [--log FILE]\n");
+			"[--nosuid] [--nodev] [--attr-timeout SECONDS] [--threads N] [--log FILE] [-o OPTIONS]\n");
 	return 2;
+}
+
+int cmd_mount_helper(int argc, char **argv)
+{
+	/* mount(8) runs /sbin/mount.fuse.aquifer SOURCE DIR [-sfnv] [-o OPTIONS] for
+	 * `mount -t fuse.aquifer SOURCE DIR` and fstab lines; mount.fuse3 runs the type's
+	 * program, `aquifer SOURCE DIR -o OPTIONS`. SOURCE is the cluster file. */
+	const char *src = NULL, *dir = NULL, *opts = NULL;
+	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "-o") && i + 1 < argc)
+			opts = argv[++i];
+		else if (!strncmp(argv[i], "-o", 2) && argv[i][2])
+			opts = argv[i] + 2;
+		else if (!strcmp(argv[i], "-t") && i + 1 < argc)
+			i++; /* the type, fuse.aquifer */
+		else if (argv[i][0] == '-')
+			continue; /* -s (sloppy), -n (no mtab), -v: nothing to do; -f (fake) below */
+		else if (!src)
+			src = argv[i];
+		else if (!dir)
+			dir = argv[i];
+	}
+	for (int i = 1; i < argc; i++)
+		if (!strcmp(argv[i], "-f"))
+			return 0;
+	if (!src || !dir) {
+		fprintf(stderr, "usage: mount.fuse.aquifer CLUSTER_FILE MOUNTPOINT [-o OPTIONS]\n");
+		return 2;
+	}
+	char *margv[] = {"mount", (char *)dir, "--cluster", (char *)src, opts ? "-o" : NULL, (char *)opts, NULL};
+	return cmd_mount(opts ? 6 : 4, margv);
 }
 
 int cmd_umount(int argc, char **argv)

@@ -9,7 +9,8 @@ static const struct {
 	{"up", cmd_up, "up [--data DIR] [--mount DIR] [-- AQD-OPTIONS]  format if new, start aqd, mount"},
 	{"down", cmd_down, "down [--data DIR] [--mount DIR] unmount and stop aqd"},
 	{"mount", cmd_mount,
-	 "mount MOUNTPOINT [--cluster FILE] [--foreground] [--allow-other] [--ro] [--nosuid] [--nodev] [--attr-timeout S]"},
+	 "mount MOUNTPOINT [--cluster FILE] [--foreground] [--allow-other] [--ro] [--nosuid] [--nodev]\n"
+	 "           [--attr-timeout S] [-o MOUNT_OPTIONS]"},
 	{"umount", cmd_umount, "umount MOUNTPOINT"},
 	{"heard", cmd_heard, "heard PATH                       returns once the mount holding PATH shows what other clients finished"},
 	{"status", cmd_status, "status [--cluster FILE]          servers, buckets, targets, space, files"},
@@ -30,6 +31,9 @@ static void usage(FILE *f)
 
 int main(int argc, char **argv)
 {
+	const char *self = strrchr(argv[0], '/') ? strrchr(argv[0], '/') + 1 : argv[0];
+	if (!strcmp(self, "mount.fuse.aquifer") || !strcmp(self, "aquifer"))
+		return cmd_mount_helper(argc, argv);
 	if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) {
 		usage(argc < 2 ? stderr : stdout);
 		return argc < 2 ? 2 : 0;

@@ -19,9 +19,11 @@
 #include "common/common.h"
 #include "common/hash.h"
 #include <fuse_lowlevel.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <sys/ioctl.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/xattr.h>
@@ -2175,6 +2177,26 @@ static const struct fuse_lowlevel_ops aq_ops = {
 	.access = op_access,
 };
 
+/* The per-mount flags libfuse cannot pass (opt->bind_flags), set as mount(8) would for
+ * a bind mount: a remount must name every per-mount flag the mount keeps, so those the
+ * options asked for are named again (not read back: a statvfs would wait on this very
+ * mount, which serves nothing yet). */
+static int bind_remount(const struct aqfuse_options *opt, bool root)
+{
+	unsigned long f = MS_REMOUNT | MS_BIND | opt->bind_flags;
+	if (opt->read_only)
+		f |= MS_RDONLY;
+	if (opt->nosuid || !root)
+		f |= MS_NOSUID;
+	if (opt->nodev || !root)
+		f |= MS_NODEV;
+	if (opt->vfs_opts && strstr(opt->vfs_opts, "noexec"))
+		f |= MS_NOEXEC;
+	if (opt->vfs_opts && strstr(opt->vfs_opts, "noatime") && !(f & MS_STRICTATIME))
+		f |= MS_NOATIME;
+	return mount(NULL, opt->mountpoint, NULL, f, NULL);
+}
+
 int aqfuse_main(const struct aqfuse_options *opt)
 {
 	/* Fail early, with the library's message, if the cluster cannot be reached. */
@@ -2195,16 +2217,25 @@ int aqfuse_main(const struct aqfuse_options *opt)
 	g_no_dir_cache = dc && strcmp(dc, "0") == 0;
 	g_page_size = (size_t)sysconf(_SC_PAGESIZE);
 
-	char optstr[256];
+	char optstr[PATH_MAX + 512];
 	/* As ext4 (and an NFS or CephFS client): setuid programs and device files work on a
 	 * root's mount, unless --nosuid or --nodev says no (libfuse's own default is both
 	 * refused; a user's mount, through fusermount3, always is). Any client the cluster
 	 * lets in may act as any uid, root included, so a mount that must not trust the
-	 * others' setuid programs says --nosuid. */
+	 * others' setuid programs says --nosuid. The mount's source is the cluster file, as
+	 * an NFS mount's is its server and export: `umount FILE` and xfstests' TEST_DEV work;
+	 * one whose path libfuse's option syntax cannot carry is "aquifer". */
 	bool root = getuid() == 0;
-	snprintf(optstr, sizeof optstr, "fsname=aquifer,subtype=aquifer,default_permissions,max_read=1048576%s%s%s%s",
-		 opt->allow_other ? ",allow_other" : "", opt->read_only ? ",ro" : "",
-		 root && !opt->nosuid ? ",suid" : "", root && !opt->nodev ? ",dev" : "");
+	const char *src = opt->cluster_file && !strpbrk(opt->cluster_file, ",\\ \t\n") ? opt->cluster_file : "aquifer";
+	const char *vfs = opt->vfs_opts ? opt->vfs_opts : "";
+	if (snprintf(optstr, sizeof optstr,
+		     "fsname=%s,subtype=aquifer,default_permissions,max_read=1048576%s%s%s%s%s%s", src,
+		     opt->allow_other ? ",allow_other" : "", opt->read_only ? ",ro" : "",
+		     root && !opt->nosuid ? ",suid" : "", root && !opt->nodev ? ",dev" : "", *vfs ? "," : "",
+		     vfs) >= (int)sizeof optstr) {
+		fprintf(stderr, "aq mount: mount options too long\n");
+		return 1;
+	}
 	char *argv[] = {"aq", "-o", optstr, opt->debug ? "-d" : NULL, NULL};
 	struct fuse_args args = FUSE_ARGS_INIT(opt->debug ? 4 : 3, argv);
 	struct fuse_session *se = fuse_session_new(&args, &aq_ops, sizeof aq_ops, NULL);
@@ -2221,6 +2252,11 @@ int aqfuse_main(const struct aqfuse_options *opt)
 	}
 	if (devio_install(se)) {
 		fprintf(stderr, "aq mount: cannot install the /dev/fuse hooks\n");
+		goto out_unmount;
+	}
+	if (opt->bind_flags && bind_remount(opt, root)) {
+		fprintf(stderr, "aq mount: cannot set nodiratime, strictatime or nosymfollow on %s: %s\n",
+			opt->mountpoint, strerror(errno));
 		goto out_unmount;
 	}
 	if (opt->log_path)

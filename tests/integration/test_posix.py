@@ -859,6 +859,59 @@ def test_unnamed_files_made_at_once_in_one_directory(c):
             assert f.read() == data, p
 
 
+def mount_line(m):
+    """The /proc/mounts fields of the mount at m: source, type, options (a list)."""
+    with open("/proc/mounts") as f:
+        for line in f:
+            src, mp, fstype, opts = line.split()[:4]
+            if mp == m:
+                return src, fstype, opts.split(",")
+    return None
+
+
+def test_mount_options_as_mount_8_gives_them(c):
+    """`mount -t fuse.aquifer CLUSTER_FILE DIR -o OPTIONS` and fstab lines did not work:
+    no mount helper, `aq mount` took no -o, and every mount's source was "aquifer", so
+    `umount CLUSTER_FILE` and xfstests' TEST_DEV (FSTYP=fuse) could not name it. Now `aq`
+    is also mount.fuse.aquifer, takes mount(8)'s options (the kernel's flags, libfuse's
+    or set by a bind remount, fstab's own ignored, unknown ones refused), and a mount's
+    source is its cluster file."""
+    conf = os.path.realpath(c.conf)
+    m1, m2 = os.path.join(c.base, "o1"), os.path.join(c.base, "o2")
+    os.makedirs(m1)
+    os.makedirs(m2)
+    p = run(AQ, "mount", m1, "--cluster", c.conf, "-o", "nosuid,bogus", check=False)
+    assert p.returncode == 2 and "unknown mount option 'bogus'" in p.stderr and mount_line(m1) is None, p.stderr
+    run(AQ, "mount", m1, "--cluster", c.conf, "-o", "defaults,_netdev,noatime,nodiratime,noexec,nosuid")
+    try:
+        src, fstype, opts = mount_line(m1)
+        assert (src, fstype) == (conf, "fuse.aquifer"), (src, fstype)
+        assert {"noatime", "nodiratime", "noexec", "nosuid"} <= set(opts), opts
+        script = os.path.join(m1, "run.sh")
+        with open(script, "w") as f:
+            f.write("#!/bin/sh\necho ran\n")
+        os.chmod(script, 0o755)
+        expect_errno(errno.EACCES, lambda: subprocess.run([script]))
+    finally:
+        unmount(m1)
+    helper = "/usr/sbin/mount.fuse.aquifer"
+    made = not os.path.lexists(helper)
+    if made:
+        os.symlink(os.path.join(os.path.dirname(AQ), "aq"), helper)
+    try:
+        run("mount", "-t", "fuse.aquifer", c.conf, m2, "-o", "ro,strictatime")
+        try:
+            src, fstype, opts = mount_line(m2)
+            assert src == conf and "ro" in opts and "relatime" not in opts and "noatime" not in opts, opts
+            expect_errno(errno.EROFS, lambda: open(os.path.join(m2, "x"), "w"))
+            assert os.path.exists(os.path.join(m2, "run.sh"))
+        finally:
+            unmount(m2)
+    finally:
+        if made:
+            os.unlink(helper)
+
+
 def drop_page_cache(inodes=False):
     """Drops the kernel's page cache; with inodes, its dentries and inodes too (the mount
     then gets a FORGET for each inode dropped)."""

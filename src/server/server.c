@@ -1576,7 +1576,12 @@ int server_start(const struct server_options *opt, struct server **out)
 	pthread_mutex_init(&s->open_mu, NULL);
 	pthread_mutex_init(&s->watch_mu, NULL);
 	pthread_mutex_init(&s->gc_mu, NULL);
-	pthread_rwlock_init(&s->unnamed_rw, NULL);
+	/* the collector must not wait behind an endless stream of O_TMPFILE opens */
+	pthread_rwlockattr_t rwa;
+	pthread_rwlockattr_init(&rwa);
+	pthread_rwlockattr_setkind_np(&rwa, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+	pthread_rwlock_init(&s->unnamed_rw, &rwa);
+	pthread_rwlockattr_destroy(&rwa);
 	pthread_cond_init(&s->gc_cond, NULL);
 	snprintf(path, sizeof path, "%s/cluster.conf", opt->data_dir);
 	rc = cluster_load(path, &s->map, err, sizeof err);

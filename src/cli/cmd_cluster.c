@@ -523,8 +523,10 @@ static int mount_opts(char *list, struct aqfuse_options *o, char *vfs, size_t vf
 		bool known = false;
 		for (size_t i = 0; i < ARRAY_SIZE(kernel) && !known; i++)
 			if (!eq && !strcmp(opt, kernel[i])) {
-				if (strlen(vfs) + strlen(opt) + 2 > vfs_size)
+				if (strlen(vfs) + strlen(opt) + 2 > vfs_size) {
+					fprintf(stderr, "aq mount: too many mount options\n");
 					return -1;
+				}
 				strcat(strcat(vfs, *vfs ? "," : ""), opt);
 				known = true;
 			}

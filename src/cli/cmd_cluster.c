@@ -502,15 +502,22 @@ int cmd_down(int argc, char **argv)
 
 /* Takes mount(8)'s comma-separated options (-o, an fstab entry's fourth field) into o:
  * Aquifer's own (ro, nosuid, nodev, allow_other, attr_timeout=S, threads=N), the flags
- * the kernel applies to any mount (noatime, noexec...: into vfs, which o->vfs_opts
- * points at), and what only mount(8) and fstab use (defaults, noauto, _netdev...),
- * which is dropped. 0, or -1 after saying which option it does not know. */
+ * the kernel applies to any mount (noatime, noexec...: into o->mnt_flags, and those
+ * libfuse passes on by name into vfs, which o->vfs_opts points at), and what only
+ * mount(8) and fstab use (defaults, noauto, _netdev...), which is dropped. 0, or -1
+ * after saying which option it does not know. */
 static int mount_opts(char *list, struct aqfuse_options *o, char *vfs, size_t vfs_size)
 {
-	static const char *const kernel[] = {"noatime", "atime", "noexec", "exec", "sync", "async", "dirsync"};
-	static const struct { const char *name; unsigned long flag; } bind[] = {
-		{"nodiratime", MS_NODIRATIME}, {"strictatime", MS_STRICTATIME}, {"norelatime", MS_STRICTATIME},
-		{"nosymfollow", MS_NOSYMFOLLOW}};
+	/* set, clear: the flag it asks for, or takes back (the last one said wins, as with
+	 * mount(8)); libfuse: it passes the name to the kernel itself, else aqfuse sets the
+	 * flag by a bind remount */
+	static const struct { const char *name; unsigned long set, clear; bool libfuse; } kernel[] = {
+		{"noatime", MS_NOATIME, 0, true}, {"atime", 0, MS_NOATIME, true},
+		{"noexec", MS_NOEXEC, 0, true}, {"exec", 0, MS_NOEXEC, true},
+		{"sync", MS_SYNCHRONOUS, 0, true}, {"async", 0, MS_SYNCHRONOUS, true},
+		{"dirsync", MS_DIRSYNC, 0, true}, {"nodiratime", MS_NODIRATIME, 0, false},
+		{"strictatime", MS_STRICTATIME, 0, false}, {"norelatime", MS_STRICTATIME, 0, false},
+		{"nosymfollow", MS_NOSYMFOLLOW, 0, false}};
 	/* mount(8)'s and fstab's own, and the defaults of a new mount */
 	static const char *const ignored[] = {"defaults", "rw", "auto", "noauto", "user", "nouser", "users",
 					      "_netdev", "nofail", "default_permissions", "suid", "dev", "subtype",
@@ -521,20 +528,19 @@ static int mount_opts(char *list, struct aqfuse_options *o, char *vfs, size_t vf
 		char *eq = strchr(opt, '=');
 		size_t klen = eq ? (size_t)(eq - opt) : strlen(opt);
 		bool known = false;
-		for (size_t i = 0; i < ARRAY_SIZE(kernel) && !known; i++)
-			if (!eq && !strcmp(opt, kernel[i])) {
-				if (strlen(vfs) + strlen(opt) + 2 > vfs_size) {
-					fprintf(stderr, "aq mount: too many mount options\n");
-					return -1;
-				}
-				strcat(strcat(vfs, *vfs ? "," : ""), opt);
-				known = true;
+		for (size_t i = 0; i < ARRAY_SIZE(kernel) && !known; i++) {
+			if (eq || strcmp(opt, kernel[i].name))
+				continue;
+			known = true;
+			o->mnt_flags = (o->mnt_flags & ~kernel[i].clear) | kernel[i].set;
+			if (!kernel[i].libfuse)
+				continue;
+			if (strlen(vfs) + strlen(opt) + 2 > vfs_size) {
+				fprintf(stderr, "aq mount: too many mount options\n");
+				return -1;
 			}
-		for (size_t i = 0; i < ARRAY_SIZE(bind) && !known; i++)
-			if (!eq && !strcmp(opt, bind[i].name)) {
-				o->bind_flags |= bind[i].flag;
-				known = true;
-			}
+			strcat(strcat(vfs, *vfs ? "," : ""), opt);
+		}
 		for (size_t i = 0; i < ARRAY_SIZE(ignored) && !known; i++)
 			known = strlen(ignored[i]) == klen && !strncmp(opt, ignored[i], klen);
 		if (known || !strncmp(opt, "x-", 2) || !strncmp(opt, "comment=", 8))
@@ -633,6 +639,7 @@ int cmd_mount_helper(int argc, char **argv)
 	 * `mount -t fuse.aquifer SOURCE DIR` and fstab lines; mount.fuse3 runs the type's
 	 * program, `aquifer SOURCE DIR -o OPTIONS`. SOURCE is the cluster file. */
 	const char *src = NULL, *dir = NULL, *opts = NULL;
+	bool fake = false;
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "-o") && i + 1 < argc)
 			opts = argv[++i];
@@ -640,16 +647,17 @@ int cmd_mount_helper(int argc, char **argv)
 			opts = argv[i] + 2;
 		else if (!strcmp(argv[i], "-t") && i + 1 < argc)
 			i++; /* the type, fuse.aquifer */
+		else if (!strcmp(argv[i], "-f"))
+			fake = true; /* mount -f: everything but the mount itself */
 		else if (argv[i][0] == '-')
-			continue; /* -s (sloppy), -n (no mtab), -v: nothing to do; -f (fake) below */
+			continue; /* -s (sloppy), -n (no mtab), -v: nothing to do */
 		else if (!src)
 			src = argv[i];
 		else if (!dir)
 			dir = argv[i];
 	}
-	for (int i = 1; i < argc; i++)
-		if (!strcmp(argv[i], "-f"))
-			return 0;
+	if (fake)
+		return 0;
 	if (!src || !dir) {
 		fprintf(stderr, "usage: mount.fuse.aquifer CLUSTER_FILE MOUNTPOINT [-o OPTIONS]\n");
 		return 2;

@@ -1519,43 +1519,17 @@ int aq_file_reopen(struct aq_file *f, const struct aq_cred *cred)
 	return rc;
 }
 
-int aq_create_open(struct aq_client *c, const struct aq_cred *cred, uint64_t parent, const char *name,
-		   uint32_t mode, uint32_t flags, int open_flags, struct aq_attr *out, struct aq_file **f)
+/* A MKNOD that also opens the regular file it makes (or, without AQ_CREATE_EXCL, finds),
+ * with open(2) flags carried in rdev: aq_create_open's, and aq_tmpfile_open's (no name). */
+static int mknod_open(struct aq_client *c, const struct aq_cred *cred, uint64_t parent, const char *name,
+		      uint32_t mode, uint32_t flags, int open_flags, struct aq_attr *out, struct aq_file **f)
 {
-	int rc = check_name(name);
-	if (rc)
-		return rc;
-	if (flags & ~AQ_CREATE_EXCL)
-		return -EINVAL;
 	struct proto_req r = {.op = OP_MKNOD, .cred = *cred_or_default(c, cred), .parent = parent, .name = name,
 			      .name_len = (uint32_t)strlen(name),
 			      .mode = S_IFREG | (mode & (07777 | AQ_MODE_UMASK_BITS)),
 			      .rdev = (uint32_t)open_flags, .flags = flags | PROTO_MKNOD_OPEN};
 	uint32_t server = name_server(c, parent, name);
 	/* any connection will do, as long as RELEASE takes the same one */
-	uint64_t affinity = atomic_fetch_add(&c->rr, 1) % c->nconns + c->nconns;
-	unsigned long epoch = atomic_load(&c->size_epoch);
-	struct proto_reply rep;
-	rc = rpc_do_on(c, server, &r, &rep, NULL, affinity);
-	if (rc)
-		return rc;
-	rc = file_new(c, &r.cred, &rep.attr, open_flags, epoch, server, affinity, f);
-	if (!rc && out)
-		*out = rep.attr;
-	return rc;
-}
-
-int aq_tmpfile_open(struct aq_client *c, const struct aq_cred *cred, uint64_t parent, uint32_t mode, int open_flags,
-		    struct aq_attr *out, struct aq_file **f)
-{
-	if ((open_flags & O_ACCMODE) == O_RDONLY)
-		return -EINVAL; /* as open(2): nothing could ever be in it */
-	uint32_t flags = PROTO_MKNOD_OPEN | PROTO_MKNOD_TMPFILE | ((open_flags & O_EXCL) ? AQ_CREATE_EXCL : 0);
-	open_flags &= ~(O_TMPFILE | O_CREAT | O_EXCL);
-	struct proto_req r = {.op = OP_MKNOD, .cred = *cred_or_default(c, cred), .parent = parent, .name = "",
-			      .mode = S_IFREG | (mode & (07777 | AQ_MODE_UMASK_BITS)),
-			      .rdev = (uint32_t)open_flags, .flags = flags};
-	uint32_t server = client_meta_server(c, parent);
 	uint64_t affinity = atomic_fetch_add(&c->rr, 1) % c->nconns + c->nconns;
 	unsigned long epoch = atomic_load(&c->size_epoch);
 	struct proto_reply rep;
@@ -1566,6 +1540,26 @@ int aq_tmpfile_open(struct aq_client *c, const struct aq_cred *cred, uint64_t pa
 	if (!rc && out)
 		*out = rep.attr;
 	return rc;
+}
+
+int aq_create_open(struct aq_client *c, const struct aq_cred *cred, uint64_t parent, const char *name,
+		   uint32_t mode, uint32_t flags, int open_flags, struct aq_attr *out, struct aq_file **f)
+{
+	int rc = check_name(name);
+	if (rc)
+		return rc;
+	if (flags & ~AQ_CREATE_EXCL)
+		return -EINVAL;
+	return mknod_open(c, cred, parent, name, mode, flags, open_flags, out, f);
+}
+
+int aq_tmpfile_open(struct aq_client *c, const struct aq_cred *cred, uint64_t parent, uint32_t mode, int open_flags,
+		    struct aq_attr *out, struct aq_file **f)
+{
+	if ((open_flags & O_ACCMODE) == O_RDONLY)
+		return -EINVAL; /* as open(2): nothing could ever be in it */
+	uint32_t flags = PROTO_MKNOD_TMPFILE | ((open_flags & O_EXCL) ? AQ_CREATE_EXCL : 0);
+	return mknod_open(c, cred, parent, "", mode, flags, open_flags & ~(O_TMPFILE | O_CREAT | O_EXCL), out, f);
 }
 
 int aq_watch(struct aq_client *c, aq_inval_fn fn, void *arg)

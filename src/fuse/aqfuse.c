@@ -1329,8 +1329,6 @@ static void op_readlink(fuse_req_t req, fuse_ino_t ino_node)
 		fuse_reply_readlink(req, buf);
 }
 
-/* After a create of name in parent: the parent's attributes as the server now has them,
- * and its names. */
 /* This mount changed directory dir's entries: the listing the kernel keeps of it
  * (FOPEN_CACHE_DIR) loses its pages before the reply. The kernel starts a complete kept
  * listing over by itself once the directory's version moved, but one it had only begun (a
@@ -1345,6 +1343,8 @@ static void listing_changed(uint64_t dir)
 		fuse_lowlevel_notify_inval_inode(g_se, aq_ino_node(dir), 0, 0);
 }
 
+/* After a create of name in parent: the parent's attributes as the server now has them,
+ * and its names. */
 static void made_in(struct cseq seq, uint64_t parent, const char *name, int rc, const struct aq_attr *child)
 {
 	if (rc == -EEXIST)
@@ -1621,35 +1621,30 @@ static void op_create(fuse_req_t req, fuse_ino_t parent_node, const char *name, 
 	cred_of(req, &cr);
 	struct aq_file *f;
 	struct cseq seq = cseq_now();
-	if (devio_tmpfile()) { /* O_TMPFILE: no name to remember, nothing new in a listing */
-		int rc = WITH_GROUPS(req, cr, aq_tmpfile_open(g_client, &cr, parent, create_mode(req, mode & 07777),
-								fi->flags & ~O_APPEND, &a, &f));
-		if (rc) {
-			fuse_reply_err(req, posix_err(rc));
-			return;
-		}
-		keep_attr(seq, &a);
-		fi->fh = (uint64_t)(uintptr_t)f;
-		struct fuse_entry_param e;
-		to_entry(&a, &e);
-		fuse_reply_create(req, &e, fi);
-		return;
+	bool tmpfile = devio_tmpfile();
+	int rc;
+	if (tmpfile) { /* O_TMPFILE: no name to remember, nothing new in a listing */
+		rc = WITH_GROUPS(req, cr, aq_tmpfile_open(g_client, &cr, parent, create_mode(req, mode & 07777),
+							   fi->flags & ~O_APPEND, &a, &f));
+		if (!rc)
+			keep_attr(seq, &a);
+	} else {
+		/* create and open in one round trip (O_APPEND offsets come from the kernel).
+		 * The name may exist after all, made by another client since this mount heard
+		 * it was free: the open then truncates it, as O_TRUNC asks. */
+		rc = WITH_GROUPS(req, cr, aq_create_open(g_client, &cr, parent, name, create_mode(req, mode & 07777),
+							  (fi->flags & O_EXCL) ? AQ_CREATE_EXCL : 0,
+							  fi->flags & ~(O_APPEND | O_CREAT | O_EXCL), &a, &f));
+		made_in(seq, parent, name, rc, &a);
+		own_change();
+		/* Without O_EXCL the name is taken by something this create may not open (a
+		 * symlink or fifo another client made since the kernel heard the name was
+		 * free): ESTALE makes the kernel look the name up again and open what is
+		 * there, as on ext4 (follow the symlink, open the fifo). The reply was a
+		 * symlink's attributes before, which the kernel refused: EIO. */
+		if (rc == -EEXIST && !(fi->flags & O_EXCL))
+			rc = -ESTALE;
 	}
-	/* create and open in one round trip (O_APPEND offsets come from the kernel). The
-	 * name may exist after all, made by another client since this mount heard it was
-	 * free: the open then truncates it, as O_TRUNC asks. */
-	int rc = WITH_GROUPS(req, cr, aq_create_open(g_client, &cr, parent, name, create_mode(req, mode & 07777),
-			  (fi->flags & O_EXCL) ? AQ_CREATE_EXCL : 0,
-			  fi->flags & ~(O_APPEND | O_CREAT | O_EXCL), &a, &f));
-	made_in(seq, parent, name, rc, &a);
-	own_change();
-	/* Without O_EXCL the name is taken by something this create may not open (a symlink
-	 * or fifo another client made since the kernel heard the name was free): ESTALE
-	 * makes the kernel look the name up again and open what is there, as on ext4
-	 * (follow the symlink, open the fifo). The reply was a symlink's attributes before,
-	 * which the kernel refused: EIO. */
-	if (rc == -EEXIST && !(fi->flags & O_EXCL))
-		rc = -ESTALE;
 	if (rc) {
 		fuse_reply_err(req, posix_err(rc));
 		return;
@@ -1658,7 +1653,8 @@ static void op_create(fuse_req_t req, fuse_ino_t parent_node, const char *name, 
 	struct fuse_entry_param e;
 	to_entry(&a, &e);
 	fuse_reply_create(req, &e, fi);
-	recheck(seq, parent, name, a.ino);
+	if (!tmpfile)
+		recheck(seq, parent, name, a.ino);
 }
 
 static void op_read(fuse_req_t req, fuse_ino_t node, size_t size, off_t off, struct fuse_file_info *fi)
@@ -2177,23 +2173,25 @@ static const struct fuse_lowlevel_ops aq_ops = {
 	.access = op_access,
 };
 
-/* The per-mount flags libfuse cannot pass (opt->bind_flags), set as mount(8) would for
- * a bind mount: a remount must name every per-mount flag the mount keeps, so those the
- * options asked for are named again (not read back: a statvfs would wait on this very
- * mount, which serves nothing yet). */
+#define MOUNT_BIND_FLAGS (MS_NODIRATIME | MS_STRICTATIME | MS_NOSYMFOLLOW)
+/* The per-mount flags the options may ask for, which a bind remount must name again */
+#define MOUNT_PER_MOUNT_FLAGS (MS_NOATIME | MS_NOEXEC | MOUNT_BIND_FLAGS)
+
+/* The per-mount flags libfuse cannot pass, set as mount(8) would for a bind mount: a
+ * remount must name every per-mount flag the mount keeps, so they come from the options
+ * again (not read back: a statvfs would wait on this very mount, which serves nothing
+ * yet). */
 static int bind_remount(const struct aqfuse_options *opt, bool root)
 {
-	unsigned long f = MS_REMOUNT | MS_BIND | opt->bind_flags;
+	unsigned long f = MS_REMOUNT | MS_BIND | (opt->mnt_flags & MOUNT_PER_MOUNT_FLAGS);
+	if (f & MS_STRICTATIME)
+		f &= ~MS_NOATIME;
 	if (opt->read_only)
 		f |= MS_RDONLY;
 	if (opt->nosuid || !root)
 		f |= MS_NOSUID;
 	if (opt->nodev || !root)
 		f |= MS_NODEV;
-	if (opt->vfs_opts && strstr(opt->vfs_opts, "noexec"))
-		f |= MS_NOEXEC;
-	if (opt->vfs_opts && strstr(opt->vfs_opts, "noatime") && !(f & MS_STRICTATIME))
-		f |= MS_NOATIME;
 	return mount(NULL, opt->mountpoint, NULL, f, NULL);
 }
 
@@ -2254,7 +2252,7 @@ int aqfuse_main(const struct aqfuse_options *opt)
 		fprintf(stderr, "aq mount: cannot install the /dev/fuse hooks\n");
 		goto out_unmount;
 	}
-	if (opt->bind_flags && bind_remount(opt, root)) {
+	if ((opt->mnt_flags & MOUNT_BIND_FLAGS) && bind_remount(opt, root)) {
 		fprintf(stderr, "aq mount: cannot set nodiratime, strictatime or nosymfollow on %s: %s\n",
 			opt->mountpoint, strerror(errno));
 		goto out_unmount;

@@ -14,9 +14,9 @@ struct aqfuse_options {
 	double attr_timeout_s;   /* kernel attribute and entry cache */
 	unsigned threads;        /* FUSE worker threads */
 	const char *log_path;    /* where the mount logs once it runs in the background */
-	const char *vfs_opts;    /* mount(8) flags libfuse passes on: "noatime,noexec"... */
-	unsigned long bind_flags; /* MS_NODIRATIME, MS_STRICTATIME, MS_NOSYMFOLLOW: set after
-				   * mounting by a bind remount (libfuse does not know them) */
+	const char *vfs_opts;    /* mount(8) flags libfuse passes on by name: "noatime,noexec"... */
+	unsigned long mnt_flags; /* every MS_* flag the options asked for; those libfuse does
+				  * not know (MOUNT_BIND_FLAGS) a bind remount sets */
 };
 
 /* ioctl(2) on any file or directory of the mount (no argument): returns once the mount

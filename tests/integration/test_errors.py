@@ -10,7 +10,8 @@ import sys
 import threading
 import time
 
-from aqtest import AQ, AQD, Cluster, expect_errno, heard, kill9_and_wait, main, mount_pid, run, unmount
+from aqtest import (AQ, AQD, Cluster, expect_errno, heard, kill9_and_wait, main, mount_pid, name_unnamed, run,
+                    unmount)
 
 
 def test_wrong_secret_is_refused():
@@ -615,8 +616,6 @@ def test_an_unnamed_file_outlives_a_restart_and_is_named_after():
     holds it open: through a kill -9 of aqd the mount names it again (REOPEN) and it
     keeps its bytes past the --reclaim-s window and the collector's rounds; it can still
     be named then, and once named it stays closed, through another restart."""
-    import ctypes
-    libc = ctypes.CDLL(None, use_errno=True)
     with Cluster(extra_up=("--", "--reclaim-s", "2")) as c:
         fd = os.open(c.mnt, os.O_TMPFILE | os.O_RDWR, 0o644)
         data = os.urandom(300000)
@@ -629,8 +628,7 @@ def test_an_unnamed_file_outlives_a_restart_and_is_named_after():
         time.sleep(4)  # past the window, and a few rounds of the collector
         assert os.fstat(fd).st_size == len(data)
         assert os.pread(fd, len(data), 0) == data
-        assert libc.linkat(-100, f"/proc/self/fd/{fd}".encode(), -100, c.path("kept").encode(), 0x400) == 0, \
-            os.strerror(ctypes.get_errno())
+        name_unnamed(fd, c.path("kept"))
         os.close(fd)
         time.sleep(1.5)
         c.kill9()
@@ -649,8 +647,6 @@ def test_an_unnamed_file_named_while_the_collector_works_keeps_its_data():
     before freeing it, and skips one a link named meanwhile. $AQ_TEST_GC_PAUSE_MS widens
     the window: ten unnamed files are kept open, and one is named and closed (and another
     opened) every 0.1 s, for 4 s."""
-    import ctypes
-    libc = ctypes.CDLL(None, use_errno=True)
     with cluster_with(AQ_TEST_GC_PAUSE_MS="800") as c:
         named, held, k = {}, [], 0
 
@@ -667,7 +663,7 @@ def test_an_unnamed_file_named_while_the_collector_works_keeps_its_data():
             fd, data = held.pop(0)
             p = c.path(f"n{k}")
             k += 1
-            assert libc.linkat(-100, f"/proc/self/fd/{fd}".encode(), -100, p.encode(), 0x400) == 0
+            name_unnamed(fd, p)
             os.close(fd)
             named[p] = data
             unnamed()

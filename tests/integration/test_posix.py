@@ -14,8 +14,8 @@ import tarfile
 import threading
 import time
 
-from aqtest import (AQ, NOBODY, Cluster, ends_while_stopped, expect_errno, main, mount_pid, proc_io, proc_status_kib, run, run_as,
-                    runs_while_stopped, unmount)
+from aqtest import (AQ, NOBODY, Cluster, ends_while_stopped, expect_errno, main, mount_pid, name_unnamed, proc_io,
+                    proc_status_kib, run, run_as, runs_while_stopped, unmount)
 
 
 def test_write_read_small(c):
@@ -825,8 +825,6 @@ def test_unnamed_files_made_at_once_in_one_directory(c):
     names: an unnamed file's empty name failed it (EINVAL, 3 of 3 runs of this test), and
     a create that opens would not have been held open by its connection. Such creates
     now run one by one. 4 threads make 200 each; half are named."""
-    import ctypes
-    libc = ctypes.CDLL(None, use_errno=True)
     d = c.path("tmpfile-many")
     os.mkdir(d)
     named, errors = {}, []
@@ -839,8 +837,7 @@ def test_unnamed_files_made_at_once_in_one_directory(c):
                 os.write(fd, data)
                 if i % 2 == 0:
                     p = os.path.join(d, f"t{k}.{i}")
-                    if libc.linkat(-100, f"/proc/self/fd/{fd}".encode(), -100, p.encode(), 0x400):
-                        errors.append(os.strerror(ctypes.get_errno()))
+                    name_unnamed(fd, p)
                     named[p] = data
                 os.close(fd)
         except OSError as e:

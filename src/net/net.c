@@ -60,6 +60,7 @@ struct net_server {
 	struct job *q;
 	uint32_t q_head, q_len;
 	atomic_uint busy; /* frames handed to workers and not yet handled */
+	_Atomic int64_t done_ns; /* when a worker last finished a frame (aq_now_ns; 0 without polling) */
 	int64_t quiet_ns; /* when the last frame came that quiets polling (loop thread only) */
 	bool q_stop;
 	pthread_mutex_t conns_mu;
@@ -173,6 +174,20 @@ int net_reply(struct net_conn *c, const struct proto_hdr *req, int status, const
 	return net_send(c, &h, payload, len);
 }
 
+/* Waits for events; polls first when asked to. A wake-up of a sleeping thread on an idle
+ * CPU costs that CPU's exit from halt (about 17 us on a VM whose guest halt-polling is
+ * off), and a client that waits for each reply pays it on every request: a FUSE create
+ * holds its directory's lock across the round trip, so creates in one directory run at
+ * the pace of these wake-ups. Polling a little longer than the gap between such
+ * requests (poll_us, aqd --poll-us) keeps the loop awake for the next one. It does not
+ * poll while a worker has a frame, nor for POLL_QUIET_NS after a frame that quiets
+ * polling (net_ops.quiets_poll: reads of file data, whose loaders need the CPU more
+ * than a few microseconds of latency). */
+#define POLL_QUIET_NS (10 * 1000000LL)
+/* Frames up to this big wake the loop when a worker finishes them (loop_main); a stream
+ * of big writes keeps the loop busy enough, and its CPU for the workers. */
+#define POLL_WAKE_MAX (256u << 10)
+
 static void *worker_main(void *arg)
 {
 	struct net_server *s = arg;
@@ -193,7 +208,14 @@ static void *worker_main(void *arg)
 			s->ops.on_frame(s->arg, j.c, &j.h, j.payload);
 		payload_free(s, j.payload, j.h.payload_len);
 		conn_unref(j.c);
-		atomic_fetch_sub(&s->busy, 1);
+		bool wake = s->opt.poll_us && j.h.payload_len <= POLL_WAKE_MAX &&
+			    !(s->ops.quiets_poll && s->ops.quiets_poll(s->arg, &j.h));
+		if (wake)
+			atomic_store(&s->done_ns, aq_now_ns());
+		if (atomic_fetch_sub(&s->busy, 1) == 1 && wake) {
+			uint64_t one = 1;
+			(void)!write(s->wake_fd, &one, sizeof one); /* see loop_main */
+		}
 	}
 }
 
@@ -311,17 +333,6 @@ static void do_accept(struct net_server *s)
 	}
 }
 
-/* Waits for events; polls first when asked to. A wake-up of a sleeping thread on an idle
- * CPU costs that CPU's exit from halt (about 17 us on a VM whose guest halt-polling is
- * off), and a client that waits for each reply pays it on every request: a FUSE create
- * holds its directory's lock across the round trip, so creates in one directory run at
- * the pace of these wake-ups. Polling a little longer than the gap between such
- * requests (poll_us, aqd --poll-us) keeps the loop awake for the next one. It does not
- * poll while a worker has a frame, nor for POLL_QUIET_NS after a frame that quiets
- * polling (net_ops.quiets_poll: reads of file data, whose loaders need the CPU more
- * than a few microseconds of latency). */
-#define POLL_QUIET_NS (10 * 1000000LL)
-
 static int loop_wait(struct net_server *s, struct epoll_event *evs, bool poll)
 {
 	int n = 0;
@@ -343,9 +354,15 @@ static void *loop_main(void *arg)
 		int64_t idle = s->opt.poll_us ? aq_now_ns() : 0;
 		int n = loop_wait(s, evs, poll);
 		/* Poll next time only if this wait was short: an idle server, or one that a
-		 * client asks less often than every poll_us, sleeps at once and costs no CPU. */
+		 * client asks less often than every poll_us, sleeps at once and costs no CPU.
+		 * A wait that began while a worker had a frame counts from when it finished,
+		 * and the last worker to finish a small frame wakes the loop for it: a client's
+		 * next request follows the worker's reply (a FUSE close sends a small file's
+		 * bytes through a worker, and the next file's create comes within
+		 * microseconds), and found the loop asleep since the hand-off. */
 		if (s->opt.poll_us) {
 			int64_t now = aq_now_ns();
+			idle = MAX(idle, atomic_load(&s->done_ns));
 			poll = n > 0 && now - idle <= (int64_t)s->opt.poll_us * 1000 &&
 			       now - s->quiet_ns > POLL_QUIET_NS && !atomic_load(&s->busy);
 		}
@@ -355,8 +372,11 @@ static void *loop_main(void *arg)
 				do_accept(s);
 				continue;
 			}
-			if (p == &s->wake_fd)
+			if (p == &s->wake_fd) {
+				uint64_t v;
+				(void)!read(s->wake_fd, &v, sizeof v);
 				continue;
+			}
 			struct net_conn *c = p;
 			bool keep = !atomic_load(&c->closed);
 			if (keep && (evs[i].events & EPOLLIN))

@@ -89,6 +89,19 @@ int aq_getattr(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, st
  * file, may write it, or writes through a handle (AQ_SET_BY_HANDLE). Alone, and with
  * nothing to drop, it changes nothing. */
 #define AQ_SET_KILL_SXID (1u << 10)
+/* The change may wait, when this client has the inode open for writing, to be sent after
+ * the file's buffered writes (at its flush, fsync or close, before any other setattr of
+ * it, or within the write-back delay): a regular file's mode, owner, group and explicit
+ * times set by root, or its mode and times by the owner, with no ACL or xattrs, no setuid
+ * or setgid bit a chown would drop, and no change by another client heard of since the
+ * open. *out then has the attributes as they will be; this client's later calls show
+ * them, other clients see them once the file is closed, as its bytes. The FUSE mount
+ * asks for it (tar and cp -a set times, owner and mode through the descriptor they
+ * wrote with). */
+#define AQ_SET_DEFER (1u << 11)
+/* Sends every deferred change of this client now (a server refused a call that may have
+ * hinged on one); returns how many files had some. An error is the file's flush's. */
+int aq_send_deferred(struct aq_client *c);
 /* Whether mode has bits AQ_SET_KILL_SXID may drop. */
 static inline bool aq_mode_sxid(uint32_t mode) { return !S_ISDIR(mode) && (mode & (S_ISUID | S_ISGID)); }
 int aq_setattr(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, uint32_t mask,
@@ -162,6 +175,9 @@ void aq_dir_close(struct aq_dir *d);
 /* Extended attributes. getxattr/listxattr return the size; with size 0 they only measure. */
 #define AQ_XATTR_CREATE 1u
 #define AQ_XATTR_REPLACE 2u
+/* An access ACL that says no more than the mode (cp -a sets one on every file it copies)
+ * is a chmod: it may be deferred as AQ_SET_DEFER says, when it may. */
+#define AQ_XATTR_DEFER 4u
 int aq_setxattr_ino(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, const char *name,
 		    const void *value, size_t size, uint32_t flags);
 int aq_getxattr_ino(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, const char *name, void *value,

@@ -258,11 +258,12 @@ static struct ino_state *state_find_locked(struct aq_client *c, uint64_t ino)
 }
 
 /* Takes the mode of attributes a if they are the newest heard of. With st->mu held. */
-static void state_note_mode_locked(struct ino_state *st, const struct aq_attr *a)
+/* Keeps a as the newest attributes of st's inode this client heard of, if they are. */
+static void state_note_attr_locked(struct ino_state *st, const struct aq_attr *a)
 {
-	if (a->ctime_ns >= st->sxid_ctime_ns) {
+	if (a->ctime_ns >= st->attr.ctime_ns) {
 		atomic_store(&st->sxid, aq_mode_sxid(a->mode));
-		st->sxid_ctime_ns = a->ctime_ns;
+		st->attr = *a;
 	}
 }
 
@@ -282,13 +283,13 @@ static struct ino_state *state_ref(struct aq_client *c, uint64_t ino)
 	return st;
 }
 
-/* state_note_mode_locked for a's inode, if this client has it open. */
-static void state_note_mode(struct aq_client *c, const struct aq_attr *a)
+/* state_note_attr_locked for a's inode, if this client has it open. */
+static void state_note_attr(struct aq_client *c, const struct aq_attr *a)
 {
 	struct ino_state *st = state_ref(c, a->ino);
 	if (st) {
 		pthread_mutex_lock(&st->mu);
-		state_note_mode_locked(st, a);
+		state_note_attr_locked(st, a);
 		pthread_mutex_unlock(&st->mu);
 		state_put(c, st);
 	}
@@ -304,6 +305,7 @@ void state_changed_elsewhere(struct aq_client *c, uint64_t ino)
 			if (!ino || st->ino == ino) {
 				atomic_fetch_add(&st->wgen, 1);
 				atomic_store(&st->sxid, true); /* a chmod elsewhere, perhaps */
+				atomic_store(&st->unsure, true);
 			}
 	pthread_mutex_unlock(&c->files_mu);
 }
@@ -320,8 +322,9 @@ static struct ino_state *state_get(struct aq_client *c, uint64_t ino, const stru
 		st->size = attr->size;
 		st->synced_size = UINT64_MAX;
 		st->chunk_size = attr->chunk_size ? attr->chunk_size : c->map.chunk_size;
-		st->sxid_ctime_ns = INT64_MIN;
-		state_note_mode_locked(st, attr);
+		st->attr.ctime_ns = INT64_MIN;
+		st->blind_gen = atomic_load(&c->blind_gen);
+		state_note_attr_locked(st, attr);
 		st->next = c->files[ino % 1024];
 		c->files[ino % 1024] = st;
 		st->refs++;
@@ -333,7 +336,7 @@ static struct ino_state *state_get(struct aq_client *c, uint64_t ino, const stru
 	pthread_mutex_lock(&st->mu);
 	if (!st->size_dirty && !st->nwc && atomic_load(&c->size_epoch) == epoch)
 		st->size = attr->size; /* close-to-open: take the server's size */
-	state_note_mode_locked(st, attr);
+	state_note_attr_locked(st, attr);
 	pthread_mutex_unlock(&st->mu);
 	return st;
 }
@@ -370,8 +373,36 @@ static void size_reached_server(struct aq_client *c, const struct ino_state *st)
 static void take_size(struct aq_attr *a, uint64_t size, int64_t mtime_ns)
 {
 	a->size = size;
+	a->blocks = MAX(a->blocks, (size + 511) / 512); /* as the size's commit will make it */
 	if (mtime_ns > a->mtime_ns)
 		a->mtime_ns = a->ctime_ns = mtime_ns;
+}
+
+/* st's deferred attribute changes are gone (sent, or overtaken). With st->mu held. */
+static void deferred_clear_locked(struct aq_client *c, struct ino_state *st)
+{
+	if (st->amask) {
+		st->amask = 0;
+		atomic_fetch_sub(&c->deferred, 1);
+	}
+}
+
+/* Shows st's deferred attribute changes on attributes a of its inode. With st->mu held. */
+static void deferred_overlay_locked(const struct ino_state *st, struct aq_attr *a)
+{
+	if (!st->amask)
+		return;
+	if (st->amask & AQ_SET_MODE)
+		a->mode = (a->mode & S_IFMT) | (st->pend.mode & 07777);
+	if (st->amask & AQ_SET_UID)
+		a->uid = st->pend.uid;
+	if (st->amask & AQ_SET_GID)
+		a->gid = st->pend.gid;
+	if (st->amask & AQ_SET_ATIME)
+		a->atime_ns = st->pend.atime_ns;
+	if (st->amask & AQ_SET_MTIME)
+		a->mtime_ns = st->pend.mtime_ns;
+	a->ctime_ns = MAX(a->ctime_ns, st->pend.ctime_ns);
 }
 
 /* Overlays this client's view of an inode on attributes from a request sent at size
@@ -383,8 +414,10 @@ static void overlay_local(struct aq_client *c, struct aq_attr *a, unsigned long 
 	struct ino_state *st = state_find_locked(c, a->ino);
 	if (st) {
 		pthread_mutex_lock(&st->mu);
+		state_note_attr_locked(st, a); /* a link's, a lookup's: the newest heard of */
 		if (st->size_dirty || st->nwc || atomic_load(&c->size_epoch) != epoch)
 			take_size(a, st->size, st->mtime_ns);
+		deferred_overlay_locked(st, a);
 		pthread_mutex_unlock(&st->mu);
 	}
 	pthread_mutex_unlock(&c->files_mu);
@@ -406,8 +439,9 @@ static void overlay_local(struct aq_client *c, struct aq_attr *a, unsigned long 
 /* One CHUNK_WRITE of st's: len bytes of data at off in chunk idx, or with PROTO_CW_EXTENTS
  * in flags, data that carries its extents (off 0). With commit, and when the server that
  * takes it holds st's metadata too, the write commits st's size and time as well
- * (PROTO_CW_COMMIT): *committed says so. */
-static int chunk_write(struct aq_client *c, const struct ino_state *st, uint32_t idx, uint32_t off, const void *data,
+ * (PROTO_CW_COMMIT): *committed says so; and its deferred attribute changes after them
+ * (PROTO_CW_ATTRS), which it then clears. With st->mu held. */
+static int chunk_write(struct aq_client *c, struct ino_state *st, uint32_t idx, uint32_t off, const void *data,
 		       uint32_t len, uint32_t flags, bool commit, bool *committed)
 {
 	uint32_t target = cluster_chunk_target(&c->map, st->ino, idx);
@@ -419,9 +453,17 @@ static int chunk_write(struct aq_client *c, const struct ino_state *st, uint32_t
 		r.flags |= PROTO_CW_COMMIT;
 		r.size = st->size;
 		r.time_ns = st->mtime_ns;
+		if (st->amask) {
+			r.flags |= PROTO_CW_ATTRS;
+			r.cred = st->acred;
+			r.mask = st->amask | AQ_SET_CTIME;
+			r.attr = st->pend;
+		}
 	}
 	int rc = rpc_do(c, t->server, &r, NULL, NULL);
 	*committed = *committed && !rc;
+	if (*committed && (r.flags & PROTO_CW_ATTRS))
+		deferred_clear_locked(c, st); /* else deferred_send_locked sends them alone */
 	return rc;
 }
 
@@ -493,10 +535,12 @@ static uint32_t wchunk_lru(const struct ino_state *st)
 }
 
 static int commit_size_locked(struct aq_client *c, struct ino_state *st);
+static int deferred_send_locked(struct aq_client *c, struct ino_state *st);
 
 /* Sends every buffered write of st, then commits its size: with the last write when its
  * server holds the inode's metadata too (a small file written and closed: a create and
- * one write, no COMMIT_SIZE). Called with st->mu held. */
+ * one write, no COMMIT_SIZE); then its deferred attribute changes. Called with st->mu
+ * held. */
 static int flush_commit_locked(struct aq_client *c, struct ino_state *st)
 {
 	int rc = 0;
@@ -506,6 +550,8 @@ static int flush_commit_locked(struct aq_client *c, struct ino_state *st)
 			rc = r;
 	}
 	rc = rc ? rc : commit_size_locked(c, st);
+	int ra = deferred_send_locked(c, st); /* after the writes: they must not overtake an mtime */
+	rc = rc ? rc : ra;
 	if (!st->nwc && !st->size_dirty)
 		atomic_store(&st->dirty_ns, 0);
 	return rc;
@@ -520,25 +566,35 @@ static int flush_commit_locked(struct aq_client *c, struct ino_state *st)
  * and a crash of this process loses all of them. An error is the file's next write's,
  * flush's or fsync's to report, as one from an eviction is. */
 
-static void writeback_pass(struct aq_client *c)
+/* Every open file's state with a reference (state_put each, free the array), or with
+ * dirty_age_ns only those dirty at least that long. */
+static struct ino_state **states_ref(struct aq_client *c, uint64_t dirty_age_ns, size_t *np)
 {
 	uint64_t now = aq_mono_ns();
-	struct ino_state **due = NULL;
+	struct ino_state **all = NULL;
 	size_t n = 0, cap = 0;
 	pthread_mutex_lock(&c->files_mu);
 	for (uint32_t i = 0; i < ARRAY_SIZE(c->files); i++)
 		for (struct ino_state *st = c->files[i]; st; st = st->next) {
 			uint64_t d = atomic_load(&st->dirty_ns);
-			if (!d || now - d < WRITEBACK_AGE_NS)
+			if (dirty_age_ns && (!d || now - d < dirty_age_ns))
 				continue;
 			if (n == cap) {
 				cap = cap ? 2 * cap : 64;
-				due = aq_realloc(due, cap * sizeof(*due));
+				all = aq_realloc(all, cap * sizeof(*all));
 			}
 			st->refs++;
-			due[n++] = st;
+			all[n++] = st;
 		}
 	pthread_mutex_unlock(&c->files_mu);
+	*np = n;
+	return all;
+}
+
+static void writeback_pass(struct aq_client *c)
+{
+	size_t n;
+	struct ino_state **due = states_ref(c, WRITEBACK_AGE_NS, &n);
 	for (size_t i = 0; i < n; i++) {
 		struct ino_state *st = due[i];
 		pthread_mutex_lock(&st->mu);
@@ -744,40 +800,190 @@ int aq_getattr(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, st
 	return rc;
 }
 
+/* ---- deferred attribute changes ----
+ *
+ * tar, cp -a and other copiers set a file's times, owner and mode through the descriptor
+ * they wrote it with, before they close it: three SETATTR round trips per file, two
+ * thirds of an untar's time in the mount. A change the caller lets wait (AQ_SET_DEFER)
+ * to a file this client has open for writing, made by root or the owner, is kept with
+ * the buffered writes instead and sent after them, when they go: at the file's flush,
+ * fsync or close, before any other setattr of it, or by the write-back thread. Until
+ * then attributes this client reports show it, and other clients see the file as they
+ * see its buffered bytes: as of its close (close-to-open). Only changes whose outcome
+ * this client can tell without the server: the checks below are the server's (meta.c),
+ * on the newest attributes this client heard of, and no other client changed the inode
+ * since the open (no push about it). */
+
+static int deferred_send_locked(struct aq_client *c, struct ino_state *st)
+{
+	if (!st->amask)
+		return 0;
+	struct proto_req r = {.op = OP_SETATTR, .cred = st->acred, .ino = st->ino, .mask = st->amask | AQ_SET_CTIME,
+			      .attr = st->pend};
+	struct aq_attr a;
+	deferred_clear_locked(c, st);
+	int rc = attr_call(c, client_meta_server(c, st->ino), &r, &a);
+	if (!rc)
+		state_note_attr_locked(st, &a);
+	return rc;
+}
+
+/* st's bytes changed now (a write, a punch): its mtime and ctime move as a write's, past
+ * a deferred mtime, as a write after futimens moves the mtime again. With st->mu held. */
+static void state_modified_locked(struct aq_client *c, struct ino_state *st)
+{
+	st->mtime_ns = aq_now_ns();
+	st->pend.ctime_ns = MAX(st->pend.ctime_ns, st->mtime_ns);
+	if (st->amask == AQ_SET_MTIME)
+		deferred_clear_locked(c, st);
+	else
+		st->amask &= ~(uint32_t)AQ_SET_MTIME;
+}
+
+#define DEFERRABLE (AQ_SET_MODE | AQ_SET_UID | AQ_SET_GID | AQ_SET_ATIME | AQ_SET_MTIME)
+
+/* Defers a setattr of st's inode by cr if it may wait (see above), and fills *out with
+ * the attributes as the server will have them. With st->mu held. */
+static bool defer_locked(struct aq_client *c, struct ino_state *st, const struct aq_cred *cr, uint32_t mask,
+			 const struct aq_attr *in, struct aq_attr *out)
+{
+	struct aq_attr v = st->attr;
+	take_size(&v, st->size, st->mtime_ns);
+	deferred_overlay_locked(st, &v);
+	bool sxid = atomic_load(&st->sxid) || aq_mode_sxid(v.mode);
+	if (!sxid)
+		mask &= ~(uint32_t)AQ_SET_KILL_SXID; /* nothing to drop */
+	if (!st->writers || atomic_load(&st->unsure) || st->blind_gen != atomic_load(&c->blind_gen) ||
+	    st->attr.ctime_ns == INT64_MIN || !S_ISREG(v.mode) ||
+	    (v.flags & (AQ_ATTR_ACL | AQ_ATTR_XATTRS)) || !mask || (mask & ~(uint32_t)DEFERRABLE))
+		return false; /* an ACL or xattrs change with the mode or owner */
+	if (st->amask && st->acred.uid != cr->uid)
+		return false; /* one caller's changes at a time */
+	if (cr->uid != 0) {
+		/* the owner may set the mode (a setgid only when in the group, which this
+		 * client cannot tell) and the times; a chown needs root here */
+		if (cr->uid != v.uid || (mask & (AQ_SET_UID | AQ_SET_GID)) || ((mask & AQ_SET_MODE) && (in->mode & S_ISGID)))
+			return false;
+	} else if ((mask & (AQ_SET_UID | AQ_SET_GID)) && sxid) {
+		return false; /* a chown drops setuid and setgid bits, by the caller's groups */
+	} else if ((mask & AQ_SET_MODE) && aq_mode_sxid(in->mode) && ((st->amask | mask) & (AQ_SET_UID | AQ_SET_GID))) {
+		return false; /* the server drops them for the chown it makes in the same change */
+	}
+	if (!st->amask) {
+		st->acred = *cr;
+		atomic_fetch_add(&c->deferred, 1);
+	}
+	st->amask |= mask;
+	if (mask & AQ_SET_MODE)
+		st->pend.mode = (v.mode & S_IFMT) | (in->mode & 07777);
+	if (mask & AQ_SET_UID)
+		st->pend.uid = in->uid;
+	if (mask & AQ_SET_GID)
+		st->pend.gid = in->gid;
+	if (mask & AQ_SET_ATIME)
+		st->pend.atime_ns = in->atime_ns;
+	if (mask & AQ_SET_MTIME)
+		st->pend.mtime_ns = in->mtime_ns;
+	st->pend.ctime_ns = MAX(aq_now_ns(), v.ctime_ns); /* a ctime never goes back */
+	state_dirtied_locked(c, st);
+	deferred_overlay_locked(st, &v);
+	*out = v;
+	return true;
+}
+
+/* Sends st's buffered writes and deferred changes now, if it has deferred some; an error
+ * is the file's flush's or close's to report. With st->mu held. */
+static void deferred_flush_locked(struct aq_client *c, struct ino_state *st)
+{
+	if (!st->amask)
+		return;
+	int rc = flush_commit_locked(c, st);
+	if (rc && !st->err)
+		st->err = rc;
+}
+
+/* This client changes ino's attributes by a call whose reply does not carry them (an
+ * xattr's, an ACL's, which may set the mode): its deferred changes go first, as they
+ * were made, and no more are deferred while the file stays open. */
+static void state_blind_change(struct aq_client *c, uint64_t ino)
+{
+	struct ino_state *st = state_ref(c, ino);
+	if (!st)
+		return;
+	pthread_mutex_lock(&st->mu);
+	atomic_store(&st->unsure, true);
+	deferred_flush_locked(c, st);
+	pthread_mutex_unlock(&st->mu);
+	state_put(c, st);
+}
+
+int aq_send_deferred(struct aq_client *c)
+{
+	if (!atomic_load(&c->deferred))
+		return 0;
+	size_t n;
+	struct ino_state **all = states_ref(c, 0, &n);
+	int sent = 0;
+	for (size_t i = 0; i < n; i++) {
+		struct ino_state *st = all[i];
+		pthread_mutex_lock(&st->mu);
+		if (st->amask) {
+			sent++;
+			deferred_flush_locked(c, st);
+		}
+		pthread_mutex_unlock(&st->mu);
+		state_put(c, st);
+	}
+	free(all);
+	return sent;
+}
+
 int aq_setattr(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, uint32_t mask, const struct aq_attr *in,
 	       struct aq_attr *out)
 {
+	const struct aq_cred *cr = cred_or_default(c, cred);
 	struct ino_state *st = NULL;
-	if (mask & (AQ_SET_SIZE | AQ_SET_MTIME | AQ_SET_MTIME_NOW)) {
+	bool data = mask & (AQ_SET_SIZE | AQ_SET_MTIME | AQ_SET_MTIME_NOW);
+	if (data || (mask & AQ_SET_DEFER) || atomic_load(&c->deferred))
+		st = state_ref(c, ino);
+	if (st) {
+		pthread_mutex_lock(&st->mu);
+		struct aq_attr a;
+		if ((mask & AQ_SET_DEFER) && defer_locked(c, st, cr, mask & ~(uint32_t)AQ_SET_DEFER, in, &a)) {
+			pthread_mutex_unlock(&st->mu);
+			state_put(c, st);
+			if (out)
+				*out = a;
+			return 0;
+		}
 		/* Buffered writes and the local size must not outlive a truncate, and their
 		 * commit must not come after an mtime set: tar sets it with futimens before
-		 * close, and the close then committed the time of the writes over it. */
-		st = state_ref(c, ino);
-		if (st) {
-			/* the server must know this client's size, or it takes a shrink for growth */
-			pthread_mutex_lock(&st->mu);
-			flush_commit_locked(c, st);
-		}
+		 * close, and the close then committed the time of the writes over it. Changes
+		 * deferred before go first, as they were made. */
+		if (data || st->amask)
+			flush_commit_locked(c, st); /* the server must know this client's size, or it
+						     * takes a shrink for growth */
 	}
-	struct proto_req r = {.op = OP_SETATTR, .cred = *cred_or_default(c, cred), .ino = ino, .mask = mask,
+	struct proto_req r = {.op = OP_SETATTR, .cred = *cr, .ino = ino, .mask = mask & ~(uint32_t)AQ_SET_DEFER,
 			      .attr = *in};
 	struct aq_attr a;
 	unsigned long epoch = atomic_load(&c->size_epoch);
 	int rc = attr_call(c, client_meta_server(c, ino), &r, &a);
 	if (st) {
-		if (!rc) {
+		if (!rc && data) {
 			atomic_fetch_add(&st->wgen, 1); /* read-ahead windows hold the old bytes */
 			st->size = a.size;
 			st->mtime_ns = a.mtime_ns;
 			size_reached_server(c, st);
 			st->size_dirty = false;
 			epoch = atomic_load(&c->size_epoch); /* this reply is the newest size */
-			state_note_mode_locked(st, &a);
 		}
+		if (!rc)
+			state_note_attr_locked(st, &a);
 		pthread_mutex_unlock(&st->mu);
 		state_put(c, st);
 	} else if (!rc)
-		state_note_mode(c, &a);
+		state_note_attr(c, &a);
 	if (!rc) {
 		overlay_local(c, &a, epoch);
 		if (out)
@@ -860,12 +1066,14 @@ static int name_op(struct aq_client *c, const struct aq_cred *cred, uint16_t op,
 
 int aq_unlink_at(struct aq_client *c, const struct aq_cred *cred, uint64_t parent, const char *name)
 {
+	atomic_fetch_add(&c->blind_gen, 1); /* the file's nlink and ctime change, unheard of */
 	return name_op(c, cred, OP_UNLINK, parent, name, NULL);
 }
 
 int aq_unlink_at_dir(struct aq_client *c, const struct aq_cred *cred, uint64_t parent, const char *name,
 		     struct aq_attr *dir)
 {
+	atomic_fetch_add(&c->blind_gen, 1);
 	return name_op(c, cred, OP_UNLINK, parent, name, dir);
 }
 
@@ -882,6 +1090,7 @@ int aq_rename_at(struct aq_client *c, const struct aq_cred *cred, uint64_t paren
 	struct proto_req r = {.op = OP_RENAME, .cred = *cred_or_default(c, cred), .parent = parent, .name = name,
 			      .name_len = (uint32_t)strlen(name), .newparent = newparent, .name2 = newname,
 			      .name2_len = (uint32_t)strlen(newname), .flags = flags};
+	atomic_fetch_add(&c->blind_gen, 1); /* a replaced file's nlink, a moved one's ctime */
 	return rpc_do(c, name_server(c, parent, name), &r, NULL, NULL);
 }
 
@@ -1124,9 +1333,49 @@ void aq_dir_close(struct aq_dir *d)
 	free(d);
 }
 
+/* The permission bits of an access ACL value with only the owner, group and other entries
+ * (the kernel's posix_acl_xattr layout: u32 version 2, then u16 tag, u16 perm, u32 id per
+ * entry), which says no more than a mode; -1 for any other. */
+static int acl_mode_only(const char *name, const void *value, size_t size)
+{
+	static const uint16_t tags[3] = {0x01, 0x04, 0x20}; /* ACL_USER_OBJ, ACL_GROUP_OBJ, ACL_OTHER */
+	const uint8_t *p = value;
+	if (strcmp(name, "system.posix_acl_access") || size != 4 + 3 * 8 || get_le32(p) != 2)
+		return -1;
+	int mode = 0;
+	for (int i = 0; i < 3; i++) {
+		uint16_t perm = get_le16(p + 4 + 8 * i + 2);
+		if (get_le16(p + 4 + 8 * i) != tags[i] || perm > 7)
+			return -1;
+		mode |= perm << (6 - 3 * i);
+	}
+	return mode;
+}
+
+/* aq_setxattr_ino of such an ACL as a deferred chmod, if it may be one (AQ_XATTR_DEFER);
+ * -EAGAIN if not. */
+static int acl_defer(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, int perm)
+{
+	struct ino_state *st = state_ref(c, ino);
+	if (!st)
+		return -EAGAIN;
+	pthread_mutex_lock(&st->mu);
+	struct aq_attr in = {.mode = (st->attr.mode & ~0777u) | (uint32_t)perm}, out;
+	if (st->amask & AQ_SET_MODE)
+		in.mode = (st->pend.mode & ~0777u) | (uint32_t)perm;
+	bool ok = defer_locked(c, st, cred_or_default(c, cred), AQ_SET_MODE, &in, &out);
+	pthread_mutex_unlock(&st->mu);
+	state_put(c, st);
+	return ok ? 0 : -EAGAIN;
+}
+
 int aq_setxattr_ino(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, const char *name,
 		    const void *value, size_t size, uint32_t flags)
 {
+	int perm = flags & AQ_XATTR_DEFER && !(flags & AQ_XATTR_REPLACE) ? acl_mode_only(name, value, size) : -1;
+	if (perm >= 0 && acl_defer(c, cred, ino, perm) == 0)
+		return 0;
+	flags &= ~AQ_XATTR_DEFER;
 	size_t n = strlen(name);
 	if (n > AQ_XATTR_NAME_MAX)
 		return -ERANGE;
@@ -1134,6 +1383,7 @@ int aq_setxattr_ino(struct aq_client *c, const struct aq_cred *cred, uint64_t in
 		return -E2BIG;
 	struct proto_req r = {.op = OP_SETXATTR, .cred = *cred_or_default(c, cred), .ino = ino, .name = name,
 			      .name_len = (uint32_t)n, .flags = flags, .data = value, .data_len = (uint32_t)size};
+	state_blind_change(c, ino);
 	return rpc_do(c, client_meta_server(c, ino), &r, NULL, NULL);
 }
 
@@ -1181,6 +1431,7 @@ int aq_removexattr_ino(struct aq_client *c, const struct aq_cred *cred, uint64_t
 		return -ERANGE;
 	struct proto_req r = {.op = OP_REMOVEXATTR, .cred = *cred_or_default(c, cred), .ino = ino, .name = name,
 			      .name_len = (uint32_t)n};
+	state_blind_change(c, ino);
 	return rpc_do(c, client_meta_server(c, ino), &r, NULL, NULL);
 }
 
@@ -1223,6 +1474,11 @@ static int file_new(struct aq_client *c, const struct aq_cred *cred, struct aq_a
 	pthread_mutex_init(&f->open_mu, NULL);
 	pthread_mutex_init(&f->ra_mu, NULL);
 	f->st = state_get(c, a->ino, a, epoch);
+	if ((flags & O_ACCMODE) != O_RDONLY) {
+		pthread_mutex_lock(&f->st->mu);
+		f->st->writers++;
+		pthread_mutex_unlock(&f->st->mu);
+	}
 	rpc_hold_file(c, f, NULL);
 	if ((flags & O_TRUNC) && (flags & O_ACCMODE) != O_RDONLY && S_ISREG(a->mode) && a->size) {
 		struct aq_attr in = {.size = 0};
@@ -1667,7 +1923,7 @@ static ssize_t buffer_write_locked(struct aq_client *c, struct ino_state *st, co
 			pthread_cond_broadcast(&st->grew);
 		}
 		st->size_dirty = true;
-		st->mtime_ns = aq_now_ns();
+		state_modified_locked(c, st);
 		state_dirtied_locked(c, st);
 	}
 	return done ? (ssize_t)done : rc;
@@ -1802,7 +2058,7 @@ int aq_fallocate(struct aq_file *f, int mode, uint64_t off, uint64_t len)
 			/* the bytes changed: size and mtime (ctime with it) as a write's, committed
 			 * with the next flush as a write's are */
 			st->size_dirty = true;
-			st->mtime_ns = aq_now_ns();
+			state_modified_locked(f->c, st);
 			if (!(mode & FALLOC_FL_KEEP_SIZE) && off + len > st->size)
 				st->size = off + len;
 			state_dirtied_locked(f->c, st);
@@ -1810,7 +2066,7 @@ int aq_fallocate(struct aq_file *f, int mode, uint64_t off, uint64_t len)
 	} else if (!rc && off + len > st->size) {
 		st->size = off + len;
 		st->size_dirty = true;
-		st->mtime_ns = aq_now_ns();
+		state_modified_locked(f->c, st);
 		atomic_fetch_add(&st->wgen, 1);
 		rc = commit_size_locked(f->c, st);
 	}
@@ -2015,6 +2271,11 @@ int aq_close(struct aq_file *f)
 		return 0;
 	int rc = aq_flush(f);
 	pre_put(f->c, pre_detach(f));
+	if (f->st && (f->flags & O_ACCMODE) != O_RDONLY) {
+		pthread_mutex_lock(&f->st->mu);
+		f->st->writers--; /* its flush sent what it deferred */
+		pthread_mutex_unlock(&f->st->mu);
+	}
 	if (f->st) { /* the server holds it open (a lazy open that failed never was) */
 		struct proto_req r = {.op = OP_RELEASE, .cred = f->cred, .ino = f->ino};
 		rpc_release_file(f->c, f, &r);

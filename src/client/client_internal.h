@@ -116,12 +116,26 @@ struct ino_state {
 	uint32_t nwc;              /* slots in use: wc[0 .. nwc) */
 	uint64_t wtick;
 	/* aq_file_sxid: whether the mode has bits a write may drop (aq_mode_sxid), from the
-	 * attributes with the newest ctime this client heard of (sxid_ctime_ns); a push
-	 * about the inode makes it "may have" until attributes say otherwise (set by the
-	 * connection's reader, which must not wait for mu: a call holding mu may wait for
-	 * its reply from that reader) */
+	 * attributes with the newest ctime this client heard of (attr); a push about the
+	 * inode makes it "may have" until attributes say otherwise (set by the connection's
+	 * reader, which must not wait for mu: a call holding mu may wait for its reply from
+	 * that reader) */
 	atomic_bool sxid;
-	int64_t sxid_ctime_ns;
+	struct aq_attr attr;       /* those attributes (ctime INT64_MIN: none yet) */
+	/* its attributes may have changed in ways this client did not hear of since the open:
+	 * a push about it, an xattr change through this client; or (blind_gen, the client's
+	 * at the open, moved on) an unlink or rename, whose reply does not say what it did
+	 * to the inode it names */
+	atomic_bool unsure;
+	unsigned long blind_gen;
+	uint32_t writers;          /* handles open for writing */
+	/* Attribute changes deferred (aq_setattr with AQ_SET_DEFER): amask's AQ_SET_MODE,
+	 * UID, GID, ATIME, MTIME of pend, made by acred, and pend's ctime (the newest change
+	 * of the inode through this client since), sent after the buffered writes
+	 * (flush_commit_locked). 0: none. */
+	uint32_t amask;
+	struct aq_attr pend;
+	struct aq_cred acred;
 	/* aq_mono_ns when buffered writes or an uncommitted size last made it dirty from
 	 * clean (0: clean, as far as the write-back thread needs to know) */
 	_Atomic uint64_t dirty_ns;
@@ -322,6 +336,8 @@ struct aq_client {
 	pthread_mutex_t held_mu;   /* guards held, and keeper_running's start */
 	struct aq_file *held;      /* files the servers hold open for this client */
 	atomic_bool keeper_stop;
+	atomic_uint deferred;      /* files with deferred attribute changes (ino_state.amask) */
+	atomic_ulong blind_gen;    /* unlinks and renames this client sent (ino_state.unsure) */
 	pthread_t writeback;       /* sends buffered writes older than WRITEBACK_AGE_NS */
 	pthread_mutex_t wb_mu;
 	pthread_cond_t wb_cv;

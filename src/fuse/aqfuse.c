@@ -1095,12 +1095,18 @@ static bool cred_add_groups(fuse_req_t req, struct aq_cred *cr)
 	return cr->ngroups > 0;
 }
 
-/* Runs call with the caller's credentials; on a permission error retries once with the
- * supplementary groups added. Nothing changed when the server said EACCES or EPERM. */
+/* Runs call with the caller's credentials; on a permission error retries once after
+ * sending the attribute changes this mount deferred (the kernel checked against them, the
+ * server did not have them yet: a chmod or chown of a file still open for writing), and
+ * once with the supplementary groups added. Nothing changed when the server said EACCES
+ * or EPERM. */
+#define REFUSED(rc) ((rc) == -EACCES || (rc) == -EPERM)
 #define WITH_GROUPS(req, cr, call)                                                          \
 	({                                                                                  \
 		int rc_ = (call);                                                           \
-		if ((rc_ == -EACCES || rc_ == -EPERM) && cred_add_groups(req, &(cr)))       \
+		if (REFUSED(rc_) && aq_send_deferred(g_client))                             \
+			rc_ = (call);                                                       \
+		if (REFUSED(rc_) && cred_add_groups(req, &(cr)))                            \
 			rc_ = (call);                                                       \
 		rc_;                                                                        \
 	})
@@ -1295,6 +1301,9 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino_node, struct stat *attr, i
 	/* a chown, or a truncate by someone without CAP_FSETID (devio.c) */
 	if (devio_kill())
 		mask |= AQ_SET_KILL_SXID;
+	/* tar and cp -a set times, owner and mode through the descriptor they wrote: those
+	 * may go with the file's writes (aq.h) */
+	mask |= AQ_SET_DEFER;
 	/* what those drop depends on the caller's groups (sxid_kill_bits): a member of the
 	 * file's group through a supplementary one keeps a setgid without group exec */
 	if ((mask & (AQ_SET_KILL_SXID | AQ_SET_SIZE)) && cr.uid != 0)
@@ -1672,7 +1681,7 @@ static void op_read(fuse_req_t req, fuse_ino_t node, size_t size, off_t off, str
 	char *buf = aq_malloc(size);
 	if (n == -EAGAIN)
 		n = aq_pread(f, buf, size, (uint64_t)off);
-	if (n == -EACCES || n == -EPERM) { /* a lazy open refused without the caller's groups */
+	if (REFUSED(n)) { /* a lazy open refused without the caller's groups */
 		struct aq_cred cr;
 		cred_of(req, &cr);
 		if (cred_add_groups(req, &cr) && aq_file_reopen(f, &cr) == 0)
@@ -1725,6 +1734,10 @@ static void op_flush(fuse_req_t req, fuse_ino_t node, struct fuse_file_info *fi)
 	struct aq_file *f = (struct aq_file *)(uintptr_t)fi->fh;
 	int rc = aq_flush(f); /* read-only handles are never flushed (noflush) */
 	own_change();
+	/* the kernel keeps what a deferred setattr said: the server's attributes are now
+	 * another's (aq_send_deferred, aq.h) */
+	if (rc)
+		fuse_lowlevel_notify_inval_inode(g_se, node, -1, 0);
 	fuse_reply_err(req, posix_err(rc));
 }
 
@@ -2039,7 +2052,7 @@ static void op_setxattr(fuse_req_t req, fuse_ino_t ino_node, const char *name, c
 	RO_CHECK(req);
 	struct aq_cred cr;
 	cred_of(req, &cr);
-	uint32_t f = 0;
+	uint32_t f = AQ_XATTR_DEFER; /* cp -a's ACL of the mode alone, a chmod (aq.h) */
 	if (flags & XATTR_CREATE)
 		f |= AQ_XATTR_CREATE;
 	if (flags & XATTR_REPLACE)

@@ -227,18 +227,34 @@ bool proto_op_numbered(uint16_t op) { return req_fields(op) & F_TXN; }
 
 void proto_req_encode(struct wbuf *w, const struct proto_req *r) { proto_req_encode_split(w, r, NULL); }
 
+static void cred_put(struct wbuf *w, const struct aq_cred *cr)
+{
+	AQ_ASSERT(cr->ngroups <= ARRAY_SIZE(cr->groups));
+	wbuf_u32(w, cr->uid);
+	wbuf_u32(w, cr->gid);
+	wbuf_u32(w, cr->ngroups);
+	for (uint32_t i = 0; i < cr->ngroups; i++)
+		wbuf_u32(w, cr->groups[i]);
+}
+
+static int cred_get(struct rbuf *rb, struct aq_cred *cr)
+{
+	cr->uid = rbuf_u32(rb);
+	cr->gid = rbuf_u32(rb);
+	cr->ngroups = rbuf_u32(rb);
+	if (cr->ngroups > ARRAY_SIZE(cr->groups))
+		return -EPROTO;
+	for (uint32_t i = 0; i < cr->ngroups; i++)
+		cr->groups[i] = rbuf_u32(rb);
+	return 0;
+}
+
 void proto_req_encode_split(struct wbuf *w, const struct proto_req *r, size_t *data_at)
 {
 	uint32_t f = req_fields(r->op);
 	AQ_ASSERT(f & F_KNOWN);
-	if (f & F_CRED) {
-		AQ_ASSERT(r->cred.ngroups <= ARRAY_SIZE(r->cred.groups));
-		wbuf_u32(w, r->cred.uid);
-		wbuf_u32(w, r->cred.gid);
-		wbuf_u32(w, r->cred.ngroups);
-		for (uint32_t i = 0; i < r->cred.ngroups; i++)
-			wbuf_u32(w, r->cred.groups[i]);
-	}
+	if (f & F_CRED)
+		cred_put(w, &r->cred);
 	if (f & F_INO) wbuf_u64(w, r->ino);
 	if (f & F_PARENT) wbuf_u64(w, r->parent);
 	if (f & F_NAME) wbuf_str(w, r->name, r->name_len);
@@ -267,6 +283,11 @@ void proto_req_encode_split(struct wbuf *w, const struct proto_req *r, size_t *d
 		wbuf_u64(w, r->txn_client);
 		wbuf_u64(w, r->txn_seq);
 	}
+	if (r->op == OP_CHUNK_WRITE && (r->flags & PROTO_CW_ATTRS)) { /* a trailer, after the bytes */
+		cred_put(w, &r->cred);
+		wbuf_u32(w, r->mask);
+		proto_attr_put(w, &r->attr);
+	}
 }
 
 /* A name off the wire: bounded, and no NUL inside (the store keeps names as C strings
@@ -289,15 +310,8 @@ int proto_req_decode(uint16_t op, const uint8_t *p, size_t len, struct proto_req
 	r->op = op;
 	struct rbuf rb;
 	rbuf_init(&rb, p, len);
-	if (f & F_CRED) {
-		r->cred.uid = rbuf_u32(&rb);
-		r->cred.gid = rbuf_u32(&rb);
-		r->cred.ngroups = rbuf_u32(&rb);
-		if (r->cred.ngroups > ARRAY_SIZE(r->cred.groups))
-			return -EPROTO;
-		for (uint32_t i = 0; i < r->cred.ngroups; i++)
-			r->cred.groups[i] = rbuf_u32(&rb);
-	}
+	if ((f & F_CRED) && cred_get(&rb, &r->cred))
+		return -EPROTO;
 	if (f & F_INO) r->ino = rbuf_u64(&rb);
 	if (f & F_PARENT) r->parent = rbuf_u64(&rb);
 	if (f & F_NAME) r->name = get_name(&rb, &r->name_len);
@@ -320,6 +334,12 @@ int proto_req_decode(uint16_t op, const uint8_t *p, size_t len, struct proto_req
 	if (f & F_TXN) {
 		r->txn_client = rbuf_u64(&rb);
 		r->txn_seq = rbuf_u64(&rb);
+	}
+	if (op == OP_CHUNK_WRITE && (r->flags & PROTO_CW_ATTRS)) {
+		if (cred_get(&rb, &r->cred))
+			return -EPROTO;
+		r->mask = rbuf_u32(&rb);
+		proto_attr_get(&rb, &r->attr);
 	}
 	if (rb.err || rb.pos != rb.len)
 		return -EPROTO;

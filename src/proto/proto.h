@@ -18,9 +18,10 @@
 #include "aq.h"
 
 #define PROTO_MAGIC 0x31465141u /* "AQF1" */
-#define PROTO_VERSION 5 /* 2: UNLINK has flags, and its reply the directory's attributes; 3: OPEN_MAP;
+#define PROTO_VERSION 6 /* 2: UNLINK has flags, and its reply the directory's attributes; 3: OPEN_MAP;
 			  * 4: changes carry their client id and seq (txn), PROTO_F_RETRY; LOCATE;
-			  * 5: CHUNK_WRITE carries a size and time (PROTO_CW_COMMIT); REOPEN */
+			  * 5: CHUNK_WRITE carries a size and time (PROTO_CW_COMMIT); REOPEN;
+			  * 6: and a setattr (PROTO_CW_ATTRS) */
 #define PROTO_HDR_SIZE 32
 #define PROTO_NONCE_SIZE 32
 #define PROTO_MAC_SIZE 32
@@ -100,6 +101,11 @@ struct proto_hdr {
 /* Drop the chunk, a hole that reads as zeros (no data, off 0): fallocate's PUNCH_HOLE and
  * ZERO_RANGE over a whole chunk. A server that does not know the flag says EINVAL. */
 #define PROTO_CW_PUNCH 8u
+/* With PROTO_CW_COMMIT: after the commit, a SETATTR of the inode by cred with mask and
+ * attr, which follow the request's other fields (a client's deferred changes, aq.h
+ * AQ_SET_DEFER: a copier's times, owner and mode go with the file's bytes in one round
+ * trip). An error is the setattr's once the bytes and size are in. */
+#define PROTO_CW_ATTRS 16u
 #define PROTO_CW_EXTENTS_MAX 1024
 /* FSYNC request flags: bit 0, fdatasync; PROTO_FSYNC_DATA_ONLY, and the file's size has
  * not changed since the caller's last full sync, so the metadata log (whose changes an

@@ -8,14 +8,16 @@ B would show the old state for an hour."""
 import errno
 import fcntl
 import os
+import shutil
 import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
-from aqtest import AQ, Cluster, heard, main, run, runs_while_stopped, unmount
+from aqtest import AQ, NOBODY, Cluster, heard, main, run, run_as, runs_while_stopped, unmount
 
 ROUNDS = 50
 SOON = 0.5
@@ -199,6 +201,192 @@ def test_writes_through_an_open_descriptor_reach_the_other_mount(c):
         while read(b) != b"first line\nsecond\n":
             assert time.monotonic() - t < 15, f"mount B still sees {read(b)!r}"
             time.sleep(0.2)
+
+
+def copy_like_tar(path, data, atime_ns, mtime_ns, uid, gid, mode):
+    """What tar and cp -a do per file: create with 0600, write, then set times, owner and
+    mode through the descriptor before closing it. Returns fstat before the close."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, data)
+        os.utime(fd, ns=(atime_ns, mtime_ns))
+        os.fchown(fd, uid, gid)
+        os.fchmod(fd, mode)
+        return os.fstat(fd)
+    finally:
+        os.close(fd)
+
+
+def same_stat(x, y):
+    return [(getattr(x, k), getattr(y, k)) for k in ("st_mode", "st_uid", "st_gid", "st_size", "st_atime_ns",
+                                                      "st_mtime_ns", "st_ctime_ns", "st_nlink", "st_blocks")
+            if getattr(x, k) != getattr(y, k)]
+
+
+def test_a_copiers_attributes_go_with_its_bytes(c):
+    """tar and cp -a set a file's times, owner and mode through the descriptor they wrote
+    it with: the mount now keeps those with the file's buffered bytes and sends them
+    after the bytes, in one request at the close (design.md, "Attributes set through a
+    descriptor open for writing"). What the writer saw before its close is what both
+    mounts show after it, ctime and st_blocks included, and the bytes are whole."""
+    a, b = both(c, "copier")
+    os.mkdir(a)
+    for i in range(40):
+        data = os.urandom(1 + 997 * i)
+        mode = (0o640, 0o4755, 0o2750, 0o444)[i % 4]
+        before = copy_like_tar(f"{a}/f{i}", data, (1000 + i) * 10**9, (2000 + i) * 10**9 + 7, 1000 + i, 2000 + i,
+                               mode)
+        assert stat.S_IMODE(before.st_mode) == mode and before.st_uid == 1000 + i and before.st_gid == 2000 + i
+        assert before.st_mtime_ns == (2000 + i) * 10**9 + 7 and before.st_size == len(data), before
+        on_a = os.stat(f"{a}/f{i}")
+        assert not same_stat(before, on_a), f"file {i}: the writer's fstat, then stat: {same_stat(before, on_a)}"
+        soon(lambda: not same_stat(on_a, os.stat(f"{b}/f{i}")),
+             f"file {i}: (mount A, mount B) differ: {same_stat(on_a, os.stat(f'{b}/f{i}'))}")
+        assert read(f"{b}/f{i}") == data
+    # an empty file: no bytes to carry them, the change goes alone at the close
+    before = copy_like_tar(f"{a}/empty", b"", 5 * 10**9, 6 * 10**9, 7, 8, 0o600)
+    soon(lambda: not same_stat(before, os.stat(f"{b}/empty")), "an empty file's attributes")
+
+
+def test_cp_a_copies_modes_owners_times_and_acls(c):
+    """cp -a sets a copy's mode with an access ACL of the mode alone, through the
+    descriptor it wrote with (fsetxattr system.posix_acl_access), and its times with
+    futimens: the mount treats that ACL as the chmod it is (deferred with the bytes, as
+    tar's fchmod) and an ACL with more entries as the xattr it is. Every copy shows on the
+    other mount as on the source: mode, owner, times, size, bytes and getfacl."""
+    src = tempfile.mkdtemp(dir="/tmp", prefix="cp_a_src.")
+    try:
+        for i, mode in enumerate((0o644, 0o600, 0o755, 0o4711, 0o2750, 0o1777, 0o000, 0o640)):
+            p = os.path.join(src, f"f{i}")
+            with open(p, "wb") as f:
+                f.write(os.urandom(i * 3000))
+            os.chown(p, 100 + i, 200 + i)
+            os.chmod(p, mode)
+            os.utime(p, ns=(10**9 * (i + 1), 10**9 * (i + 100) + 123))
+        run("setfacl", "-m", "u:1234:rw,g:55:r", os.path.join(src, "f7"))
+        run("cp", "-a", src, c.path("cp_a"))
+        for i in range(8):
+            s_, d = os.path.join(src, f"f{i}"), os.path.join(c.mnt2, "cp_a", f"f{i}")
+            soon(lambda: not [k for k in ("st_mode", "st_uid", "st_gid", "st_size", "st_mtime_ns")
+                              if getattr(os.stat(s_), k) != getattr(os.stat(d), k)],
+                 f"f{i}: source {os.stat(s_)}, copy {os.stat(d)}")
+            assert read(d) == read(s_)
+            assert run("getfacl", "-cn", d).stdout == run("getfacl", "-cn", s_).stdout, f"f{i}'s ACL"
+    finally:
+        shutil.rmtree(src)
+
+
+def test_a_write_after_futimens_moves_the_mtime_again(c):
+    """A time set through the descriptor waits for the close; a write after it must still
+    win, as on ext4 (the write's mtime is now), on both mounts."""
+    a, b = both(c, "futimens_then_write")
+    fd = os.open(a, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.write(fd, b"x" * 5000)
+        os.utime(fd, ns=(10**9, 10**9))
+        os.fchmod(fd, 0o600)
+        t0 = time.time_ns()
+        os.write(fd, b"y" * 5000)
+        seen = os.fstat(fd)
+    finally:
+        os.close(fd)
+    assert seen.st_mtime_ns >= t0 and stat.S_IMODE(seen.st_mode) == 0o600, seen
+    soon(lambda: os.stat(b).st_mtime_ns == os.stat(a).st_mtime_ns >= t0, "mtime after a write that followed futimens")
+    assert stat.S_IMODE(os.stat(b).st_mode) == 0o600 and os.stat(b).st_atime_ns == 10**9
+    assert read(b) == b"x" * 5000 + b"y" * 5000
+
+
+def test_a_new_owner_may_use_the_file_before_its_writer_closes_it(c):
+    """root writes a file in a sticky directory, gives it to nobody with mode 0600
+    through the descriptor and keeps it open. The kernel lets nobody at it by what the
+    mount told it; the server has not heard of the change yet (it goes with the bytes at
+    the close) and refused nobody's rename there (EPERM: not the file's owner): the mount
+    now sends what it deferred and asks again, so nobody renames, reads and appends as
+    on ext4. nobody's process starts before the file is opened: a process forked after
+    it would close a copy of the descriptor at its exec, and that close (a FUSE flush)
+    sends the deferred changes itself."""
+    a, b = both(c, "handed_over")
+    os.mkdir(a)
+    os.chmod(a, 0o1777)
+
+    def drop():
+        os.setgroups([])
+        os.setresgid(NOBODY, NOBODY, NOBODY)
+        os.setresuid(NOBODY, NOBODY, NOBODY)
+    nobody = subprocess.Popen([sys.executable, "-c", "import sys\nfor line in sys.stdin:\n"
+                               "    try:\n        exec(line)\n        print('ok', flush=True)\n"
+                               "    except OSError as e:\n        print(e.errno, flush=True)\n"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, preexec_fn=drop, cwd="/")
+
+    def as_nobody(code):
+        nobody.stdin.write(code + "\n")
+        nobody.stdin.flush()
+        return nobody.stdout.readline().strip()
+    try:
+        fd = os.open(f"{a}/f", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, b"from root\n")
+            os.fchown(fd, NOBODY, NOBODY)
+            os.fchmod(fd, 0o600)
+            assert as_nobody(f"import os; os.rename({a + '/f'!r}, {a + '/g'!r})") == "ok"
+            assert as_nobody(f"assert open({a + '/g'!r}).read() == 'from root\\n'") == "ok"
+            assert as_nobody(f"open({a + '/g'!r}, 'a').write('from nobody\\n')") == "ok"
+        finally:
+            os.close(fd)
+    finally:
+        nobody.stdin.close()
+        nobody.wait()
+    soon(lambda: read(f"{b}/g") == b"from root\nfrom nobody\n", "the new owner's append")
+    st = os.stat(f"{b}/g")
+    assert st.st_uid == NOBODY and stat.S_IMODE(st.st_mode) == 0o600, st
+
+
+def test_a_deferred_change_refused_at_the_close_is_reported_there(c):
+    """nobody owns two files, chmods them through the descriptors it writes them with
+    (one gets bytes, so the change goes with them; one stays empty, so it goes alone),
+    and root on the other mount takes the files meanwhile. The changes reach the server
+    at the close, where nobody may no longer make them: each close fails (EPERM), as a
+    write-back error would, the bytes are kept, and the writer's mount then shows the
+    server's attributes, not its own."""
+    a, b = both(c, "refused_later")
+    os.mkdir(a)
+    os.chmod(a, 0o777)
+    ready, go = f"{a}/ready", f"{a}/go"
+    code = f"""
+import os, time
+fds = [os.open({a!r} + "/" + n, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600) for n in ("full", "empty")]
+os.write(fds[0], b"data")
+for fd in fds:
+    os.fchmod(fd, 0o644)
+open({ready!r}, "w").close()
+while not os.path.exists({go!r}):
+    time.sleep(0.01)
+for fd, n in zip(fds, ("full", "empty")):
+    try:
+        os.close(fd)
+        print("closed")
+    except OSError as e:
+        print("close", e.errno)
+    st = os.stat({a!r} + "/" + n)
+    print(st.st_uid, oct(st.st_mode & 0o777))
+"""
+    out = {}
+    t = threading.Thread(target=lambda: out.update(r=run_as(code)))
+    t.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.exists(ready):
+            assert time.monotonic() < deadline and t.is_alive(), out
+            time.sleep(0.01)
+        for n in ("full", "empty"):
+            os.chown(f"{b}/{n}", 0, 0)
+    finally:
+        open(go, "w").close()
+        t.join()
+    r = out["r"]
+    assert r.returncode == 0, r
+    assert r.stdout.split("\n")[:4] == [f"close {errno.EPERM}", "0 0o600"] * 2, r.stdout
+    assert read(f"{b}/full") == b"data"
 
 
 def test_unlink_and_rename_seen(c):

@@ -18,7 +18,7 @@ import time
 from aqtest import Cluster, main, proc_status_kib
 
 MAGIC = 0x31465141
-VERSION = 5  # PROTO_VERSION, src/proto/proto.h
+VERSION = 6  # PROTO_VERSION, src/proto/proto.h
 HDR = struct.Struct("<IHHQIHHII")  # magic, version, op, req_id, epoch, status, flags, payload_len, reserved
 assert HDR.size == 32
 F_REPLY = 1

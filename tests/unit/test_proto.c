@@ -64,6 +64,7 @@ enum {
 	T_ATTR = 1u << 10, T_COOKIE = 1u << 11, T_SIZE = 1u << 12, T_OFF = 1u << 13, T_TIME = 1u << 14,
 	T_MAX = 1u << 15, T_LEN = 1u << 16, T_TARGET = 1u << 17, T_IDX = 1u << 18, T_DATA = 1u << 19,
 	T_TXN = 1u << 20, /* u64 client, u64 seq: the changes (version 4) */
+	T_CW_ATTRS = 1u << 21, /* with PROTO_CW_ATTRS in flags, cred, mask and attr after it all (version 6) */
 	T_KNOWN = 1u << 31,
 };
 
@@ -97,7 +98,7 @@ static uint32_t spec_req(uint16_t op)
 	case OP_FSYNC: return T_KNOWN | T_CRED | T_INO | T_FLAGS;
 	case OP_WATCH: return T_KNOWN | T_COOKIE | T_FLAGS;
 	case OP_REOPEN: return T_KNOWN | T_DATA;
-	case OP_CHUNK_WRITE: return T_KNOWN | T_TARGET | T_INO | T_IDX | T_OFF | T_FLAGS | T_DATA | T_SIZE | T_TIME;
+	case OP_CHUNK_WRITE: return T_KNOWN | T_TARGET | T_INO | T_IDX | T_OFF | T_FLAGS | T_DATA | T_SIZE | T_TIME | T_CW_ATTRS;
 	case OP_CHUNK_READ: return T_KNOWN | T_TARGET | T_INO | T_IDX | T_OFF | T_LEN;
 	case OP_OPEN_READ: return T_KNOWN | T_CRED | T_INO | T_FLAGS | T_OFF | T_LEN;
 	case OP_OPEN_MAP: return T_KNOWN | T_CRED | T_INO | T_FLAGS | T_OFF | T_LEN | T_DATA;
@@ -193,12 +194,16 @@ static size_t spec_req_len(uint32_t f, const struct proto_req *r)
 	n += 4 * (!!(f & T_MAX) + !!(f & T_LEN) + !!(f & T_TARGET) + !!(f & T_IDX));
 	if (f & T_DATA) n += 4 + r->data_len;
 	if (f & T_TXN) n += 16;
+	if ((f & T_CW_ATTRS) && (r->flags & PROTO_CW_ATTRS))
+		n += 12 + 4 * r->cred.ngroups + 4 + PROTO_ATTR_SIZE;
 	return n;
 }
 
 /* Compares what opcode f carries; fields it does not carry must have decoded as zero. */
 static int req_equal(uint32_t f, const struct proto_req *a, const struct proto_req *b, const char **what)
 {
+	if ((f & T_CW_ATTRS) && (a->flags & PROTO_CW_ATTRS))
+		f |= T_CRED | T_MASK | T_ATTR; /* a CHUNK_WRITE's trailer */
 #define SAME(flag, expr, name)                                             \
 	do {                                                               \
 		bool ok = (f & (flag)) ? (expr) : true;                    \

@@ -586,6 +586,46 @@ def test_h_change_sent_again_runs_once(c):
     state.setdefault("created", set()).add("renamed")
 
 
+OP_CHUNK_WRITE = 40
+CW_COMMIT, CW_ATTRS = 4, 16  # PROTO_CW_COMMIT, PROTO_CW_ATTRS
+SET_MODE, SET_SIZE = 1, 8    # AQ_SET_MODE, AQ_SET_SIZE
+S_EPERM, S_EINVAL = 1, 8     # src/common/errors.h
+
+
+def chunk_write(ino, data, flags, size=0, trailer=b""):
+    """CHUNK_WRITE's fields (target 0, chunk 0, offset 0), then what PROTO_CW_ATTRS adds."""
+    return struct.pack("<QIQQqII", ino, flags, size, 0, 0, 0, 0) + string(data) + trailer
+
+
+def test_j_a_chunk_writes_setattr(c):
+    """A CHUNK_WRITE may carry a setattr to run after its commit (PROTO_CW_ATTRS: a
+    client's deferred times, owner and mode): without the commit, or asking for a size,
+    it is refused (EINVAL) before anything is written; made by someone who may not, it is
+    refused (EPERM) once the bytes and size are in; garbage in the trailer is PROTO."""
+    s = authed(c)
+
+    def ask(op, p):
+        req = random.randrange(1, 1 << 32)
+        send(s, hdr(op, req, len(p)) + p)
+        r = recv_frame(s)
+        assert r["op"] == op and r["req_id"] == req, r
+        return r
+
+    made = ask(OP_MKNOD, mknod_payload(b"cw-attrs"))
+    assert made["status"] == S_OK, made
+    ino = struct.unpack_from("<Q", made["payload"])[0]
+    chmod = cred(uid=1000) + struct.pack("<I", SET_MODE) + bytes(ATTR_SIZE)
+    assert ask(OP_CHUNK_WRITE, chunk_write(ino, b"x" * 10, CW_ATTRS, 10, chmod))["status"] == S_EINVAL
+    size = cred() + struct.pack("<I", SET_SIZE) + bytes(ATTR_SIZE)
+    assert ask(OP_CHUNK_WRITE, chunk_write(ino, b"x" * 10, CW_COMMIT | CW_ATTRS, 10, size))["status"] == S_EINVAL
+    assert ask(OP_CHUNK_WRITE, chunk_write(ino, b"x" * 10, CW_COMMIT | CW_ATTRS, 10, chmod[:-3]))["status"] == S_PROTO
+    assert ask(OP_CHUNK_WRITE, chunk_write(ino, b"x" * 10, CW_COMMIT | CW_ATTRS, 10, chmod))["status"] == S_EPERM
+    got = ask(OP_GETATTR, cred() + struct.pack("<Q", ino))
+    assert got["status"] == S_OK and struct.unpack_from("<Q", got["payload"], 8)[0] == 10, got
+    s.close()
+    state.setdefault("created", set()).add("cw-attrs")
+
+
 def test_i_change_sent_again_while_it_runs_runs_once(c):
     """A change whose connection breaks while aqd runs it (aqd lives on: a network fault)
     is sent again on a new connection. The second waits for the first and is answered from

@@ -1875,6 +1875,18 @@ static void do_readdir(fuse_req_t req, uint64_t ino, size_t size, off_t off, boo
 		dh->at = cookie;
 		dh->n = dh->pos = 0;
 	}
+	/* Entries held from a page fetched before a change of this mount's or a push may be
+	 * stale, and with attributes the kernel makes a dentry of each: one of a directory
+	 * renamed since moved that directory's dentry back to its old name (the kernel's own
+	 * rename had moved it), or failed when another rename held the rename lock, and the
+	 * lookups after it then failed with ESTALE (four threads renaming, linking and
+	 * making directories, about one run of 30 s in three). They are fetched again from
+	 * where the listing stands. */
+	if (plus && dh->pos < dh->n && !cseq_current(dh->seq)) {
+		dh->at = dirh_cookie(dh);
+		dh->n = dh->pos = 0;
+		dh->eof = false;
+	}
 	struct cseq seq = dh->seq; /* of the oldest page handed out from: see recheck below */
 	bool any = false;
 	uint64_t *given = NULL; /* the inodes whose attributes went to the kernel */

@@ -672,7 +672,9 @@ static struct {
 	uint32_t npending;
 	bool pending_lost;
 	uint64_t miss_dir;     /* the directory lookups went to the server for */
-	uint32_t misses, trigger;
+	uint32_t misses;
+	uint64_t trigger_dir;  /* the directory whose set was dropped last, which waits for */
+	uint32_t trigger;      /* this many misses before its next listing (others: ECACHE_TRIGGER) */
 	uint64_t fill_dir;     /* the directory being listed */
 	bool filling, stop;
 	pthread_cond_t filled; /* a listing ended (ec_stop waits for it) */
@@ -754,16 +756,21 @@ static void ec_free_locked(void)
 	g_ec.dir = 0;
 }
 
+/* Lookups that must miss in dir before it is listed. With g_ec.mu held. */
+static uint32_t ec_trigger_locked(uint64_t dir)
+{
+	return dir == g_ec.trigger_dir ? g_ec.trigger : ECACHE_TRIGGER;
+}
+
 /* The set is stale or old: drop it. A set dropped before it answered as many lookups as
  * it took to start makes the next start costlier. Called with g_ec.mu held. */
 static void ec_drop_locked(void)
 {
 	if (!g_ec.dir)
 		return;
-	if (g_ec.hits < g_ec.trigger)
-		g_ec.trigger = MIN(g_ec.trigger * 4, ECACHE_MAX);
-	else
-		g_ec.trigger = ECACHE_TRIGGER;
+	uint32_t t = ec_trigger_locked(g_ec.dir);
+	g_ec.trigger = g_ec.hits < t ? MIN(t * 4, ECACHE_MAX) : ECACHE_TRIGGER;
+	g_ec.trigger_dir = g_ec.dir;
 	ec_free_locked();
 }
 
@@ -863,8 +870,11 @@ static void *ec_fill_main(void *arg)
 			ec_apply_locked(p->parent, p->name, p->len, p->ino);
 		}
 	} else {
-		/* changed under the listing, or it failed (no read permission): wait longer */
-		g_ec.trigger = MIN(g_ec.trigger * 4, ECACHE_MAX);
+		/* changed under the listing, or it failed (no read permission): wait longer
+		 * for this directory (for it alone: one directory's churn left every other
+		 * one waiting four times as long from then on) */
+		g_ec.trigger = MIN(ec_trigger_locked(f->dir) * 4, ECACHE_MAX);
+		g_ec.trigger_dir = f->dir;
 	}
 	g_ec.npending = 0;
 	g_ec.pending_lost = false;
@@ -887,7 +897,7 @@ static void ec_missed(uint64_t dir, const struct aq_cred *cr)
 		g_ec.misses = 0;
 	}
 	pthread_t t;
-	if (++g_ec.misses >= g_ec.trigger && !g_ec.filling && !g_ec.stop && g_ec.dir != dir) {
+	if (++g_ec.misses >= ec_trigger_locked(dir) && !g_ec.filling && !g_ec.stop && g_ec.dir != dir) {
 		struct ec_fill *f = aq_malloc(sizeof *f);
 		*f = (struct ec_fill){.dir = dir, .cr = *cr, .own = atomic_load(&g_own_changes)};
 		g_ec.misses = 0;

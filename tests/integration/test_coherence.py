@@ -1000,6 +1000,23 @@ def test_statahead_answers_lookups(c):
     listed_names_answered(c, a)
 
 
+def test_a_directory_that_churns_does_not_slow_statahead_elsewhere(c):
+    """A directory whose listing is dropped before it pays for itself (it changed under
+    the listing) waits for four times as many lookups before the next one: that
+    directory alone. It was every directory, for the rest of the mount's life, so one
+    busy directory turned statahead off everywhere."""
+    x = c.path("churns")
+    os.mkdir(x)
+    for i in range(300):
+        open(f"{x}/f{i}", "w").close()
+    drop_kernel_entries()
+    for i in range(300):  # lookups that reach aqd, each followed by a change of this mount's
+        os.stat(f"{x}/f{i}")
+        os.rename(f"{x}/f{i}", f"{x}/g{i}")
+    a, _ = statahead_dir(c, "after_churn")
+    listed_names_answered(c, a)
+
+
 def test_statahead_survives_ingest(c):
     """New files that another client adds to the directory while A reads it through (an
     ingest pipeline beside a training job) take nothing out of A's set: with aqd stopped

@@ -257,8 +257,8 @@ static struct ino_state *state_find_locked(struct aq_client *c, uint64_t ino)
 	return st;
 }
 
-/* Takes the mode of attributes a if they are the newest heard of. With st->mu held. */
-/* Keeps a as the newest attributes of st's inode this client heard of, if they are. */
+/* Keeps a as the newest attributes of st's inode this client heard of, if they are (and
+ * whether its mode has bits a write may drop). With st->mu held. */
 static void state_note_attr_locked(struct ino_state *st, const struct aq_attr *a)
 {
 	if (a->ctime_ns >= st->attr.ctime_ns) {
@@ -811,8 +811,9 @@ int aq_getattr(struct aq_client *c, const struct aq_cred *cred, uint64_t ino, st
  * then attributes this client reports show it, and other clients see the file as they
  * see its buffered bytes: as of its close (close-to-open). Only changes whose outcome
  * this client can tell without the server: the checks below are the server's (meta.c),
- * on the newest attributes this client heard of, and no other client changed the inode
- * since the open (no push about it). */
+ * on the newest attributes this client heard of, and nothing changed the inode since the
+ * open that this client did not hear the outcome of (no push about it, no xattr change
+ * or unlink or rename through this client: unsure, blind_gen). */
 
 static int deferred_send_locked(struct aq_client *c, struct ino_state *st)
 {
@@ -856,7 +857,7 @@ static bool defer_locked(struct aq_client *c, struct ino_state *st, const struct
 	if (!st->writers || atomic_load(&st->unsure) || st->blind_gen != atomic_load(&c->blind_gen) ||
 	    st->attr.ctime_ns == INT64_MIN || !S_ISREG(v.mode) ||
 	    (v.flags & (AQ_ATTR_ACL | AQ_ATTR_XATTRS)) || !mask || (mask & ~(uint32_t)DEFERRABLE))
-		return false; /* an ACL or xattrs change with the mode or owner */
+		return false; /* (an ACL or xattrs may change with the mode or owner) */
 	if (st->amask && st->acred.uid != cr->uid)
 		return false; /* one caller's changes at a time */
 	if (cr->uid != 0) {

@@ -1744,8 +1744,8 @@ static void op_flush(fuse_req_t req, fuse_ino_t node, struct fuse_file_info *fi)
 	struct aq_file *f = (struct aq_file *)(uintptr_t)fi->fh;
 	int rc = aq_flush(f); /* read-only handles are never flushed (noflush) */
 	own_change();
-	/* the kernel keeps what a deferred setattr said: the server's attributes are now
-	 * another's (aq_send_deferred, aq.h) */
+	/* a failed flush may have dropped deferred attribute changes (AQ_SET_DEFER) the
+	 * kernel was told the outcome of: it asks the server again */
 	if (rc)
 		fuse_lowlevel_notify_inval_inode(g_se, node, -1, 0);
 	fuse_reply_err(req, posix_err(rc));

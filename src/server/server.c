@@ -1006,8 +1006,10 @@ static int handle_op(struct server *s, struct sconn *sc, const struct proto_req 
 		rc = fsync_file(s, r->ino, !(r->flags & PROTO_FSYNC_DATA_ONLY));
 		break;
 	case OP_CHUNK_WRITE:
+		/* a setattr comes after a commit, and never truncates (OP_SETATTR's path drops
+		 * the data past the size): refused before anything is written */
 		if ((r->flags & ~(PROTO_CW_SYNC | PROTO_CW_EXTENTS | PROTO_CW_COMMIT | PROTO_CW_PUNCH | PROTO_CW_ATTRS)) ||
-		    ((r->flags & PROTO_CW_ATTRS) && !(r->flags & PROTO_CW_COMMIT)))
+		    ((r->flags & PROTO_CW_ATTRS) && (!(r->flags & PROTO_CW_COMMIT) || (r->mask & AQ_SET_SIZE))))
 			return -EINVAL;
 		if (r->flags & PROTO_CW_PUNCH) {
 			rc = r->data_len || r->off || (r->flags & PROTO_CW_EXTENTS) ? -EINVAL : chunk_args(s, r, 0);
@@ -1025,10 +1027,8 @@ static int handle_op(struct server *s, struct sconn *sc, const struct proto_req 
 			rc = meta_commit_size(s->meta, r->ino, r->size, r->time_ns, &rep.attr);
 			if (!rc)
 				inval_inode(s, r->ino);
-			/* a truncate has its own path (OP_SETATTR: the data past the size goes) */
 			if (!rc && (r->flags & PROTO_CW_ATTRS))
-				rc = (r->mask & AQ_SET_SIZE) ? -EINVAL
-							     : meta_setattr(s->meta, &r->cred, r->ino, r->mask, &r->attr, &rep.attr);
+				rc = meta_setattr(s->meta, &r->cred, r->ino, r->mask, &r->attr, &rep.attr);
 		}
 		break;
 	case OP_CHUNK_READ: {

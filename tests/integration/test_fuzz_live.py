@@ -614,14 +614,20 @@ def test_j_a_chunk_writes_setattr(c):
     made = ask(OP_MKNOD, mknod_payload(b"cw-attrs"))
     assert made["status"] == S_OK, made
     ino = struct.unpack_from("<Q", made["payload"])[0]
+    def size_now():
+        got = ask(OP_GETATTR, cred() + struct.pack("<Q", ino))
+        assert got["status"] == S_OK, got
+        return struct.unpack_from("<Q", got["payload"], 8)[0]
+
     chmod = cred(uid=1000) + struct.pack("<I", SET_MODE) + bytes(ATTR_SIZE)
     assert ask(OP_CHUNK_WRITE, chunk_write(ino, b"x" * 10, CW_ATTRS, 10, chmod))["status"] == S_EINVAL
     size = cred() + struct.pack("<I", SET_SIZE) + bytes(ATTR_SIZE)
     assert ask(OP_CHUNK_WRITE, chunk_write(ino, b"x" * 10, CW_COMMIT | CW_ATTRS, 10, size))["status"] == S_EINVAL
     assert ask(OP_CHUNK_WRITE, chunk_write(ino, b"x" * 10, CW_COMMIT | CW_ATTRS, 10, chmod[:-3]))["status"] == S_PROTO
+    assert size_now() == 0, "a refused CHUNK_WRITE committed its size"
     assert ask(OP_CHUNK_WRITE, chunk_write(ino, b"x" * 10, CW_COMMIT | CW_ATTRS, 10, chmod))["status"] == S_EPERM
-    got = ask(OP_GETATTR, cred() + struct.pack("<Q", ino))
-    assert got["status"] == S_OK and struct.unpack_from("<Q", got["payload"], 8)[0] == 10, got
+    assert size_now() == 10, "the bytes and size of a CHUNK_WRITE whose setattr was refused"
+
     s.close()
     state.setdefault("created", set()).add("cw-attrs")
 

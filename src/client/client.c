@@ -845,17 +845,24 @@ static void state_modified_locked(struct aq_client *c, struct ino_state *st)
 
 /* Defers a setattr of st's inode by cr if it may wait (see above), and fills *out with
  * the attributes as the server will have them. With st->mu held. */
+/* st's inode as this client sees it: the newest attributes heard of, with its own size
+ * and deferred changes. With st->mu held. */
+static void state_view_locked(const struct ino_state *st, struct aq_attr *v)
+{
+	*v = st->attr;
+	take_size(v, st->size, st->mtime_ns);
+	deferred_overlay_locked(st, v);
+}
+
 static bool defer_locked(struct aq_client *c, struct ino_state *st, const struct aq_cred *cr, uint32_t mask,
 			 const struct aq_attr *in, struct aq_attr *out)
 {
-	struct aq_attr v = st->attr;
-	take_size(&v, st->size, st->mtime_ns);
-	deferred_overlay_locked(st, &v);
+	struct aq_attr v;
+	state_view_locked(st, &v);
 	bool sxid = atomic_load(&st->sxid) || aq_mode_sxid(v.mode);
 	if (!sxid)
 		mask &= ~(uint32_t)AQ_SET_KILL_SXID; /* nothing to drop */
-	if (!st->writers || atomic_load(&st->unsure) || st->blind_gen != atomic_load(&c->blind_gen) ||
-	    st->attr.ctime_ns == INT64_MIN || !S_ISREG(v.mode) ||
+	if (!st->writers || atomic_load(&st->unsure) || st->blind_gen != atomic_load(&c->blind_gen) || !S_ISREG(v.mode) ||
 	    (v.flags & (AQ_ATTR_ACL | AQ_ATTR_XATTRS)) || !mask || (mask & ~(uint32_t)DEFERRABLE))
 		return false; /* (an ACL or xattrs may change with the mode or owner) */
 	if (st->amask && st->acred.uid != cr->uid)
@@ -1361,9 +1368,9 @@ static int acl_defer(struct aq_client *c, const struct aq_cred *cred, uint64_t i
 	if (!st)
 		return -EAGAIN;
 	pthread_mutex_lock(&st->mu);
-	struct aq_attr in = {.mode = (st->attr.mode & ~0777u) | (uint32_t)perm}, out;
-	if (st->amask & AQ_SET_MODE)
-		in.mode = (st->pend.mode & ~0777u) | (uint32_t)perm;
+	struct aq_attr in, out;
+	state_view_locked(st, &in);
+	in.mode = (in.mode & ~0777u) | (uint32_t)perm; /* the ACL's bits; the rest stay */
 	bool ok = defer_locked(c, st, cred_or_default(c, cred), AQ_SET_MODE, &in, &out);
 	pthread_mutex_unlock(&st->mu);
 	state_put(c, st);

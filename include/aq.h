@@ -265,6 +265,48 @@ int aq_file_setattr(struct aq_file *f, const struct aq_cred *cred, uint32_t mask
  * since. */
 bool aq_file_sxid(struct aq_file *f);
 
+/* Locks: fcntl(2)'s byte-range locks (process-owned and open file description, OFD) and
+ * flock(2)'s whole-file locks, kept by the server that holds the inode, so that they
+ * exclude each other across clients and machines. An owner is any number the caller
+ * picks (the kernel's lock owner, for the mount); the rules are Linux's: an owner's
+ * ranges of one type merge, a lock over its own replaces that part, flock locks and
+ * byte-range locks never meet. A lock lasts until it is dropped, f is closed (every
+ * owner that locked through f lets go of f's inode then), or the client's connection to
+ * the server breaks (the server drops what it held; there is no reclaim yet). */
+#define AQ_LK_RD 0u
+#define AQ_LK_WR 1u
+#define AQ_LK_UN 2u
+#define AQ_LK_END ((uint64_t)INT64_MAX) /* an end that reaches past any offset (l_len 0) */
+struct aq_lock {
+	uint32_t type;        /* AQ_LK_* */
+	uint32_t pid;         /* the holder's process id, as the client gave it */
+	uint64_t start, end;  /* bytes start .. end, inclusive; end at most AQ_LK_END */
+};
+#define AQ_LOCK_WAIT 1u   /* wait until it is granted (F_SETLKW); -EDEADLK for a circle of waits */
+#define AQ_LOCK_FLOCK 2u  /* a flock(2) lock: the whole file (start 0, end AQ_LK_END) */
+#define AQ_LOCK_TEST 4u   /* F_GETLK: *lk becomes the first lock in the way, or type AQ_LK_UN */
+/* Takes, changes or drops (type AQ_LK_UN) owner's lock on f's inode; -EAGAIN when another
+ * owner's lock is in the way and AQ_LOCK_WAIT is not set. A wait carries wait_id, a number
+ * unique in this client, that aq_lock_cancel names to end it with -EINTR. */
+int aq_file_lock(struct aq_file *f, uint64_t owner, uint32_t flags, uint64_t wait_id, struct aq_lock *lk);
+/* aq_file_lock without holding the calling thread while it waits: done(arg, rc) is called
+ * once the call ends (on a libaq thread; it must not wait on another lock call's end). A
+ * process waiting for a lock then costs the mount no thread. Returns 0 once it is sent,
+ * or an error, and then done is not called. No AQ_LOCK_TEST. A call whose connection
+ * breaks ends with -ENOLCK: the server let go of this client's locks through it. */
+typedef void (*aq_lock_done_fn)(void *arg, int rc);
+int aq_file_lock_async(struct aq_file *f, uint64_t owner, uint32_t flags, uint64_t wait_id, const struct aq_lock *lk,
+		       aq_lock_done_fn done, void *arg);
+/* Ends the wait wait_id of f's inode with -EINTR (a signal came for the waiter). A wait
+ * that was not there yet ends with -EINTR when it comes; one granted already keeps its
+ * lock. */
+int aq_lock_cancel(struct aq_file *f, uint64_t wait_id);
+/* close(2)'s rule for fcntl locks: drops owner's byte-range locks on f's inode, if any
+ * owner locked through a handle of that inode this client has open (no round trip
+ * otherwise). */
+int aq_file_unlock_owner(struct aq_file *f, uint64_t owner);
+/* Whether some owner holds (or held) a lock through a handle this client has open. */
+bool aq_locks_held(struct aq_client *c);
 /* What's new: entries created in (or renamed into) a directory after cursor, oldest first,
  * without listing the directory. Pass 0 to start from the beginning; *next gets the
  * cursor for the next call. Returns the number filled (0: nothing new yet). */

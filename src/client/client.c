@@ -67,6 +67,7 @@ int aq_connect(const char *cluster_file, struct aq_client **out)
 	pthread_mutex_init(&c->recent_mu, NULL);
 	pthread_mutex_init(&c->spare_mu, NULL);
 	pthread_mutex_init(&c->fl_mu, NULL);
+	rpc_cq_init(&c->lk_cq);
 	pthread_cond_init(&c->fl_cv, NULL);
 	pthread_mutex_init(&c->wb_mu, NULL);
 	pthread_mutex_init(&c->wimg_mu, NULL);
@@ -212,15 +213,23 @@ static void wchunks_free(struct aq_client *c, struct ino_state *st)
 
 static void writeback_stop(struct aq_client *c);
 
+static void lock_thread_stop(struct aq_client *c);
+
 void aq_disconnect(struct aq_client *c)
 {
 	if (!c)
 		return;
 	writeback_stop(c);
+	lock_thread_stop(c);
 	rpc_keeper_stop(c);
 	rpc_flusher_stop(c);
 	for (uint32_t i = 0; i < c->nconns * c->map.nservers; i++)
 		rpc_conn_fini(&c->conns[i]);
+	for (struct rpc_call *call; (call = rpc_cq_pop(&c->lk_cq, false));) {
+		free(call->cq_arg); /* waits answered after their thread stopped */
+		rpc_free(call);
+	}
+	rpc_cq_destroy(&c->lk_cq);
 	pthread_mutex_destroy(&c->fl_mu);
 	pthread_cond_destroy(&c->fl_cv);
 	pthread_mutex_destroy(&c->wb_mu);
@@ -2273,11 +2282,189 @@ bool aq_file_sxid(struct aq_file *f)
 	return file_ready(f) || atomic_load(&f->st->sxid);
 }
 
+/* ---- locks (src/server/locks.c keeps them) ---- */
+
+static struct proto_req lock_req(const struct aq_file *f, uint64_t owner, uint32_t flags, uint64_t wait_id,
+				 const struct aq_lock *lk)
+{
+	return (struct proto_req){.op = OP_LOCK, .ino = f->ino, .cookie = owner, .mode = lk->type, .rdev = lk->pid,
+				  .flags = flags, .off = lk->start, .size = lk->end, .time_ns = (int64_t)wait_id};
+}
+
+static int lock_err(int rc);
+
+static int lock_call(struct aq_file *f, uint64_t owner, uint32_t flags, uint64_t wait_id, struct aq_lock *lk)
+{
+	struct proto_req r = lock_req(f, owner, flags, wait_id, lk);
+	struct proto_reply rep;
+	struct rpc_call *call = NULL;
+	int rc = rpc_do(f->c, client_meta_server(f->c, f->ino), &r, &rep, &call);
+	if (!rc && (flags & AQ_LOCK_TEST))
+		rc = proto_lock_get(rep.data, rep.data_len, lk);
+	rpc_free(call);
+	return lock_err(rc);
+}
+
+/* Notes that owner locked through f, for f's close to drop (under st->mu). */
+static void locker_add_locked(struct aq_file *f, uint64_t owner, bool flock)
+{
+	for (uint32_t i = 0; i < f->nlockers; i++)
+		if (f->lockers[i].owner == owner && f->lockers[i].flock == flock)
+			return;
+	if (!f->nlockers) {
+		f->st->lockers++;
+		atomic_fetch_add(&f->c->lock_files, 1);
+	}
+	f->lockers = aq_realloc(f->lockers, (f->nlockers + 1) * sizeof *f->lockers);
+	f->lockers[f->nlockers++] = (struct file_locker){owner, flock};
+}
+
+int aq_file_lock(struct aq_file *f, uint64_t owner, uint32_t flags, uint64_t wait_id, struct aq_lock *lk)
+{
+	if (flags & ~(AQ_LOCK_WAIT | AQ_LOCK_FLOCK | AQ_LOCK_TEST))
+		return -EINVAL;
+	int rc = file_ready(f);
+	if (rc)
+		return rc;
+	if (lk->type != AQ_LK_UN && !(flags & AQ_LOCK_TEST)) {
+		/* noted before it is asked for: a close racing the grant still drops it */
+		pthread_mutex_lock(&f->st->mu);
+		locker_add_locked(f, owner, flags & AQ_LOCK_FLOCK);
+		pthread_mutex_unlock(&f->st->mu);
+	}
+	return lock_call(f, owner, flags, wait_id, lk);
+}
+
+struct lock_async {
+	aq_lock_done_fn done;
+	void *arg;
+};
+
+/* A connection that broke under a lock call: the server let go of what the client held
+ * through it, so the answer is the one fcntl(2) gives when a remote locking protocol
+ * fails. */
+static int lock_err(int rc) { return aq_err_unreachable(rc) || rc == -ENOTCONN ? -ENOLCK : rc; }
+
+static void *lock_main(void *arg)
+{
+	struct aq_client *c = arg;
+	struct rpc_cq *cq = &c->lk_cq;
+	pthread_mutex_lock(&cq->mu);
+	for (;;) {
+		while (!cq->done.head && !c->lk_stop)
+			pthread_cond_wait(&cq->cv, &cq->mu);
+		if (c->lk_stop)
+			break;
+		struct rpc_call *call = rpc_list_pop(&cq->done);
+		pthread_mutex_unlock(&cq->mu);
+		struct lock_async *la = call->cq_arg;
+		la->done(la->arg, lock_err(call->status));
+		free(la);
+		rpc_free(call);
+		pthread_mutex_lock(&cq->mu);
+	}
+	pthread_mutex_unlock(&cq->mu);
+	return NULL;
+}
+
+static void lock_thread_stop(struct aq_client *c)
+{
+	pthread_mutex_lock(&c->lk_cq.mu);
+	c->lk_stop = true;
+	bool running = c->lk_running;
+	pthread_cond_broadcast(&c->lk_cq.cv);
+	pthread_mutex_unlock(&c->lk_cq.mu);
+	if (running)
+		pthread_join(c->lk_thread, NULL);
+}
+
+int aq_file_lock_async(struct aq_file *f, uint64_t owner, uint32_t flags, uint64_t wait_id, const struct aq_lock *lk,
+		       aq_lock_done_fn done, void *arg)
+{
+	if (flags & ~(AQ_LOCK_WAIT | AQ_LOCK_FLOCK))
+		return -EINVAL;
+	int rc = file_ready(f);
+	if (rc)
+		return rc;
+	struct aq_client *c = f->c;
+	pthread_mutex_lock(&c->lk_cq.mu);
+	if (!c->lk_running && !c->lk_stop && !pthread_create(&c->lk_thread, NULL, lock_main, c))
+		c->lk_running = true;
+	bool running = c->lk_running;
+	pthread_mutex_unlock(&c->lk_cq.mu);
+	if (!running)
+		return -ENOLCK;
+	if (lk->type != AQ_LK_UN) {
+		pthread_mutex_lock(&f->st->mu);
+		locker_add_locked(f, owner, flags & AQ_LOCK_FLOCK);
+		pthread_mutex_unlock(&f->st->mu);
+	}
+	struct proto_req r = lock_req(f, owner, flags, wait_id, lk);
+	struct wbuf w;
+	wbuf_init(&w, 96);
+	proto_req_encode(&w, &r);
+	struct lock_async *la = aq_malloc(sizeof *la);
+	*la = (struct lock_async){done, arg};
+	struct rpc_call *call = rpc_start_ex(c, client_meta_server(c, f->ino), OP_LOCK, &w, rpc_affinity(&r), NULL, 0,
+					  &c->lk_cq, la, false, &rc);
+	wbuf_free(&w);
+	if (!call) {
+		free(la);
+		return lock_err(rc);
+	}
+	return 0;
+}
+
+int aq_lock_cancel(struct aq_file *f, uint64_t wait_id)
+{
+	struct aq_lock lk = {.type = AQ_LK_UN};
+	return lock_call(f, 0, PROTO_LOCK_CANCEL, wait_id, &lk);
+}
+
+static int unlock_all(struct aq_file *f, uint64_t owner, bool flock)
+{
+	struct aq_lock lk = {.type = AQ_LK_UN, .start = 0, .end = AQ_LK_END};
+	return lock_call(f, owner, flock ? AQ_LOCK_FLOCK : 0, 0, &lk);
+}
+
+int aq_file_unlock_owner(struct aq_file *f, uint64_t owner)
+{
+	struct ino_state *st = __atomic_load_n(&f->st, __ATOMIC_ACQUIRE);
+	bool any = atomic_load(&f->c->lock_files);
+	if (any && st) { /* else a lazy open not waited on yet: the client's count decides */
+		pthread_mutex_lock(&st->mu);
+		any = st->lockers;
+		pthread_mutex_unlock(&st->mu);
+	}
+	return any ? unlock_all(f, owner, false) : 0;
+}
+
+/* The close's part: every owner that locked through f lets go of the inode. */
+static void file_unlock(struct aq_file *f)
+{
+	if (!f->nlockers)
+		return;
+	for (uint32_t i = 0; i < f->nlockers; i++) {
+		int rc = unlock_all(f, f->lockers[i].owner, f->lockers[i].flock);
+		if (rc)
+			log_warn("inode %llu: dropping a lock at close: %s", (unsigned long long)f->ino, aq_strerror(rc));
+	}
+	pthread_mutex_lock(&f->st->mu);
+	f->st->lockers--;
+	pthread_mutex_unlock(&f->st->mu);
+	atomic_fetch_sub(&f->c->lock_files, 1);
+	free(f->lockers);
+}
+
+bool aq_locks_held(struct aq_client *c) { return atomic_load(&c->lock_files); }
+
 int aq_close(struct aq_file *f)
 {
 	if (!f)
 		return 0;
 	int rc = aq_flush(f);
+	if (f->st)
+		file_unlock(f);
 	pre_put(f->c, pre_detach(f));
 	if (f->st && (f->flags & O_ACCMODE) != O_RDONLY) {
 		pthread_mutex_lock(&f->st->mu);

@@ -129,6 +129,7 @@ struct ino_state {
 	atomic_bool unsure;
 	unsigned long blind_gen;
 	uint32_t writers;          /* handles open for writing */
+	uint32_t lockers;          /* handles some owner took a lock through (aq_file_lock) */
 	/* Attribute changes deferred (aq_setattr with AQ_SET_DEFER): amask's AQ_SET_MODE,
 	 * UID, GID, ATIME, MTIME of pend, made by acred, and pend's ctime (the newest change
 	 * of the inode through this client since), sent after the buffered writes
@@ -195,6 +196,9 @@ struct aq_file {
 	unsigned long open_epoch;
 	int open_err;
 	struct rpc_call *pre;      /* holds the bytes: pre_data, pre_len (from offset 0) */
+	/* owners that took a lock through this handle (under st->mu): its close drops them */
+	struct file_locker { uint64_t owner; bool flock; } *lockers;
+	uint32_t nlockers;
 	const uint8_t *pre_data;
 	uint32_t pre_len;
 	bool pre_eof;              /* the bytes reach the end of the file */
@@ -338,6 +342,12 @@ struct aq_client {
 	atomic_bool keeper_stop;
 	atomic_uint deferred;      /* files with deferred attribute changes (ino_state.amask) */
 	atomic_ulong blind_gen;    /* unlinks and renames this client sent (ino_state.unsure) */
+	atomic_uint lock_files;    /* open handles some owner locked through (aq_locks_held) */
+	/* lock waits that hold no caller's thread (aq_file_lock_async): their replies come to
+	 * lk_cq, and lk_thread hands each to its callback */
+	struct rpc_cq lk_cq;
+	pthread_t lk_thread;
+	bool lk_running, lk_stop;  /* under lk_cq.mu */
 	pthread_t writeback;       /* sends buffered writes older than WRITEBACK_AGE_NS */
 	pthread_mutex_t wb_mu;
 	pthread_cond_t wb_cv;

@@ -840,7 +840,8 @@ void rpc_conn_fini(struct rpc_conn *rc)
 
 uint64_t rpc_affinity(const struct proto_req *req)
 {
-	if (req->op == OP_OPEN || req->op == OP_OPEN_READ || req->op == OP_OPEN_MAP || req->op == OP_RELEASE)
+	if (req->op == OP_OPEN || req->op == OP_OPEN_READ || req->op == OP_OPEN_MAP || req->op == OP_RELEASE ||
+	    req->op == OP_LOCK)
 		return req->ino;
 	return 0;
 }
@@ -1019,6 +1020,7 @@ static bool waits_on_io(uint16_t op)
 	case OP_FSYNC:
 	case OP_TIER:
 	case OP_READDIR:
+	case OP_LOCK: /* a wait lasts until another owner lets go */
 		return true;
 	}
 	return false;

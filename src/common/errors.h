@@ -43,6 +43,9 @@
 	X(ROFS, 30, EROFS, "read-only file system")                                \
 	X(TXTBSY, 31, ETXTBSY, "text file busy")                                   \
 	X(HOSTUNREACH, 32, EHOSTUNREACH, "host unreachable")                       \
+	X(DEADLK, 33, EDEADLK, "resource deadlock avoided")                        \
+	X(INTR, 34, EINTR, "interrupted system call")                              \
+	X(NOLCK, 35, ENOLCK, "no locks available")                                 \
 	/* Aquifer's own conditions, below -1000 when returned as -errno style */    \
 	X(AUTH, 100, -1001, "authentication failed: wrong cluster secret")         \
 	X(STALE_MAP, 101, -1002, "stale cluster map: refresh and retry")           \

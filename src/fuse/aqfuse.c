@@ -22,6 +22,7 @@
 #include <limits.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <sys/file.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
@@ -1625,8 +1626,10 @@ static void op_open(fuse_req_t req, fuse_ino_t ino_node, struct fuse_file_info *
 	fi->fh = (uint64_t)(uintptr_t)f;
 	fi->keep_cache = 1; /* see op_init: stale pages go when the attributes change */
 	/* nothing to write back through a read-only handle: close(2) need not wait for a
-	 * FLUSH round trip (a training loader closes every sample it reads) */
-	if ((fi->flags & O_ACCMODE) == O_RDONLY)
+	 * FLUSH round trip (a training loader closes every sample it reads); unless a
+	 * process holds fcntl locks through this mount, which the close of any of its
+	 * descriptors of the file drops (op_flush) */
+	if ((fi->flags & O_ACCMODE) == O_RDONLY && !aq_locks_held(g_client))
 		fi->noflush = 1;
 	fuse_reply_open(req, fi);
 }
@@ -1744,6 +1747,13 @@ static void op_flush(fuse_req_t req, fuse_ino_t node, struct fuse_file_info *fi)
 	struct aq_file *f = (struct aq_file *)(uintptr_t)fi->fh;
 	int rc = aq_flush(f); /* read-only handles are never flushed (noflush) */
 	own_change();
+	/* close(2) of any descriptor of a file drops the process's fcntl locks on it (a
+	 * read-only handle's close sends no FLUSH: its RELEASE, aq_close, drops what was
+	 * locked through it) */
+	int lrc = aq_file_unlock_owner(f, fi->lock_owner);
+	if (lrc)
+		log_warn("inode %llu: dropping locks at close: %s", (unsigned long long)aq_node_ino(node),
+			 aq_strerror(lrc));
 	/* a failed flush may have dropped deferred attribute changes (AQ_SET_DEFER) the
 	 * kernel was told the outcome of: it asks the server again */
 	if (rc)
@@ -1758,6 +1768,114 @@ static void op_release(fuse_req_t req, fuse_ino_t node, struct fuse_file_info *f
 	if ((fi->flags & O_ACCMODE) != O_RDONLY)
 		own_change();
 	fuse_reply_err(req, posix_err(rc));
+}
+
+/* ---- locks: fcntl (byte-range, OFD) and flock, kept by the servers ----
+ * A wait (F_SETLKW, flock without LOCK_NB) waits in the server without holding one of
+ * the mount's threads (aq_file_lock_async): a hundred processes waiting on one lock file
+ * must not leave none to serve the unlock. A signal for the waiter comes as an
+ * INTERRUPT, which ends the wait (aq_lock_cancel): the process sees EINTR, and a killed
+ * one dies. */
+struct lock_wait {
+	fuse_req_t req;
+	struct aq_file *f;
+	uint64_t id;
+	struct lock_wait *next;
+};
+static struct {
+	pthread_mutex_t mu;
+	struct lock_wait *head;
+	uint64_t next_id;
+} g_lwaits = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+/* An INTERRUPT for a waiting request. The cancel goes out under the mutex: the wait is
+ * still registered, so its file is still open. */
+static void lock_interrupted(fuse_req_t req, void *data)
+{
+	pthread_mutex_lock(&g_lwaits.mu);
+	for (struct lock_wait *w = g_lwaits.head; w; w = w->next)
+		if (w->req == req) {
+			aq_lock_cancel(w->f, w->id);
+			break;
+		}
+	pthread_mutex_unlock(&g_lwaits.mu);
+}
+
+static void lock_wait_done(void *arg, int rc)
+{
+	struct lock_wait *w = arg;
+	pthread_mutex_lock(&g_lwaits.mu);
+	struct lock_wait **pp = &g_lwaits.head;
+	while (*pp != w)
+		pp = &(*pp)->next;
+	*pp = w->next;
+	pthread_mutex_unlock(&g_lwaits.mu);
+	fuse_reply_err(w->req, posix_err(rc));
+	free(w);
+}
+
+static void lock_set(fuse_req_t req, struct fuse_file_info *fi, struct aq_lock *lk, uint32_t flags)
+{
+	struct aq_file *f = (struct aq_file *)(uintptr_t)fi->fh;
+	if (!(flags & AQ_LOCK_WAIT)) {
+		fuse_reply_err(req, posix_err(aq_file_lock(f, fi->lock_owner, flags, 0, lk)));
+		return;
+	}
+	struct lock_wait *w = aq_calloc(1, sizeof *w);
+	w->req = req;
+	w->f = f;
+	pthread_mutex_lock(&g_lwaits.mu);
+	w->id = ++g_lwaits.next_id;
+	w->next = g_lwaits.head;
+	g_lwaits.head = w;
+	pthread_mutex_unlock(&g_lwaits.mu);
+	/* called at once if the INTERRUPT came already: the server keeps the cancel for the
+	 * wait that follows it */
+	fuse_req_interrupt_func(req, lock_interrupted, NULL);
+	int rc = aq_file_lock_async(f, fi->lock_owner, flags, w->id, lk, lock_wait_done, w);
+	if (rc)
+		lock_wait_done(w, rc);
+}
+
+static uint32_t lock_type(short l_type)
+{
+	return l_type == F_RDLCK ? AQ_LK_RD : l_type == F_WRLCK ? AQ_LK_WR : AQ_LK_UN;
+}
+
+/* libfuse's struct flock: l_start and l_len (0: to the end) from the kernel's range */
+static struct aq_lock lock_of(const struct flock *fl)
+{
+	uint64_t start = (uint64_t)fl->l_start;
+	return (struct aq_lock){.type = lock_type(fl->l_type), .pid = (uint32_t)fl->l_pid, .start = start,
+				.end = fl->l_len > 0 ? start + (uint64_t)fl->l_len - 1 : AQ_LK_END};
+}
+
+static void op_getlk(fuse_req_t req, fuse_ino_t node, struct fuse_file_info *fi, struct flock *fl)
+{
+	struct aq_lock lk = lock_of(fl);
+	int rc = aq_file_lock((struct aq_file *)(uintptr_t)fi->fh, fi->lock_owner, AQ_LOCK_TEST, 0, &lk);
+	if (rc) {
+		fuse_reply_err(req, posix_err(rc));
+		return;
+	}
+	struct flock out = {.l_type = lk.type == AQ_LK_RD ? F_RDLCK : lk.type == AQ_LK_WR ? F_WRLCK : F_UNLCK,
+			    .l_whence = SEEK_SET, .l_start = (off_t)lk.start,
+			    .l_len = lk.end == AQ_LK_END ? 0 : (off_t)(lk.end - lk.start + 1), .l_pid = (pid_t)lk.pid};
+	fuse_reply_lock(req, &out);
+}
+
+static void op_setlk(fuse_req_t req, fuse_ino_t node, struct fuse_file_info *fi, struct flock *fl, int sleep)
+{
+	struct aq_lock lk = lock_of(fl);
+	lock_set(req, fi, &lk, sleep ? AQ_LOCK_WAIT : 0);
+}
+
+static void op_flock(fuse_req_t req, fuse_ino_t node, struct fuse_file_info *fi, int op)
+{
+	int kind = op & (LOCK_SH | LOCK_EX | LOCK_UN);
+	struct aq_lock lk = {.type = kind == LOCK_SH ? AQ_LK_RD : kind == LOCK_EX ? AQ_LK_WR : AQ_LK_UN,
+			     .pid = (uint32_t)fuse_req_ctx(req)->pid, .start = 0, .end = AQ_LK_END};
+	lock_set(req, fi, &lk, AQ_LOCK_FLOCK | ((op & LOCK_NB) || kind == LOCK_UN ? 0 : AQ_LOCK_WAIT));
 }
 
 static void op_fsync(fuse_req_t req, fuse_ino_t node, int datasync, struct fuse_file_info *fi)
@@ -2194,6 +2312,9 @@ static const struct fuse_lowlevel_ops aq_ops = {
 	.fallocate = op_fallocate,
 	.flush = op_flush,
 	.release = op_release,
+	.getlk = op_getlk,
+	.setlk = op_setlk,
+	.flock = op_flock,
 	.fsync = op_fsync,
 	.opendir = op_opendir,
 	.readdir = op_readdir,

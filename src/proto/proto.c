@@ -171,6 +171,25 @@ void proto_attr_get(struct rbuf *r, struct aq_attr *a)
 	(void)rbuf_u32(r);
 }
 
+void proto_lock_put(uint8_t out[PROTO_LOCK_SIZE], const struct aq_lock *l)
+{
+	put_le32(out, l->type);
+	put_le32(out + 4, l->pid);
+	put_le64(out + 8, l->start);
+	put_le64(out + 16, l->end);
+}
+
+int proto_lock_get(const uint8_t *data, uint32_t len, struct aq_lock *l)
+{
+	if (len != PROTO_LOCK_SIZE)
+		return -EPROTO;
+	*l = (struct aq_lock){.type = get_le32(data), .pid = get_le32(data + 4), .start = get_le64(data + 8),
+			      .end = get_le64(data + 16)};
+	if (l->type > AQ_LK_UN || l->start > l->end || l->end > AQ_LK_END)
+		return -EPROTO;
+	return 0;
+}
+
 /* Request fields, in wire order. */
 enum {
 	F_CRED = 1u << 0, F_INO = 1u << 1, F_PARENT = 1u << 2, F_NAME = 1u << 3,
@@ -219,6 +238,7 @@ static uint32_t req_fields(uint16_t op)
 	case OP_LOCATE: return F_KNOWN | F_TARGET | F_INO | F_IDX | F_DATA; /* data: the client's boot id */
 	case OP_BATCH: return F_KNOWN | F_MAX | F_DATA;
 	case OP_TIER: return F_KNOWN | F_CRED | F_INO | F_FLAGS | F_DATA;
+	case OP_LOCK: return F_KNOWN | F_INO | F_MODE | F_RDEV | F_FLAGS | F_COOKIE | F_SIZE | F_OFF | F_TIME;
 	}
 	return 0;
 }
@@ -356,7 +376,7 @@ static uint32_t reply_fields(uint16_t op)
 	case OP_SYMLINK: case OP_LINK: case OP_OPEN: case OP_COMMIT_SIZE:
 	case OP_UNLINK: /* PROTO_UNLINK_DIR_ATTR: the directory's attributes after it, else zeros */
 		return R_KNOWN | R_ATTR;
-	case OP_READLINK: case OP_CHUNK_READ: case OP_HELLO: case OP_MAP: case OP_LOCATE:
+	case OP_READLINK: case OP_CHUNK_READ: case OP_HELLO: case OP_MAP: case OP_LOCATE: case OP_LOCK:
 		return R_KNOWN | R_DATA;
 	case OP_GETXATTR: case OP_LISTXATTR:
 		return R_KNOWN | R_SIZE | R_DATA;

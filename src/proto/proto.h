@@ -18,10 +18,10 @@
 #include "aq.h"
 
 #define PROTO_MAGIC 0x31465141u /* "AQF1" */
-#define PROTO_VERSION 6 /* 2: UNLINK has flags, and its reply the directory's attributes; 3: OPEN_MAP;
+#define PROTO_VERSION 7 /* 2: UNLINK has flags, and its reply the directory's attributes; 3: OPEN_MAP;
 			  * 4: changes carry their client id and seq (txn), PROTO_F_RETRY; LOCATE;
 			  * 5: CHUNK_WRITE carries a size and time (PROTO_CW_COMMIT); REOPEN;
-			  * 6: and a setattr (PROTO_CW_ATTRS) */
+			  * 6: and a setattr (PROTO_CW_ATTRS); 7: LOCK */
 #define PROTO_HDR_SIZE 32
 #define PROTO_NONCE_SIZE 32
 #define PROTO_MAC_SIZE 32
@@ -61,6 +61,7 @@
 	X(WATCH, 33)     /* client id in cookie; flags 1: push INVAL frames here */ \
 	X(INVAL, 34)     /* server -> client push (PROTO_F_PUSH): what changed */ \
 	X(REOPEN, 35)    /* data: inodes (u64 each) the client held open through a connection that broke */ \
+	X(LOCK, 36)      /* a byte-range or flock lock (PROTO_LOCK below) */ \
 	X(CHUNK_WRITE, 40)           \
 	X(CHUNK_READ, 41)            \
 	X(OPEN_READ, 42) /* OPEN, then a read of the first chunk it touches */ \
@@ -136,6 +137,15 @@ int proto_extents_decode(const uint8_t *p, uint32_t len, struct aq_extent *ext, 
 /* READDIR flags beyond AQ_READDIR_PLUS: bits 16-31 say the bucket to stop before (0: list
  * to the end), so that one listing split into bucket ranges is read by several streams */
 #define PROTO_READDIR_END_SHIFT 16
+/* LOCK: ino; cookie, the owner; mode, the type (AQ_LK_*); off and size, the first and last
+ * byte; rdev, the pid; flags, aq.h's AQ_LOCK_* or PROTO_LOCK_CANCEL; time_ns, the
+ * client's number of a wait (AQ_LOCK_WAIT, PROTO_LOCK_CANCEL). The reply's data is empty,
+ * or for AQ_LOCK_TEST the lock in the way (proto_lock_put). A wait is answered when it
+ * ends, however long that is: the server holds its reply (src/server/locks.c). */
+#define PROTO_LOCK_CANCEL 8u
+#define PROTO_LOCK_SIZE 24
+void proto_lock_put(uint8_t out[PROTO_LOCK_SIZE], const struct aq_lock *l);
+int proto_lock_get(const uint8_t *data, uint32_t len, struct aq_lock *l);
 /* WATCH flags */
 #define PROTO_WATCH_DELIVER 1u
 /* UNLINK flags: fill the reply's attributes with the directory's after the unlink (the

@@ -5,6 +5,7 @@
  */
 #include "server/server.h"
 #include "common/auth.h"
+#include "server/locks.h"
 #include <pthread.h>
 #include <stdatomic.h>
 #include <sys/stat.h>
@@ -67,6 +68,7 @@ struct server {
 	pthread_cond_t running_done;
 	struct meta_txn running[RUNNING_MAX];
 	uint32_t nrunning;
+	struct lock_table *locks;           /* fcntl and flock locks (locks.c) */
 };
 
 /* Per connection: authentication state, the inodes it holds open, and whether its
@@ -1260,6 +1262,65 @@ static bool reply_chunk_read(struct server *s, struct net_conn *c, const struct 
 	return true;
 }
 
+/* ---- locks: a wait's reply is sent when the wait ends ---- */
+struct lock_waiter {
+	struct net_conn *nc;
+	struct proto_hdr h;
+};
+
+static void lock_reply(struct net_conn *c, const struct proto_hdr *req, int err, const struct aq_lock *conflict)
+{
+	uint8_t lk[PROTO_LOCK_SIZE];
+	if (conflict)
+		proto_lock_put(lk, conflict);
+	struct proto_reply rep = {.op = OP_LOCK, .data = lk, .data_len = conflict && !err ? sizeof lk : 0};
+	struct wbuf out;
+	wbuf_init(&out, 64);
+	proto_reply_encode(&out, &rep);
+	struct proto_hdr h = {.magic = PROTO_MAGIC, .version = PROTO_VERSION, .op = OP_LOCK, .req_id = req->req_id,
+			      .epoch = req->epoch, .status = (uint16_t)aq_status_from_err(err), .flags = PROTO_F_REPLY};
+	/* the table's mutex may be held: a client that does not read its replies is closed,
+	 * not waited for */
+	net_send_nowait(c, &h, out.p, out.len);
+	wbuf_free(&out);
+}
+
+/* locks.c's done: runs under the table's mutex, so the connection is still there (its
+ * on_close drops its waits under that mutex first) */
+static void lock_done(void *arg, void *waiter, int err)
+{
+	struct lock_waiter *w = waiter;
+	if (err != -ENOTCONN)
+		lock_reply(w->nc, &w->h, err, NULL);
+	free(w);
+}
+
+static void lock_frame(struct server *s, struct sconn *sc, struct net_conn *c, const struct proto_hdr *h,
+		       const uint8_t *payload)
+{
+	struct proto_req r;
+	if (proto_req_decode(h->op, payload, h->payload_len, &r)) {
+		net_reply(c, h, AQ_S_PROTO, NULL, 0);
+		return;
+	}
+	/* one client's connections share its owners (a mount's lock and its close's unlock
+	 * may take two); a client that did not say who it is is its connection */
+	struct lock_req lr = {.ino = r.ino, .client = sc->client_id ? sc->client_id : (uint64_t)(uintptr_t)sc,
+			      .owner = r.cookie, .wait_id = (uint64_t)r.time_ns, .type = r.mode, .flags = r.flags,
+			      .pid = r.rdev, .start = r.off, .end = r.size};
+	struct lock_waiter *w = NULL;
+	if (r.flags & AQ_LOCK_WAIT) {
+		w = aq_calloc(1, sizeof *w);
+		*w = (struct lock_waiter){.nc = c, .h = *h};
+	}
+	struct aq_lock conflict;
+	int rc = locks_run(s->locks, &lr, sc, w, &conflict);
+	if (rc == LOCKS_QUEUED)
+		return;
+	free(w);
+	lock_reply(c, h, rc, (r.flags & AQ_LOCK_TEST) ? &conflict : NULL);
+}
+
 static void on_frame(void *arg, struct net_conn *c, const struct proto_hdr *h, const uint8_t *payload)
 {
 	struct server *s = arg;
@@ -1288,6 +1349,10 @@ static void on_frame(void *arg, struct net_conn *c, const struct proto_hdr *h, c
 	}
 	if (h->op == OP_CHUNK_READ && reply_chunk_read(s, c, h, payload))
 		return;
+	if (h->op == OP_LOCK) {
+		lock_frame(s, sc, c, h, payload);
+		return;
+	}
 	struct wbuf out;
 	wbuf_init(&out, 256);
 	int st = h->op == OP_BATCH ? run_batch(s, sc, h, payload, &out) : run_one(s, sc, h, payload, &out);
@@ -1369,6 +1434,7 @@ static void on_close(void *arg, struct net_conn *c)
 	if (!sc)
 		return;
 	unwatch(s, sc);
+	locks_drop(s->locks, sc);
 	late_add(s, sc->opens, sc->nopens);
 	for (uint32_t i = 0; i < sc->nopens; i++)
 		open_ref(s, sc->opens[i], -1);
@@ -1649,6 +1715,7 @@ int server_start(const struct server_options *opt, struct server **out)
 	struct net_ops ops = {.on_accept = on_accept, .on_frame = on_frame, .on_close = on_close,
 			      .run_inline = run_inline, .quiets_poll = quiets_poll, .big_alloc = data_buf_alloc,
 			      .big_free = data_buf_free};
+	s->locks = locks_new(lock_done, s);
 	rc = net_start(&no, &ops, s, &s->net);
 	if (rc) {
 		log_error("cannot listen on %s:%u: %s", me->addr, me->port, aq_strerror(rc));
@@ -1660,6 +1727,7 @@ int server_start(const struct server_options *opt, struct server **out)
 	*out = s;
 	return 0;
 err_tier:
+	locks_free(s->locks);
 	tier_close(s->tier);
 err_data:
 	data_close(s->data);
@@ -1678,6 +1746,7 @@ void server_stop(struct server *s)
 	pthread_mutex_unlock(&s->gc_mu);
 	pthread_join(s->gc_thread, NULL);
 	net_stop(s->net);
+	locks_free(s->locks);
 	tier_close(s->tier); /* after the last request, before the store it attached to */
 	meta_sync(s->meta);
 	data_close(s->data);

@@ -18,7 +18,7 @@ import time
 from aqtest import Cluster, main, proc_status_kib
 
 MAGIC = 0x31465141
-VERSION = 6  # PROTO_VERSION, src/proto/proto.h
+VERSION = 7  # PROTO_VERSION, src/proto/proto.h
 HDR = struct.Struct("<IHHQIHHII")  # magic, version, op, req_id, epoch, status, flags, payload_len, reserved
 assert HDR.size == 32
 F_REPLY = 1
@@ -27,7 +27,7 @@ OP_HELLO, OP_AUTH, OP_MAP = 1, 2, 3
 OP_LOOKUP, OP_GETATTR, OP_MKNOD, OP_MKDIR, OP_SYMLINK = 10, 11, 13, 14, 15
 OP_RMDIR = 18
 OP_BATCH = 50
-KNOWN_OPS = {2, 3} | set(range(10, 33)) | {35, 40, 41, 50, 60}
+KNOWN_OPS = {2, 3} | set(range(10, 33)) | {35, 36, 40, 41, 50, 60}
 S_OK, S_PROTO, S_AUTH = 0, 19, 100
 S_ENOENT, S_EEXIST = 2, 5  # src/common/errors.h
 TIMEOUT_S = 5.0
@@ -630,6 +630,84 @@ def test_j_a_chunk_writes_setattr(c):
 
     s.close()
     state.setdefault("created", set()).add("cw-attrs")
+
+
+OP_LOCK = 36
+LK_RD, LK_WR, LK_UN, LK_END = 0, 1, 2, (1 << 63) - 1
+LOCK_WAIT, LOCK_FLOCK, LOCK_TEST, LOCK_CANCEL = 1, 2, 4, 8
+S_EINTR = 34
+
+
+def lock_payload(ino, owner, typ, start, end, flags=0, wait_id=0, pid=1):
+    """LOCK's fields: ino, mode (the type), rdev (the pid), flags, cookie (the owner),
+    size (the last byte), off (the first), time (the wait's number)."""
+    return struct.pack("<QIIIQQQQ", ino, typ, pid, flags, owner, end, start, wait_id)
+
+
+def test_k_lock_frames(c):
+    """Locks as aqd keeps them, frame by frame: nonsense is EINVAL (or PROTO when it does
+    not decode); a wait is answered when it ends, however long after; a cancel ends it with
+    EINTR, even one that overtook it; the locks and waits of a connection that closes go
+    with it, and what they kept out comes in. Each connection is its own client here (none
+    says who it is with WATCH)."""
+    conns = [authed(c) for _ in range(3)]
+
+    def send_lock(s, req, *args, **kw):
+        p = lock_payload(*args, **kw)
+        send(s, hdr(OP_LOCK, req, len(p)) + p)
+
+    def reply(s, req):
+        r = recv_frame(s)
+        assert r["op"] == OP_LOCK and r["req_id"] == req, r
+        return r
+
+    def ask(s, *args, **kw):
+        req = random.randrange(1, 1 << 32)
+        send_lock(s, req, *args, **kw)
+        return reply(s, req)
+
+    a, b, w = conns
+    ino = 1 << 40  # locks need no inode to exist: the kernel asked through an open file
+    for bad in (dict(typ=3, start=0, end=1), dict(typ=LK_RD, start=5, end=4),
+                dict(typ=LK_RD, start=0, end=LK_END + 1), dict(typ=LK_WR, start=0, end=9, flags=LOCK_FLOCK),
+                dict(typ=LK_UN, start=0, end=9, flags=LOCK_TEST), dict(typ=LK_WR, start=0, end=9, flags=64),
+                dict(typ=LK_WR, start=0, end=9, flags=LOCK_TEST | LOCK_WAIT)):
+        assert ask(a, ino, 1, **bad)["status"] == S_EINVAL, bad
+    p = lock_payload(ino, 1, LK_WR, 0, 9)[:-1]
+    send(a, hdr(OP_LOCK, 5, len(p)) + p)
+    assert reply(a, 5)["status"] == S_PROTO
+
+    assert ask(a, ino, 1, LK_WR, 0, 99)["status"] == S_OK
+    assert ask(b, ino, 1, LK_WR, 50, 50)["status"] == 20  # EAGAIN: another client's owner 1
+    got = ask(b, ino, 1, LK_RD, 60, 60, flags=LOCK_TEST)
+    assert got["status"] == S_OK and got["payload"] == struct.pack("<IIIQQ", 24, LK_WR, 1, 0, 99), got
+    # a wait, answered when a's connection goes
+    send_lock(w, 77, ino, 9, LK_RD, 10, 10, flags=LOCK_WAIT, wait_id=1)
+    w.settimeout(0.3)
+    try:
+        recv_frame(w)
+        raise AssertionError("a wait was answered while the lock was held")
+    except AssertionError as e:
+        assert "hung" in str(e), e
+    w.settimeout(TIMEOUT_S)
+    a.close()
+    assert reply(w, 77)["status"] == S_OK, "the closed connection's lock was kept"
+    # a cancel ends a wait; one that came first ends the wait that follows it
+    send_lock(b, 78, ino, 2, LK_WR, 10, 10, flags=LOCK_WAIT, wait_id=5)
+    send_lock(b, 80, ino, 0, LK_UN, 0, 0, flags=LOCK_CANCEL, wait_id=5)
+    got = {r["req_id"]: r["status"] for r in (recv_frame(b), recv_frame(b))}  # in either order
+    assert got == {78: S_EINTR, 80: S_OK}, got
+    assert ask(b, ino, 0, LK_UN, 0, 0, flags=LOCK_CANCEL, wait_id=6)["status"] == S_OK
+    assert ask(b, ino, 2, LK_WR, 10, 10, flags=LOCK_WAIT, wait_id=6)["status"] == S_EINTR
+    # a waiting connection that goes leaves nothing behind
+    send_lock(b, 79, ino, 3, LK_WR, 0, LK_END, flags=LOCK_WAIT, wait_id=7)
+    time.sleep(0.1)
+    b.close()
+    assert ask(w, ino, 9, LK_UN, 0, LK_END)["status"] == S_OK
+    c2 = authed(c)
+    assert ask(c2, ino, 4, LK_WR, 0, LK_END)["status"] == S_OK, "a gone waiter was granted"
+    c2.close()
+    w.close()
 
 
 def test_i_change_sent_again_while_it_runs_runs_once(c):

@@ -1,0 +1,394 @@
+/*
+ * locks.c - byte-range and flock locks, held in memory (locks.h). One mutex guards the
+ * table: a lock request is a few list walks, and locks are taken far more rarely than
+ * files are read.
+ */
+#include "server/locks.h"
+#include "proto/proto.h"
+#include <pthread.h>
+
+#define LOCK_BUCKETS 1024
+#define LOCKS_MAX (1u << 20)        /* locks held at once, all owners: past it ENOLCK */
+#define DEADLOCK_STEPS 10           /* waits followed before giving up the search (Linux's MAX_DEADLK_ITERATIONS) */
+#define CANCELS_KEPT 64             /* cancels of waits not yet come, remembered ... */
+#define CANCEL_KEEP_NS (10ull * 1000000000ull) /* ... this long */
+
+struct lk {
+	uint64_t client, owner;
+	uint64_t start, end;
+	uint32_t type, pid;
+	bool flock;
+	void *via;
+	struct lk *next;
+};
+
+struct lwait {
+	struct lock_req r;
+	void *via, *waiter;
+	struct lwait *next;
+};
+
+/* One inode's locks and waits (FIFO); gone when both are empty. */
+struct lfile {
+	uint64_t ino;
+	struct lk *locks;
+	struct lwait *waits;
+	struct lfile *next;
+};
+
+struct lock_table {
+	pthread_mutex_t mu;
+	lock_done_fn done;
+	void *arg;
+	struct lfile *bucket[LOCK_BUCKETS];
+	uint32_t nlocks, nwaits;
+	struct { uint64_t client, wait_id, at; } cancels[CANCELS_KEPT];
+	uint32_t ncancel;           /* next slot (a ring) */
+};
+
+struct lock_table *locks_new(lock_done_fn done, void *arg)
+{
+	struct lock_table *t = aq_calloc(1, sizeof *t);
+	pthread_mutex_init(&t->mu, NULL);
+	t->done = done;
+	t->arg = arg;
+	return t;
+}
+
+static struct lfile **lfile_slot(struct lock_table *t, uint64_t ino)
+{
+	struct lfile **pp = &t->bucket[(ino * 0x9E3779B97F4A7C15ull) >> 54];
+	while (*pp && (*pp)->ino != ino)
+		pp = &(*pp)->next;
+	return pp;
+}
+
+static void lfile_put(struct lock_table *t, struct lfile *lf)
+{
+	if (lf->locks || lf->waits)
+		return;
+	struct lfile **pp = lfile_slot(t, lf->ino);
+	*pp = lf->next;
+	free(lf);
+}
+
+static bool same_owner(const struct lk *l, const struct lock_req *r)
+{
+	return l->client == r->client && l->owner == r->owner;
+}
+
+static bool is_flock(const struct lock_req *r) { return r->flags & AQ_LOCK_FLOCK; }
+
+/* The first lock of another owner, of r's kind, that r's range and type conflict with. */
+static struct lk *conflict_of(const struct lfile *lf, const struct lock_req *r)
+{
+	if (r->type == AQ_LK_UN)
+		return NULL;
+	for (struct lk *l = lf->locks; l; l = l->next)
+		if (l->flock == is_flock(r) && !same_owner(l, r) && l->start <= r->end && r->start <= l->end &&
+		    (l->type == AQ_LK_WR || r->type == AQ_LK_WR))
+			return l;
+	return NULL;
+}
+
+static struct lk *lk_new(struct lock_table *t, const struct lock_req *r, void *via, uint64_t start, uint64_t end,
+			 uint32_t type)
+{
+	struct lk *l = aq_calloc(1, sizeof *l);
+	*l = (struct lk){.client = r->client, .owner = r->owner, .start = start, .end = end, .type = type,
+			 .pid = r->pid, .flock = is_flock(r), .via = via};
+	t->nlocks++;
+	return l;
+}
+
+/* Puts n where Linux keeps it, as F_GETLK shows (the first conflict in the list): an
+ * owner's locks together, sorted by start; a new owner's after everyone's. */
+static void insert(struct lfile *lf, struct lk *n)
+{
+	struct lk **pp = &lf->locks, **after_own = NULL;
+	for (; *pp; pp = &(*pp)->next) {
+		struct lk *l = *pp;
+		if (l->flock != n->flock || l->client != n->client || l->owner != n->owner)
+			continue;
+		if (l->start > n->start)
+			break;
+		after_own = &l->next;
+	}
+	if (!*pp && after_own)
+		pp = after_own;
+	n->next = *pp;
+	*pp = n;
+}
+
+/* Sets r's owner's locks over r's range to r's type (AQ_LK_UN: none), merging with its
+ * touching ranges of that type and cutting its others around the range. Needs room for
+ * two more locks (a cut in two, the new one): the caller checked. */
+static void apply(struct lock_table *t, struct lfile *lf, const struct lock_req *r, void *via)
+{
+	uint64_t s = r->start, e = r->end;
+	struct lk **pp = &lf->locks;
+	while (*pp) {
+		struct lk *l = *pp;
+		if (l->flock != is_flock(r) || !same_owner(l, r)) {
+			pp = &l->next;
+			continue;
+		}
+		bool overlaps = l->start <= e && s <= l->end;
+		bool touches = l->start <= (e == AQ_LK_END ? e : e + 1) && (s ? s - 1 : 0) <= l->end;
+		if (r->type != AQ_LK_UN && l->type == r->type && touches) {
+			/* merged: the owner's other ranges never overlap this one, so cutting them
+			 * around the grown range is cutting them around r's */
+			s = MIN(s, l->start);
+			e = MAX(e, l->end);
+		} else if (!overlaps) {
+			pp = &l->next;
+			continue;
+		} else if (l->start < s || l->end > e) {
+			/* what is left of l outside [s, e]: one piece, or two */
+			if (l->start < s && l->end > e) { /* the right piece follows the left one */
+				struct lk *right = lk_new(t, r, l->via, e + 1, l->end, l->type);
+				right->pid = l->pid;
+				right->next = l->next;
+				l->next = right;
+			}
+			if (l->start < s)
+				l->end = s - 1;
+			else
+				l->start = e + 1;
+			pp = &l->next;
+			continue;
+		}
+		*pp = l->next;
+		free(l);
+		t->nlocks--;
+	}
+	if (r->type != AQ_LK_UN)
+		insert(lf, lk_new(t, r, via, s, e, r->type));
+}
+
+/* Whether owner (client, owner) waits, in byte-range locks, on a lock whose owner in turn
+ * waits ... on r's owner: granting r's wait would close a circle. As Linux, it follows
+ * one blocker per waiter, DEADLOCK_STEPS at most. */
+static bool deadlocks(struct lock_table *t, const struct lock_req *r, const struct lk *blocker)
+{
+	uint64_t client = blocker->client, owner = blocker->owner;
+	for (int step = 0; step < DEADLOCK_STEPS; step++) {
+		if (client == r->client && owner == r->owner)
+			return true;
+		const struct lk *next = NULL;
+		for (uint32_t b = 0; b < LOCK_BUCKETS && !next; b++)
+			for (struct lfile *lf = t->bucket[b]; lf && !next; lf = lf->next)
+				for (struct lwait *w = lf->waits; w && !next; w = w->next)
+					if (!is_flock(&w->r) && w->r.client == client && w->r.owner == owner)
+						next = conflict_of(lf, &w->r);
+		if (!next)
+			return false;
+		client = next->client;
+		owner = next->owner;
+	}
+	return false;
+}
+
+/* Grants the waits of lf that nothing is in the way of any longer, in the order they came
+ * (a grant may free others: a downgrade). */
+static void wake(struct lock_table *t, struct lfile *lf)
+{
+	bool progress = true;
+	while (progress) {
+		progress = false;
+		struct lwait **pp = &lf->waits;
+		while (*pp) {
+			struct lwait *w = *pp;
+			if (conflict_of(lf, &w->r) || t->nlocks + 2 > LOCKS_MAX) {
+				pp = &w->next;
+				continue;
+			}
+			apply(t, lf, &w->r, w->via);
+			*pp = w->next;
+			t->nwaits--;
+			t->done(t->arg, w->waiter, 0);
+			free(w);
+			progress = true;
+		}
+	}
+}
+
+static bool cancelled_early(struct lock_table *t, const struct lock_req *r)
+{
+	uint64_t now = aq_mono_ns();
+	for (uint32_t i = 0; i < CANCELS_KEPT; i++)
+		if (t->cancels[i].at && now - t->cancels[i].at < CANCEL_KEEP_NS &&
+		    t->cancels[i].client == r->client && t->cancels[i].wait_id == r->wait_id) {
+			t->cancels[i].at = 0;
+			return true;
+		}
+	return false;
+}
+
+/* Ends r's wait (client, wait_id) with -EINTR, or remembers the cancel for a wait that
+ * has not come yet: the client's INTERRUPT can overtake its request. */
+static void cancel(struct lock_table *t, struct lfile *lf, const struct lock_req *r)
+{
+	for (struct lwait **pp = lf ? &lf->waits : NULL; pp && *pp; pp = &(*pp)->next) {
+		struct lwait *w = *pp;
+		if (w->r.client == r->client && w->r.wait_id == r->wait_id) {
+			*pp = w->next;
+			t->nwaits--;
+			t->done(t->arg, w->waiter, -EINTR);
+			free(w);
+			return;
+		}
+	}
+	uint32_t i = t->ncancel++ % CANCELS_KEPT;
+	t->cancels[i].client = r->client;
+	t->cancels[i].wait_id = r->wait_id;
+	t->cancels[i].at = aq_mono_ns();
+}
+
+static int check(const struct lock_req *r)
+{
+	if (r->flags & ~(AQ_LOCK_WAIT | AQ_LOCK_FLOCK | AQ_LOCK_TEST | PROTO_LOCK_CANCEL))
+		return -EINVAL;
+	if (r->flags & PROTO_LOCK_CANCEL)
+		return r->flags == PROTO_LOCK_CANCEL ? 0 : -EINVAL;
+	if (r->type > AQ_LK_UN || r->start > r->end || r->end > AQ_LK_END)
+		return -EINVAL;
+	if ((r->flags & AQ_LOCK_TEST) && (r->type == AQ_LK_UN || (r->flags & AQ_LOCK_WAIT)))
+		return -EINVAL;
+	if (is_flock(r) && (r->start || r->end != AQ_LK_END))
+		return -EINVAL;
+	return 0;
+}
+
+int locks_run(struct lock_table *t, const struct lock_req *r, void *via, void *waiter, struct aq_lock *conflict)
+{
+	int rc = check(r);
+	if (rc)
+		return rc;
+	pthread_mutex_lock(&t->mu);
+	struct lfile **pp = lfile_slot(t, r->ino);
+	struct lfile *lf = *pp;
+	if (r->flags & PROTO_LOCK_CANCEL) {
+		cancel(t, lf, r);
+		if (lf)
+			lfile_put(t, lf);
+		goto out;
+	}
+	struct lk *in_way = lf ? conflict_of(lf, r) : NULL;
+	if (r->flags & AQ_LOCK_TEST) {
+		*conflict = in_way ? (struct aq_lock){.type = in_way->type, .pid = in_way->pid, .start = in_way->start,
+						      .end = in_way->end}
+				   : (struct aq_lock){.type = AQ_LK_UN};
+		goto out;
+	}
+	if (!lf && r->type == AQ_LK_UN)
+		goto out;
+	if ((r->flags & AQ_LOCK_WAIT) && cancelled_early(t, r)) {
+		rc = -EINTR;
+		goto out;
+	}
+	if (in_way && !(r->flags & AQ_LOCK_WAIT)) {
+		rc = -EAGAIN;
+		goto out;
+	}
+	if (in_way && !is_flock(r) && deadlocks(t, r, in_way)) {
+		rc = -EDEADLK;
+		goto out;
+	}
+	if (!in_way && t->nlocks + 2 > LOCKS_MAX) {
+		rc = -ENOLCK;
+		goto out;
+	}
+	if (!lf) {
+		lf = *pp = aq_calloc(1, sizeof *lf);
+		lf->ino = r->ino;
+	}
+	if (in_way) {
+		struct lwait *w = aq_calloc(1, sizeof *w), **wp = &lf->waits;
+		*w = (struct lwait){.r = *r, .via = via, .waiter = waiter};
+		while (*wp)
+			wp = &(*wp)->next;
+		*wp = w;
+		t->nwaits++;
+		rc = LOCKS_QUEUED;
+		goto out;
+	}
+	apply(t, lf, r, via);
+	wake(t, lf);
+	lfile_put(t, lf);
+out:
+	pthread_mutex_unlock(&t->mu);
+	return rc;
+}
+
+void locks_drop(struct lock_table *t, void *via)
+{
+	pthread_mutex_lock(&t->mu);
+	for (uint32_t b = 0; b < LOCK_BUCKETS; b++) {
+		struct lfile *lf = t->bucket[b];
+		while (lf) {
+			struct lfile *next = lf->next;
+			bool dropped = false;
+			for (struct lk **pp = &lf->locks; *pp;) {
+				struct lk *l = *pp;
+				if (l->via != via) {
+					pp = &l->next;
+					continue;
+				}
+				*pp = l->next;
+				free(l);
+				t->nlocks--;
+				dropped = true;
+			}
+			for (struct lwait **pp = &lf->waits; *pp;) {
+				struct lwait *w = *pp;
+				if (w->via != via) {
+					pp = &w->next;
+					continue;
+				}
+				*pp = w->next;
+				t->nwaits--;
+				t->done(t->arg, w->waiter, -ENOTCONN);
+				free(w);
+			}
+			if (dropped)
+				wake(t, lf);
+			lfile_put(t, lf);
+			lf = next;
+		}
+	}
+	pthread_mutex_unlock(&t->mu);
+}
+
+void locks_count(struct lock_table *t, uint32_t *held, uint32_t *waiting)
+{
+	pthread_mutex_lock(&t->mu);
+	*held = t->nlocks;
+	*waiting = t->nwaits;
+	pthread_mutex_unlock(&t->mu);
+}
+
+void locks_free(struct lock_table *t)
+{
+	if (!t)
+		return;
+	for (uint32_t b = 0; b < LOCK_BUCKETS; b++)
+		while (t->bucket[b]) {
+			struct lfile *lf = t->bucket[b];
+			t->bucket[b] = lf->next;
+			while (lf->locks) {
+				struct lk *l = lf->locks;
+				lf->locks = l->next;
+				free(l);
+			}
+			while (lf->waits) {
+				struct lwait *w = lf->waits;
+				lf->waits = w->next;
+				t->done(t->arg, w->waiter, -ENOTCONN);
+				free(w);
+			}
+			free(lf);
+		}
+	pthread_mutex_destroy(&t->mu);
+	free(t);
+}

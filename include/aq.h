@@ -271,8 +271,10 @@ bool aq_file_sxid(struct aq_file *f);
  * picks (the kernel's lock owner, for the mount); the rules are Linux's: an owner's
  * ranges of one type merge, a lock over its own replaces that part, flock locks and
  * byte-range locks never meet. A lock lasts until it is dropped, f is closed (every
- * owner that locked through f lets go of f's inode then), or the client's connection to
- * the server breaks (the server drops what it held; there is no reclaim yet). */
+ * owner that locked through f lets go of f's inode then), or the client's last
+ * connection to the server closes. A restarted server holds the locks of a client that
+ * said who it is (aq_watch) again, for 30 s, and the client keeps them by connecting
+ * again within that time. */
 #define AQ_LK_RD 0u
 #define AQ_LK_WR 1u
 #define AQ_LK_UN 2u
@@ -293,7 +295,8 @@ int aq_file_lock(struct aq_file *f, uint64_t owner, uint32_t flags, uint64_t wai
  * once the call ends (on a libaq thread; it must not wait on another lock call's end). A
  * process waiting for a lock then costs the mount no thread. Returns 0 once it is sent,
  * or an error, and then done is not called. No AQ_LOCK_TEST. A call whose connection
- * breaks ends with -ENOLCK: the server let go of this client's locks through it. */
+ * breaks ends with -ENOLCK (the server dropped the wait; a restarted one may hold other
+ * locks by now). */
 typedef void (*aq_lock_done_fn)(void *arg, int rc);
 int aq_file_lock_async(struct aq_file *f, uint64_t owner, uint32_t flags, uint64_t wait_id, const struct aq_lock *lk,
 		       aq_lock_done_fn done, void *arg);

@@ -2340,9 +2340,9 @@ struct lock_async {
 	void *arg;
 };
 
-/* A connection that broke under a lock call: the server let go of what the client held
- * through it, so the answer is the one fcntl(2) gives when a remote locking protocol
- * fails. */
+/* A connection that broke under a lock call: the server dropped a wait queued through it,
+ * and cannot say whether the call ran; the answer fcntl(2) gives when a remote locking
+ * protocol fails. */
 static int lock_err(int rc) { return aq_err_unreachable(rc) || rc == -ENOTCONN ? -ENOLCK : rc; }
 
 static void *lock_main(void *arg)

@@ -1020,13 +1020,14 @@ static bool waits_on_io(uint16_t op)
 	case OP_FSYNC:
 	case OP_TIER:
 	case OP_READDIR:
-	case OP_LOCK: /* a wait lasts until another owner lets go */
 		return true;
 	}
 	return false;
 }
 
-static bool batchable(uint16_t op) { return op != OP_BATCH && !waits_on_io(op); }
+/* LOCK neither: a wait's reply is sent when it ends, and aqd runs a LOCK outside any
+ * BATCH (server.c, lock_frame) */
+static bool batchable(uint16_t op) { return op != OP_BATCH && op != OP_LOCK && !waits_on_io(op); }
 
 /* The header of a request frame of payload_len bytes on rc. */
 static void frame_hdr(const struct rpc_conn *rc, uint16_t op, uint64_t id, uint16_t flags, size_t payload_len,

@@ -79,6 +79,13 @@ int meta_txn_find(struct meta_store *m, const struct meta_txn *tx, uint64_t *ino
 /* Deletes up to META_TXN_SWEEP_MAX records written before before_ns; returns how many,
  * or -errno. */
 int meta_txn_sweep(struct meta_store *m, int64_t before_ns);
+
+/* The server's fcntl and flock locks (src/server/locks.c), one row per inode that has
+ * some, so that a restarted server knows them: meta_locks_put writes ino's row (len 0:
+ * removes it), meta_locks_scan calls fn with each row (stopping at fn's error). */
+int meta_locks_put(struct meta_store *m, uint64_t ino, const void *row, size_t len);
+int meta_locks_scan(struct meta_store *m, int (*fn)(void *arg, uint64_t ino, const uint8_t *row, size_t len),
+		    void *arg);
 int meta_mkdir(struct meta_store *m, const struct aq_cred *cr, uint64_t parent, const char *name, size_t name_len,
 	       uint32_t mode, struct aq_attr *out);
 int meta_symlink(struct meta_store *m, const struct aq_cred *cr, uint64_t parent, const char *name, size_t name_len,

@@ -28,6 +28,7 @@
 #define MK_CLOCK 'T' /* "T": changelog clock reservation; no bucket, like "M" */
 #define MK_SUPER 'M' /* "M": format version and bucket count; the only key without a bucket */
 #define MK_TXN 'R'   /* "R": a client's committed change, for its retry (txn.c); no bucket */
+#define MK_LOCKS 'K' /* "K": an inode's fcntl and flock locks (lockrows.c); no bucket */
 
 /* 2: inodes' xattr summary rows (xattr.c), which an aqd of version 1 would take for the
  * end of an inode's names. A version-1 store is upgraded when it is opened. */

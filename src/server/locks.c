@@ -1,30 +1,32 @@
 /*
- * locks.c - byte-range and flock locks, held in memory (locks.h). One mutex guards the
- * table: a lock request is a few list walks, and locks are taken far more rarely than
- * files are read.
+ * locks.c - byte-range and flock locks, held in memory (locks.h), and each inode's locks
+ * in one row of the metadata store besides (lock_persist_fn), so that a restart of the
+ * server finds them again. One mutex guards the table: a lock request is a few list walks
+ * and a row write, and locks are taken far more rarely than files are read.
  */
 #include "server/locks.h"
 #include "proto/proto.h"
 #include <pthread.h>
 
 #define LOCK_BUCKETS 1024
+#define CLIENT_BUCKETS 256
 #define LOCKS_MAX (1u << 20)        /* locks held at once, all owners: past it ENOLCK */
 #define DEADLOCK_STEPS 10           /* waits followed before giving up the search (Linux's MAX_DEADLK_ITERATIONS) */
 #define CANCELS_KEPT 64             /* cancels of waits not yet come, remembered ... */
 #define CANCEL_KEEP_NS (10ull * 1000000000ull) /* ... this long */
+#define LOCK_ROW_REC 38             /* a lock in its inode's row: client, owner, start, end u64; pid u32; type, flock u8 */
 
 struct lk {
 	uint64_t client, owner;
 	uint64_t start, end;
 	uint32_t type, pid;
 	bool flock;
-	void *via;
 	struct lk *next;
 };
 
 struct lwait {
 	struct lock_req r;
-	void *via, *waiter;
+	void *via, *waiter;         /* the connection it came through, the caller's reply state */
 	struct lwait *next;
 };
 
@@ -36,21 +38,36 @@ struct lfile {
 	struct lfile *next;
 };
 
+/* A client: how many of its connections are open. Its locks go when the last one closes,
+ * or, for one the rows of a restart named, when it has not come back by orphan_until. A
+ * client that did not say who it is (no WATCH) has one connection, and its locks are not
+ * kept across a restart: nobody could claim them. */
+struct lclient {
+	uint64_t client;
+	uint32_t nconns;
+	bool durable;
+	uint64_t orphan_until;      /* aq_mono_ns; 0: not an orphan */
+	struct lclient *next;
+};
+
 struct lock_table {
 	pthread_mutex_t mu;
 	lock_done_fn done;
+	lock_persist_fn persist;
 	void *arg;
 	struct lfile *bucket[LOCK_BUCKETS];
-	uint32_t nlocks, nwaits;
+	struct lclient *clients[CLIENT_BUCKETS];
+	uint32_t nlocks, nwaits, norphans;
 	struct { uint64_t client, wait_id, at; } cancels[CANCELS_KEPT];
 	uint32_t ncancel;           /* next slot (a ring) */
 };
 
-struct lock_table *locks_new(lock_done_fn done, void *arg)
+struct lock_table *locks_new(lock_done_fn done, lock_persist_fn persist, void *arg)
 {
 	struct lock_table *t = aq_calloc(1, sizeof *t);
 	pthread_mutex_init(&t->mu, NULL);
 	t->done = done;
+	t->persist = persist;
 	t->arg = arg;
 	return t;
 }
@@ -63,13 +80,66 @@ static struct lfile **lfile_slot(struct lock_table *t, uint64_t ino)
 	return pp;
 }
 
-static void lfile_put(struct lock_table *t, struct lfile *lf)
+static struct lfile *lfile_get(struct lock_table *t, uint64_t ino)
+{
+	struct lfile **pp = lfile_slot(t, ino);
+	if (!*pp) {
+		*pp = aq_calloc(1, sizeof **pp);
+		(*pp)->ino = ino;
+	}
+	return *pp;
+}
+
+static struct lclient **client_slot(struct lock_table *t, uint64_t client)
+{
+	struct lclient **pp = &t->clients[(client * 0x9E3779B97F4A7C15ull) >> 56];
+	while (*pp && (*pp)->client != client)
+		pp = &(*pp)->next;
+	return pp;
+}
+
+static bool durable(struct lock_table *t, uint64_t client)
+{
+	struct lclient *lc = *client_slot(t, client);
+	return lc && lc->durable;
+}
+
+/* lf goes once it holds nothing. */
+static void tidy(struct lock_table *t, struct lfile *lf)
 {
 	if (lf->locks || lf->waits)
 		return;
 	struct lfile **pp = lfile_slot(t, lf->ino);
 	*pp = lf->next;
 	free(lf);
+}
+
+/* lf's locks changed: its row is written again (the locks of clients that may claim them
+ * after a restart; none: the row goes), and lf goes once it holds nothing. */
+static void changed(struct lock_table *t, struct lfile *lf)
+{
+	if (t->persist) {
+		uint32_t n = 0;
+		for (struct lk *l = lf->locks; l; l = l->next)
+			n += durable(t, l->client);
+		uint8_t *row = aq_malloc(4 + (size_t)LOCK_ROW_REC * n), *p = row + 4;
+		put_le32(row, n);
+		for (struct lk *l = lf->locks; l; l = l->next) {
+			if (!durable(t, l->client))
+				continue;
+			put_le64(p, l->client);
+			put_le64(p + 8, l->owner);
+			put_le64(p + 16, l->start);
+			put_le64(p + 24, l->end);
+			put_le32(p + 32, l->pid);
+			p[36] = (uint8_t)l->type;
+			p[37] = l->flock;
+			p += LOCK_ROW_REC;
+		}
+		t->persist(t->arg, lf->ino, row, n ? (size_t)(p - row) : 0);
+		free(row);
+	}
+	tidy(t, lf);
 }
 
 static bool same_owner(const struct lk *l, const struct lock_req *r)
@@ -91,12 +161,11 @@ static struct lk *conflict_of(const struct lfile *lf, const struct lock_req *r)
 	return NULL;
 }
 
-static struct lk *lk_new(struct lock_table *t, const struct lock_req *r, void *via, uint64_t start, uint64_t end,
-			 uint32_t type)
+static struct lk *lk_new(struct lock_table *t, const struct lock_req *r, uint64_t start, uint64_t end, uint32_t type)
 {
 	struct lk *l = aq_calloc(1, sizeof *l);
 	*l = (struct lk){.client = r->client, .owner = r->owner, .start = start, .end = end, .type = type,
-			 .pid = r->pid, .flock = is_flock(r), .via = via};
+			 .pid = r->pid, .flock = is_flock(r)};
 	t->nlocks++;
 	return l;
 }
@@ -123,7 +192,7 @@ static void insert(struct lfile *lf, struct lk *n)
 /* Sets r's owner's locks over r's range to r's type (AQ_LK_UN: none), merging with its
  * touching ranges of that type and cutting its others around the range. Needs room for
  * two more locks (a cut in two, the new one): the caller checked. */
-static void apply(struct lock_table *t, struct lfile *lf, const struct lock_req *r, void *via)
+static void apply(struct lock_table *t, struct lfile *lf, const struct lock_req *r)
 {
 	uint64_t s = r->start, e = r->end;
 	struct lk **pp = &lf->locks;
@@ -146,7 +215,7 @@ static void apply(struct lock_table *t, struct lfile *lf, const struct lock_req 
 		} else if (l->start < s || l->end > e) {
 			/* what is left of l outside [s, e]: one piece, or two */
 			if (l->start < s && l->end > e) { /* the right piece follows the left one */
-				struct lk *right = lk_new(t, r, l->via, e + 1, l->end, l->type);
+				struct lk *right = lk_new(t, r, e + 1, l->end, l->type);
 				right->pid = l->pid;
 				right->next = l->next;
 				l->next = right;
@@ -163,7 +232,7 @@ static void apply(struct lock_table *t, struct lfile *lf, const struct lock_req 
 		t->nlocks--;
 	}
 	if (r->type != AQ_LK_UN)
-		insert(lf, lk_new(t, r, via, s, e, r->type));
+		insert(lf, lk_new(t, r, s, e, r->type));
 }
 
 /* Whether owner (client, owner) waits, in byte-range locks, on a lock whose owner in turn
@@ -203,7 +272,7 @@ static void wake(struct lock_table *t, struct lfile *lf)
 				pp = &w->next;
 				continue;
 			}
-			apply(t, lf, &w->r, w->via);
+			apply(t, lf, &w->r);
 			*pp = w->next;
 			t->nwaits--;
 			t->done(t->arg, w->waiter, 0);
@@ -266,12 +335,11 @@ int locks_run(struct lock_table *t, const struct lock_req *r, void *via, void *w
 	if (rc)
 		return rc;
 	pthread_mutex_lock(&t->mu);
-	struct lfile **pp = lfile_slot(t, r->ino);
-	struct lfile *lf = *pp;
+	struct lfile *lf = *lfile_slot(t, r->ino);
 	if (r->flags & PROTO_LOCK_CANCEL) {
 		cancel(t, lf, r);
 		if (lf)
-			lfile_put(t, lf);
+			tidy(t, lf);
 		goto out;
 	}
 	struct lk *in_way = lf ? conflict_of(lf, r) : NULL;
@@ -299,10 +367,7 @@ int locks_run(struct lock_table *t, const struct lock_req *r, void *via, void *w
 		rc = -ENOLCK;
 		goto out;
 	}
-	if (!lf) {
-		lf = *pp = aq_calloc(1, sizeof *lf);
-		lf->ino = r->ino;
-	}
+	lf = lfile_get(t, r->ino);
 	if (in_way) {
 		struct lwait *w = aq_calloc(1, sizeof *w), **wp = &lf->waits;
 		*w = (struct lwait){.r = *r, .via = via, .waiter = waiter};
@@ -313,17 +378,17 @@ int locks_run(struct lock_table *t, const struct lock_req *r, void *via, void *w
 		rc = LOCKS_QUEUED;
 		goto out;
 	}
-	apply(t, lf, r, via);
+	apply(t, lf, r);
 	wake(t, lf);
-	lfile_put(t, lf);
+	changed(t, lf);
 out:
 	pthread_mutex_unlock(&t->mu);
 	return rc;
 }
 
-void locks_drop(struct lock_table *t, void *via)
+/* Drops client's locks everywhere, and grants what that frees. */
+static void drop_client(struct lock_table *t, uint64_t client)
 {
-	pthread_mutex_lock(&t->mu);
 	for (uint32_t b = 0; b < LOCK_BUCKETS; b++) {
 		struct lfile *lf = t->bucket[b];
 		while (lf) {
@@ -331,7 +396,7 @@ void locks_drop(struct lock_table *t, void *via)
 			bool dropped = false;
 			for (struct lk **pp = &lf->locks; *pp;) {
 				struct lk *l = *pp;
-				if (l->via != via) {
+				if (l->client != client) {
 					pp = &l->next;
 					continue;
 				}
@@ -340,6 +405,40 @@ void locks_drop(struct lock_table *t, void *via)
 				t->nlocks--;
 				dropped = true;
 			}
+			if (dropped) {
+				wake(t, lf);
+				changed(t, lf);
+			}
+			lf = next;
+		}
+	}
+}
+
+void locks_attach(struct lock_table *t, uint64_t client, bool is_durable)
+{
+	pthread_mutex_lock(&t->mu);
+	struct lclient **pp = client_slot(t, client);
+	if (!*pp) {
+		*pp = aq_calloc(1, sizeof **pp);
+		(*pp)->client = client;
+	}
+	struct lclient *lc = *pp;
+	if (lc->orphan_until) {
+		lc->orphan_until = 0; /* came back: its locks are its own again */
+		t->norphans--;
+	}
+	lc->nconns++;
+	lc->durable = is_durable;
+	pthread_mutex_unlock(&t->mu);
+}
+
+void locks_detach(struct lock_table *t, uint64_t client, void *via)
+{
+	pthread_mutex_lock(&t->mu);
+	for (uint32_t b = 0; b < LOCK_BUCKETS && via; b++) {
+		struct lfile *lf = t->bucket[b];
+		while (lf) {
+			struct lfile *next = lf->next;
 			for (struct lwait **pp = &lf->waits; *pp;) {
 				struct lwait *w = *pp;
 				if (w->via != via) {
@@ -351,12 +450,67 @@ void locks_drop(struct lock_table *t, void *via)
 				t->done(t->arg, w->waiter, -ENOTCONN);
 				free(w);
 			}
-			if (dropped)
-				wake(t, lf);
-			lfile_put(t, lf);
+			tidy(t, lf);
 			lf = next;
 		}
 	}
+	struct lclient **pp = client_slot(t, client), *lc = *pp;
+	if (lc && lc->nconns && !--lc->nconns) {
+		*pp = lc->next;
+		free(lc);
+		drop_client(t, client);
+	}
+	pthread_mutex_unlock(&t->mu);
+}
+
+int locks_load(struct lock_table *t, uint64_t ino, const uint8_t *row, size_t len, uint64_t grace_ns)
+{
+	if (len < 4 || len != 4 + (size_t)LOCK_ROW_REC * get_le32(row))
+		return -EINVAL;
+	uint32_t n = get_le32(row);
+	const uint8_t *p = row + 4;
+	for (uint32_t i = 0; i < n; i++, p += LOCK_ROW_REC)
+		if (p[36] > AQ_LK_WR || p[37] > 1 || get_le64(p + 16) > get_le64(p + 24) || get_le64(p + 24) > AQ_LK_END)
+			return -EINVAL;
+	pthread_mutex_lock(&t->mu);
+	struct lfile *lf = lfile_get(t, ino);
+	for (p = row + 4; n--; p += LOCK_ROW_REC) {
+		struct lk *l = aq_calloc(1, sizeof *l);
+		*l = (struct lk){.client = get_le64(p), .owner = get_le64(p + 8), .start = get_le64(p + 16),
+				 .end = get_le64(p + 24), .pid = get_le32(p + 32), .type = p[36], .flock = p[37]};
+		insert(lf, l);
+		t->nlocks++;
+		struct lclient **pp = client_slot(t, l->client);
+		if (!*pp) {
+			*pp = aq_calloc(1, sizeof **pp);
+			**pp = (struct lclient){.client = l->client, .durable = true,
+						.orphan_until = aq_mono_ns() + grace_ns};
+			t->norphans++;
+		}
+	}
+	pthread_mutex_unlock(&t->mu);
+	return 0;
+}
+
+void locks_expire(struct lock_table *t)
+{
+	pthread_mutex_lock(&t->mu);
+	uint64_t now = aq_mono_ns();
+	for (uint32_t b = 0; b < CLIENT_BUCKETS && t->norphans; b++)
+		for (struct lclient **pp = &t->clients[b]; *pp;) {
+			struct lclient *lc = *pp;
+			if (!lc->orphan_until || now < lc->orphan_until) {
+				pp = &lc->next;
+				continue;
+			}
+			log_warn("dropping the locks of client %016llx: it did not come back after the restart",
+				 (unsigned long long)lc->client);
+			*pp = lc->next;
+			t->norphans--;
+			uint64_t client = lc->client;
+			free(lc);
+			drop_client(t, client);
+		}
 	pthread_mutex_unlock(&t->mu);
 }
 
@@ -388,6 +542,12 @@ void locks_free(struct lock_table *t)
 				free(w);
 			}
 			free(lf);
+		}
+	for (uint32_t b = 0; b < CLIENT_BUCKETS; b++)
+		while (t->clients[b]) {
+			struct lclient *lc = t->clients[b];
+			t->clients[b] = lc->next;
+			free(lc);
 		}
 	pthread_mutex_destroy(&t->mu);
 	free(t);

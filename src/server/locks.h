@@ -7,10 +7,12 @@
  * write lock, flock locks are whole-file and never meet byte-range ones, and a wait that
  * would close a circle of byte-range waiters is EDEADLK.
  *
- * An owner is (client, owner): the connection's client and the kernel's lock owner (a
- * process's files for fcntl, an open file for OFD and flock). Locks last as long as the
- * connection they were taken through (locks_drop): a client that dies, or whose
- * connection breaks, holds nothing.
+ * An owner is (client, owner): the client that sent the request (one number for all its
+ * connections, locks_attach) and the kernel's lock owner (a process's files for fcntl, an
+ * open file for OFD and flock). A client's locks last while it has a connection open;
+ * each inode's locks are also written to a row (lock_persist_fn), and a restarted server
+ * loads them (locks_load) for their clients to claim by connecting again within a grace
+ * period (locks_attach) or lose (locks_expire).
  */
 #ifndef AQ_LOCKS_H
 #define AQ_LOCKS_H
@@ -29,9 +31,12 @@ struct lock_req {
 /* A queued wait ended: err 0 (granted), -EINTR (cancelled), -ENOTCONN (its connection
  * went). Called with the table's mutex held, once per waiter; waiter is the caller's. */
 typedef void (*lock_done_fn)(void *arg, void *waiter, int err);
+/* ino's locks are now row (len bytes; 0: none): the caller keeps it for locks_load. Called
+ * with the table's mutex held, in the order of the changes. */
+typedef void (*lock_persist_fn)(void *arg, uint64_t ino, const uint8_t *row, size_t len);
 
 struct lock_table;
-struct lock_table *locks_new(lock_done_fn done, void *arg);
+struct lock_table *locks_new(lock_done_fn done, lock_persist_fn persist, void *arg);
 void locks_free(struct lock_table *t);
 
 #define LOCKS_QUEUED 1
@@ -41,8 +46,17 @@ void locks_free(struct lock_table *t);
  * table is full), -EINVAL; or LOCKS_QUEUED: the wait is queued, and done(waiter) will say
  * how it ended. */
 int locks_run(struct lock_table *t, const struct lock_req *r, void *via, void *waiter, struct aq_lock *conflict);
-/* Drops every lock taken and every wait queued through via, and grants what that frees. */
-void locks_drop(struct lock_table *t, void *via);
+/* A connection of client opened (durable: the client said who it is, and may claim its
+ * locks after a restart); an orphaned client that attaches has its locks back. */
+void locks_attach(struct lock_table *t, uint64_t client, bool durable);
+/* A connection of client (via) closed: its waits end, and when it was the client's last,
+ * the client's locks go and what they kept out is granted. */
+void locks_detach(struct lock_table *t, uint64_t client, void *via);
+/* A row a restart found: its locks are held again, by clients that are orphans until they
+ * attach, for grace_ns. -EINVAL for a row out of shape (nothing is loaded). */
+int locks_load(struct lock_table *t, uint64_t ino, const uint8_t *row, size_t len, uint64_t grace_ns);
+/* Drops the locks of orphans whose grace is over (called each second). */
+void locks_expire(struct lock_table *t);
 /* Locks held now, and waits queued (tests, stats). */
 void locks_count(struct lock_table *t, uint32_t *held, uint32_t *waiting);
 

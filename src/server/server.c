@@ -14,6 +14,9 @@
 #include <unistd.h>
 
 #define OPEN_TABLE_SIZE 4096
+/* A restarted aqd keeps the locks held before for their clients this long: a client
+ * connects again within a second or so (its keeper), NFS waits 90 s. */
+#define LOCK_GRACE_NS (30ull * 1000000000ull)
 #define RUNNING_MAX 256 /* numbered changes running at once: workers, loop and a batch's creates */
 
 /* A file a connection held open when it broke: its client may name it again (REOPEN)
@@ -69,6 +72,7 @@ struct server {
 	struct meta_txn running[RUNNING_MAX];
 	uint32_t nrunning;
 	struct lock_table *locks;           /* fcntl and flock locks (locks.c) */
+	uint64_t lock_grace_ns;             /* how long a restart keeps locks for their clients */
 };
 
 /* Per connection: authentication state, the inodes it holds open, and whether its
@@ -156,9 +160,20 @@ static void inval_push(struct server *s, struct sconn *origin)
 	}
 }
 
+/* Who owns the locks a connection takes: its client, once it said who it is (WATCH);
+ * before, the connection itself. */
+static uint64_t lock_client(const struct sconn *sc)
+{
+	return sc->client_id ? sc->client_id : (uint64_t)(uintptr_t)sc;
+}
+
 static void watch(struct server *s, struct sconn *sc, uint64_t client_id, bool deliver)
 {
 	pthread_mutex_lock(&s->watch_mu);
+	if (client_id != sc->client_id) {
+		locks_attach(s->locks, client_id ? client_id : (uint64_t)(uintptr_t)sc, client_id != 0);
+		locks_detach(s->locks, lock_client(sc), NULL);
+	}
 	sc->client_id = client_id;
 	if (deliver && !sc->watching) {
 		sc->watching = true;
@@ -1295,6 +1310,38 @@ static void lock_done(void *arg, void *waiter, int err)
 	free(w);
 }
 
+static void lock_persist(void *arg, uint64_t ino, const uint8_t *row, size_t len)
+{
+	struct server *s = arg;
+	int rc = meta_locks_put(s->meta, ino, row, len);
+	if (rc)
+		log_warn("inode %llu: cannot keep its locks for a restart: %s", (unsigned long long)ino,
+			 aq_strerror(rc));
+}
+
+static int lock_row(void *arg, uint64_t ino, const uint8_t *row, size_t len)
+{
+	struct server *s = arg;
+	if (locks_load(s->locks, ino, row, len, s->lock_grace_ns))
+		log_warn("inode %llu: a lock row out of shape (%zu bytes), dropped", (unsigned long long)ino, len);
+	return 0;
+}
+
+/* The locks held before a restart: held again, for their clients to claim by connecting
+ * within the grace period (LOCK_GRACE_NS; $AQ_TEST_LOCK_GRACE_MS for tests). */
+static int locks_reload(struct server *s)
+{
+	const char *g = getenv("AQ_TEST_LOCK_GRACE_MS");
+	s->lock_grace_ns = g ? strtoull(g, NULL, 10) * 1000000ull : LOCK_GRACE_NS;
+	int rc = meta_locks_scan(s->meta, lock_row, s);
+	uint32_t held, waiting;
+	locks_count(s->locks, &held, &waiting);
+	if (held)
+		log_info("%u locks held before the restart, kept %llu s for their clients to claim", held,
+			 (unsigned long long)(s->lock_grace_ns / 1000000000ull));
+	return rc;
+}
+
 static void lock_frame(struct server *s, struct sconn *sc, struct net_conn *c, const struct proto_hdr *h,
 		       const uint8_t *payload)
 {
@@ -1304,8 +1351,8 @@ static void lock_frame(struct server *s, struct sconn *sc, struct net_conn *c, c
 		return;
 	}
 	/* one client's connections share its owners (a mount's lock and its close's unlock
-	 * may take two); a client that did not say who it is is its connection */
-	struct lock_req lr = {.ino = r.ino, .client = sc->client_id ? sc->client_id : (uint64_t)(uintptr_t)sc,
+	 * may take two) */
+	struct lock_req lr = {.ino = r.ino, .client = lock_client(sc),
 			      .owner = r.cookie, .wait_id = (uint64_t)r.time_ns, .type = r.mode, .flags = r.flags,
 			      .pid = r.rdev, .start = r.off, .end = r.size};
 	struct lock_waiter *w = NULL;
@@ -1413,6 +1460,7 @@ static bool on_accept(void *arg, struct net_conn *c)
 	pthread_mutex_init(&sc->mu, NULL);
 	sc->nc = c;
 	random_bytes(sc->nonce, sizeof sc->nonce);
+	locks_attach(((struct server *)arg)->locks, lock_client(sc), false);
 	net_conn_set_data(c, sc);
 	struct proto_hdr h = {.magic = PROTO_MAGIC, .version = PROTO_VERSION, .op = OP_HELLO,
 			      .flags = PROTO_F_REPLY};
@@ -1434,7 +1482,7 @@ static void on_close(void *arg, struct net_conn *c)
 	if (!sc)
 		return;
 	unwatch(s, sc);
-	locks_drop(s->locks, sc);
+	locks_detach(s->locks, lock_client(sc), sc);
 	late_add(s, sc->opens, sc->nopens);
 	for (uint32_t i = 0; i < sc->nopens; i++)
 		open_ref(s, sc->opens[i], -1);
@@ -1570,6 +1618,7 @@ static void *gc_main(void *arg)
 		if (src)
 			log_error("periodic sync: %s", aq_strerror(src));
 		sweep_txns(s, &next_sweep);
+		locks_expire(s->locks);
 		uint64_t after = 0;
 		uint32_t nlate;
 		uint64_t *late = late_snapshot(s, &nlate);
@@ -1715,7 +1764,9 @@ int server_start(const struct server_options *opt, struct server **out)
 	struct net_ops ops = {.on_accept = on_accept, .on_frame = on_frame, .on_close = on_close,
 			      .run_inline = run_inline, .quiets_poll = quiets_poll, .big_alloc = data_buf_alloc,
 			      .big_free = data_buf_free};
-	s->locks = locks_new(lock_done, s);
+	s->locks = locks_new(lock_done, lock_persist, s);
+	if ((rc = locks_reload(s)))
+		goto err_tier;
 	rc = net_start(&no, &ops, s, &s->net);
 	if (rc) {
 		log_error("cannot listen on %s:%u: %s", me->addr, me->port, aq_strerror(rc));

@@ -326,5 +326,40 @@ def test_a_dead_mount_lets_go(c):
         run("fusermount3", "-u", "-z", m3, check=False)
 
 
+def test_locks_outlive_a_restart_of_aqd(c):
+    """aqd keeps each inode's locks in a row of its store, and a restarted aqd holds them
+    again for their clients, which claim them by connecting again; those of a client that
+    does not come back within the grace period go then (NFS's reclaim, without the
+    client's part)."""
+    a, b = both(c, "restart")
+    m3 = os.path.join(c.base, "m3r")
+    os.makedirs(m3)
+    run(AQ, "mount", m3, "--cluster", c.conf)
+    open(a, "w").close()
+    try:
+        with actors(a, b, os.path.join(m3, "restart")) as (pa, pb, p3):
+            assert pa.do(lockf(WR, 0, 10)) == 0
+            assert pb.do(lockf(RD, 20, 10)) == 0
+            assert p3.do(lockf(WR, 100, 10)) == 0
+            c.kill9()
+            kill9_and_wait(mount_pid(m3), "the third mount")  # its client will not come back
+            os.environ["AQ_TEST_LOCK_GRACE_MS"] = "2000"
+            try:
+                c.restart()
+            finally:
+                del os.environ["AQ_TEST_LOCK_GRACE_MS"]
+            t0 = time.monotonic()
+            assert pb.do(lockf(WR, 5, 1)) == EAGAIN, "a lock was lost in the restart"
+            assert pa.do(lockf(WR, 25, 1)) == EAGAIN, "a read lock was lost in the restart"
+            assert pa.do(lockf(WR, 105, 1)) == EAGAIN, "a gone client's lock went before its grace"
+            time.sleep(max(0, t0 + 3.5 - time.monotonic()))  # the grace (2 s) and a sweep (1 s)
+            assert pa.do(lockf(WR, 105, 1)) == 0, "a gone client's lock outlived its grace"
+            assert pb.do(lockf(WR, 5, 1)) == EAGAIN, "a claimed lock went with the grace"
+            assert pa.do(lockf(UN, 0, 0)) == 0
+            assert pb.do(lockf(WR, 0, 10)) == 0
+    finally:
+        run("fusermount3", "-u", "-z", m3, check=False)
+
+
 if __name__ == "__main__":
     main(globals(), setup)

@@ -1742,6 +1742,16 @@ static void op_fallocate(fuse_req_t req, fuse_ino_t node, int mode, off_t off, o
 	fuse_reply_err(req, posix_err(rc ? rc : aq_fallocate(f, mode, (uint64_t)off, (uint64_t)len)));
 }
 
+/* A flush, fsync or close failed: the bytes it could not send are gone from the client,
+ * and so may be deferred attribute changes (AQ_SET_DEFER) the kernel was told the outcome
+ * of. The kernel drops the file's pages, which hold those bytes (a later read on this
+ * mount returned bytes no server had, fsstress found), and its attributes, and asks the
+ * server again. */
+static void write_back_failed(fuse_ino_t node)
+{
+	fuse_lowlevel_notify_inval_inode(g_se, node, 0, 0);
+}
+
 static void op_flush(fuse_req_t req, fuse_ino_t node, struct fuse_file_info *fi)
 {
 	struct aq_file *f = (struct aq_file *)(uintptr_t)fi->fh;
@@ -1754,10 +1764,8 @@ static void op_flush(fuse_req_t req, fuse_ino_t node, struct fuse_file_info *fi)
 	if (lrc)
 		log_warn("inode %llu: dropping locks at close: %s", (unsigned long long)aq_node_ino(node),
 			 aq_strerror(lrc));
-	/* a failed flush may have dropped deferred attribute changes (AQ_SET_DEFER) the
-	 * kernel was told the outcome of: it asks the server again */
 	if (rc)
-		fuse_lowlevel_notify_inval_inode(g_se, node, -1, 0);
+		write_back_failed(node);
 	fuse_reply_err(req, posix_err(rc));
 }
 
@@ -1767,6 +1775,8 @@ static void op_release(fuse_req_t req, fuse_ino_t node, struct fuse_file_info *f
 	int rc = aq_close(f);
 	if ((fi->flags & O_ACCMODE) != O_RDONLY)
 		own_change();
+	if (rc)
+		write_back_failed(node);
 	fuse_reply_err(req, posix_err(rc));
 }
 
@@ -1881,7 +1891,10 @@ static void op_flock(fuse_req_t req, fuse_ino_t node, struct fuse_file_info *fi,
 static void op_fsync(fuse_req_t req, fuse_ino_t node, int datasync, struct fuse_file_info *fi)
 {
 	struct aq_file *f = (struct aq_file *)(uintptr_t)fi->fh;
-	fuse_reply_err(req, posix_err(aq_fsync(f, datasync)));
+	int rc = aq_fsync(f, datasync);
+	if (rc)
+		write_back_failed(node);
+	fuse_reply_err(req, posix_err(rc));
 }
 
 /* An open directory. The kernel asks for one buffer of entries at a time (a page, or

@@ -101,6 +101,40 @@ def test_server_gone_past_the_window_is_eio():
             unmount(mnt)
 
 
+def test_bytes_a_failed_close_did_not_save_are_not_read_back():
+    """Regression (found by fsstress with aqd away past the reconnect window): close(2)
+    failed with EIO, the bytes it could not send were gone from the client, but the
+    kernel's page cache of the file still held them, and later reads on that mount
+    returned bytes no server had; another mount, or this one after a remount, read the
+    old ones. A flush, fsync or close that fails now drops the file's pages."""
+    with Cluster(mount=False) as c:
+        mnt = os.path.join(c.base, "short")
+        os.mkdir(mnt)
+        run(AQ, "mount", mnt, "--cluster", c.conf, env=dict(os.environ, AQ_RECONNECT_S="2"))
+        try:
+            path = os.path.join(mnt, "f")
+            with open(path, "wb") as f:
+                f.write(b"O" * 950272)
+            for how in ("close", "fsync"):
+                fd = os.open(path, os.O_WRONLY)
+                os.pwrite(fd, b"A" * 51990, 844365)  # buffered in the mount until the close
+                c.kill9()
+                try:
+                    expect_errno(errno.EIO, os.fsync if how == "fsync" else os.close, fd)
+                finally:
+                    if how == "fsync":
+                        try:
+                            os.close(fd)
+                        except OSError:
+                            pass
+                run(AQ, "up", "--data", c.data, "--no-mount")
+                with open(path, "rb") as f:
+                    got = f.read()
+                assert got == b"O" * 950272, f"after a failed {how}: {got.count(b'A')} unsaved bytes read back"
+        finally:
+            unmount(mnt)
+
+
 def test_a_flush_to_a_server_gone_for_good_fails_in_one_window():
     """Regression (found by a kill -9 loop, where a killed writer stayed unkillable in
     close(2) for many minutes): with aqd gone for good, a flush of writes buffered in many

@@ -288,7 +288,8 @@ struct aq_lock {
 #define AQ_LOCK_FLOCK 2u  /* a flock(2) lock: the whole file (start 0, end AQ_LK_END) */
 #define AQ_LOCK_TEST 4u   /* F_GETLK: *lk becomes the first lock in the way, or type AQ_LK_UN */
 /* Takes, changes or drops (type AQ_LK_UN) owner's lock on f's inode; -EAGAIN when another
- * owner's lock is in the way and AQ_LOCK_WAIT is not set. A wait carries wait_id, a number
+ * owner's lock is in the way and AQ_LOCK_WAIT is not set; -ENOLCK when the inode holds
+ * 4,096 locks (all owners together; an unlock that cuts none in two always works). A wait carries wait_id, a number
  * unique in this client, that aq_lock_cancel names to end it with -EINTR. */
 int aq_file_lock(struct aq_file *f, uint64_t owner, uint32_t flags, uint64_t wait_id, struct aq_lock *lk);
 /* aq_file_lock without holding the calling thread while it waits: done(arg, rc) is called

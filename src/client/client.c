@@ -2291,7 +2291,10 @@ static struct proto_req lock_req(const struct aq_file *f, uint64_t owner, uint32
 				  .flags = flags, .off = lk->start, .size = lk->end, .time_ns = (int64_t)wait_id};
 }
 
-static int lock_err(int rc);
+/* A connection that broke under a lock call: the server dropped a wait queued through it,
+ * and cannot say whether the call ran; the answer fcntl(2) gives when a remote locking
+ * protocol fails. */
+static int lock_err(int rc) { return aq_err_unreachable(rc) || rc == -ENOTCONN ? -ENOLCK : rc; }
 
 static int lock_call(struct aq_file *f, uint64_t owner, uint32_t flags, uint64_t wait_id, struct aq_lock *lk)
 {
@@ -2305,18 +2308,26 @@ static int lock_call(struct aq_file *f, uint64_t owner, uint32_t flags, uint64_t
 	return lock_err(rc);
 }
 
-/* Notes that owner locked through f, for f's close to drop (under st->mu). */
-static void locker_add_locked(struct aq_file *f, uint64_t owner, bool flock)
+/* Notes that owner takes a lock through f, for f's close to drop; before it is asked
+ * for, so that a close racing the grant still drops it. */
+static void locker_add(struct aq_file *f, uint64_t owner, uint32_t flags, const struct aq_lock *lk)
 {
-	for (uint32_t i = 0; i < f->nlockers; i++)
-		if (f->lockers[i].owner == owner && f->lockers[i].flock == flock)
-			return;
-	if (!f->nlockers) {
+	bool flock = flags & AQ_LOCK_FLOCK;
+	if (lk->type == AQ_LK_UN || (flags & AQ_LOCK_TEST))
+		return;
+	pthread_mutex_lock(&f->st->mu);
+	bool known = false;
+	for (uint32_t i = 0; i < f->nlockers && !known; i++)
+		known = f->lockers[i].owner == owner && f->lockers[i].flock == flock;
+	if (!known && !f->nlockers) {
 		f->st->lockers++;
 		atomic_fetch_add(&f->c->lock_files, 1);
 	}
-	f->lockers = aq_realloc(f->lockers, (f->nlockers + 1) * sizeof *f->lockers);
-	f->lockers[f->nlockers++] = (struct file_locker){owner, flock};
+	if (!known) {
+		f->lockers = aq_realloc(f->lockers, (f->nlockers + 1) * sizeof *f->lockers);
+		f->lockers[f->nlockers++] = (struct file_locker){owner, flock};
+	}
+	pthread_mutex_unlock(&f->st->mu);
 }
 
 int aq_file_lock(struct aq_file *f, uint64_t owner, uint32_t flags, uint64_t wait_id, struct aq_lock *lk)
@@ -2326,12 +2337,7 @@ int aq_file_lock(struct aq_file *f, uint64_t owner, uint32_t flags, uint64_t wai
 	int rc = file_ready(f);
 	if (rc)
 		return rc;
-	if (lk->type != AQ_LK_UN && !(flags & AQ_LOCK_TEST)) {
-		/* noted before it is asked for: a close racing the grant still drops it */
-		pthread_mutex_lock(&f->st->mu);
-		locker_add_locked(f, owner, flags & AQ_LOCK_FLOCK);
-		pthread_mutex_unlock(&f->st->mu);
-	}
+	locker_add(f, owner, flags, lk);
 	return lock_call(f, owner, flags, wait_id, lk);
 }
 
@@ -2339,11 +2345,6 @@ struct lock_async {
 	aq_lock_done_fn done;
 	void *arg;
 };
-
-/* A connection that broke under a lock call: the server dropped a wait queued through it,
- * and cannot say whether the call ran; the answer fcntl(2) gives when a remote locking
- * protocol fails. */
-static int lock_err(int rc) { return aq_err_unreachable(rc) || rc == -ENOTCONN ? -ENOLCK : rc; }
 
 static void *lock_main(void *arg)
 {
@@ -2394,11 +2395,7 @@ int aq_file_lock_async(struct aq_file *f, uint64_t owner, uint32_t flags, uint64
 	pthread_mutex_unlock(&c->lk_cq.mu);
 	if (!running)
 		return -ENOLCK;
-	if (lk->type != AQ_LK_UN) {
-		pthread_mutex_lock(&f->st->mu);
-		locker_add_locked(f, owner, flags & AQ_LOCK_FLOCK);
-		pthread_mutex_unlock(&f->st->mu);
-	}
+	locker_add(f, owner, flags, lk);
 	struct proto_req r = lock_req(f, owner, flags, wait_id, lk);
 	struct wbuf w;
 	wbuf_init(&w, 96);

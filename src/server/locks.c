@@ -11,6 +11,7 @@
 #define LOCK_BUCKETS 1024
 #define CLIENT_BUCKETS 256
 #define LOCKS_MAX (1u << 20)        /* locks held at once, all owners: past it ENOLCK */
+#define FILE_LOCKS_MAX 4096         /* on one inode: its row, written whole on each change, stays under 160 KB */
 #define DEADLOCK_STEPS 10           /* waits followed before giving up the search (Linux's MAX_DEADLK_ITERATIONS) */
 #define CANCELS_KEPT 64             /* cancels of waits not yet come, remembered ... */
 #define CANCEL_KEEP_NS (10ull * 1000000000ull) /* ... this long */
@@ -33,6 +34,7 @@ struct lwait {
 /* One inode's locks and waits (FIFO); gone when both are empty. */
 struct lfile {
 	uint64_t ino;
+	uint32_t n;                 /* locks */
 	struct lk *locks;
 	struct lwait *waits;
 	struct lfile *next;
@@ -161,13 +163,35 @@ static struct lk *conflict_of(const struct lfile *lf, const struct lock_req *r)
 	return NULL;
 }
 
-static struct lk *lk_new(struct lock_table *t, const struct lock_req *r, uint64_t start, uint64_t end, uint32_t type)
+static struct lk *lk_new(struct lock_table *t, struct lfile *lf, const struct lock_req *r, uint64_t start,
+			 uint64_t end, uint32_t type)
 {
 	struct lk *l = aq_calloc(1, sizeof *l);
 	*l = (struct lk){.client = r->client, .owner = r->owner, .start = start, .end = end, .type = type,
 			 .pid = r->pid, .flock = is_flock(r)};
 	t->nlocks++;
+	lf->n++;
 	return l;
+}
+
+static void lk_free(struct lock_table *t, struct lfile *lf, struct lk *l)
+{
+	free(l);
+	t->nlocks--;
+	lf->n--;
+}
+
+/* Whether r fits: a lock adds at most two (a cut in two, the new one); an unlock one, if
+ * it cuts one of its owner's locks in two, else none, so that it always works. */
+static bool room(const struct lock_table *t, const struct lfile *lf, const struct lock_req *r)
+{
+	uint32_t more = 2;
+	if (r->type == AQ_LK_UN) {
+		more = 0;
+		for (const struct lk *l = lf ? lf->locks : NULL; l && !more; l = l->next)
+			more = l->flock == is_flock(r) && same_owner(l, r) && l->start < r->start && l->end > r->end;
+	}
+	return !more || (t->nlocks + more <= LOCKS_MAX && (!lf || lf->n + more <= FILE_LOCKS_MAX));
 }
 
 /* Puts n where Linux keeps it, as F_GETLK shows (the first conflict in the list): an
@@ -215,7 +239,7 @@ static void apply(struct lock_table *t, struct lfile *lf, const struct lock_req 
 		} else if (l->start < s || l->end > e) {
 			/* what is left of l outside [s, e]: one piece, or two */
 			if (l->start < s && l->end > e) { /* the right piece follows the left one */
-				struct lk *right = lk_new(t, r, e + 1, l->end, l->type);
+				struct lk *right = lk_new(t, lf, r, e + 1, l->end, l->type);
 				right->pid = l->pid;
 				right->next = l->next;
 				l->next = right;
@@ -228,11 +252,10 @@ static void apply(struct lock_table *t, struct lfile *lf, const struct lock_req 
 			continue;
 		}
 		*pp = l->next;
-		free(l);
-		t->nlocks--;
+		lk_free(t, lf, l);
 	}
 	if (r->type != AQ_LK_UN)
-		insert(lf, lk_new(t, r, s, e, r->type));
+		insert(lf, lk_new(t, lf, r, s, e, r->type));
 }
 
 /* Whether owner (client, owner) waits, in byte-range locks, on a lock whose owner in turn
@@ -268,7 +291,7 @@ static void wake(struct lock_table *t, struct lfile *lf)
 		struct lwait **pp = &lf->waits;
 		while (*pp) {
 			struct lwait *w = *pp;
-			if (conflict_of(lf, &w->r) || t->nlocks + 2 > LOCKS_MAX) {
+			if (conflict_of(lf, &w->r) || !room(t, lf, &w->r)) {
 				pp = &w->next;
 				continue;
 			}
@@ -363,7 +386,7 @@ int locks_run(struct lock_table *t, const struct lock_req *r, void *via, void *w
 		rc = -EDEADLK;
 		goto out;
 	}
-	if (!in_way && t->nlocks + 2 > LOCKS_MAX) {
+	if (!in_way && !room(t, lf, r)) {
 		rc = -ENOLCK;
 		goto out;
 	}
@@ -401,8 +424,7 @@ static void drop_client(struct lock_table *t, uint64_t client)
 					continue;
 				}
 				*pp = l->next;
-				free(l);
-				t->nlocks--;
+				lk_free(t, lf, l);
 				dropped = true;
 			}
 			if (dropped) {
@@ -480,6 +502,7 @@ int locks_load(struct lock_table *t, uint64_t ino, const uint8_t *row, size_t le
 				 .end = get_le64(p + 24), .pid = get_le32(p + 32), .type = p[36], .flock = p[37]};
 		insert(lf, l);
 		t->nlocks++;
+		lf->n++;
 		struct lclient **pp = client_slot(t, l->client);
 		if (!*pp) {
 			*pp = aq_calloc(1, sizeof **pp);

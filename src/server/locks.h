@@ -43,7 +43,7 @@ void locks_free(struct lock_table *t);
 /* Runs r, which came through the connection via. Returns 0 (taken, dropped, cancelled;
  * for AQ_LOCK_TEST, *conflict is the first lock in the way or has type AQ_LK_UN), -EAGAIN
  * (in the way, no wait), -EDEADLK, -EINTR (a wait cancelled before it came), -ENOLCK (the
- * table is full), -EINVAL; or LOCKS_QUEUED: the wait is queued, and done(waiter) will say
+ * inode holds 4,096 locks, or the table a million), -EINVAL; or LOCKS_QUEUED: the wait is queued, and done(waiter) will say
  * how it ended. */
 int locks_run(struct lock_table *t, const struct lock_req *r, void *via, void *waiter, struct aq_lock *conflict);
 /* A connection of client opened (durable: the client said who it is, and may claim its

@@ -295,9 +295,9 @@ int aq_file_lock(struct aq_file *f, uint64_t owner, uint32_t flags, uint64_t wai
 /* aq_file_lock without holding the calling thread while it waits: done(arg, rc) is called
  * once the call ends (on a libaq thread; it must not wait on another lock call's end). A
  * process waiting for a lock then costs the mount no thread. Returns 0 once it is sent,
- * or an error, and then done is not called. No AQ_LOCK_TEST. A call whose connection
- * breaks ends with -ENOLCK (the server dropped the wait; a restarted one may hold other
- * locks by now). */
+ * or an error, and then done is not called. No AQ_LOCK_TEST. A wait whose connection
+ * breaks is sent again once the server is back, within the reconnect window (a restarted
+ * server kept the locks held); past it, it ends with -ENOLCK. */
 typedef void (*aq_lock_done_fn)(void *arg, int rc);
 int aq_file_lock_async(struct aq_file *f, uint64_t owner, uint32_t flags, uint64_t wait_id, const struct aq_lock *lk,
 		       aq_lock_done_fn done, void *arg);

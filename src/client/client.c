@@ -214,6 +214,7 @@ static void wchunks_free(struct aq_client *c, struct ino_state *st)
 static void writeback_stop(struct aq_client *c);
 
 static void lock_thread_stop(struct aq_client *c);
+static void lock_calls_free(struct aq_client *c);
 
 void aq_disconnect(struct aq_client *c)
 {
@@ -225,11 +226,7 @@ void aq_disconnect(struct aq_client *c)
 	rpc_flusher_stop(c);
 	for (uint32_t i = 0; i < c->nconns * c->map.nservers; i++)
 		rpc_conn_fini(&c->conns[i]);
-	for (struct rpc_call *call; (call = rpc_cq_pop(&c->lk_cq, false));) {
-		free(call->cq_arg); /* waits answered after their thread stopped */
-		rpc_free(call);
-	}
-	rpc_cq_destroy(&c->lk_cq);
+	lock_calls_free(c);
 	pthread_mutex_destroy(&c->fl_mu);
 	pthread_cond_destroy(&c->fl_cv);
 	pthread_mutex_destroy(&c->wb_mu);
@@ -2341,10 +2338,36 @@ int aq_file_lock(struct aq_file *f, uint64_t owner, uint32_t flags, uint64_t wai
 	return lock_call(f, owner, flags, wait_id, lk);
 }
 
+/* A wait in flight: what to send again when its connection breaks, and whom to tell. */
 struct lock_async {
 	aq_lock_done_fn done;
 	void *arg;
+	struct wbuf req;
+	uint32_t server;
+	uint64_t affinity, deadline;
+	int attempt;
 };
+
+static void lock_async_end(struct lock_async *la, int rc)
+{
+	la->done(la->arg, lock_err(rc));
+	wbuf_free(&la->req);
+	free(la);
+}
+
+/* Sends la's wait, again after its connection broke (a restarted server holds the locks
+ * it held, locks.c, and takes the wait again), trying until the reconnect window is spent
+ * (rpc_retry_wait); 0 once it is out. */
+static int lock_async_send(struct aq_client *c, struct lock_async *la)
+{
+	for (;; la->attempt++) {
+		int rc;
+		if (rpc_start_ex(c, la->server, OP_LOCK, &la->req, la->affinity, NULL, 0, &c->lk_cq, la, false, &rc))
+			return 0;
+		if (!aq_err_unreachable(rc) || !rpc_retry_wait(c, la->server, &la->deadline, la->attempt))
+			return rc;
+	}
+}
 
 static void *lock_main(void *arg)
 {
@@ -2359,13 +2382,29 @@ static void *lock_main(void *arg)
 		struct rpc_call *call = rpc_list_pop(&cq->done);
 		pthread_mutex_unlock(&cq->mu);
 		struct lock_async *la = call->cq_arg;
-		la->done(la->arg, lock_err(call->status));
-		free(la);
+		int rc = call->status;
+		bool broke = (aq_err_unreachable(rc) || rc == -ENOTCONN) && !call->answered;
 		rpc_free(call);
+		if (broke && !(rc = lock_async_send(c, la)))
+			la = NULL; /* out again */
+		if (la)
+			lock_async_end(la, rc);
 		pthread_mutex_lock(&cq->mu);
 	}
 	pthread_mutex_unlock(&cq->mu);
 	return NULL;
+}
+
+/* Waits answered after the lock thread stopped (aq_disconnect, once no reply can come). */
+static void lock_calls_free(struct aq_client *c)
+{
+	for (struct rpc_call *call; (call = rpc_cq_pop(&c->lk_cq, false));) {
+		struct lock_async *la = call->cq_arg;
+		wbuf_free(&la->req);
+		free(la);
+		rpc_free(call);
+	}
+	rpc_cq_destroy(&c->lk_cq);
 }
 
 static void lock_thread_stop(struct aq_client *c)
@@ -2397,15 +2436,14 @@ int aq_file_lock_async(struct aq_file *f, uint64_t owner, uint32_t flags, uint64
 		return -ENOLCK;
 	locker_add(f, owner, flags, lk);
 	struct proto_req r = lock_req(f, owner, flags, wait_id, lk);
-	struct wbuf w;
-	wbuf_init(&w, 96);
-	proto_req_encode(&w, &r);
-	struct lock_async *la = aq_malloc(sizeof *la);
-	*la = (struct lock_async){done, arg};
-	struct rpc_call *call = rpc_start_ex(c, client_meta_server(c, f->ino), OP_LOCK, &w, rpc_affinity(&r), NULL, 0,
-					  &c->lk_cq, la, false, &rc);
-	wbuf_free(&w);
-	if (!call) {
+	struct lock_async *la = aq_calloc(1, sizeof *la);
+	*la = (struct lock_async){.done = done, .arg = arg, .server = client_meta_server(c, f->ino),
+				  .affinity = rpc_affinity(&r)};
+	wbuf_init(&la->req, 96);
+	proto_req_encode(&la->req, &r);
+	/* the caller waits for a server that is away, as every call does (rpc_do) */
+	if ((rc = lock_async_send(c, la))) {
+		wbuf_free(&la->req);
 		free(la);
 		return lock_err(rc);
 	}

@@ -361,5 +361,22 @@ def test_locks_outlive_a_restart_of_aqd(c):
         run("fusermount3", "-u", "-z", m3, check=False)
 
 
+def test_a_wait_outlives_a_restart_of_aqd(c):
+    """A process waiting in F_SETLKW when aqd is killed and started again goes on
+    waiting (the mount sends its wait again once it is back), and gets the lock when the
+    holder, whose lock the restarted aqd kept, lets go."""
+    a, b = both(c, "waitrestart")
+    with actors(a, b) as (pa, pb):
+        assert pa.do(lockf(WR, 0, 0)) == 0
+        pb.start(lockf(WR, 0, 0, wait=True))
+        assert not pb.ready(0.3)
+        c.kill9()
+        c.restart()
+        assert not pb.ready(1.5), f"the wait ended with the restart: {pb.result()}"
+        assert pa.do(lockf(UN, 0, 0)) == 0
+        assert pb.result(10) == 0
+        assert pa.do(lockf(RD, 0, 1)) == EAGAIN
+
+
 if __name__ == "__main__":
     main(globals(), setup)

@@ -378,5 +378,71 @@ def test_a_wait_outlives_a_restart_of_aqd(c):
         assert pa.do(lockf(RD, 0, 1)) == EAGAIN
 
 
+CONTEND = r"""
+import fcntl, mmap, os, random, struct, sys, time
+path, board, seed, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+rng = random.Random(seed)
+fd = os.open(path, os.O_RDWR)
+bf = os.open(board, os.O_RDWR)
+m = mmap.mmap(bf, 64 * 8)  # per byte of the lock file: readers in, or -1 for a writer
+def cell(k, delta):
+    while True:  # the board's own lock: a local file, the kernel's locks
+        try:
+            fcntl.lockf(bf, fcntl.LOCK_EX)
+            break
+        except InterruptedError:
+            pass
+    v = struct.unpack_from("<q", m, 8 * k)[0]
+    if delta == "w":
+        assert v == 0, f"writer found {v} holding byte {k}"
+        v = -1
+    elif delta == "r":
+        assert v >= 0, f"reader found a writer holding byte {k}"
+        v += 1
+    elif delta == "-w":
+        v = 0
+    else:
+        v -= 1
+    struct.pack_into("<q", m, 8 * k, v)
+    fcntl.lockf(bf, fcntl.LOCK_UN)
+for _ in range(rounds):
+    start, n = rng.randrange(64), rng.randrange(1, 4)
+    n = min(n, 64 - start)
+    write = rng.random() < 0.6
+    fcntl.lockf(fd, fcntl.LOCK_EX if write else fcntl.LOCK_SH, n, start)
+    for k in range(start, start + n):
+        cell(k, "w" if write else "r")
+    time.sleep(rng.random() / 2000)
+    for k in range(start, start + n):
+        cell(k, "-w" if write else "-r")
+    fcntl.lockf(fd, fcntl.LOCK_UN, n, start)
+print("done", flush=True)
+"""
+
+
+def test_locks_exclude_under_contention(c):
+    """Eight processes, half on each mount, lock random ranges of one file (read or
+    write, waiting) and mark what they hold on a board in shared memory guarded by a
+    local file's lock: a writer never finds anyone on its bytes, a reader never finds a
+    writer, and every process finishes (no wait is lost or granted twice)."""
+    a, b = both(c, "contend")
+    with open(a, "wb") as f:
+        f.write(b"\0" * 64)
+    with tempfile.TemporaryDirectory() as d:
+        board = os.path.join(d, "board")
+        with open(board, "wb") as f:
+            f.write(b"\0" * 64 * 8)
+        procs = [subprocess.Popen([sys.executable, "-c", CONTEND, (a, b)[i % 2], board, str(i), "150"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(8)]
+        try:
+            for p in procs:
+                out, err = p.communicate(timeout=120)
+                assert p.returncode == 0 and out.strip() == "done", f"{out}{err}"
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+
+
 if __name__ == "__main__":
     main(globals(), setup)

@@ -108,6 +108,17 @@ static void conn_unref(struct net_conn *c)
 	free(c);
 }
 
+bool net_conn_try_hold(struct net_conn *c)
+{
+	int refs = atomic_load(&c->refs);
+	while (refs > 0)
+		if (atomic_compare_exchange_weak(&c->refs, &refs, refs + 1))
+			return true;
+	return false;
+}
+
+void net_conn_put(struct net_conn *c) { conn_unref(c); }
+
 void *net_conn_data(struct net_conn *c) { return c->data; }
 void net_conn_set_data(struct net_conn *c, void *data) { c->data = data; }
 const char *net_conn_peer(struct net_conn *c) { return c->peer; }

@@ -59,6 +59,11 @@ int net_send_nowait(struct net_conn *c, const struct proto_hdr *h, const void *p
 int net_reply(struct net_conn *c, const struct proto_hdr *req, int status, const void *payload, size_t len);
 /* Drops the connection after frames already queued from it are handled. */
 void net_close(struct net_conn *c);
+/* A reference on c for a reply sent later from another thread (a lock granted when
+ * another let go): false once c is on its way out (its on_close may be running), which
+ * then needs none. net_conn_put lets go, and may run on_close. */
+bool net_conn_try_hold(struct net_conn *c);
+void net_conn_put(struct net_conn *c);
 /* Per-connection slot for the layer above. */
 void *net_conn_data(struct net_conn *c);
 void net_conn_set_data(struct net_conn *c, void *data);

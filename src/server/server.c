@@ -167,13 +167,16 @@ static uint64_t lock_client(const struct sconn *sc)
 	return sc->client_id ? sc->client_id : (uint64_t)(uintptr_t)sc;
 }
 
+static void lock_grants_send(void);
+
 static void watch(struct server *s, struct sconn *sc, uint64_t client_id, bool deliver)
 {
-	pthread_mutex_lock(&s->watch_mu);
-	if (client_id != sc->client_id) {
+	if (client_id != sc->client_id) { /* the locks it takes are its client's from now on */
 		locks_attach(s->locks, client_id ? client_id : (uint64_t)(uintptr_t)sc, client_id != 0);
 		locks_detach(s->locks, lock_client(sc), NULL);
+		lock_grants_send();
 	}
+	pthread_mutex_lock(&s->watch_mu);
 	sc->client_id = client_id;
 	if (deliver && !sc->watching) {
 		sc->watching = true;
@@ -1277,11 +1280,18 @@ static bool reply_chunk_read(struct server *s, struct net_conn *c, const struct 
 	return true;
 }
 
-/* ---- locks: a wait's reply is sent when the wait ends ---- */
+/* ---- locks: a wait's reply is sent when the wait ends ----
+ * The lock table ends waits under its mutex (lock_done); their replies go out after it
+ * is let go (lock_grants_send), each connection held by a reference meanwhile, so that
+ * a reply never waits on a busy socket under the mutex, and never goes to a connection
+ * that is gone. */
 struct lock_waiter {
 	struct net_conn *nc;
 	struct proto_hdr h;
+	int err;
+	struct lock_waiter *next;
 };
+static __thread struct lock_waiter *t_grants;
 
 static void lock_reply(struct net_conn *c, const struct proto_hdr *req, int err, const struct aq_lock *conflict)
 {
@@ -1292,22 +1302,34 @@ static void lock_reply(struct net_conn *c, const struct proto_hdr *req, int err,
 	struct wbuf out;
 	wbuf_init(&out, 64);
 	proto_reply_encode(&out, &rep);
-	struct proto_hdr h = {.magic = PROTO_MAGIC, .version = PROTO_VERSION, .op = OP_LOCK, .req_id = req->req_id,
-			      .epoch = req->epoch, .status = (uint16_t)aq_status_from_err(err), .flags = PROTO_F_REPLY};
-	/* the table's mutex may be held: a client that does not read its replies is closed,
-	 * not waited for */
-	net_send_nowait(c, &h, out.p, out.len);
+	net_reply(c, req, aq_status_from_err(err), out.p, out.len);
 	wbuf_free(&out);
 }
 
-/* locks.c's done: runs under the table's mutex, so the connection is still there (its
- * on_close drops its waits under that mutex first) */
+/* locks.c's done: under the table's mutex, so the connection is still there (its
+ * on_close drops its waits under that mutex first), unless it is on its way out */
 static void lock_done(void *arg, void *waiter, int err)
 {
 	struct lock_waiter *w = waiter;
-	if (err != -ENOTCONN)
-		lock_reply(w->nc, &w->h, err, NULL);
-	free(w);
+	if (err == -ENOTCONN || !net_conn_try_hold(w->nc)) {
+		free(w);
+		return;
+	}
+	w->err = err;
+	w->next = t_grants;
+	t_grants = w;
+}
+
+/* Sends the replies of the waits that ended in this thread's last call into the table. */
+static void lock_grants_send(void)
+{
+	struct lock_waiter *w;
+	while ((w = t_grants)) { /* a put may run an on_close that ends more waits: one at a time */
+		t_grants = w->next;
+		lock_reply(w->nc, &w->h, w->err, NULL);
+		net_conn_put(w->nc);
+		free(w);
+	}
 }
 
 static void lock_persist(void *arg, uint64_t ino, const uint8_t *row, size_t len)
@@ -1362,10 +1384,11 @@ static void lock_frame(struct server *s, struct sconn *sc, struct net_conn *c, c
 	}
 	struct aq_lock conflict;
 	int rc = locks_run(s->locks, &lr, sc, w, &conflict);
-	if (rc == LOCKS_QUEUED)
-		return;
-	free(w);
-	lock_reply(c, h, rc, (r.flags & AQ_LOCK_TEST) ? &conflict : NULL);
+	if (rc != LOCKS_QUEUED) {
+		free(w);
+		lock_reply(c, h, rc, (r.flags & AQ_LOCK_TEST) ? &conflict : NULL);
+	}
+	lock_grants_send();
 }
 
 static void on_frame(void *arg, struct net_conn *c, const struct proto_hdr *h, const uint8_t *payload)
@@ -1483,6 +1506,7 @@ static void on_close(void *arg, struct net_conn *c)
 		return;
 	unwatch(s, sc);
 	locks_detach(s->locks, lock_client(sc), sc);
+	lock_grants_send();
 	late_add(s, sc->opens, sc->nopens);
 	for (uint32_t i = 0; i < sc->nopens; i++)
 		open_ref(s, sc->opens[i], -1);
@@ -1619,6 +1643,7 @@ static void *gc_main(void *arg)
 			log_error("periodic sync: %s", aq_strerror(src));
 		sweep_txns(s, &next_sweep);
 		locks_expire(s->locks);
+		lock_grants_send();
 		uint64_t after = 0;
 		uint32_t nlate;
 		uint64_t *late = late_snapshot(s, &nlate);

@@ -309,8 +309,6 @@ int aq_lock_cancel(struct aq_file *f, uint64_t wait_id);
  * owner locked through a handle of that inode this client has open (no round trip
  * otherwise). */
 int aq_file_unlock_owner(struct aq_file *f, uint64_t owner);
-/* Whether some owner holds (or held) a lock through a handle this client has open. */
-bool aq_locks_held(struct aq_client *c);
 /* What's new: entries created in (or renamed into) a directory after cursor, oldest first,
  * without listing the directory. Pass 0 to start from the beginning; *next gets the
  * cursor for the next call. Returns the number filled (0: nothing new yet). */

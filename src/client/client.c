@@ -2491,7 +2491,6 @@ static void file_unlock(struct aq_file *f)
 	free(f->lockers);
 }
 
-bool aq_locks_held(struct aq_client *c) { return atomic_load(&c->lock_files); }
 
 int aq_close(struct aq_file *f)
 {

@@ -196,6 +196,12 @@ def test_closing_any_descriptor_drops_the_processes_locks(c):
         assert pb.do(lockf(WR, 0, 0)) == EAGAIN
         assert pa.do("os.close(r)") == 0
         assert pb.do(lockf(WR, 0, 0)) == 0, "a read lock outlived its read-only descriptor"
+        # opened read-only before the lock, and a dup of it closed (xfstests generic/478)
+        assert pb.do(lockf(UN, 0, 0)) == 0
+        assert pa.do(lockf(UN, 0, 0)) == 0 and pa.do("os.close(fd)") == 0  # no handle locked through
+        assert pa.do(f"r = os.open({a!r}, os.O_RDONLY)") == 0
+        assert pa.do(f"{lockf(RD, 0, 10).replace('fd,', 'r,')}; os.close(os.dup(r))") == 0
+        assert pb.do(lockf(WR, 0, 0)) == 0, "a read lock outlived the close of a dup of its descriptor"
 
 
 def test_a_killed_holder_lets_go(c):

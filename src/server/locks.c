@@ -305,6 +305,24 @@ static void wake(struct lock_table *t, struct lfile *lf)
 	}
 }
 
+/* flock(2)'s conversion (shared to exclusive, or back) is not atomic on Linux: the old
+ * lock goes first, then the new one is asked for, and may wait or fail (flock_lock_inode).
+ * Two holders of a shared lock that both ask for an exclusive one then do not wait on
+ * each other for ever: the second is granted. Drops r's owner's flock lock of another
+ * type; true if there was one. */
+static bool flock_convert(struct lock_table *t, struct lfile *lf, const struct lock_req *r)
+{
+	for (struct lk **pp = &lf->locks; *pp; pp = &(*pp)->next) {
+		struct lk *l = *pp;
+		if (l->flock && same_owner(l, r) && l->type != r->type) {
+			*pp = l->next;
+			lk_free(t, lf, l);
+			return true;
+		}
+	}
+	return false;
+}
+
 static bool cancelled_early(struct lock_table *t, const struct lock_req *r)
 {
 	uint64_t now = aq_mono_ns();
@@ -377,6 +395,13 @@ int locks_run(struct lock_table *t, const struct lock_req *r, void *via, void *w
 	if ((r->flags & AQ_LOCK_WAIT) && cancelled_early(t, r)) {
 		rc = -EINTR;
 		goto out;
+	}
+	if (in_way && is_flock(r) && flock_convert(t, lf, r)) {
+		/* a conversion that must wait or fail has let go of the old lock first */
+		wake(t, lf);
+		changed(t, lf);
+		lf = *lfile_slot(t, r->ino); /* gone if that emptied it */
+		in_way = lf ? conflict_of(lf, r) : NULL;
 	}
 	if (in_way && !(r->flags & AQ_LOCK_WAIT)) {
 		rc = -EAGAIN;

@@ -450,5 +450,36 @@ def test_locks_exclude_under_contention(c):
                     p.kill()
 
 
+def test_flock_conversions_are_linuxs(c):
+    """flock(2)'s conversion is not atomic on Linux: the old lock goes first. Two holders
+    of a shared lock that both ask for an exclusive one: one gets it at once and the other
+    when it lets go (both waited for ever before, each on the other's shared lock); and a
+    conversion that fails with LOCK_NB has let go of the old lock. Answers compared with
+    the same calls on a local file."""
+    def play(pa_path, pb_path):
+        with actors(pa_path, pb_path) as (pa, pb):
+            out = [pa.do("fcntl.flock(fd, fcntl.LOCK_SH)"), pb.do("fcntl.flock(fd, fcntl.LOCK_SH)")]
+            pa.start("fcntl.flock(fd, fcntl.LOCK_EX)")
+            out.append(pa.ready(0.3))  # waits for pb's shared lock
+            out.append(pb.do("fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)"))  # pa let go of its own
+            out.append(pb.do("fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)"))  # pb dropped its SH
+            out.append(pb.do("fcntl.flock(fd, fcntl.LOCK_EX)"))
+            out.append(pa.ready(0.3))
+            out.append(pb.do("fcntl.flock(fd, fcntl.LOCK_UN)"))
+            out.append(pa.result(5))
+            # a conversion refused with LOCK_NB has dropped the shared lock all the same
+            out += [pa.do("fcntl.flock(fd, fcntl.LOCK_SH)"), pb.do("fcntl.flock(fd, fcntl.LOCK_SH)")]
+            out.append(pa.do("fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)"))
+            out.append(pb.do("fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)"))
+            return out
+    a, b = both(c, "flockconv")
+    open(a, "w").close()
+    got = play(a, b)
+    with tempfile.TemporaryDirectory() as d:
+        open(os.path.join(d, "f"), "w").close()
+        want = play(os.path.join(d, "f"), os.path.join(d, "f"))
+    assert got == want, f"{got} through two mounts, {want} on a local file"
+
+
 if __name__ == "__main__":
     main(globals(), setup)

@@ -301,10 +301,10 @@ int aq_file_lock(struct aq_file *f, uint64_t owner, uint32_t flags, uint64_t wai
 typedef void (*aq_lock_done_fn)(void *arg, int rc);
 int aq_file_lock_async(struct aq_file *f, uint64_t owner, uint32_t flags, uint64_t wait_id, const struct aq_lock *lk,
 		       aq_lock_done_fn done, void *arg);
-/* Ends the wait wait_id of f's inode with -EINTR (a signal came for the waiter). A wait
+/* Ends the wait wait_id on inode ino with -EINTR (a signal came for the waiter). A wait
  * that was not there yet ends with -EINTR when it comes; one granted already keeps its
- * lock. */
-int aq_lock_cancel(struct aq_file *f, uint64_t wait_id);
+ * lock. Needs no open file: the waiter's may be closed by the time a signal is heard. */
+int aq_lock_cancel(struct aq_client *c, uint64_t ino, uint64_t wait_id);
 /* close(2)'s rule for fcntl locks: drops owner's byte-range locks on f's inode, if any
  * owner locked through a handle of that inode this client has open (no round trip
  * otherwise). */

@@ -2281,10 +2281,10 @@ bool aq_file_sxid(struct aq_file *f)
 
 /* ---- locks (src/server/locks.c keeps them) ---- */
 
-static struct proto_req lock_req(const struct aq_file *f, uint64_t owner, uint32_t flags, uint64_t wait_id,
+static struct proto_req lock_req(uint64_t ino, uint64_t owner, uint32_t flags, uint64_t wait_id,
 				 const struct aq_lock *lk)
 {
-	return (struct proto_req){.op = OP_LOCK, .ino = f->ino, .cookie = owner, .mode = lk->type, .rdev = lk->pid,
+	return (struct proto_req){.op = OP_LOCK, .ino = ino, .cookie = owner, .mode = lk->type, .rdev = lk->pid,
 				  .flags = flags, .off = lk->start, .size = lk->end, .time_ns = (int64_t)wait_id};
 }
 
@@ -2293,12 +2293,13 @@ static struct proto_req lock_req(const struct aq_file *f, uint64_t owner, uint32
  * protocol fails. */
 static int lock_err(int rc) { return aq_err_unreachable(rc) || rc == -ENOTCONN ? -ENOLCK : rc; }
 
-static int lock_call(struct aq_file *f, uint64_t owner, uint32_t flags, uint64_t wait_id, struct aq_lock *lk)
+static int lock_call(struct aq_client *c, uint64_t ino, uint64_t owner, uint32_t flags, uint64_t wait_id,
+		     struct aq_lock *lk)
 {
-	struct proto_req r = lock_req(f, owner, flags, wait_id, lk);
+	struct proto_req r = lock_req(ino, owner, flags, wait_id, lk);
 	struct proto_reply rep;
 	struct rpc_call *call = NULL;
-	int rc = rpc_do(f->c, client_meta_server(f->c, f->ino), &r, &rep, &call);
+	int rc = rpc_do(c, client_meta_server(c, ino), &r, &rep, &call);
 	if (!rc && (flags & AQ_LOCK_TEST))
 		rc = proto_lock_get(rep.data, rep.data_len, lk);
 	rpc_free(call);
@@ -2335,7 +2336,7 @@ int aq_file_lock(struct aq_file *f, uint64_t owner, uint32_t flags, uint64_t wai
 	if (rc)
 		return rc;
 	locker_add(f, owner, flags, lk);
-	return lock_call(f, owner, flags, wait_id, lk);
+	return lock_call(f->c, f->ino, owner, flags, wait_id, lk);
 }
 
 /* A wait in flight: what to send again when its connection breaks, and whom to tell. */
@@ -2435,7 +2436,7 @@ int aq_file_lock_async(struct aq_file *f, uint64_t owner, uint32_t flags, uint64
 	if (!running)
 		return -ENOLCK;
 	locker_add(f, owner, flags, lk);
-	struct proto_req r = lock_req(f, owner, flags, wait_id, lk);
+	struct proto_req r = lock_req(f->ino, owner, flags, wait_id, lk);
 	struct lock_async *la = aq_calloc(1, sizeof *la);
 	*la = (struct lock_async){.done = done, .arg = arg, .server = client_meta_server(c, f->ino),
 				  .affinity = rpc_affinity(&r)};
@@ -2450,16 +2451,16 @@ int aq_file_lock_async(struct aq_file *f, uint64_t owner, uint32_t flags, uint64
 	return 0;
 }
 
-int aq_lock_cancel(struct aq_file *f, uint64_t wait_id)
+int aq_lock_cancel(struct aq_client *c, uint64_t ino, uint64_t wait_id)
 {
 	struct aq_lock lk = {.type = AQ_LK_UN};
-	return lock_call(f, 0, PROTO_LOCK_CANCEL, wait_id, &lk);
+	return lock_call(c, ino, 0, PROTO_LOCK_CANCEL, wait_id, &lk);
 }
 
 static int unlock_all(struct aq_file *f, uint64_t owner, bool flock)
 {
 	struct aq_lock lk = {.type = AQ_LK_UN, .start = 0, .end = AQ_LK_END};
-	return lock_call(f, owner, flock ? AQ_LOCK_FLOCK : 0, 0, &lk);
+	return lock_call(f->c, f->ino, owner, flock ? AQ_LOCK_FLOCK : 0, 0, &lk);
 }
 
 int aq_file_unlock_owner(struct aq_file *f, uint64_t owner)

@@ -1792,8 +1792,7 @@ static void op_release(fuse_req_t req, fuse_ino_t node, struct fuse_file_info *f
  * one dies. */
 struct lock_wait {
 	fuse_req_t req;
-	struct aq_file *f;
-	uint64_t id;
+	uint64_t ino, id;
 	struct lock_wait *next;
 };
 static struct {
@@ -1802,17 +1801,20 @@ static struct {
 	uint64_t next_id;
 } g_lwaits = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
-/* An INTERRUPT for a waiting request. The cancel goes out under the mutex: the wait is
- * still registered, so its file is still open. */
+/* An INTERRUPT for a waiting request: the wait it names, if it has not ended, is
+ * cancelled (a cancel that comes after the grant changes nothing). */
 static void lock_interrupted(fuse_req_t req, void *data)
 {
+	uint64_t ino = 0, id = 0;
 	pthread_mutex_lock(&g_lwaits.mu);
-	for (struct lock_wait *w = g_lwaits.head; w; w = w->next)
+	for (struct lock_wait *w = g_lwaits.head; w && !id; w = w->next)
 		if (w->req == req) {
-			aq_lock_cancel(w->f, w->id);
-			break;
+			ino = w->ino;
+			id = w->id;
 		}
 	pthread_mutex_unlock(&g_lwaits.mu);
+	if (id)
+		aq_lock_cancel(g_client, ino, id);
 }
 
 static void lock_wait_done(void *arg, int rc)
@@ -1839,7 +1841,7 @@ static void lock_set(fuse_req_t req, struct fuse_file_info *fi, struct aq_lock *
 	}
 	struct lock_wait *w = aq_calloc(1, sizeof *w);
 	w->req = req;
-	w->f = f;
+	w->ino = aq_file_ino(f);
 	pthread_mutex_lock(&g_lwaits.mu);
 	w->id = ++g_lwaits.next_id;
 	w->next = g_lwaits.head;

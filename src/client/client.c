@@ -376,10 +376,16 @@ static void size_reached_server(struct aq_client *c, const struct ino_state *st)
 	pthread_mutex_unlock(&c->recent_mu);
 }
 
+/* Bytes rounded up to whole 4 KiB blocks, in 512-byte units: st_blocks of a file that
+ * holds them all (the servers count what a file's chunks take, meta_file_blocks). */
+static uint64_t blocks_of(uint64_t bytes) { return (bytes + 4095) / 4096 * 8; }
+
 static void take_size(struct aq_attr *a, uint64_t size, int64_t mtime_ns)
 {
+	/* grown by writes: their bytes count as the commit will count them */
+	if (size > a->size)
+		a->blocks += blocks_of(size) - blocks_of(a->size);
 	a->size = size;
-	a->blocks = MAX(a->blocks, (size + 511) / 512); /* as the size's commit will make it */
 	if (mtime_ns > a->mtime_ns)
 		a->mtime_ns = a->ctime_ns = mtime_ns;
 }

@@ -97,6 +97,11 @@ void data_buf_trim(void);
 void data_buf_trim_idle(uint64_t idle_ns);
 /* Bytes of mapped buffers the pool holds for reuse, and mapped in all (in use or pooled). */
 void data_buf_stats(uint64_t *pooled, uint64_t *mapped);
+/* What ino's chunks on target take, each chunk's bytes rounded up to 4 KiB, wherever they
+ * lie (flash or S3: a file moved to S3 is not a sparse one), for st_blocks: chunk idx's
+ * alone (0 when there is none), or all of ino's on target. */
+int data_chunk_bytes(struct data_store *ds, uint32_t target, uint64_t ino, uint32_t idx, uint64_t *bytes);
+int data_inode_bytes(struct data_store *ds, uint32_t target, uint64_t ino, uint64_t *bytes);
 /* Drops everything of ino at or past byte new_size (chunks of chunk_size bytes). */
 int data_truncate(struct data_store *ds, uint32_t target, uint64_t ino, uint64_t new_size, uint32_t chunk_size);
 /* Drops every chunk of ino on target. */

@@ -1173,6 +1173,54 @@ out:
 	return rc;
 }
 
+static uint64_t taken(uint32_t length) { return ((uint64_t)length + 4095) / 4096 * 4096; }
+
+int data_chunk_bytes(struct data_store *ds, uint32_t target, uint64_t ino, uint32_t idx, uint64_t *bytes)
+{
+	struct data_target *t = data_target_get(ds, target);
+	if (!t)
+		return -AQ_ENOT_OWNER;
+	struct data_entry *e = aq_malloc(sizeof *e);
+	bool found = false;
+	int rc = data_index_get(t, ino, idx, e, &found);
+	*bytes = !rc && found ? taken(e->length) : 0;
+	free(e);
+	return rc;
+}
+
+int data_inode_bytes(struct data_store *ds, uint32_t target, uint64_t ino, uint64_t *bytes)
+{
+	struct data_target *t = data_target_get(ds, target);
+	if (!t)
+		return -AQ_ENOT_OWNER;
+	uint8_t start[DATA_KEY_SIZE];
+	data_key(start, ino, 0);
+	struct data_entry *e = aq_malloc(sizeof *e);
+	rocksdb_iterator_t *it = rocksdb_create_iterator(t->db, t->ropt);
+	int rc = 0;
+	*bytes = 0;
+	for (rocksdb_iter_seek(it, (const char *)start, sizeof start); rocksdb_iter_valid(it) && !rc;
+	     rocksdb_iter_next(it)) {
+		size_t klen, vlen;
+		const uint8_t *key = (const uint8_t *)rocksdb_iter_key(it, &klen);
+		if (klen != DATA_KEY_SIZE || memcmp(key, start, 9) != 0)
+			break;
+		const uint8_t *val = (const uint8_t *)rocksdb_iter_value(it, &vlen);
+		rc = data_val_decode(val, vlen, e);
+		*bytes += rc ? 0 : taken(e->length);
+	}
+	char *err = NULL;
+	rocksdb_iter_get_error(it, &err);
+	if (err) {
+		log_error("target %u: index scan of ino %llx: %s", t->id, (unsigned long long)ino, err);
+		rocksdb_free(err);
+		rc = -EIO;
+	}
+	rocksdb_iter_destroy(it);
+	free(e);
+	return rc;
+}
+
 int data_truncate(struct data_store *ds, uint32_t target, uint64_t ino, uint64_t new_size, uint32_t chunk_size)
 {
 	struct data_target *t = data_target_get(ds, target);

@@ -914,6 +914,7 @@ int meta_open(const char *path, bool create, const struct meta_options *opt, str
 	m->nbuckets = opt && opt->nbuckets ? opt->nbuckets : AQ_BUCKETS_DEFAULT;
 	m->chunk_size = opt && opt->chunk_size ? opt->chunk_size : AQ_CHUNK_SIZE_DEFAULT;
 	m->truncate_fn = opt ? opt->truncate_fn : NULL;
+	m->alloc_fn = opt ? opt->alloc_fn : NULL;
 	m->truncate_arg = opt ? opt->truncate_arg : NULL;
 	if (m->nbuckets > AQ_BUCKETS_MAX || m->chunk_size > AQ_CHUNK_SIZE_MAX) {
 		rc = -EINVAL;
@@ -2012,6 +2013,16 @@ static uint32_t sxid_kill_bits(const struct aq_cred *cr, uint32_t mode, uint32_t
 	return kill;
 }
 
+uint64_t meta_file_blocks(struct meta_store *m, const struct aq_attr *a)
+{
+	uint64_t most = (a->size + META_BLOCK_SIZE - 1) / META_BLOCK_SIZE * META_BLOCK_SIZE, bytes;
+	if (!m->alloc_fn || m->alloc_fn(m->truncate_arg, a->ino, a->size, a->chunk_size, &bytes))
+		bytes = most;
+	/* a truncate's chunks past the size go after its commit; a chunk another client wrote
+	 * past it is not the file's until its size says so */
+	return MIN(bytes, most) / 512;
+}
+
 /* Applies mask to in (already read, bucket locked). Returns 0 or -errno; *shrunk is set
  * when the size went down. */
 static int apply_setattr(struct meta_store *m, const struct aq_cred *cr, struct meta_inode *in, uint32_t mask,
@@ -2080,7 +2091,7 @@ static int apply_setattr(struct meta_store *m, const struct aq_cred *cr, struct 
 		*shrunk = req->size < a->size;
 		a->mtime_ns = now;
 		a->size = req->size;
-		a->blocks = (a->size + 511) / 512;
+		a->blocks = meta_file_blocks(m, a);
 	}
 	if (mask & AQ_SET_ATIME_NOW)
 		a->atime_ns = now;
@@ -2237,7 +2248,7 @@ int meta_commit_size(struct meta_store *m, uint64_t ino, uint64_t new_size, int6
 		goto unlock;
 	}
 	node->a.size = MAX(node->a.size, new_size);
-	node->a.blocks = (node->a.size + 511) / 512;
+	node->a.blocks = meta_file_blocks(m, &node->a);
 	int64_t t = mtime_ns > 0 ? mtime_ns : aq_now_ns();
 	node->a.mtime_ns = t;
 	node->a.ctime_ns = MAX(node->a.ctime_ns, t);

@@ -23,12 +23,19 @@ struct meta_store;
  * bytes past new_size. Returns 0 or -errno. */
 typedef int (*meta_truncate_fn)(void *arg, uint64_t ino, uint64_t new_size, uint32_t chunk_size);
 
+/* The bytes a regular file's data takes on the storage targets (each chunk's bytes
+ * rounded up to 4 KiB), for st_blocks: 0 and *bytes, or -errno when it cannot say (some
+ * targets are on other servers), and the size then stands for it. Called with the inode's
+ * bucket locked, when a size is committed or set. */
+typedef int (*meta_alloc_fn)(void *arg, uint64_t ino, uint64_t size, uint32_t chunk_size, uint64_t *bytes);
+
 struct meta_options {
 	uint32_t nbuckets;         /* used when creating; an existing store keeps its own */
 	uint32_t chunk_size;       /* default chunk size for new files */
 	bool sync;                 /* sync the RocksDB WAL on every commit (group commit) */
 	meta_truncate_fn truncate_fn;
-	void *truncate_arg;
+	meta_alloc_fn alloc_fn;    /* may be NULL */
+	void *truncate_arg;        /* both functions' */
 };
 
 int meta_open(const char *path, bool create, const struct meta_options *opt, struct meta_store **out);

@@ -123,6 +123,7 @@ struct meta_store {
 	uint32_t nbuckets;
 	uint32_t chunk_size;
 	meta_truncate_fn truncate_fn;
+	meta_alloc_fn alloc_fn;
 	void *truncate_arg;
 	/* One mutex per bucket; seq_next/seq_reserved[b] are protected by locks[b]. */
 	pthread_mutex_t *locks;
@@ -331,5 +332,11 @@ int meta_sticky_ok(const struct aq_cred *cr, const struct aq_attr *dir, const st
 
 static inline bool meta_is_root(const struct aq_cred *cr) { return cr == NULL || cr->uid == 0; }
 static inline uint8_t meta_dtype(uint32_t mode) { return (uint8_t)((mode & S_IFMT) >> 12); }
+
+/* st_blocks of regular file a (its size and chunk size set): what its chunks take on
+ * the targets (meta_alloc_fn), in 512-byte units, or the size rounded up to 4 KiB when that
+ * cannot be told; never more than the size so rounded. Bucket locked. */
+#define META_BLOCK_SIZE 4096
+uint64_t meta_file_blocks(struct meta_store *m, const struct aq_attr *a);
 
 #endif

@@ -307,6 +307,32 @@ static int truncate_data(void *arg, uint64_t ino, uint64_t new_size, uint32_t ch
 
 /* Whether the request's data, a client's boot id, is this machine's: a client elsewhere
  * could not open the paths a location names, and gets none. */
+/* meta_alloc_fn: what a file's chunks take on the targets, when they are all this
+ * server's; a few chunks are looked up where they lie, more by a scan of each target. */
+#define ALLOC_LOOKUPS_MAX 8
+static int file_bytes(void *arg, uint64_t ino, uint64_t size, uint32_t chunk_size, uint64_t *bytes)
+{
+	struct server *s = arg;
+	if (s->nlocal != s->map.ntargets || !chunk_size)
+		return -ENOENT;
+	uint64_t nchunks = (size + chunk_size - 1) / chunk_size, b;
+	*bytes = 0;
+	for (uint64_t idx = 0; nchunks <= ALLOC_LOOKUPS_MAX && idx < nchunks; idx++) {
+		int rc = data_chunk_bytes(s->data, cluster_chunk_target(&s->map, ino, (uint32_t)idx), ino,
+					  (uint32_t)idx, &b);
+		if (rc)
+			return rc;
+		*bytes += b;
+	}
+	for (uint32_t i = 0; nchunks > ALLOC_LOOKUPS_MAX && i < s->nlocal; i++) {
+		int rc = data_inode_bytes(s->data, s->local_targets[i], ino, &b);
+		if (rc)
+			return rc;
+		*bytes += b;
+	}
+	return 0;
+}
+
 static bool same_machine(const struct server *s, const struct proto_req *r)
 {
 	return !s->boot_err && r->data_len == sizeof s->boot_id && !memcmp(r->data, s->boot_id, sizeof s->boot_id);
@@ -1753,7 +1779,8 @@ int server_start(const struct server_options *opt, struct server **out)
 		goto err_free;
 	}
 	struct meta_options mo = {.nbuckets = s->map.nbuckets, .chunk_size = s->map.chunk_size,
-				  .sync = opt->meta_sync, .truncate_fn = truncate_data, .truncate_arg = s};
+				  .sync = opt->meta_sync, .truncate_fn = truncate_data, .alloc_fn = file_bytes,
+				  .truncate_arg = s};
 	rc = meta_open(path, create, &mo, &s->meta);
 	if (rc) {
 		log_error("cannot open metadata store %s: %s", path, aq_strerror(rc));

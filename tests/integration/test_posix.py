@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 import tarfile
+import tempfile
 import threading
 import time
 
@@ -1351,6 +1352,44 @@ def disk_bytes(root):
             except FileNotFoundError:
                 pass
     return total
+
+
+def test_st_blocks_counts_what_the_chunks_take(c):
+    """Regression (fsstress, from a helper): st_blocks was the size in 512-byte units,
+    holes included, so a 1 GiB file with one byte written said 2,097,152 blocks (ext4:
+    8) and du of sparse files overstated them; now aqd counts what the file's chunks take
+    (each rounded up to 4 KiB) when it commits a size. Compared with the same files on a
+    local file system where ext4's figure is exact."""
+    def make(d):
+        sizes = {}
+        with open(os.path.join(d, "sparse"), "wb") as f:
+            f.truncate(1 << 30)
+            f.write(b"x")
+        with open(os.path.join(d, "tail"), "wb") as f:
+            f.seek((64 << 20) + 5)
+            f.write(b"y" * 10)
+        with open(os.path.join(d, "dense"), "wb") as f:
+            f.write(b"z" * ((5 << 20) + 100))
+        with open(os.path.join(d, "small"), "wb") as f:
+            f.write(b"s" * 100)
+        with open(os.path.join(d, "cut"), "wb") as f:
+            f.write(b"c" * (9 << 20))
+        os.truncate(os.path.join(d, "cut"), 3 << 20)
+        for n in ("sparse", "tail", "dense", "small", "cut"):
+            sizes[n] = os.stat(os.path.join(d, n)).st_blocks
+        return sizes
+    d = c.path("blocks")
+    os.mkdir(d)
+    got = make(d)
+    with tempfile.TemporaryDirectory(dir="/tmp") as local:
+        want = make(local)
+    assert got["sparse"] <= 8 * 1024 and got["tail"] <= 8 * 1024, got  # at most a chunk's worth
+    for n in ("dense", "small", "cut"):
+        assert got[n] == want[n], f"{n}: {got[n]} blocks, ext4 {want[n]}"
+    # what a fresh look (another process, the kernel's attributes dropped) finds
+    run("sh", "-c", f"echo 2 > /proc/sys/vm/drop_caches")
+    assert os.stat(os.path.join(d, "sparse")).st_blocks == got["sparse"]
+    assert disk_bytes(d) < 16 << 20, f"du of the directory says {disk_bytes(d)} bytes"
 
 
 def test_punch_hole_and_zero_range(c):

@@ -265,6 +265,13 @@ int aq_file_setattr(struct aq_file *f, const struct aq_cred *cred, uint32_t mask
  * since. */
 bool aq_file_sxid(struct aq_file *f);
 
+/* lseek(2)'s SEEK_DATA and SEEK_HOLE (whence) from off: the first byte at or past off
+ * that holds data, or the first that is in a hole (the end of the file counts as one).
+ * Holes are what no write reached, a chunk at a time: a chunk's bytes run from its start
+ * to the last byte written in it, the rest is a hole. -ENXIO at or past the end, or for
+ * SEEK_DATA with no data past off. This client's buffered writes are sent first. */
+int64_t aq_file_seek(struct aq_file *f, int64_t off, int whence);
+
 /* Locks: fcntl(2)'s byte-range locks (process-owned and open file description, OFD) and
  * flock(2)'s whole-file locks, kept by the server that holds the inode, so that they
  * exclude each other across clients and machines. An owner is any number the caller

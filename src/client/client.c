@@ -2285,6 +2285,86 @@ bool aq_file_sxid(struct aq_file *f)
 	return file_ready(f) || atomic_load(&f->st->sxid);
 }
 
+/* ---- SEEK_DATA and SEEK_HOLE ---- */
+
+/* The chunks of ino at or past chunk from, in order, max at most, from every server:
+ * their indexes to idx[], their bytes to len[]. Returns how many, or -errno. */
+static int chunks_from(struct aq_client *c, uint64_t ino, uint32_t from, uint32_t max, uint32_t *idx, uint32_t *len)
+{
+	uint32_t n = 0;
+	for (uint32_t i = 0; i < c->map.nservers; i++) {
+		struct proto_req r = {.op = OP_CHUNKS, .cred = c->cred, .ino = ino, .idx = from, .max = max};
+		struct proto_reply rep;
+		struct rpc_call *call = NULL;
+		int rc = rpc_do(c, c->map.servers[i].id, &r, &rep, &call);
+		if (!rc && (rep.data_len % PROTO_CHUNK_SIZE || rep.data_len / PROTO_CHUNK_SIZE > max))
+			rc = -EPROTO;
+		for (uint32_t k = 0; !rc && k < rep.data_len / PROTO_CHUNK_SIZE; k++) {
+			uint32_t x = get_le32(rep.data + k * PROTO_CHUNK_SIZE), at = n;
+			while (at > 0 && idx[at - 1] > x) /* servers' lists merged, the first max kept */
+				at--;
+			if (at >= max)
+				continue;
+			uint32_t keep = MIN(n, max - 1);
+			memmove(idx + at + 1, idx + at, (keep - at) * sizeof *idx);
+			memmove(len + at + 1, len + at, (keep - at) * sizeof *len);
+			idx[at] = x;
+			len[at] = get_le32(rep.data + k * PROTO_CHUNK_SIZE + 4);
+			n = keep + 1;
+		}
+		rpc_free(call);
+		if (rc)
+			return rc;
+	}
+	return (int)n;
+}
+
+int64_t aq_file_seek(struct aq_file *f, int64_t off, int whence)
+{
+	if (whence != SEEK_DATA && whence != SEEK_HOLE)
+		return -EINVAL;
+	int rc = file_ready(f);
+	if (rc)
+		return rc;
+	/* what this client holds for the file counts, as ext4 counts dirty pages: sent first
+	 * (an error is the next flush's or fsync's to report, not this call's) */
+	struct ino_state *st = f->st;
+	pthread_mutex_lock(&st->mu);
+	flush_commit_locked(f->c, st);
+	uint64_t size = st->size, cs = st->chunk_size;
+	pthread_mutex_unlock(&st->mu);
+	if (off < 0 || (uint64_t)off >= size)
+		return -ENXIO;
+	if (!cs)
+		return whence == SEEK_DATA ? off : (int64_t)size;
+	enum { STEP = 512 };
+	uint32_t idx[STEP], len[STEP], from = (uint32_t)MIN((uint64_t)off / cs, UINT32_MAX);
+	uint64_t pos = (uint64_t)off; /* SEEK_HOLE: no hole before it */
+	for (;;) {
+		int n = chunks_from(f->c, f->ino, from, STEP, idx, len);
+		if (n < 0)
+			return n;
+		for (int k = 0; k < n; k++) {
+			uint64_t start = idx[k] * cs, end = MIN(start + len[k], size);
+			if (start >= size)
+				break;
+			if (end <= (uint64_t)off)
+				continue;
+			if (whence == SEEK_DATA)
+				return (int64_t)MAX((uint64_t)off, start);
+			if (start > pos)
+				return (int64_t)pos; /* a chunk never written */
+			pos = MAX(pos, end);
+			if (end < MIN(start + cs, size))
+				return (int64_t)pos; /* the chunk's bytes end before the chunk does */
+		}
+		if (n < STEP || idx[n - 1] == UINT32_MAX)
+			break;
+		from = idx[n - 1] + 1;
+	}
+	return whence == SEEK_DATA ? -ENXIO : (int64_t)MIN(pos, size); /* the end is a hole */
+}
+
 /* ---- locks (src/server/locks.c keeps them) ---- */
 
 static struct proto_req lock_req(uint64_t ino, uint64_t owner, uint32_t flags, uint64_t wait_id,

@@ -102,6 +102,10 @@ void data_buf_stats(uint64_t *pooled, uint64_t *mapped);
  * alone (0 when there is none), or all of ino's on target. */
 int data_chunk_bytes(struct data_store *ds, uint32_t target, uint64_t ino, uint32_t idx, uint64_t *bytes);
 int data_inode_bytes(struct data_store *ds, uint32_t target, uint64_t ino, uint64_t *bytes);
+/* ino's chunks on target at or past chunk from, in order: up to max of them, each's index
+ * to idx[] and bytes of data to len[]. Returns how many, or -errno. */
+int data_chunks(struct data_store *ds, uint32_t target, uint64_t ino, uint32_t from, uint32_t max, uint32_t *idx,
+		uint32_t *len);
 /* Drops everything of ino at or past byte new_size (chunks of chunk_size bytes). */
 int data_truncate(struct data_store *ds, uint32_t target, uint64_t ino, uint64_t new_size, uint32_t chunk_size);
 /* Drops every chunk of ino on target. */

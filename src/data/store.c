@@ -1188,26 +1188,29 @@ int data_chunk_bytes(struct data_store *ds, uint32_t target, uint64_t ino, uint3
 	return rc;
 }
 
-int data_inode_bytes(struct data_store *ds, uint32_t target, uint64_t ino, uint64_t *bytes)
+int data_chunks(struct data_store *ds, uint32_t target, uint64_t ino, uint32_t from, uint32_t max, uint32_t *idx,
+		uint32_t *len)
 {
 	struct data_target *t = data_target_get(ds, target);
 	if (!t)
 		return -AQ_ENOT_OWNER;
 	uint8_t start[DATA_KEY_SIZE];
-	data_key(start, ino, 0);
+	data_key(start, ino, from);
 	struct data_entry *e = aq_malloc(sizeof *e);
 	rocksdb_iterator_t *it = rocksdb_create_iterator(t->db, t->ropt);
 	int rc = 0;
-	*bytes = 0;
-	for (rocksdb_iter_seek(it, (const char *)start, sizeof start); rocksdb_iter_valid(it) && !rc;
+	uint32_t n = 0;
+	for (rocksdb_iter_seek(it, (const char *)start, sizeof start); rocksdb_iter_valid(it) && !rc && n < max;
 	     rocksdb_iter_next(it)) {
 		size_t klen, vlen;
 		const uint8_t *key = (const uint8_t *)rocksdb_iter_key(it, &klen);
 		if (klen != DATA_KEY_SIZE || memcmp(key, start, 9) != 0)
 			break;
 		const uint8_t *val = (const uint8_t *)rocksdb_iter_value(it, &vlen);
-		rc = data_val_decode(val, vlen, e);
-		*bytes += rc ? 0 : taken(e->length);
+		if ((rc = data_val_decode(val, vlen, e)))
+			break;
+		idx[n] = get_be32(key + 9);
+		len[n++] = e->length;
 	}
 	char *err = NULL;
 	rocksdb_iter_get_error(it, &err);
@@ -1218,7 +1221,23 @@ int data_inode_bytes(struct data_store *ds, uint32_t target, uint64_t ino, uint6
 	}
 	rocksdb_iter_destroy(it);
 	free(e);
-	return rc;
+	return rc ? rc : (int)n;
+}
+
+int data_inode_bytes(struct data_store *ds, uint32_t target, uint64_t ino, uint64_t *bytes)
+{
+	enum { STEP = 256 };
+	uint32_t idx[STEP], len[STEP], from = 0;
+	int n;
+	*bytes = 0;
+	while ((n = data_chunks(ds, target, ino, from, STEP, idx, len)) > 0) {
+		for (int i = 0; i < n; i++)
+			*bytes += taken(len[i]);
+		if (n < STEP || idx[n - 1] == UINT32_MAX)
+			break;
+		from = idx[n - 1] + 1;
+	}
+	return n < 0 ? n : 0;
 }
 
 int data_truncate(struct data_store *ds, uint32_t target, uint64_t ino, uint64_t new_size, uint32_t chunk_size)

@@ -1784,6 +1784,17 @@ static void op_release(fuse_req_t req, fuse_ino_t node, struct fuse_file_info *f
 	fuse_reply_err(req, posix_err(rc));
 }
 
+/* SEEK_DATA and SEEK_HOLE (the kernel answers the other lseeks itself): from the chunks
+ * the servers hold (aq_file_seek), so cp and tar find a sparse file's holes. */
+static void op_lseek(fuse_req_t req, fuse_ino_t node, off_t off, int whence, struct fuse_file_info *fi)
+{
+	int64_t at = aq_file_seek((struct aq_file *)(uintptr_t)fi->fh, off, whence);
+	if (at < 0)
+		fuse_reply_err(req, posix_err((int)at));
+	else
+		fuse_reply_lseek(req, at);
+}
+
 /* ---- locks: fcntl (byte-range, OFD) and flock, kept by the servers ----
  * A wait (F_SETLKW, flock without LOCK_NB) waits in the server without holding one of
  * the mount's threads (aq_file_lock_async): a hundred processes waiting on one lock file
@@ -2333,6 +2344,7 @@ static const struct fuse_lowlevel_ops aq_ops = {
 	.fallocate = op_fallocate,
 	.flush = op_flush,
 	.release = op_release,
+	.lseek = op_lseek,
 	.getlk = op_getlk,
 	.setlk = op_setlk,
 	.flock = op_flock,

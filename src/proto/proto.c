@@ -239,6 +239,7 @@ static uint32_t req_fields(uint16_t op)
 	case OP_BATCH: return F_KNOWN | F_MAX | F_DATA;
 	case OP_TIER: return F_KNOWN | F_CRED | F_INO | F_FLAGS | F_DATA;
 	case OP_LOCK: return F_KNOWN | F_INO | F_MODE | F_RDEV | F_FLAGS | F_COOKIE | F_SIZE | F_OFF | F_TIME;
+	case OP_CHUNKS: return F_KNOWN | F_CRED | F_INO | F_IDX | F_MAX;
 	}
 	return 0;
 }
@@ -377,6 +378,7 @@ static uint32_t reply_fields(uint16_t op)
 	case OP_UNLINK: /* PROTO_UNLINK_DIR_ATTR: the directory's attributes after it, else zeros */
 		return R_KNOWN | R_ATTR;
 	case OP_READLINK: case OP_CHUNK_READ: case OP_HELLO: case OP_MAP: case OP_LOCATE: case OP_LOCK:
+	case OP_CHUNKS:
 		return R_KNOWN | R_DATA;
 	case OP_GETXATTR: case OP_LISTXATTR:
 		return R_KNOWN | R_SIZE | R_DATA;

@@ -18,10 +18,10 @@
 #include "aq.h"
 
 #define PROTO_MAGIC 0x31465141u /* "AQF1" */
-#define PROTO_VERSION 7 /* 2: UNLINK has flags, and its reply the directory's attributes; 3: OPEN_MAP;
+#define PROTO_VERSION 8 /* 2: UNLINK has flags, and its reply the directory's attributes; 3: OPEN_MAP;
 			  * 4: changes carry their client id and seq (txn), PROTO_F_RETRY; LOCATE;
 			  * 5: CHUNK_WRITE carries a size and time (PROTO_CW_COMMIT); REOPEN;
-			  * 6: and a setattr (PROTO_CW_ATTRS); 7: LOCK */
+			  * 6: and a setattr (PROTO_CW_ATTRS); 7: LOCK; 8: CHUNKS */
 #define PROTO_HDR_SIZE 32
 #define PROTO_NONCE_SIZE 32
 #define PROTO_MAC_SIZE 32
@@ -62,6 +62,7 @@
 	X(INVAL, 34)     /* server -> client push (PROTO_F_PUSH): what changed */ \
 	X(REOPEN, 35)    /* data: inodes (u64 each) the client held open through a connection that broke */ \
 	X(LOCK, 36)      /* a byte-range or flock lock (PROTO_LOCK below) */ \
+	X(CHUNKS, 37)    /* which of a file's chunks this server's targets hold (PROTO_CHUNK below) */ \
 	X(CHUNK_WRITE, 40)           \
 	X(CHUNK_READ, 41)            \
 	X(OPEN_READ, 42) /* OPEN, then a read of the first chunk it touches */ \
@@ -146,6 +147,12 @@ int proto_extents_decode(const uint8_t *p, uint32_t len, struct aq_extent *ext, 
 #define PROTO_LOCK_SIZE 24
 void proto_lock_put(uint8_t out[PROTO_LOCK_SIZE], const struct aq_lock *l);
 int proto_lock_get(const uint8_t *data, uint32_t len, struct aq_lock *l);
+/* CHUNKS: ino; idx, the first chunk to tell of; max, how many at most. The reply's data
+ * is the chunks of ino at or past idx that this server's targets hold, in order, each
+ * chunk index u32 and bytes u32 (PROTO_CHUNK_SIZE), at most max (PROTO_CHUNKS_MAX): a
+ * file's holes for SEEK_DATA and SEEK_HOLE. */
+#define PROTO_CHUNK_SIZE 8
+#define PROTO_CHUNKS_MAX 4096
 /* WATCH flags */
 #define PROTO_WATCH_DELIVER 1u
 /* UNLINK flags: fill the reply's attributes with the directory's after the unlink (the

@@ -393,6 +393,44 @@ static int locate(struct server *s, const struct proto_req *r, struct wbuf *out)
 	return 0;
 }
 
+static int cmp_chunk(const void *a, const void *b)
+{
+	uint32_t x = get_le32(a), y = get_le32(b);
+	return x < y ? -1 : x > y;
+}
+
+/* CHUNKS: the chunks of r->ino at or past r->idx that this server's targets hold, in
+ * order, r->max at most: (idx, bytes) pairs. */
+static int chunks(struct server *s, const struct proto_req *r, struct wbuf *out)
+{
+	uint32_t max = MIN(r->max, PROTO_CHUNKS_MAX);
+	if (!max)
+		return -EINVAL;
+	uint32_t *idx = aq_malloc(sizeof *idx * max), *len = aq_malloc(sizeof *len * max);
+	struct wbuf w;
+	wbuf_init(&w, (size_t)PROTO_CHUNK_SIZE * max);
+	int rc = 0;
+	for (uint32_t i = 0; i < s->nlocal && rc >= 0; i++) {
+		rc = data_chunks(s->data, s->local_targets[i], r->ino, r->idx, max, idx, len);
+		for (int k = 0; k < rc; k++) {
+			wbuf_u32(&w, idx[k]);
+			wbuf_u32(&w, len[k]);
+		}
+	}
+	if (rc >= 0) {
+		/* each target's are in order; together the first max of them all */
+		size_t n = w.len / PROTO_CHUNK_SIZE;
+		qsort(w.p, n, PROTO_CHUNK_SIZE, cmp_chunk);
+		struct proto_reply rep = {.op = OP_CHUNKS, .data = w.p,
+					  .data_len = (uint32_t)(MIN(n, max) * PROTO_CHUNK_SIZE)};
+		proto_reply_encode(out, &rep);
+	}
+	wbuf_free(&w);
+	free(idx);
+	free(len);
+	return rc < 0 ? rc : 0;
+}
+
 /* OPEN_READ: an OPEN, then the bytes the read asks for that lie in its first chunk, when
  * that chunk is on this server: a small file read whole costs one round trip instead of
  * two. The reply is the OPEN's attributes, the read's status and the bytes (none when the
@@ -936,6 +974,8 @@ static int handle_op(struct server *s, struct sconn *sc, const struct proto_req 
 		return open_read(s, sc, r, out);
 	case OP_LOCATE:
 		return locate(s, r, out);
+	case OP_CHUNKS:
+		return chunks(s, r, out);
 	case OP_RELEASE:
 		conn_track_release(s, sc, r->ino);
 		break;
@@ -1486,6 +1526,7 @@ static bool run_inline(void *arg, const struct proto_hdr *h, const uint8_t *payl
 	case OP_RMDIR:
 	case OP_STATFS:
 	case OP_TIER:
+	case OP_CHUNKS: /* scans of each target's index */
 		return false;
 	case OP_READDIR:
 		/* a page is thousands of entries: worth a hand-off, and a listing read in

@@ -18,7 +18,7 @@ import time
 from aqtest import Cluster, main, proc_status_kib
 
 MAGIC = 0x31465141
-VERSION = 7  # PROTO_VERSION, src/proto/proto.h
+VERSION = 8  # PROTO_VERSION, src/proto/proto.h
 HDR = struct.Struct("<IHHQIHHII")  # magic, version, op, req_id, epoch, status, flags, payload_len, reserved
 assert HDR.size == 32
 F_REPLY = 1
@@ -27,7 +27,7 @@ OP_HELLO, OP_AUTH, OP_MAP = 1, 2, 3
 OP_LOOKUP, OP_GETATTR, OP_MKNOD, OP_MKDIR, OP_SYMLINK = 10, 11, 13, 14, 15
 OP_RMDIR = 18
 OP_BATCH = 50
-KNOWN_OPS = {2, 3} | set(range(10, 33)) | {35, 36, 40, 41, 50, 60}
+KNOWN_OPS = {2, 3} | set(range(10, 33)) | {35, 36, 37, 40, 41, 50, 60}
 S_OK, S_PROTO, S_AUTH = 0, 19, 100
 S_ENOENT, S_EEXIST = 2, 5  # src/common/errors.h
 TIMEOUT_S = 5.0

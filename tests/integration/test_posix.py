@@ -1392,6 +1392,39 @@ def test_st_blocks_counts_what_the_chunks_take(c):
     assert disk_bytes(d) < 16 << 20, f"du of the directory says {disk_bytes(d)} bytes"
 
 
+def test_seek_data_and_seek_hole_find_the_chunks_written(c):
+    """lseek(2)'s SEEK_DATA and SEEK_HOLE were answered by the kernel from the size alone
+    (all data, the hole at the end), so cp and tar could not keep a file sparse. The
+    mount asks aqd which chunks exist: a chunk's bytes run from its start to the last byte
+    written in it, the rest of the file is holes. Writes still buffered by the writer
+    count; past the end is ENXIO; cp --sparse=always copies the bytes and keeps holes."""
+    M = 1 << 20  # chunks are 4 MiB
+    p = c.path("seeks")
+    fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.ftruncate(fd, 64 * M)
+        os.pwrite(fd, b"a" * 4096, 10 * M)
+        os.pwrite(fd, b"b" * M, 40 * M)  # still buffered by the mount: counted
+        def seek(off, whence):
+            try:
+                return os.lseek(fd, off, whence)
+            except OSError as e:
+                return -e.errno
+        D, H = os.SEEK_DATA, os.SEEK_HOLE
+        want = [(0, D, 8 * M), (0, H, 0), (8 * M, H, 10 * M + 4096), (9 * M, D, 9 * M),
+                (10 * M + 5000, D, 40 * M), (11 * M, H, 11 * M), (40 * M, H, 41 * M), (41 * M, D, -errno.ENXIO),
+                (63 * M, H, 63 * M), (64 * M, D, -errno.ENXIO), (64 * M, H, -errno.ENXIO)]
+        got = [(off, w, seek(off, w)) for off, w, _ in want]
+        assert got == want, f"{got}\n{want}"
+    finally:
+        os.close(fd)
+    q = c.path("seeks-copy")
+    run("cp", "--sparse=always", p, q)
+    with open(p, "rb") as a, open(q, "rb") as b:
+        assert a.read() == b.read()
+    assert os.stat(q).st_blocks * 512 < 16 * M, os.stat(q).st_blocks
+
+
 def test_punch_hole_and_zero_range(c):
     """Regression: fallocate(2)'s FALLOC_FL_PUNCH_HOLE and FALLOC_FL_ZERO_RANGE were
     EOPNOTSUPP (ext4 does both). Now the range reads as zeros and every other byte is

@@ -106,6 +106,7 @@ static uint32_t spec_req(uint16_t op)
 	case OP_BATCH: return T_KNOWN | T_MAX | T_DATA;
 	case OP_TIER: return T_KNOWN | T_CRED | T_INO | T_FLAGS | T_DATA;
 	case OP_LOCK: return T_KNOWN | T_INO | T_MODE | T_RDEV | T_FLAGS | T_COOKIE | T_SIZE | T_OFF | T_TIME;
+	case OP_CHUNKS: return T_KNOWN | T_CRED | T_INO | T_IDX | T_MAX;
 	}
 	return 0;
 }
@@ -121,6 +122,7 @@ static uint32_t spec_reply(uint16_t op)
 		return TR_KNOWN | TR_ATTR;
 	case OP_READLINK: case OP_CHUNK_READ: case OP_HELLO: case OP_MAP: case OP_LOCATE:
 	case OP_LOCK: /* empty, or the lock in the way (proto_lock_put) */
+	case OP_CHUNKS: /* (idx u32, bytes u32) pairs */
 		return TR_KNOWN | TR_DATA;
 	case OP_GETXATTR: case OP_LISTXATTR:
 		return TR_KNOWN | TR_SIZE | TR_DATA;

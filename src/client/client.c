@@ -2330,7 +2330,9 @@ int64_t aq_file_seek(struct aq_file *f, int64_t off, int whence)
 	 * (an error is the next flush's or fsync's to report, not this call's) */
 	struct ino_state *st = f->st;
 	pthread_mutex_lock(&st->mu);
-	flush_commit_locked(f->c, st);
+	rc = flush_commit_locked(f->c, st);
+	if (rc && !st->err)
+		st->err = rc;
 	uint64_t size = st->size, cs = st->chunk_size;
 	pthread_mutex_unlock(&st->mu);
 	if (off < 0 || (uint64_t)off >= size)

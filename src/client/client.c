@@ -2216,6 +2216,27 @@ ssize_t aq_pread(struct aq_file *f, void *buf, size_t len, uint64_t off)
 	return rc ? rc : (ssize_t)len;
 }
 
+/* Sends st's buffered writes and commits its size. A write-back failure is reported once,
+ * by the flush or fsync that comes after it or by this one when it is this flush's own
+ * (as Linux reports one to fsync); writes then go on, also once a server that was away is
+ * back. Without report (a call that is no flush), a failure of its own is kept for the
+ * next flush or fsync instead. With st->mu held. */
+static int flush_report_locked(struct aq_client *c, struct ino_state *st, bool report)
+{
+	int rc = flush_commit_locked(c, st);
+	if (!report) {
+		if (rc && !st->err)
+			st->err = rc;
+		return 0;
+	}
+	if (st->err) {
+		if (!rc)
+			rc = st->err;
+		st->err = 0;
+	}
+	return rc;
+}
+
 int aq_flush(struct aq_file *f)
 {
 	int rc = file_ready(f);
@@ -2223,15 +2244,7 @@ int aq_flush(struct aq_file *f)
 		return rc;
 	struct ino_state *st = f->st;
 	pthread_mutex_lock(&st->mu);
-	rc = flush_commit_locked(f->c, st);
-	/* A write-back failure is reported once, by the flush or fsync that comes after it
-	 * or by this one when it is this flush's own (as Linux reports one to fsync); writes
-	 * then go on, also once a server that was away is back. */
-	if (st->err) {
-		if (!rc)
-			rc = st->err;
-		st->err = 0;
-	}
+	rc = flush_report_locked(f->c, st, true);
 	pthread_mutex_unlock(&st->mu);
 	return rc;
 }
@@ -2293,7 +2306,7 @@ static int chunks_from(struct aq_client *c, uint64_t ino, uint32_t from, uint32_
 {
 	uint32_t n = 0;
 	for (uint32_t i = 0; i < c->map.nservers; i++) {
-		struct proto_req r = {.op = OP_CHUNKS, .cred = c->cred, .ino = ino, .idx = from, .max = max};
+		struct proto_req r = {.op = OP_CHUNKS, .ino = ino, .idx = from, .max = max};
 		struct proto_reply rep;
 		struct rpc_call *call = NULL;
 		int rc = rpc_do(c, c->map.servers[i].id, &r, &rep, &call);
@@ -2330,9 +2343,7 @@ int64_t aq_file_seek(struct aq_file *f, int64_t off, int whence)
 	 * (an error is the next flush's or fsync's to report, not this call's) */
 	struct ino_state *st = f->st;
 	pthread_mutex_lock(&st->mu);
-	rc = flush_commit_locked(f->c, st);
-	if (rc && !st->err)
-		st->err = rc;
+	flush_report_locked(f->c, st, false);
 	uint64_t size = st->size, cs = st->chunk_size;
 	pthread_mutex_unlock(&st->mu);
 	if (off < 0 || (uint64_t)off >= size)
@@ -2405,10 +2416,8 @@ static void locker_add(struct aq_file *f, uint64_t owner, uint32_t flags, const 
 	bool known = false;
 	for (uint32_t i = 0; i < f->nlockers && !known; i++)
 		known = f->lockers[i].owner == owner && f->lockers[i].flock == flock;
-	if (!known && !f->nlockers) {
+	if (!known && !f->nlockers)
 		f->st->lockers++;
-		atomic_fetch_add(&f->c->lock_files, 1);
-	}
 	if (!known) {
 		f->lockers = aq_realloc(f->lockers, (f->nlockers + 1) * sizeof *f->lockers);
 		f->lockers[f->nlockers++] = (struct file_locker){owner, flock};
@@ -2437,9 +2446,8 @@ struct lock_async {
 	int attempt;
 };
 
-static void lock_async_end(struct lock_async *la, int rc)
+static void lock_async_free(struct lock_async *la)
 {
-	la->done(la->arg, lock_err(rc));
 	wbuf_free(&la->req);
 	free(la);
 }
@@ -2476,8 +2484,10 @@ static void *lock_main(void *arg)
 		rpc_free(call);
 		if (broke && !(rc = lock_async_send(c, la)))
 			la = NULL; /* out again */
-		if (la)
-			lock_async_end(la, rc);
+		if (la) {
+			la->done(la->arg, lock_err(rc));
+			lock_async_free(la);
+		}
 		pthread_mutex_lock(&cq->mu);
 	}
 	pthread_mutex_unlock(&cq->mu);
@@ -2488,9 +2498,7 @@ static void *lock_main(void *arg)
 static void lock_calls_free(struct aq_client *c)
 {
 	for (struct rpc_call *call; (call = rpc_cq_pop(&c->lk_cq, false));) {
-		struct lock_async *la = call->cq_arg;
-		wbuf_free(&la->req);
-		free(la);
+		lock_async_free(call->cq_arg);
 		rpc_free(call);
 	}
 	rpc_cq_destroy(&c->lk_cq);
@@ -2532,8 +2540,7 @@ int aq_file_lock_async(struct aq_file *f, uint64_t owner, uint32_t flags, uint64
 	proto_req_encode(&la->req, &r);
 	/* the caller waits for a server that is away, as every call does (rpc_do) */
 	if ((rc = lock_async_send(c, la))) {
-		wbuf_free(&la->req);
-		free(la);
+		lock_async_free(la);
 		return lock_err(rc);
 	}
 	return 0;
@@ -2553,13 +2560,18 @@ static int unlock_all(struct aq_file *f, uint64_t owner, bool flock)
 
 int aq_file_unlock_owner(struct aq_file *f, uint64_t owner)
 {
+	/* a lazy open not waited on yet has no state of its own: the inode's, if another
+	 * handle of this client has it */
 	struct ino_state *st = __atomic_load_n(&f->st, __ATOMIC_ACQUIRE);
-	bool any = atomic_load(&f->c->lock_files);
-	if (any && st) { /* else a lazy open not waited on yet: the client's count decides */
-		pthread_mutex_lock(&st->mu);
-		any = st->lockers;
-		pthread_mutex_unlock(&st->mu);
+	struct ino_state *ref = st ? NULL : state_ref(f->c, f->ino), *use = st ? st : ref;
+	bool any = false;
+	if (use) {
+		pthread_mutex_lock(&use->mu);
+		any = use->lockers;
+		pthread_mutex_unlock(&use->mu);
 	}
+	if (ref)
+		state_put(f->c, ref);
 	return any ? unlock_all(f, owner, false) : 0;
 }
 
@@ -2576,7 +2588,6 @@ static void file_unlock(struct aq_file *f)
 	pthread_mutex_lock(&f->st->mu);
 	f->st->lockers--;
 	pthread_mutex_unlock(&f->st->mu);
-	atomic_fetch_sub(&f->c->lock_files, 1);
 	free(f->lockers);
 }
 

@@ -342,7 +342,6 @@ struct aq_client {
 	atomic_bool keeper_stop;
 	atomic_uint deferred;      /* files with deferred attribute changes (ino_state.amask) */
 	atomic_ulong blind_gen;    /* unlinks and renames this client sent (ino_state.unsure) */
-	atomic_uint lock_files;    /* open handles some owner locked through (aq_file_unlock_owner) */
 	/* lock waits that hold no caller's thread (aq_file_lock_async): their replies come to
 	 * lk_cq, and lk_thread hands each to its callback */
 	struct rpc_cq lk_cq;

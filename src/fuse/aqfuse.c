@@ -1759,7 +1759,7 @@ static void write_back_failed(fuse_ino_t node)
 static void op_flush(fuse_req_t req, fuse_ino_t node, struct fuse_file_info *fi)
 {
 	struct aq_file *f = (struct aq_file *)(uintptr_t)fi->fh;
-	int rc = aq_flush(f); /* read-only handles are never flushed (noflush) */
+	int rc = aq_flush(f); /* read-only handles come here only once a lock was taken (op_open) */
 	own_change();
 	/* close(2) of any descriptor of a file drops the process's fcntl locks on it (a
 	 * read-only handle's close sends no FLUSH: its RELEASE, aq_close, drops what was

@@ -239,7 +239,7 @@ static uint32_t req_fields(uint16_t op)
 	case OP_BATCH: return F_KNOWN | F_MAX | F_DATA;
 	case OP_TIER: return F_KNOWN | F_CRED | F_INO | F_FLAGS | F_DATA;
 	case OP_LOCK: return F_KNOWN | F_INO | F_MODE | F_RDEV | F_FLAGS | F_COOKIE | F_SIZE | F_OFF | F_TIME;
-	case OP_CHUNKS: return F_KNOWN | F_CRED | F_INO | F_IDX | F_MAX;
+	case OP_CHUNKS: return F_KNOWN | F_INO | F_IDX | F_MAX;
 	}
 	return 0;
 }

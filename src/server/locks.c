@@ -151,6 +151,9 @@ static bool same_owner(const struct lk *l, const struct lock_req *r)
 
 static bool is_flock(const struct lock_req *r) { return r->flags & AQ_LOCK_FLOCK; }
 
+/* Whether l is r's owner's, of r's kind (flock or byte-range). */
+static bool mine(const struct lk *l, const struct lock_req *r) { return l->flock == is_flock(r) && same_owner(l, r); }
+
 /* The first lock of another owner, of r's kind, that r's range and type conflict with. */
 static struct lk *conflict_of(const struct lfile *lf, const struct lock_req *r)
 {
@@ -189,7 +192,7 @@ static bool room(const struct lock_table *t, const struct lfile *lf, const struc
 	if (r->type == AQ_LK_UN) {
 		more = 0;
 		for (const struct lk *l = lf ? lf->locks : NULL; l && !more; l = l->next)
-			more = l->flock == is_flock(r) && same_owner(l, r) && l->start < r->start && l->end > r->end;
+			more = mine(l, r) && l->start < r->start && l->end > r->end;
 	}
 	return !more || (t->nlocks + more <= LOCKS_MAX && (!lf || lf->n + more <= FILE_LOCKS_MAX));
 }
@@ -222,7 +225,7 @@ static void apply(struct lock_table *t, struct lfile *lf, const struct lock_req 
 	struct lk **pp = &lf->locks;
 	while (*pp) {
 		struct lk *l = *pp;
-		if (l->flock != is_flock(r) || !same_owner(l, r)) {
+		if (!mine(l, r)) {
 			pp = &l->next;
 			continue;
 		}
@@ -314,7 +317,7 @@ static bool flock_convert(struct lock_table *t, struct lfile *lf, const struct l
 {
 	for (struct lk **pp = &lf->locks; *pp; pp = &(*pp)->next) {
 		struct lk *l = *pp;
-		if (l->flock && same_owner(l, r) && l->type != r->type) {
+		if (mine(l, r) && l->type != r->type) {
 			*pp = l->next;
 			lk_free(t, lf, l);
 			return true;

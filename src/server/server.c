@@ -160,19 +160,21 @@ static void inval_push(struct server *s, struct sconn *origin)
 	}
 }
 
-/* Who owns the locks a connection takes: its client, once it said who it is (WATCH);
- * before, the connection itself. */
-static uint64_t lock_client(const struct sconn *sc)
+/* Who owns the locks a connection takes: its client, once it said who it is (WATCH,
+ * client_id); before, the connection itself. */
+static uint64_t lock_key(const struct sconn *sc, uint64_t client_id)
 {
-	return sc->client_id ? sc->client_id : (uint64_t)(uintptr_t)sc;
+	return client_id ? client_id : (uint64_t)(uintptr_t)sc;
 }
+
+static uint64_t lock_client(const struct sconn *sc) { return lock_key(sc, sc->client_id); }
 
 static void lock_grants_send(void);
 
 static void watch(struct server *s, struct sconn *sc, uint64_t client_id, bool deliver)
 {
 	if (client_id != sc->client_id) { /* the locks it takes are its client's from now on */
-		locks_attach(s->locks, client_id ? client_id : (uint64_t)(uintptr_t)sc, client_id != 0);
+		locks_attach(s->locks, lock_key(sc, client_id), client_id != 0);
 		locks_detach(s->locks, lock_client(sc), NULL);
 		lock_grants_send();
 	}

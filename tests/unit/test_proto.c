@@ -106,7 +106,7 @@ static uint32_t spec_req(uint16_t op)
 	case OP_BATCH: return T_KNOWN | T_MAX | T_DATA;
 	case OP_TIER: return T_KNOWN | T_CRED | T_INO | T_FLAGS | T_DATA;
 	case OP_LOCK: return T_KNOWN | T_INO | T_MODE | T_RDEV | T_FLAGS | T_COOKIE | T_SIZE | T_OFF | T_TIME;
-	case OP_CHUNKS: return T_KNOWN | T_CRED | T_INO | T_IDX | T_MAX;
+	case OP_CHUNKS: return T_KNOWN | T_INO | T_IDX | T_MAX;
 	}
 	return 0;
 }

@@ -501,7 +501,7 @@ int cmd_down(int argc, char **argv)
 }
 
 /* Takes mount(8)'s comma-separated options (-o, an fstab entry's fourth field) into o:
- * Aquifer's own (ro, nosuid, nodev, allow_other, attr_timeout=S, threads=N), the flags
+ * Aquifer's own (ro, nosuid, nodev, allow_other, attr_timeout=S, threads=N, no_io_uring), the flags
  * the kernel applies to any mount (noatime, noexec...: into o->mnt_flags, and those
  * libfuse passes on by name into vfs, which o->vfs_opts points at), and what only
  * mount(8) and fstab use (defaults, noauto, _netdev...), which is dropped. 0, or -1
@@ -557,6 +557,8 @@ static int mount_opts(char *list, struct aqfuse_options *o, char *vfs, size_t vf
 			o->attr_timeout_s = atof(eq + 1);
 		else if (eq && !strncmp(opt, "threads=", 8))
 			o->threads = (unsigned)atoi(eq + 1);
+		else if (!strcmp(opt, "no_io_uring"))
+			o->no_io_uring = true;
 		else {
 			fprintf(stderr, "aq mount: unknown mount option '%s'\n", opt);
 			return -1;
@@ -575,10 +577,10 @@ int cmd_mount(int argc, char **argv)
 		{"attr-timeout", required_argument, 0, 't'}, {"threads", required_argument, 0, 'T'},
 		{"debug", no_argument, 0, 'd'}, {"log", required_argument, 0, 'l'},
 		{"nosuid", no_argument, 0, 'S'}, {"nodev", no_argument, 0, 'D'},
-		{"options", required_argument, 0, 'o'}, {0, 0, 0, 0}};
+		{"options", required_argument, 0, 'o'}, {"no-io-uring", no_argument, 0, 'U'}, {0, 0, 0, 0}};
 	int c;
 	optind = 1;
-	while ((c = getopt_long(argc, argv, "c:fart:T:dl:SDo:", lopts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "c:fart:T:dl:SDo:U", lopts, NULL)) != -1) {
 		switch (c) {
 		case 'c': o.cluster_file = optarg; break;
 		case 'f': o.foreground = true; break;
@@ -590,6 +592,7 @@ int cmd_mount(int argc, char **argv)
 		case 'l': o.log_path = optarg; break;
 		case 'S': o.nosuid = true; break;
 		case 'D': o.nodev = true; break;
+		case 'U': o.no_io_uring = true; break;
 		case 'o':
 			if (mount_opts(optarg, &o, vfs, sizeof vfs))
 				return 2;
@@ -629,7 +632,8 @@ int cmd_mount(int argc, char **argv)
 	return aqfuse_main(&o);
 usage:
 	fprintf(stderr, "usage: aq mount MOUNTPOINT [--cluster FILE] [--foreground] [--allow-other] [--ro] "
-			"[--nosuid] [--nodev] [--attr-timeout SECONDS] [--threads N] [--log FILE] [-o OPTIONS]\n");
+			"[--nosuid] [--nodev] [--attr-timeout SECONDS] [--threads N] [--no-io-uring] [--log FILE] "
+			"[-o OPTIONS]\n");
 	return 2;
 }
 

@@ -10,7 +10,7 @@ static const struct {
 	{"down", cmd_down, "down [--data DIR] [--mount DIR] unmount and stop aqd"},
 	{"mount", cmd_mount,
 	 "mount MOUNTPOINT [--cluster FILE] [--foreground] [--allow-other] [--ro] [--nosuid] [--nodev]\n"
-	 "           [--attr-timeout S] [-o MOUNT_OPTIONS]"},
+	 "           [--attr-timeout S] [--threads N] [--no-io-uring] [-o MOUNT_OPTIONS]"},
 	{"umount", cmd_umount, "umount MOUNTPOINT"},
 	{"heard", cmd_heard, "heard PATH                       returns once the mount holding PATH shows what other clients finished"},
 	{"status", cmd_status, "status [--cluster FILE]          servers, buckets, targets, space, files"},

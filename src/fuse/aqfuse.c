@@ -2433,11 +2433,16 @@ int aqfuse_main(const struct aqfuse_options *opt)
 	int status = 1;
 	if (fuse_set_signal_handlers(se))
 		goto out_destroy;
+	/* asked before the mount: the kernel offers the ring in the INIT it sends then.
+	 * $AQ_MOUNT_IO_URING=0 declines it as --no-io-uring does, for comparisons. */
+	const char *ring_env = getenv("AQ_MOUNT_IO_URING");
+	bool ring = !opt->no_io_uring && !(ring_env && strcmp(ring_env, "0") == 0);
+	unsigned ring_threads = ring && uring_kernel_on() ? (opt->threads ? opt->threads : 16) : 0;
 	if (fuse_session_mount(se, opt->mountpoint)) {
 		fprintf(stderr, "aq mount: cannot mount at %s\n", opt->mountpoint);
 		goto out_signals;
 	}
-	if (devio_install(se)) {
+	if (devio_install(se, ring_threads)) {
 		fprintf(stderr, "aq mount: cannot install the /dev/fuse hooks\n");
 		goto out_unmount;
 	}
@@ -2475,6 +2480,7 @@ int aqfuse_main(const struct aqfuse_options *opt)
 	fuse_loop_cfg_set_max_threads(cfg, AQFUSE_MAX_THREADS);
 	status = fuse_session_loop_mt(se, cfg) ? 1 : 0;
 	fuse_loop_cfg_destroy(cfg);
+	uring_stop();
 	pthread_mutex_lock(&g_inval.mu);
 	g_inval.stop = true;
 	pthread_cond_signal(&g_inval.cv);

@@ -2,6 +2,8 @@
 #ifndef AQ_FUSE_H
 #define AQ_FUSE_H
 #include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
 
 struct aqfuse_options {
 	const char *cluster_file;
@@ -13,6 +15,8 @@ struct aqfuse_options {
 	bool debug;
 	double attr_timeout_s;   /* kernel attribute and entry cache */
 	unsigned threads;        /* FUSE worker threads */
+	bool no_io_uring;        /* serve through /dev/fuse even where the kernel offers FUSE
+				  * over io_uring */
 	const char *log_path;    /* where the mount logs once it runs in the background */
 	const char *vfs_opts;    /* mount(8) flags libfuse passes on by name: "noatime,noexec"... */
 	unsigned long mnt_flags; /* every MS_* flag the options asked for; those libfuse does
@@ -31,10 +35,23 @@ struct aqfuse_options {
  * asks for it (its caller lacks CAP_FSETID); devio_tmpfile: the CREATE this thread
  * handles was the kernel's FUSE_TMPFILE (open with O_TMPFILE). */
 struct fuse_session;
-int devio_install(struct fuse_session *se);
+struct iovec;
+int devio_install(struct fuse_session *se, unsigned uring_threads);
+void devio_note(uint8_t *buf, size_t n); /* a request read, before libfuse handles it */
 bool devio_killpriv_v2(void);
 bool devio_kill(void);
 bool devio_tmpfile(void);
+
+/* uring.c: FUSE over io_uring, taken when devio_install was given uring_threads and the
+ * kernel offers it. uring_kernel_on: whether the kernel will offer it to a mount made now,
+ * after turning the fuse module's enable_uring on when it may (root). uring_start: once
+ * INIT is answered, threads (in all, at least 2 per CPU queue) register their entries;
+ * uring_reply takes a reply (as writev's iov) if it answers a request that came through
+ * the ring, and returns false otherwise; uring_stop before the session ends. */
+bool uring_kernel_on(void);
+int uring_start(struct fuse_session *se, int fd, size_t payload_size, unsigned threads);
+bool uring_reply(const struct iovec *iov, int count);
+void uring_stop(void);
 
 /* Mounts and serves until unmounted. Returns a process exit status. */
 int aqfuse_main(const struct aqfuse_options *opt);

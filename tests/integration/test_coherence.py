@@ -17,7 +17,7 @@ import tempfile
 import threading
 import time
 
-from aqtest import AQ, NOBODY, Cluster, heard, main, run, run_as, runs_while_stopped, unmount
+from aqtest import AQ, NOBODY, Cluster, heard, main, mount_pid, run, run_as, runs_while_stopped, unmount
 
 ROUNDS = 50
 SOON = 0.5
@@ -47,11 +47,14 @@ def read(p):
 
 
 class TwoMounts(Cluster):
+    """Mount A (c.mnt) serves through FUSE over io_uring where the kernel has it, mount B
+    (c.mnt2) through /dev/fuse, so every test here runs across both ways."""
     def __init__(self):
         super().__init__()
         self.mnt2 = os.path.join(self.base, "mnt2")
+        self.mnt2_log = os.path.join(self.base, "mnt2.log")
         os.makedirs(self.mnt2)
-        run(AQ, "mount", self.mnt2, "--cluster", self.conf)
+        run(AQ, "mount", self.mnt2, "--cluster", self.conf, "--no-io-uring", "--log", self.mnt2_log)
 
     def close(self):
         unmount(self.mnt2)
@@ -77,6 +80,46 @@ def extra_mount(c, name, **hooks):
         env["AQ_MOUNT_TEST_" + k.upper()] = str(v)
     run(AQ, "mount", m, "--cluster", c.conf, env=env)
     return m
+
+
+ENABLE_URING = "/sys/module/fuse/parameters/enable_uring"
+
+
+def ring_completions(pid):
+    """Completions reaped so far on all of process pid's io_urings (CqHead in fdinfo)."""
+    total = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") != "anon_inode:[io_uring]":
+                continue
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                total += next(int(ln.split()[1]) for ln in f if ln.startswith("CqHead:"))
+        except (FileNotFoundError, StopIteration):
+            pass
+    return total
+
+
+def test_mount_a_serves_through_io_uring_and_mount_b_through_dev_fuse(c):
+    """Where the kernel has FUSE over io_uring (Linux 6.14, its fuse module's enable_uring,
+    which a root mount turns on), mount A takes it: its LOOKUPs arrive as completions on
+    its rings. Mount B, told --no-io-uring, reads /dev/fuse and has no ring."""
+    b_pid = mount_pid(c.mnt2)
+    assert ring_completions(b_pid) == 0 and not any(
+        os.readlink(f"/proc/{b_pid}/fd/{fd}") == "anon_inode:[io_uring]" for fd in os.listdir(f"/proc/{b_pid}/fd"))
+    with open(c.mnt2_log) as f:
+        assert "io_uring" not in f.read()
+    if not os.path.exists(ENABLE_URING):
+        print("  (no FUSE over io_uring in this kernel: both mounts read /dev/fuse)")
+        return
+    with open(ENABLE_URING) as f:
+        assert f.read().strip() == "Y"
+    with open(os.path.join(c.data, "mount.log")) as f:
+        assert "FUSE over io_uring" in f.read()
+    a_pid = c.mount_pid()
+    before = ring_completions(a_pid)
+    for i in range(300):
+        assert not os.path.exists(c.path(f"ring-miss-{i}"))  # a LOOKUP each
+    assert ring_completions(a_pid) - before >= 300
 
 
 def answers_with_aqd_stopped(c, code):

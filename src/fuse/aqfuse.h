@@ -44,12 +44,15 @@ bool devio_tmpfile(void);
 
 /* uring.c: FUSE over io_uring, taken when devio_install was given uring_threads and the
  * kernel offers it. uring_kernel_on: whether the kernel will offer it to a mount made now,
- * after turning the fuse module's enable_uring on when it may (root). uring_start: once
- * INIT is answered, threads (in all, at least 2 per CPU queue) register their entries;
- * uring_reply takes a reply (as writev's iov) if it answers a request that came through
- * the ring, and returns false otherwise; uring_stop before the session ends. */
+ * after turning the fuse module's enable_uring on when it may (root). uring_prepare,
+ * before the INIT reply offers it: threads (in all, at least 2 per CPU queue), their
+ * io_urings and entries, or an error and nothing to offer; uring_go after that reply:
+ * the threads register their entries, or end if it was not sent. uring_reply takes a
+ * reply (as writev's iov) if it answers a request that came through the ring, and
+ * returns false otherwise; uring_stop before the session ends. */
 bool uring_kernel_on(void);
-int uring_start(struct fuse_session *se, int fd, size_t payload_size, unsigned threads);
+int uring_prepare(struct fuse_session *se, int fd, size_t payload_size, unsigned threads);
+void uring_go(bool offered);
 bool uring_reply(const struct iovec *iov, int count);
 void uring_stop(void);
 

@@ -43,7 +43,7 @@ static _Atomic uint64_t g_init_unique; /* the INIT, until answered */
 static bool g_offer_v2, g_offer_uring; /* what it offered that the mount takes */
 static atomic_bool g_v2;
 static struct fuse_session *g_se;
-static unsigned g_uring_threads; /* FUSE over io_uring's threads (uring_start); 0: not wanted */
+static unsigned g_uring_threads; /* FUSE over io_uring's threads (uring_prepare); 0: not wanted */
 
 /* FUSE_OVER_IO_URING (Linux 6.14) is bit 41 of the INIT flags, bit 9 of flags2 */
 #define INIT_FLAGS2_OVER_IO_URING (1u << 9)
@@ -130,17 +130,18 @@ static ssize_t dev_writev(int fd, struct iovec *iov, int count, void *userdata)
 	}
 	bool ring = HAS(flags2) && g_offer_uring;
 #undef HAS
+	if (ring) { /* each entry with room for the biggest request the connection allows */
+		size_t payload = MAX((size_t)arg->max_write, (size_t)arg->max_pages * (size_t)sysconf(_SC_PAGESIZE));
+		ring = uring_prepare(g_se, fd, MAX(payload, (size_t)FUSE_MIN_READ_BUFFER), g_uring_threads) == 0;
+	}
 	if (ring) {
 		arg->flags |= FUSE_INIT_EXT;
 		arg->flags2 |= INIT_FLAGS2_OVER_IO_URING;
 	}
 	ssize_t n = writev(fd, iov, count);
-	/* the kernel took the INIT reply (and with it the connection's limits) within the
-	 * writev: the ring's entries may register now, each with room for the biggest request */
-	if (n > 0 && ring) {
-		size_t payload = MAX((size_t)arg->max_write, (size_t)arg->max_pages * (size_t)sysconf(_SC_PAGESIZE));
-		uring_start(g_se, fd, MAX(payload, (size_t)FUSE_MIN_READ_BUFFER), g_uring_threads);
-	}
+	/* the kernel took the INIT reply within the writev: the entries may register now */
+	if (ring)
+		uring_go(n > 0);
 	return n;
 }
 

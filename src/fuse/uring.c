@@ -6,8 +6,8 @@
  * queue of the CPU its caller runs on; every queue needs an entry before any is used.
  *
  * libfuse 3.14 does not speak it, so the mount drives it beside libfuse: the INIT reply
- * gets FUSE_OVER_IO_URING (devio.c), then uring_start starts the mount's --threads
- * threads (at least 2 per queue), each with an io_uring and an entry of its own. (Pinning
+ * gets FUSE_OVER_IO_URING (devio.c), and the mount's --threads threads (at least 2 per
+ * queue), each with an io_uring and an entry of its own, register their entries. (Pinning
  * each to its queue's CPU made no difference here.) A thread takes a request from
  * its entry, lays it out as read(2) would have given it and hands it to libfuse
  * (fuse_session_process_buf); the handler's reply, from this thread or any other (an
@@ -106,6 +106,7 @@ struct ring_thr {
 	uint64_t efd_val;
 	pthread_mutex_t mu;      /* to_commit */
 	struct ring_ent *to_commit;
+	struct ring_ent *first;  /* made by uring_prepare, registered once the ring runs */
 };
 
 static struct {
@@ -114,13 +115,17 @@ static struct {
 	size_t payload_size;
 	unsigned nthr;
 	struct ring_thr *thr;
-	pthread_mutex_t mu;      /* all, nall, stop, serving */
+	pthread_mutex_t mu;      /* all, nall, state, stop, serving */
 	pthread_cond_t idle;
 	struct ring_ent **all;   /* every entry made, for answers given by other threads */
 	unsigned nall, capall;
+	enum { RING_NONE, RING_PREPARED, RING_RUNNING, RING_ABANDONED } state; /* go waits on it */
+	pthread_cond_t go;
 	bool stop;
 	unsigned serving;
-} g_ring = {.mu = PTHREAD_MUTEX_INITIALIZER, .idle = PTHREAD_COND_INITIALIZER};
+	unsigned queues, per_queue;
+	bool turned_on; /* this mount turned the fuse module's enable_uring on */
+} g_ring = {.mu = PTHREAD_MUTEX_INITIALIZER, .idle = PTHREAD_COND_INITIALIZER, .go = PTHREAD_COND_INITIALIZER};
 
 static _Thread_local struct ring_ent *t_ent; /* the entry this thread serves now */
 
@@ -184,8 +189,8 @@ static void arm_wake(struct ring_thr *t)
 	sqe->user_data = TAG_WAKE;
 }
 
-/* A new entry of thread t, registered with the kernel (NULL past URING_ENTS_MAX). */
-static struct ring_ent *ent_new(struct ring_thr *t)
+/* A new entry of thread t, not yet registered (NULL past URING_ENTS_MAX). */
+static struct ring_ent *ent_alloc(struct ring_thr *t)
 {
 	size_t map_size = REQ_SLACK + g_ring.payload_size;
 	struct ring_ent *e = calloc(1, sizeof *e);
@@ -219,7 +224,15 @@ static struct ring_ent *ent_new(struct ring_thr *t)
 	e->iov[0] = (struct iovec){e->hdr, sizeof *e->hdr};
 	e->iov[1] = (struct iovec){e->payload, g_ring.payload_size};
 	pthread_mutex_init(&e->mu, NULL);
-	submit_cmd(t, e, URING_CMD_REGISTER, 0);
+	return e;
+}
+
+/* A new entry of thread t, registered with the kernel (NULL past URING_ENTS_MAX). */
+static struct ring_ent *ent_new(struct ring_thr *t)
+{
+	struct ring_ent *e = ent_alloc(t);
+	if (e)
+		submit_cmd(t, e, URING_CMD_REGISTER, 0);
 	return e;
 }
 
@@ -271,10 +284,18 @@ static void commit(struct ring_ent *e)
 static void *thr_main(void *arg)
 {
 	struct ring_thr *t = arg;
+	pthread_mutex_lock(&g_ring.mu);
+	while (g_ring.state == RING_PREPARED)
+		pthread_cond_wait(&g_ring.go, &g_ring.mu);
+	bool go = g_ring.state == RING_RUNNING;
+	pthread_mutex_unlock(&g_ring.mu);
+	if (!go)
+		return NULL;
 	arm_wake(t);
+	submit_cmd(t, t->first, URING_CMD_REGISTER, 0);
 	/* live: entries the kernel holds (registered, or committed and fetching); parked:
 	 * entries whose request waits for its answer, which this thread must commit */
-	unsigned live = ent_new(t) ? 1 : 0, parked = 0;
+	unsigned live = 1, parked = 0;
 	while (live || parked) {
 		struct io_uring_cqe *cqe;
 		int rc = io_uring_submit_and_wait(&t->ring, 1);
@@ -341,7 +362,7 @@ static void *thr_main(void *arg)
 bool uring_reply(const struct iovec *iov, int count)
 {
 	if (!g_ring.nthr || count < 1 || iov[0].iov_len < sizeof(struct fuse_out_header))
-		return false;
+		return false; /* no ring (yet): INIT's reply, and all before it */
 	const struct fuse_out_header *out = iov[0].iov_base;
 	if (!out->unique)
 		return false;
@@ -420,13 +441,15 @@ bool uring_kernel_on(void)
 	on = fd >= 0 && write(fd, "Y", 1) == 1;
 	if (fd >= 0)
 		close(fd);
-	if (on)
-		log_info("aq mount: turned on %s (FUSE over io_uring)", ENABLE_URING);
+	g_ring.turned_on = on; /* said once the mount logs to its file (uring_go) */
 	return on;
 }
 
-int uring_start(struct fuse_session *se, int fd, size_t payload_size, unsigned threads)
+int uring_prepare(struct fuse_session *se, int fd, size_t payload_size, unsigned threads)
 {
+	/* Once the INIT reply offers the ring, the kernel holds every request until each
+	 * queue has an entry (or a registration fails): so everything that can fail
+	 * happens here, before, and threads wait for uring_go to register. */
 	unsigned queues = possible_cpus();
 	threads = MAX(2u, MIN(URING_THREADS_MAX, threads / queues));
 	struct ring_thr *thr = calloc((size_t)queues * threads, sizeof *thr);
@@ -435,34 +458,66 @@ int uring_start(struct fuse_session *se, int fd, size_t payload_size, unsigned t
 	g_ring.se = se;
 	g_ring.fd = fd;
 	g_ring.payload_size = payload_size;
+	g_ring.queues = queues;
+	g_ring.per_queue = threads;
+	g_ring.state = RING_PREPARED;
 	unsigned n = 0;
 	int rc = 0;
-	for (unsigned q = 0; q < queues && !rc; q++) {
-		for (unsigned i = 0; i < threads && !rc; i++, n++) {
-			struct ring_thr *t = &thr[n];
-			t->qid = (uint16_t)q;
-			pthread_mutex_init(&t->mu, NULL);
-			t->efd = eventfd(0, EFD_CLOEXEC);
-			rc = t->efd < 0 ? -errno : io_uring_queue_init(8, &t->ring, IORING_SETUP_SQE128);
+	for (; n < queues * threads && !rc; n++) {
+		struct ring_thr *t = &thr[n];
+		t->qid = (uint16_t)(n / threads);
+		pthread_mutex_init(&t->mu, NULL);
+		t->efd = eventfd(0, EFD_CLOEXEC);
+		if (t->efd < 0) {
+			rc = -errno;
+			break;
+		}
+		rc = io_uring_queue_init(8, &t->ring, IORING_SETUP_SQE128);
+		if (rc) {
+			close(t->efd);
+			break;
+		}
+		t->first = ent_alloc(t);
+		pthread_attr_t attr;
+		pthread_attr_init(&attr);
+		pthread_attr_setstacksize(&attr, 1 << 20);
+		rc = !t->first ? -ENOMEM : -pthread_create(&t->thread, &attr, thr_main, t);
+		pthread_attr_destroy(&attr);
+		if (rc) {
+			io_uring_queue_exit(&t->ring);
+			close(t->efd);
+			break;
 		}
 	}
 	if (rc) {
-		/* nothing was registered: the mount serves through /dev/fuse as before */
+		/* nothing was offered: the threads made so far end, and the mount serves
+		 * through /dev/fuse (their entries stay allocated; this happens once) */
 		log_warn("aq mount: cannot set up FUSE over io_uring (%s); serving through /dev/fuse", strerror(-rc));
+		uring_go(false);
+		for (unsigned i = 0; i < n; i++) {
+			pthread_join(thr[i].thread, NULL);
+			io_uring_queue_exit(&thr[i].ring);
+			close(thr[i].efd);
+		}
+		free(thr);
 		return rc;
 	}
 	g_ring.thr = thr;
 	g_ring.nthr = n;
-	for (unsigned i = 0; i < n; i++) {
-		pthread_attr_t attr;
-		pthread_attr_init(&attr);
-		pthread_attr_setstacksize(&attr, 1 << 20);
-		pthread_create(&thr[i].thread, &attr, thr_main, &thr[i]);
-		pthread_attr_destroy(&attr);
-	}
-	log_info("aq mount: FUSE over io_uring, %u queues of %u threads, %zu-byte entries", queues, threads,
-		 payload_size);
 	return 0;
+}
+
+void uring_go(bool offered)
+{
+	pthread_mutex_lock(&g_ring.mu);
+	if (g_ring.state == RING_PREPARED)
+		g_ring.state = offered ? RING_RUNNING : RING_ABANDONED;
+	pthread_cond_broadcast(&g_ring.go);
+	pthread_mutex_unlock(&g_ring.mu);
+	if (g_ring.state == RING_RUNNING)
+		log_info("aq mount: FUSE over io_uring, %u queues of %u threads, %zu-byte entries%s", g_ring.queues,
+			 g_ring.per_queue, g_ring.payload_size,
+			 g_ring.turned_on ? " (this mount turned on " ENABLE_URING ")" : "");
 }
 
 void uring_stop(void)

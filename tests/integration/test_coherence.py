@@ -122,6 +122,48 @@ def test_mount_a_serves_through_io_uring_and_mount_b_through_dev_fuse(c):
     assert ring_completions(a_pid) - before >= 300
 
 
+IO_URING_DISABLED = "/proc/sys/kernel/io_uring_disabled"
+
+
+def test_a_mount_that_cannot_make_its_rings_serves_through_dev_fuse(c):
+    """Regression: once the INIT reply offers FUSE over io_uring, the kernel holds every
+    request until each CPU queue has an entry. A first version set its rings up after
+    that reply; with io_uring refused (kernel.io_uring_disabled=2) none came and the mount
+    hung for ever. The rings are made before the offer now, and without them the mount
+    offers nothing and serves through /dev/fuse."""
+    if not os.path.exists(ENABLE_URING) or not os.path.exists(IO_URING_DISABLED):
+        print("  (no FUSE over io_uring, or no io_uring switch, in this kernel)")
+        return
+    with open(IO_URING_DISABLED) as f:
+        was = f.read().strip()
+    m = os.path.join(c.base, "noring")
+    log = os.path.join(c.base, "noring.log")
+    os.makedirs(m, exist_ok=True)
+    try:
+        with open(IO_URING_DISABLED, "w") as f:
+            f.write("2")
+        run(AQ, "mount", m, "--cluster", c.conf, "--log", log)
+        code = (f"import os\np = {m!r} + '/made-without-rings'\n"
+                "with open(p, 'wb') as f: f.write(b'x' * 100000)\n"
+                "assert open(p, 'rb').read() == b'x' * 100000 and 'made-without-rings' in os.listdir(os.path.dirname(p))\n"
+                "os.unlink(p)\n")
+        p = subprocess.Popen([sys.executable, "-c", code])
+        try:
+            assert p.wait(timeout=20) == 0
+        except subprocess.TimeoutExpired:
+            # end the connection (its requests fail) so that the test fails, not hangs
+            os.kill(mount_pid(m), signal.SIGKILL)
+            p.wait()
+            raise AssertionError("the mount that offered a ring it could not make hung")
+    finally:
+        with open(IO_URING_DISABLED, "w") as f:
+            f.write(was)
+        unmount(m)
+    with open(log) as f:
+        text = f.read()
+    assert "cannot set up FUSE over io_uring" in text and "FUSE over io_uring, " not in text, text
+
+
 def answers_with_aqd_stopped(c, code):
     """Runs `python3 -c code` while aqd is stopped; fails unless it ends well within 10 s."""
     runs_while_stopped(c.pid(), code, "it waited for the stopped aqd")

@@ -501,11 +501,11 @@ int cmd_down(int argc, char **argv)
 }
 
 /* Takes mount(8)'s comma-separated options (-o, an fstab entry's fourth field) into o:
- * Aquifer's own (ro, nosuid, nodev, allow_other, attr_timeout=S, threads=N, no_io_uring), the flags
- * the kernel applies to any mount (noatime, noexec...: into o->mnt_flags, and those
- * libfuse passes on by name into vfs, which o->vfs_opts points at), and what only
- * mount(8) and fstab use (defaults, noauto, _netdev...), which is dropped. 0, or -1
- * after saying which option it does not know. */
+ * Aquifer's own (ro, nosuid, nodev, allow_other, attr_timeout=S, threads=N,
+ * no_io_uring), the flags the kernel applies to any mount (noatime, noexec...: into
+ * o->mnt_flags, and those libfuse passes on by name into vfs, which o->vfs_opts points
+ * at), and what only mount(8) and fstab use (defaults, noauto, _netdev...), which is
+ * dropped. 0, or -1 after saying which option it does not know. */
 static int mount_opts(char *list, struct aqfuse_options *o, char *vfs, size_t vfs_size)
 {
 	/* set, clear: the flag it asks for, or takes back (the last one said wins, as with

@@ -35,8 +35,9 @@ int bench_parse_via(const char *s, enum bench_via *out);
 const char *bench_via_name(enum bench_via v);
 /* Warns on stderr (as prog) when path is not on a FUSE mount. */
 void bench_warn_not_fuse(const char *prog, const char *path);
-/* Warns when path (a local side) is on a loop device. */
-void bench_warn_loop(const char *prog, const char *path);
+/* Warns when path (a local side) is on a loop device, or on a file system mounted with
+ * online discard. */
+void bench_warn_local(const char *prog, const char *path);
 
 /* Writes all len bytes at off to a libaq file (af != NULL) or a file descriptor.
  * Returns 0 or a negative error. */

@@ -146,7 +146,7 @@ int bench_fsync(int argc, char **argv)
 	}
 	bench_warn_not_fuse("aq bench fsync", dir);
 	if (compare)
-		bench_warn_loop("aq bench fsync", compare);
+		bench_warn_local("aq bench fsync", compare);
 	struct bf_result aq[BF_SIZES_MAX], cmp[BF_SIZES_MAX];
 	for (int i = 0; i < nsizes; i++) {
 		if (run_size(dir, "--dir", sizes[i], ops, datasync, &aq[i]))

@@ -732,7 +732,7 @@ int bench_meta(int argc, char **argv)
 		return 2;
 	}
 	if (compare)
-		bench_warn_loop("aq bench meta", compare);
+		bench_warn_local("aq bench meta", compare);
 	struct bm_side aqs = {.native = native, .depth = depth};
 	if (native) {
 		aqs.c = cli_connect(cluster);

@@ -624,7 +624,7 @@ static int side_open(struct tr_side *s)
 		if (s->via == VIA_FUSE)
 			bench_warn_not_fuse("aq bench train", s->dir);
 		else
-			bench_warn_loop("aq bench train", s->dir);
+			bench_warn_local("aq bench train", s->dir);
 		s->dir_fd = open(s->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 		if (s->dir_fd < 0) {
 			fprintf(stderr, "aq bench train: %s: %s\n", s->dir, strerror(errno));

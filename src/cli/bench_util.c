@@ -78,15 +78,48 @@ void bench_warn_not_fuse(const char *prog, const char *path)
  * figures. */
 #define BENCH_LOOP_MAJOR 7 /* block major of /dev/loopN */
 
-void bench_warn_loop(const char *prog, const char *path)
+/* Whether the file system of device dev is mounted with online discard (ext4's, xfs's
+ * `discard`, in its super block options in /proc/self/mountinfo). */
+static bool mounted_discard(dev_t dev)
+{
+	FILE *f = fopen("/proc/self/mountinfo", "r");
+	if (!f)
+		return false;
+	char line[4096];
+	bool discard = false;
+	while (!discard && fgets(line, sizeof line, f)) {
+		unsigned maj, mnr;
+		char *sep = strstr(line, " - ");
+		if (!sep || sscanf(line, "%*s %*s %u:%u", &maj, &mnr) != 2 || maj != major(dev) || mnr != minor(dev))
+			continue;
+		char *opts = strrchr(sep, ' '); /* " - type source OPTIONS" */
+		for (char *save = NULL, *o = opts ? strtok_r(opts + 1, ",\n", &save) : NULL; o && !discard;
+		     o = strtok_r(NULL, ",\n", &save))
+			discard = strcmp(o, "discard") == 0;
+	}
+	fclose(f);
+	return discard;
+}
+
+void bench_warn_local(const char *prog, const char *path)
 {
 	struct stat st;
-	if (stat(path, &st) == 0 && major(st.st_dev) == BENCH_LOOP_MAJOR)
+	if (stat(path, &st) != 0)
+		return;
+	if (major(st.st_dev) == BENCH_LOOP_MAJOR)
 		fprintf(stderr,
 			"%s: warning: %s is on a loop device (/dev/loop%u), which reads and writes slower than the "
 			"disk under it: the comparison favours Aquifer; put the local side on the file system "
 			"that holds aqd's data\n",
 			prog, path, minor(st.st_dev));
+	/* it trims what a removal freed as its journal commits: after a million files were
+	 * removed there, creates ran at 2k/s instead of 40k for minutes (docs/performance.md) */
+	if (mounted_discard(st.st_dev))
+		fprintf(stderr,
+			"%s: warning: %s is on a file system mounted with discard: for minutes after a big "
+			"removal there (a previous run's files) it runs many times slower, which favours Aquifer; "
+			"leave it idle a while between runs and check the local side's deciles\n",
+			prog, path);
 }
 
 int bench_pwrite_all(struct aq_file *af, int fd, const void *buf, size_t len, uint64_t off)

@@ -2437,7 +2437,8 @@ int aqfuse_main(const struct aqfuse_options *opt)
 	 * $AQ_MOUNT_IO_URING=0 declines it as --no-io-uring does, for comparisons. */
 	const char *ring_env = getenv("AQ_MOUNT_IO_URING");
 	bool ring = !opt->no_io_uring && !(ring_env && strcmp(ring_env, "0") == 0);
-	unsigned ring_threads = ring && uring_kernel_on() ? (opt->threads ? opt->threads : 16) : 0;
+	unsigned threads = opt->threads ? opt->threads : 16;
+	unsigned ring_threads = ring && uring_kernel_on() ? threads : 0;
 	if (fuse_session_mount(se, opt->mountpoint)) {
 		fprintf(stderr, "aq mount: cannot mount at %s\n", opt->mountpoint);
 		goto out_signals;
@@ -2476,7 +2477,9 @@ int aqfuse_main(const struct aqfuse_options *opt)
 	 * the disk and both cores partly idle */
 	struct fuse_loop_config *cfg = fuse_loop_cfg_create();
 	fuse_loop_cfg_set_clone_fd(cfg, 0);
-	fuse_loop_cfg_set_idle_threads(cfg, opt->threads ? opt->threads : 16);
+	/* with the ring, /dev/fuse carries FORGETs, INTERRUPTs and what comes before the
+	 * ring is up: a few idle readers (libfuse starts more while all are busy) */
+	fuse_loop_cfg_set_idle_threads(cfg, ring_threads ? 2 : threads);
 	fuse_loop_cfg_set_max_threads(cfg, AQFUSE_MAX_THREADS);
 	status = fuse_session_loop_mt(se, cfg) ? 1 : 0;
 	fuse_loop_cfg_destroy(cfg);

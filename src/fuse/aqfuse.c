@@ -1695,7 +1695,9 @@ static void op_read(fuse_req_t req, fuse_ino_t node, size_t size, off_t off, str
 		aq_bytes_free(bytes);
 		return;
 	}
-	char *buf = aq_malloc(size);
+	/* through FUSE over io_uring, straight into the ring entry the reply goes out from */
+	char *ring = uring_reply_space(size);
+	char *buf = ring ? ring : aq_malloc(size);
 	if (n == -EAGAIN)
 		n = aq_pread(f, buf, size, (uint64_t)off);
 	if (REFUSED(n)) { /* a lazy open refused without the caller's groups */
@@ -1708,7 +1710,8 @@ static void op_read(fuse_req_t req, fuse_ino_t node, size_t size, off_t off, str
 		fuse_reply_err(req, posix_err((int)n));
 	else
 		fuse_reply_buf(req, buf, (size_t)n);
-	free(buf);
+	if (!ring)
+		free(buf);
 }
 
 static void op_write(fuse_req_t req, fuse_ino_t node, const char *buf, size_t size, off_t off,

@@ -54,6 +54,10 @@ bool uring_kernel_on(void);
 int uring_prepare(struct fuse_session *se, int fd, size_t payload_size, unsigned threads);
 void uring_go(bool offered);
 bool uring_reply(const struct iovec *iov, int count);
+/* Where this thread's reply of len bytes may be built so that it is not copied again:
+ * the payload buffer of the ring entry whose request (one without a payload: a READ) it
+ * serves; NULL otherwise. */
+void *uring_reply_space(size_t len);
 void uring_stop(void);
 
 /* Mounts and serves until unmounted. Returns a process exit status. */

@@ -359,6 +359,12 @@ static void *thr_main(void *arg)
 	return NULL;
 }
 
+void *uring_reply_space(size_t len)
+{
+	struct ring_ent *e = t_ent;
+	return e && !e->has_payload && len <= g_ring.payload_size ? e->payload : NULL;
+}
+
 bool uring_reply(const struct iovec *iov, int count)
 {
 	if (!g_ring.nthr || count < 1 || iov[0].iov_len < sizeof(struct fuse_out_header))
@@ -405,7 +411,8 @@ bool uring_reply(const struct iovec *iov, int count)
 		to = e->stage;
 	}
 	for (int i = 1, at = 0; i < count && n; at += (int)iov[i].iov_len, i++)
-		memcpy(to + at, iov[i].iov_base, iov[i].iov_len);
+		if (to + at != iov[i].iov_base) /* else read there already (uring_reply_space) */
+			memcpy(to + at, iov[i].iov_base, iov[i].iov_len);
 	e->hdr->ent.payload_sz = (uint32_t)n;
 	e->replied = true;
 	bool parked = !e->serving;

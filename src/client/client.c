@@ -2591,7 +2591,6 @@ static void file_unlock(struct aq_file *f)
 	free(f->lockers);
 }
 
-
 int aq_close(struct aq_file *f)
 {
 	if (!f)

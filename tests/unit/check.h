@@ -1,11 +1,12 @@
 /*
  * check.h - what the unit test programs share: a test is a function that returns 0, or -1
  * with g_why saying what failed (the CHECK macros set it), and unit_run runs a table of
- * them, a line each ("ok NAME (S)" or "FAIL NAME: WHY").
+ * them, a line each ("ok NAME (S)" or "FAIL NAME: WHY"); unit_report ends the program.
  */
 #ifndef AQ_TEST_CHECK_H
 #define AQ_TEST_CHECK_H
 #include "common/common.h"
+#include "common/log.h"
 #include <stdio.h>
 #include <string.h>
 
@@ -55,6 +56,23 @@ static inline void unit_run(const struct unit_test *t, size_t n, int *passed, in
 		}
 		fflush(stdout);
 	}
+}
+
+/* The program's last line and exit status: "N passed, N failed"; a run of no test fails,
+ * as a failure does. */
+static inline int unit_report(int passed, int failed)
+{
+	printf("%d passed, %d failed\n", passed, failed);
+	return failed || !passed ? 1 : 0;
+}
+
+/* main() of a program whose tests need nothing set up around them. */
+static inline int unit_main(const struct unit_test *t, size_t n)
+{
+	log_min_level = LOG_ERROR;
+	int passed = 0, failed = 0;
+	unit_run(t, n, &passed, &failed);
+	return unit_report(passed, failed);
 }
 
 #endif

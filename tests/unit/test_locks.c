@@ -116,9 +116,5 @@ int main(void)
 		{ "file_limit", t_file_limit },
 		{ "rows_and_restart", t_rows_and_restart },
 	};
-	log_min_level = LOG_ERROR;
-	int passed = 0, failed = 0;
-	unit_run(tests, ARRAY_SIZE(tests), &passed, &failed);
-	printf("%d passed, %d failed\n", passed, failed);
-	return failed ? 1 : 0;
+	return unit_main(tests, ARRAY_SIZE(tests));
 }

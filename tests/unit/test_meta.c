@@ -2119,6 +2119,5 @@ int main(void)
 	}
 	meta_close(g_m);
 	nftw(g_dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
-	printf("%d passed, %d failed\n", passed, failed);
-	return failed ? 1 : 0;
+	return unit_report(passed, failed);
 }

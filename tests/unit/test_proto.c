@@ -1623,6 +1623,5 @@ int main(void)
 	int passed = 0, failed = 0;
 	unit_run(tests, ARRAY_SIZE(tests), &passed, &failed);
 	nftw(g_dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
-	printf("%d passed, %d failed\n", passed, failed);
-	return failed ? 1 : 0;
+	return unit_report(passed, failed);
 }

@@ -322,6 +322,5 @@ int main(void)
 	snprintf(path, sizeof path, "%s/credentials", g_dir);
 	unlink(path);
 	rmdir(g_dir);
-	printf("%d passed, %d failed\n", passed, failed);
-	return failed ? 1 : 0;
+	return unit_report(passed, failed);
 }

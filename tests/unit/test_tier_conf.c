@@ -120,9 +120,5 @@ int main(void)
 		{ "conf_refusals", t_conf_refusals },
 		{ "rules", t_rules },
 	};
-	log_min_level = LOG_ERROR;
-	int passed = 0, failed = 0;
-	unit_run(tests, ARRAY_SIZE(tests), &passed, &failed);
-	printf("%d passed, %d failed\n", passed, failed);
-	return failed ? 1 : 0;
+	return unit_main(tests, ARRAY_SIZE(tests));
 }

@@ -115,6 +115,7 @@ struct meta_store {
 	_Atomic uint64_t space_checked_ns;
 	atomic_bool space_low;
 	rocksdb_t *db;
+	rocksdb_column_family_handle_t *cf; /* the only column family: "default" */
 	rocksdb_options_t *dbopts;
 	rocksdb_block_based_table_options_t *topts;
 	rocksdb_cache_t *block_cache;
@@ -288,6 +289,12 @@ int meta_del_xattrs(struct meta_store *m, rocksdb_writebatch_t *wb, uint64_t ino
 /* Reads a row. Returns 1 and copies up to size bytes (*len = full length), 0 when absent,
  * or -EIO. */
 int meta_get(struct meta_store *m, const uint8_t *key, size_t klen, void *buf, size_t size, size_t *len);
+/* Looks n keys up in one call; fn(arg, i, value, len) for each key found, in key order of
+ * the caller's array. A failed lookup is logged and makes the result -EIO; fn's non-zero
+ * return makes it that value (the other keys are still passed). */
+typedef int (*meta_found_fn)(void *arg, size_t i, const uint8_t *value, size_t len);
+int meta_multi_get(struct meta_store *m, size_t n, const char *const *keys, const size_t *klens, meta_found_fn fn,
+		   void *arg);
 int meta_read_inode(struct meta_store *m, uint64_t ino, struct meta_inode *out);
 int meta_commit(struct meta_store *m, rocksdb_writebatch_t *wb);
 /* Sum of a directory's partial rows (one multi-get over all buckets). */

@@ -380,7 +380,8 @@ def test_a_wait_outlives_a_restart_of_aqd(c):
         c.restart()
         assert not pb.ready(1.5), f"the wait ended with the restart: {pb.result()}"
         assert pa.do(lockf(UN, 0, 0)) == 0
-        assert pb.result(10) == 0
+        r = pb.result(10)
+        assert r == 0, f"the wait ended with {r}"
         assert pa.do(lockf(RD, 0, 1)) == EAGAIN
 
 

@@ -189,6 +189,15 @@ static void arm_wake(struct ring_thr *t)
 	sqe->user_data = TAG_WAKE;
 }
 
+/* Frees an entry the kernel never held (one not in g_ring.all, or all of them). */
+static void ent_free(struct ring_ent *e)
+{
+	if (e->map != MAP_FAILED)
+		munmap(e->map, REQ_SLACK + g_ring.payload_size);
+	free(e->hdr);
+	free(e);
+}
+
 /* A new entry of thread t, not yet registered (NULL past URING_ENTS_MAX). */
 static struct ring_ent *ent_alloc(struct ring_thr *t)
 {
@@ -213,10 +222,7 @@ static struct ring_ent *ent_alloc(struct ring_thr *t)
 		g_ring.all[g_ring.nall++] = e;
 	pthread_mutex_unlock(&g_ring.mu);
 	if (!room) {
-		if (e->map != MAP_FAILED)
-			munmap(e->map, map_size);
-		free(e->hdr);
-		free(e);
+		ent_free(e);
 		return NULL;
 	}
 	e->thr = t;
@@ -497,8 +503,8 @@ int uring_prepare(struct fuse_session *se, int fd, size_t payload_size, unsigned
 		}
 	}
 	if (rc) {
-		/* nothing was offered: the threads made so far end, and the mount serves
-		 * through /dev/fuse (their entries stay allocated; this happens once) */
+		/* nothing was offered: the threads made so far end, their entries (never
+		 * registered) go, and the mount serves through /dev/fuse */
 		log_warn("aq mount: cannot set up FUSE over io_uring (%s); serving through /dev/fuse", strerror(-rc));
 		uring_go(false);
 		for (unsigned i = 0; i < n; i++) {
@@ -506,6 +512,9 @@ int uring_prepare(struct fuse_session *se, int fd, size_t payload_size, unsigned
 			io_uring_queue_exit(&thr[i].ring);
 			close(thr[i].efd);
 		}
+		for (unsigned i = 0; i < g_ring.nall; i++)
+			ent_free(g_ring.all[i]);
+		g_ring.nall = 0;
 		free(thr);
 		return rc;
 	}
@@ -519,9 +528,10 @@ void uring_go(bool offered)
 	pthread_mutex_lock(&g_ring.mu);
 	if (g_ring.state == RING_PREPARED)
 		g_ring.state = offered ? RING_RUNNING : RING_ABANDONED;
+	bool running = g_ring.state == RING_RUNNING;
 	pthread_cond_broadcast(&g_ring.go);
 	pthread_mutex_unlock(&g_ring.mu);
-	if (g_ring.state == RING_RUNNING)
+	if (running)
 		log_info("aq mount: FUSE over io_uring, %u queues of %u threads, %zu-byte entries%s", g_ring.queues,
 			 g_ring.per_queue, g_ring.payload_size,
 			 g_ring.turned_on ? " (this mount turned on " ENABLE_URING ")" : "");

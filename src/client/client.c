@@ -88,6 +88,10 @@ int aq_connect(const char *cluster_file, struct aq_client **out)
 	/* names this client's changes, so that one sent again is not run twice (txn.c) */
 	while (!c->txn_client && random_bytes(&c->txn_client, sizeof c->txn_client) == 0)
 		;
+	c->handshake_ms = RPC_HANDSHAKE_MS;
+	env = getenv("AQ_HANDSHAKE_MS");
+	if (env && atoi(env) > 0 && atoi(env) <= 600000)
+		c->handshake_ms = (uint32_t)atoi(env);
 	c->poll_us = RPC_POLL_US;
 	env = getenv("AQ_POLL_US");
 	if (env && atoi(env) >= 0 && atoi(env) <= 10000)

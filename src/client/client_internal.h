@@ -13,6 +13,7 @@
 #define RPC_CONNS_DEFAULT 4
 #define RPC_PENDING_BUCKETS 256
 #define RPC_RECONNECT_S 60      /* how long a call waits for a restarting server ($AQ_RECONNECT_S) */
+#define RPC_HANDSHAKE_MS 10000  /* how long a new connection waits for each handshake reply ($AQ_HANDSHAKE_MS) */
 #define AQ_CONNECT_WAIT_S 10    /* how long aq_connect waits for one ($AQ_CONNECT_WAIT_S) */
 #define RPC_HOLD_MAX 128        /* held-back requests that force a send */
 #define RPC_ZERO_COPY_MIN (256u << 10) /* request data this big is sent from where it is */
@@ -273,6 +274,7 @@ struct aq_client {
 	struct aq_cred cred;
 	uint32_t nconns;
 	uint32_t reconnect_s; /* how long a call waits for a restarting server */
+	uint32_t handshake_ms; /* how long a new connection waits for each handshake reply */
 	atomic_bool *server_down;     /* per map.servers[i]: a call waited reconnect_s for it in
 				       * vain, and no connection to it has come up since */
 	uint64_t txn_client;          /* random: names this client's changes (0: none) */

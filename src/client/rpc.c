@@ -155,6 +155,17 @@ static int dial(const struct cluster_server *sv)
 	return fd;
 }
 
+/* A frame of the handshake, which must come within the client's handshake timeout
+ * (SO_RCVTIMEO, whose expiry fails the read with EAGAIN): -ETIMEDOUT when it does not. A
+ * server that accepted and never answered is one that could not be reached, and callers
+ * try again until their reconnect window is spent, as after a refused connection; as
+ * EAGAIN, a lock wait resent after a restart of aqd had ended with it. */
+static int recv_handshake_frame(int fd, struct proto_hdr *h, uint8_t **payload)
+{
+	int rc = recv_frame(fd, h, payload);
+	return rc == -EAGAIN || rc == -EWOULDBLOCK ? -ETIMEDOUT : rc;
+}
+
 /* One request and its reply on a connection nobody else reads yet (the handshake). */
 static int handshake_call(int fd, uint32_t epoch, const struct proto_req *req)
 {
@@ -166,7 +177,7 @@ static int handshake_call(int fd, uint32_t epoch, const struct proto_req *req)
 	struct proto_hdr h;
 	uint8_t *p = NULL;
 	if (!rc)
-		rc = recv_frame(fd, &h, &p);
+		rc = recv_handshake_frame(fd, &h, &p);
 	if (!rc && h.op != req->op)
 		rc = -EPROTO;
 	if (!rc && h.status)
@@ -175,8 +186,15 @@ static int handshake_call(int fd, uint32_t epoch, const struct proto_req *req)
 	return rc;
 }
 
+static void set_recv_timeout(int fd, uint32_t ms)
+{
+	struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+}
+
 /* Connects and answers the server's challenge; a watching client also says who it is
- * (and, on the connection that delivers, asks for INVAL frames). Returns an fd or -errno. */
+ * (and, on the connection that delivers, asks for INVAL frames). Returns an fd, whose
+ * reads still time out (the caller's REOPEN is part of the handshake), or -errno. */
 static int handshake(struct aq_client *c, uint32_t server, bool deliver)
 {
 	const struct cluster_server *sv = cluster_server_by_id(&c->map, server);
@@ -185,12 +203,11 @@ static int handshake(struct aq_client *c, uint32_t server, bool deliver)
 	int fd = dial(sv);
 	if (fd < 0)
 		return fd;
-	struct timeval tv = {.tv_sec = 10};
-	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+	set_recv_timeout(fd, c->handshake_ms);
 	struct proto_hdr h;
 	uint8_t *p = NULL;
 	struct proto_reply rep;
-	int rc = recv_frame(fd, &h, &p);
+	int rc = recv_handshake_frame(fd, &h, &p);
 	if (!rc && (h.op != OP_HELLO || proto_reply_decode(OP_HELLO, p, h.payload_len, &rep) ||
 		    rep.data_len != PROTO_NONCE_SIZE))
 		rc = -EPROTO;
@@ -209,8 +226,6 @@ static int handshake(struct aq_client *c, uint32_t server, bool deliver)
 	}
 	if (rc)
 		goto fail;
-	tv.tv_sec = 0;
-	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
 	return fd;
 fail:
 	free(p);
@@ -725,6 +740,7 @@ static int ensure_up_locked(struct rpc_conn *rc)
 	}
 	if (fd < 0)
 		return fd;
+	set_recv_timeout(fd, 0); /* from now on replies take as long as they take */
 	/* its receiver first (it waits for mu): a connection nobody reads would hold its
 	 * calls for good, and ensure_up_locked would wait for good for it to exit */
 	if (pthread_create(&rc->rx, NULL, rx_main, rc)) {

@@ -12,10 +12,12 @@ import signal
 import struct
 import subprocess
 import sys
+import socket
 import tempfile
+import threading
 import time
 
-from aqtest import AQ, kill9_and_wait, main, mount_pid, run
+from aqtest import AQ, kill9_and_wait, main, mount_pid, run, unmount
 from test_coherence import TwoMounts, both
 
 FLOCK = struct.Struct("hhqqi4x")  # struct flock on x86-64 Linux: type, whence, start, len, pid
@@ -384,6 +386,110 @@ def test_a_wait_outlives_a_restart_of_aqd(c):
         assert r == 0, f"the wait ended with {r}"
         assert pa.do(lockf(RD, 0, 1)) == EAGAIN
 
+
+
+def shut(*socks):
+    for s in socks:
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+def pump(src, dst):
+    """Copies src to dst until either side is done, then shuts both."""
+    while True:
+        try:
+            data = src.recv(65536)
+            if not data:
+                break
+            dst.sendall(data)
+        except OSError:
+            break
+    shut(src, dst)
+
+
+class Proxy:
+    """A TCP proxy in front of aqd, in this process. It forwards each connection; while
+    `mute` is set it takes new ones and says nothing on them (a server that accepted a
+    connection and never answered); cut() breaks every forwarded one, as a restart of
+    aqd does."""
+
+    def __init__(self, target):
+        self.target = target
+        self.ls = socket.create_server(("127.0.0.1", 0))
+        self.port = self.ls.getsockname()[1]
+        self.mute = False
+        self.socks = []
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        while True:
+            try:
+                s, _ = self.ls.accept()
+            except OSError:
+                return
+            self.socks.append(s)
+            if self.mute:
+                continue
+            try:
+                up = socket.create_connection(self.target)
+            except OSError:
+                s.close()
+                continue
+            self.socks.append(up)
+            threading.Thread(target=pump, args=(s, up), daemon=True).start()
+            threading.Thread(target=pump, args=(up, s), daemon=True).start()
+
+    def cut(self):
+        socks, self.socks = self.socks, []
+        shut(*socks)
+
+    def close(self):
+        self.ls.close()
+        self.cut()
+
+
+def test_a_wait_outlives_a_server_that_does_not_answer(c):
+    """Regression: a lock wait sent again after its connection broke met a server that
+    took the new connection and never answered (one CI run of the restart test above saw
+    such a connection hang for the handshake's 10 s). The handshake's timed-out read
+    failed with EAGAIN, which the wait ended with, where it should be tried again like a
+    refused connection. Here a mount reaches aqd through a proxy that breaks its
+    connections and then, for a while, answers none: the wait goes on, and gets the lock
+    when the holder lets go."""
+    with open(c.conf) as f:
+        conf = f.read()
+    addr = [ln.split()[3] for ln in conf.splitlines() if ln.startswith("server =")][0]
+    host, port = addr.rsplit(":", 1)
+    proxy = Proxy((host, int(port)))
+    mnt3 = os.path.join(c.base, "mnt3")
+    os.makedirs(mnt3, exist_ok=True)
+    conf3 = os.path.join(c.base, "proxied.conf")
+    with open(conf3, "w") as f:
+        f.write(conf.replace(f" {addr}", f" 127.0.0.1:{proxy.port}"))
+    os.chmod(conf3, 0o600)
+    run(AQ, "mount", mnt3, "--cluster", conf3, "--log", os.path.join(c.base, "mnt3.log"),
+        env=dict(os.environ, AQ_HANDSHAKE_MS="300"))
+    try:
+        path = c.path("mute")
+        with actors(path, os.path.join(mnt3, "mute")) as (pa, pb):
+            assert pa.do(lockf(WR, 0, 0)) == 0
+            pb.start(lockf(WR, 0, 0, wait=True))
+            assert not pb.ready(0.3)
+            proxy.mute = True
+            proxy.cut()
+            # handshakes of 0.3 s time out several times over meanwhile
+            assert not pb.ready(2.0), f"the wait ended while aqd could not be reached: {pb.result()}"
+            proxy.mute = False
+            proxy.cut()  # the muted connections go; the next ones are forwarded
+            assert not pb.ready(1.0), f"the wait ended once aqd could be reached again: {pb.result()}"
+            assert pa.do(lockf(UN, 0, 0)) == 0
+            r = pb.result(10)
+            assert r == 0, f"the wait ended with {r}"
+    finally:
+        unmount(mnt3)
+        proxy.close()
 
 CONTEND = r"""
 import fcntl, mmap, os, random, struct, sys, time

@@ -8,7 +8,8 @@
 
 _Static_assert(AQ_BUCKETS_MAX <= 65536, "bucket id must fit the 16-bit key field");
 _Static_assert(AQ_NAME_MAX <= 255, "dentry key buffer sized for 255-byte names");
-_Static_assert(META_INODE_FIXED_LEN == 1 + 4 * 4 + 8 * 2 + 8 * 3 + 4 + 8 + 4 + 8 + 4, "inode row layout");
+_Static_assert(META_INODE_FIXED_LEN_V2 == 1 + 4 * 4 + 8 * 2 + 8 * 3 + 4 + 8 + 4 + 8 + 4, "version 2 inode rows");
+_Static_assert(META_INODE_FIXED_MAX == 1 + 5 * 4 + 10 * 2 + 8 + 10 * 2 + 5 + 8 + 5 + 10 + 5, "version 3 inode rows, at most");
 
 uint32_t meta_dentry_bucket(const struct meta_store *m, uint64_t parent, const char *name, size_t len)
 {
@@ -97,62 +98,155 @@ size_t meta_key_log(uint8_t *buf, uint32_t bucket, uint64_t dir, uint64_t ts)
 	return n + 16;
 }
 
+/* Inode rows, version 3: version u8; mode, uid, gid, nlink, size, blocks as varints
+ * (LEB128); mtime i64; atime and ctime as zigzag varints of their distance from mtime
+ * (one byte each for a file not touched since it was made); rdev varint; generation u64;
+ * chunk_size, parent, flags varints; then a symlink's target. A new file's row takes
+ * 34-36 bytes where version 2's fixed 85 did: every create writes one, and every flush
+ * and compaction of a big directory's store carries it. */
+static uint8_t *put_varint(uint8_t *p, uint64_t v)
+{
+	for (; v >= 0x80; v >>= 7)
+		*p++ = (uint8_t)(v | 0x80);
+	*p++ = (uint8_t)v;
+	return p;
+}
+
+static uint64_t zigzag(int64_t v) { return ((uint64_t)v << 1) ^ (uint64_t)(v >> 63); }
+static int64_t unzigzag(uint64_t u) { return (int64_t)((u >> 1) ^ (0 - (u & 1))); }
+
+/* t - base and base + d, wrapping: any two times of the full i64 range round-trip */
+static int64_t since(int64_t t, int64_t base) { return (int64_t)((uint64_t)t - (uint64_t)base); }
+static int64_t after(int64_t base, int64_t d) { return (int64_t)((uint64_t)base + (uint64_t)d); }
+
 size_t meta_inode_encode(const struct meta_inode *ino, uint8_t *buf, size_t size)
 {
 	const struct aq_attr *a = &ino->a;
-	size_t need = META_INODE_FIXED_LEN + ino->target_len;
-	AQ_ASSERT(size >= need);
+	AQ_ASSERT(size >= META_INODE_FIXED_MAX + ino->target_len);
 	AQ_ASSERT(ino->target_len <= AQ_PATH_MAX);
 	uint8_t *p = buf;
 	*p++ = META_INODE_VERSION;
-	put_le32(p, a->mode), p += 4;
-	put_le32(p, a->uid), p += 4;
-	put_le32(p, a->gid), p += 4;
-	put_le32(p, a->nlink), p += 4;
-	put_le64(p, a->size), p += 8;
-	put_le64(p, a->blocks), p += 8;
-	put_le64(p, (uint64_t)a->atime_ns), p += 8;
+	p = put_varint(p, a->mode);
+	p = put_varint(p, a->uid);
+	p = put_varint(p, a->gid);
+	p = put_varint(p, a->nlink);
+	p = put_varint(p, a->size);
+	p = put_varint(p, a->blocks);
 	put_le64(p, (uint64_t)a->mtime_ns), p += 8;
-	put_le64(p, (uint64_t)a->ctime_ns), p += 8;
-	put_le32(p, a->rdev), p += 4;
+	p = put_varint(p, zigzag(since(a->atime_ns, a->mtime_ns)));
+	p = put_varint(p, zigzag(since(a->ctime_ns, a->mtime_ns)));
+	p = put_varint(p, a->rdev);
 	put_le64(p, a->generation), p += 8;
-	put_le32(p, a->chunk_size), p += 4;
-	put_le64(p, ino->parent), p += 8;
-	put_le32(p, a->flags), p += 4;
-	AQ_ASSERT((size_t)(p - buf) == META_INODE_FIXED_LEN);
+	p = put_varint(p, a->chunk_size);
+	p = put_varint(p, ino->parent);
+	p = put_varint(p, a->flags);
+	AQ_ASSERT((size_t)(p - buf) <= META_INODE_FIXED_MAX);
 	memcpy(p, ino->target, ino->target_len);
-	return need;
+	return (size_t)(p - buf) + ino->target_len;
+}
+
+/* A row being read: each field taken moves p on; one that does not fit sets bad. */
+struct row_reader {
+	const uint8_t *p, *end;
+	bool bad;
+};
+
+static uint64_t rd_varint(struct row_reader *r)
+{
+	uint64_t v = 0;
+	for (int shift = 0; shift < 64 && r->p < r->end; shift += 7) {
+		uint8_t b = *r->p++;
+		if (shift == 63 && b > 1)
+			break; /* past 64 bits */
+		v |= (uint64_t)(b & 0x7f) << shift;
+		if (!(b & 0x80))
+			return v;
+	}
+	r->bad = true;
+	return 0;
+}
+
+static uint32_t rd_varint32(struct row_reader *r)
+{
+	uint64_t v = rd_varint(r);
+	r->bad |= v > UINT32_MAX;
+	return (uint32_t)v;
+}
+
+static uint64_t rd_le64(struct row_reader *r)
+{
+	if (r->end - r->p < 8) {
+		r->bad = true;
+		return 0;
+	}
+	r->p += 8;
+	return get_le64(r->p - 8);
+}
+
+static uint32_t rd_le32(struct row_reader *r)
+{
+	if (r->end - r->p < 4) {
+		r->bad = true;
+		return 0;
+	}
+	r->p += 4;
+	return get_le32(r->p - 4);
+}
+
+/* Versions 1 and 2: fixed fields (version 1 without flags: read as "may have xattrs"). */
+static void decode_fixed(struct row_reader *r, uint8_t version, struct meta_inode *out)
+{
+	struct aq_attr *a = &out->a;
+	a->mode = rd_le32(r);
+	a->uid = rd_le32(r);
+	a->gid = rd_le32(r);
+	a->nlink = rd_le32(r);
+	a->size = rd_le64(r);
+	a->blocks = rd_le64(r);
+	a->atime_ns = (int64_t)rd_le64(r);
+	a->mtime_ns = (int64_t)rd_le64(r);
+	a->ctime_ns = (int64_t)rd_le64(r);
+	a->rdev = rd_le32(r);
+	a->generation = rd_le64(r);
+	a->chunk_size = rd_le32(r);
+	out->parent = rd_le64(r);
+	a->flags = version == 1 ? AQ_ATTR_XATTRS : rd_le32(r);
+}
+
+static void decode_v3(struct row_reader *r, struct meta_inode *out)
+{
+	struct aq_attr *a = &out->a;
+	a->mode = rd_varint32(r);
+	a->uid = rd_varint32(r);
+	a->gid = rd_varint32(r);
+	a->nlink = rd_varint32(r);
+	a->size = rd_varint(r);
+	a->blocks = rd_varint(r);
+	a->mtime_ns = (int64_t)rd_le64(r);
+	a->atime_ns = after(a->mtime_ns, unzigzag(rd_varint(r)));
+	a->ctime_ns = after(a->mtime_ns, unzigzag(rd_varint(r)));
+	a->rdev = rd_varint32(r);
+	a->generation = rd_le64(r);
+	a->chunk_size = rd_varint32(r);
+	out->parent = rd_varint(r);
+	a->flags = rd_varint32(r);
 }
 
 int meta_inode_decode(const uint8_t *buf, size_t len, uint64_t ino_nr, struct meta_inode *out)
 {
-	/* version 1 rows (no flags word) are read as "may have xattrs" */
-	size_t fixed = buf && len && buf[0] == 1 ? META_INODE_FIXED_LEN_V1 : META_INODE_FIXED_LEN;
-	if (len < fixed || len > fixed + AQ_PATH_MAX || (buf[0] != 1 && buf[0] != META_INODE_VERSION))
+	if (!buf || !len || buf[0] < 1 || buf[0] > META_INODE_VERSION)
 		return -EIO;
-	struct aq_attr *a = &out->a;
-	const uint8_t *p = buf + 1;
-	memset(a, 0, sizeof(*a));
-	a->ino = ino_nr;
-	a->mode = get_le32(p), p += 4;
-	a->uid = get_le32(p), p += 4;
-	a->gid = get_le32(p), p += 4;
-	a->nlink = get_le32(p), p += 4;
-	a->size = get_le64(p), p += 8;
-	a->blocks = get_le64(p), p += 8;
-	a->atime_ns = (int64_t)get_le64(p), p += 8;
-	a->mtime_ns = (int64_t)get_le64(p), p += 8;
-	a->ctime_ns = (int64_t)get_le64(p), p += 8;
-	a->rdev = get_le32(p), p += 4;
-	a->generation = get_le64(p), p += 8;
-	a->chunk_size = get_le32(p), p += 4;
-	out->parent = get_le64(p), p += 8;
-	if (fixed == META_INODE_FIXED_LEN)
-		a->flags = get_le32(p), p += 4;
+	struct row_reader r = {.p = buf + 1, .end = buf + len};
+	memset(&out->a, 0, sizeof(out->a));
+	out->a.ino = ino_nr;
+	if (buf[0] == 3)
+		decode_v3(&r, out);
 	else
-		a->flags = AQ_ATTR_XATTRS;
-	out->target_len = (uint32_t)(len - fixed);
-	memcpy(out->target, p, out->target_len);
+		decode_fixed(&r, buf[0], out);
+	if (r.bad || r.end - r.p > AQ_PATH_MAX)
+		return -EIO;
+	out->target_len = (uint32_t)(r.end - r.p);
+	memcpy(out->target, r.p, out->target_len);
 	return 0;
 }
 

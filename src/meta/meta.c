@@ -20,7 +20,7 @@
 
 #include "meta/meta_internal.h"
 
-#define INODE_BUF_LEN (META_INODE_FIXED_LEN + AQ_PATH_MAX)
+#define INODE_BUF_LEN (META_INODE_FIXED_MAX + AQ_PATH_MAX)
 
 /* ---- locks ---------------------------------------------------------------------- */
 

@@ -31,9 +31,11 @@
 #define MK_LOCKS 'K' /* "K": an inode's fcntl and flock locks (lockrows.c); no bucket */
 
 /* 2: inodes' xattr summary rows (xattr.c), which an aqd of version 1 would take for the
- * end of an inode's names. A version-1 store is upgraded when it is opened. */
-#define META_FORMAT_VERSION 2
-#define META_INODE_VERSION 2
+ * end of an inode's names. 3: inode rows of version 3 (keys.c, varints), which an aqd of
+ * version 2 cannot read. An older store is upgraded when it is opened; its rows are read
+ * as they are and written anew in the new form when they change. */
+#define META_FORMAT_VERSION 3
+#define META_INODE_VERSION 3
 #define META_SEQ_BLOCK 65536ull    /* inode numbers reserved per 'S' row write */
 #define META_BLOCK_CACHE_BYTES (512ull << 20) /* RocksDB block cache (uncompressed blocks) */
 #define META_POS_BITS 48
@@ -59,8 +61,9 @@
 #define META_TXN_KEY_LEN 11          /* 'R' client64 slot16 */
 
 /* Row value lengths. */
-#define META_INODE_FIXED_LEN 85
+#define META_INODE_FIXED_LEN_V2 85   /* version 2 rows: fixed fields */
 #define META_INODE_FIXED_LEN_V1 81   /* version 1 rows: no flags */
+#define META_INODE_FIXED_MAX 102     /* version 3 rows: the most the fields before a symlink's target take */
 #define META_DENTRY_VAL_LEN 17       /* ino64 dtype8 created_ts64 */
 #define META_PARTIAL_VAL_LEN 32      /* nentries nsubdirs mtime ctime */
 #define META_ORPHAN_VAL_LEN 12       /* size64 chunk_size32 */

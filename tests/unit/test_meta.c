@@ -972,15 +972,135 @@ static int t_xattr(void)
 	CHECK_RC(meta_removexattr(g_m, &ROOT, a.ino, "user.a"), 0);
 	CHECK_RC(meta_attr_of(g_m, a.ino, &a), 0);
 	CHECK(!(a.flags & AQ_ATTR_XATTRS));
+	return 0;
+}
 
-	/* an inode row of format version 1 (no flags word) may have attributes */
-	struct meta_inode in = {.a = {.ino = 77, .mode = S_IFREG | 0644, .nlink = 1}}, out;
-	uint8_t row[META_INODE_FIXED_LEN + 8];
+/* An inode row of version 2 (fixed fields), as an aqd before format 3 wrote it. */
+static size_t v2_row(uint8_t *row, const struct meta_inode *in)
+{
+	const struct aq_attr *a = &in->a;
+	uint8_t *p = row;
+	*p++ = 2;
+	put_le32(p, a->mode), p += 4;
+	put_le32(p, a->uid), p += 4;
+	put_le32(p, a->gid), p += 4;
+	put_le32(p, a->nlink), p += 4;
+	put_le64(p, a->size), p += 8;
+	put_le64(p, a->blocks), p += 8;
+	put_le64(p, (uint64_t)a->atime_ns), p += 8;
+	put_le64(p, (uint64_t)a->mtime_ns), p += 8;
+	put_le64(p, (uint64_t)a->ctime_ns), p += 8;
+	put_le32(p, a->rdev), p += 4;
+	put_le64(p, a->generation), p += 8;
+	put_le32(p, a->chunk_size), p += 4;
+	put_le64(p, in->parent), p += 8;
+	put_le32(p, a->flags), p += 4;
+	memcpy(p, in->target, in->target_len);
+	return (size_t)(p - row) + in->target_len;
+}
+
+static bool same_inode(const struct meta_inode *x, const struct meta_inode *y)
+{
+	const struct aq_attr *a = &x->a, *b = &y->a;
+	return a->ino == b->ino && a->mode == b->mode && a->uid == b->uid && a->gid == b->gid && a->nlink == b->nlink &&
+	       a->size == b->size && a->blocks == b->blocks && a->atime_ns == b->atime_ns &&
+	       a->mtime_ns == b->mtime_ns && a->ctime_ns == b->ctime_ns && a->rdev == b->rdev &&
+	       a->generation == b->generation && a->chunk_size == b->chunk_size && a->flags == b->flags &&
+	       x->parent == y->parent && x->target_len == y->target_len && !memcmp(x->target, y->target, x->target_len);
+}
+
+/* Inode rows of version 3 (varints) round-trip every value, a new file's is small, a row
+ * cut short or out of range is refused, not read; rows of versions 1 and 2 read as they
+ * did, and one of a store made before format 3 is written anew in the new form when its
+ * inode changes. */
+static int t_inode_rows(void)
+{
+	static struct meta_inode in, out;
+	static uint8_t row[META_INODE_FIXED_MAX + AQ_PATH_MAX + 16];
+	int64_t now = 1765000000123456789;
+	in = (struct meta_inode){.a = {.ino = 77, .mode = S_IFREG | 0644, .uid = 1000, .gid = 1000, .nlink = 1,
+				       .atime_ns = now, .mtime_ns = now, .ctime_ns = now, .generation = now + 5,
+				       .chunk_size = 4 << 20}};
 	size_t len = meta_inode_encode(&in, row, sizeof(row));
-	CHECK(len == META_INODE_FIXED_LEN && row[0] == 2);
+	CHECK(row[0] == 3 && len <= 36);
+	CHECK_RC(meta_inode_decode(row, len, 77, &out), 0);
+	CHECK(same_inode(&in, &out));
+	/* every fixed part cut short; a symlink's target may be any length, so the row
+	 * without one is cut */
+	for (size_t cut = 0; cut < len; cut++)
+		CHECK_RC(meta_inode_decode(row, cut, 77, &out), -EIO);
+
+	/* the extremes: every field at its largest, times as far from mtime as they go */
+	in.a = (struct aq_attr){.ino = 78, .mode = UINT32_MAX, .uid = UINT32_MAX, .gid = UINT32_MAX,
+				.nlink = UINT32_MAX, .size = UINT64_MAX, .blocks = UINT64_MAX, .atime_ns = INT64_MIN,
+				.mtime_ns = 0, .ctime_ns = INT64_MAX, .rdev = UINT32_MAX, .generation = UINT64_MAX,
+				.chunk_size = UINT32_MAX, .flags = UINT32_MAX};
+	in.parent = UINT64_MAX;
+	in.target_len = AQ_PATH_MAX;
+	memset(in.target, 'x', AQ_PATH_MAX);
+	len = meta_inode_encode(&in, row, sizeof(row));
+	CHECK(len == META_INODE_FIXED_MAX + AQ_PATH_MAX);
+	CHECK_RC(meta_inode_decode(row, len, 78, &out), 0);
+	CHECK(same_inode(&in, &out));
+	CHECK_RC(meta_inode_decode(row, len + 1, 78, &out), -EIO); /* a target past AQ_PATH_MAX */
+	in.a.atime_ns = INT64_MAX; /* distances that wrap */
+	in.a.mtime_ns = INT64_MIN;
+	in.a.ctime_ns = -1;
+	in.target_len = 3;
+	len = meta_inode_encode(&in, row, sizeof(row));
+	CHECK_RC(meta_inode_decode(row, len, 78, &out), 0);
+	CHECK(same_inode(&in, &out));
+
+	/* a varint past 64 bits, a 32-bit field over its range, versions unknown */
+	uint8_t bad[40] = {3};
+	memset(bad + 5, 0xff, 9); /* size: 2^64 + ... */
+	bad[14] = 0x02;
+	CHECK_RC(meta_inode_decode(bad, sizeof bad, 78, &out), -EIO);
+	bad[14] = 0x01; /* UINT64_MAX */
+	CHECK_RC(meta_inode_decode(bad, sizeof bad, 78, &out), 0);
+	CHECK(out.a.size == UINT64_MAX);
+	bad[1] = 0x80, bad[2] = 0x80, bad[3] = 0x80, bad[4] = 0x80, bad[5] = 0x10; /* mode = 2^32 */
+	memset(bad + 6, 0, sizeof bad - 6);
+	CHECK_RC(meta_inode_decode(bad, sizeof bad, 78, &out), -EIO);
+	bad[5] = 0x0f; /* 2^32 - 2^28: in range, and the rest of the row zeros */
+	CHECK_RC(meta_inode_decode(bad, sizeof bad, 78, &out), 0);
+	for (int v = 0; v < 256; v += 4) {
+		bad[0] = (uint8_t)v;
+		CHECK_RC(meta_inode_decode(bad, sizeof bad, 78, &out), -EIO);
+	}
+
+	/* versions 2 and 1 (version 1 has no flags word: read as "may have attributes") */
+	in.a.flags = 0;
+	len = v2_row(row, &in);
+	CHECK(len == META_INODE_FIXED_LEN_V2 + 3);
+	CHECK_RC(meta_inode_decode(row, len, 78, &out), 0);
+	CHECK(same_inode(&in, &out));
 	row[0] = 1;
-	CHECK_RC(meta_inode_decode(row, META_INODE_FIXED_LEN_V1, 77, &out), 0);
-	CHECK(out.a.mode == in.a.mode && out.a.nlink == 1 && (out.a.flags & AQ_ATTR_XATTRS));
+	memmove(row + META_INODE_FIXED_LEN_V1, row + META_INODE_FIXED_LEN_V2, 3);
+	CHECK_RC(meta_inode_decode(row, META_INODE_FIXED_LEN_V1 + 3, 78, &out), 0);
+	in.a.flags = AQ_ATTR_XATTRS;
+	CHECK(same_inode(&in, &out));
+	CHECK_RC(meta_inode_decode(row, META_INODE_FIXED_LEN_V1 - 1, 78, &out), -EIO);
+
+	/* in a store: a file whose row an older aqd wrote */
+	struct aq_attr a, b, c;
+	CHECK_RC(mk(AQ_ROOT_INO, "oldrow", 0640, &a), 0);
+	CHECK_RC(meta_read_inode(g_m, a.ino, &in), 0);
+	uint8_t key[META_INODE_KEY_LEN];
+	size_t klen = meta_key_inode(key, a.ino);
+	char *err = NULL;
+	len = v2_row(row, &in);
+	rocksdb_put(g_m->db, g_m->wopts, (const char *)key, klen, (const char *)row, len, &err);
+	CHECK(err == NULL);
+	CHECK_RC(meta_attr_of(g_m, a.ino, &b), 0);
+	CHECK(b.mode == a.mode && b.ctime_ns == a.ctime_ns && b.generation == a.generation);
+	b.mode = 0600;
+	CHECK_RC(meta_setattr(g_m, &ROOT, a.ino, AQ_SET_MODE, &b, &c), 0);
+	char *v = rocksdb_get(g_m->db, g_m->ropts, (const char *)key, klen, &len, &err);
+	CHECK(err == NULL && v && v[0] == 3 && len < META_INODE_FIXED_LEN_V2);
+	rocksdb_free(v);
+	CHECK_RC(meta_attr_of(g_m, a.ino, &b), 0);
+	CHECK(b.mode == (S_IFREG | 0600) && b.generation == a.generation && b.uid == a.uid);
 	return 0;
 }
 
@@ -1729,12 +1849,13 @@ static int t_reopen(void)
 	snprintf(missing, sizeof(missing), "%s/missing", g_dir);
 	CHECK(meta_open(missing, false, &o, &none) < 0 && none == NULL);
 
-	/* A store of format version 1 (before xattr summary rows) is upgraded when opened;
+	/* A store of an older format version (1: before xattr summary rows; 2: before
+	 * inode rows of version 3) is upgraded when opened;
 	 * one of a version this aqd does not know is refused, not read. */
 	uint8_t mkey = MK_SUPER, sb[8];
 	size_t sblen = 0;
 	char *err = NULL;
-	for (int v = 1; v <= META_FORMAT_VERSION + 1; v += META_FORMAT_VERSION) {
+	for (int v = 1; v <= META_FORMAT_VERSION + 1; v++) {
 		CHECK_RC(meta_get(g_m, &mkey, 1, sb, sizeof sb, &sblen), 1);
 		CHECK(sblen == sizeof sb && sb[0] == META_FORMAT_VERSION);
 		sb[0] = (uint8_t)v;
@@ -2097,6 +2218,7 @@ int main(void)
 		{ "size_truncate", t_size },
 		{ "xattr", t_xattr },
 		{ "xattr_summary", t_xattr_summary },
+		{ "inode_rows", t_inode_rows },
 		{ "acl", t_acl },
 		{ "readdir_small_buckets", t_readdir_small_buckets },
 		{ "changes", t_changes },

@@ -138,11 +138,19 @@ static int dial(const struct cluster_server *sv)
 			fd = -errno;
 			continue;
 		}
-		if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
+		int e = connect(fd, ai->ai_addr, ai->ai_addrlen) ? errno : 0;
+		if (!e && !fd_self_connected(fd))
 			break;
-		int e = errno;
+		if (!e) {
+			/* Connected to itself, while aqd restarts on a port of the range the
+			 * kernel gives connects (it prefers even ones): refused, as Go's dialer
+			 * takes it. Reset, not closed: a closed one would wait in TIME_WAIT,
+			 * holding the port for a minute, and the new aqd could not bind it. */
+			struct linger reset = {.l_onoff = 1, .l_linger = 0};
+			setsockopt(fd, SOL_SOCKET, SO_LINGER, &reset, sizeof reset);
+		}
 		close(fd);
-		fd = -e;
+		fd = e ? -e : -ECONNREFUSED;
 	}
 	freeaddrinfo(res);
 	if (fd < 0)

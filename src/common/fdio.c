@@ -1,7 +1,9 @@
-/* fdio.c - whole reads and writes on sockets, page cache residency (see fdio.h). */
+/* fdio.c - whole reads and writes on sockets, self-connects, page cache residency (see fdio.h). */
 #include "common/fdio.h"
+#include <netinet/in.h>
 #include <poll.h>
 #include <stdatomic.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -79,4 +81,22 @@ bool fd_range_cached(int fd, uint64_t off, uint64_t len)
 	}
 	uint64_t pg = (uint64_t)getpagesize(), pages = (off + len + pg - 1) / pg - off / pg;
 	return st.nr_cache >= pages;
+}
+
+bool fd_self_connected(int fd)
+{
+	struct sockaddr_storage me, peer;
+	socklen_t ml = sizeof me, pl = sizeof peer;
+	if (getsockname(fd, (struct sockaddr *)&me, &ml) || getpeername(fd, (struct sockaddr *)&peer, &pl) ||
+	    me.ss_family != peer.ss_family)
+		return false;
+	if (me.ss_family == AF_INET) {
+		const struct sockaddr_in *a = (const void *)&me, *b = (const void *)&peer;
+		return a->sin_port == b->sin_port && a->sin_addr.s_addr == b->sin_addr.s_addr;
+	}
+	if (me.ss_family == AF_INET6) {
+		const struct sockaddr_in6 *a = (const void *)&me, *b = (const void *)&peer;
+		return a->sin6_port == b->sin6_port && !memcmp(&a->sin6_addr, &b->sin6_addr, sizeof a->sin6_addr);
+	}
+	return false;
 }

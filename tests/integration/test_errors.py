@@ -33,6 +33,55 @@ def test_wrong_secret_is_refused():
         assert "files     1" in c.aq("status").stdout
 
 
+
+SELF_CONNECT = r"""
+import os, socket, struct, subprocess, sys, time
+aq, conf, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+with open("/proc/sys/net/ipv4/ip_local_port_range", "w") as f:
+    f.write(f"{port} {port}")  # every connect made in this namespace gets aqd's port
+probe = socket.socket()
+try:
+    probe.connect(("127.0.0.1", port))
+    print("selfconnect", probe.getsockname() == probe.getpeername())
+except OSError as e:
+    print("selfconnect", e.strerror)
+probe.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # reset: no TIME_WAIT on the port
+probe.close()
+client = subprocess.Popen([aq, "status", "--cluster", conf], env=dict(os.environ, AQ_CONNECT_WAIT_S="5"),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+time.sleep(1.0)
+for attempt in range(3):  # a connect of the client's may hold the port for a moment
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind(("127.0.0.1", port))
+        s.listen(1)
+        print("bound", flush=True)
+        break
+    except OSError as e:
+        print("bind:", e.strerror, flush=True)
+        s.close()
+        time.sleep(0.01)
+client.kill()
+client.wait()
+"""
+
+
+def test_a_client_never_connects_to_itself():
+    """Regression: a client reconnecting while aqd restarts on a port of the range the
+    kernel hands out for connects could be given that same port as its own and connect to
+    itself (TCP's simultaneous open). It then waited on itself for the handshake's 10 s,
+    and held the port, so that the new aqd could not bind it. Here, in a network namespace
+    where every connect gets aqd's port (nothing listens there), a client tries to reach
+    aqd while the port is bound again: the bind works, the client having dropped each
+    connection to itself at once."""
+    with Cluster(mount=False) as c:
+        port = int(re.search(r"^server = \S+ \S+:(\d+)", open(c.conf).read(), re.M).group(1))
+        r = run("unshare", "-n", sys.executable, "-c", SELF_CONNECT, AQ, c.conf, str(port))
+        assert "selfconnect True" in r.stdout, f"the namespace did not make a connect to itself: {r.stdout}"
+        assert "bound" in r.stdout, f"aqd's port stayed taken by a client: {r.stdout}"
+
 def test_aqd_poll_option_is_checked():
     for bad in ("abc", "-5", "100001", "12x"):
         p = run(AQD, "--data", "/nonexistent", "--poll-us", bad, check=False)

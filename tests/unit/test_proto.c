@@ -8,6 +8,8 @@
  */
 #include <fcntl.h>
 #include <ftw.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
 #include <pthread.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -292,6 +294,40 @@ static void *drain_main(void *p)
 	while ((n = read(a->fd, a->buf + a->got, a->cap - a->got)) > 0)
 		a->got += (size_t)n;
 	return NULL;
+}
+
+/* fd_self_connected tells a TCP socket connected to itself (bound to a port, then
+ * connected to that same port: the simultaneous open that a client reconnecting to a
+ * restarting server can stumble into) from one connected to a listener, and from a
+ * socket pair. */
+static int t_self_connected(void)
+{
+	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	socklen_t sl = sizeof sa;
+	int self = socket(AF_INET, SOCK_STREAM, 0);
+	CHECK(self >= 0 && bind(self, (struct sockaddr *)&sa, sizeof sa) == 0);
+	CHECK(getsockname(self, (struct sockaddr *)&sa, &sl) == 0);
+	CHECK(connect(self, (struct sockaddr *)&sa, sizeof sa) == 0);
+	CHECK(fd_self_connected(self));
+	close(self);
+
+	struct sockaddr_in la = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	sl = sizeof la;
+	int l = socket(AF_INET, SOCK_STREAM, 0), c = socket(AF_INET, SOCK_STREAM, 0);
+	CHECK(l >= 0 && c >= 0 && bind(l, (struct sockaddr *)&la, sizeof la) == 0 && listen(l, 1) == 0);
+	CHECK(getsockname(l, (struct sockaddr *)&la, &sl) == 0);
+	CHECK(connect(c, (struct sockaddr *)&la, sizeof la) == 0);
+	int a = accept(l, NULL, NULL);
+	CHECK(a >= 0 && !fd_self_connected(c) && !fd_self_connected(a) && !fd_self_connected(l));
+	close(a);
+	close(c);
+	close(l);
+	int sv[2];
+	CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
+	CHECK(!fd_self_connected(sv[0]));
+	close(sv[0]);
+	close(sv[1]);
+	return 0;
 }
 
 /* fd_writev_full writes every byte of every piece, empty pieces anywhere among them
@@ -1587,6 +1623,7 @@ int main(void)
 {
 	static const struct unit_test tests[] = {
 		{ "writev_full", t_writev_full },
+		{ "self_connected", t_self_connected },
 		{ "crc32c_vectors", t_crc_vectors },
 		{ "crc32c_hw_vs_sw", t_crc_hw_sw },
 		{ "hash64_pinned", t_hash64_pinned },

@@ -4,7 +4,8 @@
 set -euo pipefail
 PKGS=(build-essential pkg-config clang llvm libclang-rt-dev
       librocksdb-dev libfuse3-dev fuse3 liburing-dev libcurl4-openssl-dev libssl-dev libisal-dev
-      python3 python3-dev python3-numpy python3-torch iperf3 nodejs npm curl gdb acl)
+      python3 python3-dev python3-numpy python3-torch iperf3 nodejs npm curl gdb acl
+      iproute2)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

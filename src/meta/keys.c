@@ -4,6 +4,7 @@
  * name hash) and row codecs (little-endian, versioned, lengths checked on decode).
  * These values are stored on disk: changing any of them is a format change.
  */
+#include "common/rbuf.h"
 #include "meta/meta_internal.h"
 
 _Static_assert(AQ_BUCKETS_MAX <= 65536, "bucket id must fit the 16-bit key field");
@@ -145,90 +146,50 @@ size_t meta_inode_encode(const struct meta_inode *ino, uint8_t *buf, size_t size
 	return (size_t)(p - buf) + ino->target_len;
 }
 
-/* A row being read: each field taken moves p on; one that does not fit sets bad. */
-struct row_reader {
-	const uint8_t *p, *end;
-	bool bad;
-};
-
-static uint64_t rd_varint(struct row_reader *r)
+/* A 32-bit field of a version-3 row: a larger value is a corrupt row. */
+static uint32_t rd_varint32(struct rbuf *r)
 {
-	uint64_t v = 0;
-	for (int shift = 0; shift < 64 && r->p < r->end; shift += 7) {
-		uint8_t b = *r->p++;
-		if (shift == 63 && b > 1)
-			break; /* past 64 bits */
-		v |= (uint64_t)(b & 0x7f) << shift;
-		if (!(b & 0x80))
-			return v;
-	}
-	r->bad = true;
-	return 0;
-}
-
-static uint32_t rd_varint32(struct row_reader *r)
-{
-	uint64_t v = rd_varint(r);
-	r->bad |= v > UINT32_MAX;
+	uint64_t v = rbuf_varint(r);
+	r->err |= v > UINT32_MAX;
 	return (uint32_t)v;
 }
 
-static uint64_t rd_le64(struct row_reader *r)
-{
-	if (r->end - r->p < 8) {
-		r->bad = true;
-		return 0;
-	}
-	r->p += 8;
-	return get_le64(r->p - 8);
-}
-
-static uint32_t rd_le32(struct row_reader *r)
-{
-	if (r->end - r->p < 4) {
-		r->bad = true;
-		return 0;
-	}
-	r->p += 4;
-	return get_le32(r->p - 4);
-}
-
 /* Versions 1 and 2: fixed fields (version 1 without flags: read as "may have xattrs"). */
-static void decode_fixed(struct row_reader *r, uint8_t version, struct meta_inode *out)
+static void decode_fixed(struct rbuf *r, uint8_t version, struct meta_inode *out)
 {
 	struct aq_attr *a = &out->a;
-	a->mode = rd_le32(r);
-	a->uid = rd_le32(r);
-	a->gid = rd_le32(r);
-	a->nlink = rd_le32(r);
-	a->size = rd_le64(r);
-	a->blocks = rd_le64(r);
-	a->atime_ns = (int64_t)rd_le64(r);
-	a->mtime_ns = (int64_t)rd_le64(r);
-	a->ctime_ns = (int64_t)rd_le64(r);
-	a->rdev = rd_le32(r);
-	a->generation = rd_le64(r);
-	a->chunk_size = rd_le32(r);
-	out->parent = rd_le64(r);
-	a->flags = version == 1 ? AQ_ATTR_XATTRS : rd_le32(r);
+	a->mode = rbuf_u32(r);
+	a->uid = rbuf_u32(r);
+	a->gid = rbuf_u32(r);
+	a->nlink = rbuf_u32(r);
+	a->size = rbuf_u64(r);
+	a->blocks = rbuf_u64(r);
+	a->atime_ns = (int64_t)rbuf_u64(r);
+	a->mtime_ns = (int64_t)rbuf_u64(r);
+	a->ctime_ns = (int64_t)rbuf_u64(r);
+	a->rdev = rbuf_u32(r);
+	a->generation = rbuf_u64(r);
+	a->chunk_size = rbuf_u32(r);
+	out->parent = rbuf_u64(r);
+	a->flags = version == 1 ? AQ_ATTR_XATTRS : rbuf_u32(r);
 }
 
-static void decode_v3(struct row_reader *r, struct meta_inode *out)
+static void decode_v3(struct rbuf *r, struct meta_inode *out)
 {
 	struct aq_attr *a = &out->a;
 	a->mode = rd_varint32(r);
 	a->uid = rd_varint32(r);
 	a->gid = rd_varint32(r);
 	a->nlink = rd_varint32(r);
-	a->size = rd_varint(r);
-	a->blocks = rd_varint(r);
-	a->mtime_ns = (int64_t)rd_le64(r);
-	a->atime_ns = after(a->mtime_ns, unzigzag(rd_varint(r)));
-	a->ctime_ns = after(a->mtime_ns, unzigzag(rd_varint(r)));
+	a->size = rbuf_varint(r);
+	a->blocks = rbuf_varint(r);
+	a->mtime_ns = (int64_t)rbuf_u64(r);
+	a->atime_ns = after(a->mtime_ns, unzigzag(rbuf_varint(r)));
+	a->ctime_ns = after(a->mtime_ns, unzigzag(rbuf_varint(r)));
 	a->rdev = rd_varint32(r);
-	a->generation = rd_le64(r);
+	a->generation = rbuf_u64(r);
 	a->chunk_size = rd_varint32(r);
-	out->parent = rd_varint(r);
+	out->parent = rbuf_varint(r);
 	a->flags = rd_varint32(r);
 }
 
@@ -236,17 +197,19 @@ int meta_inode_decode(const uint8_t *buf, size_t len, uint64_t ino_nr, struct me
 {
 	if (!buf || !len || buf[0] < 1 || buf[0] > META_INODE_VERSION)
 		return -EIO;
-	struct row_reader r = {.p = buf + 1, .end = buf + len};
+	struct rbuf r;
+	rbuf_init(&r, buf + 1, len - 1);
 	memset(&out->a, 0, sizeof(out->a));
 	out->a.ino = ino_nr;
 	if (buf[0] == 3)
 		decode_v3(&r, out);
 	else
 		decode_fixed(&r, buf[0], out);
-	if (r.bad || r.end - r.p > AQ_PATH_MAX)
+	size_t left = r.len - r.pos;
+	if (r.err || left > AQ_PATH_MAX)
 		return -EIO;
-	out->target_len = (uint32_t)(r.end - r.p);
-	memcpy(out->target, r.p, out->target_len);
+	out->target_len = (uint32_t)left;
+	memcpy(out->target, rbuf_bytes(&r, left), left);
 	return 0;
 }
 

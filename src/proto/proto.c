@@ -104,33 +104,6 @@ void wbuf_str(struct wbuf *w, const void *s, size_t n)
 	wbuf_put(w, s, n);
 }
 
-const uint8_t *rbuf_bytes(struct rbuf *r, size_t n)
-{
-	if (r->err || n > r->len - r->pos) {
-		r->err = true;
-		return NULL;
-	}
-	const uint8_t *p = r->p + r->pos;
-	r->pos += n;
-	return p;
-}
-uint8_t rbuf_u8(struct rbuf *r) { const uint8_t *p = rbuf_bytes(r, 1); return p ? p[0] : 0; }
-uint16_t rbuf_u16(struct rbuf *r) { const uint8_t *p = rbuf_bytes(r, 2); return p ? get_le16(p) : 0; }
-uint32_t rbuf_u32(struct rbuf *r) { const uint8_t *p = rbuf_bytes(r, 4); return p ? get_le32(p) : 0; }
-uint64_t rbuf_u64(struct rbuf *r) { const uint8_t *p = rbuf_bytes(r, 8); return p ? get_le64(p) : 0; }
-const uint8_t *rbuf_str(struct rbuf *r, uint32_t *len, uint32_t max)
-{
-	uint32_t n = rbuf_u32(r);
-	if (r->err || n > max) {
-		r->err = true;
-		*len = 0;
-		return NULL;
-	}
-	*len = n;
-	const uint8_t *p = rbuf_bytes(r, n);
-	return p ? p : (const uint8_t *)"";
-}
-
 void proto_attr_put(struct wbuf *w, const struct aq_attr *a)
 {
 	size_t start = w->len;

@@ -15,6 +15,7 @@
 #ifndef AQ_PROTO_H
 #define AQ_PROTO_H
 #include "common/common.h"
+#include "common/rbuf.h"
 #include "aq.h"
 
 #define PROTO_MAGIC 0x31465141u /* "AQF1" */
@@ -180,23 +181,6 @@ void wbuf_u32(struct wbuf *w, uint32_t v);
 void wbuf_u64(struct wbuf *w, uint64_t v);
 void wbuf_str(struct wbuf *w, const void *s, size_t n); /* u32 length + bytes */
 
-/* A bounds-checked input cursor. Any read past the end sets err and yields zeros. */
-struct rbuf {
-	const uint8_t *p;
-	size_t len, pos;
-	bool err;
-};
-static inline void rbuf_init(struct rbuf *r, const void *p, size_t len)
-{
-	r->p = p; r->len = len; r->pos = 0; r->err = false;
-}
-uint8_t rbuf_u8(struct rbuf *r);
-uint16_t rbuf_u16(struct rbuf *r);
-uint32_t rbuf_u32(struct rbuf *r);
-uint64_t rbuf_u64(struct rbuf *r);
-/* A u32-length-prefixed byte string of at most max bytes; points into the buffer. */
-const uint8_t *rbuf_str(struct rbuf *r, uint32_t *len, uint32_t max);
-const uint8_t *rbuf_bytes(struct rbuf *r, size_t n);
 
 void proto_attr_put(struct wbuf *w, const struct aq_attr *a);
 void proto_attr_get(struct rbuf *r, struct aq_attr *a);

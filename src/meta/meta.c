@@ -153,11 +153,15 @@ void meta_put_orphan(rocksdb_writebatch_t *wb, uint64_t ino, uint64_t size, uint
 	rocksdb_writebatch_put(wb, (const char *)key, meta_key_orphan(key, ino), (const char *)v, sizeof(v));
 }
 
-void meta_put_dentry(rocksdb_writebatch_t *wb, const uint8_t *key, size_t klen, const struct meta_dentry *d)
+/* Every dentry row is put here, with its bucket's lock held: its name filter, if the pair
+ * has one, must hear of it (namefilter.c). */
+void meta_put_dentry(struct meta_store *m, rocksdb_writebatch_t *wb, const uint8_t *key, size_t klen,
+		     const struct meta_dentry *d)
 {
 	uint8_t v[META_DENTRY_VAL_LEN];
 	meta_dentry_encode(d, v);
 	rocksdb_writebatch_put(wb, (const char *)key, klen, (const char *)v, sizeof(v));
+	meta_nfilter_add(m, key, klen);
 }
 
 int meta_get_dentry(struct meta_store *m, const uint8_t *key, size_t klen, struct meta_dentry *d)
@@ -926,6 +930,7 @@ static void free_store(struct meta_store *m)
 	pthread_mutex_destroy(&m->rename_lock);
 	pthread_mutex_destroy(&m->clock_lock);
 	free(m->counts);
+	meta_nfilter_free_all(m);
 	free(m->pcache);
 	free(m->seq_next);
 	free(m->seq_reserved);
@@ -1093,6 +1098,8 @@ int meta_open(const char *path, bool create, const struct meta_options *opt, str
 	m->seq_reserved = aq_calloc(m->nbuckets, sizeof(*m->seq_reserved));
 	m->counts = aq_calloc(m->nbuckets, sizeof(*m->counts));
 	m->pcache = aq_calloc((size_t)m->nbuckets * META_PCACHE_WAYS, sizeof(*m->pcache));
+	m->nfilters = aq_calloc((size_t)m->nbuckets * META_NFILTER_WAYS, sizeof(*m->nfilters));
+	m->nfilter_budget = META_NFILTER_BYTES;
 	for (uint32_t b = 0; b < m->nbuckets; b++) {
 		pthread_mutex_init(&m->locks[b], NULL);
 		uint8_t key[META_SEQ_KEY_LEN], v[8];
@@ -1309,6 +1316,7 @@ struct create_ent {
 struct create_bkt {
 	uint32_t bucket;
 	uint32_t created, subdirs;
+	uint32_t asked;     /* the batch's names in the bucket not yet decided (name filters) */
 	uint64_t first_seq; /* first inode seq this batch took in the bucket */
 	bool marked;        /* the batch moves the bucket's count mark to first_seq */
 };
@@ -1331,13 +1339,13 @@ static int existing_found(void *arg, size_t j, const uint8_t *v, size_t len)
 	return 0;
 }
 
-/* Looks up every pending entry's dentry (one batched MultiGet); the ones that exist
- * become ENT_EXISTS. Returns 0 or -EIO. */
-static int find_existing(struct meta_store *m, struct create_ent *e, uint32_t n)
+/* Looks up every pending entry's dentry that its bucket's name filter cannot rule out (one
+ * batched MultiGet); the ones that exist become ENT_EXISTS. Returns 0 or -EIO. */
+static int find_existing(struct meta_store *m, uint64_t dir, struct create_ent *e, uint32_t n)
 {
 	if (n == 1) {
 		struct meta_dentry d;
-		if (e->state != ENT_PENDING)
+		if (e->state != ENT_PENDING || meta_nfilter_free(m, e->bucket, dir, e->key, e->klen))
 			return 0;
 		int rc = meta_get_dentry(m, e->key, e->klen, &d);
 		if (rc == 1) {
@@ -1352,7 +1360,7 @@ static int find_existing(struct meta_store *m, struct create_ent *e, uint32_t n)
 	uint32_t *idx = aq_malloc(n * sizeof(*idx));
 	uint32_t k = 0;
 	for (uint32_t i = 0; i < n; i++) {
-		if (e[i].state != ENT_PENDING)
+		if (e[i].state != ENT_PENDING || meta_nfilter_free(m, e[i].bucket, dir, e[i].key, e[i].klen))
 			continue;
 		klist[k] = (const char *)e[i].key;
 		ksizes[k] = e[i].klen;
@@ -1364,6 +1372,17 @@ static int find_existing(struct meta_store *m, struct create_ent *e, uint32_t n)
 	free(ksizes);
 	free(idx);
 	return rc;
+}
+
+/* Builds or grows the name filters of the batch's (bucket, parent) pairs that hold many
+ * names (the count from the partial rows the last creates cached). Bucket locks held. */
+static void prepare_name_filters(struct meta_store *m, uint64_t parent, const struct create_bkt *bk, uint32_t nb)
+{
+	for (uint32_t k = 0; k < nb; k++) {
+		struct meta_pslot *hit = pcache_find(m, bk[k].bucket, parent);
+		uint64_t names = hit && hit->p.nentries > 0 ? (uint64_t)hit->p.nentries : 0;
+		meta_nfilter_prepare(m, bk[k].bucket, parent, names, bk[k].asked);
+	}
 }
 
 /* The entry created earlier in this batch under the same name as e[i], or -1. */
@@ -1416,6 +1435,7 @@ static uint32_t plan_entries(struct meta_store *m, const struct create_req *rq, 
 		}
 		AQ_ASSERT(bk[lo].bucket == e[i].bucket);
 		e[i].slot = lo;
+		bk[lo].asked++;
 	}
 	return nb;
 }
@@ -1532,7 +1552,7 @@ static int commit_entries(struct meta_store *m, const struct create_req *rq, str
 		if (e[i].state != ENT_NEW)
 			continue;
 		struct meta_dentry d = { .ino = e[i].ino, .dtype = meta_dtype(rq->mode), .created_ts = ts };
-		meta_put_dentry(wb, e[i].key, e[i].klen, &d);
+		meta_put_dentry(m, wb, e[i].key, e[i].klen, &d);
 		meta_put_log(wb, e[i].bucket, rq->parent, ts, e[i].ino, rq->names[i], rq->lens[i]);
 		meta_txn_put(wb, i, e[i].ino);
 		ts++;
@@ -1605,8 +1625,10 @@ static int create_batch(struct meta_store *m, const struct aq_cred *cr, const st
 		rc = -ENOTDIR;
 	if (rc == 0)
 		rc = meta_perm(m, cr, &dir->a, X_OK);
-	if (rc == 0 && !rq->tmpfile)
-		rc = find_existing(m, e, n);
+	if (rc == 0 && !rq->tmpfile) {
+		prepare_name_filters(m, rq->parent, bk, nb);
+		rc = find_existing(m, rq->parent, e, n);
+	}
 	if (rc)
 		goto unlock;
 	int64_t mode = new_inode_mode(m, rq, dir, na);
@@ -1868,6 +1890,7 @@ int meta_del_dir_rows(struct meta_store *m, rocksdb_writebatch_t *wb, uint64_t i
 			rc = -ENOTEMPTY;
 	for (uint32_t b = 0; rc == 0 && b < m->nbuckets; b++) {
 		pcache_forget(m, b, ino);
+		meta_nfilter_forget(m, b, ino);
 		if (present[b]) {
 			uint8_t key[META_PARTIAL_KEY_LEN];
 			rocksdb_writebatch_delete(wb, (const char *)key, meta_key_partial(key, b, ino));
@@ -2022,7 +2045,7 @@ int meta_link(struct meta_store *m, const struct aq_cred *cr, uint64_t ino, uint
 	if (rc)
 		goto unlock;
 	d = (struct meta_dentry){ .ino = ino, .dtype = meta_dtype(in->a.mode), .created_ts = ts };
-	meta_put_dentry(wb, key, klen, &d);
+	meta_put_dentry(m, wb, key, klen, &d);
 	meta_put_log(wb, b, newparent, ts, ino, newname, newname_len);
 	struct meta_pdelta pd = { .bucket = b, .dir = newparent, .dentries = 1 };
 	rc = meta_apply_partials(m, wb, &pd, 1, now);

@@ -47,6 +47,9 @@
 #define META_CLOCK_BLOCK (1ull << 30) /* changelog ts reserved per 'T' row write */
 #define META_COUNT_MARK_EVERY 1024  /* inode rows a crash-recovery scan reads per bucket, at most */
 #define META_PCACHE_WAYS 8          /* cached partial rows per bucket */
+#define META_NFILTER_WAYS 2         /* name filters per bucket (namefilter.c) */
+#define META_NFILTER_MIN 1024       /* names a (bucket, directory) holds before it gets one */
+#define META_NFILTER_BYTES (128ull << 20) /* all name filters of a store together */
 
 /* Key lengths. */
 #define META_INODE_KEY_LEN 11        /* 'I' bucket16 ino64 */
@@ -111,6 +114,15 @@ struct meta_pslot {
 	struct meta_partial p;
 };
 
+/* A (bucket, directory)'s names in a blocked bloom filter (namefilter.c). */
+struct meta_nfilter {
+	uint64_t dir;
+	uint64_t names; /* added: the build's scan, then every dentry row put */
+	uint64_t cap;   /* names it is sized for; past them the next create rebuilds it */
+	uint64_t mask;  /* blocks - 1 (a power of two blocks of 512 bits) */
+	uint64_t *bits; /* NULL: the slot is empty */
+};
+
 struct meta_store {
 	char *path;             /* the RocksDB directory */
 	_Atomic uint64_t synced_seq; /* the latest sequence number a meta_sync covered */
@@ -138,6 +150,12 @@ struct meta_store {
 	 * bucket b are protected by locks[b]. A miss reads the row. */
 	struct meta_pslot *pcache;
 	_Atomic uint64_t pcache_epoch;
+	/* Name filters of big directories, META_NFILTER_WAYS per bucket; slots of bucket b
+	 * are protected by locks[b]. nfilter_bytes: their memory, within nfilter_budget. */
+	struct meta_nfilter *nfilters;
+	_Atomic uint64_t nfilter_bytes;
+	uint64_t nfilter_budget; /* META_NFILTER_BYTES (tests lower it) */
+	_Atomic uint64_t nfilter_scans; /* builds that scanned a pair's rows */
 	/* Merged partial rows of recently read directories (getattr of a directory would
 	 * otherwise read one row per bucket). Slot i is guarded by dirsum_mu[i % stripes];
 	 * dirsum_gen[stripe] moves whenever a committed change could not be folded into a
@@ -209,7 +227,8 @@ int meta_partial_decode(const uint8_t *buf, size_t len, struct meta_partial *out
 
 /* meta.c: dentry rows. get returns 1 and fills d when present, 0 when absent, or -EIO. */
 int meta_get_dentry(struct meta_store *m, const uint8_t *key, size_t klen, struct meta_dentry *d);
-void meta_put_dentry(rocksdb_writebatch_t *wb, const uint8_t *key, size_t klen, const struct meta_dentry *d);
+void meta_put_dentry(struct meta_store *m, rocksdb_writebatch_t *wb, const uint8_t *key, size_t klen,
+		     const struct meta_dentry *d);
 /* Builds the key of (parent, name): returns its length and sets *bucket. */
 size_t meta_dentry_key(const struct meta_store *m, uint8_t *key, uint64_t parent, const char *name, size_t len,
 		       uint32_t *bucket);
@@ -249,6 +268,19 @@ void meta_put_inode(rocksdb_writebatch_t *wb, const struct meta_inode *ino);
 void meta_put_orphan(rocksdb_writebatch_t *wb, uint64_t ino, uint64_t size, uint32_t chunk_size);
 /* 0, or -EIO (logged with what) when the iterator hit an error. */
 int meta_iter_error(rocksdb_iterator_t *it, const char *what);
+
+/* Name filters (namefilter.c); every call with the bucket's lock held. prepare: before
+ * a create of `incoming` names into (bucket, dir), which holds `names` (its partial row),
+ * builds or grows the pair's filter when it is worth one. free: true only if the dentry
+ * key's name is certainly not in the store. add: a dentry row is being put (meta_put_dentry).
+ * forget: the directory goes.
+ * names: the count the pair's filter has taken in, or -1 without one (tests). */
+void meta_nfilter_prepare(struct meta_store *m, uint32_t bucket, uint64_t dir, uint64_t names, uint32_t incoming);
+bool meta_nfilter_free(struct meta_store *m, uint32_t bucket, uint64_t dir, const uint8_t *key, size_t klen);
+void meta_nfilter_add(struct meta_store *m, const uint8_t *key, size_t klen);
+void meta_nfilter_forget(struct meta_store *m, uint32_t bucket, uint64_t dir); /* rmdir */
+int64_t meta_nfilter_names(struct meta_store *m, uint32_t bucket, uint64_t dir);
+void meta_nfilter_free_all(struct meta_store *m);
 /* Calls fn for each xattr row of ino (its whole key, and the name in it) until fn returns
  * nonzero; returns that value, 0, or -EIO when the scan failed. */
 int meta_xattr_each(struct meta_store *m, uint64_t ino,

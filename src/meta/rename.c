@@ -149,7 +149,7 @@ static int rename_locked(struct meta_store *m, const struct aq_cred *cr, struct 
 	if (rc)
 		return rc;
 	struct meta_dentry nd = { .ino = src->d.ino, .dtype = src->d.dtype, .created_ts = ts };
-	meta_put_dentry(wb, dst->key, dst->klen, &nd);
+	meta_put_dentry(m, wb, dst->key, dst->klen, &nd);
 	meta_put_log(wb, dst->bucket, dst->dir, ts, nd.ino, dst->name, dst->len);
 	src->in->a.ctime_ns = now;
 	if (sdir)
@@ -159,7 +159,7 @@ static int rename_locked(struct meta_store *m, const struct aq_cred *cr, struct 
 	if (exchange) {
 		ts++;
 		nd = (struct meta_dentry){ .ino = dst->d.ino, .dtype = dst->d.dtype, .created_ts = ts };
-		meta_put_dentry(wb, src->key, src->klen, &nd);
+		meta_put_dentry(m, wb, src->key, src->klen, &nd);
 		meta_put_log(wb, src->bucket, src->dir, ts, nd.ino, src->name, src->len);
 		dst->in->a.ctime_ns = now;
 		if (ddir)

@@ -1573,6 +1573,178 @@ struct crash_report {
 	int created, orphans, err;
 };
 
+/* Makes names nf0..nf(to-1) from `from` in dir of m, 64 at a time, exclusive. */
+static int nf_make(struct meta_store *m, uint64_t dir, int from, int to)
+{
+	char names[64][16];
+	const char *np[64];
+	size_t lens[64];
+	int res[64];
+	for (int i = from; i < to; i += 64) {
+		int n = MIN(64, to - i);
+		for (int j = 0; j < n; j++) {
+			lens[j] = (size_t)snprintf(names[j], sizeof(names[j]), "nf%d", i + j);
+			np[j] = names[j];
+		}
+		CHECK_RC(meta_mknod_many(m, &ROOT, dir, (uint32_t)n, np, lens, 0644, 0, AQ_CREATE_EXCL, NULL, res), 0);
+		for (int j = 0; j < n; j++)
+			CHECK_RC(res[j], 0);
+	}
+	return 0;
+}
+
+/* Every name nf0..nf(to-1), and each of `more`, is taken: alone and in a batch. */
+static int nf_all_taken(struct meta_store *m, uint64_t dir, int to, const char *const *more, int nmore)
+{
+	struct aq_attr t;
+	char name[16];
+	for (int i = 0; i < to; i++) {
+		snprintf(name, sizeof(name), "nf%d", i);
+		CHECK_RC(meta_mknod(m, &ROOT, dir, name, strlen(name), 0644, 0, AQ_CREATE_EXCL, &t), -EEXIST);
+	}
+	size_t lens[8];
+	int res[8];
+	AQ_ASSERT(nmore <= 8);
+	for (int i = 0; i < nmore; i++) {
+		lens[i] = strlen(more[i]);
+		CHECK_RC(meta_mknod(m, &ROOT, dir, more[i], lens[i], 0644, 0, AQ_CREATE_EXCL, &t), -EEXIST);
+	}
+	CHECK_RC(meta_mknod_many(m, &ROOT, dir, (uint32_t)nmore, more, lens, 0644, 0, AQ_CREATE_EXCL, NULL, res), 0);
+	for (int i = 0; i < nmore; i++)
+		CHECK_RC(res[i], -EEXIST);
+	return 0;
+}
+
+/* Share of never-made names the filter of (bucket 0, dir) rules out, in percent. */
+static int nf_free_pct(struct meta_store *m, uint64_t dir)
+{
+	int free_n = 0;
+	pthread_mutex_lock(&m->locks[0]);
+	for (int i = 0; i < 1000; i++) {
+		char name[16];
+		uint8_t key[META_DENTRY_KEY_MAX];
+		int len = snprintf(name, sizeof(name), "never%d", i);
+		size_t klen = meta_key_dentry(key, 0, dir, meta_dentry_pos(dir, name, (size_t)len), name, (size_t)len);
+		free_n += meta_nfilter_free(m, 0, dir, key, klen);
+	}
+	pthread_mutex_unlock(&m->locks[0]);
+	return free_n / 10;
+}
+
+/* Threads racing to make the same names (each takes them in its own order, in batches): a
+ * name's create succeeds in exactly one. */
+struct nf_race {
+	struct meta_store *m;
+	uint64_t dir;
+	int seed, made;
+};
+
+#define NF_RACE_NAMES 3000
+
+static void *nf_race_main(void *arg)
+{
+	struct nf_race *r = arg;
+	char names[16][16];
+	const char *np[16];
+	size_t lens[16];
+	int res[16];
+	for (int i = 0; i < NF_RACE_NAMES; i += 16) {
+		for (int j = 0; j < 16; j++) {
+			int k = (int)(((uint64_t)(i + j) * 7919u + (uint64_t)r->seed * 1013u) % NF_RACE_NAMES);
+			lens[j] = (size_t)snprintf(names[j], sizeof(names[j]), "race%d", k);
+			np[j] = names[j];
+		}
+		if (meta_mknod_many(r->m, &ROOT, r->dir, 16, np, lens, 0644, 0, AQ_CREATE_EXCL, NULL, res))
+			return NULL;
+		for (int j = 0; j < 16; j++)
+			r->made += res[j] == 0;
+	}
+	return NULL;
+}
+
+/* Name filters (namefilter.c): a create never takes a name the store holds, whether the
+ * name came before the filter (its scan), after it (create, rename in, link), past a
+ * rebuild, or after a reopen; names unlinked may be made again; a filter over budget is
+ * not made and creates still see every name. One bucket, so one pair holds them all. */
+static int t_name_filters(void)
+{
+	char path[400];
+	snprintf(path, sizeof(path), "%s/namefilter", g_dir);
+	struct meta_options o = { .nbuckets = 1, .chunk_size = 1 << 20 };
+	struct meta_store *m;
+	struct aq_attr d, other, moved, linked, t;
+	CHECK_RC(meta_open(path, true, &o, &m), 0);
+	CHECK_RC(meta_mkdir(m, &ROOT, AQ_ROOT_INO, "nf", 2, 0755, &d), 0);
+	CHECK_RC(meta_mkdir(m, &ROOT, AQ_ROOT_INO, "other", 5, 0755, &other), 0);
+	CHECK_RC(meta_mknod(m, &ROOT, other.ino, "moved", 5, 0644, 0, AQ_CREATE_EXCL, &moved), 0);
+	CHECK_RC(meta_mknod(m, &ROOT, other.ino, "linked", 6, 0644, 0, AQ_CREATE_EXCL, &linked), 0);
+	int n = META_NFILTER_MIN + 64;
+	CHECK_RC(nf_make(m, d.ino, 0, n), 0);
+	CHECK(meta_nfilter_names(m, 0, d.ino) == n); /* built from a scan, then one batch */
+	CHECK(meta_nfilter_names(m, 0, other.ino) == -1); /* two names: none */
+	CHECK(nf_free_pct(m, d.ino) >= 95);
+	CHECK_RC(meta_rename(m, &ROOT, other.ino, "moved", 5, d.ino, "moved_in", 8, 0), 0);
+	CHECK_RC(meta_link(m, &ROOT, linked.ino, d.ino, "linked_in", 9, &t), 0);
+	const char *more[] = { "moved_in", "linked_in" };
+	CHECK_RC(nf_all_taken(m, d.ino, n, more, 2), 0);
+	/* Names unlinked stay in the filter, and can be made again, and are then taken. */
+	CHECK_RC(meta_unlink(m, &ROOT, d.ino, "nf7", 3), 0);
+	CHECK_RC(meta_unlink(m, &ROOT, d.ino, "moved_in", 8), 0);
+	CHECK(meta_nfilter_names(m, 0, d.ino) == n + 2);
+	CHECK_RC(meta_mknod(m, &ROOT, d.ino, "nf7", 3, 0644, 0, AQ_CREATE_EXCL, &t), 0);
+	CHECK_RC(meta_mknod(m, &ROOT, d.ino, "moved_in", 8, 0644, 0, AQ_CREATE_EXCL, &t), 0);
+	CHECK_RC(nf_all_taken(m, d.ino, n, more, 2), 0);
+	/* Past its capacity a create rebuilds it, larger, from a new scan: its count is then
+	 * the names the store holds (n2 + 2), not every name ever added (n2 + 4). */
+	int n2 = n + 8192;
+	CHECK_RC(nf_make(m, d.ino, n, n2), 0);
+	CHECK(meta_nfilter_names(m, 0, d.ino) == n2 + 2);
+	CHECK_RC(nf_all_taken(m, d.ino, n2, more, 2), 0);
+	/* Creates racing in a directory with a filter: every name made once. */
+	struct nf_race race[4];
+	pthread_t th[4];
+	for (int i = 0; i < 4; i++) {
+		race[i] = (struct nf_race){ .m = m, .dir = d.ino, .seed = i };
+		pthread_create(&th[i], NULL, nf_race_main, &race[i]);
+	}
+	int made = 0;
+	for (int i = 0; i < 4; i++) {
+		pthread_join(th[i], NULL);
+		made += race[i].made;
+	}
+	CHECK(made == NF_RACE_NAMES);
+	/* rmdir lets the directory's filter go. */
+	struct aq_attr gone;
+	CHECK_RC(meta_mkdir(m, &ROOT, AQ_ROOT_INO, "gone", 4, 0755, &gone), 0);
+	CHECK_RC(nf_make(m, gone.ino, 0, n), 0);
+	CHECK(meta_nfilter_names(m, 0, gone.ino) == n);
+	for (int i = 0; i < n; i++) {
+		char name[16];
+		snprintf(name, sizeof(name), "nf%d", i);
+		CHECK_RC(meta_unlink(m, &ROOT, gone.ino, name, strlen(name)), 0);
+	}
+	CHECK_RC(meta_rmdir(m, &ROOT, AQ_ROOT_INO, "gone", 4), 0);
+	CHECK(meta_nfilter_names(m, 0, gone.ino) == -1);
+	meta_close(m);
+	/* A reopened store has no filters until creates build them again. */
+	CHECK_RC(meta_open(path, false, &o, &m), 0);
+	CHECK(meta_nfilter_names(m, 0, d.ino) == -1);
+	CHECK_RC(nf_make(m, d.ino, n2, n2 + 64), 0);
+	CHECK_RC(nf_make(m, d.ino, n2 + 64, n2 + 128), 0);
+	CHECK(meta_nfilter_names(m, 0, d.ino) >= n2);
+	CHECK_RC(nf_all_taken(m, d.ino, n2 + 128, more, 2), 0);
+	/* Without the memory for one, no filter, and RocksDB answers. */
+	meta_close(m);
+	CHECK_RC(meta_open(path, false, &o, &m), 0);
+	m->nfilter_budget = 4096;
+	CHECK_RC(nf_make(m, d.ino, n2 + 128, n2 + 256), 0);
+	CHECK(meta_nfilter_names(m, 0, d.ino) == -1);
+	CHECK(m->nfilter_scans == 0); /* the budget said no before any scan */
+	CHECK_RC(nf_all_taken(m, d.ino, n2 + 256, more, 2), 0);
+	meta_close(m);
+	return 0;
+}
+
 /* The child: fills a 2-bucket store (so counts move their marks), deletes inodes below
  * and above the marks, pushes the clock far ahead, then dies without meta_close. */
 static void crash_child(const char *path, int fd)
@@ -2233,6 +2405,7 @@ int main(void)
 		{ "reopen", t_reopen },
 		{ "crash_reopen", t_crash_reopen },
 		{ "leveled_store_opens", t_leveled_store_opens },
+		{ "name_filters", t_name_filters },
 		{ "bench", t_bench }, /* only with AQ_META_BENCH */
 	};
 	log_min_level = LOG_WARN;

@@ -57,6 +57,14 @@ size_t meta_key_dentry(uint8_t *buf, uint32_t bucket, uint64_t parent, uint64_t 
 	return n + 6 + len;
 }
 
+uint64_t meta_key_dentry_pos(const uint8_t *key)
+{
+	uint64_t pos = 0;
+	for (int i = 0; i < 6; i++)
+		pos = pos << 8 | key[META_DENTRY_PREFIX_LEN + i];
+	return pos;
+}
+
 size_t meta_key_partial(uint8_t *buf, uint32_t bucket, uint64_t dir)
 {
 	size_t n = key_head(buf, MK_PARTIAL, bucket);

@@ -210,6 +210,7 @@ uint64_t meta_dentry_pos(uint64_t parent, const char *name, size_t len);
 size_t meta_key_inode(uint8_t *buf, uint64_t ino);
 size_t meta_key_dentry_prefix(uint8_t *buf, uint32_t bucket, uint64_t parent);
 size_t meta_key_dentry(uint8_t *buf, uint32_t bucket, uint64_t parent, uint64_t pos, const char *name, size_t len);
+uint64_t meta_key_dentry_pos(const uint8_t *key); /* pos48 of a dentry key */
 size_t meta_key_partial(uint8_t *buf, uint32_t bucket, uint64_t dir);
 size_t meta_key_xattr(uint8_t *buf, uint64_t ino, const char *name, size_t len);
 size_t meta_key_orphan(uint8_t *buf, uint64_t ino);

@@ -44,11 +44,12 @@ static struct meta_nfilter *nf_find(struct meta_store *m, uint32_t bucket, uint6
 	return NULL;
 }
 
-/* The name part of a dentry key (its position and name) hashed; the pair is the filter's. */
+/* A dentry key's filter hash: from its position, already a hash of the name (names that
+ * share one share their bits: a "maybe" for each, never a wrong "free"). */
 static uint64_t nf_hash(const uint8_t *key, size_t klen)
 {
-	AQ_ASSERT(klen > META_DENTRY_PREFIX_LEN);
-	return aq_hash64(key + META_DENTRY_PREFIX_LEN, klen - META_DENTRY_PREFIX_LEN, 0x6e616d6573ull);
+	AQ_ASSERT(klen > META_DENTRY_PREFIX_LEN + 6);
+	return aq_mix64(meta_key_dentry_pos(key), 0x6e616d6573ull);
 }
 
 /* The block a name's bits lie in, and in g the bits' positions, 9 bits each. */
@@ -102,16 +103,21 @@ static int64_t nf_scan(struct meta_store *m, uint32_t bucket, uint64_t dir, uint
 	rocksdb_iterator_t *it = rocksdb_create_iterator(m->db, ro);
 	size_t n = 0, cap = 1024;
 	uint64_t *h = aq_malloc(cap * sizeof(*h));
+	int rc = 0;
 	for (rocksdb_iter_seek(it, (const char *)lo, sizeof lo); rocksdb_iter_valid(it); rocksdb_iter_next(it)) {
 		size_t klen;
 		const uint8_t *k = (const uint8_t *)rocksdb_iter_key(it, &klen);
-		if (klen <= META_DENTRY_PREFIX_LEN || memcmp(k, lo, sizeof lo) != 0)
+		if (klen <= META_DENTRY_PREFIX_LEN + 6) { /* no name: a filter without it could lie */
+			log_error("meta: corrupt dentry key in dir %llx", (unsigned long long)dir);
+			rc = -EIO;
 			break;
+		}
 		if (n == cap)
 			h = aq_realloc(h, (cap *= 2) * sizeof(*h));
 		h[n++] = nf_hash(k, klen);
 	}
-	int rc = meta_iter_error(it, "name filter scan");
+	if (!rc)
+		rc = meta_iter_error(it, "name filter scan");
 	rocksdb_iter_destroy(it);
 	rocksdb_readoptions_destroy(ro);
 	if (rc) {

@@ -180,9 +180,7 @@ int meta_readdir_range(struct meta_store *m, const struct aq_cred *cr, uint64_t 
 				stop = true;
 				break;
 			}
-			uint64_t epos = 0;
-			for (int i = 0; i < 6; i++)
-				epos = epos << 8 | k[META_DENTRY_PREFIX_LEN + i];
+			uint64_t epos = meta_key_dentry_pos(k);
 			/* Entries sharing a position share a cookie: finish the group even past max. */
 			bool same_group = have_last && last_b == b && last_pos == epos;
 			if ((uint32_t)count >= max && !same_group) {

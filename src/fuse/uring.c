@@ -7,8 +7,8 @@
  *
  * libfuse 3.14 does not speak it, so the mount drives it beside libfuse: the INIT reply
  * gets FUSE_OVER_IO_URING (devio.c), and the mount's --threads threads (at least 2 per
- * queue), each with an io_uring and an entry of its own, register their entries. (Pinning
- * each to its queue's CPU made no difference here.) A thread takes a request from
+ * queue), each with an io_uring and an entry of its own, register their entries. Each
+ * thread runs on its queue's CPU (pin_to_queue), the CPU its requests' callers ran on. A thread takes a request from
  * its entry, lays it out as read(2) would have given it and hands it to libfuse
  * (fuse_session_process_buf); the handler's reply, from this thread or any other (an
  * answer that came later), reaches devio's writev hook, which gives it to uring_reply
@@ -34,6 +34,7 @@
 #include <liburing.h>
 #include <linux/fuse.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -287,6 +288,23 @@ static void commit(struct ring_ent *e)
 	submit_cmd(e->thr, e, URING_CMD_COMMIT_AND_FETCH, unique);
 }
 
+/* Keeps t on the CPU of its queue: a caller that waits for its request then hands its
+ * CPU to the thread that serves it, with no wake-up of the other CPU in between and back.
+ * 20,000 images through the mount, 4 loaders, page cache dropped: 6.5-7.0k against
+ * 7.4-7.9k samples/s in alternated runs (docs/performance.md); creates were no slower.
+ * Where the CPU is not the mount's to use (a cpuset), the thread runs anywhere.
+ * $AQ_MOUNT_RING_PIN=0 leaves every thread unpinned, for comparisons. */
+static void pin_to_queue(const struct ring_thr *t)
+{
+	const char *env = getenv("AQ_MOUNT_RING_PIN");
+	if (env && strcmp(env, "0") == 0)
+		return;
+	cpu_set_t cpus;
+	CPU_ZERO(&cpus);
+	CPU_SET(t->qid, &cpus);
+	(void)pthread_setaffinity_np(pthread_self(), sizeof cpus, &cpus);
+}
+
 static void *thr_main(void *arg)
 {
 	struct ring_thr *t = arg;
@@ -297,6 +315,7 @@ static void *thr_main(void *arg)
 	pthread_mutex_unlock(&g_ring.mu);
 	if (!go)
 		return NULL;
+	pin_to_queue(t);
 	arm_wake(t);
 	submit_cmd(t, t->first, URING_CMD_REGISTER, 0);
 	/* live: entries the kernel holds (registered, or committed and fetching); parked:

@@ -113,6 +113,8 @@ static inline uint64_t aq_mono_ns(void)
 /* Allocation that cannot fail quietly: out of memory aborts with a message. */
 void *aq_malloc(size_t n);
 void *aq_calloc(size_t n, size_t size);
+/* n bytes aligned to align (a power of two, as O_DIRECT wants), freed by free() */
+void *aq_malloc_aligned(size_t align, size_t n);
 void *aq_realloc(void *p, size_t n);
 char *aq_strdup(const char *s);
 /* n bytes (a multiple of AQ_HUGE_PAGE) of memory of its own, AQ_HUGE_PAGE-aligned and

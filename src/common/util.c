@@ -48,6 +48,12 @@ void *aq_malloc(size_t n)
 	if (!p) { log_error("out of memory (%zu bytes)", n); abort(); }
 	return p;
 }
+void *aq_malloc_aligned(size_t align, size_t n)
+{
+	void *p;
+	if (posix_memalign(&p, align, n ? n : 1)) { log_error("out of memory (%zu bytes)", n); abort(); }
+	return p;
+}
 void *aq_calloc(size_t n, size_t size)
 {
 	void *p = calloc(n ? n : 1, size ? size : 1);

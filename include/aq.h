@@ -232,6 +232,25 @@ ssize_t aq_pread_held(struct aq_file *f, size_t len, uint64_t off, const void **
  * OPEN failed. */
 ssize_t aq_open_bytes(struct aq_file *f, const void **data, bool *eof, struct aq_bytes **bytes);
 void aq_bytes_free(struct aq_bytes *b);
+
+/* Small files read by inode from a location known ahead (the FUSE mount's statahead):
+ * aq_locate_first asks where chunk 0 of each of n inodes lies on this machine's disk, in
+ * BATCH frames, not counted as reads (PROTO_F_PEEK); locs[i] gets a location (free with
+ * aq_loc_free) or NULL: the chunk is elsewhere, only in S3, in several records, or local
+ * reads are off. Returns how many it located, or -errno. aq_loc_read reads the first len
+ * bytes (at most aq_loc_length) of the file from it, every block checked against its
+ * crc32c and the record's header against ino and the chunk's version, and tells aqd of
+ * the read without waiting (its atime, the object tier): 0 with *data valid until
+ * free(*mem), or -errno when the record is gone or no longer what was located
+ * (compacted, a later write's): read through aqd then. A location says nothing of what
+ * changed since it was given: the caller drops it when it hears the file changed. */
+struct aq_loc;
+int aq_locate_first(struct aq_client *c, const uint64_t *inos, uint32_t n, struct aq_loc **locs);
+uint32_t aq_loc_length(const struct aq_loc *l);
+struct aq_loc *aq_loc_dup(const struct aq_loc *l);
+void aq_loc_free(struct aq_loc *l);
+int aq_loc_read(struct aq_client *c, uint64_t ino, const struct aq_loc *l, uint32_t len, void **mem,
+		const void **data);
 ssize_t aq_pwrite(struct aq_file *f, const void *buf, size_t len, uint64_t off);
 /* Appends at the end of file; *off_out gets the offset written at. */
 ssize_t aq_append(struct aq_file *f, const void *buf, size_t len, uint64_t *off_out);

@@ -375,6 +375,12 @@ struct rpc_call *rpc_start_ex(struct aq_client *c, uint32_t server, uint16_t op,
  * leave with the next frame sent there, or after RPC_HOLD_NS (the flusher thread).
  * Nothing is sent while that connection is down. */
 void rpc_release_file(struct aq_client *c, struct aq_file *f, const struct proto_req *req);
+/* Sends req to server (on the connection affinity picks) as rpc_release_file sends a
+ * RELEASE: no reply, held back; dropped while that connection is down. */
+void rpc_send_noreply(struct aq_client *c, uint32_t server, uint64_t affinity, const struct proto_req *req);
+/* rpc_start_ex with hold, no data or completion queue, and header flags (PROTO_F_PEEK). */
+struct rpc_call *rpc_start_held(struct aq_client *c, uint32_t server, uint16_t op, uint16_t flags,
+				const struct wbuf *payload, uint64_t affinity, int *err);
 /* Sends what is held back on every connection now. */
 void rpc_send_held(struct aq_client *c);
 /* Sends what is held and stops the flusher (aq_disconnect). */

@@ -345,6 +345,95 @@ int local_chunk_read(struct aq_file *f, uint32_t idx, uint32_t in, uint32_t n, u
 	return 0;
 }
 
+/* ---- small files located ahead (aq_locate_first, aq_loc_read) ---- */
+
+struct aq_loc {
+	uint64_t rec_off, version;
+	uint32_t length, nblk, path_len;
+	uint8_t crcs[];            /* nblk u32 little-endian, then the path and a NUL */
+};
+
+static size_t loc_bytes(uint32_t nblk, uint32_t path_len)
+{
+	return sizeof(struct aq_loc) + 4 * (size_t)nblk + path_len + 1;
+}
+
+static struct aq_loc *loc_new(const struct proto_loc *pl)
+{
+	struct aq_loc *l = aq_malloc(loc_bytes(pl->nblk, pl->path_len));
+	*l = (struct aq_loc){.rec_off = pl->rec_off, .version = pl->version, .length = pl->length, .nblk = pl->nblk,
+			     .path_len = pl->path_len};
+	memcpy(l->crcs, pl->crcs, 4 * (size_t)pl->nblk);
+	char *path = (char *)l->crcs + 4 * (size_t)pl->nblk;
+	memcpy(path, pl->path, pl->path_len);
+	path[pl->path_len] = '\0';
+	return l;
+}
+
+int aq_locate_first(struct aq_client *c, const uint64_t *inos, uint32_t n, struct aq_loc **locs)
+{
+	struct rpc_call **calls = aq_calloc(n ? n : 1, sizeof *calls);
+	int rc = 0, found = 0;
+	for (uint32_t i = 0; i < n; i++) {
+		locs[i] = NULL;
+		if (rc || !local_wanted(c))
+			continue;
+		struct proto_req r = locate_req(c, inos[i], 0);
+		struct wbuf w;
+		wbuf_init(&w, 64);
+		proto_req_encode(&w, &r);
+		/* one connection for all: they leave together, in BATCH frames */
+		calls[i] = rpc_start_held(c, cluster_target_by_id(&c->map, r.target)->server, OP_LOCATE, PROTO_F_PEEK,
+					  &w, 1, &rc);
+		wbuf_free(&w);
+	}
+	for (uint32_t i = 0; i < n; i++) {
+		if (!calls[i])
+			continue;
+		struct proto_reply rep;
+		struct proto_loc pl;
+		if (!rpc_wait(calls[i]) && !proto_reply_decode(OP_LOCATE, calls[i]->payload, calls[i]->len, &rep) &&
+		    !reply_loc(&rep, 0, &pl)) {
+			locs[i] = loc_new(&pl);
+			found++;
+		}
+		rpc_free(calls[i]);
+	}
+	free(calls);
+	return rc ? rc : found;
+}
+
+uint32_t aq_loc_length(const struct aq_loc *l) { return l->length; }
+
+struct aq_loc *aq_loc_dup(const struct aq_loc *l)
+{
+	size_t n = loc_bytes(l->nblk, l->path_len);
+	return memcpy(aq_malloc(n), l, n);
+}
+
+void aq_loc_free(struct aq_loc *l) { free(l); }
+
+int aq_loc_read(struct aq_client *c, uint64_t ino, const struct aq_loc *l, uint32_t len, void **mem,
+		const void **data)
+{
+	if (len > l->length || !local_wanted(c))
+		return -EAGAIN;
+	struct proto_loc pl = {.rec_off = l->rec_off, .version = l->version, .length = l->length, .n = len,
+			       .nblk = l->nblk, .path = (const char *)l->crcs + 4 * (size_t)l->nblk,
+			       .path_len = l->path_len, .crcs = l->crcs};
+	uint8_t *m;
+	const uint8_t *d;
+	int rc = local_read(c, ino, &pl, &m, &d);
+	if (rc)
+		return rc;
+	/* counted as a read by aqd, as the OPEN it replaces would have been */
+	struct proto_req r = locate_req(c, ino, 0);
+	rpc_send_noreply(c, cluster_target_by_id(&c->map, r.target)->server, 1, &r);
+	*mem = m;
+	*data = d;
+	return 0;
+}
+
 /* ---- pieces of the batched read ring (ioring.c) ---- */
 
 struct rpc_call *local_locate_start(struct aq_client *c, uint64_t ino, uint32_t idx, uint64_t affinity,

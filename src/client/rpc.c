@@ -965,14 +965,13 @@ static struct rpc_call *start_call(struct aq_client *c, uint32_t server, uint16_
 	return call;
 }
 
-void rpc_release_file(struct aq_client *c, struct aq_file *f, const struct proto_req *req)
+/* Sends req on rc with PROTO_F_NOREPLY, held back to leave with the next frame sent
+ * there or after RPC_HOLD_NS (the flusher thread); nothing while rc is down. */
+static void send_noreply(struct aq_client *c, struct rpc_conn *rc, const struct proto_req *req)
 {
-	/* Where the server counts it open (every open file is held: file_new, open_lazy),
-	 * not where its affinity points now: aq_watch sets the first connection apart. */
-	AQ_ASSERT(f->held_on);
-	struct rpc_conn *rc = f->held_on;
 	pthread_mutex_lock(&rc->mu);
-	if (!rc->up) { /* the server forgot what the connection held when it went down */
+	if (!rc->up) { /* a RELEASE: the server forgot what the connection held when it went
+			* down; a read's count (LOCATE): one read left uncounted */
 		pthread_mutex_unlock(&rc->mu);
 		return;
 	}
@@ -997,6 +996,25 @@ void rpc_release_file(struct aq_client *c, struct aq_file *f, const struct proto
 		pthread_cond_signal(&c->fl_cv);
 	}
 	pthread_mutex_unlock(&c->fl_mu);
+}
+
+void rpc_release_file(struct aq_client *c, struct aq_file *f, const struct proto_req *req)
+{
+	/* Where the server counts it open (every open file is held: file_new, open_lazy),
+	 * not where its affinity points now: aq_watch sets the first connection apart. */
+	AQ_ASSERT(f->held_on);
+	send_noreply(c, f->held_on, req);
+}
+
+void rpc_send_noreply(struct aq_client *c, uint32_t server, uint64_t affinity, const struct proto_req *req)
+{
+	send_noreply(c, pick_conn(c, server, affinity), req);
+}
+
+struct rpc_call *rpc_start_held(struct aq_client *c, uint32_t server, uint16_t op, uint16_t flags,
+				const struct wbuf *payload, uint64_t affinity, int *err)
+{
+	return start_call(c, server, op, flags, payload, affinity, NULL, 0, NULL, NULL, true, false, NULL, err);
 }
 
 void rpc_send_held(struct aq_client *c)

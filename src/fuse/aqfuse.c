@@ -141,6 +141,7 @@ static void nox_forget(uint64_t ino);
 static void stored_forget(uint64_t ino);
 static void names_forget(uint64_t ino);
 static void ec_pushed(uint64_t parent, const char *name, size_t len, uint64_t ino);
+static struct aq_file *held_file(struct fuse_file_info *fi, int *rc);
 
 static void on_inval(void *arg, const struct aq_inval *iv)
 {
@@ -626,14 +627,23 @@ static bool names_absent(uint64_t dir, const char *name)
  * applied to it when it is done. Changes made through this mount (a write, an unlink,
  * any of them) are not tracked one by one: any of those since the listing began drops
  * the whole set. A set dropped before it paid for itself makes the next listing of that
- * directory wait four times as many lookups. */
+ * directory wait four times as many lookups.
+ *
+ * The listing also asks, a page of entries at a time in one batch, where each small
+ * file's bytes lie on this machine (aq_locate_first; files of up to LOCATED_MAX whose
+ * first chunk is on a local disk): the open of such a file then reads them itself and
+ * asks aqd nothing (op_open, "opens answered from a location"). A location goes with its
+ * entry, so the pushes that take an entry out take its location too. */
 #define ECACHE_TRIGGER 64
-#define ECACHE_MAX (1u << 20) /* entries; about 130 bytes each */
+#define ECACHE_MAX (1u << 20) /* entries; about 130 bytes each, and a located file's 100 more */
+#define ECACHE_LOC_PAGE 256   /* entries listed, then located, at a time */
+#define LOCATED_MAX (256u << 10) /* the biggest file whose location a listing asks for */
 
 struct eent {
 	uint64_t h;
 	uint32_t name_off, name_len;
 	struct aq_attr a; /* a.ino 0: taken out by a push */
+	struct aq_loc *loc; /* where a small file's bytes lie on this machine, or NULL */
 };
 
 #define EC_PENDING_MAX 4096 /* pushes kept while a listing runs; past that it is given up */
@@ -657,6 +667,8 @@ struct ecset {
 
 static void ecset_free(struct ecset *s)
 {
+	for (uint32_t i = 0; i < s->n; i++)
+		aq_loc_free(s->ents[i].loc);
 	free(s->ents);
 	free(s->slot);
 	free(s->islot);
@@ -749,7 +761,8 @@ static void ec_add(struct ecset *s, const char *name, size_t len, const struct a
 		s->names = aq_realloc(s->names, s->names_cap);
 	}
 	memcpy(s->names + s->names_len, name, len);
-	s->ents[s->n] = (struct eent){.h = h, .name_off = (uint32_t)s->names_len, .name_len = (uint32_t)len, .a = *a};
+	s->ents[s->n] = (struct eent){.h = h, .name_off = (uint32_t)s->names_len, .name_len = (uint32_t)len, .a = *a,
+				      .loc = NULL};
 	s->names_len += len;
 	*sl = ++s->n;
 }
@@ -835,13 +848,37 @@ static void ec_pushed(uint64_t parent, const char *name, size_t len, uint64_t in
 	pthread_mutex_unlock(&g_ec.mu);
 }
 
+/* Where the small files of a page of listed entries (s's from first on) lie, asked in one
+ * batch; false once a page's small files were found nowhere here (a mount on another
+ * machine than the servers, local reads off): the listing asks no more. */
+static bool ec_locate(struct ecset *s, uint32_t first)
+{
+	uint64_t inos[ECACHE_LOC_PAGE];
+	uint32_t at[ECACHE_LOC_PAGE], n = 0;
+	for (uint32_t i = first; i < s->n && n < ECACHE_LOC_PAGE; i++) {
+		const struct aq_attr *a = &s->ents[i].a;
+		if (S_ISREG(a->mode) && a->size && a->size <= LOCATED_MAX) {
+			at[n] = i;
+			inos[n++] = a->ino;
+		}
+	}
+	if (!n)
+		return true;
+	struct aq_loc *locs[ECACHE_LOC_PAGE];
+	int found = aq_locate_first(g_client, inos, n, locs);
+	for (uint32_t j = 0; j < n; j++)
+		s->ents[at[j]].loc = locs[j];
+	return found > 0;
+}
+
 static void *ec_fill_main(void *arg)
 {
 	struct ec_fill *f = arg;
 	struct ecset s = {0};
 	struct aq_dir *d = NULL;
-	const uint32_t page = 256;
+	const uint32_t page = ECACHE_LOC_PAGE;
 	struct aq_dirent *ents = aq_malloc(page * sizeof *ents);
+	bool locate = true;
 	int rc = aq_dir_open(g_client, &f->cr, f->dir, AQ_READDIR_PLUS, &d);
 	while (!rc && s.n < ECACHE_MAX && atomic_load(&g_own_changes) == f->own &&
 	       !__atomic_load_n(&g_ec.stop, __ATOMIC_RELAXED)) {
@@ -850,8 +887,11 @@ static void *ec_fill_main(void *arg)
 			rc = n;
 			break;
 		}
+		uint32_t first = s.n;
 		for (int i = 0; i < n && s.n < ECACHE_MAX; i++)
 			ec_add(&s, ents[i].name, ents[i].name_len, &ents[i].attr);
+		if (locate)
+			locate = ec_locate(&s, first);
 	}
 	if (d)
 		aq_dir_close(d);
@@ -970,13 +1010,49 @@ static void ec_recheck(uint64_t gen, uint64_t parent, const char *name, uint64_t
 	}
 }
 
-/* Directories open here, with the newest attributes heard of each: a directory removed
- * while open (rmdir, or a rename over it) is gone from aqd, yet fstat(2) of its
- * descriptor answers on Linux, with nlink 0 (xfstests generic/035). The kernel asks
- * without the handle, so op_getattr looks here when aqd says ENOENT. */
-#define OPEN_DIRS_SLOTS 256
-struct open_dir {
-	struct open_dir *next;
+/* The location statahead found for inode ino, a copy (aq_loc_free), with its attributes
+ * in *a; NULL when the set holds none (or the inode has two names there). */
+static struct aq_loc *ec_loc(uint64_t ino, struct aq_attr *a)
+{
+	if (!g_cache_on)
+		return NULL;
+	struct aq_loc *l = NULL;
+	pthread_mutex_lock(&g_ec.mu);
+	if (g_ec.dir && (atomic_load(&g_own_changes) != g_ec.own || aq_mono_ns() >= g_ec.expires_ns))
+		ec_drop_locked();
+	if (g_ec.dir && !g_ec.set.links) {
+		uint32_t i = *ec_ifind(&g_ec.set, ino);
+		const struct eent *e = i ? &g_ec.set.ents[i - 1] : NULL;
+		if (e && e->a.ino == ino && e->loc) {
+			*a = e->a;
+			l = aq_loc_dup(e->loc);
+		}
+	}
+	pthread_mutex_unlock(&g_ec.mu);
+	return l;
+}
+
+/* ino's location led nowhere (the record moved or changed): not asked again. */
+static void ec_loc_failed(uint64_t ino)
+{
+	pthread_mutex_lock(&g_ec.mu);
+	uint32_t i = g_ec.dir ? *ec_ifind(&g_ec.set, ino) : 0;
+	if (i) {
+		aq_loc_free(g_ec.set.ents[i - 1].loc);
+		g_ec.set.ents[i - 1].loc = NULL;
+	}
+	pthread_mutex_unlock(&g_ec.mu);
+}
+
+/* Inodes open here that aqd may forget while they are, with the newest attributes heard
+ * of each: directories (one removed while open, by rmdir or a rename over it, is gone
+ * from aqd, yet fstat(2) of its descriptor answers on Linux, with nlink 0: xfstests
+ * generic/035), and files opened from a location, which aqd never counted open (freed
+ * once unlinked). The kernel asks without the handle, so op_getattr looks here when aqd
+ * says ENOENT. */
+#define OPEN_INOS_SLOTS 256
+struct open_ino {
+	struct open_ino *next;
 	uint64_t ino;
 	uint32_t refs;
 	bool known;
@@ -984,25 +1060,33 @@ struct open_dir {
 };
 static struct {
 	pthread_mutex_t mu;
-	atomic_uint n; /* open directories: keep_attr looks here only when some are */
-	struct open_dir *slot[OPEN_DIRS_SLOTS];
-} g_open_dirs = {.mu = PTHREAD_MUTEX_INITIALIZER};
+	atomic_uint n; /* inodes held: keep_attr looks here only when some are */
+	struct open_ino *slot[OPEN_INOS_SLOTS];
+} g_open_inos = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
-static struct open_dir **open_dir_find_locked(uint64_t ino)
+static struct open_ino **open_ino_find_locked(uint64_t ino)
 {
-	struct open_dir **p = &g_open_dirs.slot[(ino * 0x9E3779B97F4A7C15ull) >> 56];
+	struct open_ino **p = &g_open_inos.slot[(ino * 0x9E3779B97F4A7C15ull) >> 56];
 	while (*p && (*p)->ino != ino)
 		p = &(*p)->next;
 	return p;
 }
 
-static void open_dir_hold(uint64_t ino)
+/* Holds ino, with attributes a when given (a file opened from a location), else those
+ * last heard (a directory). */
+static void open_ino_hold(uint64_t ino, const struct aq_attr *a)
 {
-	pthread_mutex_lock(&g_open_dirs.mu);
-	struct open_dir **p = open_dir_find_locked(ino);
+	pthread_mutex_lock(&g_open_inos.mu);
+	struct open_ino **p = open_ino_find_locked(ino);
 	if (!*p) {
 		*p = aq_calloc(1, sizeof **p);
 		(*p)->ino = ino;
+		atomic_fetch_add(&g_open_inos.n, 1);
+	}
+	if (a) {
+		(*p)->a = *a;
+		(*p)->known = true;
+	} else if (!(*p)->known) {
 		/* the lookup or getattr that came before the open, whatever its age */
 		pthread_mutex_lock(&g_dattr.mu);
 		struct dattr *d = dattr_slot(ino);
@@ -1011,50 +1095,49 @@ static void open_dir_hold(uint64_t ino)
 			(*p)->known = true;
 		}
 		pthread_mutex_unlock(&g_dattr.mu);
-		atomic_fetch_add(&g_open_dirs.n, 1);
 	}
 	(*p)->refs++;
-	pthread_mutex_unlock(&g_open_dirs.mu);
+	pthread_mutex_unlock(&g_open_inos.mu);
 }
 
-static void open_dir_release(uint64_t ino)
+static void open_ino_release(uint64_t ino)
 {
-	pthread_mutex_lock(&g_open_dirs.mu);
-	struct open_dir **p = open_dir_find_locked(ino), *od = *p;
+	pthread_mutex_lock(&g_open_inos.mu);
+	struct open_ino **p = open_ino_find_locked(ino), *od = *p;
 	if (od && --od->refs == 0) {
 		*p = od->next;
 		free(od);
-		atomic_fetch_sub(&g_open_dirs.n, 1);
+		atomic_fetch_sub(&g_open_inos.n, 1);
 	}
-	pthread_mutex_unlock(&g_open_dirs.mu);
+	pthread_mutex_unlock(&g_open_inos.mu);
 }
 
-static void open_dir_note(const struct aq_attr *a)
+static void open_ino_note(const struct aq_attr *a)
 {
-	if (!S_ISDIR(a->mode) || atomic_load(&g_open_dirs.n) == 0)
+	if (!S_ISDIR(a->mode) || atomic_load(&g_open_inos.n) == 0)
 		return;
-	pthread_mutex_lock(&g_open_dirs.mu);
-	struct open_dir *od = *open_dir_find_locked(a->ino);
+	pthread_mutex_lock(&g_open_inos.mu);
+	struct open_ino *od = *open_ino_find_locked(a->ino);
 	if (od) {
 		od->a = *a;
 		od->known = true;
 	}
-	pthread_mutex_unlock(&g_open_dirs.mu);
+	pthread_mutex_unlock(&g_open_inos.mu);
 }
 
-/* The attributes of directory ino, open here and removed: what was last heard, nlink 0. */
-static bool open_dir_removed(uint64_t ino, struct aq_attr *a)
+/* The attributes of inode ino, open here and removed: what was last heard, nlink 0. */
+static bool open_ino_removed(uint64_t ino, struct aq_attr *a)
 {
-	if (atomic_load(&g_open_dirs.n) == 0)
+	if (atomic_load(&g_open_inos.n) == 0)
 		return false;
-	pthread_mutex_lock(&g_open_dirs.mu);
-	struct open_dir *od = *open_dir_find_locked(ino);
+	pthread_mutex_lock(&g_open_inos.mu);
+	struct open_ino *od = *open_ino_find_locked(ino);
 	bool hit = od && od->known;
 	if (hit) {
 		*a = od->a;
 		a->nlink = 0;
 	}
-	pthread_mutex_unlock(&g_open_dirs.mu);
+	pthread_mutex_unlock(&g_open_inos.mu);
 	return hit;
 }
 
@@ -1069,7 +1152,7 @@ static void keep_attr(struct cseq seq, const struct aq_attr *a)
 		usleep(g_test_keep_delay_ms * 1000u);
 	dattr_put(seq, a);
 	nox_put(seq, a);
-	open_dir_note(a);
+	open_ino_note(a);
 }
 
 /* The errno an application gets. A server that stayed unreachable past libaq's
@@ -1271,7 +1354,7 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino_node, struct fuse_file_inf
 	}
 	struct cseq seq = cseq_now();
 	int rc = aq_getattr(g_client, NULL, ino, &a);
-	if (rc == -ENOENT && open_dir_removed(ino, &a)) {
+	if (rc == -ENOENT && open_ino_removed(ino, &a)) {
 		to_stat(&a, &st);
 		fuse_reply_attr(req, &st, g_timeout_s);
 		return;
@@ -1325,8 +1408,9 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino_node, struct stat *attr, i
 	struct cseq seq = cseq_now();
 	/* fi: the kernel names the descriptor of a truncate (ftruncate, open with O_TRUNC),
 	 * always a regular file's */
-	struct aq_file *f = fi && (mask & AQ_SET_SIZE) ? (struct aq_file *)(uintptr_t)fi->fh : NULL;
-	int rc = f ? WITH_GROUPS(req, cr, aq_file_setattr(f, &cr, mask, &in, &out))
+	int rc = 0;
+	struct aq_file *f = fi && (mask & AQ_SET_SIZE) ? held_file(fi, &rc) : NULL;
+	rc = rc ? rc : f ? WITH_GROUPS(req, cr, aq_file_setattr(f, &cr, mask, &in, &out))
 		   : WITH_GROUPS(req, cr, aq_setattr(g_client, &cr, ino, mask, &in, &out));
 	if (rc) {
 		dattr_drop(ino);
@@ -1588,6 +1672,109 @@ static int kill_sxid(fuse_req_t req, fuse_ino_t node, struct aq_file *f)
 	return 0;
 }
 
+/* ---- opens answered from a location ----
+ *
+ * A read-only open of a small file whose location statahead found (ec_loc): the mount
+ * reads its bytes from aqd's segment file itself (aq_loc_read: the record's header and
+ * every block's crc32c checked), puts them in the kernel's page cache and answers; aqd
+ * is sent no OPEN, only word that the file was read (a LOCATE nobody waits for: its
+ * atime, the object tier). A loader that opens, reads whole and closes each sample then
+ * waits for no thread of aqd at all (docs/performance.md, "Opens from a location"). The
+ * kernel checked the caller's permissions against the attributes it holds
+ * (default_permissions), as it does for every open; what aqd would have said of the file
+ * is what its entry says, as current as the entry is kept by pushes. The handle holds
+ * the bytes until its release: a read the page cache no longer covers is answered from
+ * them while nothing changed since the open (no push, no change through this mount), or
+ * when aqd no longer has the file (unlinked since: the descriptor keeps what it read, as
+ * on ext4); else, and for anything else (a read past them, a lock, fsync), the file is
+ * opened at aqd then (held_file). At most HELD_MAX bytes are held at once; past that,
+ * opens go to aqd. */
+#define HELD_MAX (64u << 20)
+
+struct held {
+	uint64_t ino;
+	int flags;
+	struct cseq seq;     /* before the bytes were located */
+	struct aq_attr a;    /* the file's attributes then */
+	struct aq_cred cr;
+	pthread_mutex_t mu;
+	struct aq_file *f;   /* opened at aqd once something needs it */
+	void *mem;
+	const char *data;    /* the file's bytes [0, len) when opened */
+	uint32_t len;
+};
+static atomic_ulong g_held_bytes;
+
+/* fi's handle holds no aq_file but a struct held: its low bit */
+static struct held *held_of(const struct fuse_file_info *fi)
+{
+	return (fi->fh & 1) ? (struct held *)(uintptr_t)(fi->fh & ~(uint64_t)1) : NULL;
+}
+
+/* The aq_file behind fi: a held handle's is opened at aqd the first time it is asked
+ * for (NULL with *rc then, if that fails). */
+static struct aq_file *held_file(struct fuse_file_info *fi, int *rc)
+{
+	struct held *h = held_of(fi);
+	if (!h)
+		return (struct aq_file *)(uintptr_t)fi->fh;
+	pthread_mutex_lock(&h->mu);
+	if (!h->f)
+		*rc = aq_open_ino_lazy_nodata(g_client, &h->cr, h->ino, h->flags, &h->f);
+	struct aq_file *f = h->f;
+	pthread_mutex_unlock(&h->mu);
+	return f;
+}
+
+static void held_free(struct held *h)
+{
+	open_ino_release(h->ino);
+	atomic_fetch_sub(&g_held_bytes, h->len);
+	free(h->mem);
+	pthread_mutex_destroy(&h->mu);
+	free(h);
+}
+
+/* Opens ino for reading from its location, if statahead found one: true once answered. */
+static bool open_located(fuse_req_t req, uint64_t ino, fuse_ino_t node, struct cseq seq, struct fuse_file_info *fi)
+{
+	struct aq_attr a;
+	struct aq_loc *l = ec_loc(ino, &a);
+	if (!l)
+		return false;
+	uint32_t len = (uint32_t)a.size;
+	void *mem = NULL;
+	const void *data;
+	int rc = a.size > aq_loc_length(l) ? -EAGAIN : 0;
+	if (!rc && atomic_fetch_add(&g_held_bytes, len) + len > HELD_MAX) {
+		atomic_fetch_sub(&g_held_bytes, len);
+		rc = -ENOMEM;
+	} else if (!rc && (rc = aq_loc_read(g_client, ino, l, len, &mem, &data)) != 0) {
+		atomic_fetch_sub(&g_held_bytes, len);
+		if (rc != -EAGAIN) /* moved or changed: the next open asks aqd */
+			ec_loc_failed(ino);
+	}
+	aq_loc_free(l);
+	if (rc)
+		return false;
+	struct fuse_bufvec bv = FUSE_BUFVEC_INIT(len);
+	bv.buf[0].mem = (void *)data;
+	bool stored = fuse_lowlevel_notify_store(g_se, node, 0, &bv, 0) == 0;
+	if (stored && !cseq_current(seq))
+		inval_queue(ino, 0, NULL, 0);
+	inoset_put(&g_stored, seq, ino, stored);
+	struct held *h = aq_calloc(1, sizeof *h);
+	*h = (struct held){.ino = ino, .flags = fi->flags, .seq = seq, .a = a, .mem = mem, .data = data, .len = len};
+	cred_of(req, &h->cr);
+	pthread_mutex_init(&h->mu, NULL);
+	open_ino_hold(ino, &a); /* aqd frees it once unlinked: fstat still answers (op_getattr) */
+	fi->fh = (uint64_t)(uintptr_t)h | 1;
+	fi->keep_cache = 1;
+	fi->noflush = !atomic_load(&g_locked);
+	fuse_reply_open(req, fi);
+	return true;
+}
+
 static void op_open(fuse_req_t req, fuse_ino_t ino_node, struct fuse_file_info *fi)
 {
 	uint64_t ino = aq_node_ino(ino_node);
@@ -1606,6 +1793,8 @@ static void op_open(fuse_req_t req, fuse_ino_t ino_node, struct fuse_file_info *
 		struct cseq seq = cseq_now();
 		if (inoset_has(&g_stored, ino)) {
 			rc = aq_open_ino_lazy_nodata(g_client, &cr, ino, fi->flags, &f);
+		} else if (open_located(req, ino, ino_node, seq, fi)) {
+			return;
 		} else {
 			rc = aq_open_ino_lazy(g_client, &cr, ino, fi->flags, &f);
 			if (!rc)
@@ -1685,7 +1874,20 @@ static void op_create(fuse_req_t req, fuse_ino_t parent_node, const char *name, 
 
 static void op_read(fuse_req_t req, fuse_ino_t node, size_t size, off_t off, struct fuse_file_info *fi)
 {
-	struct aq_file *f = (struct aq_file *)(uintptr_t)fi->fh;
+	/* the page cache let go of what an open from a location stored: its bytes, unless
+	 * anything changed since (a push, or a change through this mount) */
+	struct held *h = held_of(fi);
+	bool from_held = h && (uint64_t)off < h->len;
+	if (from_held && cseq_current(h->seq)) {
+		fuse_reply_buf(req, h->data + off, MIN(size, h->len - (size_t)off));
+		return;
+	}
+	int rc = 0;
+	struct aq_file *f = held_file(fi, &rc);
+	if (!f) {
+		fuse_reply_err(req, posix_err(rc));
+		return;
+	}
 	/* the first read of a file its open fetched the start of: straight from those bytes */
 	const void *held;
 	struct aq_bytes *bytes;
@@ -1706,7 +1908,9 @@ static void op_read(fuse_req_t req, fuse_ino_t node, size_t size, off_t off, str
 		if (cred_add_groups(req, &cr) && aq_file_reopen(f, &cr) == 0)
 			n = aq_pread(f, buf, size, (uint64_t)off);
 	}
-	if (n < 0)
+	if ((n == -ENOENT || n == -ESTALE) && from_held) /* unlinked since: this descriptor */
+		fuse_reply_buf(req, h->data + off, MIN(size, h->len - (size_t)off)); /* keeps what it read */
+	else if (n < 0)
 		fuse_reply_err(req, posix_err((int)n));
 	else
 		fuse_reply_buf(req, buf, (size_t)n);
@@ -1717,9 +1921,11 @@ static void op_read(fuse_req_t req, fuse_ino_t node, size_t size, off_t off, str
 static void op_write(fuse_req_t req, fuse_ino_t node, const char *buf, size_t size, off_t off,
 		     struct fuse_file_info *fi)
 {
-	struct aq_file *f = (struct aq_file *)(uintptr_t)fi->fh;
+	int rc = 0;
+	struct aq_file *f = held_file(fi, &rc); /* a read-only handle never writes: the kernel checks */
 	own_change();
-	int rc = devio_kill() ? kill_sxid(req, node, f) : 0;
+	if (!rc)
+		rc = devio_kill() ? kill_sxid(req, node, f) : 0;
 	ssize_t n = rc ? rc : aq_pwrite(f, buf, size, (uint64_t)off);
 	/* An O_DIRECT write: the kernel dropped the range's cached pages before it sent the
 	 * write, and again after a synchronous one, but not after an asynchronous one (aio,
@@ -1741,11 +1947,16 @@ static void op_write(fuse_req_t req, fuse_ino_t node, const char *buf, size_t si
 static void op_fallocate(fuse_req_t req, fuse_ino_t node, int mode, off_t off, off_t len,
 			 struct fuse_file_info *fi)
 {
-	struct aq_file *f = (struct aq_file *)(uintptr_t)fi->fh;
+	int rc = 0;
+	struct aq_file *f = held_file(fi, &rc);
 	own_change();
+	if (rc) {
+		fuse_reply_err(req, posix_err(rc));
+		return;
+	}
 	/* the kernel names no flag here: root stands for CAP_FSETID, as the server's
 	 * truncate does */
-	int rc = devio_killpriv_v2() && fuse_req_ctx(req)->uid != 0 ? kill_sxid(req, node, f) : 0;
+	rc = devio_killpriv_v2() && fuse_req_ctx(req)->uid != 0 ? kill_sxid(req, node, f) : 0;
 	fuse_reply_err(req, posix_err(rc ? rc : aq_fallocate(f, mode, (uint64_t)off, (uint64_t)len)));
 }
 
@@ -1761,8 +1972,13 @@ static void write_back_failed(fuse_ino_t node)
 
 static void op_flush(fuse_req_t req, fuse_ino_t node, struct fuse_file_info *fi)
 {
-	struct aq_file *f = (struct aq_file *)(uintptr_t)fi->fh;
-	int rc = aq_flush(f); /* read-only handles come here only once a lock was taken (op_open) */
+	int rc = 0;
+	struct aq_file *f = held_file(fi, &rc);
+	if (!f) {
+		fuse_reply_err(req, posix_err(rc));
+		return;
+	}
+	rc = aq_flush(f); /* read-only handles come here only once a lock was taken (op_open) */
 	own_change();
 	/* close(2) of any descriptor of a file drops the process's fcntl locks on it (a
 	 * read-only handle's close sends no FLUSH: its RELEASE, aq_close, drops what was
@@ -1778,8 +1994,11 @@ static void op_flush(fuse_req_t req, fuse_ino_t node, struct fuse_file_info *fi)
 
 static void op_release(fuse_req_t req, fuse_ino_t node, struct fuse_file_info *fi)
 {
-	struct aq_file *f = (struct aq_file *)(uintptr_t)fi->fh;
+	struct held *h = held_of(fi);
+	struct aq_file *f = h ? h->f : (struct aq_file *)(uintptr_t)fi->fh;
 	int rc = aq_close(f);
+	if (h)
+		held_free(h);
 	if ((fi->flags & O_ACCMODE) != O_RDONLY)
 		own_change();
 	if (rc)
@@ -1791,7 +2010,9 @@ static void op_release(fuse_req_t req, fuse_ino_t node, struct fuse_file_info *f
  * the servers hold (aq_file_seek), so cp and tar find a sparse file's holes. */
 static void op_lseek(fuse_req_t req, fuse_ino_t node, off_t off, int whence, struct fuse_file_info *fi)
 {
-	int64_t at = aq_file_seek((struct aq_file *)(uintptr_t)fi->fh, off, whence);
+	int rc = 0;
+	struct aq_file *f = held_file(fi, &rc);
+	int64_t at = f ? aq_file_seek(f, off, whence) : rc;
 	if (at < 0)
 		fuse_reply_err(req, posix_err((int)at));
 	else
@@ -1846,7 +2067,12 @@ static void lock_wait_done(void *arg, int rc)
 
 static void lock_set(fuse_req_t req, struct fuse_file_info *fi, struct aq_lock *lk, uint32_t flags)
 {
-	struct aq_file *f = (struct aq_file *)(uintptr_t)fi->fh;
+	int rc = 0;
+	struct aq_file *f = held_file(fi, &rc);
+	if (!f) {
+		fuse_reply_err(req, posix_err(rc));
+		return;
+	}
 	if (lk->type != AQ_LK_UN)
 		atomic_store(&g_locked, true);
 	if (!(flags & AQ_LOCK_WAIT)) {
@@ -1864,7 +2090,7 @@ static void lock_set(fuse_req_t req, struct fuse_file_info *fi, struct aq_lock *
 	/* called at once if the INTERRUPT came already: the server keeps the cancel for the
 	 * wait that follows it */
 	fuse_req_interrupt_func(req, lock_interrupted, NULL);
-	int rc = aq_file_lock_async(f, fi->lock_owner, flags, w->id, lk, lock_wait_done, w);
+	rc = aq_file_lock_async(f, fi->lock_owner, flags, w->id, lk, lock_wait_done, w);
 	if (rc)
 		lock_wait_done(w, rc);
 }
@@ -1885,7 +2111,10 @@ static struct aq_lock lock_of(const struct flock *fl)
 static void op_getlk(fuse_req_t req, fuse_ino_t node, struct fuse_file_info *fi, struct flock *fl)
 {
 	struct aq_lock lk = lock_of(fl);
-	int rc = aq_file_lock((struct aq_file *)(uintptr_t)fi->fh, fi->lock_owner, AQ_LOCK_TEST, 0, &lk);
+	int rc = 0;
+	struct aq_file *f = held_file(fi, &rc);
+	if (f)
+		rc = aq_file_lock(f, fi->lock_owner, AQ_LOCK_TEST, 0, &lk);
 	if (rc) {
 		fuse_reply_err(req, posix_err(rc));
 		return;
@@ -1912,8 +2141,10 @@ static void op_flock(fuse_req_t req, fuse_ino_t node, struct fuse_file_info *fi,
 
 static void op_fsync(fuse_req_t req, fuse_ino_t node, int datasync, struct fuse_file_info *fi)
 {
-	struct aq_file *f = (struct aq_file *)(uintptr_t)fi->fh;
-	int rc = aq_fsync(f, datasync);
+	int rc = 0;
+	struct aq_file *f = held_file(fi, &rc);
+	if (f)
+		rc = aq_fsync(f, datasync);
 	if (rc)
 		write_back_failed(node);
 	fuse_reply_err(req, posix_err(rc));
@@ -1944,7 +2175,7 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino_node, struct fuse_file_inf
 	struct dirh *dh = aq_calloc(1, sizeof *dh);
 	pthread_mutex_init(&dh->mu, NULL);
 	fi->fh = (uint64_t)(uintptr_t)dh;
-	open_dir_hold(aq_node_ino(ino_node));
+	open_ino_hold(aq_node_ino(ino_node), NULL);
 	/* The kernel keeps what a listing returned in the directory's page cache and lists
 	 * from there again (FOPEN_CACHE_DIR) until the directory changes: a listing from
 	 * the start compares the directory's i_version, which this mount's own changes
@@ -2147,7 +2378,7 @@ static void op_readdirplus(fuse_req_t req, fuse_ino_t ino_node, size_t size, off
 static void op_releasedir(fuse_req_t req, fuse_ino_t node, struct fuse_file_info *fi)
 {
 	struct dirh *dh = (struct dirh *)(uintptr_t)fi->fh;
-	open_dir_release(aq_node_ino(node));
+	open_ino_release(aq_node_ino(node));
 	pthread_mutex_destroy(&dh->mu);
 	free(dh->ents);
 	free(dh);

@@ -126,7 +126,11 @@ int proto_extents_decode(const uint8_t *p, uint32_t len, struct aq_extent *ext, 
 #define PROTO_F_REPLY 1u
 #define PROTO_F_SYNC 2u /* CHUNK_WRITE: durable before the reply */
 #define PROTO_F_PUSH 4u /* INVAL: sent by the server unasked, request id 0 */
-#define PROTO_F_NOREPLY 8u /* RELEASE: the sender waits for no reply, and none is sent */
+#define PROTO_F_NOREPLY 8u /* RELEASE: the sender waits for no reply, and none is sent. LOCATE:
+			    * the same, and the client read the chunk itself (from a location it
+			    * holds): aqd counts the read (atime, the object tier) and locates nothing */
+#define PROTO_F_PEEK 32u   /* LOCATE: where the bytes lie, asked ahead of any read (statahead):
+			    * not counted as a read */
 #define PROTO_F_RETRY 16u  /* a change sent again after its connection broke: it may have run
 			    * (the server looks up its txn first, src/meta/txn.c) */
 
@@ -204,6 +208,7 @@ struct proto_req {
 	 * for no record */
 	uint64_t txn_client, txn_seq;
 	bool retry; /* not on the wire: the header's PROTO_F_RETRY, set by whoever decodes */
+	bool noreply, peek; /* likewise PROTO_F_NOREPLY and PROTO_F_PEEK */
 };
 
 /* Does op carry a txn (a change that fails when run twice)? */

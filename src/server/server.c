@@ -373,12 +373,19 @@ static void open_map_loc(struct server *s, const struct proto_req *r, uint32_t t
  * that reads them itself (local reads of any chunk, src/client/local.c); no data when the
  * client is elsewhere or the chunk is not in a record here (none, or only in S3). Like
  * CHUNK_READ it checks no permission: a client that may open the segment file could
- * read it whole anyway. Runs on the loop: it reads the chunk index, never the data. */
+ * read it whole anyway. Runs on the loop: it reads the chunk index, never the data.
+ * Counted as a read of the file (atime, the object tier), but with PROTO_F_PEEK (the
+ * mount locating a directory's files ahead of their opens); with PROTO_F_NOREPLY it is
+ * only that count, for a read the client made from a location it held. */
 static int locate(struct server *s, const struct proto_req *r, struct wbuf *out)
 {
 	int rc = chunk_args(s, r, 0);
 	if (rc)
 		return rc;
+	if (r->noreply) {
+		tier_note_read(s->tier, r->ino);
+		return 0;
+	}
 	struct proto_reply rep = {.op = OP_LOCATE};
 	struct wbuf w = {0};
 	struct data_loc *loc = aq_malloc(sizeof *loc);
@@ -387,7 +394,8 @@ static int locate(struct server *s, const struct proto_req *r, struct wbuf *out)
 		put_loc(&w, loc, r->idx, 0, loc->length);
 		rep.data = w.p;
 		rep.data_len = (uint32_t)w.len;
-		tier_note_read(s->tier, r->ino);
+		if (!r->peek)
+			tier_note_read(s->tier, r->ino);
 	}
 	proto_reply_encode(out, &rep);
 	wbuf_free(&w);
@@ -1160,6 +1168,8 @@ static int run_one(struct server *s, struct sconn *sc, const struct proto_hdr *h
 		return AQ_S_PROTO;
 	}
 	r.retry = h->flags & PROTO_F_RETRY;
+	r.noreply = h->flags & PROTO_F_NOREPLY;
+	r.peek = h->flags & PROTO_F_PEEK;
 	if (h->op == s->refuse) {
 		log_warn("refusing %s, as $AQ_TEST_REFUSE asks", proto_op_name(h->op));
 		return aq_status_from_err(-EIO);
@@ -1499,8 +1509,8 @@ static void on_frame(void *arg, struct net_conn *c, const struct proto_hdr *h, c
 		_exit(75);
 	}
 	inval_push(s, sc);
-	/* a RELEASE nobody waits for (it has nothing to say but "done") */
-	if (!(h->op == OP_RELEASE && (h->flags & PROTO_F_NOREPLY)))
+	/* a RELEASE or a read's count nobody waits for (it has nothing to say but "done") */
+	if (!((h->op == OP_RELEASE || h->op == OP_LOCATE) && (h->flags & PROTO_F_NOREPLY)))
 		net_reply(c, h, st, out.p, out.len);
 	wbuf_free(&out);
 }

@@ -1043,11 +1043,12 @@ def test_open_file_reads_another_mounts_write_once_pushed(c):
         os.close(fd)
 
 
-def statahead_dir(c, name, n=200, a_mnt=None):
-    """A directory of n files made by mount B, whose entries mount A (c's first mount,
-    or the one at a_mnt) then looks up often enough (with its kernel's entries dropped)
-    that A lists it once and keeps the set. A has applied the pushes for B's files
-    before: one heard late would take its name out of the set."""
+def statahead_dir(c, name, n=200, a_mnt=None, before_listing=None):
+    """A directory of n files made by mount B (f{i}: i bytes of "x"), whose entries mount
+    A (c's first mount, or the one at a_mnt) then looks up often enough (with its kernel's
+    entries dropped) that A lists it once and keeps the set. A has applied the pushes for
+    B's files before: one heard late would take its name out of the set. before_listing(b)
+    runs once A sees the files, before its lookups."""
     a, b = both(c, name)
     if a_mnt:
         a = os.path.join(a_mnt, name)
@@ -1056,6 +1057,8 @@ def statahead_dir(c, name, n=200, a_mnt=None):
         with open(f"{b}/f{i}", "wb") as f:
             f.write(b"x" * i)
     soon(lambda: os.path.exists(f"{a}/f{n - 1}"), "A sees B's files")
+    if before_listing:
+        before_listing(b)
     c.pinned = os.open(a, os.O_RDONLY)  # keeps the directory's own entry in A's kernel
     heard(c.pinned)
     drop_kernel_entries()
@@ -1083,6 +1086,81 @@ def test_statahead_answers_lookups(c):
     still finds every file, with its size."""
     a, _ = statahead_dir(c, "sa")
     listed_names_answered(c, a)
+
+
+def test_statahead_opens_read_where_the_bytes_lie(c):
+    """Once A's mount has listed a directory (statahead), it also knows where each small
+    file's bytes lie on this machine's disk, and a read-only open of one reads them from
+    aqd's segment file itself, asking aqd nothing: with aqd stopped and the kernel's
+    entries and pages dropped, A opens and reads every file, each byte right, and a read
+    after the page cache let a file's bytes go (its first open) is answered from what
+    the open read. Such a read still counts as one (relatime sets the atime, as aqd's own
+    reads do). A file B rewrites in place afterwards reads as its new bytes as soon as A
+    has heard of it, though the record located still holds the old ones for a while: the
+    push took the location out with the entry; so does one A rewrites itself, read
+    without a lookup (a change of A's own drops the set). And a descriptor whose file B
+    unlinks keeps the bytes it read and answers fstat (nlink 0) after aqd freed the file
+    (its open never reached aqd), as on ext4."""
+    import aquifer
+    old = 10**9  # 1970: more than a day before any read
+
+    def attr_atime(name):
+        with aquifer.connect(c.conf) as cl:
+            return cl.stat(f"/sr/{name}").st_atime_ns
+
+    def relist():
+        drop_kernel_entries()
+        for i in range(100):
+            os.stat(f"{a}/f{i + 10}")
+        time.sleep(1)  # the listing runs on a thread of A's mount
+        drop_kernel_entries()
+
+    a, b = statahead_dir(c, "sr", before_listing=lambda b: os.utime(f"{b}/f9", ns=(old, time.time_ns())))
+    try:
+        runs_while_stopped(c.pid(), f"import os\n"
+                                    f"for i in range(1, 200):\n"
+                                    f"    if i == 150:\n"
+                                    f"        continue\n"
+                                    f"    print(i, flush=True)\n"
+                                    f"    with open({a!r} + f'/f{{i}}', 'rb') as f:\n"
+                                    f"        assert f.read() == b'x' * i, i\n"
+                                    f"fd = os.open({a!r} + '/f150', os.O_RDONLY)\n"
+                                    f"assert os.pread(fd, 200, 0) == b'x' * 150\n"
+                                    f"os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)\n"
+                                    f"assert os.pread(fd, 200, 0) == b'x' * 150\n"
+                                    f"os.close(fd)\n",
+                           "a read-only open of a located file waited for the stopped aqd")
+        deadline = time.monotonic() + 10
+        while attr_atime("f9") == old:
+            assert time.monotonic() < deadline, "a read from a location set no atime"
+            time.sleep(0.1)
+
+        relist()
+        with open(f"{b}/f5", "r+b") as f:
+            f.write(b"y" * 5)
+        heard(c.pinned)
+        drop_kernel_entries()
+        assert read(f"{a}/f5") == b"y" * 5
+
+        relist()
+        with open(f"{a}/f120", "r+b") as f:  # the kernel keeps its entry from here on
+            f.write(b"z" * 120)
+        assert read(f"{a}/f120") == b"z" * 120  # an open without a lookup
+
+        relist()
+        fd = os.open(f"{a}/f130", os.O_RDONLY)
+        try:
+            os.unlink(f"{b}/f130")
+            soon(lambda: not os.path.exists(f"{a}/f130"), "B's unlink")
+            time.sleep(2.5)  # aqd's collector frees an orphan nobody holds open each second
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            assert os.pread(fd, 200, 0) == b"x" * 130
+            st = os.fstat(fd)
+            assert (st.st_nlink, st.st_size) == (0, 130), (st.st_nlink, st.st_size)
+        finally:
+            os.close(fd)
+    finally:
+        os.close(c.pinned)
 
 
 def test_a_directory_that_churns_does_not_slow_statahead_elsewhere(c):

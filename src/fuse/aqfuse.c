@@ -972,6 +972,16 @@ static void ec_stop(void)
 	pthread_mutex_unlock(&g_ec.mu);
 }
 
+/* The directory whose set is held, once a set that is stale (a change of this mount's
+ * own since its listing began) or old (--attr-timeout) is dropped; 0: none. With g_ec.mu
+ * held. */
+static uint64_t ec_current_locked(void)
+{
+	if (g_ec.dir && (atomic_load(&g_own_changes) != g_ec.own || aq_mono_ns() >= g_ec.expires_ns))
+		ec_drop_locked();
+	return g_ec.dir;
+}
+
 /* The entry for name in dir, if the set holds it and is current; *gen is the set's
  * push count then (for ec_recheck). */
 static bool ec_get(uint64_t dir, const char *name, struct aq_attr *a, uint64_t *gen)
@@ -980,9 +990,7 @@ static bool ec_get(uint64_t dir, const char *name, struct aq_attr *a, uint64_t *
 		return false;
 	bool hit = false;
 	pthread_mutex_lock(&g_ec.mu);
-	if (g_ec.dir && (atomic_load(&g_own_changes) != g_ec.own || aq_mono_ns() >= g_ec.expires_ns))
-		ec_drop_locked();
-	if (g_ec.dir == dir && dir) {
+	if (ec_current_locked() == dir && dir) {
 		size_t len = strlen(name);
 		uint32_t i = *ec_find(&g_ec.set, ec_hash(name, len), name, len);
 		if (i && g_ec.set.ents[i - 1].a.ino) {
@@ -1011,22 +1019,17 @@ static void ec_recheck(uint64_t gen, uint64_t parent, const char *name, uint64_t
 }
 
 /* The location statahead found for inode ino, a copy (aq_loc_free), with its attributes
- * in *a; NULL when the set holds none (or the inode has two names there). */
+ * in *a; NULL when the set holds none (an entry a push took out is not found by inode). */
 static struct aq_loc *ec_loc(uint64_t ino, struct aq_attr *a)
 {
 	if (!g_cache_on)
 		return NULL;
 	struct aq_loc *l = NULL;
 	pthread_mutex_lock(&g_ec.mu);
-	if (g_ec.dir && (atomic_load(&g_own_changes) != g_ec.own || aq_mono_ns() >= g_ec.expires_ns))
-		ec_drop_locked();
-	if (g_ec.dir && !g_ec.set.links) {
-		uint32_t i = *ec_ifind(&g_ec.set, ino);
-		const struct eent *e = i ? &g_ec.set.ents[i - 1] : NULL;
-		if (e && e->a.ino == ino && e->loc) {
-			*a = e->a;
-			l = aq_loc_dup(e->loc);
-		}
+	uint32_t i = ec_current_locked() ? *ec_ifind(&g_ec.set, ino) : 0;
+	if (i && g_ec.set.ents[i - 1].loc) {
+		*a = g_ec.set.ents[i - 1].a;
+		l = aq_loc_dup(g_ec.set.ents[i - 1].loc);
 	}
 	pthread_mutex_unlock(&g_ec.mu);
 	return l;

@@ -129,10 +129,10 @@ int proto_extents_decode(const uint8_t *p, uint32_t len, struct aq_extent *ext, 
 #define PROTO_F_NOREPLY 8u /* RELEASE: the sender waits for no reply, and none is sent. LOCATE:
 			    * the same, and the client read the chunk itself (from a location it
 			    * holds): aqd counts the read (atime, the object tier) and locates nothing */
-#define PROTO_F_PEEK 32u   /* LOCATE: where the bytes lie, asked ahead of any read (statahead):
-			    * not counted as a read */
 #define PROTO_F_RETRY 16u  /* a change sent again after its connection broke: it may have run
 			    * (the server looks up its txn first, src/meta/txn.c) */
+#define PROTO_F_PEEK 32u   /* LOCATE: where the bytes lie, asked ahead of any read (statahead):
+			    * not counted as a read */
 
 /* MKNOD flags beyond AQ_CREATE_EXCL: also open the new (or existing) regular file for
  * this connection, with the open(2) flags carried in rdev, as OPEN would. */

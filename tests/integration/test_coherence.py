@@ -1095,7 +1095,7 @@ def test_statahead_opens_read_where_the_bytes_lie(c):
     entries and pages dropped, A opens and reads every file, each byte right, and a read
     after the page cache let a file's bytes go (its first open) is answered from what
     the open read. Such a read still counts as one (relatime sets the atime, as aqd's own
-    reads do). A file B rewrites in place afterwards reads as its new bytes as soon as A
+    reads do), and the listing's locating of a file that is never read does not. A file B rewrites in place afterwards reads as its new bytes as soon as A
     has heard of it, though the record located still holds the old ones for a while: the
     push took the location out with the entry; so does one A rewrites itself, read
     without a lookup (a change of A's own drops the set). And a descriptor whose file B
@@ -1115,11 +1115,15 @@ def test_statahead_opens_read_where_the_bytes_lie(c):
         time.sleep(1)  # the listing runs on a thread of A's mount
         drop_kernel_entries()
 
-    a, b = statahead_dir(c, "sr", before_listing=lambda b: os.utime(f"{b}/f9", ns=(old, time.time_ns())))
+    def old_atimes(b):
+        for name in ("f9", "f199"):
+            os.utime(f"{b}/{name}", ns=(old, time.time_ns()))
+
+    a, b = statahead_dir(c, "sr", before_listing=old_atimes)
     try:
         runs_while_stopped(c.pid(), f"import os\n"
                                     f"for i in range(1, 200):\n"
-                                    f"    if i == 150:\n"
+                                    f"    if i in (150, 199):\n"
                                     f"        continue\n"
                                     f"    print(i, flush=True)\n"
                                     f"    with open({a!r} + f'/f{{i}}', 'rb') as f:\n"
@@ -1134,6 +1138,7 @@ def test_statahead_opens_read_where_the_bytes_lie(c):
         while attr_atime("f9") == old:
             assert time.monotonic() < deadline, "a read from a location set no atime"
             time.sleep(0.1)
+        assert attr_atime("f199") == old, "locating a file the listing found counted as its read"
 
         relist()
         with open(f"{b}/f5", "r+b") as f:

@@ -290,8 +290,9 @@ static void commit(struct ring_ent *e)
 
 /* Keeps t on the CPU of its queue: a caller that waits for its request then hands its
  * CPU to the thread that serves it, with no wake-up of the other CPU in between and back.
- * 20,000 images through the mount, 4 loaders, page cache dropped: 6.5-7.0k against
- * 7.4-7.9k samples/s in alternated runs (docs/performance.md); creates were no slower.
+ * 20,000 images through the mount, 4 loaders, page cache dropped, three alternated rounds:
+ * 5.1-7.0k unpinned against 5.7-7.9k samples/s (docs/performance.md); creates, renames
+ * and lookups of missing names of 30,000 files were faster too.
  * Where the CPU is not the mount's to use (a cpuset), the thread runs anywhere.
  * $AQ_MOUNT_RING_PIN=0 leaves every thread unpinned, for comparisons. */
 static void pin_to_queue(const struct ring_thr *t)

@@ -54,7 +54,7 @@ double bench_loopback_mb_per_s(int seconds);
 
 /* ---- bench_dataset.c: the synthetic dataset ----
  *
- * A dataset is a flat directory of files and a text file MANIFEST, written last:
+ * A dataset is a directory of files and a text file MANIFEST, written last:
  *
  *   aquifer-dataset 1 kind=images files=N seed=S record_bytes=0
  *   img-00000000.bin SIZE CRC32C
@@ -63,9 +63,12 @@ double bench_loopback_mb_per_s(int seconds);
  * For shards (record_bytes > 0) each line goes on with the crc32c of every record of
  * record_bytes (the last one may be short): `shard-00000.bin SIZE CRC32C R0 R1 ...`. The
  * content of file i is ds_fill(ds_key(seed, i), ...), so any byte can be regenerated.
- * A "sample" is a whole file (images) or one record of a shard (shards). */
+ * A "sample" is a whole file (images) or one record of a shard (shards). Images may lie
+ * in class directories, as ImageNet's do: the header then ends ` classes=K` and each
+ * name is a class directory's and a file's, `class-0003/img-00000003.bin`. */
 #define DS_MANIFEST "MANIFEST"
 #define DS_FILES_MAX 100000000u
+#define DS_CLASSES_MAX 100000u
 #define DS_MANIFEST_MAX (1ull << 30)   /* bytes of manifest text a reader accepts */
 #define DS_PATH_MAX 4352                /* a directory path plus one name */
 
@@ -84,13 +87,22 @@ struct ds_manifest {
 	enum ds_kind kind;
 	uint64_t seed;
 	uint64_t record_bytes;  /* shards only */
+	uint32_t classes;       /* images: in this many class directories (0: all in one) */
 	uint32_t nfiles;
 	struct ds_file *files;
 };
 
 const char *ds_kind_name(enum ds_kind k);
-/* The name of file i ("img-%08u.bin", "shard-%05u.bin"). */
-void ds_name(enum ds_kind k, uint32_t i, char *buf, size_t size);
+/* The name of file i ("img-%08u.bin", "shard-%05u.bin"; with classes, in the class
+ * directory i % classes: "class-0007/img-00000007.bin"). */
+void ds_name(const struct ds_manifest *m, uint32_t i, char *buf, size_t size);
+/* The name of class directory k ("class-%04u"). */
+void ds_class_name(uint32_t k, char *buf, size_t size);
+/* Makes the class directories of m in dir (inside Aquifer with c, else a host directory);
+ * those there already are kept. With inos (c only), each one's inode number. Returns 0
+ * or a negative error, with the failing path in what. */
+int ds_make_classes(struct aq_client *c, const char *dir, const struct ds_manifest *m, uint64_t *inos,
+		    char *what, size_t what_size);
 /* The content key of file i. */
 static inline uint64_t ds_key(uint64_t seed, uint32_t i) { return aq_mix64(seed, (uint64_t)i + 1); }
 /* Fills buf with the bytes [off, off + len) of the file whose key is key. */

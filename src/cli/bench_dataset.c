@@ -24,9 +24,48 @@ const char *ds_kind_name(enum ds_kind k)
 	return kind_names[k];
 }
 
-void ds_name(enum ds_kind k, uint32_t i, char *buf, size_t size)
+void ds_class_name(uint32_t k, char *buf, size_t size)
 {
-	snprintf(buf, size, k == DS_IMAGES ? "img-%08u.bin" : "shard-%05u.bin", i);
+	snprintf(buf, size, "class-%04u", k);
+}
+
+void ds_name(const struct ds_manifest *m, uint32_t i, char *buf, size_t size)
+{
+	if (m->kind == DS_SHARDS) {
+		snprintf(buf, size, "shard-%05u.bin", i);
+	} else if (!m->classes) {
+		snprintf(buf, size, "img-%08u.bin", i);
+	} else {
+		char cls[32];
+		ds_class_name(i % m->classes, cls, sizeof cls);
+		snprintf(buf, size, "%s/img-%08u.bin", cls, i);
+	}
+}
+
+int ds_make_classes(struct aq_client *c, const char *dir, const struct ds_manifest *m, uint64_t *inos,
+		    char *what, size_t what_size)
+{
+	for (uint32_t k = 0; k < m->classes; k++) {
+		char cls[32], path[DS_PATH_MAX];
+		ds_class_name(k, cls, sizeof cls);
+		ds_join(path, sizeof path, dir, cls);
+		int rc;
+		if (c) {
+			struct aq_attr a;
+			rc = aq_mkdir(c, path, 0755);
+			if ((!rc || rc == -EEXIST) && !(rc = aq_resolve(c, path, &a)) && !S_ISDIR(a.mode))
+				rc = -ENOTDIR;
+			if (!rc && inos)
+				inos[k] = a.ino;
+		} else {
+			rc = mkdir(path, 0755) && errno != EEXIST ? -errno : 0;
+		}
+		if (rc) {
+			snprintf(what, what_size, "%s", path);
+			return rc;
+		}
+	}
+	return 0;
 }
 
 void ds_fill(uint64_t key, uint64_t off, void *buf, size_t len)
@@ -50,12 +89,15 @@ uint64_t ds_image_size(uint64_t seed, uint32_t i, uint64_t mean_bytes)
 
 char *ds_manifest_format(const struct ds_manifest *m, size_t *len)
 {
-	size_t cap = 128, used = 0;
+	size_t cap = 192, used = 0;
 	for (uint32_t i = 0; i < m->nfiles; i++)
 		cap += strlen(m->files[i].name) + 40 + 9 * (size_t)m->files[i].nrec;
 	char *buf = aq_malloc(cap);
-	used += (size_t)snprintf(buf, cap, DS_HEADER " kind=%s files=%u seed=%" PRIu64 " record_bytes=%" PRIu64 "\n",
+	used += (size_t)snprintf(buf, cap, DS_HEADER " kind=%s files=%u seed=%" PRIu64 " record_bytes=%" PRIu64,
 				 ds_kind_name(m->kind), m->nfiles, m->seed, m->record_bytes);
+	if (m->classes)
+		used += (size_t)snprintf(buf + used, cap - used, " classes=%u", m->classes);
+	buf[used++] = '\n';
 	for (uint32_t i = 0; i < m->nfiles; i++) {
 		const struct ds_file *f = &m->files[i];
 		used += (size_t)snprintf(buf + used, cap - used, "%s %" PRIu64 " %08x", f->name, f->size, f->crc);
@@ -90,6 +132,18 @@ void ds_manifest_free(struct ds_manifest *m)
 	memset(m, 0, sizeof *m);
 }
 
+/* A file's name: one name, or with classes a directory's and one inside it. */
+static bool name_ok(const struct ds_manifest *m, const char *name)
+{
+	const char *slash = strchr(name, '/');
+	const char *base = slash ? slash + 1 : name;
+	size_t dlen = slash ? (size_t)(slash - name) : 0;
+	if (slash && (!m->classes || !dlen || dlen > AQ_NAME_MAX || !strncmp(name, ".", dlen) ||
+		      !strncmp(name, "..", dlen)))
+		return false;
+	return *base && strlen(base) <= AQ_NAME_MAX && !strchr(base, '/') && strcmp(base, ".") && strcmp(base, "..");
+}
+
 /* Parses one file line (tokens split in place). Returns 0 or -1 with err set. */
 static int parse_file_line(char *line, const struct ds_manifest *m, struct ds_file *f, char *err, size_t errsize)
 {
@@ -98,7 +152,7 @@ static int parse_file_line(char *line, const struct ds_manifest *m, struct ds_fi
 	char *size = strtok_r(NULL, " ", &save);
 	char *crc = strtok_r(NULL, " ", &save);
 	uint64_t v, c;
-	if (!name || strlen(name) > AQ_NAME_MAX || strchr(name, '/') || !parse_u64(size, 10, &v) ||
+	if (!name || !name_ok(m, name) || !parse_u64(size, 10, &v) ||
 	    !parse_u64(crc, 16, &c) || c > UINT32_MAX) {
 		snprintf(err, errsize, "malformed line '%.80s'", name ? name : "");
 		return -1;
@@ -133,9 +187,11 @@ int ds_manifest_parse(char *text, size_t len, struct ds_manifest *m, char *err, 
 	char kind[16];
 	uint64_t nfiles;
 	int used = 0;
+	int more = 0;
 	if (!line || sscanf(line, DS_HEADER " kind=%15s files=%" SCNu64 " seed=%" SCNu64 " record_bytes=%" SCNu64 "%n",
 			    kind, &nfiles, &m->seed, &m->record_bytes, &used) != 4 ||
-	    line[used]) {
+	    (line[used] && (sscanf(line + used, " classes=%u%n", &m->classes, &more) != 1 || line[used + more] ||
+			    !m->classes || m->classes > DS_CLASSES_MAX || strcmp(kind, "images")))) {
 		snprintf(err, errsize, "not an aq bench gen manifest (first line '%.80s')", line ? line : "");
 		return -1;
 	}

@@ -30,6 +30,7 @@
 struct gen_dest {
 	struct aq_client *c;
 	uint64_t dir_ino;
+	uint64_t *class_ino;    /* native, with classes: each class directory's */
 	int dir_fd;
 	const char *path;
 };
@@ -50,7 +51,9 @@ struct gen_out {
 	int fd;
 };
 
-static int dest_open(const struct gen_dest *d, const char *name, struct gen_out *o)
+/* Opens file i, name (a path under the destination's directory), for writing. */
+static int dest_open(const struct gen_dest *d, const struct ds_manifest *m, uint32_t i, const char *name,
+		     struct gen_out *o)
 {
 	o->af = NULL;
 	o->fd = -1;
@@ -58,10 +61,12 @@ static int dest_open(const struct gen_dest *d, const char *name, struct gen_out 
 		o->fd = openat(d->dir_fd, name, O_CREAT | O_WRONLY | O_TRUNC | O_CLOEXEC, 0644);
 		return o->fd < 0 ? -errno : 0;
 	}
+	uint64_t parent = m->classes ? d->class_ino[i % m->classes] : d->dir_ino;
+	const char *base = m->classes ? strchr(name, '/') + 1 : name;
 	struct aq_attr a;
-	int rc = aq_mknod(d->c, NULL, d->dir_ino, name, S_IFREG | 0644, 0, 0, &a);
+	int rc = aq_mknod(d->c, NULL, parent, base, S_IFREG | 0644, 0, 0, &a);
 	if (rc == -EEXIST)
-		rc = aq_lookup(d->c, NULL, d->dir_ino, name, &a);
+		rc = aq_lookup(d->c, NULL, parent, base, &a);
 	if (!rc && !S_ISREG(a.mode))
 		rc = -EISDIR;
 	return rc ? rc : aq_open_ino(d->c, NULL, a.ino, O_WRONLY | O_TRUNC, &o->af);
@@ -80,7 +85,7 @@ static int gen_file(struct gen_run *g, uint32_t i, uint8_t *buf)
 {
 	struct ds_file *f = &g->m.files[i];
 	char name[64];
-	ds_name(g->m.kind, i, name, sizeof name);
+	ds_name(&g->m, i, name, sizeof name);
 	f->name = aq_strdup(name);
 	f->size = g->m.kind == DS_IMAGES ? ds_image_size(g->m.seed, i, g->file_size) : g->file_size;
 	uint64_t piece = g->m.kind == DS_SHARDS ? g->m.record_bytes : GEN_PIECE_BYTES;
@@ -92,7 +97,7 @@ static int gen_file(struct gen_run *g, uint32_t i, uint8_t *buf)
 	int nopen = 0, rc = 0, bad = 0;
 	const char *what = "create";
 	for (; nopen < g->ndest; nopen++) {
-		if ((rc = dest_open(&g->dest[nopen], name, &out[nopen]))) {
+		if ((rc = dest_open(&g->dest[nopen], &g->m, i, name, &out[nopen]))) {
 			bad = nopen; /* not open: not closed below */
 			goto out;
 		}
@@ -142,8 +147,9 @@ static void *gen_worker(void *arg)
 	return NULL;
 }
 
-/* Opens (making it if missing) the directory of a destination; removes a stale MANIFEST. */
-static int dest_prepare(struct gen_dest *d, const char *tag)
+/* Opens (making it if missing) the directory of a destination, and its class directories;
+ * removes a stale MANIFEST. */
+static int dest_prepare(struct gen_dest *d, const struct ds_manifest *m, const char *tag)
 {
 	int rc;
 	if (d->c) {
@@ -166,6 +172,15 @@ static int dest_prepare(struct gen_dest *d, const char *tag)
 		else
 			rc = unlinkat(d->dir_fd, DS_MANIFEST, 0) && errno != ENOENT ? -errno : 0;
 	}
+	char what[DS_PATH_MAX];
+	if (!rc && m->classes) {
+		if (d->c)
+			d->class_ino = aq_calloc(m->classes, sizeof *d->class_ino);
+		if ((rc = ds_make_classes(d->c, d->path, m, d->class_ino, what, sizeof what))) {
+			fprintf(stderr, "aq bench gen: mkdir %s: %s\n", what, aq_strerror(rc));
+			return rc;
+		}
+	}
 	if (rc)
 		fprintf(stderr, "aq bench gen: %s %s%s: %s\n", tag, d->path, d->c ? " (inside Aquifer)" : "",
 			aq_strerror(rc));
@@ -177,7 +192,7 @@ static void usage(void)
 	fprintf(stderr,
 		"usage: aq bench gen [--kind images|shards] [--files N] [--file-size BYTES] [--dir PATH]\n"
 		"                    [--via native|fuse|local] [--local DIR] [--seed S] [--threads T]\n"
-		"                    [--record-bytes BYTES] [--json] [--cluster FILE]\n"
+		"                    [--record-bytes BYTES] [--classes K] [--json] [--cluster FILE]\n"
 		"  --kind          images: many files of about --file-size bytes (+-30%%; default 200000 x 110000)\n"
 		"                  shards: a few files of exactly --file-size bytes (default 16 x 512 MiB)\n"
 		"  --dir PATH      native: a directory inside Aquifer (default /dataset); fuse, local: a host\n"
@@ -187,13 +202,15 @@ static void usage(void)
 		"  --seed S        content seed (default 1)\n"
 		"  --threads T     files written at once (default 4)\n"
 		"  --record-bytes  shards: the sample size aq bench train reads (default 1048576)\n"
+		"  --classes K     images: in K class directories class-0000... (file i in i %% K), as\n"
+		"                  ImageNet's are; default 0, all in --dir itself\n"
 		"  --json          print one JSON object\n");
 }
 
 int bench_gen(int argc, char **argv)
 {
 	const char *kind = "images", *dir = NULL, *local = NULL, *cluster = NULL, *via_s = "native";
-	uint64_t files = 0, file_size = 0, seed = 1, record_bytes = 1u << 20;
+	uint64_t files = 0, file_size = 0, seed = 1, record_bytes = 1u << 20, classes = 0;
 	int threads = 4;
 	bool json = false;
 	static const struct option lopts[] = {
@@ -203,10 +220,10 @@ int bench_gen(int argc, char **argv)
 		{"seed", required_argument, 0, 'S'},    {"threads", required_argument, 0, 't'},
 		{"record-bytes", required_argument, 0, 'r'}, {"json", no_argument, 0, 'j'},
 		{"cluster", required_argument, 0, 'c'}, {"help", no_argument, 0, 'h'},
-		{0, 0, 0, 0}};
+		{"classes", required_argument, 0, 'K'}, {0, 0, 0, 0}};
 	int opt;
 	optind = 1;
-	while ((opt = getopt_long(argc, argv, "k:n:s:d:v:L:S:t:r:jc:h", lopts, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, "k:n:s:d:v:L:S:t:r:jc:hK:", lopts, NULL)) != -1) {
 		switch (opt) {
 		case 'k': kind = optarg; break;
 		case 'n': files = strtoull(optarg, NULL, 10); break;
@@ -219,6 +236,7 @@ int bench_gen(int argc, char **argv)
 		case 'r': record_bytes = strtoull(optarg, NULL, 10); break;
 		case 'j': json = true; break;
 		case 'c': cluster = optarg; break;
+		case 'K': classes = strtoull(optarg, NULL, 10); break;
 		case 'h': usage(); return 0;
 		default: usage(); return 2;
 		}
@@ -237,6 +255,10 @@ int bench_gen(int argc, char **argv)
 			DS_FILES_MAX, GEN_THREADS_MAX, GEN_RECORD_MAX);
 		return 2;
 	}
+	if (classes > DS_CLASSES_MAX || (classes && !images)) {
+		fprintf(stderr, "aq bench gen: --classes 0..%u, for --kind images\n", DS_CLASSES_MAX);
+		return 2;
+	}
 	if (!dir) {
 		if (via != VIA_NATIVE) {
 			fprintf(stderr, "aq bench gen: --via %s needs --dir, a host directory\n", via_s);
@@ -249,7 +271,8 @@ int bench_gen(int argc, char **argv)
 
 	struct gen_run *g = aq_calloc(1, sizeof *g);
 	g->m = (struct ds_manifest){.kind = images ? DS_IMAGES : DS_SHARDS, .seed = seed,
-				    .record_bytes = images ? 0 : record_bytes, .nfiles = (uint32_t)files};
+				    .record_bytes = images ? 0 : record_bytes, .classes = (uint32_t)classes,
+				    .nfiles = (uint32_t)files};
 	g->m.files = aq_calloc(files, sizeof *g->m.files);
 	g->file_size = file_size;
 	g->dest[0] = (struct gen_dest){.path = dir, .dir_fd = -1};
@@ -259,7 +282,7 @@ int bench_gen(int argc, char **argv)
 	int status = 1;
 	if (via == VIA_NATIVE && !(g->dest[0].c = cli_connect(cluster)))
 		goto out;
-	if (dest_prepare(&g->dest[0], "--dir") || (local && dest_prepare(&g->dest[1], "--local")))
+	if (dest_prepare(&g->dest[0], &g->m, "--dir") || (local && dest_prepare(&g->dest[1], &g->m, "--local")))
 		goto out;
 
 	uint64_t t0 = aq_mono_ns();
@@ -287,9 +310,9 @@ int bench_gen(int argc, char **argv)
 	double secs = (double)(aq_mono_ns() - t0) / 1e9;
 	uint64_t bytes = atomic_load(&g->bytes) / (uint64_t)g->ndest;
 	if (json) {
-		printf("{\"kind\":\"%s\",\"via\":\"%s\",\"files\":%" PRIu64 ",\"bytes\":%" PRIu64
-		       ",\"seconds\":%.3f,\"mb_per_s\":%.1f}\n",
-		       kind, via_s, files, bytes, secs, (double)bytes * g->ndest / 1e6 / MAX(secs, 1e-9));
+		printf("{\"kind\":\"%s\",\"via\":\"%s\",\"files\":%" PRIu64 ",\"classes\":%" PRIu64
+		       ",\"bytes\":%" PRIu64 ",\"seconds\":%.3f,\"mb_per_s\":%.1f}\n",
+		       kind, via_s, files, classes, bytes, secs, (double)bytes * g->ndest / 1e6 / MAX(secs, 1e-9));
 	} else {
 		char b[32];
 		printf("aq bench gen: %" PRIu64 " %s (%s) in %s%s%s via %s, %.1f s, %.1f MB/s written\n", files, kind,
@@ -298,9 +321,11 @@ int bench_gen(int argc, char **argv)
 	}
 	status = 0;
 out:
-	for (int d = 0; d < 2; d++)
+	for (int d = 0; d < 2; d++) {
 		if (g->dest[d].dir_fd >= 0)
 			close(g->dest[d].dir_fd);
+		free(g->dest[d].class_ino);
+	}
 	if (g->dest[0].c)
 		aq_disconnect(g->dest[0].c);
 	bench_err_destroy(&g->err);

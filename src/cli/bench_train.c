@@ -564,45 +564,64 @@ static int name_cmp(const void *a, const void *b)
 	return strcmp((*x)->name, (*y)->name);
 }
 
-/* native: inode numbers and sizes from one readdirplus listing, checked against the
- * manifest. Returns 0 or -1 with a message. */
-static int list_native(struct tr_side *s)
+/* native: the inode numbers and sizes of the files in directory path (listed with
+ * readdirplus), whose names in the manifest begin with prefix, checked against it.
+ * Returns 0 or -1 with a message. */
+static int list_dir(struct tr_side *s, const char *path, const char *prefix, struct ds_file **by_name,
+		    struct aq_dirent *ents)
 {
 	struct aq_attr a;
-	int rc = aq_resolve(s->c, s->dir, &a);
+	int rc = aq_resolve(s->c, path, &a);
 	if (rc) {
-		fprintf(stderr, "aq bench train: %s (inside Aquifer): %s\n", s->dir, aq_strerror(rc));
+		fprintf(stderr, "aq bench train: %s (inside Aquifer): %s\n", path, aq_strerror(rc));
 		return -1;
 	}
+	uint64_t cookie = 0;
+	size_t plen = strlen(prefix);
+	char name[DS_PATH_MAX];
+	memcpy(name, prefix, plen);
+	for (;;) {
+		int n = aq_readdir_ino(s->c, NULL, a.ino, cookie, AQ_READDIR_PLUS, ents, TR_LIST_PAGE);
+		if (n <= 0) {
+			if (n < 0)
+				fprintf(stderr, "aq bench train: list %s: %s\n", path, aq_strerror(n));
+			return n < 0 ? -1 : 0;
+		}
+		for (int i = 0; i < n; i++) {
+			snprintf(name + plen, sizeof name - plen, "%s", ents[i].name);
+			struct ds_file key = {.name = name}, *kp = &key;
+			struct ds_file **hit = bsearch(&kp, by_name, s->m.nfiles, sizeof *by_name, name_cmp);
+			if (!hit)
+				continue; /* MANIFEST, a class directory, or a file the dataset does not use */
+			if (ents[i].attr.size != (*hit)->size) {
+				fprintf(stderr, "aq bench train: %s/%s is %" PRIu64 " bytes, the manifest says %" PRIu64 "\n",
+					path, ents[i].name, ents[i].attr.size, (*hit)->size);
+				return -1;
+			}
+			(*hit)->ino = ents[i].ino;
+		}
+		cookie = ents[n - 1].cookie;
+	}
+}
+
+/* native: inode numbers and sizes from readdirplus listings (of the directory, or of each
+ * class directory), checked against the manifest. Returns 0 or -1 with a message. */
+static int list_native(struct tr_side *s)
+{
 	struct ds_file **by_name = aq_malloc(s->m.nfiles * sizeof *by_name);
 	for (uint32_t i = 0; i < s->m.nfiles; i++)
 		by_name[i] = &s->m.files[i];
 	qsort(by_name, s->m.nfiles, sizeof *by_name, name_cmp);
 	struct aq_dirent *ents = aq_malloc(TR_LIST_PAGE * sizeof *ents);
-	uint64_t cookie = 0;
 	int status = 0;
-	while (!status) {
-		int n = aq_readdir_ino(s->c, NULL, a.ino, cookie, AQ_READDIR_PLUS, ents, TR_LIST_PAGE);
-		if (n <= 0) {
-			if (n < 0) {
-				fprintf(stderr, "aq bench train: list %s: %s\n", s->dir, aq_strerror(n));
-				status = -1;
-			}
-			break;
-		}
-		for (int i = 0; i < n && !status; i++) {
-			struct ds_file key = {.name = ents[i].name}, *kp = &key;
-			struct ds_file **hit = bsearch(&kp, by_name, s->m.nfiles, sizeof *by_name, name_cmp);
-			if (!hit)
-				continue; /* MANIFEST, or a file the dataset does not use */
-			if (ents[i].attr.size != (*hit)->size) {
-				fprintf(stderr, "aq bench train: %s/%s is %" PRIu64 " bytes, the manifest says %" PRIu64 "\n",
-					s->dir, ents[i].name, ents[i].attr.size, (*hit)->size);
-				status = -1;
-			}
-			(*hit)->ino = ents[i].ino;
-		}
-		cookie = ents[n - 1].cookie;
+	if (!s->m.classes)
+		status = list_dir(s, s->dir, "", by_name, ents);
+	for (uint32_t k = 0; k < s->m.classes && !status; k++) {
+		char cls[32], path[DS_PATH_MAX], prefix[40];
+		ds_class_name(k, cls, sizeof cls);
+		ds_join(path, sizeof path, s->dir, cls);
+		snprintf(prefix, sizeof prefix, "%s/", cls);
+		status = list_dir(s, path, prefix, by_name, ents);
 	}
 	for (uint32_t i = 0; i < s->m.nfiles && !status; i++) {
 		if (!s->m.files[i].ino) {
@@ -756,6 +775,12 @@ static int stage_copy(struct tr_side *src, const char *dst, int threads, double 
 		fprintf(stderr, "aq bench train: --stage-to %s: %s\n", dst, strerror(errno));
 		goto out;
 	}
+	char what[DS_PATH_MAX];
+	int rc = ds_make_classes(NULL, dst, &src->m, NULL, what, sizeof what);
+	if (rc) {
+		fprintf(stderr, "aq bench train: --stage-to: mkdir %s: %s\n", what, aq_strerror(rc));
+		goto out;
+	}
 	pthread_t *t = aq_calloc((size_t)threads, sizeof *t);
 	for (int i = 0; i < threads; i++)
 		AQ_ASSERT(pthread_create(&t[i], NULL, stage_main, &sc) == 0);
@@ -769,7 +794,7 @@ static int stage_copy(struct tr_side *src, const char *dst, int threads, double 
 	/* the manifest travels too: the copy is verified against it when it is read */
 	char *text;
 	size_t len;
-	int rc = ds_read_file(src->via == VIA_NATIVE ? src->c : NULL, src->dir, DS_MANIFEST, DS_MANIFEST_MAX, &text,
+	rc = ds_read_file(src->via == VIA_NATIVE ? src->c : NULL, src->dir, DS_MANIFEST, DS_MANIFEST_MAX, &text,
 			      &len);
 	if (!rc) {
 		rc = ds_write_file(NULL, dst, DS_MANIFEST, text, len);

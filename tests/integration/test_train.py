@@ -96,6 +96,42 @@ def test_images_native_fuse_and_local(c):
         check_side(out[side], 2 * N_IMAGES, 2 * nbytes)
 
 
+def test_images_in_class_directories(c):
+    """--classes K lays images out as ImageNet does, file i in class-(i % K): the same
+    bytes in Aquifer and in the local copy, every file in its class directory, and a
+    training run reads them all, native (one listing per class directory), through the
+    mount, and from a staged copy. A manifest naming a path out of the dataset is
+    refused."""
+    local = os.path.join(c.base, "cls-local")
+    g = json.loads(c.aq("bench", "gen", "--files", "60", "--file-size", "3000", "--classes", "7", "--dir", "/cls",
+                        "--local", local, "--json").stdout)
+    assert g["classes"] == 7 and g["files"] == 60, g
+    files = manifest(local)
+    assert len(files) == 60
+    for i, (name, _) in enumerate(files):
+        assert name == f"class-{i % 7:04d}/img-{i:08d}.bin", name
+        with open(c.path("cls", name), "rb") as a, open(os.path.join(local, name), "rb") as b:
+            assert a.read() == b.read()
+    assert sorted(os.listdir(c.path("cls"))) == ["MANIFEST"] + [f"class-{k:04d}" for k in range(7)]
+    nbytes = sum(size for _, size in files)
+    stage = os.path.join(c.base, "cls-stage")
+    os.makedirs(stage)
+    out = train_json(c, "--dir", "/cls", "--compare-local", local, "--cold", "--no-loopback", "--stage-to", stage)
+    for side in ("aquifer", "local"):
+        check_side(out[side], 60, nbytes)
+    out = train_json(c, "--via", "fuse", "--dir", c.path("cls"), "--compare-local", local, "--no-loopback")
+    check_side(out["aquifer"], 60, nbytes)
+
+    bad = os.path.join(c.base, "cls-bad")
+    shutil.copytree(local, bad)
+    with open(os.path.join(bad, "MANIFEST")) as f:
+        text = f.read()
+    with open(os.path.join(bad, "MANIFEST"), "w") as f:
+        f.write(text.replace("class-0000/img-00000000.bin", "../img-00000000.bin"))
+    p = c.aq("bench", "train", "--via", "local", "--dir", bad, "--no-loopback", check=False)
+    assert p.returncode != 0 and "malformed line '../img-00000000.bin'" in p.stderr, p.stderr
+
+
 def test_local_side_on_a_loop_device_is_flagged(c):
     """A local side on a loop device reads slower than the disk under it (1.5-1.7x on the
     project's machine), which once made Aquifer's ratios look better than a real local

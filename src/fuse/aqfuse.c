@@ -612,22 +612,31 @@ static bool names_absent(uint64_t dir, const char *name)
 	return absent;
 }
 
-/* ---- entries of a directory being read through, answered here (statahead) ----
+/* ---- entries of directories being read through, answered here (statahead) ----
  *
- * A training loader opens every file of a big directory, in random order, epoch after
- * epoch; each open is a LOOKUP the kernel sends unless it still caches the name, which
- * it does not once memory is short (or the page cache was dropped). When a directory
- * draws ECACHE_TRIGGER lookups that found an entry, a thread of the mount lists it once
- * with attributes (readdirplus, a streamed listing) and the mount answers the lookups of
- * the names it holds itself, as Lustre's statahead does. Names it does not hold go to
- * the server as before, so a listing cut short at ECACHE_MAX entries is still right.
- * One directory at a time. What other clients change arrives by push and takes out just
- * the names and inodes it names (new names were never in the set: an ingest into the
- * directory leaves it standing); pushes that arrive while the listing runs are kept and
- * applied to it when it is done. Changes made through this mount (a write, an unlink,
- * any of them) are not tracked one by one: any of those since the listing began drops
- * the whole set. A set dropped before it paid for itself makes the next listing of that
- * directory wait four times as many lookups.
+ * A training loader opens every file of a dataset, in random order, epoch after epoch;
+ * each open is a LOOKUP the kernel sends unless it still caches the name, which it does
+ * not once memory is short (or the page cache was dropped). When a directory draws
+ * ECACHE_TRIGGER lookups that found an entry, a thread of the mount lists it once with
+ * attributes (readdirplus, a streamed listing) and the mount answers the lookups of the
+ * names it holds itself, as Lustre's statahead does. Names it does not hold go to the
+ * server as before, so a listing cut short at ECACHE_MAX entries is still right.
+ *
+ * Many directories are held at once (a dataset in class directories, ImageNet's 1,000,
+ * read in one random order), in one table keyed by directory and name and indexed by
+ * inode number too, up to ECACHE_MAX entries in all: a listing that would pass it drops
+ * the directories answered from least recently. Each directory's lookups are counted on
+ * their own (EC_DIRS directories at a time). A directory's listing dropped is not taken
+ * out entry by entry: its record's epoch moves on, which leaves its entries dead where
+ * they lie, and the table is rebuilt of the live ones once the dead outnumber them.
+ *
+ * What other clients change arrives by push and takes out just the names and inodes it
+ * names (new names were never in a set: an ingest into the directory leaves it
+ * standing); pushes that arrive while a listing runs are kept and applied to it when it
+ * is done. Changes made through this mount (a write, an unlink, any of them) are not
+ * tracked one by one: any of those since a directory's listing began drops it. A
+ * directory dropped before it paid for itself waits four times as many lookups before
+ * its next listing.
  *
  * The listing also asks, a page of entries at a time in one batch, where each small
  * file's bytes lie on this machine (aq_locate_first; files of up to LOCATED_MAX whose
@@ -635,14 +644,23 @@ static bool names_absent(uint64_t dir, const char *name)
  * asks aqd nothing (op_open, "opens answered from a location"). A location goes with its
  * entry, so the pushes that take an entry out take its location too. */
 #define ECACHE_TRIGGER 64
-#define ECACHE_MAX (1u << 20) /* entries; about 130 bytes each, and a located file's 100 more */
+#define ECACHE_MAX (1u << 20) /* entries held; about 140 bytes each, and a located file's 100 more */
 #define ECACHE_LOC_PAGE 256   /* entries listed, then located, at a time */
 #define LOCATED_MAX (256u << 10) /* the biggest file whose location a listing asks for */
+#define EC_DIRS 4096          /* directories whose lookups are counted at once, listed or not */
+#define EC_REBUILD_MIN 65536  /* entries the table holds before dead ones are worth a rebuild */
+
+/* Test hook ($AQ_MOUNT_TEST_ECACHE_MAX): hold this many entries at most, and rebuild the
+ * table once it holds four times that, so a test drives drops and rebuilds with a few
+ * hundred files. */
+static uint32_t g_ec_max = ECACHE_MAX, g_ec_rebuild_min = EC_REBUILD_MIN;
 
 struct eent {
-	uint64_t h;
+	uint64_t h;         /* ec_hash(dir, name) */
+	uint64_t dir;
 	uint32_t name_off, name_len;
-	struct aq_attr a; /* a.ino 0: taken out by a push */
+	uint32_t d, epoch;  /* its directory's record, and that record's epoch when listed */
+	struct aq_attr a;   /* a.ino 0: taken out by a push */
 	struct aq_loc *loc; /* where a small file's bytes lie on this machine, or NULL */
 };
 
@@ -654,7 +672,8 @@ struct ec_push {
 	char name[AQ_NAME_MAX + 1];
 };
 
-/* A set: entries, their names, and two indexes (by name, by inode number). */
+/* A table of entries, their names, and two indexes (by directory and name, by inode
+ * number). A listing builds one of its own; the mount holds one of every directory. */
 struct ecset {
 	struct eent *ents;
 	uint32_t *slot;        /* by name: index + 1 into ents; 0: empty */
@@ -663,6 +682,19 @@ struct ecset {
 	uint32_t cap, n;
 	char *names;
 	size_t names_len, names_cap;
+};
+
+/* A directory whose lookups are counted, and its listing once it has one. */
+struct ecdir {
+	uint64_t dir;          /* 0: a free record */
+	uint32_t epoch;        /* moved on when its listing is dropped: its entries are dead */
+	bool listed;
+	unsigned long own;     /* g_own_changes when its listing began */
+	uint64_t expires_ns, used;
+	uint32_t n;            /* entries its listing added */
+	uint32_t hits;         /* lookups answered from it */
+	uint32_t misses;       /* lookups that found an entry at the server, while not listed */
+	uint32_t trigger;      /* misses before its next listing */
 };
 
 static void ecset_free(struct ecset *s)
@@ -678,28 +710,39 @@ static void ecset_free(struct ecset *s)
 
 static struct {
 	pthread_mutex_t mu;
-	uint64_t dir;          /* the directory held (0: none) */
-	unsigned long own;     /* g_own_changes when its listing began */
-	uint64_t expires_ns;
-	struct ecset set;
-	uint32_t hits;
+	struct ecset set;      /* the entries of every directory listed, live and dead */
+	uint32_t live;         /* entries of directories listed now */
+	struct ecdir dirs[EC_DIRS];
+	uint16_t dslot[2 * EC_DIRS]; /* by directory: index + 1 into dirs */
+	uint32_t ndirs;        /* records in use */
+	uint64_t tick;         /* for ecdir.used */
 	uint64_t gen;          /* bumped by every name or inode a push takes out */
 	struct ec_push *pending; /* pushes heard while the listing runs */
 	uint32_t npending;
 	bool pending_lost;
-	uint64_t miss_dir;     /* the directory lookups went to the server for */
-	uint32_t misses;
-	uint64_t trigger_dir;  /* the directory whose set was dropped last, which waits for */
-	uint32_t trigger;      /* this many misses before its next listing (others: ECACHE_TRIGGER) */
 	uint64_t fill_dir;     /* the directory being listed */
 	bool filling, stop;
 	pthread_cond_t filled; /* a listing ended (ec_stop waits for it) */
-} g_ec = {.mu = PTHREAD_MUTEX_INITIALIZER, .trigger = ECACHE_TRIGGER, .filled = PTHREAD_COND_INITIALIZER};
+} g_ec = {.mu = PTHREAD_MUTEX_INITIALIZER, .filled = PTHREAD_COND_INITIALIZER};
 
-static uint64_t ec_hash(const char *name, size_t len)
+static uint64_t ec_hash(uint64_t dir, const char *name, size_t len)
 {
-	uint64_t h = aq_hash64(name, len, 0x7374617461686561ull);
+	uint64_t h = aq_hash64(name, len, 0x7374617461686561ull ^ (dir * 0x9E3779B97F4A7C15ull));
 	return h ? h : 1;
+}
+
+/* Whether entry e of the mount's table still stands: not taken out, its directory's
+ * listing the one that added it. With g_ec.mu held. */
+static bool ec_live(const struct eent *e)
+{
+	const struct ecdir *r = &g_ec.dirs[e->d];
+	return e->a.ino && r->listed && r->epoch == e->epoch;
+}
+
+/* In a listing's own table (NULL) every entry stands; in the mount's, ec_live says. */
+static bool ec_stands(const struct ecset *s, const struct eent *e)
+{
+	return s != &g_ec.set ? e->a.ino != 0 : ec_live(e);
 }
 
 static uint32_t *ec_ifind(const struct ecset *s, uint64_t ino)
@@ -710,85 +753,151 @@ static uint32_t *ec_ifind(const struct ecset *s, uint64_t ino)
 	return &s->islot[i];
 }
 
-/* The by-inode index of a finished listing. */
-static void ec_index(struct ecset *s)
-{
-	if (!s->cap)
-		return;
-	s->islot = aq_calloc(s->cap, sizeof *s->islot);
-	for (uint32_t i = 0; i < s->n; i++) {
-		uint32_t *sl = ec_ifind(s, s->ents[i].a.ino);
-		if (*sl)
-			s->links = true;
-		else
-			*sl = i + 1;
-	}
-}
-
-static uint32_t *ec_find(const struct ecset *s, uint64_t h, const char *name, size_t len)
+static uint32_t *ec_find(const struct ecset *s, uint64_t h, uint64_t dir, const char *name, size_t len)
 {
 	uint32_t i = (uint32_t)(h >> 32) & (s->cap - 1);
 	for (; s->slot[i]; i = (i + 1) & (s->cap - 1)) {
 		const struct eent *e = &s->ents[s->slot[i] - 1];
-		if (e->h == h && e->name_len == len && !memcmp(s->names + e->name_off, name, len))
+		if (e->h == h && e->dir == dir && e->name_len == len && !memcmp(s->names + e->name_off, name, len))
 			break;
 	}
 	return &s->slot[i];
 }
 
-static void ec_add(struct ecset *s, const char *name, size_t len, const struct aq_attr *a)
+/* Puts entry i in both indexes: a slot of the same name, or inode, whose entry no longer
+ * stands is given to it; an inode another standing entry has is a second name of it. */
+static void ec_index(struct ecset *s, uint32_t i)
+{
+	const struct eent *e = &s->ents[i];
+	uint32_t *sl = ec_find(s, e->h, e->dir, s->names + e->name_off, e->name_len);
+	if (*sl && ec_stands(s, &s->ents[*sl - 1]))
+		return; /* listed twice (cannot happen; harmless) */
+	*sl = i + 1;
+	sl = ec_ifind(s, e->a.ino);
+	if (*sl && ec_stands(s, &s->ents[*sl - 1]))
+		s->links = true;
+	else
+		*sl = i + 1;
+}
+
+/* Adds an entry (a copy of e, with its name), and indexes it. */
+static struct eent *ec_add(struct ecset *s, const struct eent *e, const char *name)
 {
 	if (2 * (s->n + 1) > s->cap) {
 		uint32_t cap = s->cap ? 2 * s->cap : 4096;
-		uint32_t *slot = aq_calloc(cap, sizeof *slot);
-		for (uint32_t i = 0; i < s->n; i++) {
-			uint32_t j = (uint32_t)(s->ents[i].h >> 32) & (cap - 1);
-			while (slot[j])
-				j = (j + 1) & (cap - 1);
-			slot[j] = i + 1;
-		}
 		free(s->slot);
-		s->slot = slot;
+		free(s->islot);
+		s->slot = aq_calloc(cap, sizeof *s->slot);
+		s->islot = aq_calloc(cap, sizeof *s->islot);
 		s->cap = cap;
 		s->ents = aq_realloc(s->ents, (size_t)cap / 2 * sizeof *s->ents);
+		s->links = false;
+		for (uint32_t i = 0; i < s->n; i++)
+			if (ec_stands(s, &s->ents[i]))
+				ec_index(s, i);
 	}
-	uint64_t h = ec_hash(name, len);
-	uint32_t *sl = ec_find(s, h, name, len);
-	if (*sl)
-		return; /* listed twice (cannot happen; harmless) */
-	if (s->names_len + len > s->names_cap) {
-		s->names_cap = MAX(2 * s->names_cap, s->names_len + len + 65536);
+	if (s->names_len + e->name_len > s->names_cap) {
+		s->names_cap = MAX(2 * s->names_cap, s->names_len + e->name_len + 65536);
 		s->names = aq_realloc(s->names, s->names_cap);
 	}
-	memcpy(s->names + s->names_len, name, len);
-	s->ents[s->n] = (struct eent){.h = h, .name_off = (uint32_t)s->names_len, .name_len = (uint32_t)len, .a = *a,
-				      .loc = NULL};
-	s->names_len += len;
-	*sl = ++s->n;
+	memcpy(s->names + s->names_len, name, e->name_len);
+	struct eent *x = &s->ents[s->n];
+	*x = *e;
+	x->name_off = (uint32_t)s->names_len;
+	s->names_len += e->name_len;
+	ec_index(s, s->n++);
+	return x;
 }
 
-static void ec_free_locked(void)
+
+/* The record of dir, NULL when there is none; with make, one is made if a record is
+ * free, or one of a directory neither listed nor being listed can be taken over (the
+ * one counted least recently). With g_ec.mu held. */
+static struct ecdir *ec_dir(uint64_t dir, bool make)
 {
-	ecset_free(&g_ec.set);
-	g_ec.dir = 0;
+	uint32_t i = (uint32_t)((dir * 0x9E3779B97F4A7C15ull) >> 32) & (2 * EC_DIRS - 1);
+	for (; g_ec.dslot[i]; i = (i + 1) & (2 * EC_DIRS - 1))
+		if (g_ec.dirs[g_ec.dslot[i] - 1].dir == dir)
+			return &g_ec.dirs[g_ec.dslot[i] - 1];
+	if (!make)
+		return NULL;
+	struct ecdir *r = NULL;
+	if (g_ec.ndirs < EC_DIRS) {
+		r = &g_ec.dirs[g_ec.ndirs++];
+	} else {
+		for (uint32_t k = 0; k < EC_DIRS; k++) {
+			struct ecdir *x = &g_ec.dirs[k];
+			if (!x->listed && !(g_ec.filling && x->dir == g_ec.fill_dir) && (!r || x->used < r->used))
+				r = x;
+		}
+		if (!r)
+			return NULL;
+		/* its slot goes: the index is made again without it (a full scan, once per
+		 * directory past EC_DIRS) */
+		r->dir = 0;
+		memset(g_ec.dslot, 0, sizeof g_ec.dslot);
+		for (uint32_t k = 0; k < EC_DIRS; k++) {
+			uint64_t d = g_ec.dirs[k].dir;
+			if (!d)
+				continue;
+			uint32_t j = (uint32_t)((d * 0x9E3779B97F4A7C15ull) >> 32) & (2 * EC_DIRS - 1);
+			while (g_ec.dslot[j])
+				j = (j + 1) & (2 * EC_DIRS - 1);
+			g_ec.dslot[j] = (uint16_t)(k + 1);
+		}
+		i = (uint32_t)((dir * 0x9E3779B97F4A7C15ull) >> 32) & (2 * EC_DIRS - 1);
+		while (g_ec.dslot[i])
+			i = (i + 1) & (2 * EC_DIRS - 1);
+	}
+	/* the epoch carries on: entries a record's last directory left stay dead */
+	*r = (struct ecdir){.dir = dir, .epoch = r->epoch + 1, .trigger = ECACHE_TRIGGER, .used = ++g_ec.tick};
+	g_ec.dslot[i] = (uint16_t)(r - g_ec.dirs + 1);
+	return r;
 }
 
-/* Lookups that must miss in dir before it is listed. With g_ec.mu held. */
-static uint32_t ec_trigger_locked(uint64_t dir)
+/* Drops a directory's listing. One dropped before it answered as many lookups as it took
+ * to start makes the next start costlier. With g_ec.mu held. */
+static void ec_drop_locked(struct ecdir *r)
 {
-	return dir == g_ec.trigger_dir ? g_ec.trigger : ECACHE_TRIGGER;
-}
-
-/* The set is stale or old: drop it. A set dropped before it answered as many lookups as
- * it took to start makes the next start costlier. Called with g_ec.mu held. */
-static void ec_drop_locked(void)
-{
-	if (!g_ec.dir)
+	if (!r->listed)
 		return;
-	uint32_t t = ec_trigger_locked(g_ec.dir);
-	g_ec.trigger = g_ec.hits < t ? MIN(t * 4, ECACHE_MAX) : ECACHE_TRIGGER;
-	g_ec.trigger_dir = g_ec.dir;
-	ec_free_locked();
+	r->trigger = r->hits < r->trigger ? MIN(r->trigger * 4, g_ec_max) : ECACHE_TRIGGER;
+	r->listed = false;
+	r->epoch++;
+	g_ec.live -= r->n;
+	r->n = 0;
+	if (!g_ec.live) /* nothing stands: the memory goes */
+		ecset_free(&g_ec.set);
+}
+
+static void ec_drop_all_locked(void)
+{
+	for (uint32_t k = 0; k < g_ec.ndirs; k++)
+		ec_drop_locked(&g_ec.dirs[k]);
+}
+
+/* Whether r's listing is held and current; one that is stale (a change of this mount's
+ * own since its listing began) or old (--attr-timeout) is dropped. With g_ec.mu held. */
+static bool ec_current_locked(struct ecdir *r)
+{
+	if (r && r->listed && (atomic_load(&g_own_changes) != r->own || aq_mono_ns() >= r->expires_ns))
+		ec_drop_locked(r);
+	return r && r->listed;
+}
+
+/* The mount's table made again of the entries that stand. With g_ec.mu held. */
+static void ec_rebuild_locked(void)
+{
+	struct ecset old = g_ec.set, s = {0};
+	g_ec.set = s; /* ec_stands judges the table being built as the mount's */
+	for (uint32_t i = 0; i < old.n; i++) {
+		struct eent *e = &old.ents[i];
+		if (ec_live(e)) {
+			ec_add(&g_ec.set, e, old.names + e->name_off);
+			e->loc = NULL; /* moved */
+		}
+	}
+	ecset_free(&old);
 }
 
 struct ec_fill {
@@ -797,25 +906,24 @@ struct ec_fill {
 	unsigned long own;
 };
 
-/* A push takes out what it names: an entry of the set's directory, or an inode (every
- * name of one with two names here: the whole set). Called with g_ec.mu held. */
+/* A push takes out what it names: an entry of a listed directory, or an inode (every
+ * name of one with two names here: every listing). Called with g_ec.mu held. */
 static void ec_apply_locked(uint64_t parent, const char *name, size_t len, uint64_t ino)
 {
-	if (!g_ec.dir)
+	if (!g_ec.live)
 		return;
-	if (parent == g_ec.dir) {
-		uint32_t i = *ec_find(&g_ec.set, ec_hash(name, len), name, len);
-		if (i) {
-			g_ec.set.ents[i - 1].a.ino = 0;
-			g_ec.gen++;
-		}
+	uint32_t i = *ec_find(&g_ec.set, ec_hash(parent, name, len), parent, name, len);
+	if (i && ec_live(&g_ec.set.ents[i - 1])) {
+		g_ec.set.ents[i - 1].a.ino = 0; /* the slot stays: probing goes past it */
+		g_ec.gen++;
 	}
 	if (ino) {
-		uint32_t i = *ec_ifind(&g_ec.set, ino);
-		if (i && g_ec.set.links) {
-			ec_drop_locked();
-		} else if (i) {
-			g_ec.set.ents[i - 1].a.ino = 0; /* the slot stays: probing goes past it */
+		i = *ec_ifind(&g_ec.set, ino);
+		if (i && ec_live(&g_ec.set.ents[i - 1]) && g_ec.set.links) {
+			ec_drop_all_locked();
+			g_ec.gen++;
+		} else if (i && ec_live(&g_ec.set.ents[i - 1])) {
+			g_ec.set.ents[i - 1].a.ino = 0;
 			g_ec.gen++;
 		}
 	}
@@ -826,7 +934,7 @@ static void ec_pushed(uint64_t parent, const char *name, size_t len, uint64_t in
 {
 	pthread_mutex_lock(&g_ec.mu);
 	if (!parent && !ino) {
-		ec_drop_locked();
+		ec_drop_all_locked();
 		g_ec.pending_lost = true;
 	} else {
 		ec_apply_locked(parent, name, len, ino);
@@ -871,6 +979,41 @@ static bool ec_locate(struct ecset *s, uint32_t first)
 	return found > 0;
 }
 
+/* A listing's entries (s, its own table) joined to the mount's, as directory r's. Room is
+ * made first: the directories answered from least recently are dropped while the live
+ * entries would pass ECACHE_MAX, and the table is rebuilt once most of it is dead. With
+ * g_ec.mu held. */
+static void ec_join_locked(struct ecdir *r, struct ecset *s)
+{
+	while (g_ec.live && g_ec.live + s->n > g_ec_max) {
+		struct ecdir *lru = NULL;
+		for (uint32_t k = 0; k < g_ec.ndirs; k++)
+			if (g_ec.dirs[k].listed && (!lru || g_ec.dirs[k].used < lru->used))
+				lru = &g_ec.dirs[k];
+		ec_drop_locked(lru);
+	}
+	if (g_ec.set.n > g_ec_rebuild_min && g_ec.set.n > 2 * (g_ec.live + s->n))
+		ec_rebuild_locked();
+	r->listed = true;
+	r->n = s->n;
+	r->hits = 0;
+	r->used = ++g_ec.tick;
+	g_ec.live += s->n;
+	for (uint32_t i = 0; i < s->n; i++) {
+		s->ents[i].d = (uint32_t)(r - g_ec.dirs);
+		s->ents[i].epoch = r->epoch;
+	}
+	if (!g_ec.set.n) { /* the first: taken whole */
+		g_ec.set = *s;
+		*s = (struct ecset){0};
+		return;
+	}
+	for (uint32_t i = 0; i < s->n; i++) {
+		ec_add(&g_ec.set, &s->ents[i], s->names + s->ents[i].name_off);
+		s->ents[i].loc = NULL; /* moved */
+	}
+}
+
 static void *ec_fill_main(void *arg)
 {
 	struct ec_fill *f = arg;
@@ -880,7 +1023,7 @@ static void *ec_fill_main(void *arg)
 	struct aq_dirent *ents = aq_malloc(page * sizeof *ents);
 	bool locate = true;
 	int rc = aq_dir_open(g_client, &f->cr, f->dir, AQ_READDIR_PLUS, &d);
-	while (!rc && s.n < ECACHE_MAX && atomic_load(&g_own_changes) == f->own &&
+	while (!rc && s.n < g_ec_max && atomic_load(&g_own_changes) == f->own &&
 	       !__atomic_load_n(&g_ec.stop, __ATOMIC_RELAXED)) {
 		int n = aq_dir_read(d, ents, page);
 		if (n <= 0) {
@@ -888,37 +1031,36 @@ static void *ec_fill_main(void *arg)
 			break;
 		}
 		uint32_t first = s.n;
-		for (int i = 0; i < n && s.n < ECACHE_MAX; i++)
-			ec_add(&s, ents[i].name, ents[i].name_len, &ents[i].attr);
+		for (int i = 0; i < n && s.n < g_ec_max; i++) {
+			struct eent e = {.h = ec_hash(f->dir, ents[i].name, ents[i].name_len), .dir = f->dir,
+					 .name_len = (uint32_t)ents[i].name_len, .a = ents[i].attr};
+			ec_add(&s, &e, ents[i].name);
+		}
 		if (locate)
 			locate = ec_locate(&s, first);
 	}
 	if (d)
 		aq_dir_close(d);
 	free(ents);
-	ec_index(&s);
 	pthread_mutex_lock(&g_ec.mu);
 	g_ec.filling = false;
 	pthread_cond_broadcast(&g_ec.filled);
-	if (!rc && s.n && atomic_load(&g_own_changes) == f->own && !g_ec.pending_lost && !g_ec.stop) {
-		ec_free_locked();
-		g_ec.dir = f->dir;
-		g_ec.own = f->own;
-		g_ec.expires_ns = aq_mono_ns() + (uint64_t)(g_timeout_s * 1e9);
-		g_ec.set = s;
-		g_ec.hits = 0;
-		s = (struct ecset){0};
+	struct ecdir *r = ec_dir(f->dir, true);
+	if (r && !rc && s.n && atomic_load(&g_own_changes) == f->own && !g_ec.pending_lost && !g_ec.stop) {
+		ec_drop_locked(r);
+		r->own = f->own;
+		r->expires_ns = aq_mono_ns() + (uint64_t)(g_timeout_s * 1e9);
+		ec_join_locked(r, &s);
 		/* what changed while the listing ran, it may or may not have seen: out */
-		for (uint32_t i = 0; i < g_ec.npending && g_ec.dir; i++) {
+		for (uint32_t i = 0; i < g_ec.npending && r->listed; i++) {
 			const struct ec_push *p = &g_ec.pending[i];
 			ec_apply_locked(p->parent, p->name, p->len, p->ino);
 		}
-	} else {
-		/* changed under the listing, or it failed (no read permission): wait longer
-		 * for this directory (for it alone: one directory's churn left every other
-		 * one waiting four times as long from then on) */
-		g_ec.trigger = MIN(ec_trigger_locked(f->dir) * 4, ECACHE_MAX);
-		g_ec.trigger_dir = f->dir;
+	} else if (r) {
+		/* changed under the listing, or it failed (no read permission): this directory
+		 * waits longer (it alone: one directory's churn left every other one waiting
+		 * four times as long from then on) */
+		r->trigger = MIN(r->trigger * 4, g_ec_max);
 	}
 	g_ec.npending = 0;
 	g_ec.pending_lost = false;
@@ -936,27 +1078,27 @@ static void ec_missed(uint64_t dir, const struct aq_cred *cr)
 	if (!g_cache_on)
 		return;
 	pthread_mutex_lock(&g_ec.mu);
-	if (g_ec.miss_dir != dir) {
-		g_ec.miss_dir = dir;
-		g_ec.misses = 0;
-	}
+	struct ecdir *r = ec_dir(dir, true);
 	pthread_t t;
-	if (++g_ec.misses >= ec_trigger_locked(dir) && !g_ec.filling && !g_ec.stop && g_ec.dir != dir) {
-		struct ec_fill *f = aq_malloc(sizeof *f);
-		*f = (struct ec_fill){.dir = dir, .cr = *cr, .own = atomic_load(&g_own_changes)};
-		g_ec.misses = 0;
-		g_ec.filling = true;
-		g_ec.fill_dir = dir;
-		g_ec.npending = 0;
-		g_ec.pending_lost = false;
-		pthread_attr_t at;
-		pthread_attr_init(&at);
-		pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
-		if (pthread_create(&t, &at, ec_fill_main, f)) {
-			g_ec.filling = false;
-			free(f);
+	if (r && !r->listed) {
+		r->used = ++g_ec.tick;
+		if (++r->misses >= r->trigger && !g_ec.filling && !g_ec.stop) {
+			struct ec_fill *f = aq_malloc(sizeof *f);
+			*f = (struct ec_fill){.dir = dir, .cr = *cr, .own = atomic_load(&g_own_changes)};
+			r->misses = 0;
+			g_ec.filling = true;
+			g_ec.fill_dir = dir;
+			g_ec.npending = 0;
+			g_ec.pending_lost = false;
+			pthread_attr_t at;
+			pthread_attr_init(&at);
+			pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+			if (pthread_create(&t, &at, ec_fill_main, f)) {
+				g_ec.filling = false;
+				free(f);
+			}
+			pthread_attr_destroy(&at);
 		}
-		pthread_attr_destroy(&at);
 	}
 	pthread_mutex_unlock(&g_ec.mu);
 }
@@ -968,21 +1110,12 @@ static void ec_stop(void)
 	g_ec.stop = true;
 	while (g_ec.filling)
 		pthread_cond_wait(&g_ec.filled, &g_ec.mu);
-	ec_free_locked();
+	ec_drop_all_locked();
+	ecset_free(&g_ec.set);
 	pthread_mutex_unlock(&g_ec.mu);
 }
 
-/* The directory whose set is held, once a set that is stale (a change of this mount's
- * own since its listing began) or old (--attr-timeout) is dropped; 0: none. With g_ec.mu
- * held. */
-static uint64_t ec_current_locked(void)
-{
-	if (g_ec.dir && (atomic_load(&g_own_changes) != g_ec.own || aq_mono_ns() >= g_ec.expires_ns))
-		ec_drop_locked();
-	return g_ec.dir;
-}
-
-/* The entry for name in dir, if the set holds it and is current; *gen is the set's
+/* The entry for name in dir, if a listing of dir holds it and is current; *gen is the
  * push count then (for ec_recheck). */
 static bool ec_get(uint64_t dir, const char *name, struct aq_attr *a, uint64_t *gen)
 {
@@ -990,13 +1123,15 @@ static bool ec_get(uint64_t dir, const char *name, struct aq_attr *a, uint64_t *
 		return false;
 	bool hit = false;
 	pthread_mutex_lock(&g_ec.mu);
-	if (ec_current_locked() == dir && dir) {
+	struct ecdir *r = g_ec.live ? ec_dir(dir, false) : NULL;
+	if (ec_current_locked(r)) {
 		size_t len = strlen(name);
-		uint32_t i = *ec_find(&g_ec.set, ec_hash(name, len), name, len);
-		if (i && g_ec.set.ents[i - 1].a.ino) {
+		uint32_t i = *ec_find(&g_ec.set, ec_hash(dir, name, len), dir, name, len);
+		if (i && ec_live(&g_ec.set.ents[i - 1])) {
 			*a = g_ec.set.ents[i - 1].a;
 			*gen = g_ec.gen;
-			g_ec.hits++;
+			r->hits++;
+			r->used = ++g_ec.tick;
 			hit = true;
 		}
 	}
@@ -1004,13 +1139,15 @@ static bool ec_get(uint64_t dir, const char *name, struct aq_attr *a, uint64_t *
 	return hit;
 }
 
-/* After answering from the set: a push counted before it took the entry out (the server
- * counts, then the callback runs) may have reached the kernel before the answer did.
- * If any push took something out since, the kernel forgets the answer again. */
+/* After answering from a listing: a push counted before it took the entry out (the
+ * server counts, then the callback runs) may have reached the kernel before the answer
+ * did. If any push took something out since, or the listing went, the kernel forgets
+ * the answer again. */
 static void ec_recheck(uint64_t gen, uint64_t parent, const char *name, uint64_t ino)
 {
 	pthread_mutex_lock(&g_ec.mu);
-	bool moved = g_ec.gen != gen || !g_ec.dir;
+	struct ecdir *r = ec_dir(parent, false);
+	bool moved = g_ec.gen != gen || !r || !r->listed;
 	pthread_mutex_unlock(&g_ec.mu);
 	if (moved) {
 		inval_queue(0, parent, name, strlen(name));
@@ -1018,18 +1155,26 @@ static void ec_recheck(uint64_t gen, uint64_t parent, const char *name, uint64_t
 	}
 }
 
+/* The entry that stands for inode ino in a current listing, or NULL. With g_ec.mu held. */
+static struct eent *ec_ino_locked(uint64_t ino)
+{
+	uint32_t i = g_ec.live ? *ec_ifind(&g_ec.set, ino) : 0;
+	struct eent *e = i ? &g_ec.set.ents[i - 1] : NULL;
+	return e && ec_live(e) && ec_current_locked(&g_ec.dirs[e->d]) ? e : NULL;
+}
+
 /* The location statahead found for inode ino, a copy (aq_loc_free), with its attributes
- * in *a; NULL when the set holds none (an entry a push took out is not found by inode). */
+ * in *a; NULL when no listing holds one (an entry a push took out is not found by inode). */
 static struct aq_loc *ec_loc(uint64_t ino, struct aq_attr *a)
 {
 	if (!g_cache_on)
 		return NULL;
 	struct aq_loc *l = NULL;
 	pthread_mutex_lock(&g_ec.mu);
-	uint32_t i = ec_current_locked() ? *ec_ifind(&g_ec.set, ino) : 0;
-	if (i && g_ec.set.ents[i - 1].loc) {
-		*a = g_ec.set.ents[i - 1].a;
-		l = aq_loc_dup(g_ec.set.ents[i - 1].loc);
+	struct eent *e = ec_ino_locked(ino);
+	if (e && e->loc) {
+		*a = e->a;
+		l = aq_loc_dup(e->loc);
 	}
 	pthread_mutex_unlock(&g_ec.mu);
 	return l;
@@ -1039,10 +1184,10 @@ static struct aq_loc *ec_loc(uint64_t ino, struct aq_attr *a)
 static void ec_loc_failed(uint64_t ino)
 {
 	pthread_mutex_lock(&g_ec.mu);
-	uint32_t i = g_ec.dir ? *ec_ifind(&g_ec.set, ino) : 0;
-	if (i) {
-		aq_loc_free(g_ec.set.ents[i - 1].loc);
-		g_ec.set.ents[i - 1].loc = NULL;
+	struct eent *e = ec_ino_locked(ino);
+	if (e) {
+		aq_loc_free(e->loc);
+		e->loc = NULL;
 	}
 	pthread_mutex_unlock(&g_ec.mu);
 }
@@ -2637,6 +2782,11 @@ int aqfuse_main(const struct aqfuse_options *opt)
 	g_test_keep_delay_ms = delay ? (unsigned)atoi(delay) : 0;
 	delay = getenv("AQ_MOUNT_TEST_PUSH_DELAY_MS");
 	g_test_push_delay_ms = delay ? (unsigned)atoi(delay) : 0;
+	const char *ecmax = getenv("AQ_MOUNT_TEST_ECACHE_MAX");
+	if (ecmax && atoi(ecmax) > 0) {
+		g_ec_max = (uint32_t)atoi(ecmax);
+		g_ec_rebuild_min = 4 * g_ec_max;
+	}
 	const char *dc = getenv("AQ_MOUNT_DIR_CACHE");
 	g_no_dir_cache = dc && strcmp(dc, "0") == 0;
 	g_page_size = (size_t)sysconf(_SC_PAGESIZE);

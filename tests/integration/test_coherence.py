@@ -1168,6 +1168,105 @@ def test_statahead_opens_read_where_the_bytes_lie(c):
         os.close(c.pinned)
 
 
+def test_statahead_holds_many_directories(c):
+    """A dataset in class directories read in one random order (ImageNet's layout: no
+    directory draws a run of lookups of its own): each directory's lookups are counted
+    apart, and the mount holds the listings of all of them at once. With aqd stopped and
+    the kernel's entries dropped, A finds every file of every directory and opens and
+    reads each from where its bytes lie. Statahead held one directory before, listed
+    after a run of lookups in it alone: this layout got none."""
+    import random
+    a, b = both(c, "classes")
+    os.mkdir(b)
+    ndirs, nfiles = 6, 100
+    for d in range(ndirs):
+        os.mkdir(f"{b}/c{d}")
+        for i in range(nfiles):
+            with open(f"{b}/c{d}/f{i}", "wb") as f:
+                f.write(bytes([65 + d]) * (i + 1))
+    soon(lambda: all(os.path.exists(f"{a}/c{d}/f{nfiles - 1}") for d in range(ndirs)), "A sees B's files")
+    pins = [os.open(f"{a}/c{d}", os.O_RDONLY) for d in range(ndirs)]  # the directories stay in A's kernel
+    try:
+        for fd in pins:
+            heard(fd)
+        names = [(d, i) for d in range(ndirs) for i in range(nfiles)]
+        for _ in range(3):  # one listing runs at a time: a directory past its count waits for the next
+            drop_kernel_entries()
+            random.shuffle(names)
+            for d, i in names:
+                assert os.stat(f"{a}/c{d}/f{i}").st_size == i + 1
+            time.sleep(0.5)
+        drop_kernel_entries()
+        answers_with_aqd_stopped(c, f"import os, random\n"
+                                    f"names = [(d, i) for d in range({ndirs}) for i in range({nfiles})]\n"
+                                    f"random.shuffle(names)\n"
+                                    f"for d, i in names:\n"
+                                    f"    print(d, i, flush=True)\n"
+                                    f"    with open({a!r} + f'/c{{d}}/f{{i}}', 'rb') as f:\n"
+                                    f"        assert f.read() == bytes([65 + d]) * (i + 1), (d, i)\n")
+    finally:
+        for fd in pins:
+            os.close(fd)
+
+
+def test_statahead_drops_and_lists_again_right(c):
+    """With room for fewer entries than the directories read hold (a mount that keeps
+    250: two directories of 100 at a time), listings are dropped and made again over and
+    over, and the table rebuilt, while B unlinks, renames and rewrites files between
+    rounds. Every answer A gives is right: no entry of a dropped listing comes back."""
+    import random
+    m3 = extra_mount(c, "mnt-small", ecache_max=250)
+    pins = []
+    try:
+        a, b = os.path.join(m3, "sa-small"), os.path.join(c.mnt2, "sa-small")
+        os.mkdir(b)
+        model, gone = {}, set()
+        for d in range(6):
+            os.mkdir(f"{b}/c{d}")
+            for i in range(100):
+                with open(f"{b}/c{d}/f{i}", "wb") as f:
+                    f.write(b"x" * i)
+                model[f"c{d}/f{i}"] = i
+        soon(lambda: all(os.path.exists(f"{a}/c{d}/f99") for d in range(6)), "A sees B's files")
+        pins = [os.open(f"{a}/c{d}", os.O_RDONLY) for d in range(6)]
+        rng = random.Random(7)
+        for rnd in range(5):
+            for fd in pins:
+                heard(fd)
+            drop_kernel_entries()
+            names = sorted(set(model) | gone)
+            rng.shuffle(names)
+            for name in names:
+                want = model.get(name)
+                try:
+                    got = os.stat(f"{a}/{name}").st_size
+                except FileNotFoundError:
+                    got = None
+                assert got == want, f"round {rnd}: {name} is {got} on A, {want} on B"
+            for d in range(6):  # B's changes, each in a directory A may hold or have dropped
+                present = sorted(n for n in model if n.startswith(f"c{d}/"))
+                for name in rng.sample(present, 9):
+                    op = rng.randrange(3)
+                    if op == 0:
+                        os.unlink(f"{b}/{name}")
+                        del model[name]
+                        gone.add(name)
+                    elif op == 1:
+                        new = f"{name}.r{rnd}"
+                        os.rename(f"{b}/{name}", f"{b}/{new}")
+                        model[new] = model.pop(name)
+                        gone.add(name)
+                    else:
+                        size = rng.randrange(200, 300)
+                        with open(f"{b}/{name}", "wb") as f:
+                            f.write(b"y" * size)
+                        model[name] = size
+    finally:
+        for fd in pins:
+            os.close(fd)
+        unmount(m3)
+
+
 def test_a_directory_that_churns_does_not_slow_statahead_elsewhere(c):
     """A directory whose listing is dropped before it pays for itself (it changed under
     the listing) waits for four times as many lookups before the next one: that

@@ -209,6 +209,22 @@ struct cseq {
 };
 
 static atomic_ulong g_own_changes;
+/* Those of them that leave every statahead listing stale (ec_current_locked): all but
+ * changes to one inode's bytes or attributes and creates, which take out just the
+ * entries they change once the server has the change (own_wrote, dattr_created). */
+static atomic_ulong g_ec_own;
+
+/* This mount changed something (an unlink, a rename): replies and listings older than
+ * now may be stale. */
+static void own_change(void)
+{
+	atomic_fetch_add(&g_own_changes, 1);
+	atomic_fetch_add(&g_ec_own, 1);
+}
+
+/* This mount is changing one inode's bytes or attributes (a write, a truncate, a chmod):
+ * replies older than now may be stale; own_wrote(ino) follows once the server has it. */
+static void own_write(void) { atomic_fetch_add(&g_own_changes, 1); }
 
 static struct cseq cseq_now(void) { return (struct cseq){aq_inval_seq(g_client), atomic_load(&g_own_changes)}; }
 
@@ -315,15 +331,19 @@ static void dattr_forget(uint64_t ino)
 /* A change of this mount's own: dattr_forget, and replies still out may be older. */
 static void dattr_drop(uint64_t ino)
 {
-	atomic_fetch_add(&g_own_changes, 1);
+	own_change();
 	dattr_forget(ino);
 }
 
 /* This mount made child in parent: the server stamped the parent's mtime and ctime with
- * the child's ctime (and counted a subdirectory as a link). */
+ * the child's ctime (and counted a subdirectory as a link). Statahead takes out both
+ * inodes' entries (the child's, if it was there: a name another client had made, or a
+ * link's); a new name was never in a listing. */
 static void dattr_created(uint64_t parent, const struct aq_attr *child)
 {
-	atomic_fetch_add(&g_own_changes, 1);
+	own_write();
+	ec_pushed(0, NULL, 0, parent);
+	ec_pushed(0, NULL, 0, child->ino);
 	pthread_mutex_lock(&g_dattr.mu);
 	struct dattr *d = dattr_slot(parent);
 	if (d->ino == parent) {
@@ -345,7 +365,7 @@ static void dattr_unlinked(struct cseq seq, uint64_t parent, const struct aq_att
 	bool keep = g_cache_on && dir && dir->ino == parent && S_ISDIR(dir->mode);
 	pthread_mutex_lock(&g_dattr.mu);
 	dattr_put_locked(seq, parent, keep ? dir : NULL);
-	atomic_fetch_add(&g_own_changes, 1);
+	own_change();
 	pthread_mutex_unlock(&g_dattr.mu);
 }
 
@@ -431,7 +451,7 @@ static void nox_forget(uint64_t ino) { inoset_forget(&g_nox, ino); }
 /* A change of this mount's own: nox_forget, and replies still out may be older. */
 static void nox_drop(uint64_t ino)
 {
-	atomic_fetch_add(&g_own_changes, 1);
+	own_change();
 	nox_forget(ino);
 }
 
@@ -633,8 +653,10 @@ static bool names_absent(uint64_t dir, const char *name)
  * What other clients change arrives by push and takes out just the names and inodes it
  * names (new names were never in a set: an ingest into the directory leaves it
  * standing); pushes that arrive while a listing runs are kept and applied to it when it
- * is done. Changes made through this mount (a write, an unlink, any of them) are not
- * tracked one by one: any of those since a directory's listing began drops it. A
+ * is done. Changes made through this mount to one inode (a write, a truncate, a chmod)
+ * and creates take out what they change the same way once the server has them
+ * (own_wrote, dattr_created); its other changes (an unlink, a rename) are not tracked
+ * one by one: any of those since a directory's listing began drops it (g_ec_own). A
  * directory dropped before it paid for itself waits four times as many lookups before
  * its next listing.
  *
@@ -654,6 +676,8 @@ static bool names_absent(uint64_t dir, const char *name)
  * table once it holds four times that, so a test drives drops and rebuilds with a few
  * hundred files. */
 static uint32_t g_ec_max = ECACHE_MAX, g_ec_rebuild_min = EC_REBUILD_MIN;
+/* Test hook ($AQ_MOUNT_TEST_EC_DIRS): count this many directories at most (of EC_DIRS). */
+static uint32_t g_ec_dirs = EC_DIRS;
 
 struct eent {
 	uint64_t h;         /* ec_hash(dir, name) */
@@ -689,7 +713,7 @@ struct ecdir {
 	uint64_t dir;          /* 0: a free record */
 	uint32_t epoch;        /* moved on when its listing is dropped: its entries are dead */
 	bool listed;
-	unsigned long own;     /* g_own_changes when its listing began */
+	unsigned long own;     /* g_ec_own when its listing began */
 	uint64_t expires_ns, used;
 	uint32_t n;            /* entries its listing added */
 	uint32_t hits;         /* lookups answered from it */
@@ -715,6 +739,7 @@ static struct {
 	struct ecdir dirs[EC_DIRS];
 	uint16_t dslot[2 * EC_DIRS]; /* by directory: index + 1 into dirs */
 	uint32_t ndirs;        /* records in use */
+	uint32_t hand;         /* the next record ec_dir looks at to take over */
 	uint64_t tick;         /* for ecdir.used */
 	uint64_t gen;          /* bumped by every name or inode a push takes out */
 	struct ec_push *pending; /* pushes heard while the listing runs */
@@ -810,44 +835,59 @@ static struct eent *ec_add(struct ecset *s, const struct eent *e, const char *na
 }
 
 
+#define EC_DSLOTS (2 * EC_DIRS)
+
+static uint32_t ec_dhome(uint64_t dir)
+{
+	return (uint32_t)((dir * 0x9E3779B97F4A7C15ull) >> 32) & (EC_DSLOTS - 1);
+}
+
+/* The slot of dir in the index of records, or the empty one where it would go. */
+static uint32_t ec_dslot(uint64_t dir)
+{
+	uint32_t i = ec_dhome(dir);
+	while (g_ec.dslot[i] && g_ec.dirs[g_ec.dslot[i] - 1].dir != dir)
+		i = (i + 1) & (EC_DSLOTS - 1);
+	return i;
+}
+
+/* Empties slot i of the index of records, moving back the ones after it that probing
+ * would no longer reach (linear probing's deletion). */
+static void ec_dslot_clear(uint32_t i)
+{
+	for (uint32_t j = (i + 1) & (EC_DSLOTS - 1); g_ec.dslot[j]; j = (j + 1) & (EC_DSLOTS - 1)) {
+		uint32_t home = ec_dhome(g_ec.dirs[g_ec.dslot[j] - 1].dir);
+		/* j's entry stays unless its home lies cyclically outside (i, j] */
+		bool stays = i < j ? home > i && home <= j : home > i || home <= j;
+		if (!stays) {
+			g_ec.dslot[i] = g_ec.dslot[j];
+			i = j;
+		}
+	}
+	g_ec.dslot[i] = 0;
+}
+
 /* The record of dir, NULL when there is none; with make, one is made if a record is
- * free, or one of a directory neither listed nor being listed can be taken over (the
- * one counted least recently). With g_ec.mu held. */
+ * free, or else one of a directory neither listed nor being listed is taken over (the
+ * next such after the last one taken: a clock's hand). With g_ec.mu held. */
 static struct ecdir *ec_dir(uint64_t dir, bool make)
 {
-	uint32_t i = (uint32_t)((dir * 0x9E3779B97F4A7C15ull) >> 32) & (2 * EC_DIRS - 1);
-	for (; g_ec.dslot[i]; i = (i + 1) & (2 * EC_DIRS - 1))
-		if (g_ec.dirs[g_ec.dslot[i] - 1].dir == dir)
-			return &g_ec.dirs[g_ec.dslot[i] - 1];
-	if (!make)
-		return NULL;
+	uint32_t i = ec_dslot(dir);
+	if (g_ec.dslot[i] || !make)
+		return g_ec.dslot[i] ? &g_ec.dirs[g_ec.dslot[i] - 1] : NULL;
 	struct ecdir *r = NULL;
-	if (g_ec.ndirs < EC_DIRS) {
+	if (g_ec.ndirs < g_ec_dirs) {
 		r = &g_ec.dirs[g_ec.ndirs++];
 	} else {
-		for (uint32_t k = 0; k < EC_DIRS; k++) {
-			struct ecdir *x = &g_ec.dirs[k];
-			if (!x->listed && !(g_ec.filling && x->dir == g_ec.fill_dir) && (!r || x->used < r->used))
+		for (uint32_t k = 0; k < g_ec_dirs && !r; k++) {
+			struct ecdir *x = &g_ec.dirs[g_ec.hand++ % g_ec_dirs];
+			if (!x->listed && !(g_ec.filling && x->dir == g_ec.fill_dir))
 				r = x;
 		}
 		if (!r)
 			return NULL;
-		/* its slot goes: the index is made again without it (a full scan, once per
-		 * directory past EC_DIRS) */
-		r->dir = 0;
-		memset(g_ec.dslot, 0, sizeof g_ec.dslot);
-		for (uint32_t k = 0; k < EC_DIRS; k++) {
-			uint64_t d = g_ec.dirs[k].dir;
-			if (!d)
-				continue;
-			uint32_t j = (uint32_t)((d * 0x9E3779B97F4A7C15ull) >> 32) & (2 * EC_DIRS - 1);
-			while (g_ec.dslot[j])
-				j = (j + 1) & (2 * EC_DIRS - 1);
-			g_ec.dslot[j] = (uint16_t)(k + 1);
-		}
-		i = (uint32_t)((dir * 0x9E3779B97F4A7C15ull) >> 32) & (2 * EC_DIRS - 1);
-		while (g_ec.dslot[i])
-			i = (i + 1) & (2 * EC_DIRS - 1);
+		ec_dslot_clear(ec_dslot(r->dir));
+		i = ec_dslot(dir);
 	}
 	/* the epoch carries on: entries a record's last directory left stay dead */
 	*r = (struct ecdir){.dir = dir, .epoch = r->epoch + 1, .trigger = ECACHE_TRIGGER, .used = ++g_ec.tick};
@@ -880,7 +920,7 @@ static void ec_drop_all_locked(void)
  * own since its listing began) or old (--attr-timeout) is dropped. With g_ec.mu held. */
 static bool ec_current_locked(struct ecdir *r)
 {
-	if (r && r->listed && (atomic_load(&g_own_changes) != r->own || aq_mono_ns() >= r->expires_ns))
+	if (r && r->listed && (atomic_load(&g_ec_own) != r->own || aq_mono_ns() >= r->expires_ns))
 		ec_drop_locked(r);
 	return r && r->listed;
 }
@@ -1023,7 +1063,7 @@ static void *ec_fill_main(void *arg)
 	struct aq_dirent *ents = aq_malloc(page * sizeof *ents);
 	bool locate = true;
 	int rc = aq_dir_open(g_client, &f->cr, f->dir, AQ_READDIR_PLUS, &d);
-	while (!rc && s.n < g_ec_max && atomic_load(&g_own_changes) == f->own &&
+	while (!rc && s.n < g_ec_max && atomic_load(&g_ec_own) == f->own &&
 	       !__atomic_load_n(&g_ec.stop, __ATOMIC_RELAXED)) {
 		int n = aq_dir_read(d, ents, page);
 		if (n <= 0) {
@@ -1046,7 +1086,7 @@ static void *ec_fill_main(void *arg)
 	g_ec.filling = false;
 	pthread_cond_broadcast(&g_ec.filled);
 	struct ecdir *r = ec_dir(f->dir, true);
-	if (r && !rc && s.n && atomic_load(&g_own_changes) == f->own && !g_ec.pending_lost && !g_ec.stop) {
+	if (r && !rc && s.n && atomic_load(&g_ec_own) == f->own && !g_ec.pending_lost && !g_ec.stop) {
 		ec_drop_locked(r);
 		r->own = f->own;
 		r->expires_ns = aq_mono_ns() + (uint64_t)(g_timeout_s * 1e9);
@@ -1084,7 +1124,7 @@ static void ec_missed(uint64_t dir, const struct aq_cred *cr)
 		r->used = ++g_ec.tick;
 		if (++r->misses >= r->trigger && !g_ec.filling && !g_ec.stop) {
 			struct ec_fill *f = aq_malloc(sizeof *f);
-			*f = (struct ec_fill){.dir = dir, .cr = *cr, .own = atomic_load(&g_own_changes)};
+			*f = (struct ec_fill){.dir = dir, .cr = *cr, .own = atomic_load(&g_ec_own)};
 			r->misses = 0;
 			g_ec.filling = true;
 			g_ec.fill_dir = dir;
@@ -1289,9 +1329,11 @@ static bool open_ino_removed(uint64_t ino, struct aq_attr *a)
 	return hit;
 }
 
-/* This mount changed something (a write, a size): replies and sets older than now may
- * be stale. */
-static void own_change(void) { atomic_fetch_add(&g_own_changes, 1); }
+/* The server has this mount's change to ino's bytes or attributes (after own_write):
+ * statahead takes out its entry, as for a push, where every listing was dropped (a
+ * training job writing its log or checkpoints through the mount beside its reads
+ * dropped them all at every write). */
+static void own_wrote(uint64_t ino) { ec_pushed(0, NULL, 0, ino); }
 
 /* What a reply told about an inode, kept for the kernel's next questions. */
 static void keep_attr(struct cseq seq, const struct aq_attr *a)
@@ -1566,7 +1608,8 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino_node, struct stat *attr, i
 		return;
 	}
 	keep_attr(seq, &out); /* replies older than this one were still out: they fail the check */
-	atomic_fetch_add(&g_own_changes, 1);
+	own_write();
+	own_wrote(ino);
 	struct stat st;
 	to_stat(&out, &st);
 	fuse_reply_attr(req, &st, g_timeout_s);
@@ -1949,7 +1992,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino_node, struct fuse_file_info *
 				store_first_bytes(seq, ino, f);
 		}
 	} else {
-		own_change(); /* its size and times may change from now on */
+		own_write(); /* its size and times may change from now on */
 		/* O_APPEND offsets come from the kernel; the file is opened read-write so the
 		 * buffered chunk can be read back */
 		rc = WITH_GROUPS(req, cr, aq_open_ino(g_client, &cr, ino, fi->flags & ~O_APPEND, &f));
@@ -1958,6 +2001,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino_node, struct fuse_file_info *
 			if (rc)
 				aq_close(f);
 		}
+		own_wrote(ino); /* O_TRUNC, and the set-id bits killed */
 	}
 	if (rc) {
 		fuse_reply_err(req, posix_err(rc));
@@ -1998,8 +2042,8 @@ static void op_create(fuse_req_t req, fuse_ino_t parent_node, const char *name, 
 		rc = WITH_GROUPS(req, cr, aq_create_open(g_client, &cr, parent, name, create_mode(req, mode & 07777),
 							  (fi->flags & O_EXCL) ? AQ_CREATE_EXCL : 0,
 							  fi->flags & ~(O_APPEND | O_CREAT | O_EXCL), &a, &f));
-		made_in(seq, parent, name, rc, &a);
-		own_change();
+		made_in(seq, parent, name, rc, &a); /* statahead takes out what changed */
+		own_write();
 		/* Without O_EXCL the name is taken by something this create may not open (a
 		 * symlink or fifo another client made since the kernel heard the name was
 		 * free): ESTALE makes the kernel look the name up again and open what is
@@ -2071,10 +2115,11 @@ static void op_write(fuse_req_t req, fuse_ino_t node, const char *buf, size_t si
 {
 	int rc = 0;
 	struct aq_file *f = held_file(fi, &rc); /* a read-only handle never writes: the kernel checks */
-	own_change();
+	own_write();
 	if (!rc)
 		rc = devio_kill() ? kill_sxid(req, node, f) : 0;
 	ssize_t n = rc ? rc : aq_pwrite(f, buf, size, (uint64_t)off);
+	own_wrote(aq_node_ino(node)); /* a write aq_pwrite sent (a big one); the flush sends the rest */
 	/* An O_DIRECT write: the kernel dropped the range's cached pages before it sent the
 	 * write, and again after a synchronous one, but not after an asynchronous one (aio,
 	 * io_uring), so a buffered read that ran meanwhile kept the old bytes in the page
@@ -2097,7 +2142,7 @@ static void op_fallocate(fuse_req_t req, fuse_ino_t node, int mode, off_t off, o
 {
 	int rc = 0;
 	struct aq_file *f = held_file(fi, &rc);
-	own_change();
+	own_write();
 	if (rc) {
 		fuse_reply_err(req, posix_err(rc));
 		return;
@@ -2105,7 +2150,9 @@ static void op_fallocate(fuse_req_t req, fuse_ino_t node, int mode, off_t off, o
 	/* the kernel names no flag here: root stands for CAP_FSETID, as the server's
 	 * truncate does */
 	rc = devio_killpriv_v2() && fuse_req_ctx(req)->uid != 0 ? kill_sxid(req, node, f) : 0;
-	fuse_reply_err(req, posix_err(rc ? rc : aq_fallocate(f, mode, (uint64_t)off, (uint64_t)len)));
+	rc = rc ? rc : aq_fallocate(f, mode, (uint64_t)off, (uint64_t)len);
+	own_wrote(aq_node_ino(node));
+	fuse_reply_err(req, posix_err(rc));
 }
 
 /* A flush, fsync or close failed: the bytes it could not send are gone from the client,
@@ -2126,8 +2173,9 @@ static void op_flush(fuse_req_t req, fuse_ino_t node, struct fuse_file_info *fi)
 		fuse_reply_err(req, posix_err(rc));
 		return;
 	}
+	own_write();
 	rc = aq_flush(f); /* read-only handles come here only once a lock was taken (op_open) */
-	own_change();
+	own_wrote(aq_node_ino(node));
 	/* close(2) of any descriptor of a file drops the process's fcntl locks on it (a
 	 * read-only handle's close sends no FLUSH: its RELEASE, aq_close, drops what was
 	 * locked through it) */
@@ -2144,11 +2192,14 @@ static void op_release(fuse_req_t req, fuse_ino_t node, struct fuse_file_info *f
 {
 	struct held *h = held_of(fi);
 	struct aq_file *f = h ? h->f : (struct aq_file *)(uintptr_t)fi->fh;
+	bool wrote = (fi->flags & O_ACCMODE) != O_RDONLY;
+	if (wrote)
+		own_write();
 	int rc = aq_close(f);
 	if (h)
 		held_free(h);
-	if ((fi->flags & O_ACCMODE) != O_RDONLY)
-		own_change();
+	if (wrote)
+		own_wrote(aq_node_ino(node));
 	if (rc)
 		write_back_failed(node);
 	fuse_reply_err(req, posix_err(rc));
@@ -2787,6 +2838,9 @@ int aqfuse_main(const struct aqfuse_options *opt)
 		g_ec_max = (uint32_t)atoi(ecmax);
 		g_ec_rebuild_min = 4 * g_ec_max;
 	}
+	const char *ecdirs = getenv("AQ_MOUNT_TEST_EC_DIRS");
+	if (ecdirs && atoi(ecdirs) > 0)
+		g_ec_dirs = MIN((uint32_t)atoi(ecdirs), EC_DIRS);
 	const char *dc = getenv("AQ_MOUNT_DIR_CACHE");
 	g_no_dir_cache = dc && strcmp(dc, "0") == 0;
 	g_page_size = (size_t)sysconf(_SC_PAGESIZE);

@@ -1098,7 +1098,7 @@ def test_statahead_opens_read_where_the_bytes_lie(c):
     reads do), and the listing's locating of a file that is never read does not. A file B rewrites in place afterwards reads as its new bytes as soon as A
     has heard of it, though the record located still holds the old ones for a while: the
     push took the location out with the entry; so does one A rewrites itself, read
-    without a lookup (a change of A's own drops the set). And a descriptor whose file B
+    without a lookup (A's write takes the file's entry out). And a descriptor whose file B
     unlinks keeps the bytes it read and answers fstat (nlink 0) after aqd freed the file
     (its open never reached aqd), as on ext4."""
     import aquifer
@@ -1211,11 +1211,13 @@ def test_statahead_holds_many_directories(c):
 
 def test_statahead_drops_and_lists_again_right(c):
     """With room for fewer entries than the directories read hold (a mount that keeps
-    250: two directories of 100 at a time), listings are dropped and made again over and
-    over, and the table rebuilt, while B unlinks, renames and rewrites files between
-    rounds. Every answer A gives is right: no entry of a dropped listing comes back."""
+    250: two directories of 100 at a time) and fewer directory records than directories
+    (five for six: a record is taken over now and then), listings are dropped and made
+    again over and over, and the table rebuilt, while B unlinks, renames and rewrites
+    files between rounds. Every answer A gives is right: no entry of a dropped listing
+    comes back."""
     import random
-    m3 = extra_mount(c, "mnt-small", ecache_max=250)
+    m3 = extra_mount(c, "mnt-small", ecache_max=250, ec_dirs=5)
     pins = []
     try:
         a, b = os.path.join(m3, "sa-small"), os.path.join(c.mnt2, "sa-small")
@@ -1267,6 +1269,38 @@ def test_statahead_drops_and_lists_again_right(c):
         unmount(m3)
 
 
+def test_statahead_stands_through_own_writes(c):
+    """A training job writes its log and checkpoints through the mount it reads its
+    dataset from: such writes take out the entries of the files they change, and the
+    listing stands. After A makes a directory, appends to a log there, creates and
+    writes a checkpoint, truncates it, and rewrites one file of the listed directory,
+    with aqd stopped and the kernel's entries dropped A still answers every other name
+    of the listing; the file it rewrote shows its new size once aqd is back. Every change
+    of A's own dropped every listing before."""
+    a, _ = statahead_dir(c, "sw")
+    try:
+        logs = c.path("sw-logs")
+        os.mkdir(logs)
+        with open(f"{logs}/log", "a") as f:
+            f.write("step 1\n")
+        with open(f"{logs}/ckpt-1", "wb") as f:
+            f.write(b"c" * 5000)
+        os.truncate(f"{logs}/ckpt-1", 4000)
+        with open(f"{a}/f7", "r+b") as f:
+            f.write(b"z" * 50)
+        drop_kernel_entries()
+        answers_with_aqd_stopped(c, f"import os\n"
+                                    f"for i in range(200):\n"
+                                    f"    if i != 7:\n"
+                                    f"        print(i, flush=True)\n"
+                                    f"        assert os.stat({a!r} + f'/f{{i}}').st_size == i, i")
+    finally:
+        os.close(c.pinned)
+    drop_kernel_entries()
+    assert os.stat(f"{a}/f7").st_size == 50
+    assert os.stat(f"{logs}/ckpt-1").st_size == 4000
+
+
 def test_a_directory_that_churns_does_not_slow_statahead_elsewhere(c):
     """A directory whose listing is dropped before it pays for itself (it changed under
     the listing) waits for four times as many lookups before the next one: that
@@ -1314,7 +1348,7 @@ def test_statahead_follows_changes(c):
     """Regression guard for the statahead set: what B changes in the directory after A
     listed it (unlink, rename, a write that changes the size, a new file) and what A
     writes itself show on A, with A's kernel entries dropped so each lookup reaches the
-    set: a change pushed by a server, or one of A's own, drops it."""
+    set: a change pushed by a server, or a write of A's own, takes out what it changed."""
     a, b = statahead_dir(c, "sb")
     os.unlink(f"{b}/f1")
     os.rename(f"{b}/f2", f"{b}/g2")

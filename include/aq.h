@@ -242,7 +242,8 @@ void aq_bytes_free(struct aq_bytes *b);
  * crc32c and the record's header against ino and the chunk's version, and tells aqd of
  * the read without waiting (its atime, the object tier): 0 with *data valid until
  * free(*mem), or -errno when the record is gone or no longer what was located
- * (compacted, a later write's): read through aqd then. A location says nothing of what
+ * (compacted, a later write's), or (-EAGAIN) when this client has the file open for
+ * writing or holds writes to it not yet sent: read through aqd then. A location says nothing of what
  * changed since it was given: the caller drops it when it hears the file changed. */
 struct aq_loc;
 int aq_locate_first(struct aq_client *c, const uint64_t *inos, uint32_t n, struct aq_loc **locs);

@@ -293,6 +293,18 @@ static struct ino_state *state_ref(struct aq_client *c, uint64_t ino)
 	return st;
 }
 
+bool state_writing(struct aq_client *c, uint64_t ino)
+{
+	struct ino_state *st = state_ref(c, ino);
+	if (!st)
+		return false;
+	pthread_mutex_lock(&st->mu);
+	bool w = st->writers || st->nwc || st->size_dirty || st->amask;
+	pthread_mutex_unlock(&st->mu);
+	state_put(c, st);
+	return w;
+}
+
 /* state_note_attr_locked for a's inode, if this client has it open. */
 static void state_note_attr(struct aq_client *c, const struct aq_attr *a)
 {

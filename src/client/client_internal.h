@@ -234,6 +234,9 @@ struct aq_file {
  * through aqd then. */
 void local_init(struct aq_client *c);
 bool local_wanted(struct aq_client *c); /* on, and not paused after failures */
+/* Whether this client has ino open for writing, or holds writes or attribute changes
+ * to it not yet sent: its bytes on disk may not be what a read must see. */
+bool state_writing(struct aq_client *c, uint64_t ino);
 int local_read(struct aq_client *c, uint64_t ino, const struct proto_loc *l, uint8_t **mem, const uint8_t **data);
 /* local.c, any chunk: reads n bytes at in of chunk idx (chunk size cs) of f into dest from
  * aqd's segment file, at the location LOCATE gave (kept by f until a write or truncate

@@ -416,7 +416,9 @@ void aq_loc_free(struct aq_loc *l) { free(l); }
 int aq_loc_read(struct aq_client *c, uint64_t ino, const struct aq_loc *l, uint32_t len, void **mem,
 		const void **data)
 {
-	if (len > l->length || !local_wanted(c))
+	/* a file this client writes: its record holds what aqd has, not what was written
+	 * here and not yet sent (the OPEN through aqd reads those through the client) */
+	if (len > l->length || !local_wanted(c) || state_writing(c, ino))
 		return -EAGAIN;
 	struct proto_loc pl = {.rec_off = l->rec_off, .version = l->version, .length = l->length, .n = len,
 			       .nblk = l->nblk, .path = (const char *)l->crcs + 4 * (size_t)l->nblk,

@@ -1301,6 +1301,31 @@ def test_statahead_stands_through_own_writes(c):
     assert os.stat(f"{logs}/ckpt-1").st_size == 4000
 
 
+def test_statahead_open_sees_this_mounts_unflushed_writes(c):
+    """A file this mount holds open for writing, with bytes written but not yet sent to
+    aqd (the client buffers them until a flush), is not opened from its location: its
+    record on disk holds the old bytes, and storing them would also have put them over
+    the new ones in the kernel's page cache. A process that opens it after the
+    directory was listed reads what was written, as on ext4, and so does the writer."""
+    fds = []
+
+    def write_unflushed(b):
+        a = c.path("su")
+        fd = os.open(f"{a}/f50", os.O_WRONLY)
+        fds.append(fd)
+        assert os.pwrite(fd, b"NEW", 0) == 3
+
+    a, _ = statahead_dir(c, "su", before_listing=write_unflushed)
+    try:
+        os.posix_fadvise(fds[0], 0, 0, os.POSIX_FADV_DONTNEED)
+        assert read(f"{a}/f50") == b"NEW" + b"x" * 47
+        assert read(f"{a}/f51") == b"x" * 51
+    finally:
+        os.close(fds[0])
+        os.close(c.pinned)
+    assert read(f"{a}/f50") == b"NEW" + b"x" * 47
+
+
 def test_a_directory_that_churns_does_not_slow_statahead_elsewhere(c):
     """A directory whose listing is dropped before it pays for itself (it changed under
     the listing) waits for four times as many lookups before the next one: that

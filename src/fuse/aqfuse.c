@@ -2344,6 +2344,10 @@ static void op_fsync(fuse_req_t req, fuse_ino_t node, int datasync, struct fuse_
 	struct aq_file *f = held_file(fi, &rc);
 	if (f)
 		rc = aq_fsync(f, datasync);
+	/* opened from a location (aqd never counted it open), unlinked and freed since:
+	 * nothing of it to sync, and ext4 says so with success */
+	if (held_of(fi) && posix_err(rc) == ENOENT)
+		rc = 0;
 	if (rc)
 		write_back_failed(node);
 	fuse_reply_err(req, posix_err(rc));

@@ -238,16 +238,15 @@ void aq_bytes_free(struct aq_bytes *b);
  * BATCH frames, not counted as reads (PROTO_F_PEEK); locs[i] gets a location (free with
  * aq_loc_free) or NULL: the chunk is elsewhere, only in S3, in several records, or local
  * reads are off. Returns how many it located, or -errno. aq_loc_read reads the first len
- * bytes (at most aq_loc_length) of the file from it, every block checked against its
- * crc32c and the record's header against ino and the chunk's version, and tells aqd of
- * the read without waiting (its atime, the object tier): 0 with *data valid until
- * free(*mem), or -errno when the record is gone or no longer what was located
- * (compacted, a later write's), or (-EAGAIN) when this client has the file open for
- * writing or holds writes to it not yet sent: read through aqd then. A location says nothing of what
+ * bytes of the file from it, every block checked against its crc32c and the record's
+ * header against ino and the chunk's version, and tells aqd of the read without waiting
+ * (its atime, the object tier): 0 with *data valid until free(*mem); -EAGAIN when len
+ * passes the record, or this client has the file open for writing or holds writes to
+ * it not yet sent; another -errno when the record is gone or no longer what was located
+ * (compacted, a later write's): read through aqd then. A location says nothing of what
  * changed since it was given: the caller drops it when it hears the file changed. */
 struct aq_loc;
 int aq_locate_first(struct aq_client *c, const uint64_t *inos, uint32_t n, struct aq_loc **locs);
-uint32_t aq_loc_length(const struct aq_loc *l);
 struct aq_loc *aq_loc_dup(const struct aq_loc *l);
 void aq_loc_free(struct aq_loc *l);
 int aq_loc_read(struct aq_client *c, uint64_t ino, const struct aq_loc *l, uint32_t len, void **mem,

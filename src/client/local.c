@@ -403,8 +403,6 @@ int aq_locate_first(struct aq_client *c, const uint64_t *inos, uint32_t n, struc
 	return rc ? rc : found;
 }
 
-uint32_t aq_loc_length(const struct aq_loc *l) { return l->length; }
-
 struct aq_loc *aq_loc_dup(const struct aq_loc *l)
 {
 	size_t n = loc_bytes(l->nblk, l->path_len);

@@ -211,7 +211,7 @@ struct cseq {
 static atomic_ulong g_own_changes;
 /* Those of them that leave every statahead listing stale (ec_current_locked): all but
  * changes to one inode's bytes or attributes and creates, which take out just the
- * entries they change once the server has the change (own_wrote, dattr_created). */
+ * entries they change once the server has the change (own_wrote, made_in). */
 static atomic_ulong g_ec_own;
 
 /* This mount changed something (an unlink, a rename): replies and listings older than
@@ -336,14 +336,10 @@ static void dattr_drop(uint64_t ino)
 }
 
 /* This mount made child in parent: the server stamped the parent's mtime and ctime with
- * the child's ctime (and counted a subdirectory as a link). Statahead takes out both
- * inodes' entries (the child's, if it was there: a name another client had made, or a
- * link's); a new name was never in a listing. */
+ * the child's ctime (and counted a subdirectory as a link). */
 static void dattr_created(uint64_t parent, const struct aq_attr *child)
 {
 	own_write();
-	ec_pushed(0, NULL, 0, parent);
-	ec_pushed(0, NULL, 0, child->ino);
 	pthread_mutex_lock(&g_dattr.mu);
 	struct dattr *d = dattr_slot(parent);
 	if (d->ino == parent) {
@@ -655,7 +651,7 @@ static bool names_absent(uint64_t dir, const char *name)
  * standing); pushes that arrive while a listing runs are kept and applied to it when it
  * is done. Changes made through this mount to one inode (a write, a truncate, a chmod)
  * and creates take out what they change the same way once the server has them
- * (own_wrote, dattr_created); its other changes (an unlink, a rename) are not tracked
+ * (own_wrote, made_in); its other changes (an unlink, a rename) are not tracked
  * one by one: any of those since a directory's listing began drops it (g_ec_own). A
  * directory dropped before it paid for itself waits four times as many lookups before
  * its next listing.
@@ -666,7 +662,7 @@ static bool names_absent(uint64_t dir, const char *name)
  * asks aqd nothing (op_open, "opens answered from a location"). A location goes with its
  * entry, so the pushes that take an entry out take its location too. */
 #define ECACHE_TRIGGER 64
-#define ECACHE_MAX (1u << 20) /* entries held; about 140 bytes each, and a located file's 100 more */
+#define ECACHE_MAX (1u << 20) /* entries held; about 170 bytes each, and a located file's 100 more */
 #define ECACHE_LOC_PAGE 256   /* entries listed, then located, at a time */
 #define LOCATED_MAX (256u << 10) /* the biggest file whose location a listing asks for */
 #define EC_DIRS 4096          /* directories whose lookups are counted at once, listed or not */
@@ -764,7 +760,8 @@ static bool ec_live(const struct eent *e)
 	return e->a.ino && r->listed && r->epoch == e->epoch;
 }
 
-/* In a listing's own table (NULL) every entry stands; in the mount's, ec_live says. */
+/* In a listing's own table every entry stands but those a push took out; in the mount's,
+ * ec_live says. */
 static bool ec_stands(const struct ecset *s, const struct eent *e)
 {
 	return s != &g_ec.set ? e->a.ino != 0 : ec_live(e);
@@ -806,7 +803,7 @@ static void ec_index(struct ecset *s, uint32_t i)
 }
 
 /* Adds an entry (a copy of e, with its name), and indexes it. */
-static struct eent *ec_add(struct ecset *s, const struct eent *e, const char *name)
+static void ec_add(struct ecset *s, const struct eent *e, const char *name)
 {
 	if (2 * (s->n + 1) > s->cap) {
 		uint32_t cap = s->cap ? 2 * s->cap : 4096;
@@ -831,9 +828,7 @@ static struct eent *ec_add(struct ecset *s, const struct eent *e, const char *na
 	x->name_off = (uint32_t)s->names_len;
 	s->names_len += e->name_len;
 	ec_index(s, s->n++);
-	return x;
 }
-
 
 #define EC_DSLOTS (2 * EC_DIRS)
 
@@ -1652,6 +1647,11 @@ static void made_in(struct cseq seq, uint64_t parent, const char *name, int rc, 
 	if (!rc) {
 		keep_attr(seq, child); /* before dattr_created counts this change */
 		dattr_created(parent, child);
+		/* statahead: the parent's entry (its times, its link count) and the child's,
+		 * if a listing had it (a name another client had made, opened by this create);
+		 * a new name was never in a listing */
+		own_wrote(parent);
+		own_wrote(child->ino);
 		listing_changed(parent);
 	} else if (rc != -EEXIST && rc != -EACCES && rc != -EPERM)
 		dattr_drop(parent);
@@ -1886,7 +1886,6 @@ struct held {
 	uint64_t ino;
 	int flags;
 	struct cseq seq;     /* before the bytes were located */
-	struct aq_attr a;    /* the file's attributes then */
 	struct aq_cred cr;
 	pthread_mutex_t mu;
 	struct aq_file *f;   /* opened at aqd once something needs it */
@@ -1933,11 +1932,11 @@ static bool open_located(fuse_req_t req, uint64_t ino, fuse_ino_t node, struct c
 	struct aq_loc *l = ec_loc(ino, &a);
 	if (!l)
 		return false;
-	uint32_t len = (uint32_t)a.size;
+	uint32_t len = (uint32_t)a.size; /* at most LOCATED_MAX: aq_loc_read checks it against the record */
 	void *mem = NULL;
 	const void *data;
-	int rc = a.size > aq_loc_length(l) ? -EAGAIN : 0;
-	if (!rc && atomic_fetch_add(&g_held_bytes, len) + len > HELD_MAX) {
+	int rc = 0;
+	if (atomic_fetch_add(&g_held_bytes, len) + len > HELD_MAX) {
 		atomic_fetch_sub(&g_held_bytes, len);
 		rc = -ENOMEM;
 	} else if (!rc && (rc = aq_loc_read(g_client, ino, l, len, &mem, &data)) != 0) {
@@ -1955,7 +1954,7 @@ static bool open_located(fuse_req_t req, uint64_t ino, fuse_ino_t node, struct c
 		inval_queue(ino, 0, NULL, 0);
 	inoset_put(&g_stored, seq, ino, stored);
 	struct held *h = aq_calloc(1, sizeof *h);
-	*h = (struct held){.ino = ino, .flags = fi->flags, .seq = seq, .a = a, .mem = mem, .data = data, .len = len};
+	*h = (struct held){.ino = ino, .flags = fi->flags, .seq = seq, .mem = mem, .data = data, .len = len};
 	cred_of(req, &h->cr);
 	pthread_mutex_init(&h->mu, NULL);
 	open_ino_hold(ino, &a); /* aqd frees it once unlinked: fstat still answers (op_getattr) */

@@ -8,11 +8,11 @@
  * libfuse 3.14 does not speak it, so the mount drives it beside libfuse: the INIT reply
  * gets FUSE_OVER_IO_URING (devio.c), and the mount's --threads threads (at least 2 per
  * queue), each with an io_uring and an entry of its own, register their entries. Each
- * thread runs on its queue's CPU (pin_to_queue), the CPU its requests' callers ran on. A thread takes a request from
- * its entry, lays it out as read(2) would have given it and hands it to libfuse
- * (fuse_session_process_buf); the handler's reply, from this thread or any other (an
- * answer that came later), reaches devio's writev hook, which gives it to uring_reply
- * when it answers a ring request. FORGETs and INTERRUPTs still come through /dev/fuse,
+ * thread runs on its queue's CPU (pin_to_queue), the CPU its requests' callers ran on.
+ * A thread takes a request from its entry, lays it out as read(2) would have given it
+ * and hands it to libfuse (fuse_session_process_buf); the handler's reply, from this
+ * thread or any other (an answer that came later), reaches devio's writev hook, which
+ * gives it to uring_reply when it answers a ring request. FORGETs and INTERRUPTs still come through /dev/fuse,
  * as do requests sent before every queue had an entry, and notifications go out there.
  *
  * An entry holds its request until the reply, so a request answered later (a lock wait,

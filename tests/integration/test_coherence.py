@@ -1302,6 +1302,31 @@ def test_statahead_stands_through_own_writes(c):
     assert os.stat(f"{logs}/ckpt-1").st_size == 4000
 
 
+def test_statahead_entry_of_a_directory_this_mount_creates_in(c):
+    """A create of this mount's own changes its parent (times; a mkdir, its link count),
+    whose entry a listing of the grandparent may hold: the create takes that entry out,
+    so a lookup after the kernel's entries were dropped shows the new link count, not
+    the listed one."""
+    a, b = both(c, "sp")
+    os.mkdir(b)
+    for i in range(100):
+        os.mkdir(f"{b}/d{i}")
+    soon(lambda: os.path.exists(f"{a}/d99"), "A sees B's directories")
+    pinned = os.open(a, os.O_RDONLY)
+    try:
+        heard(pinned)
+        drop_kernel_entries()
+        for i in range(100):
+            assert os.stat(f"{a}/d{i}").st_nlink == 2
+        time.sleep(1)  # the listing runs on a thread of A's mount
+        os.mkdir(f"{a}/d5/new")
+        drop_kernel_entries()
+        assert os.stat(f"{a}/d5").st_nlink == 3
+        assert os.stat(f"{a}/d6").st_nlink == 2
+    finally:
+        os.close(pinned)
+
+
 def test_statahead_open_sees_this_mounts_unflushed_writes(c):
     """A file this mount holds open for writing, with bytes written but not yet sent to
     aqd (the client buffers them until a flush), is not opened from its location: its
